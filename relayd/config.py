@@ -1,0 +1,499 @@
+"""Configuration: an rtpengine.conf read as it is, plus the same keys as long options.
+
+One source of truth: :func:`load` parses the file section and the command line
+once into a frozen :class:`Config`. Every key rtpengine 10.5 knows is accepted;
+the ones relayd does not act on yet are reported by :func:`unimplemented` so the
+daemon can warn once at start-up. A malformed value raises :class:`ConfigError`
+naming the key and, for file values, the line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "KEYS",
+    "Config",
+    "ConfigError",
+    "InterfaceSpec",
+    "KeyInfo",
+    "build_parser",
+    "load",
+    "parse_endpoint",
+    "parse_interface",
+    "unimplemented",
+]
+
+DEFAULT_CONFIG_FILE = "/etc/rtpengine/rtpengine.conf"
+
+
+class ConfigError(ValueError):
+    """A configuration value relayd cannot use; the message names key and line."""
+
+
+class Status(Enum):
+    SUPPORTED = "supported"
+    IGNORED = "ignored"  # accepted, has no effect yet: warned about at start-up
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    kind: str  # int, float, str, bool, list
+    status: Status
+    note: str = ""
+
+
+_S, _I = Status.SUPPORTED, Status.IGNORED
+
+# rtpengine 10.5's option set (``rtpengine --help``), plus the spellings of the
+# deployment guide. ``note`` says why an ignored key has no effect.
+KEYS: dict[str, KeyInfo] = {
+    "interface": KeyInfo("list", _S),
+    "listen-ng": KeyInfo("str", _S),
+    "listen-tcp-ng": KeyInfo("str", _S),
+    "port-min": KeyInfo("int", _S),
+    "port-max": KeyInfo("int", _S),
+    "offer-timeout": KeyInfo("int", _S),
+    "final-timeout": KeyInfo("int", _S),
+    "delete-delay": KeyInfo("int", _S),
+    "max-sessions": KeyInfo("int", _S),
+    "log-level": KeyInfo("int", _S),
+    "log-stderr": KeyInfo("bool", _S),
+    "log-facility": KeyInfo("str", _S),
+    "no-log-timestamps": KeyInfo("bool", _S),
+    "foreground": KeyInfo("bool", _S),
+    "pidfile": KeyInfo("str", _S),
+    "table": KeyInfo(
+        "int",
+        _S,
+        "kernel forwarding is not implemented yet; every table value "
+        "forwards in userspace, as rtpengine does with table = -1",
+    ),
+    "sip-source": KeyInfo("bool", _S),
+    "timeout": KeyInfo("int", _I, "media timeouts arrive with the media plane"),
+    "silent-timeout": KeyInfo("int", _I, "media timeouts arrive with the media plane"),
+    "tos": KeyInfo("int", _I, "TOS is set by the media workers, not yet built"),
+    "control-tos": KeyInfo("int", _I, "ng replies are sent with the default TOS"),
+    "num-threads": KeyInfo("int", _I, "media workers are not yet built"),
+    "endpoint-learning": KeyInfo("str", _I, "endpoint learning arrives with the media plane"),
+}
+for _key in [
+    "log-level-core",
+    "log-level-spandsp",
+    "log-level-ffmpeg",
+    "log-level-transcoding",
+    "log-level-codec",
+    "log-level-rtcp",
+    "log-level-ice",
+    "log-level-crypto",
+    "log-level-srtp",
+    "log-level-internals",
+    "log-level-http",
+    "log-level-control",
+    "log-level-dtx",
+    "max-log-line-length",
+    "thread-stack",
+    "redis-num-threads",
+    "redis-expires",
+    "redis-allowed-errors",
+    "redis-disable-time",
+    "redis-cmd-timeout",
+    "redis-connect-timeout",
+    "redis-delete-async-interval",
+    "xmlrpc-format",
+    "media-num-threads",
+    "graphite-interval",
+    "graphite-timeout",
+    "homer-id",
+    "priority",
+    "idle-priority",
+    "mysql-port",
+    "jitter-buffer",
+    "dtls-rsa-key-size",
+    "dtls-mtu",
+    "http-threads",
+    "dtx-delay",
+    "max-dtx",
+    "dtx-buffer",
+    "dtx-lag",
+    "dtx-shift",
+    "mqtt-port",
+    "mqtt-keepalive",
+    "mqtt-publish-qos",
+    "mqtt-publish-interval",
+    "socket-cpu-affinity",
+    "max-bandwidth",
+]:
+    KEYS[_key] = KeyInfo("int", _I)
+for _key in ["max-load", "max-cpu", "silence-detect"]:
+    KEYS[_key] = KeyInfo("float", _I)
+for _key in [
+    "split-logs",
+    "no-fallback",
+    "save-interface-ports",
+    "no-redis-required",
+    "redis-delete-async",
+    "active-switchover",
+    "dtmf-log-ng-tcp",
+    "dtmf-no-suppress",
+    "dtmf-digit-delay",
+    "dtls-passive",
+    "codecs",
+    "log-srtp-keys",
+    "jb-clock-drift",
+    "debug-srtp",
+    "reject-invalid-sdp",
+    "poller-per-thread",
+    "prometheus",
+    "homer-enable-ng",
+]:
+    KEYS[_key] = KeyInfo("bool", _I)
+for _key in [
+    "log-mark-prefix",
+    "log-mark-suffix",
+    "subscribe-keyspace",
+    "listen-tcp",
+    "listen-udp",
+    "listen-cli",
+    "graphite",
+    "graphite-prefix",
+    "redis",
+    "redis-write",
+    "b2b-url",
+    "log-facility-cdr",
+    "log-facility-rtcp",
+    "log-facility-dtmf",
+    "dtmf-log-dest",
+    "log-format",
+    "homer",
+    "homer-protocol",
+    "recording-dir",
+    "recording-method",
+    "recording-format",
+    "iptables-chain",
+    "scheduling",
+    "idle-scheduling",
+    "mysql-host",
+    "mysql-user",
+    "mysql-pass",
+    "mysql-query",
+    "dtls-cert-cipher",
+    "dtls-ciphers",
+    "dtls-signature",
+    "listen-http",
+    "listen-https",
+    "https-cert",
+    "https-key",
+    "software-id",
+    "dtx-cn-params",
+    "amr-dtx",
+    "cn-payload",
+    "mqtt-host",
+    "mqtt-id",
+    "mqtt-user",
+    "mqtt-pass",
+    "mqtt-cafile",
+    "mqtt-capath",
+    "mqtt-certfile",
+    "mqtt-keyfile",
+    "mqtt-publish-topic",
+    "mqtt-publish-scope",
+    "mos",
+    "janus-secret",
+    "prometheus-listen",
+    "homer-ng",
+    "tls-certificate",
+    "tls-private-key",
+]:
+    KEYS[_key] = KeyInfo("str", _I)
+
+
+@dataclass(frozen=True, slots=True)
+class InterfaceSpec:
+    """``[NAME/]LOCAL[!ADVERTISED]``: one address of a logical interface."""
+
+    name: str
+    local: str  # an IP address, or a system device name resolved at start-up
+    advertised: str | None = None
+
+    @property
+    def is_device(self) -> bool:
+        try:
+            ipaddress.ip_address(self.local)
+        except ValueError:
+            return True
+        return False
+
+
+def parse_interface(text: str) -> InterfaceSpec:
+    text = text.strip()
+    name, slash, rest = text.partition("/")
+    if not slash:
+        name, rest = "default", text
+    local, bang, advertised = rest.partition("!")
+    if not name or not local or (bang and not advertised):
+        raise ValueError(f"invalid interface specification {text!r}")
+    if bang:
+        ipaddress.ip_address(advertised)
+    if ":" in local and not _is_ip(local):
+        raise ValueError(f"invalid interface address {local!r}")
+    return InterfaceSpec(name, local, advertised or None)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_endpoint(text: str, default_host: str = "0.0.0.0") -> tuple[str, int]:
+    """``[IP46|HOSTNAME:]PORT`` as rtpengine's listen options take it (``[::1]:2223`` too)."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, port = text[1:].partition("]:")
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    elif text.count(":") > 1:
+        host, _, port = text.rpartition(":")
+    else:
+        host, port = default_host, text
+    if host == "localhost":
+        host = "127.0.0.1"
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"invalid port in {text!r}")
+    return host, int(port)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    interfaces: tuple[InterfaceSpec, ...] = (InterfaceSpec("default", "127.0.0.1"),)
+    listen_ng: tuple[str, int] | None = ("127.0.0.1", 2223)
+    listen_tcp_ng: tuple[str, int] | None = None
+    port_min: int = 30000
+    port_max: int = 40000
+    timeout: int = 60
+    silent_timeout: int = 3600
+    offer_timeout: int = 3600
+    final_timeout: int = 0
+    delete_delay: int = 30
+    max_sessions: int = -1
+    tos: int = 0
+    table: int = -1
+    log_level: int = 6
+    log_stderr: bool = False
+    log_facility: str = "daemon"
+    log_timestamps: bool = True
+    foreground: bool = False
+    pidfile: str | None = None
+    sip_source: bool = False
+    endpoint_learning: str = "delayed"
+    num_threads: int = 0
+    source: str = "defaults"
+    values: dict[str, Any] = field(default_factory=dict)  # every key given, as parsed
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "int": int,
+    "float": float,
+    "str": str,
+    "bool": lambda v: _parse_bool(v),
+    "list": lambda v: [item.strip() for item in v.split(";") if item.strip()],
+}
+
+
+def _parse_bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("true", "yes", "on", "1"):
+        return True
+    if lowered in ("false", "no", "off", "0"):
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def read_config_file(path: Path, section: str) -> dict[str, tuple[str, int]]:
+    """The ``key = value`` pairs of ``section`` with their line numbers (GKeyFile syntax)."""
+    values: dict[str, tuple[str, int]] = {}
+    current: str | None = None
+    seen_section = False
+    for number, raw in enumerate(path.read_text().splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#") or line.startswith(";"):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = line[1:-1].strip()
+            seen_section = seen_section or current == section
+            continue
+        if current != section:
+            continue
+        key, eq, value = line.partition("=")
+        if not eq:
+            raise ConfigError(f"{path}:{number}: expected 'key = value', got {raw!r}")
+        key = key.strip()
+        if key in values and key == "interface":
+            # several interface lines add up, as operators write them
+            previous, _ = values[key]
+            values[key] = (previous + ";" + value.strip(), number)
+        else:
+            values[key] = (value.strip(), number)
+    if not seen_section:
+        raise ConfigError(f"{path}: no [{section}] section")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="relayd",
+        description="RTP media proxy driven over rtpengine's ng protocol.",
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument(
+        "--config-file", default=None, help="rtpengine.conf to read ('none': no file)"
+    )
+    parser.add_argument("--config-section", default="rtpengine")
+    parser.add_argument("-v", "--version", action="store_true", default=False)
+    short = {
+        "interface": "-i",
+        "listen-ng": "-n",
+        "listen-tcp-ng": "-N",
+        "port-min": "-m",
+        "port-max": "-M",
+        "timeout": "-o",
+        "silent-timeout": "-s",
+        "final-timeout": "-a",
+        "tos": "-T",
+        "table": "-t",
+        "log-level": "-L",
+        "log-stderr": "-E",
+        "foreground": "-f",
+        "pidfile": "-p",
+        "delete-delay": "-d",
+    }
+    for key, info in KEYS.items():
+        flags = [f"--{key}"] + ([short[key]] if key in short else [])
+        dest = key.replace("-", "_")
+        if info.kind == "bool":
+            parser.add_argument(*flags, dest=dest, nargs="?", const="true", metavar="BOOL")
+        elif info.kind == "list":
+            parser.add_argument(*flags, dest=dest, action="append", metavar="VALUE")
+        else:
+            parser.add_argument(*flags, dest=dest, metavar=info.kind.upper())
+    return parser
+
+
+def load(argv: Sequence[str] | None = None) -> Config:
+    """Parse the command line and the configuration file it names."""
+    args = vars(build_parser().parse_args(argv))
+    raw: dict[str, tuple[str | list[str], str]] = {}
+    config_file = args.pop("config_file", None)
+    section = args.pop("config_section", "rtpengine")
+    args.pop("version", None)
+    source = "command line"
+    if config_file is None and Path(DEFAULT_CONFIG_FILE).exists():
+        config_file = DEFAULT_CONFIG_FILE
+    if config_file and config_file != "none":
+        path = Path(config_file)
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist")
+        for key, (value, line) in read_config_file(path, section).items():
+            raw[key] = (value, f"{path}:{line}")
+        source = str(path)
+    for dest, value in args.items():
+        key = dest.replace("_", "-")
+        if KEYS[key].kind == "list":
+            raw[key] = (";".join(value), "command line")
+        else:
+            raw[key] = (value, "command line")
+    values: dict[str, Any] = {}
+    for key, (text, where) in raw.items():
+        info = KEYS.get(key)
+        if info is None:
+            values[key] = text
+            continue
+        try:
+            values[key] = _PARSERS[info.kind](str(text))
+        except ValueError as exc:
+            raise ConfigError(f"{where}: invalid value for '{key}': {exc}") from None
+    return _to_config(values, raw, source)
+
+
+def _to_config(values: dict[str, Any], raw: dict[str, Any], source: str) -> Config:
+    def where(key: str) -> str:
+        return raw[key][1] if key in raw else "default"
+
+    kwargs: dict[str, Any] = {"source": source, "values": values}
+    try:
+        if "interface" in values:
+            kwargs["interfaces"] = tuple(parse_interface(i) for i in values["interface"])
+            if not kwargs["interfaces"]:
+                raise ValueError("no interface given")
+    except ValueError as exc:
+        raise ConfigError(f"{where('interface')}: invalid value for 'interface': {exc}") from None
+    for key in ("listen-ng", "listen-tcp-ng"):
+        if key in values:
+            try:
+                kwargs[key.replace("-", "_")] = parse_endpoint(values[key])
+            except ValueError as exc:
+                raise ConfigError(f"{where(key)}: invalid value for '{key}': {exc}") from None
+    simple = (
+        "port-min",
+        "port-max",
+        "timeout",
+        "silent-timeout",
+        "offer-timeout",
+        "final-timeout",
+        "delete-delay",
+        "max-sessions",
+        "tos",
+        "table",
+        "log-level",
+        "log-stderr",
+        "log-facility",
+        "foreground",
+        "pidfile",
+        "sip-source",
+        "endpoint-learning",
+        "num-threads",
+    )
+    for key in simple:
+        if key in values:
+            kwargs[key.replace("-", "_")] = values[key]
+    if "no-log-timestamps" in values:
+        kwargs["log_timestamps"] = not values["no-log-timestamps"]
+    config = Config(**kwargs)
+    _check(config, where)
+    return config
+
+
+def _check(config: Config, where: Callable[[str], str]) -> None:
+    if not 1 <= config.port_min <= config.port_max <= 65535:
+        raise ConfigError(
+            f"{where('port-min')}: invalid value for 'port-min'/'port-max': "
+            f"{config.port_min}..{config.port_max} is not a port range"
+        )
+    if not 0 <= config.tos <= 255:
+        raise ConfigError(f"{where('tos')}: invalid value for 'tos': {config.tos} (0..255)")
+    if not 0 <= config.log_level <= 7:
+        raise ConfigError(f"{where('log-level')}: invalid value for 'log-level': 0..7")
+    if config.endpoint_learning not in ("delayed", "immediate", "off", "heuristic"):
+        raise ConfigError(
+            f"{where('endpoint-learning')}: invalid value for 'endpoint-learning': "
+            f"{config.endpoint_learning!r}"
+        )
+    for key in ("timeout", "silent-timeout", "offer-timeout", "final-timeout", "delete-delay"):
+        if getattr(config, key.replace("-", "_")) < 0:
+            raise ConfigError(f"{where(key)}: invalid value for '{key}': must not be negative")
+
+
+def unimplemented(config: Config) -> list[str]:
+    """Keys that were set but have no effect in this version (and unknown keys)."""
+    return sorted(
+        key for key in config.values if key not in KEYS or KEYS[key].status is Status.IGNORED
+    )

@@ -1,0 +1,157 @@
+"""The call model: call → monologue (one per tag) → media → RTP/RTCP streams.
+
+Tag semantics are rtpengine's: a monologue is one party, named by its SIP tag;
+``from-tag`` is whoever sent the message. Each monologue owns the local ports
+its party talks to, so media from A arrives on A's ports and leaves towards B
+from B's ports. Pure data: no sockets, no clock (times are passed in).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = [
+    "Call",
+    "Codec",
+    "Endpoint",
+    "LocalAddress",
+    "Media",
+    "Monologue",
+    "Stream",
+    "StreamStats",
+    "family_of",
+]
+
+
+def family_of(address: str) -> str:
+    """``IP4`` or ``IP6`` as SDP spells it."""
+    return "IP6" if ":" in address else "IP4"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    address: str
+    port: int
+
+    @property
+    def family(self) -> str:
+        return family_of(self.address)
+
+
+@dataclass(frozen=True, slots=True)
+class LocalAddress:
+    """One address of a logical interface: bound locally, written into SDP as advertised."""
+
+    interface: str
+    local: str
+    advertised: str
+
+    @property
+    def family(self) -> str:
+        return family_of(self.local)
+
+
+@dataclass(slots=True)
+class StreamStats:
+    packets: int = 0
+    bytes: int = 0
+    errors: int = 0
+    last_packet: float = 0.0
+
+
+@dataclass(slots=True)
+class Stream:
+    """One local socket (RTP or RTCP) of a party and the peer endpoint it talks to."""
+
+    local: LocalAddress
+    port: int
+    rtcp: bool
+    endpoint: Endpoint | None = None  # where media for this party is sent
+    advertised_endpoint: Endpoint | None = None  # as the party's SDP said
+    confirmed: bool = False
+    stats: StreamStats = field(default_factory=StreamStats)
+
+
+@dataclass(frozen=True, slots=True)
+class Codec:
+    """A payload type as the SDP describes it (rtpmap, fmtp, rtcp-fb)."""
+
+    payload_type: str
+    encoding: str  # "PCMU/8000", "" if unknown
+    fmtp: str = ""
+    rtcp_fb: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.encoding.partition("/")[0]
+
+
+@dataclass(slots=True)
+class Media:
+    """One ``m=`` section as seen from one party."""
+
+    index: int
+    type: str
+    protocol: str
+    local: LocalAddress | None = None
+    port: int = 0  # our RTP port for this party; 0 when none allocated
+    rtcp_port: int = 0  # 0 with rtcp-mux (RTCP shares the RTP port)
+    rtcp_mux: bool = False  # rtcp-mux in force towards this party (what we printed)
+    peer_rtcp_mux: bool = False  # this party's own SDP carried a=rtcp-mux
+    remote_rtp: Endpoint | None = None  # this party's media address, from its SDP
+    remote_rtcp: Endpoint | None = None
+    send: bool = True
+    recv: bool = True
+    zero_address: bool = False
+    streams: list[Stream] = field(default_factory=list)
+    codecs: list[Codec] = field(default_factory=list)
+    ptime: int = 0
+    rejected: bool = False  # m= port 0
+
+    @property
+    def direction(self) -> str:
+        if self.send and self.recv:
+            return "sendrecv"
+        if self.send:
+            return "sendonly"
+        if self.recv:
+            return "recvonly"
+        return "inactive"
+
+
+@dataclass(slots=True)
+class Monologue:
+    """One party of the call, named by its tag (empty until an answer names it)."""
+
+    tag: str
+    created: float
+    via_branch: str = ""
+    label: str = ""
+    medias: list[Media] = field(default_factory=list)
+    in_dialogue_with: str | None = None
+    interface: str = ""  # logical interface chosen for this party
+    family: str = ""  # "IP4"/"IP6" forced for this party's SDP, "" to follow the peer
+    asymmetric: bool = False
+    strict_source: bool = False
+    media_handover: bool = False
+    sip_source: str = ""  # the SIP source address (received-from), if any
+    origin: str = ""  # o= line value of the last SDP this party sent
+    aliases: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Call:
+    call_id: str
+    created: float
+    last_signal: float
+    monologues: dict[str, Monologue] = field(default_factory=dict)
+    # monologues created by an offer whose answerer is not known yet, by via-branch
+    branches: dict[str, Monologue] = field(default_factory=dict)
+    deleted_at: float | None = None  # delete received; freed after delete-delay
+    answered: bool = False
+
+    def parties(self) -> list[Monologue]:
+        seen: dict[int, Monologue] = {}
+        for mono in [*self.monologues.values(), *self.branches.values()]:
+            seen.setdefault(id(mono), mono)
+        return list(seen.values())

@@ -1,0 +1,1 @@
+"""rtpengine's ng control protocol: codec, messages, commands, server, client."""

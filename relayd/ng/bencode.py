@@ -1,0 +1,117 @@
+"""Bencode codec for ng messages.
+
+Lenient where Kamailio and OpenSIPS need it: dictionary keys are accepted in
+any order (their rtpengine modules add ``sdp`` first), and the encoder keeps
+insertion order, as rtpengine itself does. Strings are decoded to ``str`` with
+``surrogateescape`` so that SDP bodies that are not valid UTF-8 survive a
+round trip byte for byte.
+"""
+
+from __future__ import annotations
+
+__all__ = ["BencodeError", "Value", "decode", "decode_prefix", "encode"]
+
+Value = int | str | bytes | list["Value"] | dict[str, "Value"]
+
+_MAX_DEPTH = 32
+
+
+class BencodeError(ValueError):
+    """The data is not a well-formed bencode value."""
+
+
+def encode(value: object) -> bytes:
+    """Encode ``value`` (int, str, bytes, list, tuple, dict with str keys)."""
+    out: list[bytes] = []
+    _encode(value, out)
+    return b"".join(out)
+
+
+def _encode(value: object, out: list[bytes]) -> None:
+    if isinstance(value, bool):
+        value = int(value)
+    if isinstance(value, int):
+        out.append(b"i%de" % value)
+    elif isinstance(value, str):
+        raw = value.encode("utf-8", "surrogateescape")
+        out.append(b"%d:" % len(raw))
+        out.append(raw)
+    elif isinstance(value, bytes | bytearray):
+        out.append(b"%d:" % len(value))
+        out.append(bytes(value))
+    elif isinstance(value, list | tuple):
+        out.append(b"l")
+        for item in value:
+            _encode(item, out)
+        out.append(b"e")
+    elif isinstance(value, dict):
+        out.append(b"d")
+        for key, item in value.items():
+            _encode(str(key), out)
+            _encode(item, out)
+        out.append(b"e")
+    elif isinstance(value, float):
+        _encode(int(value), out)
+    else:
+        raise TypeError(f"cannot bencode {type(value).__name__}")
+
+
+def decode(data: bytes) -> Value:
+    """Decode exactly one bencode value that fills all of ``data``."""
+    value, end = decode_prefix(data, 0)
+    if end != len(data):
+        raise BencodeError(f"trailing data at offset {end}")
+    return value
+
+
+def decode_prefix(data: bytes, start: int = 0) -> tuple[Value, int]:
+    """Decode one value starting at ``start``; return it and the offset after it.
+
+    Raises :class:`BencodeError` for malformed input, including input that
+    ends before the value does (the TCP framer uses that to wait for more).
+    """
+    try:
+        return _decode(data, start, 0)
+    except IndexError:
+        raise BencodeError("truncated data") from None
+
+
+def _decode(data: bytes, pos: int, depth: int) -> tuple[Value, int]:
+    if depth > _MAX_DEPTH:
+        raise BencodeError("nesting too deep")
+    lead = data[pos]
+    if lead == 0x69:  # 'i'
+        end = data.index(b"e", pos + 1)
+        digits = data[pos + 1 : end]
+        if not digits or not (digits.lstrip(b"-").isdigit()) or digits.count(b"-") > 1:
+            raise BencodeError(f"bad integer at offset {pos}")
+        return int(digits), end + 1
+    if 0x30 <= lead <= 0x39:  # '0'..'9'
+        colon = data.find(b":", pos)
+        if colon < 0:
+            raise IndexError
+        digits = data[pos:colon]
+        if not digits.isdigit():
+            raise BencodeError(f"bad string length at offset {pos}")
+        length = int(digits)
+        end = colon + 1 + length
+        if end > len(data):
+            raise IndexError
+        return data[colon + 1 : end].decode("utf-8", "surrogateescape"), end
+    if lead == 0x6C:  # 'l'
+        items: list[Value] = []
+        pos += 1
+        while data[pos] != 0x65:
+            item, pos = _decode(data, pos, depth + 1)
+            items.append(item)
+        return items, pos + 1
+    if lead == 0x64:  # 'd'
+        result: dict[str, Value] = {}
+        pos += 1
+        while data[pos] != 0x65:
+            key, pos = _decode(data, pos, depth + 1)
+            if not isinstance(key, str):
+                raise BencodeError(f"dictionary key is not a string at offset {pos}")
+            result[key], pos = _decode(data, pos, depth + 1)
+        return result, pos + 1
+    raise BencodeError(f"unexpected byte {lead:#04x} at offset {pos}")

@@ -1,0 +1,300 @@
+"""ng commands on the call registry: pure, the clock passed in.
+
+Each handler takes a :class:`Request` and ``now`` and returns the reply
+dictionary (without ``result: ok``, which :meth:`Commands.handle` adds) or
+raises :class:`NgError`. Reply keys and error strings are rtpengine 10.5's.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from relayd.model import Call, Endpoint, Media, Monologue, Stream
+from relayd.ng.message import NgError, Request
+from relayd.signalling import Signalling
+
+__all__ = ["Commands", "Limits", "Teardown"]
+
+CALL_NOT_FOUND = "Call-ID not found or tags didn't match"
+
+
+@dataclass
+class Limits:
+    max_sessions: int = -1
+    delete_delay: int = 30
+    offer_timeout: int = 3600
+    final_timeout: int = 0
+
+
+@dataclass(frozen=True)
+class Teardown:
+    """A call that left the registry, and why (for the log line and counters)."""
+
+    call: Call
+    reason: str  # "deleted", "offer timeout", "final timeout"
+
+
+@dataclass
+class Totals:
+    managed: int = 0
+    rejected: int = 0
+    offer_timeouts: int = 0
+    final_timeouts: int = 0
+    regular_terminated: int = 0
+    forced_terminated: int = 0
+    call_duration: float = 0.0
+    commands: Counter[str] = field(default_factory=Counter)
+    errors: int = 0
+
+
+class Commands:
+    def __init__(self, signalling: Signalling, limits: Limits, started: float) -> None:
+        self.signalling = signalling
+        self.limits = limits
+        self.started = started
+        self.calls: dict[str, Call] = {}
+        self.totals = Totals()
+        self.on_teardown: Callable[[Teardown], None] | None = None
+        self._handlers: dict[str, Callable[[Request, float], dict[str, Any]]] = {
+            "ping": self.ping,
+            "offer": self.offer,
+            "answer": self.answer,
+            "delete": self.delete,
+            "query": self.query,
+            "list": self.list_calls,
+            "statistics": self.statistics,
+        }
+
+    def handle(self, req: Request, now: float) -> dict[str, Any]:
+        """Run one request; errors become rtpengine's error replies."""
+        handler = self._handlers.get(req.command)
+        if handler is None:
+            self.totals.errors += 1
+            return {"result": "error", "error-reason": "Unrecognized command"}
+        self.totals.commands[req.command] += 1
+        try:
+            reply = handler(req, now)
+        except NgError as exc:
+            self.totals.errors += 1
+            if exc.reason == "Parallel session limit reached" and "load-limit" in req.supports:
+                return {"result": "load limit", "message": exc.reason}
+            return {"result": "error", "error-reason": exc.reason}
+        reply.setdefault("result", "ok")
+        return reply
+
+    # -- commands -----------------------------------------------------------------------------
+
+    def ping(self, req: Request, now: float) -> dict[str, Any]:
+        return {"result": "pong"}
+
+    def _require_ids(self, req: Request, *, to_tag: bool = False) -> None:
+        if not req.call_id:
+            raise NgError("No call-id in message")
+        if not req.from_tag:
+            raise NgError("No from-tag in message")
+        if to_tag and not req.to_tag:
+            raise NgError("No to-tag in message")
+
+    def offer(self, req: Request, now: float) -> dict[str, Any]:
+        if req.sdp is None:
+            raise NgError("No SDP body in message")
+        self._require_ids(req)
+        call = self.calls.get(req.call_id)
+        created = call is None
+        if call is None:
+            limit = self.limits.max_sessions
+            if 0 <= limit <= len(self.calls):
+                self.totals.rejected += 1
+                raise NgError("Parallel session limit reached")
+            call = Call(req.call_id, created=now, last_signal=now)
+            self.calls[req.call_id] = call
+        call.deleted_at = None
+        try:
+            sdp = self.signalling.offer(call, req, now)
+        except NgError:
+            if created:
+                self.signalling.release_call(call)
+                del self.calls[req.call_id]
+            raise
+        if created:
+            self.totals.managed += 1
+        return {"sdp": sdp}
+
+    def answer(self, req: Request, now: float) -> dict[str, Any]:
+        if req.sdp is None:
+            raise NgError("No SDP body in message")
+        self._require_ids(req, to_tag=True)
+        call = self.calls.get(req.call_id)
+        if call is None:
+            raise NgError("Unknown call-id")
+        call.deleted_at = None
+        return {"sdp": self.signalling.answer(call, req, now)}
+
+    def delete(self, req: Request, now: float) -> dict[str, Any]:
+        if not req.call_id:
+            raise NgError("No call-id in message")
+        call = self.calls.get(req.call_id)
+        if call is None or (
+            req.from_tag
+            and req.from_tag not in call.monologues
+            and req.from_tag not in _aliases(call)
+        ):
+            if req.has("fatal"):
+                raise NgError(CALL_NOT_FOUND)
+            return {"warning": CALL_NOT_FOUND}
+        reply = {} if req.has("fast") else self._stats(call)
+        delay = req.delete_delay if req.delete_delay is not None else self.limits.delete_delay
+        if delay <= 0:
+            self._remove(call, "deleted", now)
+        elif call.deleted_at is None:
+            call.deleted_at = now + delay
+        return reply
+
+    def query(self, req: Request, now: float) -> dict[str, Any]:
+        if not req.call_id:
+            raise NgError("No call-id in message")
+        call = self.calls.get(req.call_id)
+        if call is None:
+            raise NgError("Unknown call-id")
+        return self._stats(call)
+
+    def list_calls(self, req: Request, now: float) -> dict[str, Any]:
+        limit = req.limit if req.limit is not None else 32
+        return {"calls": list(self.calls)[: max(limit, 0)]}
+
+    def statistics(self, req: Request, now: float) -> dict[str, Any]:
+        from relayd.ng.stats import statistics_reply
+
+        return statistics_reply(self, now)
+
+    # -- timers -------------------------------------------------------------------------------
+
+    def reap(self, now: float) -> list[Teardown]:
+        """Free calls whose delete-delay ran out, or that hit offer- or final-timeout."""
+        gone: list[Teardown] = []
+        for call in list(self.calls.values()):
+            if call.deleted_at is not None and now >= call.deleted_at:
+                gone.append(self._remove(call, "deleted", now))
+            elif self.limits.final_timeout and now - call.created >= self.limits.final_timeout:
+                self.totals.final_timeouts += 1
+                gone.append(self._remove(call, "final timeout", now))
+            elif (
+                not call.answered
+                and self.limits.offer_timeout
+                and now - call.last_signal >= self.limits.offer_timeout
+            ):
+                self.totals.offer_timeouts += 1
+                gone.append(self._remove(call, "offer timeout", now))
+        return gone
+
+    def _remove(self, call: Call, reason: str, now: float) -> Teardown:
+        self.calls.pop(call.call_id, None)
+        self.signalling.release_call(call)
+        if reason == "deleted":
+            self.totals.regular_terminated += 1
+        self.totals.call_duration += max(now - call.created, 0.0)
+        teardown = Teardown(call, reason)
+        if self.on_teardown:
+            self.on_teardown(teardown)
+        return teardown
+
+    # -- stats trees --------------------------------------------------------------------------
+
+    def _stats(self, call: Call) -> dict[str, Any]:
+        totals = {"RTP": _zero(), "RTCP": _zero()}
+        tags: dict[str, Any] = {}
+        for party in call.parties():
+            if not party.tag:
+                continue
+            tags[party.tag] = _tag_tree(call, party, totals)
+        return {
+            "created": int(call.created),
+            "created_us": int((call.created % 1) * 1_000_000),
+            "last signal": int(call.last_signal),
+            "SSRC": {},
+            "tags": tags,
+            "totals": totals,
+        }
+
+
+def _aliases(call: Call) -> set[str]:
+    return {alias for mono in call.monologues.values() for alias in mono.aliases}
+
+
+def _zero() -> dict[str, int]:
+    return {"packets": 0, "bytes": 0, "errors": 0}
+
+
+def _endpoint(ep: Endpoint) -> dict[str, Any]:
+    return {
+        "family": "IPv6" if ep.family == "IP6" else "IPv4",
+        "address": ep.address,
+        "port": ep.port,
+    }
+
+
+def _stream_tree(stream: Stream, totals: dict[str, dict[str, int]]) -> dict[str, Any]:
+    tree: dict[str, Any] = {
+        "local port": stream.port,
+        "local address": stream.local.local,
+        "family": "IPv6" if stream.local.family == "IP6" else "IPv4",
+    }
+    if stream.endpoint:
+        tree["endpoint"] = _endpoint(stream.endpoint)
+    if stream.advertised_endpoint:
+        tree["advertised endpoint"] = _endpoint(stream.advertised_endpoint)
+    tree["last packet"] = int(stream.stats.last_packet)
+    flags = ["RTCP" if stream.rtcp else "RTP"]
+    if stream.endpoint:
+        flags.append("filled")
+    if stream.confirmed:
+        flags.append("confirmed")
+    tree["flags"] = flags
+    stats = {
+        "packets": stream.stats.packets,
+        "bytes": stream.stats.bytes,
+        "errors": stream.stats.errors,
+    }
+    tree["stats"] = stats
+    bucket = totals["RTCP" if stream.rtcp else "RTP"]
+    for key, value in stats.items():
+        bucket[key] += value
+    return tree
+
+
+def _media_tree(media: Media, totals: dict[str, dict[str, int]]) -> dict[str, Any]:
+    flags = ["initialized"]
+    if media.send:
+        flags.append("send")
+    if media.recv:
+        flags.append("recv")
+    if media.rtcp_mux:
+        flags.append("rtcp-mux")
+    streams = media.streams[:1] if media.rtcp_mux else media.streams
+    return {
+        "index": media.index + 1,
+        "type": media.type,
+        "protocol": media.protocol,
+        "streams": [_stream_tree(s, totals) for s in streams],
+        "flags": flags,
+    }
+
+
+def _tag_tree(call: Call, party: Monologue, totals: dict[str, dict[str, int]]) -> dict[str, Any]:
+    tree: dict[str, Any] = {"tag": party.tag}
+    if party.label:
+        tree["label"] = party.label
+    tree["created"] = int(party.created)
+    if party.in_dialogue_with:
+        peer = [{"tag": party.in_dialogue_with, "type": "offer/answer"}]
+        tree["subscriptions"] = peer
+        tree["subscribers"] = peer
+    if party.via_branch:
+        tree["via-branch"] = party.via_branch
+    if party.aliases:
+        tree["tag-aliases"] = list(party.aliases)
+    tree["medias"] = [_media_tree(m, totals) for m in party.medias if m.port]
+    return tree

@@ -1,0 +1,366 @@
+"""ng framing (``cookie SP dict``) and the typed view of a request's keys.
+
+rtpengine accepts most keys and flags in several spellings (``trust address``,
+``trust-address``, ``trust_address``) and ignores what it does not know; so do
+we: :func:`normalise` folds spellings, :class:`Request` exposes what relayd
+acts on, and ``unknown`` lists the rest for a warning log line.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from relayd.ng import bencode
+
+__all__ = [
+    "FramingError",
+    "NgError",
+    "Request",
+    "decode_body",
+    "encode_reply",
+    "normalise",
+    "parse_request",
+    "split_cookie",
+]
+
+
+class FramingError(ValueError):
+    """No cookie: the datagram is dropped without a reply, as rtpengine does."""
+
+
+class NgError(Exception):
+    """A request that fails; ``reason`` becomes the reply's ``error-reason`` verbatim."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def split_cookie(data: bytes) -> tuple[str, bytes]:
+    cookie, space, body = data.partition(b" ")
+    if not space or not cookie:
+        raise FramingError("message has no cookie")
+    return cookie.decode("utf-8", "surrogateescape"), body
+
+
+def decode_body(body: bytes) -> tuple[dict[str, Any], bool]:
+    """Return the request dictionary and whether it came as JSON."""
+    if not body:
+        raise NgError("Invalid data (no payload)")
+    if body[:1] == b"{":
+        try:
+            value = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise NgError("Failed to parse JSON document") from None
+        if not isinstance(value, dict):
+            raise NgError("Failed to parse JSON document")
+        return value, True
+    if body[:1] != b"d":
+        raise NgError("Invalid NG data format")
+    try:
+        value = bencode.decode(body)
+    except bencode.BencodeError:
+        raise NgError("Could not decode bencode dictionary") from None
+    if not isinstance(value, dict):
+        raise NgError("Could not decode bencode dictionary")
+    return value, False
+
+
+def encode_reply(cookie: str, reply: dict[str, Any], as_json: bool) -> bytes:
+    body = json.dumps(reply).encode() if as_json else bencode.encode(reply)
+    return cookie.encode("utf-8", "surrogateescape") + b" " + body
+
+
+def normalise(word: str) -> str:
+    """Fold rtpengine's spelling variants: case, space, underscore and hyphen."""
+    return word.strip().lower().replace(" ", "-").replace("_", "-")
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogateescape")
+    return str(value)
+
+
+def _words(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, list | tuple):
+        return [_text(v) for v in value]
+    return [w for w in _text(value).split() if w]
+
+
+# Dictionary keys relayd reads (normalised); everything else is logged as unknown.
+_KNOWN_KEYS = frozenset(
+    [
+        "command",
+        "call-id",
+        "from-tag",
+        "to-tag",
+        "via-branch",
+        "sdp",
+        "flags",
+        "replace",
+        "direction",
+        "rtcp-mux",
+        "ice",
+        "ice-lite",
+        "dtls",
+        "sdes",
+        "osrtp",
+        "transport-protocol",
+        "address-family",
+        "media-address",
+        "received-from",
+        "codec",
+        "ptime",
+        "ptime-reverse",
+        "tos",
+        "record-call",
+        "metadata",
+        "label",
+        "supports",
+        "sip-message-type",
+        "sip-code",
+        "delete-delay",
+        "rtpp-flags",
+        "endpoint-learning",
+        "from-interface",
+        "to-interface",
+        "limit",
+        "dtls-fingerprint",
+        "t.38",
+        "drop-traffic",
+        "xmlrpc-callback",
+        "template",
+        "media-echo",
+        "all",
+        "interface",
+        "sdp-attr",
+        "sdp-media-remove",
+    ]
+)
+
+# Words in ``flags`` (normalised) that relayd acts on or that are harmless no-ops.
+KNOWN_FLAGS = frozenset(
+    [
+        "trust-address",
+        "sip-source-address",
+        "symmetric",
+        "asymmetric",
+        "strict-source",
+        "media-handover",
+        "loop-protect",
+        "port-latching",
+        "no-port-latching",
+        "no-rtcp-attribute",
+        "full-rtcp-attribute",
+        "original-sendrecv",
+        "record-call",
+        "fatal",
+        "fast",
+        "to-tag",
+        "directional",
+        "reset",
+        "all",
+        "unidirectional",
+        "allow-transcoding",
+        "single-codec",
+        "reuse-codecs",
+        "static-codecs",
+        "always-transcode",
+        "allow-no-codec-media",
+        "allow-asymmetric-codecs",
+        "no-codec-renegotiation",
+        "pad-crypto",
+        "generate-mid",
+        "strip-extmap",
+        "new-branch",
+        "inactive",
+        "debug",
+        "no-redis-update",
+        "discard-recording",
+        "force-answer",
+        "generate-rtcp",
+        "siprec",
+        "allow-sdes-passthrough",
+        "passthrough",
+    ]
+)
+
+_PREFIX_LISTS = {
+    "replace-": "replace",
+    "rtcp-mux-": "rtcp-mux",
+    "sdes-": "sdes",
+    "osrtp-": "osrtp",
+}
+_CODEC_PREFIXES = {
+    "codec-strip-": "strip",
+    "codec-offer-": "offer",
+    "codec-mask-": "mask",
+    "codec-except-": "except",
+    "codec-accept-": "accept",
+    "codec-consume-": "consume",
+    "codec-ignore-": "ignore",
+    "codec-set-": "set",
+    "codec-transcode-": "transcode",
+    "transcode-": "transcode",
+}
+_PROTOCOLS = {
+    "rtp/avp": "RTP/AVP",
+    "rtp/avpf": "RTP/AVPF",
+    "rtp/savp": "RTP/SAVP",
+    "rtp/savpf": "RTP/SAVPF",
+    "udp/tls/rtp/savp": "UDP/TLS/RTP/SAVP",
+    "udp/tls/rtp/savpf": "UDP/TLS/RTP/SAVPF",
+}
+
+
+@dataclass
+class Request:
+    """The keys of one ng request that relayd uses, in domain words."""
+
+    command: str
+    call_id: str = ""
+    from_tag: str = ""
+    to_tag: str = ""
+    via_branch: str = ""
+    sdp: str | None = None
+    flags: set[str] = field(default_factory=set)
+    replace: set[str] = field(default_factory=set)
+    direction: list[str] = field(default_factory=list)
+    rtcp_mux: set[str] = field(default_factory=set)
+    sdes: set[str] = field(default_factory=set)
+    ice: str = ""
+    dtls: str = ""
+    transport_protocol: str = ""
+    address_family: str = ""
+    media_address: str = ""
+    received_from: tuple[str, str] | None = None
+    codec: dict[str, list[str]] = field(default_factory=dict)
+    ptime: int = 0
+    tos: int | None = None
+    delete_delay: int | None = None
+    record_call: str = ""
+    label: str = ""
+    endpoint_learning: str = ""
+    supports: set[str] = field(default_factory=set)
+    limit: int | None = None
+    unknown: list[str] = field(default_factory=list)
+
+    def has(self, flag: str) -> bool:
+        return flag in self.flags
+
+
+def parse_request(raw: dict[str, Any]) -> Request:
+    """Map a decoded ng dictionary onto :class:`Request`; never fails on unknown input."""
+    keys = {normalise(k): v for k, v in raw.items()}
+    if "command" not in keys:
+        raise NgError('Dictionary contains no key "command"')
+    req = Request(command=_text(keys["command"]))
+    req.call_id = _text(keys.get("call-id", ""))
+    req.from_tag = _text(keys.get("from-tag", ""))
+    req.to_tag = _text(keys.get("to-tag", ""))
+    req.via_branch = _text(keys.get("via-branch", ""))
+    if "sdp" in keys:
+        req.sdp = _text(keys["sdp"])
+    for word in _words(keys.get("flags")):
+        _apply_flag(req, word)
+    if "rtpp-flags" in keys:
+        for word in _words(keys["rtpp-flags"]):
+            _apply_flag(req, word)
+    req.replace.update(normalise(w) for w in _words(keys.get("replace")))
+    req.rtcp_mux.update(normalise(w) for w in _words(keys.get("rtcp-mux")))
+    req.sdes.update(normalise(w) for w in _words(keys.get("sdes")))
+    if "direction" in keys:
+        req.direction = _words(keys["direction"])
+    if "from-interface" in keys or "to-interface" in keys:
+        req.direction = [_text(keys.get("from-interface", "")), _text(keys.get("to-interface", ""))]
+    for key, attr in (("ice", "ice"), ("dtls", "dtls"), ("endpoint-learning", "endpoint_learning")):
+        if key in keys:
+            setattr(req, attr, normalise(_text(keys[key])))
+    if "transport-protocol" in keys:
+        _apply_flag(req, _text(keys["transport-protocol"]))
+    if "address-family" in keys:
+        req.address_family = _text(keys["address-family"]).upper()
+    if "media-address" in keys:
+        req.media_address = _text(keys["media-address"])
+    received = _words(keys.get("received-from"))
+    if len(received) == 2:
+        req.received_from = (received[0].upper(), received[1])
+    codec = keys.get("codec")
+    if isinstance(codec, dict):
+        for op, names in codec.items():
+            req.codec.setdefault(normalise(op), []).extend(_words(names))
+    for key, attr in (
+        ("ptime", "ptime"),
+        ("tos", "tos"),
+        ("delete-delay", "delete_delay"),
+        ("limit", "limit"),
+    ):
+        if key in keys:
+            try:
+                setattr(req, attr, int(_text(keys[key])))
+            except ValueError:
+                req.unknown.append(f"{key}={_text(keys[key])}")
+    if "record-call" in keys:
+        req.record_call = normalise(_text(keys["record-call"]))
+    req.label = _text(keys.get("label", ""))
+    req.supports = {normalise(w) for w in _words(keys.get("supports"))}
+    req.unknown.extend(k for k in keys if k not in _KNOWN_KEYS)
+    return req
+
+
+def _apply_flag(req: Request, word: str) -> None:
+    """One word of ``flags`` or ``rtpp-flags``, in the forms Kamailio's module emits."""
+    name, eq, value = word.partition("=")
+    lowered = normalise(name)
+    if eq:
+        if lowered in ("ice", "dtls", "endpoint-learning"):
+            setattr(req, lowered.replace("-", "_"), normalise(value))
+        elif lowered == "address-family":
+            req.address_family = value.upper()
+        elif lowered == "media-address":
+            req.media_address = value
+        elif lowered == "direction":
+            req.direction.append(value)
+        elif lowered == "record-call":
+            req.record_call = normalise(value)
+        elif lowered in ("tos", "delete-delay", "ptime"):
+            if value.lstrip("-").isdigit():
+                setattr(req, lowered.replace("-", "_"), int(value))
+        elif lowered in ("via-branch", "from-tag", "to-tag", "call-id", "label"):
+            setattr(req, lowered.replace("-", "_"), value)
+        elif lowered.startswith("codec-") and lowered[6:] in _CODEC_OPS:
+            req.codec.setdefault(lowered[6:], []).extend(value.split(","))
+        elif lowered in ("transport-protocol", "protocol"):
+            _apply_flag(req, value)
+        else:
+            req.unknown.append(word)
+        return
+    if lowered in _PROTOCOLS:
+        req.transport_protocol = _PROTOCOLS[lowered]
+        return
+    for prefix, op in _CODEC_PREFIXES.items():
+        if lowered.startswith(prefix):
+            # codec names keep their case: "codec-strip-PCMA"
+            req.codec.setdefault(op, []).append(word[len(prefix) :])
+            return
+    for prefix, attr in _PREFIX_LISTS.items():
+        if lowered.startswith(prefix) and lowered != "rtcp-mux":
+            getattr(req, attr.replace("-", "_")).add(lowered[len(prefix) :])
+            return
+    if lowered == "sip-source-address" or lowered == "sip-source":
+        req.flags.add("sip-source-address")
+    elif lowered in ("record-call",):
+        req.record_call = "yes"
+    elif lowered not in KNOWN_FLAGS:
+        req.unknown.append(word)
+    req.flags.add(lowered)
+
+
+_CODEC_OPS = frozenset(
+    ["strip", "offer", "mask", "except", "accept", "consume", "ignore", "set", "transcode"]
+)

@@ -1,0 +1,165 @@
+"""The ng listeners: UDP datagrams and TCP streams of ``cookie SP dict``.
+
+The shell around :class:`NgService`, which turns one framed message into one
+framed reply: reply cache by cookie (a retransmission that arrives while the
+first copy is still being handled waits for that reply), decoding, dispatch,
+and the conversion of every failure into an error reply. Nothing escapes to
+the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+from relayd.log import get_logger
+from relayd.ng import bencode
+from relayd.ng.cache import ReplyCache
+from relayd.ng.message import (
+    FramingError,
+    NgError,
+    Request,
+    decode_body,
+    encode_reply,
+    parse_request,
+    split_cookie,
+)
+
+__all__ = ["NgService", "serve_tcp", "serve_udp"]
+
+log = get_logger("relayd.ng")
+
+Dispatch = Callable[[Request, tuple[Any, ...]], Awaitable[dict[str, Any]]]
+
+# rtpengine closes a TCP connection once this much unparseable data piles up
+_TCP_GARBAGE_LIMIT = 1024
+_TCP_MESSAGE_LIMIT = 1 << 20
+
+
+class NgService:
+    def __init__(self, dispatch: Dispatch, clock: Callable[[], float] = time.monotonic) -> None:
+        self.dispatch = dispatch
+        self.clock = clock
+        self.cache = ReplyCache()
+        self._inflight: dict[str, asyncio.Future[bytes]] = {}
+
+    async def process(self, data: bytes, source: tuple[Any, ...]) -> bytes | None:
+        try:
+            cookie, body = split_cookie(data)
+        except FramingError:
+            log.warning("ng.no_cookie", source=_peer(source), size=len(data))
+            return None
+        cached = self.cache.get(cookie, self.clock())
+        if cached is not None:
+            log.debug("ng.retransmission", cookie=cookie, source=_peer(source))
+            return cached
+        pending = self._inflight.get(cookie)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._inflight[cookie] = future
+        try:
+            reply = await self._reply(cookie, body, source)
+            self.cache.put(cookie, reply, self.clock())
+            future.set_result(reply)
+            return reply
+        finally:
+            del self._inflight[cookie]
+
+    async def _reply(self, cookie: str, body: bytes, source: tuple[Any, ...]) -> bytes:
+        as_json = body[:1] == b"{"
+        try:
+            raw, as_json = decode_body(body)
+            req = parse_request(raw)
+            reply = await self.dispatch(req, source)
+        except NgError as exc:
+            log.warning("ng.error", reason=exc.reason, source=_peer(source))
+            reply = {"result": "error", "error-reason": exc.reason}
+        except Exception:
+            log.exception("ng.internal_error", source=_peer(source))
+            reply = {"result": "error", "error-reason": "Internal error"}
+        return encode_reply(cookie, reply, as_json)
+
+
+def _peer(source: tuple[Any, ...]) -> str:
+    return f"{source[0]}:{source[1]}" if len(source) >= 2 else str(source)
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, service: NgService) -> None:
+        self.service = service
+        self.transport: asyncio.DatagramTransport | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        task = asyncio.ensure_future(self._answer(data, addr))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _answer(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        reply = await self.service.process(data, addr)
+        if reply is not None and self.transport is not None:
+            self.transport.sendto(reply, addr)
+
+
+async def serve_udp(service: NgService, host: str, port: int) -> asyncio.DatagramTransport:
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(
+        lambda: _UdpProtocol(service), local_addr=(host, port), reuse_port=True
+    )
+    return transport
+
+
+def split_stream(buffer: bytes) -> tuple[list[bytes], bytes]:
+    """Cut complete ``cookie SP bencode`` messages off the front of a TCP buffer."""
+    messages: list[bytes] = []
+    while True:
+        stripped = buffer.lstrip(b"\r\n\t ")
+        cookie, space, rest = stripped.partition(b" ")
+        if not space:
+            return messages, stripped
+        if rest[:1] == b"{":
+            raise FramingError("JSON is not accepted on ng TCP streams")
+        try:
+            _, end = bencode.decode_prefix(rest, 0)
+        except bencode.BencodeError as exc:
+            if str(exc) == "truncated data":
+                return messages, stripped
+            raise FramingError(str(exc)) from None
+        messages.append(cookie + b" " + rest[:end])
+        buffer = rest[end:]
+
+
+async def serve_tcp(service: NgService, host: str, port: int) -> asyncio.Server:
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        buffer = b""
+        try:
+            while chunk := await reader.read(65536):
+                buffer += chunk
+                try:
+                    messages, buffer = split_stream(buffer)
+                except FramingError as exc:
+                    log.warning("ng.tcp_garbage", source=_peer(peer), reason=str(exc))
+                    break
+                if len(buffer) > _TCP_MESSAGE_LIMIT or (
+                    not messages and len(buffer) > _TCP_GARBAGE_LIMIT and b" " not in buffer
+                ):
+                    log.warning("ng.tcp_garbage", source=_peer(peer), size=len(buffer))
+                    break
+                for message in messages:
+                    reply = await service.process(message, peer)
+                    if reply is not None:
+                        writer.write(reply)
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(client, host, port, reuse_port=True)

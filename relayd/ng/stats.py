@@ -1,0 +1,93 @@
+"""The ``statistics`` reply, in rtpengine 10.5's tree (as ``rtpengine-ctl list jsonstats``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from relayd.ng.commands import Commands
+
+__all__ = ["statistics_reply"]
+
+_COMMAND_COUNTERS = {
+    "ping": "totalpingcount",
+    "offer": "totaloffercount",
+    "answer": "totalanswercount",
+    "delete": "totaldeletecount",
+    "query": "totalquerycount",
+    "list": "totallistcount",
+    "statistics": "totalstatscount",
+}
+
+
+def _fixed(value: float) -> str:
+    return f"{value:.6f}"
+
+
+def statistics_reply(commands: Commands, now: float) -> dict[str, Any]:
+    totals = commands.totals
+    sessions = len(commands.calls)
+    finished = totals.regular_terminated + totals.offer_timeouts + totals.final_timeouts
+    average = totals.call_duration / finished if finished else 0.0
+    packets = bytes_ = errors = 0
+    for call in commands.calls.values():
+        for party in call.parties():
+            for media in party.medias:
+                for stream in media.streams:
+                    packets += stream.stats.packets
+                    bytes_ += stream.stats.bytes
+                    errors += stream.stats.errors
+    current = {
+        "sessionsown": sessions,
+        "sessionsforeign": 0,
+        "sessionstotal": sessions,
+        "transcodedmedia": 0,
+        "packetrate": 0,
+        "byterate": 0,
+        "errorrate": 0,
+    }
+    total = {
+        "uptime": str(int(now - commands.started)),
+        "managedsessions": totals.managed,
+        "rejectedsessions": totals.rejected,
+        "timeoutsessions": 0,
+        "silenttimeoutsessions": 0,
+        "finaltimeoutsessions": totals.final_timeouts,
+        "offertimeoutsessions": totals.offer_timeouts,
+        "regularterminatedsessions": totals.regular_terminated,
+        "forcedterminatedsessions": totals.forced_terminated,
+        "relayedpackets": packets,
+        "relayedpacketerrors": errors,
+        "relayedbytes": bytes_,
+        "avgcallduration": _fixed(average),
+        "totalcallsduration": _fixed(totals.call_duration),
+    }
+    control: dict[str, Any] = {
+        counter: totals.commands.get(command, 0) for command, counter in _COMMAND_COUNTERS.items()
+    }
+    control["errorcount"] = totals.errors
+    interfaces = []
+    for address, pool in commands.signalling.ports.pools.items():
+        capacity = max(pool.capacity * 2, 1)
+        used = pool.in_use * 2
+        interfaces.append(
+            {
+                "address": address,
+                "ports": {
+                    "min": pool.port_min,
+                    "max": pool.port_max,
+                    "used": used,
+                    "used_pct": f"{100.0 * used / capacity:.2f}",
+                    "free": capacity - used,
+                    "totals": capacity,
+                },
+            }
+        )
+    return {
+        "statistics": {
+            "currentstatistics": current,
+            "totalstatistics": total,
+            "controlstatistics": control,
+            "interfaces": interfaces,
+        }
+    }

@@ -1,0 +1,95 @@
+"""Payload types of a media section and the ``codec`` manipulations of the ng protocol."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from relayd.model import Codec
+from relayd.sdp.model import MediaDescription
+
+__all__ = ["STATIC_PAYLOAD_TYPES", "apply_codec_ops", "codecs_of"]
+
+# RFC 3551 §6 static payload types; rtpengine prints an rtpmap for them even when absent.
+STATIC_PAYLOAD_TYPES: dict[str, str] = {
+    "0": "PCMU/8000",
+    "3": "GSM/8000",
+    "4": "G723/8000",
+    "5": "DVI4/8000",
+    "6": "DVI4/16000",
+    "7": "LPC/8000",
+    "8": "PCMA/8000",
+    "9": "G722/8000",
+    "10": "L16/44100/2",
+    "11": "L16/44100",
+    "12": "QCELP/8000",
+    "13": "CN/8000",
+    "14": "MPA/90000",
+    "15": "G728/8000",
+    "16": "DVI4/11025",
+    "17": "DVI4/22050",
+    "18": "G729/8000",
+    "25": "CelB/90000",
+    "26": "JPEG/90000",
+    "28": "nv/90000",
+    "31": "H261/90000",
+    "32": "MPV/90000",
+    "33": "MP2T/90000",
+    "34": "H263/90000",
+}
+
+
+def codecs_of(desc: MediaDescription) -> list[Codec]:
+    """The payload types of an RTP media section, with their rtpmap/fmtp/rtcp-fb."""
+    if not desc.protocol.startswith(("RTP/", "UDP/TLS/RTP/")):
+        return []
+    rtpmap: dict[str, str] = {}
+    fmtp: dict[str, str] = {}
+    feedback: dict[str, list[str]] = {}
+    for value in desc.attributes("rtpmap"):
+        pt, _, enc = value.partition(" ")
+        rtpmap.setdefault(pt, enc.strip())
+    for value in desc.attributes("fmtp"):
+        pt, _, params = value.partition(" ")
+        fmtp.setdefault(pt, params.strip())
+    for value in desc.attributes("rtcp-fb"):
+        pt, _, fb = value.partition(" ")
+        feedback.setdefault(pt, []).append(fb.strip())
+    return [
+        Codec(
+            pt,
+            rtpmap.get(pt) or STATIC_PAYLOAD_TYPES.get(pt, ""),
+            fmtp.get(pt, ""),
+            tuple(feedback.get(pt, ())),
+        )
+        for pt in desc.formats
+    ]
+
+
+def _matches(codec: Codec, names: set[str]) -> bool:
+    if "all" in names or "full" in names:
+        return True
+    return (
+        codec.name.lower() in names
+        or codec.encoding.lower() in names
+        or (codec.payload_type in names)
+    )
+
+
+def apply_codec_ops(codecs: Sequence[Codec], ops: Mapping[str, Sequence[str]]) -> list[Codec]:
+    """The codecs offered onwards after ``strip``, ``mask``, ``except`` and ``offer``.
+
+    Without a transcoder, ``mask`` removes like ``strip``. Removing every codec
+    keeps the original list, as rtpengine does without ``allow no codec media``.
+    """
+    result = list(codecs)
+    removed = {n.lower() for op in ("strip", "mask") for n in ops.get(op, ())}
+    if removed:
+        result = [c for c in result if not _matches(c, removed)]
+    keep = [n.lower() for n in ops.get("except", ())]
+    if keep:
+        result = [c for c in result if _matches(c, set(keep))]
+    preferred = [n.lower() for n in ops.get("offer", ())]
+    if preferred:
+        ordered = [c for name in preferred for c in result if _matches(c, {name})]
+        result = list(dict.fromkeys(ordered))
+    return result or list(codecs)

@@ -1,0 +1,152 @@
+"""SDP as lines: what the rewriter needs to change in place and nothing more.
+
+rtpengine 10.5 rewrites SDP in place: every line it does not manage is kept
+verbatim and in its position. So the model keeps the original lines and only
+parses the few fields the rewriter reads (RFC 8866 §5): ``o=``, ``c=``, ``m=``
+and ``a=`` names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = [
+    "Connection",
+    "Line",
+    "MediaDescription",
+    "Origin",
+    "SdpError",
+    "SessionDescription",
+    "attribute_name",
+    "attribute_value",
+]
+
+
+class SdpError(ValueError):
+    """The body is not SDP we can work with; the ng reply is "Failed to parse SDP"."""
+
+
+@dataclass(slots=True)
+class Line:
+    """One ``<type>=<value>`` line, without its line ending."""
+
+    kind: str
+    value: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}={self.value}"
+
+    @property
+    def attr(self) -> str:
+        """For ``a=`` lines, the attribute name (``rtpmap`` in ``a=rtpmap:0 PCMU/8000``)."""
+        return attribute_name(self.value) if self.kind == "a" else ""
+
+
+def attribute_name(value: str) -> str:
+    return value.partition(":")[0]
+
+
+def attribute_value(value: str) -> str:
+    return value.partition(":")[2]
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """``c=IN IP4 192.0.2.1`` (RFC 8866 §5.7)."""
+
+    network: str
+    family: str  # "IP4" or "IP6"
+    address: str
+
+    @property
+    def is_zero(self) -> bool:
+        return self.address in ("0.0.0.0", "::")
+
+    @classmethod
+    def parse(cls, value: str) -> Connection:
+        parts = value.split()
+        if len(parts) != 3 or parts[1] not in ("IP4", "IP6"):
+            raise SdpError(f"bad connection line: c={value}")
+        # a multicast TTL or count ("/127") is not ours to keep for unicast relaying
+        return cls(parts[0], parts[1], parts[2].split("/")[0])
+
+    def __str__(self) -> str:
+        return f"{self.network} {self.family} {self.address}"
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """``o=<username> <sess-id> <sess-version> IN IP4 <address>`` (RFC 8866 §5.2)."""
+
+    username: str
+    session_id: str
+    version: str
+    network: str
+    family: str
+    address: str
+
+    def __str__(self) -> str:
+        return (
+            f"{self.username} {self.session_id} {self.version} "
+            f"{self.network} {self.family} {self.address}"
+        )
+
+    @classmethod
+    def parse(cls, value: str) -> Origin:
+        parts = value.split()
+        if len(parts) != 6:
+            raise SdpError(f"bad origin line: o={value}")
+        return cls(*parts)
+
+
+@dataclass(slots=True)
+class MediaDescription:
+    """An ``m=`` line and the lines that follow it up to the next ``m=``."""
+
+    media: str
+    port: int
+    port_count: int | None
+    protocol: str
+    formats: list[str]
+    lines: list[Line] = field(default_factory=list)
+
+    def m_value(self) -> str:
+        port = f"{self.port}/{self.port_count}" if self.port_count is not None else str(self.port)
+        return " ".join([self.media, port, self.protocol, *self.formats])
+
+    def attributes(self, name: str) -> list[str]:
+        """Values of every ``a=name:value`` (or bare ``a=name``) line, in order."""
+        return [attribute_value(ln.value) for ln in self.lines if ln.attr == name]
+
+    def has_attribute(self, name: str) -> bool:
+        return any(ln.attr == name for ln in self.lines)
+
+    def connection(self) -> Connection | None:
+        for ln in self.lines:
+            if ln.kind == "c":
+                return Connection.parse(ln.value)
+        return None
+
+
+@dataclass(slots=True)
+class SessionDescription:
+    """A whole SDP body: session-level lines, then media descriptions."""
+
+    session: list[Line]
+    media: list[MediaDescription]
+    eol: str = "\r\n"
+
+    def session_attributes(self, name: str) -> list[str]:
+        return [attribute_value(ln.value) for ln in self.session if ln.attr == name]
+
+    def connection(self) -> Connection | None:
+        for ln in self.session:
+            if ln.kind == "c":
+                return Connection.parse(ln.value)
+        return None
+
+    def origin(self) -> Origin | None:
+        for ln in self.session:
+            if ln.kind == "o":
+                return Origin.parse(ln.value)
+        return None

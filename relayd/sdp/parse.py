@@ -1,0 +1,65 @@
+"""Parse an SDP body (RFC 8866) into :class:`SessionDescription` lines."""
+
+from __future__ import annotations
+
+from relayd.sdp.model import (
+    Connection,
+    Line,
+    MediaDescription,
+    Origin,
+    SdpError,
+    SessionDescription,
+)
+
+__all__ = ["parse_sdp"]
+
+
+def parse_sdp(body: str) -> SessionDescription:
+    """Split ``body`` into session and media lines.
+
+    Raises :class:`SdpError` for a body rtpengine would refuse: no ``v=`` line
+    first, a line that is not ``<letter>=``, a malformed ``m=``, ``c=`` or ``o=``.
+    """
+    eol = "\r\n" if "\r\n" in body else "\n"
+    raw_lines = body.replace("\r\n", "\n").split("\n")
+    while raw_lines and raw_lines[-1] == "":
+        raw_lines.pop()
+    if not raw_lines or not raw_lines[0].startswith("v="):
+        raise SdpError("SDP does not start with v=")
+    session: list[Line] = []
+    media: list[MediaDescription] = []
+    for raw in raw_lines:
+        raw = raw.rstrip("\r")
+        if len(raw) < 2 or raw[1] != "=" or not raw[0].isalpha():
+            raise SdpError(f"malformed line: {raw!r}")
+        line = Line(raw[0], raw[2:])
+        if line.kind == "m":
+            media.append(_parse_media(line.value))
+        elif media:
+            media[-1].lines.append(line)
+        else:
+            session.append(line)
+        if line.kind == "c":
+            Connection.parse(line.value)
+        elif line.kind == "o":
+            Origin.parse(line.value)
+    return SessionDescription(session, media, eol)
+
+
+def _parse_media(value: str) -> MediaDescription:
+    parts = value.split()
+    if len(parts) < 3:
+        raise SdpError(f"bad media line: m={value}")
+    port_text, _, count_text = parts[1].partition("/")
+    if not port_text.isdigit() or (count_text and not count_text.isdigit()):
+        raise SdpError(f"bad media port: m={value}")
+    port = int(port_text)
+    if port > 65535:
+        raise SdpError(f"bad media port: m={value}")
+    return MediaDescription(
+        media=parts[0],
+        port=port,
+        port_count=int(count_text) if count_text else None,
+        protocol=parts[2],
+        formats=parts[3:],
+    )

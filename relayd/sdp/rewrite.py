@@ -1,0 +1,153 @@
+"""Rewrite an SDP in place the way rtpengine 10.5 does (its ``sdp_replace``).
+
+Rules, in the order they are applied to each media section:
+
+* ``m=``: port → our RTP port for the receiving party (0 stays 0), protocol →
+  the outgoing transport, formats → the negotiated payload types.
+* ``c=`` lines in the media section → our advertised address (a zero address
+  is kept unless ``replace: zero-address``).
+* Attributes we manage are removed where they stand (``rtpmap``, ``fmtp`` and
+  per-PT ``rtcp-fb``, ``ptime``, direction, ``rtcp``, ``rtcp-mux``, ICE when
+  it is removed, our ``a=rtpengine`` marker); every other line stays verbatim.
+* Then appended: per payload type ``rtpmap``/``fmtp``/``rtcp-fb`` (static
+  types included), the direction, ``a=rtcp:PORT``, ``a=rtcp-mux``, ``a=ptime``.
+
+At session level: ``o=`` only with ``replace: origin``; ``c=`` with
+``replace: session-connection`` or when a media section has no ``c=`` of its
+own; session direction attributes are consumed (re-emitted per media).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from relayd.model import Media
+from relayd.sdp.model import Line, MediaDescription, Origin, SessionDescription
+
+__all__ = ["DIRECTIONS", "ICE_ATTRIBUTES", "RewriteOptions", "rewrite_sdp"]
+
+DIRECTIONS = frozenset({"sendrecv", "sendonly", "recvonly", "inactive"})
+ICE_ATTRIBUTES = frozenset(
+    {
+        "ice-ufrag",
+        "ice-pwd",
+        "ice-options",
+        "ice-lite",
+        "ice-mismatch",
+        "candidate",
+        "remote-candidates",
+        "end-of-candidates",
+    }
+)
+
+
+@dataclass(frozen=True)
+class RewriteOptions:
+    """What the ng flags ask of this rewrite; per-media facts come from :class:`Media`."""
+
+    address: str  # our advertised address for the session-level lines
+    family: str  # "IP4" or "IP6" of that address
+    replace: frozenset[str] = frozenset()
+    strip_ice: bool = False
+    original_sendrecv: bool = False
+    rtcp_attribute: str = "short"  # "short", "full" or "none"
+    rtcp_mux: tuple[bool, ...] = ()  # per media: print a=rtcp-mux
+    protocols: tuple[str, ...] = ()  # per media: outgoing transport protocol
+    loop_marker: str = ""  # a=rtpengine:<marker> when loop-protect is asked for
+    extra: dict[str, list[str]] = field(default_factory=dict)
+
+
+def rewrite_sdp(
+    sdp: SessionDescription, medias: list[Media], opts: RewriteOptions
+) -> SessionDescription:
+    """Return a rewritten copy of ``sdp``; ``medias`` are the receiving party's, by index."""
+    lacks_connection = any(m.connection() is None for m in sdp.media)
+    replace_session_c = "session-connection" in opts.replace or lacks_connection
+    session: list[Line] = []
+    for line in sdp.session:
+        if line.kind == "o" and "origin" in opts.replace:
+            o = Origin.parse(line.value)
+            line = Line(
+                "o",
+                str(
+                    Origin(
+                        o.username, o.session_id, o.version, o.network, opts.family, opts.address
+                    )
+                ),
+            )
+        elif line.kind == "c" and replace_session_c:
+            zero = line.value.split()[-1] in ("0.0.0.0", "::")
+            if not zero or "zero-address" in opts.replace:
+                line = Line("c", f"IN {opts.family} {opts.address}")
+        elif line.kind == "a" and (
+            line.attr in DIRECTIONS or (opts.strip_ice and line.attr in ICE_ATTRIBUTES)
+        ):
+            continue
+        session.append(line)
+    out_media = [
+        _rewrite_media(desc, medias[i], opts, i) if i < len(medias) else desc
+        for i, desc in enumerate(sdp.media)
+    ]
+    return SessionDescription(session, out_media, sdp.eol)
+
+
+def _managed(attr: str, media: Media, opts: RewriteOptions) -> bool:
+    if attr in ("rtpmap", "fmtp", "rtcp-fb"):
+        return bool(media.codecs)
+    if attr in DIRECTIONS:
+        return not opts.original_sendrecv
+    if attr in ("rtcp", "rtcp-mux", "ptime"):
+        return attr != "ptime" or media.ptime > 0
+    if attr == "rtpengine":
+        return True
+    return opts.strip_ice and attr in ICE_ATTRIBUTES
+
+
+def _rewrite_media(
+    desc: MediaDescription, media: Media, opts: RewriteOptions, index: int
+) -> MediaDescription:
+    protocol = opts.protocols[index] if index < len(opts.protocols) else desc.protocol
+    formats = [c.payload_type for c in media.codecs] if media.codecs else list(desc.formats)
+    if desc.port == 0 or media.rejected:
+        return MediaDescription(
+            desc.media,
+            0,
+            desc.port_count,
+            protocol,
+            formats,
+            [Line(ln.kind, ln.value) for ln in desc.lines],
+        )
+    out = MediaDescription(desc.media, media.port, desc.port_count, protocol, formats)
+    local = media.local
+    for line in desc.lines:
+        if line.kind == "c":
+            zero = line.value.split()[-1] in ("0.0.0.0", "::")
+            if local is not None and (not zero or "zero-address" in opts.replace):
+                line = Line("c", f"IN {local.family} {local.advertised}")
+        elif line.kind == "a" and _managed(line.attr, media, opts):
+            if line.attr == "rtcp-fb" and line.value.startswith("rtcp-fb:*"):
+                out.lines.append(line)
+            continue
+        out.lines.append(Line(line.kind, line.value))
+    for codec in media.codecs:
+        if codec.encoding:
+            out.lines.append(Line("a", f"rtpmap:{codec.payload_type} {codec.encoding}"))
+        if codec.fmtp:
+            out.lines.append(Line("a", f"fmtp:{codec.payload_type} {codec.fmtp}"))
+        out.lines.extend(Line("a", f"rtcp-fb:{codec.payload_type} {fb}") for fb in codec.rtcp_fb)
+    if not opts.original_sendrecv:
+        out.lines.append(Line("a", media.direction))
+    mux = opts.rtcp_mux[index] if index < len(opts.rtcp_mux) else False
+    if protocol.startswith(("RTP/", "UDP/TLS/RTP/")) and opts.rtcp_attribute != "none":
+        rtcp_port = media.rtcp_port or media.port
+        if opts.rtcp_attribute == "full" and local is not None:
+            out.lines.append(Line("a", f"rtcp:{rtcp_port} IN {local.family} {local.advertised}"))
+        else:
+            out.lines.append(Line("a", f"rtcp:{rtcp_port}"))
+    if mux:
+        out.lines.append(Line("a", "rtcp-mux"))
+    if media.ptime:
+        out.lines.append(Line("a", f"ptime:{media.ptime}"))
+    if opts.loop_marker:
+        out.lines.append(Line("a", f"rtpengine:{opts.loop_marker}"))
+    return out

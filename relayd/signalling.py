@@ -1,0 +1,373 @@
+"""Offer/answer on the call model: who is who, which ports, and the rewritten SDP.
+
+Rules (rtpengine's, ng protocol §1.5):
+
+* ``from-tag`` names the party that sent the message. An offer goes from the
+  ``from-tag`` party to the ``to-tag`` party, or to an unnamed branch (keyed by
+  ``via-branch``) until an answer names it. An answer comes from the ``to-tag``
+  party (Kamailio sends the SIP From/To tags of the reply as they are).
+* An SDP sent to party R is rewritten with R's ports: those R will send to.
+  Ports are allocated the first time a party needs them and kept across
+  re-offers, so a re-INVITE keeps its ports.
+* Port exhaustion undoes what the message allocated and fails it with
+  "Ran out of ports"; a call the message created is removed again.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from relayd.interfaces import Interfaces
+from relayd.model import Call, Endpoint, Media, Monologue, Stream
+from relayd.ng.message import NgError, Request
+from relayd.ports import PortPool, PortsExhausted
+from relayd.sdp.codecs import apply_codec_ops, codecs_of
+from relayd.sdp.model import Connection, MediaDescription, SdpError, SessionDescription
+from relayd.sdp.parse import parse_sdp
+from relayd.sdp.rewrite import DIRECTIONS, RewriteOptions, rewrite_sdp
+from relayd.sdp.write import write_sdp
+
+__all__ = ["PortAllocator", "Signalling"]
+
+
+class PortAllocator:
+    """One :class:`PortPool` per local address, created on first use."""
+
+    def __init__(self, port_min: int, port_max: int) -> None:
+        self.port_min = port_min
+        self.port_max = port_max
+        self.pools: dict[str, PortPool] = {}
+
+    def pool(self, address: str) -> PortPool:
+        pool = self.pools.get(address)
+        if pool is None:
+            pool = self.pools[address] = PortPool(self.port_min, self.port_max)
+        return pool
+
+
+@dataclass
+class _Undo:
+    """Ports taken while handling one message, to give back if it fails."""
+
+    taken: list[tuple[Media, str, int]]
+
+    def rollback(self, ports: PortAllocator) -> None:
+        for media, address, port in reversed(self.taken):
+            ports.pool(address).release(port)
+            media.port = media.rtcp_port = 0
+            media.local = None
+            media.streams.clear()
+
+
+class Signalling:
+    def __init__(
+        self,
+        interfaces: Interfaces,
+        ports: PortAllocator,
+        *,
+        instance_id: str | None = None,
+        sip_source_default: bool = False,
+        on_ports_released: Callable[[Media], None] | None = None,
+    ) -> None:
+        self.interfaces = interfaces
+        self.ports = ports
+        self.instance_id = instance_id or secrets.token_hex(6)
+        self.sip_source_default = sip_source_default
+        self.on_ports_released = on_ports_released
+
+    # -- offer / answer ---------------------------------------------------------------------
+
+    def offer(self, call: Call, req: Request, now: float) -> str:
+        sdp = self._parse(req)
+        if self._looped(sdp):
+            return req.sdp or ""
+        sender = self._monologue(call, req.from_tag, now)
+        receiver = self._receiver(call, sender, req, now)
+        self._apply_party_flags(sender, req)
+        if len(req.direction) >= 1 and req.direction[0]:
+            sender.interface = req.direction[0]
+        if len(req.direction) >= 2 and req.direction[1]:
+            receiver.interface = req.direction[1]
+        receiver.family = req.address_family if req.address_family in ("IP4", "IP6") else ""
+        return self._exchange(call, sender, receiver, sdp, req, now, offer=True)
+
+    def answer(self, call: Call, req: Request, now: float) -> str:
+        sdp = self._parse(req)
+        if self._looped(sdp):
+            return req.sdp or ""
+        receiver = call.monologues.get(req.from_tag)
+        if receiver is None:
+            raise NgError("Unknown call-id")
+        sender = self._answerer(call, receiver, req, now)
+        self._apply_party_flags(sender, req)
+        call.answered = True
+        return self._exchange(call, sender, receiver, sdp, req, now, offer=False)
+
+    # -- parties --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _monologue(call: Call, tag: str, now: float) -> Monologue:
+        mono = call.monologues.get(tag)
+        if mono is None:
+            mono = call.monologues[tag] = Monologue(tag=tag, created=now)
+        return mono
+
+    def _receiver(self, call: Call, sender: Monologue, req: Request, now: float) -> Monologue:
+        if req.to_tag and req.to_tag in call.monologues:
+            receiver = call.monologues[req.to_tag]
+        elif not req.to_tag and sender.in_dialogue_with in call.monologues:
+            receiver = call.monologues[sender.in_dialogue_with or ""]
+        else:
+            branch = req.via_branch
+            receiver = call.branches.get(branch) or Monologue(
+                tag=req.to_tag, created=now, via_branch=branch
+            )
+            call.branches.setdefault(branch, receiver)
+            if req.to_tag:
+                call.monologues[req.to_tag] = receiver
+        sender.in_dialogue_with = receiver.tag or None
+        return receiver
+
+    def _answerer(self, call: Call, offerer: Monologue, req: Request, now: float) -> Monologue:
+        tag = req.to_tag
+        if tag in call.monologues:
+            answerer = call.monologues[tag]
+        else:
+            answerer = (
+                call.branches.get(req.via_branch)
+                or next(
+                    (b for b in call.branches.values() if not b.tag),
+                    next(iter(call.branches.values()), None),
+                )
+                or Monologue(tag=tag, created=now)
+            )
+            if answerer.tag and answerer.tag != tag:
+                # early-media fork: another to-tag answers the same branch; same ports
+                answerer.aliases.append(tag)
+            else:
+                answerer.tag = tag
+            call.monologues[tag] = answerer
+        offerer.in_dialogue_with = tag
+        answerer.in_dialogue_with = offerer.tag
+        return answerer
+
+    def _apply_party_flags(self, party: Monologue, req: Request) -> None:
+        if req.has("asymmetric"):
+            party.asymmetric = True
+        elif req.has("symmetric"):
+            party.asymmetric = False
+        party.strict_source = party.strict_source or req.has("strict-source")
+        party.media_handover = party.media_handover or req.has("media-handover")
+        if req.received_from:
+            party.sip_source = req.received_from[1]
+        if req.label:
+            party.label = req.label
+
+    # -- the exchange ---------------------------------------------------------------------------
+
+    def _exchange(
+        self,
+        call: Call,
+        sender: Monologue,
+        receiver: Monologue,
+        sdp: SessionDescription,
+        req: Request,
+        now: float,
+        *,
+        offer: bool,
+    ) -> str:
+        origin = sdp.origin()
+        sender.origin = str(origin) if origin else ""
+        session_c = sdp.connection()
+        family = receiver.family or self._input_family(sdp)
+        undo = _Undo([])
+        try:
+            for index, desc in enumerate(sdp.media):
+                self._learn(sender, index, desc, session_c, req)
+                self._prepare(receiver, sender, index, desc, family, req, undo, offer=offer)
+        except PortsExhausted:
+            undo.rollback(self.ports)
+            raise NgError("Ran out of ports") from None
+        call.last_signal = now
+        local = self.interfaces.select(receiver.interface or self.interfaces.default, family)
+        mux = tuple(self._mux_out(sender, receiver, i, req, offer) for i in range(len(sdp.media)))
+        for i, m in enumerate(receiver.medias[: len(sdp.media)]):
+            m.rtcp_mux = mux[i]
+        opts = RewriteOptions(
+            address=local.advertised,
+            family=local.family,
+            replace=frozenset(req.replace),
+            strip_ice=req.ice in ("remove", "force", ""),
+            original_sendrecv=req.has("original-sendrecv"),
+            rtcp_attribute="none"
+            if req.has("no-rtcp-attribute")
+            else "full"
+            if req.has("full-rtcp-attribute")
+            else "short",
+            rtcp_mux=mux,
+            protocols=tuple(
+                req.transport_protocol or d.protocol if offer else d.protocol for d in sdp.media
+            ),
+            loop_marker=self.instance_id if req.has("loop-protect") else "",
+        )
+        return write_sdp(rewrite_sdp(sdp, receiver.medias, opts))
+
+    @staticmethod
+    def _parse(req: Request) -> SessionDescription:
+        if not req.sdp:
+            raise NgError("No SDP body in message")
+        try:
+            return parse_sdp(req.sdp)
+        except SdpError:
+            raise NgError("Failed to parse SDP") from None
+
+    def _looped(self, sdp: SessionDescription) -> bool:
+        marker = self.instance_id
+        return marker in sdp.session_attributes("rtpengine") or any(
+            marker in m.attributes("rtpengine") for m in sdp.media
+        )
+
+    @staticmethod
+    def _input_family(sdp: SessionDescription) -> str:
+        for desc in sdp.media:
+            c = desc.connection()
+            if c is not None:
+                return c.family
+        c = sdp.connection()
+        return c.family if c is not None else "IP4"
+
+    def _learn(
+        self,
+        sender: Monologue,
+        index: int,
+        desc: MediaDescription,
+        session_c: Connection | None,
+        req: Request,
+    ) -> None:
+        """Record what the sender's SDP says about its own media for section ``index``."""
+        while len(sender.medias) <= index:
+            sender.medias.append(
+                Media(index=len(sender.medias), type=desc.media, protocol=desc.protocol)
+            )
+        media = sender.medias[index]
+        media.type, media.protocol = desc.media, desc.protocol
+        media.rejected = desc.port == 0
+        media.codecs = codecs_of(desc)
+        ptime = desc.attributes("ptime")
+        media.ptime = int(ptime[0]) if ptime and ptime[0].isdigit() else 0
+        direction = next(
+            (a.attr for a in desc.lines if a.kind == "a" and a.attr in DIRECTIONS), None
+        )
+        conn = desc.connection() or session_c
+        media.zero_address = conn is not None and conn.is_zero
+        media.send = direction in (None, "sendrecv", "sendonly")
+        media.recv = direction in (None, "sendrecv", "recvonly")
+        address = conn.address if conn else ""
+        if req.media_address:
+            address = req.media_address
+        elif (
+            (req.has("sip-source-address") or self.sip_source_default)
+            and not req.has("trust-address")
+            and req.received_from
+        ):
+            address = req.received_from[1]
+        media.peer_rtcp_mux = desc.has_attribute("rtcp-mux")
+        rtcp_attr = desc.attributes("rtcp")
+        rtcp_port = desc.port + 1
+        if rtcp_attr and rtcp_attr[0].split()[0].isdigit():
+            rtcp_port = int(rtcp_attr[0].split()[0])
+        if address and desc.port:
+            media.remote_rtp = Endpoint(address, desc.port)
+            media.remote_rtcp = Endpoint(address, rtcp_port)
+        else:
+            media.remote_rtp = media.remote_rtcp = None
+        for stream in media.streams:
+            stream.advertised_endpoint = media.remote_rtcp if stream.rtcp else media.remote_rtp
+            if not stream.confirmed:
+                stream.endpoint = stream.advertised_endpoint
+
+    def _prepare(
+        self,
+        receiver: Monologue,
+        sender: Monologue,
+        index: int,
+        desc: MediaDescription,
+        family: str,
+        req: Request,
+        undo: _Undo,
+        *,
+        offer: bool,
+    ) -> None:
+        """Give the receiving party ports for section ``index`` and its outgoing view."""
+        while len(receiver.medias) <= index:
+            receiver.medias.append(
+                Media(index=len(receiver.medias), type=desc.media, protocol=desc.protocol)
+            )
+        media = receiver.medias[index]
+        source = sender.medias[index]
+        media.type = desc.media
+        media.rejected = desc.port == 0
+        media.send, media.recv = source.send, source.recv
+        media.zero_address = source.zero_address
+        media.ptime = source.ptime
+        ops = req.codec if offer else {}
+        media.codecs = apply_codec_ops(source.codecs, ops) if source.codecs else []
+        if media.rejected:
+            return
+        local = self.interfaces.select(receiver.interface or self.interfaces.default, family)
+        if media.port and media.local is not None and media.local.family != local.family:
+            self._release(media)
+        if not media.port:
+            media.port = self.ports.pool(local.local).allocate()
+            media.local = local
+            undo.taken.append((media, local.local, media.port))
+        media.rtcp_port = media.port + 1
+        if not media.streams:
+            owner = media.local or local
+            media.streams = [
+                Stream(
+                    owner,
+                    media.port,
+                    rtcp=False,
+                    endpoint=media.remote_rtp,
+                    advertised_endpoint=media.remote_rtp,
+                ),
+                Stream(
+                    owner,
+                    media.rtcp_port,
+                    rtcp=True,
+                    endpoint=media.remote_rtcp,
+                    advertised_endpoint=media.remote_rtcp,
+                ),
+            ]
+
+    def _mux_out(
+        self, sender: Monologue, receiver: Monologue, index: int, req: Request, offer: bool
+    ) -> bool:
+        source = sender.medias[index]
+        if "reject" in req.rtcp_mux:
+            return False
+        if offer:
+            if "offer" in req.rtcp_mux or "require" in req.rtcp_mux:
+                return True
+            return source.peer_rtcp_mux and "demux" not in req.rtcp_mux
+        target = receiver.medias[index]
+        return target.peer_rtcp_mux and (
+            source.peer_rtcp_mux or "accept" in req.rtcp_mux or "require" in req.rtcp_mux
+        )
+
+    def _release(self, media: Media) -> None:
+        if media.port and media.local is not None:
+            self.ports.pool(media.local.local).release(media.port)
+            if self.on_ports_released:
+                self.on_ports_released(media)
+        media.port = media.rtcp_port = 0
+        media.local = None
+        media.streams.clear()
+
+    def release_call(self, call: Call) -> None:
+        for party in call.parties():
+            for media in party.medias:
+                self._release(media)

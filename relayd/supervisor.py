@@ -1,0 +1,210 @@
+"""relayd, the supervisor daemon: configuration, ng listeners, call registry, timers.
+
+It owns all call state and never touches a media packet. The pure pieces
+(:mod:`relayd.ng.commands`, :mod:`relayd.signalling`, :mod:`relayd.sdp`) do the
+work; this module wires them to sockets, signals and the clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import psutil
+import structlog
+
+from relayd import __version__, log
+from relayd.config import KEYS, Config, ConfigError, load, unimplemented
+from relayd.interfaces import Interfaces, resolve
+from relayd.ng.commands import Commands, Limits, Teardown
+from relayd.ng.message import Request
+from relayd.ng.server import NgService, serve_tcp, serve_udp
+from relayd.signalling import PortAllocator, Signalling
+
+__all__ = ["Supervisor", "main"]
+
+logger = log.get_logger("relayd")
+
+
+def system_addresses() -> dict[str, list[str]]:
+    """Addresses of each network device, for ``interface = eth0`` style lines."""
+    result: dict[str, list[str]] = {}
+    for name, addrs in psutil.net_if_addrs().items():
+        for addr in addrs:
+            if addr.family in (socket.AF_INET, socket.AF_INET6):
+                result.setdefault(name, []).append(addr.address.split("%")[0])
+    return result
+
+
+class Supervisor:
+    def __init__(
+        self, config: Config, interfaces: Interfaces, *, ready_fd: int | None = None
+    ) -> None:
+        self.config = config
+        self.ready_fd = ready_fd
+        ports = PortAllocator(config.port_min, config.port_max)
+        self.signalling = Signalling(interfaces, ports, sip_source_default=config.sip_source)
+        limits = Limits(
+            max_sessions=config.max_sessions,
+            delete_delay=config.delete_delay,
+            offer_timeout=config.offer_timeout,
+            final_timeout=config.final_timeout,
+        )
+        self.commands = Commands(self.signalling, limits, started=time.time())
+        self.commands.on_teardown = self._log_teardown
+        self._stop = asyncio.Event()
+        self._closers: list[Any] = []
+
+    async def dispatch(self, req: Request, source: tuple[Any, ...]) -> dict[str, Any]:
+        with structlog.contextvars.bound_contextvars(
+            call_id=req.call_id or None, from_tag=req.from_tag or None
+        ):
+            if req.unknown:
+                logger.warning("ng.unknown_keys", command=req.command, keys=req.unknown)
+            reply = self.commands.handle(req, time.time())
+            event = "ng.request" if reply.get("result") in ("ok", "pong") else "ng.failed"
+            logger.info(
+                event,
+                command=req.command,
+                source=f"{source[0]}:{source[1]}",
+                result=reply.get("result"),
+                reason=reply.get("error-reason"),
+            )
+            return reply
+
+    def _log_teardown(self, teardown: Teardown) -> None:
+        call = teardown.call
+        packets = sum(s.stats.packets for p in call.parties() for m in p.medias for s in m.streams)
+        logger.info(
+            "call.teardown",
+            call_id=call.call_id,
+            reason=teardown.reason,
+            duration=round(time.time() - call.created, 3),
+            packets=packets,
+        )
+
+    async def run(self) -> None:
+        service = NgService(self.dispatch)
+        cfg = self.config
+        if cfg.listen_ng:
+            transport = await serve_udp(service, *cfg.listen_ng)
+            self._closers.append(transport)
+            logger.info("ng.listening", transport="udp", address=_fmt(cfg.listen_ng))
+        if cfg.listen_tcp_ng:
+            server = await serve_tcp(service, *cfg.listen_tcp_ng)
+            self._closers.append(server)
+            logger.info("ng.listening", transport="tcp", address=_fmt(cfg.listen_tcp_ng))
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._stop.set)
+        reaper = asyncio.ensure_future(self._reap())
+        if self.ready_fd is not None:
+            os.write(self.ready_fd, b"1")
+            os.close(self.ready_fd)
+        await self._stop.wait()
+        reaper.cancel()
+        for closer in self._closers:
+            closer.close()
+        logger.info("relayd.stopped", calls=len(self.commands.calls))
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                self.commands.reap(time.time())
+            except Exception:
+                logger.exception("timer.failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _fmt(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _daemonize(keep_stderr: bool) -> int:
+    """Fork into the background; the parent exits once the daemon reports it is ready.
+
+    Returns the write end of the readiness pipe: the daemon writes one byte to it
+    when its listeners are up. If the daemon dies first, the parent exits 1.
+    """
+    read_end, write_end = os.pipe()
+    if os.fork():
+        os.close(write_end)
+        ready = os.read(read_end, 1)
+        os._exit(0 if ready else 1)
+    os.close(read_end)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1) if keep_stderr else (0, 1, 2):
+        os.dup2(devnull, fd)
+    return write_end
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "-v" in args or "--version" in args:
+        print(f"relayd {__version__}")
+        return 0
+    try:
+        config = load(args)
+    except ConfigError as exc:
+        print(f"relayd: configuration error: {exc}", file=sys.stderr)
+        return 78  # EX_CONFIG
+    log.configure(
+        config.log_level,
+        stderr=config.log_stderr or config.foreground,
+        facility=config.log_facility,
+        timestamps=config.log_timestamps,
+    )
+    ignored = unimplemented(config)
+    if ignored:
+        logger.warning(
+            "config.unimplemented",
+            keys=ignored,
+            detail={k: KEYS[k].note for k in ignored if k in KEYS and KEYS[k].note},
+        )
+    try:
+        interfaces = resolve(config.interfaces, system_addresses())
+    except ValueError as exc:
+        print(f"relayd: configuration error: {exc}", file=sys.stderr)
+        return 78
+    if config.table >= 0:
+        logger.warning(
+            "kernel.unavailable",
+            table=config.table,
+            reason="kernel forwarding not implemented; forwarding in userspace",
+        )
+    ready_fd = None if config.foreground else _daemonize(keep_stderr=config.log_stderr)
+    pidfile = Path(config.pidfile) if config.pidfile else None
+    if pidfile:
+        pidfile.write_text(f"{os.getpid()}\n")
+    logger.info(
+        "relayd.started",
+        version=__version__,
+        config=config.source,
+        interfaces=[f"{a.interface}/{a.local}!{a.advertised}" for a in interfaces.all],
+        ports=f"{config.port_min}-{config.port_max}",
+    )
+    try:
+        asyncio.run(Supervisor(config, interfaces, ready_fd=ready_fd).run())
+    except OSError as exc:
+        logger.error("relayd.failed", error=str(exc))
+        return 1
+    finally:
+        if pidfile:
+            with contextlib.suppress(OSError):
+                pidfile.unlink()
+    return 0

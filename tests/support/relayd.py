@@ -1,0 +1,104 @@
+"""Start a real relayd daemon for a test and stop it afterwards."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from relayd.ng.client import NgClient, NgTimeout
+
+__all__ = ["RelaydProcess", "running_relayd"]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class RelaydProcess:
+    """One relayd started in the foreground with a given set of options."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        ng_port: int,
+        port_min: int,
+        port_max: int,
+        interface: Sequence[str] = ("127.0.0.1",),
+        extra: Sequence[str] = (),
+        config_file: Path | None = None,
+        ng_host: str = "127.0.0.1",
+    ) -> None:
+        self.workdir = workdir
+        self.ng_address = (ng_host, ng_port)
+        args = [sys.executable, "-m", "relayd", "--foreground"]
+        args += ["--config-file", str(config_file) if config_file else "none"]
+        for item in interface:
+            args += ["--interface", item]
+        args += [
+            "--listen-ng",
+            f"{ng_host}:{ng_port}",
+            "--port-min",
+            str(port_min),
+            "--port-max",
+            str(port_max),
+            "--table",
+            "-1",
+            "--log-level",
+            "7",
+            "--pidfile",
+            str(workdir / "relayd.pid"),
+            *extra,
+        ]
+        self.args = args
+        self.log_path = workdir / "relayd.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait: float = 10.0) -> None:
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir
+            )
+        deadline = time.monotonic() + wait
+        with NgClient(self.ng_address, timeout=0.2, retries=0) as client:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"relayd exited at start-up:\n{self.log()}")
+                try:
+                    if client.call("ping").get("result") == "pong":
+                        return
+                except (NgTimeout, ConnectionRefusedError):
+                    time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"relayd did not answer ping:\n{self.log()}")
+
+    def client(self, **kwargs: object) -> NgClient:
+        return NgClient(self.ng_address, **kwargs)  # type: ignore[arg-type]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(timeout)
+
+
+@contextmanager
+def running_relayd(workdir: Path, **kwargs: object) -> Iterator[RelaydProcess]:
+    daemon = RelaydProcess(workdir, **kwargs)  # type: ignore[arg-type]
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
