@@ -75,8 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         with NgClient(address, timeout=args.timeout, retries=1) as client:
             reply = client.request(message)
     except (NgTimeout, OSError) as exc:
-        print(f"relayctl: relayd at {address[0]}:{address[1]} is not reachable: {exc}",
-              file=sys.stderr)
+        print(
+            f"relayctl: relayd at {address[0]}:{address[1]} is not reachable: {exc}",
+            file=sys.stderr,
+        )
         return 2
     if args.command == "ping":
         print(reply.get("result", ""))

@@ -104,7 +104,8 @@ class Media:
     recv: bool = True
     zero_address: bool = False
     streams: list[Stream] = field(default_factory=list)
-    codecs: list[Codec] = field(default_factory=list)
+    codecs: list[Codec] = field(default_factory=list)  # as this party's own SDP lists them
+    sent_codecs: list[Codec] = field(default_factory=list)  # as we last wrote them to this party
     ptime: int = 0
     rejected: bool = False  # m= port 0
 

@@ -20,11 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from relayd.interfaces import Interfaces
-from relayd.model import Call, Endpoint, Media, Monologue, Stream
+from relayd.model import Call, Endpoint, Media, Monologue, Stream, family_of
 from relayd.ng.message import NgError, Request
 from relayd.ports import PortPool, PortsExhausted
-from relayd.sdp.codecs import apply_codec_ops, codecs_of
-from relayd.sdp.model import Connection, MediaDescription, SdpError, SessionDescription
+from relayd.sdp.codecs import answer_codecs, apply_codec_ops, codecs_of
+from relayd.sdp.model import Connection, Line, MediaDescription, SdpError, SessionDescription
 from relayd.sdp.parse import parse_sdp
 from relayd.sdp.rewrite import DIRECTIONS, RewriteOptions, rewrite_sdp
 from relayd.sdp.write import write_sdp
@@ -181,23 +181,27 @@ class Signalling:
         origin = sdp.origin()
         sender.origin = str(origin) if origin else ""
         session_c = sdp.connection()
-        family = receiver.family or self._input_family(sdp)
+        session_direction = _direction(sdp.session)
+        family = receiver.family or _known_family(receiver) or self._input_family(sdp)
         undo = _Undo([])
         try:
             for index, desc in enumerate(sdp.media):
-                self._learn(sender, index, desc, session_c, req)
+                self._learn(sender, index, desc, session_c, session_direction, req)
                 self._prepare(receiver, sender, index, desc, family, req, undo, offer=offer)
         except PortsExhausted:
             undo.rollback(self.ports)
             raise NgError("Ran out of ports") from None
         call.last_signal = now
         local = self.interfaces.select(receiver.interface or self.interfaces.default, family)
-        mux = tuple(self._mux_out(sender, receiver, i, req, offer) for i in range(len(sdp.media)))
-        for i, m in enumerate(receiver.medias[: len(sdp.media)]):
-            m.rtcp_mux = mux[i]
+        mux = [self._mux_out(sender, receiver, i, req, offer) for i in range(len(sdp.media))]
+        for m, (printed, shared) in zip(receiver.medias, mux, strict=False):
+            m.rtcp_mux = printed
+            if m.port:
+                m.rtcp_port = m.port if shared else m.port + 1
+        address = req.media_address or local.advertised
         opts = RewriteOptions(
-            address=local.advertised,
-            family=local.family,
+            address=address,
+            family=family_of(address),
             replace=frozenset(req.replace),
             strip_ice=req.ice in ("remove", "force", ""),
             original_sendrecv=req.has("original-sendrecv"),
@@ -206,7 +210,7 @@ class Signalling:
             else "full"
             if req.has("full-rtcp-attribute")
             else "short",
-            rtcp_mux=mux,
+            rtcp_mux=tuple(printed for printed, _ in mux),
             protocols=tuple(
                 req.transport_protocol or d.protocol if offer else d.protocol for d in sdp.media
             ),
@@ -244,6 +248,7 @@ class Signalling:
         index: int,
         desc: MediaDescription,
         session_c: Connection | None,
+        session_direction: str | None,
         req: Request,
     ) -> None:
         """Record what the sender's SDP says about its own media for section ``index``."""
@@ -257,13 +262,12 @@ class Signalling:
         media.codecs = codecs_of(desc)
         ptime = desc.attributes("ptime")
         media.ptime = int(ptime[0]) if ptime and ptime[0].isdigit() else 0
-        direction = next(
-            (a.attr for a in desc.lines if a.kind == "a" and a.attr in DIRECTIONS), None
-        )
+        direction = _direction(desc.lines) or session_direction
         conn = desc.connection() or session_c
         media.zero_address = conn is not None and conn.is_zero
         media.send = direction in (None, "sendrecv", "sendonly")
-        media.recv = direction in (None, "sendrecv", "recvonly")
+        # a zero connection address is old-style hold (RFC 3264 §8.4): nothing to receive
+        media.recv = direction in (None, "sendrecv", "recvonly") and not media.zero_address
         address = conn.address if conn else ""
         if req.media_address:
             address = req.media_address
@@ -312,8 +316,11 @@ class Signalling:
         media.send, media.recv = source.send, source.recv
         media.zero_address = source.zero_address
         media.ptime = source.ptime
-        ops = req.codec if offer else {}
-        media.codecs = apply_codec_ops(source.codecs, ops) if source.codecs else []
+        if offer:
+            media.sent_codecs = apply_codec_ops(source.codecs, req.codec)
+        else:
+            # an answer only carries codecs that were offered to the answerer
+            media.sent_codecs = answer_codecs(source.codecs, source.sent_codecs)
         if media.rejected:
             return
         local = self.interfaces.select(receiver.interface or self.interfaces.default, family)
@@ -345,18 +352,23 @@ class Signalling:
 
     def _mux_out(
         self, sender: Monologue, receiver: Monologue, index: int, req: Request, offer: bool
-    ) -> bool:
+    ) -> tuple[bool, bool]:
+        """Whether to print ``a=rtcp-mux`` towards the receiver, and whether RTCP then
+        shares the RTP port (an answer that accepts mux, or ``require``)."""
         source = sender.medias[index]
-        if "reject" in req.rtcp_mux:
-            return False
         if offer:
-            if "offer" in req.rtcp_mux or "require" in req.rtcp_mux:
-                return True
-            return source.peer_rtcp_mux and "demux" not in req.rtcp_mux
+            if "require" in req.rtcp_mux:
+                return True, True
+            if "offer" in req.rtcp_mux:
+                return True, False
+            return source.peer_rtcp_mux and "demux" not in req.rtcp_mux, False
+        if "reject" in req.rtcp_mux:
+            return False, False
         target = receiver.medias[index]
-        return target.peer_rtcp_mux and (
+        accepted = target.peer_rtcp_mux and (
             source.peer_rtcp_mux or "accept" in req.rtcp_mux or "require" in req.rtcp_mux
         )
+        return accepted, accepted
 
     def _release(self, media: Media) -> None:
         if media.port and media.local is not None:
@@ -371,3 +383,15 @@ class Signalling:
         for party in call.parties():
             for media in party.medias:
                 self._release(media)
+
+
+def _direction(lines: list[Line]) -> str | None:
+    return next((ln.attr for ln in lines if ln.kind == "a" and ln.attr in DIRECTIONS), None)
+
+
+def _known_family(party: Monologue) -> str:
+    """The address family of the party's own media, once its SDP has been seen."""
+    for media in party.medias:
+        if media.remote_rtp is not None:
+            return media.remote_rtp.family
+    return ""

@@ -320,10 +320,6 @@ def _apply_flag(req: Request, word: str) -> None:
     if eq:
         if lowered in ("ice", "dtls", "endpoint-learning"):
             setattr(req, lowered.replace("-", "_"), normalise(value))
-        elif lowered == "address-family":
-            req.address_family = value.upper()
-        elif lowered == "media-address":
-            req.media_address = value
         elif lowered == "direction":
             req.direction.append(value)
         elif lowered == "record-call":

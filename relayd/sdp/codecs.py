@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from relayd.model import Codec
 from relayd.sdp.model import MediaDescription
 
-__all__ = ["STATIC_PAYLOAD_TYPES", "apply_codec_ops", "codecs_of"]
+__all__ = ["STATIC_PAYLOAD_TYPES", "answer_codecs", "apply_codec_ops", "codecs_of"]
 
 # RFC 3551 §6 static payload types; rtpengine prints an rtpmap for them even when absent.
 STATIC_PAYLOAD_TYPES: dict[str, str] = {
@@ -47,7 +47,10 @@ def codecs_of(desc: MediaDescription) -> list[Codec]:
     feedback: dict[str, list[str]] = {}
     for value in desc.attributes("rtpmap"):
         pt, _, enc = value.partition(" ")
-        rtpmap.setdefault(pt, enc.strip())
+        enc = enc.strip()
+        if enc.endswith("/1") and enc.count("/") == 2:
+            enc = enc[:-2]  # one channel is the default (RFC 4566 §6); rtpengine drops it
+        rtpmap.setdefault(pt, enc)
     for value in desc.attributes("fmtp"):
         pt, _, params = value.partition(" ")
         fmtp.setdefault(pt, params.strip())
@@ -76,20 +79,34 @@ def _matches(codec: Codec, names: set[str]) -> bool:
 
 
 def apply_codec_ops(codecs: Sequence[Codec], ops: Mapping[str, Sequence[str]]) -> list[Codec]:
-    """The codecs offered onwards after ``strip``, ``mask``, ``except`` and ``offer``.
+    """The codecs offered onwards after ``strip`` (with its ``except`` list) and ``mask``.
 
-    Without a transcoder, ``mask`` removes like ``strip``. Removing every codec
-    keeps the original list, as rtpengine does without ``allow no codec media``.
+    Without a transcoder, ``mask`` removes like ``strip``, and ``offer`` changes
+    nothing (rtpengine 10.5 only reorders or adds codecs it can transcode).
+    ``except`` protects codecs from ``strip: all``. Removing every codec keeps the
+    original list, as rtpengine does without ``allow no codec media``.
     """
-    result = list(codecs)
     removed = {n.lower() for op in ("strip", "mask") for n in ops.get(op, ())}
-    if removed:
-        result = [c for c in result if not _matches(c, removed)]
-    keep = [n.lower() for n in ops.get("except", ())]
-    if keep:
-        result = [c for c in result if _matches(c, set(keep))]
-    preferred = [n.lower() for n in ops.get("offer", ())]
-    if preferred:
-        ordered = [c for name in preferred for c in result if _matches(c, {name})]
-        result = list(dict.fromkeys(ordered))
+    if not removed or not codecs:
+        return list(codecs)
+    kept = {n.lower() for n in ops.get("except", ())}
+    result = [c for c in codecs if not _matches(c, removed) or (kept and _matches(c, kept))]
     return result or list(codecs)
+
+
+def answer_codecs(answered: Sequence[Codec], offered: Sequence[Codec]) -> list[Codec]:
+    """The answer's codecs that were offered to the answerer (RFC 3264 §6.1).
+
+    Matched by encoding name and clock rate when known (dynamic payload type
+    numbers may differ between offer and answer), else by payload type.
+    """
+    if not offered:
+        return list(answered)
+    names = {c.encoding.lower() for c in offered if c.encoding}
+    numbers = {c.payload_type for c in offered}
+    kept = [
+        c
+        for c in answered
+        if ((c.encoding.lower() in names) if c.encoding else (c.payload_type in numbers))
+    ]
+    return kept or list(answered)

@@ -45,7 +45,7 @@ ICE_ATTRIBUTES = frozenset(
 class RewriteOptions:
     """What the ng flags ask of this rewrite; per-media facts come from :class:`Media`."""
 
-    address: str  # our advertised address for the session-level lines
+    address: str  # our advertised address (or the ng ``media address``) for c=, o=, a=rtcp
     family: str  # "IP4" or "IP6" of that address
     replace: frozenset[str] = frozenset()
     strip_ice: bool = False
@@ -80,10 +80,15 @@ def rewrite_sdp(
             if not zero or "zero-address" in opts.replace:
                 line = Line("c", f"IN {opts.family} {opts.address}")
         elif line.kind == "a" and (
-            line.attr in DIRECTIONS or (opts.strip_ice and line.attr in ICE_ATTRIBUTES)
+            line.attr in DIRECTIONS
+            or (opts.strip_ice and line.attr in ICE_ATTRIBUTES)
+            # 10.5 does not do BUNDLE: each media section keeps its own ports
+            or line.value.startswith("group:BUNDLE")
         ):
             continue
         session.append(line)
+    if opts.loop_marker:
+        session.append(Line("a", f"rtpengine:{opts.loop_marker}"))
     out_media = [
         _rewrite_media(desc, medias[i], opts, i) if i < len(medias) else desc
         for i, desc in enumerate(sdp.media)
@@ -93,10 +98,10 @@ def rewrite_sdp(
 
 def _managed(attr: str, media: Media, opts: RewriteOptions) -> bool:
     if attr in ("rtpmap", "fmtp", "rtcp-fb"):
-        return bool(media.codecs)
+        return bool(media.sent_codecs)
     if attr in DIRECTIONS:
         return not opts.original_sendrecv
-    if attr in ("rtcp", "rtcp-mux", "ptime"):
+    if attr in ("rtcp", "rtcp-mux", "ptime", "mid"):
         return attr != "ptime" or media.ptime > 0
     if attr == "rtpengine":
         return True
@@ -107,7 +112,9 @@ def _rewrite_media(
     desc: MediaDescription, media: Media, opts: RewriteOptions, index: int
 ) -> MediaDescription:
     protocol = opts.protocols[index] if index < len(opts.protocols) else desc.protocol
-    formats = [c.payload_type for c in media.codecs] if media.codecs else list(desc.formats)
+    formats = (
+        [c.payload_type for c in media.sent_codecs] if media.sent_codecs else list(desc.formats)
+    )
     if desc.port == 0 or media.rejected:
         return MediaDescription(
             desc.media,
@@ -123,13 +130,14 @@ def _rewrite_media(
         if line.kind == "c":
             zero = line.value.split()[-1] in ("0.0.0.0", "::")
             if local is not None and (not zero or "zero-address" in opts.replace):
-                line = Line("c", f"IN {local.family} {local.advertised}")
+                line = Line("c", f"IN {opts.family} {opts.address}")
         elif line.kind == "a" and _managed(line.attr, media, opts):
             if line.attr == "rtcp-fb" and line.value.startswith("rtcp-fb:*"):
                 out.lines.append(line)
             continue
         out.lines.append(Line(line.kind, line.value))
-    for codec in media.codecs:
+    out.lines.extend(Line("a", f"mid:{mid}") for mid in desc.attributes("mid")[:1])
+    for codec in media.sent_codecs:
         if codec.encoding:
             out.lines.append(Line("a", f"rtpmap:{codec.payload_type} {codec.encoding}"))
         if codec.fmtp:
@@ -141,13 +149,11 @@ def _rewrite_media(
     if protocol.startswith(("RTP/", "UDP/TLS/RTP/")) and opts.rtcp_attribute != "none":
         rtcp_port = media.rtcp_port or media.port
         if opts.rtcp_attribute == "full" and local is not None:
-            out.lines.append(Line("a", f"rtcp:{rtcp_port} IN {local.family} {local.advertised}"))
+            out.lines.append(Line("a", f"rtcp:{rtcp_port} IN {opts.family} {opts.address}"))
         else:
             out.lines.append(Line("a", f"rtcp:{rtcp_port}"))
     if mux:
         out.lines.append(Line("a", "rtcp-mux"))
     if media.ptime:
         out.lines.append(Line("a", f"ptime:{media.ptime}"))
-    if opts.loop_marker:
-        out.lines.append(Line("a", f"rtpengine:{opts.loop_marker}"))
     return out

@@ -29,6 +29,7 @@ from tests.support.kamailio import (
     KamailioProcess,
     KamailioSettings,
     kamailio_available,
+    new_session_dying_with_parent,
     running_kamailio,
 )
 from tests.support.relayd import running_relayd
@@ -111,7 +112,12 @@ def running_rtpengine(workdir: Path, relay: Relay) -> Iterator[None]:
     ]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=workdir
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+            preexec_fn=new_session_dying_with_parent,
         )
     try:
         _wait_pong(relay, proc, log_path)

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
+from tests.support.process import new_session_dying_with_parent
+
 __all__ = [
     "DEFAULT_FLAGS",
     "FAILURE_MARK",
@@ -38,6 +40,7 @@ __all__ = [
     "render_config",
     "running_kamailio",
 ]
+
 
 KAMAILIO_BIN = "/usr/sbin/kamailio"
 KAMAILIO_MODULES = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules")
@@ -65,8 +68,6 @@ _CONFIG = Template(
 debug=$debug
 log_stderror=yes
 log_prefix="{$$mt $$ci} "
-memdbg=5
-memlog=5
 fork=yes
 children=$children
 disable_tcp=yes
@@ -288,7 +289,7 @@ class KamailioProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.workdir,
-                start_new_session=True,
+                preexec_fn=new_session_dying_with_parent,
             )
         try:
             self._wait_ready(wait)

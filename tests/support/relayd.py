@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from relayd.ng.client import NgClient, NgTimeout
+from tests.support.process import new_session_dying_with_parent
 
 __all__ = ["RelaydProcess", "running_relayd"]
 
@@ -62,7 +63,12 @@ class RelaydProcess:
         env = dict(os.environ, PYTHONPATH=str(REPO))
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                self.args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir
+                self.args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.workdir,
+                preexec_fn=new_session_dying_with_parent,
             )
         deadline = time.monotonic() + wait
         with NgClient(self.ng_address, timeout=0.2, retries=0) as client:

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
+from tests.support.process import new_session_dying_with_parent
+
 __all__ = [
     "SCENARIOS",
     "SIPP_BIN",
@@ -39,6 +41,7 @@ __all__ = [
     "uas_agent",
     "wait_udp_bound",
 ]
+
 
 SIPP_BIN = "/usr/bin/sipp"
 SCENARIOS = Path(__file__).resolve().parents[1] / "interop" / "scenarios"
@@ -340,7 +343,7 @@ class SippAgent:
                 stdout=screen,
                 stderr=subprocess.STDOUT,
                 cwd=self.workdir,
-                start_new_session=True,
+                preexec_fn=new_session_dying_with_parent,
             )
 
     def running(self) -> bool:

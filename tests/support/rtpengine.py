@@ -1,0 +1,120 @@
+"""Start the real rtpengine daemon (Debian's 10.5) for a test and stop it afterwards.
+
+Mirrors :mod:`tests.support.relayd`. rtpengine 10.5 runs as root in a container
+without its kernel module as long as ``--table=-1`` is given (userspace only)
+and ``--no-fallback`` is *not*: with a table >= 0 it logs "FAILED TO CREATE
+KERNEL TABLE" and falls back, with ``--no-fallback`` it exits. Nothing else is
+needed: no config file (``--config-file=none``), no Redis, no recording dir.
+Defaults that matter for tests: endpoint learning ``delayed`` (3 s after the
+last signal), ``delete-delay`` 30 s (a deleted call keeps its ports that long),
+``timeout`` 60 s, one self-signed DTLS certificate generated per start (so
+fingerprints differ between runs). The first ``--interface`` is the default;
+an unnamed second one (``::1``) joins the same logical interface, so ICE
+candidates are printed for both addresses and ``address family: IP6`` selects it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from relayd.ng.client import NgClient, NgTimeout
+
+__all__ = ["RTPENGINE", "RtpengineProcess", "require_rtpengine", "running_rtpengine"]
+
+RTPENGINE = os.environ.get("RTPENGINE", "/usr/bin/rtpengine")
+
+
+def require_rtpengine() -> str:
+    """The daemon's path, or skip the calling test when it is not installed."""
+    path = shutil.which(RTPENGINE) or (RTPENGINE if os.access(RTPENGINE, os.X_OK) else None)
+    if path is None:
+        pytest.skip(f"rtpengine not installed ({RTPENGINE})")
+    return path
+
+
+class RtpengineProcess:
+    """One rtpengine started in the foreground, userspace forwarding only."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        ng_port: int,
+        port_min: int,
+        port_max: int,
+        interface: Sequence[str] = ("127.0.0.1",),
+        extra: Sequence[str] = (),
+        ng_host: str = "127.0.0.1",
+    ) -> None:
+        self.workdir = workdir
+        self.ng_address = (ng_host, ng_port)
+        args = [require_rtpengine(), "--foreground", "--config-file=none", "--table=-1"]
+        args += [f"--interface={item}" for item in interface]
+        args += [
+            f"--listen-ng={ng_host}:{ng_port}",
+            f"--port-min={port_min}",
+            f"--port-max={port_max}",
+            "--log-stderr",
+            "--log-level=7",
+            f"--pidfile={workdir / 'rtpengine.pid'}",
+            *extra,
+        ]
+        self.args = args
+        self.log_path = workdir / "rtpengine.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait: float = 10.0) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.args, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir
+            )
+        deadline = time.monotonic() + wait
+        try:
+            with NgClient(self.ng_address, timeout=0.2, retries=0) as client:
+                while time.monotonic() < deadline:
+                    if self.proc.poll() is not None:
+                        raise RuntimeError(f"rtpengine exited at start-up:\n{self.log()}")
+                    try:
+                        if client.call("ping").get("result") == "pong":
+                            return
+                    except (NgTimeout, ConnectionRefusedError):
+                        time.sleep(0.05)
+            raise RuntimeError(f"rtpengine did not answer ping:\n{self.log()}")
+        except BaseException:
+            self.stop()
+            raise
+
+    def client(self, **kwargs: object) -> NgClient:
+        return NgClient(self.ng_address, **kwargs)  # type: ignore[arg-type]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(timeout)
+
+
+@contextmanager
+def running_rtpengine(workdir: Path, **kwargs: object) -> Iterator[RtpengineProcess]:
+    daemon = RtpengineProcess(workdir, **kwargs)  # type: ignore[arg-type]
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
