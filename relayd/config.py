@@ -402,7 +402,11 @@ def load(argv: Sequence[str] | None = None) -> Config:
         path = Path(config_file)
         if not path.exists():
             raise ConfigError(f"config file {path} does not exist")
-        for key, (value, line) in read_config_file(path, section).items():
+        try:
+            entries = read_config_file(path, section)
+        except (OSError, UnicodeDecodeError) as exc:  # a directory, no permission, not text
+            raise ConfigError(f"cannot read config file {path}: {exc}") from None
+        for key, (value, line) in entries.items():
             raw[key] = (value, f"{path}:{line}")
         source = str(path)
     for dest, value in args.items():

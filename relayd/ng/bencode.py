@@ -9,11 +9,20 @@ round trip byte for byte.
 
 from __future__ import annotations
 
+import re
+
 __all__ = ["BencodeError", "Value", "decode", "decode_prefix", "encode"]
 
 Value = int | str | bytes | list["Value"] | dict[str, "Value"]
 
 _MAX_DEPTH = 32
+
+# BEP 3 canonical forms, as rtpengine's own validator wants them: no leading
+# zeros and no "-0" (rtpengine rejects "i01e" and "01:a" on every path and
+# "i-0e" on TCP streams; Kamailio and OpenSIPS never send them).
+_INT = re.compile(rb"-?(?:0|[1-9][0-9]*)")
+_INT_PREFIX = re.compile(rb"-?(?:[1-9][0-9]*)?|0")
+_LENGTH = re.compile(rb"0|[1-9][0-9]*")
 
 
 class BencodeError(ValueError):
@@ -76,24 +85,36 @@ def decode_prefix(data: bytes, start: int = 0) -> tuple[Value, int]:
         raise BencodeError("truncated data") from None
 
 
+def _to_int(digits: bytes, error: str) -> int:
+    try:
+        return int(digits)
+    except ValueError:  # more digits than int() converts (sys.get_int_max_str_digits)
+        raise BencodeError(error) from None
+
+
 def _decode(data: bytes, pos: int, depth: int) -> tuple[Value, int]:
     if depth > _MAX_DEPTH:
         raise BencodeError("nesting too deep")
     lead = data[pos]
     if lead == 0x69:  # 'i'
-        end = data.index(b"e", pos + 1)
-        digits = data[pos + 1 : end]
-        if not digits or not (digits.lstrip(b"-").isdigit()) or digits.count(b"-") > 1:
+        end = data.find(b"e", pos + 1)
+        if end < 0:
+            # wait for more only if what we have can still become an integer
+            if _INT_PREFIX.fullmatch(data, pos + 1):
+                raise IndexError
             raise BencodeError(f"bad integer at offset {pos}")
-        return int(digits), end + 1
+        digits = data[pos + 1 : end]
+        if not _INT.fullmatch(digits):
+            raise BencodeError(f"bad integer at offset {pos}")
+        return _to_int(digits, f"bad integer at offset {pos}"), end + 1
     if 0x30 <= lead <= 0x39:  # '0'..'9'
         colon = data.find(b":", pos)
+        digits = data[pos:colon] if colon >= 0 else data[pos:]
+        if not _LENGTH.fullmatch(digits):
+            raise BencodeError(f"bad string length at offset {pos}")
         if colon < 0:
             raise IndexError
-        digits = data[pos:colon]
-        if not digits.isdigit():
-            raise BencodeError(f"bad string length at offset {pos}")
-        length = int(digits)
+        length = _to_int(digits, f"bad string length at offset {pos}")
         end = colon + 1 + length
         if end > len(data):
             raise IndexError
@@ -109,9 +130,10 @@ def _decode(data: bytes, pos: int, depth: int) -> tuple[Value, int]:
         result: dict[str, Value] = {}
         pos += 1
         while data[pos] != 0x65:
+            key_at = pos
             key, pos = _decode(data, pos, depth + 1)
             if not isinstance(key, str):
-                raise BencodeError(f"dictionary key is not a string at offset {pos}")
+                raise BencodeError(f"dictionary key is not a string at offset {key_at}")
             result[key], pos = _decode(data, pos, depth + 1)
         return result, pos + 1
     raise BencodeError(f"unexpected byte {lead:#04x} at offset {pos}")

@@ -19,11 +19,15 @@ class ReplyCache:
     def _age(self, now: float) -> None:
         if self._swapped_at is None:
             self._swapped_at = now
-        elif now - self._swapped_at >= self.lifetime:
-            expired = now - self._swapped_at >= 2 * self.lifetime
-            self._previous = {} if expired else self._current
+            return
+        elapsed = now - self._swapped_at
+        if elapsed >= self.lifetime:
+            self._previous = {} if elapsed >= 2 * self.lifetime else self._current
             self._current = {}
-            self._swapped_at = now
+            # Swap on the generation boundary, not at ``now``: a swap that only
+            # happens when the next request arrives must not extend the lives
+            # of the replies it moves to the old generation.
+            self._swapped_at += (elapsed // self.lifetime) * self.lifetime
 
     def get(self, cookie: str, now: float) -> bytes | None:
         self._age(now)

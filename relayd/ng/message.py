@@ -52,7 +52,7 @@ def decode_body(body: bytes) -> tuple[dict[str, Any], bool]:
     if body[:1] == b"{":
         try:
             value = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than the stack
             raise NgError("Failed to parse JSON document") from None
         if not isinstance(value, dict):
             raise NgError("Failed to parse JSON document")
@@ -82,6 +82,14 @@ def _text(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "surrogateescape")
     return str(value)
+
+
+def _int(text: str) -> int | None:
+    """An ASCII decimal integer, or None: ``str.isdigit`` admits "²", which ``int`` refuses."""
+    digits = text[1:] if text.startswith("-") else text
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 18:
+        return None
+    return int(text)
 
 
 def _words(value: Any) -> list[str]:
@@ -127,8 +135,6 @@ _KNOWN_KEYS = frozenset(
         "delete-delay",
         "rtpp-flags",
         "endpoint-learning",
-        "from-interface",
-        "to-interface",
         "limit",
         "dtls-fingerprint",
         "t.38",
@@ -276,13 +282,11 @@ def parse_request(raw: dict[str, Any]) -> Request:
     req.sdes.update(normalise(w) for w in _words(keys.get("sdes")))
     if "direction" in keys:
         req.direction = _words(keys["direction"])
-    if "from-interface" in keys or "to-interface" in keys:
-        req.direction = [_text(keys.get("from-interface", "")), _text(keys.get("to-interface", ""))]
     for key, attr in (("ice", "ice"), ("dtls", "dtls"), ("endpoint-learning", "endpoint_learning")):
         if key in keys:
             setattr(req, attr, normalise(_text(keys[key])))
     if "transport-protocol" in keys:
-        _apply_flag(req, _text(keys["transport-protocol"]))
+        _apply_protocol(req, _text(keys["transport-protocol"]))
     if "address-family" in keys:
         req.address_family = _text(keys["address-family"]).upper()
     if "media-address" in keys:
@@ -301,10 +305,11 @@ def parse_request(raw: dict[str, Any]) -> Request:
         ("limit", "limit"),
     ):
         if key in keys:
-            try:
-                setattr(req, attr, int(_text(keys[key])))
-            except ValueError:
+            number = _int(_text(keys[key]).strip())
+            if number is None:
                 req.unknown.append(f"{key}={_text(keys[key])}")
+            else:
+                setattr(req, attr, number)
     if "record-call" in keys:
         req.record_call = normalise(_text(keys["record-call"]))
     req.label = _text(keys.get("label", ""))
@@ -320,19 +325,20 @@ def _apply_flag(req: Request, word: str) -> None:
     if eq:
         if lowered in ("ice", "dtls", "endpoint-learning"):
             setattr(req, lowered.replace("-", "_"), normalise(value))
-        elif lowered == "direction":
-            req.direction.append(value)
         elif lowered == "record-call":
             req.record_call = normalise(value)
         elif lowered in ("tos", "delete-delay", "ptime"):
-            if value.lstrip("-").isdigit():
-                setattr(req, lowered.replace("-", "_"), int(value))
+            number = _int(value)
+            if number is None:
+                req.unknown.append(word)
+            else:
+                setattr(req, lowered.replace("-", "_"), number)
         elif lowered in ("via-branch", "from-tag", "to-tag", "call-id", "label"):
             setattr(req, lowered.replace("-", "_"), value)
         elif lowered.startswith("codec-") and lowered[6:] in _CODEC_OPS:
             req.codec.setdefault(lowered[6:], []).extend(value.split(","))
         elif lowered in ("transport-protocol", "protocol"):
-            _apply_flag(req, value)
+            _apply_protocol(req, value)
         else:
             req.unknown.append(word)
         return
@@ -355,6 +361,18 @@ def _apply_flag(req: Request, word: str) -> None:
     elif lowered not in KNOWN_FLAGS:
         req.unknown.append(word)
     req.flags.add(lowered)
+
+
+def _apply_protocol(req: Request, value: str) -> None:
+    """``transport-protocol``'s value, read as one flag word.
+
+    A value that is itself ``key=value`` is not followed: ``protocol=protocol=…``
+    would otherwise recurse once per level, as deep as the sender likes.
+    """
+    if "=" in value:
+        req.unknown.append(f"transport-protocol={value}")
+    else:
+        _apply_flag(req, value)
 
 
 _CODEC_OPS = frozenset(

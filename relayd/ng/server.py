@@ -67,6 +67,8 @@ class NgService:
             return reply
         finally:
             del self._inflight[cookie]
+            if not future.done():  # cancelled: duplicates waiting on it must not hang
+                future.cancel()
 
     async def _reply(self, cookie: str, body: bytes, source: tuple[Any, ...]) -> bytes:
         as_json = body[:1] == b"{"
@@ -74,6 +76,8 @@ class NgService:
             raw, as_json = decode_body(body)
             req = parse_request(raw)
             reply = await self.dispatch(req, source)
+            # inside the try: a reply that cannot be encoded is an internal error too
+            return encode_reply(cookie, reply, as_json)
         except NgError as exc:
             log.warning("ng.error", reason=exc.reason, source=_peer(source))
             reply = {"result": "error", "error-reason": exc.reason}

@@ -109,8 +109,22 @@ class MediaDescription:
     protocol: str
     formats: list[str]
     lines: list[Line] = field(default_factory=list)
+    # the parsed ``m=`` text and the fields it gave, so an unchanged line is
+    # written back byte for byte (spacing, leading zeros), as rtpengine keeps it
+    _verbatim: tuple[str, tuple[object, ...]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.media, self.port, self.port_count, self.protocol, tuple(self.formats))
+
+    def keep_verbatim(self, value: str) -> None:
+        """Remember ``value`` as this line's text while its fields stay as parsed."""
+        self._verbatim = (value, self._fields())
 
     def m_value(self) -> str:
+        if self._verbatim is not None and self._verbatim[1] == self._fields():
+            return self._verbatim[0]
         port = f"{self.port}/{self.port_count}" if self.port_count is not None else str(self.port)
         return " ".join([self.media, port, self.protocol, *self.formats])
 

@@ -50,16 +50,24 @@ def _parse_media(value: str) -> MediaDescription:
     parts = value.split()
     if len(parts) < 3:
         raise SdpError(f"bad media line: m={value}")
-    port_text, _, count_text = parts[1].partition("/")
-    if not port_text.isdigit() or (count_text and not count_text.isdigit()):
+    port_text, slash, count_text = parts[1].partition("/")
+    port = _number(port_text)
+    count = _number(count_text) if slash else None
+    if port is None or port > 65535 or (slash and count is None):
         raise SdpError(f"bad media port: m={value}")
-    port = int(port_text)
-    if port > 65535:
-        raise SdpError(f"bad media port: m={value}")
-    return MediaDescription(
+    media = MediaDescription(
         media=parts[0],
         port=port,
-        port_count=int(count_text) if count_text else None,
+        port_count=count,
         protocol=parts[2],
         formats=parts[3:],
     )
+    media.keep_verbatim(value)
+    return media
+
+
+def _number(text: str) -> int | None:
+    """ASCII digits only: ``str.isdigit`` also admits "²", which ``int`` refuses."""
+    if not (text.isascii() and text.isdigit()) or len(text.lstrip("0")) > 5:
+        return None
+    return int(text)
