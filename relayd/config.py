@@ -76,12 +76,12 @@ KEYS: dict[str, KeyInfo] = {
         "forwards in userspace, as rtpengine does with table = -1",
     ),
     "sip-source": KeyInfo("bool", _S),
-    "timeout": KeyInfo("int", _I, "media timeouts arrive with the media plane"),
-    "silent-timeout": KeyInfo("int", _I, "media timeouts arrive with the media plane"),
-    "tos": KeyInfo("int", _I, "TOS is set by the media workers, not yet built"),
+    "timeout": KeyInfo("int", _S),
+    "silent-timeout": KeyInfo("int", _S),
+    "tos": KeyInfo("int", _S),
     "control-tos": KeyInfo("int", _I, "ng replies are sent with the default TOS"),
-    "num-threads": KeyInfo("int", _I, "media workers are not yet built"),
-    "endpoint-learning": KeyInfo("str", _I, "endpoint learning arrives with the media plane"),
+    "num-threads": KeyInfo("int", _S),
+    "endpoint-learning": KeyInfo("str", _S),
 }
 for _key in [
     "log-level-core",

@@ -150,6 +150,7 @@ class Call:
     branches: dict[str, Monologue] = field(default_factory=dict)
     deleted_at: float | None = None  # delete received; freed after delete-delay
     answered: bool = False
+    worker: int = 0  # the worker whose port slice holds this call's sockets
 
     def parties(self) -> list[Monologue]:
         seen: dict[int, Monologue] = {}

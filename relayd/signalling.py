@@ -18,6 +18,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from relayd.interfaces import Interfaces
 from relayd.model import Call, Endpoint, Media, Monologue, Stream, family_of
@@ -32,19 +33,65 @@ from relayd.sdp.write import write_sdp
 __all__ = ["PortAllocator", "Signalling"]
 
 
-class PortAllocator:
-    """One :class:`PortPool` per local address, created on first use."""
+class Binder(Protocol):
+    """Opens the sockets of a port pair (the shell binds real sockets)."""
 
-    def __init__(self, port_min: int, port_max: int) -> None:
+    def bind(self, address: str, port: int) -> bool: ...
+
+    def release(self, address: str, port: int) -> None: ...
+
+
+class PortAllocator:
+    """Port pairs per local address, the range cut into one disjoint slice per worker.
+
+    With a :class:`Binder`, a pair whose sockets cannot be bound (the port is
+    taken by another program) is skipped and kept out of use.
+    """
+
+    def __init__(
+        self, port_min: int, port_max: int, workers: int = 1, binder: Binder | None = None
+    ) -> None:
         self.port_min = port_min
         self.port_max = port_max
-        self.pools: dict[str, PortPool] = {}
+        self.workers = max(workers, 1)
+        self.binder = binder
+        first = port_min + (port_min & 1)
+        pairs = max((port_max - first + 1) // 2, 0)
+        share, extra = divmod(pairs, self.workers)
+        self.slices: list[tuple[int, int]] = []
+        start = first
+        for w in range(self.workers):
+            count = share + (1 if w < extra else 0)
+            self.slices.append((start, start + 2 * count - 1))
+            start += 2 * count
+        self.pools: dict[tuple[str, int], PortPool] = {}
 
-    def pool(self, address: str) -> PortPool:
-        pool = self.pools.get(address)
+    def pool(self, address: str, worker: int = 0) -> PortPool:
+        key = (address, worker % self.workers)
+        pool = self.pools.get(key)
         if pool is None:
-            pool = self.pools[address] = PortPool(self.port_min, self.port_max)
+            low, high = self.slices[key[1]]
+            pool = self.pools[key] = PortPool(low, high)
         return pool
+
+    def worker_of(self, port: int) -> int:
+        for index, (low, high) in enumerate(self.slices):
+            if low <= port <= high:
+                return index
+        return 0
+
+    def allocate(self, address: str, worker: int = 0) -> int:
+        pool = self.pool(address, worker)
+        while True:
+            port = pool.allocate()  # raises PortsExhausted
+            if self.binder is None or self.binder.bind(address, port):
+                return port
+            # left reserved: a port another program holds is not retried
+
+    def release(self, address: str, port: int) -> None:
+        if self.binder is not None:
+            self.binder.release(address, port)
+        self.pool(address, self.worker_of(port)).release(port)
 
 
 @dataclass
@@ -55,7 +102,7 @@ class _Undo:
 
     def rollback(self, ports: PortAllocator) -> None:
         for media, address, port in reversed(self.taken):
-            ports.pool(address).release(port)
+            ports.release(address, port)
             media.port = media.rtcp_port = 0
             media.local = None
             media.streams.clear()
@@ -187,7 +234,7 @@ class Signalling:
         try:
             for index, desc in enumerate(sdp.media):
                 self._learn(sender, index, desc, session_c, session_direction, req)
-                self._prepare(receiver, sender, index, desc, family, req, undo, offer=offer)
+                self._prepare(call, receiver, sender, index, desc, family, req, undo, offer=offer)
         except PortsExhausted:
             undo.rollback(self.ports)
             raise NgError("Ran out of ports") from None
@@ -294,6 +341,7 @@ class Signalling:
 
     def _prepare(
         self,
+        call: Call,
         receiver: Monologue,
         sender: Monologue,
         index: int,
@@ -327,7 +375,7 @@ class Signalling:
         if media.port and media.local is not None and media.local.family != local.family:
             self._release(media)
         if not media.port:
-            media.port = self.ports.pool(local.local).allocate()
+            media.port = self.ports.allocate(local.local, call.worker)
             media.local = local
             undo.taken.append((media, local.local, media.port))
         media.rtcp_port = media.port + 1
@@ -372,7 +420,7 @@ class Signalling:
 
     def _release(self, media: Media) -> None:
         if media.port and media.local is not None:
-            self.ports.pool(media.local.local).release(media.port)
+            self.ports.release(media.local.local, media.port)
             if self.on_ports_released:
                 self.on_ports_released(media)
         media.port = media.rtcp_port = 0

@@ -24,6 +24,7 @@ import structlog
 from relayd import __version__, log
 from relayd.config import KEYS, Config, ConfigError, load, unimplemented
 from relayd.interfaces import Interfaces, resolve
+from relayd.media import MediaPlane, SocketBinder
 from relayd.ng.commands import Commands, Limits, Teardown
 from relayd.ng.message import Request
 from relayd.ng.server import NgService, serve_tcp, serve_udp
@@ -50,16 +51,28 @@ class Supervisor:
     ) -> None:
         self.config = config
         self.ready_fd = ready_fd
-        ports = PortAllocator(config.port_min, config.port_max)
+        workers = config.num_threads or len(os.sched_getaffinity(0))
+        binder = SocketBinder()
+        self.media = MediaPlane(
+            binder,
+            workers=workers,
+            tos=config.tos,
+            log_level=config.log_level,
+            learning=config.endpoint_learning,
+        )
+        ports = PortAllocator(config.port_min, config.port_max, workers, binder)
         self.signalling = Signalling(interfaces, ports, sip_source_default=config.sip_source)
         limits = Limits(
             max_sessions=config.max_sessions,
             delete_delay=config.delete_delay,
             offer_timeout=config.offer_timeout,
             final_timeout=config.final_timeout,
+            timeout=config.timeout,
+            silent_timeout=config.silent_timeout,
         )
         self.commands = Commands(self.signalling, limits, started=time.time())
-        self.commands.on_teardown = self._log_teardown
+        self.commands.on_teardown = self._teardown
+        self.commands.place = self.media.least_loaded
         self._stop = asyncio.Event()
         self._closers: list[Any] = []
 
@@ -70,6 +83,11 @@ class Supervisor:
             if req.unknown:
                 logger.warning("ng.unknown_keys", command=req.command, keys=req.unknown)
             reply = self.commands.handle(req, time.time())
+            if req.command in ("offer", "answer") and reply.get("result") == "ok":
+                call = self.commands.calls.get(req.call_id)
+                if call is not None:
+                    self.media.signalled(call, list(call.monologues), req.endpoint_learning)
+                    self.media.sync(call)
             event = "ng.request" if reply.get("result") in ("ok", "pong") else "ng.failed"
             logger.info(
                 event,
@@ -80,8 +98,9 @@ class Supervisor:
             )
             return reply
 
-    def _log_teardown(self, teardown: Teardown) -> None:
+    def _teardown(self, teardown: Teardown) -> None:
         call = teardown.call
+        self.media.drop(call)
         packets = sum(s.stats.packets for p in call.parties() for m in p.medias for s in m.streams)
         logger.info(
             "call.teardown",
@@ -102,6 +121,7 @@ class Supervisor:
             server = await serve_tcp(service, *cfg.listen_tcp_ng)
             self._closers.append(server)
             logger.info("ng.listening", transport="tcp", address=_fmt(cfg.listen_tcp_ng))
+        self.media.start()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop.set)
@@ -113,6 +133,7 @@ class Supervisor:
         reaper.cancel()
         for closer in self._closers:
             closer.close()
+        await self.media.stop()
         logger.info("relayd.stopped", calls=len(self.commands.calls))
 
     async def _reap(self) -> None:

@@ -20,7 +20,7 @@ _MAX_DEPTH = 32
 # BEP 3 canonical forms, as rtpengine's own validator wants them: no leading
 # zeros and no "-0" (rtpengine rejects "i01e" and "01:a" on every path and
 # "i-0e" on TCP streams; Kamailio and OpenSIPS never send them).
-_INT = re.compile(rb"-?(?:0|[1-9][0-9]*)")
+_INT = re.compile(rb"0|-?[1-9][0-9]*")
 _INT_PREFIX = re.compile(rb"-?(?:[1-9][0-9]*)?|0")
 _LENGTH = re.compile(rb"0|[1-9][0-9]*")
 

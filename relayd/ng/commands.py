@@ -27,6 +27,8 @@ class Limits:
     delete_delay: int = 30
     offer_timeout: int = 3600
     final_timeout: int = 0
+    timeout: int = 60
+    silent_timeout: int = 3600
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,8 @@ class Totals:
     rejected: int = 0
     offer_timeouts: int = 0
     final_timeouts: int = 0
+    timeouts: int = 0
+    silent_timeouts: int = 0
     regular_terminated: int = 0
     forced_terminated: int = 0
     call_duration: float = 0.0
@@ -58,6 +62,7 @@ class Commands:
         self.calls: dict[str, Call] = {}
         self.totals = Totals()
         self.on_teardown: Callable[[Teardown], None] | None = None
+        self.place: Callable[[], int] = lambda: 0  # the worker a new call goes to
         self._handlers: dict[str, Callable[[Request, float], dict[str, Any]]] = {
             "ping": self.ping,
             "offer": self.offer,
@@ -109,7 +114,7 @@ class Commands:
             if 0 <= limit <= len(self.calls):
                 self.totals.rejected += 1
                 raise NgError("Parallel session limit reached")
-            call = Call(req.call_id, created=now, last_signal=now)
+            call = Call(req.call_id, created=now, last_signal=now, worker=self.place())
             self.calls[req.call_id] = call
         call.deleted_at = None
         try:
@@ -173,7 +178,7 @@ class Commands:
     # -- timers -------------------------------------------------------------------------------
 
     def reap(self, now: float) -> list[Teardown]:
-        """Free calls whose delete-delay ran out, or that hit offer- or final-timeout."""
+        """Free calls whose delete-delay ran out, or that hit a timeout (offer, final, media)."""
         gone: list[Teardown] = []
         for call in list(self.calls.values()):
             if call.deleted_at is not None and now >= call.deleted_at:
@@ -181,14 +186,35 @@ class Commands:
             elif self.limits.final_timeout and now - call.created >= self.limits.final_timeout:
                 self.totals.final_timeouts += 1
                 gone.append(self._remove(call, "final timeout", now))
-            elif (
-                not call.answered
-                and self.limits.offer_timeout
-                and now - call.last_signal >= self.limits.offer_timeout
-            ):
-                self.totals.offer_timeouts += 1
-                gone.append(self._remove(call, "offer timeout", now))
+            elif not call.answered:
+                limit = self.limits.offer_timeout
+                if limit and now - call.last_signal >= limit:
+                    self.totals.offer_timeouts += 1
+                    gone.append(self._remove(call, "offer timeout", now))
+            elif (reason := self._media_timeout(call, now)) is not None:
+                if reason == "timeout":
+                    self.totals.timeouts += 1
+                else:
+                    self.totals.silent_timeouts += 1
+                gone.append(self._remove(call, reason, now))
         return gone
+
+    def _media_timeout(self, call: Call, now: float) -> str | None:
+        """``timeout`` when no stream saw media; ``silent timeout`` when the call is held."""
+        last = call.last_signal
+        held = False
+        for party in call.parties():
+            for media in party.medias:
+                held = held or not (media.send and media.recv) or media.zero_address
+                for stream in media.streams:
+                    last = max(last, stream.stats.last_packet)
+        if held:
+            limit, reason = self.limits.silent_timeout, "silent timeout"
+        else:
+            limit, reason = self.limits.timeout, "timeout"
+        if limit and now - last >= limit:
+            return reason
+        return None
 
     def _remove(self, call: Call, reason: str, now: float) -> Teardown:
         self.calls.pop(call.call_id, None)

@@ -312,7 +312,8 @@ def parse_request(raw: dict[str, Any]) -> Request:
                 setattr(req, attr, number)
     if "record-call" in keys:
         req.record_call = normalise(_text(keys["record-call"]))
-    req.label = _text(keys.get("label", ""))
+    if "label" in keys:  # else keep a ``label=`` flag
+        req.label = _text(keys["label"])
     req.supports = {normalise(w) for w in _words(keys.get("supports"))}
     req.unknown.extend(k for k in keys if k not in _KNOWN_KEYS)
     return req

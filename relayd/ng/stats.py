@@ -27,7 +27,13 @@ def _fixed(value: float) -> str:
 def statistics_reply(commands: Commands, now: float) -> dict[str, Any]:
     totals = commands.totals
     sessions = len(commands.calls)
-    finished = totals.regular_terminated + totals.offer_timeouts + totals.final_timeouts
+    finished = (
+        totals.regular_terminated
+        + totals.offer_timeouts
+        + totals.final_timeouts
+        + totals.timeouts
+        + totals.silent_timeouts
+    )
     average = totals.call_duration / finished if finished else 0.0
     packets = bytes_ = errors = 0
     for call in commands.calls.values():
@@ -50,8 +56,8 @@ def statistics_reply(commands: Commands, now: float) -> dict[str, Any]:
         "uptime": str(int(now - commands.started)),
         "managedsessions": totals.managed,
         "rejectedsessions": totals.rejected,
-        "timeoutsessions": 0,
-        "silenttimeoutsessions": 0,
+        "timeoutsessions": totals.timeouts,
+        "silenttimeoutsessions": totals.silent_timeouts,
         "finaltimeoutsessions": totals.final_timeouts,
         "offertimeoutsessions": totals.offer_timeouts,
         "regularterminatedsessions": totals.regular_terminated,
@@ -67,17 +73,21 @@ def statistics_reply(commands: Commands, now: float) -> dict[str, Any]:
     }
     control["errorcount"] = totals.errors
     interfaces = []
-    for address, pool in commands.signalling.ports.pools.items():
-        capacity = max(pool.capacity * 2, 1)
-        used = pool.in_use * 2
+    ports = commands.signalling.ports
+    by_address: dict[str, list[int]] = {}
+    for (address, _worker), pool in ports.pools.items():
+        counts = by_address.setdefault(address, [0, 0])
+        counts[0] += pool.capacity * 2
+        counts[1] += pool.in_use * 2
+    for address, (capacity, used) in by_address.items():
         interfaces.append(
             {
                 "address": address,
                 "ports": {
-                    "min": pool.port_min,
-                    "max": pool.port_max,
+                    "min": ports.port_min,
+                    "max": ports.port_max,
                     "used": used,
-                    "used_pct": f"{100.0 * used / capacity:.2f}",
+                    "used_pct": f"{100.0 * used / max(capacity, 1):.2f}",
                     "free": capacity - used,
                     "totals": capacity,
                 },

@@ -1,0 +1,147 @@
+"""Supervisor ↔ worker messages: typed values and their wire codec (pure, no I/O).
+
+The transport is a Unix SOCK_SEQPACKET socket, so each message is one packet
+and needs no length prefix; sockets travel as SCM_RIGHTS file descriptors
+attached to the message that introduces them (``SocketSpec.fd_index``). The
+body is compact JSON: control traffic is a few messages per call, not per packet.
+
+Rules:
+
+* The supervisor binds every media socket and hands a duplicate to the worker
+  that owns its port slice. A worker that dies and is restarted gets the same
+  sockets again, so media resumes on the same ports with nothing rebound.
+* ``Forward`` replaces the whole forwarding state of one media section of a
+  call (both parties, RTP and RTCP); ``Drop`` removes it and closes its sockets.
+* Workers send ``Stats`` once a second with the counters of every socket that
+  saw traffic, plus learned endpoints.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = [
+    "Configure",
+    "Drop",
+    "Forward",
+    "Hello",
+    "IpcError",
+    "Message",
+    "Shutdown",
+    "SocketSpec",
+    "SocketStats",
+    "Stats",
+    "decode",
+    "encode",
+]
+
+MAX_MESSAGE = 1 << 20
+
+
+class IpcError(ValueError):
+    """A message that does not decode; the connection is closed."""
+
+
+@dataclass(frozen=True, slots=True)
+class SocketSpec:
+    """One relay socket of one party and where its packets go.
+
+    ``key`` is ``"address port"`` of the local socket. ``out`` is the key of the
+    socket that sends this socket's packets onwards (the other party's socket for
+    the same component); ``out_rtcp`` the one for RTCP arriving here under rtcp-mux.
+    ``expect`` is the party's own address from its SDP (``"address port"``, empty
+    if unknown): where media to this party goes until a source is learned.
+    """
+
+    key: str
+    fd_index: int = -1  # index into this message's file descriptors, -1: socket already known
+    out: str = ""
+    out_rtcp: str = ""
+    expect: str = ""
+    learning: str = "delayed"  # delayed, immediate, off, heuristic
+    learn_after: float = 0.0  # CLOCK_MONOTONIC time from which delayed learning confirms
+    asymmetric: bool = False
+    strict: bool = False
+    handover: bool = False
+    rtcp: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Configure:
+    worker: int
+    tos: int = 0
+    stats_interval: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    media: str  # "call-id index", one media section of a call
+    sockets: tuple[SocketSpec, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    media: str
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    worker: int
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class SocketStats:
+    key: str
+    packets: int
+    bytes: int
+    errors: int
+    last_packet: float  # CLOCK_MONOTONIC of the last packet received
+    endpoint: str = ""  # learned source, "address port"
+    confirmed: bool = False
+    ssrc: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    worker: int
+    sockets: tuple[SocketStats, ...] = ()
+    cpu_seconds: float = 0.0
+    now: float = 0.0  # the worker's CLOCK_MONOTONIC when it sent this
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+Message = Configure | Forward | Drop | Shutdown | Hello | Stats
+
+_TYPES: dict[str, type[Any]] = {
+    cls.__name__: cls for cls in (Configure, Forward, Drop, Shutdown, Hello, Stats)
+}
+
+
+def encode(message: Message) -> bytes:
+    body = asdict(message)
+    body["type"] = type(message).__name__
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def decode(data: bytes) -> Message:
+    if len(data) > MAX_MESSAGE:
+        raise IpcError("message too large")
+    try:
+        body = json.loads(data)
+        cls = _TYPES[body.pop("type")]
+        if cls is Forward:
+            body["sockets"] = tuple(SocketSpec(**s) for s in body.get("sockets", ()))
+        elif cls is Stats:
+            body["sockets"] = tuple(SocketStats(**s) for s in body.get("sockets", ()))
+        message: Message = cls(**body)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IpcError(f"bad ipc message: {exc}") from None
+    return message

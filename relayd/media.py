@@ -1,0 +1,305 @@
+"""The supervisor's side of the data plane: media sockets, worker processes, stats.
+
+relayd binds every media socket itself (so a port clash is found while the
+offer is handled, and "Ran out of ports" is accurate) and passes a duplicate
+to the worker that owns the port's slice. Workers are spawned pinned to a core
+each, watched, and restarted when they die: the new worker receives the same
+sockets, so media resumes on the same ports and packets that arrived in the
+meantime wait in the socket buffers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+from relayd import ipc
+from relayd.forwarding import LearningPolicy, media_key, plan, socket_key
+from relayd.log import get_logger
+from relayd.model import Call, Endpoint, Stream
+
+__all__ = ["MediaPlane", "SocketBinder"]
+
+log = get_logger("relayd.media")
+
+_LINK_BUFFER = 4 << 20
+
+
+class SocketBinder:
+    """Binds and keeps the RTP/RTCP sockets of every allocated port pair."""
+
+    def __init__(self) -> None:
+        self.sockets: dict[str, socket.socket] = {}
+
+    def bind(self, address: str, port: int) -> bool:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        opened: list[socket.socket] = []
+        try:
+            for p in (port, port + 1):
+                sock = socket.socket(family, socket.SOCK_DGRAM)
+                opened.append(sock)
+                sock.bind((address, p))
+        except OSError as exc:
+            for sock in opened:
+                sock.close()
+            log.warning("ports.bind_failed", address=address, port=port, error=str(exc))
+            return False
+        for p, sock in zip((port, port + 1), opened, strict=True):
+            self.sockets[socket_key(address, p)] = sock
+        return True
+
+    def release(self, address: str, port: int) -> None:
+        for p in (port, port + 1):
+            sock = self.sockets.pop(socket_key(address, p), None)
+            if sock is not None:
+                sock.close()
+
+    def fileno(self, key: str) -> int:
+        return self.sockets[key].fileno()
+
+
+@dataclass
+class WorkerProcess:
+    index: int
+    cpu: int
+    link: socket.socket | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    pid: int = 0
+    sent: set[str] = field(default_factory=set)  # socket keys this process has
+    medias: set[str] = field(default_factory=set)  # media keys placed here
+    restarts: int = 0
+    cpu_seconds: float = 0.0
+    packets: int = 0
+
+
+class MediaPlane:
+    def __init__(
+        self,
+        binder: SocketBinder,
+        *,
+        workers: int,
+        tos: int = 0,
+        log_level: int = 6,
+        learning: str = "delayed",
+    ) -> None:
+        self.binder = binder
+        self.tos = tos
+        self.log_level = log_level
+        self.learning = learning
+        cpus = sorted(os.sched_getaffinity(0))
+        self.workers = [WorkerProcess(i, cpus[i % len(cpus)]) for i in range(max(workers, 1))]
+        self.streams: dict[str, tuple[str, Stream]] = {}  # socket key -> (call-id, stream)
+        self.learn_after: dict[tuple[str, str], LearningPolicy] = {}
+        self.on_stats: Callable[[ipc.Stats], None] | None = None
+        # per worker: the forwards it must hold, re-sent after a restart
+        self.forwards: dict[int, dict[str, ipc.Forward]] = {}
+        self._closing = False
+
+    # -- placement ------------------------------------------------------------------------
+
+    def least_loaded(self) -> int:
+        return min(self.workers, key=lambda w: (len(w.medias), w.index)).index
+
+    # -- worker processes -----------------------------------------------------------------
+
+    def start(self) -> None:
+        for worker in self.workers:
+            self._spawn(worker)
+
+    def _spawn(self, worker: WorkerProcess) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        for sock in (parent, child):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _LINK_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _LINK_BUFFER)
+        args = [
+            sys.executable,
+            "-m",
+            "workers",
+            "--worker",
+            str(worker.index),
+            "--cpu",
+            str(worker.cpu),
+            "--fd",
+            str(child.fileno()),
+            "--log-level",
+            str(self.log_level),
+        ]
+        worker.proc = subprocess.Popen(args, pass_fds=[child.fileno()])
+        child.close()
+        worker.pid = worker.proc.pid
+        worker.link = parent
+        worker.sent = set()
+        parent.settimeout(2.0)
+        self._send(worker, ipc.Configure(worker.index, tos=self.tos))
+        asyncio.get_running_loop().add_reader(parent.fileno(), self._readable, worker)
+        log.info("worker.spawned", worker=worker.index, pid=worker.pid, cpu=worker.cpu)
+
+    def _readable(self, worker: WorkerProcess) -> None:
+        link = worker.link
+        if link is None:
+            return
+        try:
+            data = link.recv(1 << 20, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._lost(worker)
+            return
+        try:
+            message = ipc.decode(data)
+        except ipc.IpcError:
+            log.exception("worker.bad_message", worker=worker.index)
+            return
+        if isinstance(message, ipc.Stats):
+            worker.cpu_seconds = message.cpu_seconds
+            self._ingest(message)
+        elif isinstance(message, ipc.Hello):
+            log.debug("worker.hello", worker=message.worker, pid=message.pid)
+
+    def _lost(self, worker: WorkerProcess) -> None:
+        loop = asyncio.get_running_loop()
+        if worker.link is not None:
+            loop.remove_reader(worker.link.fileno())
+            worker.link.close()
+            worker.link = None
+        code = None
+        if worker.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = worker.proc.wait(2.0)
+        if self._closing:
+            return
+        worker.restarts += 1
+        log.error(
+            "worker.died", worker=worker.index, pid=worker.pid, code=code, medias=len(worker.medias)
+        )
+        self._spawn(worker)
+        self.resend(worker)
+
+    def resend(self, worker: WorkerProcess) -> None:
+        """Give a (new) worker every socket and forward of its calls again."""
+        pending = list(self.forwards.get(worker.index, {}).values())
+        for forward in pending:
+            self._send_forward(worker, forward)
+
+    # -- forwarding -----------------------------------------------------------------------
+
+    def signalled(self, call: Call, tags: list[str], learning: str) -> None:
+        """A signalling event touched ``tags``: learning restarts for those parties."""
+        mode = learning or self.learning
+        after = time.monotonic() + (3.0 if mode in ("delayed", "heuristic") else 0.0)
+        for tag in tags:
+            self.learn_after[(call.call_id, tag)] = LearningPolicy(mode, after)
+
+    def sync(self, call: Call) -> None:
+        policy = {tag: pol for (cid, tag), pol in self.learn_after.items() if cid == call.call_id}
+        worker = self.workers[call.worker]
+        placed = self.forwards.setdefault(worker.index, {})
+        for forward in plan(call, policy):
+            placed[forward.media] = forward
+            worker.medias.add(forward.media)
+            for spec in forward.sockets:
+                self.streams[spec.key] = (call.call_id, _find_stream(call, spec.key))
+            self._send_forward(worker, forward)
+
+    def drop(self, call: Call) -> None:
+        worker = self.workers[call.worker]
+        placed = self.forwards.get(worker.index, {})
+        prefix = media_key(call.call_id, 0).rsplit(" ", 1)[0] + " "
+        for key in [k for k in placed if k.startswith(prefix)]:
+            forward = placed.pop(key)
+            worker.medias.discard(key)
+            for spec in forward.sockets:
+                self.streams.pop(spec.key, None)
+                worker.sent.discard(spec.key)
+            self._send(worker, ipc.Drop(key))
+        for k in [k for k in self.learn_after if k[0] == call.call_id]:
+            del self.learn_after[k]
+
+    def _send_forward(self, worker: WorkerProcess, forward: ipc.Forward) -> None:
+        fds: list[int] = []
+        specs = []
+        for spec in forward.sockets:
+            if spec.key not in worker.sent and spec.key in self.binder.sockets:
+                specs.append(_with_fd(spec, len(fds)))
+                fds.append(self.binder.fileno(spec.key))
+                worker.sent.add(spec.key)
+            else:
+                specs.append(spec)
+        self._send(worker, ipc.Forward(forward.media, tuple(specs)), fds)
+
+    def _send(self, worker: WorkerProcess, message: ipc.Message, fds: Sequence[int] = ()) -> None:
+        if worker.link is None:
+            return
+        try:
+            socket.send_fds(worker.link, [ipc.encode(message)], list(fds))
+        except OSError as exc:
+            log.error("worker.send_failed", worker=worker.index, error=str(exc))
+
+    # -- stats ----------------------------------------------------------------------------
+
+    def _ingest(self, stats: ipc.Stats) -> None:
+        offset = time.time() - stats.now
+        worker = self.workers[stats.worker]
+        for entry in stats.sockets:
+            found = self.streams.get(entry.key)
+            if found is None:
+                continue
+            stream = found[1]
+            delta = entry.packets - stream.stats.packets
+            if delta > 0:
+                worker.packets += delta
+            stream.stats.packets = entry.packets
+            stream.stats.bytes = entry.bytes
+            stream.stats.errors = entry.errors
+            if entry.last_packet:
+                stream.stats.last_packet = entry.last_packet + offset
+            host, _, port = entry.endpoint.rpartition(" ")
+            if host and port.isdigit():
+                stream.endpoint = Endpoint(host, int(port))
+            stream.confirmed = entry.confirmed
+        if self.on_stats:
+            self.on_stats(stats)
+
+    # -- shutdown -------------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        self._closing = True
+        loop = asyncio.get_running_loop()
+        for worker in self.workers:
+            if worker.link is not None:
+                self._send(worker, ipc.Shutdown())
+                loop.remove_reader(worker.link.fileno())
+        deadline = time.monotonic() + 5.0
+        for worker in self.workers:
+            if worker.proc is None:
+                continue
+            while worker.proc.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            if worker.proc.poll() is None:
+                worker.proc.kill()
+                worker.proc.wait()
+            if worker.link is not None:
+                worker.link.close()
+                worker.link = None
+
+
+def _with_fd(spec: ipc.SocketSpec, index: int) -> ipc.SocketSpec:
+    return replace(spec, fd_index=index)
+
+
+def _find_stream(call: Call, key: str) -> Stream:
+    for party in call.parties():
+        for media in party.medias:
+            for stream in media.streams:
+                if socket_key(stream.local.local, stream.port) == key:
+                    return stream
+    raise KeyError(key)

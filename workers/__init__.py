@@ -1,0 +1,1 @@
+"""relay-worker: the userspace data plane (one pinned process per core)."""

@@ -1,0 +1,247 @@
+"""The worker's event loop: epoll over its media sockets and the supervisor link.
+
+A plain non-blocking ``recvfrom``/``sendto`` loop, pinned to one core: on this
+kind of machine it out-runs rtpengine's userspace path, where asyncio
+transports would not (see ../shared/reference/nft-lab.md). Each readable
+socket is drained in bounded batches so one busy stream cannot starve others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import socket
+import time
+from dataclasses import dataclass
+
+from relayd import ipc
+from relayd.log import get_logger
+from workers.session import Leg, Verdict, parse_endpoint
+
+__all__ = ["Worker"]
+
+log = get_logger("relayd.worker")
+
+_BATCH = 64  # packets read from one socket before looking at the others
+_RECV_SIZE = 4096
+_IPC_SIZE = 1 << 20
+_MAX_FDS = 256
+
+
+def is_rtcp(data: bytes) -> bool:
+    """RTCP packet types 200–204 share the port with RTP under rtcp-mux (RFC 5761 §4)."""
+    return len(data) > 1 and 200 <= data[1] <= 204
+
+
+@dataclass(slots=True, eq=False)
+class MediaSocket:
+    sock: socket.socket
+    leg: Leg
+    out: MediaSocket | None = None
+    out_rtcp: MediaSocket | None = None
+    media: str = ""
+
+
+class Worker:
+    def __init__(self, link: socket.socket, index: int) -> None:
+        self.link = link
+        self.index = index
+        self.tos = 0
+        self.stats_interval = 1.0
+        self.epoll = select.epoll()
+        self.by_fd: dict[int, MediaSocket] = {}
+        self.by_key: dict[str, MediaSocket] = {}
+        self.medias: dict[str, set[str]] = {}
+        self.running = True
+        link.setblocking(False)
+        self.epoll.register(link.fileno(), select.EPOLLIN)
+
+    # -- supervisor link --------------------------------------------------------------------
+
+    def send(self, message: ipc.Message) -> None:
+        try:
+            self.link.send(ipc.encode(message))
+        except BlockingIOError:
+            log.warning("worker.link_full", worker=self.index)
+
+    def _read_link(self) -> None:
+        while True:
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(self.link, _IPC_SIZE, _MAX_FDS)
+            except BlockingIOError:
+                return
+            if not data:
+                log.info("worker.supervisor_gone", worker=self.index)
+                self.running = False
+                for fd in fds:
+                    os.close(fd)
+                return
+            try:
+                self._apply(ipc.decode(data), fds)
+            except ipc.IpcError:
+                log.exception("worker.bad_message", worker=self.index)
+                for fd in fds:
+                    os.close(fd)
+
+    def _apply(self, message: ipc.Message, fds: list[int]) -> None:
+        if isinstance(message, ipc.Forward):
+            self._forward(message, fds)
+        elif isinstance(message, ipc.Drop):
+            self._drop(message.media)
+        elif isinstance(message, ipc.Configure):
+            self.tos = message.tos
+            self.stats_interval = message.stats_interval
+        elif isinstance(message, ipc.Shutdown):
+            self.running = False
+
+    def _forward(self, message: ipc.Forward, fds: list[int]) -> None:
+        used: set[int] = set()
+        keys = self.medias.setdefault(message.media, set())
+        for spec in message.sockets:
+            current = self.by_key.get(spec.key)
+            if spec.fd_index >= 0:
+                used.add(spec.fd_index)
+                sock = socket.socket(fileno=fds[spec.fd_index])
+                if current is not None and current.sock.fileno() != sock.fileno():
+                    self._close(current)
+                    current = None
+                if current is None:
+                    current = self._add(spec, sock)
+            if current is None:
+                log.warning("worker.unknown_socket", worker=self.index, key=spec.key)
+                continue
+            current.media = message.media
+            keys.add(spec.key)
+            leg = current.leg
+            leg.asymmetric, leg.strict, leg.handover = spec.asymmetric, spec.strict, spec.handover
+            expect = parse_endpoint(spec.expect)
+            if (expect, spec.learn_after, spec.learning) != (
+                leg.expect,
+                leg.learn_after,
+                leg.learning,
+            ):
+                leg.reset(expect, spec.learning, spec.learn_after)
+        stale = keys - {spec.key for spec in message.sockets}
+        for key in stale:
+            keys.discard(key)
+            if (gone := self.by_key.get(key)) is not None:
+                self._close(gone)
+        for spec in message.sockets:
+            current = self.by_key.get(spec.key)
+            if current is not None:
+                current.out = self.by_key.get(spec.out)
+                current.out_rtcp = self.by_key.get(spec.out_rtcp)
+        for index, fd in enumerate(fds):
+            if index not in used:
+                os.close(fd)
+
+    def _add(self, spec: ipc.SocketSpec, sock: socket.socket) -> MediaSocket:
+        sock.setblocking(False)
+        if self.tos:
+            if sock.family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, self.tos)
+            else:
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, self.tos)
+        media_socket = MediaSocket(sock, Leg(spec.key, rtcp=spec.rtcp))
+        self.by_key[spec.key] = media_socket
+        self.by_fd[sock.fileno()] = media_socket
+        self.epoll.register(sock.fileno(), select.EPOLLIN)
+        return media_socket
+
+    def _close(self, media_socket: MediaSocket) -> None:
+        fd = media_socket.sock.fileno()
+        self.by_fd.pop(fd, None)
+        self.by_key.pop(media_socket.leg.key, None)
+        with contextlib.suppress(OSError, ValueError):
+            self.epoll.unregister(fd)
+        media_socket.sock.close()
+        for other in self.by_key.values():
+            if other.out is media_socket:
+                other.out = None
+            if other.out_rtcp is media_socket:
+                other.out_rtcp = None
+
+    def _drop(self, media: str) -> None:
+        for key in self.medias.pop(media, set()):
+            current = self.by_key.get(key)
+            if current is not None:
+                self._close(current)
+
+    # -- stats ------------------------------------------------------------------------------
+
+    def report(self, now: float) -> None:
+        changed: list[ipc.SocketStats] = []
+        for ms in self.by_key.values():
+            leg = ms.leg
+            state = (leg.packets, leg.errors, leg.confirmed)
+            if state == leg.reported:
+                continue
+            leg.reported = state
+            endpoint = f"{leg.endpoint[0]} {leg.endpoint[1]}" if leg.endpoint else ""
+            changed.append(
+                ipc.SocketStats(
+                    leg.key,
+                    leg.packets,
+                    leg.bytes,
+                    leg.errors,
+                    leg.last_packet,
+                    endpoint,
+                    leg.confirmed,
+                    leg.ssrc,
+                )
+            )
+        cpu = time.process_time()
+        self.send(ipc.Stats(self.index, tuple(changed), cpu, now))
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.send(ipc.Hello(self.index, os.getpid()))
+        poll = self.epoll.poll
+        link_fd = self.link.fileno()
+        by_fd = self.by_fd
+        monotonic = time.monotonic
+        next_report = monotonic() + self.stats_interval
+        forward = Verdict.FORWARD
+        while self.running:
+            events = poll(max(next_report - monotonic(), 0.0))
+            now = monotonic()
+            for fd, _mask in events:
+                if fd == link_fd:
+                    self._read_link()
+                    continue
+                ms = by_fd.get(fd)
+                if ms is None:
+                    continue
+                recvfrom = ms.sock.recvfrom
+                leg = ms.leg
+                for _ in range(_BATCH):
+                    try:
+                        data, source = recvfrom(_RECV_SIZE)
+                    except BlockingIOError:
+                        break
+                    except OSError:
+                        leg.errors += 1
+                        break
+                    if leg.receive(source[:2], len(data), now) != forward:
+                        continue
+                    out = ms.out
+                    if ms.out_rtcp is not None and is_rtcp(data):
+                        out = ms.out_rtcp
+                    elif leg.ssrc < 0 and not leg.rtcp and len(data) >= 12:
+                        leg.ssrc = int.from_bytes(data[8:12], "big")
+                    if out is None:
+                        continue
+                    target = out.leg.endpoint
+                    if target is None:
+                        continue  # the other side is not known yet: never guess
+                    try:
+                        out.sock.sendto(data, target)
+                    except OSError:
+                        out.leg.errors += 1
+            if now >= next_report:
+                self.report(now)
+                next_report = now + self.stats_interval
+        for ms in list(self.by_key.values()):
+            self._close(ms)

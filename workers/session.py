@@ -1,0 +1,113 @@
+"""Per-socket media state in a worker: endpoint learning and counters (pure logic).
+
+Endpoint learning follows rtpengine (ng ``endpoint-learning``):
+
+* ``delayed`` (default): every packet's source becomes the endpoint, but the
+  endpoint is only *confirmed* by the first packet that arrives once
+  ``learn_after`` (3 s after the last signalling) has passed.
+* ``immediate``: the first packet confirms its source.
+* ``heuristic``: a source matching the SDP address and port confirms at once;
+  otherwise sources are ranked (same address > same port > other) and a better
+  one replaces a worse one until the delayed confirmation.
+* ``off``: media is only ever sent to the SDP address.
+
+``asymmetric`` parties are never learned from. Once confirmed, a packet from
+another source is dropped with ``strict`` (counted as an error), moves the
+endpoint with ``handover``, and otherwise is forwarded without moving it.
+A packet is forwarded only once the other party's endpoint is known.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["Leg", "Verdict", "parse_endpoint"]
+
+Address = tuple[str, int]
+
+
+def parse_endpoint(text: str) -> Address | None:
+    host, _, port = text.rpartition(" ")
+    return (host, int(port)) if host and port.isdigit() else None
+
+
+def _rank(source: Address, expect: Address | None) -> int:
+    if expect is None:
+        return 0
+    if source == expect:
+        return 3
+    if source[0] == expect[0]:
+        return 2
+    if source[1] == expect[1]:
+        return 1
+    return 0
+
+
+class Verdict:
+    FORWARD = 0
+    DROP = 1
+
+
+@dataclass(slots=True)
+class Leg:
+    """One local socket: the party that sends to it, and where that party is reached."""
+
+    key: str
+    expect: Address | None = None
+    learning: str = "delayed"
+    learn_after: float = 0.0
+    asymmetric: bool = False
+    strict: bool = False
+    handover: bool = False
+    rtcp: bool = False
+    endpoint: Address | None = None  # where packets for this party are sent
+    confirmed: bool = False
+    rank: int = -1
+    packets: int = 0
+    bytes: int = 0
+    errors: int = 0
+    last_packet: float = 0.0
+    ssrc: int = -1
+    reported: tuple[int, int, bool] = field(default=(0, 0, False))
+
+    def reset(self, expect: Address | None, learning: str, learn_after: float) -> None:
+        """A new signalling event: forget confirmation, restart learning."""
+        self.expect = expect
+        self.learning = learning
+        self.learn_after = learn_after
+        self.confirmed = False
+        self.rank = -1
+        if self.endpoint is None or learning == "off" or self.asymmetric:
+            self.endpoint = expect
+
+    def receive(self, source: Address, size: int, now: float) -> int:
+        """Account one packet from ``source``; say whether to forward it."""
+        if self.confirmed and source != self.endpoint:
+            if self.strict:
+                self.errors += 1
+                return Verdict.DROP
+            if self.handover:
+                self.endpoint = source
+        elif not self.confirmed and not self.asymmetric and self.learning != "off":
+            self._learn(source, now)
+        self.packets += 1
+        self.bytes += size
+        self.last_packet = now
+        return Verdict.FORWARD
+
+    def _learn(self, source: Address, now: float) -> None:
+        mode = self.learning
+        if mode == "immediate":
+            self.endpoint, self.confirmed = source, True
+            return
+        if mode == "heuristic":
+            rank = _rank(source, self.expect)
+            if rank == 3:
+                self.endpoint, self.confirmed = source, True
+            elif rank >= self.rank:
+                self.endpoint, self.rank = source, rank
+            # after the learning window the best source seen so far is kept
+            self.confirmed = self.confirmed or now >= self.learn_after
+            return
+        self.endpoint = source
+        self.confirmed = now >= self.learn_after
