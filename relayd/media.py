@@ -64,6 +64,18 @@ class SocketBinder:
     def fileno(self, key: str) -> int:
         return self.sockets[key].fileno()
 
+    def discard_queued(self, key: str, limit: int = 4096) -> int:
+        """Drop the datagrams waiting on a socket no worker has read yet; returns how many."""
+        sock = self.sockets.get(key)
+        dropped = 0
+        while sock is not None and dropped < limit:
+            try:
+                sock.recv(1, socket.MSG_DONTWAIT)
+            except OSError:  # BlockingIOError when empty; a queued ICMP error ends it too
+                break
+            dropped += 1
+        return dropped
+
 
 @dataclass
 class WorkerProcess:
@@ -207,6 +219,12 @@ class MediaPlane:
             placed[forward.media] = forward
             worker.medias.add(forward.media)
             for spec in forward.sockets:
+                if spec.key not in self.streams:
+                    # What came before both sides were known had nowhere to go: drop it
+                    # now rather than let the worker forward it late.
+                    dropped = self.binder.discard_queued(spec.key)
+                    if dropped:
+                        log.debug("media.dropped_early", socket=spec.key, packets=dropped)
                 self.streams[spec.key] = (call.call_id, _find_stream(call, spec.key))
             self._send_forward(worker, forward)
 

@@ -98,6 +98,7 @@ class Media:
     rtcp_port: int = 0  # 0 with rtcp-mux (RTCP shares the RTP port)
     rtcp_mux: bool = False  # rtcp-mux in force towards this party (what we printed)
     peer_rtcp_mux: bool = False  # this party's own SDP carried a=rtcp-mux
+    mux_policy: frozenset[str] = frozenset()  # rtcp-mux options given with this party's offer
     remote_rtp: Endpoint | None = None  # this party's media address, from its SDP
     remote_rtcp: Endpoint | None = None
     send: bool = True
@@ -130,6 +131,9 @@ class Monologue:
     label: str = ""
     medias: list[Media] = field(default_factory=list)
     in_dialogue_with: str | None = None
+    # this party's media (and our ports towards it) per earlier peer: with forking,
+    # each answerer pairs with its own set of the offerer's ports
+    other_dialogues: dict[str, list[Media]] = field(default_factory=dict)
     interface: str = ""  # logical interface chosen for this party
     family: str = ""  # "IP4"/"IP6" forced for this party's SDP, "" to follow the peer
     asymmetric: bool = False
@@ -137,7 +141,14 @@ class Monologue:
     media_handover: bool = False
     sip_source: str = ""  # the SIP source address (received-from), if any
     origin: str = ""  # o= line value of the last SDP this party sent
+    last_sdp: str = ""  # the last SDP body this party sent, as received
+    first_username: str | None = None  # o= username of this party's first SDP
+    first_session_name: str | None = None  # s= of this party's first SDP
+    out_version: int | None = None  # o= version we last wrote for this party's SDP
     aliases: list[str] = field(default_factory=list)
+    offered_by: str | None = None  # for the receiver of an offer: the offerer's tag
+    sent_sdp: bool = False  # this party has sent us an SDP (its media is "initialized")
+    answerer: bool = False  # received an offer before sending one (rtpengine: ICE controlling)
 
 
 @dataclass(slots=True)
@@ -151,6 +162,15 @@ class Call:
     deleted_at: float | None = None  # delete received; freed after delete-delay
     answered: bool = False
     worker: int = 0  # the worker whose port slice holds this call's sockets
+
+    def all_medias(self) -> list[Media]:
+        """Every media of every party, including those of earlier forked dialogues."""
+        result: list[Media] = []
+        for party in self.parties():
+            result.extend(party.medias)
+            for medias in party.other_dialogues.values():
+                result.extend(medias)
+        return result
 
     def parties(self) -> list[Monologue]:
         seen: dict[int, Monologue] = {}

@@ -15,10 +15,11 @@ Rules (rtpengine's, ng protocol §1.5):
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from relayd.interfaces import Interfaces
 from relayd.model import Call, Endpoint, Media, Monologue, Stream, family_of
@@ -31,6 +32,9 @@ from relayd.sdp.rewrite import DIRECTIONS, RewriteOptions, rewrite_sdp
 from relayd.sdp.write import write_sdp
 
 __all__ = ["PortAllocator", "Signalling"]
+
+
+_LEGACY_DIRECTIONS = {"internal": "IP4", "external": "IP6"}
 
 
 class Binder(Protocol):
@@ -128,27 +132,31 @@ class Signalling:
 
     def offer(self, call: Call, req: Request, now: float) -> str:
         sdp = self._parse(req)
-        if self._looped(sdp):
+        if req.has("loop-protect") and self._looped(sdp):
             return req.sdp or ""
         sender = self._monologue(call, req.from_tag, now)
         receiver = self._receiver(call, sender, req, now)
         self._apply_party_flags(sender, req)
-        if len(req.direction) >= 1 and req.direction[0]:
-            sender.interface = req.direction[0]
-        if len(req.direction) >= 2 and req.direction[1]:
-            receiver.interface = req.direction[1]
+        self._apply_party_flags(receiver, req, received=True)
         receiver.family = req.address_family if req.address_family in ("IP4", "IP6") else ""
+        for party, name in zip((sender, receiver), req.direction, strict=False):
+            if self.interfaces.has(name):
+                party.interface = name
+            elif name in _LEGACY_DIRECTIONS:
+                # rtpengine's legacy meaning where no such interface is named: families
+                party.family = party.family or _LEGACY_DIRECTIONS[name]
         return self._exchange(call, sender, receiver, sdp, req, now, offer=True)
 
     def answer(self, call: Call, req: Request, now: float) -> str:
         sdp = self._parse(req)
-        if self._looped(sdp):
+        if req.has("loop-protect") and self._looped(sdp):
             return req.sdp or ""
         receiver = call.monologues.get(req.from_tag)
         if receiver is None:
             raise NgError("Unknown call-id")
         sender = self._answerer(call, receiver, req, now)
         self._apply_party_flags(sender, req)
+        self._apply_party_flags(receiver, req, received=True)
         call.answered = True
         return self._exchange(call, sender, receiver, sdp, req, now, offer=False)
 
@@ -174,7 +182,11 @@ class Signalling:
             call.branches.setdefault(branch, receiver)
             if req.to_tag:
                 call.monologues[req.to_tag] = receiver
-        sender.in_dialogue_with = receiver.tag or None
+        if receiver.tag:
+            self._switch_dialogue(sender, receiver.tag)
+        receiver.offered_by = sender.tag
+        if not receiver.sent_sdp:
+            receiver.answerer = True
         return receiver
 
     def _answerer(self, call: Call, offerer: Monologue, req: Request, now: float) -> Monologue:
@@ -196,17 +208,52 @@ class Signalling:
             else:
                 answerer.tag = tag
             call.monologues[tag] = answerer
-        offerer.in_dialogue_with = tag
+        self._switch_dialogue(offerer, tag)
         answerer.in_dialogue_with = offerer.tag
         return answerer
 
-    def _apply_party_flags(self, party: Monologue, req: Request) -> None:
+    @staticmethod
+    def _switch_dialogue(party: Monologue, peer: str) -> None:
+        """Pair ``party`` with ``peer``: a new peer (a fork) gets its own set of our ports."""
+        current = party.in_dialogue_with
+        if current == peer:
+            return
+        if current is not None and any(m.port for m in party.medias):
+            party.other_dialogues[current] = party.medias
+            saved = party.other_dialogues.pop(peer, [])
+            party.medias = saved or [
+                Media(
+                    index=m.index,
+                    type=m.type,
+                    protocol=m.protocol,
+                    rtcp_mux=m.rtcp_mux,
+                    peer_rtcp_mux=m.peer_rtcp_mux,
+                    remote_rtp=m.remote_rtp,
+                    remote_rtcp=m.remote_rtcp,
+                    send=m.send,
+                    recv=m.recv,
+                    zero_address=m.zero_address,
+                    codecs=list(m.codecs),
+                    sent_codecs=list(m.sent_codecs),
+                    ptime=m.ptime,
+                    rejected=m.rejected,
+                    mux_policy=m.mux_policy,
+                )
+                for m in party.medias
+            ]
+        party.in_dialogue_with = peer
+
+    def _apply_party_flags(self, party: Monologue, req: Request, *, received: bool = False) -> None:
+        """Media flags of a message apply to both parties' media, as in rtpengine;
+        addresses and labels only to the sender."""
         if req.has("asymmetric"):
             party.asymmetric = True
         elif req.has("symmetric"):
             party.asymmetric = False
         party.strict_source = party.strict_source or req.has("strict-source")
         party.media_handover = party.media_handover or req.has("media-handover")
+        if received:
+            return
         if req.received_from:
             party.sip_source = req.received_from[1]
         if req.label:
@@ -227,14 +274,34 @@ class Signalling:
     ) -> str:
         origin = sdp.origin()
         sender.origin = str(origin) if origin else ""
+        sender.sent_sdp = True
+        origin_fields = self._origin_fields(sender, sdp, req)
         session_c = sdp.connection()
         session_direction = _direction(sdp.session)
         family = receiver.family or _known_family(receiver) or self._input_family(sdp)
         undo = _Undo([])
         try:
             for index, desc in enumerate(sdp.media):
-                self._learn(sender, index, desc, session_c, session_direction, req)
-                self._prepare(call, receiver, sender, index, desc, family, req, undo, offer=offer)
+                moved = self._learn(
+                    sender, index, desc, session_c, session_direction, req, offer=offer
+                )
+                # without port latching, a peer that moved its port gets new ports from us
+                renew = offer and moved and not req.has("port-latching")
+                self._prepare(
+                    call,
+                    receiver,
+                    sender,
+                    index,
+                    desc,
+                    family,
+                    req,
+                    undo,
+                    offer=offer,
+                    renew=renew,
+                )
+                # the sender's own ports exist from its offer on, as rtpengine allocates them
+                own_family = sender.family or _known_family(sender) or family
+                self._ensure_ports(call, sender, sender.medias[index], own_family, undo)
         except PortsExhausted:
             undo.rollback(self.ports)
             raise NgError("Ran out of ports") from None
@@ -262,17 +329,50 @@ class Signalling:
                 req.transport_protocol or d.protocol if offer else d.protocol for d in sdp.media
             ),
             loop_marker=self.instance_id if req.has("loop-protect") else "",
+            **origin_fields,
         )
         return write_sdp(rewrite_sdp(sdp, receiver.medias, opts))
+
+    @staticmethod
+    def _origin_fields(party: Monologue, sdp: SessionDescription, req: Request) -> dict[str, Any]:
+        """``replace`` of the o= username/version and s= (values kept per party)."""
+        origin = sdp.origin()
+        name = next((ln.value for ln in sdp.session if ln.kind == "s"), None)
+        if party.first_username is None and origin is not None:
+            party.first_username = origin.username
+            party.first_session_name = name
+        fields: dict[str, Any] = {}
+        if "username" in req.replace:
+            fields["origin_user"] = party.first_username
+        if "session-name" in req.replace:
+            fields["session_name"] = party.first_session_name
+        if "sdp-version" in req.replace and origin is not None and origin.version.isdigit():
+            body = req.sdp or ""
+            if party.out_version is None:
+                party.out_version = int(origin.version)
+            elif body != party.last_sdp:
+                # a changed body gets a new version even if the sender kept its own
+                party.out_version += 1
+            fields["origin_version"] = str(party.out_version)
+        party.last_sdp = req.sdp or ""
+        return fields
 
     @staticmethod
     def _parse(req: Request) -> SessionDescription:
         if not req.sdp:
             raise NgError("No SDP body in message")
         try:
-            return parse_sdp(req.sdp)
+            sdp = parse_sdp(req.sdp)
+            connections = [c for c in [sdp.connection(), *(m.connection() for m in sdp.media)] if c]
         except SdpError:
             raise NgError("Failed to parse SDP") from None
+        if any(not _is_address(c.address) for c in connections):
+            raise NgError("Failed to parse SDP")  # a host name where an address must be
+        if not sdp.media:
+            raise NgError("Error rewriting SDP")
+        if sdp.connection() is None and any(m.port and m.connection() is None for m in sdp.media):
+            raise NgError("Incomplete SDP specification")
+        return sdp
 
     def _looped(self, sdp: SessionDescription) -> bool:
         marker = self.instance_id
@@ -297,13 +397,20 @@ class Signalling:
         session_c: Connection | None,
         session_direction: str | None,
         req: Request,
-    ) -> None:
-        """Record what the sender's SDP says about its own media for section ``index``."""
+        *,
+        offer: bool,
+    ) -> bool:
+        """Record what the sender's SDP says about its own media for section ``index``.
+
+        Returns whether the sender moved its media port since its last SDP.
+        """
         while len(sender.medias) <= index:
             sender.medias.append(
                 Media(index=len(sender.medias), type=desc.media, protocol=desc.protocol)
             )
         media = sender.medias[index]
+        if media.type != desc.media and media.port:
+            self._release(media)  # audio → image (T.38) and back: new ports, as rtpengine
         media.type, media.protocol = desc.media, desc.protocol
         media.rejected = desc.port == 0
         media.codecs = codecs_of(desc)
@@ -316,19 +423,20 @@ class Signalling:
         # a zero connection address is old-style hold (RFC 3264 §8.4): nothing to receive
         media.recv = direction in (None, "sendrecv", "recvonly") and not media.zero_address
         address = conn.address if conn else ""
-        if req.media_address:
-            address = req.media_address
-        elif (
+        if (
             (req.has("sip-source-address") or self.sip_source_default)
             and not req.has("trust-address")
             and req.received_from
         ):
             address = req.received_from[1]
         media.peer_rtcp_mux = desc.has_attribute("rtcp-mux")
+        if offer:
+            media.mux_policy = frozenset(req.rtcp_mux)
         rtcp_attr = desc.attributes("rtcp")
         rtcp_port = desc.port + 1
         if rtcp_attr and rtcp_attr[0].split()[0].isdigit():
             rtcp_port = int(rtcp_attr[0].split()[0])
+        previous = media.remote_rtp
         if address and desc.port:
             media.remote_rtp = Endpoint(address, desc.port)
             media.remote_rtcp = Endpoint(address, rtcp_port)
@@ -338,6 +446,8 @@ class Signalling:
             stream.advertised_endpoint = media.remote_rtcp if stream.rtcp else media.remote_rtp
             if not stream.confirmed:
                 stream.endpoint = stream.advertised_endpoint
+        current = media.remote_rtp
+        return previous is not None and current is not None and previous.port != current.port
 
     def _prepare(
         self,
@@ -351,6 +461,7 @@ class Signalling:
         undo: _Undo,
         *,
         offer: bool,
+        renew: bool = False,
     ) -> None:
         """Give the receiving party ports for section ``index`` and its outgoing view."""
         while len(receiver.medias) <= index:
@@ -359,26 +470,41 @@ class Signalling:
             )
         media = receiver.medias[index]
         source = sender.medias[index]
+        renew = renew or media.type != desc.media
         media.type = desc.media
         media.rejected = desc.port == 0
         media.send, media.recv = source.send, source.recv
         media.zero_address = source.zero_address
-        media.ptime = source.ptime
+        # an answer without a=ptime goes back with the offerer's own
+        media.ptime = source.ptime or (0 if offer else media.ptime)
         if offer:
             media.sent_codecs = apply_codec_ops(source.codecs, req.codec)
         else:
             # an answer only carries codecs that were offered to the answerer
             media.sent_codecs = answer_codecs(source.codecs, source.sent_codecs)
+        self._ensure_ports(call, receiver, media, family, undo, renew=renew)
+
+    def _ensure_ports(
+        self,
+        call: Call,
+        party: Monologue,
+        media: Media,
+        family: str,
+        undo: _Undo,
+        *,
+        renew: bool = False,
+    ) -> None:
+        """Our RTP/RTCP ports towards ``party`` for one media section, kept once given."""
         if media.rejected:
             return
-        local = self.interfaces.select(receiver.interface or self.interfaces.default, family)
-        if media.port and media.local is not None and media.local.family != local.family:
+        local = self.interfaces.select(party.interface or self.interfaces.default, family)
+        if media.port and media.local is not None and (renew or media.local.family != local.family):
             self._release(media)
         if not media.port:
             media.port = self.ports.allocate(local.local, call.worker)
             media.local = local
             undo.taken.append((media, local.local, media.port))
-        media.rtcp_port = media.port + 1
+            media.rtcp_port = media.port + 1
         if not media.streams:
             owner = media.local or local
             media.streams = [
@@ -391,7 +517,7 @@ class Signalling:
                 ),
                 Stream(
                     owner,
-                    media.rtcp_port,
+                    media.port + 1,
                     rtcp=True,
                     endpoint=media.remote_rtcp,
                     advertised_endpoint=media.remote_rtcp,
@@ -410,12 +536,11 @@ class Signalling:
             if "offer" in req.rtcp_mux:
                 return True, False
             return source.peer_rtcp_mux and "demux" not in req.rtcp_mux, False
-        if "reject" in req.rtcp_mux:
-            return False, False
         target = receiver.medias[index]
-        accepted = target.peer_rtcp_mux and (
-            source.peer_rtcp_mux or "accept" in req.rtcp_mux or "require" in req.rtcp_mux
-        )
+        policy = req.rtcp_mux | target.mux_policy
+        if "reject" in policy or not target.peer_rtcp_mux:
+            return False, False
+        accepted = source.peer_rtcp_mux or bool(policy & {"accept", "require", "demux"})
         return accepted, accepted
 
     def _release(self, media: Media) -> None:
@@ -428,9 +553,8 @@ class Signalling:
         media.streams.clear()
 
     def release_call(self, call: Call) -> None:
-        for party in call.parties():
-            for media in party.medias:
-                self._release(media)
+        for media in call.all_medias():
+            self._release(media)
 
 
 def _direction(lines: list[Line]) -> str | None:
@@ -443,3 +567,11 @@ def _known_family(party: Monologue) -> str:
         if media.remote_rtp is not None:
             return media.remote_rtp.family
     return ""
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True

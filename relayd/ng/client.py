@@ -37,7 +37,8 @@ class NgClient:
         self.timeout = timeout
         self.retries = retries
         self.use_json = use_json
-        self._prefix = f"{os.getpid()}_{id(self) & 0xFFFF}"
+        # random, so a new client never reuses a cookie still in the reply cache
+        self._prefix = f"{os.getpid()}_{os.urandom(4).hex()}"
         self._counter = itertools.count()
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         kind = socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM

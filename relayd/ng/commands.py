@@ -12,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from relayd.model import Call, Endpoint, Media, Monologue, Stream
+from relayd.model import Call
+from relayd.ng.calltree import call_tree
 from relayd.ng.message import NgError, Request
 from relayd.signalling import Signalling
 
@@ -107,6 +108,8 @@ class Commands:
         if req.sdp is None:
             raise NgError("No SDP body in message")
         self._require_ids(req)
+        if req.sdp == "":
+            return {}  # rtpengine 10.5 answers an empty body with a bare "ok"
         call = self.calls.get(req.call_id)
         created = call is None
         if call is None:
@@ -230,97 +233,8 @@ class Commands:
     # -- stats trees --------------------------------------------------------------------------
 
     def _stats(self, call: Call) -> dict[str, Any]:
-        totals = {"RTP": _zero(), "RTCP": _zero()}
-        tags: dict[str, Any] = {}
-        for party in call.parties():
-            if not party.tag:
-                continue
-            tags[party.tag] = _tag_tree(call, party, totals)
-        return {
-            "created": int(call.created),
-            "created_us": int((call.created % 1) * 1_000_000),
-            "last signal": int(call.last_signal),
-            "SSRC": {},
-            "tags": tags,
-            "totals": totals,
-        }
+        return call_tree(call)
 
 
 def _aliases(call: Call) -> set[str]:
     return {alias for mono in call.monologues.values() for alias in mono.aliases}
-
-
-def _zero() -> dict[str, int]:
-    return {"packets": 0, "bytes": 0, "errors": 0}
-
-
-def _endpoint(ep: Endpoint) -> dict[str, Any]:
-    return {
-        "family": "IPv6" if ep.family == "IP6" else "IPv4",
-        "address": ep.address,
-        "port": ep.port,
-    }
-
-
-def _stream_tree(stream: Stream, totals: dict[str, dict[str, int]]) -> dict[str, Any]:
-    tree: dict[str, Any] = {
-        "local port": stream.port,
-        "local address": stream.local.local,
-        "family": "IPv6" if stream.local.family == "IP6" else "IPv4",
-    }
-    if stream.endpoint:
-        tree["endpoint"] = _endpoint(stream.endpoint)
-    if stream.advertised_endpoint:
-        tree["advertised endpoint"] = _endpoint(stream.advertised_endpoint)
-    tree["last packet"] = int(stream.stats.last_packet)
-    flags = ["RTCP" if stream.rtcp else "RTP"]
-    if stream.endpoint:
-        flags.append("filled")
-    if stream.confirmed:
-        flags.append("confirmed")
-    tree["flags"] = flags
-    stats = {
-        "packets": stream.stats.packets,
-        "bytes": stream.stats.bytes,
-        "errors": stream.stats.errors,
-    }
-    tree["stats"] = stats
-    bucket = totals["RTCP" if stream.rtcp else "RTP"]
-    for key, value in stats.items():
-        bucket[key] += value
-    return tree
-
-
-def _media_tree(media: Media, totals: dict[str, dict[str, int]]) -> dict[str, Any]:
-    flags = ["initialized"]
-    if media.send:
-        flags.append("send")
-    if media.recv:
-        flags.append("recv")
-    if media.rtcp_mux:
-        flags.append("rtcp-mux")
-    streams = media.streams[:1] if media.rtcp_mux else media.streams
-    return {
-        "index": media.index + 1,
-        "type": media.type,
-        "protocol": media.protocol,
-        "streams": [_stream_tree(s, totals) for s in streams],
-        "flags": flags,
-    }
-
-
-def _tag_tree(call: Call, party: Monologue, totals: dict[str, dict[str, int]]) -> dict[str, Any]:
-    tree: dict[str, Any] = {"tag": party.tag}
-    if party.label:
-        tree["label"] = party.label
-    tree["created"] = int(party.created)
-    if party.in_dialogue_with:
-        peer = [{"tag": party.in_dialogue_with, "type": "offer/answer"}]
-        tree["subscriptions"] = peer
-        tree["subscribers"] = peer
-    if party.via_branch:
-        tree["via-branch"] = party.via_branch
-    if party.aliases:
-        tree["tag-aliases"] = list(party.aliases)
-    tree["medias"] = [_media_tree(m, totals) for m in party.medias if m.port]
-    return tree

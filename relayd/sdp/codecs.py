@@ -69,27 +69,25 @@ def codecs_of(desc: MediaDescription) -> list[Codec]:
 
 
 def _matches(codec: Codec, names: set[str]) -> bool:
+    """By codec name or full encoding; rtpengine 10.5 ignores payload type numbers here."""
     if "all" in names or "full" in names:
         return True
-    return (
-        codec.name.lower() in names
-        or codec.encoding.lower() in names
-        or (codec.payload_type in names)
-    )
+    return codec.name.lower() in names or codec.encoding.lower() in names
 
 
 def apply_codec_ops(codecs: Sequence[Codec], ops: Mapping[str, Sequence[str]]) -> list[Codec]:
-    """The codecs offered onwards after ``strip`` (with its ``except`` list) and ``mask``.
+    """The codecs offered onwards after ``strip`` (with ``except``/``offer``) and ``mask``.
 
-    Without a transcoder, ``mask`` removes like ``strip``, and ``offer`` changes
+    Without a transcoder, ``mask`` removes like ``strip``. After ``strip: all``,
+    ``except`` and ``offer`` name the codecs that stay; without a strip they change
     nothing (rtpengine 10.5 only reorders or adds codecs it can transcode).
-    ``except`` protects codecs from ``strip: all``. Removing every codec keeps the
-    original list, as rtpengine does without ``allow no codec media``.
+    Removing every codec keeps the original list, as rtpengine does without
+    ``allow no codec media``.
     """
     removed = {n.lower() for op in ("strip", "mask") for n in ops.get(op, ())}
     if not removed or not codecs:
         return list(codecs)
-    kept = {n.lower() for n in ops.get("except", ())}
+    kept = {n.lower() for op in ("except", "offer") for n in ops.get(op, ())}
     result = [c for c in codecs if not _matches(c, removed) or (kept and _matches(c, kept))]
     return result or list(codecs)
 
@@ -97,16 +95,16 @@ def apply_codec_ops(codecs: Sequence[Codec], ops: Mapping[str, Sequence[str]]) -
 def answer_codecs(answered: Sequence[Codec], offered: Sequence[Codec]) -> list[Codec]:
     """The answer's codecs that were offered to the answerer (RFC 3264 §6.1).
 
-    Matched by encoding name and clock rate when known (dynamic payload type
-    numbers may differ between offer and answer), else by payload type.
+    As rtpengine 10.5 matches them: by payload type number, with the same
+    encoding where both sides name one.
     """
     if not offered:
         return list(answered)
-    names = {c.encoding.lower() for c in offered if c.encoding}
-    numbers = {c.payload_type for c in offered}
+    by_number = {c.payload_type: c for c in offered}
     kept = [
         c
         for c in answered
-        if ((c.encoding.lower() in names) if c.encoding else (c.payload_type in numbers))
+        if (o := by_number.get(c.payload_type)) is not None
+        and (not c.encoding or not o.encoding or c.encoding.lower() == o.encoding.lower())
     ]
     return kept or list(answered)

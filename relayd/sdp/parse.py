@@ -50,10 +50,10 @@ def _parse_media(value: str) -> MediaDescription:
     parts = value.split()
     if len(parts) < 3:
         raise SdpError(f"bad media line: m={value}")
-    port_text, slash, count_text = parts[1].partition("/")
+    port_text, _, count_text = parts[1].partition("/")
     port = _number(port_text)
-    count = _number(count_text) if slash else None
-    if port is None or port > 65535 or (slash and count is None):
+    count = _number(count_text) if count_text else None
+    if port is None or port > 65535 or (count_text and count is None):
         raise SdpError(f"bad media port: m={value}")
     media = MediaDescription(
         media=parts[0],

@@ -19,7 +19,7 @@ own; session direction attributes are consumed (re-emitted per media).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from relayd.model import Media
 from relayd.sdp.model import Line, MediaDescription, Origin, SessionDescription
@@ -54,7 +54,9 @@ class RewriteOptions:
     rtcp_mux: tuple[bool, ...] = ()  # per media: print a=rtcp-mux
     protocols: tuple[str, ...] = ()  # per media: outgoing transport protocol
     loop_marker: str = ""  # a=rtpengine:<marker> when loop-protect is asked for
-    extra: dict[str, list[str]] = field(default_factory=dict)
+    origin_user: str | None = None  # replace: username (the dialog's first o= user)
+    origin_version: str | None = None  # replace: SDP-version
+    session_name: str | None = None  # replace: session-name (the dialog's first s=)
 
 
 def rewrite_sdp(
@@ -65,22 +67,34 @@ def rewrite_sdp(
     replace_session_c = "session-connection" in opts.replace or lacks_connection
     session: list[Line] = []
     for line in sdp.session:
-        if line.kind == "o" and "origin" in opts.replace:
+        if line.kind == "o":
             o = Origin.parse(line.value)
+            family, address = (
+                (opts.family, opts.address) if "origin" in opts.replace else (o.family, o.address)
+            )
             line = Line(
                 "o",
                 str(
                     Origin(
-                        o.username, o.session_id, o.version, o.network, opts.family, opts.address
+                        opts.origin_user if opts.origin_user is not None else o.username,
+                        o.session_id,
+                        opts.origin_version if opts.origin_version is not None else o.version,
+                        o.network,
+                        family,
+                        address,
                     )
                 ),
             )
+        elif line.kind == "s" and opts.session_name is not None:
+            line = Line("s", opts.session_name)
         elif line.kind == "c" and replace_session_c:
+            # a zero session address is replaced (zero-address) only where it serves as
+            # the media's address; next to media c= lines it stays
             zero = line.value.split()[-1] in ("0.0.0.0", "::")
-            if not zero or "zero-address" in opts.replace:
+            if not zero or ("zero-address" in opts.replace and lacks_connection):
                 line = Line("c", f"IN {opts.family} {opts.address}")
         elif line.kind == "a" and (
-            line.attr in DIRECTIONS
+            (line.attr in DIRECTIONS and not opts.original_sendrecv)
             or (opts.strip_ice and line.attr in ICE_ATTRIBUTES)
             # 10.5 does not do BUNDLE: each media section keeps its own ports
             or line.value.startswith("group:BUNDLE")

@@ -46,9 +46,11 @@ __all__ = [
     "Case",
     "Exchange",
     "Normaliser",
+    "Step",
     "StepResult",
     "comparable",
     "decode_reply",
+    "encode_step",
     "load_cases",
     "load_expected",
     "run_case",
@@ -323,7 +325,7 @@ class Normaliser:
     def query(self, reply: Mapping[str, Any]) -> dict[str, Any]:
         """The parts of a query reply that describe call state, not time or traffic."""
         tags: dict[str, Any] = {}
-        for key, tag in reply.get("tags", {}).items():
+        for key, tag in sorted(reply.get("tags", {}).items()):
             medias = []
             for media in tag.get("medias", []):
                 streams = []

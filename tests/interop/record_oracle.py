@@ -14,10 +14,11 @@ the recorded ports fall in the same range and normalise the same way.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
-import shutil
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
@@ -34,7 +35,7 @@ from tests.interop.oracle import (
     run_case,
     sdp_to_lines,
 )
-from tests.support.rtpengine import RTPENGINE, running_rtpengine
+from tests.support.rtpengine import RTPENGINE, rtpengine_installed, running_rtpengine
 
 __all__ = ["main", "record"]
 
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("cases", nargs="*", help="case names (default: all)")
     args = parser.parse_args(argv)
-    if shutil.which(RTPENGINE) is None:
+    if rtpengine_installed() is None:
         print(f"rtpengine not found at {RTPENGINE}", file=sys.stderr)
         return 2
     cases = load_cases()
@@ -86,14 +87,17 @@ def main(argv: list[str] | None = None) -> int:
         ) as daemon,
         daemon.client(timeout=2.0) as client,
     ):
+        run = uuid.uuid4().hex[:8]
+        count = itertools.count()
 
         def exchange(body: bytes) -> bytes:
-            cookie = client.next_cookie()
+            # Never reuse a cookie: rtpengine answers a known one from its cache.
+            cookie = f"{run}_{next(count)}"
             return client.request_raw(cookie.encode() + b" " + body, cookie)
 
         for case in cases:
             path = record(case, exchange)
-            print(f"{case.name}: {len(case.steps)} steps -> {path.relative_to(Path.cwd())}")
+            print(f"{case.name}: {len(case.steps)} steps -> {path}")
     return 0
 
 

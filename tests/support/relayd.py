@@ -8,10 +8,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 from relayd.ng.client import NgClient, NgTimeout
+from tests.support.netns import exec_args, inside
 from tests.support.process import new_session_dying_with_parent
 
 __all__ = ["RelaydProcess", "running_relayd"]
@@ -20,7 +21,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 class RelaydProcess:
-    """One relayd started in the foreground with a given set of options."""
+    """One relayd started in the foreground with a given set of options.
+
+    With ``netns``, relayd runs inside that network namespace (``ip netns exec``)
+    and the ng clients made here talk to it from inside it as well.
+    """
 
     def __init__(
         self,
@@ -33,8 +38,10 @@ class RelaydProcess:
         extra: Sequence[str] = (),
         config_file: Path | None = None,
         ng_host: str = "127.0.0.1",
+        netns: str | None = None,
     ) -> None:
         self.workdir = workdir
+        self.netns = netns
         self.ng_address = (ng_host, ng_port)
         args = [sys.executable, "-m", "relayd", "--foreground"]
         args += ["--config-file", str(config_file) if config_file else "none"]
@@ -55,7 +62,7 @@ class RelaydProcess:
             str(workdir / "relayd.pid"),
             *extra,
         ]
-        self.args = args
+        self.args = exec_args(netns, args) if netns else args
         self.log_path = workdir / "relayd.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -71,7 +78,7 @@ class RelaydProcess:
                 preexec_fn=new_session_dying_with_parent,
             )
         deadline = time.monotonic() + wait
-        with NgClient(self.ng_address, timeout=0.2, retries=0) as client:
+        with self.client(timeout=0.2, retries=0) as client:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"relayd exited at start-up:\n{self.log()}")
@@ -84,7 +91,11 @@ class RelaydProcess:
         raise RuntimeError(f"relayd did not answer ping:\n{self.log()}")
 
     def client(self, **kwargs: object) -> NgClient:
-        return NgClient(self.ng_address, **kwargs)  # type: ignore[arg-type]
+        with self._namespace():
+            return NgClient(self.ng_address, **kwargs)  # type: ignore[arg-type]
+
+    def _namespace(self) -> AbstractContextManager[None]:
+        return inside(self.netns) if self.netns else nullcontext()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

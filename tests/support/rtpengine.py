@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -27,15 +28,44 @@ from pathlib import Path
 import pytest
 
 from relayd.ng.client import NgClient, NgTimeout
+from tests.support.process import new_session_dying_with_parent
 
-__all__ = ["RTPENGINE", "RtpengineProcess", "require_rtpengine", "running_rtpengine"]
+__all__ = [
+    "RTPENGINE",
+    "RtpengineProcess",
+    "require_rtpengine",
+    "rtpengine_installed",
+    "running_rtpengine",
+    "udp_port_in_use",
+]
 
 RTPENGINE = os.environ.get("RTPENGINE", "/usr/bin/rtpengine")
 
 
+def rtpengine_installed() -> str | None:
+    """The daemon's path (``$RTPENGINE`` or /usr/bin/rtpengine), None if absent."""
+    return shutil.which(RTPENGINE)
+
+
+def udp_port_in_use(host: str, port: int) -> bool:
+    """True if something is bound to ``host:port`` (UDP).
+
+    rtpengine binds its ng socket with address/port reuse, so a second daemon
+    on the same port starts fine and the kernel splits the requests between
+    the two; a plain bind is the only warning we get.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 def require_rtpengine() -> str:
     """The daemon's path, or skip the calling test when it is not installed."""
-    path = shutil.which(RTPENGINE) or (RTPENGINE if os.access(RTPENGINE, os.X_OK) else None)
+    path = rtpengine_installed()
     if path is None:
         pytest.skip(f"rtpengine not installed ({RTPENGINE})")
     return path
@@ -73,9 +103,18 @@ class RtpengineProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: float = 10.0) -> None:
+        if udp_port_in_use(*self.ng_address):
+            raise RuntimeError(
+                f"ng port {self.ng_address[0]}:{self.ng_address[1]} is already in use "
+                "(another test run?); a second rtpengine would share its requests"
+            )
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                self.args, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir
+                self.args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                preexec_fn=new_session_dying_with_parent,
             )
         deadline = time.monotonic() + wait
         try:

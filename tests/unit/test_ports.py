@@ -1,0 +1,116 @@
+"""Media port pairs: even RTP + odd RTCP, inside the range, random order, exhaustion."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from relayd.ports import PortPool, PortsExhausted
+
+
+def _pool(port_min: int, port_max: int, seed: int = 1) -> PortPool:
+    return PortPool(port_min, port_max, rng=random.Random(seed))
+
+
+def _drain(pool: PortPool) -> list[int]:
+    ports = []
+    while True:
+        try:
+            ports.append(pool.allocate())
+        except PortsExhausted:
+            return ports
+
+
+def test_pairs_are_even_odd_and_within_range() -> None:
+    pool = _pool(30000, 30099)
+    ports = _drain(pool)
+    assert len(ports) == 50
+    assert sorted(ports) == list(range(30000, 30100, 2))
+    for port in ports:
+        assert port % 2 == 0
+        assert port >= 30000 and port + 1 <= 30099
+
+
+def test_order_is_random_and_depends_on_the_generator() -> None:
+    first = _drain(_pool(30000, 39999, seed=1))[:20]
+    second = _drain(_pool(30000, 39999, seed=2))[:20]
+    assert first != second
+    assert first != sorted(first)
+    assert _drain(_pool(30000, 39999, seed=1))[:20] == first
+
+
+def test_default_generator_is_system_random() -> None:
+    assert isinstance(PortPool(30000, 30010).rng, random.SystemRandom)
+
+
+def test_exhaustion_raises_ran_out_of_ports() -> None:
+    pool = _pool(40000, 40003)
+    assert sorted([pool.allocate(), pool.allocate()]) == [40000, 40002]
+    with pytest.raises(PortsExhausted) as info:
+        pool.allocate()
+    assert str(info.value) == "Ran out of ports"
+    assert pool.in_use == 2
+
+
+def test_release_makes_a_pair_reusable() -> None:
+    pool = _pool(40000, 40001)
+    port = pool.allocate()
+    assert port == 40000
+    with pytest.raises(PortsExhausted):
+        pool.allocate()
+    pool.release(port)
+    assert pool.in_use == 0
+    assert pool.allocate() == 40000
+
+
+def test_release_of_unknown_or_twice_released_port_is_harmless() -> None:
+    pool = _pool(40000, 40005)
+    port = pool.allocate()
+    pool.release(port)
+    pool.release(port)
+    pool.release(12345)
+    assert pool.capacity == 3
+    assert sorted(_drain(pool)) == [40000, 40002, 40004]
+
+
+def test_released_pair_goes_back_at_a_random_position() -> None:
+    pool = _pool(30000, 31999)
+    port = pool.allocate()
+    pool.release(port)
+    # not handed out again at once (seeded, so this holds every run)
+    assert pool.allocate() != port
+
+
+@pytest.mark.parametrize(
+    ("port_min", "port_max", "pairs"),
+    [
+        (30000, 40000, [*range(30000, 40000, 2)]),  # 39999/40000 is not a pair: 40000 is even
+        (30000, 39999, [*range(30000, 39999, 2)]),
+        (30001, 30004, [30002]),  # odd min: first pair starts above it; 30004/30005 overflows
+        (30001, 30005, [30002, 30004]),
+        (30000, 30001, [30000]),
+        (30000, 30000, []),
+        (30001, 30002, []),
+        (30001, 30001, []),
+        (65534, 65535, [65534]),
+        (1, 4, [2]),
+    ],
+)
+def test_capacity_at_range_edges(port_min: int, port_max: int, pairs: list[int]) -> None:
+    pool = _pool(port_min, port_max)
+    assert pool.capacity == len(pairs)
+    assert sorted(_drain(pool)) == pairs
+    assert pool.capacity == len(pairs)
+    assert pool.in_use == len(pairs)
+
+
+def test_reserve_specific_pair() -> None:
+    pool = _pool(30000, 30009)
+    assert pool.reserve(30004) is True
+    assert pool.reserve(30004) is False  # taken
+    assert pool.reserve(30005) is False  # odd
+    assert pool.reserve(29998) is False  # below range
+    assert pool.reserve(30010) is False  # above range
+    assert pool.in_use == 1
+    assert 30004 not in _drain(pool)
