@@ -41,11 +41,23 @@ def resolve(specs: Sequence[InterfaceSpec], devices: Mapping[str, Sequence[str]]
     """Turn ``interface`` lines into addresses; device names are looked up in ``devices``."""
     addresses: list[LocalAddress] = []
     for spec in specs:
-        if spec.is_device:
-            found = devices.get(spec.local)
+        if spec.local == "any":
+            # every address of every device, loopback and IPv6 link-local excepted
+            found = [
+                a
+                for name, addrs in devices.items()
+                if name != "lo"
+                for a in addrs
+                if not a.startswith("fe80:") and not a.startswith("127.") and a != "::1"
+            ]
             if not found:
-                raise ValueError(f"interface {spec.local!r} has no address")
+                raise ValueError("interface 'any' found no address")
             addresses.extend(LocalAddress(spec.name, a, spec.advertised or a) for a in found)
+        elif spec.is_device:
+            named = devices.get(spec.local)
+            if not named:
+                raise ValueError(f"interface {spec.local!r} has no address")
+            addresses.extend(LocalAddress(spec.name, a, spec.advertised or a) for a in named)
         else:
             addresses.append(LocalAddress(spec.name, spec.local, spec.advertised or spec.local))
     return Interfaces(addresses)

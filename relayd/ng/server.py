@@ -119,22 +119,26 @@ async def serve_udp(service: NgService, host: str, port: int) -> asyncio.Datagra
     return transport
 
 
-def split_stream(buffer: bytes) -> tuple[list[bytes], bytes]:
-    """Cut complete ``cookie SP bencode`` messages off the front of a TCP buffer."""
+def split_stream(buffer: bytes) -> tuple[list[bytes], bytes, str | None]:
+    """Cut complete ``cookie SP bencode`` messages off the front of a TCP buffer.
+
+    Returns the messages, the unconsumed rest, and why the stream is broken (or
+    None): messages before the garbage are still answered, then the connection closes.
+    """
     messages: list[bytes] = []
     while True:
         stripped = buffer.lstrip(b"\r\n\t ")
         cookie, space, rest = stripped.partition(b" ")
         if not space:
-            return messages, stripped
+            return messages, stripped, None
         if rest[:1] == b"{":
-            raise FramingError("JSON is not accepted on ng TCP streams")
+            return messages, stripped, "JSON is not accepted on ng TCP streams"
         try:
             _, end = bencode.decode_prefix(rest, 0)
         except bencode.BencodeError as exc:
             if str(exc) == "truncated data":
-                return messages, stripped
-            raise FramingError(str(exc)) from None
+                return messages, stripped, None
+            return messages, stripped, str(exc)
         messages.append(cookie + b" " + rest[:end])
         buffer = rest[end:]
 
@@ -146,21 +150,20 @@ async def serve_tcp(service: NgService, host: str, port: int) -> asyncio.Server:
         try:
             while chunk := await reader.read(65536):
                 buffer += chunk
-                try:
-                    messages, buffer = split_stream(buffer)
-                except FramingError as exc:
-                    log.warning("ng.tcp_garbage", source=_peer(peer), reason=str(exc))
+                messages, buffer, broken = split_stream(buffer)
+                for message in messages:
+                    reply = await service.process(message, peer)
+                    if reply is not None:
+                        writer.write(reply)
+                await writer.drain()
+                if broken is not None:
+                    log.warning("ng.tcp_garbage", source=_peer(peer), reason=broken)
                     break
                 if len(buffer) > _TCP_MESSAGE_LIMIT or (
                     not messages and len(buffer) > _TCP_GARBAGE_LIMIT and b" " not in buffer
                 ):
                     log.warning("ng.tcp_garbage", source=_peer(peer), size=len(buffer))
                     break
-                for message in messages:
-                    reply = await service.process(message, peer)
-                    if reply is not None:
-                        writer.write(reply)
-                await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:

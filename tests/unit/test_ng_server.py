@@ -14,7 +14,7 @@ from typing import Any, cast
 import pytest
 
 from relayd.ng import bencode
-from relayd.ng.message import FramingError, Request
+from relayd.ng.message import Request
 from relayd.ng.server import NgService, serve_tcp, serve_udp, split_stream
 
 HOST = "127.0.0.1"
@@ -293,7 +293,8 @@ async def _read_replies(reader: asyncio.StreamReader, count: int) -> list[bytes]
     while len(replies) < count:
         chunk = await asyncio.wait_for(reader.read(65536), TIMEOUT)
         assert chunk, f"connection closed after {replies!r}"
-        messages, buffer = split_stream(buffer + chunk)
+        messages, buffer, broken = split_stream(buffer + chunk)
+        assert broken is None
         replies.extend(messages)
     assert buffer == b""
     return replies
@@ -408,18 +409,18 @@ def test_tcp_exception_in_dispatch_keeps_the_connection() -> None:
 def test_split_stream_at_every_cut() -> None:
     stream = b"c1 d3:sdp5:v=0\r\n4:listli-5ei0ee1:dde7:command5:offere  c2 " + PING
     whole = [b"c1 d3:sdp5:v=0\r\n4:listli-5ei0ee1:dde7:command5:offere", b"c2 " + PING]
-    assert split_stream(stream) == (whole, b"")
+    assert split_stream(stream) == (whole, b"", None)
     for cut in range(len(stream) + 1):
-        first, rest = split_stream(stream[:cut])
-        second, left = split_stream(rest + stream[cut:])
+        first, rest, _ = split_stream(stream[:cut])
+        second, left, _ = split_stream(rest + stream[cut:])
         assert first + second == whole, cut
         assert left == b""
 
 
 def test_split_stream_keeps_incomplete_tail() -> None:
-    assert split_stream(b"") == ([], b"")
-    assert split_stream(b"\r\n  cookie") == ([], b"cookie")
-    assert split_stream(b"a " + PING + b"b d7:comm") == ([b"a " + PING], b"b d7:comm")
+    assert split_stream(b"") == ([], b"", None)
+    assert split_stream(b"\r\n  cookie") == ([], b"cookie", None)
+    assert split_stream(b"a " + PING + b"b d7:comm") == ([b"a " + PING], b"b d7:comm", None)
 
 
 @pytest.mark.parametrize(
@@ -432,11 +433,15 @@ def test_split_stream_keeps_incomplete_tail() -> None:
     ],
 )
 def test_split_stream_garbage(data: bytes, reason: str) -> None:
-    with pytest.raises(FramingError) as info:
-        split_stream(data)
-    assert str(info.value) == reason
+    assert split_stream(data)[2] == reason
+
+
+def test_split_stream_answers_what_precedes_garbage() -> None:
+    messages, _, broken = split_stream(b"a " + PING + b"c xyz")
+    assert messages == [b"a " + PING]
+    assert broken == "unexpected byte 0x78 at offset 0"
 
 
 def test_split_stream_messages_are_what_bencode_decodes() -> None:
     message = b"c " + bencode.encode({"command": "offer", "sdp": "v=0\r\n", "flags": ["a b"]})
-    assert split_stream(message * 3) == ([message] * 3, b"")
+    assert split_stream(message * 3) == ([message] * 3, b"", None)
