@@ -7,8 +7,15 @@ through it.  Each side must receive an SDP rewritten to the relay's address
 and ports.  The same tests run against the real rtpengine 10.5, which shows
 that the harness itself is right, and against relayd.
 
-Later: RTP both ways (rtp_stream / pcap play in the scenarios' marked places),
-20 concurrent calls and 200 calls at a modest rate, through ``place_calls``.
+Media: in every call both agents play 2 s of PCMU (100 RTP packets) from the
+call's own port to the relay's address in the SDP they received.  dumpcap
+records every packet to or from the relay's port range on ``lo``; per call the
+test then requires both directions end to end: each agent sent its 100
+packets to the relay port it was given, and the relay delivered (nearly) all of
+them, unchanged, to the other agent's port, sending from the port it gave that
+agent (symmetric RTP), and nothing to anyone else.  The relay's own ng
+``query`` of each running call must count RTP received from both parties.
+Calls: one, 20 at once, and 200 at 20 per second (about 60 at once).
 """
 
 from __future__ import annotations
@@ -17,10 +24,12 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,13 +38,18 @@ from tests.support.kamailio import (
     KamailioProcess,
     KamailioSettings,
     kamailio_available,
-    new_session_dying_with_parent,
     running_kamailio,
 )
+from tests.support.process import new_session_dying_with_parent
 from tests.support.relayd import running_relayd
 from tests.support.sipp import (
+    TONE_PACKETS,
+    PacketCapture,
     SdpSummary,
     SippResult,
+    auto_media_port,
+    capture_available,
+    running_capture,
     running_sipp,
     sipp_available,
     uac_agent,
@@ -46,13 +60,29 @@ pytestmark = [
     pytest.mark.interop,
     pytest.mark.skipif(not kamailio_available(), reason="kamailio with rtpengine.so not installed"),
     pytest.mark.skipif(not sipp_available(), reason="sipp (sip-tester) not installed"),
+    pytest.mark.skipif(
+        not capture_available(), reason="needs root and dumpcap (raw sockets, capture on lo)"
+    ),
 ]
 
 RTPENGINE_BIN = "/usr/bin/rtpengine"
 PROXY = ("127.0.0.1", 25060)
 UAC = ("127.0.0.10", 25061)
 UAS = ("127.0.0.20", 25062)
+# Base of each agent's [auto_media_port]: call n uses base + 4 (n - 1).
+UAC_MEDIA_PORT = 26000
+UAS_MEDIA_PORT = 28000
 CONCURRENT_CALLS = 20
+MANY_CALLS = 200
+MANY_CALLS_RATE = 20.0
+# Each call holds longer than its 2 s of audio, so both players finish.
+HOLD_MS = 3000
+# Share of each direction's packets the relay must deliver.  On loopback the
+# relay should lose none; the margin only covers the first packets of a call
+# that can race the answer into the relay.
+MIN_DELIVERED = 0.95
+# How often the test asks the relay about each running call.
+QUERY_INTERVAL_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,11 +115,54 @@ class Deployment:
         return NgClient(self.relay.ng_address, timeout=1.0, retries=1)
 
 
+Address = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Leg:
+    """One direction of one call's RTP, as captured on the wire."""
+
+    sender: Address
+    relay_in: Address  # where the sender was told to send (the relay, from its SDP)
+    relay_out: Address  # where the relay must send from (the port it gave the receiver)
+    receiver: Address
+    sent: int  # sender → relay_in
+    delivered: int  # relay_out → receiver
+    altered: int  # delivered packets whose bytes the sender never sent
+
+    def describe(self) -> str:
+        return (
+            f"{self.sender[0]}:{self.sender[1]} -> relay {self.relay_in[1]}: {self.sent} sent; "
+            f"relay {self.relay_out[1]} -> {self.receiver[0]}:{self.receiver[1]}: "
+            f"{self.delivered} delivered ({self.altered} altered)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CallMedia:
+    call_id: str
+    to_uas: Leg
+    to_uac: Leg
+
+
+@dataclass(frozen=True, slots=True)
+class MediaReport:
+    """What one run's capture shows, call by call."""
+
+    calls: Mapping[str, CallMedia]
+    stray: Mapping[tuple[Address, Address], int]  # relay packets to no expected peer
+    captured: int
+    dropped: int | None
+
+
 @dataclass(frozen=True, slots=True)
 class CallRun:
     uac: SippResult
     uas: SippResult
     peak_calls: int
+    media: MediaReport
+    # The relay's last ng ``query`` of each call: RTP packets it received, per tag.
+    relay_rtp: Mapping[str, Mapping[str, int]]
 
 
 @contextmanager
@@ -183,11 +256,29 @@ def place_calls(
     call_duration_ms: int,
     timeout_s: float,
 ) -> CallRun:
-    """Run ``calls`` UAC→Kamailio→UAS calls, watching the relay's call count."""
+    """Run ``calls`` UAC→Kamailio→UAS calls with RTP both ways, watching the relay.
+
+    dumpcap captures every packet to or from the relay's media ports while the
+    calls run; meanwhile the relay's ``list`` gives the peak of concurrent calls
+    and a ``query`` of each running call (every ``QUERY_INTERVAL_S``) its own
+    packet counters.
+    """
+    relay = deployment.relay
     peak = 0
+    relay_rtp: dict[str, dict[str, int]] = {}
+    queried: dict[str, float] = {}
     with (
+        running_capture(workdir, bpf=_relay_media_filter(relay)) as capture,
         deployment.ng() as ng,
-        running_sipp(uas_agent(workdir, calls=calls, local=UAS, timeout_s=timeout_s)) as uas,
+        running_sipp(
+            uas_agent(
+                workdir,
+                calls=calls,
+                local=UAS,
+                media_port=UAS_MEDIA_PORT,
+                timeout_s=timeout_s,
+            )
+        ) as uas,
         running_sipp(
             uac_agent(
                 workdir,
@@ -197,23 +288,141 @@ def place_calls(
                 rate=rate,
                 call_duration_ms=call_duration_ms,
                 local=UAC,
+                media_port=UAC_MEDIA_PORT,
                 timeout_s=timeout_s,
             )
         ) as uac,
     ):
         deadline = time.monotonic() + timeout_s + 5.0
         while uac.running() and time.monotonic() < deadline:
-            peak = max(peak, len(_active_calls(ng) or ()))
+            active = _active_calls(ng) or []
+            peak = max(peak, len(active))
+            now = time.monotonic()
+            for call_id in active:
+                if isinstance(call_id, str) and now - queried.get(call_id, 0.0) >= QUERY_INTERVAL_S:
+                    queried[call_id] = now
+                    counts = _query_rtp_packets(ng, call_id)
+                    if counts is not None:
+                        relay_rtp[call_id] = counts
             time.sleep(0.05)
         uac_result = uac.wait(timeout=max(0.0, deadline - time.monotonic()))
         uas_result = uas.wait(timeout=3.0)
-    return CallRun(uac_result, uas_result, peak)
+        # Let the last forwarded packets reach the capture before stopping it.
+        time.sleep(0.2)
+    media = _media_report(capture, uac_result, uas_result, relay)
+    return CallRun(uac_result, uas_result, peak, media, relay_rtp)
+
+
+def _relay_media_filter(relay: Relay) -> str:
+    """BPF for UDP between the agents and the relay's media ports (RTP and RTCP).
+
+    Naming the agents' addresses keeps out other loopback traffic whose
+    ephemeral ports happen to fall into the relay's range.
+    """
+    ports = f"{relay.port_min}-{relay.port_max + 1}"
+    agents = f"host {UAC[0]} or host {UAS[0]}"
+    return (
+        f"udp and ({agents}) and ((src host {relay.address} and src portrange {ports}) or "
+        f"(dst host {relay.address} and dst portrange {ports}))"
+    )
+
+
+def _query_rtp_packets(ng: NgClient, call_id: str) -> dict[str, int] | None:
+    """RTP packets the relay received from each party (tag) of a call, per ``query``.
+
+    rtpengine's reply lists, per tag, its medias and their packet streams;
+    each stream's ``stats`` counts what arrived from that party.  RTCP streams
+    (odd local ports) are left out.
+    """
+    try:
+        reply = ng.call("query", **{"call-id": call_id})
+    except NgTimeout:
+        return None
+    tags = reply.get("tags")
+    if reply.get("result") != "ok" or not isinstance(tags, dict):
+        return None
+    counts: dict[str, int] = {}
+    for tag, info in tags.items():
+        total = 0
+        for media in _dicts(info.get("medias") if isinstance(info, dict) else None):
+            for stream in _dicts(media.get("streams")):
+                port = stream.get("local port")
+                stats = stream.get("stats")
+                if isinstance(port, int) and port % 2 == 0 and isinstance(stats, dict):
+                    packets = stats.get("packets")
+                    total += packets if isinstance(packets, int) else 0
+        counts[str(tag)] = total
+    return counts
+
+
+def _dicts(value: object) -> list[dict[str, Any]]:
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def _media_report(
+    capture: PacketCapture, uac: SippResult, uas: SippResult, relay: Relay
+) -> MediaReport:
+    """Match the capture against each call's four media endpoints (from the SDPs)."""
+    packets = capture.packets()
+    flows: dict[tuple[Address, Address], list[bytes]] = defaultdict(list)
+    for packet in packets:
+        flows[(packet.src, packet.dst)].append(packet.payload)
+    uac_offers, uac_answers = uac.sent_sdp(), uac.received_sdp()
+    uas_answers, uas_offers = uas.sent_sdp(), uas.received_sdp()
+    calls: dict[str, CallMedia] = {}
+    expected: set[tuple[Address, Address]] = set()
+    for call_id, offer in uac_offers.items():
+        if not all(call_id in sdps for sdps in (uac_answers, uas_answers, uas_offers)):
+            continue
+        uac_media = _audio_address(offer)
+        uas_media = _audio_address(uas_answers[call_id])
+        relay_for_uac = _audio_address(uac_answers[call_id])  # where the UAC sends
+        relay_for_uas = _audio_address(uas_offers[call_id])  # where the UAS sends
+        calls[call_id] = CallMedia(
+            call_id,
+            to_uas=_leg(flows, uac_media, relay_for_uac, relay_for_uas, uas_media),
+            to_uac=_leg(flows, uas_media, relay_for_uas, relay_for_uac, uac_media),
+        )
+        expected |= {(relay_for_uas, uas_media), (relay_for_uac, uac_media)}
+    stray = {
+        flow: len(payloads)
+        for flow, payloads in flows.items()
+        if flow[0][0] == relay.address and flow not in expected
+    }
+    return MediaReport(calls, stray, len(packets), capture.dropped())
+
+
+def _audio_address(sdp: SdpSummary) -> Address:
+    audio = sdp.media[0]
+    assert audio.connection is not None, sdp.text
+    return (audio.connection, audio.port)
+
+
+def _leg(
+    flows: Mapping[tuple[Address, Address], list[bytes]],
+    sender: Address,
+    relay_in: Address,
+    relay_out: Address,
+    receiver: Address,
+) -> Leg:
+    sent = flows.get((sender, relay_in), [])
+    delivered = flows.get((relay_out, receiver), [])
+    originals = set(sent)
+    return Leg(
+        sender,
+        relay_in,
+        relay_out,
+        receiver,
+        sent=len(sent),
+        delivered=len(delivered),
+        altered=sum(1 for payload in delivered if payload not in originals),
+    )
 
 
 def _active_calls(ng: NgClient) -> list[object] | None:
     """The relay's ``list`` of call-ids; None when it gives no proper answer."""
     try:
-        reply = ng.call("list")
+        reply = ng.call("list", limit=MANY_CALLS * 2)
     except NgTimeout:
         return None
     calls = reply.get("calls")
@@ -243,6 +452,42 @@ def assert_completed(run: CallRun, deployment: Deployment, calls: int) -> None:
     assert deployment.proxy.failures() == [], deployment.proxy.log()[-4000:]
 
 
+def assert_media_both_ways(run: CallRun, calls: int) -> None:
+    """Every call's RTP went through the relay, both ways, end to end.
+
+    Each agent sent its whole tone to the relay port its SDP named (this also
+    shows the capture saw everything), and the relay delivered at least
+    ``MIN_DELIVERED`` of it, unaltered, to the other agent's port, from the
+    port it gave that agent.  The relay sent nothing elsewhere, and its own
+    counters show RTP received from both parties.
+    """
+    media = run.media
+    assert media.dropped == 0, f"capture lost {media.dropped} packets; counts unreliable"
+    assert len(media.calls) == calls, f"{len(media.calls)} calls with SDP on all sides"
+    problems: list[str] = []
+    for call in media.calls.values():
+        for name, leg in (("uac->uas", call.to_uas), ("uas->uac", call.to_uac)):
+            if leg.sent != TONE_PACKETS:
+                problems.append(f"{call.call_id} {name}: sender sent {leg.sent}: {leg.describe()}")
+            elif leg.delivered < MIN_DELIVERED * leg.sent or leg.altered:
+                problems.append(f"{call.call_id} {name}: {leg.describe()}")
+    assert not problems, (
+        f"{len(problems)} of {2 * calls} directions short ({media.captured} packets captured):\n"
+        + "\n".join(problems[:20])
+    )
+    assert not media.stray, f"relay sent packets to no call's peer: {dict(media.stray)}"
+    counted = {
+        call_id: counts
+        for call_id, counts in run.relay_rtp.items()
+        if len(counts) == 2 and all(n > 0 for n in counts.values())
+    }
+    missing = sorted(set(media.calls) - set(counted))
+    assert not missing, (
+        f"relay query shows no RTP from both parties for {len(missing)} calls, e.g. "
+        f"{[(cid, run.relay_rtp.get(cid)) for cid in missing[:5]]}"
+    )
+
+
 def assert_rewritten(sdp: SdpSummary, relay: Relay, *, hidden: Sequence[str]) -> int:
     """``sdp`` points at the relay only; returns its audio port."""
     assert sdp.origin_address == relay.address, sdp.text  # replace-origin
@@ -261,7 +506,9 @@ def assert_rewritten(sdp: SdpSummary, relay: Relay, *, hidden: Sequence[str]) ->
 
 
 def test_one_call(deployment: Deployment, tmp_path: Path) -> None:
-    run = place_calls(deployment, tmp_path, calls=1, rate=10, call_duration_ms=200, timeout_s=10)
+    run = place_calls(
+        deployment, tmp_path, calls=1, rate=10, call_duration_ms=HOLD_MS, timeout_s=15
+    )
     assert_completed(run, deployment, calls=1)
 
     (call_id,) = {m.call_id for m in run.uac.messages}
@@ -279,6 +526,7 @@ def test_one_call(deployment: Deployment, tmp_path: Path) -> None:
     answer_port = assert_rewritten(answer, deployment.relay, hidden=(UAS[0],))
     assert offer_port != answer_port
     assert run.peak_calls <= 1
+    assert_media_both_ways(run, calls=1)
     assert_no_calls_left(deployment)
 
 
@@ -288,7 +536,7 @@ def test_concurrent_calls(deployment: Deployment, tmp_path: Path) -> None:
         tmp_path,
         calls=CONCURRENT_CALLS,
         rate=50,
-        call_duration_ms=2000,
+        call_duration_ms=HOLD_MS,
         timeout_s=20,
     )
     assert_completed(run, deployment, calls=CONCURRENT_CALLS)
@@ -300,6 +548,31 @@ def test_concurrent_calls(deployment: Deployment, tmp_path: Path) -> None:
     ports = [assert_rewritten(sdp, deployment.relay, hidden=(UAC[0],)) for sdp in offers.values()]
     ports += [assert_rewritten(sdp, deployment.relay, hidden=(UAS[0],)) for sdp in answers.values()]
     assert len(set(ports)) == 2 * CONCURRENT_CALLS, sorted(ports)
+    # Every call has its own media port on each agent, as relayd learns them per call.
+    for agent, base in ((run.uac, UAC_MEDIA_PORT), (run.uas, UAS_MEDIA_PORT)):
+        own_ports = sorted(_audio_address(sdp)[1] for sdp in agent.sent_sdp().values())
+        assert own_ports == [auto_media_port(base, n) for n in range(1, CONCURRENT_CALLS + 1)]
     # All calls were up in the relay at once (the UAC's rate and hold overlap them).
     assert run.peak_calls == CONCURRENT_CALLS
+    assert_media_both_ways(run, calls=CONCURRENT_CALLS)
+    assert_no_calls_left(deployment)
+
+
+def test_many_calls_at_a_rate(deployment: Deployment, tmp_path: Path) -> None:
+    """200 calls at 20 per second, each 3 s with 2 s of two-way RTP: about 60 at once."""
+    run = place_calls(
+        deployment,
+        tmp_path,
+        calls=MANY_CALLS,
+        rate=MANY_CALLS_RATE,
+        call_duration_ms=HOLD_MS,
+        timeout_s=40,
+    )
+    assert_completed(run, deployment, calls=MANY_CALLS)
+    offers = run.uas.received_sdp()
+    answers = run.uac.received_sdp()
+    assert len(offers) == len(answers) == MANY_CALLS
+    # The rate and hold overlap calls well beyond the 20-call test.
+    assert run.peak_calls >= 40, run.peak_calls
+    assert_media_both_ways(run, calls=MANY_CALLS)
     assert_no_calls_left(deployment)

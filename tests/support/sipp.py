@@ -5,7 +5,15 @@ Each agent runs in its own process group with bounded options (``-m`` calls,
 from its context even when the test fails.  Its traces go to the test's tmp
 dir: ``-trace_stat`` (the cumulative counters are read back), ``-trace_err``
 and ``-trace_msg``; the SIP messages of the last are parsed so a test can look
-at the SDP each side actually received.
+at the SDP each side actually sent and received.
+
+Media: the scenarios give every call its own port (``[auto_media_port]``, see
+:func:`auto_media_port`) and play ``tone-pcmu.pcap`` (tests/data/media) to the
+peer's SDP address.  sipp 3.6 sends pcap audio through a raw socket and keeps
+no per-call receive statistics (its ``rtp_stream`` would share one port among
+all calls), so what flowed is counted on the wire: :func:`running_capture`
+runs Wireshark's ``dumpcap`` on the loopback interface and
+:func:`read_udp_pcap` reads the capture back, independently of the relay.
 """
 
 from __future__ import annotations
@@ -14,6 +22,8 @@ import os
 import re
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -25,16 +35,25 @@ from pathlib import Path
 from tests.support.process import new_session_dying_with_parent
 
 __all__ = [
+    "DUMPCAP_BIN",
     "SCENARIOS",
     "SIPP_BIN",
+    "TONE_PACKETS",
+    "TONE_PCAP",
     "MediaLine",
+    "PacketCapture",
     "Role",
     "SdpSummary",
     "SippAgent",
     "SippMessage",
     "SippResult",
+    "UdpPacket",
+    "auto_media_port",
+    "capture_available",
     "parse_messages",
     "parse_sdp",
+    "read_udp_pcap",
+    "running_capture",
     "running_sipp",
     "sipp_available",
     "uac_agent",
@@ -44,7 +63,12 @@ __all__ = [
 
 
 SIPP_BIN = "/usr/bin/sipp"
+DUMPCAP_BIN = "/usr/bin/dumpcap"
 SCENARIOS = Path(__file__).resolve().parents[1] / "interop" / "scenarios"
+MEDIA = Path(__file__).resolve().parents[1] / "data" / "media"
+# 2 s of a PCMU tone as 100 RTP packets, 20 ms apart (tests/data/media/make_media.py).
+TONE_PCAP = MEDIA / "tone-pcmu.pcap"
+TONE_PACKETS = 100
 
 
 class Role(Enum):
@@ -54,6 +78,19 @@ class Role(Enum):
 
 def sipp_available() -> bool:
     return shutil.which(SIPP_BIN) is not None
+
+
+def capture_available() -> bool:
+    """dumpcap is installed and this process may capture and send raw packets.
+
+    Both need CAP_NET_RAW: dumpcap to capture on ``lo``, sipp to play pcap audio.
+    """
+    return shutil.which(DUMPCAP_BIN) is not None and os.geteuid() == 0
+
+
+def auto_media_port(base: int, call_number: int) -> int:
+    """sipp's ``[auto_media_port]`` of its ``call_number``-th call (from 1), ``-mp base``."""
+    return base + (4 * (call_number - 1)) % 10000
 
 
 # -- the SIP messages sipp traced ------------------------------------------------------
@@ -247,10 +284,17 @@ class SippResult:
 
     def received_sdp(self) -> dict[str, SdpSummary]:
         """The first SDP this side received in each call, keyed by Call-ID."""
+        return self._first_sdp(received=True)
+
+    def sent_sdp(self) -> dict[str, SdpSummary]:
+        """The first SDP this side sent in each call (its own media port), by Call-ID."""
+        return self._first_sdp(received=False)
+
+    def _first_sdp(self, *, received: bool) -> dict[str, SdpSummary]:
         found: dict[str, SdpSummary] = {}
         for message in self.messages:
-            if message.received and message.has_sdp and message.call_id not in found:
-                found[message.call_id] = parse_sdp(message.body)
+            if message.received == received and message.has_sdp:
+                found.setdefault(message.call_id, parse_sdp(message.body))
         return found
 
     def received(self, call_id: str) -> list[SippMessage]:
@@ -291,9 +335,11 @@ class SippAgent:
         service: str = "relayd",
         timeout_s: float = 30.0,
         recv_timeout_ms: int = 10000,
+        media_files: Sequence[Path] = (TONE_PCAP,),
         extra: Sequence[str] = (),
     ) -> None:
         self.workdir = workdir
+        self.media_files = tuple(media_files)
         self.role = role
         self.timeout_s = timeout_s
         name = role.value
@@ -336,6 +382,11 @@ class SippAgent:
         self.timed_out = False
 
     def start(self) -> None:
+        # The scenarios name their pcap files relative to sipp's working directory.
+        for source in self.media_files:
+            target = self.workdir / source.name
+            if not target.exists():
+                shutil.copyfile(source, target)
         with open(self.screen_path, "wb") as screen:
             self.proc = subprocess.Popen(
                 self.args,
@@ -472,6 +523,150 @@ def wait_udp_bound(
                 return
         time.sleep(0.02)
     raise RuntimeError(f"nothing bound to udp {host}:{port} within {timeout} s")
+
+
+# -- what flowed on the wire --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UdpPacket:
+    """One IPv4 UDP datagram seen on the wire."""
+
+    src: tuple[str, int]
+    dst: tuple[str, int]
+    payload: bytes
+
+
+# Link-layer header length by libpcap LINKTYPE: Ethernet, Linux cooked v1 and v2.
+_LINK_HEADER = {1: 14, 113: 16, 276: 20}
+_ETHERTYPE_AT = {1: 12, 113: 14, 276: 0}
+
+
+def read_udp_pcap(path: Path) -> list[UdpPacket]:
+    """The IPv4 UDP datagrams of a classic libpcap file, in capture order.
+
+    Written against the file format (pcap-savefile(5)), not relayd's code, so
+    that what the relay forwarded is judged by an independent reader.
+    """
+    data = path.read_bytes()
+    if len(data) < 24:
+        raise ValueError(f"{path}: no libpcap header ({len(data)} bytes)")
+    magic = data[:4]
+    if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"):
+        endian = "<"
+    elif magic in (b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d"):
+        endian = ">"
+    else:
+        raise ValueError(f"{path}: not a libpcap file (pcapng? dumpcap needs -P)")
+    (linktype,) = struct.unpack_from(endian + "I", data, 20)
+    linktype &= 0x0FFFFFFF
+    if linktype not in _LINK_HEADER:
+        raise ValueError(f"{path}: link type {linktype} not supported")
+    link = _LINK_HEADER[linktype]
+    ethertype_at = _ETHERTYPE_AT[linktype]
+    packets: list[UdpPacket] = []
+    offset = 24
+    while offset + 16 <= len(data):
+        _, _, caplen, _ = struct.unpack_from(endian + "IIII", data, offset)
+        frame = data[offset + 16 : offset + 16 + caplen]
+        offset += 16 + caplen
+        if len(frame) < link + 28 or frame[ethertype_at : ethertype_at + 2] != b"\x08\x00":
+            continue
+        ip = frame[link:]
+        ihl = (ip[0] & 0x0F) * 4
+        (total_length,) = struct.unpack_from("!H", ip, 2)
+        (fragment,) = struct.unpack_from("!H", ip, 6)
+        if ip[0] >> 4 != 4 or ip[9] != 17 or fragment & 0x3FFF:
+            continue
+        udp = ip[ihl:total_length]
+        if len(udp) < 8:
+            continue
+        sport, dport, length = struct.unpack_from("!HHH", udp)
+        packets.append(
+            UdpPacket(
+                src=(socket.inet_ntoa(ip[12:16]), sport),
+                dst=(socket.inet_ntoa(ip[16:20]), dport),
+                payload=bytes(udp[8:length]),
+            )
+        )
+    return packets
+
+
+_DUMPCAP_COUNTS = re.compile(r"Packets received/dropped on interface .*: (\d+)/(\d+)")
+
+
+class PacketCapture:
+    """Wireshark's ``dumpcap`` writing what ``bpf`` matches on ``interface`` to a pcap."""
+
+    def __init__(
+        self, workdir: Path, *, bpf: str, interface: str = "lo", name: str = "media"
+    ) -> None:
+        self.path = workdir / f"{name}.pcap"
+        self.log_path = workdir / f"{name}-dumpcap.log"
+        # -P: classic libpcap format; -B: a kernel buffer (MiB) that copes with bursts.
+        self.args = [
+            DUMPCAP_BIN, "-q", "-i", interface, "-f", bpf, "-P", "-B", "64", "-w", str(self.path),
+        ]  # fmt: skip
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait: float = 10.0) -> None:
+        """Start dumpcap and return once it has opened the interface and its file."""
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                self.args,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.path.parent,
+                preexec_fn=new_session_dying_with_parent,
+            )
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"dumpcap exited at start-up:\n{self.log()}")
+            if "File:" in self.log() and self.path.exists() and self.path.stat().st_size >= 24:
+                return
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"dumpcap did not start capturing within {wait} s:\n{self.log()}")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGINT makes dumpcap flush its file and report its counts; kill if it hangs."""
+        proc = self.proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            _signal_group(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                _signal_group(proc.pid, signal.SIGKILL)
+                proc.wait(timeout)
+        _signal_group(proc.pid, signal.SIGKILL)
+
+    def log(self) -> str:
+        return _read(self.log_path)
+
+    def dropped(self) -> int | None:
+        """Packets the capture lost (None until dumpcap reported its counts)."""
+        found = _DUMPCAP_COUNTS.findall(self.log())
+        return sum(int(lost) for _, lost in found) if found else None
+
+    def packets(self) -> list[UdpPacket]:
+        return read_udp_pcap(self.path)
+
+
+@contextmanager
+def running_capture(
+    workdir: Path, *, bpf: str, interface: str = "lo", name: str = "media"
+) -> Iterator[PacketCapture]:
+    """A capture running for the block, stopped (and its file complete) after it."""
+    capture = PacketCapture(workdir, bpf=bpf, interface=interface, name=name)
+    capture.start()
+    try:
+        yield capture
+    finally:
+        capture.stop()
 
 
 def _read(path: Path) -> str:

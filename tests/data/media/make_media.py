@@ -1,15 +1,15 @@
-"""Write the audio the sipp agents send: ``tone-pcmu-8k.raw`` and ``tone-pcmu.pcap``.
+"""Write ``tone-pcmu.pcap``: the audio each sipp agent plays in every call.
 
-Both hold two seconds of a 440 Hz tone at 8 kHz in G.711 μ-law (PCMU, RTP
-payload type 0), written with Python's stdlib only:
+Two seconds of a 440 Hz tone at 8 kHz in G.711 μ-law (PCMU, RTP payload type
+0) as 100 RTP packets of 160 bytes, 20 ms apart, in Ethernet/IPv4/UDP frames
+of a classic libpcap file, written with Python's stdlib only.  sipp's
+``play_pcap_audio`` replays it per call, rewriting addresses and ports to the
+call's own media port (``[auto_media_port]``) and the peer's SDP address.
 
-* ``tone-pcmu-8k.raw``: headerless μ-law samples, for sipp's ``rtp_stream``.
-* ``tone-pcmu.pcap``: the same audio as 100 RTP packets of 160 bytes, 20 ms
-  apart, in Ethernet/IPv4/UDP frames of a classic libpcap file.  sipp's
-  ``play_pcap_audio`` replays it per call, rewriting addresses and ports to the
-  call's own media port (``[auto_media_port]``) and the peer's SDP address.
+(sipp 3.6.1's ``rtp_stream`` is no alternative here: it sends every call's
+stream from the one ``-mp`` port, and relayd learns endpoints per call.)
 
-Run ``python tests/data/media/make_media.py`` to regenerate both byte for byte.
+Run ``python tests/data/media/make_media.py`` to regenerate it byte for byte.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ PTIME_MS = 20
 PAYLOAD_TYPE = 0
 SSRC = 0x52454C41  # "RELA"
 HERE = Path(__file__).resolve().parent
-RAW = HERE / "tone-pcmu-8k.raw"
 PCAP = HERE / "tone-pcmu.pcap"
 
 _BIAS = 0x84
@@ -61,7 +60,7 @@ def tone() -> bytes:
 def _checksum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
@@ -98,6 +97,4 @@ def rtp_pcap(audio: bytes) -> bytes:
 
 
 if __name__ == "__main__":
-    audio = tone()
-    RAW.write_bytes(audio)
-    PCAP.write_bytes(rtp_pcap(audio))
+    PCAP.write_bytes(rtp_pcap(tone()))
