@@ -50,6 +50,10 @@ def _pairs(call: Call) -> Iterator[tuple[Monologue, Monologue]]:
         peer = call.monologues.get(peer_tag)
         if peer is None or peer is party:
             continue
+        if peer.in_dialogue_with != party.tag and peer.in_dialogue_with not in party.aliases:
+            # a fork the peer has moved away from: the peer's media now belong to
+            # another dialogue, and both would claim the same media key
+            continue
         seen.update((id(party), id(peer)))
         yield party, peer
 

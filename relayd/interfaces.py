@@ -54,7 +54,8 @@ def resolve(specs: Sequence[InterfaceSpec], devices: Mapping[str, Sequence[str]]
                 raise ValueError("interface 'any' found no address")
             addresses.extend(LocalAddress(spec.name, a, spec.advertised or a) for a in found)
         elif spec.is_device:
-            named = devices.get(spec.local)
+            # an IPv6 link-local address cannot be bound without its scope
+            named = [a for a in devices.get(spec.local, ()) if not a.startswith("fe80:")]
             if not named:
                 raise ValueError(f"interface {spec.local!r} has no address")
             addresses.extend(LocalAddress(spec.name, a, spec.advertised or a) for a in named)

@@ -136,12 +136,14 @@ def decode(data: bytes) -> Message:
         raise IpcError("message too large")
     try:
         body = json.loads(data)
+        if not isinstance(body, dict):
+            raise TypeError("not a JSON object")
         cls = _TYPES[body.pop("type")]
         if cls is Forward:
             body["sockets"] = tuple(SocketSpec(**s) for s in body.get("sockets", ()))
         elif cls is Stats:
             body["sockets"] = tuple(SocketStats(**s) for s in body.get("sockets", ()))
         message: Message = cls(**body)
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise IpcError(f"bad ipc message: {exc}") from None
     return message

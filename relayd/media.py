@@ -216,6 +216,15 @@ class MediaPlane:
         worker = self.workers[call.worker]
         placed = self.forwards.setdefault(worker.index, {})
         for forward in plan(call, policy):
+            previous = placed.get(forward.media)
+            if previous is not None:
+                # sockets left out of the new plan are closed by the worker: a later plan
+                # that brings them back (a fork answering again) must send them anew
+                kept = {spec.key for spec in forward.sockets}
+                for spec in previous.sockets:
+                    if spec.key not in kept:
+                        worker.sent.discard(spec.key)
+                        self.streams.pop(spec.key, None)
             placed[forward.media] = forward
             worker.medias.add(forward.media)
             for spec in forward.sockets:

@@ -141,7 +141,7 @@ class Monologue:
     media_handover: bool = False
     sip_source: str = ""  # the SIP source address (received-from), if any
     origin: str = ""  # o= line value of the last SDP this party sent
-    last_sdp: str = ""  # the last SDP body this party sent, as received
+    last_sdp: bytes = b""  # digest of the last SDP body this party sent (replace: SDP-version)
     first_username: str | None = None  # o= username of this party's first SDP
     first_session_name: str | None = None  # s= of this party's first SDP
     out_version: int | None = None  # o= version we last wrote for this party's SDP

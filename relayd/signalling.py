@@ -15,6 +15,7 @@ Rules (rtpengine's, ng protocol §1.5):
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import secrets
 from collections.abc import Callable
@@ -342,19 +343,21 @@ class Signalling:
             party.first_username = origin.username
             party.first_session_name = name
         fields: dict[str, Any] = {}
+        digest = hashlib.blake2b(
+            (req.sdp or "").encode(errors="surrogateescape"), digest_size=16
+        ).digest()
         if "username" in req.replace:
             fields["origin_user"] = party.first_username
         if "session-name" in req.replace:
             fields["session_name"] = party.first_session_name
         if "sdp-version" in req.replace and origin is not None and origin.version.isdigit():
-            body = req.sdp or ""
             if party.out_version is None:
                 party.out_version = int(origin.version)
-            elif body != party.last_sdp:
+            elif digest != party.last_sdp:
                 # a changed body gets a new version even if the sender kept its own
                 party.out_version += 1
             fields["origin_version"] = str(party.out_version)
-        party.last_sdp = req.sdp or ""
+        party.last_sdp = digest
         return fields
 
     @staticmethod

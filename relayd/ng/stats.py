@@ -74,12 +74,11 @@ def statistics_reply(commands: Commands, now: float) -> dict[str, Any]:
     control["errorcount"] = totals.errors
     interfaces = []
     ports = commands.signalling.ports
-    by_address: dict[str, list[int]] = {}
-    for (address, _worker), pool in ports.pools.items():
-        counts = by_address.setdefault(address, [0, 0])
-        counts[0] += pool.capacity * 2
-        counts[1] += pool.in_use * 2
-    for address, (capacity, used) in by_address.items():
+    for address in dict.fromkeys(address for address, _worker in list(ports.pools)):
+        # pools are made per worker on first use; the range is every worker's slice
+        pools = [ports.pool(address, worker) for worker in range(ports.workers)]
+        capacity = 2 * sum(pool.capacity for pool in pools)
+        used = 2 * sum(pool.in_use for pool in pools)
         interfaces.append(
             {
                 "address": address,

@@ -1,0 +1,138 @@
+"""Shared fakes for the call-level unit tests: a recording Binder, fixed interfaces, ng requests.
+
+Everything here is pure: the binder only records what the shell would bind,
+the clock is the fixed value :data:`T0` plus whatever a test adds.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from relayd.interfaces import Interfaces
+from relayd.model import Call, LocalAddress, Media
+from relayd.ng.commands import Commands, Limits
+from relayd.ng.message import Request, parse_request
+from relayd.signalling import PortAllocator, Signalling
+
+__all__ = [
+    "A_ADDR",
+    "B_ADDR",
+    "LOCAL4",
+    "LOCAL6",
+    "T0",
+    "FakeBinder",
+    "build",
+    "interfaces",
+    "media_ports",
+    "req",
+    "sdp",
+]
+
+T0 = 1_700_000_000.0
+LOCAL4 = "203.0.113.1"
+LOCAL6 = "2001:db8::1"
+A_ADDR = "198.51.100.10"
+B_ADDR = "198.51.100.20"
+
+
+@dataclass
+class FakeBinder:
+    """Records the port pairs the allocator binds and releases; refuses those in ``taken``."""
+
+    taken: set[tuple[str, int]] = field(default_factory=set)
+    bound: list[tuple[str, int]] = field(default_factory=list)
+    released: list[tuple[str, int]] = field(default_factory=list)
+    refused: list[tuple[str, int]] = field(default_factory=list)
+
+    def bind(self, address: str, port: int) -> bool:
+        if (address, port) in self.taken:
+            self.refused.append((address, port))
+            return False
+        self.bound.append((address, port))
+        return True
+
+    def release(self, address: str, port: int) -> None:
+        self.released.append((address, port))
+
+    @property
+    def live(self) -> Counter[tuple[str, int]]:
+        """Pairs bound and not released (a negative count would be a double release)."""
+        live = Counter(self.bound)
+        live.subtract(self.released)
+        return +live
+
+
+def interfaces(*extra: LocalAddress) -> Interfaces:
+    """``default`` with one IPv4 and one IPv6 address, then ``extra``."""
+    return Interfaces(
+        [
+            LocalAddress("default", LOCAL4, LOCAL4),
+            LocalAddress("default", LOCAL6, LOCAL6),
+            *extra,
+        ]
+    )
+
+
+def build(
+    *,
+    port_min: int = 30000,
+    port_max: int = 30999,
+    workers: int = 1,
+    limits: Limits | None = None,
+    binder: FakeBinder | None = None,
+    ifaces: Interfaces | None = None,
+    sip_source_default: bool = False,
+) -> tuple[Commands, FakeBinder]:
+    binder = binder if binder is not None else FakeBinder()
+    ports = PortAllocator(port_min, port_max, workers, binder)
+    signalling = Signalling(
+        ifaces or interfaces(),
+        ports,
+        instance_id="0123456789ab",
+        sip_source_default=sip_source_default,
+    )
+    return Commands(signalling, limits or Limits(), started=T0), binder
+
+
+def sdp(
+    address: str = A_ADDR,
+    port: int = 5000,
+    *,
+    direction: str = "sendrecv",
+    video: int | None = None,
+    extra: Iterable[str] = (),
+) -> str:
+    """A plain SIP phone SDP (CRLF), audio PCMU/PCMA, optionally a video section."""
+    family = "IP6" if ":" in address else "IP4"
+    lines = [
+        "v=0",
+        f"o=- 1 1 IN {family} {address}",
+        "s=-",
+        f"c=IN {family} {address}",
+        "t=0 0",
+        f"m=audio {port} RTP/AVP 0 8",
+        "a=rtpmap:0 PCMU/8000",
+        "a=rtpmap:8 PCMA/8000",
+        *extra,
+        f"a={direction}",
+    ]
+    if video is not None:
+        lines += [f"m=video {video} RTP/AVP 96", "a=rtpmap:96 H264/90000", f"a={direction}"]
+    return "\r\n".join(lines) + "\r\n"
+
+
+def req(command: str, call_id: str = "c1", **keys: Any) -> Request:
+    """An ng request as the server would parse it; ``from_tag=`` → ``from-tag``."""
+    raw: dict[str, Any] = {"command": command}
+    if call_id:
+        raw["call-id"] = call_id
+    raw.update({k.replace("_", "-"): v for k, v in keys.items()})
+    return parse_request(raw)
+
+
+def media_ports(call: Call, tag: str, index: int = 0) -> tuple[int, int]:
+    media: Media = call.monologues[tag].medias[index]
+    return media.port, media.rtcp_port

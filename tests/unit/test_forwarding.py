@@ -1,0 +1,181 @@
+"""The forwarding plan: which relay socket sends what onwards, derived from the call model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from relayd.forwarding import LearningPolicy, media_key, plan, socket_key
+from relayd.ipc import Forward, SocketSpec
+from relayd.model import Call
+from relayd.ng.commands import Commands
+from tests.unit.calls import A_ADDR, B_ADDR, LOCAL4, T0, build, req, sdp
+
+MUX = ["a=rtcp-mux"]
+
+
+def _call(
+    cmds: Commands,
+    offer: str,
+    answer: str,
+    **offer_keys: Any,
+) -> Call:
+    assert cmds.handle(req("offer", from_tag="a", sdp=offer, **offer_keys), T0)["result"] == "ok"
+    reply = cmds.handle(req("answer", from_tag="a", to_tag="b", sdp=answer), T0)
+    assert reply["result"] == "ok", reply
+    return cmds.calls["c1"]
+
+
+def _port(call: Call, tag: str, index: int = 0) -> int:
+    return call.monologues[tag].medias[index].port
+
+
+def _key(port: int) -> str:
+    return f"{LOCAL4} {port}"
+
+
+def test_keys() -> None:
+    assert socket_key("2001:db8::1", 30000) == "2001:db8::1 30000"
+    assert media_key("abc@host", 1) == "abc@host 1"
+
+
+def test_nothing_is_planned_for_an_unanswered_call() -> None:
+    cmds, _ = build()
+    cmds.handle(req("offer", from_tag="a", sdp=sdp()), T0)
+    assert plan(cmds.calls["c1"], {}) == []
+
+
+def test_answered_call_one_forward_per_media_with_four_sockets() -> None:
+    cmds, _ = build()
+    call = _call(cmds, sdp(video=5002), sdp(B_ADDR, 6000, video=6002))
+    forwards = plan(call, {})
+    assert [f.media for f in forwards] == ["c1 0", "c1 1"]
+    for index, forward in enumerate(forwards):
+        a, b = _port(call, "a", index), _port(call, "b", index)
+        a_port, b_port = 5000 + 2 * index, 6000 + 2 * index
+        # no policy given: SocketSpec's defaults, delayed learning from time 0
+        assert forward == Forward(
+            f"c1 {index}",
+            (
+                SocketSpec(
+                    _key(a),
+                    out=_key(b),
+                    expect=f"{A_ADDR} {a_port}",
+                ),
+                SocketSpec(
+                    _key(a + 1),
+                    out=_key(b + 1),
+                    expect=f"{A_ADDR} {a_port + 1}",
+                    rtcp=True,
+                ),
+                SocketSpec(
+                    _key(b),
+                    out=_key(a),
+                    expect=f"{B_ADDR} {b_port}",
+                ),
+                SocketSpec(
+                    _key(b + 1),
+                    out=_key(a + 1),
+                    expect=f"{B_ADDR} {b_port + 1}",
+                    rtcp=True,
+                ),
+            ),
+        )
+
+
+def test_rtcp_mux_on_the_offerer_only() -> None:
+    # demux: the offerer muxes, the callee is offered plain RTCP
+    cmds, _ = build()
+    call = _call(cmds, sdp(extra=MUX), sdp(B_ADDR, 6000), rtcp_mux=["demux"])
+    a, b = _port(call, "a"), _port(call, "b")
+    (forward,) = plan(call, {})
+    a_rtp, a_rtcp, b_rtp, b_rtcp = forward.sockets
+    # RTCP from a arrives on a's RTP socket and leaves from b's RTCP socket
+    assert (a_rtp.key, a_rtp.out, a_rtp.out_rtcp) == (_key(a), _key(b), _key(b + 1))
+    assert (a_rtcp.key, a_rtcp.out, a_rtcp.expect) == (_key(a + 1), _key(b + 1), f"{A_ADDR} 5000")
+    # RTCP from b goes out of a's RTP socket, a's only one in use
+    assert (b_rtp.key, b_rtp.out, b_rtp.out_rtcp) == (_key(b), _key(a), "")
+    assert (b_rtcp.key, b_rtcp.out, b_rtcp.expect) == (_key(b + 1), _key(a), f"{B_ADDR} 6001")
+
+
+def test_rtcp_mux_on_both_sides() -> None:
+    cmds, _ = build()
+    call = _call(cmds, sdp(extra=MUX), sdp(B_ADDR, 6000, extra=MUX))
+    a, b = _port(call, "a"), _port(call, "b")
+    (forward,) = plan(call, {})
+    a_rtp, a_rtcp, b_rtp, b_rtcp = forward.sockets
+    assert (a_rtp.out, a_rtp.out_rtcp) == (_key(b), _key(b))
+    assert (b_rtp.out, b_rtp.out_rtcp) == (_key(a), _key(a))
+    assert (a_rtcp.out, b_rtcp.out) == (_key(b), _key(a))
+
+
+def test_learning_policy_and_party_flags_per_party() -> None:
+    cmds, _ = build()
+    call = _call(cmds, sdp(), sdp(B_ADDR, 6000), flags=["strict-source"])
+    call.monologues["b"].media_handover = True
+    call.monologues["a"].asymmetric = True
+    policy = {"a": LearningPolicy("heuristic", 12.5), "b": LearningPolicy("off", 0.0)}
+    (forward,) = plan(call, policy)
+    summary = [
+        (s.learning, s.learn_after, s.asymmetric, s.strict, s.handover, s.rtcp)
+        for s in forward.sockets
+    ]
+    assert summary == [
+        ("heuristic", 12.5, True, True, False, False),
+        ("heuristic", 12.5, True, True, False, True),
+        ("off", 0.0, False, True, True, False),
+        ("off", 0.0, False, True, True, True),
+    ]
+
+
+def test_expect_is_empty_without_an_sdp_address() -> None:
+    cmds, _ = build()
+    call = _call(cmds, sdp(), sdp(B_ADDR, 6000))
+    media = call.monologues["b"].medias[0]
+    media.remote_rtp = media.remote_rtcp = None
+    (forward,) = plan(call, {})
+    assert [s.expect for s in forward.sockets] == [f"{A_ADDR} 5000", f"{A_ADDR} 5001", "", ""]
+
+
+def test_media_rejected_by_the_answer_expects_nothing_from_the_answerer() -> None:
+    cmds, _ = build()
+    call = _call(cmds, sdp(video=5002), sdp(B_ADDR, 6000, video=0))
+    forwards = plan(call, {})
+    assert [f.media for f in forwards] == ["c1 0", "c1 1"]
+    assert [s.expect for s in forwards[1].sockets] == [f"{A_ADDR} 5002", f"{A_ADDR} 5003", "", ""]
+
+
+def test_parallel_forks_only_the_current_dialogue_is_planned() -> None:
+    # b1 and b2 answer their via-branches in turn: a now talks to b2 only, and b1's
+    # stale pairing must not produce a second Forward under the same media key
+    cmds, _ = build()
+    cmds.handle(req("offer", from_tag="a", via_branch="z1", sdp=sdp()), T0)
+    cmds.handle(req("offer", from_tag="a", via_branch="z2", sdp=sdp()), T0)
+    cmds.handle(req("answer", from_tag="a", to_tag="b1", via_branch="z1", sdp=sdp(B_ADDR)), T0)
+    cmds.handle(req("answer", from_tag="a", to_tag="b2", via_branch="z2", sdp=sdp(B_ADDR)), T0)
+    call = cmds.calls["c1"]
+    a, b2 = _port(call, "a"), _port(call, "b2")
+    (forward,) = plan(call, {})
+    assert [(s.key, s.out) for s in forward.sockets] == [
+        (_key(a), _key(b2)),
+        (_key(a + 1), _key(b2 + 1)),
+        (_key(b2), _key(a)),
+        (_key(b2 + 1), _key(a + 1)),
+    ]
+
+
+def test_early_media_fork_answered_by_an_alias_is_planned() -> None:
+    cmds, _ = build()
+    cmds.handle(req("offer", from_tag="a", via_branch="z1", sdp=sdp()), T0)
+    cmds.handle(req("answer", from_tag="a", to_tag="b1", via_branch="z1", sdp=sdp(B_ADDR)), T0)
+    first = plan(cmds.calls["c1"], {})
+    cmds.handle(req("answer", from_tag="a", to_tag="b2", via_branch="z1", sdp=sdp(B_ADDR)), T0)
+    call = cmds.calls["c1"]
+    a, b = _port(call, "a"), _port(call, "b2")
+    (forward,) = plan(call, {})
+    assert [(s.key, s.out) for s in forward.sockets[::2]] == [
+        (_key(a), _key(b)),
+        (_key(b), _key(a)),
+    ]
+    assert forward != first[0]  # a's side moved to the fork's own ports
+    cmds.handle(req("answer", from_tag="a", to_tag="b1", via_branch="z1", sdp=sdp(B_ADDR)), T0)
+    assert plan(cmds.calls["c1"], {}) == first

@@ -1,0 +1,178 @@
+"""Endpoint learning on one relay socket (workers/session.Leg), rtpengine's modes and flags."""
+
+from __future__ import annotations
+
+from workers.session import Leg, Verdict, parse_endpoint
+
+SDP = ("198.51.100.10", 5000)  # what the party's SDP said
+NAT = ("192.0.2.77", 41000)  # where its packets really come from
+SAME_ADDR = ("198.51.100.10", 7000)
+SAME_PORT = ("192.0.2.88", 5000)
+OTHER = ("192.0.2.99", 9999)
+
+
+def _leg(
+    learning: str = "delayed",
+    learn_after: float = 3.0,
+    *,
+    asymmetric: bool = False,
+    strict: bool = False,
+    handover: bool = False,
+) -> Leg:
+    leg = Leg("203.0.113.1 30000", asymmetric=asymmetric, strict=strict, handover=handover)
+    leg.reset(SDP, learning, learn_after)
+    return leg
+
+
+def test_parse_endpoint() -> None:
+    assert parse_endpoint("198.51.100.10 5000") == ("198.51.100.10", 5000)
+    assert parse_endpoint("2001:db8::1 6000") == ("2001:db8::1", 6000)
+    assert parse_endpoint("") is None
+    assert parse_endpoint("198.51.100.10") is None
+    assert parse_endpoint("198.51.100.10 x") is None
+    assert parse_endpoint(" 5000") is None
+
+
+def test_reset_starts_at_the_sdp_address() -> None:
+    leg = _leg()
+    assert (leg.expect, leg.endpoint, leg.confirmed, leg.rank) == (SDP, SDP, False, -1)
+
+
+def test_delayed_follows_sources_then_confirms_after_learn_after() -> None:
+    leg = _leg("delayed", learn_after=3.0)
+    assert leg.receive(NAT, 172, 1.0) == Verdict.FORWARD
+    assert (leg.endpoint, leg.confirmed) == (NAT, False)
+    assert leg.receive(OTHER, 172, 2.9) == Verdict.FORWARD
+    assert (leg.endpoint, leg.confirmed) == (OTHER, False)
+    assert leg.receive(NAT, 172, 3.0) == Verdict.FORWARD
+    assert (leg.endpoint, leg.confirmed) == (NAT, True)
+    # confirmed: another source is forwarded but does not move the endpoint
+    assert leg.receive(OTHER, 100, 4.0) == Verdict.FORWARD
+    assert (leg.endpoint, leg.confirmed) == (NAT, True)
+    assert (leg.packets, leg.bytes, leg.errors, leg.last_packet) == (4, 616, 0, 4.0)
+
+
+def test_immediate_confirms_the_first_source() -> None:
+    leg = _leg("immediate", learn_after=0.0)
+    leg.receive(NAT, 160, 0.5)
+    assert (leg.endpoint, leg.confirmed) == (NAT, True)
+    leg.receive(OTHER, 160, 0.6)
+    assert leg.endpoint == NAT
+
+
+def test_heuristic_exact_sdp_match_confirms_at_once() -> None:
+    leg = _leg("heuristic", learn_after=3.0)
+    leg.receive(SDP, 160, 0.1)
+    assert (leg.endpoint, leg.confirmed) == (SDP, True)
+    leg.receive(SAME_ADDR, 160, 0.2)
+    assert leg.endpoint == SDP
+
+
+def test_heuristic_better_source_replaces_a_worse_one() -> None:
+    leg = _leg("heuristic", learn_after=3.0)
+    leg.receive(OTHER, 160, 0.1)
+    assert (leg.endpoint, leg.rank, leg.confirmed) == (OTHER, 0, False)
+    leg.receive(SAME_PORT, 160, 0.2)
+    assert (leg.endpoint, leg.rank) == (SAME_PORT, 1)
+    leg.receive(SAME_ADDR, 160, 0.3)
+    assert (leg.endpoint, leg.rank) == (SAME_ADDR, 2)
+    leg.receive(SAME_PORT, 160, 0.4)  # worse: ignored
+    leg.receive(OTHER, 160, 0.5)
+    assert (leg.endpoint, leg.rank, leg.confirmed) == (SAME_ADDR, 2, False)
+    # after the window the best source seen so far stays and is confirmed
+    leg.receive(OTHER, 160, 3.0)
+    assert (leg.endpoint, leg.confirmed) == (SAME_ADDR, True)
+    leg.receive(SDP, 160, 3.1)  # confirmed: even the SDP address does not move it now
+    assert leg.endpoint == SAME_ADDR
+    assert leg.packets == 7
+
+
+def test_heuristic_without_sdp_address_takes_the_latest_until_the_window() -> None:
+    leg = Leg("k")
+    leg.reset(None, "heuristic", 3.0)
+    leg.receive(NAT, 10, 1.0)
+    leg.receive(OTHER, 10, 2.0)
+    assert (leg.endpoint, leg.confirmed) == (OTHER, False)
+    leg.receive(NAT, 10, 3.0)
+    assert (leg.endpoint, leg.confirmed) == (NAT, True)
+
+
+def test_off_keeps_the_sdp_address() -> None:
+    leg = _leg("off", learn_after=0.0)
+    for now in (0.0, 5.0, 10.0):
+        assert leg.receive(NAT, 160, now) == Verdict.FORWARD
+    assert (leg.endpoint, leg.confirmed, leg.packets) == (SDP, False, 3)
+
+
+def test_asymmetric_never_learns() -> None:
+    leg = _leg("immediate", learn_after=0.0, asymmetric=True)
+    leg.receive(NAT, 160, 0.0)
+    leg.receive(NAT, 160, 10.0)
+    assert (leg.endpoint, leg.confirmed, leg.packets) == (SDP, False, 2)
+
+
+def test_asymmetric_reset_follows_the_new_sdp_address() -> None:
+    leg = _leg("delayed", learn_after=0.0, asymmetric=True)
+    leg.reset(("198.51.100.11", 5002), "delayed", 0.0)
+    assert leg.endpoint == ("198.51.100.11", 5002)
+
+
+def test_strict_source_drops_other_sources_after_confirmation() -> None:
+    leg = _leg("delayed", learn_after=3.0, strict=True)
+    assert leg.receive(OTHER, 160, 1.0) == Verdict.FORWARD  # still learning
+    assert leg.receive(NAT, 160, 3.5) == Verdict.FORWARD
+    assert (leg.endpoint, leg.confirmed) == (NAT, True)
+    assert leg.receive(OTHER, 160, 4.0) == Verdict.DROP
+    assert leg.receive(OTHER, 160, 4.1) == Verdict.DROP
+    assert leg.receive(NAT, 160, 4.2) == Verdict.FORWARD
+    assert leg.endpoint == NAT
+    assert (leg.packets, leg.bytes, leg.errors, leg.last_packet) == (3, 480, 2, 4.2)
+
+
+def test_media_handover_moves_to_a_new_source() -> None:
+    leg = _leg("immediate", learn_after=0.0, handover=True)
+    leg.receive(NAT, 160, 1.0)
+    assert leg.receive(OTHER, 160, 2.0) == Verdict.FORWARD
+    assert (leg.endpoint, leg.confirmed) == (OTHER, True)
+    leg.receive(NAT, 160, 3.0)
+    assert leg.endpoint == NAT
+    assert leg.errors == 0
+
+
+def test_default_is_not_strict_and_not_stolen() -> None:
+    leg = _leg("immediate", learn_after=0.0)
+    leg.receive(NAT, 160, 1.0)
+    for n in range(3):
+        assert leg.receive(OTHER, 160, 2.0 + n) == Verdict.FORWARD
+    assert (leg.endpoint, leg.confirmed, leg.errors, leg.packets) == (NAT, True, 0, 4)
+
+
+def test_reset_on_re_signalling_restarts_learning() -> None:
+    leg = _leg("delayed", learn_after=3.0)
+    leg.receive(NAT, 160, 4.0)
+    assert (leg.endpoint, leg.confirmed) == (NAT, True)
+    new_sdp = ("198.51.100.10", 5010)
+    leg.reset(new_sdp, "delayed", 20.0)
+    # unconfirmed again; the learned source stays the destination until a new one is seen
+    assert (leg.expect, leg.endpoint, leg.confirmed, leg.rank) == (new_sdp, NAT, False, -1)
+    leg.receive(OTHER, 160, 10.0)
+    assert (leg.endpoint, leg.confirmed) == (OTHER, False)
+    leg.receive(NAT, 160, 20.0)
+    assert (leg.endpoint, leg.confirmed) == (NAT, True)
+    assert leg.packets == 3  # counters survive re-signalling
+
+
+def test_reset_to_off_goes_back_to_the_sdp_address() -> None:
+    leg = _leg("immediate", learn_after=0.0)
+    leg.receive(NAT, 160, 1.0)
+    leg.reset(SDP, "off", 0.0)
+    assert (leg.endpoint, leg.confirmed) == (SDP, False)
+
+
+def test_heuristic_reset_forgets_the_rank() -> None:
+    leg = _leg("heuristic", learn_after=3.0)
+    leg.receive(SAME_ADDR, 160, 1.0)
+    assert leg.rank == 2
+    leg.reset(SDP, "heuristic", 10.0)
+    leg.receive(OTHER, 160, 2.0)  # rank 0 wins against the forgotten rank 2
+    assert (leg.endpoint, leg.rank) == (OTHER, 0)
