@@ -405,7 +405,7 @@ class Signalling:
     ) -> bool:
         """Record what the sender's SDP says about its own media for section ``index``.
 
-        Returns whether the sender moved its media port since its last SDP.
+        Returns whether the sender moved its media (address or port) since its last SDP.
         """
         while len(sender.medias) <= index:
             sender.medias.append(
@@ -450,7 +450,14 @@ class Signalling:
             if not stream.confirmed:
                 stream.endpoint = stream.advertised_endpoint
         current = media.remote_rtp
-        return previous is not None and current is not None and previous.port != current.port
+        if previous is None or current is None:
+            return False
+        # going on hold with a zero address is no move
+        zero = {"0.0.0.0", "::"}
+        moved_address = previous.address != current.address and not (
+            {previous.address, current.address} & zero
+        )
+        return previous.port != current.port or moved_address
 
     def _prepare(
         self,
