@@ -91,12 +91,15 @@ def _specs(
         "handover": party.media_handover,
     }
     rtcp_expect = own.remote_rtp if _muxes(own) else own.remote_rtcp
+    learned = [_endpoint(s.endpoint) if s.confirmed else "" for s in own.streams[:2]]
+    learned += [""] * (2 - len(learned))
     return [
         SocketSpec(
             own_rtp,
             out=other_rtp,
             out_rtcp=other_rtcp if _muxes(own) else "",
             expect=_endpoint(own.remote_rtp),
+            learned=learned[0],
             **common,  # type: ignore[arg-type]
         ),
         SocketSpec(
@@ -104,6 +107,7 @@ def _specs(
             out=other_rtcp,
             expect=_endpoint(rtcp_expect),
             rtcp=True,
+            learned=learned[1],
             **common,  # type: ignore[arg-type]
         ),
     ]

@@ -66,6 +66,9 @@ class SocketSpec:
     strict: bool = False
     handover: bool = False
     rtcp: bool = False
+    # an endpoint already confirmed (reported by an earlier worker): a new worker starts
+    # from it, so a restart opens no window for another source to be learned
+    learned: str = ""
 
 
 @dataclass(frozen=True, slots=True)

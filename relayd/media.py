@@ -185,8 +185,11 @@ class MediaPlane:
             worker.link = None
         code = None
         if worker.proc is not None:
+            # the link is gone: whatever state the process is in, it is of no use now
+            if worker.proc.poll() is None:
+                worker.proc.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
-                code = worker.proc.wait(2.0)
+                code = worker.proc.wait(0.5)
         if self._closing:
             return
         worker.restarts += 1

@@ -121,7 +121,11 @@ class Worker:
                 leg.learn_after,
                 leg.learning,
             ):
+                fresh = leg.rank == -1 and leg.packets == 0
                 leg.reset(expect, spec.learning, spec.learn_after)
+                learned = parse_endpoint(spec.learned) if fresh else None
+                if learned is not None:
+                    leg.endpoint, leg.confirmed = learned, True
         stale = keys - {spec.key for spec in message.sockets}
         for key in stale:
             keys.discard(key)
