@@ -91,3 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"relayctl: {reply.get('error-reason', 'error')}", file=sys.stderr)
         return 1
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

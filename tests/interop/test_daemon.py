@@ -1,0 +1,97 @@
+"""relayd as an operator runs it: the deployment guide's rtpengine.conf, relayctl, TCP ng."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from relayd.ng.client import NgClient
+from tests.support.relayd import REPO, running_relayd
+
+pytestmark = pytest.mark.interop
+
+GUIDE_CONF = REPO / "tests" / "data" / "config" / "deployment-guide.conf"
+NG_PORT = 22360
+SDP = (
+    "v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n"
+    "m=audio 6000 RTP/AVP 0 8\r\n"
+)
+
+
+def _relayctl(*args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run(
+        [sys.executable, "-m", "relayd.ctl", *args],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env=env,
+        check=False,
+    )
+
+
+def test_deployment_guide_config_starts_and_serves(tmp_path: Path) -> None:
+    # the guide's file as it is; only the ng ports are moved off 2223 for the test
+    with running_relayd(
+        tmp_path,
+        ng_port=NG_PORT,
+        port_min=42000,
+        port_max=42099,
+        interface=(),
+        config_file=GUIDE_CONF,
+        extra=["--listen-tcp-ng", f"127.0.0.1:{NG_PORT}"],
+    ) as daemon:
+        with NgClient(("127.0.0.1", NG_PORT), tcp=True) as tcp:
+            assert tcp.call("ping") == {"result": "pong"}
+            # several requests on one connection, answered in order
+            assert tcp.call("list")["calls"] == []
+            assert tcp.call("query", call_id="nope")["error-reason"] == "Unknown call-id"
+        log = daemon.log()
+    assert "config.unimplemented" in log
+    for key in ("homer-ng", "prometheus-listen", "tls-certificate", "recording-method"):
+        assert key in log
+    assert "interfaces=['eth0/203.0.113.10!203.0.113.10']" in log
+
+
+def test_malformed_config_names_key_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.conf"
+    bad.write_text("[rtpengine]\ninterface = 127.0.0.1\nport-min = lots\n")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    result = subprocess.run(
+        [sys.executable, "-m", "relayd", "--config-file", str(bad), "--foreground"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env=env,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert f"{bad}:3" in result.stderr and "port-min" in result.stderr
+
+
+def test_relayctl_commands(tmp_path: Path) -> None:
+    ng = f"127.0.0.1:{NG_PORT}"
+    with running_relayd(tmp_path, ng_port=NG_PORT, port_min=42100, port_max=42199) as daemon:
+        assert _relayctl("--ng", ng, "ping").stdout.strip() == "pong"
+        with daemon.client() as client:
+            reply = client.call("offer", sdp=SDP, call_id="ctl-1", from_tag="A")
+            assert reply["result"] == "ok"
+        listed = _relayctl("--ng", ng, "list")
+        assert listed.returncode == 0 and listed.stdout.split() == ["ctl-1"]
+        query = _relayctl("--ng", ng, "query", "ctl-1")
+        assert query.returncode == 0 and '"tags"' in query.stdout and '"A"' in query.stdout
+        stats = _relayctl("--ng", ng, "statistics")
+        assert '"sessionsown": 1' in stats.stdout
+        deleted = _relayctl("--ng", ng, "delete", "ctl-1")
+        assert deleted.returncode == 0 and '"totals"' in deleted.stdout
+        assert _relayctl("--ng", ng, "query", "never").stderr.strip().endswith("Unknown call-id")
+
+
+def test_relayctl_unreachable() -> None:
+    result = _relayctl("--ng", "127.0.0.1:9", "--timeout", "0.3", "ping")
+    assert result.returncode == 2
+    assert "not reachable" in result.stderr
