@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from relayd.ng import bencode
 from relayd.ng.client import NgClient
 from tests.support.relayd import REPO, running_relayd
 
@@ -95,3 +97,50 @@ def test_relayctl_unreachable() -> None:
     result = _relayctl("--ng", "127.0.0.1:9", "--timeout", "0.3", "ping")
     assert result.returncode == 2
     assert "not reachable" in result.stderr
+
+
+def test_bad_input_gets_errors_and_loses_nothing(tmp_path: Path) -> None:
+    with (
+        running_relayd(tmp_path, ng_port=NG_PORT, port_min=42200, port_max=42299) as daemon,
+        daemon.client() as client,
+    ):
+        assert client.call("offer", sdp=SDP, call_id="keep", from_tag="A")["result"] == "ok"
+        raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        raw.settimeout(2.0)
+        target = ("127.0.0.1", NG_PORT)
+        cases = {
+            b"c1 d7:command": "Could not decode bencode dictionary",
+            b"c2 li1ee": "Invalid NG data format",
+            b"c3 {not json": "Failed to parse JSON document",
+            b"c4 " + bencode.encode({"command": "frobnicate"}): "Unrecognized command",
+            b"c5 " + bencode.encode({"call-id": "x"}): 'Dictionary contains no key "command"',
+            b"c6 "
+            + bencode.encode(
+                {"command": "offer", "call-id": "bad", "from-tag": "A", "sdp": "hello"}
+            ): "Failed to parse SDP",
+            b"c7 "
+            + bencode.encode(
+                {"command": "answer", "call-id": "keep", "from-tag": "A", "to-tag": "B"}
+            ): "No SDP body in message",
+        }
+        for datagram, reason in cases.items():
+            raw.sendto(datagram, target)
+            cookie, _, body = raw.recv(65536).partition(b" ")
+            assert cookie == datagram.split(b" ")[0]
+            reply = NgClient.decode_body(body)
+            assert reply == {"result": "error", "error-reason": reason}, datagram
+        raw.sendto(b"no-cookie-at-all", target)  # dropped without a reply
+        raw.sendto(b"c8 " + bencode.encode({"command": "ping"}), target)
+        assert raw.recv(65536) == b"c8 " + bencode.encode({"result": "pong"})
+        raw.close()
+        # the established call is untouched and still answerable
+        answer = client.call(
+            "answer",
+            sdp=SDP.replace("192.0.2.10", "192.0.2.20"),
+            call_id="keep",
+            from_tag="A",
+            to_tag="B",
+        )
+        assert answer["result"] == "ok"
+        assert set(client.call("query", call_id="keep")["tags"]) == {"A", "B"}
+        assert client.call("list")["calls"] == ["keep"]
