@@ -1,0 +1,414 @@
+"""The relayd table as nftables JSON documents, and the parsing of its listings (pure).
+
+Rules of the layout (DESIGN.md "Kernel path", ../shared/reference/nft-lab.md):
+
+* One table, family ``inet``; relayd touches nothing else in the ruleset.
+* A :class:`Forward` is one direction of one stream: packets from the learned
+  source S to relay socket R leave from relay socket R' towards D. It is three
+  elements keyed on the pre-NAT 4-tuple ``S . R`` (``ip saddr . udp sport .
+  ip daddr . udp dport``), one per family-specific set:
+
+  ``dnat4``/``dnat6`` (map, key → D)
+      looked up in the ``nat`` prerouting chain;
+  ``snat4``/``snat6`` (map, key → R')
+      looked up in ``nat`` postrouting on the conntrack *original* tuple, which
+      is the same 4-tuple;
+  ``count4``/``count6`` (set with a counter per element)
+      looked up in a ``filter`` chain at prerouting priority mangle, which sees
+      every packet, whereas nat chains only see a flow's first one.
+
+  Anyone else's packets (another source, another port) match nothing and fall
+  through to the worker socket: the kernel path is immune to RTP bleed.
+* The constant rules never change with the streams; per-stream state lives in
+  elements, so lookups stay O(1) and a batch of element changes is one
+  transaction.
+* DSCP: the nat prerouting rule (one run per flow) sets the ``ct mark`` bit
+  :attr:`Table.mark` on the flows it translates; a ``filter`` chain on the
+  forward hook sets ``ip dscp``/``ip6 dscp`` on every packet of a marked flow,
+  in both directions. Locally generated traffic never passes ``forward``, and
+  other DNAT'ed traffic of the host never gets the bit.
+
+The four maps are declared in nft syntax (:func:`map_script`): libnftables
+1.0.6's JSON parser cannot declare map data that is a concatenation.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from ipaddress import ip_address
+from typing import Any, NamedTuple
+
+__all__ = [
+    "CHAINS",
+    "DEFAULT_MARK",
+    "DEFAULT_TOS",
+    "Counter",
+    "Endpoint",
+    "Forward",
+    "ForwardKey",
+    "Table",
+    "TableState",
+    "add_commands",
+    "delete_commands",
+    "list_set_command",
+    "list_table_command",
+    "map_script",
+    "parse_counters",
+    "parse_state",
+    "stream",
+    "table_commands",
+]
+
+Command = dict[str, Any]
+
+DEFAULT_TOS = 0xB8
+"""TOS byte as rtpengine's ``tos`` option gives it: 184 = DSCP 46 (EF)."""
+DEFAULT_MARK = 0x00100000
+"""The conntrack mark bit that flags a flow translated by relayd."""
+
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
+
+# chain name -> (type, hook, priority); names avoid nft keywords such as "dnat"
+CHAINS: dict[str, tuple[str, str, int]] = {
+    "prerouting_count": ("filter", "prerouting", -150),  # mangle
+    "prerouting_nat": ("nat", "prerouting", -100),  # dstnat
+    "postrouting_nat": ("nat", "postrouting", 100),  # srcnat
+    "forward_dscp": ("filter", "forward", 0),  # filter
+}
+
+# family version -> (nft payload protocol, nfproto, address datatype)
+_FAMILY = {4: ("ip", "ipv4", "ipv4_addr"), 6: ("ip6", "ipv6", "ipv6_addr")}
+
+
+@lru_cache(maxsize=1 << 16)
+def _normal(address: str) -> str:
+    # listings of big tables repeat the same addresses: parse each once
+    return str(ip_address(address))
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """An address and UDP port; the address is normalised (``fd00::1``, not ``fd00:0::01``)."""
+
+    address: str
+    port: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "address", _normal(self.address))
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port out of range: {self.port}")
+
+    @property
+    def version(self) -> int:
+        return 6 if ":" in self.address else 4
+
+    def __str__(self) -> str:
+        return (
+            f"[{self.address}]:{self.port}" if self.version == 6 else f"{self.address}:{self.port}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardKey:
+    """The pre-NAT 4-tuple of a direction: learned source → relay socket."""
+
+    source: Endpoint
+    relay: Endpoint
+
+    def __post_init__(self) -> None:
+        if self.source.version != self.relay.version:
+            raise ValueError(f"mixed address families: {self.source} -> {self.relay}")
+
+    @property
+    def version(self) -> int:
+        return self.relay.version
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """source → relay (pre-NAT) becomes out → dest; all four of one address family."""
+
+    source: Endpoint
+    relay: Endpoint
+    out: Endpoint
+    dest: Endpoint
+
+    def __post_init__(self) -> None:
+        if len({e.version for e in (self.source, self.relay, self.out, self.dest)}) != 1:
+            raise ValueError(f"mixed address families in {self}")
+
+    @property
+    def key(self) -> ForwardKey:
+        return ForwardKey(self.source, self.relay)
+
+    @property
+    def version(self) -> int:
+        return self.relay.version
+
+
+def stream(
+    a: Endpoint, relay_a: Endpoint, relay_b: Endpoint, b: Endpoint
+) -> tuple[Forward, Forward]:
+    """Both directions of a stream between peers that send from where they receive."""
+    return Forward(a, relay_a, relay_b, b), Forward(b, relay_b, relay_a, a)
+
+
+class Counter(NamedTuple):
+    packets: int
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """Where relayd's elements live and how its constant rules read."""
+
+    name: str = "relayd"
+    tos: int | None = DEFAULT_TOS
+    """TOS byte for forwarded packets (its DSCP bits are set; ECN is kept); None: leave it."""
+    mark: int = DEFAULT_MARK
+
+    def __post_init__(self) -> None:
+        if not _NAME.fullmatch(self.name):
+            raise ValueError(f"invalid nft table name: {self.name!r}")
+        if self.tos is not None and not 0 <= self.tos <= 255:
+            raise ValueError(f"tos out of range: {self.tos}")
+        if not 0 < self.mark < 1 << 32:
+            raise ValueError(f"ct mark out of range: {self.mark}")
+
+    def handle(self, **kw: Any) -> dict[str, Any]:
+        return {"family": "inet", "table": self.name, **kw}
+
+
+def map_script(table: Table) -> str:
+    """nft syntax declaring the table and the four NAT maps (idempotent ``add``)."""
+    lines = [f"add table inet {table.name}"]
+    for version, (_, _, addr) in _FAMILY.items():
+        key = f"{addr} . inet_service . {addr} . inet_service"
+        for name in (f"dnat{version}", f"snat{version}"):
+            lines.append(
+                f"add map inet {table.name} {name} {{ type {key} : {addr} . inet_service; }}"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _l4_udp() -> Command:
+    return {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "udp"}}
+
+
+def _nfproto(version: int) -> Command:
+    return {
+        "match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": _FAMILY[version][1]}
+    }
+
+
+def _packet_key(version: int) -> Command:
+    proto = _FAMILY[version][0]
+    fields = ((proto, "saddr"), ("udp", "sport"), (proto, "daddr"), ("udp", "dport"))
+    return {"concat": [{"payload": {"protocol": p, "field": f}} for p, f in fields]}
+
+
+def _original_key(version: int) -> Command:
+    proto = _FAMILY[version][0]
+    keys = (f"{proto} saddr", "proto-src", f"{proto} daddr", "proto-dst")
+    return {"concat": [{"ct": {"key": k, "dir": "original"}} for k in keys]}
+
+
+def _in_set(key: Command, name: str) -> Command:
+    return {"match": {"op": "==", "left": key, "right": f"@{name}"}}
+
+
+def _nat(kind: str, version: int, key: Command, name: str) -> Command:
+    addr = {"map": {"key": key, "data": f"@{name}"}}
+    return {kind: {"family": _FAMILY[version][0], "addr": addr}}
+
+
+def _rules(table: Table, v: int) -> list[tuple[str, list[Command]]]:
+    ct_mark = {"ct": {"key": "mark"}}
+    mark = [{"mangle": {"key": ct_mark, "value": {"|": [ct_mark, table.mark]}}}]
+    rules = [
+        ("prerouting_count", [_l4_udp(), _in_set(_packet_key(v), f"count{v}")]),
+        (
+            "prerouting_nat",
+            [
+                _l4_udp(),
+                _in_set(_packet_key(v), f"dnat{v}"),
+                *(mark if table.tos is not None else []),
+                _nat("dnat", v, _packet_key(v), f"dnat{v}"),
+            ],
+        ),
+        # nft 1.0.6: "ct original proto-dst" needs the l4proto match before it
+        (
+            "postrouting_nat",
+            [_nfproto(v), _l4_udp(), _nat("snat", v, _original_key(v), f"snat{v}")],
+        ),
+    ]
+    if table.tos is not None:
+        marked = {"match": {"op": "==", "left": {"&": [ct_mark, table.mark]}, "right": table.mark}}
+        field = {"payload": {"protocol": _FAMILY[v][0], "field": "dscp"}}
+        rules.append(
+            ("forward_dscp", [marked, {"mangle": {"key": field, "value": table.tos >> 2}}])
+        )
+    return rules
+
+
+def table_commands(table: Table) -> list[Command]:
+    """Counter sets, chains and rules, after :func:`map_script`; idempotent, elements untouched.
+
+    The chains are flushed and their rules added again in the same transaction,
+    so a changed ``tos`` or a damaged rule is repaired atomically while
+    established flows (held by conntrack) keep going.
+    """
+    cmds: list[Command] = [{"add": {"table": {"family": "inet", "name": table.name}}}]
+    for version, (_, _, addr) in _FAMILY.items():
+        set_type = [addr, "inet_service", addr, "inet_service"]
+        counted = table.handle(name=f"count{version}", type=set_type, stmt=[{"counter": None}])
+        cmds.append({"add": {"set": counted}})
+    for name, (kind, hook, prio) in CHAINS.items():
+        base = table.handle(name=name, type=kind, hook=hook, prio=prio, policy="accept")
+        cmds.append({"add": {"chain": base}})
+    cmds.extend({"flush": {"chain": table.handle(name=name)}} for name in CHAINS)
+    for version in _FAMILY:
+        for chain_name, expr in _rules(table, version):
+            cmds.append({"add": {"rule": table.handle(chain=chain_name, expr=expr)}})
+    return cmds
+
+
+def _key_value(key: ForwardKey) -> Command:
+    s, r = key.source, key.relay
+    return {"concat": [s.address, s.port, r.address, r.port]}
+
+
+def _endpoint_value(endpoint: Endpoint) -> Command:
+    return {"concat": [endpoint.address, endpoint.port]}
+
+
+def _elements(table: Table, op: str, name: str, elems: list[Any]) -> list[Command]:
+    return [{op: {"element": table.handle(name=name, elem=elems)}}] if elems else []
+
+
+def add_commands(table: Table, forwards: Iterable[Forward]) -> list[Command]:
+    """Add every forward's three elements: one command per set, all in one transaction."""
+    dnat: dict[int, list[Any]] = {4: [], 6: []}
+    snat: dict[int, list[Any]] = {4: [], 6: []}
+    count: dict[int, list[Any]] = {4: [], 6: []}
+    for fwd in forwards:
+        key = _key_value(fwd.key)
+        dnat[fwd.version].append([key, _endpoint_value(fwd.dest)])
+        snat[fwd.version].append([key, _endpoint_value(fwd.out)])
+        count[fwd.version].append(key)
+    cmds: list[Command] = []
+    for v in _FAMILY:
+        cmds += _elements(table, "add", f"dnat{v}", dnat[v])
+        cmds += _elements(table, "add", f"snat{v}", snat[v])
+        cmds += _elements(table, "add", f"count{v}", count[v])
+    return cmds
+
+
+def delete_commands(
+    table: Table, keys: Iterable[ForwardKey], present: TableState | None = None
+) -> list[Command]:
+    """Delete the keys' elements; with ``present``, only those it holds (nft refuses others)."""
+    elems: dict[str, list[Any]] = {
+        f"{s}{v}": [] for v in _FAMILY for s in ("dnat", "snat", "count")
+    }
+    for key in keys:
+        for name in ("dnat", "snat", "count"):
+            if present is None or key in present.elements(name):
+                elems[f"{name}{key.version}"].append(_key_value(key))
+    return [cmd for name, items in elems.items() for cmd in _elements(table, "delete", name, items)]
+
+
+def list_table_command(table: Table) -> Command:
+    return {"list": {"table": {"family": "inet", "name": table.name}}}
+
+
+def list_set_command(table: Table, name: str) -> Command:
+    """One ``list set``/``list map``; libnftables 1.0.6 mishandles several lists in one run."""
+    kind = "set" if name.startswith("count") else "map"
+    return {"list": {kind: table.handle(name=name)}}
+
+
+@dataclass
+class TableState:
+    """The elements found in a listing, per set kind, keyed on the pre-NAT 4-tuple."""
+
+    dnat: dict[ForwardKey, Endpoint] = field(default_factory=dict)
+    snat: dict[ForwardKey, Endpoint] = field(default_factory=dict)
+    count: dict[ForwardKey, Counter] = field(default_factory=dict)
+
+    def elements(self, kind: str) -> Mapping[ForwardKey, object]:
+        if kind == "dnat":
+            return self.dnat
+        return self.snat if kind == "snat" else self.count
+
+    def all_keys(self) -> set[ForwardKey]:
+        return set(self.dnat) | set(self.snat) | set(self.count)
+
+    def forwards(self) -> dict[ForwardKey, Forward]:
+        """Complete forwards: a key with both its NAT elements."""
+        return {
+            k: Forward(k.source, k.relay, self.snat[k], dest)
+            for k, dest in self.dnat.items()
+            if k in self.snat
+        }
+
+    def holds(self, fwd: Forward) -> bool:
+        """All three elements of ``fwd`` are present with its values."""
+        key = fwd.key
+        return (
+            self.dnat.get(key) == fwd.dest and self.snat.get(key) == fwd.out and key in self.count
+        )
+
+
+def _objects(doc: Mapping[str, Any] | None, table: Table) -> Iterable[tuple[str, dict[str, Any]]]:
+    for obj in (doc or {}).get("nftables", []):
+        for kind in ("set", "map"):
+            body = obj.get(kind)
+            if body and body.get("family") == "inet" and body.get("table") == table.name:
+                yield body["name"], body
+
+
+def _parse_key(value: Any) -> ForwardKey:
+    saddr, sport, daddr, dport = value["concat"]
+    return ForwardKey(Endpoint(saddr, int(sport)), Endpoint(daddr, int(dport)))
+
+
+def _parse_endpoint(value: Any) -> Endpoint:
+    addr, port = value["concat"]
+    return Endpoint(addr, int(port))
+
+
+def _counted(item: Any) -> tuple[ForwardKey, Counter]:
+    # an element with a counter reads {"elem": {"val": KEY, "counter": {...}}}
+    elem = item.get("elem", {"val": item}) if isinstance(item, dict) else {"val": item}
+    counter = elem.get("counter") or {}
+    return _parse_key(elem["val"]), Counter(
+        int(counter.get("packets", 0)), int(counter.get("bytes", 0))
+    )
+
+
+def parse_state(docs: Iterable[Mapping[str, Any] | None], table: Table) -> TableState:
+    """Collect relayd's elements from ``list table`` or ``list set`` outputs."""
+    state = TableState()
+    for doc in docs:
+        for name, body in _objects(doc, table):
+            kind = name[:-1]
+            for item in body.get("elem", []):
+                if kind == "count":
+                    key, counter = _counted(item)
+                    state.count[key] = counter
+                elif kind in ("dnat", "snat"):
+                    key_json, value_json = item
+                    nat = state.dnat if kind == "dnat" else state.snat
+                    nat[_parse_key(key_json)] = _parse_endpoint(value_json)
+    return state
+
+
+def parse_counters(
+    docs: Iterable[Mapping[str, Any] | None], table: Table
+) -> dict[ForwardKey, Counter]:
+    """Per-direction packet and byte counters from listings of ``count4``/``count6``."""
+    return parse_state(docs, table).count
