@@ -139,6 +139,11 @@ class Ctnetlink:
             self._sock.close()
             self._sock = None
 
+    def probe(self) -> None:
+        """Prove ctnetlink answers: delete a flow that does not exist."""
+        nowhere = Endpoint("127.0.0.1", 9)  # discard: nothing sends from it to itself
+        self.delete_flows([(nowhere, nowhere)])
+
     def delete_flows(self, tuples: Iterable[tuple[Endpoint, Endpoint]]) -> int:
         """Delete the entry holding each UDP tuple (src, dst) in either direction.
 

@@ -131,7 +131,9 @@ class KernelForwarder:
         except Exception as exc:  # never raise from a probe
             return Availability(False, f"nftables unusable: {exc!r}")
         try:
-            conntrack.count_entries(Endpoint("127.0.0.1", 9))
+            # the raw ctnetlink socket the deletes use (pyroute2's conntrack runs an
+            # asyncio loop of its own, which cannot run inside relayd's)
+            self._ctnetlink.probe()
         except Exception as exc:
             return Availability(False, f"conntrack unusable: {exc}")
         return Availability(True)

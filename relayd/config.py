@@ -69,12 +69,7 @@ KEYS: dict[str, KeyInfo] = {
     "no-log-timestamps": KeyInfo("bool", _S),
     "foreground": KeyInfo("bool", _S),
     "pidfile": KeyInfo("str", _S),
-    "table": KeyInfo(
-        "int",
-        _S,
-        "kernel forwarding is not implemented yet; every table value "
-        "forwards in userspace, as rtpengine does with table = -1",
-    ),
+    "table": KeyInfo("int", _S),
     "sip-source": KeyInfo("bool", _S),
     "timeout": KeyInfo("int", _S),
     "silent-timeout": KeyInfo("int", _S),

@@ -10,11 +10,12 @@ socket (or its RTP socket if it muxes as well).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from relayd.ipc import Forward, SocketSpec
 from relayd.model import Call, Endpoint, Media, Monologue
 
-__all__ = ["LearningPolicy", "media_key", "plan", "socket_key"]
+__all__ = ["KernelLeg", "LearningPolicy", "kernel_legs", "media_key", "plan", "socket_key"]
 
 
 def socket_key(address: str, port: int) -> str:
@@ -93,6 +94,7 @@ def _specs(
     rtcp_expect = own.remote_rtp if _muxes(own) else own.remote_rtcp
     learned = [_endpoint(s.endpoint) if s.confirmed else "" for s in own.streams[:2]]
     learned += [""] * (2 - len(learned))
+    kernel = [s.kernelized for s in own.streams[:2]] + [False] * (2 - len(own.streams[:2]))
     return [
         SocketSpec(
             own_rtp,
@@ -100,6 +102,7 @@ def _specs(
             out_rtcp=other_rtcp if _muxes(own) else "",
             expect=_endpoint(own.remote_rtp),
             learned=learned[0],
+            kernel=kernel[0],
             **common,  # type: ignore[arg-type]
         ),
         SocketSpec(
@@ -108,6 +111,57 @@ def _specs(
             expect=_endpoint(rtcp_expect),
             rtcp=True,
             learned=learned[1],
+            kernel=kernel[1],
             **common,  # type: ignore[arg-type]
         ),
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class KernelLeg:
+    """One direction of a stream the kernel can forward: ``source → relay`` becomes
+    ``out → dest``. ``socket`` is the key of the relay socket it bypasses."""
+
+    socket: str
+    source: Endpoint
+    relay: Endpoint
+    out: Endpoint
+    dest: Endpoint
+
+
+_PLAIN = frozenset({"RTP/AVP", "RTP/AVPF"})
+
+
+def kernel_legs(call: Call) -> list[KernelLeg]:
+    """The directions of ``call`` that need no per-packet work and can leave userspace.
+
+    Both parties' streams of a component must have a confirmed endpoint; the
+    transport must be plain RTP (SRTP stays in the workers); asymmetric parties
+    (no learned source to key on) and rtcp-mux on one side only (RTCP must be
+    split from RTP per packet) stay in userspace. With rtcp-mux on both sides the
+    RTP port carries both, so one forward covers them.
+    """
+    if not call.answered:
+        return []
+    legs: list[KernelLeg] = []
+    for x, y in _pairs(call):
+        if x.asymmetric or y.asymmetric:
+            continue
+        for mx, my in zip(x.medias, y.medias, strict=False):
+            if mx.protocol not in _PLAIN or my.protocol not in _PLAIN:
+                continue
+            if mx.rejected or my.rejected or _muxes(mx) != _muxes(my):
+                continue
+            components = 1 if _muxes(mx) else 2
+            for sx, sy in zip(mx.streams[:components], my.streams[:components], strict=False):
+                if not (sx.confirmed and sy.confirmed and sx.endpoint and sy.endpoint):
+                    continue
+                rx = Endpoint(sx.local.local, sx.port)
+                ry = Endpoint(sy.local.local, sy.port)
+                legs.append(
+                    KernelLeg(socket_key(rx.address, rx.port), sx.endpoint, rx, ry, sy.endpoint)
+                )
+                legs.append(
+                    KernelLeg(socket_key(ry.address, ry.port), sy.endpoint, ry, rx, sx.endpoint)
+                )
+    return legs

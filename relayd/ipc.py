@@ -69,6 +69,9 @@ class SocketSpec:
     # an endpoint already confirmed (reported by an earlier worker): a new worker starts
     # from it, so a restart opens no window for another source to be learned
     learned: str = ""
+    # the kernel forwards this socket's stream: what still arrives here (another
+    # source) is dropped, since sending from a kernelized port would clash with its NAT
+    kernel: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -109,7 +109,9 @@ class MediaPlane:
         self.workers = [WorkerProcess(i, cpus[i % len(cpus)]) for i in range(max(workers, 1))]
         self.streams: dict[str, tuple[str, Stream]] = {}  # socket key -> (call-id, stream)
         self.learn_after: dict[tuple[str, str], LearningPolicy] = {}
-        self.on_stats: Callable[[ipc.Stats], None] | None = None
+        # called after each stats report with the call-ids whose confirmations changed
+        self.on_stats: Callable[[ipc.Stats, set[str]], None] | None = None
+        self.reported: dict[str, tuple[int, int, int]] = {}  # socket key -> worker counters
         # per worker: the forwards it must hold, re-sent after a restart
         self.forwards: dict[int, dict[str, ipc.Forward]] = {}
         self._closing = False
@@ -228,6 +230,7 @@ class MediaPlane:
                     if spec.key not in kept:
                         worker.sent.discard(spec.key)
                         self.streams.pop(spec.key, None)
+                        self.reported.pop(spec.key, None)
             placed[forward.media] = forward
             worker.medias.add(forward.media)
             for spec in forward.sockets:
@@ -249,6 +252,7 @@ class MediaPlane:
             worker.medias.discard(key)
             for spec in forward.sockets:
                 self.streams.pop(spec.key, None)
+                self.reported.pop(spec.key, None)
                 worker.sent.discard(spec.key)
             self._send(worker, ipc.Drop(key))
         for k in [k for k in self.learn_after if k[0] == call.call_id]:
@@ -277,27 +281,33 @@ class MediaPlane:
     # -- stats ----------------------------------------------------------------------------
 
     def _ingest(self, stats: ipc.Stats) -> None:
+        """Fold a worker's counters into the streams (as deltas: the kernel adds its own)."""
         offset = time.time() - stats.now
         worker = self.workers[stats.worker]
+        changed: set[str] = set()
         for entry in stats.sockets:
             found = self.streams.get(entry.key)
             if found is None:
                 continue
-            stream = found[1]
-            delta = entry.packets - stream.stats.packets
-            if delta > 0:
-                worker.packets += delta
-            stream.stats.packets = entry.packets
-            stream.stats.bytes = entry.bytes
-            stream.stats.errors = entry.errors
+            call_id, stream = found
+            packets, size, errors = self.reported.get(entry.key, (0, 0, 0))
+            self.reported[entry.key] = (entry.packets, entry.bytes, entry.errors)
+            if entry.packets < packets:  # a new worker counts from zero again
+                packets = size = errors = 0
+            worker.packets += entry.packets - packets
+            stream.stats.packets += entry.packets - packets
+            stream.stats.bytes += entry.bytes - size
+            stream.stats.errors += max(entry.errors - errors, 0)
             if entry.last_packet:
-                stream.stats.last_packet = entry.last_packet + offset
+                stream.stats.last_packet = max(stream.stats.last_packet, entry.last_packet + offset)
             host, _, port = entry.endpoint.rpartition(" ")
             if host and port.isdigit():
                 stream.endpoint = Endpoint(host, int(port))
-            stream.confirmed = entry.confirmed
+            if stream.confirmed != entry.confirmed:
+                stream.confirmed = entry.confirmed
+                changed.add(call_id)
         if self.on_stats:
-            self.on_stats(stats)
+            self.on_stats(stats, changed)
 
     # -- shutdown -------------------------------------------------------------------------
 

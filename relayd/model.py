@@ -69,6 +69,7 @@ class Stream:
     endpoint: Endpoint | None = None  # where media for this party is sent
     advertised_endpoint: Endpoint | None = None  # as the party's SDP said
     confirmed: bool = False
+    kernelized: bool = False  # forwarded by the nftables path, not by a worker
     stats: StreamStats = field(default_factory=StreamStats)
 
 

@@ -21,10 +21,13 @@ from typing import Any
 import psutil
 import structlog
 
-from relayd import __version__, log
+from relayd import __version__, ipc, log
 from relayd.config import KEYS, Config, ConfigError, load, unimplemented
+from relayd.forwarding import kernel_legs, socket_key
 from relayd.interfaces import Interfaces, resolve
+from relayd.kernel import KernelPath
 from relayd.media import MediaPlane, SocketBinder
+from relayd.model import Call
 from relayd.ng.commands import Commands, Limits, Teardown
 from relayd.ng.message import Request
 from relayd.ng.server import NgService, serve_tcp, serve_udp
@@ -73,6 +76,9 @@ class Supervisor:
         self.commands = Commands(self.signalling, limits, started=time.time())
         self.commands.on_teardown = self._teardown
         self.commands.place = self.media.least_loaded
+        self.kernel = KernelPath(config.table, config.tos) if config.table >= 0 else None
+        self.media.on_stats = self._stats_reported
+        self._kernel_calls: set[str] = set()
         self._stop = asyncio.Event()
         self._closers: list[Any] = []
 
@@ -86,6 +92,8 @@ class Supervisor:
             if req.command in ("offer", "answer") and reply.get("result") == "ok":
                 call = self.commands.calls.get(req.call_id)
                 if call is not None:
+                    # signalling takes the call back to userspace until it is confirmed again
+                    self._unoffload(call)
                     self.media.signalled(call, list(call.monologues), req.endpoint_learning)
                     self.media.sync(call)
             event = "ng.request" if reply.get("result") in ("ok", "pong") else "ng.failed"
@@ -100,6 +108,9 @@ class Supervisor:
 
     def _teardown(self, teardown: Teardown) -> None:
         call = teardown.call
+        if self.kernel is not None:
+            self.kernel.drop(call.call_id)
+        self._kernel_calls.discard(call.call_id)
         self.media.drop(call)
         packets = sum(s.stats.packets for p in call.parties() for m in p.medias for s in m.streams)
         logger.info(
@@ -122,6 +133,8 @@ class Supervisor:
             self._closers.append(server)
             logger.info("ng.listening", transport="tcp", address=_fmt(cfg.listen_tcp_ng))
         self.media.start()
+        if self.kernel is not None:
+            self.kernel.start()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop.set)
@@ -134,15 +147,87 @@ class Supervisor:
         for closer in self._closers:
             closer.close()
         await self.media.stop()
+        if self.kernel is not None:
+            self.kernel.close()
         logger.info("relayd.stopped", calls=len(self.commands.calls))
 
     async def _reap(self) -> None:
         while True:
             await asyncio.sleep(1.0)
             try:
+                self._kernel_tick()
                 self.commands.reap(time.time())
             except Exception:
                 logger.exception("timer.failed")
+
+    # -- kernel path ------------------------------------------------------------------------
+
+    def _stats_reported(self, stats: ipc.Stats, changed: set[str]) -> None:
+        for call_id in changed:
+            call = self.commands.calls.get(call_id)
+            if call is not None:
+                self._offload(call)
+
+    def _offload(self, call: Call) -> None:
+        """Put the call's confirmed plain streams in the kernel (and the rest back out)."""
+        if self.kernel is None or not self.kernel.enabled:
+            return
+        in_kernel = self.kernel.sync(call.call_id, kernel_legs(call))
+        if in_kernel:
+            self._kernel_calls.add(call.call_id)
+        else:
+            self._kernel_calls.discard(call.call_id)
+        if self._mark_kernelized(call, in_kernel):
+            self.media.sync(call)
+        self._after_kernel_change()
+
+    def _unoffload(self, call: Call) -> None:
+        if self.kernel is not None:
+            self.kernel.drop(call.call_id)
+        self._kernel_calls.discard(call.call_id)
+        for media in call.all_medias():
+            for stream in media.streams:
+                stream.kernelized = False
+                stream.confirmed = False  # the workers restart learning as well
+        self._after_kernel_change()
+
+    @staticmethod
+    def _mark_kernelized(call: Call, sockets: set[str]) -> bool:
+        changed = False
+        for media in call.all_medias():
+            for stream in media.streams:
+                now_in = socket_key(stream.local.local, stream.port) in sockets
+                if stream.kernelized != now_in:
+                    stream.kernelized = now_in
+                    changed = True
+        return changed
+
+    def _after_kernel_change(self) -> None:
+        """After an nft failure every stream goes back to the workers."""
+        if self.kernel is None or self.kernel.enabled or not self._kernel_calls:
+            return
+        for call_id in list(self._kernel_calls):
+            call = self.commands.calls.get(call_id)
+            if call is not None and self._mark_kernelized(call, set()):
+                self.media.sync(call)
+        self._kernel_calls.clear()
+
+    def _kernel_tick(self) -> None:
+        if self.kernel is None:
+            return
+        if self.kernel.retry_due() and self.kernel.start():
+            for call in list(self.commands.calls.values()):
+                self._offload(call)
+        now = time.time()
+        for key, count in self.kernel.deltas().items():
+            found = self.media.streams.get(key)
+            if found is None:
+                continue
+            stats = found[1].stats
+            stats.packets += count.packets
+            stats.bytes += count.bytes
+            stats.last_packet = now
+        self._after_kernel_change()
 
     def stop(self) -> None:
         self._stop.set()
@@ -202,12 +287,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"relayd: configuration error: {exc}", file=sys.stderr)
         return 78
-    if config.table >= 0:
-        logger.warning(
-            "kernel.unavailable",
-            table=config.table,
-            reason="kernel forwarding not implemented; forwarding in userspace",
-        )
     ready_fd = None if config.foreground else _daemonize(keep_stderr=config.log_stderr)
     pidfile = Path(config.pidfile) if config.pidfile else None
     if pidfile:

@@ -115,6 +115,7 @@ class Worker:
             keys.add(spec.key)
             leg = current.leg
             leg.asymmetric, leg.strict, leg.handover = spec.asymmetric, spec.strict, spec.handover
+            leg.kernel = spec.kernel
             expect = parse_endpoint(spec.expect)
             if (expect, spec.learn_after, spec.learning) != (
                 leg.expect,

@@ -60,6 +60,7 @@ class Leg:
     strict: bool = False
     handover: bool = False
     rtcp: bool = False
+    kernel: bool = False  # the stream is forwarded by nftables: nothing here is forwarded
     endpoint: Address | None = None  # where packets for this party are sent
     confirmed: bool = False
     rank: int = -1
@@ -82,6 +83,9 @@ class Leg:
 
     def receive(self, source: Address, size: int, now: float) -> int:
         """Account one packet from ``source``; say whether to forward it."""
+        if self.kernel:
+            self.errors += 1
+            return Verdict.DROP
         if self.confirmed and source != self.endpoint:
             if self.strict:
                 self.errors += 1

@@ -107,6 +107,8 @@ def _stream(party: Monologue, stream: Stream, call: Call, totals: Totals) -> dic
         flags.append("filled")
     if stream.confirmed:
         flags.append("confirmed")
+    if stream.kernelized:
+        flags.append("kernelized")
     if party.strict_source:
         flags.append("strict source address")
     if party.media_handover:
