@@ -71,6 +71,7 @@ KEYS: dict[str, KeyInfo] = {
     "pidfile": KeyInfo("str", _S),
     "table": KeyInfo("int", _S),
     "sip-source": KeyInfo("bool", _S),
+    "state-dir": KeyInfo("str", _S),
     "timeout": KeyInfo("int", _S),
     "silent-timeout": KeyInfo("int", _S),
     "tos": KeyInfo("int", _S),
@@ -290,6 +291,7 @@ class Config:
     pidfile: str | None = None
     sip_source: bool = False
     endpoint_learning: str = "delayed"
+    state_dir: str = ""  # "" = /var/lib/relayd if that directory exists, "none" = no journal
     num_threads: int = 0
     source: str = "defaults"
     values: dict[str, Any] = field(default_factory=dict)  # every key given, as parsed
@@ -459,6 +461,7 @@ def _to_config(values: dict[str, Any], raw: dict[str, Any], source: str) -> Conf
         "pidfile",
         "sip-source",
         "endpoint-learning",
+        "state-dir",
         "num-threads",
     )
     for key in simple:

@@ -152,6 +152,35 @@ class KernelPath:
         log.info("kernel.unoffload", call_id=call_id, forwards=len(current))
         return True
 
+    def adopt(self, calls: dict[str, list[KernelLeg]]) -> dict[str, set[str]]:
+        """After a restart: keep the restored calls' forwards as they are (their media
+        never stopped), add what is missing, remove forwards of calls that are gone.
+        Returns the sockets in the kernel per call."""
+        if not self.enabled:
+            return {}
+        per_call: dict[str, dict[ForwardKey, tuple[str, Forward]]] = {}
+        for call_id, legs in calls.items():
+            entries = {}
+            for leg in legs:
+                if self.ipv6 or ":" not in leg.relay.address:
+                    forward = _forward(leg)
+                    entries[forward.key] = (leg.socket, forward)
+            if entries:
+                per_call[call_id] = entries
+        try:
+            result = self.forwarder.reconcile(
+                [f for entries in per_call.values() for _, f in entries.values()]
+            )
+            counts = self.forwarder.counters()
+        except NftError as exc:
+            self._disable(f"reconciling the table failed: {exc}")
+            return {}
+        self.installed = per_call
+        # counters already counted before the restart are not counted twice
+        self._counts = {k: counts.get(k, Counter(0, 0)) for e in per_call.values() for k in e}
+        log.info("kernel.reconciled", kept=result.kept, added=result.added, removed=result.removed)
+        return {cid: {socket for socket, _ in e.values()} for cid, e in per_call.items()}
+
     # -- counters -------------------------------------------------------------------------
 
     def deltas(self) -> dict[str, Counter]:

@@ -32,6 +32,7 @@ from relayd.ng.commands import Commands, Limits, Teardown
 from relayd.ng.message import Request
 from relayd.ng.server import NgService, serve_tcp, serve_udp
 from relayd.signalling import PortAllocator, Signalling
+from relayd.state import Journal
 
 __all__ = ["Supervisor", "main"]
 
@@ -77,6 +78,8 @@ class Supervisor:
         self.commands.on_teardown = self._teardown
         self.commands.place = self.media.least_loaded
         self.kernel = KernelPath(config.table, config.tos) if config.table >= 0 else None
+        state_dir = _state_dir(config.state_dir)
+        self.journal = Journal(state_dir) if state_dir else None
         self.media.on_stats = self._stats_reported
         self._kernel_calls: set[str] = set()
         self._stop = asyncio.Event()
@@ -96,6 +99,8 @@ class Supervisor:
                     self._unoffload(call)
                     self.media.signalled(call, list(call.monologues), req.endpoint_learning)
                     self.media.sync(call)
+            if self.journal is not None and req.call_id in self.commands.calls:
+                self.journal.save(self.commands.calls[req.call_id])
             event = "ng.request" if reply.get("result") in ("ok", "pong") else "ng.failed"
             logger.info(
                 event,
@@ -112,6 +117,8 @@ class Supervisor:
             self.kernel.drop(call.call_id)
         self._kernel_calls.discard(call.call_id)
         self.media.drop(call)
+        if self.journal is not None:
+            self.journal.forget(call.call_id)
         packets = sum(s.stats.packets for p in call.parties() for m in p.medias for s in m.streams)
         logger.info(
             "call.teardown",
@@ -122,6 +129,17 @@ class Supervisor:
         )
 
     async def run(self) -> None:
+        restored = self._restore()
+        self.media.start()
+        if self.kernel is not None and self.kernel.start() and restored:
+            adopted = self.kernel.adopt({c.call_id: kernel_legs(c) for c in restored})
+            for call in restored:
+                sockets = adopted.get(call.call_id, set())
+                self._mark_kernelized(call, sockets)
+                if sockets:
+                    self._kernel_calls.add(call.call_id)
+        for call in restored:
+            self.media.sync(call)
         service = NgService(self.dispatch)
         cfg = self.config
         if cfg.listen_ng:
@@ -132,9 +150,6 @@ class Supervisor:
             server = await serve_tcp(service, *cfg.listen_tcp_ng)
             self._closers.append(server)
             logger.info("ng.listening", transport="tcp", address=_fmt(cfg.listen_tcp_ng))
-        self.media.start()
-        if self.kernel is not None:
-            self.kernel.start()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop.set)
@@ -148,17 +163,65 @@ class Supervisor:
             closer.close()
         await self.media.stop()
         if self.kernel is not None:
-            self.kernel.close()
+            self.kernel.close()  # kernel forwards stay: their media flows on until we return
+        if self.journal is not None:
+            self.journal.close()
         logger.info("relayd.stopped", calls=len(self.commands.calls))
 
     async def _reap(self) -> None:
+        tick = 0
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(0.25)
+            tick += 1
             try:
-                self._kernel_tick()
-                self.commands.reap(time.time())
+                if self.journal is not None:
+                    self.journal.flush()
+                if tick % 4 == 0:
+                    self._kernel_tick()
+                    self.commands.reap(time.time())
             except Exception:
                 logger.exception("timer.failed")
+
+    # -- restart ------------------------------------------------------------------------------
+
+    def _restore(self) -> list[Call]:
+        """Take back the journal's calls: their ports, sockets and state."""
+        if self.journal is None:
+            return []
+        restored = []
+        for call in self.journal.load():
+            if self._claim(call):
+                self.commands.calls[call.call_id] = call
+                restored.append(call)
+            else:
+                logger.warning(
+                    "state.call_dropped",
+                    call_id=call.call_id,
+                    reason="its ports or addresses are no longer available",
+                )
+                self.journal.forget(call.call_id)
+        if restored:
+            logger.info("state.restored", calls=len(restored))
+        return restored
+
+    def _claim(self, call: Call) -> bool:
+        ports = self.signalling.ports
+        claimed: list[tuple[str, int]] = []
+        for media in call.all_medias():
+            if not media.port or media.local is None:
+                continue
+            address, port = media.local.local, media.port
+            worker = ports.worker_of(port)
+            if not ports.pool(address, worker).reserve(port) or (
+                ports.binder is not None and not ports.binder.bind(address, port)
+            ):
+                for done in claimed:
+                    ports.release(*done)
+                ports.pool(address, worker).release(port)
+                return False
+            claimed.append((address, port))
+            call.worker = worker
+        return True
 
     # -- kernel path ------------------------------------------------------------------------
 
@@ -179,6 +242,8 @@ class Supervisor:
             self._kernel_calls.discard(call.call_id)
         if self._mark_kernelized(call, in_kernel):
             self.media.sync(call)
+            if self.journal is not None:
+                self.journal.save(call)
         self._after_kernel_change()
 
     def _unoffload(self, call: Call) -> None:
@@ -231,6 +296,15 @@ class Supervisor:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def _state_dir(setting: str) -> Path | None:
+    if setting == "none":
+        return None
+    if setting:
+        return Path(setting)
+    default = Path("/var/lib/relayd")
+    return default if default.is_dir() and os.access(default, os.W_OK) else None
 
 
 def _fmt(address: tuple[str, int]) -> str:

@@ -60,6 +60,8 @@ class RelaydProcess:
             "7",
             "--pidfile",
             str(workdir / "relayd.pid"),
+            "--state-dir",
+            str(workdir / "state"),
             *extra,
         ]
         self.args = exec_args(netns, args) if netns else args
