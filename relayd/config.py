@@ -72,6 +72,9 @@ KEYS: dict[str, KeyInfo] = {
     "table": KeyInfo("int", _S),
     "sip-source": KeyInfo("bool", _S),
     "state-dir": KeyInfo("str", _S),
+    "dtls-passive": KeyInfo("bool", _S),
+    "tls-certificate": KeyInfo("str", _S),
+    "tls-private-key": KeyInfo("str", _S),
     "timeout": KeyInfo("int", _S),
     "silent-timeout": KeyInfo("int", _S),
     "tos": KeyInfo("int", _S),
@@ -139,7 +142,6 @@ for _key in [
     "dtmf-log-ng-tcp",
     "dtmf-no-suppress",
     "dtmf-digit-delay",
-    "dtls-passive",
     "codecs",
     "log-srtp-keys",
     "jb-clock-drift",
@@ -204,8 +206,6 @@ for _key in [
     "janus-secret",
     "prometheus-listen",
     "homer-ng",
-    "tls-certificate",
-    "tls-private-key",
 ]:
     KEYS[_key] = KeyInfo("str", _I)
 
@@ -292,6 +292,9 @@ class Config:
     sip_source: bool = False
     endpoint_learning: str = "delayed"
     state_dir: str = ""  # "" = /var/lib/relayd if that directory exists, "none" = no journal
+    dtls_passive: bool = False
+    tls_certificate: str = ""
+    tls_private_key: str = ""
     num_threads: int = 0
     source: str = "defaults"
     values: dict[str, Any] = field(default_factory=dict)  # every key given, as parsed
@@ -462,6 +465,9 @@ def _to_config(values: dict[str, Any], raw: dict[str, Any], source: str) -> Conf
         "sip-source",
         "endpoint-learning",
         "state-dir",
+        "dtls-passive",
+        "tls-certificate",
+        "tls-private-key",
         "num-threads",
     )
     for key in simple:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from relayd.ipc import Forward, SocketSpec
 from relayd.model import Call, Endpoint, Media, Monologue
+from relayd.webrtc import Crypto
 
 __all__ = ["KernelLeg", "LearningPolicy", "kernel_legs", "media_key", "plan", "socket_key"]
 
@@ -28,6 +29,26 @@ def media_key(call_id: str, index: int) -> str:
 
 def _endpoint(ep: Endpoint | None) -> str:
     return f"{ep.address} {ep.port}" if ep else ""
+
+
+def _sdes(line: Crypto | None) -> str:
+    if line is None:
+        return ""
+    text = f"{line.suite} inline:{line.key}{line.lifetime_mki}"
+    return f"{text} {line.session_params}" if line.session_params else text
+
+
+def _security(media: Media) -> dict[str, str]:
+    """SRTP keys, DTLS role and ICE credentials of the party owning ``media``'s sockets."""
+    return {
+        "srtp_in": _sdes(media.srtp_in),
+        "srtp_out": _sdes(media.srtp_out),
+        "dtls": media.dtls_role,
+        "dtls_fingerprint": media.peer_fingerprint if media.dtls_role else "",
+        "ice_ufrag": media.ice_ufrag,
+        "ice_pwd": media.ice_pwd,
+        "ice_remote_ufrag": media.peer_ice_ufrag if media.ice_ufrag else "",
+    }
 
 
 def _muxes(media: Media) -> bool:
@@ -85,6 +106,7 @@ def _specs(
     other_rtp = socket_key(other.local.local, other.port)
     other_rtcp = other_rtp if _muxes(other) else socket_key(other.local.local, other.port + 1)
     common = {
+        **_security(own),
         "learning": learn.mode,
         "learn_after": learn.learn_after,
         "asymmetric": party.asymmetric,
@@ -152,6 +174,8 @@ def kernel_legs(call: Call) -> list[KernelLeg]:
                 continue
             if mx.rejected or my.rejected or _muxes(mx) != _muxes(my):
                 continue
+            if mx.ice_ufrag or my.ice_ufrag:
+                continue  # STUN consent checks share the port: they must reach a worker
             components = 1 if _muxes(mx) else 2
             for sx, sy in zip(mx.streams[:components], my.streams[:components], strict=False):
                 if not (sx.confirmed and sy.confirmed and sx.endpoint and sy.endpoint):

@@ -72,6 +72,20 @@ class SocketSpec:
     # the kernel forwards this socket's stream: what still arrives here (another
     # source) is dropped, since sending from a kernelized port would clash with its NAT
     kernel: bool = False
+    # -- SRTP, DTLS-SRTP and ICE towards this party (all empty: plain RTP) -----------------
+    # SDES key of the party's packets arriving here, as a=crypto carries it after the tag:
+    # "AES_CM_128_HMAC_SHA1_80 inline:BASE64[|lifetime][|MKI:len] [session params]"
+    srtp_in: str = ""
+    # SDES key that protects what this socket sends to the party (same format)
+    srtp_out: str = ""
+    # our DTLS role towards the party on this socket: "", "active" or "passive"
+    # (RFC 5763 §5); once the handshake completes its keys replace srtp_in/srtp_out
+    dtls: str = ""
+    dtls_fingerprint: str = ""  # the party's a=fingerprint: "sha-256 AB:CD:…"
+    # ICE-lite (RFC 8445 §2.5): our ufrag/pwd on this socket and the party's ufrag
+    ice_ufrag: str = ""
+    ice_pwd: str = ""
+    ice_remote_ufrag: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +93,9 @@ class Configure:
     worker: int
     tos: int = 0
     stats_interval: float = 1.0
+    # relayd's DTLS certificate and private key (PEM), the same for every worker
+    certificate: str = ""
+    private_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +130,8 @@ class SocketStats:
     endpoint: str = ""  # learned source, "address port"
     confirmed: bool = False
     ssrc: int = -1
+    dtls: str = ""  # "", "connecting", "connected", "failed: <reason>"
+    ice: str = ""  # "", "checking", "nominated"
 
 
 @dataclass(frozen=True, slots=True)

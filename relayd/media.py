@@ -100,11 +100,13 @@ class MediaPlane:
         tos: int = 0,
         log_level: int = 6,
         learning: str = "delayed",
+        certificate: tuple[str, str] = ("", ""),
     ) -> None:
         self.binder = binder
         self.tos = tos
         self.log_level = log_level
         self.learning = learning
+        self.certificate = certificate  # DTLS certificate and key, PEM, for every worker
         cpus = sorted(os.sched_getaffinity(0))
         self.workers = [WorkerProcess(i, cpus[i % len(cpus)]) for i in range(max(workers, 1))]
         self.streams: dict[str, tuple[str, Stream]] = {}  # socket key -> (call-id, stream)
@@ -151,7 +153,10 @@ class MediaPlane:
         worker.link = parent
         worker.sent = set()
         parent.settimeout(2.0)
-        self._send(worker, ipc.Configure(worker.index, tos=self.tos))
+        pem, key = self.certificate
+        self._send(
+            worker, ipc.Configure(worker.index, tos=self.tos, certificate=pem, private_key=key)
+        )
         asyncio.get_running_loop().add_reader(parent.fileno(), self._readable, worker)
         log.info("worker.spawned", worker=worker.index, pid=worker.pid, cpu=worker.cpu)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from relayd.webrtc import Crypto
+
 __all__ = [
     "Call",
     "Codec",
@@ -110,6 +112,24 @@ class Media:
     sent_codecs: list[Codec] = field(default_factory=list)  # as we last wrote them to this party
     ptime: int = 0
     rejected: bool = False  # m= port 0
+    mid: str = ""  # this party's a=mid
+    # SRTP, DTLS and ICE: what this party's SDP said, and what we said to it
+    out_protocol: str = ""  # the transport we last wrote to this party
+    crypto: list[Crypto] = field(default_factory=list)  # this party's a=crypto lines
+    crypto_out: list[Crypto] = field(default_factory=list)  # the a=crypto lines we wrote to it
+    srtp_in: Crypto | None = None  # the key this party's packets come with
+    srtp_out: Crypto | None = None  # our key for packets to this party
+    peer_setup: str = ""  # this party's a=setup
+    peer_fingerprint: str = ""  # "sha-256 AB:CD:…" from this party's SDP
+    setup: str = ""  # the a=setup we wrote to this party ("" when no DTLS)
+    dtls_role: str = ""  # "active" or "passive": our DTLS role towards this party
+    peer_ice: bool = False  # this party's SDP had ICE
+    peer_ice_ufrag: str = ""
+    peer_ice_pwd: str = ""
+    peer_trickle: bool = False  # a=ice-options:trickle at media level
+    ice_ufrag: str = ""  # our credentials towards this party ("" when no ICE)
+    ice_pwd: str = ""
+    ice_ports: list[tuple[LocalAddress, int]] = field(default_factory=list)  # other candidates
 
     @property
     def direction(self) -> str:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from relayd import secure
 from relayd.interfaces import Interfaces
 from relayd.model import Call, Endpoint, Media, Monologue, Stream, family_of
 from relayd.ng.message import NgError, Request
@@ -31,6 +32,7 @@ from relayd.sdp.model import Connection, Line, MediaDescription, SdpError, Sessi
 from relayd.sdp.parse import parse_sdp
 from relayd.sdp.rewrite import DIRECTIONS, RewriteOptions, rewrite_sdp
 from relayd.sdp.write import write_sdp
+from relayd.webrtc import new_foundation
 
 __all__ = ["PortAllocator", "Signalling"]
 
@@ -108,9 +110,14 @@ class _Undo:
     def rollback(self, ports: PortAllocator) -> None:
         for media, address, port in reversed(self.taken):
             ports.release(address, port)
-            media.port = media.rtcp_port = 0
-            media.local = None
-            media.streams.clear()
+            if media.port == port and media.local is not None and media.local.local == address:
+                media.port = media.rtcp_port = 0
+                media.local = None
+                media.streams.clear()
+            else:
+                media.ice_ports = [
+                    (a, p) for a, p in media.ice_ports if (a.local, p) != (address, port)
+                ]
 
 
 class Signalling:
@@ -121,12 +128,18 @@ class Signalling:
         *,
         instance_id: str | None = None,
         sip_source_default: bool = False,
+        fingerprint: str = "",
+        dtls_passive: bool = False,
         on_ports_released: Callable[[Media], None] | None = None,
     ) -> None:
         self.interfaces = interfaces
         self.ports = ports
         self.instance_id = instance_id or secrets.token_hex(6)
         self.sip_source_default = sip_source_default
+        self.fingerprint = fingerprint  # "sha-256 AB:CD:…" of our DTLS certificate
+        self.dtls_passive = dtls_passive
+        # ICE candidate foundations: one per local address for the daemon's life
+        self.foundations = {a.local: new_foundation() for a in interfaces.all}
         self.on_ports_released = on_ports_released
 
     # -- offer / answer ---------------------------------------------------------------------
@@ -286,6 +299,7 @@ class Signalling:
                 moved = self._learn(
                     sender, index, desc, session_c, session_direction, req, offer=offer
                 )
+                secure.learn(sender.medias[index], desc, sdp.session)
                 # without port latching, a peer that moved its port gets new ports from us
                 renew = offer and moved and not req.has("port-latching")
                 self._prepare(
@@ -303,6 +317,13 @@ class Signalling:
                 # the sender's own ports exist from its offer on, as rtpengine allocates them
                 own_family = sender.family or _known_family(sender) or family
                 self._ensure_ports(call, sender, sender.medias[index], own_family, undo)
+                target, source = receiver.medias[index], sender.medias[index]
+                if offer:
+                    protocol = req.transport_protocol or desc.protocol
+                    secure.negotiate_offer(target, source, req, protocol)
+                else:
+                    secure.negotiate_answer(target, source, req, dtls_passive=self.dtls_passive)
+                self._ensure_ice_ports(call, receiver, target, undo)
         except PortsExhausted:
             undo.rollback(self.ports)
             raise NgError("Ran out of ports") from None
@@ -318,7 +339,6 @@ class Signalling:
             address=address,
             family=family_of(address),
             replace=frozenset(req.replace),
-            strip_ice=req.ice in ("remove", "force", ""),
             original_sendrecv=req.has("original-sendrecv"),
             rtcp_attribute="none"
             if req.has("no-rtcp-attribute")
@@ -327,8 +347,13 @@ class Signalling:
             else "short",
             rtcp_mux=tuple(printed for printed, _ in mux),
             protocols=tuple(
-                req.transport_protocol or d.protocol if offer else d.protocol for d in sdp.media
+                m.out_protocol or d.protocol
+                for m, d in zip(receiver.medias, sdp.media, strict=False)
             ),
+            fingerprint=self.fingerprint,
+            foundations=self.foundations,
+            generate_mid=offer and req.has("generate-mid"),
+            answer=not offer,
             loop_marker=self.instance_id if req.has("loop-protect") else "",
             **origin_fields,
         )
@@ -494,6 +519,28 @@ class Signalling:
             media.sent_codecs = answer_codecs(source.codecs, source.sent_codecs)
         self._ensure_ports(call, receiver, media, family, undo, renew=renew)
 
+    def _ensure_ice_ports(self, call: Call, party: Monologue, media: Media, undo: _Undo) -> None:
+        """With ICE towards a party, a candidate on every other address of its interface."""
+        if not media.ice_ufrag or not media.port or media.local is None:
+            self._release_ice_ports(media)
+            return
+        others = [
+            a
+            for a in self.interfaces.by_name.get(media.local.interface, [])
+            if a.local != media.local.local
+        ]
+        have = {a.local for a, _ in media.ice_ports}
+        for address in others:
+            if address.local not in have:
+                port = self.ports.allocate(address.local, call.worker)
+                media.ice_ports.append((address, port))
+                undo.taken.append((media, address.local, port))
+
+    def _release_ice_ports(self, media: Media) -> None:
+        for address, port in media.ice_ports:
+            self.ports.release(address.local, port)
+        media.ice_ports = []
+
     def _ensure_ports(
         self,
         call: Call,
@@ -554,6 +601,7 @@ class Signalling:
         return accepted, accepted
 
     def _release(self, media: Media) -> None:
+        self._release_ice_ports(media)
         if media.port and media.local is not None:
             self.ports.release(media.local.local, media.port)
             if self.on_ports_released:

@@ -22,6 +22,7 @@ import psutil
 import structlog
 
 from relayd import __version__, ipc, log
+from relayd.certificate import Certificate, load_or_create
 from relayd.config import KEYS, Config, ConfigError, load, unimplemented
 from relayd.forwarding import kernel_legs, socket_key
 from relayd.interfaces import Interfaces, resolve
@@ -51,21 +52,34 @@ def system_addresses() -> dict[str, list[str]]:
 
 class Supervisor:
     def __init__(
-        self, config: Config, interfaces: Interfaces, *, ready_fd: int | None = None
+        self,
+        config: Config,
+        interfaces: Interfaces,
+        certificate: Certificate,
+        *,
+        ready_fd: int | None = None,
     ) -> None:
         self.config = config
         self.ready_fd = ready_fd
         workers = config.num_threads or len(os.sched_getaffinity(0))
         binder = SocketBinder()
+        self.certificate = certificate
         self.media = MediaPlane(
             binder,
             workers=workers,
             tos=config.tos,
             log_level=config.log_level,
             learning=config.endpoint_learning,
+            certificate=(certificate.pem, certificate.key_pem),
         )
         ports = PortAllocator(config.port_min, config.port_max, workers, binder)
-        self.signalling = Signalling(interfaces, ports, sip_source_default=config.sip_source)
+        self.signalling = Signalling(
+            interfaces,
+            ports,
+            sip_source_default=config.sip_source,
+            fingerprint=f"sha-256 {certificate.fingerprint('sha-256')}",
+            dtls_passive=config.dtls_passive,
+        )
         limits = Limits(
             max_sessions=config.max_sessions,
             delete_delay=config.delete_delay,
@@ -358,7 +372,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     try:
         interfaces = resolve(config.interfaces, system_addresses())
-    except ValueError as exc:
+        certificate = load_or_create(config.tls_certificate or None, config.tls_private_key or None)
+    except (ValueError, OSError) as exc:
         print(f"relayd: configuration error: {exc}", file=sys.stderr)
         return 78
     ready_fd = None if config.foreground else _daemonize(keep_stderr=config.log_stderr)
@@ -373,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ports=f"{config.port_min}-{config.port_max}",
     )
     try:
-        asyncio.run(Supervisor(config, interfaces, ready_fd=ready_fd).run())
+        asyncio.run(Supervisor(config, interfaces, certificate, ready_fd=ready_fd).run())
     except OSError as exc:
         logger.error("relayd.failed", error=str(exc))
         return 1

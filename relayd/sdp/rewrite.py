@@ -19,14 +19,17 @@ own; session direction attributes are consumed (re-emitted per media).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from relayd.model import Media
 from relayd.sdp.model import Line, MediaDescription, Origin, SessionDescription
+from relayd.webrtc import candidate_priority
 
-__all__ = ["DIRECTIONS", "ICE_ATTRIBUTES", "RewriteOptions", "rewrite_sdp"]
+__all__ = ["DIRECTIONS", "ICE_ATTRIBUTES", "SECURITY_ATTRIBUTES", "RewriteOptions", "rewrite_sdp"]
 
 DIRECTIONS = frozenset({"sendrecv", "sendonly", "recvonly", "inactive"})
+SECURITY_ATTRIBUTES = frozenset({"crypto", "fingerprint", "setup", "tls-id"})
 ICE_ATTRIBUTES = frozenset(
     {
         "ice-ufrag",
@@ -48,7 +51,6 @@ class RewriteOptions:
     address: str  # our advertised address (or the ng ``media address``) for c=, o=, a=rtcp
     family: str  # "IP4" or "IP6" of that address
     replace: frozenset[str] = frozenset()
-    strip_ice: bool = False
     original_sendrecv: bool = False
     rtcp_attribute: str = "short"  # "short", "full" or "none"
     rtcp_mux: tuple[bool, ...] = ()  # per media: print a=rtcp-mux
@@ -57,6 +59,10 @@ class RewriteOptions:
     origin_user: str | None = None  # replace: username (the dialog's first o= user)
     origin_version: str | None = None  # replace: SDP-version
     session_name: str | None = None  # replace: session-name (the dialog's first s=)
+    fingerprint: str = ""  # "sha-256 AB:…" of our DTLS certificate
+    foundations: Mapping[str, str] = field(default_factory=dict)  # ICE, per local address
+    generate_mid: bool = False
+    answer: bool = False
 
 
 def rewrite_sdp(
@@ -95,7 +101,8 @@ def rewrite_sdp(
                 line = Line("c", f"IN {opts.family} {opts.address}")
         elif line.kind == "a" and (
             (line.attr in DIRECTIONS and not opts.original_sendrecv)
-            or (opts.strip_ice and line.attr in ICE_ATTRIBUTES)
+            or line.attr in ICE_ATTRIBUTES
+            or line.attr in SECURITY_ATTRIBUTES
             # 10.5 does not do BUNDLE: each media section keeps its own ports
             or line.value.startswith("group:BUNDLE")
         ):
@@ -117,9 +124,7 @@ def _managed(attr: str, media: Media, opts: RewriteOptions) -> bool:
         return not opts.original_sendrecv
     if attr in ("rtcp", "rtcp-mux", "ptime", "mid"):
         return attr != "ptime" or media.ptime > 0
-    if attr == "rtpengine":
-        return True
-    return opts.strip_ice and attr in ICE_ATTRIBUTES
+    return attr == "rtpengine" or attr in ICE_ATTRIBUTES or attr in SECURITY_ATTRIBUTES
 
 
 def _rewrite_media(
@@ -150,7 +155,12 @@ def _rewrite_media(
                 out.lines.append(line)
             continue
         out.lines.append(Line(line.kind, line.value))
-    out.lines.extend(Line("a", f"mid:{mid}") for mid in desc.attributes("mid")[:1])
+    # an answer carries the offerer's own mid (or none), whatever the answerer wrote
+    mid = media.mid if opts.answer else (desc.attributes("mid") or [""])[0]
+    if not mid and opts.generate_mid:
+        mid = str(index + 1)
+    if mid:
+        out.lines.append(Line("a", f"mid:{mid}"))
     for codec in media.sent_codecs:
         if codec.encoding:
             out.lines.append(Line("a", f"rtpmap:{codec.payload_type} {codec.encoding}"))
@@ -168,6 +178,39 @@ def _rewrite_media(
             out.lines.append(Line("a", f"rtcp:{rtcp_port}"))
     if mux:
         out.lines.append(Line("a", "rtcp-mux"))
+    out.lines.extend(Line("a", c.value()) for c in media.crypto_out)
+    if media.setup:
+        out.lines.append(Line("a", f"setup:{media.setup}"))
+        out.lines.append(Line("a", f"fingerprint:{opts.fingerprint}"))
     if media.ptime:
         out.lines.append(Line("a", f"ptime:{media.ptime}"))
+    if media.ice_ufrag:
+        out.lines.extend(_ice_lines(media, opts))
+    elif desc.has_attribute("end-of-candidates"):
+        out.lines.append(Line("a", "end-of-candidates"))  # rtpengine keeps this one stray line
     return out
+
+
+def _ice_lines(media: Media, opts: RewriteOptions) -> list[Line]:
+    """Our credentials and a host candidate per local address (RFC 8839 §5.1)."""
+    lines = [Line("a", f"ice-ufrag:{media.ice_ufrag}"), Line("a", f"ice-pwd:{media.ice_pwd}")]
+    trickle = opts.answer and media.peer_trickle
+    if trickle:
+        lines.append(Line("a", "ice-options:trickle"))
+    assert media.local is not None
+    addresses = [(media.local, media.port), *media.ice_ports]
+    components = [1] if media.rtcp_port == media.port else [1, 2]
+    for component in components:
+        for index, (local, port) in enumerate(addresses):
+            foundation = opts.foundations.get(local.local, "0")
+            priority = candidate_priority(index, component)
+            lines.append(
+                Line(
+                    "a",
+                    f"candidate:{foundation} {component} UDP {priority} "
+                    f"{local.advertised} {port + component - 1} typ host",
+                )
+            )
+    if trickle:
+        lines.append(Line("a", "end-of-candidates"))
+    return lines

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from relayd.certificate import create
 from relayd.ng import bencode
 from relayd.ng.client import NgClient
 from tests.support.relayd import REPO, running_relayd
@@ -36,15 +37,30 @@ def _relayctl(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _guide_config(tmp_path: Path) -> Path:
+    """The guide's file as it is, its certificate paths pointed at a test certificate."""
+    certificate = create("relayd test")
+    cert, key = tmp_path / "rtpengine.pem", tmp_path / "rtpengine.key"
+    cert.write_text(certificate.pem)
+    key.write_text(certificate.key_pem)
+    text = GUIDE_CONF.read_text()
+    text = text.replace("/etc/ssl/certs/rtpengine.pem", str(cert))
+    text = text.replace("/etc/ssl/private/rtpengine.key", str(key))
+    assert str(cert) in text and str(key) in text
+    conf = tmp_path / "rtpengine.conf"
+    conf.write_text(text)
+    return conf
+
+
 def test_deployment_guide_config_starts_and_serves(tmp_path: Path) -> None:
-    # the guide's file as it is; only the ng ports are moved off 2223 for the test
+    # only the ng ports are moved off 2223 for the test (command line overrides the file)
     with running_relayd(
         tmp_path,
         ng_port=NG_PORT,
         port_min=42000,
         port_max=42099,
         interface=(),
-        config_file=GUIDE_CONF,
+        config_file=_guide_config(tmp_path),
         extra=["--listen-tcp-ng", f"127.0.0.1:{NG_PORT}"],
     ) as daemon:
         with NgClient(("127.0.0.1", NG_PORT), tcp=True) as tcp:
@@ -54,7 +70,7 @@ def test_deployment_guide_config_starts_and_serves(tmp_path: Path) -> None:
             assert tcp.call("query", call_id="nope")["error-reason"] == "Unknown call-id"
         log = daemon.log()
     assert "config.unimplemented" in log
-    for key in ("homer-ng", "prometheus-listen", "tls-certificate", "recording-method"):
+    for key in ("homer-ng", "prometheus-listen", "recording-method"):
         assert key in log
     assert "interfaces=['eth0/203.0.113.10!203.0.113.10']" in log
 

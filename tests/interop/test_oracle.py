@@ -53,34 +53,6 @@ from tests.support.rtpengine import (
 CASES = load_cases()
 CASE_IDS = [case.name for case in CASES]
 
-# Cases whose SDP needs relayd to terminate SRTP/DTLS or act as an ICE agent: the
-# WebRTC-bridging issue (#5). Strict, so each one flips to a failure once it passes.
-NEEDS_WEBRTC = frozenset(
-    {
-        "ice_remove_chrome_to_sip",
-        "ice_default_chrome",
-        "ice_force_chrome",
-        "ice_force_sip_to_webrtc",
-        "firefox_to_sip",
-        "linphone_ice_default",
-        "sdes_passthrough",
-        "sdes_to_rtp",
-        "rtp_to_sdes",
-        "sdes_off",
-        "savpf_to_avp",
-    }
-)
-RELAYD_CASES = [
-    pytest.param(
-        case,
-        id=case.name,
-        marks=[pytest.mark.xfail(strict=True, reason="SRTP/DTLS/ICE: issue 5")]
-        if case.name in NEEDS_WEBRTC
-        else [],
-    )
-    for case in CASES
-]
-
 Runner = Callable[[Case], list[StepResult]]
 
 
@@ -206,7 +178,7 @@ def _structure(results: list[StepResult], port_range: tuple[int, int]) -> list[s
 
 
 @pytest.mark.interop
-@pytest.mark.parametrize("case", RELAYD_CASES)
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_relayd_matches_rtpengine(case: Case, oracle: Runner, relayd: RelaydProcess) -> None:
     expected = oracle(case)
     actual = _replay(case, relayd, timeout=1.0)
