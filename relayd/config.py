@@ -72,6 +72,7 @@ KEYS: dict[str, KeyInfo] = {
     "table": KeyInfo("int", _S),
     "sip-source": KeyInfo("bool", _S),
     "state-dir": KeyInfo("str", _S),
+    "worker-socket": KeyInfo("str", _S),
     "dtls-passive": KeyInfo("bool", _S),
     "tls-certificate": KeyInfo("str", _S),
     "tls-private-key": KeyInfo("str", _S),
@@ -295,6 +296,7 @@ class Config:
     dtls_passive: bool = False
     tls_certificate: str = ""
     tls_private_key: str = ""
+    worker_socket: str = ""  # workers are systemd units connecting here ("" = spawn them)
     num_threads: int = 0
     source: str = "defaults"
     values: dict[str, Any] = field(default_factory=dict)  # every key given, as parsed
@@ -468,6 +470,7 @@ def _to_config(values: dict[str, Any], raw: dict[str, Any], source: str) -> Conf
         "dtls-passive",
         "tls-certificate",
         "tls-private-key",
+        "worker-socket",
         "num-threads",
     )
     for key in simple:

@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from relayd import ipc
 from relayd.forwarding import LearningPolicy, media_key, plan, socket_key
@@ -116,6 +117,8 @@ class MediaPlane:
         self.reported: dict[str, tuple[int, int, int]] = {}  # socket key -> worker counters
         # per worker: the forwards it must hold, re-sent after a restart
         self.forwards: dict[int, dict[str, ipc.Forward]] = {}
+        self.worker_socket = ""
+        self._listener: socket.socket | None = None
         self._closing = False
 
     # -- placement ------------------------------------------------------------------------
@@ -125,9 +128,64 @@ class MediaPlane:
 
     # -- worker processes -----------------------------------------------------------------
 
-    def start(self) -> None:
-        for worker in self.workers:
-            self._spawn(worker)
+    def start(self, worker_socket: str = "") -> None:
+        """Spawn the workers, or with ``worker_socket`` wait for them to connect there
+        (workers run as systemd units, ``relay-worker@N.service``)."""
+        self.worker_socket = worker_socket
+        if not worker_socket:
+            for worker in self.workers:
+                self._spawn(worker)
+            return
+        path = Path(worker_socket)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        listener.bind(str(path))
+        os.chmod(path, 0o660)
+        listener.listen(len(self.workers) * 2)
+        listener.setblocking(False)
+        self._listener = listener
+        asyncio.get_running_loop().add_reader(listener.fileno(), self._accept)
+        log.info("worker.waiting", socket=str(path), workers=len(self.workers))
+
+    def _accept(self) -> None:
+        """A relay-worker unit connected: its first message says which worker it is."""
+        if self._listener is None:
+            return
+        try:
+            link, _ = self._listener.accept()
+        except BlockingIOError:
+            return
+        link.settimeout(2.0)
+        try:
+            hello = ipc.decode(link.recv(1 << 16))
+        except (OSError, ipc.IpcError):
+            link.close()
+            return
+        if not isinstance(hello, ipc.Hello) or not 0 <= hello.worker < len(self.workers):
+            log.warning("worker.rejected", message=type(hello).__name__)
+            link.close()
+            return
+        worker = self.workers[hello.worker]
+        loop = asyncio.get_running_loop()
+        if worker.link is not None:
+            # a replacement (upgrade, restart): the new process takes over the sockets
+            loop.remove_reader(worker.link.fileno())
+            worker.link.close()
+        for sock in (link,):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _LINK_BUFFER)
+        worker.link, worker.pid, worker.proc, worker.sent = link, hello.pid, None, set()
+        self._configure(worker)
+        loop.add_reader(link.fileno(), self._readable, worker)
+        log.info("worker.connected", worker=worker.index, pid=worker.pid)
+        self.resend(worker)
+
+    def _configure(self, worker: WorkerProcess) -> None:
+        pem, key = self.certificate
+        self._send(
+            worker, ipc.Configure(worker.index, tos=self.tos, certificate=pem, private_key=key)
+        )
 
     def _spawn(self, worker: WorkerProcess) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -153,10 +211,7 @@ class MediaPlane:
         worker.link = parent
         worker.sent = set()
         parent.settimeout(2.0)
-        pem, key = self.certificate
-        self._send(
-            worker, ipc.Configure(worker.index, tos=self.tos, certificate=pem, private_key=key)
-        )
+        self._configure(worker)
         asyncio.get_running_loop().add_reader(parent.fileno(), self._readable, worker)
         log.info("worker.spawned", worker=worker.index, pid=worker.pid, cpu=worker.cpu)
 
@@ -203,6 +258,8 @@ class MediaPlane:
         log.error(
             "worker.died", worker=worker.index, pid=worker.pid, code=code, medias=len(worker.medias)
         )
+        if self.worker_socket:
+            return  # systemd restarts the unit; it connects again and gets its sockets back
         self._spawn(worker)
         self.resend(worker)
 
@@ -319,6 +376,10 @@ class MediaPlane:
     async def stop(self) -> None:
         self._closing = True
         loop = asyncio.get_running_loop()
+        if self._listener is not None:
+            loop.remove_reader(self._listener.fileno())
+            self._listener.close()
+            self._listener = None
         for worker in self.workers:
             if worker.link is not None:
                 self._send(worker, ipc.Shutdown())

@@ -144,14 +144,10 @@ class Supervisor:
 
     async def run(self) -> None:
         restored = self._restore()
-        self.media.start()
-        if self.kernel is not None and self.kernel.start() and restored:
-            adopted = self.kernel.adopt({c.call_id: kernel_legs(c) for c in restored})
-            for call in restored:
-                sockets = adopted.get(call.call_id, set())
-                self._mark_kernelized(call, sockets)
-                if sockets:
-                    self._kernel_calls.add(call.call_id)
+        self.media.start(self.config.worker_socket)
+        if self.kernel is not None:
+            self.kernel.start()
+        self._adopt(restored)
         for call in restored:
             self.media.sync(call)
         service = NgService(self.dispatch)
@@ -239,6 +235,24 @@ class Supervisor:
 
     # -- kernel path ------------------------------------------------------------------------
 
+    def _adopt(self, calls: list[Call]) -> list[Call]:
+        """Make the table hold exactly these calls' kernel legs, keeping forwards that are
+        already right (their media never stopped) and removing any other: a previous run's
+        or those of calls that ended while nftables failed. With the kernel path off, every
+        stream is in userspace. Returns the calls whose streams changed hands."""
+        adopted: dict[str, set[str]] = {}
+        if self.kernel is not None and self.kernel.enabled:
+            # also with no call at all: whatever the table holds is stale then
+            adopted = self.kernel.adopt({c.call_id: kernel_legs(c) for c in calls})
+        self._kernel_calls = {call_id for call_id, sockets in adopted.items() if sockets}
+        changed = []
+        for call in calls:
+            if self._mark_kernelized(call, adopted.get(call.call_id, set())):
+                changed.append(call)
+                if self.journal is not None:
+                    self.journal.save(call)
+        return changed
+
     def _stats_reported(self, stats: ipc.Stats, changed: set[str]) -> None:
         for call_id in changed:
             call = self.commands.calls.get(call_id)
@@ -295,8 +309,8 @@ class Supervisor:
         if self.kernel is None:
             return
         if self.kernel.retry_due() and self.kernel.start():
-            for call in list(self.commands.calls.values()):
-                self._offload(call)
+            for call in self._adopt(list(self.commands.calls.values())):
+                self.media.sync(call)
         now = time.time()
         for key, count in self.kernel.deltas().items():
             found = self.media.streams.get(key)
