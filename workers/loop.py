@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from relayd import ipc
 from relayd.log import get_logger
+from workers.secure import SecurePath, SecureSocket
 from workers.session import Leg, Verdict, parse_endpoint
 
 __all__ = ["Worker"]
@@ -41,6 +42,10 @@ class MediaSocket:
     out: MediaSocket | None = None
     out_rtcp: MediaSocket | None = None
     media: str = ""
+    secure: SecureSocket | None = None  # SRTP / DTLS / ICE state of this socket
+    # this socket's packets take the crypto branch (workers/secure.py): it, or a socket
+    # it forwards to, has crypto; decided when a Forward is applied, not per packet
+    crypto: bool = False
 
 
 class Worker:
@@ -53,6 +58,7 @@ class Worker:
         self.by_fd: dict[int, MediaSocket] = {}
         self.by_key: dict[str, MediaSocket] = {}
         self.medias: dict[str, set[str]] = {}
+        self.secure = SecurePath(index, _RECV_SIZE, _BATCH)
         self.running = True
         link.setblocking(False)
         self.epoll.register(link.fileno(), select.EPOLLIN)
@@ -92,6 +98,7 @@ class Worker:
         elif isinstance(message, ipc.Configure):
             self.tos = message.tos
             self.stats_interval = message.stats_interval
+            self.secure.set_certificate(message.certificate, message.private_key)
         elif isinstance(message, ipc.Shutdown):
             self.running = False
 
@@ -127,16 +134,26 @@ class Worker:
                 learned = parse_endpoint(spec.learned) if fresh else None
                 if learned is not None:
                     leg.endpoint, leg.confirmed = learned, True
+            self.secure.configure(current, spec)
         stale = keys - {spec.key for spec in message.sockets}
         for key in stale:
             keys.discard(key)
             if (gone := self.by_key.get(key)) is not None:
                 self._close(gone)
+        touched: list[MediaSocket] = []
         for spec in message.sockets:
             current = self.by_key.get(spec.key)
             if current is not None:
                 current.out = self.by_key.get(spec.out)
                 current.out_rtcp = self.by_key.get(spec.out_rtcp)
+                touched.append(current)
+        now = time.monotonic()
+        for current in touched:
+            current.crypto = any(
+                ms is not None and ms.secure is not None
+                for ms in (current, current.out, current.out_rtcp)
+            )
+            self.secure.start(current, now)
         for index, fd in enumerate(fds):
             if index not in used:
                 os.close(fd)
@@ -155,6 +172,7 @@ class Worker:
         return media_socket
 
     def _close(self, media_socket: MediaSocket) -> None:
+        self.secure.forget(media_socket)
         fd = media_socket.sock.fileno()
         self.by_fd.pop(fd, None)
         self.by_key.pop(media_socket.leg.key, None)
@@ -179,10 +197,14 @@ class Worker:
         changed: list[ipc.SocketStats] = []
         for ms in self.by_key.values():
             leg = ms.leg
+            sec = ms.secure
+            crypto = (sec.dtls_state, sec.ice_state) if sec is not None else ("", "")
             state = (leg.packets, leg.errors, leg.confirmed)
-            if state == leg.reported:
+            if state == leg.reported and (sec is None or crypto == sec.reported):
                 continue
             leg.reported = state
+            if sec is not None:
+                sec.reported = crypto
             endpoint = f"{leg.endpoint[0]} {leg.endpoint[1]}" if leg.endpoint else ""
             changed.append(
                 ipc.SocketStats(
@@ -194,6 +216,7 @@ class Worker:
                     endpoint,
                     leg.confirmed,
                     leg.ssrc,
+                    *crypto,
                 )
             )
         cpu = time.process_time()
@@ -209,8 +232,14 @@ class Worker:
         monotonic = time.monotonic
         next_report = monotonic() + self.stats_interval
         forward = Verdict.FORWARD
+        secure = self.secure
+        drain_secure = secure.drain
+        timers = secure.timers
         while self.running:
-            events = poll(max(next_report - monotonic(), 0.0))
+            deadline = next_report
+            if timers:
+                deadline = min(deadline, secure.next_deadline())
+            events = poll(max(deadline - monotonic(), 0.0))
             now = monotonic()
             for fd, _mask in events:
                 if fd == link_fd:
@@ -218,6 +247,9 @@ class Worker:
                     continue
                 ms = by_fd.get(fd)
                 if ms is None:
+                    continue
+                if ms.crypto:
+                    drain_secure(ms, now)
                     continue
                 recvfrom = ms.sock.recvfrom
                 leg = ms.leg
@@ -245,6 +277,8 @@ class Worker:
                         out.sock.sendto(data, target)
                     except OSError:
                         out.leg.errors += 1
+            if timers:
+                secure.fire(now)
             if now >= next_report:
                 self.report(now)
                 next_report = now + self.stats_interval

@@ -58,6 +58,36 @@ MESSAGES: list[Message] = [
         extra={"dropped": 3, "why": ["no endpoint"]},
     ),
     Stats(worker=0),
+    # WebRTC bridging: crypto fields of a socket, the DTLS certificate, DTLS/ICE state
+    Configure(
+        worker=1,
+        certificate="-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        private_key="-----BEGIN PRIVATE KEY-----\nMIGH\n-----END PRIVATE KEY-----\n",
+    ),
+    Forward(
+        "c1@example.org 2",
+        (
+            SocketSpec(
+                "203.0.113.1 30004",
+                fd_index=0,
+                out="203.0.113.1 30006",
+                srtp_in="AES_CM_128_HMAC_SHA1_80 inline:d0RmdmcmVCspeEc3QGZiNWpVLFJhQX1cfHAwJSoj",
+                srtp_out="AEAD_AES_128_GCM inline:MTIzNDU2Nzg5MDEyMzQ1Njc4OTAxMjM0",
+                dtls="passive",
+                dtls_fingerprint="sha-256 " + ":".join(["AB"] * 32),
+                ice_ufrag="Abcd1234",
+                ice_pwd="0123456789abcdefghijklmn",
+                ice_remote_ufrag="xyZ9",
+            ),
+        ),
+    ),
+    Stats(
+        worker=2,
+        sockets=(
+            SocketStats("203.0.113.1 30004", 3, 300, 2, 5.0, dtls="connected", ice="nominated"),
+            SocketStats("203.0.113.1 30006", 0, 0, 1, 0.0, dtls="failed: fingerprint mismatch"),
+        ),
+    ),
 ]
 
 
@@ -113,6 +143,22 @@ def test_wire_form_is_compact_json_with_a_type() -> None:
 def test_garbage_is_an_ipc_error(data: bytes) -> None:
     with pytest.raises(IpcError):
         decode(data)
+
+
+def test_messages_without_the_crypto_fields_decode_to_plain_defaults() -> None:
+    configure = decode(b'{"type":"Configure","worker":1}')
+    assert configure == Configure(1, certificate="", private_key="")
+    forward = decode(b'{"type":"Forward","media":"m","sockets":[{"key":"192.0.2.1 30000"}]}')
+    assert isinstance(forward, Forward)
+    spec = forward.sockets[0]
+    assert (spec.srtp_in, spec.srtp_out, spec.dtls, spec.dtls_fingerprint) == ("", "", "", "")
+    assert (spec.ice_ufrag, spec.ice_pwd, spec.ice_remote_ufrag) == ("", "", "")
+    stats = decode(
+        b'{"type":"Stats","worker":0,"sockets":[{"key":"k","packets":1,'
+        b'"bytes":2,"errors":0,"last_packet":1.5}]}'
+    )
+    assert isinstance(stats, Stats)
+    assert (stats.sockets[0].dtls, stats.sockets[0].ice) == ("", "")
 
 
 def test_oversized_message_is_refused() -> None:

@@ -1,0 +1,258 @@
+"""STUN (RFC 5389) as an ICE-lite agent needs it: parse, check, answer Binding requests.
+
+Rules of the responder (RFC 8445 §2.5, §7.3; RFC 5389 §10.1.2):
+
+* relayd is always the lite, controlled agent: it never sends checks, it only
+  answers them, from the socket the check arrived on.
+* A Binding request is answered only if USERNAME is ``<our ufrag>:<anything>``,
+  MESSAGE-INTEGRITY verifies with our password, and FINGERPRINT is present and
+  right. Anything else is dropped without a reply and counted as an error:
+  error responses would only help a prober.
+* The answer is a Binding success with XOR-MAPPED-ADDRESS (the check's source),
+  MESSAGE-INTEGRITY (our password) and FINGERPRINT.
+* A valid check carrying USE-CANDIDATE nominates its source: the party's
+  endpoint is latched there (the latest nomination wins, which is how a peer
+  moves to another candidate pair). Binding indications (keep-alives) and
+  responses are ignored, not counted.
+"""
+
+from __future__ import annotations
+
+import binascii
+import hashlib
+import hmac
+import ipaddress
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+__all__ = [
+    "COOKIE",
+    "Answer",
+    "Attr",
+    "IceLiteResponder",
+    "MessageType",
+    "StunError",
+    "StunMessage",
+    "encode",
+    "integrity",
+    "parse",
+]
+
+Address = tuple[str, int]
+
+COOKIE = 0x2112A442
+_HEADER = struct.Struct("!HHI12s")
+_ATTR = struct.Struct("!HH")
+_FINGERPRINT_XOR = 0x5354554E
+_INTEGRITY_SIZE = 24  # attribute header + HMAC-SHA1
+_FINGERPRINT_SIZE = 8
+
+
+class StunError(ValueError):
+    """Bytes that are not a well-formed STUN message."""
+
+
+class MessageType(IntEnum):
+    BINDING_REQUEST = 0x0001
+    BINDING_INDICATION = 0x0011
+    BINDING_SUCCESS = 0x0101
+    BINDING_ERROR = 0x0111
+
+
+class Attr(IntEnum):
+    MAPPED_ADDRESS = 0x0001
+    USERNAME = 0x0006
+    MESSAGE_INTEGRITY = 0x0008
+    ERROR_CODE = 0x0009
+    XOR_MAPPED_ADDRESS = 0x0020
+    PRIORITY = 0x0024
+    USE_CANDIDATE = 0x0025
+    SOFTWARE = 0x8022
+    FINGERPRINT = 0x8028
+    ICE_CONTROLLED = 0x8029
+    ICE_CONTROLLING = 0x802A
+
+
+@dataclass(frozen=True, slots=True)
+class StunMessage:
+    message_type: int
+    transaction_id: bytes
+    attributes: tuple[tuple[int, bytes], ...]
+    raw: bytes
+    integrity_at: int = -1  # offset of MESSAGE-INTEGRITY in raw, -1: absent
+    fingerprint: bool = False  # FINGERPRINT present (and checked by parse)
+
+    def get(self, attr: int) -> bytes | None:
+        for kind, value in self.attributes:
+            if kind == attr:
+                return value
+        return None
+
+    def check_integrity(self, key: bytes) -> bool:
+        """MESSAGE-INTEGRITY (RFC 5389 §15.4) with the short-term ``key``."""
+        at = self.integrity_at
+        if at < 0:
+            return False
+        expected = integrity(self.raw[:at], key)
+        return hmac.compare_digest(expected, self.raw[at + 4 : at + _INTEGRITY_SIZE])
+
+
+def _fingerprint(data: bytes) -> int:
+    return binascii.crc32(data) ^ _FINGERPRINT_XOR
+
+
+def integrity(prefix: bytes, key: bytes) -> bytes:
+    """HMAC-SHA1 over ``prefix`` (the message before MESSAGE-INTEGRITY), with the
+    header's length as if the message ended right after MESSAGE-INTEGRITY."""
+    length = len(prefix) - _HEADER.size + _INTEGRITY_SIZE
+    data = prefix[:2] + length.to_bytes(2, "big") + prefix[4:]
+    return hmac.new(key, data, hashlib.sha1).digest()
+
+
+def parse(data: bytes) -> StunMessage:
+    """Parse and frame-check one message; a wrong FINGERPRINT is a StunError."""
+    if len(data) < _HEADER.size:
+        raise StunError("shorter than a STUN header")
+    message_type, length, cookie, transaction_id = _HEADER.unpack_from(data)
+    if message_type & 0xC000 or cookie != COOKIE:
+        raise StunError("not a STUN message")
+    if length % 4 or len(data) != _HEADER.size + length:
+        raise StunError("STUN length does not match")
+    attributes: list[tuple[int, bytes]] = []
+    integrity_at = -1
+    fingerprint = False
+    pos = _HEADER.size
+    while pos < len(data):
+        if fingerprint:
+            raise StunError("attribute after FINGERPRINT")
+        if pos + 4 > len(data):
+            raise StunError("truncated attribute header")
+        kind, size = _ATTR.unpack_from(data, pos)
+        end = pos + 4 + size
+        if end > len(data):
+            raise StunError("truncated attribute")
+        value = data[pos + 4 : end]
+        if kind == Attr.FINGERPRINT:
+            if size != 4 or int.from_bytes(value, "big") != _fingerprint(data[:pos]):
+                raise StunError("bad FINGERPRINT")
+            fingerprint = True
+        elif integrity_at >= 0:
+            # only FINGERPRINT counts after MESSAGE-INTEGRITY (RFC 5389 §15.4): the rest
+            # is not authenticated, so it is not believed
+            pos = end + (-size % 4)
+            continue
+        elif kind == Attr.MESSAGE_INTEGRITY:
+            if size != 20:
+                raise StunError("bad MESSAGE-INTEGRITY length")
+            integrity_at = pos
+        attributes.append((kind, value))
+        pos = end + (-size % 4)
+    return StunMessage(
+        message_type, transaction_id, tuple(attributes), data, integrity_at, fingerprint
+    )
+
+
+def encode(
+    message_type: int,
+    transaction_id: bytes,
+    attributes: list[tuple[int, bytes]],
+    *,
+    key: bytes | None = None,
+    fingerprint: bool = True,
+    padding: bytes = b"\x00",
+) -> bytes:
+    """A message with ``attributes``, then MESSAGE-INTEGRITY (if ``key``) and FINGERPRINT."""
+    body = bytearray()
+    for kind, value in attributes:
+        body += _ATTR.pack(kind, len(value)) + value + padding * (-len(value) % 4)
+    data = _HEADER.pack(message_type, len(body), COOKIE, transaction_id) + bytes(body)
+    if key is not None:
+        mac = integrity(data, key)
+        data = _with_attribute(data, Attr.MESSAGE_INTEGRITY, mac)
+    if fingerprint:
+        length = len(data) - _HEADER.size + _FINGERPRINT_SIZE
+        crc = _fingerprint(data[:2] + length.to_bytes(2, "big") + data[4:])
+        data = _with_attribute(data, Attr.FINGERPRINT, crc.to_bytes(4, "big"))
+    return data
+
+
+def _with_attribute(data: bytes, kind: int, value: bytes) -> bytes:
+    length = len(data) - _HEADER.size + 4 + len(value)
+    return data[:2] + length.to_bytes(2, "big") + data[4:] + _ATTR.pack(kind, len(value)) + value
+
+
+def xor_address(address: Address, transaction_id: bytes) -> bytes:
+    """XOR-MAPPED-ADDRESS value (RFC 5389 §15.2)."""
+    ip = ipaddress.ip_address(address[0])
+    port = address[1] ^ (COOKIE >> 16)
+    mask = COOKIE.to_bytes(4, "big") + (transaction_id if ip.version == 6 else b"")
+    packed = bytes(a ^ b for a, b in zip(ip.packed, mask, strict=False))
+    return struct.pack("!BBH", 0, 1 if ip.version == 4 else 2, port) + packed
+
+
+def unxor_address(value: bytes, transaction_id: bytes) -> Address:
+    if len(value) not in (8, 20) or value[1] not in (1, 2):
+        raise StunError("bad XOR-MAPPED-ADDRESS")
+    port = int.from_bytes(value[2:4], "big") ^ (COOKIE >> 16)
+    mask = COOKIE.to_bytes(4, "big") + transaction_id
+    packed = bytes(a ^ b for a, b in zip(value[4:], mask, strict=False))
+    return str(ipaddress.ip_address(packed)), port
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What to do with one STUN datagram: ``reply`` goes back to its source."""
+
+    reply: bytes | None = None
+    nominated: bool = False  # latch the party's endpoint to the check's source
+    error: str = ""  # why it was dropped (counted as an error); "" when not
+
+
+_IGNORE = Answer()
+
+
+class IceLiteResponder:
+    """The ICE-lite side of one socket: our credentials, the party's ufrag, the nomination."""
+
+    __slots__ = ("_key", "_prefix", "checks", "nominated", "remote_ufrag", "ufrag")
+
+    def __init__(self, ufrag: str, pwd: str, remote_ufrag: str = "") -> None:
+        self.ufrag = ufrag
+        self.remote_ufrag = remote_ufrag
+        self._key = pwd.encode()  # short-term credential: the password itself (RFC 5389 §15.4)
+        self._prefix = f"{ufrag}:".encode()
+        self.checks = 0  # valid checks answered
+        self.nominated: Address | None = None
+
+    @property
+    def state(self) -> str:
+        return "nominated" if self.nominated is not None else "checking"
+
+    def handle(self, data: bytes, source: Address) -> Answer:
+        try:
+            message = parse(data)
+        except StunError as exc:
+            return Answer(error=str(exc))
+        if message.message_type & 0x0110:
+            return _IGNORE  # indications (keep-alives) and responses: nothing to answer
+        if message.message_type != MessageType.BINDING_REQUEST:
+            return Answer(error=f"unexpected STUN request {message.message_type:#06x}")
+        username = message.get(Attr.USERNAME)
+        if username is None or not username.startswith(self._prefix):
+            return Answer(error="ICE check with a wrong username")
+        if not message.check_integrity(self._key):
+            return Answer(error="ICE check with bad MESSAGE-INTEGRITY")
+        if not message.fingerprint:
+            return Answer(error="ICE check without FINGERPRINT")
+        self.checks += 1
+        reply = encode(
+            MessageType.BINDING_SUCCESS,
+            message.transaction_id,
+            [(Attr.XOR_MAPPED_ADDRESS, xor_address(source, message.transaction_id))],
+            key=self._key,
+        )
+        nominated = message.get(Attr.USE_CANDIDATE) is not None
+        if nominated:
+            self.nominated = source
+        return Answer(reply, nominated)
