@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from relayd.ipc import Forward, SocketSpec
 from relayd.model import Call, Endpoint, Media, Monologue
@@ -105,7 +106,7 @@ def _specs(
     own_rtcp = socket_key(own.local.local, own.port + 1)
     other_rtp = socket_key(other.local.local, other.port)
     other_rtcp = other_rtp if _muxes(other) else socket_key(other.local.local, other.port + 1)
-    common = {
+    common: dict[str, Any] = {
         **_security(own),
         "learning": learn.mode,
         "learn_after": learn.learn_after,
@@ -113,6 +114,20 @@ def _specs(
         "strict": party.strict_source,
         "handover": party.media_handover,
     }
+    aliases = []
+    for local, port in own.ice_ports:
+        # the party's candidates on our other addresses forward like the primary sockets
+        rtp, rtcp = socket_key(local.local, port), socket_key(local.local, port + 1)
+        aliases.append(
+            SocketSpec(
+                rtp,
+                out=other_rtp,
+                out_rtcp=other_rtcp if _muxes(own) else "",
+                alias_of=own_rtp,
+                **common,
+            )
+        )
+        aliases.append(SocketSpec(rtcp, out=other_rtcp, rtcp=True, alias_of=own_rtcp, **common))
     rtcp_expect = own.remote_rtp if _muxes(own) else own.remote_rtcp
     learned = [_endpoint(s.endpoint) if s.confirmed else "" for s in own.streams[:2]]
     learned += [""] * (2 - len(learned))
@@ -125,7 +140,7 @@ def _specs(
             expect=_endpoint(own.remote_rtp),
             learned=learned[0],
             kernel=kernel[0],
-            **common,  # type: ignore[arg-type]
+            **common,
         ),
         SocketSpec(
             own_rtcp,
@@ -134,8 +149,9 @@ def _specs(
             rtcp=True,
             learned=learned[1],
             kernel=kernel[1],
-            **common,  # type: ignore[arg-type]
+            **common,
         ),
+        *aliases,
     ]
 
 

@@ -86,6 +86,10 @@ class SocketSpec:
     ice_ufrag: str = ""
     ice_pwd: str = ""
     ice_remote_ufrag: str = ""
+    # an extra ICE candidate of the same party and component on another local address:
+    # it forwards like the socket it names, and once the party uses it (a nominated
+    # check), what goes to the party leaves from it
+    alias_of: str = ""
 
 
 @dataclass(frozen=True, slots=True)

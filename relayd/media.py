@@ -302,7 +302,9 @@ class MediaPlane:
                     dropped = self.binder.discard_queued(spec.key)
                     if dropped:
                         log.debug("media.dropped_early", socket=spec.key, packets=dropped)
-                self.streams[spec.key] = (call.call_id, _find_stream(call, spec.key))
+                # an ICE alias counts into its primary socket's stream
+                stream = _find_stream(call, spec.alias_of or spec.key)
+                self.streams[spec.key] = (call.call_id, stream)
             self._send_forward(worker, forward)
 
     def drop(self, call: Call) -> None:

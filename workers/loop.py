@@ -46,6 +46,10 @@ class MediaSocket:
     # this socket's packets take the crypto branch (workers/secure.py): it, or a socket
     # it forwards to, has crypto; decided when a Forward is applied, not per packet
     crypto: bool = False
+    # ICE candidates on several local addresses: an alias names its primary socket;
+    # the primary's ``active`` is the alias the party nominated (None: the primary)
+    primary: MediaSocket | None = None
+    active: MediaSocket | None = None
 
 
 class Worker:
@@ -146,6 +150,7 @@ class Worker:
             if current is not None:
                 current.out = self.by_key.get(spec.out)
                 current.out_rtcp = self.by_key.get(spec.out_rtcp)
+                current.primary = self.by_key.get(spec.alias_of) if spec.alias_of else None
                 touched.append(current)
         now = time.monotonic()
         for current in touched:
@@ -180,6 +185,8 @@ class Worker:
             self.epoll.unregister(fd)
         media_socket.sock.close()
         for other in self.by_key.values():
+            if other.active is media_socket:
+                other.active = None
             if other.out is media_socket:
                 other.out = None
             if other.out_rtcp is media_socket:

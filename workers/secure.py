@@ -293,6 +293,8 @@ class SecurePath:
             if sec is not None and sec.dtls is not None and not sec.dtls.started:
                 self.start(ms, now)
             out = ms.out_rtcp if rtcp and ms.out_rtcp is not None else ms.out
+            if out is not None and out.active is not None:
+                out = out.active  # the candidate the party nominated
             if not rtcp and leg.ssrc < 0 and n >= 12:
                 leg.ssrc = int.from_bytes(view[8:12], "big")
             if out is None or (target := out.leg.endpoint) is None:
@@ -329,6 +331,10 @@ class SecurePath:
                 return
             if answer.reply is not None:
                 _send(ms.sock, answer.reply, source, leg)
+            if answer.nominated and ms.primary is not None:
+                ms.primary.active = ms  # media to the party now leaves from this candidate
+            elif answer.nominated:
+                ms.active = None
             if answer.nominated and (leg.endpoint != source or not leg.confirmed):
                 leg.endpoint, leg.confirmed = source, True
                 log.info("ice.nominated", worker=self.worker, key=leg.key, endpoint=source)
