@@ -129,7 +129,13 @@ def _specs(
         )
         aliases.append(SocketSpec(rtcp, out=other_rtcp, rtcp=True, alias_of=own_rtcp, **common))
     rtcp_expect = own.remote_rtp if _muxes(own) else own.remote_rtcp
-    learned = [_endpoint(s.endpoint) if s.confirmed else "" for s in own.streams[:2]]
+    # an endpoint confirmed on an ICE candidate of the other family is no use to this socket
+    learned = [
+        _endpoint(s.endpoint)
+        if s.confirmed and s.endpoint and s.endpoint.family == s.local.family
+        else ""
+        for s in own.streams[:2]
+    ]
     learned += [""] * (2 - len(learned))
     kernel = [s.kernelized for s in own.streams[:2]] + [False] * (2 - len(own.streams[:2]))
     return [

@@ -19,7 +19,7 @@ Rules:
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 __all__ = [
@@ -154,8 +154,28 @@ _TYPES: dict[str, type[Any]] = {
 }
 
 
+def _defaults(cls: type[Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple((f.name, f.default if f.default is not MISSING else MISSING) for f in fields(cls))
+
+
+_FIELDS: dict[type[Any], tuple[tuple[str, Any], ...]] = {
+    cls: _defaults(cls) for cls in (*_TYPES.values(), SocketSpec, SocketStats)
+}
+
+
+def _compact(value: Any) -> dict[str, Any]:
+    """The fields that differ from their defaults: a forward's sockets carry mostly
+    empty crypto and ICE fields, so this keeps messages small and cheap to build."""
+    body = {}
+    for name, default in _FIELDS[type(value)]:
+        item = getattr(value, name)
+        if item != default:
+            body[name] = [_compact(v) for v in item] if isinstance(item, tuple) else item
+    return body
+
+
 def encode(message: Message) -> bytes:
-    body = asdict(message)
+    body = _compact(message)
     body["type"] = type(message).__name__
     return json.dumps(body, separators=(",", ":")).encode()
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from relayd import ipc
-from relayd.forwarding import LearningPolicy, media_key, plan, socket_key
+from relayd.forwarding import LearningPolicy, plan, socket_key
 from relayd.log import get_logger
 from relayd.model import Call, Endpoint, Stream
 
@@ -111,10 +111,14 @@ class MediaPlane:
         cpus = sorted(os.sched_getaffinity(0))
         self.workers = [WorkerProcess(i, cpus[i % len(cpus)]) for i in range(max(workers, 1))]
         self.streams: dict[str, tuple[str, Stream]] = {}  # socket key -> (call-id, stream)
-        self.learn_after: dict[tuple[str, str], LearningPolicy] = {}
+        self.learn_after: dict[str, dict[str, LearningPolicy]] = {}  # call-id -> tag -> policy
+        self.call_medias: dict[str, set[str]] = {}  # call-id -> media keys placed on workers
         # called after each stats report with the call-ids whose confirmations changed
         self.on_stats: Callable[[ipc.Stats, set[str]], None] | None = None
         self.reported: dict[str, tuple[int, int, int]] = {}  # socket key -> worker counters
+        # stream's own socket key -> the socket whose confirmed endpoint the stream shows
+        # (an ICE candidate on another local address, once the party nominated it)
+        self.holders: dict[str, str] = {}
         # per worker: the forwards it must hold, re-sent after a restart
         self.forwards: dict[int, dict[str, ipc.Forward]] = {}
         self.worker_socket = ""
@@ -276,10 +280,10 @@ class MediaPlane:
         mode = learning or self.learning
         after = time.monotonic() + (3.0 if mode in ("delayed", "heuristic") else 0.0)
         for tag in tags:
-            self.learn_after[(call.call_id, tag)] = LearningPolicy(mode, after)
+            self.learn_after.setdefault(call.call_id, {})[tag] = LearningPolicy(mode, after)
 
     def sync(self, call: Call) -> None:
-        policy = {tag: pol for (cid, tag), pol in self.learn_after.items() if cid == call.call_id}
+        policy = self.learn_after.get(call.call_id, {})
         worker = self.workers[call.worker]
         placed = self.forwards.setdefault(worker.index, {})
         for forward in plan(call, policy):
@@ -293,8 +297,10 @@ class MediaPlane:
                         worker.sent.discard(spec.key)
                         self.streams.pop(spec.key, None)
                         self.reported.pop(spec.key, None)
+                        self.holders.pop(spec.key, None)
             placed[forward.media] = forward
             worker.medias.add(forward.media)
+            self.call_medias.setdefault(call.call_id, set()).add(forward.media)
             for spec in forward.sockets:
                 if spec.key not in self.streams:
                     # What came before both sides were known had nowhere to go: drop it
@@ -310,17 +316,18 @@ class MediaPlane:
     def drop(self, call: Call) -> None:
         worker = self.workers[call.worker]
         placed = self.forwards.get(worker.index, {})
-        prefix = media_key(call.call_id, 0).rsplit(" ", 1)[0] + " "
-        for key in [k for k in placed if k.startswith(prefix)]:
-            forward = placed.pop(key)
+        for key in self.call_medias.pop(call.call_id, set()):
+            forward = placed.pop(key, None)
+            if forward is None:
+                continue
             worker.medias.discard(key)
             for spec in forward.sockets:
                 self.streams.pop(spec.key, None)
                 self.reported.pop(spec.key, None)
+                self.holders.pop(spec.key, None)
                 worker.sent.discard(spec.key)
             self._send(worker, ipc.Drop(key))
-        for k in [k for k in self.learn_after if k[0] == call.call_id]:
-            del self.learn_after[k]
+        self.learn_after.pop(call.call_id, None)
 
     def _send_forward(self, worker: WorkerProcess, forward: ipc.Forward) -> None:
         fds: list[int] = []
@@ -364,6 +371,23 @@ class MediaPlane:
             stream.stats.errors += max(entry.errors - errors, 0)
             if entry.last_packet:
                 stream.stats.last_packet = max(stream.stats.last_packet, entry.last_packet + offset)
+            # With ICE candidates on several local addresses a stream has one socket per
+            # address (aliases of its own); the one that confirmed its endpoint last (the
+            # candidate the party nominated) speaks for the stream, and the unconfirmed
+            # reports of the others do not undo that.
+            own = socket_key(stream.local.local, stream.port)
+            holder = self.holders.get(own)
+            if entry.key != own:
+                if entry.confirmed:
+                    self.holders[own] = entry.key
+                elif holder == entry.key:
+                    del self.holders[own]
+                else:
+                    continue
+            elif entry.confirmed:
+                self.holders.pop(own, None)
+            elif holder is not None:
+                continue
             host, _, port = entry.endpoint.rpartition(" ")
             if host and port.isdigit():
                 stream.endpoint = Endpoint(host, int(port))

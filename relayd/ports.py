@@ -9,6 +9,7 @@ of its pair. Order is random to make port prediction harder.
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass, field
 
@@ -23,7 +24,8 @@ class PortsExhausted(RuntimeError):
 class PortPool:
     port_min: int
     port_max: int
-    rng: random.Random = field(default_factory=random.SystemRandom)
+    # a PRNG seeded from the OS: unpredictable ports without a system call per pick
+    rng: random.Random = field(default_factory=lambda: random.Random(os.urandom(16)))
     _free: list[int] = field(init=False)
     _used: set[int] = field(init=False, default_factory=set)
 

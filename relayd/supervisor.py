@@ -99,7 +99,7 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._closers: list[Any] = []
 
-    async def dispatch(self, req: Request, source: tuple[Any, ...]) -> dict[str, Any]:
+    def dispatch(self, req: Request, source: tuple[Any, ...]) -> dict[str, Any]:
         with structlog.contextvars.bound_contextvars(
             call_id=req.call_id or None, from_tag=req.from_tag or None
         ):

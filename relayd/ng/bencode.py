@@ -36,29 +36,47 @@ def encode(value: object) -> bytes:
     return b"".join(out)
 
 
+def _text(value: str) -> bytes:
+    try:
+        return value.encode()
+    except UnicodeEncodeError:  # lone surrogates from a body that was not UTF-8
+        return value.encode("utf-8", "surrogateescape")
+
+
 def _encode(value: object, out: list[bytes]) -> None:
-    if isinstance(value, bool):
-        value = int(value)
-    if isinstance(value, int):
+    # exact type checks first: replies are mostly str/int/dict/list, and this runs
+    # once per value of every reply (a query tree has hundreds)
+    kind = type(value)
+    if kind is str:
+        raw = _text(value)  # type: ignore[arg-type]
+        out.append(b"%d:%s" % (len(raw), raw))
+    elif kind is int:
+        out.append(b"i%de" % value)  # type: ignore[str-format]
+    elif kind is dict:
+        out.append(b"d")
+        for key, item in value.items():  # type: ignore[attr-defined]
+            raw = _text(key) if type(key) is str else _text(str(key))
+            out.append(b"%d:%s" % (len(raw), raw))
+            _encode(item, out)
+        out.append(b"e")
+    elif kind is list or kind is tuple:
+        out.append(b"l")
+        for item in value:  # type: ignore[attr-defined]
+            _encode(item, out)
+        out.append(b"e")
+    elif isinstance(value, bool):
+        out.append(b"i%de" % int(value))
+    elif isinstance(value, int):
         out.append(b"i%de" % value)
     elif isinstance(value, str):
-        raw = value.encode("utf-8", "surrogateescape")
-        out.append(b"%d:" % len(raw))
-        out.append(raw)
+        _encode(str(value), out)
     elif isinstance(value, bytes | bytearray):
         out.append(b"%d:" % len(value))
         out.append(bytes(value))
     elif isinstance(value, list | tuple):
-        out.append(b"l")
-        for item in value:
-            _encode(item, out)
-        out.append(b"e")
+        _encode(list(value), out)
     elif isinstance(value, dict):
-        out.append(b"d")
-        for key, item in value.items():
-            _encode(str(key), out)
-            _encode(item, out)
-        out.append(b"e")
+        _encode(dict(value), out)
     elif isinstance(value, float):
         _encode(int(value), out)
     else:
@@ -118,7 +136,11 @@ def _decode(data: bytes, pos: int, depth: int) -> tuple[Value, int]:
         end = colon + 1 + length
         if end > len(data):
             raise IndexError
-        return data[colon + 1 : end].decode("utf-8", "surrogateescape"), end
+        raw = data[colon + 1 : end]
+        try:
+            return raw.decode(), end
+        except UnicodeDecodeError:  # keep bytes that are not UTF-8 for a byte-exact reply
+            return raw.decode("utf-8", "surrogateescape"), end
     if lead == 0x6C:  # 'l'
         items: list[Value] = []
         pos += 1

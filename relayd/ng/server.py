@@ -10,6 +10,7 @@ the event loop.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
@@ -31,7 +32,7 @@ __all__ = ["NgService", "serve_tcp", "serve_udp"]
 
 log = get_logger("relayd.ng")
 
-Dispatch = Callable[[Request, tuple[Any, ...]], Awaitable[dict[str, Any]]]
+Dispatch = Callable[[Request, tuple[Any, ...]], dict[str, Any] | Awaitable[dict[str, Any]]]
 
 # rtpengine closes a TCP connection once this much unparseable data piles up
 _TCP_GARBAGE_LIMIT = 1024
@@ -39,13 +40,29 @@ _TCP_MESSAGE_LIMIT = 1 << 20
 
 
 class NgService:
+    """One framed message in, one framed reply out (or None: dropped).
+
+    ``dispatch`` may be a plain function (relayd's is: a reply goes out before
+    the next datagram is read, with no task per request) or a coroutine; with a
+    coroutine, a retransmission that arrives while the first copy is being
+    handled waits for that reply instead of running the command again.
+    """
+
     def __init__(self, dispatch: Dispatch, clock: Callable[[], float] = time.monotonic) -> None:
         self.dispatch = dispatch
         self.clock = clock
         self.cache = ReplyCache()
         self._inflight: dict[str, asyncio.Future[bytes]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def process(self, data: bytes, source: tuple[Any, ...]) -> bytes | None:
+        reply = self.handle(data, source)
+        if isinstance(reply, asyncio.Future):
+            return await asyncio.shield(reply)
+        return reply
+
+    def handle(self, data: bytes, source: tuple[Any, ...]) -> bytes | asyncio.Future[bytes] | None:
+        """The reply now, or a future for it when the dispatcher is a coroutine."""
         try:
             cookie, body = split_cookie(data)
         except FramingError:
@@ -57,34 +74,57 @@ class NgService:
             return cached
         pending = self._inflight.get(cookie)
         if pending is not None:
-            return await asyncio.shield(pending)
+            return pending
+        as_json = body[:1] == b"{"
+        try:
+            raw, as_json = decode_body(body)
+            req = parse_request(raw)
+            result = self.dispatch(req, source)
+        except Exception as exc:
+            return self._finish(cookie, self._failure(exc, source), as_json)
+        if not inspect.isawaitable(result):
+            return self._finish(cookie, result, as_json)
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._inflight[cookie] = future
+        task = asyncio.ensure_future(self._complete(cookie, result, as_json, source, future))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return future
+
+    async def _complete(
+        self,
+        cookie: str,
+        pending: Awaitable[dict[str, Any]],
+        as_json: bool,
+        source: tuple[Any, ...],
+        future: asyncio.Future[bytes],
+    ) -> None:
         try:
-            reply = await self._reply(cookie, body, source)
-            self.cache.put(cookie, reply, self.clock())
+            try:
+                reply = self._finish(cookie, await pending, as_json)
+            except Exception as exc:
+                reply = self._finish(cookie, self._failure(exc, source), as_json)
             future.set_result(reply)
-            return reply
         finally:
             del self._inflight[cookie]
             if not future.done():  # cancelled: duplicates waiting on it must not hang
                 future.cancel()
 
-    async def _reply(self, cookie: str, body: bytes, source: tuple[Any, ...]) -> bytes:
-        as_json = body[:1] == b"{"
-        try:
-            raw, as_json = decode_body(body)
-            req = parse_request(raw)
-            reply = await self.dispatch(req, source)
-            # inside the try: a reply that cannot be encoded is an internal error too
-            return encode_reply(cookie, reply, as_json)
-        except NgError as exc:
+    @staticmethod
+    def _failure(exc: Exception, source: tuple[Any, ...]) -> dict[str, Any]:
+        if isinstance(exc, NgError):
             log.warning("ng.error", reason=exc.reason, source=_peer(source))
-            reply = {"result": "error", "error-reason": exc.reason}
-        except Exception:
-            log.exception("ng.internal_error", source=_peer(source))
-            reply = {"result": "error", "error-reason": "Internal error"}
-        return encode_reply(cookie, reply, as_json)
+            return {"result": "error", "error-reason": exc.reason}
+        log.error("ng.internal_error", source=_peer(source), exc_info=exc)
+        return {"result": "error", "error-reason": "Internal error"}
+
+    def _finish(self, cookie: str, reply: dict[str, Any], as_json: bool) -> bytes:
+        try:
+            data = encode_reply(cookie, reply, as_json)
+        except Exception as exc:  # a reply that cannot be encoded is an internal error too
+            data = encode_reply(cookie, self._failure(exc, ("?", 0)), as_json)
+        self.cache.put(cookie, data, self.clock())
+        return data
 
 
 def _peer(source: tuple[Any, ...]) -> str:
@@ -95,20 +135,20 @@ class _UdpProtocol(asyncio.DatagramProtocol):
     def __init__(self, service: NgService) -> None:
         self.service = service
         self.transport: asyncio.DatagramTransport | None = None
-        self.tasks: set[asyncio.Task[None]] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        task = asyncio.ensure_future(self._answer(data, addr))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def _answer(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        reply = await self.service.process(data, addr)
-        if reply is not None and self.transport is not None:
+        reply = self.service.handle(data, addr)
+        if isinstance(reply, asyncio.Future):
+            reply.add_done_callback(lambda done: self._send(done, addr))
+        elif reply is not None and self.transport is not None:
             self.transport.sendto(reply, addr)
+
+    def _send(self, done: asyncio.Future[bytes], addr: tuple[Any, ...]) -> None:
+        if not done.cancelled() and self.transport is not None:
+            self.transport.sendto(done.result(), addr)
 
 
 async def serve_udp(service: NgService, host: str, port: int) -> asyncio.DatagramTransport:

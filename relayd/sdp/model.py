@@ -28,18 +28,22 @@ class SdpError(ValueError):
 
 @dataclass(slots=True)
 class Line:
-    """One ``<type>=<value>`` line, without its line ending."""
+    """One ``<type>=<value>`` line, without its line ending.
+
+    ``attr`` is the attribute name of an ``a=`` line (``rtpmap`` in
+    ``a=rtpmap:0 PCMU/8000``), "" otherwise; computed once, since the rewriter
+    asks for it many times per line.
+    """
 
     kind: str
     value: str
+    attr: str = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.attr = self.value.partition(":")[0] if self.kind == "a" else ""
 
     def __str__(self) -> str:
         return f"{self.kind}={self.value}"
-
-    @property
-    def attr(self) -> str:
-        """For ``a=`` lines, the attribute name (``rtpmap`` in ``a=rtpmap:0 PCMU/8000``)."""
-        return attribute_name(self.value) if self.kind == "a" else ""
 
 
 def attribute_name(value: str) -> str:

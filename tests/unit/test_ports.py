@@ -40,8 +40,10 @@ def test_order_is_random_and_depends_on_the_generator() -> None:
     assert _drain(_pool(30000, 39999, seed=1))[:20] == first
 
 
-def test_default_generator_is_system_random() -> None:
-    assert isinstance(PortPool(30000, 30010).rng, random.SystemRandom)
+def test_default_generators_are_seeded_independently() -> None:
+    # seeded from the OS: two pools (two daemons) never hand out the same sequence
+    orders = {tuple(_drain(PortPool(30000, 39999))[:20]) for _ in range(5)}
+    assert len(orders) == 5
 
 
 def test_exhaustion_raises_ran_out_of_ports() -> None:
