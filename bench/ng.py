@@ -1,0 +1,762 @@
+#!/usr/bin/env python3
+"""ng call-setup benchmark: relayd and rtpengine side by side.
+
+For each number N of concurrent calls the benchmark starts a fresh daemon
+pinned to one CPU (the client runs on another), establishes N calls
+(offer + answer, kept open, so the daemon holds N calls of state), then runs
+*cycles* — offer + answer + delete of one more call — one request at a time
+for ``--duration`` seconds. It reports cycles per second, client-side latency
+of the whole cycle and of each command (p50/p99), the daemon's own CPU time per
+cycle (which, unlike the rest, hardly moves when other work shares the machine)
+and its resident memory per established call (VmRSS after minus before, over N).
+
+Each call holds four sockets in either daemon, so N is bounded by RLIMIT_NOFILE:
+the script raises the limit where it may (root with CAP_SYS_RESOURCE); where it
+may not, a size that does not fit is reported as not run and both daemons are
+measured at the largest size that fits instead.
+
+The requests are what Kamailio's rtpengine module sends with the deployment
+guide's flags (``trust-address``, ``replace: [origin, session-connection]``,
+``received-from``, ``supports: [load limit]``), pre-encoded once as raw bencode
+so that the Python client is not the bottleneck. Only loopback is used. Both
+daemons are always stopped at the end, also on Ctrl-C or failure (and, through
+``PR_SET_PDEATHSIG``, when this script is killed).
+
+    .venv/bin/python bench/ng.py                 # 1, 1,000 and 10,000 calls, 1-2 minutes
+    .venv/bin/python bench/ng.py --quick --only relayd
+    .venv/bin/python bench/ng.py --json out.json --calls 1,5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import gc
+import json
+import math
+import os
+import platform
+import resource
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+
+import psutil
+
+__all__ = ["main"]
+
+REPO = Path(__file__).resolve().parents[1]
+RTPENGINE_BIN = "/usr/bin/rtpengine"
+DAEMONS = ("relayd", "rtpengine")
+
+# Both daemons bind RTP and RTCP for both parties of a plain (non rtcp-mux) call,
+# each socket an open file (relayd's supervisor and the worker owning the port
+# each hold one), so RLIMIT_NOFILE bounds how many calls a daemon can hold.
+FDS_PER_CALL = 4
+FD_RESERVE = 256
+
+# A 10-character token in the templates, replaced by the call's number.
+TOKEN = "@@@@@@@@@@"
+TOKEN_BYTES = TOKEN.encode()
+
+CALLER_SDP = (
+    "v=0\r\n"
+    f"o=caller {TOKEN} 2353687637 IN IP4 127.0.0.10\r\n"
+    "s=ng-bench\r\n"
+    "c=IN IP4 127.0.0.10\r\n"
+    "t=0 0\r\n"
+    "m=audio 6000 RTP/AVP 0 8 101\r\n"
+    "a=rtpmap:0 PCMU/8000\r\n"
+    "a=rtpmap:8 PCMA/8000\r\n"
+    "a=rtpmap:101 telephone-event/8000\r\n"
+    "a=fmtp:101 0-16\r\n"
+    "a=ptime:20\r\n"
+    "a=sendrecv\r\n"
+)
+CALLEE_SDP = (
+    "v=0\r\n"
+    f"o=callee {TOKEN} 1 IN IP4 127.0.0.20\r\n"
+    "s=ng-bench\r\n"
+    "c=IN IP4 127.0.0.20\r\n"
+    "t=0 0\r\n"
+    "m=audio 7000 RTP/AVP 0 101\r\n"
+    "a=rtpmap:0 PCMU/8000\r\n"
+    "a=rtpmap:101 telephone-event/8000\r\n"
+    "a=fmtp:101 0-16\r\n"
+    "a=ptime:20\r\n"
+    "a=sendrecv\r\n"
+)
+CALL_ID = f"{TOKEN}-bench@127.0.0.10"
+FROM_TAG = f"{TOKEN}UAC"
+TO_TAG = f"{TOKEN}UAS"
+
+# Keys in the order Kamailio's rtpengine module sends them (tests/data/kamailio-ng/basic.jsonl).
+OFFER = {
+    "supports": ["load limit"],
+    "sdp": CALLER_SDP,
+    "flags": ["trust-address"],
+    "replace": ["origin", "session-connection"],
+    "call-id": CALL_ID,
+    "received-from": ["IP4", "127.0.0.10"],
+    "from-tag": FROM_TAG,
+    "command": "offer",
+}
+ANSWER = {
+    "supports": ["load limit"],
+    "sdp": CALLEE_SDP,
+    "flags": ["trust-address"],
+    "replace": ["origin", "session-connection"],
+    "call-id": CALL_ID,
+    "received-from": ["IP4", "127.0.0.20"],
+    "from-tag": FROM_TAG,
+    "to-tag": TO_TAG,
+    "command": "answer",
+}
+DELETE = {
+    "supports": ["load limit"],
+    "call-id": CALL_ID,
+    "received-from": ["IP4", "127.0.0.10"],
+    "from-tag": FROM_TAG,
+    "command": "delete",
+}
+COMMANDS = ("offer", "answer", "delete")
+OK = b"6:result2:ok"
+
+
+class BenchError(RuntimeError):
+    """A daemon failed to start or answered something other than ``result: ok``."""
+
+
+def bencode(value: object) -> bytes:
+    """Just enough bencode for the request templates (kept independent of relayd's codec)."""
+    if isinstance(value, int):
+        return b"i%de" % value
+    if isinstance(value, str):
+        raw = value.encode()
+        return b"%d:%s" % (len(raw), raw)
+    if isinstance(value, list):
+        return b"l" + b"".join(bencode(v) for v in value) + b"e"
+    if isinstance(value, dict):
+        return b"d" + b"".join(bencode(k) + bencode(v) for k, v in value.items()) + b"e"
+    raise TypeError(f"cannot bencode {type(value).__name__}")
+
+
+@dataclass(frozen=True, slots=True)
+class Templates:
+    """Pre-encoded request bodies; ``TOKEN`` keeps every length prefix valid."""
+
+    offer: bytes = bencode(OFFER)
+    answer: bytes = bencode(ANSWER)
+    delete: bytes = bencode(DELETE)
+
+
+# -- daemons ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonSpec:
+    name: str
+    ng: tuple[str, int]
+    argv: tuple[str, ...]
+
+
+def daemon_specs(args: argparse.Namespace) -> dict[str, DaemonSpec]:
+    """Both daemons with the same port range, no kernel forwarding, no lingering calls."""
+    port_min, port_max = args.port_min, args.port_max
+    relayd_ng = parse_address(args.relayd_listen)
+    rtpengine_ng = parse_address(args.rtpengine_listen)
+    python = (
+        [sys.executable, "-m", "cProfile", "-o", "{profile}"] if args.profile else [sys.executable]
+    )
+    relayd_options = {
+        "config-file": "none",
+        "interface": "127.0.0.1",
+        "listen-ng": f"{relayd_ng[0]}:{relayd_ng[1]}",
+        "port-min": port_min,
+        "port-max": port_max,
+        "table": -1,
+        "delete-delay": 0,
+        "log-level": 3,
+    }
+    relayd_argv = [*python, "-m", "relayd", "--foreground"]
+    for key, value in relayd_options.items():
+        relayd_argv += [f"--{key}", str(value)]
+    relayd_argv += args.relayd_arg
+    rtpengine_argv = [
+        RTPENGINE_BIN,
+        "--foreground",
+        "--config-file=none",
+        "--table=-1",
+        "--interface=127.0.0.1",
+        f"--listen-ng={rtpengine_ng[0]}:{rtpengine_ng[1]}",
+        f"--port-min={port_min}",
+        f"--port-max={port_max}",
+        "--log-level=1",
+        "--log-stderr",
+        "--delete-delay=0",
+    ]
+    return {
+        "relayd": DaemonSpec("relayd", relayd_ng, tuple(relayd_argv)),
+        "rtpengine": DaemonSpec("rtpengine", rtpengine_ng, tuple(rtpengine_argv)),
+    }
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+def file_limit() -> int:
+    """The largest RLIMIT_NOFILE a child can get: raising the hard limit needs CAP_SYS_RESOURCE."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        return 1 << 20  # fs.nr_open's default: the most a process can open anyway
+    for wanted in (1 << 20, 1 << 17, 1 << 16):
+        if hard >= wanted:
+            break
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, wanted))
+        except (ValueError, OSError):
+            continue
+        hard = wanted
+        break
+    return int(hard)
+
+
+def max_calls(nofile: int) -> int:
+    return (nofile - FD_RESERVE) // FDS_PER_CALL
+
+
+def _child_setup(cpu: int | None, nofile: int) -> None:
+    """Runs in the child before exec: pinned CPU for all its threads, dies with us."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _check_free(address: tuple[str, int]) -> None:
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.bind(address)
+    except OSError as exc:
+        raise BenchError(f"{address[0]}:{address[1]} is already in use ({exc.strerror})") from None
+    finally:
+        probe.close()
+
+
+@contextmanager
+def running(
+    spec: DaemonSpec, workdir: Path, *, cpu: int | None, nofile: int, profile: Path | None
+) -> Iterator[subprocess.Popen[bytes]]:
+    _check_free(spec.ng)
+    argv = [a.replace("{profile}", str(profile)) for a in spec.argv]
+    log_path = workdir / f"{spec.name}.log"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+            env=env,
+            start_new_session=True,  # Ctrl-C reaches only us; we stop the daemon
+            preexec_fn=lambda: _child_setup(cpu, nofile),
+        )
+    try:
+        _wait_pong(spec, proc, log_path)
+        yield proc
+    except BenchError as exc:
+        state = "running" if proc.poll() is None else f"exited with {proc.returncode}"
+        raise BenchError(f"{exc}\n{spec.name} ({state}) log:\n{_tail(log_path)}") from None
+    finally:
+        _stop(proc)
+
+
+def _wait_pong(spec: DaemonSpec, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + 15.0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.2)
+        sock.connect(spec.ng)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise BenchError(f"{spec.name} exited at start-up:\n{_tail(log_path)}")
+            try:
+                sock.send(b"ping d7:command4:pinge")
+                if b"pong" in sock.recv(4096):
+                    return
+            except (TimeoutError, ConnectionRefusedError):
+                time.sleep(0.05)
+    raise BenchError(f"{spec.name} did not answer ping:\n{_tail(log_path)}")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    text = path.read_text(errors="replace") if path.exists() else ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the daemon (all its threads) and its live descendants."""
+    try:
+        root = psutil.Process(pid)
+        return sum(sum(p.cpu_times()[:2]) for p in (root, *root.children(recursive=True)))
+    except psutil.Error as exc:
+        raise BenchError(f"cannot read the CPU time of pid {pid}: {exc}") from None
+
+
+def rss_bytes(pid: int) -> list[int]:
+    """VmRSS of the daemon, then of each descendant (relayd's media workers) by pid."""
+    try:
+        root = psutil.Process(pid)
+        children = sorted(root.children(recursive=True), key=lambda p: p.pid)
+        return [p.memory_info().rss for p in (root, *children)]
+    except psutil.Error as exc:
+        raise BenchError(f"cannot read the memory of pid {pid}: {exc}") from None
+
+
+# -- the client ------------------------------------------------------------------------------
+
+
+class Client:
+    """One connected UDP socket, one request in flight, raw bencode in and out."""
+
+    def __init__(self, address: tuple[str, int], timeout: float = 5.0) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        self.sock.settimeout(timeout)
+        self.sock.connect(address)
+        self.address = address
+        self.templates = Templates()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def request(self, cookie: bytes, body: bytes) -> int:
+        """Send one request; return its latency in nanoseconds."""
+        sock = self.sock
+        prefix = cookie + b" "
+        start = time.perf_counter_ns()
+        sock.send(prefix + body)
+        try:
+            reply = sock.recv(1 << 16)
+            while not reply.startswith(prefix):  # a late reply to an earlier request
+                reply = sock.recv(1 << 16)
+        except TimeoutError:
+            raise BenchError(f"no reply to {cookie.decode()} from {self.address}") from None
+        elapsed = time.perf_counter_ns() - start
+        if OK not in reply:
+            raise BenchError(f"request {cookie.decode()} failed: {reply[:300]!r}")
+        return elapsed
+
+    def setup(self, number: int) -> tuple[int, int]:
+        token = b"%010d" % number
+        t = self.templates
+        offer = self.request(token + b"o", t.offer.replace(TOKEN_BYTES, token))
+        answer = self.request(token + b"a", t.answer.replace(TOKEN_BYTES, token))
+        return offer, answer
+
+    def teardown(self, number: int) -> int:
+        token = b"%010d" % number
+        return self.request(token + b"d", self.templates.delete.replace(TOKEN_BYTES, token))
+
+
+# -- one measurement -------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Latencies:
+    offer: list[int] = field(default_factory=list)
+    answer: list[int] = field(default_factory=list)
+    delete: list[int] = field(default_factory=list)
+    cycle: list[int] = field(default_factory=list)
+
+
+def percentile(sorted_ns: Sequence[int], q: float) -> float:
+    """Nearest-rank percentile, in milliseconds."""
+    if not sorted_ns:
+        return math.nan
+    rank = max(0, math.ceil(q * len(sorted_ns)) - 1)
+    return sorted_ns[rank] / 1e6
+
+
+@dataclass(slots=True)
+class Result:
+    calls: int
+    daemon: str
+    cycles: int = 0
+    seconds: float = 0.0
+    cycles_per_s: float = 0.0
+    cpu_ms_per_cycle: float = math.nan  # the daemon's own CPU time, robust to a busy machine
+    setup_calls_per_s: float = 0.0
+    p50_ms: dict[str, float] = field(default_factory=dict)
+    p99_ms: dict[str, float] = field(default_factory=dict)
+    rss_before: list[int] = field(default_factory=list)  # the daemon, then its children
+    rss_after: list[int] = field(default_factory=list)
+    skipped: str = ""
+
+    @property
+    def bytes_per_call(self) -> float:
+        grown = sum(self.rss_after) - sum(self.rss_before)
+        return grown / self.calls if self.calls else math.nan
+
+
+def measure(
+    client: Client,
+    pid: int,
+    result: Result,
+    *,
+    warmup: int,
+    duration: float,
+    cycles: int | None,
+) -> None:
+    base = 1_000_000_000  # cycle calls are numbered apart from the established ones
+    for number in range(base, base + warmup):
+        client.setup(number)
+        client.teardown(number)
+    result.rss_before = rss_bytes(pid)
+    start = time.perf_counter()
+    for number in range(result.calls):
+        client.setup(number)
+    result.setup_calls_per_s = result.calls / (time.perf_counter() - start)
+    result.rss_after = rss_bytes(pid)
+
+    lat = Latencies()
+    limit = cycles if cycles is not None else sys.maxsize
+    number = base + warmup
+    gc.disable()
+    cpu_start = cpu_seconds(pid)
+    start = time.perf_counter()
+    deadline = start + duration
+    try:
+        while len(lat.cycle) < limit and time.perf_counter() < deadline:
+            offer, answer = client.setup(number)
+            delete = client.teardown(number)
+            lat.offer.append(offer)
+            lat.answer.append(answer)
+            lat.delete.append(delete)
+            lat.cycle.append(offer + answer + delete)
+            number += 1
+    finally:
+        gc.enable()
+    result.seconds = time.perf_counter() - start
+    cpu = cpu_seconds(pid) - cpu_start
+    result.cycles = len(lat.cycle)
+    result.cycles_per_s = result.cycles / result.seconds
+    result.cpu_ms_per_cycle = 1000 * cpu / result.cycles if result.cycles else math.nan
+    for name in (*COMMANDS, "cycle"):
+        values = sorted(getattr(lat, name))
+        result.p50_ms[name] = percentile(values, 0.50)
+        result.p99_ms[name] = percentile(values, 0.99)
+
+
+def run_one(
+    spec: DaemonSpec,
+    calls: int,
+    args: argparse.Namespace,
+    *,
+    workdir: Path,
+    cpu: int | None,
+    nofile: int,
+) -> Result:
+    result = Result(calls=calls, daemon=spec.name)
+    profile = Path(args.profile) / f"{spec.name}-{calls}.prof" if args.profile else None
+    with running(spec, workdir, cpu=cpu, nofile=nofile, profile=profile) as proc:
+        client = Client(spec.ng)
+        try:
+            measure(
+                client,
+                proc.pid,
+                result,
+                warmup=args.warmup,
+                duration=args.duration,
+                cycles=args.cycles,
+            )
+        finally:
+            client.close()
+    return result
+
+
+# -- report ----------------------------------------------------------------------------------
+
+
+def _ms(value: float) -> str:
+    return "–" if math.isnan(value) else f"{value:.3f}"
+
+
+def _bytes(value: float) -> str:
+    return "–" if math.isnan(value) else f"{value:,.0f} B"
+
+
+def render(results: Sequence[Result]) -> str:
+    out: list[str] = []
+    out.append(
+        "| concurrent calls | daemon | cycles/s | p50 ms | p99 ms | daemon CPU ms/cycle "
+        "| setup calls/s | RSS per call |"
+    )
+    out.append("|---:|---|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        if r.skipped:
+            out.append(f"| {r.calls:,} | {r.daemon} | not run: {r.skipped} | | | | | |")
+            continue
+        # one call is too few to divide memory or set-up time by
+        per_call = _bytes(r.bytes_per_call) if r.calls >= 100 else "–"
+        setup = f"{r.setup_calls_per_s:,.0f}" if r.calls >= 100 else "–"
+        out.append(
+            f"| {r.calls:,} | {r.daemon} | {r.cycles_per_s:,.0f} | {_ms(r.p50_ms['cycle'])} "
+            f"| {_ms(r.p99_ms['cycle'])} | {_ms(r.cpu_ms_per_cycle)} "
+            f"| {setup} | {per_call} |"
+        )
+    out.append("")
+    out.append("Per command, client-side latency p50 / p99 in ms:")
+    out.append("")
+    out.append("| concurrent calls | daemon | offer | answer | delete |")
+    out.append("|---:|---|---:|---:|---:|")
+    for r in results:
+        if r.skipped:
+            continue
+        cells = " | ".join(f"{_ms(r.p50_ms[c])} / {_ms(r.p99_ms[c])}" for c in COMMANDS)
+        out.append(f"| {r.calls:,} | {r.daemon} | {cells} |")
+    out.append("")
+    for r in results:
+        if r.skipped or r.calls < 100:
+            continue
+        out.append(
+            f"Memory {r.daemon} at {r.calls:,} calls: VmRSS {sum(r.rss_before) / 2**20:.1f} MiB "
+            f"-> {sum(r.rss_after) / 2**20:.1f} MiB, {_bytes(r.bytes_per_call)} per call"
+            + _split(r)
+        )
+    out.append("")
+    out.extend(targets(results))
+    return "\n".join(out)
+
+
+def _split(r: Result) -> str:
+    if len(r.rss_after) < 2 or len(r.rss_before) != len(r.rss_after):
+        return ""
+    grown = [(a - b) / r.calls for a, b in zip(r.rss_after, r.rss_before, strict=True)]
+    parts = ", ".join(_bytes(g) for g in grown[1:])
+    return f" ({_bytes(grown[0])} in the main process, {parts} in its children)"
+
+
+def targets(results: Sequence[Result]) -> list[str]:
+    """The issue's targets, checked wherever both daemons ran at the same size."""
+    lines: list[str] = []
+    by_key = {(r.calls, r.daemon): r for r in results if not r.skipped}
+    for calls in sorted({r.calls for r in results}):
+        ours = by_key.get((calls, "relayd"))
+        if ours is None:
+            continue
+        checks = [
+            f"cycles/s {ours.cycles_per_s:,.0f} >= 1,000: {_verdict(ours.cycles_per_s >= 1000)}"
+        ]
+        theirs = by_key.get((calls, "rtpengine"))
+        if theirs is not None:
+            checks.append(
+                f"cycles/s >= rtpengine's {theirs.cycles_per_s:,.0f}: "
+                f"{_verdict(ours.cycles_per_s >= theirs.cycles_per_s)}"
+            )
+            limit = 2 * theirs.p99_ms["cycle"]
+            checks.append(
+                f"p99 {_ms(ours.p99_ms['cycle'])} <= 2 x rtpengine's = {_ms(limit)} ms: "
+                f"{_verdict(ours.p99_ms['cycle'] <= limit)}"
+            )
+        if calls >= 1000:
+            checks.append(
+                f"memory {_bytes(ours.bytes_per_call)} per call < 10,000 B: "
+                f"{_verdict(ours.bytes_per_call < 10_000)}"
+            )
+        lines.append(f"Targets at {calls:,} calls: " + "; ".join(checks))
+    return lines
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def describe_machine(daemon_cpu: int | None, client_cpu: int | None, nofile: int) -> list[str]:
+    cpu_model = "unknown CPU"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    rtpengine = _output([RTPENGINE_BIN, "--version"]).removeprefix("Version: ") or "not installed"
+    commit = _output(["git", "-C", str(REPO), "describe", "--always", "--dirty"]) or "unknown"
+    pinning = (
+        f"daemon pinned to CPU {daemon_cpu}, client to CPU {client_cpu}"
+        if daemon_cpu is not None
+        else "no pinning (fewer than 2 CPUs)"
+    )
+    return [
+        f"Machine: {os.cpu_count()} x {cpu_model}, Linux {platform.release()}, "
+        f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.2f} at start",
+        f"Daemons: relayd at {commit}, rtpengine {rtpengine}; {pinning}; RLIMIT_NOFILE {nofile:,}",
+    ]
+
+
+def _output(argv: Sequence[str]) -> str:
+    try:
+        done = subprocess.run(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="bench/ng.py",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
+    parser.add_argument("--calls", help="concurrent call counts, comma separated")
+    parser.add_argument("--duration", type=float, help="seconds of cycles per measurement")
+    parser.add_argument("--cycles", type=int, help="stop each measurement after this many cycles")
+    parser.add_argument("--warmup", type=int, help="unmeasured cycles before each measurement")
+    parser.add_argument("--quick", action="store_true", help="1 and 100 calls, 300 cycles each")
+    parser.add_argument("--only", choices=DAEMONS, help="benchmark one daemon only")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--port-min", type=int, default=10000)
+    parser.add_argument("--port-max", type=int, default=59999)
+    parser.add_argument("--relayd-listen", default="127.0.0.1:22261", metavar="HOST:PORT")
+    parser.add_argument("--rtpengine-listen", default="127.0.0.1:22260", metavar="HOST:PORT")
+    parser.add_argument(
+        "--relayd-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more relayd option, e.g. --relayd-arg=--state-dir=/tmp/journal (repeatable)",
+    )
+    parser.add_argument(
+        "--profile", metavar="DIR", help="run relayd under cProfile, one .prof per measurement"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.calls = args.calls or "1,100"
+        args.cycles = args.cycles or 300
+        args.warmup = 50 if args.warmup is None else args.warmup
+    args.calls = [int(n) for n in (args.calls or "1,1000,10000").split(",")]
+    args.duration = 5.0 if args.duration is None else args.duration
+    args.warmup = 200 if args.warmup is None else args.warmup
+    if args.port_max - args.port_min < 4 * max(args.calls) + 16:
+        parser.error(f"--port-min..--port-max is too small for {max(args.calls)} calls")
+    return args
+
+
+def plan(args: argparse.Namespace, nofile: int) -> list[tuple[int, str, str]]:
+    """(calls, daemon, reason to skip or "") in run order, both daemons at each size."""
+    daemons = [args.only] if args.only else list(DAEMONS)
+    sizes = list(args.calls)
+    skips: dict[tuple[int, str], str] = {}
+    cap = max_calls(nofile)
+    for calls in args.calls:
+        if calls > cap:
+            for name in daemons:
+                skips[calls, name] = (
+                    f"needs about {calls * FDS_PER_CALL + FD_RESERVE:,} open files, "
+                    f"RLIMIT_NOFILE hard limit is {nofile:,}"
+                )
+            fitting = cap // 100 * 100
+            if fitting and fitting not in sizes:
+                sizes.append(fitting)  # still compare both daemons as large as it fits
+    return [(n, d, skips.get((n, d), "")) for n in sorted(sizes) for d in daemons]
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop daemons
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    cpus = sorted(os.sched_getaffinity(0))
+    daemon_cpu, client_cpu = (cpus[0], cpus[-1]) if len(cpus) >= 2 else (None, None)
+    if client_cpu is not None:
+        os.sched_setaffinity(0, {client_cpu})
+    nofile = file_limit()
+    specs = daemon_specs(args)
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
+    command = shlex.join([_relative(sys.executable), _relative(sys.argv[0]), *sys.argv[1:]])
+    header = [f"$ {command}", "", *describe_machine(daemon_cpu, client_cpu, nofile)]
+    print("\n".join(header), flush=True)
+
+    results: list[Result] = []
+    failed = False
+    with tempfile.TemporaryDirectory(prefix="relayd-bench-") as tmp:
+        for calls, name, skipped in plan(args, nofile):
+            if skipped:
+                results.append(Result(calls=calls, daemon=name, skipped=skipped))
+                continue
+            print(f"... {name} with {calls:,} concurrent calls", file=sys.stderr, flush=True)
+            try:
+                result = run_one(
+                    specs[name], calls, args, workdir=Path(tmp), cpu=daemon_cpu, nofile=nofile
+                )
+            except BenchError as exc:
+                print(f"{name} with {calls:,} calls failed: {exc}", file=sys.stderr)
+                failed = True
+                result = Result(calls=calls, daemon=name, skipped=f"failed: {exc}".split("\n")[0])
+            results.append(result)
+    print()
+    print(render(results))
+    print(f"Load average {os.getloadavg()[0]:.2f} at the end (other work here skews the figures)")
+    if args.json:
+        payload = {
+            "command": command,
+            "machine": header[2:],
+            "results": [
+                _jsonable(asdict(r) | {"bytes_per_call": r.bytes_per_call}) for r in results
+            ],
+        }
+        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
+    return 1 if failed else 0
+
+
+def _jsonable(value: object) -> object:
+    """NaN (a percentile of nothing) becomes null: JSON has no NaN."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def _relative(path: str) -> str:
+    try:
+        return str(Path(path).absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)  # the daemons were stopped on the way out

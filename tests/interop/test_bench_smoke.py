@@ -1,0 +1,79 @@
+"""bench/ng.py still runs: a quick relayd-only benchmark, so the benchmark cannot rot.
+
+Only that it completes and prints its table is checked here, not any figure:
+the numbers depend on the machine (docs/performance.md has a full run).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.relayd import RelaydProcess
+
+pytestmark = pytest.mark.interop
+
+REPO = Path(__file__).resolve().parents[2]
+BENCH = REPO / "bench" / "ng.py"
+# 1,000 ports (500 pairs) hold the 100 calls of --quick; apart from the other interop tests
+PORTS = (44000, 44999)
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def test_quick_benchmark_prints_its_table(tmp_path: Path) -> None:
+    ng_port = _free_udp_port()
+    relayd = RelaydProcess(tmp_path, ng_port=ng_port, port_min=PORTS[0], port_max=PORTS[1])
+    try:
+        relayd.start()
+    except RuntimeError as exc:
+        pytest.skip(f"relayd cannot start here: {exc}")
+    finally:
+        relayd.stop()
+
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH),
+            "--quick",
+            "--only",
+            "relayd",
+            "--relayd-listen",
+            f"127.0.0.1:{ng_port}",
+            "--port-min",
+            str(PORTS[0]),
+            "--port-max",
+            str(PORTS[1]),
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("$ "), done.stdout
+    assert "| concurrent calls | daemon | cycles/s | p50 ms | p99 ms |" in done.stdout
+    for calls in (1, 100):
+        assert re.search(
+            rf"^\| {calls} \| relayd \| [\d,]+ \| [\d.]+ \| [\d.]+ \|", done.stdout, re.M
+        )
+    results = json.loads(out.read_text())["results"]
+    assert [(r["calls"], r["daemon"], r["cycles"]) for r in results] == [
+        (1, "relayd", 300),
+        (100, "relayd", 300),
+    ]
