@@ -17,6 +17,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from relayd.hep import CaptureProtocol
+from relayd.homer import HomerSettings
+
 __all__ = [
     "KEYS",
     "Config",
@@ -31,6 +34,7 @@ __all__ = [
 ]
 
 DEFAULT_CONFIG_FILE = "/etc/rtpengine/rtpengine.conf"
+DEFAULT_ADMIN_SOCKET = "/run/relayd/admin.sock"
 
 
 class ConfigError(ValueError):
@@ -82,6 +86,19 @@ KEYS: dict[str, KeyInfo] = {
     "control-tos": KeyInfo("int", _I, "ng replies are sent with the default TOS"),
     "num-threads": KeyInfo("int", _S),
     "endpoint-learning": KeyInfo("str", _S),
+    "listen-http": KeyInfo("str", _S),
+    "prometheus": KeyInfo("bool", _S),
+    "prometheus-listen": KeyInfo("str", _S),
+    "homer": KeyInfo("str", _S),
+    "homer-ng": KeyInfo("str", _S),
+    "homer-protocol": KeyInfo("str", _S),
+    "homer-id": KeyInfo("int", _S),
+    "homer-enable-ng": KeyInfo("bool", _S),
+    "homer-disable-rtcp-stats": KeyInfo("bool", _S),
+    "homer-ng-capture-proto": KeyInfo("int", _S),
+    "log-format": KeyInfo("str", _S),
+    "log-facility-rtcp": KeyInfo("str", _S),
+    "admin-socket": KeyInfo("str", _S),
 }
 for _key in [
     "log-level-core",
@@ -110,7 +127,6 @@ for _key in [
     "media-num-threads",
     "graphite-interval",
     "graphite-timeout",
-    "homer-id",
     "priority",
     "idle-priority",
     "mysql-port",
@@ -149,8 +165,6 @@ for _key in [
     "debug-srtp",
     "reject-invalid-sdp",
     "poller-per-thread",
-    "prometheus",
-    "homer-enable-ng",
 ]:
     KEYS[_key] = KeyInfo("bool", _I)
 for _key in [
@@ -166,12 +180,8 @@ for _key in [
     "redis-write",
     "b2b-url",
     "log-facility-cdr",
-    "log-facility-rtcp",
     "log-facility-dtmf",
     "dtmf-log-dest",
-    "log-format",
-    "homer",
-    "homer-protocol",
     "recording-dir",
     "recording-method",
     "recording-format",
@@ -185,7 +195,6 @@ for _key in [
     "dtls-cert-cipher",
     "dtls-ciphers",
     "dtls-signature",
-    "listen-http",
     "listen-https",
     "https-cert",
     "https-key",
@@ -205,8 +214,6 @@ for _key in [
     "mqtt-publish-scope",
     "mos",
     "janus-secret",
-    "prometheus-listen",
-    "homer-ng",
 ]:
     KEYS[_key] = KeyInfo("str", _I)
 
@@ -298,6 +305,12 @@ class Config:
     tls_private_key: str = ""
     worker_socket: str = ""  # workers are systemd units connecting here ("" = spawn them)
     num_threads: int = 0
+    log_format: str = "default"  # default, parsable, json
+    log_facility_rtcp: str = ""
+    admin_socket: str = DEFAULT_ADMIN_SOCKET  # "none": no admin socket
+    listen_http: tuple[tuple[str, int], ...] = ()
+    prometheus_listen: tuple[str, int] | None = None  # only with prometheus = yes
+    homer: HomerSettings | None = None
     source: str = "defaults"
     values: dict[str, Any] = field(default_factory=dict)  # every key given, as parsed
 
@@ -472,15 +485,65 @@ def _to_config(values: dict[str, Any], raw: dict[str, Any], source: str) -> Conf
         "tls-private-key",
         "worker-socket",
         "num-threads",
+        "log-format",
+        "log-facility-rtcp",
+        "admin-socket",
     )
     for key in simple:
         if key in values:
             kwargs[key.replace("-", "_")] = values[key]
     if "no-log-timestamps" in values:
         kwargs["log_timestamps"] = not values["no-log-timestamps"]
+    try:
+        key = "listen-http"
+        if key in values:
+            kwargs["listen_http"] = tuple(
+                parse_endpoint(item) for item in values[key].split(";") if item.strip()
+            )
+        key = "prometheus-listen"
+        if key in values and values.get("prometheus", False):
+            kwargs["prometheus_listen"] = parse_endpoint(values[key], "127.0.0.1")
+        key = "homer"
+        kwargs["homer"] = _homer(values)
+    except ValueError as exc:
+        raise ConfigError(f"{where(key)}: invalid value for '{key}': {exc}") from None
     config = Config(**kwargs)
     _check(config, where)
     return config
+
+
+_HOMER_PROTOCOLS = {"udp": "udp", "tcp": "tcp", "17": "udp", "6": "tcp"}
+
+
+def _homer(values: dict[str, Any]) -> HomerSettings | None:
+    """``homer``/``homer-protocol`` as rtpengine spells them, or the guide's
+    ``homer-ng = udp:ADDR:PORT`` (which also turns on ng capture)."""
+    target = values.get("homer", "")
+    protocol = str(values.get("homer-protocol", "udp")).strip().lower()
+    guide = str(values.get("homer-ng", "")).strip()
+    if guide:
+        scheme, colon, rest = guide.partition(":")
+        if colon and scheme.lower() in _HOMER_PROTOCOLS:
+            guide = rest
+            if "homer-protocol" not in values:
+                protocol = scheme.lower()
+        target = target or guide
+    if not target:
+        return None
+    if protocol not in _HOMER_PROTOCOLS:
+        raise ValueError(f"homer-protocol {protocol!r} is not udp, tcp, 17 or 6")
+    address = parse_endpoint(target, "127.0.0.1")
+    proto = values.get("homer-ng-capture-proto", int(CaptureProtocol.NG))
+    if not 0 <= proto <= 255:
+        raise ValueError(f"homer-ng-capture-proto {proto} is not 0..255")
+    return HomerSettings(
+        address=address,
+        protocol=_HOMER_PROTOCOLS[protocol],
+        capture_id=values.get("homer-id", 0),
+        ng=bool(values.get("homer-enable-ng", False) or guide),
+        rtcp=not values.get("homer-disable-rtcp-stats", False),
+        ng_protocol=proto,
+    )
 
 
 def _check(config: Config, where: Callable[[str], str]) -> None:
@@ -493,6 +556,11 @@ def _check(config: Config, where: Callable[[str], str]) -> None:
         raise ConfigError(f"{where('tos')}: invalid value for 'tos': {config.tos} (0..255)")
     if not 0 <= config.log_level <= 7:
         raise ConfigError(f"{where('log-level')}: invalid value for 'log-level': 0..7")
+    if config.log_format not in ("default", "parsable", "json"):
+        raise ConfigError(
+            f"{where('log-format')}: invalid value for 'log-format': "
+            f"{config.log_format!r} (default, parsable or json)"
+        )
     if config.endpoint_learning not in ("delayed", "immediate", "off", "heuristic"):
         raise ConfigError(
             f"{where('endpoint-learning')}: invalid value for 'endpoint-learning': "

@@ -14,6 +14,10 @@ Rules:
   call (both parties, RTP and RTCP); ``Drop`` removes it and closes its sockets.
 * Workers send ``Stats`` once a second with the counters of every socket that
   saw traffic, plus learned endpoints.
+* With ``Configure.rtcp_capture`` (Homer, ``log-facility-rtcp``), workers also
+  send ``Rtcp`` once a second: copies of the RTCP datagrams they relayed, at
+  most ``RTCP_SAMPLE_LIMIT`` a second (RTCP comes every few seconds per stream,
+  so this is every packet on all but the busiest workers).
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ __all__ = [
     "Hello",
     "IpcError",
     "Message",
+    "Rtcp",
+    "RtcpPacket",
     "Shutdown",
     "SocketSpec",
     "SocketStats",
@@ -38,6 +44,7 @@ __all__ = [
 ]
 
 MAX_MESSAGE = 1 << 20
+RTCP_SAMPLE_LIMIT = 256  # RTCP copies per worker per report
 
 
 class IpcError(ValueError):
@@ -100,6 +107,7 @@ class Configure:
     # relayd's DTLS certificate and private key (PEM), the same for every worker
     certificate: str = ""
     private_key: str = ""
+    rtcp_capture: bool = False  # copy relayed RTCP datagrams to relayd (``Rtcp``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,10 +155,25 @@ class Stats:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-Message = Configure | Forward | Drop | Shutdown | Hello | Stats
+@dataclass(frozen=True, slots=True)
+class RtcpPacket:
+    key: str  # the socket it arrived on, "address port"
+    source: str  # who sent it, "address port"
+    data: str  # the datagram, hex
+    at: float  # the worker's CLOCK_MONOTONIC when it arrived
+
+
+@dataclass(frozen=True, slots=True)
+class Rtcp:
+    worker: int
+    packets: tuple[RtcpPacket, ...] = ()
+    now: float = 0.0  # the worker's CLOCK_MONOTONIC when it sent this
+
+
+Message = Configure | Forward | Drop | Shutdown | Hello | Stats | Rtcp
 
 _TYPES: dict[str, type[Any]] = {
-    cls.__name__: cls for cls in (Configure, Forward, Drop, Shutdown, Hello, Stats)
+    cls.__name__: cls for cls in (Configure, Forward, Drop, Shutdown, Hello, Stats, Rtcp)
 }
 
 
@@ -159,7 +182,7 @@ def _defaults(cls: type[Any]) -> tuple[tuple[str, Any], ...]:
 
 
 _FIELDS: dict[type[Any], tuple[tuple[str, Any], ...]] = {
-    cls: _defaults(cls) for cls in (*_TYPES.values(), SocketSpec, SocketStats)
+    cls: _defaults(cls) for cls in (*_TYPES.values(), SocketSpec, SocketStats, RtcpPacket)
 }
 
 
@@ -192,6 +215,8 @@ def decode(data: bytes) -> Message:
             body["sockets"] = tuple(SocketSpec(**s) for s in body.get("sockets", ()))
         elif cls is Stats:
             body["sockets"] = tuple(SocketStats(**s) for s in body.get("sockets", ()))
+        elif cls is Rtcp:
+            body["packets"] = tuple(RtcpPacket(**p) for p in body.get("packets", ()))
         message: Message = cls(**body)
     except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise IpcError(f"bad ipc message: {exc}") from None

@@ -183,6 +183,11 @@ class KernelPath:
 
     # -- counters -------------------------------------------------------------------------
 
+    @property
+    def counts(self) -> dict[ForwardKey, Counter]:
+        """The last counters read per installed forward (packets and bytes since install)."""
+        return self._counts
+
     def deltas(self) -> dict[str, Counter]:
         """Packets and bytes forwarded since the last call, by bypassed socket key."""
         if not self.enabled or not self.installed:

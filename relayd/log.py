@@ -1,9 +1,14 @@
 """Structured logging: structlog on top of stdlib logging, rtpengine's levels and facilities.
 
 ``log-level`` is syslog's scale as in rtpengine (0 emerg … 7 debug). Output goes
-to stderr (``log-stderr`` or foreground) or to syslog with ``log-facility``.
-Context such as ``call_id`` and ``from_tag`` is bound per request through
-contextvars, so every line of a call carries its call-id.
+to stderr (``log-stderr`` or foreground) or to syslog with ``log-facility``;
+``log-facility-rtcp`` sends the RTCP lines (logger ``relayd.rtcp``) to syslog
+under their own facility, as rtpengine does. ``log-format``: ``default``
+(``event key=value``), ``parsable`` (logfmt, ``key="value"`` throughout) or
+``json`` (one JSON object per line). Event names are constant and dotted
+(``ng.request``, ``call.teardown``); context such as ``call_id``, ``from_tag``
+and ``worker`` is bound per request through contextvars, so every line of a
+call carries its call-id.
 """
 
 from __future__ import annotations
@@ -15,7 +20,10 @@ from typing import Any
 
 import structlog
 
-__all__ = ["configure", "get_logger"]
+__all__ = ["FORMATS", "RTCP_LOGGER", "configure", "get_logger", "set_level"]
+
+FORMATS = ("default", "parsable", "json")
+RTCP_LOGGER = "relayd.rtcp"
 
 # syslog severity → stdlib level; NOTICE (5) sits between INFO and WARNING.
 _LEVELS = {
@@ -51,52 +59,91 @@ def python_level(level: int) -> int:
     return _LEVELS.get(max(0, min(level, 7)), logging.INFO)
 
 
+def _syslog(facility: str) -> logging.Handler:
+    handler = logging.handlers.SysLogHandler(
+        address="/dev/log", facility=_FACILITIES.get(facility, _FACILITIES["daemon"])
+    )
+    handler.ident = "relayd: "
+    return handler
+
+
+def _renderer(fmt: str) -> structlog.typing.Processor:
+    if fmt == "json":
+        return structlog.processors.JSONRenderer()
+    if fmt == "parsable":
+        return structlog.processors.LogfmtRenderer(
+            key_order=["timestamp", "level", "event", "call_id", "from_tag", "worker"],
+            drop_missing=True,
+        )
+    return structlog.dev.ConsoleRenderer(colors=False)
+
+
 def configure(
     level: int = 6,
     *,
     stderr: bool = True,
     facility: str = "daemon",
-    json: bool = False,
+    fmt: str = "default",
     timestamps: bool = True,
+    rtcp_facility: str = "",
 ) -> None:
     """Set up logging once at start-up (and again on reload)."""
-    handler: logging.Handler
-    if stderr:
-        handler = logging.StreamHandler(sys.stderr)
-    else:
-        address = "/dev/log"
-        handler = logging.handlers.SysLogHandler(
-            address=address, facility=_FACILITIES.get(facility, _FACILITIES["daemon"])
-        )
-        handler.ident = "relayd: "
-    renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
-    )
+    handler = logging.StreamHandler(sys.stderr) if stderr else _syslog(facility)
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
     ]
     if timestamps and stderr:
         processors.append(structlog.processors.TimeStamper(fmt="iso", utc=True))
-    handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(processor=renderer, foreign_pre_chain=processors)
+    formatter = structlog.stdlib.ProcessorFormatter(
+        processor=_renderer(fmt), foreign_pre_chain=processors
     )
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(python_level(level))
+    # asyncio's own debug chatter ("Using selector: …") is not relayd's to report
+    logging.getLogger("asyncio").setLevel(max(python_level(level), logging.INFO))
+    rtcp = logging.getLogger(RTCP_LOGGER)
+    rtcp.handlers[:] = []
+    rtcp.propagate = True
+    if rtcp_facility and not stderr:
+        own = _syslog(rtcp_facility)
+        own.setFormatter(formatter)
+        rtcp.handlers[:] = [own]
+        rtcp.propagate = False
     structlog.configure(
         processors=[*processors, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         # events below the level are dropped before any processor runs: at log-level 3
         # the per-request info events cost nothing
-        wrapper_class=structlog.make_filtering_bound_logger(python_level(level)),
+        wrapper_class=structlog.make_filtering_bound_logger(_filter_level(level)),
         cache_logger_on_first_use=False,
+    )
+
+
+def _filter_level(level: int) -> int:
+    """structlog filters on the standard levels only: NOTICE (5) hides info, as in rtpengine."""
+    wanted = python_level(level)
+    return min(
+        (
+            lvl
+            for lvl in (
+                logging.DEBUG,
+                logging.INFO,
+                logging.WARNING,
+                logging.ERROR,
+                logging.CRITICAL,
+            )
+            if lvl >= wanted
+        ),
+        default=logging.CRITICAL,
     )
 
 
 def set_level(level: int) -> None:
     logging.getLogger().setLevel(python_level(level))
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(python_level(level)))
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(_filter_level(level)))
 
 
 def get_logger(name: str = "relayd") -> Any:

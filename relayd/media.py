@@ -31,6 +31,10 @@ __all__ = ["MediaPlane", "SocketBinder"]
 log = get_logger("relayd.media")
 
 _LINK_BUFFER = 4 << 20
+# room for ~2,700 RTP packets, so a worker kept off its core for a few milliseconds
+# loses nothing (bench/media.py: one stream's max lossless rate x2.5)
+_MEDIA_RCVBUF = 1 << 20
+_SO_RCVBUFFORCE = 33  # Linux: like SO_RCVBUF but above net.core.rmem_max (CAP_NET_ADMIN)
 
 
 class SocketBinder:
@@ -46,6 +50,7 @@ class SocketBinder:
             for p in (port, port + 1):
                 sock = socket.socket(family, socket.SOCK_DGRAM)
                 opened.append(sock)
+                _grow_receive_buffer(sock)
                 sock.bind((address, p))
         except OSError as exc:
             for sock in opened:
@@ -78,6 +83,13 @@ class SocketBinder:
         return dropped
 
 
+def _grow_receive_buffer(sock: socket.socket) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, _MEDIA_RCVBUF)
+    except OSError:  # not privileged: as far as net.core.rmem_max allows
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _MEDIA_RCVBUF)
+
+
 @dataclass
 class WorkerProcess:
     index: int
@@ -102,10 +114,14 @@ class MediaPlane:
         log_level: int = 6,
         learning: str = "delayed",
         certificate: tuple[str, str] = ("", ""),
+        log_format: str = "default",
+        rtcp_capture: bool = False,
     ) -> None:
         self.binder = binder
         self.tos = tos
         self.log_level = log_level
+        self.log_format = log_format
+        self.rtcp_capture = rtcp_capture
         self.learning = learning
         self.certificate = certificate  # DTLS certificate and key, PEM, for every worker
         cpus = sorted(os.sched_getaffinity(0))
@@ -115,6 +131,9 @@ class MediaPlane:
         self.call_medias: dict[str, set[str]] = {}  # call-id -> media keys placed on workers
         # called after each stats report with the call-ids whose confirmations changed
         self.on_stats: Callable[[ipc.Stats, set[str]], None] | None = None
+        # called with each stream's new userspace counts: call-id, stream, packets, bytes, errors
+        self.on_traffic: Callable[[str, Stream, int, int, int], None] | None = None
+        self.on_rtcp: Callable[[ipc.Rtcp], None] | None = None  # RTCP copies (Homer, RTCP log)
         self.reported: dict[str, tuple[int, int, int]] = {}  # socket key -> worker counters
         # stream's own socket key -> the socket whose confirmed endpoint the stream shows
         # (an ICE candidate on another local address, once the party nominated it)
@@ -188,7 +207,14 @@ class MediaPlane:
     def _configure(self, worker: WorkerProcess) -> None:
         pem, key = self.certificate
         self._send(
-            worker, ipc.Configure(worker.index, tos=self.tos, certificate=pem, private_key=key)
+            worker,
+            ipc.Configure(
+                worker.index,
+                tos=self.tos,
+                certificate=pem,
+                private_key=key,
+                rtcp_capture=self.rtcp_capture,
+            ),
         )
 
     def _spawn(self, worker: WorkerProcess) -> None:
@@ -208,6 +234,8 @@ class MediaPlane:
             str(child.fileno()),
             "--log-level",
             str(self.log_level),
+            "--log-format",
+            self.log_format,
         ]
         worker.proc = subprocess.Popen(args, pass_fds=[child.fileno()])
         child.close()
@@ -240,6 +268,9 @@ class MediaPlane:
         if isinstance(message, ipc.Stats):
             worker.cpu_seconds = message.cpu_seconds
             self._ingest(message)
+        elif isinstance(message, ipc.Rtcp):
+            if self.on_rtcp:
+                self.on_rtcp(message)
         elif isinstance(message, ipc.Hello):
             log.debug("worker.hello", worker=message.worker, pid=message.pid)
 
@@ -369,6 +400,14 @@ class MediaPlane:
             stream.stats.packets += entry.packets - packets
             stream.stats.bytes += entry.bytes - size
             stream.stats.errors += max(entry.errors - errors, 0)
+            if self.on_traffic:
+                self.on_traffic(
+                    call_id,
+                    stream,
+                    entry.packets - packets,
+                    entry.bytes - size,
+                    max(entry.errors - errors, 0),
+                )
             if entry.last_packet:
                 stream.stats.last_packet = max(stream.stats.last_packet, entry.last_packet + offset)
             # With ICE candidates on several local addresses a stream has one socket per

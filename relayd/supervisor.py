@@ -2,7 +2,9 @@
 
 It owns all call state and never touches a media packet. The pure pieces
 (:mod:`relayd.ng.commands`, :mod:`relayd.signalling`, :mod:`relayd.sdp`) do the
-work; this module wires them to sockets, signals and the clock.
+work; this module wires them to sockets, signals and the clock. Operations
+hang off it too: the admin socket (:mod:`relayd.admin`), ``/metrics``
+(:mod:`relayd.metrics`, :mod:`relayd.httpd`) and Homer (:mod:`relayd.homer`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import structlog
 from relayd import __version__, ipc, log
 from relayd.certificate import Certificate, load_or_create
 from relayd.config import KEYS, Config, ConfigError, load, unimplemented
-from relayd.forwarding import kernel_legs, socket_key
+from relayd.counters import Counters
+from relayd.forwarding import KernelLeg, kernel_legs, socket_key
 from relayd.interfaces import Interfaces, resolve
 from relayd.kernel import KernelPath
 from relayd.media import MediaPlane, SocketBinder
@@ -32,6 +35,7 @@ from relayd.model import Call
 from relayd.ng.commands import Commands, Limits, Teardown
 from relayd.ng.message import Request
 from relayd.ng.server import NgService, serve_tcp, serve_udp
+from relayd.operations import Operations
 from relayd.signalling import PortAllocator, Signalling
 from relayd.state import Journal
 
@@ -58,9 +62,13 @@ class Supervisor:
         certificate: Certificate,
         *,
         ready_fd: int | None = None,
+        argv: Sequence[str] = (),
     ) -> None:
         self.config = config
+        self.argv = list(argv)  # the command line, read again by reload()
         self.ready_fd = ready_fd
+        self.counters = Counters()
+        self.ops = Operations(self)
         workers = config.num_threads or len(os.sched_getaffinity(0))
         binder = SocketBinder()
         self.certificate = certificate
@@ -71,6 +79,8 @@ class Supervisor:
             log_level=config.log_level,
             learning=config.endpoint_learning,
             certificate=(certificate.pem, certificate.key_pem),
+            log_format=config.log_format,
+            rtcp_capture=self.ops.copies_rtcp,
         )
         ports = PortAllocator(config.port_min, config.port_max, workers, binder)
         self.signalling = Signalling(
@@ -95,26 +105,51 @@ class Supervisor:
         state_dir = _state_dir(config.state_dir)
         self.journal = Journal(state_dir) if state_dir else None
         self.media.on_stats = self._stats_reported
+        self.media.on_traffic = self.ops.userspace_traffic
+        self.media.on_rtcp = self.ops.rtcp_copied
         self._kernel_calls: set[str] = set()
         self._stop = asyncio.Event()
         self._closers: list[Any] = []
 
     def dispatch(self, req: Request, source: tuple[Any, ...]) -> dict[str, Any]:
+        started = time.perf_counter()
+        known = self.commands.calls.get(req.call_id) if req.call_id else None
         with structlog.contextvars.bound_contextvars(
-            call_id=req.call_id or None, from_tag=req.from_tag or None
+            call_id=req.call_id or None,
+            from_tag=req.from_tag or None,
+            worker=known.worker if known is not None else None,
         ):
-            if req.unknown:
-                logger.warning("ng.unknown_keys", command=req.command, keys=req.unknown)
-            reply = self.commands.handle(req, time.time())
-            if req.command in ("offer", "answer") and reply.get("result") == "ok":
-                call = self.commands.calls.get(req.call_id)
-                if call is not None:
-                    # signalling takes the call back to userspace until it is confirmed again
-                    self._unoffload(call)
-                    self.media.signalled(call, list(call.monologues), req.endpoint_learning)
-                    self.media.sync(call)
-            if self.journal is not None and req.call_id in self.commands.calls:
-                self.journal.save(self.commands.calls[req.call_id])
+            try:
+                reply = self._dispatch(req, source)
+            except Exception:
+                # logged here, inside the call's context: the ng shell would log it without
+                logger.exception("ng.internal_error", command=req.command)
+                reply = {"result": "error", "error-reason": "Internal error"}
+            ok = reply.get("result") in ("ok", "pong")
+            self.counters.ng.record(str(source[0]), req.command, ok, time.perf_counter() - started)
+            return reply
+
+    def _dispatch(self, req: Request, source: tuple[Any, ...]) -> dict[str, Any]:
+        if req.unknown:
+            logger.warning("ng.unknown_keys", command=req.command, keys=req.unknown)
+        reply = self.commands.handle(req, time.time())
+        call = self.commands.calls.get(req.call_id) if req.call_id else None
+        with (
+            structlog.contextvars.bound_contextvars(worker=call.worker)
+            if call is not None
+            else contextlib.nullcontext()
+        ):
+            if (
+                req.command in ("offer", "answer")
+                and reply.get("result") == "ok"
+                and call is not None
+            ):
+                # signalling takes the call back to userspace until it is confirmed again
+                self._unoffload(call)
+                self.media.signalled(call, list(call.monologues), req.endpoint_learning)
+                self.media.sync(call)
+            if self.journal is not None and call is not None:
+                self.journal.save(call)
             event = "ng.request" if reply.get("result") in ("ok", "pong") else "ng.failed"
             logger.info(
                 event,
@@ -123,24 +158,28 @@ class Supervisor:
                 result=reply.get("result"),
                 reason=reply.get("error-reason"),
             )
-            return reply
+        return reply
 
     def _teardown(self, teardown: Teardown) -> None:
         call = teardown.call
-        if self.kernel is not None:
-            self.kernel.drop(call.call_id)
-        self._kernel_calls.discard(call.call_id)
-        self.media.drop(call)
-        if self.journal is not None:
-            self.journal.forget(call.call_id)
-        packets = sum(s.stats.packets for p in call.parties() for m in p.medias for s in m.streams)
-        logger.info(
-            "call.teardown",
-            call_id=call.call_id,
-            reason=teardown.reason,
-            duration=round(time.time() - call.created, 3),
-            packets=packets,
-        )
+        # also when a timer or relayctl ends the call: its lines carry its call-id
+        with structlog.contextvars.bound_contextvars(call_id=call.call_id, worker=call.worker):
+            if self.kernel is not None:
+                self.kernel.drop(call.call_id)
+            self._kernel_calls.discard(call.call_id)
+            self.media.drop(call)
+            if self.journal is not None:
+                self.journal.forget(call.call_id)
+            packets = sum(
+                s.stats.packets for p in call.parties() for m in p.medias for s in m.streams
+            )
+            logger.info(
+                "call.teardown",
+                call_id=call.call_id,
+                reason=teardown.reason,
+                duration=round(time.time() - call.created, 3),
+                packets=packets,
+            )
 
     async def run(self) -> None:
         restored = self._restore()
@@ -150,8 +189,10 @@ class Supervisor:
         self._adopt(restored)
         for call in restored:
             self.media.sync(call)
-        service = NgService(self.dispatch)
+        observe = self.ops.ng_observed if self.ops.homer is not None else None
+        service = NgService(self.dispatch, observe=observe)
         cfg = self.config
+        self._closers += await self.ops.serve()
         if cfg.listen_ng:
             transport = await serve_udp(service, *cfg.listen_ng)
             self._closers.append(transport)
@@ -163,6 +204,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.ops.reload_signal)
         reaper = asyncio.ensure_future(self._reap())
         if self.ready_fd is not None:
             os.write(self.ready_fd, b"1")
@@ -171,6 +213,7 @@ class Supervisor:
         reaper.cancel()
         for closer in self._closers:
             closer.close()
+        self.ops.close()
         await self.media.stop()
         if self.kernel is not None:
             self.kernel.close()  # kernel forwards stay: their media flows on until we return
@@ -186,9 +229,11 @@ class Supervisor:
             try:
                 if self.journal is not None:
                     self.journal.flush()
+                self.ops.pump()
                 if tick % 4 == 0:
                     self._kernel_tick()
                     self.commands.reap(time.time())
+                    self.ops.tick()
             except Exception:
                 logger.exception("timer.failed")
 
@@ -243,7 +288,7 @@ class Supervisor:
         adopted: dict[str, set[str]] = {}
         if self.kernel is not None and self.kernel.enabled:
             # also with no call at all: whatever the table holds is stale then
-            adopted = self.kernel.adopt({c.call_id: kernel_legs(c) for c in calls})
+            adopted = self.kernel.adopt({c.call_id: self._kernel_legs(c) for c in calls})
         self._kernel_calls = {call_id for call_id, sockets in adopted.items() if sockets}
         changed = []
         for call in calls:
@@ -263,7 +308,7 @@ class Supervisor:
         """Put the call's confirmed plain streams in the kernel (and the rest back out)."""
         if self.kernel is None or not self.kernel.enabled:
             return
-        in_kernel = self.kernel.sync(call.call_id, kernel_legs(call))
+        in_kernel = self.kernel.sync(call.call_id, self._kernel_legs(call))
         if in_kernel:
             self._kernel_calls.add(call.call_id)
         else:
@@ -273,6 +318,20 @@ class Supervisor:
             if self.journal is not None:
                 self.journal.save(call)
         self._after_kernel_change()
+
+    def _kernel_legs(self, call: Call) -> list[KernelLeg]:
+        """The call's kernel legs; with RTCP capture on (Homer, the RTCP log) separate RTCP
+        streams stay with the workers, which copy it (a few packets per stream a minute)."""
+        legs = kernel_legs(call)
+        if not self.ops.copies_rtcp:
+            return legs
+        rtcp = {
+            socket_key(s.local.local, s.port)
+            for m in call.all_medias()
+            for s in m.streams
+            if s.rtcp
+        }
+        return [leg for leg in legs if leg.socket not in rtcp]
 
     def _unoffload(self, call: Call) -> None:
         if self.kernel is not None:
@@ -316,11 +375,17 @@ class Supervisor:
             found = self.media.streams.get(key)
             if found is None:
                 continue
-            stats = found[1].stats
+            call_id, stream = found
+            stats = stream.stats
             stats.packets += count.packets
             stats.bytes += count.bytes
             stats.last_packet = now
+            self.ops.traffic("kernel", call_id, stream, count.packets, count.bytes)
         self._after_kernel_change()
+
+    def reload(self) -> dict[str, Any]:
+        """``relayctl reload``: see :meth:`Operations.reload`."""
+        return self.ops.reload()
 
     def stop(self) -> None:
         self._stop.set()
@@ -375,7 +440,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         config.log_level,
         stderr=config.log_stderr or config.foreground,
         facility=config.log_facility,
+        fmt=config.log_format,
         timestamps=config.log_timestamps,
+        rtcp_facility=config.log_facility_rtcp,
     )
     ignored = unimplemented(config)
     if ignored:
@@ -402,7 +469,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ports=f"{config.port_min}-{config.port_max}",
     )
     try:
-        asyncio.run(Supervisor(config, interfaces, certificate, ready_fd=ready_fd).run())
+        supervisor = Supervisor(config, interfaces, certificate, ready_fd=ready_fd, argv=args)
+        asyncio.run(supervisor.run())
     except OSError as exc:
         logger.error("relayd.failed", error=str(exc))
         return 1

@@ -13,6 +13,8 @@ import socket
 import sys
 from collections.abc import Sequence
 
+import structlog
+
 from relayd import log
 from workers.loop import Worker
 
@@ -27,8 +29,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     group.add_argument("--fd", type=int, help="inherited link to relayd")
     group.add_argument("--connect", help="path of relayd's worker socket")
     parser.add_argument("--log-level", type=int, default=6)
+    parser.add_argument("--log-format", choices=log.FORMATS, default="default")
     args = parser.parse_args(argv)
-    log.configure(args.log_level, stderr=True)
+    log.configure(args.log_level, stderr=True, fmt=args.log_format)
+    structlog.contextvars.bind_contextvars(worker=args.worker)  # on every line of this process
     logger = log.get_logger("relayd.worker")
     if args.cpu >= 0:
         try:

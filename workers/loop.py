@@ -50,6 +50,7 @@ class MediaSocket:
     # the primary's ``active`` is the alias the party nominated (None: the primary)
     primary: MediaSocket | None = None
     active: MediaSocket | None = None
+    capture: bool = False  # copy the RTCP it relays to relayd (Homer, RTCP log)
 
 
 class Worker:
@@ -63,6 +64,8 @@ class Worker:
         self.by_key: dict[str, MediaSocket] = {}
         self.medias: dict[str, set[str]] = {}
         self.secure = SecurePath(index, _RECV_SIZE, _BATCH)
+        self.rtcp_capture = False
+        self.rtcp: list[ipc.RtcpPacket] = []
         self.running = True
         link.setblocking(False)
         self.epoll.register(link.fileno(), select.EPOLLIN)
@@ -102,6 +105,7 @@ class Worker:
         elif isinstance(message, ipc.Configure):
             self.tos = message.tos
             self.stats_interval = message.stats_interval
+            self.rtcp_capture = message.rtcp_capture
             self.secure.set_certificate(message.certificate, message.private_key)
         elif isinstance(message, ipc.Shutdown):
             self.running = False
@@ -154,6 +158,7 @@ class Worker:
                 touched.append(current)
         now = time.monotonic()
         for current in touched:
+            current.capture = self.rtcp_capture
             current.crypto = any(
                 ms is not None and ms.secure is not None
                 for ms in (current, current.out, current.out_rtcp)
@@ -184,7 +189,11 @@ class Worker:
         with contextlib.suppress(OSError, ValueError):
             self.epoll.unregister(fd)
         media_socket.sock.close()
-        for other in self.by_key.values():
+        # only the sockets of the same media section point at this one
+        for key in self.medias.get(media_socket.media, ()):
+            other = self.by_key.get(key)
+            if other is None:
+                continue
             if other.active is media_socket:
                 other.active = None
             if other.out is media_socket:
@@ -228,6 +237,13 @@ class Worker:
             )
         cpu = time.process_time()
         self.send(ipc.Stats(self.index, tuple(changed), cpu, now))
+        if self.rtcp:
+            self.send(ipc.Rtcp(self.index, tuple(self.rtcp), now))
+            self.rtcp = []
+
+    def _sample_rtcp(self, key: str, source: tuple[str, int], data: bytes, now: float) -> None:
+        if len(self.rtcp) < ipc.RTCP_SAMPLE_LIMIT:
+            self.rtcp.append(ipc.RtcpPacket(key, f"{source[0]} {source[1]}", data.hex(), now))
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -260,6 +276,7 @@ class Worker:
                     continue
                 recvfrom = ms.sock.recvfrom
                 leg = ms.leg
+                capture = ms.capture
                 for _ in range(_BATCH):
                     try:
                         data, source = recvfrom(_RECV_SIZE)
@@ -270,6 +287,8 @@ class Worker:
                         break
                     if leg.receive(source[:2], len(data), now) != forward:
                         continue
+                    if capture and (leg.rtcp or is_rtcp(data)):
+                        self._sample_rtcp(leg.key, source, data, now)
                     out = ms.out
                     if ms.out_rtcp is not None and is_rtcp(data):
                         out = ms.out_rtcp

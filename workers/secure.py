@@ -23,6 +23,12 @@ Rules:
   handshake records go to where the party's DTLS came from, else to its endpoint.
 * A nominated ICE check latches the party's endpoint (confirmed). A later
   ``Forward`` with the same credentials keeps the nomination.
+* ICE candidates on several local addresses (alias sockets, ``MediaSocket.primary``)
+  are one stream: each answers its own checks, but the DTLS association and the
+  SRTP sessions are the primary socket's, whichever candidate carries them. A
+  peer may nominate several pairs (aggressive nomination) or move between them:
+  there is still one handshake, one key set and one replay window, and DTLS
+  records go out from the candidate the party's DTLS last came in on (``via``).
 """
 
 from __future__ import annotations
@@ -86,6 +92,7 @@ class SecureSocket:
         "reported",
         "srtp_in",
         "srtp_out",
+        "via",
         "wants_in",
         "wants_out",
     )
@@ -96,6 +103,7 @@ class SecureSocket:
         self.srtp_out: SrtpSession | None = None
         self.dtls: DtlsEndpoint | None = None
         self.dtls_peer: Address | None = None
+        self.via: MediaSocket | None = None  # the candidate socket DTLS records leave from
         self.ice: IceLiteResponder | None = None
         self.wants_in = bool(config.srtp_in or config.dtls)
         self.wants_out = bool(config.srtp_out or config.dtls)
@@ -175,7 +183,7 @@ class SecurePath:
             config.dtls_fingerprint,
         )
         if config.dtls and same_dtls and old is not None and old.dtls is not None:
-            sec.dtls, sec.dtls_peer = old.dtls, old.dtls_peer
+            sec.dtls, sec.dtls_peer, sec.via = old.dtls, old.dtls_peer, old.via
             if old.dtls.state == "connected":  # the DTLS keys outrank the (new) SDES ones
                 sec.srtp_in, sec.srtp_out = old.srtp_in, old.srtp_out
         elif config.dtls:
@@ -208,16 +216,21 @@ class SecurePath:
             leg.endpoint, leg.confirmed = sec.ice.nominated, True
 
     def start(self, ms: MediaSocket, now: float) -> None:
-        """Send an active socket's ClientHello once the party's endpoint is known."""
-        sec = ms.secure
+        """Send an active stream's ClientHello once the party's endpoint is known on
+        ``ms`` (the primary socket or one of its candidates); only once per stream."""
+        own = ms.secure
+        owner = _owner(ms)
+        sec = owner.secure
         if sec is None or sec.dtls is None or sec.dtls.started or sec.dtls.role != "active":
             return
-        if sec.ice is not None and sec.ice.nominated is None:
+        if own is not None and own.ice is not None and own.ice.nominated is None:
             return  # with ICE the endpoint is known once a check nominates it
-        if self._dtls_target(ms, sec) is None:
+        if _target(ms.leg.endpoint) is None:
             return
-        self._dtls_events(ms, sec, sec.dtls.start(now))
-        self._dtls_send(ms, sec)
+        sec.via, sec.dtls_peer = ms, None
+        self._dtls_events(owner, sec, sec.dtls.start(now))
+        self._dtls_send(owner, sec)
+        self._update_timer(owner, sec)
 
     def forget(self, ms: MediaSocket) -> None:
         self.timers.discard(ms)
@@ -262,6 +275,8 @@ class SecurePath:
         receive = leg.receive
         rtcp_socket = leg.rtcp
         sec = ms.secure
+        owner = _owner(ms)
+        csec = owner.secure  # DTLS and SRTP: the stream's, shared with its candidates
         size = self.recv_size
         forward = Verdict.FORWARD
         for _ in range(self.batch):
@@ -279,8 +294,8 @@ class SecurePath:
                 continue
             rtcp = rtcp_socket or (n > 1 and 200 <= view[1] <= 204)  # RFC 5761 §4
             wire = n
-            if sec is not None and sec.wants_in:
-                session = sec.srtp_in
+            if csec is not None and csec.wants_in:
+                session = csec.srtp_in
                 if session is None:
                     leg.errors += 1
                     continue
@@ -290,7 +305,7 @@ class SecurePath:
                     continue
             if receive(source, wire, now) != forward:
                 continue
-            if sec is not None and sec.dtls is not None and not sec.dtls.started:
+            if csec is not None and csec.dtls is not None and not csec.dtls.started:
                 self.start(ms, now)
             out = ms.out_rtcp if rtcp and ms.out_rtcp is not None else ms.out
             if out is not None and out.active is not None:
@@ -299,7 +314,7 @@ class SecurePath:
                 leg.ssrc = int.from_bytes(view[8:12], "big")
             if out is None or (target := out.leg.endpoint) is None:
                 continue
-            osec = out.secure
+            osec = _owner(out).secure
             if osec is not None and osec.wants_out:
                 protect = osec.srtp_out
                 if protect is None:
@@ -340,22 +355,24 @@ class SecurePath:
                 log.info("ice.nominated", worker=self.worker, key=leg.key, endpoint=source)
                 self.start(ms, now)
             return
-        if 20 <= first <= 63 and sec.dtls is not None:
+        owner = _owner(ms)
+        csec = owner.secure  # the stream's DTLS, whichever candidate the record came to
+        if 20 <= first <= 63 and csec is not None and csec.dtls is not None:
             if leg.receive(source, len(data), now) != Verdict.FORWARD:
                 return
-            dtls = sec.dtls
+            dtls = csec.dtls
             # a passive endpoint that is done (closed, or failed: perhaps an impostor got
             # in first) takes a fresh ClientHello as a new association
             ended = dtls.state == "closed" or dtls.state.startswith("failed")
             if ended and dtls.role == "passive" and _client_hello(data):
                 context = self.context
                 assert context is not None  # it made the endpoint being replaced
-                dtls = sec.dtls = DtlsEndpoint(context, "passive", sec.config.dtls_fingerprint)
-                sec.srtp_in = sec.srtp_out = None
-            sec.dtls_peer = source
-            self._dtls_events(ms, sec, dtls.receive(data, now))
-            self._dtls_send(ms, sec)
-            self._update_timer(ms, sec)
+                dtls = csec.dtls = DtlsEndpoint(context, "passive", csec.config.dtls_fingerprint)
+                csec.srtp_in = csec.srtp_out = None
+            csec.dtls_peer, csec.via = source, ms
+            self._dtls_events(owner, csec, dtls.receive(data, now))
+            self._dtls_send(owner, csec)
+            self._update_timer(owner, csec)
             return
         leg.errors += 1  # STUN or DTLS nobody configured, or not RTP at all
 
@@ -374,21 +391,30 @@ class SecurePath:
                 sec.srtp_in = sec.srtp_out = None
                 log.info("dtls.closed", worker=self.worker, key=key)
 
-    def _dtls_target(self, ms: MediaSocket, sec: SecureSocket) -> Address | None:
-        target = sec.dtls_peer or ms.leg.endpoint
-        if target is None or target[0] in _UNSPECIFIED or not target[1]:
-            return None
-        return target
-
     def _dtls_send(self, ms: MediaSocket, sec: SecureSocket) -> None:
+        """Send what ``ms``'s DTLS endpoint has queued, from the candidate it talks over."""
         if sec.dtls is None:
             return
         datagrams = sec.dtls.datagrams()
-        target = self._dtls_target(ms, sec)
+        via = sec.via if sec.via is not None and sec.via.sock.fileno() >= 0 else ms
+        target = _target(sec.dtls_peer or via.leg.endpoint)
         if target is None:
             return
         for datagram in datagrams:
-            _send(ms.sock, datagram, target, ms.leg)
+            _send(via.sock, datagram, target, via.leg)
+
+
+def _owner(ms: MediaSocket) -> MediaSocket:
+    """The socket holding ``ms``'s DTLS and SRTP state: its primary, for a candidate on
+    another local address (an alias), else itself."""
+    primary = ms.primary
+    return primary if primary is not None and primary.secure is not None else ms
+
+
+def _target(address: Address | None) -> Address | None:
+    if address is None or address[0] in _UNSPECIFIED or not address[1]:
+        return None
+    return address
 
 
 def _client_hello(data: bytes) -> bool:

@@ -10,6 +10,12 @@ Rules of the responder (RFC 8445 §2.5, §7.3; RFC 5389 §10.1.2):
   error responses would only help a prober.
 * The answer is a Binding success with XOR-MAPPED-ADDRESS (the check's source),
   MESSAGE-INTEGRITY (our password) and FINGERPRINT.
+* relayd's SDP does not say ``a=ice-lite`` (rtpengine's does not), so a peer that
+  answered our offer believes itself controlled and would wait for a nomination
+  that never comes. A valid check with ICE-CONTROLLED is therefore a role
+  conflict that relayd loses on purpose (RFC 8445 §7.3.1.1, as an agent whose
+  tie-breaker is 0): a 487 (Role Conflict) error response with MESSAGE-INTEGRITY
+  and FINGERPRINT, after which the peer turns controlling and nominates.
 * A valid check carrying USE-CANDIDATE nominates its source: the party's
   endpoint is latched there (the latest nomination wins, which is how a peer
   moves to another candidate pair). Binding indications (keep-alives) and
@@ -246,6 +252,8 @@ class IceLiteResponder:
         if not message.fingerprint:
             return Answer(error="ICE check without FINGERPRINT")
         self.checks += 1
+        if message.get(Attr.ICE_CONTROLLED) is not None:
+            return Answer(_role_conflict(message.transaction_id, self._key))
         reply = encode(
             MessageType.BINDING_SUCCESS,
             message.transaction_id,
@@ -256,3 +264,9 @@ class IceLiteResponder:
         if nominated:
             self.nominated = source
         return Answer(reply, nominated)
+
+
+def _role_conflict(transaction_id: bytes, key: bytes) -> bytes:
+    """A Binding error response 487 (Role Conflict), RFC 8445 §7.3.1.1 / RFC 5389 §15.6."""
+    error = struct.pack("!HBB", 0, 4, 87) + b"Role Conflict"
+    return encode(MessageType.BINDING_ERROR, transaction_id, [(Attr.ERROR_CODE, error)], key=key)

@@ -37,7 +37,7 @@ class Teardown:
     """A call that left the registry, and why (for the log line and counters)."""
 
     call: Call
-    reason: str  # "deleted", "offer timeout", "final timeout"
+    reason: str  # "deleted", "terminated", "offer timeout", "final timeout", …
 
 
 @dataclass
@@ -177,6 +177,14 @@ class Commands:
         from relayd.ng.stats import statistics_reply
 
         return statistics_reply(self, now)
+
+    def terminate(self, call_id: str, now: float) -> Teardown | None:
+        """End a call at once (``relayctl terminate``): rtpengine's forced termination."""
+        call = self.calls.get(call_id)
+        if call is None:
+            return None
+        self.totals.forced_terminated += 1
+        return self._remove(call, "terminated", now)
 
     # -- timers -------------------------------------------------------------------------------
 

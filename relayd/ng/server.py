@@ -33,6 +33,9 @@ __all__ = ["NgService", "serve_tcp", "serve_udp"]
 log = get_logger("relayd.ng")
 
 Dispatch = Callable[[Request, tuple[Any, ...]], dict[str, Any] | Awaitable[dict[str, Any]]]
+# a request and its reply as on the wire (cookie SP body each), for capture (Homer):
+# request, reply, the request's source, our local address, the parsed request
+Observe = Callable[[bytes, bytes, tuple[Any, ...], tuple[Any, ...], Request], None]
 
 # rtpengine closes a TCP connection once this much unparseable data piles up
 _TCP_GARBAGE_LIMIT = 1024
@@ -48,20 +51,30 @@ class NgService:
     handled waits for that reply instead of running the command again.
     """
 
-    def __init__(self, dispatch: Dispatch, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        dispatch: Dispatch,
+        clock: Callable[[], float] = time.monotonic,
+        observe: Observe | None = None,
+    ) -> None:
         self.dispatch = dispatch
         self.clock = clock
+        self.observe = observe
         self.cache = ReplyCache()
         self._inflight: dict[str, asyncio.Future[bytes]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def process(self, data: bytes, source: tuple[Any, ...]) -> bytes | None:
-        reply = self.handle(data, source)
+    async def process(
+        self, data: bytes, source: tuple[Any, ...], local: tuple[Any, ...] = ()
+    ) -> bytes | None:
+        reply = self.handle(data, source, local)
         if isinstance(reply, asyncio.Future):
             return await asyncio.shield(reply)
         return reply
 
-    def handle(self, data: bytes, source: tuple[Any, ...]) -> bytes | asyncio.Future[bytes] | None:
+    def handle(
+        self, data: bytes, source: tuple[Any, ...], local: tuple[Any, ...] = ()
+    ) -> bytes | asyncio.Future[bytes] | None:
         """The reply now, or a future for it when the dispatcher is a coroutine."""
         try:
             cookie, body = split_cookie(data)
@@ -76,14 +89,20 @@ class NgService:
         if pending is not None:
             return pending
         as_json = body[:1] == b"{"
+        req: Request | None = None
         try:
             raw, as_json = decode_body(body)
             req = parse_request(raw)
             result = self.dispatch(req, source)
         except Exception as exc:
-            return self._finish(cookie, self._failure(exc, source), as_json)
+            reply = self._finish(cookie, self._failure(exc, source), as_json)
+            if req is not None:
+                self._observe(data, reply, source, local, req)
+            return reply
         if not inspect.isawaitable(result):
-            return self._finish(cookie, result, as_json)
+            reply = self._finish(cookie, result, as_json)
+            self._observe(data, reply, source, local, req)
+            return reply
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._inflight[cookie] = future
         task = asyncio.ensure_future(self._complete(cookie, result, as_json, source, future))
@@ -109,6 +128,21 @@ class NgService:
             del self._inflight[cookie]
             if not future.done():  # cancelled: duplicates waiting on it must not hang
                 future.cancel()
+
+    def _observe(
+        self,
+        data: bytes,
+        reply: bytes,
+        source: tuple[Any, ...],
+        local: tuple[Any, ...],
+        req: Request,
+    ) -> None:
+        if self.observe is None:
+            return
+        try:
+            self.observe(data, reply, source, local, req)
+        except Exception:
+            log.exception("ng.observe_failed")
 
     @staticmethod
     def _failure(exc: Exception, source: tuple[Any, ...]) -> dict[str, Any]:
@@ -140,7 +174,8 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        reply = self.service.handle(data, addr)
+        local = self.transport.get_extra_info("sockname") if self.transport else ()
+        reply = self.service.handle(data, addr, local or ())
         if isinstance(reply, asyncio.Future):
             reply.add_done_callback(lambda done: self._send(done, addr))
         elif reply is not None and self.transport is not None:
@@ -186,13 +221,14 @@ def split_stream(buffer: bytes) -> tuple[list[bytes], bytes, str | None]:
 async def serve_tcp(service: NgService, host: str, port: int) -> asyncio.Server:
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("?", 0)
+        local = writer.get_extra_info("sockname") or ()
         buffer = b""
         try:
             while chunk := await reader.read(65536):
                 buffer += chunk
                 messages, buffer, broken = split_stream(buffer)
                 for message in messages:
-                    reply = await service.process(message, peer)
+                    reply = await service.process(message, peer, local)
                     if reply is not None:
                         writer.write(reply)
                 await writer.drain()

@@ -29,6 +29,7 @@ def statistics_reply(commands: Commands, now: float) -> dict[str, Any]:
     sessions = len(commands.calls)
     finished = (
         totals.regular_terminated
+        + totals.forced_terminated
         + totals.offer_timeouts
         + totals.final_timeouts
         + totals.timeouts

@@ -43,6 +43,7 @@ class RelaydProcess:
         self.workdir = workdir
         self.netns = netns
         self.ng_address = (ng_host, ng_port)
+        self.admin_socket = workdir / "admin.sock"
         args = [sys.executable, "-m", "relayd", "--foreground"]
         args += ["--config-file", str(config_file) if config_file else "none"]
         for item in interface:
@@ -62,6 +63,8 @@ class RelaydProcess:
             str(workdir / "relayd.pid"),
             "--state-dir",
             str(workdir / "state"),
+            "--admin-socket",
+            str(self.admin_socket),
             *extra,
         ]
         self.args = exec_args(netns, args) if netns else args

@@ -19,6 +19,7 @@ from relayd.config import (
     parse_interface,
     unimplemented,
 )
+from relayd.homer import HomerSettings
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "config"
 GUIDE = DATA / "deployment-guide.conf"
@@ -62,12 +63,9 @@ def test_deployment_guide_unimplemented_keys() -> None:
     config = load(["--config-file", str(GUIDE)])
     ignored = unimplemented(config)
     assert ignored == sorted(ignored)
-    # the guide's own spellings, which rtpengine itself does not know
-    guide_only = ["homer-ng", "prometheus", "prometheus-listen"]
-    assert set(guide_only) <= set(ignored)
     # features relayd does not have, spelled as rtpengine spells them
-    assert {"homer-id", "homer-protocol", "recording-method"} <= set(ignored)
-    # what relayd does act on is not reported
+    assert ignored == ["recording-dir", "recording-format", "recording-method"]
+    # what relayd does act on is not reported, the guide's own spellings included
     acted_on = {
         "interface",
         "listen-ng",
@@ -78,11 +76,89 @@ def test_deployment_guide_unimplemented_keys() -> None:
         "dtls-passive",
         "tls-certificate",
         "tls-private-key",
+        "prometheus",
+        "prometheus-listen",
+        "homer-ng",
+        "homer-protocol",
+        "homer-id",
+        "log-facility-rtcp",
     }
     assert acted_on | {"log-level", "log-facility"} <= set(config.values)
     assert not (acted_on | {"log-level", "log-facility"}) & set(ignored)
     # and exactly the keys set in the file whose status is "ignored"
     assert ignored == sorted(k for k in config.values if KEYS[k].status is Status.IGNORED)
+
+
+def test_deployment_guide_operations_keys() -> None:
+    config = load(["--config-file", str(GUIDE)])
+    assert config.prometheus_listen == ("127.0.0.1", 9900)
+    assert config.homer == HomerSettings(
+        address=("127.0.0.1", 9060), protocol="udp", capture_id=2002, ng=True, rtcp=True
+    )
+    assert config.log_facility_rtcp == "local0"
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        # rtpengine's spelling: RTCP stats by default, ng only with homer-enable-ng
+        (["homer = 192.0.2.9:9060"], HomerSettings(("192.0.2.9", 9060))),
+        (
+            ["homer = 192.0.2.9:9060", "homer-protocol = tcp", "homer-id = 7", "homer-enable-ng"],
+            HomerSettings(("192.0.2.9", 9060), "tcp", 7, ng=True),
+        ),
+        (
+            ["homer = [2001:db8::9]:9060", "homer-disable-rtcp-stats = yes"],
+            HomerSettings(("2001:db8::9", 9060), rtcp=False),
+        ),
+        # the guide's: a transport prefix, the protocol number, ng capture implied
+        (["homer-ng = tcp:192.0.2.9:9061"], HomerSettings(("192.0.2.9", 9061), "tcp", ng=True)),
+        (
+            ["homer-ng = 192.0.2.9:9061", "homer-protocol = 6"],
+            HomerSettings(("192.0.2.9", 9061), "tcp", ng=True),
+        ),
+        (
+            ["homer-ng = udp:192.0.2.9:9060", "homer-ng-capture-proto = 100"],
+            HomerSettings(("192.0.2.9", 9060), ng=True, ng_protocol=100),
+        ),
+        ([], None),
+        (["homer-id = 5"], None),
+    ],
+)
+def test_homer_spellings(tmp_path: Path, lines: list[str], expected: HomerSettings | None) -> None:
+    body = "[rtpengine]\n" + "".join(
+        (line if "=" in line else f"{line} = yes") + "\n" for line in lines
+    )
+    assert load(["--config-file", str(_write(tmp_path, body))]).homer == expected
+
+
+def test_bad_homer_protocol(tmp_path: Path) -> None:
+    path = _write(tmp_path, "[rtpengine]\nhomer = 192.0.2.9:9060\nhomer-protocol = sctp\n")
+    with pytest.raises(ConfigError, match="homer-protocol 'sctp' is not udp, tcp, 17 or 6"):
+        load(["--config-file", str(path)])
+
+
+def test_http_listeners_and_prometheus(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        "[rtpengine]\nlisten-http = 127.0.0.1:2225;[::1]:2226\nprometheus-listen = 9100\n",
+    )
+    config = load(["--config-file", str(path)])
+    assert config.listen_http == (("127.0.0.1", 2225), ("::1", 2226))
+    assert config.prometheus_listen is None  # only with prometheus = yes
+    config = load(["--config-file", str(path), "--prometheus"])
+    assert config.prometheus_listen == ("127.0.0.1", 9100)
+
+
+def test_log_format(tmp_path: Path) -> None:
+    assert load(["--config-file", "none", "--log-format", "json"]).log_format == "json"
+    with pytest.raises(ConfigError, match="'log-format': 'xml' \\(default, parsable or json\\)"):
+        load(["--config-file", "none", "--log-format", "xml"])
+
+
+def test_admin_socket_default_and_override() -> None:
+    assert load(["--config-file", "none"]).admin_socket == "/run/relayd/admin.sock"
+    assert load(["--config-file", "none", "--admin-socket", "none"]).admin_socket == "none"
 
 
 def test_no_file_gives_defaults() -> None:
@@ -276,10 +352,10 @@ def test_missing_and_unreadable_files(tmp_path: Path) -> None:
 
 
 def test_unknown_keys_are_kept_and_reported(tmp_path: Path) -> None:
-    path = _write(tmp_path, "[rtpengine]\nno-such-option = 1\nlisten-http = 127.0.0.1:2225\n")
+    path = _write(tmp_path, "[rtpengine]\nno-such-option = 1\nlisten-https = 127.0.0.1:2225\n")
     config = load(["--config-file", str(path)])
     assert config.values["no-such-option"] == "1"
-    assert unimplemented(config) == ["listen-http", "no-such-option"]
+    assert unimplemented(config) == ["listen-https", "no-such-option"]
 
 
 def test_other_sections_and_keys_before_a_section_are_ignored(tmp_path: Path) -> None:
