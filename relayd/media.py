@@ -410,6 +410,13 @@ class MediaPlane:
                 )
             if entry.last_packet:
                 stream.stats.last_packet = max(stream.stats.last_packet, entry.last_packet + offset)
+            own = socket_key(stream.local.local, stream.port)
+            # the stream's one DTLS session lives on its primary socket; any candidate
+            # socket may be the nominated one
+            if entry.dtls and entry.key == own:
+                stream.dtls = entry.dtls
+            if entry.ice == "nominated" or (entry.ice and not stream.ice):
+                stream.ice = entry.ice
             # With ICE candidates on several local addresses a stream has one socket per
             # address (aliases of its own); the one that confirmed its endpoint last (the
             # candidate the party nominated) speaks for the stream, and the unconfirmed

@@ -72,6 +72,8 @@ class Stream:
     advertised_endpoint: Endpoint | None = None  # as the party's SDP said
     confirmed: bool = False
     kernelized: bool = False  # forwarded by the nftables path, not by a worker
+    dtls: str = ""  # as the worker reports it: connecting, connected, failed: <reason>
+    ice: str = ""  # checking, nominated
     stats: StreamStats = field(default_factory=StreamStats)
 
 

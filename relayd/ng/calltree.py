@@ -79,6 +79,14 @@ def _media(party: Monologue, media: Media, call: Call, totals: Totals) -> dict[s
         flags.append("recv")
     if media.rtcp_mux and media.peer_rtcp_mux:
         flags.append("rtcp-mux")
+    if media.dtls_role:
+        flags += ["DTLS-SRTP", f"DTLS role {media.dtls_role}"]
+    if media.srtp_in is not None or media.srtp_out is not None:
+        flags.append("SDES")
+    if media.ice_ufrag:
+        flags.append("ICE")
+        if media.peer_trickle:
+            flags.append("trickle ICE")
     if party.answerer:
         flags.append("ICE controlling")
     streams = media.streams[:1] if media.rtcp_mux and media.peer_rtcp_mux else media.streams
@@ -86,7 +94,7 @@ def _media(party: Monologue, media: Media, call: Call, totals: Totals) -> dict[s
         "index": media.index + 1,
         "type": media.type,
         "protocol": media.protocol,
-        "streams": [_stream(party, s, call, totals) for s in streams],
+        "streams": [_stream(party, media, s, call, totals) for s in streams],
         "flags": flags,
     }
 
@@ -101,7 +109,9 @@ def _endpoint(ep: Endpoint | None) -> dict[str, Any]:
     }
 
 
-def _stream(party: Monologue, stream: Stream, call: Call, totals: Totals) -> dict[str, Any]:
+def _stream(
+    party: Monologue, media: Media, stream: Stream, call: Call, totals: Totals
+) -> dict[str, Any]:
     flags = ["RTCP" if stream.rtcp else "RTP"]
     if stream.endpoint is not None:
         flags.append("filled")
@@ -113,6 +123,8 @@ def _stream(party: Monologue, stream: Stream, call: Call, totals: Totals) -> dic
         flags.append("strict source address")
     if party.media_handover:
         flags.append("media handover")
+    if stream.dtls == "connected":
+        flags.append("DTLS fingerprint verified")
     stats = {
         "packets": stream.stats.packets,
         "bytes": stream.stats.bytes,
@@ -121,7 +133,7 @@ def _stream(party: Monologue, stream: Stream, call: Call, totals: Totals) -> dic
     bucket = totals["RTCP" if stream.rtcp else "RTP"]
     for key, value in stats.items():
         bucket[key] += value
-    return {
+    tree: dict[str, Any] = {
         "local port": stream.port,
         "local address": stream.local.local,
         "family": "IPv6" if stream.local.family == "IP6" else "IPv4",
@@ -131,3 +143,12 @@ def _stream(party: Monologue, stream: Stream, call: Call, totals: Totals) -> dic
         "flags": flags,
         "stats": stats,
     }
+    suite = media.srtp_out.suite if media.srtp_out is not None else ""
+    if suite:
+        tree["crypto suite"] = suite
+    # relayd's own keys: how the worker's DTLS and ICE stand (a failure shows here)
+    if stream.dtls:
+        tree["DTLS"] = stream.dtls
+    if stream.ice:
+        tree["ICE"] = stream.ice
+    return tree

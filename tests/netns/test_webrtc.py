@@ -213,6 +213,10 @@ def check_query(
     assert endpoint in report["checked"], (rtp, report)
     assert "confirmed" in rtp["flags"]
     assert rtp["stats"]["packets"] >= ENOUGH and rtp["stats"]["errors"] == 0, rtp
+    # DTLS and ICE as the worker saw them: handshake done, fingerprint checked
+    assert {"DTLS-SRTP", "ICE"} <= set(webrtc_media["flags"]), webrtc_media["flags"]
+    assert rtp["DTLS"] == "connected" and "DTLS fingerprint verified" in rtp["flags"], rtp
+    assert rtp["ICE"] == "nominated", rtp
     plain_rtp, plain_rtcp = plain_media["streams"]
     assert plain_rtp["stats"]["packets"] >= ENOUGH and plain_rtp["stats"]["errors"] == 0
     assert plain_rtcp["stats"]["packets"] >= 1 and plain_rtcp["stats"]["errors"] == 0
