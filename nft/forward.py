@@ -223,6 +223,11 @@ class KernelForwarder:
         ]
         return parse_counters(docs, self.table)
 
+    def forget_flows(self, forwards: Iterable[Forward]) -> None:
+        """Delete the conntrack entries of installed forwards again: one made in between by
+        a packet the relay's own socket sent would otherwise clash with their NAT."""
+        self._forget_flows(_flows(forwards))
+
     def _forget_flows(self, tuples: set[tuple[Endpoint, Endpoint]]) -> None:
         if tuples:
             self._ctnetlink.delete_flows(tuples)

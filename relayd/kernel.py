@@ -63,6 +63,9 @@ class KernelPath:
         self.installed: dict[str, dict[ForwardKey, tuple[str, Forward]]] = {}  # by call-id
         self._counts: dict[ForwardKey, Counter] = {}
         self._failed_at = 0.0
+        # forwards installed a moment ago: their conntrack entries are deleted once more
+        # after the worker has surely stopped sending from their sockets (see settle)
+        self._settling: list[tuple[float, list[Forward]]] = []
 
     # -- availability ---------------------------------------------------------------------
 
@@ -105,13 +108,16 @@ class KernelPath:
 
     # -- per call -------------------------------------------------------------------------
 
+    def accepts(self, leg: KernelLeg) -> bool:
+        return self.enabled and (self.ipv6 or ":" not in leg.relay.address)
+
     def sync(self, call_id: str, legs: Iterable[KernelLeg]) -> set[str]:
         """Make the kernel hold exactly ``legs`` for this call; return their socket keys."""
         if not self.enabled:
             return set()
         wanted = {}
         for leg in legs:
-            if not self.ipv6 and ":" in leg.relay.address:
+            if not self.accepts(leg):
                 continue
             forward = _forward(leg)
             wanted[forward.key] = (leg.socket, forward)
@@ -130,6 +136,7 @@ class KernelPath:
             self._counts.pop(key, None)
         if fresh:
             log.info("kernel.offload", call_id=call_id, forwards=len(fresh))
+            self._settling.append((time.monotonic(), fresh))
         if stale:
             log.info("kernel.unoffload", call_id=call_id, forwards=len(stale))
         if wanted:
@@ -180,6 +187,22 @@ class KernelPath:
         self._counts = {k: counts.get(k, Counter(0, 0)) for e in per_call.values() for k in e}
         log.info("kernel.reconciled", kept=result.kept, added=result.added, removed=result.removed)
         return {cid: {socket for socket, _ in e.values()} for cid, e in per_call.items()}
+
+    def settle(self, now: float, after: float = 0.3) -> None:
+        """Delete again the conntrack entries of forwards installed ``after`` seconds ago.
+
+        A worker may still relay a packet in flight from a socket the kernel has just
+        taken over; the entry that packet leaves (relay port → peer, unreplied) would
+        make every later NATed packet of the stream clash and be dropped.
+        """
+        due = [forwards for at, forwards in self._settling if now - at >= after]
+        self._settling = [(at, f) for at, f in self._settling if now - at < after]
+        if not due or not self.enabled:
+            return
+        try:
+            self.forwarder.forget_flows([f for forwards in due for f in forwards])
+        except NftError as exc:
+            self._disable(f"conntrack failed: {exc}")
 
     # -- counters -------------------------------------------------------------------------
 

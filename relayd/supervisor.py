@@ -229,6 +229,8 @@ class Supervisor:
             try:
                 if self.journal is not None:
                     self.journal.flush()
+                if self.kernel is not None:
+                    self.kernel.settle(time.monotonic())
                 self.ops.pump()
                 if tick % 4 == 0:
                     self._kernel_tick()
@@ -308,15 +310,22 @@ class Supervisor:
         """Put the call's confirmed plain streams in the kernel (and the rest back out)."""
         if self.kernel is None or not self.kernel.enabled:
             return
-        in_kernel = self.kernel.sync(call.call_id, self._kernel_legs(call))
+        legs = [leg for leg in self._kernel_legs(call) if self.kernel.accepts(leg)]
+        # the workers stop relaying on those sockets first: a packet sent from a socket
+        # the kernel has taken over would leave a conntrack entry that clashes with its NAT
+        changed = self._mark_kernelized(call, {leg.socket for leg in legs})
+        if changed:
+            self.media.sync(call)
+        in_kernel = self.kernel.sync(call.call_id, legs)
         if in_kernel:
             self._kernel_calls.add(call.call_id)
         else:
             self._kernel_calls.discard(call.call_id)
         if self._mark_kernelized(call, in_kernel):
             self.media.sync(call)
-            if self.journal is not None:
-                self.journal.save(call)
+            changed = True
+        if changed and self.journal is not None:
+            self.journal.save(call)
         self._after_kernel_change()
 
     def _kernel_legs(self, call: Call) -> list[KernelLeg]:

@@ -195,7 +195,8 @@ def test_offloaded_stream_bypasses_the_workers(
             "bytes": (USER_CALLEE + count) * RTP_SIZE,
             "errors": 0,
         }
-        assert conntrack_entries(topo.relay, RELAY_PORTS)
+        # (conntrack entries come and go: relayd deletes them once more shortly after
+        # the hand-over, and the next packet creates them again through the maps)
         assert table_rules(topo.relay)
         assert table_elements(topo.relay)
 
