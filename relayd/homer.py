@@ -56,6 +56,30 @@ def _timestamp(wall: float) -> tuple[int, int]:
     return seconds, min(round((wall - seconds) * 1_000_000), 999_999)
 
 
+def _capture(
+    settings: HomerSettings,
+    protocol: int,
+    payload: bytes,
+    call_id: str,
+    source: tuple[str, int],
+    destination: tuple[str, int],
+    wall: float,
+) -> bytes:
+    seconds, micro = _timestamp(wall)
+    return hep.encode(
+        hep.HepPacket(
+            source,
+            destination,
+            seconds,
+            micro,
+            protocol,
+            settings.capture_id,
+            call_id.encode(),
+            payload,
+        )
+    )
+
+
 def ng_capture(
     settings: HomerSettings,
     message: bytes,
@@ -65,19 +89,7 @@ def ng_capture(
     wall: float,
 ) -> bytes:
     """One ng message (``cookie SP body``, as sent or received) as a HEP packet."""
-    seconds, micro = _timestamp(wall)
-    return hep.encode(
-        hep.HepPacket(
-            source,
-            destination,
-            seconds,
-            micro,
-            settings.ng_protocol,
-            settings.capture_id,
-            call_id.encode(),
-            message,
-        )
-    )
+    return _capture(settings, settings.ng_protocol, message, call_id, source, destination, wall)
 
 
 def rtcp_capture(
@@ -88,18 +100,15 @@ def rtcp_capture(
     destination: tuple[str, int],
     wall: float,
 ) -> bytes:
-    seconds, micro = _timestamp(wall)
-    return hep.encode(
-        hep.HepPacket(
-            source,
-            destination,
-            seconds,
-            micro,
-            hep.CaptureProtocol.RTCP_JSON,
-            settings.capture_id,
-            call_id.encode(),
-            json_text.encode(),
-        )
+    """RTCP as rtpengine reports it to Homer: its JSON summary, capture type 5."""
+    return _capture(
+        settings,
+        hep.CaptureProtocol.RTCP_JSON,
+        json_text.encode(),
+        call_id,
+        source,
+        destination,
+        wall,
     )
 
 
