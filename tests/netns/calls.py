@@ -157,7 +157,7 @@ def stream_of(reply: dict[str, Any], tag: str, rtcp: bool = False) -> dict[str, 
 
 
 def wait_for(
-    ng: NgClient, call_id: str, check: Callable[[dict[str, Any]], bool], timeout: float = 3.0
+    ng: NgClient, call_id: str, check: Callable[[dict[str, Any]], bool], timeout: float = 8.0
 ) -> dict[str, Any]:
     """Query until ``check`` holds (workers report counters once a second)."""
     deadline = time.monotonic() + timeout
