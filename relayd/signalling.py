@@ -345,11 +345,6 @@ class Signalling:
             else "full"
             if req.has("full-rtcp-attribute")
             else "short",
-            rtcp_mux=tuple(printed for printed, _ in mux),
-            protocols=tuple(
-                m.out_protocol or d.protocol
-                for m, d in zip(receiver.medias, sdp.media, strict=False)
-            ),
             fingerprint=self.fingerprint,
             foundations=self.foundations,
             generate_mid=offer and req.has("generate-mid"),

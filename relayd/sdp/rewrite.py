@@ -53,8 +53,6 @@ class RewriteOptions:
     replace: frozenset[str] = frozenset()
     original_sendrecv: bool = False
     rtcp_attribute: str = "short"  # "short", "full" or "none"
-    rtcp_mux: tuple[bool, ...] = ()  # per media: print a=rtcp-mux
-    protocols: tuple[str, ...] = ()  # per media: outgoing transport protocol
     loop_marker: str = ""  # a=rtpengine:<marker> when loop-protect is asked for
     origin_user: str | None = None  # replace: username (the dialog's first o= user)
     origin_version: str | None = None  # replace: SDP-version
@@ -130,7 +128,7 @@ def _managed(attr: str, media: Media, opts: RewriteOptions) -> bool:
 def _rewrite_media(
     desc: MediaDescription, media: Media, opts: RewriteOptions, index: int
 ) -> MediaDescription:
-    protocol = opts.protocols[index] if index < len(opts.protocols) else desc.protocol
+    protocol = media.out_protocol or desc.protocol
     formats = (
         [c.payload_type for c in media.sent_codecs] if media.sent_codecs else list(desc.formats)
     )
@@ -169,14 +167,13 @@ def _rewrite_media(
         out.lines.extend(Line("a", f"rtcp-fb:{codec.payload_type} {fb}") for fb in codec.rtcp_fb)
     if not opts.original_sendrecv:
         out.lines.append(Line("a", media.direction))
-    mux = opts.rtcp_mux[index] if index < len(opts.rtcp_mux) else False
     if protocol.startswith(("RTP/", "UDP/TLS/RTP/")) and opts.rtcp_attribute != "none":
         rtcp_port = media.rtcp_port or media.port
         if opts.rtcp_attribute == "full" and local is not None:
             out.lines.append(Line("a", f"rtcp:{rtcp_port} IN {opts.family} {opts.address}"))
         else:
             out.lines.append(Line("a", f"rtcp:{rtcp_port}"))
-    if mux:
+    if media.rtcp_mux:
         out.lines.append(Line("a", "rtcp-mux"))
     out.lines.extend(Line("a", c.value()) for c in media.crypto_out)
     if media.setup:
