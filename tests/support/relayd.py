@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 
 from relayd.ng.client import NgClient, NgTimeout
 from tests.support.netns import exec_args, inside
-from tests.support.process import new_session_dying_with_parent
+from tests.support.process import new_session_dying_with_parent, stop_process
 
 __all__ = ["RelaydProcess", "running_relayd"]
 
@@ -106,14 +105,7 @@ class RelaydProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self, timeout: float = 10.0) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(timeout)
+        return stop_process(self.proc, timeout)
 
 
 @contextmanager

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from relayd.ng.client import NgClient, NgTimeout
-from tests.support.process import new_session_dying_with_parent
+from tests.support.process import new_session_dying_with_parent, stop_process
 
 __all__ = [
     "RTPENGINE",
@@ -139,14 +138,7 @@ class RtpengineProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self, timeout: float = 10.0) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(timeout)
+        return stop_process(self.proc, timeout)
 
 
 @contextmanager
