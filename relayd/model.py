@@ -8,7 +8,7 @@ from B's ports. Pure data: no sockets, no clock (times are passed in).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from relayd.webrtc import Crypto
 
@@ -132,6 +132,25 @@ class Media:
     ice_ufrag: str = ""  # our credentials towards this party ("" when no ICE)
     ice_pwd: str = ""
     ice_ports: list[tuple[LocalAddress, int]] = field(default_factory=list)  # other candidates
+
+    def for_new_dialogue(self) -> Media:
+        """What this party said about its media, without what we gave it (ports, keys,
+        ICE credentials): the start of its media towards another forked peer."""
+        return replace(
+            self,
+            local=None,
+            port=0,
+            rtcp_port=0,
+            streams=[],
+            ice_ports=[],
+            crypto_out=[],
+            srtp_in=None,
+            srtp_out=None,
+            setup="",
+            dtls_role="",
+            ice_ufrag="",
+            ice_pwd="",
+        )
 
     @property
     def direction(self) -> str:

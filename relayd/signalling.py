@@ -235,26 +235,7 @@ class Signalling:
         if current is not None and any(m.port for m in party.medias):
             party.other_dialogues[current] = party.medias
             saved = party.other_dialogues.pop(peer, [])
-            party.medias = saved or [
-                Media(
-                    index=m.index,
-                    type=m.type,
-                    protocol=m.protocol,
-                    rtcp_mux=m.rtcp_mux,
-                    peer_rtcp_mux=m.peer_rtcp_mux,
-                    remote_rtp=m.remote_rtp,
-                    remote_rtcp=m.remote_rtcp,
-                    send=m.send,
-                    recv=m.recv,
-                    zero_address=m.zero_address,
-                    codecs=list(m.codecs),
-                    sent_codecs=list(m.sent_codecs),
-                    ptime=m.ptime,
-                    rejected=m.rejected,
-                    mux_policy=m.mux_policy,
-                )
-                for m in party.medias
-            ]
+            party.medias = saved or [m.for_new_dialogue() for m in party.medias]
         party.in_dialogue_with = peer
 
     def _apply_party_flags(self, party: Monologue, req: Request, *, received: bool = False) -> None:

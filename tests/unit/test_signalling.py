@@ -426,3 +426,35 @@ def test_each_address_has_its_own_pool() -> None:
     ports = PortAllocator(30000, 30001)
     assert ports.allocate("192.0.2.1") == 30000
     assert ports.allocate("192.0.2.2") == 30000
+
+
+def test_a_fork_keeps_what_a_webrtc_offerer_said() -> None:
+    # the offerer's DTLS fingerprint and ICE credentials must survive a second answerer:
+    # its answer back still needs our DTLS role and our ICE candidates
+    cmds, _ = build()
+    webrtc = sdp(
+        extra=[
+            "a=ice-ufrag:abcd",
+            "a=ice-pwd:abcdefghijklmnopqrstuvwx",
+            "a=candidate:1 1 UDP 2130706431 192.0.2.10 5000 typ host",
+            "a=fingerprint:sha-256 " + ":".join(["AB"] * 32),
+            "a=setup:actpass",
+            "a=rtcp-mux",
+        ]
+    ).replace("RTP/AVP", "UDP/TLS/RTP/SAVPF")
+    _ok(
+        cmds,
+        "offer",
+        from_tag="a",
+        via_branch="z1",
+        sdp=webrtc,
+        ICE="remove",
+        transport_protocol="RTP/AVP",
+    )
+    one = _ok(cmds, "answer", from_tag="a", to_tag="b1", via_branch="z1", sdp=sdp(B_ADDR, 6000))
+    two = _ok(cmds, "answer", from_tag="a", to_tag="b2", via_branch="z1", sdp=sdp(C_ADDR, 7000))
+    for lines in (one, two):
+        answer = "\n".join(lines)
+        assert "UDP/TLS/RTP/SAVPF" in answer
+        assert "a=setup:active" in answer
+        assert "a=ice-ufrag:" in answer and "a=candidate:" in answer
