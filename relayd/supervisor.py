@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -21,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import structlog
+import uvloop
+from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from relayd import __version__, ipc, log
 from relayd.certificate import Certificate, load_or_create
@@ -42,6 +44,11 @@ from relayd.state import Journal
 __all__ = ["Supervisor", "main"]
 
 logger = log.get_logger("relayd")
+
+# A request allocates a few hundred objects and frees nearly all of them by reference
+# counting; collecting the youngest generation every 700 allocations (the default)
+# costs more than it finds. Cycles (an exception's traceback) still go within seconds.
+_GC_THRESHOLDS = (20_000, 20, 20)
 
 
 def system_addresses() -> dict[str, list[str]]:
@@ -108,19 +115,21 @@ class Supervisor:
         self.media.on_traffic = self.ops.userspace_traffic
         self.media.on_rtcp = self.ops.rtcp_copied
         self._kernel_calls: set[str] = set()
+        self._unsynced: dict[str, Call] = {}  # signalled calls whose worker is told next
         self._stop = asyncio.Event()
         self._closers: list[Any] = []
 
     def dispatch(self, req: Request, source: tuple[Any, ...]) -> dict[str, Any]:
         started = time.perf_counter()
         known = self.commands.calls.get(req.call_id) if req.call_id else None
-        with structlog.contextvars.bound_contextvars(
+        tokens = bind_contextvars(
             call_id=req.call_id or None,
             from_tag=req.from_tag or None,
             worker=known.worker if known is not None else None,
-        ):
+        )
+        try:
             try:
-                reply = self._dispatch(req, source)
+                reply = self._dispatch(req, source, known)
             except Exception:
                 # logged here, inside the call's context: the ng shell would log it without
                 logger.exception("ng.internal_error", command=req.command)
@@ -128,42 +137,58 @@ class Supervisor:
             ok = reply.get("result") in ("ok", "pong")
             self.counters.ng.record(str(source[0]), req.command, ok, time.perf_counter() - started)
             return reply
+        finally:
+            reset_contextvars(**tokens)
 
-    def _dispatch(self, req: Request, source: tuple[Any, ...]) -> dict[str, Any]:
+    def _dispatch(
+        self, req: Request, source: tuple[Any, ...], known: Call | None
+    ) -> dict[str, Any]:
         if req.unknown:
             logger.warning("ng.unknown_keys", command=req.command, keys=req.unknown)
         reply = self.commands.handle(req, time.time())
+        result = reply.get("result")
         call = self.commands.calls.get(req.call_id) if req.call_id else None
-        with (
-            structlog.contextvars.bound_contextvars(worker=call.worker)
-            if call is not None
-            else contextlib.nullcontext()
-        ):
-            if (
-                req.command in ("offer", "answer")
-                and reply.get("result") == "ok"
-                and call is not None
-            ):
-                # signalling takes the call back to userspace until it is confirmed again
-                self._unoffload(call)
-                self.media.signalled(call, list(call.monologues), req.endpoint_learning)
-                self.media.sync(call)
-            if self.journal is not None and call is not None:
-                self.journal.save(call)
-            event = "ng.request" if reply.get("result") in ("ok", "pong") else "ng.failed"
-            logger.info(
-                event,
-                command=req.command,
-                source=f"{source[0]}:{source[1]}",
-                result=reply.get("result"),
-                reason=reply.get("error-reason"),
-            )
+        if call is not None and known is None:
+            bind_contextvars(worker=call.worker)  # undone with the request's own binding
+        if call is not None and result == "ok" and req.command in ("offer", "answer"):
+            # signalling takes the call back to userspace until it is confirmed again
+            self._unoffload(call)
+            self.media.signalled(call, list(call.monologues), req.endpoint_learning)
+            self._sync_soon(call)
+        if self.journal is not None and call is not None:
+            self.journal.save(call)
+        logger.info(
+            "ng.request" if result in ("ok", "pong") else "ng.failed",
+            command=req.command,
+            source=f"{source[0]}:{source[1]}",
+            result=result,
+            reason=reply.get("error-reason"),
+        )
         return reply
+
+    def _sync_soon(self, call: Call) -> None:
+        """Tell the call's worker once the reply is out: the proxy's next message does
+        not wait for it, and an offer and answer that arrive together make one update."""
+        if not self._unsynced:
+            asyncio.get_running_loop().call_soon(self._sync_pending)
+        self._unsynced[call.call_id] = call
+
+    def _sync_pending(self) -> None:
+        pending, self._unsynced = self._unsynced, {}
+        for call_id, call in pending.items():
+            if self.commands.calls.get(call_id) is call:  # not deleted in the meantime
+                tokens = bind_contextvars(call_id=call_id, worker=call.worker)
+                try:
+                    self.media.sync(call)
+                finally:
+                    reset_contextvars(**tokens)
 
     def _teardown(self, teardown: Teardown) -> None:
         call = teardown.call
         # also when a timer or relayctl ends the call: its lines carry its call-id
-        with structlog.contextvars.bound_contextvars(call_id=call.call_id, worker=call.worker):
+        self._unsynced.pop(call.call_id, None)
+        tokens = bind_contextvars(call_id=call.call_id, worker=call.worker)
+        try:
             if self.kernel is not None:
                 self.kernel.drop(call.call_id)
             self._kernel_calls.discard(call.call_id)
@@ -180,6 +205,8 @@ class Supervisor:
                 duration=round(time.time() - call.created, 3),
                 packets=packets,
             )
+        finally:
+            reset_contextvars(**tokens)
 
     async def run(self) -> None:
         restored = self._restore()
@@ -479,7 +506,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         supervisor = Supervisor(config, interfaces, certificate, ready_fd=ready_fd, argv=args)
-        asyncio.run(supervisor.run())
+        gc.freeze()  # what start-up built is never garbage: keep collections off it
+        gc.set_threshold(*_GC_THRESHOLDS)
+        uvloop.run(supervisor.run())
     except OSError as exc:
         logger.error("relayd.failed", error=str(exc))
         return 1

@@ -71,14 +71,18 @@ class SecureConfig:
 
     @classmethod
     def of(cls, spec: ipc.SocketSpec) -> SecureConfig:
-        return cls(**{f.name: getattr(spec, f.name) for f in fields(cls)})
+        values = [getattr(spec, name) for name in _FIELDS]
+        if not any(values):  # plain RTP, nearly every socket: one shared instance
+            return _NONE
+        return cls(*values)
 
     @property
     def empty(self) -> bool:
-        return self == _NONE
+        return self is _NONE or self == _NONE
 
 
 _NONE = SecureConfig()
+_FIELDS = tuple(f.name for f in fields(SecureConfig))
 
 
 class SecureSocket:

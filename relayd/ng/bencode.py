@@ -37,34 +37,79 @@ def encode(value: object) -> bytes:
 
 
 def _text(value: str) -> bytes:
-    try:
-        return value.encode()
-    except UnicodeEncodeError:  # lone surrogates from a body that was not UTF-8
-        return value.encode("utf-8", "surrogateescape")
+    # lone surrogates come from a body that was not UTF-8: they go back out as its bytes
+    return value.encode("utf-8", "surrogateescape")
+
+
+# Dictionary keys repeat in every reply ("result", "sdp", "tags"…): each is encoded
+# once. Bounded, since some keys are per call (the tags of a query tree).
+_KEYS: dict[str, bytes] = {}
+_KEYS_LIMIT = 512
+
+
+def _key(key: object) -> bytes:
+    raw = _text(key if type(key) is str else str(key))
+    encoded = b"%d:%s" % (len(raw), raw)
+    if len(_KEYS) < _KEYS_LIMIT and type(key) is str:
+        _KEYS[key] = encoded
+    return encoded
 
 
 def _encode(value: object, out: list[bytes]) -> None:
-    # exact type checks first: replies are mostly str/int/dict/list, and this runs
-    # once per value of every reply (a query tree has hundreds)
+    # Exact type checks first, and the values of a dict or list handled in its own loop:
+    # replies are mostly str/int/dict/list, and a query tree has hundreds of them.
     kind = type(value)
-    if kind is str:
+    if kind is dict:
+        _encode_dict(value, out)  # type: ignore[arg-type]
+    elif kind is list or kind is tuple:
+        _encode_list(value, out)  # type: ignore[arg-type]
+    elif kind is str:
         raw = _text(value)  # type: ignore[arg-type]
         out.append(b"%d:%s" % (len(raw), raw))
     elif kind is int:
         out.append(b"i%de" % value)  # type: ignore[str-format]
-    elif kind is dict:
-        out.append(b"d")
-        for key, item in value.items():  # type: ignore[attr-defined]
-            raw = _text(key) if type(key) is str else _text(str(key))
-            out.append(b"%d:%s" % (len(raw), raw))
+    else:
+        _encode_other(value, out)
+
+
+def _encode_dict(value: dict[object, object], out: list[bytes]) -> None:
+    append = out.append
+    append(b"d")
+    for key, item in value.items():
+        append(_KEYS.get(key) or _key(key))  # type: ignore[call-overload]
+        kind = type(item)
+        if kind is str:
+            raw = item.encode("utf-8", "surrogateescape")  # type: ignore[attr-defined]
+            append(b"%d:%s" % (len(raw), raw))
+        elif kind is int:
+            append(b"i%de" % item)  # type: ignore[str-format]
+        elif kind is dict:
+            _encode_dict(item, out)  # type: ignore[arg-type]
+        elif kind is list:
+            _encode_list(item, out)  # type: ignore[arg-type]
+        else:
             _encode(item, out)
-        out.append(b"e")
-    elif kind is list or kind is tuple:
-        out.append(b"l")
-        for item in value:  # type: ignore[attr-defined]
+    append(b"e")
+
+
+def _encode_list(value: list[object] | tuple[object, ...], out: list[bytes]) -> None:
+    append = out.append
+    append(b"l")
+    for item in value:
+        kind = type(item)
+        if kind is str:
+            raw = item.encode("utf-8", "surrogateescape")  # type: ignore[attr-defined]
+            append(b"%d:%s" % (len(raw), raw))
+        elif kind is int:
+            append(b"i%de" % item)  # type: ignore[str-format]
+        else:
             _encode(item, out)
-        out.append(b"e")
-    elif isinstance(value, bool):
+    append(b"e")
+
+
+def _encode_other(value: object, out: list[bytes]) -> None:
+    """Subclasses and the rarer types, folded onto the exact ones."""
+    if isinstance(value, bool):
         out.append(b"i%de" % int(value))
     elif isinstance(value, int):
         out.append(b"i%de" % value)
@@ -145,7 +190,7 @@ def _decode(data: bytes, pos: int, depth: int) -> tuple[Value, int]:
         items: list[Value] = []
         pos += 1
         while data[pos] != 0x65:
-            item, pos = _decode(data, pos, depth + 1)
+            item, pos = _string(data, pos) or _decode(data, pos, depth + 1)
             items.append(item)
         return items, pos + 1
     if lead == 0x64:  # 'd'
@@ -153,9 +198,28 @@ def _decode(data: bytes, pos: int, depth: int) -> tuple[Value, int]:
         pos += 1
         while data[pos] != 0x65:
             key_at = pos
-            key, pos = _decode(data, pos, depth + 1)
+            key, pos = _string(data, pos) or _decode(data, pos, depth + 1)
             if not isinstance(key, str):
                 raise BencodeError(f"dictionary key is not a string at offset {key_at}")
-            result[key], pos = _decode(data, pos, depth + 1)
+            result[key], pos = _string(data, pos) or _decode(data, pos, depth + 1)
         return result, pos + 1
     raise BencodeError(f"unexpected byte {lead:#04x} at offset {pos}")
+
+
+def _string(data: bytes, pos: int) -> tuple[str, int] | None:
+    """A well-formed, complete string at ``pos`` (most values of a request are), or None:
+    then :func:`_decode` reads whatever is there, with its checks and its errors."""
+    colon = data.find(b":", pos, pos + 10)
+    if colon <= pos:
+        return None
+    digits = data[pos:colon]
+    if not digits.isdigit() or (digits[0] == 0x30 and colon - pos > 1):
+        return None
+    end = colon + 1 + int(digits)
+    if end > len(data):
+        return None
+    raw = data[colon + 1 : end]
+    try:
+        return raw.decode(), end
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "surrogateescape"), end

@@ -99,9 +99,10 @@ class NgService:
             if req is not None:
                 self._observe(data, reply, source, local, req)
             return reply
-        if not inspect.isawaitable(result):
+        if type(result) is dict or not inspect.isawaitable(result):
             reply = self._finish(cookie, result, as_json)
-            self._observe(data, reply, source, local, req)
+            if self.observe is not None:
+                self._observe(data, reply, source, local, req)
             return reply
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._inflight[cookie] = future
