@@ -59,6 +59,8 @@ def _muxes(media: Media) -> bool:
 class LearningPolicy:
     """How a party's endpoints are learned: mode and when delayed learning may confirm."""
 
+    __slots__ = ("learn_after", "mode")
+
     def __init__(self, mode: str, learn_after: float) -> None:
         self.mode = mode
         self.learn_after = learn_after

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -128,7 +128,7 @@ class MediaPlane:
         self.workers = [WorkerProcess(i, cpus[i % len(cpus)]) for i in range(max(workers, 1))]
         self.streams: dict[str, tuple[str, Stream]] = {}  # socket key -> (call-id, stream)
         self.learn_after: dict[str, dict[str, LearningPolicy]] = {}  # call-id -> tag -> policy
-        self.call_medias: dict[str, set[str]] = {}  # call-id -> media keys placed on workers
+        self.call_medias: dict[str, list[str]] = {}  # call-id -> media keys placed on workers
         # called after each stats report with the call-ids whose confirmations changed
         self.on_stats: Callable[[ipc.Stats, set[str]], None] | None = None
         # called with each stream's new userspace counts: call-id, stream, packets, bytes, errors
@@ -138,8 +138,10 @@ class MediaPlane:
         # stream's own socket key -> the socket whose confirmed endpoint the stream shows
         # (an ICE candidate on another local address, once the party nominated it)
         self.holders: dict[str, str] = {}
-        # per worker: the forwards it must hold, re-sent after a restart
-        self.forwards: dict[int, dict[str, ipc.Forward]] = {}
+        # per worker: media key -> the socket keys of the forward it holds. The forwards
+        # themselves are not kept: a restarted worker gets them planned anew from ``calls``.
+        self.placed: dict[int, dict[str, tuple[str, ...]]] = {}
+        self.calls: Mapping[str, Call] = {}  # the supervisor's call registry
         self.worker_socket = ""
         self._listener: socket.socket | None = None
         self._closing = False
@@ -300,9 +302,10 @@ class MediaPlane:
 
     def resend(self, worker: WorkerProcess) -> None:
         """Give a (new) worker every socket and forward of its calls again."""
-        pending = list(self.forwards.get(worker.index, {}).values())
-        for forward in pending:
-            self._send_forward(worker, forward)
+        for call_id in list(self.call_medias):
+            call = self.calls.get(call_id)
+            if call is not None and call.worker == worker.index:
+                self.sync(call)  # its sockets are known: nothing queued is dropped
 
     # -- forwarding -----------------------------------------------------------------------
 
@@ -316,22 +319,23 @@ class MediaPlane:
     def sync(self, call: Call) -> None:
         policy = self.learn_after.get(call.call_id, {})
         worker = self.workers[call.worker]
-        placed = self.forwards.setdefault(worker.index, {})
+        placed = self.placed.setdefault(worker.index, {})
         for forward in plan(call, policy):
-            previous = placed.get(forward.media)
-            if previous is not None:
-                # sockets left out of the new plan are closed by the worker: a later plan
-                # that brings them back (a fork answering again) must send them anew
-                kept = {spec.key for spec in forward.sockets}
-                for spec in previous.sockets:
-                    if spec.key not in kept:
-                        worker.sent.discard(spec.key)
-                        self.streams.pop(spec.key, None)
-                        self.reported.pop(spec.key, None)
-                        self.holders.pop(spec.key, None)
-            placed[forward.media] = forward
+            keys = tuple(spec.key for spec in forward.sockets)
+            previous = placed.get(forward.media, ())
+            # sockets left out of the new plan are closed by the worker: a later plan
+            # that brings them back (a fork answering again) must send them anew
+            for key in previous:
+                if key not in keys:
+                    worker.sent.discard(key)
+                    self.streams.pop(key, None)
+                    self.reported.pop(key, None)
+                    self.holders.pop(key, None)
+            placed[forward.media] = keys
             worker.medias.add(forward.media)
-            self.call_medias.setdefault(call.call_id, set()).add(forward.media)
+            medias = self.call_medias.setdefault(call.call_id, [])
+            if forward.media not in medias:
+                medias.append(forward.media)
             for spec in forward.sockets:
                 if spec.key not in self.streams:
                     # What came before both sides were known had nowhere to go: drop it
@@ -346,17 +350,17 @@ class MediaPlane:
 
     def drop(self, call: Call) -> None:
         worker = self.workers[call.worker]
-        placed = self.forwards.get(worker.index, {})
-        for key in self.call_medias.pop(call.call_id, set()):
-            forward = placed.pop(key, None)
-            if forward is None:
+        placed = self.placed.get(worker.index, {})
+        for key in self.call_medias.pop(call.call_id, ()):
+            sockets = placed.pop(key, None)
+            if sockets is None:
                 continue
             worker.medias.discard(key)
-            for spec in forward.sockets:
-                self.streams.pop(spec.key, None)
-                self.reported.pop(spec.key, None)
-                self.holders.pop(spec.key, None)
-                worker.sent.discard(spec.key)
+            for socket_key_ in sockets:
+                self.streams.pop(socket_key_, None)
+                self.reported.pop(socket_key_, None)
+                self.holders.pop(socket_key_, None)
+                worker.sent.discard(socket_key_)
             self._send(worker, ipc.Drop(key))
         self.learn_after.pop(call.call_id, None)
 

@@ -110,15 +110,15 @@ class Media:
     recv: bool = True
     zero_address: bool = False
     streams: list[Stream] = field(default_factory=list)
-    codecs: list[Codec] = field(default_factory=list)  # as this party's own SDP lists them
-    sent_codecs: list[Codec] = field(default_factory=list)  # as we last wrote them to this party
+    codecs: tuple[Codec, ...] = ()  # as this party's own SDP lists them
+    sent_codecs: tuple[Codec, ...] = ()  # as we last wrote them to this party
     ptime: int = 0
     rejected: bool = False  # m= port 0
     mid: str = ""  # this party's a=mid
     # SRTP, DTLS and ICE: what this party's SDP said, and what we said to it
     out_protocol: str = ""  # the transport we last wrote to this party
-    crypto: list[Crypto] = field(default_factory=list)  # this party's a=crypto lines
-    crypto_out: list[Crypto] = field(default_factory=list)  # the a=crypto lines we wrote to it
+    crypto: tuple[Crypto, ...] = ()  # this party's a=crypto lines
+    crypto_out: tuple[Crypto, ...] = ()  # the a=crypto lines we wrote to it
     srtp_in: Crypto | None = None  # the key this party's packets come with
     srtp_out: Crypto | None = None  # our key for packets to this party
     peer_setup: str = ""  # this party's a=setup
@@ -143,7 +143,7 @@ class Media:
             rtcp_port=0,
             streams=[],
             ice_ports=[],
-            crypto_out=[],
+            crypto_out=(),
             srtp_in=None,
             srtp_out=None,
             setup="",
@@ -182,7 +182,6 @@ class Monologue:
     strict_source: bool = False
     media_handover: bool = False
     sip_source: str = ""  # the SIP source address (received-from), if any
-    origin: str = ""  # o= line value of the last SDP this party sent
     last_sdp: bytes = b""  # digest of the last SDP body this party sent (replace: SDP-version)
     first_username: str | None = None  # o= username of this party's first SDP
     first_session_name: str | None = None  # s= of this party's first SDP

@@ -4,6 +4,8 @@ what we write to each party, and the keys the workers need. The rules are in
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from relayd.model import Media
 from relayd.ng.message import Request
 from relayd.sdp.model import Line, MediaDescription
@@ -25,7 +27,7 @@ def _session_value(session: list[Line], name: str) -> str:
 
 def learn(media: Media, desc: MediaDescription, session: list[Line]) -> None:
     """Record the party's own SRTP, DTLS and ICE attributes (media level over session)."""
-    media.crypto = [c for c in map(parse_crypto, desc.attributes("crypto")) if c is not None]
+    media.crypto = tuple(c for c in map(parse_crypto, desc.attributes("crypto")) if c is not None)
     media.peer_fingerprint = (desc.attributes("fingerprint") or [""])[0] or _session_value(
         session, "fingerprint"
     )
@@ -51,11 +53,11 @@ def _ice_mode(req: Request, party_had_ice: bool) -> str:
 def negotiate_offer(target: Media, source: Media, req: Request, protocol: str) -> None:
     """What we write to the receiver of an offer (``target``) from the offerer's media."""
     target.out_protocol = protocol
-    target.crypto_out = []
+    target.crypto_out = ()
     target.setup = ""
     if is_srtp(protocol):
         if "off" not in req.sdes:
-            target.crypto_out = _offer_lines(source.crypto, allowed_suites(req.sdes))
+            target.crypto_out = tuple(_offer_lines(source.crypto, allowed_suites(req.sdes)))
         if req.dtls != "off":
             target.setup = "actpass"
     if _ice_mode(req, source.peer_ice) == "force":
@@ -65,7 +67,7 @@ def negotiate_offer(target: Media, source: Media, req: Request, protocol: str) -
         target.ice_ufrag = target.ice_pwd = ""
 
 
-def _offer_lines(theirs: list[Crypto], suites: list[str]) -> list[Crypto]:
+def _offer_lines(theirs: Sequence[Crypto], suites: list[str]) -> list[Crypto]:
     """The offerer's own lines first, as they were; then a new key for every other suite."""
     lines = list(theirs)
     taken = {c.suite for c in theirs}
@@ -86,7 +88,7 @@ def negotiate_answer(offerer: Media, answerer: Media, req: Request, *, dtls_pass
     """
     protocol = offerer.protocol if req.transport_protocol != "accept" else answerer.protocol
     offerer.out_protocol = protocol
-    offerer.crypto_out, offerer.setup, offerer.dtls_role = [], "", ""
+    offerer.crypto_out, offerer.setup, offerer.dtls_role = (), "", ""
     offerer.srtp_in = offerer.srtp_out = None
     answerer.srtp_in = answerer.srtp_out = None
     answerer.dtls_role = ""
@@ -98,7 +100,7 @@ def negotiate_answer(offerer: Media, answerer: Media, req: Request, *, dtls_pass
         offered = next((c for c in answerer.crypto_out if c.tag == taken.tag), None)
         if offered is not None and not offered.ours:
             # the answerer took the offerer's own key: SRTP passes through untouched
-            offerer.crypto_out = [_without_lifetime(taken)]
+            offerer.crypto_out = (_without_lifetime(taken),)
             return
         if offered is not None:
             answerer.srtp_in, answerer.srtp_out = taken, offered
@@ -113,7 +115,7 @@ def negotiate_answer(offerer: Media, answerer: Media, req: Request, *, dtls_pass
         theirs = next((c for c in offerer.crypto if c.suite in allowed), None)
         if theirs is not None:
             ours = new_crypto(theirs.tag, theirs.suite)
-            offerer.crypto_out = [ours]
+            offerer.crypto_out = (ours,)
             offerer.srtp_in, offerer.srtp_out = theirs, ours
     if _ice_mode(req, offerer.peer_ice) != "remove" and offerer.peer_ice:
         if not offerer.ice_ufrag:

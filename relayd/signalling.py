@@ -38,6 +38,7 @@ __all__ = ["PortAllocator", "Signalling"]
 
 
 _LEGACY_DIRECTIONS = {"internal": "IP4", "external": "IP6"}
+_NO_MUX_POLICY: frozenset[str] = frozenset()
 
 
 class Binder(Protocol):
@@ -267,8 +268,6 @@ class Signalling:
         *,
         offer: bool,
     ) -> str:
-        origin = sdp.origin()
-        sender.origin = str(origin) if origin else ""
         sender.sent_sdp = True
         origin_fields = self._origin_fields(sender, sdp, req)
         session_c = sdp.connection()
@@ -435,7 +434,7 @@ class Signalling:
             address = req.received_from[1]
         media.peer_rtcp_mux = desc.has_attribute("rtcp-mux")
         if offer:
-            media.mux_policy = frozenset(req.rtcp_mux)
+            media.mux_policy = frozenset(req.rtcp_mux) if req.rtcp_mux else _NO_MUX_POLICY
         rtcp_attr = desc.attributes("rtcp")
         rtcp_port = desc.port + 1
         if rtcp_attr and rtcp_attr[0].split()[0].isdigit():

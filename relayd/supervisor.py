@@ -108,6 +108,7 @@ class Supervisor:
         self.commands = Commands(self.signalling, limits, started=time.time())
         self.commands.on_teardown = self._teardown
         self.commands.place = self.media.least_loaded
+        self.media.calls = self.commands.calls
         self.kernel = KernelPath(config.table, config.tos) if config.table >= 0 else None
         state_dir = _state_dir(config.state_dir)
         self.journal = Journal(state_dir) if state_dir else None

@@ -118,13 +118,13 @@ class WorkerLoad:
 
 
 def worker_load(media: MediaPlane, worker: WorkerProcess) -> WorkerLoad:
-    forwards = media.forwards.get(worker.index, {})
+    placed = media.placed.get(worker.index, {})
     return WorkerLoad(
         index=worker.index,
         cpu=worker.cpu,
         pid=worker.pid,
         medias=len(worker.medias),
-        streams=sum(len(forward.sockets) for forward in forwards.values()),
+        streams=sum(len(sockets) for sockets in placed.values()),
         packets=worker.packets,
         cpu_seconds=worker.cpu_seconds,
         restarts=worker.restarts,

@@ -38,10 +38,25 @@ STATIC_PAYLOAD_TYPES: dict[str, str] = {
 }
 
 
-def codecs_of(desc: MediaDescription) -> list[Codec]:
+# Every call of a deployment offers much the same few codecs: each distinct one is
+# kept once and shared by all media that list it (bounded: fmtp lines can be unique).
+_SHARED: dict[Codec, Codec] = {}
+_SHARED_LIMIT = 4096
+
+
+def _shared(codec: Codec) -> Codec:
+    known = _SHARED.get(codec)
+    if known is not None:
+        return known
+    if len(_SHARED) < _SHARED_LIMIT:
+        _SHARED[codec] = codec
+    return codec
+
+
+def codecs_of(desc: MediaDescription) -> tuple[Codec, ...]:
     """The payload types of an RTP media section, with their rtpmap/fmtp/rtcp-fb."""
     if not desc.protocol.startswith(("RTP/", "UDP/TLS/RTP/")):
-        return []
+        return ()
     rtpmap: dict[str, str] = {}
     fmtp: dict[str, str] = {}
     feedback: dict[str, list[str]] = {}
@@ -57,15 +72,17 @@ def codecs_of(desc: MediaDescription) -> list[Codec]:
     for value in desc.attributes("rtcp-fb"):
         pt, _, fb = value.partition(" ")
         feedback.setdefault(pt, []).append(fb.strip())
-    return [
-        Codec(
-            pt,
-            rtpmap.get(pt) or STATIC_PAYLOAD_TYPES.get(pt, ""),
-            fmtp.get(pt, ""),
-            tuple(feedback.get(pt, ())),
+    return tuple(
+        _shared(
+            Codec(
+                pt,
+                rtpmap.get(pt) or STATIC_PAYLOAD_TYPES.get(pt, ""),
+                fmtp.get(pt, ""),
+                tuple(feedback.get(pt, ())),
+            )
         )
         for pt in desc.formats
-    ]
+    )
 
 
 def _matches(codec: Codec, names: set[str]) -> bool:
@@ -75,7 +92,7 @@ def _matches(codec: Codec, names: set[str]) -> bool:
     return codec.name.lower() in names or codec.encoding.lower() in names
 
 
-def apply_codec_ops(codecs: Sequence[Codec], ops: Mapping[str, Sequence[str]]) -> list[Codec]:
+def apply_codec_ops(codecs: Sequence[Codec], ops: Mapping[str, Sequence[str]]) -> tuple[Codec, ...]:
     """The codecs offered onwards after ``strip`` (with ``except``/``offer``) and ``mask``.
 
     Without a transcoder, ``mask`` removes like ``strip``. After ``strip: all``,
@@ -86,20 +103,20 @@ def apply_codec_ops(codecs: Sequence[Codec], ops: Mapping[str, Sequence[str]]) -
     """
     removed = {n.lower() for op in ("strip", "mask") for n in ops.get(op, ())}
     if not removed or not codecs:
-        return list(codecs)
+        return tuple(codecs)
     kept = {n.lower() for op in ("except", "offer") for n in ops.get(op, ())}
     result = [c for c in codecs if not _matches(c, removed) or (kept and _matches(c, kept))]
-    return result or list(codecs)
+    return tuple(result or codecs)
 
 
-def answer_codecs(answered: Sequence[Codec], offered: Sequence[Codec]) -> list[Codec]:
+def answer_codecs(answered: Sequence[Codec], offered: Sequence[Codec]) -> tuple[Codec, ...]:
     """The answer's codecs that were offered to the answerer (RFC 3264 §6.1).
 
     As rtpengine 10.5 matches them: by payload type number, with the same
     encoding where both sides name one.
     """
     if not offered:
-        return list(answered)
+        return tuple(answered)
     by_number = {c.payload_type: c for c in offered}
     kept = [
         c
@@ -107,4 +124,4 @@ def answer_codecs(answered: Sequence[Codec], offered: Sequence[Codec]) -> list[C
         if (o := by_number.get(c.payload_type)) is not None
         and (not c.encoding or not o.encoding or c.encoding.lower() == o.encoding.lower())
     ]
-    return kept or list(answered)
+    return tuple(kept or answered)

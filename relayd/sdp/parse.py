@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from relayd.sdp.model import (
     Connection,
     Line,
@@ -56,10 +58,11 @@ def _parse_media(value: str) -> MediaDescription:
     if port is None or port > 65535 or (count_text and count is None):
         raise SdpError(f"bad media port: m={value}")
     media = MediaDescription(
-        media=parts[0],
+        # a few distinct values that calls keep in their model: one copy for all of them
+        media=sys.intern(parts[0]),
         port=port,
         port_count=count,
-        protocol=parts[2],
+        protocol=sys.intern(parts[2]),
         formats=parts[3:],
     )
     media.keep_verbatim(value)
