@@ -10,6 +10,8 @@ Rules:
 * The supervisor binds every media socket and hands a duplicate to the worker
   that owns its port slice. A worker that dies and is restarted gets the same
   sockets again, so media resumes on the same ports with nothing rebound.
+  Sockets arrive non-blocking (O_NONBLOCK belongs to the open file, so every
+  copy has it): a worker sets nothing on them before polling them.
 * ``Forward`` replaces the whole forwarding state of one media section of a
   call (both parties, RTP and RTCP); ``Drop`` removes it and closes its sockets.
 * Workers send ``Stats`` once a second with the counters of every socket that

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from relayd import ipc
@@ -48,7 +48,8 @@ class SocketBinder:
         opened: list[socket.socket] = []
         try:
             for p in (port, port + 1):
-                sock = socket.socket(family, socket.SOCK_DGRAM)
+                # non-blocking from the start, for every copy (the workers' included)
+                sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
                 opened.append(sock)
                 _grow_receive_buffer(sock)
                 sock.bind((address, p))
@@ -475,7 +476,14 @@ class MediaPlane:
 
 
 def _with_fd(spec: ipc.SocketSpec, index: int) -> ipc.SocketSpec:
-    return replace(spec, fd_index=index)
+    # dataclasses.replace() looks the fields up again on every call; this runs for every
+    # new socket
+    values = {name: getattr(spec, name) for name in _SPEC_FIELDS}
+    values["fd_index"] = index
+    return ipc.SocketSpec(**values)
+
+
+_SPEC_FIELDS = tuple(f.name for f in fields(ipc.SocketSpec))
 
 
 def _find_stream(call: Call, key: str) -> Stream:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import secrets
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -603,6 +604,11 @@ def _known_family(party: Monologue) -> str:
 
 
 def _is_address(text: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET, text)  # the common case, without ipaddress's cost
+        return True
+    except OSError:
+        pass
     try:
         ipaddress.ip_address(text)
     except ValueError:

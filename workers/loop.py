@@ -12,6 +12,7 @@ import contextlib
 import os
 import select
 import socket
+import sys
 import time
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ _BATCH = 64  # packets read from one socket before looking at the others
 _RECV_SIZE = 4096
 _IPC_SIZE = 1 << 20
 _MAX_FDS = 256
+_UDP_NONBLOCKING = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK
 
 
 def is_rtcp(data: bytes) -> bool:
@@ -62,7 +64,7 @@ class Worker:
         self.epoll = select.epoll()
         self.by_fd: dict[int, MediaSocket] = {}
         self.by_key: dict[str, MediaSocket] = {}
-        self.medias: dict[str, set[str]] = {}
+        self.medias: dict[str, list[str]] = {}  # media key -> its socket keys (a handful)
         self.secure = SecurePath(index, _RECV_SIZE, _BATCH)
         self.rtcp_capture = False
         self.rtcp: list[ipc.RtcpPacket] = []
@@ -112,12 +114,15 @@ class Worker:
 
     def _forward(self, message: ipc.Forward, fds: list[int]) -> None:
         used: set[int] = set()
-        keys = self.medias.setdefault(message.media, set())
+        keys = self.medias.setdefault(message.media, [])
         for spec in message.sockets:
             current = self.by_key.get(spec.key)
             if spec.fd_index >= 0:
                 used.add(spec.fd_index)
-                sock = socket.socket(fileno=fds[spec.fd_index])
+                # family and type given: no getsockname/getsockopt to find them out; the
+                # socket arrives non-blocking (ipc's rules), so nothing is set on it either
+                family = socket.AF_INET6 if ":" in spec.key else socket.AF_INET
+                sock = socket.socket(family, _UDP_NONBLOCKING, 0, fds[spec.fd_index])
                 if current is not None and current.sock.fileno() != sock.fileno():
                     self._close(current)
                     current = None
@@ -127,7 +132,8 @@ class Worker:
                 log.warning("worker.unknown_socket", worker=self.index, key=spec.key)
                 continue
             current.media = message.media
-            keys.add(spec.key)
+            if spec.key not in keys:
+                keys.append(spec.key)
             leg = current.leg
             leg.asymmetric, leg.strict, leg.handover = spec.asymmetric, spec.strict, spec.handover
             leg.kernel = spec.kernel
@@ -138,14 +144,15 @@ class Worker:
                 leg.learning,
             ):
                 fresh = leg.rank == -1 and leg.packets == 0
-                leg.reset(expect, spec.learning, spec.learn_after)
+                # one copy of the mode's name for all legs, not one per decoded message
+                leg.reset(expect, sys.intern(spec.learning), spec.learn_after)
                 learned = parse_endpoint(spec.learned) if fresh else None
                 if learned is not None:
                     leg.endpoint, leg.confirmed = learned, True
             self.secure.configure(current, spec)
-        stale = keys - {spec.key for spec in message.sockets}
-        for key in stale:
-            keys.discard(key)
+        wanted = {spec.key for spec in message.sockets}
+        for key in [k for k in keys if k not in wanted]:
+            keys.remove(key)
             if (gone := self.by_key.get(key)) is not None:
                 self._close(gone)
         touched: list[MediaSocket] = []
@@ -169,7 +176,6 @@ class Worker:
                 os.close(fd)
 
     def _add(self, spec: ipc.SocketSpec, sock: socket.socket) -> MediaSocket:
-        sock.setblocking(False)
         if self.tos:
             if sock.family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, self.tos)
@@ -202,7 +208,7 @@ class Worker:
                 other.out_rtcp = None
 
     def _drop(self, media: str) -> None:
-        for key in self.medias.pop(media, set()):
+        for key in self.medias.pop(media, []):
             current = self.by_key.get(key)
             if current is not None:
                 self._close(current)

@@ -75,7 +75,19 @@ def encode_reply(cookie: str, reply: dict[str, Any], as_json: bool) -> bytes:
 
 def normalise(word: str) -> str:
     """Fold rtpengine's spelling variants: case, space, underscore and hyphen."""
-    return word.strip().lower().replace(" ", "-").replace("_", "-")
+    known = _NORMALISED.get(word)
+    if known is not None:
+        return known
+    folded = word.strip().lower().replace(" ", "-").replace("_", "-")
+    if len(_NORMALISED) < _NORMALISED_LIMIT:
+        _NORMALISED[word] = folded
+    return folded
+
+
+# Every request spells the same few keys and flags: each spelling is folded once.
+# Bounded, since a client may send anything.
+_NORMALISED: dict[str, str] = {}
+_NORMALISED_LIMIT = 2048
 
 
 def _text(value: Any) -> str:

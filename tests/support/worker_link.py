@@ -34,6 +34,7 @@ class RelaySocket:
 
     def __init__(self, address: str = "127.0.0.1") -> None:
         self.sock = udp(address)
+        self.sock.setblocking(False)  # as relayd hands them over (relayd/ipc.py)
         host, port = self.sock.getsockname()[:2]
         self.address: tuple[str, int] = (host, port)
         self.key = f"{host} {port}"
