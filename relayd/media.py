@@ -38,10 +38,14 @@ _SO_RCVBUFFORCE = 33  # Linux: like SO_RCVBUF but above net.core.rmem_max (CAP_N
 
 
 class SocketBinder:
-    """Binds and keeps the RTP/RTCP sockets of every allocated port pair."""
+    """Binds and keeps the RTP/RTCP sockets of every allocated port pair.
+
+    Kept as bare descriptors (a socket object costs three times an int, per socket
+    of every call): they are only ever handed to workers, drained and closed here.
+    """
 
     def __init__(self) -> None:
-        self.sockets: dict[str, socket.socket] = {}
+        self.sockets: dict[str, int] = {}  # socket key -> file descriptor
 
     def bind(self, address: str, port: int) -> bool:
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
@@ -59,25 +63,25 @@ class SocketBinder:
             log.warning("ports.bind_failed", address=address, port=port, error=str(exc))
             return False
         for p, sock in zip((port, port + 1), opened, strict=True):
-            self.sockets[socket_key(address, p)] = sock
+            self.sockets[socket_key(address, p)] = sock.detach()
         return True
 
     def release(self, address: str, port: int) -> None:
         for p in (port, port + 1):
-            sock = self.sockets.pop(socket_key(address, p), None)
-            if sock is not None:
-                sock.close()
+            fd = self.sockets.pop(socket_key(address, p), None)
+            if fd is not None:
+                os.close(fd)
 
     def fileno(self, key: str) -> int:
-        return self.sockets[key].fileno()
+        return self.sockets[key]
 
     def discard_queued(self, key: str, limit: int = 4096) -> int:
         """Drop the datagrams waiting on a socket no worker has read yet; returns how many."""
-        sock = self.sockets.get(key)
+        fd = self.sockets.get(key)
         dropped = 0
-        while sock is not None and dropped < limit:
+        while fd is not None and dropped < limit:
             try:
-                sock.recv(1, socket.MSG_DONTWAIT)
+                os.read(fd, 1)  # one datagram (the socket is non-blocking)
             except OSError:  # BlockingIOError when empty; a queued ICMP error ends it too
                 break
             dropped += 1
@@ -99,7 +103,6 @@ class WorkerProcess:
     proc: subprocess.Popen[bytes] | None = None
     pid: int = 0
     sent: set[str] = field(default_factory=set)  # socket keys this process has
-    medias: set[str] = field(default_factory=set)  # media keys placed here
     restarts: int = 0
     cpu_seconds: float = 0.0
     packets: int = 0
@@ -150,7 +153,10 @@ class MediaPlane:
     # -- placement ------------------------------------------------------------------------
 
     def least_loaded(self) -> int:
-        return min(self.workers, key=lambda w: (len(w.medias), w.index)).index
+        return min(self.workers, key=lambda w: (self.medias_on(w), w.index)).index
+
+    def medias_on(self, worker: WorkerProcess) -> int:
+        return len(self.placed.get(worker.index, ()))
 
     # -- worker processes -----------------------------------------------------------------
 
@@ -294,7 +300,11 @@ class MediaPlane:
             return
         worker.restarts += 1
         log.error(
-            "worker.died", worker=worker.index, pid=worker.pid, code=code, medias=len(worker.medias)
+            "worker.died",
+            worker=worker.index,
+            pid=worker.pid,
+            code=code,
+            medias=self.medias_on(worker),
         )
         if self.worker_socket:
             return  # systemd restarts the unit; it connects again and gets its sockets back
@@ -333,7 +343,6 @@ class MediaPlane:
                     self.reported.pop(key, None)
                     self.holders.pop(key, None)
             placed[forward.media] = keys
-            worker.medias.add(forward.media)
             medias = self.call_medias.setdefault(call.call_id, [])
             if forward.media not in medias:
                 medias.append(forward.media)
@@ -356,7 +365,6 @@ class MediaPlane:
             sockets = placed.pop(key, None)
             if sockets is None:
                 continue
-            worker.medias.discard(key)
             for socket_key_ in sockets:
                 self.streams.pop(socket_key_, None)
                 self.reported.pop(socket_key_, None)

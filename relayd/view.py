@@ -123,7 +123,7 @@ def worker_load(media: MediaPlane, worker: WorkerProcess) -> WorkerLoad:
         index=worker.index,
         cpu=worker.cpu,
         pid=worker.pid,
-        medias=len(worker.medias),
+        medias=media.medias_on(worker),
         streams=sum(len(sockets) for sockets in placed.values()),
         packets=worker.packets,
         cpu_seconds=worker.cpu_seconds,

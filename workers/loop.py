@@ -114,6 +114,7 @@ class Worker:
 
     def _forward(self, message: ipc.Forward, fds: list[int]) -> None:
         used: set[int] = set()
+        hosts: dict[str, str] = {}  # a party's RTP and RTCP share one copy of its address
         keys = self.medias.setdefault(message.media, [])
         for spec in message.sockets:
             current = self.by_key.get(spec.key)
@@ -131,13 +132,16 @@ class Worker:
             if current is None:
                 log.warning("worker.unknown_socket", worker=self.index, key=spec.key)
                 continue
-            current.media = message.media
+            if current.media != message.media:  # keep the copy it has: one per media
+                current.media = message.media
             if spec.key not in keys:
                 keys.append(spec.key)
             leg = current.leg
             leg.asymmetric, leg.strict, leg.handover = spec.asymmetric, spec.strict, spec.handover
             leg.kernel = spec.kernel
             expect = parse_endpoint(spec.expect)
+            if expect is not None:
+                expect = (hosts.setdefault(expect[0], expect[0]), expect[1])
             if (expect, spec.learn_after, spec.learning) != (
                 leg.expect,
                 leg.learn_after,

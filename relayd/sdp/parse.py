@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 from relayd.sdp.model import (
     Connection,
     Line,
@@ -58,15 +56,29 @@ def _parse_media(value: str) -> MediaDescription:
     if port is None or port > 65535 or (count_text and count is None):
         raise SdpError(f"bad media port: m={value}")
     media = MediaDescription(
-        # a few distinct values that calls keep in their model: one copy for all of them
-        media=sys.intern(parts[0]),
+        media=_shared(parts[0]),
         port=port,
         port_count=count,
-        protocol=sys.intern(parts[2]),
+        protocol=_shared(parts[2]),
         formats=parts[3:],
     )
     media.keep_verbatim(value)
     return media
+
+
+# Media types and transports: a few distinct words that every call keeps in its model,
+# one copy for all of them (bounded: the words come from the network).
+_WORDS: dict[str, str] = {}
+_WORDS_LIMIT = 256
+
+
+def _shared(word: str) -> str:
+    known = _WORDS.get(word)
+    if known is not None:
+        return known
+    if len(_WORDS) < _WORDS_LIMIT:
+        _WORDS[word] = word
+    return word
 
 
 def _number(text: str) -> int | None:
