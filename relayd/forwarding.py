@@ -17,7 +17,7 @@ from relayd.ipc import Forward, SocketSpec
 from relayd.model import Call, Endpoint, Media, Monologue
 from relayd.webrtc import Crypto
 
-__all__ = ["KernelLeg", "LearningPolicy", "kernel_legs", "media_key", "plan", "socket_key"]
+__all__ = ["KernelLeg", "kernel_legs", "media_key", "plan", "socket_key"]
 
 
 def socket_key(address: str, port: int) -> str:
@@ -56,16 +56,6 @@ def _muxes(media: Media) -> bool:
     return media.rtcp_mux and media.peer_rtcp_mux
 
 
-class LearningPolicy:
-    """How a party's endpoints are learned: mode and when delayed learning may confirm."""
-
-    __slots__ = ("learn_after", "mode")
-
-    def __init__(self, mode: str, learn_after: float) -> None:
-        self.mode = mode
-        self.learn_after = learn_after
-
-
 def _pairs(call: Call) -> Iterator[tuple[Monologue, Monologue]]:
     seen: set[int] = set()
     for party in call.parties():
@@ -83,35 +73,29 @@ def _pairs(call: Call) -> Iterator[tuple[Monologue, Monologue]]:
         yield party, peer
 
 
-def plan(call: Call, policy: dict[str, LearningPolicy]) -> list[Forward]:
-    """One :class:`Forward` per media section that both parties have ports for.
-
-    ``policy`` maps a party's tag to its learning policy (default: delayed, now).
-    """
+def plan(call: Call) -> list[Forward]:
+    """One :class:`Forward` per media section that both parties have ports for."""
     result: list[Forward] = []
     for x, y in _pairs(call):
         for index in range(min(len(x.medias), len(y.medias))):
             mx, my = x.medias[index], y.medias[index]
             if not (mx.port and my.port and mx.local and my.local):
                 continue
-            sockets = [*_specs(x, mx, my, policy), *_specs(y, my, mx, policy)]
+            sockets = [*_specs(x, mx, my), *_specs(y, my, mx)]
             result.append(Forward(media_key(call.call_id, index), tuple(sockets)))
     return result
 
 
-def _specs(
-    party: Monologue, own: Media, other: Media, policy: dict[str, LearningPolicy]
-) -> list[SocketSpec]:
+def _specs(party: Monologue, own: Media, other: Media) -> list[SocketSpec]:
     assert own.local is not None and other.local is not None
-    learn = policy.get(party.tag) or LearningPolicy("delayed", 0.0)
     own_rtp = socket_key(own.local.local, own.port)
     own_rtcp = socket_key(own.local.local, own.port + 1)
     other_rtp = socket_key(other.local.local, other.port)
     other_rtcp = other_rtp if _muxes(other) else socket_key(other.local.local, other.port + 1)
     common: dict[str, Any] = {
         **_security(own),
-        "learning": learn.mode,
-        "learn_after": learn.learn_after,
+        "learning": party.learning,
+        "learn_after": party.learn_after,
         "asymmetric": party.asymmetric,
         "strict": party.strict_source,
         "handover": party.media_handover,

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from relayd import ipc
-from relayd.forwarding import LearningPolicy, plan, socket_key
+from relayd.forwarding import plan, socket_key
 from relayd.log import get_logger
 from relayd.model import Call, Endpoint, Stream
 
@@ -74,6 +74,13 @@ class SocketBinder:
 
     def fileno(self, key: str) -> int:
         return self.sockets[key]
+
+    def share_key(self, key: str) -> None:
+        """Hold ``key`` itself, an equal string the caller keeps anyway, instead of our own
+        copy: one string per socket instead of two, for every socket of every call."""
+        fd = self.sockets.pop(key, None)
+        if fd is not None:
+            self.sockets[key] = fd
 
     def discard_queued(self, key: str, limit: int = 4096) -> int:
         """Drop the datagrams waiting on a socket no worker has read yet; returns how many."""
@@ -131,7 +138,6 @@ class MediaPlane:
         cpus = sorted(os.sched_getaffinity(0))
         self.workers = [WorkerProcess(i, cpus[i % len(cpus)]) for i in range(max(workers, 1))]
         self.streams: dict[str, tuple[str, Stream]] = {}  # socket key -> (call-id, stream)
-        self.learn_after: dict[str, dict[str, LearningPolicy]] = {}  # call-id -> tag -> policy
         self.call_medias: dict[str, list[str]] = {}  # call-id -> media keys placed on workers
         # called after each stats report with the call-ids whose confirmations changed
         self.on_stats: Callable[[ipc.Stats, set[str]], None] | None = None
@@ -325,13 +331,14 @@ class MediaPlane:
         mode = learning or self.learning
         after = time.monotonic() + (3.0 if mode in ("delayed", "heuristic") else 0.0)
         for tag in tags:
-            self.learn_after.setdefault(call.call_id, {})[tag] = LearningPolicy(mode, after)
+            party = call.monologues.get(tag)
+            if party is not None:
+                party.learning, party.learn_after = mode, after
 
     def sync(self, call: Call) -> None:
-        policy = self.learn_after.get(call.call_id, {})
         worker = self.workers[call.worker]
         placed = self.placed.setdefault(worker.index, {})
-        for forward in plan(call, policy):
+        for forward in plan(call):
             keys = tuple(spec.key for spec in forward.sockets)
             previous = placed.get(forward.media, ())
             # sockets left out of the new plan are closed by the worker: a later plan
@@ -348,6 +355,7 @@ class MediaPlane:
                 medias.append(forward.media)
             for spec in forward.sockets:
                 if spec.key not in self.streams:
+                    self.binder.share_key(spec.key)
                     # What came before both sides were known had nowhere to go: drop it
                     # now rather than let the worker forward it late.
                     dropped = self.binder.discard_queued(spec.key)
@@ -371,7 +379,6 @@ class MediaPlane:
                 self.holders.pop(socket_key_, None)
                 worker.sent.discard(socket_key_)
             self._send(worker, ipc.Drop(key))
-        self.learn_after.pop(call.call_id, None)
 
     def _send_forward(self, worker: WorkerProcess, forward: ipc.Forward) -> None:
         fds: list[int] = []

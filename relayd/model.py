@@ -190,6 +190,11 @@ class Monologue:
     offered_by: str | None = None  # for the receiver of an offer: the offerer's tag
     sent_sdp: bool = False  # this party has sent us an SDP (its media is "initialized")
     answerer: bool = False  # received an offer before sending one (rtpengine: ICE controlling)
+    # how the workers learn this party's endpoints since its last signalling: the mode
+    # (delayed, immediate, off, heuristic) and the CLOCK_MONOTONIC time from which
+    # delayed learning may confirm a source
+    learning: str = "delayed"
+    learn_after: float = 0.0
 
 
 @dataclass(slots=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from relayd.forwarding import LearningPolicy, media_key, plan, socket_key
+from relayd.forwarding import media_key, plan, socket_key
 from relayd.ipc import Forward, SocketSpec
 from relayd.model import Call
 from relayd.ng.commands import Commands
@@ -41,13 +41,13 @@ def test_keys() -> None:
 def test_nothing_is_planned_for_an_unanswered_call() -> None:
     cmds, _ = build()
     cmds.handle(req("offer", from_tag="a", sdp=sdp()), T0)
-    assert plan(cmds.calls["c1"], {}) == []
+    assert plan(cmds.calls["c1"]) == []
 
 
 def test_answered_call_one_forward_per_media_with_four_sockets() -> None:
     cmds, _ = build()
     call = _call(cmds, sdp(video=5002), sdp(B_ADDR, 6000, video=6002))
-    forwards = plan(call, {})
+    forwards = plan(call)
     assert [f.media for f in forwards] == ["c1 0", "c1 1"]
     for index, forward in enumerate(forwards):
         a, b = _port(call, "a", index), _port(call, "b", index)
@@ -87,7 +87,7 @@ def test_rtcp_mux_on_the_offerer_only() -> None:
     cmds, _ = build()
     call = _call(cmds, sdp(extra=MUX), sdp(B_ADDR, 6000), rtcp_mux=["demux"])
     a, b = _port(call, "a"), _port(call, "b")
-    (forward,) = plan(call, {})
+    (forward,) = plan(call)
     a_rtp, a_rtcp, b_rtp, b_rtcp = forward.sockets
     # RTCP from a arrives on a's RTP socket and leaves from b's RTCP socket
     assert (a_rtp.key, a_rtp.out, a_rtp.out_rtcp) == (_key(a), _key(b), _key(b + 1))
@@ -101,7 +101,7 @@ def test_rtcp_mux_on_both_sides() -> None:
     cmds, _ = build()
     call = _call(cmds, sdp(extra=MUX), sdp(B_ADDR, 6000, extra=MUX))
     a, b = _port(call, "a"), _port(call, "b")
-    (forward,) = plan(call, {})
+    (forward,) = plan(call)
     a_rtp, a_rtcp, b_rtp, b_rtcp = forward.sockets
     assert (a_rtp.out, a_rtp.out_rtcp) == (_key(b), _key(b))
     assert (b_rtp.out, b_rtp.out_rtcp) == (_key(a), _key(a))
@@ -113,8 +113,9 @@ def test_learning_policy_and_party_flags_per_party() -> None:
     call = _call(cmds, sdp(), sdp(B_ADDR, 6000), flags=["strict-source"])
     call.monologues["b"].media_handover = True
     call.monologues["a"].asymmetric = True
-    policy = {"a": LearningPolicy("heuristic", 12.5), "b": LearningPolicy("off", 0.0)}
-    (forward,) = plan(call, policy)
+    call.monologues["a"].learning, call.monologues["a"].learn_after = "heuristic", 12.5
+    call.monologues["b"].learning, call.monologues["b"].learn_after = "off", 0.0
+    (forward,) = plan(call)
     summary = [
         (s.learning, s.learn_after, s.asymmetric, s.strict, s.handover, s.rtcp)
         for s in forward.sockets
@@ -132,14 +133,14 @@ def test_expect_is_empty_without_an_sdp_address() -> None:
     call = _call(cmds, sdp(), sdp(B_ADDR, 6000))
     media = call.monologues["b"].medias[0]
     media.remote_rtp = media.remote_rtcp = None
-    (forward,) = plan(call, {})
+    (forward,) = plan(call)
     assert [s.expect for s in forward.sockets] == [f"{A_ADDR} 5000", f"{A_ADDR} 5001", "", ""]
 
 
 def test_media_rejected_by_the_answer_expects_nothing_from_the_answerer() -> None:
     cmds, _ = build()
     call = _call(cmds, sdp(video=5002), sdp(B_ADDR, 6000, video=0))
-    forwards = plan(call, {})
+    forwards = plan(call)
     assert [f.media for f in forwards] == ["c1 0", "c1 1"]
     assert [s.expect for s in forwards[1].sockets] == [f"{A_ADDR} 5002", f"{A_ADDR} 5003", "", ""]
 
@@ -154,7 +155,7 @@ def test_parallel_forks_only_the_current_dialogue_is_planned() -> None:
     cmds.handle(req("answer", from_tag="a", to_tag="b2", via_branch="z2", sdp=sdp(B_ADDR)), T0)
     call = cmds.calls["c1"]
     a, b2 = _port(call, "a"), _port(call, "b2")
-    (forward,) = plan(call, {})
+    (forward,) = plan(call)
     assert [(s.key, s.out) for s in forward.sockets] == [
         (_key(a), _key(b2)),
         (_key(a + 1), _key(b2 + 1)),
@@ -167,15 +168,15 @@ def test_early_media_fork_answered_by_an_alias_is_planned() -> None:
     cmds, _ = build()
     cmds.handle(req("offer", from_tag="a", via_branch="z1", sdp=sdp()), T0)
     cmds.handle(req("answer", from_tag="a", to_tag="b1", via_branch="z1", sdp=sdp(B_ADDR)), T0)
-    first = plan(cmds.calls["c1"], {})
+    first = plan(cmds.calls["c1"])
     cmds.handle(req("answer", from_tag="a", to_tag="b2", via_branch="z1", sdp=sdp(B_ADDR)), T0)
     call = cmds.calls["c1"]
     a, b = _port(call, "a"), _port(call, "b2")
-    (forward,) = plan(call, {})
+    (forward,) = plan(call)
     assert [(s.key, s.out) for s in forward.sockets[::2]] == [
         (_key(a), _key(b)),
         (_key(b), _key(a)),
     ]
     assert forward != first[0]  # a's side moved to the fork's own ports
     cmds.handle(req("answer", from_tag="a", to_tag="b1", via_branch="z1", sdp=sdp(B_ADDR)), T0)
-    assert plan(cmds.calls["c1"], {}) == first
+    assert plan(cmds.calls["c1"]) == first
