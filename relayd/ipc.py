@@ -25,6 +25,7 @@ Rules:
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
@@ -43,6 +44,7 @@ __all__ = [
     "Stats",
     "decode",
     "encode",
+    "encode_forward",
 ]
 
 MAX_MESSAGE = 1 << 20
@@ -202,6 +204,18 @@ def _compact(value: Any) -> dict[str, Any]:
 def encode(message: Message) -> bytes:
     body = _compact(message)
     body["type"] = type(message).__name__
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def encode_forward(forward: Forward, fd_index: Mapping[str, int]) -> bytes:
+    """``forward`` as :func:`encode` writes it, with ``fd_index`` set for the sockets
+    whose descriptors travel with the message (socket key -> place among them)."""
+    body = _compact(forward)
+    for spec in body.get("sockets", ()):
+        index = fd_index.get(spec["key"])
+        if index is not None:
+            spec["fd_index"] = index
+    body["type"] = "Forward"
     return json.dumps(body, separators=(",", ":")).encode()
 
 

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from relayd import ipc
@@ -81,18 +81,6 @@ class SocketBinder:
         fd = self.sockets.pop(key, None)
         if fd is not None:
             self.sockets[key] = fd
-
-    def discard_queued(self, key: str, limit: int = 4096) -> int:
-        """Drop the datagrams waiting on a socket no worker has read yet; returns how many."""
-        fd = self.sockets.get(key)
-        dropped = 0
-        while fd is not None and dropped < limit:
-            try:
-                os.read(fd, 1)  # one datagram (the socket is non-blocking)
-            except OSError:  # BlockingIOError when empty; a queued ICMP error ends it too
-                break
-            dropped += 1
-        return dropped
 
 
 def _grow_receive_buffer(sock: socket.socket) -> None:
@@ -338,6 +326,7 @@ class MediaPlane:
     def sync(self, call: Call) -> None:
         worker = self.workers[call.worker]
         placed = self.placed.setdefault(worker.index, {})
+        by_key = _streams_by_key(call)
         for forward in plan(call):
             keys = tuple(spec.key for spec in forward.sockets)
             previous = placed.get(forward.media, ())
@@ -354,16 +343,16 @@ class MediaPlane:
             if forward.media not in medias:
                 medias.append(forward.media)
             for spec in forward.sockets:
-                if spec.key not in self.streams:
-                    self.binder.share_key(spec.key)
-                    # What came before both sides were known had nowhere to go: drop it
-                    # now rather than let the worker forward it late.
-                    dropped = self.binder.discard_queued(spec.key)
-                    if dropped:
-                        log.debug("media.dropped_early", socket=spec.key, packets=dropped)
                 # an ICE alias counts into its primary socket's stream
-                stream = _find_stream(call, spec.alias_of or spec.key)
-                self.streams[spec.key] = (call.call_id, stream)
+                stream = by_key[spec.alias_of or spec.key]
+                known = self.streams.get(spec.key)
+                if known is None:
+                    self.binder.share_key(spec.key)
+                if known is None or known[1] is not stream:
+                    self.streams[spec.key] = (call.call_id, stream)
+            # A socket is bound while its offer is handled and handed over right after
+            # the reply, in the same turn of the event loop: nothing can have queued on it
+            # that belongs to another call.
             self._send_forward(worker, forward)
 
     def drop(self, call: Call) -> None:
@@ -381,22 +370,27 @@ class MediaPlane:
             self._send(worker, ipc.Drop(key))
 
     def _send_forward(self, worker: WorkerProcess, forward: ipc.Forward) -> None:
+        """The forward, with the descriptors of the sockets the worker does not have yet."""
         fds: list[int] = []
-        specs = []
+        index: dict[str, int] = {}
         for spec in forward.sockets:
             if spec.key not in worker.sent and spec.key in self.binder.sockets:
-                specs.append(_with_fd(spec, len(fds)))
+                index[spec.key] = len(fds)
                 fds.append(self.binder.fileno(spec.key))
                 worker.sent.add(spec.key)
-            else:
-                specs.append(spec)
-        self._send(worker, ipc.Forward(forward.media, tuple(specs)), fds)
+        self._transmit(worker, ipc.encode_forward(forward, index), fds)
 
-    def _send(self, worker: WorkerProcess, message: ipc.Message, fds: Sequence[int] = ()) -> None:
+    def _send(self, worker: WorkerProcess, message: ipc.Message) -> None:
+        self._transmit(worker, ipc.encode(message))
+
+    def _transmit(self, worker: WorkerProcess, data: bytes, fds: Sequence[int] = ()) -> None:
         if worker.link is None:
             return
         try:
-            socket.send_fds(worker.link, [ipc.encode(message)], list(fds))
+            if fds:
+                socket.send_fds(worker.link, [data], list(fds))
+            else:
+                worker.link.send(data)
         except OSError as exc:
             log.error("worker.send_failed", worker=worker.index, error=str(exc))
 
@@ -490,21 +484,10 @@ class MediaPlane:
                 worker.link = None
 
 
-def _with_fd(spec: ipc.SocketSpec, index: int) -> ipc.SocketSpec:
-    # dataclasses.replace() looks the fields up again on every call; this runs for every
-    # new socket
-    values = {name: getattr(spec, name) for name in _SPEC_FIELDS}
-    values["fd_index"] = index
-    return ipc.SocketSpec(**values)
-
-
-_SPEC_FIELDS = tuple(f.name for f in fields(ipc.SocketSpec))
-
-
-def _find_stream(call: Call, key: str) -> Stream:
-    for party in call.parties():
-        for media in party.medias:
-            for stream in media.streams:
-                if socket_key(stream.local.local, stream.port) == key:
-                    return stream
-    raise KeyError(key)
+def _streams_by_key(call: Call) -> dict[str, Stream]:
+    return {
+        socket_key(stream.local.local, stream.port): stream
+        for party in call.parties()
+        for media in party.medias
+        for stream in media.streams
+    }

@@ -21,26 +21,58 @@ from relayd.webrtc import (
 __all__ = ["learn", "negotiate_answer", "negotiate_offer"]
 
 
-def _session_value(session: list[Line], name: str) -> str:
-    return next((ln.value.partition(":")[2] for ln in session if ln.attr == name), "")
+# attributes whose first value counts, at media level, else at session level
+_INHERITED = ("fingerprint", "setup", "ice-ufrag", "ice-pwd")
+_LEARNED = frozenset({*_INHERITED, "crypto", "candidate", "ice-options", "mid"})
+
+
+def _first_values(lines: list[Line], names: frozenset[str]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for ln in lines:
+        if ln.attr in names and ln.attr not in found:
+            found[ln.attr] = ln.value.partition(":")[2]
+    return found
 
 
 def learn(media: Media, desc: MediaDescription, session: list[Line]) -> None:
-    """Record the party's own SRTP, DTLS and ICE attributes (media level over session)."""
-    media.crypto = tuple(c for c in map(parse_crypto, desc.attributes("crypto")) if c is not None)
-    media.peer_fingerprint = (desc.attributes("fingerprint") or [""])[0] or _session_value(
-        session, "fingerprint"
-    )
-    media.peer_setup = (desc.attributes("setup") or [""])[0] or _session_value(session, "setup")
-    media.peer_ice_ufrag = (desc.attributes("ice-ufrag") or [""])[0] or _session_value(
-        session, "ice-ufrag"
-    )
-    media.peer_ice_pwd = (desc.attributes("ice-pwd") or [""])[0] or _session_value(
-        session, "ice-pwd"
-    )
-    media.peer_ice = bool(media.peer_ice_ufrag or desc.has_attribute("candidate"))
-    media.peer_trickle = any("trickle" in v for v in desc.attributes("ice-options"))
-    media.mid = (desc.attributes("mid") or [""])[0]
+    """Record the party's own SRTP, DTLS and ICE attributes (media level over session).
+
+    One pass over the media's lines (this runs for every media of every offer and
+    answer, nearly all of them plain RTP with none of these attributes)."""
+    first: dict[str, str] = {}
+    crypto: list[Crypto] = []
+    candidate = trickle = False
+    for ln in desc.lines:
+        attr = ln.attr
+        if attr not in _LEARNED:
+            continue
+        value = ln.value.partition(":")[2]
+        if attr == "crypto":
+            parsed = parse_crypto(value)
+            if parsed is not None:
+                crypto.append(parsed)
+        elif attr == "candidate":
+            candidate = True
+        elif attr == "ice-options":
+            trickle = trickle or "trickle" in value
+        elif attr not in first:
+            first[attr] = value
+    media.crypto = tuple(crypto)
+    inherited = {name: first.get(name, "") for name in _INHERITED}
+    if not all(inherited.values()):
+        # a value missing (or empty) at media level is taken from the session level
+        above = _first_values(session, _INHERITED_SET)
+        inherited = {name: value or above.get(name, "") for name, value in inherited.items()}
+    media.peer_fingerprint = inherited["fingerprint"]
+    media.peer_setup = inherited["setup"]
+    media.peer_ice_ufrag = inherited["ice-ufrag"]
+    media.peer_ice_pwd = inherited["ice-pwd"]
+    media.peer_ice = bool(media.peer_ice_ufrag or candidate)
+    media.peer_trickle = trickle
+    media.mid = first.get("mid", "")
+
+
+_INHERITED_SET = frozenset(_INHERITED)
 
 
 def _ice_mode(req: Request, party_had_ice: bool) -> str:

@@ -53,25 +53,42 @@ def _shared(codec: Codec) -> Codec:
     return codec
 
 
+_CODEC_ATTRIBUTES = frozenset({"rtpmap", "fmtp", "rtcp-fb"})
+# A phone model sends the same payload list every time: the codecs of each distinct
+# (formats, rtpmap/fmtp/rtcp-fb lines) are worked out once. Bounded like _SHARED.
+_LISTS: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple[Codec, ...]] = {}
+
+
 def codecs_of(desc: MediaDescription) -> tuple[Codec, ...]:
     """The payload types of an RTP media section, with their rtpmap/fmtp/rtcp-fb."""
     if not desc.protocol.startswith(("RTP/", "UDP/TLS/RTP/")):
         return ()
+    lines = tuple(ln.value for ln in desc.lines if ln.attr in _CODEC_ATTRIBUTES)
+    key = (tuple(desc.formats), lines)
+    known = _LISTS.get(key)
+    if known is None:
+        known = _codecs(desc.formats, lines)
+        if len(_LISTS) < _SHARED_LIMIT:
+            _LISTS[key] = known
+    return known
+
+
+def _codecs(formats: Sequence[str], lines: Sequence[str]) -> tuple[Codec, ...]:
     rtpmap: dict[str, str] = {}
     fmtp: dict[str, str] = {}
     feedback: dict[str, list[str]] = {}
-    for value in desc.attributes("rtpmap"):
-        pt, _, enc = value.partition(" ")
-        enc = enc.strip()
-        if enc.endswith("/1") and enc.count("/") == 2:
-            enc = enc[:-2]  # one channel is the default (RFC 4566 §6); rtpengine drops it
-        rtpmap.setdefault(pt, enc)
-    for value in desc.attributes("fmtp"):
-        pt, _, params = value.partition(" ")
-        fmtp.setdefault(pt, params.strip())
-    for value in desc.attributes("rtcp-fb"):
-        pt, _, fb = value.partition(" ")
-        feedback.setdefault(pt, []).append(fb.strip())
+    for line in lines:
+        attr, _, value = line.partition(":")
+        pt, _, rest = value.partition(" ")
+        rest = rest.strip()
+        if attr == "rtpmap":
+            if rest.endswith("/1") and rest.count("/") == 2:
+                rest = rest[:-2]  # one channel is the default (RFC 4566 §6); rtpengine drops it
+            rtpmap.setdefault(pt, rest)
+        elif attr == "fmtp":
+            fmtp.setdefault(pt, rest)
+        else:
+            feedback.setdefault(pt, []).append(rest)
     return tuple(
         _shared(
             Codec(
@@ -81,7 +98,7 @@ def codecs_of(desc: MediaDescription) -> tuple[Codec, ...]:
                 tuple(feedback.get(pt, ())),
             )
         )
-        for pt in desc.formats
+        for pt in formats
     )
 
 
