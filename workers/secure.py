@@ -71,10 +71,17 @@ class SecureConfig:
 
     @classmethod
     def of(cls, spec: ipc.SocketSpec) -> SecureConfig:
-        values = [getattr(spec, name) for name in _FIELDS]
-        if not any(values):  # plain RTP, nearly every socket: one shared instance
-            return _NONE
-        return cls(*values)
+        if not (
+            spec.srtp_in
+            or spec.srtp_out
+            or spec.dtls
+            or spec.dtls_fingerprint
+            or spec.ice_ufrag
+            or spec.ice_pwd
+            or spec.ice_remote_ufrag
+        ):
+            return _NONE  # plain RTP, nearly every socket: one shared instance
+        return cls(*[getattr(spec, name) for name in _FIELDS])
 
     @property
     def empty(self) -> bool:

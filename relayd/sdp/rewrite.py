@@ -139,7 +139,7 @@ def _rewrite_media(
             desc.port_count,
             protocol,
             formats,
-            [Line(ln.kind, ln.value) for ln in desc.lines],
+            list(desc.lines),
         )
     out = MediaDescription(desc.media, media.port, desc.port_count, protocol, formats)
     local = media.local
@@ -152,7 +152,7 @@ def _rewrite_media(
             if line.attr == "rtcp-fb" and line.value.startswith("rtcp-fb:*"):
                 out.lines.append(line)
             continue
-        out.lines.append(Line(line.kind, line.value))
+        out.lines.append(line)  # lines are not changed once parsed: shared, not copied
     # an answer carries the offerer's own mid (or none), whatever the answerer wrote
     mid = media.mid if opts.answer else (desc.attributes("mid") or [""])[0]
     if not mid and opts.generate_mid:
