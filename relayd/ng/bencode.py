@@ -30,32 +30,37 @@ class BencodeError(ValueError):
 
 
 def encode(value: object) -> bytes:
-    """Encode ``value`` (int, str, bytes, list, tuple, dict with str keys)."""
-    out: list[bytes] = []
+    """Encode ``value`` (int, str, bytes, list, tuple, dict with str keys).
+
+    Built as text and encoded once at the end: cheaper than encoding each of the
+    hundreds of values of a query tree on its own. Length prefixes count bytes, so
+    a value that is not ASCII is measured in UTF-8 (``surrogateescape``: a body that
+    was not UTF-8 goes back out as the bytes it came as).
+    """
+    out: list[str] = []
     _encode(value, out)
-    return b"".join(out)
+    return "".join(out).encode("utf-8", "surrogateescape")
 
 
-def _text(value: str) -> bytes:
-    # lone surrogates come from a body that was not UTF-8: they go back out as its bytes
-    return value.encode("utf-8", "surrogateescape")
+def _size(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogateescape"))
 
 
-# Dictionary keys repeat in every reply ("result", "sdp", "tags"…): each is encoded
+# Dictionary keys repeat in every reply ("result", "sdp", "tags"…): each is written
 # once. Bounded, since some keys are per call (the tags of a query tree).
-_KEYS: dict[str, bytes] = {}
+_KEYS: dict[str, str] = {}
 _KEYS_LIMIT = 512
 
 
-def _key(key: object) -> bytes:
-    raw = _text(key if type(key) is str else str(key))
-    encoded = b"%d:%s" % (len(raw), raw)
+def _key(key: object) -> str:
+    text = key if type(key) is str else str(key)
+    encoded = f"{_size(text)}:{text}"
     if len(_KEYS) < _KEYS_LIMIT and type(key) is str:
         _KEYS[key] = encoded
     return encoded
 
 
-def _encode(value: object, out: list[bytes]) -> None:
+def _encode(value: object, out: list[str]) -> None:
     # Exact type checks first, and the values of a dict or list handled in its own loop:
     # replies are mostly str/int/dict/list, and a query tree has hundreds of them.
     kind = type(value)
@@ -64,60 +69,55 @@ def _encode(value: object, out: list[bytes]) -> None:
     elif kind is list or kind is tuple:
         _encode_list(value, out)  # type: ignore[arg-type]
     elif kind is str:
-        raw = _text(value)  # type: ignore[arg-type]
-        out.append(b"%d:%s" % (len(raw), raw))
+        out.append(f"{_size(value)}:{value}")  # type: ignore[arg-type]
     elif kind is int:
-        out.append(b"i%de" % value)  # type: ignore[str-format]
+        out.append(f"i{value}e")
     else:
         _encode_other(value, out)
 
 
-def _encode_dict(value: dict[object, object], out: list[bytes]) -> None:
+def _encode_dict(value: dict[object, object], out: list[str]) -> None:
     append = out.append
-    append(b"d")
+    append("d")
     for key, item in value.items():
         append(_KEYS.get(key) or _key(key))  # type: ignore[call-overload]
         kind = type(item)
         if kind is str:
-            raw = item.encode("utf-8", "surrogateescape")  # type: ignore[attr-defined]
-            append(b"%d:%s" % (len(raw), raw))
+            append(f"{_size(item)}:{item}")  # type: ignore[arg-type]
         elif kind is int:
-            append(b"i%de" % item)  # type: ignore[str-format]
+            append(f"i{item}e")
         elif kind is dict:
             _encode_dict(item, out)  # type: ignore[arg-type]
         elif kind is list:
             _encode_list(item, out)  # type: ignore[arg-type]
         else:
             _encode(item, out)
-    append(b"e")
+    append("e")
 
 
-def _encode_list(value: list[object] | tuple[object, ...], out: list[bytes]) -> None:
+def _encode_list(value: list[object] | tuple[object, ...], out: list[str]) -> None:
     append = out.append
-    append(b"l")
+    append("l")
     for item in value:
         kind = type(item)
         if kind is str:
-            raw = item.encode("utf-8", "surrogateescape")  # type: ignore[attr-defined]
-            append(b"%d:%s" % (len(raw), raw))
+            append(f"{_size(item)}:{item}")  # type: ignore[arg-type]
         elif kind is int:
-            append(b"i%de" % item)  # type: ignore[str-format]
+            append(f"i{item}e")
         else:
             _encode(item, out)
-    append(b"e")
+    append("e")
 
 
-def _encode_other(value: object, out: list[bytes]) -> None:
+def _encode_other(value: object, out: list[str]) -> None:
     """Subclasses and the rarer types, folded onto the exact ones."""
-    if isinstance(value, bool):
-        out.append(b"i%de" % int(value))
-    elif isinstance(value, int):
-        out.append(b"i%de" % value)
+    if isinstance(value, int):  # bool and other int subclasses as plain numbers
+        out.append(f"i{int(value)}e")
     elif isinstance(value, str):
         _encode(str(value), out)
     elif isinstance(value, bytes | bytearray):
-        out.append(b"%d:" % len(value))
-        out.append(bytes(value))
+        # back to these very bytes when the whole is encoded with surrogateescape
+        out.append(f"{len(value)}:{bytes(value).decode('utf-8', 'surrogateescape')}")
     elif isinstance(value, list | tuple):
         _encode(list(value), out)
     elif isinstance(value, dict):
