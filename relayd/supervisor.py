@@ -260,9 +260,9 @@ class Supervisor:
                 if self.kernel is not None:
                     self.kernel.settle(time.monotonic())
                 self.ops.pump()
+                self.commands.reap(time.time(), share=4)
                 if tick % 4 == 0:
                     self._kernel_tick()
-                    self.commands.reap(time.time())
                     self.ops.tick()
             except Exception:
                 logger.exception("timer.failed")

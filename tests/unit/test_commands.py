@@ -252,6 +252,33 @@ def test_delete_delay_key_overrides_the_limit() -> None:
     assert [t.reason for t in cmds.reap(T0 + 5)] == ["deleted"]
 
 
+def test_reap_in_shares_looks_at_every_call_once_per_round() -> None:
+    cmds, _ = build(limits=Limits(delete_delay=5))
+    for n in range(8):
+        _call(cmds, f"c{n}")
+        cmds.handle(req("delete", f"c{n}", from_tag="a"), T0)
+    rounds = [cmds.reap(T0 + 5, share=4)]
+    _call(cmds, "late")  # set up after the round began: looked at in the next round
+    cmds.handle(req("delete", "late", from_tag="a"), T0)
+    rounds += [cmds.reap(T0 + 5, share=4) for _ in range(4)]
+    assert [len(r) for r in rounds] == [2, 2, 2, 2, 1]
+    assert rounds[-1][0].call.call_id == "late"
+    assert sorted(t.call.call_id for r in rounds[:4] for t in r) == [f"c{n}" for n in range(8)]
+    assert cmds.calls == {}
+
+
+def test_reap_in_shares_skips_calls_deleted_meanwhile() -> None:
+    cmds, _ = build(limits=Limits(delete_delay=5))
+    for n in range(4):
+        _call(cmds, f"c{n}")
+        cmds.handle(req("delete", f"c{n}", from_tag="a"), T0)
+    first = cmds.reap(T0 + 5, share=2)
+    assert len(first) == 2
+    left = sorted(cmds.calls)
+    cmds.handle(req("delete", left[0], from_tag="a", delete_delay=0), T0 + 5)
+    assert [t.call.call_id for t in cmds.reap(T0 + 5, share=2)] == [left[1]]
+
+
 def test_delete_delay_zero_removes_at_once() -> None:
     cmds, binder = build()
     seen: list[Teardown] = []
