@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -74,6 +75,27 @@ class SocketBinder:
 
     def fileno(self, key: str) -> int:
         return self.sockets[key]
+
+    def discard_queued(self, keys: Sequence[str], limit: int = 4096) -> int:
+        """Drop the datagrams waiting on sockets no worker has read yet; returns how many.
+
+        One ``poll`` finds the sockets with something queued (nearly always none), so
+        an idle socket costs no system call of its own.
+        """
+        poller = select.poll()
+        for key in keys:
+            fd = self.sockets.get(key)
+            if fd is not None:
+                poller.register(fd, select.POLLIN)
+        dropped = 0
+        for fd, _events in poller.poll(0):
+            for _ in range(limit):
+                try:
+                    os.read(fd, 1)  # one datagram (the socket is non-blocking)
+                except OSError:  # BlockingIOError when empty; a queued ICMP error ends it
+                    break
+                dropped += 1
+        return dropped
 
     def share_key(self, key: str) -> None:
         """Hold ``key`` itself, an equal string the caller keeps anyway, instead of our own
@@ -323,6 +345,17 @@ class MediaPlane:
             if party is not None:
                 party.learning, party.learn_after = mode, after
 
+    def drop_early(self, call: Call) -> None:
+        """Before the reply to an offer or answer: what arrived on the call's sockets that
+        its worker does not have yet came before both sides were known and had nowhere
+        to go. It is dropped now, not forwarded late once the worker gets the sockets;
+        what arrives after the reply is the call's media and waits for the worker."""
+        sent = self.workers[call.worker].sent
+        keys = [key for key in _socket_keys(call) if key not in sent]
+        dropped = self.binder.discard_queued(keys) if keys else 0
+        if dropped:
+            log.debug("media.dropped_early", sockets=keys, packets=dropped)
+
     def sync(self, call: Call) -> None:
         worker = self.workers[call.worker]
         placed = self.placed.setdefault(worker.index, {})
@@ -350,9 +383,6 @@ class MediaPlane:
                     self.binder.share_key(spec.key)
                 if known is None or known[1] is not stream:
                     self.streams[spec.key] = (call.call_id, stream)
-            # A socket is bound while its offer is handled and handed over right after
-            # the reply, in the same turn of the event loop: nothing can have queued on it
-            # that belongs to another call.
             self._send_forward(worker, forward)
 
     def drop(self, call: Call) -> None:
@@ -482,6 +512,18 @@ class MediaPlane:
             if worker.link is not None:
                 worker.link.close()
                 worker.link = None
+
+
+def _socket_keys(call: Call) -> list[str]:
+    """Every relay socket of the call: both components of each media and ICE candidate."""
+    keys = []
+    for party in call.parties():
+        for media in party.medias:
+            if media.port and media.local is not None:
+                keys += [socket_key(media.local.local, media.port + i) for i in (0, 1)]
+            for local, port in media.ice_ports:
+                keys += [socket_key(local.local, port + i) for i in (0, 1)]
+    return keys
 
 
 def _streams_by_key(call: Call) -> dict[str, Stream]:

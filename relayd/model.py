@@ -131,7 +131,7 @@ class Media:
     peer_trickle: bool = False  # a=ice-options:trickle at media level
     ice_ufrag: str = ""  # our credentials towards this party ("" when no ICE)
     ice_pwd: str = ""
-    ice_ports: list[tuple[LocalAddress, int]] = field(default_factory=list)  # other candidates
+    ice_ports: tuple[tuple[LocalAddress, int], ...] = ()  # our candidates on other addresses
 
     def for_new_dialogue(self) -> Media:
         """What this party said about its media, without what we gave it (ports, keys,
@@ -142,7 +142,7 @@ class Media:
             port=0,
             rtcp_port=0,
             streams=[],
-            ice_ports=[],
+            ice_ports=(),
             crypto_out=(),
             srtp_in=None,
             srtp_out=None,
@@ -186,7 +186,7 @@ class Monologue:
     first_username: str | None = None  # o= username of this party's first SDP
     first_session_name: str | None = None  # s= of this party's first SDP
     out_version: int | None = None  # o= version we last wrote for this party's SDP
-    aliases: list[str] = field(default_factory=list)
+    aliases: tuple[str, ...] = ()
     offered_by: str | None = None  # for the receiver of an offer: the offerer's tag
     sent_sdp: bool = False  # this party has sent us an SDP (its media is "initialized")
     answerer: bool = False  # received an offer before sending one (rtpengine: ICE controlling)

@@ -43,7 +43,9 @@ def _load(kind: Any, value: Any) -> Any:
     if origin is list:
         return [_load(args[0], v) for v in value]
     if origin is tuple:
-        return tuple(_load(args[0], v) for v in value)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]
+            return tuple(_load(args[0], v) for v in value)
+        return tuple(_load(a, v) for a, v in zip(args, value, strict=True))
     if origin is frozenset:
         return frozenset(_load(args[0], v) for v in value)
     if origin is dict:

@@ -117,9 +117,9 @@ class _Undo:
                 media.local = None
                 media.streams.clear()
             else:
-                media.ice_ports = [
+                media.ice_ports = tuple(
                     (a, p) for a, p in media.ice_ports if (a.local, p) != (address, port)
-                ]
+                )
 
 
 class Signalling:
@@ -220,7 +220,7 @@ class Signalling:
             )
             if answerer.tag and answerer.tag != tag:
                 # early-media fork: another to-tag answers the same branch; same ports
-                answerer.aliases.append(tag)
+                answerer.aliases += (tag,)
             else:
                 answerer.tag = tag
             call.monologues[tag] = answerer
@@ -509,13 +509,13 @@ class Signalling:
         for address in others:
             if address.local not in have:
                 port = self.ports.allocate(address.local, call.worker)
-                media.ice_ports.append((address, port))
+                media.ice_ports += ((address, port),)
                 undo.taken.append((media, address.local, port))
 
     def _release_ice_ports(self, media: Media) -> None:
         for address, port in media.ice_ports:
             self.ports.release(address.local, port)
-        media.ice_ports = []
+        media.ice_ports = ()
 
     def _ensure_ports(
         self,

@@ -155,6 +155,7 @@ class Supervisor:
             # signalling takes the call back to userspace until it is confirmed again
             self._unoffload(call)
             self.media.signalled(call, list(call.monologues), req.endpoint_learning)
+            self.media.drop_early(call)
             self._sync_soon(call)
         if self.journal is not None and call is not None:
             self.journal.save(call)

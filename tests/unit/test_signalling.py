@@ -170,7 +170,7 @@ def test_early_media_forks_get_their_own_offerer_side_ports() -> None:
     assert second != first
     assert f"m=audio {second[0]} RTP/AVP 0 8" in two
     assert call.monologues["b1"] is call.monologues["b2"]  # b2 answers b1's branch
-    assert call.monologues["b1"].aliases == ["b2"]
+    assert call.monologues["b1"].aliases == ("b2",)
     assert call.monologues["b1"].medias[0].port == callee_side
 
     again = _ok(cmds, "answer", from_tag="a", to_tag="b1", via_branch="z1", sdp=sdp(B_ADDR, 6000))

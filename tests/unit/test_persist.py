@@ -1,0 +1,54 @@
+"""Call state through the journal's JSON and back (relayd/persist.py)."""
+
+from __future__ import annotations
+
+import json
+
+from relayd.model import Call, LocalAddress
+from relayd.persist import dump_call, load_call
+from tests.unit.calls import B_ADDR, build, interfaces, req, sdp
+
+C_ADDR = "198.51.100.30"
+OTHER4 = "192.0.2.7"
+
+
+def _round_trip(call: Call) -> Call:
+    return load_call(json.loads(json.dumps(dump_call(call))))
+
+
+def test_a_forked_call_comes_back_equal_with_its_aliases_and_other_dialogues() -> None:
+    cmds, _ = build()
+    for command, keys in (
+        ("offer", {"from_tag": "a", "via_branch": "z1", "sdp": sdp()}),
+        ("answer", {"from_tag": "a", "to_tag": "b1", "via_branch": "z1", "sdp": sdp(B_ADDR)}),
+        ("answer", {"from_tag": "a", "to_tag": "b2", "via_branch": "z1", "sdp": sdp(C_ADDR)}),
+    ):
+        assert cmds.handle(req(command, **keys), 0.0)["result"] == "ok"
+    call = cmds.calls["c1"]
+    assert call.monologues["b1"].aliases == ("b2",)
+    back = _round_trip(call)
+    assert back == call
+    assert back.monologues["b1"] is back.monologues["b2"]  # one party, two tags
+    assert back.monologues["a"].medias[0].codecs == call.monologues["a"].medias[0].codecs
+
+
+def test_srtp_keys_and_ice_candidates_on_two_addresses_come_back() -> None:
+    ifaces = interfaces(LocalAddress("default", OTHER4, OTHER4))
+    cmds, _ = build(ifaces=ifaces)
+    offer = req(
+        "offer",
+        from_tag="a",
+        sdp=sdp(),
+        flags=["ICE=force"],
+        transport_protocol="RTP/SAVP",
+    )
+    assert cmds.handle(offer, 0.0)["result"] == "ok"
+    call = cmds.calls["c1"]
+    towards_b = call.parties()[1].medias[0]
+    assert towards_b.ice_ports and towards_b.crypto_out  # what the test is about
+    back = _round_trip(call)
+    assert back == call
+    again = back.parties()[1].medias[0]
+    assert again.ice_ports == towards_b.ice_ports
+    assert isinstance(again.ice_ports, tuple) and isinstance(again.ice_ports[0][0], LocalAddress)
+    assert again.crypto_out == towards_b.crypto_out
