@@ -28,6 +28,10 @@ class PortPool:
     rng: random.Random = field(default_factory=lambda: random.Random(os.urandom(16)))
     _free: list[int] = field(init=False)
     _used: set[int] = field(init=False, default_factory=set)
+    # released pairs, handed out again only once every pair in _free has been: their
+    # sockets may still be open for a moment in a worker that has not read the call's
+    # Drop yet, and binding them then would fail
+    _cooling: list[int] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         first = self.port_min + (self.port_min & 1)
@@ -36,7 +40,7 @@ class PortPool:
 
     @property
     def capacity(self) -> int:
-        return len(self._free) + len(self._used)
+        return len(self._free) + len(self._cooling) + len(self._used)
 
     @property
     def in_use(self) -> int:
@@ -45,7 +49,10 @@ class PortPool:
     def allocate(self) -> int:
         """Reserve a pair; return its even (RTP) port."""
         if not self._free:
-            raise PortsExhausted("Ran out of ports")
+            if not self._cooling:
+                raise PortsExhausted("Ran out of ports")
+            self._free, self._cooling = self._cooling, []
+            self.rng.shuffle(self._free)
         # popping from a shuffled list is O(1) and keeps the order random
         port = self._free.pop()
         self._used.add(port)
@@ -55,15 +62,14 @@ class PortPool:
         """Take a specific pair (a restored call); False if it is not free."""
         if port in self._used or not self.port_min <= port < self.port_max or port & 1:
             return False
-        try:
-            self._free.remove(port)
-        except ValueError:
-            return False
-        self._used.add(port)
-        return True
+        for pairs in (self._free, self._cooling):
+            if port in pairs:
+                pairs.remove(port)
+                self._used.add(port)
+                return True
+        return False
 
     def release(self, port: int) -> None:
         if port in self._used:
             self._used.remove(port)
-            # put it back at a random position so a released pair is not reused at once
-            self._free.insert(self.rng.randrange(len(self._free) + 1), port)
+            self._cooling.append(port)

@@ -84,6 +84,23 @@ def test_released_pair_goes_back_at_a_random_position() -> None:
     assert pool.allocate() != port
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_a_released_pair_waits_until_every_free_pair_was_handed_out(seed: int) -> None:
+    """Its sockets may still be open in a worker for a moment: not reused while any pair
+    that was free before it is left."""
+    pool = PortPool(30000, 31999, rng=random.Random(seed))
+    released = [pool.allocate() for _ in range(10)]
+    for port in released:
+        pool.release(port)
+    free = pool.capacity - pool.in_use - len(released)
+    first = [pool.allocate() for _ in range(free)]
+    assert not set(first) & set(released)
+    assert sorted(pool.allocate() for _ in released) == sorted(released)
+    with pytest.raises(PortsExhausted):  # nothing lost, nothing handed out twice
+        pool.allocate()
+    assert sorted([*first, *released]) == [*range(30000, 31999, 2)]
+
+
 @pytest.mark.parametrize(
     ("port_min", "port_max", "pairs"),
     [
