@@ -147,7 +147,7 @@ class MediaPlane:
         self.certificate = certificate  # DTLS certificate and key, PEM, for every worker
         cpus = sorted(os.sched_getaffinity(0))
         self.workers = [WorkerProcess(i, cpus[i % len(cpus)]) for i in range(max(workers, 1))]
-        self.streams: dict[str, tuple[str, Stream]] = {}  # socket key -> (call-id, stream)
+        self.streams: dict[str, Stream] = {}  # socket key -> the stream it carries
         self.call_medias: dict[str, list[str]] = {}  # call-id -> media keys placed on workers
         # called after each stats report with the call-ids whose confirmations changed
         self.on_stats: Callable[[ipc.Stats, set[str]], None] | None = None
@@ -381,8 +381,8 @@ class MediaPlane:
                 known = self.streams.get(spec.key)
                 if known is None:
                     self.binder.share_key(spec.key)
-                if known is None or known[1] is not stream:
-                    self.streams[spec.key] = (call.call_id, stream)
+                if known is not stream:
+                    self.streams[spec.key] = stream
             self._send_forward(worker, forward)
 
     def drop(self, call: Call) -> None:
@@ -432,10 +432,10 @@ class MediaPlane:
         worker = self.workers[stats.worker]
         changed: set[str] = set()
         for entry in stats.sockets:
-            found = self.streams.get(entry.key)
-            if found is None:
+            stream = self.streams.get(entry.key)
+            if stream is None:
                 continue
-            call_id, stream = found
+            call_id = stream.call_id
             packets, size, errors = self.reported.get(entry.key, (0, 0, 0))
             self.reported[entry.key] = (entry.packets, entry.bytes, entry.errors)
             if entry.packets < packets:  # a new worker counts from zero again

@@ -75,6 +75,7 @@ class Stream:
     dtls: str = ""  # as the worker reports it: connecting, connected, failed: <reason>
     ice: str = ""  # checking, nominated
     stats: StreamStats = field(default_factory=StreamStats)
+    call_id: str = ""  # the call it belongs to (the media plane finds streams by socket)
 
 
 @dataclass(frozen=True, slots=True)

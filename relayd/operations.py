@@ -144,10 +144,10 @@ class Operations:
         offset = time.time() - message.now
         homer = self.sup.config.homer
         for packet in message.packets:
-            found = self.sup.media.streams.get(packet.key)
-            if found is None:
+            stream = self.sup.media.streams.get(packet.key)
+            if stream is None:
                 continue
-            call_id = found[0]
+            call_id = stream.call_id
             try:
                 text = homer_json(bytes.fromhex(packet.data))
                 source, local = _address(packet.source), _address(packet.key)

@@ -93,4 +93,7 @@ def load_call(data: dict[str, Any]) -> Call:
     )
     for name in _SHARED:
         getattr(call, name).update({tag: parties[i] for tag, i in data[name].items()})
+    for media in call.all_medias():
+        for stream in media.streams:
+            stream.call_id = call.call_id  # journals written before streams named it
     return call

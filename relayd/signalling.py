@@ -547,6 +547,7 @@ class Signalling:
                     rtcp=False,
                     endpoint=media.remote_rtp,
                     advertised_endpoint=media.remote_rtp,
+                    call_id=call.call_id,
                 ),
                 Stream(
                     owner,
@@ -554,6 +555,7 @@ class Signalling:
                     rtcp=True,
                     endpoint=media.remote_rtcp,
                     advertised_endpoint=media.remote_rtcp,
+                    call_id=call.call_id,
                 ),
             ]
 

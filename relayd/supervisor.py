@@ -410,10 +410,10 @@ class Supervisor:
                 self.media.sync(call)
         now = time.time()
         for key, count in self.kernel.deltas().items():
-            found = self.media.streams.get(key)
-            if found is None:
+            stream = self.media.streams.get(key)
+            if stream is None:
                 continue
-            call_id, stream = found
+            call_id = stream.call_id
             stats = stream.stats
             stats.packets += count.packets
             stats.bytes += count.bytes
