@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from relayd import ipc
-from relayd.forwarding import plan, socket_key
+from relayd.forwarding import media_key, plan, socket_key
 from relayd.log import get_logger
-from relayd.model import Call, Endpoint, Stream
+from relayd.model import Call, Endpoint, Media, Stream
 
 __all__ = ["MediaPlane", "SocketBinder"]
 
@@ -148,7 +148,6 @@ class MediaPlane:
         cpus = sorted(os.sched_getaffinity(0))
         self.workers = [WorkerProcess(i, cpus[i % len(cpus)]) for i in range(max(workers, 1))]
         self.streams: dict[str, Stream] = {}  # socket key -> the stream it carries
-        self.call_medias: dict[str, list[str]] = {}  # call-id -> media keys placed on workers
         # called after each stats report with the call-ids whose confirmations changed
         self.on_stats: Callable[[ipc.Stats, set[str]], None] | None = None
         # called with each stream's new userspace counts: call-id, stream, packets, bytes, errors
@@ -329,10 +328,12 @@ class MediaPlane:
 
     def resend(self, worker: WorkerProcess) -> None:
         """Give a (new) worker every socket and forward of its calls again."""
-        for call_id in list(self.call_medias):
+        placed = self.placed.get(worker.index, {})
+        call_ids = dict.fromkeys(key.rpartition(" ")[0] for key in placed)  # "call-id index"
+        for call_id in call_ids:
             call = self.calls.get(call_id)
-            if call is not None and call.worker == worker.index:
-                self.sync(call)  # its sockets are known: nothing queued is dropped
+            if call is not None:
+                self.sync(call)
 
     # -- forwarding -----------------------------------------------------------------------
 
@@ -372,9 +373,6 @@ class MediaPlane:
                     self.reported.pop(key, None)
                     self.holders.pop(key, None)
             placed[forward.media] = keys
-            medias = self.call_medias.setdefault(call.call_id, [])
-            if forward.media not in medias:
-                medias.append(forward.media)
             for spec in forward.sockets:
                 # an ICE alias counts into its primary socket's stream
                 stream = by_key[spec.alias_of or spec.key]
@@ -388,7 +386,8 @@ class MediaPlane:
     def drop(self, call: Call) -> None:
         worker = self.workers[call.worker]
         placed = self.placed.get(worker.index, {})
-        for key in self.call_medias.pop(call.call_id, ()):
+        sections = max((len(medias) for medias in _media_lists(call)), default=0)
+        for key in (media_key(call.call_id, index) for index in range(sections)):
             sockets = placed.pop(key, None)
             if sockets is None:
                 continue
@@ -512,6 +511,15 @@ class MediaPlane:
             if worker.link is not None:
                 worker.link.close()
                 worker.link = None
+
+
+def _media_lists(call: Call) -> list[list[Media]]:
+    """The media sections of every party, current and earlier forked dialogues."""
+    lists = []
+    for party in call.parties():
+        lists.append(party.medias)
+        lists.extend(party.other_dialogues.values())
+    return lists
 
 
 def _socket_keys(call: Call) -> list[str]:

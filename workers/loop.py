@@ -62,7 +62,9 @@ class Worker:
         self.tos = 0
         self.stats_interval = 1.0
         self.epoll = select.epoll()
-        self.by_fd: dict[int, MediaSocket] = {}
+        # indexed by file descriptor (small, dense numbers): a slot costs less than a dict
+        # entry, for every socket of every call
+        self.by_fd: list[MediaSocket | None] = []
         self.by_key: dict[str, MediaSocket] = {}
         self.medias: dict[str, list[str]] = {}  # media key -> its socket keys (a handful)
         self.secure = SecurePath(index, _RECV_SIZE, _BATCH)
@@ -187,14 +189,18 @@ class Worker:
                 sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, self.tos)
         media_socket = MediaSocket(sock, Leg(spec.key, rtcp=spec.rtcp))
         self.by_key[spec.key] = media_socket
-        self.by_fd[sock.fileno()] = media_socket
+        fd = sock.fileno()
+        if fd >= len(self.by_fd):
+            self.by_fd.extend([None] * (fd + 1 - len(self.by_fd)))
+        self.by_fd[fd] = media_socket
         self.epoll.register(sock.fileno(), select.EPOLLIN)
         return media_socket
 
     def _close(self, media_socket: MediaSocket) -> None:
         self.secure.forget(media_socket)
         fd = media_socket.sock.fileno()
-        self.by_fd.pop(fd, None)
+        if 0 <= fd < len(self.by_fd):
+            self.by_fd[fd] = None
         self.by_key.pop(media_socket.leg.key, None)
         with contextlib.suppress(OSError, ValueError):
             self.epoll.unregister(fd)
@@ -278,7 +284,7 @@ class Worker:
                 if fd == link_fd:
                     self._read_link()
                     continue
-                ms = by_fd.get(fd)
+                ms = by_fd[fd] if fd < len(by_fd) else None
                 if ms is None:
                     continue
                 if ms.crypto:
