@@ -17,7 +17,7 @@ from relayd.ipc import Forward, SocketSpec
 from relayd.model import Call, Endpoint, Media, Monologue
 from relayd.webrtc import Crypto
 
-__all__ = ["KernelLeg", "kernel_legs", "media_key", "plan", "socket_key"]
+__all__ = ["KernelLeg", "kernel_legs", "media_key", "paired", "plan", "socket_key"]
 
 
 def socket_key(address: str, port: int) -> str:
@@ -71,6 +71,11 @@ def _pairs(call: Call) -> Iterator[tuple[Monologue, Monologue]]:
             continue
         seen.update((id(party), id(peer)))
         yield party, peer
+
+
+def paired(call: Call) -> bool:
+    """Whether two of the call's parties are in a dialogue (before: nothing to forward)."""
+    return next(_pairs(call), None) is not None
 
 
 def plan(call: Call) -> list[Forward]:

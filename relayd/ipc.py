@@ -25,6 +25,7 @@ Rules:
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
@@ -55,7 +56,7 @@ class IpcError(ValueError):
     """A message that does not decode; the connection is closed."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SocketSpec:
     """One relay socket of one party and where its packets go.
 
@@ -190,9 +191,21 @@ _FIELDS: dict[type[Any], tuple[tuple[str, Any], ...]] = {
 }
 
 
+# every field of a SocketSpec in one call, and their defaults: a forward's sockets are
+# the bulk of the link's traffic
+_SPEC_VALUES = operator.attrgetter(*(name for name, _ in _FIELDS[SocketSpec]))
+_SPEC_FIELDS = tuple(_FIELDS[SocketSpec])
+
+
 def _compact(value: Any) -> dict[str, Any]:
     """The fields that differ from their defaults: a forward's sockets carry mostly
     empty crypto and ICE fields, so this keeps messages small and cheap to build."""
+    if type(value) is SocketSpec:
+        return {
+            name: item
+            for (name, default), item in zip(_SPEC_FIELDS, _SPEC_VALUES(value), strict=True)
+            if item != default
+        }
     body = {}
     for name, default in _FIELDS[type(value)]:
         item = getattr(value, name)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from relayd import ipc
-from relayd.forwarding import media_key, plan, socket_key
+from relayd.forwarding import media_key, paired, plan, socket_key
 from relayd.log import get_logger
 from relayd.model import Call, Endpoint, Media, Stream
 
@@ -351,6 +351,8 @@ class MediaPlane:
         its worker does not have yet came before both sides were known and had nowhere
         to go. It is dropped now, not forwarded late once the worker gets the sockets;
         what arrives after the reply is the call's media and waits for the worker."""
+        if not paired(call):
+            return  # an offer nobody has answered: no worker gets the sockets yet
         sent = self.workers[call.worker].sent
         keys = [key for key in _socket_keys(call) if key not in sent]
         dropped = self.binder.discard_queued(keys) if keys else 0
