@@ -26,6 +26,13 @@ class SdpError(ValueError):
     """The body is not SDP we can work with; the ng reply is "Failed to parse SDP"."""
 
 
+class _Unknown:
+    """Not worked out yet (a description built piece by piece, not parsed)."""
+
+
+UNKNOWN = _Unknown()
+
+
 @dataclass(slots=True)
 class Line:
     """One ``<type>=<value>`` line, without its line ending.
@@ -118,6 +125,10 @@ class MediaDescription:
     _verbatim: tuple[str, tuple[object, ...]] | None = field(
         default=None, init=False, repr=False, compare=False
     )
+    # the first c= line, parsed: set by the parser (signalling asks for it many times)
+    parsed_connection: Connection | _Unknown | None = field(
+        default_factory=lambda: UNKNOWN, init=False, repr=False, compare=False
+    )
 
     def _fields(self) -> tuple[object, ...]:
         return (self.media, self.port, self.port_count, self.protocol, tuple(self.formats))
@@ -140,6 +151,8 @@ class MediaDescription:
         return any(ln.attr == name for ln in self.lines)
 
     def connection(self) -> Connection | None:
+        if not isinstance(self.parsed_connection, _Unknown):
+            return self.parsed_connection
         for ln in self.lines:
             if ln.kind == "c":
                 return Connection.parse(ln.value)
@@ -153,17 +166,28 @@ class SessionDescription:
     session: list[Line]
     media: list[MediaDescription]
     eol: str = "\r\n"
+    # the session-level c= and o= lines, parsed: set by the parser
+    parsed_connection: Connection | _Unknown | None = field(
+        default_factory=lambda: UNKNOWN, repr=False, compare=False
+    )
+    parsed_origin: Origin | _Unknown | None = field(
+        default_factory=lambda: UNKNOWN, repr=False, compare=False
+    )
 
     def session_attributes(self, name: str) -> list[str]:
         return [attribute_value(ln.value) for ln in self.session if ln.attr == name]
 
     def connection(self) -> Connection | None:
+        if not isinstance(self.parsed_connection, _Unknown):
+            return self.parsed_connection
         for ln in self.session:
             if ln.kind == "c":
                 return Connection.parse(ln.value)
         return None
 
     def origin(self) -> Origin | None:
+        if not isinstance(self.parsed_origin, _Unknown):
+            return self.parsed_origin
         for ln in self.session:
             if ln.kind == "o":
                 return Origin.parse(ln.value)

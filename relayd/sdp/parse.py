@@ -28,22 +28,34 @@ def parse_sdp(body: str) -> SessionDescription:
         raise SdpError("SDP does not start with v=")
     session: list[Line] = []
     media: list[MediaDescription] = []
+    # the first c= of each section and the session's first o=, kept as parsed
+    session_c: Connection | None = None
+    origin: Origin | None = None
     for raw in raw_lines:
         raw = raw.rstrip("\r")
         if len(raw) < 2 or raw[1] != "=" or not raw[0].isalpha():
             raise SdpError(f"malformed line: {raw!r}")
         line = Line(raw[0], raw[2:])
         if line.kind == "m":
-            media.append(_parse_media(line.value))
+            desc = _parse_media(line.value)
+            desc.parsed_connection = None
+            media.append(desc)
         elif media:
             media[-1].lines.append(line)
         else:
             session.append(line)
         if line.kind == "c":
-            Connection.parse(line.value)
+            connection = Connection.parse(line.value)
+            if media:
+                if media[-1].parsed_connection is None:
+                    media[-1].parsed_connection = connection
+            elif session_c is None:
+                session_c = connection
         elif line.kind == "o":
-            Origin.parse(line.value)
-    return SessionDescription(session, media, eol)
+            parsed = Origin.parse(line.value)
+            if not media and origin is None:
+                origin = parsed
+    return SessionDescription(session, media, eol, session_c, origin)
 
 
 def _parse_media(value: str) -> MediaDescription:
