@@ -162,6 +162,7 @@ class MediaPlane:
         self.placed: dict[int, dict[str, tuple[str, ...]]] = {}
         self.calls: Mapping[str, Call] = {}  # the supervisor's call registry
         self.worker_socket = ""
+        self._outbox: list[tuple[WorkerProcess, bytes]] = []  # see _send_later
         self._listener: socket.socket | None = None
         self._closing = False
 
@@ -398,7 +399,7 @@ class MediaPlane:
                 self.reported.pop(socket_key_, None)
                 self.holders.pop(socket_key_, None)
                 worker.sent.discard(socket_key_)
-            self._send(worker, ipc.Drop(key))
+            self._send_later(worker, ipc.encode(ipc.Drop(key)))
 
     def _send_forward(self, worker: WorkerProcess, forward: ipc.Forward) -> None:
         """The forward, with the descriptors of the sockets the worker does not have yet."""
@@ -414,7 +415,21 @@ class MediaPlane:
     def _send(self, worker: WorkerProcess, message: ipc.Message) -> None:
         self._transmit(worker, ipc.encode(message))
 
+    def _send_later(self, worker: WorkerProcess, data: bytes) -> None:
+        """After the reply that is being worked out (a Drop of a deleted call): the worker
+        that wakes for it does not hold the reply up. Anything sent meanwhile goes after."""
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outbox.append((worker, data))
+
+    def _flush(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        for worker, data in outbox:
+            self._transmit(worker, data)
+
     def _transmit(self, worker: WorkerProcess, data: bytes, fds: Sequence[int] = ()) -> None:
+        if self._outbox:
+            self._flush()  # messages keep their order
         if worker.link is None:
             return
         try:
