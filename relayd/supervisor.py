@@ -32,7 +32,7 @@ from relayd.counters import Counters
 from relayd.forwarding import KernelLeg, kernel_legs, socket_key
 from relayd.interfaces import Interfaces, resolve
 from relayd.kernel import KernelPath
-from relayd.media import MediaPlane, SocketBinder
+from relayd.media import WORKER_BATCH_DELAY, MediaPlane, SocketBinder
 from relayd.model import Call
 from relayd.ng.commands import Commands, Limits, Teardown
 from relayd.ng.message import Request
@@ -169,10 +169,11 @@ class Supervisor:
         return reply
 
     def _sync_soon(self, call: Call) -> None:
-        """Tell the call's worker once the reply is out: the proxy's next message does
-        not wait for it, and an offer and answer that arrive together make one update."""
+        """Tell the call's worker once the reply is out, with the other updates of the
+        next moment (``WORKER_BATCH_DELAY``): the proxy's next message does not wait for
+        the worker, and several calls' updates wake it once."""
         if not self._unsynced:
-            asyncio.get_running_loop().call_soon(self._sync_pending)
+            asyncio.get_running_loop().call_later(WORKER_BATCH_DELAY, self._sync_pending)
         self._unsynced[call.call_id] = call
 
     def _sync_pending(self) -> None:
