@@ -50,6 +50,9 @@ logger = log.get_logger("relayd")
 # costs more than it finds. Cycles (an exception's traceback) still go within seconds.
 _GC_THRESHOLDS = (20_000, 20, 20)
 
+_TICK = 0.05  # seconds between timer runs
+_TICKS_PER_SECOND = 20
+
 
 def system_addresses() -> dict[str, list[str]]:
     """Addresses of each network device, for ``interface = eth0`` style lines."""
@@ -252,18 +255,22 @@ class Supervisor:
         logger.info("relayd.stopped", calls=len(self.commands.calls))
 
     async def _reap(self) -> None:
+        # Every 50 ms the timers look at a twentieth of the calls, so each call is looked
+        # at once a second and ng never waits behind a scan of all of them (10,000 calls
+        # would hold it for milliseconds); the rest runs every 250 ms and every second.
         tick = 0
         while True:
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(_TICK)
             tick += 1
             try:
-                if self.journal is not None:
-                    self.journal.flush()
-                if self.kernel is not None:
-                    self.kernel.settle(time.monotonic())
-                self.ops.pump()
-                self.commands.reap(time.time(), share=4)
-                if tick % 4 == 0:
+                self.commands.reap(time.time(), share=_TICKS_PER_SECOND)
+                if tick % 5 == 0:
+                    if self.journal is not None:
+                        self.journal.flush()
+                    if self.kernel is not None:
+                        self.kernel.settle(time.monotonic())
+                    self.ops.pump()
+                if tick % _TICKS_PER_SECOND == 0:
                     self._kernel_tick()
                     self.ops.tick()
             except Exception:

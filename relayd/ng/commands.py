@@ -194,8 +194,8 @@ class Commands:
         """Free calls whose delete-delay ran out, or that hit a timeout (offer, final, media).
 
         With ``share`` > 1 only that fraction of the calls is looked at, the next ones
-        on the next call: the supervisor looks at a quarter every 250 ms, so each call
-        once a second without stopping the ng service for a scan of all of them.
+        on the next call: the supervisor looks at a twentieth every 50 ms, so at each
+        call once a second without stopping the ng service for a scan of all of them.
         """
         if not self._sweep:
             self._sweep = list(self.calls.values())
