@@ -32,6 +32,10 @@ _MAX_FDS = 256
 _UDP_NONBLOCKING = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK
 
 
+def _arrival(ms: MediaSocket) -> int:
+    return ms.order
+
+
 def is_rtcp(data: bytes) -> bool:
     """RTCP packet types 200–204 share the port with RTP under rtcp-mux (RFC 5761 §4)."""
     return len(data) > 1 and 200 <= data[1] <= 204
@@ -53,6 +57,7 @@ class MediaSocket:
     primary: MediaSocket | None = None
     active: MediaSocket | None = None
     capture: bool = False  # copy the RTCP it relays to relayd (Homer, RTCP log)
+    order: int = 0  # when it came: reports list sockets in this order (primaries first)
 
 
 class Worker:
@@ -67,6 +72,12 @@ class Worker:
         self.by_fd: list[MediaSocket | None] = []
         self.by_key: dict[str, MediaSocket] = {}
         self.medias: dict[str, list[str]] = {}  # media key -> its socket keys (a handful)
+        # what the next report looks at: sockets that saw packets or a forward since the
+        # last one, and those with SRTP/DTLS/ICE (whose state timers change). Not all of
+        # them: with thousands of idle calls a full scan each second would take the core.
+        self.active: set[MediaSocket] = set()
+        self.secured: set[MediaSocket] = set()
+        self.added = 0  # sockets taken over so far (MediaSocket.order)
         self.secure = SecurePath(index, _RECV_SIZE, _BATCH)
         self.rtcp_capture = False
         self.rtcp: list[ipc.RtcpPacket] = []
@@ -156,6 +167,11 @@ class Worker:
                 if learned is not None:
                     leg.endpoint, leg.confirmed = learned, True
             self.secure.configure(current, spec)
+            self.active.add(current)
+            if current.secure is not None:
+                self.secured.add(current)
+            else:
+                self.secured.discard(current)
         wanted = {spec.key for spec in message.sockets}
         for key in [k for k in keys if k not in wanted]:
             keys.remove(key)
@@ -187,7 +203,8 @@ class Worker:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, self.tos)
             else:
                 sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, self.tos)
-        media_socket = MediaSocket(sock, Leg(spec.key, rtcp=spec.rtcp))
+        self.added += 1
+        media_socket = MediaSocket(sock, Leg(spec.key, rtcp=spec.rtcp), order=self.added)
         self.by_key[spec.key] = media_socket
         fd = sock.fileno()
         if fd >= len(self.by_fd):
@@ -198,6 +215,8 @@ class Worker:
 
     def _close(self, media_socket: MediaSocket) -> None:
         self.secure.forget(media_socket)
+        self.active.discard(media_socket)
+        self.secured.discard(media_socket)
         fd = media_socket.sock.fileno()
         if 0 <= fd < len(self.by_fd):
             self.by_fd[fd] = None
@@ -227,7 +246,9 @@ class Worker:
 
     def report(self, now: float) -> None:
         changed: list[ipc.SocketStats] = []
-        for ms in self.by_key.values():
+        looked_at = sorted(self.active | self.secured, key=_arrival)
+        self.active.clear()
+        for ms in looked_at:
             leg = ms.leg
             sec = ms.secure
             crypto = (sec.dtls_state, sec.ice_state) if sec is not None else ("", "")
@@ -274,6 +295,7 @@ class Worker:
         secure = self.secure
         drain_secure = secure.drain
         timers = secure.timers
+        active = self.active
         while self.running:
             deadline = next_report
             if timers:
@@ -287,6 +309,7 @@ class Worker:
                 ms = by_fd[fd] if fd < len(by_fd) else None
                 if ms is None:
                     continue
+                active.add(ms)
                 if ms.crypto:
                     drain_secure(ms, now)
                     continue
@@ -319,6 +342,7 @@ class Worker:
                         out.sock.sendto(data, target)
                     except OSError:
                         out.leg.errors += 1
+                        active.add(out)
             if timers:
                 secure.fire(now)
             if now >= next_report:
