@@ -209,6 +209,7 @@ class Call:
     deleted_at: float | None = None  # delete received; freed after delete-delay
     answered: bool = False
     worker: int = 0  # the worker whose port slice holds this call's sockets
+    reap_at: float = 0.0  # when the timers look at it next (Commands.schedule), 0: never
 
     def all_medias(self) -> list[Media]:
         """Every media of every party, including those of earlier forked dialogues."""

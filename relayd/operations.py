@@ -224,6 +224,7 @@ class Operations:
         limits.timeout, limits.silent_timeout = fresh.timeout, fresh.silent_timeout
         limits.offer_timeout, limits.final_timeout = fresh.offer_timeout, fresh.final_timeout
         limits.delete_delay, limits.max_sessions = fresh.delete_delay, fresh.max_sessions
+        sup.commands.reschedule()
         if fresh.log_level != old.log_level:
             log.set_level(fresh.log_level)
         logger.info("config.reloaded", source=fresh.source, applied=applied, restart=restart)

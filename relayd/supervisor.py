@@ -50,8 +50,8 @@ logger = log.get_logger("relayd")
 # costs more than it finds. Cycles (an exception's traceback) still go within seconds.
 _GC_THRESHOLDS = (20_000, 20, 20)
 
-_TICK = 0.05  # seconds between timer runs
-_TICKS_PER_SECOND = 20
+_TICK = 0.25  # seconds between timer runs
+_TICKS_PER_SECOND = 4
 
 
 def system_addresses() -> dict[str, list[str]]:
@@ -255,21 +255,19 @@ class Supervisor:
         logger.info("relayd.stopped", calls=len(self.commands.calls))
 
     async def _reap(self) -> None:
-        # Every 50 ms the timers look at a twentieth of the calls, so each call is looked
-        # at once a second and ng never waits behind a scan of all of them (10,000 calls
-        # would hold it for milliseconds); the rest runs every 250 ms and every second.
+        # Every 250 ms: calls whose deadline came (only those: Commands.reap), the
+        # journal, conntrack settling, Homer; every second the kernel counters and rates.
         tick = 0
         while True:
             await asyncio.sleep(_TICK)
             tick += 1
             try:
-                self.commands.reap(time.time(), share=_TICKS_PER_SECOND)
-                if tick % 5 == 0:
-                    if self.journal is not None:
-                        self.journal.flush()
-                    if self.kernel is not None:
-                        self.kernel.settle(time.monotonic())
-                    self.ops.pump()
+                self.commands.reap(time.time())
+                if self.journal is not None:
+                    self.journal.flush()
+                if self.kernel is not None:
+                    self.kernel.settle(time.monotonic())
+                self.ops.pump()
                 if tick % _TICKS_PER_SECOND == 0:
                     self._kernel_tick()
                     self.ops.tick()
@@ -286,6 +284,7 @@ class Supervisor:
         for call in self.journal.load():
             if self._claim(call):
                 self.commands.calls[call.call_id] = call
+                self.commands.schedule(call)
                 restored.append(call)
             else:
                 logger.warning(

@@ -7,6 +7,8 @@ raises :class:`NgError`. Reply keys and error strings are rtpengine 10.5's.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,8 +64,9 @@ class Commands:
         self.started = started
         self.calls: dict[str, Call] = {}
         self.totals = Totals()
-        self._sweep: list[Call] = []  # calls still to look at in this round of reap()
-        self._sweep_size = 0
+        # calls by the time the timers must look at them: (when, tie-breaker, call-id)
+        self._due: list[tuple[float, int, str]] = []
+        self._sequence = itertools.count()
         self.on_teardown: Callable[[Teardown], None] | None = None
         self.place: Callable[[], int] = lambda: 0  # the worker a new call goes to
         self._handlers: dict[str, Callable[[Request, float], dict[str, Any]]] = {
@@ -131,6 +134,7 @@ class Commands:
             raise
         if created:
             self.totals.managed += 1
+        self.schedule(call)
         return {"sdp": sdp}
 
     def answer(self, req: Request, now: float) -> dict[str, Any]:
@@ -141,7 +145,9 @@ class Commands:
         if call is None:
             raise NgError("Unknown call-id")
         call.deleted_at = None
-        return {"sdp": self.signalling.answer(call, req, now)}
+        sdp = self.signalling.answer(call, req, now)
+        self.schedule(call)
+        return {"sdp": sdp}
 
     def delete(self, req: Request, now: float) -> dict[str, Any]:
         if not req.call_id:
@@ -161,6 +167,7 @@ class Commands:
             self._remove(call, "deleted", now)
         elif call.deleted_at is None:
             call.deleted_at = now + delay
+            self.schedule(call)
         return reply
 
     def query(self, req: Request, now: float) -> dict[str, Any]:
@@ -190,42 +197,79 @@ class Commands:
 
     # -- timers -------------------------------------------------------------------------------
 
-    def reap(self, now: float, share: int = 1) -> list[Teardown]:
+    def reap(self, now: float) -> list[Teardown]:
         """Free calls whose delete-delay ran out, or that hit a timeout (offer, final, media).
 
-        With ``share`` > 1 only that fraction of the calls is looked at, the next ones
-        on the next call: the supervisor looks at a twentieth every 50 ms, so at each
-        call once a second without stopping the ng service for a scan of all of them.
+        Only calls whose earliest deadline has come are looked at (a heap by deadline),
+        so with thousands of calls a timer run costs what is due, not a scan of all.
         """
-        if not self._sweep:
-            self._sweep = list(self.calls.values())
-            self._sweep_size = len(self._sweep)
-        count = -(-self._sweep_size // max(share, 1))  # ceiling: nothing is left over
-        batch, self._sweep = self._sweep[-count:], self._sweep[:-count] if count else []
         gone: list[Teardown] = []
-        for call in batch:
-            if self.calls.get(call.call_id) is not call:
-                continue  # deleted (or replaced) since the sweep began
-            if call.deleted_at is not None and now >= call.deleted_at:
-                gone.append(self._remove(call, "deleted", now))
-            elif self.limits.final_timeout and now - call.created >= self.limits.final_timeout:
-                self.totals.final_timeouts += 1
-                gone.append(self._remove(call, "final timeout", now))
-            elif not call.answered:
-                limit = self.limits.offer_timeout
-                if limit and now - call.last_signal >= limit:
-                    self.totals.offer_timeouts += 1
-                    gone.append(self._remove(call, "offer timeout", now))
-            elif (reason := self._media_timeout(call, now)) is not None:
-                if reason == "timeout":
-                    self.totals.timeouts += 1
-                else:
-                    self.totals.silent_timeouts += 1
-                gone.append(self._remove(call, reason, now))
+        due = self._due
+        while due and due[0][0] <= now:
+            when, _, call_id = heapq.heappop(due)
+            call = self.calls.get(call_id)
+            if call is None or call.reap_at != when:
+                continue  # gone, or rescheduled since (its newer entry counts)
+            teardown = self._expire(call, now)
+            if teardown is not None:
+                gone.append(teardown)
+            else:
+                self.schedule(call)
         return gone
 
-    def _media_timeout(self, call: Call, now: float) -> str | None:
-        """``timeout`` when no stream saw media; ``silent timeout`` when the call is held."""
+    def schedule(self, call: Call) -> None:
+        """(Re)compute when the timers must look at ``call`` next: after signalling, a
+        restore or a change of limits. Media only moves its deadline later, which the
+        look at the old deadline finds."""
+        when = self._next_deadline(call)
+        call.reap_at = when if when is not None else 0.0
+        if when is not None:
+            heapq.heappush(self._due, (when, next(self._sequence), call.call_id))
+
+    def reschedule(self) -> None:
+        """Limits changed (reload): every call's deadline anew."""
+        self._due.clear()
+        for call in self.calls.values():
+            self.schedule(call)
+
+    def _expire(self, call: Call, now: float) -> Teardown | None:
+        if call.deleted_at is not None and now >= call.deleted_at:
+            return self._remove(call, "deleted", now)
+        if self.limits.final_timeout and now - call.created >= self.limits.final_timeout:
+            self.totals.final_timeouts += 1
+            return self._remove(call, "final timeout", now)
+        if not call.answered:
+            limit = self.limits.offer_timeout
+            if limit and now - call.last_signal >= limit:
+                self.totals.offer_timeouts += 1
+                return self._remove(call, "offer timeout", now)
+            return None
+        media = self._media_deadline(call)
+        if media is not None and now >= media[0]:
+            if media[1] == "timeout":
+                self.totals.timeouts += 1
+            else:
+                self.totals.silent_timeouts += 1
+            return self._remove(call, media[1], now)
+        return None
+
+    def _next_deadline(self, call: Call) -> float | None:
+        """The earliest moment one of :meth:`_expire`'s conditions can hold."""
+        deadlines = []
+        if call.deleted_at is not None:
+            deadlines.append(call.deleted_at)
+        if self.limits.final_timeout:
+            deadlines.append(call.created + self.limits.final_timeout)
+        if not call.answered:
+            if self.limits.offer_timeout:
+                deadlines.append(call.last_signal + self.limits.offer_timeout)
+        elif (media := self._media_deadline(call)) is not None:
+            deadlines.append(media[0])
+        return min(deadlines) if deadlines else None
+
+    def _media_deadline(self, call: Call) -> tuple[float, str] | None:
+        """When the call times out without media: ``timeout``, or ``silent timeout`` for
+        a call on hold; None when that limit is off."""
         last = call.last_signal
         held = False
         for party in call.parties():
@@ -237,9 +281,7 @@ class Commands:
             limit, reason = self.limits.silent_timeout, "silent timeout"
         else:
             limit, reason = self.limits.timeout, "timeout"
-        if limit and now - last >= limit:
-            return reason
-        return None
+        return (last + limit, reason) if limit else None
 
     def _remove(self, call: Call, reason: str, now: float) -> Teardown:
         self.calls.pop(call.call_id, None)

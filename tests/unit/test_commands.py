@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from relayd.model import Call
 from relayd.ng.commands import CALL_NOT_FOUND, Commands, Limits, Teardown
 from relayd.ports import PortsExhausted
 from relayd.signalling import PortAllocator
@@ -252,31 +253,41 @@ def test_delete_delay_key_overrides_the_limit() -> None:
     assert [t.reason for t in cmds.reap(T0 + 5)] == ["deleted"]
 
 
-def test_reap_in_shares_looks_at_every_call_once_per_round() -> None:
-    cmds, _ = build(limits=Limits(delete_delay=5))
-    for n in range(8):
+def test_reap_looks_only_at_calls_whose_deadline_came() -> None:
+    cmds, _ = build(limits=Limits(delete_delay=5, timeout=60))
+    for n in range(50):
         _call(cmds, f"c{n}")
-        cmds.handle(req("delete", f"c{n}", from_tag="a"), T0)
-    rounds = [cmds.reap(T0 + 5, share=4)]
-    _call(cmds, "late")  # set up after the round began: looked at in the next round
-    cmds.handle(req("delete", "late", from_tag="a"), T0)
-    rounds += [cmds.reap(T0 + 5, share=4) for _ in range(4)]
-    assert [len(r) for r in rounds] == [2, 2, 2, 2, 1]
-    assert rounds[-1][0].call.call_id == "late"
-    assert sorted(t.call.call_id for r in rounds[:4] for t in r) == [f"c{n}" for n in range(8)]
-    assert cmds.calls == {}
+    cmds.handle(req("delete", "c7", from_tag="a"), T0)
+    looked_at: list[str] = []
+    expire = cmds._expire
+
+    def counting(call: Call, now: float) -> Teardown | None:
+        looked_at.append(call.call_id)
+        return expire(call, now)
+
+    cmds._expire = counting  # type: ignore[method-assign]
+    assert [t.call.call_id for t in cmds.reap(T0 + 5)] == ["c7"]
+    assert looked_at == ["c7"]
+    assert cmds.reap(T0 + 59) == [] and looked_at == ["c7"]
+    assert len(cmds.reap(T0 + 60)) == 49
 
 
-def test_reap_in_shares_skips_calls_deleted_meanwhile() -> None:
-    cmds, _ = build(limits=Limits(delete_delay=5))
-    for n in range(4):
-        _call(cmds, f"c{n}")
-        cmds.handle(req("delete", f"c{n}", from_tag="a"), T0)
-    first = cmds.reap(T0 + 5, share=2)
-    assert len(first) == 2
-    left = sorted(cmds.calls)
-    cmds.handle(req("delete", left[0], from_tag="a", delete_delay=0), T0 + 5)
-    assert [t.call.call_id for t in cmds.reap(T0 + 5, share=2)] == [left[1]]
+def test_media_moves_a_calls_deadline() -> None:
+    cmds, _ = build(limits=Limits(timeout=60))
+    _call(cmds)
+    stream = cmds.calls["c1"].monologues["a"].medias[0].streams[0]
+    stream.stats.last_packet = T0 + 50  # a worker reported media
+    assert cmds.reap(T0 + 60) == []
+    assert cmds.reap(T0 + 109.9) == []
+    assert [t.reason for t in cmds.reap(T0 + 110)] == ["timeout"]
+
+
+def test_changed_limits_apply_to_calls_already_set_up() -> None:
+    cmds, _ = build(limits=Limits(timeout=60))
+    _call(cmds)
+    cmds.limits.timeout = 10  # relayctl reload
+    cmds.reschedule()
+    assert [t.reason for t in cmds.reap(T0 + 10)] == ["timeout"]
 
 
 def test_delete_delay_zero_removes_at_once() -> None:
