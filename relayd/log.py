@@ -13,14 +13,24 @@ call carries its call-id.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import logging.handlers
 import sys
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import structlog
 
-__all__ = ["FORMATS", "RTCP_LOGGER", "configure", "get_logger", "set_level"]
+__all__ = [
+    "FORMATS",
+    "RTCP_LOGGER",
+    "bind_call",
+    "configure",
+    "get_logger",
+    "set_level",
+    "unbind_call",
+]
 
 FORMATS = ("default", "parsable", "json")
 RTCP_LOGGER = "relayd.rtcp"
@@ -90,6 +100,7 @@ def configure(
     """Set up logging once at start-up (and again on reload)."""
     handler = logging.StreamHandler(sys.stderr) if stderr else _syslog(facility)
     processors: list[structlog.typing.Processor] = [
+        _merge_call,
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
     ]
@@ -120,7 +131,7 @@ def configure(
         wrapper_class=structlog.make_filtering_bound_logger(_filter_level(level)),
         cache_logger_on_first_use=False,
     )
-    _reconfigured()
+    _reconfigured(level)
 
 
 def _filter_level(level: int) -> int:
@@ -145,14 +156,45 @@ def _filter_level(level: int) -> int:
 def set_level(level: int) -> None:
     logging.getLogger().setLevel(python_level(level))
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(_filter_level(level)))
-    _reconfigured()
+    _reconfigured(level)
 
 
 def get_logger(name: str = "relayd") -> Any:
     return Logger(name)
 
 
+CallContext = tuple[str | None, str | None, int | None]  # call-id, from-tag, worker
+
+# The call the current request (or timer) is about: on every line logged meanwhile.
+# One variable for the three values, so a request costs one set and one reset.
+_CALL: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar(
+    "relayd_call", default=None
+)
+
+
+def bind_call(
+    call_id: str | None, from_tag: str | None = None, worker: int | None = None
+) -> contextvars.Token[CallContext | None]:
+    """Name the call of the lines that follow; undo with :func:`unbind_call`."""
+    return _CALL.set((call_id, from_tag, worker))
+
+
+def unbind_call(token: contextvars.Token[CallContext | None]) -> None:
+    _CALL.reset(token)
+
+
+def _merge_call(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
+    call = _CALL.get()
+    if call is not None:
+        event.setdefault("call_id", call[0])
+        if call[1] is not None:
+            event.setdefault("from_tag", call[1])
+        event.setdefault("worker", call[2])
+    return event
+
+
 _generation = 0  # bumped by every (re)configuration: loggers rebuild what they cache
+_threshold = logging.INFO  # the lowest stdlib level that is written
 
 
 class Logger:
@@ -173,6 +215,11 @@ class Logger:
             self._generation = _generation
         return self._bound
 
+    def enabled(self, level: int) -> bool:
+        """Whether an event at stdlib ``level`` is written: for lines on the request path
+        whose fields cost something to work out."""
+        return level >= _threshold
+
     def debug(self, event: str, **kw: Any) -> None:
         self._logger().debug(event, **kw)
 
@@ -192,6 +239,7 @@ class Logger:
         self._logger().critical(event, **kw)
 
 
-def _reconfigured() -> None:
-    global _generation
+def _reconfigured(level: int) -> None:
+    global _generation, _threshold
     _generation += 1
+    _threshold = _filter_level(level)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import os
 import signal
 import socket
@@ -23,7 +24,6 @@ from typing import Any
 
 import psutil
 import uvloop
-from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from relayd import __version__, ipc, log
 from relayd.certificate import Certificate, load_or_create
@@ -126,10 +126,10 @@ class Supervisor:
     def dispatch(self, req: Request, source: tuple[Any, ...]) -> dict[str, Any]:
         started = time.perf_counter()
         known = self.commands.calls.get(req.call_id) if req.call_id else None
-        tokens = bind_contextvars(
-            call_id=req.call_id or None,
-            from_tag=req.from_tag or None,
-            worker=known.worker if known is not None else None,
+        token = log.bind_call(
+            req.call_id or None,
+            req.from_tag or None,
+            known.worker if known is not None else None,
         )
         try:
             try:
@@ -142,7 +142,7 @@ class Supervisor:
             self.counters.ng.record(str(source[0]), req.command, ok, time.perf_counter() - started)
             return reply
         finally:
-            reset_contextvars(**tokens)
+            log.unbind_call(token)
 
     def _dispatch(
         self, req: Request, source: tuple[Any, ...], known: Call | None
@@ -153,7 +153,8 @@ class Supervisor:
         result = reply.get("result")
         call = self.commands.calls.get(req.call_id) if req.call_id else None
         if call is not None and known is None:
-            bind_contextvars(worker=call.worker)  # undone with the request's own binding
+            # undone with the request's own binding
+            log.bind_call(req.call_id, req.from_tag or None, call.worker)
         if call is not None and result == "ok" and req.command in ("offer", "answer"):
             # signalling takes the call back to userspace until it is confirmed again
             self._unoffload(call)
@@ -162,13 +163,14 @@ class Supervisor:
             self._sync_soon(call)
         if self.journal is not None and call is not None:
             self.journal.save(call)
-        logger.info(
-            "ng.request" if result in ("ok", "pong") else "ng.failed",
-            command=req.command,
-            source=f"{source[0]}:{source[1]}",
-            result=result,
-            reason=reply.get("error-reason"),
-        )
+        if logger.enabled(logging.INFO):
+            logger.info(
+                "ng.request" if result in ("ok", "pong") else "ng.failed",
+                command=req.command,
+                source=f"{source[0]}:{source[1]}",
+                result=result,
+                reason=reply.get("error-reason"),
+            )
         return reply
 
     def _sync_soon(self, call: Call) -> None:
@@ -183,17 +185,17 @@ class Supervisor:
         pending, self._unsynced = self._unsynced, {}
         for call_id, call in pending.items():
             if self.commands.calls.get(call_id) is call:  # not deleted in the meantime
-                tokens = bind_contextvars(call_id=call_id, worker=call.worker)
+                token = log.bind_call(call_id, worker=call.worker)
                 try:
                     self.media.sync(call)
                 finally:
-                    reset_contextvars(**tokens)
+                    log.unbind_call(token)
 
     def _teardown(self, teardown: Teardown) -> None:
         call = teardown.call
         # also when a timer or relayctl ends the call: its lines carry its call-id
         self._unsynced.pop(call.call_id, None)
-        tokens = bind_contextvars(call_id=call.call_id, worker=call.worker)
+        token = log.bind_call(call.call_id, worker=call.worker)
         try:
             if self.kernel is not None:
                 self.kernel.drop(call.call_id)
@@ -201,18 +203,19 @@ class Supervisor:
             self.media.drop(call)
             if self.journal is not None:
                 self.journal.forget(call.call_id)
-            packets = sum(
-                s.stats.packets for p in call.parties() for m in p.medias for s in m.streams
-            )
-            logger.info(
-                "call.teardown",
-                call_id=call.call_id,
-                reason=teardown.reason,
-                duration=round(time.time() - call.created, 3),
-                packets=packets,
-            )
+            if logger.enabled(logging.INFO):
+                packets = sum(
+                    s.stats.packets for p in call.parties() for m in p.medias for s in m.streams
+                )
+                logger.info(
+                    "call.teardown",
+                    call_id=call.call_id,
+                    reason=teardown.reason,
+                    duration=round(time.time() - call.created, 3),
+                    packets=packets,
+                )
         finally:
-            reset_contextvars(**tokens)
+            log.unbind_call(token)
 
     async def run(self) -> None:
         restored = self._restore()

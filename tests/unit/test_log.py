@@ -38,6 +38,34 @@ def test_json_lines_carry_the_bound_call(capsys: pytest.CaptureFixture[str]) -> 
     assert second == {"event": "relayd.stopped", "level": "info"}
 
 
+def test_lines_name_the_call_the_request_is_about(capsys: pytest.CaptureFixture[str]) -> None:
+    """What the supervisor binds per request (relayd.log.bind_call), and that it is gone
+    after: a line outside the request names no call."""
+    log.configure(7, stderr=True, fmt="json", timestamps=False)
+    token = log.bind_call("c-2", "a", None)
+    inner = log.bind_call("c-2", "a", 1)  # the request created the call on worker 1
+    log.get_logger("relayd").info("ng.request", command="offer")
+    log.unbind_call(token)
+    log.get_logger("relayd").info("relayd.stopped")
+    timer = log.bind_call("c-3", worker=0)
+    log.get_logger("relayd").info("call.teardown")
+    log.unbind_call(timer)
+    assert inner is not None
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert lines == [
+        {
+            "event": "ng.request",
+            "command": "offer",
+            "call_id": "c-2",
+            "from_tag": "a",
+            "worker": 1,
+            "level": "info",
+        },
+        {"event": "relayd.stopped", "level": "info"},
+        {"event": "call.teardown", "call_id": "c-3", "worker": 0, "level": "info"},
+    ]
+
+
 def test_parsable_is_logfmt(capsys: pytest.CaptureFixture[str]) -> None:
     log.configure(6, stderr=True, fmt="parsable", timestamps=False)
     with structlog.contextvars.bound_contextvars(call_id="a b"):
