@@ -32,8 +32,8 @@ _MAX_FDS = 256
 _UDP_NONBLOCKING = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK
 
 
-def _arrival(ms: MediaSocket) -> int:
-    return ms.order
+def _is_alias(ms: MediaSocket) -> bool:
+    return ms.primary is not None
 
 
 def is_rtcp(data: bytes) -> bool:
@@ -57,7 +57,7 @@ class MediaSocket:
     primary: MediaSocket | None = None
     active: MediaSocket | None = None
     capture: bool = False  # copy the RTCP it relays to relayd (Homer, RTCP log)
-    order: int = 0  # when it came: reports list sockets in this order (primaries first)
+    dirty: bool = False  # on the worker's list for the next report (Worker.active)
 
 
 class Worker:
@@ -75,9 +75,8 @@ class Worker:
         # what the next report looks at: sockets that saw packets or a forward since the
         # last one, and those with SRTP/DTLS/ICE (whose state timers change). Not all of
         # them: with thousands of idle calls a full scan each second would take the core.
-        self.active: set[MediaSocket] = set()
+        self.active: list[MediaSocket] = []  # each once (MediaSocket.dirty)
         self.secured: set[MediaSocket] = set()
-        self.added = 0  # sockets taken over so far (MediaSocket.order)
         self.secure = SecurePath(index, _RECV_SIZE, _BATCH)
         self.rtcp_capture = False
         self.rtcp: list[ipc.RtcpPacket] = []
@@ -167,7 +166,9 @@ class Worker:
                 if learned is not None:
                     leg.endpoint, leg.confirmed = learned, True
             self.secure.configure(current, spec)
-            self.active.add(current)
+            if not current.dirty:
+                current.dirty = True
+                self.active.append(current)
             if current.secure is not None:
                 self.secured.add(current)
             else:
@@ -203,8 +204,7 @@ class Worker:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, self.tos)
             else:
                 sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, self.tos)
-        self.added += 1
-        media_socket = MediaSocket(sock, Leg(spec.key, rtcp=spec.rtcp), order=self.added)
+        media_socket = MediaSocket(sock, Leg(spec.key, rtcp=spec.rtcp))
         self.by_key[spec.key] = media_socket
         fd = sock.fileno()
         if fd >= len(self.by_fd):
@@ -215,8 +215,7 @@ class Worker:
 
     def _close(self, media_socket: MediaSocket) -> None:
         self.secure.forget(media_socket)
-        self.active.discard(media_socket)
-        self.secured.discard(media_socket)
+        self.secured.discard(media_socket)  # (on self.active it is skipped once closed)
         fd = media_socket.sock.fileno()
         if 0 <= fd < len(self.by_fd):
             self.by_fd[fd] = None
@@ -246,9 +245,15 @@ class Worker:
 
     def report(self, now: float) -> None:
         changed: list[ipc.SocketStats] = []
-        looked_at = sorted(self.active | self.secured, key=_arrival)
-        self.active.clear()
+        looked_at = self.active + [ms for ms in self.secured if not ms.dirty]
+        self.active = []
+        # a stream's own socket before its ICE aliases: the supervisor takes the last
+        # confirmed one of a stream as the one the party uses
+        looked_at.sort(key=_is_alias)
         for ms in looked_at:
+            ms.dirty = False
+            if ms.sock.fileno() < 0:
+                continue  # closed since
             leg = ms.leg
             sec = ms.secure
             crypto = (sec.dtls_state, sec.ice_state) if sec is not None else ("", "")
@@ -295,8 +300,8 @@ class Worker:
         secure = self.secure
         drain_secure = secure.drain
         timers = secure.timers
-        active = self.active
         while self.running:
+            active = self.active
             deadline = next_report
             if timers:
                 deadline = min(deadline, secure.next_deadline())
@@ -309,7 +314,9 @@ class Worker:
                 ms = by_fd[fd] if fd < len(by_fd) else None
                 if ms is None:
                     continue
-                active.add(ms)
+                if not ms.dirty:
+                    ms.dirty = True
+                    active.append(ms)
                 if ms.crypto:
                     drain_secure(ms, now)
                     continue
@@ -342,7 +349,9 @@ class Worker:
                         out.sock.sendto(data, target)
                     except OSError:
                         out.leg.errors += 1
-                        active.add(out)
+                        if not out.dirty:
+                            out.dirty = True
+                            active.append(out)
             if timers:
                 secure.fire(now)
             if now >= next_report:

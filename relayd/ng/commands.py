@@ -8,7 +8,6 @@ raises :class:`NgError`. Reply keys and error strings are rtpengine 10.5's.
 from __future__ import annotations
 
 import heapq
-import itertools
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -64,9 +63,10 @@ class Commands:
         self.started = started
         self.calls: dict[str, Call] = {}
         self.totals = Totals()
-        # calls by the time the timers must look at them: (when, tie-breaker, call-id)
-        self._due: list[tuple[float, int, str]] = []
-        self._sequence = itertools.count()
+        # calls by the time the timers must look at them: (when, call-id); an entry counts
+        # while it matches its call's reap_at, the rest (_stale of them) are skipped
+        self._due: list[tuple[float, str]] = []
+        self._stale = 0
         self.on_teardown: Callable[[Teardown], None] | None = None
         self.place: Callable[[], int] = lambda: 0  # the worker a new call goes to
         self._handlers: dict[str, Callable[[Request, float], dict[str, Any]]] = {
@@ -206,10 +206,12 @@ class Commands:
         gone: list[Teardown] = []
         due = self._due
         while due and due[0][0] <= now:
-            when, _, call_id = heapq.heappop(due)
+            when, call_id = heapq.heappop(due)
             call = self.calls.get(call_id)
             if call is None or call.reap_at != when:
+                self._stale = max(self._stale - 1, 0)
                 continue  # gone, or rescheduled since (its newer entry counts)
+            call.reap_at = 0.0
             teardown = self._expire(call, now)
             if teardown is not None:
                 gone.append(teardown)
@@ -222,15 +224,30 @@ class Commands:
         restore or a change of limits. Media only moves its deadline later, which the
         look at the old deadline finds."""
         when = self._next_deadline(call)
+        if call.reap_at:
+            self._stale += 1  # its earlier entry no longer counts
         call.reap_at = when if when is not None else 0.0
         if when is not None:
-            heapq.heappush(self._due, (when, next(self._sequence), call.call_id))
+            heapq.heappush(self._due, (when, call.call_id))
+        if self._stale > max(len(self.calls), 1024):
+            self._compact()
 
     def reschedule(self) -> None:
         """Limits changed (reload): every call's deadline anew."""
+        for call in self.calls.values():
+            call.reap_at = 0.0
         self._due.clear()
+        self._stale = 0
         for call in self.calls.values():
             self.schedule(call)
+
+    def _compact(self) -> None:
+        """Entries of calls that were rescheduled or removed wait in the heap for their
+        time (an offer's is an hour away): once they outnumber the calls, the heap is
+        built anew from the calls' own deadlines."""
+        self._due = [(c.reap_at, c.call_id) for c in self.calls.values() if c.reap_at]
+        heapq.heapify(self._due)
+        self._stale = 0
 
     def _expire(self, call: Call, now: float) -> Teardown | None:
         if call.deleted_at is not None and now >= call.deleted_at:
@@ -285,6 +302,9 @@ class Commands:
 
     def _remove(self, call: Call, reason: str, now: float) -> Teardown:
         self.calls.pop(call.call_id, None)
+        if call.reap_at:
+            self._stale += 1  # its timer entry is left in the heap
+            call.reap_at = 0.0
         self.signalling.release_call(call)
         if reason == "deleted":
             self.totals.regular_terminated += 1

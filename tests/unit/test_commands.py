@@ -282,6 +282,20 @@ def test_media_moves_a_calls_deadline() -> None:
     assert [t.reason for t in cmds.reap(T0 + 110)] == ["timeout"]
 
 
+def test_timer_entries_of_finished_calls_do_not_pile_up() -> None:
+    """An offer's entry is an hour away (offer-timeout) and an answer replaces it: with
+    calls coming and going, the heap is rebuilt before old entries outnumber the calls."""
+    cmds, _ = build(limits=Limits(delete_delay=0))
+    for n in range(3000):
+        _call(cmds, f"c{n}")
+        cmds.handle(req("delete", f"c{n}", from_tag="a"), T0)
+    assert cmds.calls == {}
+    assert len(cmds._due) <= 2 * 1024 + 2
+    _call(cmds, "live")
+    assert cmds.reap(T0 + 59) == []
+    assert [t.call.call_id for t in cmds.reap(T0 + 60)] == ["live"]
+
+
 def test_changed_limits_apply_to_calls_already_set_up() -> None:
     cmds, _ = build(limits=Limits(timeout=60))
     _call(cmds)
