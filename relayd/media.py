@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from relayd import ipc
@@ -126,7 +126,6 @@ class WorkerProcess:
     link: socket.socket | None = None
     proc: subprocess.Popen[bytes] | None = None
     pid: int = 0
-    sent: set[str] = field(default_factory=set)  # socket keys this process has
     restarts: int = 0
     cpu_seconds: float = 0.0
     packets: int = 0
@@ -230,7 +229,7 @@ class MediaPlane:
             worker.link.close()
         for sock in (link,):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _LINK_BUFFER)
-        worker.link, worker.pid, worker.proc, worker.sent = link, hello.pid, None, set()
+        worker.link, worker.pid, worker.proc = link, hello.pid, None
         self._configure(worker)
         loop.add_reader(link.fileno(), self._readable, worker)
         log.info("worker.connected", worker=worker.index, pid=worker.pid)
@@ -273,7 +272,6 @@ class MediaPlane:
         child.close()
         worker.pid = worker.proc.pid
         worker.link = parent
-        worker.sent = set()
         parent.settimeout(2.0)
         self._configure(worker)
         asyncio.get_running_loop().add_reader(parent.fileno(), self._readable, worker)
@@ -335,8 +333,9 @@ class MediaPlane:
         self.resend(worker)
 
     def resend(self, worker: WorkerProcess) -> None:
-        """Give a (new) worker every socket and forward of its calls again."""
-        placed = self.placed.get(worker.index, {})
+        """Give a (new) worker every socket and forward of its calls again: it starts
+        with nothing placed, so each forward carries all its sockets."""
+        placed = self.placed.pop(worker.index, {})
         call_ids = dict.fromkeys(key.rpartition(" ")[0] for key in placed)  # "call-id index"
         for call_id in call_ids:
             call = self.calls.get(call_id)
@@ -361,8 +360,13 @@ class MediaPlane:
         what arrives after the reply is the call's media and waits for the worker."""
         if not paired(call):
             return  # an offer nobody has answered: no worker gets the sockets yet
-        sent = self.workers[call.worker].sent
-        keys = [key for key in _socket_keys(call) if key not in sent]
+        placed = self.placed.get(call.worker, {})
+        held = {
+            key
+            for index in range(_sections(call))
+            for key in placed.get(media_key(call.call_id, index), ())
+        }
+        keys = [key for key in _socket_keys(call) if key not in held]
         dropped = self.binder.discard_queued(keys) if keys else 0
         if dropped:
             log.debug("media.dropped_early", sockets=keys, packets=dropped)
@@ -378,7 +382,6 @@ class MediaPlane:
             # that brings them back (a fork answering again) must send them anew
             for key in previous:
                 if key not in keys:
-                    worker.sent.discard(key)
                     self.streams.pop(key, None)
                     self.reported.pop(key, None)
                     self.holders.pop(key, None)
@@ -391,13 +394,12 @@ class MediaPlane:
                     self.binder.share_key(spec.key)
                 if known is not stream:
                     self.streams[spec.key] = stream
-            self._send_forward(worker, forward)
+            self._send_forward(worker, forward, previous)
 
     def drop(self, call: Call) -> None:
         worker = self.workers[call.worker]
         placed = self.placed.get(worker.index, {})
-        sections = max((len(medias) for medias in _media_lists(call)), default=0)
-        for key in (media_key(call.call_id, index) for index in range(sections)):
+        for key in (media_key(call.call_id, index) for index in range(_sections(call))):
             sockets = placed.pop(key, None)
             if sockets is None:
                 continue
@@ -405,18 +407,20 @@ class MediaPlane:
                 self.streams.pop(socket_key_, None)
                 self.reported.pop(socket_key_, None)
                 self.holders.pop(socket_key_, None)
-                worker.sent.discard(socket_key_)
             self._send_later(worker, ipc.encode(ipc.Drop(key)))
 
-    def _send_forward(self, worker: WorkerProcess, forward: ipc.Forward) -> None:
-        """The forward, with the descriptors of the sockets the worker does not have yet."""
+    def _send_forward(
+        self, worker: WorkerProcess, forward: ipc.Forward, held: Sequence[str]
+    ) -> None:
+        """The forward, with the descriptors of its sockets the worker does not hold yet
+        (``held``: those of the forward it had for this media section; a worker keeps
+        exactly the sockets of its current forwards)."""
         fds: list[int] = []
         index: dict[str, int] = {}
         for spec in forward.sockets:
-            if spec.key not in worker.sent and spec.key in self.binder.sockets:
+            if spec.key not in held and spec.key in self.binder.sockets:
                 index[spec.key] = len(fds)
                 fds.append(self.binder.fileno(spec.key))
-                worker.sent.add(spec.key)
         self._transmit(worker, ipc.encode_forward(forward, index), fds)
 
     def _send(self, worker: WorkerProcess, message: ipc.Message) -> None:
@@ -545,6 +549,11 @@ def _media_lists(call: Call) -> list[list[Media]]:
         lists.append(party.medias)
         lists.extend(party.other_dialogues.values())
     return lists
+
+
+def _sections(call: Call) -> int:
+    """How many media sections the call's forwards can have (media keys 0 … n-1)."""
+    return max((len(medias) for medias in _media_lists(call)), default=0)
 
 
 def _socket_keys(call: Call) -> list[str]:
