@@ -5,6 +5,8 @@ are bound to the address, so every address has the whole range). A pool hands
 out *pairs* (an even port and the odd one above it) so that RTP/RTCP always
 sit together, as rtpengine does; a stream with rtcp-mux uses only the even port
 of its pair. Order is random to make port prediction harder.
+:class:`PortAllocator` cuts the range into one slice per worker and binds each
+pair it hands out through a :class:`Binder` (relayd's binds real sockets).
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass, field
+from typing import Protocol
 
-__all__ = ["PortPool", "PortsExhausted"]
+__all__ = ["Binder", "PortAllocator", "PortPool", "PortsExhausted"]
 
 
 class PortsExhausted(RuntimeError):
@@ -73,3 +76,64 @@ class PortPool:
         if port in self._used:
             self._used.remove(port)
             self._cooling.append(port)
+
+
+class Binder(Protocol):
+    """Opens the sockets of a port pair (the shell binds real sockets)."""
+
+    def bind(self, address: str, port: int) -> bool: ...
+
+    def release(self, address: str, port: int) -> None: ...
+
+
+class PortAllocator:
+    """Port pairs per local address, the range cut into one disjoint slice per worker.
+
+    With a :class:`Binder`, a pair whose sockets cannot be bound (the port is
+    taken by another program) is skipped and kept out of use.
+    """
+
+    def __init__(
+        self, port_min: int, port_max: int, workers: int = 1, binder: Binder | None = None
+    ) -> None:
+        self.port_min = port_min
+        self.port_max = port_max
+        self.workers = max(workers, 1)
+        self.binder = binder
+        first = port_min + (port_min & 1)
+        pairs = max((port_max - first + 1) // 2, 0)
+        share, extra = divmod(pairs, self.workers)
+        self.slices: list[tuple[int, int]] = []
+        start = first
+        for w in range(self.workers):
+            count = share + (1 if w < extra else 0)
+            self.slices.append((start, start + 2 * count - 1))
+            start += 2 * count
+        self.pools: dict[tuple[str, int], PortPool] = {}
+
+    def pool(self, address: str, worker: int = 0) -> PortPool:
+        key = (address, worker % self.workers)
+        pool = self.pools.get(key)
+        if pool is None:
+            low, high = self.slices[key[1]]
+            pool = self.pools[key] = PortPool(low, high)
+        return pool
+
+    def worker_of(self, port: int) -> int:
+        for index, (low, high) in enumerate(self.slices):
+            if low <= port <= high:
+                return index
+        return 0
+
+    def allocate(self, address: str, worker: int = 0) -> int:
+        pool = self.pool(address, worker)
+        while True:
+            port = pool.allocate()  # raises PortsExhausted
+            if self.binder is None or self.binder.bind(address, port):
+                return port
+            # left reserved: a port another program holds is not retried
+
+    def release(self, address: str, port: int) -> None:
+        if self.binder is not None:
+            self.binder.release(address, port)
+        self.pool(address, self.worker_of(port)).release(port)

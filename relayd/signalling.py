@@ -21,13 +21,13 @@ import secrets
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from relayd import secure
 from relayd.interfaces import Interfaces
 from relayd.model import Call, Endpoint, Media, Monologue, Stream, family_of
 from relayd.ng.message import NgError, Request
-from relayd.ports import PortPool, PortsExhausted
+from relayd.ports import PortAllocator, PortsExhausted
 from relayd.sdp.codecs import answer_codecs, apply_codec_ops, codecs_of
 from relayd.sdp.model import Connection, Line, MediaDescription, SdpError, SessionDescription
 from relayd.sdp.parse import parse_sdp
@@ -35,72 +35,11 @@ from relayd.sdp.rewrite import DIRECTIONS, RewriteOptions, rewrite_sdp
 from relayd.sdp.write import write_sdp
 from relayd.webrtc import new_foundation
 
-__all__ = ["PortAllocator", "Signalling"]
+__all__ = ["Signalling"]
 
 
 _LEGACY_DIRECTIONS = {"internal": "IP4", "external": "IP6"}
 _NO_MUX_POLICY: frozenset[str] = frozenset()
-
-
-class Binder(Protocol):
-    """Opens the sockets of a port pair (the shell binds real sockets)."""
-
-    def bind(self, address: str, port: int) -> bool: ...
-
-    def release(self, address: str, port: int) -> None: ...
-
-
-class PortAllocator:
-    """Port pairs per local address, the range cut into one disjoint slice per worker.
-
-    With a :class:`Binder`, a pair whose sockets cannot be bound (the port is
-    taken by another program) is skipped and kept out of use.
-    """
-
-    def __init__(
-        self, port_min: int, port_max: int, workers: int = 1, binder: Binder | None = None
-    ) -> None:
-        self.port_min = port_min
-        self.port_max = port_max
-        self.workers = max(workers, 1)
-        self.binder = binder
-        first = port_min + (port_min & 1)
-        pairs = max((port_max - first + 1) // 2, 0)
-        share, extra = divmod(pairs, self.workers)
-        self.slices: list[tuple[int, int]] = []
-        start = first
-        for w in range(self.workers):
-            count = share + (1 if w < extra else 0)
-            self.slices.append((start, start + 2 * count - 1))
-            start += 2 * count
-        self.pools: dict[tuple[str, int], PortPool] = {}
-
-    def pool(self, address: str, worker: int = 0) -> PortPool:
-        key = (address, worker % self.workers)
-        pool = self.pools.get(key)
-        if pool is None:
-            low, high = self.slices[key[1]]
-            pool = self.pools[key] = PortPool(low, high)
-        return pool
-
-    def worker_of(self, port: int) -> int:
-        for index, (low, high) in enumerate(self.slices):
-            if low <= port <= high:
-                return index
-        return 0
-
-    def allocate(self, address: str, worker: int = 0) -> int:
-        pool = self.pool(address, worker)
-        while True:
-            port = pool.allocate()  # raises PortsExhausted
-            if self.binder is None or self.binder.bind(address, port):
-                return port
-            # left reserved: a port another program holds is not retried
-
-    def release(self, address: str, port: int) -> None:
-        if self.binder is not None:
-            self.binder.release(address, port)
-        self.pool(address, self.worker_of(port)).release(port)
 
 
 @dataclass

@@ -38,7 +38,8 @@ from relayd.ng.commands import Commands, Limits, Teardown
 from relayd.ng.message import Request
 from relayd.ng.server import NgService, serve_tcp, serve_udp
 from relayd.operations import Operations
-from relayd.signalling import PortAllocator, Signalling
+from relayd.ports import PortAllocator
+from relayd.signalling import Signalling
 from relayd.state import Journal
 
 __all__ = ["Supervisor", "main"]

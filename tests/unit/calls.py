@@ -15,7 +15,8 @@ from relayd.interfaces import Interfaces
 from relayd.model import Call, LocalAddress, Media
 from relayd.ng.commands import Commands, Limits
 from relayd.ng.message import Request, parse_request
-from relayd.signalling import PortAllocator, Signalling
+from relayd.ports import PortAllocator
+from relayd.signalling import Signalling
 
 __all__ = [
     "A_ADDR",

@@ -9,8 +9,7 @@ import pytest
 
 from relayd.model import Call
 from relayd.ng.commands import CALL_NOT_FOUND, Commands, Limits, Teardown
-from relayd.ports import PortsExhausted
-from relayd.signalling import PortAllocator
+from relayd.ports import PortAllocator, PortsExhausted
 from tests.unit.calls import A_ADDR, B_ADDR, LOCAL4, T0, FakeBinder, build, req, sdp
 
 

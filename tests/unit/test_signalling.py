@@ -13,7 +13,7 @@ import pytest
 
 from relayd.model import Call, LocalAddress
 from relayd.ng.commands import Commands
-from relayd.signalling import PortAllocator
+from relayd.ports import PortAllocator
 from tests.unit.calls import (
     A_ADDR,
     B_ADDR,
