@@ -355,6 +355,9 @@ def _apply_flag(req: Request, word: str) -> None:
         else:
             req.unknown.append(word)
         return
+    if lowered in _PLAIN_FLAGS:
+        _plain_flag(req, word, lowered)
+        return
     if lowered in _PROTOCOLS:
         req.transport_protocol = _PROTOCOLS[lowered]
         return
@@ -367,6 +370,18 @@ def _apply_flag(req: Request, word: str) -> None:
         if lowered.startswith(prefix) and lowered != "rtcp-mux":
             getattr(req, attr.replace("-", "_")).add(lowered[len(prefix) :])
             return
+    if len(_PLAIN_FLAGS) < _PLAIN_FLAGS_LIMIT:
+        _PLAIN_FLAGS.add(lowered)
+    _plain_flag(req, word, lowered)
+
+
+# Flags seen to be plain words (no protocol, codec or list prefix): the same few come
+# with every request. Bounded, since a client may send anything.
+_PLAIN_FLAGS: set[str] = set()
+_PLAIN_FLAGS_LIMIT = 1024
+
+
+def _plain_flag(req: Request, word: str, lowered: str) -> None:
     if lowered == "sip-source-address" or lowered == "sip-source":
         req.flags.add("sip-source-address")
     elif lowered in ("record-call",):
