@@ -33,7 +33,7 @@ class _Unknown:
 UNKNOWN = _Unknown()
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Line:
     """One ``<type>=<value>`` line, without its line ending.
 
@@ -44,10 +44,14 @@ class Line:
 
     kind: str
     value: str
-    attr: str = field(init=False, compare=False, repr=False)
+    attr: str = field(compare=False, repr=False)
 
-    def __post_init__(self) -> None:
-        self.attr = self.value.partition(":")[0] if self.kind == "a" else ""
+    def __init__(self, kind: str, value: str) -> None:
+        # by hand: every line of every SDP is one, and a generated __init__ would call
+        # __post_init__ on top
+        self.kind = kind
+        self.value = value
+        self.attr = value.partition(":")[0] if kind == "a" else ""
 
     def __str__(self) -> str:
         return f"{self.kind}={self.value}"
