@@ -49,8 +49,9 @@ logger = log.get_logger("relayd")
 # A request's own objects are freed by reference counting; what the collector sees grow
 # is calls (about a hundred tracked objects each). With the default thresholds a rising
 # call count runs a full collection every few hundred calls, each walking every call
-# (tens of milliseconds with thousands of them, ng waiting meanwhile); these run one
-# about every 400,000 net allocations. Start-up state is frozen out of collections.
+# (tens of milliseconds with thousands of them, ng waiting meanwhile); with these, the
+# young generations are collected every 20,000 net allocations and a full collection
+# waits for 8 million. Start-up state is frozen out of collections.
 _GC_THRESHOLDS = (20_000, 20, 20)
 
 _TICK = 0.25  # seconds between timer runs
