@@ -1,11 +1,11 @@
-"""docs/configuration.md lists every key of relayd.config.KEYS with its status and reason."""
+"""docs/configuration.md lists every key of relayd.config_keys.KEYS with its status and reason."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from relayd.config import KEYS, Status
+from relayd.config_keys import KEYS, Status
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 ROW = re.compile(r"^\| `(?P<key>[^`]+)` \| (?P<status>[a-z]+) \| (?P<notes>.*) \|$")
@@ -26,7 +26,7 @@ def test_every_key_is_documented_once_and_nothing_else() -> None:
     duplicates = sorted({k for k in keys if keys.count(k) > 1})
     assert duplicates == []
     assert sorted(set(KEYS) - set(keys)) == [], "keys missing from docs/configuration.md"
-    assert sorted(set(keys) - set(KEYS)) == [], "documented keys that relayd.config lacks"
+    assert sorted(set(keys) - set(KEYS)) == [], "documented keys that relayd.config_keys lacks"
 
 
 def test_status_matches() -> None:
