@@ -1,11 +1,8 @@
-"""Offer/answer on the call model: who is who, which ports, and the rewritten SDP.
+"""Offer/answer on the call model: which ports, and the rewritten SDP.
 
 Rules (rtpengine's, ng protocol §1.5):
 
-* ``from-tag`` names the party that sent the message. An offer goes from the
-  ``from-tag`` party to the ``to-tag`` party, or to an unnamed branch (keyed by
-  ``via-branch``) until an answer names it. An answer comes from the ``to-tag``
-  party (Kamailio sends the SIP From/To tags of the reply as they are).
+* Who is who (tags, branches, early-media forks) is :mod:`relayd.parties`.
 * An SDP sent to party R is rewritten with R's ports: those R will send to.
   Ports are allocated the first time a party needs them and kept across
   re-offers, so a re-INVITE keeps its ports.
@@ -27,6 +24,7 @@ from relayd import secure
 from relayd.interfaces import Interfaces
 from relayd.model import Call, Endpoint, Media, Monologue, Stream, family_of
 from relayd.ng.message import NgError, Request
+from relayd.parties import answerer_of, apply_party_flags, receiver_of_offer, sender_of
 from relayd.ports import PortAllocator, PortsExhausted
 from relayd.sdp.codecs import answer_codecs, apply_codec_ops, codecs_of
 from relayd.sdp.model import Connection, Line, MediaDescription, SdpError, SessionDescription
@@ -89,10 +87,10 @@ class Signalling:
         sdp = self._parse(req)
         if req.has("loop-protect") and self._looped(sdp):
             return req.sdp or ""
-        sender = self._monologue(call, req.from_tag, now)
-        receiver = self._receiver(call, sender, req, now)
-        self._apply_party_flags(sender, req)
-        self._apply_party_flags(receiver, req, received=True)
+        sender = sender_of(call, req.from_tag, now)
+        receiver = receiver_of_offer(call, sender, req, now)
+        apply_party_flags(sender, req)
+        apply_party_flags(receiver, req, received=True)
         receiver.family = req.address_family if req.address_family in ("IP4", "IP6") else ""
         for party, name in zip((sender, receiver), req.direction, strict=False):
             if self.interfaces.has(name):
@@ -109,91 +107,11 @@ class Signalling:
         receiver = call.monologues.get(req.from_tag)
         if receiver is None:
             raise NgError("Unknown call-id")
-        sender = self._answerer(call, receiver, req, now)
-        self._apply_party_flags(sender, req)
-        self._apply_party_flags(receiver, req, received=True)
+        sender = answerer_of(call, receiver, req, now)
+        apply_party_flags(sender, req)
+        apply_party_flags(receiver, req, received=True)
         call.answered = True
         return self._exchange(call, sender, receiver, sdp, req, now, offer=False)
-
-    # -- parties --------------------------------------------------------------------------------
-
-    @staticmethod
-    def _monologue(call: Call, tag: str, now: float) -> Monologue:
-        mono = call.monologues.get(tag)
-        if mono is None:
-            mono = call.monologues[tag] = Monologue(tag=tag, created=now)
-        return mono
-
-    def _receiver(self, call: Call, sender: Monologue, req: Request, now: float) -> Monologue:
-        if req.to_tag and req.to_tag in call.monologues:
-            receiver = call.monologues[req.to_tag]
-        elif not req.to_tag and sender.in_dialogue_with in call.monologues:
-            receiver = call.monologues[sender.in_dialogue_with or ""]
-        else:
-            branch = req.via_branch
-            receiver = call.branches.get(branch) or Monologue(
-                tag=req.to_tag, created=now, via_branch=branch
-            )
-            call.branches.setdefault(branch, receiver)
-            if req.to_tag:
-                call.monologues[req.to_tag] = receiver
-        if receiver.tag:
-            self._switch_dialogue(sender, receiver.tag)
-        receiver.offered_by = sender.tag
-        if not receiver.sent_sdp:
-            receiver.answerer = True
-        return receiver
-
-    def _answerer(self, call: Call, offerer: Monologue, req: Request, now: float) -> Monologue:
-        tag = req.to_tag
-        if tag in call.monologues:
-            answerer = call.monologues[tag]
-        else:
-            answerer = (
-                call.branches.get(req.via_branch)
-                or next(
-                    (b for b in call.branches.values() if not b.tag),
-                    next(iter(call.branches.values()), None),
-                )
-                or Monologue(tag=tag, created=now)
-            )
-            if answerer.tag and answerer.tag != tag:
-                # early-media fork: another to-tag answers the same branch; same ports
-                answerer.aliases += (tag,)
-            else:
-                answerer.tag = tag
-            call.monologues[tag] = answerer
-        self._switch_dialogue(offerer, tag)
-        answerer.in_dialogue_with = offerer.tag
-        return answerer
-
-    @staticmethod
-    def _switch_dialogue(party: Monologue, peer: str) -> None:
-        """Pair ``party`` with ``peer``: a new peer (a fork) gets its own set of our ports."""
-        current = party.in_dialogue_with
-        if current == peer:
-            return
-        if current is not None and any(m.port for m in party.medias):
-            party.other_dialogues[current] = party.medias
-            saved = party.other_dialogues.pop(peer, [])
-            party.medias = saved or [m.for_new_dialogue() for m in party.medias]
-        party.in_dialogue_with = peer
-
-    def _apply_party_flags(self, party: Monologue, req: Request, *, received: bool = False) -> None:
-        """Media flags of a message apply to both parties' media, as in rtpengine;
-        addresses and labels only to the sender."""
-        if req.has("asymmetric"):
-            party.asymmetric = True
-        elif req.has("symmetric"):
-            party.asymmetric = False
-        party.strict_source = party.strict_source or req.has("strict-source")
-        party.media_handover = party.media_handover or req.has("media-handover")
-        if received:
-            return
-        if req.received_from:
-            party.sip_source = req.received_from[1]
-        if req.label:
-            party.label = req.label
 
     # -- the exchange ---------------------------------------------------------------------------
 
