@@ -110,6 +110,15 @@ def offloaded(ng: NgClient, call_id: str, timeout: float = OFFLOAD_TIMEOUT) -> d
     return reply
 
 
+def kernelized_call(ng: NgClient, topo: Topology, caller: Peer, callee: Peer) -> CallLegs:
+    """A call set up, confirmed both ways in userspace and then handed to the kernel."""
+    legs = set_up_call(ng, topo)
+    assert legs.to_caller is not None
+    confirm_both(caller, callee, legs)
+    offloaded(ng, legs.call_id)
+    return legs
+
+
 def kernel_exchange(
     ns: str, caller: Peer, callee: Peer, legs: CallLegs, count: int, first: int
 ) -> None:
@@ -207,10 +216,7 @@ def test_every_forwarded_packet_is_marked_ef(
     relay = start_relay(*KERNEL)
     caller, callee = peers
     with relay.client() as ng:
-        legs = set_up_call(ng, topo)
-        confirm_both(caller, callee, legs)
-        offloaded(ng, legs.call_id)
-        assert legs.to_caller is not None
+        legs = kernelized_call(ng, topo, caller, callee)
         for peer in peers:  # the senders mark their packets CS1: the relay must overwrite it
             peer.sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0x20)
         # separate bursts: the first packet of each flow, then the established flow
@@ -225,10 +231,7 @@ def test_spoofed_sender_gets_nothing_through(
     relay = start_relay(*KERNEL)
     caller, callee = peers
     with relay.client() as ng, Peer(topo.spoof.ns, topo.spoof.ip4, CALLER_PORT) as spoof:
-        legs = set_up_call(ng, topo)
-        assert legs.to_caller is not None
-        confirm_both(caller, callee, legs)
-        offloaded(ng, legs.call_id)
+        legs = kernelized_call(ng, topo, caller, callee)
         kernel_exchange(topo.relay, caller, callee, legs, 5, first=10)
         counters = element_counters(topo.relay)
 
@@ -267,10 +270,7 @@ def test_delete_leaves_nothing_behind(
     with relay.client() as ng:
         rules = table_rules(topo.relay)
         assert len(rules) == 8, rules  # 4 chains x 2 families, constant
-        legs = set_up_call(ng, topo)
-        assert legs.to_caller is not None
-        confirm_both(caller, callee, legs)
-        offloaded(ng, legs.call_id)
+        legs = kernelized_call(ng, topo, caller, callee)
         kernel_exchange(topo.relay, caller, callee, legs, 10, first=10)
         elements = table_elements(topo.relay)
         assert elements is not None
@@ -311,10 +311,7 @@ def test_reinvite_to_a_new_callee_port_moves_the_path(
         relay.client() as ng,
         Peer(topo.callee.ns, topo.callee.ip4, CALLEE_PORT + 2) as moved,
     ):
-        legs = set_up_call(ng, topo)
-        assert legs.to_caller is not None
-        confirm_both(caller, callee, legs)
-        offloaded(ng, legs.call_id)
+        legs = kernelized_call(ng, topo, caller, callee)
         kernel_exchange(topo.relay, caller, callee, legs, 5, first=10)
 
         # re-INVITE: same offer, the callee answers from a new port
@@ -401,10 +398,7 @@ def test_sigkill_keeps_media_flowing_and_restart_adopts_the_call(
     relay = start_relay(*KERNEL)
     caller, callee = peers
     with relay.client() as ng:
-        legs = set_up_call(ng, topo)
-        assert legs.to_caller is not None
-        confirm_both(caller, callee, legs)
-        offloaded(ng, legs.call_id)
+        legs = kernelized_call(ng, topo, caller, callee)
         kernel_exchange(topo.relay, caller, callee, legs, 5, first=10)
     time.sleep(0.6)  # the journal is written a few times a second
     state = relay.workdir / "state"
@@ -459,10 +453,7 @@ def test_restart_removes_forwards_of_calls_that_are_gone(
     relay = start_relay(*KERNEL)
     caller, callee = peers
     with relay.client() as ng:
-        legs = set_up_call(ng, topo)
-        assert legs.to_caller is not None
-        confirm_both(caller, callee, legs)
-        offloaded(ng, legs.call_id)
+        legs = kernelized_call(ng, topo, caller, callee)
         kernel_exchange(topo.relay, caller, callee, legs, 5, first=10)
     time.sleep(0.6)
     kill_relay(relay)
@@ -489,10 +480,7 @@ def test_restart_without_the_kernel_path_takes_restored_calls_to_userspace(
     relay = start_relay(*KERNEL)
     caller, callee = peers
     with relay.client() as ng:
-        legs = set_up_call(ng, topo)
-        assert legs.to_caller is not None
-        confirm_both(caller, callee, legs)
-        offloaded(ng, legs.call_id)
+        legs = kernelized_call(ng, topo, caller, callee)
     time.sleep(0.6)
     kill_relay(relay)
     # the table is gone and forwarding is off when relayd comes back
@@ -518,10 +506,7 @@ def test_table_deleted_from_outside(
     relay = start_relay(*KERNEL)
     caller, callee = peers
     with relay.client() as ng:
-        legs = set_up_call(ng, topo)
-        assert legs.to_caller is not None
-        confirm_both(caller, callee, legs)
-        offloaded(ng, legs.call_id)
+        legs = kernelized_call(ng, topo, caller, callee)
         kernel_exchange(topo.relay, caller, callee, legs, 5, first=10)
 
         with Talker(caller, callee, legs, first=1000) as talker:
@@ -565,10 +550,7 @@ def test_forwards_of_calls_ended_while_nftables_failed_are_removed(
     relay = start_relay(*KERNEL)
     caller, callee = peers
     with relay.client() as ng:
-        legs = set_up_call(ng, topo)
-        assert legs.to_caller is not None
-        confirm_both(caller, callee, legs)
-        offloaded(ng, legs.call_id)
+        legs = kernelized_call(ng, topo, caller, callee)
         for command in (
             "flush chain inet relayd prerouting_count",
             "delete chain inet relayd prerouting_count",
