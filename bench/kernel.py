@@ -148,21 +148,7 @@ def running_kernel_relayd(
             env=env,
         )
     try:
-        with in_netns(RELAY_NS):
-            client = NgClient((media.NG_HOST, spec.ng_port), timeout=0.2, retries=0)
-        deadline = time.monotonic() + 20.0
-        with client:
-            while True:
-                if proc.poll() is not None:
-                    raise BenchError(f"relayd exited at start-up:\n{media._tail(log_path)}")
-                try:
-                    if client.call("ping").get("result") == "pong":
-                        break
-                except (NgTimeout, ConnectionRefusedError):
-                    pass
-                if time.monotonic() > deadline:
-                    raise BenchError(f"relayd did not answer ping:\n{media._tail(log_path)}")
-                time.sleep(0.05)
+        media.wait_for_pong(proc, spec.ng_port, "relayd", log_path)
         time.sleep(0.2)
         if "kernel.unavailable" in log_path.read_text(errors="replace"):
             raise BenchError(f"relayd's kernel path is off:\n{media._tail(log_path)}")

@@ -164,24 +164,31 @@ def running_daemon(
             env=env,
         )
     try:
-        deadline = time.monotonic() + 20.0
-        with in_netns(RELAY_NS):
-            client = NgClient((NG_HOST, spec.ng_port), timeout=0.2, retries=0)
-        with client:
-            while True:
-                if proc.poll() is not None:
-                    raise BenchError(f"{spec.relay} exited at start-up:\n{_tail(log_path)}")
-                try:
-                    if client.call("ping").get("result") == "pong":
-                        break
-                except (NgTimeout, ConnectionRefusedError):
-                    pass
-                if time.monotonic() > deadline:
-                    raise BenchError(f"{spec.relay} did not answer ping:\n{_tail(log_path)}")
-                time.sleep(0.05)
+        wait_for_pong(proc, spec.ng_port, spec.relay, log_path)
         yield proc
     finally:
         stop_process(proc)
+
+
+def wait_for_pong(
+    proc: subprocess.Popen[bytes], ng_port: int, name: str, log_path: Path, timeout: float = 20.0
+) -> None:
+    """Until the relay in RELAY_NS answers ng ping; its log tail if it exits or stays mute."""
+    deadline = time.monotonic() + timeout
+    with in_netns(RELAY_NS):
+        client = NgClient((NG_HOST, ng_port), timeout=0.2, retries=0)
+    with client:
+        while True:
+            if proc.poll() is not None:
+                raise BenchError(f"{name} exited at start-up:\n{_tail(log_path)}")
+            try:
+                if client.call("ping").get("result") == "pong":
+                    return
+            except (NgTimeout, ConnectionRefusedError):
+                pass
+            if time.monotonic() > deadline:
+                raise BenchError(f"{name} did not answer ping:\n{_tail(log_path)}")
+            time.sleep(0.05)
 
 
 def _tail(path: Path, lines: int = 20) -> str:
