@@ -33,6 +33,14 @@ class Limits:
     silent_timeout: int = 3600
 
 
+_TIMEOUT_COUNTERS = {  # reason -> the Totals counter it adds to (a delete counts in _remove)
+    "final timeout": "final_timeouts",
+    "offer timeout": "offer_timeouts",
+    "timeout": "timeouts",
+    "silent timeout": "silent_timeouts",
+}
+
+
 @dataclass(frozen=True)
 class Teardown:
     """A call that left the registry, and why (for the log line and counters)."""
@@ -250,39 +258,35 @@ class Commands:
         self._stale = 0
 
     def _expire(self, call: Call, now: float) -> Teardown | None:
-        if call.deleted_at is not None and now >= call.deleted_at:
-            return self._remove(call, "deleted", now)
-        if self.limits.final_timeout and now - call.created >= self.limits.final_timeout:
-            self.totals.final_timeouts += 1
-            return self._remove(call, "final timeout", now)
-        if not call.answered:
-            limit = self.limits.offer_timeout
-            if limit and now - call.last_signal >= limit:
-                self.totals.offer_timeouts += 1
-                return self._remove(call, "offer timeout", now)
-            return None
-        media = self._media_deadline(call)
-        if media is not None and now >= media[0]:
-            if media[1] == "timeout":
-                self.totals.timeouts += 1
-            else:
-                self.totals.silent_timeouts += 1
-            return self._remove(call, media[1], now)
+        """The call's first deadline that has come (in :meth:`_deadlines` order) ends it."""
+        for when, reason in self._deadlines(call):
+            if now >= when:
+                counter = _TIMEOUT_COUNTERS.get(reason)
+                if counter is not None:
+                    setattr(self.totals, counter, getattr(self.totals, counter) + 1)
+                return self._remove(call, reason, now)
         return None
 
     def _next_deadline(self, call: Call) -> float | None:
-        """The earliest moment one of :meth:`_expire`'s conditions can hold."""
+        deadlines = self._deadlines(call)
+        return min(when for when, _ in deadlines) if deadlines else None
+
+    def _deadlines(self, call: Call) -> list[tuple[float, str]]:
+        """When the call ends if nothing happens meanwhile, and why; by precedence, so
+        that of two deadlines that have both come the first names the reason. The one
+        place both :meth:`_expire` and the timer heap read them from."""
+        limits = self.limits
         deadlines = []
         if call.deleted_at is not None:
-            deadlines.append(call.deleted_at)
-        if self.limits.final_timeout:
-            deadlines.append(call.created + self.limits.final_timeout)
+            deadlines.append((call.deleted_at, "deleted"))
+        if limits.final_timeout:
+            deadlines.append((call.created + limits.final_timeout, "final timeout"))
         if not call.answered:
-            if self.limits.offer_timeout:
-                deadlines.append(call.last_signal + self.limits.offer_timeout)
+            if limits.offer_timeout:
+                deadlines.append((call.last_signal + limits.offer_timeout, "offer timeout"))
         elif (media := self._media_deadline(call)) is not None:
-            deadlines.append(media[0])
-        return min(deadlines) if deadlines else None
+            deadlines.append(media)
+        return deadlines
 
     def _media_deadline(self, call: Call) -> tuple[float, str] | None:
         """When the call times out without media: ``timeout``, or ``silent timeout`` for
