@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import operator
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 __all__ = [
@@ -183,7 +183,8 @@ _TYPES: dict[str, type[Any]] = {
 
 
 def _defaults(cls: type[Any]) -> tuple[tuple[str, Any], ...]:
-    return tuple((f.name, f.default if f.default is not MISSING else MISSING) for f in fields(cls))
+    # a field without a plain default (a factory's) has MISSING: always written
+    return tuple((f.name, f.default) for f in fields(cls))
 
 
 _FIELDS: dict[type[Any], tuple[tuple[str, Any], ...]] = {
@@ -193,8 +194,8 @@ _FIELDS: dict[type[Any], tuple[tuple[str, Any], ...]] = {
 
 # every field of a SocketSpec in one call, and their defaults: a forward's sockets are
 # the bulk of the link's traffic
-_SPEC_VALUES = operator.attrgetter(*(name for name, _ in _FIELDS[SocketSpec]))
-_SPEC_FIELDS = tuple(_FIELDS[SocketSpec])
+_SPEC_FIELDS = _FIELDS[SocketSpec]
+_SPEC_VALUES = operator.attrgetter(*(name for name, _ in _SPEC_FIELDS))
 
 
 def _compact(value: Any) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from relayd import ipc
 from relayd.log import get_logger
+from relayd.rtcp import is_rtcp
 from workers.secure import SecurePath, SecureSocket
 from workers.session import Leg, Verdict, parse_endpoint
 
@@ -30,15 +31,11 @@ _RECV_SIZE = 4096
 _IPC_SIZE = 1 << 20
 _MAX_FDS = 256
 _UDP_NONBLOCKING = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK
+_NEVER = float("inf")
 
 
 def _is_alias(ms: MediaSocket) -> bool:
     return ms.primary is not None
-
-
-def is_rtcp(data: bytes) -> bool:
-    """RTCP packet types 200–204 share the port with RTP under rtcp-mux (RFC 5761 §4)."""
-    return len(data) > 1 and 200 <= data[1] <= 204
 
 
 @dataclass(slots=True, eq=False)
@@ -56,7 +53,6 @@ class MediaSocket:
     # the primary's ``active`` is the alias the party nominated (None: the primary)
     primary: MediaSocket | None = None
     active: MediaSocket | None = None
-    capture: bool = False  # copy the RTCP it relays to relayd (Homer, RTCP log)
     dirty: bool = False  # on the worker's list for the next report (Worker.active)
 
 
@@ -188,7 +184,6 @@ class Worker:
                 touched.append(current)
         now = time.monotonic()
         for current in touched:
-            current.capture = self.rtcp_capture
             current.crypto = any(
                 ms is not None and ms.secure is not None
                 for ms in (current, current.out, current.out_rtcp)
@@ -302,10 +297,9 @@ class Worker:
         timers = secure.timers
         while self.running:
             active = self.active
-            deadline = next_report
-            if timers:
-                deadline = min(deadline, secure.next_deadline())
-            events = poll(max(deadline - monotonic(), 0.0))
+            # DTLS retransmission timers: looked over once per wake, fired when one is due
+            timer_at = secure.next_deadline() if timers else _NEVER
+            events = poll(max(min(next_report, timer_at) - monotonic(), 0.0))
             now = monotonic()
             for fd, _mask in events:
                 if fd == link_fd:
@@ -322,7 +316,7 @@ class Worker:
                     continue
                 recvfrom = ms.sock.recvfrom
                 leg = ms.leg
-                capture = ms.capture
+                capture = self.rtcp_capture
                 for _ in range(_BATCH):
                     try:
                         data, source = recvfrom(_RECV_SIZE)
@@ -352,7 +346,7 @@ class Worker:
                         if not out.dirty:
                             out.dirty = True
                             active.append(out)
-            if timers:
+            if now >= timer_at:
                 secure.fire(now)
             if now >= next_report:
                 self.report(now)

@@ -33,6 +33,7 @@ Rules:
 
 from __future__ import annotations
 
+import operator
 import socket
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
@@ -71,17 +72,9 @@ class SecureConfig:
 
     @classmethod
     def of(cls, spec: ipc.SocketSpec) -> SecureConfig:
-        if not (
-            spec.srtp_in
-            or spec.srtp_out
-            or spec.dtls
-            or spec.dtls_fingerprint
-            or spec.ice_ufrag
-            or spec.ice_pwd
-            or spec.ice_remote_ufrag
-        ):
-            return _NONE  # plain RTP, nearly every socket: one shared instance
-        return cls(*[getattr(spec, name) for name in _FIELDS])
+        values = _VALUES(spec)
+        # plain RTP, nearly every socket: one shared instance
+        return cls(*values) if any(values) else _NONE
 
     @property
     def empty(self) -> bool:
@@ -89,7 +82,7 @@ class SecureConfig:
 
 
 _NONE = SecureConfig()
-_FIELDS = tuple(f.name for f in fields(SecureConfig))
+_VALUES = operator.attrgetter(*(f.name for f in fields(SecureConfig)))  # from a SocketSpec
 
 
 class SecureSocket:
