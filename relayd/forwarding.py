@@ -167,14 +167,15 @@ class KernelLeg:
 _PLAIN = frozenset({"RTP/AVP", "RTP/AVPF"})
 
 
-def kernel_legs(call: Call) -> list[KernelLeg]:
+def kernel_legs(call: Call, *, rtcp: bool = True) -> list[KernelLeg]:
     """The directions of ``call`` that need no per-packet work and can leave userspace.
 
     Both parties' streams of a component must have a confirmed endpoint; the
     transport must be plain RTP (SRTP stays in the workers); asymmetric parties
     (no learned source to key on) and rtcp-mux on one side only (RTCP must be
     split from RTP per packet) stay in userspace. With rtcp-mux on both sides the
-    RTP port carries both, so one forward covers them.
+    RTP port carries both, so one forward covers them. ``rtcp=False`` leaves separate
+    RTCP streams to the workers (which copy RTCP for Homer and the RTCP log).
     """
     if not call.answered:
         return []
@@ -189,7 +190,7 @@ def kernel_legs(call: Call) -> list[KernelLeg]:
                 continue
             if mx.ice_ufrag or my.ice_ufrag:
                 continue  # STUN consent checks share the port: they must reach a worker
-            components = 1 if _muxes(mx) else 2
+            components = 1 if _muxes(mx) or not rtcp else 2
             for sx, sy in zip(mx.streams[:components], my.streams[:components], strict=False):
                 if not (sx.confirmed and sy.confirmed and sx.endpoint and sy.endpoint):
                     continue

@@ -156,8 +156,8 @@ class MediaPlane:
         self.streams: dict[str, Stream] = {}  # socket key -> the stream it carries
         # called after each stats report with the call-ids whose confirmations changed
         self.on_stats: Callable[[ipc.Stats, set[str]], None] | None = None
-        # called with each stream's new userspace counts: call-id, stream, packets, bytes, errors
-        self.on_traffic: Callable[[str, Stream, int, int, int], None] | None = None
+        # called with each stream's new userspace counts: stream, packets, bytes, errors
+        self.on_traffic: Callable[[Stream, int, int, int], None] | None = None
         self.on_rtcp: Callable[[ipc.Rtcp], None] | None = None  # RTCP copies (Homer, RTCP log)
         self.reported: dict[str, tuple[int, int, int]] = {}  # socket key -> worker counters
         # stream's own socket key -> the socket whose confirmed endpoint the stream shows
@@ -227,8 +227,7 @@ class MediaPlane:
             # a replacement (upgrade, restart): the new process takes over the sockets
             loop.remove_reader(worker.link.fileno())
             worker.link.close()
-        for sock in (link,):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _LINK_BUFFER)
+        link.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _LINK_BUFFER)
         worker.link, worker.pid, worker.proc = link, hello.pid, None
         self._configure(worker)
         loop.add_reader(link.fileno(), self._readable, worker)
@@ -463,23 +462,18 @@ class MediaPlane:
             stream = self.streams.get(entry.key)
             if stream is None:
                 continue
-            call_id = stream.call_id
             packets, size, errors = self.reported.get(entry.key, (0, 0, 0))
             self.reported[entry.key] = (entry.packets, entry.bytes, entry.errors)
             if entry.packets < packets:  # a new worker counts from zero again
                 packets = size = errors = 0
-            worker.packets += entry.packets - packets
-            stream.stats.packets += entry.packets - packets
-            stream.stats.bytes += entry.bytes - size
-            stream.stats.errors += max(entry.errors - errors, 0)
+            new_packets, new_bytes = entry.packets - packets, entry.bytes - size
+            new_errors = max(entry.errors - errors, 0)
+            worker.packets += new_packets
+            stream.stats.packets += new_packets
+            stream.stats.bytes += new_bytes
+            stream.stats.errors += new_errors
             if self.on_traffic:
-                self.on_traffic(
-                    call_id,
-                    stream,
-                    entry.packets - packets,
-                    entry.bytes - size,
-                    max(entry.errors - errors, 0),
-                )
+                self.on_traffic(stream, new_packets, new_bytes, new_errors)
             if entry.last_packet:
                 stream.stats.last_packet = max(stream.stats.last_packet, entry.last_packet + offset)
             own = socket_key(stream.local.local, stream.port)
@@ -493,7 +487,6 @@ class MediaPlane:
             # address (aliases of its own); the one that confirmed its endpoint last (the
             # candidate the party nominated) speaks for the stream, and the unconfirmed
             # reports of the others do not undo that.
-            own = socket_key(stream.local.local, stream.port)
             holder = self.holders.get(own)
             if entry.key != own:
                 if entry.confirmed:
@@ -511,7 +504,7 @@ class MediaPlane:
                 stream.endpoint = Endpoint(host, int(port))
             if stream.confirmed != entry.confirmed:
                 stream.confirmed = entry.confirmed
-                changed.add(call_id)
+                changed.add(stream.call_id)
         if self.on_stats:
             self.on_stats(stats, changed)
 

@@ -88,17 +88,13 @@ class Operations:
 
     # -- traffic ------------------------------------------------------------------------------
 
-    def traffic(
-        self, path: str, call_id: str, stream: Stream, packets: int, size: int, errors: int = 0
-    ) -> None:
-        call = self.sup.commands.calls.get(call_id)
+    def traffic(self, path: str, stream: Stream, packets: int, size: int, errors: int = 0) -> None:
+        call = self.sup.commands.calls.get(stream.call_id)
         direction = direction_of(call, stream) if call is not None else "caller_to_callee"
         self.sup.counters.traffic.add(path, direction, packets, size, errors)
 
-    def userspace_traffic(
-        self, call_id: str, stream: Stream, packets: int, size: int, errors: int
-    ) -> None:
-        self.traffic("userspace", call_id, stream, packets, size, errors)
+    def userspace_traffic(self, stream: Stream, packets: int, size: int, errors: int) -> None:
+        self.traffic("userspace", stream, packets, size, errors)
 
     def tick(self) -> None:
         """Every second: worker rates sampled."""

@@ -85,7 +85,6 @@ class Supervisor:
         self.ops = Operations(self)
         workers = config.num_threads or len(os.sched_getaffinity(0))
         binder = SocketBinder()
-        self.certificate = certificate
         self.media = MediaPlane(
             binder,
             workers=workers,
@@ -372,18 +371,9 @@ class Supervisor:
         self._after_kernel_change()
 
     def _kernel_legs(self, call: Call) -> list[KernelLeg]:
-        """The call's kernel legs; with RTCP capture on (Homer, the RTCP log) separate RTCP
-        streams stay with the workers, which copy it (a few packets per stream a minute)."""
-        legs = kernel_legs(call)
-        if not self.ops.copies_rtcp:
-            return legs
-        rtcp = {
-            socket_key(s.local.local, s.port)
-            for m in call.all_medias()
-            for s in m.streams
-            if s.rtcp
-        }
-        return [leg for leg in legs if leg.socket not in rtcp]
+        """With RTCP capture on (Homer, the RTCP log) separate RTCP streams stay with the
+        workers, which copy it (a few packets per stream a minute)."""
+        return kernel_legs(call, rtcp=not self.ops.copies_rtcp)
 
     def _unoffload(self, call: Call) -> None:
         if self.kernel is not None:
@@ -427,12 +417,11 @@ class Supervisor:
             stream = self.media.streams.get(key)
             if stream is None:
                 continue
-            call_id = stream.call_id
             stats = stream.stats
             stats.packets += count.packets
             stats.bytes += count.bytes
             stats.last_packet = now
-            self.ops.traffic("kernel", call_id, stream, count.packets, count.bytes)
+            self.ops.traffic("kernel", stream, count.packets, count.bytes)
         self._after_kernel_change()
 
     def reload(self) -> dict[str, Any]:
