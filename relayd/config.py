@@ -19,6 +19,8 @@ from typing import Any
 from relayd.config_keys import KEYS, KeyInfo, Status
 from relayd.hep import CaptureProtocol
 from relayd.homer import HomerSettings
+from relayd.log import FORMATS
+from relayd.model import is_address
 
 __all__ = [
     "KEYS",
@@ -51,11 +53,7 @@ class InterfaceSpec:
 
     @property
     def is_device(self) -> bool:
-        try:
-            ipaddress.ip_address(self.local)
-        except ValueError:
-            return True
-        return False
+        return not is_address(self.local)
 
 
 def parse_interface(text: str) -> InterfaceSpec:
@@ -68,17 +66,9 @@ def parse_interface(text: str) -> InterfaceSpec:
         raise ValueError(f"invalid interface specification {text!r}")
     if bang:
         ipaddress.ip_address(advertised)
-    if ":" in local and not _is_ip(local):
+    if ":" in local and not is_address(local):
         raise ValueError(f"invalid interface address {local!r}")
     return InterfaceSpec(name, local, advertised or None)
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def parse_endpoint(text: str, default_host: str = "0.0.0.0") -> tuple[str, int]:
@@ -379,10 +369,10 @@ def _check(config: Config, where: Callable[[str], str]) -> None:
         raise ConfigError(f"{where('tos')}: invalid value for 'tos': {config.tos} (0..255)")
     if not 0 <= config.log_level <= 7:
         raise ConfigError(f"{where('log-level')}: invalid value for 'log-level': 0..7")
-    if config.log_format not in ("default", "parsable", "json"):
+    if config.log_format not in FORMATS:
         raise ConfigError(
             f"{where('log-format')}: invalid value for 'log-format': "
-            f"{config.log_format!r} (default, parsable or json)"
+            f"{config.log_format!r} ({', '.join(FORMATS[:-1])} or {FORMATS[-1]})"
         )
     if config.endpoint_learning not in ("delayed", "immediate", "off", "heuristic"):
         raise ConfigError(

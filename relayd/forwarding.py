@@ -33,10 +33,7 @@ def _endpoint(ep: Endpoint | None) -> str:
 
 
 def _sdes(line: Crypto | None) -> str:
-    if line is None:
-        return ""
-    text = f"{line.suite} inline:{line.key}{line.lifetime_mki}"
-    return f"{text} {line.session_params}" if line.session_params else text
+    return line.inline() if line is not None else ""
 
 
 def _security(media: Media) -> dict[str, str]:

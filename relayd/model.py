@@ -8,6 +8,8 @@ from B's ports. Pure data: no sockets, no clock (times are passed in).
 
 from __future__ import annotations
 
+import ipaddress
+import socket  # inet_pton only: a parser, no socket is opened
 from dataclasses import dataclass, field, replace
 
 from relayd.webrtc import Crypto
@@ -28,6 +30,20 @@ __all__ = [
 def family_of(address: str) -> str:
     """``IP4`` or ``IP6`` as SDP spells it."""
     return "IP6" if ":" in address else "IP4"
+
+
+def is_address(text: str) -> bool:
+    """An IPv4 or IPv6 address literal (not a host or device name)."""
+    try:
+        socket.inet_pton(socket.AF_INET, text)  # the common case, without ipaddress's cost
+        return True
+    except OSError:
+        pass
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from relayd.model import Media
 from relayd.ng.message import Request
-from relayd.sdp.model import Line, MediaDescription
+from relayd.sdp.model import Line, MediaDescription, attribute_value
 from relayd.webrtc import (
     Crypto,
     allowed_suites,
@@ -22,7 +22,7 @@ __all__ = ["learn", "negotiate_answer", "negotiate_offer"]
 
 
 # attributes whose first value counts, at media level, else at session level
-_INHERITED = ("fingerprint", "setup", "ice-ufrag", "ice-pwd")
+_INHERITED = frozenset({"fingerprint", "setup", "ice-ufrag", "ice-pwd"})
 _LEARNED = frozenset({*_INHERITED, "crypto", "candidate", "ice-options", "mid"})
 
 
@@ -30,7 +30,7 @@ def _first_values(lines: list[Line], names: frozenset[str]) -> dict[str, str]:
     found: dict[str, str] = {}
     for ln in lines:
         if ln.attr in names and ln.attr not in found:
-            found[ln.attr] = ln.value.partition(":")[2]
+            found[ln.attr] = attribute_value(ln.value)
     return found
 
 
@@ -46,7 +46,7 @@ def learn(media: Media, desc: MediaDescription, session: list[Line]) -> None:
         attr = ln.attr
         if attr not in _LEARNED:
             continue
-        value = ln.value.partition(":")[2]
+        value = attribute_value(ln.value)
         if attr == "crypto":
             parsed = parse_crypto(value)
             if parsed is not None:
@@ -61,7 +61,7 @@ def learn(media: Media, desc: MediaDescription, session: list[Line]) -> None:
     inherited = {name: first.get(name, "") for name in _INHERITED}
     if not all(inherited.values()):
         # a value missing (or empty) at media level is taken from the session level
-        above = _first_values(session, _INHERITED_SET)
+        above = _first_values(session, _INHERITED)
         inherited = {name: value or above.get(name, "") for name, value in inherited.items()}
     media.peer_fingerprint = inherited["fingerprint"]
     media.peer_setup = inherited["setup"]
@@ -70,9 +70,6 @@ def learn(media: Media, desc: MediaDescription, session: list[Line]) -> None:
     media.peer_ice = bool(media.peer_ice_ufrag or candidate)
     media.peer_trickle = trickle
     media.mid = first.get("mid", "")
-
-
-_INHERITED_SET = frozenset(_INHERITED)
 
 
 def _ice_mode(req: Request, party_had_ice: bool) -> str:
@@ -132,7 +129,7 @@ def negotiate_answer(offerer: Media, answerer: Media, req: Request, *, dtls_pass
         offered = next((c for c in answerer.crypto_out if c.tag == taken.tag), None)
         if offered is not None and not offered.ours:
             # the answerer took the offerer's own key: SRTP passes through untouched
-            offerer.crypto_out = (_without_lifetime(taken),)
+            offerer.crypto_out = (taken.without_lifetime(),)
             return
         if offered is not None:
             answerer.srtp_in, answerer.srtp_out = taken, offered
@@ -154,15 +151,3 @@ def negotiate_answer(offerer: Media, answerer: Media, req: Request, *, dtls_pass
             offerer.ice_ufrag, offerer.ice_pwd = new_credentials()
     else:
         offerer.ice_ufrag = offerer.ice_pwd = ""
-
-
-def _without_lifetime(line: Crypto) -> Crypto:
-    return Crypto(
-        line.tag,
-        line.suite,
-        line.key,
-        "|".join(["", *[p for p in line.lifetime_mki.split("|")[1:] if ":" in p]])
-        if ":" in line.lifetime_mki
-        else "",
-        line.session_params,
-    )

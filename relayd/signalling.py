@@ -13,16 +13,14 @@ Rules (rtpengine's, ng protocol §1.5):
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import secrets
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from relayd import secure
 from relayd.interfaces import Interfaces
-from relayd.model import Call, Endpoint, Media, Monologue, Stream, family_of
+from relayd.model import Call, Endpoint, Media, Monologue, Stream, family_of, is_address
 from relayd.ng.message import NgError, Request
 from relayd.parties import answerer_of, apply_party_flags, receiver_of_offer, sender_of
 from relayd.ports import PortAllocator, PortsExhausted
@@ -161,7 +159,7 @@ class Signalling:
                     secure.negotiate_offer(target, source, req, protocol)
                 else:
                     secure.negotiate_answer(target, source, req, dtls_passive=self.dtls_passive)
-                self._ensure_ice_ports(call, receiver, target, undo)
+                self._ensure_ice_ports(call, target, undo)
         except PortsExhausted:
             undo.rollback(self.ports)
             raise NgError("Ran out of ports") from None
@@ -227,7 +225,7 @@ class Signalling:
             connections = [c for c in [sdp.connection(), *(m.connection() for m in sdp.media)] if c]
         except SdpError:
             raise NgError("Failed to parse SDP") from None
-        if any(not _is_address(c.address) for c in connections):
+        if any(not is_address(c.address) for c in connections):
             raise NgError("Failed to parse SDP")  # a host name where an address must be
         if not sdp.media:
             raise NgError("Error rewriting SDP")
@@ -352,7 +350,7 @@ class Signalling:
             media.sent_codecs = answer_codecs(source.codecs, source.sent_codecs)
         self._ensure_ports(call, receiver, media, family, undo, renew=renew)
 
-    def _ensure_ice_ports(self, call: Call, party: Monologue, media: Media, undo: _Undo) -> None:
+    def _ensure_ice_ports(self, call: Call, media: Media, undo: _Undo) -> None:
         """With ICE towards a party, a candidate on every other address of its interface."""
         if not media.ice_ufrag or not media.port or media.local is None:
             self._release_ice_ports(media)
@@ -460,16 +458,3 @@ def _known_family(party: Monologue) -> str:
         if media.remote_rtp is not None:
             return media.remote_rtp.family
     return ""
-
-
-def _is_address(text: str) -> bool:
-    try:
-        socket.inet_pton(socket.AF_INET, text)  # the common case, without ipaddress's cost
-        return True
-    except OSError:
-        pass
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True

@@ -22,6 +22,7 @@ Rules (``../shared/reference/rtpengine.md`` §2.2, and the oracle corpus):
 from __future__ import annotations
 
 import base64
+import dataclasses
 import secrets
 import string
 from dataclasses import dataclass
@@ -30,7 +31,6 @@ __all__ = [
     "SUITES",
     "Crypto",
     "candidate_priority",
-    "is_dtls",
     "is_srtp",
     "new_credentials",
     "new_crypto",
@@ -59,10 +59,6 @@ def is_srtp(protocol: str) -> bool:
     return "/SAVP" in protocol
 
 
-def is_dtls(protocol: str) -> bool:
-    return protocol.startswith("UDP/TLS/")
-
-
 @dataclass(frozen=True, slots=True)
 class Crypto:
     """One ``a=crypto`` line (RFC 4568 §9.1): tag, suite, key ``inline:`` and the rest."""
@@ -74,19 +70,19 @@ class Crypto:
     session_params: str = ""
     ours: bool = False  # a key relayd made, not one passed through
 
-    def value(self, *, keep_lifetime: bool = True) -> str:
-        tail = self.lifetime_mki if keep_lifetime else _mki_only(self.lifetime_mki)
-        text = f"crypto:{self.tag} {self.suite} inline:{self.key}{tail}"
+    def value(self) -> str:
+        """The attribute value: ``crypto:TAG SUITE inline:KEY…``."""
+        return f"crypto:{self.tag} {self.inline()}"
+
+    def inline(self) -> str:
+        """The key part after the tag, as a worker takes it (``SocketSpec.srtp_in``)."""
+        text = f"{self.suite} inline:{self.key}{self.lifetime_mki}"
         return f"{text} {self.session_params}" if self.session_params else text
 
-    def master(self) -> bytes:
-        padded = self.key + "=" * (-len(self.key) % 4)
-        return base64.b64decode(padded)
-
-
-def _mki_only(params: str) -> str:
-    # "|2^31|1:4" → "|1:4": the lifetime goes, an MKI stays
-    return "".join(f"|{p}" for p in params.split("|") if ":" in p)
+    def without_lifetime(self) -> Crypto:
+        """The same key without its lifetime: "|2^31|1:4" → "|1:4" (an MKI stays)."""
+        kept = "".join(f"|{p}" for p in self.lifetime_mki.split("|") if ":" in p)
+        return dataclasses.replace(self, lifetime_mki=kept)
 
 
 def parse_crypto(value: str) -> Crypto | None:

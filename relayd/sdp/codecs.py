@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from relayd.memo import Shared
 from relayd.model import Codec
 from relayd.sdp.model import MediaDescription
 
@@ -40,23 +41,14 @@ STATIC_PAYLOAD_TYPES: dict[str, str] = {
 
 # Every call of a deployment offers much the same few codecs: each distinct one is
 # kept once and shared by all media that list it (bounded: fmtp lines can be unique).
-_SHARED: dict[Codec, Codec] = {}
-_SHARED_LIMIT = 4096
-
-
-def _shared(codec: Codec) -> Codec:
-    known = _SHARED.get(codec)
-    if known is not None:
-        return known
-    if len(_SHARED) < _SHARED_LIMIT:
-        _SHARED[codec] = codec
-    return codec
-
+_shared = Shared[Codec](4096)
 
 _CODEC_ATTRIBUTES = frozenset({"rtpmap", "fmtp", "rtcp-fb"})
 # A phone model sends the same payload list every time: the codecs of each distinct
-# (formats, rtpmap/fmtp/rtcp-fb lines) are worked out once. Bounded like _SHARED.
+# (formats, rtpmap/fmtp/rtcp-fb lines) are worked out once. Bounded: lines come from
+# the network.
 _LISTS: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple[Codec, ...]] = {}
+_LISTS_LIMIT = 4096
 
 
 def codecs_of(desc: MediaDescription) -> tuple[Codec, ...]:
@@ -68,7 +60,7 @@ def codecs_of(desc: MediaDescription) -> tuple[Codec, ...]:
     known = _LISTS.get(key)
     if known is None:
         known = _codecs(desc.formats, lines)
-        if len(_LISTS) < _SHARED_LIMIT:
+        if len(_LISTS) < _LISTS_LIMIT:
             _LISTS[key] = known
     return known
 

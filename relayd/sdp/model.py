@@ -17,7 +17,6 @@ __all__ = [
     "Origin",
     "SdpError",
     "SessionDescription",
-    "attribute_name",
     "attribute_value",
 ]
 
@@ -55,10 +54,6 @@ class Line:
 
     def __str__(self) -> str:
         return f"{self.kind}={self.value}"
-
-
-def attribute_name(value: str) -> str:
-    return value.partition(":")[0]
 
 
 def attribute_value(value: str) -> str:

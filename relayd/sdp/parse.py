@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from relayd.memo import Shared
 from relayd.sdp.model import (
     Connection,
     Line,
@@ -78,19 +79,8 @@ def _parse_media(value: str) -> MediaDescription:
     return media
 
 
-# Media types and transports: a few distinct words that every call keeps in its model,
-# one copy for all of them (bounded: the words come from the network).
-_WORDS: dict[str, str] = {}
-_WORDS_LIMIT = 256
-
-
-def _shared(word: str) -> str:
-    known = _WORDS.get(word)
-    if known is not None:
-        return known
-    if len(_WORDS) < _WORDS_LIMIT:
-        _WORDS[word] = word
-    return word
+# media types and transports: a few distinct words every call keeps in its model
+_shared = Shared[str](256)
 
 
 def _number(text: str) -> int | None:
