@@ -27,7 +27,7 @@ from typing import Any
 
 from relayd.config import Config
 from relayd.log import get_logger
-from relayd.model import Call, Endpoint
+from relayd.model import Call, Endpoint, host_port
 from relayd.ng.stats import statistics_reply
 from relayd.view import RelayState, streams_of, worker_load
 
@@ -43,14 +43,7 @@ class AdminError(Exception):
 
 
 def _endpoint(ep: Endpoint | None) -> str | None:
-    if ep is None:
-        return None
-    return f"[{ep.address}]:{ep.port}" if ":" in ep.address else f"{ep.address}:{ep.port}"
-
-
-def _address(address: tuple[str, int]) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return host_port((ep.address, ep.port)) if ep is not None else None
 
 
 def _call_summary(call: Call, now: float) -> dict[str, Any]:
@@ -78,7 +71,7 @@ def _call_detail(call: Call, now: float) -> dict[str, Any]:
                 streams.append(
                     {
                         "component": "rtcp" if stream.rtcp else "rtp",
-                        "local": _endpoint(Endpoint(stream.local.local, stream.port)),
+                        "local": host_port((stream.local.local, stream.port)),
                         "advertised": _endpoint(stream.advertised_endpoint),
                         "endpoint": _endpoint(stream.endpoint),
                         "confirmed": stream.confirmed,
@@ -179,10 +172,10 @@ def _kernel(state: RelayState) -> dict[str, Any]:
                 {
                     "call_id": call_id,
                     "socket": sock,
-                    "source": _endpoint(Endpoint(forward.source.address, forward.source.port)),
-                    "relay": _endpoint(Endpoint(forward.relay.address, forward.relay.port)),
-                    "out": _endpoint(Endpoint(forward.out.address, forward.out.port)),
-                    "dest": _endpoint(Endpoint(forward.dest.address, forward.dest.port)),
+                    "source": host_port((forward.source.address, forward.source.port)),
+                    "relay": host_port((forward.relay.address, forward.relay.port)),
+                    "out": host_port((forward.out.address, forward.out.port)),
+                    "dest": host_port((forward.dest.address, forward.dest.port)),
                     "packets": counter.packets if counter else 0,
                     "bytes": counter.bytes if counter else 0,
                 }
@@ -213,16 +206,16 @@ def effective_config(config: Config) -> dict[str, Any]:
             ]
         elif item.name == "homer" and value is not None:
             value = {
-                "address": _address(value.address),
+                "address": host_port(value.address),
                 "protocol": value.protocol,
                 "id": value.capture_id,
                 "ng": value.ng,
                 "rtcp": value.rtcp,
             }
         elif item.name == "listen_http":
-            value = [_address(v) for v in value]
+            value = [host_port(v) for v in value]
         elif isinstance(value, tuple):
-            value = _address(value)
+            value = host_port(value)
         result[item.name.replace("_", "-")] = value
     return result
 

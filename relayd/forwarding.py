@@ -17,11 +17,18 @@ from relayd.ipc import Forward, SocketSpec
 from relayd.model import Call, Endpoint, Media, Monologue
 from relayd.webrtc import Crypto
 
-__all__ = ["KernelLeg", "kernel_legs", "media_key", "paired", "plan", "socket_key"]
+__all__ = ["KernelLeg", "kernel_legs", "media_key", "paired", "parse_key", "plan", "socket_key"]
 
 
 def socket_key(address: str, port: int) -> str:
     return f"{address} {port}"
+
+
+def parse_key(text: str) -> tuple[str, int] | None:
+    """A socket key, or an endpoint as the IPC messages write it (``"address port"``),
+    back to its parts; None if ``text`` is not one."""
+    host, _, port = text.rpartition(" ")
+    return (host, int(port)) if host and port.isdigit() else None
 
 
 def media_key(call_id: str, index: int) -> str:
@@ -29,7 +36,7 @@ def media_key(call_id: str, index: int) -> str:
 
 
 def _endpoint(ep: Endpoint | None) -> str:
-    return f"{ep.address} {ep.port}" if ep else ""
+    return socket_key(ep.address, ep.port) if ep else ""
 
 
 def _sdes(line: Crypto | None) -> str:

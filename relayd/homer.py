@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from relayd import hep
 from relayd.counters import Counters
 from relayd.log import get_logger
+from relayd.model import host_port
 
 __all__ = ["HomerSender", "HomerSettings", "ng_capture", "rtcp_capture"]
 
@@ -143,7 +144,7 @@ class HomerSender:
     def _fail(self, what: str, exc: OSError | str) -> None:
         reason = f"{what}: {exc}"
         if reason != self._failure:  # once per kind of failure, not per packet
-            log.error("homer.failed", target=_fmt(self.settings.address), error=reason)
+            log.error("homer.failed", target=host_port(self.settings.address), error=reason)
             self._failure = reason
         if self.sock is not None:
             self.sock.close()
@@ -207,7 +208,7 @@ class HomerSender:
                 return
             self.connected = True
             self._failure = ""
-            log.info("homer.connected", target=_fmt(self.settings.address))
+            log.info("homer.connected", target=host_port(self.settings.address))
         while self.partial or self.queue:
             if not self.partial:
                 self.partial = self.queue.popleft()
@@ -226,8 +227,3 @@ class HomerSender:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
-
-
-def _fmt(address: tuple[str, int]) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

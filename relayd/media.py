@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from relayd import ipc
-from relayd.forwarding import media_key, paired, plan, socket_key
+from relayd.forwarding import media_key, paired, parse_key, plan, socket_key
 from relayd.log import get_logger
 from relayd.model import Call, Endpoint, Media, Stream
 
@@ -499,9 +499,9 @@ class MediaPlane:
                 self.holders.pop(own, None)
             elif holder is not None:
                 continue
-            host, _, port = entry.endpoint.rpartition(" ")
-            if host and port.isdigit():
-                stream.endpoint = Endpoint(host, int(port))
+            learned = parse_key(entry.endpoint)
+            if learned is not None:
+                stream.endpoint = Endpoint(*learned)
             if stream.confirmed != entry.confirmed:
                 stream.confirmed = entry.confirmed
                 changed.add(stream.call_id)

@@ -32,6 +32,12 @@ def family_of(address: str) -> str:
     return "IP6" if ":" in address else "IP4"
 
 
+def host_port(address: tuple[str, int]) -> str:
+    """``192.0.2.1:2223`` or ``[2001:db8::1]:2223``, as addresses are shown to people."""
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def is_address(text: str) -> bool:
     """An IPv4 or IPv6 address literal (not a host or device name)."""
     try:

@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Any
 from relayd import admin, ipc, log, metrics
 from relayd.config import Config, ConfigError, load
 from relayd.counters import direction_of
+from relayd.forwarding import parse_key
 from relayd.homer import HomerSender, ng_capture, rtcp_capture
 from relayd.httpd import serve_http
-from relayd.model import Stream
+from relayd.model import Stream, host_port
 from relayd.ng.message import Request
 from relayd.rtcp import homer_json
 
@@ -63,12 +64,6 @@ def plan_reload(old: Config, fresh: Config) -> tuple[Config, dict[str, list[Any]
             restart.append(key)
     running = dataclasses.replace(old, **{name: getattr(fresh, name) for name in RELOADABLE})
     return running, applied, restart
-
-
-def _address(text: str) -> tuple[str, int]:
-    """A socket key or an IPC endpoint, ``"address port"``."""
-    host, _, port = text.rpartition(" ")
-    return host, int(port)
 
 
 class Operations:
@@ -144,12 +139,12 @@ class Operations:
             if stream is None:
                 continue
             call_id = stream.call_id
+            source, local = parse_key(packet.source), parse_key(packet.key)
             try:
                 text = homer_json(bytes.fromhex(packet.data))
-                source, local = _address(packet.source), _address(packet.key)
             except ValueError:
                 continue
-            if text is None:
+            if text is None or source is None or local is None:
                 continue
             if self.log_rtcp:
                 rtcp_logger.info("rtcp.packet", call_id=call_id, source=packet.source, json=text)
@@ -194,8 +189,7 @@ class Operations:
             logger.warning("metrics.not_served", reason=reason)
         for host, port in endpoints:
             closers.append(await serve_http(routes, host, port))
-            shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            logger.info("http.listening", address=shown, paths=sorted(routes))
+            logger.info("http.listening", address=host_port((host, port)), paths=sorted(routes))
         return closers
 
     def close(self) -> None:

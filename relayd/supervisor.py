@@ -33,7 +33,7 @@ from relayd.forwarding import KernelLeg, kernel_legs, socket_key
 from relayd.interfaces import Interfaces, resolve
 from relayd.kernel import KernelPath
 from relayd.media import WORKER_BATCH_DELAY, MediaPlane, SocketBinder
-from relayd.model import Call
+from relayd.model import Call, host_port
 from relayd.ng.commands import Commands, Limits, Teardown
 from relayd.ng.message import Request
 from relayd.ng.server import NgService, serve_tcp, serve_udp
@@ -235,11 +235,11 @@ class Supervisor:
         if cfg.listen_ng:
             transport = await serve_udp(service, *cfg.listen_ng)
             self._closers.append(transport)
-            logger.info("ng.listening", transport="udp", address=_fmt(cfg.listen_ng))
+            logger.info("ng.listening", transport="udp", address=host_port(cfg.listen_ng))
         if cfg.listen_tcp_ng:
             server = await serve_tcp(service, *cfg.listen_tcp_ng)
             self._closers.append(server)
-            logger.info("ng.listening", transport="tcp", address=_fmt(cfg.listen_tcp_ng))
+            logger.info("ng.listening", transport="tcp", address=host_port(cfg.listen_tcp_ng))
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop.set)
@@ -439,11 +439,6 @@ def _state_dir(setting: str) -> Path | None:
         return Path(setting)
     default = Path("/var/lib/relayd")
     return default if default.is_dir() and os.access(default, os.W_OK) else None
-
-
-def _fmt(address: tuple[str, int]) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _daemonize(keep_stderr: bool) -> int:

@@ -17,10 +17,11 @@ import time
 from dataclasses import dataclass
 
 from relayd import ipc
+from relayd.forwarding import parse_key
 from relayd.log import get_logger
 from relayd.rtcp import is_rtcp
 from workers.secure import SecurePath, SecureSocket
-from workers.session import Leg, Verdict, parse_endpoint
+from workers.session import Leg, Verdict
 
 __all__ = ["Worker"]
 
@@ -147,7 +148,7 @@ class Worker:
             leg = current.leg
             leg.asymmetric, leg.strict, leg.handover = spec.asymmetric, spec.strict, spec.handover
             leg.kernel = spec.kernel
-            expect = parse_endpoint(spec.expect)
+            expect = parse_key(spec.expect)
             if expect is not None:
                 expect = (hosts.setdefault(expect[0], expect[0]), expect[1])
             if (expect, spec.learn_after, spec.learning) != (
@@ -158,7 +159,7 @@ class Worker:
                 fresh = leg.rank == -1 and leg.packets == 0
                 # one copy of the mode's name for all legs, not one per decoded message
                 leg.reset(expect, sys.intern(spec.learning), spec.learn_after)
-                learned = parse_endpoint(spec.learned) if fresh else None
+                learned = parse_key(spec.learned) if fresh else None
                 if learned is not None:
                     leg.endpoint, leg.confirmed = learned, True
             self.secure.configure(current, spec)

@@ -21,14 +21,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["Leg", "Verdict", "parse_endpoint"]
+__all__ = ["Leg", "Verdict"]
 
 Address = tuple[str, int]
-
-
-def parse_endpoint(text: str) -> Address | None:
-    host, _, port = text.rpartition(" ")
-    return (host, int(port)) if host and port.isdigit() else None
 
 
 def _rank(source: Address, expect: Address | None) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from relayd.forwarding import media_key, plan, socket_key
+from relayd.forwarding import media_key, parse_key, plan, socket_key
 from relayd.ipc import Forward, SocketSpec
 from relayd.model import Call
 from relayd.ng.commands import Commands
@@ -180,3 +180,12 @@ def test_early_media_fork_answered_by_an_alias_is_planned() -> None:
     assert forward != first[0]  # a's side moved to the fork's own ports
     cmds.handle(req("answer", from_tag="a", to_tag="b1", via_branch="z1", sdp=sdp(B_ADDR)), T0)
     assert plan(cmds.calls["c1"]) == first
+
+
+def test_parse_key_reads_socket_keys_and_ipc_endpoints() -> None:
+    assert parse_key("198.51.100.10 5000") == ("198.51.100.10", 5000)
+    assert parse_key("2001:db8::1 6000") == ("2001:db8::1", 6000)
+    assert parse_key("") is None
+    assert parse_key("198.51.100.10") is None
+    assert parse_key("198.51.100.10 x") is None
+    assert parse_key(" 5000") is None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workers.session import Leg, Verdict, parse_endpoint
+from workers.session import Leg, Verdict
 
 SDP = ("198.51.100.10", 5000)  # what the party's SDP said
 NAT = ("192.0.2.77", 41000)  # where its packets really come from
@@ -22,15 +22,6 @@ def _leg(
     leg = Leg("203.0.113.1 30000", asymmetric=asymmetric, strict=strict, handover=handover)
     leg.reset(SDP, learning, learn_after)
     return leg
-
-
-def test_parse_endpoint() -> None:
-    assert parse_endpoint("198.51.100.10 5000") == ("198.51.100.10", 5000)
-    assert parse_endpoint("2001:db8::1 6000") == ("2001:db8::1", 6000)
-    assert parse_endpoint("") is None
-    assert parse_endpoint("198.51.100.10") is None
-    assert parse_endpoint("198.51.100.10 x") is None
-    assert parse_endpoint(" 5000") is None
 
 
 def test_reset_starts_at_the_sdp_address() -> None:
