@@ -29,7 +29,7 @@ from relayd.config import Config
 from relayd.log import get_logger
 from relayd.model import Call, Endpoint, host_port
 from relayd.ng.stats import statistics_reply
-from relayd.view import RelayState, streams_of, worker_load
+from relayd.view import RelayState, stream_paths, streams_of, worker_load
 
 __all__ = ["AdminError", "effective_config", "handle", "serve"]
 
@@ -159,11 +159,9 @@ def _workers(state: RelayState) -> dict[str, Any]:
 
 def _kernel(state: RelayState) -> dict[str, Any]:
     kernel = state.kernel
-    kernelized = sum(
-        1 for call in state.commands.calls.values() for *_, s in streams_of(call) if s.kernelized
-    )
     if kernel is None:
         return {"enabled": False, "table": None, "reason": "table = -1", "forwards": []}
+    kernelized = stream_paths(state.commands.calls.values())["kernel"]
     forwards = []
     for call_id, entries in sorted(kernel.installed.items()):
         for key, (sock, forward) in entries.items():

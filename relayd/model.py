@@ -150,7 +150,6 @@ class Media:
     dtls_role: str = ""  # "active" or "passive": our DTLS role towards this party
     peer_ice: bool = False  # this party's SDP had ICE
     peer_ice_ufrag: str = ""
-    peer_ice_pwd: str = ""
     peer_trickle: bool = False  # a=ice-options:trickle at media level
     ice_ufrag: str = ""  # our credentials towards this party ("" when no ICE)
     ice_pwd: str = ""

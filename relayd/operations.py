@@ -23,13 +23,14 @@ from relayd.forwarding import parse_key
 from relayd.homer import HomerSender, ng_capture, rtcp_capture
 from relayd.httpd import serve_http
 from relayd.model import Stream, host_port
+from relayd.ng.commands import Limits
 from relayd.ng.message import Request
 from relayd.rtcp import homer_json
 
 if TYPE_CHECKING:
     from relayd.supervisor import Supervisor
 
-__all__ = ["RELOADABLE", "Operations", "plan_reload"]
+__all__ = ["RELOADABLE", "Operations", "limits_of", "plan_reload"]
 
 logger = log.get_logger("relayd")
 rtcp_logger = log.get_logger(log.RTCP_LOGGER)
@@ -210,10 +211,7 @@ class Operations:
             return {"result": "error", "error": f"configuration error: {exc}"}
         old = sup.config
         sup.config, applied, restart = plan_reload(old, fresh)
-        limits = sup.commands.limits
-        limits.timeout, limits.silent_timeout = fresh.timeout, fresh.silent_timeout
-        limits.offer_timeout, limits.final_timeout = fresh.offer_timeout, fresh.final_timeout
-        limits.delete_delay, limits.max_sessions = fresh.delete_delay, fresh.max_sessions
+        sup.commands.limits = limits_of(fresh)
         sup.commands.reschedule()
         if fresh.log_level != old.log_level:
             log.set_level(fresh.log_level)
@@ -224,3 +222,15 @@ class Operations:
         result = self.reload()
         if result.get("result") == "error":
             logger.error("config.reload_failed", error=result.get("error"))
+
+
+def limits_of(config: Config) -> Limits:
+    """The call limits and timers a configuration sets (at start-up and on reload)."""
+    return Limits(
+        max_sessions=config.max_sessions,
+        delete_delay=config.delete_delay,
+        offer_timeout=config.offer_timeout,
+        final_timeout=config.final_timeout,
+        timeout=config.timeout,
+        silent_timeout=config.silent_timeout,
+    )

@@ -22,7 +22,7 @@ __all__ = ["learn", "negotiate_answer", "negotiate_offer"]
 
 
 # attributes whose first value counts, at media level, else at session level
-_INHERITED = frozenset({"fingerprint", "setup", "ice-ufrag", "ice-pwd"})
+_INHERITED = frozenset({"fingerprint", "setup", "ice-ufrag"})
 _LEARNED = frozenset({*_INHERITED, "crypto", "candidate", "ice-options", "mid"})
 
 
@@ -66,7 +66,6 @@ def learn(media: Media, desc: MediaDescription, session: list[Line]) -> None:
     media.peer_fingerprint = inherited["fingerprint"]
     media.peer_setup = inherited["setup"]
     media.peer_ice_ufrag = inherited["ice-ufrag"]
-    media.peer_ice_pwd = inherited["ice-pwd"]
     media.peer_ice = bool(media.peer_ice_ufrag or candidate)
     media.peer_trickle = trickle
     media.mid = first.get("mid", "")

@@ -34,10 +34,10 @@ from relayd.interfaces import Interfaces, resolve
 from relayd.kernel import KernelPath
 from relayd.media import WORKER_BATCH_DELAY, MediaPlane, SocketBinder
 from relayd.model import Call, host_port
-from relayd.ng.commands import Commands, Limits, Teardown
+from relayd.ng.commands import Commands, Teardown
 from relayd.ng.message import Request
 from relayd.ng.server import NgService, serve_tcp, serve_udp
-from relayd.operations import Operations
+from relayd.operations import Operations, limits_of
 from relayd.ports import PortAllocator
 from relayd.signalling import Signalling
 from relayd.state import Journal
@@ -103,15 +103,7 @@ class Supervisor:
             fingerprint=f"sha-256 {certificate.fingerprint('sha-256')}",
             dtls_passive=config.dtls_passive,
         )
-        limits = Limits(
-            max_sessions=config.max_sessions,
-            delete_delay=config.delete_delay,
-            offer_timeout=config.offer_timeout,
-            final_timeout=config.final_timeout,
-            timeout=config.timeout,
-            silent_timeout=config.silent_timeout,
-        )
-        self.commands = Commands(self.signalling, limits, started=time.time())
+        self.commands = Commands(self.signalling, limits_of(config), started=time.time())
         self.commands.on_teardown = self._teardown
         self.commands.place = self.media.least_loaded
         self.media.calls = self.commands.calls

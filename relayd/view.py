@@ -13,7 +13,7 @@ import fcntl
 import socket
 import struct
 import termios
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -57,7 +57,7 @@ def streams_of(call: Call) -> Iterator[tuple[Monologue, Media, Stream]]:
                 yield party, media, stream
 
 
-def stream_paths(calls: Iterator[Call] | list[Call]) -> dict[str, int]:
+def stream_paths(calls: Iterable[Call]) -> dict[str, int]:
     """Current streams by forwarding path (rtpengine's ``mediastreams`` types)."""
     counts = {"userspace": 0, "kernel": 0, "mixed": 0}
     for call in calls:
