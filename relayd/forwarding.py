@@ -109,20 +109,14 @@ def _specs(party: Monologue, own: Media, other: Media) -> list[SocketSpec]:
         "strict": party.strict_source,
         "handover": party.media_handover,
     }
-    aliases = []
-    for local, port in own.ice_ports:
-        # the party's candidates on our other addresses forward like the primary sockets
-        rtp, rtcp = socket_key(local.local, port), socket_key(local.local, port + 1)
-        aliases.append(
-            SocketSpec(
-                rtp,
-                out=other_rtp,
-                out_rtcp=other_rtcp if _muxes(own) else "",
-                alias_of=own_rtp,
-                **common,
-            )
-        )
-        aliases.append(SocketSpec(rtcp, out=other_rtcp, rtcp=True, alias_of=own_rtcp, **common))
+    # where each component's packets go; the party's ICE candidates on our other
+    # addresses (aliases) forward exactly like the primary socket of their component
+    rtp_route: dict[str, Any] = {
+        "out": other_rtp,
+        "out_rtcp": other_rtcp if _muxes(own) else "",
+        **common,
+    }
+    rtcp_route: dict[str, Any] = {"out": other_rtcp, "rtcp": True, **common}
     rtcp_expect = own.remote_rtp if _muxes(own) else own.remote_rtcp
     # an endpoint confirmed on an ICE candidate of the other family is no use to this socket
     learned = [
@@ -133,27 +127,26 @@ def _specs(party: Monologue, own: Media, other: Media) -> list[SocketSpec]:
     ]
     learned += [""] * (2 - len(learned))
     kernel = [s.kernelized for s in own.streams[:2]] + [False] * (2 - len(own.streams[:2]))
-    return [
+    specs = [
         SocketSpec(
             own_rtp,
-            out=other_rtp,
-            out_rtcp=other_rtcp if _muxes(own) else "",
             expect=_endpoint(own.remote_rtp),
             learned=learned[0],
             kernel=kernel[0],
-            **common,
+            **rtp_route,
         ),
         SocketSpec(
             own_rtcp,
-            out=other_rtcp,
             expect=_endpoint(rtcp_expect),
-            rtcp=True,
             learned=learned[1],
             kernel=kernel[1],
-            **common,
+            **rtcp_route,
         ),
-        *aliases,
     ]
+    for local, port in own.ice_ports:
+        specs.append(SocketSpec(socket_key(local.local, port), alias_of=own_rtp, **rtp_route))
+        specs.append(SocketSpec(socket_key(local.local, port + 1), alias_of=own_rtcp, **rtcp_route))
+    return specs
 
 
 @dataclass(frozen=True, slots=True)
