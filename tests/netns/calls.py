@@ -33,6 +33,29 @@ EF = 0xB8
 
 Address = tuple[str, int]
 
+# The deployment guide's ng flags for bridging WebRTC and plain RTP parties: the offer
+# to the WebRTC side, the offer to the plain side, the answer to the plain side.
+OFFER_TO_WEBRTC = {
+    "ICE": "force",
+    "DTLS": "passive",
+    "SDES": ["off"],
+    "transport-protocol": "UDP/TLS/RTP/SAVPF",
+    "rtcp-mux": ["offer", "require"],
+    "flags": ["generate-mid"],
+}
+OFFER_TO_PLAIN = {
+    "ICE": "remove",
+    "SDES": ["off"],
+    "transport-protocol": "RTP/AVP",
+    "rtcp-mux": ["demux"],
+}
+ANSWER_TO_PLAIN = {
+    "ICE": "remove",
+    "DTLS": "off",
+    "SDES": ["off"],
+    "transport-protocol": "RTP/AVP",
+}
+
 
 # -- signalling ---------------------------------------------------------------------------------
 

@@ -41,7 +41,17 @@ from typing import Any
 import pytest
 
 from relayd.ng.client import NgClient
-from tests.netns.calls import CALLEE_TAG, CALLER_TAG, Advertised, advertised, ok, sdp
+from tests.netns.calls import (
+    ANSWER_TO_PLAIN,
+    CALLEE_TAG,
+    CALLER_TAG,
+    OFFER_TO_PLAIN,
+    OFFER_TO_WEBRTC,
+    Advertised,
+    advertised,
+    ok,
+    sdp,
+)
 from tests.netns.conftest import StartRelay
 from tests.support.netns import Topology, exec_args, inside
 from tests.support.process import new_session_dying_with_parent
@@ -58,26 +68,6 @@ SR_COUNT = 4242
 ENOUGH = 50  # one second of audio each way
 LIMIT = 40.0  # seconds for the whole call, browser start-up included
 
-OFFER_TO_PLAIN = {
-    "ICE": "remove",
-    "SDES": ["off"],
-    "transport-protocol": "RTP/AVP",
-    "rtcp-mux": ["demux"],
-}
-OFFER_TO_BROWSER = {
-    "ICE": "force",
-    "DTLS": "passive",
-    "SDES": ["off"],
-    "transport-protocol": "UDP/TLS/RTP/SAVPF",
-    "rtcp-mux": ["offer", "require"],
-    "flags": ["generate-mid"],
-}
-ANSWER_TO_PLAIN = {
-    "ICE": "remove",
-    "DTLS": "off",
-    "SDES": ["off"],
-    "transport-protocol": "RTP/AVP",
-}
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -147,7 +137,7 @@ class Signalling:
                 from_tag=CALLER_TAG,
                 sdp=sdp(self.plain.ip4, PLAIN_PORT),
                 direction=["caller", "callee"],
-                **OFFER_TO_BROWSER,
+                **OFFER_TO_WEBRTC,
             )
         )["sdp"]
 

@@ -32,7 +32,18 @@ from typing import Any
 
 import pytest
 
-from tests.netns.calls import CALLEE_TAG, CALLER_TAG, Advertised, advertised, ok, sdp, wait_for
+from tests.netns.calls import (
+    ANSWER_TO_PLAIN,
+    CALLEE_TAG,
+    CALLER_TAG,
+    OFFER_TO_PLAIN,
+    OFFER_TO_WEBRTC,
+    Advertised,
+    advertised,
+    ok,
+    sdp,
+    wait_for,
+)
 from tests.netns.conftest import PORT_MAX, PORT_MIN, StartRelay
 from tests.support.netns import Host, Topology
 from tests.support.rtp_peer import Peer, Received
@@ -49,27 +60,6 @@ PLAIN_PORT = 6000
 PLAIN_SSRC = 0x5EED5EED
 ENOUGH = 50  # frames / packets each way: one second of audio
 SR_COUNT = 4242  # the packet count in the plain party's sender reports
-
-OFFER_TO_WEBRTC = {
-    "ICE": "force",
-    "DTLS": "passive",
-    "SDES": ["off"],
-    "transport-protocol": "UDP/TLS/RTP/SAVPF",
-    "rtcp-mux": ["offer", "require"],
-    "flags": ["generate-mid"],
-}
-ANSWER_TO_PLAIN = {
-    "ICE": "remove",
-    "DTLS": "off",
-    "SDES": ["off"],
-    "transport-protocol": "RTP/AVP",
-}
-OFFER_TO_PLAIN = {
-    "ICE": "remove",
-    "SDES": ["off"],
-    "transport-protocol": "RTP/AVP",
-    "rtcp-mux": ["demux"],
-}
 
 
 @pytest.fixture
