@@ -24,6 +24,7 @@ daemons are always stopped at the end, also on Ctrl-C or failure (and, through
 
     .venv/bin/python bench/ng.py                 # 1, 1,000 and 10,000 calls, 1-2 minutes
     .venv/bin/python bench/ng.py --quick --only relayd
+    .venv/bin/python bench/ng.py --floor --calls 1,1000  # and a Python floor (bench/ng_floor.py)
     .venv/bin/python bench/ng.py --json out.json --calls 1,5000
 """
 
@@ -58,6 +59,8 @@ __all__ = ["main"]
 REPO = Path(__file__).resolve().parents[1]
 RTPENGINE_BIN = "/usr/bin/rtpengine"
 DAEMONS = ("relayd", "rtpengine")
+# bench/ng_floor.py: the system calls of a cycle in Python, without any ng work (--floor)
+FLOOR = "python-floor"
 
 # Both daemons bind RTP and RTCP for both parties of a plain (non rtcp-mux) call,
 # each socket an open file (relayd's supervisor and the worker owning the port
@@ -205,9 +208,19 @@ def daemon_specs(args: argparse.Namespace) -> dict[str, DaemonSpec]:
         "--log-stderr",
         "--delete-delay=0",
     ]
+    floor_ng = parse_address(args.floor_listen)
+    floor_argv = [
+        sys.executable,
+        str(REPO / "bench" / "ng_floor.py"),
+        f"--listen={floor_ng[0]}:{floor_ng[1]}",
+        "--interface=127.0.0.1",
+        f"--port-min={port_min}",
+        f"--port-max={port_max}",
+    ]
     return {
         "relayd": DaemonSpec("relayd", relayd_ng, tuple(relayd_argv)),
         "rtpengine": DaemonSpec("rtpengine", rtpengine_ng, tuple(rtpengine_argv)),
+        FLOOR: DaemonSpec(FLOOR, floor_ng, tuple(floor_argv)),
     }
 
 
@@ -549,8 +562,29 @@ def render(results: Sequence[Result]) -> str:
             + _split(r)
         )
     out.append("")
+    out.extend(cpu_ratios(results))
     out.extend(targets(results))
     return "\n".join(out)
+
+
+def cpu_ratios(results: Sequence[Result]) -> list[str]:
+    """CPU per cycle of each daemon as a multiple of rtpengine's at the same size."""
+    lines: list[str] = []
+    by_key = {(r.calls, r.daemon): r for r in results if not r.skipped}
+    for calls in sorted({r.calls for r in results}):
+        theirs = by_key.get((calls, "rtpengine"))
+        others = [r for r in results if r.calls == calls and r.daemon != "rtpengine"]
+        if theirs is None or not others:
+            continue
+        parts = [
+            f"{r.daemon} {r.cpu_ms_per_cycle / theirs.cpu_ms_per_cycle:.2f}x"
+            for r in others
+            if not r.skipped
+        ]
+        lines.append(
+            f"CPU per cycle as a multiple of rtpengine's at {calls:,} calls: " + ", ".join(parts)
+        )
+    return lines
 
 
 def _split(r: Result) -> str:
@@ -640,12 +674,18 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--cycles", type=int, help="stop each measurement after this many cycles")
     parser.add_argument("--warmup", type=int, help="unmeasured cycles before each measurement")
     parser.add_argument("--quick", action="store_true", help="1 and 100 calls, 300 cycles each")
-    parser.add_argument("--only", choices=DAEMONS, help="benchmark one daemon only")
+    parser.add_argument("--only", choices=(*DAEMONS, FLOOR), help="benchmark one daemon only")
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also run bench/ng_floor.py: the same system calls in Python, no ng work",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--port-min", type=int, default=10000)
     parser.add_argument("--port-max", type=int, default=59999)
     parser.add_argument("--relayd-listen", default="127.0.0.1:22261", metavar="HOST:PORT")
     parser.add_argument("--rtpengine-listen", default="127.0.0.1:22260", metavar="HOST:PORT")
+    parser.add_argument("--floor-listen", default="127.0.0.1:22262", metavar="HOST:PORT")
     parser.add_argument(
         "--relayd-arg",
         action="append",
@@ -671,7 +711,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def plan(args: argparse.Namespace, nofile: int) -> list[tuple[int, str, str]]:
     """(calls, daemon, reason to skip or "") in run order, both daemons at each size."""
-    daemons = [args.only] if args.only else list(DAEMONS)
+    daemons = [args.only] if args.only else [*DAEMONS, *([FLOOR] if args.floor else [])]
     sizes = list(args.calls)
     skips: dict[tuple[int, str], str] = {}
     cap = max_calls(nofile)
