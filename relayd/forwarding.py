@@ -14,10 +14,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from relayd.ipc import Forward, SocketSpec
-from relayd.model import Call, Endpoint, Media, Monologue
+from relayd.model import Call, Endpoint, Media, Monologue, Stream
 from relayd.webrtc import Crypto
 
-__all__ = ["KernelLeg", "kernel_legs", "media_key", "paired", "parse_key", "plan", "socket_key"]
+__all__ = [
+    "KernelLeg",
+    "kernel_legs",
+    "media_key",
+    "paired",
+    "parse_key",
+    "plan",
+    "relay_socket_keys",
+    "section_count",
+    "socket_key",
+    "streams_by_socket",
+]
 
 
 def socket_key(address: str, port: int) -> str:
@@ -200,3 +211,39 @@ def kernel_legs(call: Call, *, rtcp: bool = True) -> list[KernelLeg]:
                     KernelLeg(socket_key(ry.address, ry.port), sy.endpoint, ry, rx, sx.endpoint)
                 )
     return legs
+
+
+def _media_lists(call: Call) -> list[list[Media]]:
+    """The media sections of every party, current and earlier forked dialogues."""
+    lists = []
+    for party in call.parties():
+        lists.append(party.medias)
+        lists.extend(party.other_dialogues.values())
+    return lists
+
+
+def section_count(call: Call) -> int:
+    """How many media sections the call's forwards can have (media keys 0 … n-1)."""
+    return max((len(medias) for medias in _media_lists(call)), default=0)
+
+
+def relay_socket_keys(call: Call) -> list[str]:
+    """Every relay socket of the call: both components of each media and ICE candidate."""
+    keys = []
+    for party in call.parties():
+        for media in party.medias:
+            if media.port and media.local is not None:
+                keys += [socket_key(media.local.local, media.port + i) for i in (0, 1)]
+            for local, port in media.ice_ports:
+                keys += [socket_key(local.local, port + i) for i in (0, 1)]
+    return keys
+
+
+def streams_by_socket(call: Call) -> dict[str, Stream]:
+    """Each stream of the call under its own (primary) socket's key."""
+    return {
+        socket_key(stream.local.local, stream.port): stream
+        for party in call.parties()
+        for media in party.medias
+        for stream in media.streams
+    }

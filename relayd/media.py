@@ -1,8 +1,8 @@
-"""The supervisor's side of the data plane: media sockets, worker processes, stats.
+"""The supervisor's side of the data plane: worker processes and what they are told.
 
-relayd binds every media socket itself (so a port clash is found while the
-offer is handled, and "Ran out of ports" is accurate) and passes a duplicate
-to the worker that owns the port's slice. Workers are spawned pinned to a core
+relayd binds every media socket itself (relayd/sockets.py) and passes a
+duplicate to the worker that owns the port's slice, with the call's forwards;
+what workers report comes back through relayd/reports.py. Workers are spawned pinned to a core
 each, watched, and restarted when they die: the new worker receives the same
 sockets, so media resumes on the same ports and packets that arrived in the
 meantime wait in the socket buffers.
@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import select
 import socket
 import subprocess
 import sys
@@ -23,19 +22,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from relayd import ipc
-from relayd.forwarding import media_key, paired, parse_key, plan, socket_key
+from relayd.forwarding import (
+    media_key,
+    paired,
+    plan,
+    relay_socket_keys,
+    section_count,
+    streams_by_socket,
+)
 from relayd.log import get_logger
-from relayd.model import Call, Endpoint, Media, Stream
+from relayd.model import Call
+from relayd.reports import OnTraffic, Reports
+from relayd.sockets import SocketBinder
 
-__all__ = ["MediaPlane", "SocketBinder"]
+__all__ = ["WORKER_BATCH_DELAY", "MediaPlane", "WorkerProcess"]
 
 log = get_logger("relayd.media")
 
 _LINK_BUFFER = 4 << 20
-# room for ~2,700 RTP packets, so a worker kept off its core for a few milliseconds
-# loses nothing (bench/media.py: one stream's max lossless rate x2.5)
-_MEDIA_RCVBUF = 1 << 20
-_SO_RCVBUFFORCE = 33  # Linux: like SO_RCVBUF but above net.core.rmem_max (CAP_NET_ADMIN)
 
 # How long updates for the workers (forwards of answered calls, drops of deleted ones)
 # may wait to go out together. A worker wakes once per batch instead of once per
@@ -43,80 +47,6 @@ _SO_RCVBUFFORCE = 33  # Linux: like SO_RCVBUF but above net.core.rmem_max (CAP_N
 # relayd, relayd's to signalling: bench/ng.py, 5-10% more calls per second). Media of a
 # new call waits in its socket buffer meanwhile; nothing is lost.
 WORKER_BATCH_DELAY = 0.002
-
-
-class SocketBinder:
-    """Binds and keeps the RTP/RTCP sockets of every allocated port pair.
-
-    Kept as bare descriptors (a socket object costs three times an int, per socket
-    of every call): they are only ever handed to workers, drained and closed here.
-    """
-
-    def __init__(self) -> None:
-        self.sockets: dict[str, int] = {}  # socket key -> file descriptor
-
-    def bind(self, address: str, port: int) -> bool:
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        opened: list[socket.socket] = []
-        try:
-            for p in (port, port + 1):
-                # non-blocking from the start, for every copy (the workers' included)
-                sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
-                opened.append(sock)
-                _grow_receive_buffer(sock)
-                sock.bind((address, p))
-        except OSError as exc:
-            for sock in opened:
-                sock.close()
-            log.warning("ports.bind_failed", address=address, port=port, error=str(exc))
-            return False
-        for p, sock in zip((port, port + 1), opened, strict=True):
-            self.sockets[socket_key(address, p)] = sock.detach()
-        return True
-
-    def release(self, address: str, port: int) -> None:
-        for p in (port, port + 1):
-            fd = self.sockets.pop(socket_key(address, p), None)
-            if fd is not None:
-                os.close(fd)
-
-    def fileno(self, key: str) -> int:
-        return self.sockets[key]
-
-    def discard_queued(self, keys: Sequence[str], limit: int = 4096) -> int:
-        """Drop the datagrams waiting on sockets no worker has read yet; returns how many.
-
-        One ``poll`` finds the sockets with something queued (nearly always none), so
-        an idle socket costs no system call of its own.
-        """
-        poller = select.poll()
-        for key in keys:
-            fd = self.sockets.get(key)
-            if fd is not None:
-                poller.register(fd, select.POLLIN)
-        dropped = 0
-        for fd, _events in poller.poll(0):
-            for _ in range(limit):
-                try:
-                    os.read(fd, 1)  # one datagram (the socket is non-blocking)
-                except OSError:  # BlockingIOError when empty; a queued ICMP error ends it
-                    break
-                dropped += 1
-        return dropped
-
-    def share_key(self, key: str) -> None:
-        """Hold ``key`` itself, an equal string the caller keeps anyway, instead of our own
-        copy: one string per socket instead of two, for every socket of every call."""
-        fd = self.sockets.pop(key, None)
-        if fd is not None:
-            self.sockets[key] = fd
-
-
-def _grow_receive_buffer(sock: socket.socket) -> None:
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, _MEDIA_RCVBUF)
-    except OSError:  # not privileged: as far as net.core.rmem_max allows
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _MEDIA_RCVBUF)
 
 
 @dataclass
@@ -153,16 +83,11 @@ class MediaPlane:
         self.certificate = certificate  # DTLS certificate and key, PEM, for every worker
         cpus = sorted(os.sched_getaffinity(0))
         self.workers = [WorkerProcess(i, cpus[i % len(cpus)]) for i in range(max(workers, 1))]
-        self.streams: dict[str, Stream] = {}  # socket key -> the stream it carries
+        self.reports = Reports()  # the workers' counters, folded into the streams
         # called after each stats report with the call-ids whose confirmations changed
         self.on_stats: Callable[[ipc.Stats, set[str]], None] | None = None
-        # called with each stream's new userspace counts: stream, packets, bytes, errors
-        self.on_traffic: Callable[[Stream, int, int, int], None] | None = None
+        self.on_traffic: OnTraffic | None = None
         self.on_rtcp: Callable[[ipc.Rtcp], None] | None = None  # RTCP copies (Homer, RTCP log)
-        self.reported: dict[str, tuple[int, int, int]] = {}  # socket key -> worker counters
-        # stream's own socket key -> the socket whose confirmed endpoint the stream shows
-        # (an ICE candidate on another local address, once the party nominated it)
-        self.holders: dict[str, str] = {}
         # per worker: media key -> the socket keys of the forward it holds. The forwards
         # themselves are not kept: a restarted worker gets them planned anew from ``calls``.
         self.placed: dict[int, dict[str, tuple[str, ...]]] = {}
@@ -362,10 +287,10 @@ class MediaPlane:
         placed = self.placed.get(call.worker, {})
         held = {
             key
-            for index in range(_sections(call))
+            for index in range(section_count(call))
             for key in placed.get(media_key(call.call_id, index), ())
         }
-        keys = [key for key in _socket_keys(call) if key not in held]
+        keys = [key for key in relay_socket_keys(call) if key not in held]
         dropped = self.binder.discard_queued(keys) if keys else 0
         if dropped:
             log.debug("media.dropped_early", sockets=keys, packets=dropped)
@@ -373,7 +298,7 @@ class MediaPlane:
     def sync(self, call: Call) -> None:
         worker = self.workers[call.worker]
         placed = self.placed.setdefault(worker.index, {})
-        by_key = _streams_by_key(call)
+        by_key = streams_by_socket(call)
         for forward in plan(call):
             keys = tuple(spec.key for spec in forward.sockets)
             previous = placed.get(forward.media, ())
@@ -381,31 +306,23 @@ class MediaPlane:
             # that brings them back (a fork answering again) must send them anew
             for key in previous:
                 if key not in keys:
-                    self.streams.pop(key, None)
-                    self.reported.pop(key, None)
-                    self.holders.pop(key, None)
+                    self.reports.forget(key)
             placed[forward.media] = keys
             for spec in forward.sockets:
                 # an ICE alias counts into its primary socket's stream
-                stream = by_key[spec.alias_of or spec.key]
-                known = self.streams.get(spec.key)
-                if known is None:
+                if self.reports.track(spec.key, by_key[spec.alias_of or spec.key]):
                     self.binder.share_key(spec.key)
-                if known is not stream:
-                    self.streams[spec.key] = stream
             self._send_forward(worker, forward, previous)
 
     def drop(self, call: Call) -> None:
         worker = self.workers[call.worker]
         placed = self.placed.get(worker.index, {})
-        for key in (media_key(call.call_id, index) for index in range(_sections(call))):
+        for key in (media_key(call.call_id, index) for index in range(section_count(call))):
             sockets = placed.pop(key, None)
             if sockets is None:
                 continue
             for socket_key_ in sockets:
-                self.streams.pop(socket_key_, None)
-                self.reported.pop(socket_key_, None)
-                self.holders.pop(socket_key_, None)
+                self.reports.forget(socket_key_)
             self._send_later(worker, ipc.encode(ipc.Drop(key)))
 
     def _send_forward(
@@ -454,57 +371,8 @@ class MediaPlane:
     # -- stats ----------------------------------------------------------------------------
 
     def _ingest(self, stats: ipc.Stats) -> None:
-        """Fold a worker's counters into the streams (as deltas: the kernel adds its own)."""
-        offset = time.time() - stats.now
-        worker = self.workers[stats.worker]
-        changed: set[str] = set()
-        for entry in stats.sockets:
-            stream = self.streams.get(entry.key)
-            if stream is None:
-                continue
-            packets, size, errors = self.reported.get(entry.key, (0, 0, 0))
-            self.reported[entry.key] = (entry.packets, entry.bytes, entry.errors)
-            if entry.packets < packets:  # a new worker counts from zero again
-                packets = size = errors = 0
-            new_packets, new_bytes = entry.packets - packets, entry.bytes - size
-            new_errors = max(entry.errors - errors, 0)
-            worker.packets += new_packets
-            stream.stats.packets += new_packets
-            stream.stats.bytes += new_bytes
-            stream.stats.errors += new_errors
-            if self.on_traffic:
-                self.on_traffic(stream, new_packets, new_bytes, new_errors)
-            if entry.last_packet:
-                stream.stats.last_packet = max(stream.stats.last_packet, entry.last_packet + offset)
-            own = socket_key(stream.local.local, stream.port)
-            # the stream's one DTLS session lives on its primary socket; any candidate
-            # socket may be the nominated one
-            if entry.dtls and entry.key == own:
-                stream.dtls = entry.dtls
-            if entry.ice == "nominated" or (entry.ice and not stream.ice):
-                stream.ice = entry.ice
-            # With ICE candidates on several local addresses a stream has one socket per
-            # address (aliases of its own); the one that confirmed its endpoint last (the
-            # candidate the party nominated) speaks for the stream, and the unconfirmed
-            # reports of the others do not undo that.
-            holder = self.holders.get(own)
-            if entry.key != own:
-                if entry.confirmed:
-                    self.holders[own] = entry.key
-                elif holder == entry.key:
-                    del self.holders[own]
-                else:
-                    continue
-            elif entry.confirmed:
-                self.holders.pop(own, None)
-            elif holder is not None:
-                continue
-            learned = parse_key(entry.endpoint)
-            if learned is not None:
-                stream.endpoint = Endpoint(*learned)
-            if stream.confirmed != entry.confirmed:
-                stream.confirmed = entry.confirmed
-                changed.add(stream.call_id)
+        packets, changed = self.reports.fold(stats, self.on_traffic)
+        self.workers[stats.worker].packets += packets
         if self.on_stats:
             self.on_stats(stats, changed)
 
@@ -533,38 +401,3 @@ class MediaPlane:
             if worker.link is not None:
                 worker.link.close()
                 worker.link = None
-
-
-def _media_lists(call: Call) -> list[list[Media]]:
-    """The media sections of every party, current and earlier forked dialogues."""
-    lists = []
-    for party in call.parties():
-        lists.append(party.medias)
-        lists.extend(party.other_dialogues.values())
-    return lists
-
-
-def _sections(call: Call) -> int:
-    """How many media sections the call's forwards can have (media keys 0 … n-1)."""
-    return max((len(medias) for medias in _media_lists(call)), default=0)
-
-
-def _socket_keys(call: Call) -> list[str]:
-    """Every relay socket of the call: both components of each media and ICE candidate."""
-    keys = []
-    for party in call.parties():
-        for media in party.medias:
-            if media.port and media.local is not None:
-                keys += [socket_key(media.local.local, media.port + i) for i in (0, 1)]
-            for local, port in media.ice_ports:
-                keys += [socket_key(local.local, port + i) for i in (0, 1)]
-    return keys
-
-
-def _streams_by_key(call: Call) -> dict[str, Stream]:
-    return {
-        socket_key(stream.local.local, stream.port): stream
-        for party in call.parties()
-        for media in party.medias
-        for stream in media.streams
-    }

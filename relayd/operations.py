@@ -136,7 +136,7 @@ class Operations:
         offset = time.time() - message.now
         homer = self.sup.config.homer
         for packet in message.packets:
-            stream = self.sup.media.streams.get(packet.key)
+            stream = self.sup.media.reports.streams.get(packet.key)
             if stream is None:
                 continue
             call_id = stream.call_id

@@ -32,7 +32,7 @@ from relayd.counters import Counters
 from relayd.forwarding import KernelLeg, kernel_legs, socket_key
 from relayd.interfaces import Interfaces, resolve
 from relayd.kernel import KernelPath
-from relayd.media import WORKER_BATCH_DELAY, MediaPlane, SocketBinder
+from relayd.media import WORKER_BATCH_DELAY, MediaPlane
 from relayd.model import Call, host_port
 from relayd.ng.commands import Commands, Teardown
 from relayd.ng.message import Request
@@ -40,6 +40,7 @@ from relayd.ng.server import NgService, serve_tcp, serve_udp
 from relayd.operations import Operations, limits_of
 from relayd.ports import PortAllocator
 from relayd.signalling import Signalling
+from relayd.sockets import SocketBinder
 from relayd.state import Journal
 
 __all__ = ["Supervisor", "main"]
@@ -406,7 +407,7 @@ class Supervisor:
                 self.media.sync(call)
         now = time.time()
         for key, count in self.kernel.deltas().items():
-            stream = self.media.streams.get(key)
+            stream = self.media.reports.streams.get(key)
             if stream is None:
                 continue
             stats = stream.stats

@@ -11,8 +11,9 @@ from relayd.admin import effective_config, handle
 from relayd.config import Config, load
 from relayd.counters import Counters
 from relayd.kernel import KernelPath
-from relayd.media import MediaPlane, SocketBinder
+from relayd.media import MediaPlane
 from relayd.ng.commands import Commands, Teardown
+from relayd.sockets import SocketBinder
 from tests.unit.calls import B_ADDR, LOCAL4, T0, build, req, sdp
 
 

@@ -1,0 +1,122 @@
+"""Workers' reports folded into streams: deltas, restarts, ICE candidate sockets."""
+
+from __future__ import annotations
+
+from relayd.ipc import SocketStats, Stats
+from relayd.model import Endpoint, LocalAddress, Stream
+from relayd.reports import Reports
+
+LAN = LocalAddress("default", "192.0.2.1", "192.0.2.1")
+WAN = LocalAddress("wan", "198.51.100.1", "198.51.100.1")
+OWN = "192.0.2.1 30000"
+ALIAS = "198.51.100.1 30000"  # the same stream's ICE candidate on a second address
+
+
+def stream() -> Stream:
+    return Stream(LAN, 30000, rtcp=False, call_id="call-1")
+
+
+def report(*sockets: SocketStats, worker: int = 0) -> Stats:
+    return Stats(worker=worker, sockets=sockets, now=100.0)
+
+
+def counters(
+    key: str,
+    packets: int,
+    *,
+    errors: int = 0,
+    endpoint: str = "",
+    confirmed: bool = False,
+    dtls: str = "",
+    ice: str = "",
+) -> SocketStats:
+    """A worker's totals for one socket: 160 bytes a packet."""
+    return SocketStats(
+        key, packets, 160 * packets, errors, 99.0, endpoint, confirmed, dtls=dtls, ice=ice
+    )
+
+
+def test_totals_from_the_worker_become_deltas_on_the_stream() -> None:
+    reports, s = Reports(), stream()
+    reports.track(OWN, s)
+    seen: list[tuple[int, int, int]] = []
+
+    first = reports.fold(
+        report(counters(OWN, 10, errors=1)), lambda _s, p, b, e: seen.append((p, b, e))
+    )
+    second = reports.fold(
+        report(counters(OWN, 25, errors=1)), lambda _s, p, b, e: seen.append((p, b, e))
+    )
+
+    assert (first[0], second[0]) == (10, 15)
+    assert (s.stats.packets, s.stats.bytes, s.stats.errors) == (25, 4000, 1)
+    assert seen == [(10, 1600, 1), (15, 2400, 0)]
+
+
+def test_a_restarted_worker_counts_from_zero_and_nothing_is_lost_or_subtracted() -> None:
+    reports, s = Reports(), stream()
+    reports.track(OWN, s)
+    reports.fold(report(counters(OWN, 50)), None)
+
+    packets, _ = reports.fold(report(counters(OWN, 7)), None)  # the new worker's first report
+
+    assert packets == 7
+    assert s.stats.packets == 57
+
+
+def test_reports_about_untracked_or_forgotten_sockets_are_ignored() -> None:
+    reports, s = Reports(), stream()
+    reports.track(OWN, s)
+    reports.forget(OWN)
+
+    assert reports.fold(report(counters(OWN, 5), counters("192.0.2.9 4000", 3)), None) == (0, set())
+    assert s.stats.packets == 0
+
+
+def test_learned_endpoint_and_a_change_of_confirmation_are_reported_once() -> None:
+    reports, s = Reports(), stream()
+    reports.track(OWN, s)
+
+    _, changed = reports.fold(
+        report(counters(OWN, 1, endpoint="203.0.113.5 4000", confirmed=True)), None
+    )
+    _, again = reports.fold(
+        report(counters(OWN, 2, endpoint="203.0.113.5 4000", confirmed=True)), None
+    )
+
+    assert s.endpoint == Endpoint("203.0.113.5", 4000)
+    assert s.confirmed
+    assert changed == {"call-1"}
+    assert again == set()
+
+
+def test_the_nominated_candidate_socket_speaks_for_the_stream_until_it_loses_it() -> None:
+    reports, s = Reports(), stream()
+    assert reports.track(OWN, s)
+    assert reports.track(ALIAS, s)
+    assert not reports.track(ALIAS, s)  # already known: no second share of the key
+
+    # the party nominated the candidate on the second address
+    reports.fold(report(counters(ALIAS, 1, endpoint="203.0.113.5 4000", confirmed=True)), None)
+    # the primary socket's unconfirmed report does not undo it
+    reports.fold(report(counters(OWN, 1, endpoint="203.0.113.9 5000", confirmed=False)), None)
+    assert (s.endpoint, s.confirmed) == (Endpoint("203.0.113.5", 4000), True)
+
+    # the candidate socket loses its confirmation: the stream is free again
+    reports.fold(report(counters(ALIAS, 2, endpoint="203.0.113.5 4000", confirmed=False)), None)
+    assert not s.confirmed
+    reports.fold(report(counters(OWN, 2, endpoint="203.0.113.9 5000", confirmed=True)), None)
+    assert (s.endpoint, s.confirmed) == (Endpoint("203.0.113.9", 5000), True)
+
+
+def test_dtls_state_comes_only_from_the_primary_socket_and_ice_keeps_nominated() -> None:
+    reports, s = Reports(), stream()
+    reports.track(OWN, s)
+    reports.track(ALIAS, s)
+
+    reports.fold(report(counters(ALIAS, 1, dtls="failed: alias", ice="checking")), None)
+    reports.fold(report(counters(OWN, 1, dtls="connected", ice="nominated")), None)
+    reports.fold(report(counters(ALIAS, 2, ice="checking")), None)
+
+    assert s.dtls == "connected"
+    assert s.ice == "nominated"
