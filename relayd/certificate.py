@@ -18,6 +18,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import NameOID
 
 __all__ = [
@@ -105,14 +106,7 @@ def create(common_name: str = "relayd") -> Certificate:
         .not_valid_after(now + _VALIDITY)
         .sign(key, hashes.SHA256())
     )
-    return Certificate(
-        cert.public_bytes(serialization.Encoding.PEM).decode(),
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ).decode(),
-    )
+    return _as_pem(cert, key)
 
 
 def load(cert_path: str, key_path: str) -> Certificate:
@@ -129,6 +123,10 @@ def load(cert_path: str, key_path: str) -> Certificate:
         serialization.Encoding.DER, public
     ) != key.public_key().public_bytes(serialization.Encoding.DER, public):
         raise CertificateError(f"{key_path} is not the private key of {cert_path}")
+    return _as_pem(cert, key)
+
+
+def _as_pem(cert: x509.Certificate, key: PrivateKeyTypes) -> Certificate:
     return Certificate(
         cert.public_bytes(serialization.Encoding.PEM).decode(),
         key.private_bytes(

@@ -67,14 +67,7 @@ def _rtpengine(state: RelayState, now: float) -> list[Family]:
     traffic = state.counters.traffic
     ng = state.counters.ng
     calls = list(commands.calls.values())
-    finished = (
-        totals.regular_terminated
-        + totals.forced_terminated
-        + totals.offer_timeouts
-        + totals.final_timeouts
-        + totals.timeouts
-        + totals.silent_timeouts
-    )
+    finished = totals.finished
     paths = stream_paths(calls)
     closed = Family("rtpengine_closed_sessions_total", "counter", "Closed sessions, by reason")
     for reason, value in (

@@ -63,6 +63,18 @@ class Totals:
     commands: Counter[str] = field(default_factory=Counter)
     errors: int = 0
 
+    @property
+    def finished(self) -> int:
+        """Calls ended for any reason (the ones ``call_duration`` adds up)."""
+        return (
+            self.regular_terminated
+            + self.forced_terminated
+            + self.offer_timeouts
+            + self.final_timeouts
+            + self.timeouts
+            + self.silent_timeouts
+        )
+
 
 class Commands:
     def __init__(self, signalling: Signalling, limits: Limits, started: float) -> None:

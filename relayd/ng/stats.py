@@ -27,14 +27,7 @@ def _fixed(value: float) -> str:
 def statistics_reply(commands: Commands, now: float) -> dict[str, Any]:
     totals = commands.totals
     sessions = len(commands.calls)
-    finished = (
-        totals.regular_terminated
-        + totals.forced_terminated
-        + totals.offer_timeouts
-        + totals.final_timeouts
-        + totals.timeouts
-        + totals.silent_timeouts
-    )
+    finished = totals.finished
     average = totals.call_duration / finished if finished else 0.0
     packets = bytes_ = errors = 0
     for call in commands.calls.values():
