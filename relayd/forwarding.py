@@ -5,12 +5,18 @@ sends onwards from Y's socket of the same component: RTP from X arriving on
 X's RTP port leaves from Y's RTP port towards Y. A party that uses rtcp-mux
 sends RTCP to its RTP port; those packets leave from the other party's RTCP
 socket (or its RTP socket if it muxes as well).
+
+Before an offer is answered, media flows one way, as in rtpengine: what the
+answerer's side sends to the ports in the offer goes to the offerer's SDP
+address (early media racing the SDP of a 183), while nothing goes the other way
+(where the answerer is, is not known yet). Only plain RTP: SRTP keys, DTLS
+roles and ICE candidates towards the offerer come with the answer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from relayd.ipc import Forward, SocketSpec
@@ -40,6 +46,9 @@ def parse_key(text: str) -> tuple[str, int] | None:
     back to its parts; None if ``text`` is not one."""
     host, _, port = text.rpartition(" ")
     return (host, int(port)) if host and port.isdigit() else None
+
+
+_PLAIN = frozenset({"RTP/AVP", "RTP/AVPF"})
 
 
 def media_key(call_id: str, index: int) -> str:
@@ -88,9 +97,36 @@ def _pairs(call: Call) -> Iterator[tuple[Monologue, Monologue]]:
         yield party, peer
 
 
+def _early_pair(call: Call) -> tuple[Monologue, Monologue] | None:
+    """The offerer of an offer that waits for its answer, and the party it went to (the
+    latest, if the offer went out on several branches), while nobody is in a dialogue."""
+    offerer = answerer = None
+    for party in call.parties():
+        if party.in_dialogue_with is not None:
+            return None
+        if party.tag and party.sent_sdp and offerer is None:
+            offerer = party
+    if offerer is None:
+        return None
+    for party in call.parties():
+        if party.offered_by == offerer.tag and not party.sent_sdp:
+            answerer = party
+    return (offerer, answerer) if answerer is not None else None
+
+
+def _plain(media: Media) -> bool:
+    """Plain RTP with this party both ways so far: what it sent us and what we wrote it."""
+    return (
+        media.protocol in _PLAIN
+        and (media.out_protocol or media.protocol) in _PLAIN
+        and not (media.ice_ufrag or media.peer_ice or media.crypto or media.crypto_out)
+    )
+
+
 def paired(call: Call) -> bool:
-    """Whether two of the call's parties are in a dialogue (before: nothing to forward)."""
-    return next(_pairs(call), None) is not None
+    """Whether the call has anything to forward: two parties in a dialogue, or an offer
+    waiting for its answer (early media)."""
+    return next(_pairs(call), None) is not None or _early_pair(call) is not None
 
 
 def plan(call: Call) -> list[Forward]:
@@ -103,6 +139,23 @@ def plan(call: Call) -> list[Forward]:
                 continue
             sockets = [*_specs(x, mx, my), *_specs(y, my, mx)]
             result.append(Forward(media_key(call.call_id, index), tuple(sockets)))
+    if result:
+        return result
+    early = _early_pair(call)
+    if early is None:
+        return result
+    offerer, answerer = early
+    for index in range(min(len(offerer.medias), len(answerer.medias))):
+        mo, ma = offerer.medias[index], answerer.medias[index]
+        if not (mo.port and ma.port and mo.local and ma.local):
+            continue
+        if not (_plain(mo) and _plain(ma)):
+            continue  # SRTP keys, DTLS and ICE towards the offerer come with the answer
+        # the offerer's sockets only send: what arrives on them stays queued until the
+        # answer makes them forward (media the offerer sends right after the answer)
+        quiet = [replace(spec, listen=False) for spec in _specs(offerer, mo, ma)]
+        sockets = [*_specs(answerer, ma, mo), *quiet]
+        result.append(Forward(media_key(call.call_id, index), tuple(sockets)))
     return result
 
 
@@ -170,9 +223,6 @@ class KernelLeg:
     relay: Endpoint
     out: Endpoint
     dest: Endpoint
-
-
-_PLAIN = frozenset({"RTP/AVP", "RTP/AVPF"})
 
 
 def kernel_legs(call: Call, *, rtcp: bool = True) -> list[KernelLeg]:

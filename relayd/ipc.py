@@ -84,6 +84,9 @@ class SocketSpec:
     # the kernel forwards this socket's stream: what still arrives here (another
     # source) is dropped, since sending from a kernelized port would clash with its NAT
     kernel: bool = False
+    # False: the worker only sends from this socket and leaves what arrives on it queued
+    # (the offerer's side of an offer not answered yet: see relayd/forwarding.py)
+    listen: bool = True
     # -- SRTP, DTLS-SRTP and ICE towards this party (all empty: plain RTP) -----------------
     # SDES key of the party's packets arriving here, as a=crypto carries it after the tag:
     # "AES_CM_128_HMAC_SHA1_80 inline:BASE64[|lifetime][|MKI:len] [session params]"

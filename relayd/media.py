@@ -91,6 +91,9 @@ class MediaPlane:
         # per worker: media key -> the socket keys of the forward it holds. The forwards
         # themselves are not kept: a restarted worker gets them planned anew from ``calls``.
         self.placed: dict[int, dict[str, tuple[str, ...]]] = {}
+        # placed sockets the worker only sends from (SocketSpec.listen False): what waits
+        # in them is still early, and drop_early discards it as if no worker held them
+        self.quiet: set[str] = set()
         self.calls: Mapping[str, Call] = {}  # the supervisor's call registry
         self.worker_socket = ""
         self._outbox: list[tuple[WorkerProcess, bytes]] = []  # see _send_later
@@ -279,16 +282,18 @@ class MediaPlane:
 
     def drop_early(self, call: Call) -> None:
         """Before the reply to an offer or answer: what arrived on the call's sockets that
-        its worker does not have yet came before both sides were known and had nowhere
-        to go. It is dropped now, not forwarded late once the worker gets the sockets;
-        what arrives after the reply is the call's media and waits for the worker."""
+        its worker does not read yet (not handed over, or only sent from) came before
+        anyone was told the port and had nowhere to go. It is dropped now, not forwarded
+        late once the worker reads the sockets; what arrives after the reply is the
+        call's media and waits for the worker."""
         if not paired(call):
-            return  # an offer nobody has answered: no worker gets the sockets yet
+            return  # nothing to forward yet: no worker gets the sockets
         placed = self.placed.get(call.worker, {})
         held = {
             key
             for index in range(section_count(call))
             for key in placed.get(media_key(call.call_id, index), ())
+            if key not in self.quiet
         }
         keys = [key for key in relay_socket_keys(call) if key not in held]
         dropped = self.binder.discard_queued(keys) if keys else 0
@@ -307,11 +312,16 @@ class MediaPlane:
             for key in previous:
                 if key not in keys:
                     self.reports.forget(key)
+                    self.quiet.discard(key)
             placed[forward.media] = keys
             for spec in forward.sockets:
                 # an ICE alias counts into its primary socket's stream
                 if self.reports.track(spec.key, by_key[spec.alias_of or spec.key]):
                     self.binder.share_key(spec.key)
+                if spec.listen:
+                    self.quiet.discard(spec.key)
+                else:
+                    self.quiet.add(spec.key)
             self._send_forward(worker, forward, previous)
 
     def drop(self, call: Call) -> None:
@@ -323,6 +333,7 @@ class MediaPlane:
                 continue
             for socket_key_ in sockets:
                 self.reports.forget(socket_key_)
+                self.quiet.discard(socket_key_)
             self._send_later(worker, ipc.encode(ipc.Drop(key)))
 
     def _send_forward(

@@ -55,6 +55,7 @@ class MediaSocket:
     primary: MediaSocket | None = None
     active: MediaSocket | None = None
     dirty: bool = False  # on the worker's list for the next report (Worker.active)
+    listening: bool = False  # registered with epoll: what arrives is read and forwarded
 
 
 class Worker:
@@ -143,6 +144,8 @@ class Worker:
                 continue
             if current.media != message.media:  # keep the copy it has: one per media
                 current.media = message.media
+            if current.listening != spec.listen:
+                self._listen(current, spec.listen)
             if spec.key not in keys:
                 keys.append(spec.key)
             leg = current.leg
@@ -206,8 +209,16 @@ class Worker:
         if fd >= len(self.by_fd):
             self.by_fd.extend([None] * (fd + 1 - len(self.by_fd)))
         self.by_fd[fd] = media_socket
-        self.epoll.register(sock.fileno(), select.EPOLLIN)
         return media_socket
+
+    def _listen(self, media_socket: MediaSocket, listen: bool) -> None:
+        """Read the socket, or leave what arrives queued in it (a send-only socket)."""
+        fd = media_socket.sock.fileno()
+        if listen:
+            self.epoll.register(fd, select.EPOLLIN)
+        else:
+            self.epoll.unregister(fd)
+        media_socket.listening = listen
 
     def _close(self, media_socket: MediaSocket) -> None:
         self.secure.forget(media_socket)
@@ -216,8 +227,9 @@ class Worker:
         if 0 <= fd < len(self.by_fd):
             self.by_fd[fd] = None
         self.by_key.pop(media_socket.leg.key, None)
-        with contextlib.suppress(OSError, ValueError):
-            self.epoll.unregister(fd)
+        if media_socket.listening:
+            with contextlib.suppress(OSError, ValueError):
+                self.epoll.unregister(fd)
         media_socket.sock.close()
         # only the sockets of the same media section point at this one
         for key in self.medias.get(media_socket.media, ()):

@@ -111,7 +111,7 @@ class Call:
         return f"{host} {port}"
 
     def forward(
-        self, worker: WorkerLink, x: dict[str, str], *, mux: bool, x_expect: str = ""
+        self, worker: WorkerLink, x: dict[str, Any], *, mux: bool, x_expect: str = ""
     ) -> None:
         """X's relay sockets get the crypto fields ``x``; ``mux``: X sends RTCP to A's RTP port."""
         x_rtp = x_expect or self.addr(self.x_rtp)
@@ -287,6 +287,24 @@ def test_plain_sockets_stay_plain(worker: WorkerLink, call: Call) -> None:
         assert receive(call.y_rtp)[0] == data
     call.y_rtp.sendto(rtp(2, Y_SSRC), call.b_rtp.address)
     assert receive(call.x_rtp)[0] == rtp(2, Y_SSRC)
+
+
+def test_a_send_only_socket_leaves_what_arrives_queued_until_it_listens(
+    worker: WorkerLink, call: Call
+) -> None:
+    """The offerer's side of an offer not answered yet (relayd/forwarding.py): the worker
+    sends from A (Y's early media reaches X) but does not read A; what X sends meanwhile
+    waits in A and goes on once the answer's Forward makes A listen."""
+    call.forward(worker, {"listen": False}, mux=False)
+    call.y_rtp.sendto(rtp(1, Y_SSRC), call.b_rtp.address)
+    assert receive(call.x_rtp) == (rtp(1, Y_SSRC), call.a_rtp.address)
+    call.x_rtp.sendto(rtp(2, X_SSRC), call.a_rtp.address)
+    nothing(call.y_rtp)
+
+    call.forward(worker, {}, mux=False)
+    assert receive(call.y_rtp) == (rtp(2, X_SSRC), call.b_rtp.address)
+    call.x_rtp.sendto(rtp(3, X_SSRC), call.a_rtp.address)
+    assert receive(call.y_rtp)[0] == rtp(3, X_SSRC)
 
 
 # -- (2) DTLS-SRTP -----------------------------------------------------------------------------

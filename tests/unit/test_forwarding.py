@@ -38,10 +38,70 @@ def test_keys() -> None:
     assert media_key("abc@host", 1) == "abc@host 1"
 
 
-def test_nothing_is_planned_for_an_unanswered_call() -> None:
+def _branch(call: Call, via_branch: str = "", index: int = 0) -> int:
+    """Our port towards the party an offer went to, before an answer names it."""
+    return call.branches[via_branch].medias[index].port
+
+
+def test_an_unanswered_offer_forwards_one_way_from_the_answerer_to_the_offerer() -> None:
+    # rtpengine 10.5 does this: early media that arrives on the offer's ports before the
+    # answer goes to the offerer's SDP address; the answerer's address is not known yet
+    cmds, _ = build()
+    cmds.handle(req("offer", from_tag="a", sdp=sdp(video=5002)), T0)
+    call = cmds.calls["c1"]
+    forwards = plan(call)
+    assert [f.media for f in forwards] == ["c1 0", "c1 1"]
+    for index, forward in enumerate(forwards):
+        a, b = _port(call, "a", index), _branch(call, index=index)
+        a_port = 5000 + 2 * index
+        assert forward == Forward(
+            f"c1 {index}",
+            (
+                SocketSpec(_key(b), out=_key(a)),
+                SocketSpec(_key(b + 1), out=_key(a + 1), rtcp=True),
+                # only sent from: what arrives stays queued until the answer
+                SocketSpec(_key(a), out=_key(b), expect=f"{A_ADDR} {a_port}", listen=False),
+                SocketSpec(
+                    _key(a + 1),
+                    out=_key(b + 1),
+                    expect=f"{A_ADDR} {a_port + 1}",
+                    rtcp=True,
+                    listen=False,
+                ),
+            ),
+        )
+
+
+def test_the_answer_replaces_the_early_forward_on_the_same_sockets() -> None:
     cmds, _ = build()
     cmds.handle(req("offer", from_tag="a", sdp=sdp()), T0)
-    assert plan(cmds.calls["c1"]) == []
+    (early,) = plan(cmds.calls["c1"])
+    call = _call(cmds, sdp(), sdp(B_ADDR, 6000))
+    (final,) = plan(call)
+    assert final.media == early.media
+    assert {s.key for s in final.sockets} == {s.key for s in early.sockets}
+    assert all(s.out and s.listen for s in final.sockets)
+
+
+def test_the_latest_branch_of_an_unanswered_offer_gets_its_early_media() -> None:
+    cmds, _ = build()
+    cmds.handle(req("offer", from_tag="a", via_branch="z1", sdp=sdp()), T0)
+    cmds.handle(req("offer", from_tag="a", via_branch="z2", sdp=sdp()), T0)
+    call = cmds.calls["c1"]
+    (forward,) = plan(call)
+    assert forward.sockets[0].key == _key(_branch(call, "z2"))
+    assert forward.sockets[0].out == _key(_port(call, "a"))
+
+
+def test_no_early_media_where_the_answer_settles_srtp_dtls_or_ice() -> None:
+    for keys in (
+        {"flags": ["ICE=force"]},
+        {"transport_protocol": "RTP/SAVP"},  # SDES towards the answerer
+        {"transport_protocol": "UDP/TLS/RTP/SAVP"},  # DTLS-SRTP towards the answerer
+    ):
+        cmds, _ = build()
+        assert cmds.handle(req("offer", from_tag="a", sdp=sdp(), **keys), T0)["result"] == "ok"
+        assert plan(cmds.calls["c1"]) == [], keys
 
 
 def test_answered_call_one_forward_per_media_with_four_sockets() -> None:
