@@ -12,7 +12,7 @@ and its resident memory per established call (VmRSS after minus before, over N).
 
 Each call holds four sockets in either daemon, so N is bounded by RLIMIT_NOFILE:
 the script raises the limit where it may (root with CAP_SYS_RESOURCE); where it
-may not, a size that does not fit is reported as not run and both daemons are
+may not, a size that does not fit is reported as not run and every daemon is
 measured at the largest size that fits instead.
 
 The requests are what Kamailio's rtpengine module sends with the deployment
@@ -331,11 +331,13 @@ def _tail(path: Path, lines: int = 20) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of the daemon (all its threads) and its live descendants."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User + system CPU time of the daemon (all its threads), and of its live descendants
+    (relayd's media workers) together."""
     try:
         root = psutil.Process(pid)
-        return sum(sum(p.cpu_times()[:2]) for p in (root, *root.children(recursive=True)))
+        own = sum(root.cpu_times()[:2])
+        return own, sum(sum(p.cpu_times()[:2]) for p in root.children(recursive=True))
     except psutil.Error as exc:
         raise BenchError(f"cannot read the CPU time of pid {pid}: {exc}") from None
 
@@ -423,6 +425,7 @@ class Result:
     seconds: float = 0.0
     cycles_per_s: float = 0.0
     cpu_ms_per_cycle: float = math.nan  # the daemon's own CPU time, robust to a busy machine
+    children_cpu_ms_per_cycle: float = math.nan  # the part of it in child processes
     setup_calls_per_s: float = 0.0
     p50_ms: dict[str, float] = field(default_factory=dict)
     p99_ms: dict[str, float] = field(default_factory=dict)
@@ -475,10 +478,13 @@ def measure(
     finally:
         gc.enable()
     result.seconds = time.perf_counter() - start
-    cpu = cpu_seconds(pid) - cpu_start
+    own, children = cpu_seconds(pid)
+    cpu = own + children - sum(cpu_start)
     result.cycles = len(lat.cycle)
     result.cycles_per_s = result.cycles / result.seconds
     result.cpu_ms_per_cycle = 1000 * cpu / result.cycles if result.cycles else math.nan
+    if result.cycles:
+        result.children_cpu_ms_per_cycle = 1000 * (children - cpu_start[1]) / result.cycles
     for name in (*COMMANDS, "cycle"):
         values = sorted(getattr(lat, name))
         result.p50_ms[name] = percentile(values, 0.50)
@@ -568,23 +574,35 @@ def render(results: Sequence[Result]) -> str:
 
 
 def cpu_ratios(results: Sequence[Result]) -> list[str]:
-    """CPU per cycle of each daemon as a multiple of rtpengine's at the same size."""
+    """CPU per cycle of each daemon as a multiple of rtpengine's at the same size, and
+    where a daemon has child processes (relayd's media workers), their part of it."""
     lines: list[str] = []
     by_key = {(r.calls, r.daemon): r for r in results if not r.skipped}
     for calls in sorted({r.calls for r in results}):
         theirs = by_key.get((calls, "rtpengine"))
         others = [r for r in results if r.calls == calls and r.daemon != "rtpengine"]
-        if theirs is None or not others:
-            continue
         parts = [
             f"{r.daemon} {r.cpu_ms_per_cycle / theirs.cpu_ms_per_cycle:.2f}x"
             for r in others
-            if not r.skipped
+            if theirs is not None and not r.skipped
         ]
-        lines.append(
-            f"CPU per cycle as a multiple of rtpengine's at {calls:,} calls: " + ", ".join(parts)
-        )
+        if parts:
+            lines.append(
+                f"CPU per cycle as a multiple of rtpengine's with {_calls(calls)}: "
+                + ", ".join(parts)
+            )
+        for r in others:
+            if not r.skipped and r.children_cpu_ms_per_cycle > 0:
+                main = r.cpu_ms_per_cycle - r.children_cpu_ms_per_cycle
+                lines.append(
+                    f"CPU per cycle of {r.daemon} with {_calls(calls)}: {main:.3f} ms in the main "
+                    f"process, {r.children_cpu_ms_per_cycle:.3f} ms in its children"
+                )
     return lines
+
+
+def _calls(calls: int) -> str:
+    return "1 call" if calls == 1 else f"{calls:,} calls"
 
 
 def _split(r: Result) -> str:
@@ -596,7 +614,8 @@ def _split(r: Result) -> str:
 
 
 def targets(results: Sequence[Result]) -> list[str]:
-    """The issue's targets, checked wherever both daemons ran at the same size."""
+    """The issue's targets, checked wherever relayd (and for the comparisons, rtpengine)
+    ran at a size."""
     lines: list[str] = []
     by_key = {(r.calls, r.daemon): r for r in results if not r.skipped}
     for calls in sorted({r.calls for r in results}):
@@ -710,7 +729,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def plan(args: argparse.Namespace, nofile: int) -> list[tuple[int, str, str]]:
-    """(calls, daemon, reason to skip or "") in run order, both daemons at each size."""
+    """(calls, daemon, reason to skip or "") in run order, every daemon at each size."""
     daemons = [args.only] if args.only else [*DAEMONS, *([FLOOR] if args.floor else [])]
     sizes = list(args.calls)
     skips: dict[tuple[int, str], str] = {}
@@ -724,7 +743,7 @@ def plan(args: argparse.Namespace, nofile: int) -> list[tuple[int, str, str]]:
                 )
             fitting = cap // 100 * 100
             if fitting and fitting not in sizes:
-                sizes.append(fitting)  # still compare both daemons as large as it fits
+                sizes.append(fitting)  # still compare the daemons as large as it fits
     return [(n, d, skips.get((n, d), "")) for n in sorted(sizes) for d in daemons]
 
 

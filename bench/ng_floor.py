@@ -3,9 +3,11 @@
 
 It makes the system calls that any RTP proxy must make for bench/ng.py's
 requests and nothing else: receive the request, bind an RTP/RTCP socket pair
-for the offer and another for the answer (socket, IP_TOS, bind: what relayd
-and rtpengine both do), close all four on delete, and send a reply of the
-right size (the request's own SDP body echoed back as ``sdp``). No bencode
+for the offer and another for the answer (socket, one socket option, bind:
+relayd sets the receive buffer there, rtpengine the TOS), close all four on
+delete, and send a reply (for offer and answer the request's own SDP body
+echoed back as ``sdp``, so of about the right size; for delete a bare
+``result: ok``, where both daemons send a statistics tree). No bencode
 parsing, no SDP, no call model, no media worker: the command is read from the
 last bytes of the request, the call from the cookie (bench/ng.py's cookies are
 ``<call number><o|a|d>``).
@@ -35,7 +37,7 @@ import uvloop
 __all__ = ["FloorProtocol", "main"]
 
 TOS_EF = 184
-ERROR = b" d6:result5:error12:error-reason12:not servede"
+ERROR = b" d6:result5:error12:error-reason10:not servede"
 
 
 class FloorProtocol(asyncio.DatagramProtocol):
@@ -43,7 +45,7 @@ class FloorProtocol(asyncio.DatagramProtocol):
 
     def __init__(self, host: str, port_min: int, port_max: int) -> None:
         self.host = host
-        self.pairs = list(range(port_min + port_min % 2, port_max - 1, 2))
+        self.pairs = list(range(port_min + port_min % 2, port_max, 2))  # RTP even, RTCP + 1
         random.shuffle(self.pairs)
         self.calls: dict[bytes, list[socket.socket]] = {}
         self.ports: dict[bytes, list[int]] = {}
@@ -71,8 +73,13 @@ class FloorProtocol(asyncio.DatagramProtocol):
         self.transport.sendto(cookie + reply, addr)
 
     def _bind(self, call: bytes, body: bytes) -> bytes:
-        sockets = self.calls.setdefault(call, [])
-        while True:  # a pair another process holds is skipped, as relayd and rtpengine do
+        start = body.find(b"3:sdp")
+        if start < 0:
+            return ERROR
+        colon = body.index(b":", start + 5)
+        size = int(body[start + 5 : colon])
+        sdp = body[colon + 1 : colon + 1 + size]
+        while self.pairs:  # a pair another process holds is skipped, as relayd and rtpengine do
             port = self.pairs.pop()
             pair = []
             try:
@@ -85,16 +92,10 @@ class FloorProtocol(asyncio.DatagramProtocol):
                 for sock in pair:
                     sock.close()
                 continue
-            sockets.extend(pair)
+            self.calls.setdefault(call, []).extend(pair)
             self.ports.setdefault(call, []).append(port)
-            break
-        start = body.find(b"3:sdp")
-        if start < 0:
-            return ERROR
-        colon = body.index(b":", start + 5)
-        size = int(body[start + 5 : colon])
-        sdp = body[colon + 1 : colon + 1 + size]
-        return b" d3:sdp%d:%s6:result2:oke" % (len(sdp), sdp)
+            return b" d3:sdp%d:%s6:result2:oke" % (len(sdp), sdp)
+        return ERROR
 
 
 async def serve(listen: tuple[str, int], interface: str, port_min: int, port_max: int) -> None:

@@ -98,20 +98,27 @@ def _pairs(call: Call) -> Iterator[tuple[Monologue, Monologue]]:
 
 
 def _early_pair(call: Call) -> tuple[Monologue, Monologue] | None:
-    """The offerer of an offer that waits for its answer, and the party it went to (the
-    latest, if the offer went out on several branches), while nobody is in a dialogue."""
-    offerer = answerer = None
-    for party in call.parties():
-        if party.in_dialogue_with is not None:
-            return None
-        if party.tag and party.sent_sdp and offerer is None:
-            offerer = party
-    if offerer is None:
+    """An offer that waits for its answer: the offerer, and the party it went to (the
+    latest branch, if it went out on several). Only while no two parties are in a
+    dialogue: a re-offer within one is forwarded both ways as before."""
+    if next(_pairs(call), None) is not None:
         return None
-    for party in call.parties():
-        if party.offered_by == offerer.tag and not party.sent_sdp:
-            answerer = party
-    return (offerer, answerer) if answerer is not None else None
+    for offerer in call.parties():
+        if not (offerer.tag and offerer.sent_sdp):
+            continue
+        if offerer.in_dialogue_with is not None:
+            # an offer with a to-tag: to that party, if it has not answered yet
+            peer = call.monologues.get(offerer.in_dialogue_with)
+            if peer is not None and peer is not offerer and not peer.sent_sdp:
+                return offerer, peer
+            continue
+        answerer = None
+        for party in call.parties():
+            if party.offered_by == offerer.tag and party is not offerer and not party.sent_sdp:
+                answerer = party
+        if answerer is not None:
+            return offerer, answerer
+    return None
 
 
 def _plain(media: Media) -> bool:
@@ -126,7 +133,7 @@ def _plain(media: Media) -> bool:
 def paired(call: Call) -> bool:
     """Whether the call has anything to forward: two parties in a dialogue, or an offer
     waiting for its answer (early media)."""
-    return next(_pairs(call), None) is not None or _early_pair(call) is not None
+    return _early_pair(call) is not None or next(_pairs(call), None) is not None
 
 
 def plan(call: Call) -> list[Forward]:
@@ -154,7 +161,10 @@ def plan(call: Call) -> list[Forward]:
         # the offerer's sockets only send: what arrives on them stays queued until the
         # answer makes them forward (media the offerer sends right after the answer)
         quiet = [replace(spec, listen=False) for spec in _specs(offerer, mo, ma)]
-        sockets = [*_specs(answerer, ma, mo), *quiet]
+        # nothing is sent towards the answerer yet, and nothing is learned about it
+        # before its SDP says where it is (a stray packet must not become its address)
+        unlearned = [replace(spec, learning="off") for spec in _specs(answerer, ma, mo)]
+        sockets = [*unlearned, *quiet]
         result.append(Forward(media_key(call.call_id, index), tuple(sockets)))
     return result
 

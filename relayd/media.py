@@ -263,6 +263,8 @@ class MediaPlane:
         """Give a (new) worker every socket and forward of its calls again: it starts
         with nothing placed, so each forward carries all its sockets."""
         placed = self.placed.pop(worker.index, {})
+        for keys in placed.values():
+            self.quiet.difference_update(keys)  # planned anew below, listening or not
         call_ids = dict.fromkeys(key.rpartition(" ")[0] for key in placed)  # "call-id index"
         for call_id in call_ids:
             call = self.calls.get(call_id)
@@ -304,7 +306,15 @@ class MediaPlane:
         worker = self.workers[call.worker]
         placed = self.placed.setdefault(worker.index, {})
         by_key = streams_by_socket(call)
-        for forward in plan(call):
+        forwards = plan(call)
+        planned = {forward.media for forward in forwards}
+        for index in range(section_count(call)):
+            # a section the plan no longer has (an early forward whose offer went on to
+            # SRTP or ICE, or to another branch): the worker lets its sockets go
+            key = media_key(call.call_id, index)
+            if key not in planned and key in placed:
+                self._unplace(worker, placed, key, send=self._send)
+        for forward in forwards:
             keys = tuple(spec.key for spec in forward.sockets)
             previous = placed.get(forward.media, ())
             # sockets left out of the new plan are closed by the worker: a later plan
@@ -328,13 +338,22 @@ class MediaPlane:
         worker = self.workers[call.worker]
         placed = self.placed.get(worker.index, {})
         for key in (media_key(call.call_id, index) for index in range(section_count(call))):
-            sockets = placed.pop(key, None)
-            if sockets is None:
-                continue
-            for socket_key_ in sockets:
-                self.reports.forget(socket_key_)
-                self.quiet.discard(socket_key_)
-            self._send_later(worker, ipc.encode(ipc.Drop(key)))
+            if key in placed:
+                self._unplace(worker, placed, key, send=self._send_later)
+
+    def _unplace(
+        self,
+        worker: WorkerProcess,
+        placed: dict[str, tuple[str, ...]],
+        key: str,
+        *,
+        send: Callable[[WorkerProcess, ipc.Message], None],
+    ) -> None:
+        """The worker gives up media section ``key`` and closes its sockets."""
+        for socket_key_ in placed.pop(key):
+            self.reports.forget(socket_key_)
+            self.quiet.discard(socket_key_)
+        send(worker, ipc.Drop(key))
 
     def _send_forward(
         self, worker: WorkerProcess, forward: ipc.Forward, held: Sequence[str]
@@ -353,13 +372,13 @@ class MediaPlane:
     def _send(self, worker: WorkerProcess, message: ipc.Message) -> None:
         self._transmit(worker, ipc.encode(message))
 
-    def _send_later(self, worker: WorkerProcess, data: bytes) -> None:
+    def _send_later(self, worker: WorkerProcess, message: ipc.Message) -> None:
         """After the reply that is being worked out (a Drop of a deleted call), batched
         (``WORKER_BATCH_DELAY``): the worker that wakes for it does not hold the reply
         up. Anything sent meanwhile goes after."""
         if not self._outbox:
             asyncio.get_running_loop().call_later(WORKER_BATCH_DELAY, self._flush)
-        self._outbox.append((worker, data))
+        self._outbox.append((worker, ipc.encode(message)))
 
     def _flush(self) -> None:
         outbox, self._outbox = self._outbox, []
@@ -382,7 +401,7 @@ class MediaPlane:
     # -- stats ----------------------------------------------------------------------------
 
     def _ingest(self, stats: ipc.Stats) -> None:
-        packets, changed = self.reports.fold(stats, self.on_traffic)
+        packets, changed = self.reports.fold(stats, self.on_traffic, time.time())
         self.workers[stats.worker].packets += packets
         if self.on_stats:
             self.on_stats(stats, changed)

@@ -8,7 +8,6 @@ get the deltas, because the kernel path adds its own counts to the same streams.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 from relayd import ipc
@@ -42,10 +41,12 @@ class Reports:
         self.reported.pop(key, None)
         self.holders.pop(key, None)
 
-    def fold(self, stats: ipc.Stats, on_traffic: OnTraffic | None) -> tuple[int, set[str]]:
-        """Fold one report in; returns the new packets it counted and the call-ids whose
-        streams' confirmations changed."""
-        offset = time.time() - stats.now
+    def fold(
+        self, stats: ipc.Stats, on_traffic: OnTraffic | None, now: float
+    ) -> tuple[int, set[str]]:
+        """Fold one report in, received at wall-clock time ``now``; returns the new packets
+        it counted and the call-ids whose streams' confirmations changed."""
+        offset = now - stats.now  # the worker's clock is CLOCK_MONOTONIC
         total = 0
         changed: set[str] = set()
         for entry in stats.sockets:

@@ -1,4 +1,5 @@
-"""bench/ng.py still runs: a quick relayd-only benchmark, so the benchmark cannot rot.
+"""bench/ng.py, its Python floor and bench/ng_inprocess.py still run, so they cannot rot:
+quick relayd-only and floor-only runs, and a short in-process run.
 
 Only that it completes and prints its table is checked here, not any figure:
 the numbers depend on the machine (docs/performance.md has a full run).

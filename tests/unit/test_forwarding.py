@@ -57,8 +57,9 @@ def test_an_unanswered_offer_forwards_one_way_from_the_answerer_to_the_offerer()
         assert forward == Forward(
             f"c1 {index}",
             (
-                SocketSpec(_key(b), out=_key(a)),
-                SocketSpec(_key(b + 1), out=_key(a + 1), rtcp=True),
+                # nothing learned about the answerer before its SDP
+                SocketSpec(_key(b), out=_key(a), learning="off"),
+                SocketSpec(_key(b + 1), out=_key(a + 1), rtcp=True, learning="off"),
                 # only sent from: what arrives stays queued until the answer
                 SocketSpec(_key(a), out=_key(b), expect=f"{A_ADDR} {a_port}", listen=False),
                 SocketSpec(
@@ -91,6 +92,18 @@ def test_the_latest_branch_of_an_unanswered_offer_gets_its_early_media() -> None
     (forward,) = plan(call)
     assert forward.sockets[0].key == _key(_branch(call, "z2"))
     assert forward.sockets[0].out == _key(_port(call, "a"))
+
+
+def test_an_offer_with_a_to_tag_gets_early_media_from_that_party() -> None:
+    cmds, _ = build()
+    cmds.handle(req("offer", from_tag="a", to_tag="b", sdp=sdp()), T0)
+    call = cmds.calls["c1"]
+    a, b = _port(call, "a"), _port(call, "b")
+    (forward,) = plan(call)
+    assert [(s.key, s.out, s.listen) for s in forward.sockets[::2]] == [
+        (_key(b), _key(a), True),
+        (_key(a), _key(b), False),
+    ]
 
 
 def test_no_early_media_where_the_answer_settles_srtp_dtls_or_ice() -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from relayd.ipc import SocketStats, Stats
 from relayd.model import Endpoint, LocalAddress, Stream
-from relayd.reports import Reports
+from relayd.reports import OnTraffic, Reports
 
 LAN = LocalAddress("default", "192.0.2.1", "192.0.2.1")
 WAN = LocalAddress("wan", "198.51.100.1", "198.51.100.1")
+NOW = 1_800_000_000.0  # wall clock when a report arrives; reports say now=100.0 (monotonic)
 OWN = "192.0.2.1 30000"
 ALIAS = "198.51.100.1 30000"  # the same stream's ICE candidate on a second address
 
@@ -36,16 +37,20 @@ def counters(
     )
 
 
+def fold(reports: Reports, stats: Stats, on_traffic: OnTraffic | None) -> tuple[int, set[str]]:
+    return reports.fold(stats, on_traffic, NOW)
+
+
 def test_totals_from_the_worker_become_deltas_on_the_stream() -> None:
     reports, s = Reports(), stream()
     reports.track(OWN, s)
     seen: list[tuple[int, int, int]] = []
 
-    first = reports.fold(
-        report(counters(OWN, 10, errors=1)), lambda _s, p, b, e: seen.append((p, b, e))
+    first = fold(
+        reports, report(counters(OWN, 10, errors=1)), lambda _s, p, b, e: seen.append((p, b, e))
     )
-    second = reports.fold(
-        report(counters(OWN, 25, errors=1)), lambda _s, p, b, e: seen.append((p, b, e))
+    second = fold(
+        reports, report(counters(OWN, 25, errors=1)), lambda _s, p, b, e: seen.append((p, b, e))
     )
 
     assert (first[0], second[0]) == (10, 15)
@@ -56,9 +61,9 @@ def test_totals_from_the_worker_become_deltas_on_the_stream() -> None:
 def test_a_restarted_worker_counts_from_zero_and_nothing_is_lost_or_subtracted() -> None:
     reports, s = Reports(), stream()
     reports.track(OWN, s)
-    reports.fold(report(counters(OWN, 50)), None)
+    fold(reports, report(counters(OWN, 50)), None)
 
-    packets, _ = reports.fold(report(counters(OWN, 7)), None)  # the new worker's first report
+    packets, _ = fold(reports, report(counters(OWN, 7)), None)  # the new worker's first report
 
     assert packets == 7
     assert s.stats.packets == 57
@@ -69,7 +74,10 @@ def test_reports_about_untracked_or_forgotten_sockets_are_ignored() -> None:
     reports.track(OWN, s)
     reports.forget(OWN)
 
-    assert reports.fold(report(counters(OWN, 5), counters("192.0.2.9 4000", 3)), None) == (0, set())
+    assert fold(reports, report(counters(OWN, 5), counters("192.0.2.9 4000", 3)), None) == (
+        0,
+        set(),
+    )
     assert s.stats.packets == 0
 
 
@@ -77,11 +85,11 @@ def test_learned_endpoint_and_a_change_of_confirmation_are_reported_once() -> No
     reports, s = Reports(), stream()
     reports.track(OWN, s)
 
-    _, changed = reports.fold(
-        report(counters(OWN, 1, endpoint="203.0.113.5 4000", confirmed=True)), None
+    _, changed = fold(
+        reports, report(counters(OWN, 1, endpoint="203.0.113.5 4000", confirmed=True)), None
     )
-    _, again = reports.fold(
-        report(counters(OWN, 2, endpoint="203.0.113.5 4000", confirmed=True)), None
+    _, again = fold(
+        reports, report(counters(OWN, 2, endpoint="203.0.113.5 4000", confirmed=True)), None
     )
 
     assert s.endpoint == Endpoint("203.0.113.5", 4000)
@@ -97,15 +105,15 @@ def test_the_nominated_candidate_socket_speaks_for_the_stream_until_it_loses_it(
     assert not reports.track(ALIAS, s)  # already known: no second share of the key
 
     # the party nominated the candidate on the second address
-    reports.fold(report(counters(ALIAS, 1, endpoint="203.0.113.5 4000", confirmed=True)), None)
+    fold(reports, report(counters(ALIAS, 1, endpoint="203.0.113.5 4000", confirmed=True)), None)
     # the primary socket's unconfirmed report does not undo it
-    reports.fold(report(counters(OWN, 1, endpoint="203.0.113.9 5000", confirmed=False)), None)
+    fold(reports, report(counters(OWN, 1, endpoint="203.0.113.9 5000", confirmed=False)), None)
     assert (s.endpoint, s.confirmed) == (Endpoint("203.0.113.5", 4000), True)
 
     # the candidate socket loses its confirmation: the stream is free again
-    reports.fold(report(counters(ALIAS, 2, endpoint="203.0.113.5 4000", confirmed=False)), None)
+    fold(reports, report(counters(ALIAS, 2, endpoint="203.0.113.5 4000", confirmed=False)), None)
     assert not s.confirmed
-    reports.fold(report(counters(OWN, 2, endpoint="203.0.113.9 5000", confirmed=True)), None)
+    fold(reports, report(counters(OWN, 2, endpoint="203.0.113.9 5000", confirmed=True)), None)
     assert (s.endpoint, s.confirmed) == (Endpoint("203.0.113.9", 5000), True)
 
 
@@ -114,9 +122,34 @@ def test_dtls_state_comes_only_from_the_primary_socket_and_ice_keeps_nominated()
     reports.track(OWN, s)
     reports.track(ALIAS, s)
 
-    reports.fold(report(counters(ALIAS, 1, dtls="failed: alias", ice="checking")), None)
-    reports.fold(report(counters(OWN, 1, dtls="connected", ice="nominated")), None)
-    reports.fold(report(counters(ALIAS, 2, ice="checking")), None)
+    fold(reports, report(counters(OWN, 1, dtls="connected", ice="nominated")), None)
+    fold(reports, report(counters(ALIAS, 1, dtls="failed: alias", ice="checking")), None)
 
     assert s.dtls == "connected"
     assert s.ice == "nominated"
+
+
+def test_last_packet_is_moved_from_the_workers_clock_to_the_wall_clock() -> None:
+    reports, s = Reports(), stream()
+    reports.track(OWN, s)
+    fold(reports, report(counters(OWN, 1)), None)  # the packet came 1 s before the report
+    assert s.stats.last_packet == NOW - 1.0
+
+
+def test_a_socket_forgotten_and_tracked_again_counts_from_its_next_report() -> None:
+    reports, s = Reports(), stream()
+    reports.track(OWN, s)
+    fold(reports, report(counters(OWN, 40)), None)
+    reports.forget(OWN)  # the worker let it go (a fork moved away) …
+    assert reports.track(OWN, s)  # … and it came back: a new worker-side count from zero
+    packets, _ = fold(reports, report(counters(OWN, 45)), None)
+    assert packets == 45  # not 45 - 40: the old total went with the socket
+    assert s.stats.packets == 85
+
+
+def test_errors_never_count_backwards() -> None:
+    reports, s = Reports(), stream()
+    reports.track(OWN, s)
+    fold(reports, report(counters(OWN, 10, errors=3)), None)
+    fold(reports, report(counters(OWN, 12, errors=1)), None)  # a report out of step
+    assert s.stats.errors == 3

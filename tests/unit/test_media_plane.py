@@ -1,0 +1,153 @@
+"""What the supervisor tells a worker about a call: forwards, drops, send-only sockets.
+
+The media plane talks to a worker over a SOCK_SEQPACKET socket pair here, with a
+binder that holds no sockets (so forwards carry no descriptors) and records what
+``drop_early`` discards. Calls come from the real signalling (tests/unit/calls.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from relayd import ipc
+from relayd.media import MediaPlane
+from relayd.model import Call
+from relayd.ng.commands import Commands
+from tests.unit.calls import B_ADDR, LOCAL4, T0, build, req, sdp
+
+
+@dataclass
+class QuietBinder:
+    """A binder without sockets: records the keys ``drop_early`` asks it to drain."""
+
+    sockets: dict[str, int] = field(default_factory=dict)
+    discarded: list[str] = field(default_factory=list)
+
+    def share_key(self, key: str) -> None:
+        pass
+
+    def discard_queued(self, keys: list[str], limit: int = 4096) -> int:
+        self.discarded += keys
+        return 0
+
+
+@dataclass
+class Plane:
+    media: MediaPlane
+    binder: QuietBinder
+    worker_end: socket.socket
+    cmds: Commands
+
+    def messages(self) -> list[ipc.Message]:
+        """What the worker has been sent so far."""
+        got = []
+        while True:
+            try:
+                got.append(ipc.decode(self.worker_end.recv(1 << 20, socket.MSG_DONTWAIT)))
+            except BlockingIOError:
+                return got
+
+    def signal(self, command: str, **keys: Any) -> Call:
+        """An ng request, then the worker told (as Supervisor._sync_pending does)."""
+        reply = self.cmds.handle(req(command, from_tag="a", **keys), T0)
+        assert reply["result"] == "ok", reply
+        call = self.cmds.calls["c1"]
+        self.media.sync(call)
+        return call
+
+
+@pytest.fixture
+def plane() -> Iterator[Plane]:
+    binder = QuietBinder()
+    media = MediaPlane(binder, workers=1)  # type: ignore[arg-type]
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    media.workers[0].link = ours
+    cmds, _ = build()
+    media.calls = cmds.calls
+    try:
+        yield Plane(media, binder, theirs, cmds)
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def _keys(call: Call, tag_or_branch: str) -> set[str]:
+    party = call.monologues.get(tag_or_branch) or call.branches[tag_or_branch]
+    port = party.medias[0].port
+    return {f"{LOCAL4} {port}", f"{LOCAL4} {port + 1}"}
+
+
+def test_the_offerer_sockets_are_send_only_until_the_answer(plane: Plane) -> None:
+    call = plane.signal("offer", sdp=sdp())
+    (early,) = plane.messages()
+    assert isinstance(early, ipc.Forward)
+    offerer = _keys(call, "a")
+    assert {s.key for s in early.sockets if not s.listen} == offerer
+    assert plane.media.quiet == offerer
+
+    plane.signal("answer", to_tag="b", sdp=sdp(B_ADDR, 6000))
+    (final,) = plane.messages()
+    assert isinstance(final, ipc.Forward) and final.media == early.media
+    assert all(s.listen for s in final.sockets)
+    assert plane.media.quiet == set()
+
+
+def test_drop_early_drains_send_only_sockets_but_not_the_ones_a_worker_reads(
+    plane: Plane,
+) -> None:
+    plane.signal("offer", sdp=sdp())
+    plane.cmds.handle(req("answer", from_tag="a", to_tag="b", sdp=sdp(B_ADDR, 6000)), T0)
+    call = plane.cmds.calls["c1"]
+
+    plane.media.drop_early(call)  # before the answer's reply: the worker still has the early plan
+
+    # what waits on the offerer's sockets came before anyone was told their port; what
+    # the answerer sent since the offer was forwarded already (or will be, in order)
+    assert set(plane.binder.discarded) == _keys(call, "a")
+
+
+def test_a_section_the_plan_no_longer_has_is_dropped_and_forgotten(plane: Plane) -> None:
+    plane.signal("offer", via_branch="z1", sdp=sdp())
+    plane.messages()
+    # the offer goes out again on another branch, this time as SRTP: no early media
+    plane.signal("offer", via_branch="z2", sdp=sdp(), transport_protocol="RTP/SAVP")
+    assert plane.messages() == [ipc.Drop("c1 0")]
+    assert plane.media.quiet == set()
+    assert plane.media.placed[0] == {}
+
+
+def test_a_restarted_worker_gets_send_only_sockets_planned_anew(plane: Plane) -> None:
+    call = plane.signal("offer", via_branch="z1", sdp=sdp())
+    plane.messages()
+    plane.media.resend(plane.media.workers[0])
+    (again,) = plane.messages()
+    assert isinstance(again, ipc.Forward)
+    assert plane.media.quiet == _keys(call, "a")
+
+    # the plan changes while the worker is away: nothing stays quiet for a section gone
+    plane.cmds.handle(
+        req("offer", from_tag="a", via_branch="z2", sdp=sdp(), transport_protocol="RTP/SAVP"),
+        T0,
+    )
+    plane.media.resend(plane.media.workers[0])
+    assert plane.messages() == []
+    assert plane.media.quiet == set()
+
+
+def test_a_deleted_call_leaves_nothing_quiet(plane: Plane) -> None:
+    call = plane.signal("offer", sdp=sdp())
+    plane.messages()
+
+    async def delete() -> None:
+        plane.media.drop(call)
+        await asyncio.sleep(0.01)  # drops go out batched, after the reply
+
+    asyncio.run(delete())
+    assert plane.messages() == [ipc.Drop("c1 0")]
+    assert plane.media.quiet == set()
