@@ -34,6 +34,7 @@ __all__ = [
     "section_count",
     "socket_key",
     "streams_by_socket",
+    "waits_for_answer",
 ]
 
 
@@ -128,6 +129,11 @@ def _plain(media: Media) -> bool:
         and (media.out_protocol or media.protocol) in _PLAIN
         and not (media.ice_ufrag or media.peer_ice or media.crypto or media.crypto_out)
     )
+
+
+def waits_for_answer(call: Call) -> bool:
+    """An offer waits for its answer, with no dialogue yet: the plan is the early one."""
+    return _early_pair(call) is not None
 
 
 def paired(call: Call) -> bool:
@@ -287,10 +293,13 @@ def section_count(call: Call) -> int:
     return max((len(medias) for medias in _media_lists(call)), default=0)
 
 
-def relay_socket_keys(call: Call) -> list[str]:
-    """Every relay socket of the call: both components of each media and ICE candidate."""
+def relay_socket_keys(call: Call, besides: Monologue | None = None) -> list[str]:
+    """Every relay socket of the call, both components of each media and ICE candidate
+    (our sockets towards ``besides`` left out)."""
     keys = []
     for party in call.parties():
+        if party is besides:
+            continue
         for media in party.medias:
             if media.port and media.local is not None:
                 keys += [socket_key(media.local.local, media.port + i) for i in (0, 1)]

@@ -35,11 +35,16 @@ from relayd.model import Call
 from relayd.reports import OnTraffic, Reports
 from relayd.sockets import SocketBinder
 
-__all__ = ["WORKER_BATCH_DELAY", "MediaPlane", "WorkerProcess"]
+__all__ = ["EARLY_MEDIA_DELAY", "WORKER_BATCH_DELAY", "MediaPlane", "WorkerProcess"]
 
 log = get_logger("relayd.media")
 
 _LINK_BUFFER = 4 << 20
+
+# How long an unanswered offer's early forward (relayd/forwarding.py) may wait. Early
+# media that arrives meanwhile waits in its socket buffer, nothing is lost; an answer
+# within it makes the early forward needless (the answer's own forward goes instead).
+EARLY_MEDIA_DELAY = 0.02
 
 # How long updates for the workers (forwards of answered calls, drops of deleted ones)
 # may wait to go out together. A worker wakes once per batch instead of once per
@@ -92,7 +97,7 @@ class MediaPlane:
         # themselves are not kept: a restarted worker gets them planned anew from ``calls``.
         self.placed: dict[int, dict[str, tuple[str, ...]]] = {}
         # placed sockets the worker only sends from (SocketSpec.listen False): what waits
-        # in them is still early, and drop_early discards it as if no worker held them
+        # in them came before their port was told, and drop_early discards it
         self.quiet: set[str] = set()
         self.calls: Mapping[str, Call] = {}  # the supervisor's call registry
         self.worker_socket = ""
@@ -282,22 +287,29 @@ class MediaPlane:
             if party is not None:
                 party.learning, party.learn_after = mode, after
 
-    def drop_early(self, call: Call) -> None:
-        """Before the reply to an offer or answer: what arrived on the call's sockets that
-        its worker does not read yet (not handed over, or only sent from) came before
-        anyone was told the port and had nowhere to go. It is dropped now, not forwarded
-        late once the worker reads the sockets; what arrives after the reply is the
-        call's media and waits for the worker."""
+    def drop_early(self, call: Call, sender: str) -> None:
+        """Before the reply to an offer or answer from ``sender`` (the tag of the party
+        that sent it: an offer's from-tag, an answer's to-tag): what waits on a socket
+        whose port nobody had been told yet came from nowhere we know; it is dropped,
+        not forwarded late once the worker reads the socket. Those are the sockets the
+        worker does not read (not handed over yet, or only sent from), except the ones
+        towards the sender: their ports went out earlier (an answerer's with the offer),
+        so what waits there is its media, early media included, and goes on as soon
+        as the worker has the call."""
         if not paired(call):
             return  # nothing to forward yet: no worker gets the sockets
         placed = self.placed.get(call.worker, {})
-        held = {
+        read = {
             key
             for index in range(section_count(call))
             for key in placed.get(media_key(call.call_id, index), ())
             if key not in self.quiet
         }
-        keys = [key for key in relay_socket_keys(call) if key not in held]
+        keys = [
+            key
+            for key in relay_socket_keys(call, besides=call.monologues.get(sender))
+            if key not in read
+        ]
         dropped = self.binder.discard_queued(keys) if keys else 0
         if dropped:
             log.debug("media.dropped_early", sockets=keys, packets=dropped)

@@ -29,10 +29,10 @@ from relayd import __version__, ipc, log
 from relayd.certificate import Certificate, load_or_create
 from relayd.config import KEYS, Config, ConfigError, load, unimplemented
 from relayd.counters import Counters
-from relayd.forwarding import KernelLeg, kernel_legs, socket_key
+from relayd.forwarding import KernelLeg, kernel_legs, socket_key, waits_for_answer
 from relayd.interfaces import Interfaces, resolve
 from relayd.kernel import KernelPath
-from relayd.media import WORKER_BATCH_DELAY, MediaPlane
+from relayd.media import EARLY_MEDIA_DELAY, WORKER_BATCH_DELAY, MediaPlane
 from relayd.model import Call, host_port
 from relayd.ng.commands import Commands, Teardown
 from relayd.ng.message import Request
@@ -116,6 +116,7 @@ class Supervisor:
         self.media.on_rtcp = self.ops.rtcp_copied
         self._kernel_calls: set[str] = set()
         self._unsynced: dict[str, Call] = {}  # signalled calls whose worker is told next
+        self._early: dict[str, Call] = {}  # unanswered offers whose worker is told later
         self._stop = asyncio.Event()
         self._closers: list[Any] = []
 
@@ -155,8 +156,13 @@ class Supervisor:
             # signalling takes the call back to userspace until it is confirmed again
             self._unoffload(call)
             self.media.signalled(call, list(call.monologues), req.endpoint_learning)
-            self.media.drop_early(call)
-            self._sync_soon(call)
+            # the party that sent this message: an answer's is its to-tag
+            sender = req.to_tag if req.command == "answer" else req.from_tag
+            self.media.drop_early(call, sender)
+            if req.command == "offer" and waits_for_answer(call):
+                self._sync_early(call)
+            else:
+                self._sync_soon(call)
         if self.journal is not None and call is not None:
             self.journal.save(call)
         if logger.enabled(logging.INFO):
@@ -177,8 +183,24 @@ class Supervisor:
             asyncio.get_running_loop().call_later(WORKER_BATCH_DELAY, self._sync_pending)
         self._unsynced[call.call_id] = call
 
+    def _sync_early(self, call: Call) -> None:
+        """An offer waiting for its answer: its one-way early forward goes out with the
+        other offers of the next ``EARLY_MEDIA_DELAY``, unless the answer comes first."""
+        if not self._early:
+            asyncio.get_running_loop().call_later(EARLY_MEDIA_DELAY, self._sync_early_pending)
+        self._early[call.call_id] = call
+
+    def _sync_early_pending(self) -> None:
+        pending, self._early = self._early, {}
+        self._sync_calls(pending)
+
     def _sync_pending(self) -> None:
         pending, self._unsynced = self._unsynced, {}
+        for call_id in pending:
+            self._early.pop(call_id, None)  # the answer's forward supersedes the early one
+        self._sync_calls(pending)
+
+    def _sync_calls(self, pending: dict[str, Call]) -> None:
         for call_id, call in pending.items():
             if self.commands.calls.get(call_id) is call:  # not deleted in the meantime
                 token = log.bind_call(call_id, worker=call.worker)
@@ -191,6 +213,7 @@ class Supervisor:
         call = teardown.call
         # also when a timer or relayctl ends the call: its lines carry its call-id
         self._unsynced.pop(call.call_id, None)
+        self._early.pop(call.call_id, None)
         token = log.bind_call(call.call_id, worker=call.worker)
         try:
             if self.kernel is not None:

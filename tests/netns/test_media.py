@@ -232,6 +232,27 @@ def test_early_media_before_the_answer_reaches_the_caller_only(
         assert caller.drain(quiet=0.2) == [] and callee.drain(quiet=0.0) == []
 
 
+def test_early_media_just_before_a_quick_answer_is_not_lost(
+    topo: Topology, start_relay: StartRelay
+) -> None:
+    """The callee sends as soon as it has the offer and answers within milliseconds,
+    before relayd hands the early forward over: its media waited in the socket and
+    reaches the caller, in order, ahead of what it sends after the answer."""
+    relay = start_relay()
+    with (
+        relay.client() as ng,
+        Peer(topo.caller.ns, topo.caller.ip4, CALLER_PORT) as caller,
+        Peer(topo.callee.ns, topo.callee.ip4, CALLEE_PORT) as callee,
+    ):
+        legs = set_up_call(ng, topo, answer=False)
+        relay_b = legs.to_callee.rtp_to
+        early = callee.send_rtp(relay_b, 5, first=700, ssrc=CALLEE_SSRC, tag=2)
+        legs = answer_call(ng, topo, legs)
+        assert legs.to_caller is not None
+        after = callee.send_rtp(relay_b, 5, first=705, ssrc=CALLEE_SSRC, tag=2)
+        assert_received(caller.receive(10), early + after, legs.to_caller.rtp_to)
+
+
 def test_timeout_tears_down_silent_call_only(topo: Topology, start_relay: StartRelay) -> None:
     relay = start_relay("--timeout", "2")
     with (

@@ -98,18 +98,36 @@ def test_the_offerer_sockets_are_send_only_until_the_answer(plane: Plane) -> Non
     assert plane.media.quiet == set()
 
 
-def test_drop_early_drains_send_only_sockets_but_not_the_ones_a_worker_reads(
-    plane: Plane,
-) -> None:
-    plane.signal("offer", sdp=sdp())
+def test_before_the_answer_reply_the_offerers_unread_sockets_are_drained(plane: Plane) -> None:
+    plane.signal("offer", sdp=sdp())  # the early forward: the worker only sends from A's
     plane.cmds.handle(req("answer", from_tag="a", to_tag="b", sdp=sdp(B_ADDR, 6000)), T0)
     call = plane.cmds.calls["c1"]
 
-    plane.media.drop_early(call)  # before the answer's reply: the worker still has the early plan
+    plane.media.drop_early(call, "b")
 
-    # what waits on the offerer's sockets came before anyone was told their port; what
-    # the answerer sent since the offer was forwarded already (or will be, in order)
+    # A's ports go out with this reply: what waits there came before anyone knew them.
+    # B's went out with the offer: what waits there is B's media, the worker has it
     assert set(plane.binder.discarded) == _keys(call, "a")
+
+
+def test_early_media_waiting_for_a_worker_survives_the_answer(plane: Plane) -> None:
+    # the answer comes before the early forward went out: nothing is placed yet
+    plane.cmds.handle(req("offer", from_tag="a", sdp=sdp()), T0)
+    plane.cmds.handle(req("answer", from_tag="a", to_tag="b", sdp=sdp(B_ADDR, 6000)), T0)
+    call = plane.cmds.calls["c1"]
+
+    plane.media.drop_early(call, "b")
+
+    assert set(plane.binder.discarded) == _keys(call, "a")  # B's early media is kept
+
+
+def test_at_the_offer_the_ports_it_reveals_are_drained(plane: Plane) -> None:
+    plane.cmds.handle(req("offer", from_tag="a", sdp=sdp()), T0)
+    call = plane.cmds.calls["c1"]
+
+    plane.media.drop_early(call, "a")
+
+    assert set(plane.binder.discarded) == _keys(call, "")  # the branch's, not yet A's
 
 
 def test_a_section_the_plan_no_longer_has_is_dropped_and_forgotten(plane: Plane) -> None:
