@@ -102,6 +102,7 @@ class MediaPlane:
         self.calls: Mapping[str, Call] = {}  # the supervisor's call registry
         self.worker_socket = ""
         self._outbox: list[tuple[WorkerProcess, bytes]] = []  # see _send_later
+        self._flush_timer: asyncio.TimerHandle | None = None
         self._listener: socket.socket | None = None
         self._closing = False
 
@@ -388,11 +389,15 @@ class MediaPlane:
         """After the reply that is being worked out (a Drop of a deleted call), batched
         (``WORKER_BATCH_DELAY``): the worker that wakes for it does not hold the reply
         up. Anything sent meanwhile goes after."""
-        if not self._outbox:
-            asyncio.get_running_loop().call_later(WORKER_BATCH_DELAY, self._flush)
+        if self._flush_timer is None:
+            loop = asyncio.get_running_loop()
+            self._flush_timer = loop.call_later(WORKER_BATCH_DELAY, self._flush)
         self._outbox.append((worker, ipc.encode(message)))
 
     def _flush(self) -> None:
+        if self._flush_timer is not None:  # sent early: with something sent after it
+            self._flush_timer.cancel()
+            self._flush_timer = None
         outbox, self._outbox = self._outbox, []
         for worker, data in outbox:
             self._transmit(worker, data)

@@ -117,6 +117,9 @@ class Supervisor:
         self._kernel_calls: set[str] = set()
         self._unsynced: dict[str, Call] = {}  # signalled calls whose worker is told next
         self._early: dict[str, Call] = {}  # unanswered offers whose worker is told later
+        # the pending batches (a call deleted meanwhile leaves its batch, not the timer)
+        self._sync_timer: asyncio.TimerHandle | None = None
+        self._early_timer: asyncio.TimerHandle | None = None
         self._stop = asyncio.Event()
         self._closers: list[Any] = []
 
@@ -179,22 +182,26 @@ class Supervisor:
         """Tell the call's worker once the reply is out, with the other updates of the
         next moment (``WORKER_BATCH_DELAY``): the proxy's next message does not wait for
         the worker, and several calls' updates wake it once."""
-        if not self._unsynced:
-            asyncio.get_running_loop().call_later(WORKER_BATCH_DELAY, self._sync_pending)
+        if self._sync_timer is None:
+            loop = asyncio.get_running_loop()
+            self._sync_timer = loop.call_later(WORKER_BATCH_DELAY, self._sync_pending)
         self._unsynced[call.call_id] = call
 
     def _sync_early(self, call: Call) -> None:
         """An offer waiting for its answer: its one-way early forward goes out with the
         other offers of the next ``EARLY_MEDIA_DELAY``, unless the answer comes first."""
-        if not self._early:
-            asyncio.get_running_loop().call_later(EARLY_MEDIA_DELAY, self._sync_early_pending)
+        if self._early_timer is None:
+            loop = asyncio.get_running_loop()
+            self._early_timer = loop.call_later(EARLY_MEDIA_DELAY, self._sync_early_pending)
         self._early[call.call_id] = call
 
     def _sync_early_pending(self) -> None:
+        self._early_timer = None
         pending, self._early = self._early, {}
         self._sync_calls(pending)
 
     def _sync_pending(self) -> None:
+        self._sync_timer = None
         pending, self._unsynced = self._unsynced, {}
         for call_id in pending:
             self._early.pop(call_id, None)  # the answer's forward supersedes the early one
