@@ -132,7 +132,8 @@ def _plain(media: Media) -> bool:
 
 
 def waits_for_answer(call: Call) -> bool:
-    """An offer waits for its answer, with no dialogue yet: the plan is the early one."""
+    """An offer waits for its answer, with no dialogue yet: the plan is the early one
+    (empty for sections whose SRTP, DTLS or ICE the answer settles)."""
     return _early_pair(call) is not None
 
 

@@ -288,15 +288,13 @@ class MediaPlane:
             if party is not None:
                 party.learning, party.learn_after = mode, after
 
-    def drop_early(self, call: Call, sender: str) -> None:
-        """Before the reply to an offer or answer from ``sender`` (the tag of the party
-        that sent it: an offer's from-tag, an answer's to-tag): what waits on a socket
-        whose port nobody had been told yet came from nowhere we know; it is dropped,
-        not forwarded late once the worker reads the socket. Those are the sockets the
-        worker does not read (not handed over yet, or only sent from), except the ones
-        towards the sender: their ports went out earlier (an answerer's with the offer),
-        so what waits there is its media, early media included, and goes on as soon
-        as the worker has the call."""
+    def drop_early(self, call: Call, keep: str = "") -> None:
+        """Before the reply to an offer or answer: what waits on a socket no worker reads
+        yet (not handed over, or only sent from) came before anyone was told its port,
+        or while nobody read it (ringing on a call with no early forward); it is dropped,
+        not forwarded late once the worker reads the socket. ``keep``: a party (tag)
+        whose sockets are left alone, an answerer that answers before its offer's early
+        forward went out, so that its early media follows the answer's forward."""
         if not paired(call):
             return  # nothing to forward yet: no worker gets the sockets
         placed = self.placed.get(call.worker, {})
@@ -308,7 +306,7 @@ class MediaPlane:
         }
         keys = [
             key
-            for key in relay_socket_keys(call, besides=call.monologues.get(sender))
+            for key in relay_socket_keys(call, besides=call.monologues.get(keep) if keep else None)
             if key not in read
         ]
         dropped = self.binder.discard_queued(keys) if keys else 0

@@ -159,9 +159,11 @@ class Supervisor:
             # signalling takes the call back to userspace until it is confirmed again
             self._unoffload(call)
             self.media.signalled(call, list(call.monologues), req.endpoint_learning)
-            # the party that sent this message: an answer's is its to-tag
-            sender = req.to_tag if req.command == "answer" else req.from_tag
-            self.media.drop_early(call, sender)
+            # an answer before its offer's early forward went out: what the answerer sent
+            # since the offer waits for the answer's forward (otherwise it is a backlog of
+            # ringing that nobody read, dropped like anything else no worker reads)
+            early = req.command == "answer" and call.call_id in self._early
+            self.media.drop_early(call, keep=req.to_tag if early else "")
             if req.command == "offer" and waits_for_answer(call):
                 self._sync_early(call)
             else:
@@ -186,6 +188,7 @@ class Supervisor:
             loop = asyncio.get_running_loop()
             self._sync_timer = loop.call_later(WORKER_BATCH_DELAY, self._sync_pending)
         self._unsynced[call.call_id] = call
+        self._early.pop(call.call_id, None)  # this forward supersedes the early one
 
     def _sync_early(self, call: Call) -> None:
         """An offer waiting for its answer: its one-way early forward goes out with the
@@ -198,23 +201,25 @@ class Supervisor:
     def _sync_early_pending(self) -> None:
         self._early_timer = None
         pending, self._early = self._early, {}
-        self._sync_calls(pending)
+        # a call deleted meanwhile (CANCEL) but kept for delete-delay needs no early media
+        self._sync_calls({k: c for k, c in pending.items() if c.deleted_at is None})
 
     def _sync_pending(self) -> None:
         self._sync_timer = None
         pending, self._unsynced = self._unsynced, {}
-        for call_id in pending:
-            self._early.pop(call_id, None)  # the answer's forward supersedes the early one
         self._sync_calls(pending)
 
     def _sync_calls(self, pending: dict[str, Call]) -> None:
         for call_id, call in pending.items():
-            if self.commands.calls.get(call_id) is call:  # not deleted in the meantime
-                token = log.bind_call(call_id, worker=call.worker)
-                try:
-                    self.media.sync(call)
-                finally:
-                    log.unbind_call(token)
+            if self.commands.calls.get(call_id) is not call:  # deleted in the meantime
+                continue
+            token = log.bind_call(call_id, worker=call.worker)
+            try:
+                self.media.sync(call)
+            except Exception:  # one call's failure must not cost the others their forwards
+                logger.exception("worker.sync_failed")
+            finally:
+                log.unbind_call(token)
 
     def _teardown(self, teardown: Teardown) -> None:
         call = teardown.call
@@ -273,6 +278,9 @@ class Supervisor:
             os.close(self.ready_fd)
         await self._stop.wait()
         reaper.cancel()
+        for timer in (self._sync_timer, self._early_timer):
+            if timer is not None:  # workers are told to stop: nothing more for them
+                timer.cancel()
         for closer in self._closers:
             closer.close()
         self.ops.close()

@@ -103,31 +103,43 @@ def test_before_the_answer_reply_the_offerers_unread_sockets_are_drained(plane: 
     plane.cmds.handle(req("answer", from_tag="a", to_tag="b", sdp=sdp(B_ADDR, 6000)), T0)
     call = plane.cmds.calls["c1"]
 
-    plane.media.drop_early(call, "b")
+    plane.media.drop_early(call)
 
-    # A's ports go out with this reply: what waits there came before anyone knew them.
-    # B's went out with the offer: what waits there is B's media, the worker has it
+    # A's ports go out with this reply: what waits there came before anyone knew them;
+    # the worker reads B's already (early media), nothing waits there
     assert set(plane.binder.discarded) == _keys(call, "a")
 
 
-def test_early_media_waiting_for_a_worker_survives_the_answer(plane: Plane) -> None:
+def test_early_media_waiting_for_a_quick_answer_survives_it(plane: Plane) -> None:
     # the answer comes before the early forward went out: nothing is placed yet
     plane.cmds.handle(req("offer", from_tag="a", sdp=sdp()), T0)
     plane.cmds.handle(req("answer", from_tag="a", to_tag="b", sdp=sdp(B_ADDR, 6000)), T0)
     call = plane.cmds.calls["c1"]
 
-    plane.media.drop_early(call, "b")
+    plane.media.drop_early(call, keep="b")
 
     assert set(plane.binder.discarded) == _keys(call, "a")  # B's early media is kept
 
 
-def test_at_the_offer_the_ports_it_reveals_are_drained(plane: Plane) -> None:
+def test_a_ringing_backlog_nobody_read_is_dropped_at_the_answer(plane: Plane) -> None:
+    # an SRTP offer gets no early forward: what B sent while ringing was never read
+    plane.signal("offer", sdp=sdp(), transport_protocol="RTP/SAVP")
+    assert plane.messages() == []
+    plane.cmds.handle(req("answer", from_tag="a", to_tag="b", sdp=sdp(B_ADDR, 6000)), T0)
+    call = plane.cmds.calls["c1"]
+
+    plane.media.drop_early(call)
+
+    assert set(plane.binder.discarded) == _keys(call, "a") | _keys(call, "b")
+
+
+def test_at_the_offer_every_socket_of_the_call_is_drained(plane: Plane) -> None:
     plane.cmds.handle(req("offer", from_tag="a", sdp=sdp()), T0)
     call = plane.cmds.calls["c1"]
 
-    plane.media.drop_early(call, "a")
+    plane.media.drop_early(call)
 
-    assert set(plane.binder.discarded) == _keys(call, "")  # the branch's, not yet A's
+    assert set(plane.binder.discarded) == _keys(call, "") | _keys(call, "a")
 
 
 def test_a_section_the_plan_no_longer_has_is_dropped_and_forgotten(plane: Plane) -> None:
