@@ -40,9 +40,10 @@ import uvloop
 from relayd import log
 from relayd.certificate import load_or_create
 from relayd.config import load
+from relayd.daemon import GC_THRESHOLDS
 from relayd.interfaces import resolve
 from relayd.ng.server import NgService
-from relayd.supervisor import _GC_THRESHOLDS, Supervisor, system_addresses
+from relayd.supervisor import Supervisor, system_addresses
 
 __all__ = ["main"]
 
@@ -71,7 +72,7 @@ async def measure(args: argparse.Namespace) -> dict[str, float]:
     interfaces = resolve(config.interfaces, system_addresses())
     supervisor = Supervisor(config, interfaces, load_or_create(None, None), argv=options)
     gc.freeze()  # as relayd's main() does once start-up is done
-    gc.set_threshold(*_GC_THRESHOLDS)
+    gc.set_threshold(*GC_THRESHOLDS)
     supervisor.media.start()
     service = NgService(supervisor.dispatch)
     templates = bench.Templates()

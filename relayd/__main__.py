@@ -1,5 +1,5 @@
 """``python -m relayd`` runs the daemon, like the ``relayd`` console script."""
 
-from relayd.supervisor import main
+from relayd.daemon import main
 
 raise SystemExit(main())

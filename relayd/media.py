@@ -34,24 +34,13 @@ from relayd.log import get_logger
 from relayd.model import Call
 from relayd.reports import OnTraffic, Reports
 from relayd.sockets import SocketBinder
+from relayd.updates import WORKER_BATCH_DELAY
 
-__all__ = ["EARLY_MEDIA_DELAY", "WORKER_BATCH_DELAY", "MediaPlane", "WorkerProcess"]
+__all__ = ["MediaPlane", "WorkerProcess"]
 
 log = get_logger("relayd.media")
 
 _LINK_BUFFER = 4 << 20
-
-# How long an unanswered offer's early forward (relayd/forwarding.py) may wait. Early
-# media that arrives meanwhile waits in its socket buffer, nothing is lost; an answer
-# within it makes the early forward needless (the answer's own forward goes instead).
-EARLY_MEDIA_DELAY = 0.02
-
-# How long updates for the workers (forwards of answered calls, drops of deleted ones)
-# may wait to go out together. A worker wakes once per batch instead of once per
-# message, which under load leaves its core to media (and, where it shares a core with
-# relayd, relayd's to signalling: bench/ng.py, 5-10% more calls per second). Media of a
-# new call waits in its socket buffer meanwhile; nothing is lost.
-WORKER_BATCH_DELAY = 0.002
 
 
 @dataclass

@@ -1,6 +1,7 @@
-"""relayd, the supervisor daemon: configuration, ng listeners, call registry, timers.
+"""relayd's supervisor: ng listeners, call registry, timers, workers and kernel path.
 
-It owns all call state and never touches a media packet. The pure pieces
+It owns all call state and never touches a media packet (start-up, from the
+configuration to this loop, is :mod:`relayd.daemon`). The pure pieces
 (:mod:`relayd.ng.commands`, :mod:`relayd.signalling`, :mod:`relayd.sdp`) do the
 work; this module wires them to sockets, signals and the clock. Operations
 hang off it too: the admin socket (:mod:`relayd.admin`), ``/metrics``
@@ -10,29 +11,25 @@ hang off it too: the admin socket (:mod:`relayd.admin`), ``/metrics``
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import logging
 import os
 import signal
 import socket
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import psutil
-import uvloop
 
-from relayd import __version__, ipc, log
-from relayd.certificate import Certificate, load_or_create
-from relayd.config import KEYS, Config, ConfigError, load, unimplemented
+from relayd import ipc, log
+from relayd.certificate import Certificate
+from relayd.config import Config
 from relayd.counters import Counters
 from relayd.forwarding import KernelLeg, kernel_legs, socket_key, waits_for_answer
-from relayd.interfaces import Interfaces, resolve
+from relayd.interfaces import Interfaces
 from relayd.kernel import KernelPath
-from relayd.media import EARLY_MEDIA_DELAY, WORKER_BATCH_DELAY, MediaPlane
+from relayd.media import MediaPlane
 from relayd.model import Call, host_port
 from relayd.ng.commands import Commands, Teardown
 from relayd.ng.message import Request
@@ -42,18 +39,11 @@ from relayd.ports import PortAllocator
 from relayd.signalling import Signalling
 from relayd.sockets import SocketBinder
 from relayd.state import Journal
+from relayd.updates import WorkerUpdates
 
-__all__ = ["Supervisor", "main"]
+__all__ = ["Supervisor", "system_addresses"]
 
 logger = log.get_logger("relayd")
-
-# A request's own objects are freed by reference counting; what the collector sees grow
-# is calls (about a hundred tracked objects each). With the default thresholds a rising
-# call count runs a full collection every few hundred calls, each walking every call
-# (tens of milliseconds with thousands of them, ng waiting meanwhile); with these, the
-# young generations are collected every 20,000 net allocations and a full collection
-# waits for 8 million. Start-up state is frozen out of collections.
-_GC_THRESHOLDS = (20_000, 20, 20)
 
 _TICK = 0.25  # seconds between timer runs
 _TICKS_PER_SECOND = 4
@@ -115,11 +105,7 @@ class Supervisor:
         self.media.on_traffic = self.ops.userspace_traffic
         self.media.on_rtcp = self.ops.rtcp_copied
         self._kernel_calls: set[str] = set()
-        self._unsynced: dict[str, Call] = {}  # signalled calls whose worker is told next
-        self._early: dict[str, Call] = {}  # unanswered offers whose worker is told later
-        # the pending batches (a call deleted meanwhile leaves its batch, not the timer)
-        self._sync_timer: asyncio.TimerHandle | None = None
-        self._early_timer: asyncio.TimerHandle | None = None
+        self.updates = WorkerUpdates(self.commands.calls, self.media.sync)
         self._stop = asyncio.Event()
         self._closers: list[Any] = []
 
@@ -162,12 +148,12 @@ class Supervisor:
             # an answer before its offer's early forward went out: what the answerer sent
             # since the offer waits for the answer's forward (otherwise it is a backlog of
             # ringing that nobody read, dropped like anything else no worker reads)
-            early = req.command == "answer" and call.call_id in self._early
+            early = req.command == "answer" and self.updates.early_pending(call)
             self.media.drop_early(call, keep=req.to_tag if early else "")
             if req.command == "offer" and waits_for_answer(call):
-                self._sync_early(call)
+                self.updates.early(call)
             else:
-                self._sync_soon(call)
+                self.updates.soon(call)
         if self.journal is not None and call is not None:
             self.journal.save(call)
         if logger.enabled(logging.INFO):
@@ -180,52 +166,10 @@ class Supervisor:
             )
         return reply
 
-    def _sync_soon(self, call: Call) -> None:
-        """Tell the call's worker once the reply is out, with the other updates of the
-        next moment (``WORKER_BATCH_DELAY``): the proxy's next message does not wait for
-        the worker, and several calls' updates wake it once."""
-        if self._sync_timer is None:
-            loop = asyncio.get_running_loop()
-            self._sync_timer = loop.call_later(WORKER_BATCH_DELAY, self._sync_pending)
-        self._unsynced[call.call_id] = call
-        self._early.pop(call.call_id, None)  # this forward supersedes the early one
-
-    def _sync_early(self, call: Call) -> None:
-        """An offer waiting for its answer: its one-way early forward goes out with the
-        other offers of the next ``EARLY_MEDIA_DELAY``, unless the answer comes first."""
-        if self._early_timer is None:
-            loop = asyncio.get_running_loop()
-            self._early_timer = loop.call_later(EARLY_MEDIA_DELAY, self._sync_early_pending)
-        self._early[call.call_id] = call
-
-    def _sync_early_pending(self) -> None:
-        self._early_timer = None
-        pending, self._early = self._early, {}
-        # a call deleted meanwhile (CANCEL) but kept for delete-delay needs no early media
-        self._sync_calls({k: c for k, c in pending.items() if c.deleted_at is None})
-
-    def _sync_pending(self) -> None:
-        self._sync_timer = None
-        pending, self._unsynced = self._unsynced, {}
-        self._sync_calls(pending)
-
-    def _sync_calls(self, pending: dict[str, Call]) -> None:
-        for call_id, call in pending.items():
-            if self.commands.calls.get(call_id) is not call:  # deleted in the meantime
-                continue
-            token = log.bind_call(call_id, worker=call.worker)
-            try:
-                self.media.sync(call)
-            except Exception:  # one call's failure must not cost the others their forwards
-                logger.exception("worker.sync_failed")
-            finally:
-                log.unbind_call(token)
-
     def _teardown(self, teardown: Teardown) -> None:
         call = teardown.call
         # also when a timer or relayctl ends the call: its lines carry its call-id
-        self._unsynced.pop(call.call_id, None)
-        self._early.pop(call.call_id, None)
+        self.updates.forget(call)
         token = log.bind_call(call.call_id, worker=call.worker)
         try:
             if self.kernel is not None:
@@ -278,9 +222,7 @@ class Supervisor:
             os.close(self.ready_fd)
         await self._stop.wait()
         reaper.cancel()
-        for timer in (self._sync_timer, self._early_timer):
-            if timer is not None:  # workers are told to stop: nothing more for them
-                timer.cancel()
+        self.updates.cancel()  # workers are told to stop: nothing more for them
         for closer in self._closers:
             closer.close()
         self.ops.close()
@@ -470,81 +412,3 @@ def _state_dir(setting: str) -> Path | None:
         return Path(setting)
     default = Path("/var/lib/relayd")
     return default if default.is_dir() and os.access(default, os.W_OK) else None
-
-
-def _daemonize(keep_stderr: bool) -> int:
-    """Fork into the background; the parent exits once the daemon reports it is ready.
-
-    Returns the write end of the readiness pipe: the daemon writes one byte to it
-    when its listeners are up. If the daemon dies first, the parent exits 1.
-    """
-    read_end, write_end = os.pipe()
-    if os.fork():
-        os.close(write_end)
-        ready = os.read(read_end, 1)
-        os._exit(0 if ready else 1)
-    os.close(read_end)
-    os.setsid()
-    if os.fork():
-        os._exit(0)
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1) if keep_stderr else (0, 1, 2):
-        os.dup2(devnull, fd)
-    return write_end
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if "-v" in args or "--version" in args:
-        print(f"relayd {__version__}")
-        return 0
-    try:
-        config = load(args)
-    except ConfigError as exc:
-        print(f"relayd: configuration error: {exc}", file=sys.stderr)
-        return 78  # EX_CONFIG
-    log.configure(
-        config.log_level,
-        stderr=config.log_stderr or config.foreground,
-        facility=config.log_facility,
-        fmt=config.log_format,
-        timestamps=config.log_timestamps,
-        rtcp_facility=config.log_facility_rtcp,
-    )
-    ignored = unimplemented(config)
-    if ignored:
-        logger.warning(
-            "config.unimplemented",
-            keys=ignored,
-            detail={k: KEYS[k].note for k in ignored if k in KEYS and KEYS[k].note},
-        )
-    try:
-        interfaces = resolve(config.interfaces, system_addresses())
-        certificate = load_or_create(config.tls_certificate or None, config.tls_private_key or None)
-    except (ValueError, OSError) as exc:
-        print(f"relayd: configuration error: {exc}", file=sys.stderr)
-        return 78
-    ready_fd = None if config.foreground else _daemonize(keep_stderr=config.log_stderr)
-    pidfile = Path(config.pidfile) if config.pidfile else None
-    if pidfile:
-        pidfile.write_text(f"{os.getpid()}\n")
-    logger.info(
-        "relayd.started",
-        version=__version__,
-        config=config.source,
-        interfaces=[f"{a.interface}/{a.local}!{a.advertised}" for a in interfaces.all],
-        ports=f"{config.port_min}-{config.port_max}",
-    )
-    try:
-        supervisor = Supervisor(config, interfaces, certificate, ready_fd=ready_fd, argv=args)
-        gc.freeze()  # what start-up built is never garbage: keep collections off it
-        gc.set_threshold(*_GC_THRESHOLDS)
-        uvloop.run(supervisor.run())
-    except OSError as exc:
-        logger.error("relayd.failed", error=str(exc))
-        return 1
-    finally:
-        if pidfile:
-            with contextlib.suppress(OSError):
-                pidfile.unlink()
-    return 0

@@ -54,7 +54,7 @@ class Plane:
                 return got
 
     def signal(self, command: str, **keys: Any) -> Call:
-        """An ng request, then the worker told (as Supervisor._sync_pending does)."""
+        """An ng request, then the worker told (as relayd/updates.py does)."""
         reply = self.cmds.handle(req(command, from_tag="a", **keys), T0)
         assert reply["result"] == "ok", reply
         call = self.cmds.calls["c1"]
