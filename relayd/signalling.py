@@ -7,20 +7,20 @@ Rules (rtpengine's, ng protocol §1.5):
   Ports are allocated the first time a party needs them and kept across
   re-offers, so a re-INVITE keeps its ports.
 * Port exhaustion undoes what the message allocated and fails it with
-  "Ran out of ports"; a call the message created is removed again.
+  "Ran out of ports"; a call the message created is removed again (which ports,
+  and giving them back: :mod:`relayd.media_ports`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from relayd import secure
 from relayd.interfaces import Interfaces
-from relayd.model import Call, Endpoint, Media, Monologue, Stream, family_of, is_address
+from relayd.media_ports import MediaPorts, Taken
+from relayd.model import Call, Endpoint, Media, Monologue, family_of, is_address
 from relayd.ng.message import NgError, Request
 from relayd.parties import answerer_of, apply_party_flags, receiver_of_offer, sender_of
 from relayd.ports import PortAllocator, PortsExhausted
@@ -38,25 +38,6 @@ _LEGACY_DIRECTIONS = {"internal": "IP4", "external": "IP6"}
 _NO_MUX_POLICY: frozenset[str] = frozenset()
 
 
-@dataclass
-class _Undo:
-    """Ports taken while handling one message, to give back if it fails."""
-
-    taken: list[tuple[Media, str, int]]
-
-    def rollback(self, ports: PortAllocator) -> None:
-        for media, address, port in reversed(self.taken):
-            ports.release(address, port)
-            if media.port == port and media.local is not None and media.local.local == address:
-                media.port = media.rtcp_port = 0
-                media.local = None
-                media.streams.clear()
-            else:
-                media.ice_ports = tuple(
-                    (a, p) for a, p in media.ice_ports if (a.local, p) != (address, port)
-                )
-
-
 class Signalling:
     def __init__(
         self,
@@ -67,17 +48,16 @@ class Signalling:
         sip_source_default: bool = False,
         fingerprint: str = "",
         dtls_passive: bool = False,
-        on_ports_released: Callable[[Media], None] | None = None,
     ) -> None:
         self.interfaces = interfaces
         self.ports = ports
+        self.media_ports = MediaPorts(interfaces, ports)
         self.instance_id = instance_id or secrets.token_hex(6)
         self.sip_source_default = sip_source_default
         self.fingerprint = fingerprint  # "sha-256 AB:CD:…" of our DTLS certificate
         self.dtls_passive = dtls_passive
         # ICE candidate foundations: one per local address for the daemon's life
         self.foundations = {a.local: new_foundation() for a in interfaces.all}
-        self.on_ports_released = on_ports_released
 
     # -- offer / answer ---------------------------------------------------------------------
 
@@ -129,7 +109,7 @@ class Signalling:
         session_c = sdp.connection()
         session_direction = _direction(sdp.session)
         family = receiver.family or _known_family(receiver) or self._input_family(sdp)
-        undo = _Undo([])
+        taken = Taken(self.ports)
         try:
             for index, desc in enumerate(sdp.media):
                 moved = self._learn(
@@ -146,22 +126,22 @@ class Signalling:
                     desc,
                     family,
                     req,
-                    undo,
+                    taken,
                     offer=offer,
                     renew=renew,
                 )
                 # the sender's own ports exist from its offer on, as rtpengine allocates them
                 own_family = sender.family or _known_family(sender) or family
-                self._ensure_ports(call, sender, sender.medias[index], own_family, undo)
+                self.media_ports.ensure(call, sender, sender.medias[index], own_family, taken)
                 target, source = receiver.medias[index], sender.medias[index]
                 if offer:
                     protocol = req.transport_protocol or desc.protocol
                     secure.negotiate_offer(target, source, req, protocol)
                 else:
                     secure.negotiate_answer(target, source, req, dtls_passive=self.dtls_passive)
-                self._ensure_ice_ports(call, target, undo)
+                self.media_ports.ensure_ice(call, target, taken)
         except PortsExhausted:
-            undo.rollback(self.ports)
+            taken.rollback()
             raise NgError("Ran out of ports") from None
         call.last_signal = now
         local = self.interfaces.select(receiver.interface or self.interfaces.default, family)
@@ -269,7 +249,7 @@ class Signalling:
             )
         media = sender.medias[index]
         if media.type != desc.media and media.port:
-            self._release(media)  # audio → image (T.38) and back: new ports, as rtpengine
+            self.media_ports.release(media)  # audio → image (T.38) and back: new ports
         media.type, media.protocol = desc.media, desc.protocol
         media.rejected = desc.port == 0
         media.codecs = codecs_of(desc)
@@ -324,7 +304,7 @@ class Signalling:
         desc: MediaDescription,
         family: str,
         req: Request,
-        undo: _Undo,
+        taken: Taken,
         *,
         offer: bool,
         renew: bool = False,
@@ -348,71 +328,7 @@ class Signalling:
         else:
             # an answer only carries codecs that were offered to the answerer
             media.sent_codecs = answer_codecs(source.codecs, source.sent_codecs)
-        self._ensure_ports(call, receiver, media, family, undo, renew=renew)
-
-    def _ensure_ice_ports(self, call: Call, media: Media, undo: _Undo) -> None:
-        """With ICE towards a party, a candidate on every other address of its interface."""
-        if not media.ice_ufrag or not media.port or media.local is None:
-            self._release_ice_ports(media)
-            return
-        others = [
-            a
-            for a in self.interfaces.by_name.get(media.local.interface, [])
-            if a.local != media.local.local
-        ]
-        have = {a.local for a, _ in media.ice_ports}
-        for address in others:
-            if address.local not in have:
-                port = self.ports.allocate(address.local, call.worker)
-                media.ice_ports += ((address, port),)
-                undo.taken.append((media, address.local, port))
-
-    def _release_ice_ports(self, media: Media) -> None:
-        for address, port in media.ice_ports:
-            self.ports.release(address.local, port)
-        media.ice_ports = ()
-
-    def _ensure_ports(
-        self,
-        call: Call,
-        party: Monologue,
-        media: Media,
-        family: str,
-        undo: _Undo,
-        *,
-        renew: bool = False,
-    ) -> None:
-        """Our RTP/RTCP ports towards ``party`` for one media section, kept once given."""
-        if media.rejected:
-            return
-        local = self.interfaces.select(party.interface or self.interfaces.default, family)
-        if media.port and media.local is not None and (renew or media.local.family != local.family):
-            self._release(media)
-        if not media.port:
-            media.port = self.ports.allocate(local.local, call.worker)
-            media.local = local
-            undo.taken.append((media, local.local, media.port))
-            media.rtcp_port = media.port + 1
-        if not media.streams:
-            owner = media.local or local
-            media.streams = [
-                Stream(
-                    owner,
-                    media.port,
-                    rtcp=False,
-                    endpoint=media.remote_rtp,
-                    advertised_endpoint=media.remote_rtp,
-                    call_id=call.call_id,
-                ),
-                Stream(
-                    owner,
-                    media.port + 1,
-                    rtcp=True,
-                    endpoint=media.remote_rtcp,
-                    advertised_endpoint=media.remote_rtcp,
-                    call_id=call.call_id,
-                ),
-            ]
+        self.media_ports.ensure(call, receiver, media, family, taken, renew=renew)
 
     def _mux_out(
         self, sender: Monologue, receiver: Monologue, index: int, req: Request, offer: bool
@@ -433,19 +349,8 @@ class Signalling:
         accepted = source.peer_rtcp_mux or bool(policy & {"accept", "require", "demux"})
         return accepted, accepted
 
-    def _release(self, media: Media) -> None:
-        self._release_ice_ports(media)
-        if media.port and media.local is not None:
-            self.ports.release(media.local.local, media.port)
-            if self.on_ports_released:
-                self.on_ports_released(media)
-        media.port = media.rtcp_port = 0
-        media.local = None
-        media.streams.clear()
-
     def release_call(self, call: Call) -> None:
-        for media in call.all_medias():
-            self._release(media)
+        self.media_ports.release_call(call)
 
 
 def _direction(lines: list[Line]) -> str | None:

@@ -207,9 +207,7 @@ def test_parallel_forking_by_via_branch() -> None:
 
 
 def test_release_call_releases_every_port_including_forks() -> None:
-    released: list[int] = []
     cmds, binder = build()
-    cmds.signalling.on_ports_released = lambda media: released.append(media.port)
     _ok(cmds, "offer", from_tag="a", via_branch="z1", sdp=sdp(video=5002))
     _ok(cmds, "offer", from_tag="a", via_branch="z2", sdp=sdp(video=5002))
     _ok(cmds, "answer", from_tag="a", to_tag="b1", via_branch="z1", sdp=sdp(B_ADDR, video=6002))
@@ -220,7 +218,6 @@ def test_release_call_releases_every_port_including_forks() -> None:
     cmds.signalling.release_call(call)
     assert sorted(binder.released) == bound
     assert binder.live == {}
-    assert sorted(released) == [port for _, port in bound]
     assert all(m.port == 0 and m.local is None and not m.streams for m in call.all_medias())
     assert sum(p.in_use for p in cmds.signalling.ports.pools.values()) == 0
 
