@@ -20,9 +20,10 @@ from typing import Any, Protocol
 from relayd.config import Config
 from relayd.counters import Counters
 from relayd.kernel import KernelPath
-from relayd.media import MediaPlane, WorkerProcess
+from relayd.media import MediaPlane
 from relayd.model import Call, Media, Monologue, Stream
 from relayd.ng.commands import Commands
+from relayd.workerpool import WorkerProcess
 
 __all__ = [
     "PortUse",
