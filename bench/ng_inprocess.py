@@ -40,10 +40,10 @@ import uvloop
 from relayd import log
 from relayd.certificate import load_or_create
 from relayd.config import load
-from relayd.daemon import GC_THRESHOLDS
+from relayd.daemon import GC_THRESHOLDS, system_addresses
 from relayd.interfaces import resolve
 from relayd.ng.server import NgService
-from relayd.supervisor import Supervisor, system_addresses
+from relayd.supervisor import Supervisor
 
 __all__ = ["main"]
 

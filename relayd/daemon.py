@@ -12,19 +12,21 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import psutil
 import uvloop
 
 from relayd import __version__, log
 from relayd.certificate import load_or_create
 from relayd.config import KEYS, ConfigError, load, unimplemented
 from relayd.interfaces import resolve
-from relayd.supervisor import Supervisor, system_addresses
+from relayd.supervisor import Supervisor
 
-__all__ = ["GC_THRESHOLDS", "main"]
+__all__ = ["GC_THRESHOLDS", "main", "system_addresses"]
 
 logger = log.get_logger("relayd")
 
@@ -35,6 +37,16 @@ logger = log.get_logger("relayd")
 # young generations are collected every 20,000 net allocations and a full collection
 # waits for 8 million. Start-up state is frozen out of collections.
 GC_THRESHOLDS = (20_000, 20, 20)
+
+
+def system_addresses() -> dict[str, list[str]]:
+    """Addresses of each network device, for ``interface = eth0`` style lines."""
+    result: dict[str, list[str]] = {}
+    for name, addrs in psutil.net_if_addrs().items():
+        for addr in addrs:
+            if addr.family in (socket.AF_INET, socket.AF_INET6):
+                result.setdefault(name, []).append(addr.address.split("%")[0])
+    return result
 
 
 def _daemonize(keep_stderr: bool) -> int:

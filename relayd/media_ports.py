@@ -40,6 +40,8 @@ class Taken:
 
 
 class MediaPorts:
+    """Takes, keeps and gives back the port pairs of each party's media sections."""
+
     def __init__(self, interfaces: Interfaces, ports: PortAllocator) -> None:
         self.interfaces = interfaces
         self.ports = ports

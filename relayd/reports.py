@@ -1,9 +1,10 @@
 """What the media workers report, folded into the call model's streams (pure).
 
 Workers send their per-socket counters, learned endpoints and DTLS/ICE states
-once a second for the sockets that saw something (relayd/media.py receives
-them). Counters arrive as totals since the worker took the socket; the streams
-get the deltas, because the kernel path adds its own counts to the same streams.
+once a second for the sockets that saw something (relayd/workerpool.py receives
+them, relayd/media.py folds them in here). Counters arrive as totals since the
+worker took the socket; the streams get the deltas, because the kernel path adds
+its own counts to the same streams.
 """
 
 from __future__ import annotations

@@ -14,13 +14,10 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import psutil
 
 from relayd import ipc, log
 from relayd.certificate import Certificate
@@ -41,22 +38,12 @@ from relayd.sockets import SocketBinder
 from relayd.state import Journal
 from relayd.updates import WorkerUpdates
 
-__all__ = ["Supervisor", "system_addresses"]
+__all__ = ["Supervisor"]
 
 logger = log.get_logger("relayd")
 
 _TICK = 0.25  # seconds between timer runs
 _TICKS_PER_SECOND = 4
-
-
-def system_addresses() -> dict[str, list[str]]:
-    """Addresses of each network device, for ``interface = eth0`` style lines."""
-    result: dict[str, list[str]] = {}
-    for name, addrs in psutil.net_if_addrs().items():
-        for addr in addrs:
-            if addr.family in (socket.AF_INET, socket.AF_INET6):
-                result.setdefault(name, []).append(addr.address.split("%")[0])
-    return result
 
 
 class Supervisor:

@@ -23,11 +23,11 @@ __all__ = ["EARLY_MEDIA_DELAY", "WORKER_BATCH_DELAY", "WorkerUpdates"]
 
 logger = log.get_logger("relayd")
 
-# How long updates for the workers (forwards of answered calls, drops of deleted ones)
-# may wait to go out together. A worker wakes once per batch instead of once per
-# message, which under load leaves its core to media (and, where it shares a core with
-# relayd, relayd's to signalling: bench/ng.py, 5-10% more calls per second). Media of a
-# new call waits in its socket buffer meanwhile; nothing is lost.
+# How long updates for the workers (forwards of answered calls here, drops of deleted
+# ones in relayd/workerpool.py's outbox) may wait to go out together. A worker wakes
+# once per batch instead of once per message, which under load leaves its core to media
+# (and, where it shares a core with relayd, relayd's to signalling). Media of a new call
+# waits in its socket buffer meanwhile; nothing is lost.
 WORKER_BATCH_DELAY = 0.002
 
 # How long an unanswered offer's early forward may wait. Early media that arrives

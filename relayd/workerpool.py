@@ -22,9 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from relayd import ipc
+from relayd import ipc, updates
 from relayd.log import get_logger
-from relayd.updates import WORKER_BATCH_DELAY
 
 __all__ = ["PoolOwner", "WorkerPool", "WorkerProcess"]
 
@@ -53,13 +52,15 @@ class PoolOwner(Protocol):
         nothing yet."""
 
     def worker_message(self, worker: WorkerProcess, message: ipc.Message) -> None:
-        """Stats or RTCP copies from a worker."""
+        """Whatever a worker sends but its Hello: Stats and RTCP copies."""
 
     def medias_on(self, worker: WorkerProcess) -> int:
         """How many media sections the worker carries (for the log)."""
 
 
 class WorkerPool:
+    """One process per worker index, its link, and what waits to be sent to it."""
+
     def __init__(
         self,
         owner: PoolOwner,
@@ -241,7 +242,7 @@ class WorkerPool:
         up. Anything sent meanwhile goes after."""
         if self._flush_timer is None:
             loop = asyncio.get_running_loop()
-            self._flush_timer = loop.call_later(WORKER_BATCH_DELAY, self._flush)
+            self._flush_timer = loop.call_later(updates.WORKER_BATCH_DELAY, self._flush)
         self._outbox.append((worker, ipc.encode(message)))
 
     def _flush(self) -> None:

@@ -1,4 +1,4 @@
-"""A real relay-worker process driven over its link, as relayd drives it (relayd/media.py).
+"""A real relay-worker process driven over its link, as relayd drives it (relayd/workerpool.py).
 
 The test binds the relay sockets itself and passes them with SCM_RIGHTS in a
 ``Forward``, exactly like relayd; the worker runs ``python -m workers --fd N``.
