@@ -171,7 +171,11 @@ def running_daemon(
 
 
 def wait_for_pong(
-    proc: subprocess.Popen[str] | subprocess.Popen[bytes], ng_port: int, name: str, log_path: Path, timeout: float = 20.0
+    proc: subprocess.Popen[str] | subprocess.Popen[bytes],
+    ng_port: int,
+    name: str,
+    log_path: Path,
+    timeout: float = 20.0,
 ) -> None:
     """Until the relay in RELAY_NS answers ng ping; its log tail if it exits or stays mute."""
     deadline = time.monotonic() + timeout
