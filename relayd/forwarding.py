@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
-from relayd.ipc import Forward, SocketSpec
+from relayd.ipc import Forward, SocketSpec, socket_key
 from relayd.model import Call, Endpoint, Media, Monologue, Stream
 from relayd.webrtc import Crypto
 
@@ -28,25 +28,12 @@ __all__ = [
     "kernel_legs",
     "media_key",
     "paired",
-    "parse_key",
     "plan",
     "relay_socket_keys",
     "section_count",
-    "socket_key",
     "streams_by_socket",
     "waits_for_answer",
 ]
-
-
-def socket_key(address: str, port: int) -> str:
-    return f"{address} {port}"
-
-
-def parse_key(text: str) -> tuple[str, int] | None:
-    """A socket key, or an endpoint as the IPC messages write it (``"address port"``),
-    back to its parts; None if ``text`` is not one."""
-    host, _, port = text.rpartition(" ")
-    return (host, int(port)) if host and port.isdigit() else None
 
 
 _PLAIN = frozenset({"RTP/AVP", "RTP/AVPF"})

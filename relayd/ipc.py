@@ -46,7 +46,23 @@ __all__ = [
     "decode",
     "encode",
     "encode_forward",
+    "parse_key",
+    "socket_key",
 ]
+
+
+# Sockets and endpoints travel as "address port" text: the keys of a worker's sockets,
+# learned endpoints, RTCP sources (an IPv6 address has no space, so the last one splits).
+def socket_key(address: str, port: int) -> str:
+    return f"{address} {port}"
+
+
+def parse_key(text: str) -> tuple[str, int] | None:
+    """A socket key, or an endpoint as the IPC messages write it (``"address port"``),
+    back to its parts; None if ``text`` is not one."""
+    host, _, port = text.rpartition(" ")
+    return (host, int(port)) if host and port.isdigit() else None
+
 
 MAX_MESSAGE = 1 << 20
 RTCP_SAMPLE_LIMIT = 256  # RTCP copies per worker per report

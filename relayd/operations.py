@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 from relayd import admin, ipc, log, metrics
 from relayd.config import Config, ConfigError, load
 from relayd.counters import direction_of
-from relayd.forwarding import parse_key
 from relayd.homer import HomerSender, ng_capture, rtcp_capture
 from relayd.httpd import serve_http
+from relayd.ipc import parse_key
 from relayd.model import Stream, host_port
 from relayd.ng.commands import Limits
 from relayd.ng.message import Request

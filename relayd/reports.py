@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from relayd import ipc
-from relayd.forwarding import parse_key, socket_key
+from relayd.ipc import parse_key, socket_key
 from relayd.model import Endpoint, Stream
 
 __all__ = ["OnTraffic", "Reports"]

@@ -13,7 +13,7 @@ import select
 import socket
 from collections.abc import Sequence
 
-from relayd.forwarding import socket_key
+from relayd.ipc import socket_key
 from relayd.log import get_logger
 
 __all__ = ["SocketBinder"]

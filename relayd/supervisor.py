@@ -23,8 +23,9 @@ from relayd import ipc, log
 from relayd.certificate import Certificate
 from relayd.config import Config
 from relayd.counters import Counters
-from relayd.forwarding import KernelLeg, kernel_legs, socket_key, waits_for_answer
+from relayd.forwarding import KernelLeg, kernel_legs, waits_for_answer
 from relayd.interfaces import Interfaces
+from relayd.ipc import socket_key
 from relayd.kernel import KernelPath
 from relayd.media import MediaPlane
 from relayd.model import Call, host_port

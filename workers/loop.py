@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 
 from relayd import ipc
-from relayd.forwarding import parse_key
+from relayd.ipc import parse_key, socket_key
 from relayd.log import get_logger
 from relayd.rtcp import is_rtcp
 from workers.secure import SecurePath, SecureSocket
@@ -271,7 +271,7 @@ class Worker:
             leg.reported = state
             if sec is not None:
                 sec.reported = crypto
-            endpoint = f"{leg.endpoint[0]} {leg.endpoint[1]}" if leg.endpoint else ""
+            endpoint = socket_key(*leg.endpoint) if leg.endpoint else ""
             changed.append(
                 ipc.SocketStats(
                     leg.key,
@@ -293,7 +293,7 @@ class Worker:
 
     def _sample_rtcp(self, key: str, source: tuple[str, int], data: bytes, now: float) -> None:
         if len(self.rtcp) < ipc.RTCP_SAMPLE_LIMIT:
-            self.rtcp.append(ipc.RtcpPacket(key, f"{source[0]} {source[1]}", data.hex(), now))
+            self.rtcp.append(ipc.RtcpPacket(key, socket_key(*source[:2]), data.hex(), now))
 
     # -- the loop -----------------------------------------------------------------------------
 

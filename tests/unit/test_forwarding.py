@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from relayd.forwarding import media_key, parse_key, plan, socket_key
-from relayd.ipc import Forward, SocketSpec
+from relayd.forwarding import media_key, plan
+from relayd.ipc import Forward, SocketSpec, parse_key, socket_key
 from relayd.model import Call
 from relayd.ng.commands import Commands
 from tests.unit.calls import A_ADDR, B_ADDR, LOCAL4, T0, build, req, sdp
