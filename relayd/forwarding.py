@@ -16,7 +16,7 @@ roles and ICE candidates towards the offerer come with the answer.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from relayd.ipc import Forward, SocketSpec, socket_key
@@ -86,11 +86,8 @@ def _pairs(call: Call) -> Iterator[tuple[Monologue, Monologue]]:
 
 
 def _early_pair(call: Call) -> tuple[Monologue, Monologue] | None:
-    """An offer that waits for its answer: the offerer, and the party it went to (the
-    latest branch, if it went out on several). Only while no two parties are in a
-    dialogue: a re-offer within one is forwarded both ways as before."""
-    if next(_pairs(call), None) is not None:
-        return None
+    """With no dialogue yet, an offer that waits for its answer: the offerer, and the
+    party it went to (the latest branch, if it went out on several)."""
     for offerer in call.parties():
         if not (offerer.tag and offerer.sent_sdp):
             continue
@@ -109,6 +106,19 @@ def _early_pair(call: Call) -> tuple[Monologue, Monologue] | None:
     return None
 
 
+def _dialogues(call: Call) -> Iterator[tuple[Monologue, Monologue, bool]]:
+    """The pairs of parties whose media is forwarded, and whether the pair is early:
+    the parties in a dialogue, or else, while an offer waits for its answer, the party
+    it went to and the offerer (one way: from the first to the second)."""
+    found = False
+    for x, y in _pairs(call):
+        found = True
+        yield x, y, False
+    if not found and (early := _early_pair(call)) is not None:
+        offerer, answerer = early
+        yield answerer, offerer, True
+
+
 def _plain(media: Media) -> bool:
     """Plain RTP with this party both ways so far: what it sent us and what we wrote it."""
     return (
@@ -119,51 +129,48 @@ def _plain(media: Media) -> bool:
 
 
 def waits_for_answer(call: Call) -> bool:
-    """An offer waits for its answer, with no dialogue yet: the plan is the early one
-    (empty for sections whose SRTP, DTLS or ICE the answer settles)."""
-    return _early_pair(call) is not None
+    """An offer waits for its answer and has early media to forward: its plan is the
+    one-way early one, with at least one plain-RTP section."""
+    first = next(_dialogues(call), None)
+    return first is not None and first[2] and bool(plan(call))
 
 
 def paired(call: Call) -> bool:
     """Whether the call has anything to forward: two parties in a dialogue, or an offer
     waiting for its answer (early media)."""
-    return _early_pair(call) is not None or next(_pairs(call), None) is not None
+    return next(_dialogues(call), None) is not None
+
+
+# An early pair's overrides: nothing is sent towards the answerer yet, and nothing is
+# learned about it before its SDP says where it is (a stray packet must not become its
+# address); the offerer's sockets only send, and what arrives on them stays queued until
+# the answer makes them forward (what the offerer sends right after the answer)
+_EARLY_ANSWERER: dict[str, Any] = {"learning": "off"}
+_EARLY_OFFERER: dict[str, Any] = {"listen": False}
 
 
 def plan(call: Call) -> list[Forward]:
-    """One :class:`Forward` per media section that both parties have ports for."""
+    """One :class:`Forward` per media section that both parties have ports for (early:
+    only plain RTP; SRTP keys, DTLS and ICE towards the offerer come with the answer)."""
     result: list[Forward] = []
-    for x, y in _pairs(call):
+    for x, y, early in _dialogues(call):
         for index in range(min(len(x.medias), len(y.medias))):
             mx, my = x.medias[index], y.medias[index]
             if not (mx.port and my.port and mx.local and my.local):
                 continue
-            sockets = [*_specs(x, mx, my), *_specs(y, my, mx)]
+            if early and not (_plain(mx) and _plain(my)):
+                continue
+            sockets = [
+                *_specs(x, mx, my, _EARLY_ANSWERER if early else {}),
+                *_specs(y, my, mx, _EARLY_OFFERER if early else {}),
+            ]
             result.append(Forward(media_key(call.call_id, index), tuple(sockets)))
-    if result:
-        return result
-    early = _early_pair(call)
-    if early is None:
-        return result
-    offerer, answerer = early
-    for index in range(min(len(offerer.medias), len(answerer.medias))):
-        mo, ma = offerer.medias[index], answerer.medias[index]
-        if not (mo.port and ma.port and mo.local and ma.local):
-            continue
-        if not (_plain(mo) and _plain(ma)):
-            continue  # SRTP keys, DTLS and ICE towards the offerer come with the answer
-        # the offerer's sockets only send: what arrives on them stays queued until the
-        # answer makes them forward (media the offerer sends right after the answer)
-        quiet = [replace(spec, listen=False) for spec in _specs(offerer, mo, ma)]
-        # nothing is sent towards the answerer yet, and nothing is learned about it
-        # before its SDP says where it is (a stray packet must not become its address)
-        unlearned = [replace(spec, learning="off") for spec in _specs(answerer, ma, mo)]
-        sockets = [*unlearned, *quiet]
-        result.append(Forward(media_key(call.call_id, index), tuple(sockets)))
     return result
 
 
-def _specs(party: Monologue, own: Media, other: Media) -> list[SocketSpec]:
+def _specs(
+    party: Monologue, own: Media, other: Media, overrides: dict[str, Any]
+) -> list[SocketSpec]:
     assert own.local is not None and other.local is not None
     own_rtp = socket_key(own.local.local, own.port)
     own_rtcp = socket_key(own.local.local, own.port + 1)
@@ -176,6 +183,7 @@ def _specs(party: Monologue, own: Media, other: Media) -> list[SocketSpec]:
         "asymmetric": party.asymmetric,
         "strict": party.strict_source,
         "handover": party.media_handover,
+        **overrides,
     }
     # where each component's packets go; the party's ICE candidates on our other
     # addresses (aliases) forward exactly like the primary socket of their component
