@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from relayd.interfaces import Interfaces
+from relayd.ipc import socket_key
 from relayd.model import Call, LocalAddress, Media
 from relayd.ng.commands import Commands, Limits
 from relayd.ng.message import Request, parse_request
@@ -28,6 +29,7 @@ __all__ = [
     "build",
     "interfaces",
     "media_ports",
+    "pair_keys",
     "req",
     "sdp",
 ]
@@ -41,12 +43,15 @@ B_ADDR = "198.51.100.20"
 
 @dataclass
 class FakeBinder:
-    """Records the port pairs the allocator binds and releases; refuses those in ``taken``."""
+    """Records the port pairs the allocator binds and releases; refuses those in ``taken``.
+    For the media plane: holds no sockets, records the keys it is asked to drain."""
 
     taken: set[tuple[str, int]] = field(default_factory=set)
     bound: list[tuple[str, int]] = field(default_factory=list)
     released: list[tuple[str, int]] = field(default_factory=list)
     refused: list[tuple[str, int]] = field(default_factory=list)
+    sockets: dict[str, int] = field(default_factory=dict)
+    discarded: list[str] = field(default_factory=list)
 
     def bind(self, address: str, port: int) -> bool:
         if (address, port) in self.taken:
@@ -57,6 +62,13 @@ class FakeBinder:
 
     def release(self, address: str, port: int) -> None:
         self.released.append((address, port))
+
+    def share_key(self, key: str) -> None:
+        pass
+
+    def discard_queued(self, keys: list[str], limit: int = 4096) -> int:
+        self.discarded += keys
+        return 0
 
     @property
     def live(self) -> Counter[tuple[str, int]]:
@@ -132,6 +144,14 @@ def req(command: str, call_id: str = "c1", **keys: Any) -> Request:
         raw["call-id"] = call_id
     raw.update({k.replace("_", "-"): v for k, v in keys.items()})
     return parse_request(raw)
+
+
+def pair_keys(call: Call, tag_or_branch: str, address: str = LOCAL4) -> set[str]:
+    """The socket keys of our RTP/RTCP pair towards a party (a tag, or the via-branch of
+    an offer nobody has answered yet), first media section."""
+    party = call.monologues.get(tag_or_branch) or call.branches[tag_or_branch]
+    port = party.medias[0].port
+    return {socket_key(address, port), socket_key(address, port + 1)}
 
 
 def media_ports(call: Call, tag: str, index: int = 0) -> tuple[int, int]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -19,28 +19,13 @@ from relayd import ipc
 from relayd.media import MediaPlane
 from relayd.model import Call
 from relayd.ng.commands import Commands
-from tests.unit.calls import B_ADDR, LOCAL4, T0, build, req, sdp
-
-
-@dataclass
-class QuietBinder:
-    """A binder without sockets: records the keys ``drop_early`` asks it to drain."""
-
-    sockets: dict[str, int] = field(default_factory=dict)
-    discarded: list[str] = field(default_factory=list)
-
-    def share_key(self, key: str) -> None:
-        pass
-
-    def discard_queued(self, keys: list[str], limit: int = 4096) -> int:
-        self.discarded += keys
-        return 0
+from tests.unit.calls import B_ADDR, T0, FakeBinder, build, pair_keys, req, sdp
 
 
 @dataclass
 class Plane:
     media: MediaPlane
-    binder: QuietBinder
+    binder: FakeBinder
     worker_end: socket.socket
     cmds: Commands
 
@@ -64,11 +49,10 @@ class Plane:
 
 @pytest.fixture
 def plane() -> Iterator[Plane]:
-    binder = QuietBinder()
+    cmds, binder = build()
     media = MediaPlane(binder, workers=1)  # type: ignore[arg-type]
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     media.workers[0].link = ours
-    cmds, _ = build()
     media.calls = cmds.calls
     try:
         yield Plane(media, binder, theirs, cmds)
@@ -77,17 +61,11 @@ def plane() -> Iterator[Plane]:
         theirs.close()
 
 
-def _keys(call: Call, tag_or_branch: str) -> set[str]:
-    party = call.monologues.get(tag_or_branch) or call.branches[tag_or_branch]
-    port = party.medias[0].port
-    return {f"{LOCAL4} {port}", f"{LOCAL4} {port + 1}"}
-
-
 def test_the_offerer_sockets_are_send_only_until_the_answer(plane: Plane) -> None:
     call = plane.signal("offer", sdp=sdp())
     (early,) = plane.messages()
     assert isinstance(early, ipc.Forward)
-    offerer = _keys(call, "a")
+    offerer = pair_keys(call, "a")
     assert {s.key for s in early.sockets if not s.listen} == offerer
     assert plane.media.quiet == offerer
 
@@ -107,7 +85,7 @@ def test_before_the_answer_reply_the_offerers_unread_sockets_are_drained(plane: 
 
     # A's ports go out with this reply: what waits there came before anyone knew them;
     # the worker reads B's already (early media), nothing waits there
-    assert set(plane.binder.discarded) == _keys(call, "a")
+    assert set(plane.binder.discarded) == pair_keys(call, "a")
 
 
 def test_early_media_waiting_for_a_quick_answer_survives_it(plane: Plane) -> None:
@@ -118,7 +96,7 @@ def test_early_media_waiting_for_a_quick_answer_survives_it(plane: Plane) -> Non
 
     plane.media.drop_early(call, keep="b")
 
-    assert set(plane.binder.discarded) == _keys(call, "a")  # B's early media is kept
+    assert set(plane.binder.discarded) == pair_keys(call, "a")  # B's early media is kept
 
 
 def test_a_ringing_backlog_nobody_read_is_dropped_at_the_answer(plane: Plane) -> None:
@@ -130,7 +108,7 @@ def test_a_ringing_backlog_nobody_read_is_dropped_at_the_answer(plane: Plane) ->
 
     plane.media.drop_early(call)
 
-    assert set(plane.binder.discarded) == _keys(call, "a") | _keys(call, "b")
+    assert set(plane.binder.discarded) == pair_keys(call, "a") | pair_keys(call, "b")
 
 
 def test_at_the_offer_every_socket_of_the_call_is_drained(plane: Plane) -> None:
@@ -139,7 +117,7 @@ def test_at_the_offer_every_socket_of_the_call_is_drained(plane: Plane) -> None:
 
     plane.media.drop_early(call)
 
-    assert set(plane.binder.discarded) == _keys(call, "") | _keys(call, "a")
+    assert set(plane.binder.discarded) == pair_keys(call, "") | pair_keys(call, "a")
 
 
 def test_a_section_the_plan_no_longer_has_is_dropped_and_forgotten(plane: Plane) -> None:
@@ -158,7 +136,7 @@ def test_a_restarted_worker_gets_send_only_sockets_planned_anew(plane: Plane) ->
     plane.media.resend(plane.media.workers[0])
     (again,) = plane.messages()
     assert isinstance(again, ipc.Forward)
-    assert plane.media.quiet == _keys(call, "a")
+    assert plane.media.quiet == pair_keys(call, "a")
 
     # the plan changes while the worker is away: nothing stays quiet for a section gone
     plane.cmds.handle(
