@@ -97,14 +97,13 @@ class MediaPlane:
 
     # -- forwarding -----------------------------------------------------------------------
 
-    def signalled(self, call: Call, tags: list[str], learning: str) -> None:
-        """A signalling event touched ``tags``: learning restarts for those parties."""
+    def signalled(self, call: Call, learning: str) -> None:
+        """A signalling event: learning restarts for every party of the call (each once,
+        aliases and unanswered branches included)."""
         mode = learning or self.learning
         after = time.monotonic() + (3.0 if mode in ("delayed", "heuristic") else 0.0)
-        for tag in tags:
-            party = call.monologues.get(tag)
-            if party is not None:
-                party.learning, party.learn_after = mode, after
+        for party in call.parties():
+            party.learning, party.learn_after = mode, after
 
     def drop_early(self, call: Call, keep: str = "") -> None:
         """Before the reply to an offer or answer: what waits on a socket no worker reads

@@ -132,7 +132,7 @@ class Supervisor:
         if call is not None and result == "ok" and req.command in ("offer", "answer"):
             # signalling takes the call back to userspace until it is confirmed again
             self._unoffload(call)
-            self.media.signalled(call, list(call.monologues), req.endpoint_learning)
+            self.media.signalled(call, req.endpoint_learning)
             # an answer before its offer's early forward went out: what the answerer sent
             # since the offer waits for the answer's forward (otherwise it is a backlog of
             # ringing that nobody read, dropped like anything else no worker reads)
