@@ -33,6 +33,15 @@ def _free_udp_port() -> int:
         return port
 
 
+def _run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """A bench script from the repository root, bounded; it must exit 0."""
+    done = subprocess.run(
+        [sys.executable, script, *args], capture_output=True, text=True, timeout=60, cwd=REPO
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
 def test_quick_benchmark_prints_its_table(tmp_path: Path) -> None:
     ng_port = _free_udp_port()
     relayd = RelaydProcess(tmp_path, ng_port=ng_port, port_min=PORTS[0], port_max=PORTS[1])
@@ -44,29 +53,20 @@ def test_quick_benchmark_prints_its_table(tmp_path: Path) -> None:
         relayd.stop()
 
     out = tmp_path / "bench.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(BENCH),
-            "--quick",
-            "--only",
-            "relayd",
-            "--relayd-listen",
-            f"127.0.0.1:{ng_port}",
-            "--port-min",
-            str(PORTS[0]),
-            "--port-max",
-            str(PORTS[1]),
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
+    done = _run(
+        str(BENCH),
+        "--quick",
+        "--only",
+        "relayd",
+        "--relayd-listen",
+        f"127.0.0.1:{ng_port}",
+        "--port-min",
+        str(PORTS[0]),
+        "--port-max",
+        str(PORTS[1]),
+        "--json",
+        str(out),
     )
-
-    assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.startswith("$ "), done.stdout
     assert "| concurrent calls | daemon | cycles/s | p50 ms | p99 ms |" in done.stdout
     for calls in (1, 100):
@@ -83,30 +83,21 @@ def test_quick_benchmark_prints_its_table(tmp_path: Path) -> None:
 def test_python_floor_answers_the_benchmark(tmp_path: Path) -> None:
     """bench/ng_floor.py (``--floor``) serves every cycle and frees its ports on delete."""
     out = tmp_path / "floor.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(BENCH),
-            "--quick",
-            "--only",
-            "python-floor",
-            "--floor-listen",
-            f"127.0.0.1:{_free_udp_port()}",
-            "--port-min",
-            str(PORTS[0]),
-            # 100 open calls and 300 cycles need about 600 pairs: only if deletes free them
-            "--port-max",
-            str(PORTS[0] + 899),
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
+    _run(
+        str(BENCH),
+        "--quick",
+        "--only",
+        "python-floor",
+        "--floor-listen",
+        f"127.0.0.1:{_free_udp_port()}",
+        "--port-min",
+        str(PORTS[0]),
+        # 100 open calls and 300 cycles need about 600 pairs: only if deletes free them
+        "--port-max",
+        str(PORTS[0] + 899),
+        "--json",
+        str(out),
     )
-
-    assert done.returncode == 0, done.stdout + done.stderr
     results = json.loads(out.read_text())["results"]
     assert [(r["calls"], r["daemon"], r["cycles"]) for r in results] == [
         (1, "python-floor", 300),
@@ -115,28 +106,19 @@ def test_python_floor_answers_the_benchmark(tmp_path: Path) -> None:
 
 
 def test_in_process_benchmark_prints_the_cost_of_each_command() -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "bench" / "ng_inprocess.py"),
-            "--cycles",
-            "200",
-            "--rounds",
-            "1",
-            "--warmup",
-            "20",
-            "--port-min",
-            str(PORTS[0]),
-            "--port-max",
-            str(PORTS[1]),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
+    done = _run(
+        str(REPO / "bench" / "ng_inprocess.py"),
+        "--cycles",
+        "200",
+        "--rounds",
+        "1",
+        "--warmup",
+        "20",
+        "--port-min",
+        str(PORTS[0]),
+        "--port-max",
+        str(PORTS[1]),
     )
-
-    assert done.returncode == 0, done.stdout + done.stderr
     for step in ("offer", "answer", "delete", r"\*\*cycle\*\*"):
         assert re.search(rf"^\| {step} \| (\*\*)?[1-9]\d*(\*\*)? \|$", done.stdout, re.M), (
             done.stdout

@@ -7,7 +7,6 @@ from relayd.model import Endpoint, LocalAddress, Stream
 from relayd.reports import OnTraffic, Reports
 
 LAN = LocalAddress("default", "192.0.2.1", "192.0.2.1")
-WAN = LocalAddress("wan", "198.51.100.1", "198.51.100.1")
 NOW = 1_800_000_000.0  # wall clock when a report arrives; reports say now=100.0 (monotonic)
 OWN = "192.0.2.1 30000"
 ALIAS = "198.51.100.1 30000"  # the same stream's ICE candidate on a second address
