@@ -93,6 +93,11 @@ def load_call(data: dict[str, Any]) -> Call:
     )
     for name in _SHARED:
         getattr(call, name).update({tag: parties[i] for tag, i in data[name].items()})
+    for party in call.parties():
+        # a CLOCK_MONOTONIC time, meaningless in another boot: after a reboot it could lie
+        # days ahead and hold delayed learning off until then (the learning window of a
+        # restored call is over; what its streams had confirmed comes back with them)
+        party.learn_after = 0.0
     for media in call.all_medias():
         for stream in media.streams:
             stream.call_id = call.call_id  # journals written before streams named it

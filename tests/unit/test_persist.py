@@ -52,3 +52,11 @@ def test_srtp_keys_and_ice_candidates_on_two_addresses_come_back() -> None:
     assert again.ice_ports == towards_b.ice_ports
     assert isinstance(again.ice_ports, tuple) and isinstance(again.ice_ports[0][0], LocalAddress)
     assert again.crypto_out == towards_b.crypto_out
+
+
+def test_a_monotonic_learning_deadline_does_not_survive_the_journal() -> None:
+    cmds, _ = build()
+    assert cmds.handle(req("offer", from_tag="a", sdp=sdp()), 0.0)["result"] == "ok"
+    call = cmds.calls["c1"]
+    call.monologues["a"].learn_after = 9e9  # written by another boot's clock
+    assert _round_trip(call).monologues["a"].learn_after == 0.0
