@@ -30,9 +30,7 @@ class Taken:
         for media, address, port in reversed(self._taken):
             self.ports.release(address, port)
             if media.port == port and media.local is not None and media.local.local == address:
-                media.port = media.rtcp_port = 0
-                media.local = None
-                media.streams.clear()
+                _forget_pair(media)
             else:
                 media.ice_ports = tuple(
                     (a, p) for a, p in media.ice_ports if (a.local, p) != (address, port)
@@ -114,10 +112,15 @@ class MediaPorts:
         self._release_ice(media)
         if media.port and media.local is not None:
             self.ports.release(media.local.local, media.port)
-        media.port = media.rtcp_port = 0
-        media.local = None
-        media.streams.clear()
+        _forget_pair(media)
 
     def release_call(self, call: Call) -> None:
         for media in call.all_medias():
             self.release(media)
+
+
+def _forget_pair(media: Media) -> None:
+    """The media section has no pair of ours any more (its ports were given back)."""
+    media.port = media.rtcp_port = 0
+    media.local = None
+    media.streams.clear()
