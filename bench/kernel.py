@@ -701,7 +701,7 @@ def measure_kernel_memory(
 ) -> KernelMemory:
     """Install ``forwards`` with relayd's nft code, push one packet through each caller
     direction, remove everything; kernel memory deltas at each step."""
-    from nft import Endpoint, KernelForwarder, stream
+    from relayd.nft import Endpoint, KernelForwarder, stream
 
     streams = forwards // 2
     result = KernelMemory(forwards, streams)

@@ -38,10 +38,10 @@ import ng as bench  # bench/ng.py, beside this script
 import uvloop
 
 from relayd import log
+from relayd.calls.interfaces import resolve
 from relayd.certificate import load_or_create
 from relayd.config import load
 from relayd.daemon import GC_THRESHOLDS, system_addresses
-from relayd.interfaces import resolve
 from relayd.ng.server import NgService
 from relayd.supervisor import Supervisor
 

@@ -228,7 +228,7 @@ def _streams(
 @contextmanager
 def relayd_worker(cpu: int, rt: int) -> Iterator[tuple[int, socket.socket]]:
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    command = [sys.executable, "-m", "workers", "--worker", "0", "--cpu", str(cpu)]
+    command = [sys.executable, "-m", "relayd.worker", "--worker", "0", "--cpu", str(cpu)]
     proc = subprocess.Popen(
         [*_chrt(rt), *command, "--fd", str(child.fileno())],
         pass_fds=[child.fileno()],

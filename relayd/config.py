@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from relayd.calls.model import is_address
 from relayd.config_keys import KEYS, KeyInfo, Status
-from relayd.hep import CaptureProtocol
-from relayd.homer import HomerSettings
 from relayd.log import FORMATS
-from relayd.model import is_address
+from relayd.ops.hep import CaptureProtocol
+from relayd.ops.homer import HomerSettings
 
 __all__ = [
     "KEYS",

@@ -21,9 +21,9 @@ import psutil
 import uvloop
 
 from relayd import __version__, log
+from relayd.calls.interfaces import resolve
 from relayd.certificate import load_or_create
 from relayd.config import KEYS, ConfigError, load, unimplemented
-from relayd.interfaces import resolve
 from relayd.supervisor import Supervisor
 
 __all__ = ["GC_THRESHOLDS", "main", "system_addresses"]

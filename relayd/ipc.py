@@ -101,7 +101,7 @@ class SocketSpec:
     # source) is dropped, since sending from a kernelized port would clash with its NAT
     kernel: bool = False
     # False: the worker only sends from this socket and leaves what arrives on it queued
-    # (the offerer's side of an offer not answered yet: see relayd/forwarding.py)
+    # (the offerer's side of an offer not answered yet: see relayd/plane/forwarding.py)
     listen: bool = True
     # -- SRTP, DTLS-SRTP and ICE towards this party (all empty: plain RTP) -----------------
     # SDES key of the party's packets arriving here, as a=crypto carries it after the tag:

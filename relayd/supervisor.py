@@ -2,10 +2,10 @@
 
 It owns all call state and never touches a media packet (start-up, from the
 configuration to this loop, is :mod:`relayd.daemon`). The pure pieces
-(:mod:`relayd.ng.commands`, :mod:`relayd.signalling`, :mod:`relayd.sdp`) do the
+(:mod:`relayd.calls.commands`, :mod:`relayd.calls.signalling`, :mod:`relayd.sdp`) do the
 work; this module wires them to sockets, signals and the clock. Operations
-hang off it too: the admin socket (:mod:`relayd.admin`), ``/metrics``
-(:mod:`relayd.metrics`, :mod:`relayd.httpd`) and Homer (:mod:`relayd.homer`).
+hang off it too: the admin socket (:mod:`relayd.ops.admin`), ``/metrics``
+(:mod:`relayd.ops.metrics`, :mod:`relayd.ops.httpd`) and Homer (:mod:`relayd.ops.homer`).
 """
 
 from __future__ import annotations
@@ -20,24 +20,24 @@ from pathlib import Path
 from typing import Any
 
 from relayd import ipc, log
+from relayd.calls.commands import Commands, Teardown
+from relayd.calls.interfaces import Interfaces
+from relayd.calls.journal import Journal
+from relayd.calls.model import Call, host_port
+from relayd.calls.ports import PortAllocator
+from relayd.calls.signalling import Signalling
 from relayd.certificate import Certificate
 from relayd.config import Config
-from relayd.counters import Counters
-from relayd.forwarding import KernelLeg, kernel_legs, waits_for_answer
-from relayd.interfaces import Interfaces
 from relayd.ipc import socket_key
-from relayd.kernel import KernelPath
-from relayd.media import MediaPlane
-from relayd.model import Call, host_port
-from relayd.ng.commands import Commands, Teardown
 from relayd.ng.message import Request
 from relayd.ng.server import NgService, serve_tcp, serve_udp
-from relayd.operations import Operations, limits_of
-from relayd.ports import PortAllocator
-from relayd.signalling import Signalling
-from relayd.sockets import SocketBinder
-from relayd.state import Journal
-from relayd.updates import WorkerUpdates
+from relayd.ops.counters import Counters
+from relayd.ops.operations import Operations, limits_of
+from relayd.plane.forwarding import KernelLeg, kernel_legs, waits_for_answer
+from relayd.plane.kernel import KernelPath
+from relayd.plane.media import MediaPlane
+from relayd.plane.sockets import SocketBinder
+from relayd.plane.updates import WorkerUpdates
 
 __all__ = ["Supervisor"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from relayd.memo import Shared
-from relayd.model import Codec
+from relayd.calls.model import Codec
+from relayd.sdp.intern import Shared
 from relayd.sdp.model import MediaDescription
 
 __all__ = ["STATIC_PAYLOAD_TYPES", "answer_codecs", "apply_codec_ops", "codecs_of"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from relayd.memo import Shared
+from relayd.sdp.intern import Shared
 from relayd.sdp.model import (
     Connection,
     Line,

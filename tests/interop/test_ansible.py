@@ -32,7 +32,7 @@ PLAYBOOK = BIN / "ansible-playbook"
 LINT = BIN / "ansible-lint"
 TARGET_PYTHON = Path("/usr/bin/python3")
 ROLE_PACKAGES = ("python3-venv", "nftables", "libnftables1", "conntrack", "iproute2", "python3-apt")
-SOURCE_FILES = ("pyproject.toml", "setup.cfg", "README.md", "LICENSE", "relayd", "workers", "nft")
+SOURCE_FILES = ("pyproject.toml", "README.md", "LICENSE", "relayd")
 
 needs_ansible = pytest.mark.skipif(
     not PLAYBOOK.exists(), reason="ansible-core is not installed in .venv (scripts/test does it)"

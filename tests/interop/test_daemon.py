@@ -28,7 +28,7 @@ SDP = (
 def _relayctl(*args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.run(
-        [sys.executable, "-m", "relayd.ctl", *args],
+        [sys.executable, "-m", "relayd.ops.ctl", *args],
         capture_output=True,
         text=True,
         timeout=20,

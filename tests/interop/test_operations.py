@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from relayd import hep
 from relayd.ng.client import NgClient
+from relayd.ops import hep
 from tests.netns.calls import advertised, sdp
 from tests.support.relayd import REPO, RelaydProcess, running_relayd
 from tests.support.rtp_peer import rtp_packet
@@ -42,7 +42,7 @@ def relayctl(daemon: RelaydProcess, *args: str) -> subprocess.CompletedProcess[s
         [
             sys.executable,
             "-m",
-            "relayd.ctl",
+            "relayd.ops.ctl",
             "--socket",
             str(daemon.admin_socket),
             "--ng",
@@ -272,7 +272,14 @@ def test_relayctl_unreachable(tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     for command in (["workers"], ["list", "sessions"], ["terminate", "all"], ["--json", "kernel"]):
         result = subprocess.run(
-            [sys.executable, "-m", "relayd.ctl", "--socket", str(tmp_path / "none.sock"), *command],
+            [
+                sys.executable,
+                "-m",
+                "relayd.ops.ctl",
+                "--socket",
+                str(tmp_path / "none.sock"),
+                *command,
+            ],
             capture_output=True,
             text=True,
             timeout=20,

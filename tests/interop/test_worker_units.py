@@ -33,7 +33,7 @@ def _sdp(port: int) -> str:
 def _worker(path: Path) -> subprocess.Popen[bytes]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.Popen(
-        [sys.executable, "-m", "workers", "--worker", "0", "--connect", str(path)],
+        [sys.executable, "-m", "relayd.worker", "--worker", "0", "--connect", str(path)],
         env=env,
         preexec_fn=new_session_dying_with_parent,
     )

@@ -34,7 +34,15 @@ from pathlib import Path
 
 import pytest
 
-from nft import Endpoint, Forward, KernelForwarder, NftError, count_entries, delete_entries, stream
+from relayd.nft import (
+    Endpoint,
+    Forward,
+    KernelForwarder,
+    NftError,
+    count_entries,
+    delete_entries,
+    stream,
+)
 
 pytestmark = pytest.mark.netns
 
@@ -421,7 +429,8 @@ def test_failures_raise_nft_errors_and_probes_do_not(lab: Lab, fwd: KernelForwar
     unprivileged = subprocess.run(
         [
             "setpriv", "--bounding-set=-all", "--inh-caps=-all", sys.executable, "-c",
-            "from nft import KernelForwarder as K; a = K().available(); print(a.ok, a.reason)",
+            "from relayd.nft import KernelForwarder as K; a = K().available()\n"
+            "print(a.ok, a.reason)",
         ],
         capture_output=True, text=True, timeout=30, cwd=Path(__file__).parents[2],
     )  # fmt: skip

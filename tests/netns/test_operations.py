@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from relayd import hep
+from relayd.ops import hep
 from tests.netns.calls import (
     CALLEE_PORT,
     CALLEE_SSRC,
@@ -77,7 +77,7 @@ def peers(topo: Topology) -> Iterator[tuple[Peer, Peer]]:
 def relayctl(relay: RelaydProcess, *args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.run(
-        [sys.executable, "-m", "relayd.ctl", "--socket", str(relay.admin_socket), *args],
+        [sys.executable, "-m", "relayd.ops.ctl", "--socket", str(relay.admin_socket), *args],
         capture_output=True,
         text=True,
         timeout=30,

@@ -1,6 +1,6 @@
 """SRTP, DTLS-SRTP and ICE-lite through a real relay-worker process, end to end on loopback.
 
-The test plays relayd: it binds the relay sockets, starts ``python -m workers``
+The test plays relayd: it binds the relay sockets, starts ``python -m relayd.worker``
 on a SOCK_SEQPACKET link, sends ``Configure`` (with relayd's certificate) and a
 ``Forward`` whose SocketSpecs carry the crypto fields, and reads ``Stats``.
 The peers are independent of the worker's code: pylibsrtp sessions for SRTP,
@@ -292,7 +292,7 @@ def test_plain_sockets_stay_plain(worker: WorkerLink, call: Call) -> None:
 def test_a_send_only_socket_leaves_what_arrives_queued_until_it_listens(
     worker: WorkerLink, call: Call
 ) -> None:
-    """The offerer's side of an offer not answered yet (relayd/forwarding.py): the worker
+    """The offerer's side of an offer not answered yet (relayd/plane/forwarding.py): the worker
     sends from A (Y's early media reaches X) but does not read A; what X sends meanwhile
     waits in A and goes on once the answer's Forward makes A listen."""
     call.forward(worker, {"listen": False}, mux=False)

@@ -1,7 +1,7 @@
-"""A real relay-worker process driven over its link, as relayd drives it (relayd/workerpool.py).
+"""A real relay-worker process driven over its link, as relayd/plane/workerpool.py drives it.
 
 The test binds the relay sockets itself and passes them with SCM_RIGHTS in a
-``Forward``, exactly like relayd; the worker runs ``python -m workers --fd N``.
+``Forward``, exactly like relayd; the worker runs ``python -m relayd.worker --fd N``.
 ``stats()`` folds the worker's ``Stats`` reports into the latest value per socket.
 """
 
@@ -48,7 +48,7 @@ class WorkerLink:
         self.link = parent
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "workers", "--worker", "0", "--fd", str(child.fileno())],
+            [sys.executable, "-m", "relayd.worker", "--worker", "0", "--fd", str(child.fileno())],
             pass_fds=[child.fileno()],
             preexec_fn=new_session_dying_with_parent,
             stderr=self.log,

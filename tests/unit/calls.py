@@ -11,13 +11,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from relayd.interfaces import Interfaces
+from relayd.calls.commands import Commands, Limits
+from relayd.calls.interfaces import Interfaces
+from relayd.calls.model import Call, LocalAddress, Media
+from relayd.calls.ports import PortAllocator
+from relayd.calls.signalling import Signalling
 from relayd.ipc import socket_key
-from relayd.model import Call, LocalAddress, Media
-from relayd.ng.commands import Commands, Limits
 from relayd.ng.message import Request, parse_request
-from relayd.ports import PortAllocator
-from relayd.signalling import Signalling
 
 __all__ = [
     "A_ADDR",

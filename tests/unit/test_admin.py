@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 
-from relayd.admin import effective_config, handle
+from relayd.calls.commands import Commands, Teardown
 from relayd.config import Config, load
-from relayd.counters import Counters
-from relayd.kernel import KernelPath
-from relayd.media import MediaPlane
-from relayd.ng.commands import Commands, Teardown
-from relayd.sockets import SocketBinder
+from relayd.ops.admin import effective_config, handle
+from relayd.ops.counters import Counters
+from relayd.plane.kernel import KernelPath
+from relayd.plane.media import MediaPlane
+from relayd.plane.sockets import SocketBinder
 from tests.unit.calls import B_ADDR, LOCAL4, T0, build, req, sdp
 
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from relayd.model import Call
-from relayd.ng.commands import CALL_NOT_FOUND, Commands, Limits, Teardown
-from relayd.ports import PortAllocator, PortsExhausted
+from relayd.calls.commands import CALL_NOT_FOUND, Commands, Limits, Teardown
+from relayd.calls.model import Call
+from relayd.calls.ports import PortAllocator, PortsExhausted
 from tests.unit.calls import A_ADDR, B_ADDR, LOCAL4, T0, FakeBinder, build, req, sdp
 
 

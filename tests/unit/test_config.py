@@ -19,7 +19,7 @@ from relayd.config import (
     parse_interface,
     unimplemented,
 )
-from relayd.homer import HomerSettings
+from relayd.ops.homer import HomerSettings
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "config"
 GUIDE = DATA / "deployment-guide.conf"

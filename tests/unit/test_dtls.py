@@ -1,4 +1,4 @@
-"""DTLS-SRTP endpoints (workers/dtls.py) talking to each other in memory, and the certificate.
+"""DTLS-SRTP endpoints (relayd/worker/dtls.py) talking to each other in memory, and the certificate.
 
 Two sans-I/O endpoints hand each other their datagrams; nothing touches a socket.
 """
@@ -25,8 +25,15 @@ from relayd.certificate import (
     load_or_create,
     parse_fingerprint,
 )
-from workers.dtls import Connected, DtlsContext, DtlsEndpoint, DtlsEvent, Failed, split_records
-from workers.srtp import SrtpSession
+from relayd.worker.dtls import (
+    Connected,
+    DtlsContext,
+    DtlsEndpoint,
+    DtlsEvent,
+    Failed,
+    split_records,
+)
+from relayd.worker.srtp import SrtpSession
 
 CLIENT_CERT = create("client")
 SERVER_CERT = create("server")

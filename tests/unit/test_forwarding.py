@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from relayd.forwarding import media_key, plan
+from relayd.calls.commands import Commands
+from relayd.calls.model import Call
 from relayd.ipc import Forward, SocketSpec, parse_key, socket_key
-from relayd.model import Call
-from relayd.ng.commands import Commands
+from relayd.plane.forwarding import media_key, plan
 from tests.unit.calls import A_ADDR, B_ADDR, LOCAL4, T0, build, req, sdp
 
 MUX = ["a=rtcp-mux"]

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relayd import hep
-from relayd.hep import CaptureProtocol, HepError, HepPacket
+from relayd.ops import hep
+from relayd.ops.hep import CaptureProtocol, HepError, HepPacket
 
 RTCP_JSON = HepPacket(
     source=("192.0.2.10", 5061),

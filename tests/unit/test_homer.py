@@ -5,9 +5,9 @@ from __future__ import annotations
 import socket
 import time
 
-from relayd import hep
-from relayd.counters import Counters
-from relayd.homer import QUEUE_LIMIT, RETRY_AFTER, HomerSender, HomerSettings, ng_capture
+from relayd.ops import hep
+from relayd.ops.counters import Counters
+from relayd.ops.homer import QUEUE_LIMIT, RETRY_AFTER, HomerSender, HomerSettings, ng_capture
 
 
 def _packet(n: int) -> bytes:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from relayd.calls.interfaces import Interfaces, resolve
+from relayd.calls.model import LocalAddress
 from relayd.config import parse_interface
-from relayd.interfaces import Interfaces, resolve
-from relayd.model import LocalAddress
 
 DEVICES = {
     "lo": ["127.0.0.1", "::1"],

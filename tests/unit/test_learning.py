@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workers.session import Leg, Verdict
+from relayd.worker.session import Leg, Verdict
 
 SDP = ("198.51.100.10", 5000)  # what the party's SDP said
 NAT = ("192.0.2.77", 41000)  # where its packets really come from

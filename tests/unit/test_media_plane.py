@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from relayd import ipc
-from relayd.media import MediaPlane
-from relayd.model import Call
-from relayd.ng.commands import Commands
+from relayd.calls.commands import Commands
+from relayd.calls.model import Call
+from relayd.plane.media import MediaPlane
 from tests.unit.calls import B_ADDR, T0, FakeBinder, build, pair_keys, req, sdp
 
 
@@ -39,7 +39,7 @@ class Plane:
                 return got
 
     def signal(self, command: str, **keys: Any) -> Call:
-        """An ng request, then the worker told (as relayd/updates.py does)."""
+        """An ng request, then the worker told (as relayd/plane/updates.py does)."""
         reply = self.cmds.handle(req(command, from_tag="a", **keys), T0)
         assert reply["result"] == "ok", reply
         call = self.cmds.calls["c1"]

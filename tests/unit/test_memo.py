@@ -1,8 +1,8 @@
-"""relayd.memo.Shared: one copy per distinct value, within a bound."""
+"""relayd.sdp.intern.Shared: one copy per distinct value, within a bound."""
 
 from __future__ import annotations
 
-from relayd.memo import Shared
+from relayd.sdp.intern import Shared
 
 
 def test_equal_values_come_back_as_the_first_copy() -> None:

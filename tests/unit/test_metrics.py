@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from relayd.counters import Counters, Traffic, direction_of
-from relayd.metrics import Family, collect, render
+from relayd.ops.counters import Counters, Traffic, direction_of
+from relayd.ops.metrics import Family, collect, render
 from tests.unit.calls import LOCAL4, LOCAL6, T0
 from tests.unit.test_admin import _state
 

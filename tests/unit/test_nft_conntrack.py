@@ -7,8 +7,8 @@ import struct
 
 import pytest
 
-from nft.conntrack import _acks, delete_request
-from nft.ruleset import Endpoint
+from relayd.nft.conntrack import _acks, delete_request
+from relayd.nft.ruleset import Endpoint
 
 V4_REQUEST = bytes.fromhex(
     "48000000020105000700000000000000020000003400010014000100080001000a090001"

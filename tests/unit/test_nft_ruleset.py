@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from nft.ruleset import (
+from relayd.nft.ruleset import (
     CHAINS,
     Counter,
     Endpoint,

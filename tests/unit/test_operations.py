@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from relayd.config import load
-from relayd.httpd import respond
-from relayd.operations import plan_reload
+from relayd.ops.httpd import respond
+from relayd.ops.operations import plan_reload
 
 
 def test_reload_applies_run_time_keys_and_keeps_the_rest() -> None:

@@ -1,11 +1,11 @@
-"""Call state through the journal's JSON and back (relayd/persist.py)."""
+"""Call state through the journal's JSON and back (relayd/calls/snapshot.py)."""
 
 from __future__ import annotations
 
 import json
 
-from relayd.model import Call, LocalAddress
-from relayd.persist import dump_call, load_call
+from relayd.calls.model import Call, LocalAddress
+from relayd.calls.snapshot import dump_call, load_call
 from tests.unit.calls import B_ADDR, build, interfaces, req, sdp
 
 C_ADDR = "198.51.100.30"

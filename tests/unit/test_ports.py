@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from relayd.ports import PortPool, PortsExhausted
+from relayd.calls.ports import PortPool, PortsExhausted
 
 
 def _pool(port_min: int, port_max: int, seed: int = 1) -> PortPool:

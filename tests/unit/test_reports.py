@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from relayd.calls.model import Endpoint, LocalAddress, Stream
 from relayd.ipc import SocketStats, Stats
-from relayd.model import Endpoint, LocalAddress, Stream
-from relayd.reports import OnTraffic, Reports
+from relayd.plane.reports import OnTraffic, Reports
 
 LAN = LocalAddress("default", "192.0.2.1", "192.0.2.1")
 NOW = 1_800_000_000.0  # wall clock when a report arrives; reports say now=100.0 (monotonic)

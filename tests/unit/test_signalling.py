@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from relayd.model import Call, LocalAddress
-from relayd.ng.commands import Commands
-from relayd.ports import PortAllocator
+from relayd.calls.commands import Commands
+from relayd.calls.model import Call, LocalAddress
+from relayd.calls.ports import PortAllocator
 from tests.unit.calls import (
     A_ADDR,
     B_ADDR,

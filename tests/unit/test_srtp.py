@@ -1,4 +1,4 @@
-"""SDES key parsing and the libsrtp sessions of workers/srtp.py, on exact bytes.
+"""SDES key parsing and the libsrtp sessions of relayd/worker/srtp.py, on exact bytes.
 
 The reference packets are libsrtp's own validation vectors (test/srtp_driver.c,
 ``srtp_validate`` and ``srtp_validate_aes_256``): key, RTP packet and the SRTP
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workers.srtp import (
+from relayd.worker.srtp import (
     SUITES,
     PacketBuffer,
     SdesKey,

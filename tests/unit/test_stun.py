@@ -1,4 +1,4 @@
-"""STUN codec and ICE-lite responder (workers/stun.py) on RFC 5769's test vectors.
+"""STUN codec and ICE-lite responder (relayd/worker/stun.py) on RFC 5769's test vectors.
 
 Replies are checked with aioice.stun, an independent implementation.
 """
@@ -14,7 +14,7 @@ from aioice import stun as aioice_stun
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workers.stun import (
+from relayd.worker.stun import (
     Attr,
     IceLiteResponder,
     MessageType,

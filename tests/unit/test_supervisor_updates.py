@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
+from relayd.calls.interfaces import resolve
+from relayd.calls.model import Call
 from relayd.certificate import create
 from relayd.config import load
 from relayd.daemon import system_addresses
-from relayd.interfaces import resolve
-from relayd.model import Call
 from relayd.supervisor import Supervisor
 from tests.unit.calls import FakeBinder, pair_keys, req, sdp
 
@@ -61,8 +61,8 @@ class Harness:
 
 @pytest.fixture
 def harness(monkeypatch: pytest.MonkeyPatch) -> Harness:
-    monkeypatch.setattr("relayd.updates.WORKER_BATCH_DELAY", BATCH)
-    monkeypatch.setattr("relayd.updates.EARLY_MEDIA_DELAY", EARLY)
+    monkeypatch.setattr("relayd.plane.updates.WORKER_BATCH_DELAY", BATCH)
+    monkeypatch.setattr("relayd.plane.updates.EARLY_MEDIA_DELAY", EARLY)
     return Harness()
 
 

@@ -1,4 +1,4 @@
-"""When the media workers are told (relayd/updates.py): batches after the reply, early
+"""When the media workers are told (relayd/plane/updates.py): batches after the reply, early
 forwards later, nothing for calls that are gone. On a real event loop; what would be
 sent is recorded with the loop's time."""
 
@@ -8,8 +8,8 @@ import asyncio
 
 import pytest
 
-from relayd.model import Call
-from relayd.updates import WorkerUpdates
+from relayd.calls.model import Call
+from relayd.plane.updates import WorkerUpdates
 
 # longer than relayd's, so that the event loop's timer granularity does not matter
 BATCH = 0.05
@@ -42,8 +42,8 @@ class Recorder:
 
 @pytest.fixture
 def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
-    monkeypatch.setattr("relayd.updates.WORKER_BATCH_DELAY", BATCH)
-    monkeypatch.setattr("relayd.updates.EARLY_MEDIA_DELAY", EARLY)
+    monkeypatch.setattr("relayd.plane.updates.WORKER_BATCH_DELAY", BATCH)
+    monkeypatch.setattr("relayd.plane.updates.EARLY_MEDIA_DELAY", EARLY)
     return Recorder()
 
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from relayd import ipc
-from relayd.workerpool import WorkerPool, WorkerProcess
+from relayd.plane.workerpool import WorkerPool, WorkerProcess
 
 BATCH = 0.05  # longer than relayd's, so that timer granularity does not matter
 
@@ -28,7 +28,7 @@ class Owner:
 
 @pytest.fixture
 def pool(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[WorkerPool, socket.socket]]:
-    monkeypatch.setattr("relayd.updates.WORKER_BATCH_DELAY", BATCH)
+    monkeypatch.setattr("relayd.plane.updates.WORKER_BATCH_DELAY", BATCH)
     pool = WorkerPool(Owner(), 1)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pool.workers[0].link = ours

@@ -1,0 +1,154 @@
+"""The per-call statistics tree of ``query`` and ``delete`` replies (rtpengine 10.5 keys).
+
+Top level: ``created``, ``created_us``, ``last signal``, ``SSRC``, ``tags``,
+``totals``. Each tag (untagged parties under ``""``) lists its media with
+their flags and streams; ``totals`` adds up the streams' counters per RTP/RTCP.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from relayd.calls.model import Call, Endpoint, Media, Monologue, Stream
+
+__all__ = ["call_tree"]
+
+Totals = dict[str, dict[str, int]]
+
+
+def call_tree(call: Call) -> dict[str, Any]:
+    totals: Totals = {"RTP": _zero(), "RTCP": _zero()}
+    tags: dict[str, Any] = {}
+    untagged = 0
+    for party in call.parties():
+        key = party.tag
+        if not key:
+            untagged += 1
+            key = f"<untagged {untagged}>"  # rtpengine's name for an unanswered branch
+        tags.setdefault(key, _tag(call, party, totals))
+    return {
+        "created": int(call.created),
+        "created_us": int((call.created % 1) * 1_000_000),
+        "last signal": int(call.last_signal),
+        "SSRC": {},
+        "tags": tags,
+        "totals": totals,
+    }
+
+
+def _zero() -> dict[str, int]:
+    return {"packets": 0, "bytes": 0, "errors": 0}
+
+
+def _peer_tag(call: Call, party: Monologue) -> str | None:
+    if party.in_dialogue_with is not None:
+        return party.in_dialogue_with
+    if party.offered_by is not None:
+        return party.offered_by
+    for branch in call.branches.values():
+        if branch.offered_by == party.tag and branch is not party:
+            return branch.tag
+    return None
+
+
+def _tag(call: Call, party: Monologue, totals: Totals) -> dict[str, Any]:
+    tree: dict[str, Any] = {"tag": party.tag}
+    if party.label:
+        tree["label"] = party.label
+    tree["created"] = int(party.created)
+    peer = _peer_tag(call, party)
+    if peer is not None:
+        link = [{"tag": peer, "type": "offer/answer"}]
+        tree["subscriptions"] = link
+        tree["subscribers"] = link
+    if party.aliases:
+        tree["tag-aliases"] = list(party.aliases)
+    tree["medias"] = [_media(party, m, call, totals) for m in party.medias]
+    return tree
+
+
+def _media(party: Monologue, media: Media, call: Call, totals: Totals) -> dict[str, Any]:
+    flags = []
+    if party.sent_sdp:
+        flags.append("initialized")
+    if party.asymmetric:
+        flags.append("asymmetric")
+    if media.send:
+        flags.append("send")
+    if media.recv:
+        flags.append("recv")
+    if media.rtcp_mux and media.peer_rtcp_mux:
+        flags.append("rtcp-mux")
+    if media.dtls_role:
+        flags += ["DTLS-SRTP", f"DTLS role {media.dtls_role}"]
+    if media.srtp_in is not None or media.srtp_out is not None:
+        flags.append("SDES")
+    if media.ice_ufrag:
+        flags.append("ICE")
+        if media.peer_trickle:
+            flags.append("trickle ICE")
+    if party.answerer:
+        flags.append("ICE controlling")
+    streams = media.streams[:1] if media.rtcp_mux and media.peer_rtcp_mux else media.streams
+    return {
+        "index": media.index + 1,
+        "type": media.type,
+        "protocol": media.protocol,
+        "streams": [_stream(party, media, s, call, totals) for s in streams],
+        "flags": flags,
+    }
+
+
+def _endpoint(ep: Endpoint | None) -> dict[str, Any]:
+    if ep is None:
+        return {}
+    return {
+        "family": "IPv6" if ep.family == "IP6" else "IPv4",
+        "address": ep.address,
+        "port": ep.port,
+    }
+
+
+def _stream(
+    party: Monologue, media: Media, stream: Stream, call: Call, totals: Totals
+) -> dict[str, Any]:
+    flags = ["RTCP" if stream.rtcp else "RTP"]
+    if stream.endpoint is not None:
+        flags.append("filled")
+    if stream.confirmed:
+        flags.append("confirmed")
+    if stream.kernelized:
+        flags.append("kernelized")
+    if party.strict_source:
+        flags.append("strict source address")
+    if party.media_handover:
+        flags.append("media handover")
+    if stream.dtls == "connected":
+        flags.append("DTLS fingerprint verified")
+    stats = {
+        "packets": stream.stats.packets,
+        "bytes": stream.stats.bytes,
+        "errors": stream.stats.errors,
+    }
+    bucket = totals["RTCP" if stream.rtcp else "RTP"]
+    for key, value in stats.items():
+        bucket[key] += value
+    tree: dict[str, Any] = {
+        "local port": stream.port,
+        "local address": stream.local.local,
+        "family": "IPv6" if stream.local.family == "IP6" else "IPv4",
+        "endpoint": _endpoint(stream.endpoint),
+        "advertised endpoint": _endpoint(stream.advertised_endpoint),
+        "last packet": int(stream.stats.last_packet or call.created),
+        "flags": flags,
+        "stats": stats,
+    }
+    suite = media.srtp_out.suite if media.srtp_out is not None else ""
+    if suite:
+        tree["crypto suite"] = suite
+    # relayd's own keys: how the worker's DTLS and ICE stand (a failure shows here)
+    if stream.dtls:
+        tree["DTLS"] = stream.dtls
+    if stream.ice:
+        tree["ICE"] = stream.ice
+    return tree

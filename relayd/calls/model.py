@@ -1,0 +1,248 @@
+"""The call model: call → monologue (one per tag) → media → RTP/RTCP streams.
+
+Tag semantics are rtpengine's: a monologue is one party, named by its SIP tag;
+``from-tag`` is whoever sent the message. Each monologue owns the local ports
+its party talks to, so media from A arrives on A's ports and leaves towards B
+from B's ports. Pure data: no sockets, no clock (times are passed in).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket  # inet_pton only: a parser, no socket is opened
+from dataclasses import dataclass, field, replace
+
+from relayd.calls.webrtc import Crypto
+
+__all__ = [
+    "Call",
+    "Codec",
+    "Endpoint",
+    "LocalAddress",
+    "Media",
+    "Monologue",
+    "Stream",
+    "StreamStats",
+    "family_of",
+]
+
+
+def family_of(address: str) -> str:
+    """``IP4`` or ``IP6`` as SDP spells it."""
+    return "IP6" if ":" in address else "IP4"
+
+
+def host_port(address: tuple[str, int]) -> str:
+    """``192.0.2.1:2223`` or ``[2001:db8::1]:2223``, as addresses are shown to people."""
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def is_address(text: str) -> bool:
+    """An IPv4 or IPv6 address literal (not a host or device name)."""
+    try:
+        socket.inet_pton(socket.AF_INET, text)  # the common case, without ipaddress's cost
+        return True
+    except OSError:
+        pass
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    address: str
+    port: int
+
+    @property
+    def family(self) -> str:
+        return family_of(self.address)
+
+
+@dataclass(frozen=True, slots=True)
+class LocalAddress:
+    """One address of a logical interface: bound locally, written into SDP as advertised."""
+
+    interface: str
+    local: str
+    advertised: str
+
+    @property
+    def family(self) -> str:
+        return family_of(self.local)
+
+
+@dataclass(slots=True)
+class StreamStats:
+    packets: int = 0
+    bytes: int = 0
+    errors: int = 0
+    last_packet: float = 0.0
+
+
+@dataclass(slots=True)
+class Stream:
+    """One local socket (RTP or RTCP) of a party and the peer endpoint it talks to."""
+
+    local: LocalAddress
+    port: int
+    rtcp: bool
+    endpoint: Endpoint | None = None  # where media for this party is sent
+    advertised_endpoint: Endpoint | None = None  # as the party's SDP said
+    confirmed: bool = False
+    kernelized: bool = False  # forwarded by the nftables path, not by a worker
+    dtls: str = ""  # as the worker reports it: connecting, connected, failed: <reason>
+    ice: str = ""  # checking, nominated
+    stats: StreamStats = field(default_factory=StreamStats)
+    call_id: str = ""  # the call it belongs to (the media plane finds streams by socket)
+
+
+@dataclass(frozen=True, slots=True)
+class Codec:
+    """A payload type as the SDP describes it (rtpmap, fmtp, rtcp-fb)."""
+
+    payload_type: str
+    encoding: str  # "PCMU/8000", "" if unknown
+    fmtp: str = ""
+    rtcp_fb: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.encoding.partition("/")[0]
+
+
+@dataclass(slots=True)
+class Media:
+    """One ``m=`` section as seen from one party."""
+
+    index: int
+    type: str
+    protocol: str
+    local: LocalAddress | None = None
+    port: int = 0  # our RTP port for this party; 0 when none allocated
+    rtcp_port: int = 0  # 0 with rtcp-mux (RTCP shares the RTP port)
+    rtcp_mux: bool = False  # rtcp-mux in force towards this party (what we printed)
+    peer_rtcp_mux: bool = False  # this party's own SDP carried a=rtcp-mux
+    mux_policy: frozenset[str] = frozenset()  # rtcp-mux options given with this party's offer
+    remote_rtp: Endpoint | None = None  # this party's media address, from its SDP
+    remote_rtcp: Endpoint | None = None
+    send: bool = True
+    recv: bool = True
+    zero_address: bool = False
+    streams: list[Stream] = field(default_factory=list)
+    codecs: tuple[Codec, ...] = ()  # as this party's own SDP lists them
+    sent_codecs: tuple[Codec, ...] = ()  # as we last wrote them to this party
+    ptime: int = 0
+    rejected: bool = False  # m= port 0
+    mid: str = ""  # this party's a=mid
+    # SRTP, DTLS and ICE: what this party's SDP said, and what we said to it
+    out_protocol: str = ""  # the transport we last wrote to this party
+    crypto: tuple[Crypto, ...] = ()  # this party's a=crypto lines
+    crypto_out: tuple[Crypto, ...] = ()  # the a=crypto lines we wrote to it
+    srtp_in: Crypto | None = None  # the key this party's packets come with
+    srtp_out: Crypto | None = None  # our key for packets to this party
+    peer_setup: str = ""  # this party's a=setup
+    peer_fingerprint: str = ""  # "sha-256 AB:CD:…" from this party's SDP
+    setup: str = ""  # the a=setup we wrote to this party ("" when no DTLS)
+    dtls_role: str = ""  # "active" or "passive": our DTLS role towards this party
+    peer_ice: bool = False  # this party's SDP had ICE
+    peer_ice_ufrag: str = ""
+    peer_trickle: bool = False  # a=ice-options:trickle at media level
+    ice_ufrag: str = ""  # our credentials towards this party ("" when no ICE)
+    ice_pwd: str = ""
+    ice_ports: tuple[tuple[LocalAddress, int], ...] = ()  # our candidates on other addresses
+
+    def for_new_dialogue(self) -> Media:
+        """What this party said about its media, without what we gave it (ports, keys,
+        ICE credentials): the start of its media towards another forked peer."""
+        return replace(
+            self,
+            local=None,
+            port=0,
+            rtcp_port=0,
+            streams=[],
+            ice_ports=(),
+            crypto_out=(),
+            srtp_in=None,
+            srtp_out=None,
+            setup="",
+            dtls_role="",
+            ice_ufrag="",
+            ice_pwd="",
+        )
+
+    @property
+    def direction(self) -> str:
+        if self.send and self.recv:
+            return "sendrecv"
+        if self.send:
+            return "sendonly"
+        if self.recv:
+            return "recvonly"
+        return "inactive"
+
+
+@dataclass(slots=True)
+class Monologue:
+    """One party of the call, named by its tag (empty until an answer names it)."""
+
+    tag: str
+    created: float
+    via_branch: str = ""
+    label: str = ""
+    medias: list[Media] = field(default_factory=list)
+    in_dialogue_with: str | None = None
+    # this party's media (and our ports towards it) per earlier peer: with forking,
+    # each answerer pairs with its own set of the offerer's ports
+    other_dialogues: dict[str, list[Media]] = field(default_factory=dict)
+    interface: str = ""  # logical interface chosen for this party
+    family: str = ""  # "IP4"/"IP6" forced for this party's SDP, "" to follow the peer
+    asymmetric: bool = False
+    strict_source: bool = False
+    media_handover: bool = False
+    sip_source: str = ""  # the SIP source address (received-from), if any
+    last_sdp: bytes = b""  # digest of the last SDP body this party sent (replace: SDP-version)
+    first_username: str | None = None  # o= username of this party's first SDP
+    first_session_name: str | None = None  # s= of this party's first SDP
+    out_version: int | None = None  # o= version we last wrote for this party's SDP
+    aliases: tuple[str, ...] = ()
+    offered_by: str | None = None  # for the receiver of an offer: the offerer's tag
+    sent_sdp: bool = False  # this party has sent us an SDP (its media is "initialized")
+    answerer: bool = False  # received an offer before sending one (rtpengine: ICE controlling)
+    # how the workers learn this party's endpoints since its last signalling: the mode
+    # (delayed, immediate, off, heuristic) and the CLOCK_MONOTONIC time from which
+    # delayed learning may confirm a source
+    learning: str = "delayed"
+    learn_after: float = 0.0
+
+
+@dataclass(slots=True)
+class Call:
+    call_id: str
+    created: float
+    last_signal: float
+    monologues: dict[str, Monologue] = field(default_factory=dict)
+    # monologues created by an offer whose answerer is not known yet, by via-branch
+    branches: dict[str, Monologue] = field(default_factory=dict)
+    deleted_at: float | None = None  # delete received; freed after delete-delay
+    answered: bool = False
+    worker: int = 0  # the worker whose port slice holds this call's sockets
+    reap_at: float = 0.0  # when the timers look at it next (Commands.schedule), 0: never
+
+    def all_medias(self) -> list[Media]:
+        """Every media of every party, including those of earlier forked dialogues."""
+        result: list[Media] = []
+        for party in self.parties():
+            result.extend(party.medias)
+            for medias in party.other_dialogues.values():
+                result.extend(medias)
+        return result
+
+    def parties(self) -> list[Monologue]:
+        seen: dict[int, Monologue] = {}
+        for mono in [*self.monologues.values(), *self.branches.values()]:
+            seen.setdefault(id(mono), mono)
+        return list(seen.values())

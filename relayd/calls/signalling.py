@@ -1,0 +1,365 @@
+"""Offer/answer on the call model: which ports, and the rewritten SDP.
+
+Rules (rtpengine's, ng protocol §1.5):
+
+* Who is who (tags, branches, early-media forks) is :mod:`relayd.calls.parties`.
+* An SDP sent to party R is rewritten with R's ports: those R will send to.
+  Ports are allocated the first time a party needs them and kept across
+  re-offers, so a re-INVITE keeps its ports.
+* Port exhaustion undoes what the message allocated and fails it with
+  "Ran out of ports"; a call the message created is removed again (which ports,
+  and giving them back: :mod:`relayd.calls.media_ports`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from typing import Any
+
+from relayd.calls import negotiation
+from relayd.calls.interfaces import Interfaces
+from relayd.calls.media_ports import MediaPorts, Taken
+from relayd.calls.model import Call, Endpoint, Media, Monologue, family_of, is_address
+from relayd.calls.parties import answerer_of, apply_party_flags, receiver_of_offer, sender_of
+from relayd.calls.ports import PortAllocator, PortsExhausted
+from relayd.calls.rewrite import DIRECTIONS, RewriteOptions, rewrite_sdp
+from relayd.calls.webrtc import new_foundation
+from relayd.ng.message import NgError, Request
+from relayd.sdp.codecs import answer_codecs, apply_codec_ops, codecs_of
+from relayd.sdp.model import Connection, Line, MediaDescription, SdpError, SessionDescription
+from relayd.sdp.parse import parse_sdp
+from relayd.sdp.write import write_sdp
+
+__all__ = ["Signalling"]
+
+
+_LEGACY_DIRECTIONS = {"internal": "IP4", "external": "IP6"}
+_NO_MUX_POLICY: frozenset[str] = frozenset()
+
+
+class Signalling:
+    def __init__(
+        self,
+        interfaces: Interfaces,
+        ports: PortAllocator,
+        *,
+        instance_id: str | None = None,
+        sip_source_default: bool = False,
+        fingerprint: str = "",
+        dtls_passive: bool = False,
+    ) -> None:
+        self.interfaces = interfaces
+        self.ports = ports
+        self.media_ports = MediaPorts(interfaces, ports)
+        self.instance_id = instance_id or secrets.token_hex(6)
+        self.sip_source_default = sip_source_default
+        self.fingerprint = fingerprint  # "sha-256 AB:CD:…" of our DTLS certificate
+        self.dtls_passive = dtls_passive
+        # ICE candidate foundations: one per local address for the daemon's life
+        self.foundations = {a.local: new_foundation() for a in interfaces.all}
+
+    # -- offer / answer ---------------------------------------------------------------------
+
+    def offer(self, call: Call, req: Request, now: float) -> str:
+        sdp = self._parse(req)
+        if req.has("loop-protect") and self._looped(sdp):
+            return req.sdp or ""
+        sender = sender_of(call, req.from_tag, now)
+        receiver = receiver_of_offer(call, sender, req, now)
+        apply_party_flags(sender, req)
+        apply_party_flags(receiver, req, received=True)
+        receiver.family = req.address_family if req.address_family in ("IP4", "IP6") else ""
+        for party, name in zip((sender, receiver), req.direction, strict=False):
+            if self.interfaces.has(name):
+                party.interface = name
+            elif name in _LEGACY_DIRECTIONS:
+                # rtpengine's legacy meaning where no such interface is named: families
+                party.family = party.family or _LEGACY_DIRECTIONS[name]
+        return self._exchange(call, sender, receiver, sdp, req, now, offer=True)
+
+    def answer(self, call: Call, req: Request, now: float) -> str:
+        sdp = self._parse(req)
+        if req.has("loop-protect") and self._looped(sdp):
+            return req.sdp or ""
+        receiver = call.monologues.get(req.from_tag)
+        if receiver is None:
+            raise NgError("Unknown call-id")
+        sender = answerer_of(call, receiver, req, now)
+        apply_party_flags(sender, req)
+        apply_party_flags(receiver, req, received=True)
+        call.answered = True
+        return self._exchange(call, sender, receiver, sdp, req, now, offer=False)
+
+    # -- the exchange ---------------------------------------------------------------------------
+
+    def _exchange(
+        self,
+        call: Call,
+        sender: Monologue,
+        receiver: Monologue,
+        sdp: SessionDescription,
+        req: Request,
+        now: float,
+        *,
+        offer: bool,
+    ) -> str:
+        sender.sent_sdp = True
+        origin_fields = self._origin_fields(sender, sdp, req)
+        session_c = sdp.connection()
+        session_direction = _direction(sdp.session)
+        family = receiver.family or _known_family(receiver) or self._input_family(sdp)
+        taken = Taken(self.ports)
+        try:
+            for index, desc in enumerate(sdp.media):
+                moved = self._learn(
+                    sender, index, desc, session_c, session_direction, req, offer=offer
+                )
+                negotiation.learn(sender.medias[index], desc, sdp.session)
+                # without port latching, a peer that moved its port gets new ports from us
+                renew = offer and moved and not req.has("port-latching")
+                self._prepare(
+                    call,
+                    receiver,
+                    sender,
+                    index,
+                    desc,
+                    family,
+                    req,
+                    taken,
+                    offer=offer,
+                    renew=renew,
+                )
+                # the sender's own ports exist from its offer on, as rtpengine allocates them
+                own_family = sender.family or _known_family(sender) or family
+                self.media_ports.ensure(call, sender, sender.medias[index], own_family, taken)
+                target, source = receiver.medias[index], sender.medias[index]
+                if offer:
+                    protocol = req.transport_protocol or desc.protocol
+                    negotiation.offer(target, source, req, protocol)
+                else:
+                    negotiation.answer(target, source, req, dtls_passive=self.dtls_passive)
+                self.media_ports.ensure_ice(call, target, taken)
+        except PortsExhausted:
+            taken.rollback()
+            raise NgError("Ran out of ports") from None
+        call.last_signal = now
+        local = self.interfaces.select(receiver.interface or self.interfaces.default, family)
+        mux = [self._mux_out(sender, receiver, i, req, offer) for i in range(len(sdp.media))]
+        for m, (printed, shared) in zip(receiver.medias, mux, strict=False):
+            m.rtcp_mux = printed
+            if m.port:
+                m.rtcp_port = m.port if shared else m.port + 1
+        address = req.media_address or local.advertised
+        opts = RewriteOptions(
+            address=address,
+            family=family_of(address),
+            replace=frozenset(req.replace),
+            original_sendrecv=req.has("original-sendrecv"),
+            rtcp_attribute="none"
+            if req.has("no-rtcp-attribute")
+            else "full"
+            if req.has("full-rtcp-attribute")
+            else "short",
+            fingerprint=self.fingerprint,
+            foundations=self.foundations,
+            generate_mid=offer and req.has("generate-mid"),
+            answer=not offer,
+            loop_marker=self.instance_id if req.has("loop-protect") else "",
+            **origin_fields,
+        )
+        return write_sdp(rewrite_sdp(sdp, receiver.medias, opts))
+
+    @staticmethod
+    def _origin_fields(party: Monologue, sdp: SessionDescription, req: Request) -> dict[str, Any]:
+        """``replace`` of the o= username/version and s= (values kept per party)."""
+        origin = sdp.origin()
+        name = next((ln.value for ln in sdp.session if ln.kind == "s"), None)
+        if party.first_username is None and origin is not None:
+            party.first_username = origin.username
+            party.first_session_name = name
+        fields: dict[str, Any] = {}
+        digest = hashlib.blake2b(
+            (req.sdp or "").encode(errors="surrogateescape"), digest_size=16
+        ).digest()
+        if "username" in req.replace:
+            fields["origin_user"] = party.first_username
+        if "session-name" in req.replace:
+            fields["session_name"] = party.first_session_name
+        if "sdp-version" in req.replace and origin is not None and origin.version.isdigit():
+            if party.out_version is None:
+                party.out_version = int(origin.version)
+            elif digest != party.last_sdp:
+                # a changed body gets a new version even if the sender kept its own
+                party.out_version += 1
+            fields["origin_version"] = str(party.out_version)
+        party.last_sdp = digest
+        return fields
+
+    @staticmethod
+    def _parse(req: Request) -> SessionDescription:
+        if not req.sdp:
+            raise NgError("No SDP body in message")
+        try:
+            sdp = parse_sdp(req.sdp)
+            connections = [c for c in [sdp.connection(), *(m.connection() for m in sdp.media)] if c]
+        except SdpError:
+            raise NgError("Failed to parse SDP") from None
+        if any(not is_address(c.address) for c in connections):
+            raise NgError("Failed to parse SDP")  # a host name where an address must be
+        if not sdp.media:
+            raise NgError("Error rewriting SDP")
+        if sdp.connection() is None and any(m.port and m.connection() is None for m in sdp.media):
+            raise NgError("Incomplete SDP specification")
+        return sdp
+
+    def _looped(self, sdp: SessionDescription) -> bool:
+        marker = self.instance_id
+        return marker in sdp.session_attributes("rtpengine") or any(
+            marker in m.attributes("rtpengine") for m in sdp.media
+        )
+
+    @staticmethod
+    def _input_family(sdp: SessionDescription) -> str:
+        for desc in sdp.media:
+            c = desc.connection()
+            if c is not None:
+                return c.family
+        c = sdp.connection()
+        return c.family if c is not None else "IP4"
+
+    def _learn(
+        self,
+        sender: Monologue,
+        index: int,
+        desc: MediaDescription,
+        session_c: Connection | None,
+        session_direction: str | None,
+        req: Request,
+        *,
+        offer: bool,
+    ) -> bool:
+        """Record what the sender's SDP says about its own media for section ``index``.
+
+        Returns whether the sender moved its media (address or port) since its last SDP.
+        """
+        while len(sender.medias) <= index:
+            sender.medias.append(
+                Media(index=len(sender.medias), type=desc.media, protocol=desc.protocol)
+            )
+        media = sender.medias[index]
+        if media.type != desc.media and media.port:
+            self.media_ports.release(media)  # audio → image (T.38) and back: new ports
+        media.type, media.protocol = desc.media, desc.protocol
+        media.rejected = desc.port == 0
+        media.codecs = codecs_of(desc)
+        ptime = desc.attributes("ptime")
+        media.ptime = int(ptime[0]) if ptime and ptime[0].isdigit() else 0
+        direction = _direction(desc.lines) or session_direction
+        conn = desc.connection() or session_c
+        media.zero_address = conn is not None and conn.is_zero
+        media.send = direction in (None, "sendrecv", "sendonly")
+        # a zero connection address is old-style hold (RFC 3264 §8.4): nothing to receive
+        media.recv = direction in (None, "sendrecv", "recvonly") and not media.zero_address
+        address = conn.address if conn else ""
+        if (
+            (req.has("sip-source-address") or self.sip_source_default)
+            and not req.has("trust-address")
+            and req.received_from
+        ):
+            address = req.received_from[1]
+        media.peer_rtcp_mux = desc.has_attribute("rtcp-mux")
+        if offer:
+            media.mux_policy = frozenset(req.rtcp_mux) if req.rtcp_mux else _NO_MUX_POLICY
+        rtcp_attr = desc.attributes("rtcp")
+        rtcp_port = desc.port + 1
+        if rtcp_attr and rtcp_attr[0].split()[0].isdigit():
+            rtcp_port = int(rtcp_attr[0].split()[0])
+        previous = media.remote_rtp
+        if address and desc.port:
+            media.remote_rtp = Endpoint(address, desc.port)
+            media.remote_rtcp = Endpoint(address, rtcp_port)
+        else:
+            media.remote_rtp = media.remote_rtcp = None
+        for stream in media.streams:
+            stream.advertised_endpoint = media.remote_rtcp if stream.rtcp else media.remote_rtp
+            if not stream.confirmed:
+                stream.endpoint = stream.advertised_endpoint
+        current = media.remote_rtp
+        if previous is None or current is None:
+            return False
+        # going on hold with a zero address is no move
+        zero = {"0.0.0.0", "::"}
+        moved_address = previous.address != current.address and not (
+            {previous.address, current.address} & zero
+        )
+        return previous.port != current.port or moved_address
+
+    def _prepare(
+        self,
+        call: Call,
+        receiver: Monologue,
+        sender: Monologue,
+        index: int,
+        desc: MediaDescription,
+        family: str,
+        req: Request,
+        taken: Taken,
+        *,
+        offer: bool,
+        renew: bool = False,
+    ) -> None:
+        """Give the receiving party ports for section ``index`` and its outgoing view."""
+        while len(receiver.medias) <= index:
+            receiver.medias.append(
+                Media(index=len(receiver.medias), type=desc.media, protocol=desc.protocol)
+            )
+        media = receiver.medias[index]
+        source = sender.medias[index]
+        renew = renew or media.type != desc.media
+        media.type = desc.media
+        media.rejected = desc.port == 0
+        media.send, media.recv = source.send, source.recv
+        media.zero_address = source.zero_address
+        # an answer without a=ptime goes back with the offerer's own
+        media.ptime = source.ptime or (0 if offer else media.ptime)
+        if offer:
+            media.sent_codecs = apply_codec_ops(source.codecs, req.codec)
+        else:
+            # an answer only carries codecs that were offered to the answerer
+            media.sent_codecs = answer_codecs(source.codecs, source.sent_codecs)
+        self.media_ports.ensure(call, receiver, media, family, taken, renew=renew)
+
+    def _mux_out(
+        self, sender: Monologue, receiver: Monologue, index: int, req: Request, offer: bool
+    ) -> tuple[bool, bool]:
+        """Whether to print ``a=rtcp-mux`` towards the receiver, and whether RTCP then
+        shares the RTP port (an answer that accepts mux, or ``require``)."""
+        source = sender.medias[index]
+        if offer:
+            if "require" in req.rtcp_mux:
+                return True, True
+            if "offer" in req.rtcp_mux:
+                return True, False
+            return source.peer_rtcp_mux and "demux" not in req.rtcp_mux, False
+        target = receiver.medias[index]
+        policy = req.rtcp_mux | target.mux_policy
+        if "reject" in policy or not target.peer_rtcp_mux:
+            return False, False
+        accepted = source.peer_rtcp_mux or bool(policy & {"accept", "require", "demux"})
+        return accepted, accepted
+
+    def release_call(self, call: Call) -> None:
+        self.media_ports.release_call(call)
+
+
+def _direction(lines: list[Line]) -> str | None:
+    return next((ln.attr for ln in lines if ln.kind == "a" and ln.attr in DIRECTIONS), None)
+
+
+def _known_family(party: Monologue) -> str:
+    """The address family of the party's own media, once its SDP has been seen."""
+    for media in party.medias:
+        if media.remote_rtp is not None:
+            return media.remote_rtp.family
+    return ""

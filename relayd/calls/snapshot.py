@@ -1,0 +1,104 @@
+"""Call state to and from plain JSON-able values (pure), for the state journal.
+
+Generic over the model's dataclasses: values are converted following their
+type annotations, so a new field needs no code here. The only special case is
+the call itself, whose ``monologues`` and ``branches`` maps may name the same
+party several times (tag aliases, a branch answered under its tag): parties are
+stored once in a list and the maps hold indexes into it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any
+
+from relayd.calls.model import Call, Monologue
+
+__all__ = ["dump_call", "load_call"]
+
+
+def _dump(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _dump(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, frozenset | set):
+        return sorted(_dump(v) for v in value)
+    if isinstance(value, list | tuple):
+        return [_dump(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _dump(v) for k, v in value.items()}
+    return value
+
+
+def _load(kind: Any, value: Any) -> Any:
+    origin = typing.get_origin(kind)
+    args = typing.get_args(kind)
+    if origin in (types.UnionType, typing.Union):
+        if value is None:
+            return None
+        return _load(next(a for a in args if a is not type(None)), value)
+    if origin is list:
+        return [_load(args[0], v) for v in value]
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]
+            return tuple(_load(args[0], v) for v in value)
+        return tuple(_load(a, v) for a, v in zip(args, value, strict=True))
+    if origin is frozenset:
+        return frozenset(_load(args[0], v) for v in value)
+    if origin is dict:
+        return {k: _load(args[1], v) for k, v in value.items()}
+    if kind is bytes:
+        return bytes.fromhex(value)
+    if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+        hints = typing.get_type_hints(kind)
+        return kind(
+            **{
+                f.name: _load(hints[f.name], value[f.name])
+                for f in dataclasses.fields(kind)
+                if f.name in value
+            }
+        )
+    return value
+
+
+_SHARED = ("monologues", "branches")
+
+
+def dump_call(call: Call) -> dict[str, Any]:
+    parties = call.parties()
+    index = {id(p): i for i, p in enumerate(parties)}
+    data = {
+        f.name: _dump(getattr(call, f.name))
+        for f in dataclasses.fields(call)
+        if f.name not in _SHARED
+    }
+    data["parties"] = [_dump(p) for p in parties]
+    for name in _SHARED:
+        data[name] = {tag: index[id(p)] for tag, p in getattr(call, name).items()}
+    return data
+
+
+def load_call(data: dict[str, Any]) -> Call:
+    parties = [_load(Monologue, p) for p in data["parties"]]
+    hints = typing.get_type_hints(Call)
+    call = Call(
+        **{
+            f.name: _load(hints[f.name], data[f.name])
+            for f in dataclasses.fields(Call)
+            if f.name not in _SHARED and f.name in data
+        }
+    )
+    for name in _SHARED:
+        getattr(call, name).update({tag: parties[i] for tag, i in data[name].items()})
+    for party in call.parties():
+        # a CLOCK_MONOTONIC time, meaningless in another boot: after a reboot it could lie
+        # days ahead and hold delayed learning off until then (the learning window of a
+        # restored call is over; what its streams had confirmed comes back with them)
+        party.learn_after = 0.0
+    for media in call.all_medias():
+        for stream in media.streams:
+            stream.call_id = call.call_id  # journals written before streams named it
+    return call

@@ -1,0 +1,273 @@
+"""Conntrack entries of relay sockets, over ctnetlink.
+
+A conntrack entry outlives the nft elements that created it, and an entry made
+while a stream was forwarded in userspace keeps matching after the elements are
+added: either way packets keep their old path until the entry goes. So after
+elements are added or deleted, the entries that carry a forward's packets are
+deleted; in that order, elements first, the next packet makes a new entry
+through the new path and none is lost (../shared/reference/nft-lab.md).
+
+Two ways to find them:
+
+:meth:`Ctnetlink.delete_flows` (what :class:`relayd.nft.forward.KernelForwarder` uses)
+    deletes, for each UDP 4-tuple, the one entry holding it as its original
+    *or* reply tuple: ``IPCTNL_MSG_CT_DELETE`` looks the tuple up in the
+    conntrack hash, where both directions of every entry are hashed. So the key
+    ``S → R`` finds the NAT entry whichever side spoke first, the userspace
+    entry of a peer that spoke first (orig ``S → R``) and the one of a relay
+    socket that sent first (orig ``R → S``). Cost: one hash lookup per tuple;
+    the requests of a batch go out in a few ``send`` calls.
+:func:`delete_entries`
+    deletes every UDP entry in which an address:port is the original source or
+    destination, including ones no key names (a spoofer's, a stale peer's).
+    It needs table dumps: each one walks every bucket of the conntrack hash
+    (about 10 ms for 262,144 buckets, whatever the number of entries) and
+    pyroute2 parses about 3,000 entries a second, so it is for tests and
+    occasional clean-ups, not for the offload path.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+from collections.abc import Iterable, Iterator
+from ipaddress import ip_address
+from typing import Any
+
+from relayd.nft.libnft import NftError
+from relayd.nft.ruleset import Endpoint
+
+__all__ = [
+    "ConntrackError",
+    "Ctnetlink",
+    "count_entries",
+    "delete_entries",
+    "delete_flows",
+    "delete_request",
+]
+
+# linux/netlink.h, linux/netfilter/nfnetlink.h, nfnetlink_conntrack.h
+NETLINK_NETFILTER = 12
+NLMSG_ERROR = 2
+NLM_F_REQUEST = 0x1
+NLM_F_ACK = 0x4
+NFNL_SUBSYS_CTNETLINK = 1
+IPCTNL_MSG_CT_DELETE = 2
+CTA_TUPLE_ORIG = 1
+CTA_TUPLE_IP = 1
+CTA_TUPLE_PROTO = 2
+CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = 1, 2, 3, 4
+CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
+
+_BATCH = 256
+"""Requests per send: their acknowledgements must fit the socket's receive buffer."""
+_TIMEOUT = 5.0
+"""Seconds to wait for the kernel's acknowledgements."""
+_FILTERED_DUMPS_UP_TO = 16
+_AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+
+
+class ConntrackError(NftError):
+    """ctnetlink is unusable or refused a request."""
+
+
+def _attr(kind: int, payload: bytes) -> bytes:
+    length = 4 + len(payload)
+    return struct.pack("=HH", length, kind) + payload + b"\0" * (-length % 4)
+
+
+def delete_request(seq: int, src: Endpoint, dst: Endpoint) -> bytes:
+    """One IPCTNL_MSG_CT_DELETE for the UDP tuple src → dst, asking for an acknowledgement."""
+    if src.version != dst.version:
+        raise ValueError(f"mixed address families: {src} -> {dst}")
+    v4 = src.version == 4
+    ip = _attr(CTA_IP_V4_SRC if v4 else CTA_IP_V6_SRC, ip_address(src.address).packed) + _attr(
+        CTA_IP_V4_DST if v4 else CTA_IP_V6_DST, ip_address(dst.address).packed
+    )
+    proto = (
+        _attr(CTA_PROTO_NUM, bytes([socket.IPPROTO_UDP]))
+        + _attr(CTA_PROTO_SRC_PORT, struct.pack("!H", src.port))
+        + _attr(CTA_PROTO_DST_PORT, struct.pack("!H", dst.port))
+    )
+    body = struct.pack("=BBH", _AF[src.version], 0, 0) + _attr(
+        CTA_TUPLE_ORIG, _attr(CTA_TUPLE_IP, ip) + _attr(CTA_TUPLE_PROTO, proto)
+    )
+    kind = NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_DELETE
+    return struct.pack("=IHHII", 16 + len(body), kind, NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
+
+
+def _acks(data: bytes) -> Iterator[tuple[int, int]]:
+    """(sequence number, errno) of each NLMSG_ERROR in a receive buffer."""
+    offset = 0
+    while offset + 16 <= len(data):
+        length, kind, _flags, seq, _pid = struct.unpack_from("=IHHII", data, offset)
+        if length < 16:
+            break
+        if kind == NLMSG_ERROR:
+            (error,) = struct.unpack_from("=i", data, offset + 16)
+            yield seq, -error
+        offset += (length + 3) & ~3
+
+
+class Ctnetlink:
+    """A ctnetlink socket for :meth:`delete_flows`, kept open between calls.
+
+    Closing a netlink socket can wait for an RCU grace period (milliseconds
+    under load), more than a whole batch of deletions costs. The socket belongs
+    to the network namespace of the thread that first uses it.
+    """
+
+    def __init__(self) -> None:
+        self._sock: socket.socket | None = None
+        self._seq = 0
+
+    def _socket(self) -> socket.socket:
+        if self._sock is None:
+            try:
+                sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+                sock.bind((0, 0))
+                sock.settimeout(_TIMEOUT)
+            except OSError as exc:
+                raise ConntrackError(f"cannot open ctnetlink: {exc}") from exc
+            self._sock = sock
+        return self._sock
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def probe(self) -> None:
+        """Prove ctnetlink answers: delete a flow that does not exist."""
+        nowhere = Endpoint("127.0.0.1", 9)  # discard: nothing sends from it to itself
+        self.delete_flows([(nowhere, nowhere)])
+
+    def delete_flows(self, tuples: Iterable[tuple[Endpoint, Endpoint]]) -> int:
+        """Delete the entry holding each UDP tuple (src, dst) in either direction.
+
+        Returns how many entries were deleted; a tuple without an entry is not an error.
+        """
+        wanted = list(dict.fromkeys(tuples))
+        deleted = 0
+        try:
+            for start in range(0, len(wanted), _BATCH):
+                deleted += self._delete(wanted[start : start + _BATCH])
+        except OSError as exc:
+            self.close()
+            raise ConntrackError(f"ctnetlink: {exc}") from exc
+        except ConntrackError:
+            self.close()  # unread acknowledgements would linger
+            raise
+        return deleted
+
+    def _delete(self, chunk: list[tuple[Endpoint, Endpoint]]) -> int:
+        sock = self._socket()
+        first = self._seq + 1
+        self._seq = (self._seq + len(chunk)) % (1 << 31)
+        requests = (delete_request(first + i, src, dst) for i, (src, dst) in enumerate(chunk))
+        sock.sendall(b"".join(requests))
+        pending = {first + i: pair for i, pair in enumerate(chunk)}
+        deleted = 0
+        while pending:
+            for seq, err in _acks(sock.recv(1 << 16)):
+                pair = pending.pop(seq, None)
+                if pair is None:
+                    continue
+                if err == 0:
+                    deleted += 1
+                elif err != errno.ENOENT:
+                    raise ConntrackError(
+                        f"conntrack delete {pair[0]} -> {pair[1]}: {os.strerror(err)}"
+                    )
+        return deleted
+
+
+def delete_flows(tuples: Iterable[tuple[Endpoint, Endpoint]]) -> int:
+    """:meth:`Ctnetlink.delete_flows` on a socket of its own."""
+    ct = Ctnetlink()
+    try:
+        return ct.delete_flows(tuples)
+    finally:
+        ct.close()
+
+
+def _open(version: int) -> Any:
+    try:
+        from pyroute2 import Conntrack
+    except ImportError as exc:  # pragma: no cover - pyroute2 is a dependency
+        raise ConntrackError(f"pyroute2 is not installed: {exc}") from exc
+    try:
+        return Conntrack(nfgen_family=_AF[version])
+    except OSError as exc:
+        raise ConntrackError(f"cannot open ctnetlink: {exc}") from exc
+
+
+def _tuple(version: int, **fields: Any) -> Any:
+    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+
+    return NFCTAttrTuple(family=_AF[version], proto=socket.IPPROTO_UDP, **fields)
+
+
+def _matches(entry: Any, wanted: set[Endpoint]) -> bool:
+    orig = entry.tuple_orig
+    try:
+        return (
+            Endpoint(orig.saddr, orig.sport) in wanted or Endpoint(orig.daddr, orig.dport) in wanted
+        )
+    except (TypeError, ValueError):  # an entry without ports
+        return False
+
+
+def _entries(ct: Any, version: int, endpoints: set[Endpoint]) -> Iterator[Any]:
+    """UDP entries with one of ``endpoints`` as original source or destination."""
+    if len(endpoints) > _FILTERED_DUMPS_UP_TO:
+        for entry in ct.dump_entries(tuple_orig=_tuple(version)):
+            if _matches(entry, endpoints):
+                yield entry
+        return
+    for ep in endpoints:  # kernel-side filters (CTA_FILTER, Linux 5.8+)
+        yield from ct.dump_entries(tuple_orig=_tuple(version, saddr=ep.address, sport=ep.port))
+        yield from ct.dump_entries(tuple_orig=_tuple(version, daddr=ep.address, dport=ep.port))
+
+
+def _by_version(endpoints: Iterable[Endpoint]) -> dict[int, set[Endpoint]]:
+    grouped: dict[int, set[Endpoint]] = {}
+    for ep in endpoints:
+        grouped.setdefault(ep.version, set()).add(ep)
+    return grouped
+
+
+def _orig(entry: Any) -> tuple[Endpoint, Endpoint]:
+    t = entry.tuple_orig
+    return Endpoint(t.saddr, t.sport), Endpoint(t.daddr, t.dport)
+
+
+def delete_entries(endpoints: Iterable[Endpoint]) -> int:
+    """Delete every UDP entry in which an endpoint is the original source or destination."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    found: set[tuple[Endpoint, Endpoint]] = set()
+    for version, wanted in _by_version(endpoints).items():
+        ct = _open(version)
+        try:
+            found.update(_orig(e) for e in _entries(ct, version, wanted))
+        except (NetlinkError, OSError) as exc:
+            raise ConntrackError(f"conntrack dump: {exc}") from exc
+        finally:
+            ct.close()
+    return delete_flows(found)
+
+
+def count_entries(endpoint: Endpoint) -> int:
+    """UDP entries with ``endpoint`` as original source or destination."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    ct = _open(endpoint.version)
+    try:
+        return len({_orig(e) for e in _entries(ct, endpoint.version, {endpoint})})
+    except (NetlinkError, OSError) as exc:
+        raise ConntrackError(f"conntrack dump: {exc}") from exc
+    finally:
+        ct.close()

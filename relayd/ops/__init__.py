@@ -1,0 +1,1 @@
+"""Operations: relayctl and its admin socket, /metrics, Homer, statistics, counters, reload."""

@@ -1,0 +1,93 @@
+"""Cumulative counters that outlive calls: relayed traffic, ng requests, worker rates. Pure.
+
+Stream counters live in the call model and go with the call; Prometheus
+counters must only ever grow. The supervisor feeds these at the moment a
+figure changes (a worker's stats report, a kernel counter read, an ng reply),
+so a call that ends takes nothing away.
+
+*Path* is ``userspace`` (a worker forwarded it) or ``kernel`` (nftables did).
+*Direction* names who sent the packets: ``caller_to_callee`` for the party
+that made the first offer, ``callee_to_caller`` for the party that answered.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from relayd.calls.model import Call, Stream
+
+__all__ = ["Counters", "NgStats", "RateMeter", "Traffic", "direction_of"]
+
+PATHS = ("userspace", "kernel")
+DIRECTIONS = ("caller_to_callee", "callee_to_caller")
+
+
+def direction_of(call: Call, stream: Stream) -> str:
+    """Which way the packets arriving on ``stream`` go."""
+    for party in call.parties():
+        for media in [*party.medias, *(m for ms in party.other_dialogues.values() for m in ms)]:
+            if any(s is stream for s in media.streams):
+                return DIRECTIONS[1] if party.answerer else DIRECTIONS[0]
+    return DIRECTIONS[0]
+
+
+@dataclass
+class Traffic:
+    """Packets, bytes and errors per (path, direction)."""
+
+    packets: Counter[tuple[str, str]] = field(default_factory=Counter)
+    bytes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    errors: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    def add(self, path: str, direction: str, packets: int, size: int, errors: int = 0) -> None:
+        key = (path, direction)
+        self.packets[key] += max(packets, 0)
+        self.bytes[key] += max(size, 0)
+        self.errors[key] += max(errors, 0)
+
+    def total(self, counter: Counter[tuple[str, str]], path: str) -> int:
+        return sum(v for (p, _), v in counter.items() if p == path)
+
+
+@dataclass
+class NgStats:
+    """ng requests per (proxy, command) with their handling time, errors per proxy and command."""
+
+    requests: Counter[tuple[str, str]] = field(default_factory=Counter)
+    seconds: dict[tuple[str, str], float] = field(default_factory=dict)
+    errors: Counter[str] = field(default_factory=Counter)  # by proxy
+    command_errors: Counter[str] = field(default_factory=Counter)  # by command
+
+    def record(self, proxy: str, command: str, ok: bool, seconds: float) -> None:
+        self.requests[(proxy, command)] += 1
+        self.seconds[(proxy, command)] = self.seconds.get((proxy, command), 0.0) + seconds
+        if not ok:
+            self.errors[proxy] += 1
+            self.command_errors[command] += 1
+
+
+@dataclass
+class RateMeter:
+    """Per-second rates from cumulative values sampled by a timer."""
+
+    last: dict[str, tuple[float, float]] = field(default_factory=dict)
+    rates: dict[str, float] = field(default_factory=dict)
+
+    def sample(self, name: str, value: float, now: float) -> None:
+        previous = self.last.get(name)
+        self.last[name] = (now, value)
+        if previous is not None and now > previous[0]:
+            self.rates[name] = max(value - previous[1], 0.0) / (now - previous[0])
+
+    def rate(self, name: str) -> float:
+        return self.rates.get(name, 0.0)
+
+
+@dataclass
+class Counters:
+    traffic: Traffic = field(default_factory=Traffic)
+    ng: NgStats = field(default_factory=NgStats)
+    rates: RateMeter = field(default_factory=RateMeter)
+    homer_sent: int = 0
+    homer_dropped: int = 0

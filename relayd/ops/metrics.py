@@ -1,0 +1,189 @@
+"""``/metrics``: the Prometheus text exposition of a running relayd. Pure.
+
+Figures rtpengine also exports keep rtpengine's names and labels (its
+``statistics.c``, printed with the ``rtpengine_`` prefix by ``websocket.c``),
+so dashboards built for rtpengine keep working; the rest is ``relayd_``. The
+mapping is listed in docs/operations.md. Rates (offers per second, packets per
+second) are left to Prometheus: everything cumulative is a counter.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from relayd import __version__
+from relayd.ops.counters import DIRECTIONS, PATHS
+from relayd.ops.views import RelayState, port_use, stream_paths, worker_load
+
+__all__ = ["CONTENT_TYPE", "Family", "collect", "render"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+Labels = tuple[tuple[str, str], ...]
+
+
+@dataclass
+class Family:
+    name: str
+    kind: str  # counter, gauge
+    help: str
+    samples: list[tuple[Labels, float]] = field(default_factory=list)
+
+    def add(self, value: float, **labels: str) -> Family:
+        self.samples.append((tuple(labels.items()), value))
+        return self
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(value: float) -> str:
+    if isinstance(value, int) or float(value).is_integer():
+        return str(int(value))
+    return repr(float(value))
+
+
+def render(families: Iterable[Family]) -> str:
+    lines = []
+    for family in families:
+        lines.append(f"# HELP {family.name} {family.help}")
+        lines.append(f"# TYPE {family.name} {family.kind}")
+        for labels, value in family.samples:
+            text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+            lines.append(
+                f"{family.name}{{{text}}} {_number(value)}"
+                if text
+                else f"{family.name} {_number(value)}"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _rtpengine(state: RelayState, now: float) -> list[Family]:
+    commands = state.commands
+    totals = commands.totals
+    traffic = state.counters.traffic
+    ng = state.counters.ng
+    calls = list(commands.calls.values())
+    finished = totals.finished
+    paths = stream_paths(calls)
+    closed = Family("rtpengine_closed_sessions_total", "counter", "Closed sessions, by reason")
+    for reason, value in (
+        ("rejected", totals.rejected),
+        ("timeout", totals.timeouts),
+        ("silent_timeout", totals.silent_timeouts),
+        ("final_timeout", totals.final_timeouts),
+        ("offer_timeout", totals.offer_timeouts),
+        ("terminated", totals.regular_terminated),
+        ("force_terminated", totals.forced_terminated),
+    ):
+        closed.add(value, reason=reason)
+    families = [
+        Family("rtpengine_sessions", "gauge", "Current sessions")
+        .add(len(calls), type="own")
+        .add(0, type="foreign"),
+        Family("rtpengine_sessions_total", "counter", "Total managed sessions").add(totals.managed),
+        closed,
+        Family("rtpengine_mediastreams", "gauge", "Current media streams, by forwarding path")
+        .add(paths["userspace"], type="userspace")
+        .add(paths["kernel"], type="kernel")
+        .add(paths["mixed"], type="mixed"),
+        Family("rtpengine_uptime_seconds", "gauge", "Uptime of relayd").add(
+            int(now - commands.started)
+        ),
+        Family("rtpengine_call_duration_total", "counter", "Total calls duration").add(
+            round(totals.call_duration, 6)
+        ),
+        Family("rtpengine_call_duration_avg", "gauge", "Average call duration").add(
+            round(totals.call_duration / finished, 6) if finished else 0
+        ),
+    ]
+    for name, counter, text in (
+        ("rtpengine_packets_total", traffic.packets, "Total relayed packets"),
+        ("rtpengine_bytes_total", traffic.bytes, "Total relayed bytes"),
+        ("rtpengine_packet_errors_total", traffic.errors, "Total relayed packet errors"),
+    ):
+        family = Family(name, "counter", text)
+        for path in PATHS:
+            family.add(traffic.total(counter, path), type=path)
+        families.append(family)
+    requests = Family("rtpengine_requests_total", "counter", "ng requests, by proxy and command")
+    seconds = Family("rtpengine_request_seconds_total", "counter", "ng request handling time")
+    for (proxy, command), count in sorted(ng.requests.items()):
+        requests.add(count, proxy=proxy, request=command)
+        seconds.add(round(ng.seconds[(proxy, command)], 6), proxy=proxy, request=command)
+    errors = Family("rtpengine_errors_total", "counter", "ng requests answered with an error")
+    for proxy, count in sorted(ng.errors.items()):
+        errors.add(count, proxy=proxy)
+    families += [requests, seconds, errors]
+    used = Family("rtpengine_ports_used", "gauge", "Media ports in use")
+    free = Family("rtpengine_ports_free", "gauge", "Media ports free")
+    total = Family("rtpengine_ports", "gauge", "Media ports")
+    for use in port_use(commands):
+        used.add(use.used, name=use.interface, address=use.address)
+        free.add(use.free, name=use.interface, address=use.address)
+        total.add(use.total, name=use.interface, address=use.address)
+    return [*families, used, free, total]
+
+
+def _relayd(state: RelayState) -> list[Family]:
+    traffic = state.counters.traffic
+    families = []
+    for name, counter, text in (
+        ("relayd_packets_total", traffic.packets, "Relayed packets, by path and direction"),
+        ("relayd_bytes_total", traffic.bytes, "Relayed bytes (UDP payload), by path and direction"),
+        ("relayd_packet_errors_total", traffic.errors, "Packet errors, by path and direction"),
+    ):
+        family = Family(name, "counter", text)
+        for path in PATHS:
+            for direction in DIRECTIONS:
+                family.add(counter[(path, direction)], path=path, direction=direction)
+        families.append(family)
+    ng_errors = Family("relayd_ng_errors_total", "counter", "ng requests answered with an error")
+    for command, count in sorted(state.counters.ng.command_errors.items()):
+        ng_errors.add(count, request=command)
+    families.append(ng_errors)
+    cpu = Family("relayd_worker_cpu_seconds_total", "counter", "CPU time of each worker")
+    packets = Family("relayd_worker_packets_total", "counter", "Packets each worker received")
+    streams = Family("relayd_worker_streams", "gauge", "Media sockets held by each worker")
+    up = Family("relayd_worker_up", "gauge", "1 while the worker is connected")
+    restarts = Family("relayd_worker_restarts_total", "counter", "Worker restarts")
+    queued = Family("relayd_worker_ipc_queued_bytes", "gauge", "IPC bytes not yet read")
+    for worker in state.media.workers:
+        load = worker_load(state.media, worker)
+        labels = {"worker": str(load.index), "core": str(load.cpu)}
+        cpu.add(round(load.cpu_seconds, 6), **labels)
+        packets.add(load.packets, **labels)
+        streams.add(load.streams, **labels)
+        up.add(int(load.connected), **labels)
+        restarts.add(load.restarts, **labels)
+        queued.add(load.to_worker, worker=labels["worker"], direction="to_worker")
+        queued.add(load.from_worker, worker=labels["worker"], direction="from_worker")
+    families += [cpu, packets, streams, up, restarts, queued]
+    kernel = state.kernel
+    families.append(
+        Family("relayd_kernel_enabled", "gauge", "1 while the kernel path forwards").add(
+            int(kernel is not None and kernel.enabled)
+        )
+    )
+    families.append(
+        Family("relayd_kernel_forwards", "gauge", "Stream directions forwarded by nftables").add(
+            sum(len(v) for v in kernel.installed.values()) if kernel is not None else 0
+        )
+    )
+    families.append(
+        Family("relayd_homer_packets_total", "counter", "HEP packets for Homer")
+        .add(state.counters.homer_sent, result="sent")
+        .add(state.counters.homer_dropped, result="dropped")
+    )
+    families.append(
+        Family("relayd_build_info", "gauge", "relayd version").add(1, version=__version__)
+    )
+    return families
+
+
+def collect(state: RelayState, now: float | None = None) -> list[Family]:
+    now = time.time() if now is None else now
+    return _rtpengine(state, now) + _relayd(state)

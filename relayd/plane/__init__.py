@@ -1,0 +1,1 @@
+"""The forwarding plane: what the workers and the kernel path carry, and the shells telling them."""

@@ -1,0 +1,314 @@
+"""What the workers must do for a call, derived from the call model (pure).
+
+For each media section shared by two parties X and Y, every relay socket of X
+sends onwards from Y's socket of the same component: RTP from X arriving on
+X's RTP port leaves from Y's RTP port towards Y. A party that uses rtcp-mux
+sends RTCP to its RTP port; those packets leave from the other party's RTCP
+socket (or its RTP socket if it muxes as well).
+
+Before an offer is answered, media flows one way, as in rtpengine: what the
+answerer's side sends to the ports in the offer goes to the offerer's SDP
+address (early media racing the SDP of a 183), while nothing goes the other way
+(where the answerer is, is not known yet). Only plain RTP: SRTP keys, DTLS
+roles and ICE candidates towards the offerer come with the answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from relayd.calls.model import Call, Endpoint, Media, Monologue, Stream
+from relayd.calls.webrtc import Crypto
+from relayd.ipc import Forward, SocketSpec, socket_key
+
+__all__ = [
+    "KernelLeg",
+    "kernel_legs",
+    "media_key",
+    "paired",
+    "plan",
+    "relay_socket_keys",
+    "section_count",
+    "streams_by_socket",
+    "waits_for_answer",
+]
+
+
+_PLAIN = frozenset({"RTP/AVP", "RTP/AVPF"})
+
+
+def media_key(call_id: str, index: int) -> str:
+    return f"{call_id} {index}"
+
+
+def _endpoint(ep: Endpoint | None) -> str:
+    return socket_key(ep.address, ep.port) if ep else ""
+
+
+def _sdes(line: Crypto | None) -> str:
+    return line.inline() if line is not None else ""
+
+
+def _security(media: Media) -> dict[str, str]:
+    """SRTP keys, DTLS role and ICE credentials of the party owning ``media``'s sockets."""
+    return {
+        "srtp_in": _sdes(media.srtp_in),
+        "srtp_out": _sdes(media.srtp_out),
+        "dtls": media.dtls_role,
+        "dtls_fingerprint": media.peer_fingerprint if media.dtls_role else "",
+        "ice_ufrag": media.ice_ufrag,
+        "ice_pwd": media.ice_pwd,
+        "ice_remote_ufrag": media.peer_ice_ufrag if media.ice_ufrag else "",
+    }
+
+
+def _muxes(media: Media) -> bool:
+    return media.rtcp_mux and media.peer_rtcp_mux
+
+
+def _pairs(call: Call) -> Iterator[tuple[Monologue, Monologue]]:
+    seen: set[int] = set()
+    for party in call.parties():
+        peer_tag = party.in_dialogue_with
+        if not party.tag or peer_tag is None or id(party) in seen:
+            continue
+        peer = call.monologues.get(peer_tag)
+        if peer is None or peer is party:
+            continue
+        if peer.in_dialogue_with != party.tag and peer.in_dialogue_with not in party.aliases:
+            # a fork the peer has moved away from: the peer's media now belong to
+            # another dialogue, and both would claim the same media key
+            continue
+        seen.update((id(party), id(peer)))
+        yield party, peer
+
+
+def _early_pair(call: Call) -> tuple[Monologue, Monologue] | None:
+    """With no dialogue yet, an offer that waits for its answer: the offerer, and the
+    party it went to (the latest branch, if it went out on several)."""
+    for offerer in call.parties():
+        if not (offerer.tag and offerer.sent_sdp):
+            continue
+        if offerer.in_dialogue_with is not None:
+            # an offer with a to-tag: to that party, if it has not answered yet
+            peer = call.monologues.get(offerer.in_dialogue_with)
+            if peer is not None and peer is not offerer and not peer.sent_sdp:
+                return offerer, peer
+            continue
+        answerer = None
+        for party in call.parties():
+            if party.offered_by == offerer.tag and party is not offerer and not party.sent_sdp:
+                answerer = party
+        if answerer is not None:
+            return offerer, answerer
+    return None
+
+
+def _dialogues(call: Call) -> Iterator[tuple[Monologue, Monologue, bool]]:
+    """The pairs of parties whose media is forwarded, and whether the pair is early:
+    the parties in a dialogue, or else, while an offer waits for its answer, the party
+    it went to and the offerer (one way: from the first to the second)."""
+    found = False
+    for x, y in _pairs(call):
+        found = True
+        yield x, y, False
+    if not found and (early := _early_pair(call)) is not None:
+        offerer, answerer = early
+        yield answerer, offerer, True
+
+
+def _plain(media: Media) -> bool:
+    """Plain RTP with this party both ways so far: what it sent us and what we wrote it."""
+    return (
+        media.protocol in _PLAIN
+        and (media.out_protocol or media.protocol) in _PLAIN
+        and not (media.ice_ufrag or media.peer_ice or media.crypto or media.crypto_out)
+    )
+
+
+def waits_for_answer(call: Call) -> bool:
+    """An offer waits for its answer and has early media to forward: its plan is the
+    one-way early one, with at least one plain-RTP section."""
+    first = next(_dialogues(call), None)
+    return first is not None and first[2] and bool(plan(call))
+
+
+def paired(call: Call) -> bool:
+    """Whether the call has anything to forward: two parties in a dialogue, or an offer
+    waiting for its answer (early media)."""
+    return next(_dialogues(call), None) is not None
+
+
+# An early pair's overrides: nothing is sent towards the answerer yet, and nothing is
+# learned about it before its SDP says where it is (a stray packet must not become its
+# address); the offerer's sockets only send, and what arrives on them stays queued until
+# the answer makes them forward (what the offerer sends right after the answer)
+_EARLY_ANSWERER: dict[str, Any] = {"learning": "off"}
+_EARLY_OFFERER: dict[str, Any] = {"listen": False}
+
+
+def plan(call: Call) -> list[Forward]:
+    """One :class:`Forward` per media section that both parties have ports for (early:
+    only plain RTP; SRTP keys, DTLS and ICE towards the offerer come with the answer)."""
+    result: list[Forward] = []
+    for x, y, early in _dialogues(call):
+        for index in range(min(len(x.medias), len(y.medias))):
+            mx, my = x.medias[index], y.medias[index]
+            if not (mx.port and my.port and mx.local and my.local):
+                continue
+            if early and not (_plain(mx) and _plain(my)):
+                continue
+            sockets = [
+                *_specs(x, mx, my, _EARLY_ANSWERER if early else {}),
+                *_specs(y, my, mx, _EARLY_OFFERER if early else {}),
+            ]
+            result.append(Forward(media_key(call.call_id, index), tuple(sockets)))
+    return result
+
+
+def _specs(
+    party: Monologue, own: Media, other: Media, overrides: dict[str, Any]
+) -> list[SocketSpec]:
+    assert own.local is not None and other.local is not None
+    own_rtp = socket_key(own.local.local, own.port)
+    own_rtcp = socket_key(own.local.local, own.port + 1)
+    other_rtp = socket_key(other.local.local, other.port)
+    other_rtcp = other_rtp if _muxes(other) else socket_key(other.local.local, other.port + 1)
+    common: dict[str, Any] = {
+        **_security(own),
+        "learning": party.learning,
+        "learn_after": party.learn_after,
+        "asymmetric": party.asymmetric,
+        "strict": party.strict_source,
+        "handover": party.media_handover,
+        **overrides,
+    }
+    # where each component's packets go; the party's ICE candidates on our other
+    # addresses (aliases) forward exactly like the primary socket of their component
+    rtp_route: dict[str, Any] = {
+        "out": other_rtp,
+        "out_rtcp": other_rtcp if _muxes(own) else "",
+        **common,
+    }
+    rtcp_route: dict[str, Any] = {"out": other_rtcp, "rtcp": True, **common}
+    rtcp_expect = own.remote_rtp if _muxes(own) else own.remote_rtcp
+    # an endpoint confirmed on an ICE candidate of the other family is no use to this socket
+    learned = [
+        _endpoint(s.endpoint)
+        if s.confirmed and s.endpoint and s.endpoint.family == s.local.family
+        else ""
+        for s in own.streams[:2]
+    ]
+    learned += [""] * (2 - len(learned))
+    kernel = [s.kernelized for s in own.streams[:2]] + [False] * (2 - len(own.streams[:2]))
+    specs = [
+        SocketSpec(
+            own_rtp,
+            expect=_endpoint(own.remote_rtp),
+            learned=learned[0],
+            kernel=kernel[0],
+            **rtp_route,
+        ),
+        SocketSpec(
+            own_rtcp,
+            expect=_endpoint(rtcp_expect),
+            learned=learned[1],
+            kernel=kernel[1],
+            **rtcp_route,
+        ),
+    ]
+    for local, port in own.ice_ports:
+        specs.append(SocketSpec(socket_key(local.local, port), alias_of=own_rtp, **rtp_route))
+        specs.append(SocketSpec(socket_key(local.local, port + 1), alias_of=own_rtcp, **rtcp_route))
+    return specs
+
+
+@dataclass(frozen=True, slots=True)
+class KernelLeg:
+    """One direction of a stream the kernel can forward: ``source → relay`` becomes
+    ``out → dest``. ``socket`` is the key of the relay socket it bypasses."""
+
+    socket: str
+    source: Endpoint
+    relay: Endpoint
+    out: Endpoint
+    dest: Endpoint
+
+
+def kernel_legs(call: Call, *, rtcp: bool = True) -> list[KernelLeg]:
+    """The directions of ``call`` that need no per-packet work and can leave userspace.
+
+    Both parties' streams of a component must have a confirmed endpoint; the
+    transport must be plain RTP (SRTP stays in the workers); asymmetric parties
+    (no learned source to key on) and rtcp-mux on one side only (RTCP must be
+    split from RTP per packet) stay in userspace. With rtcp-mux on both sides the
+    RTP port carries both, so one forward covers them. ``rtcp=False`` leaves separate
+    RTCP streams to the workers (which copy RTCP for Homer and the RTCP log).
+    """
+    if not call.answered:
+        return []
+    legs: list[KernelLeg] = []
+    for x, y in _pairs(call):
+        if x.asymmetric or y.asymmetric:
+            continue
+        for mx, my in zip(x.medias, y.medias, strict=False):
+            if mx.protocol not in _PLAIN or my.protocol not in _PLAIN:
+                continue
+            if mx.rejected or my.rejected or _muxes(mx) != _muxes(my):
+                continue
+            if mx.ice_ufrag or my.ice_ufrag:
+                continue  # STUN consent checks share the port: they must reach a worker
+            components = 1 if _muxes(mx) or not rtcp else 2
+            for sx, sy in zip(mx.streams[:components], my.streams[:components], strict=False):
+                if not (sx.confirmed and sy.confirmed and sx.endpoint and sy.endpoint):
+                    continue
+                rx = Endpoint(sx.local.local, sx.port)
+                ry = Endpoint(sy.local.local, sy.port)
+                legs.append(
+                    KernelLeg(socket_key(rx.address, rx.port), sx.endpoint, rx, ry, sy.endpoint)
+                )
+                legs.append(
+                    KernelLeg(socket_key(ry.address, ry.port), sy.endpoint, ry, rx, sx.endpoint)
+                )
+    return legs
+
+
+def _media_lists(call: Call) -> list[list[Media]]:
+    """The media sections of every party, current and earlier forked dialogues."""
+    lists = []
+    for party in call.parties():
+        lists.append(party.medias)
+        lists.extend(party.other_dialogues.values())
+    return lists
+
+
+def section_count(call: Call) -> int:
+    """How many media sections the call's forwards can have (media keys 0 … n-1)."""
+    return max((len(medias) for medias in _media_lists(call)), default=0)
+
+
+def relay_socket_keys(call: Call, besides: Monologue | None = None) -> list[str]:
+    """Every relay socket of the call, both components of each media and ICE candidate
+    (our sockets towards ``besides`` left out)."""
+    keys = []
+    for party in call.parties():
+        if party is besides:
+            continue
+        for media in party.medias:
+            if media.port and media.local is not None:
+                keys += [socket_key(media.local.local, media.port + i) for i in (0, 1)]
+            for local, port in media.ice_ports:
+                keys += [socket_key(local.local, port + i) for i in (0, 1)]
+    return keys
+
+
+def streams_by_socket(call: Call) -> dict[str, Stream]:
+    """Each stream of the call under its own (primary) socket's key."""
+    return {
+        socket_key(stream.local.local, stream.port): stream
+        for party in call.parties()
+        for media in party.medias
+        for stream in media.streams
+    }

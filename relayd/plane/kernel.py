@@ -1,0 +1,239 @@
+"""The kernel path: hand confirmed plain-RTP streams to nftables, and take them back.
+
+The shell around :class:`nft.KernelForwarder`. Decisions come from
+:func:`relayd.plane.forwarding.kernel_legs` (pure); this module applies them per call,
+reads the element counters, and survives nftables failures: the first failure
+is logged, every stream returns to the workers, and the table is re-created
+when nftables works again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from relayd.calls.model import Endpoint as ModelEndpoint
+from relayd.log import get_logger
+from relayd.nft import Counter, Endpoint, Forward, ForwardKey, KernelForwarder, NftError
+from relayd.plane.forwarding import KernelLeg
+
+__all__ = ["KernelPath", "table_name"]
+
+log = get_logger("relayd.plane.kernel")
+
+_RETRY_AFTER = 10.0
+_IPV4_UDP = 20 + 8
+_IPV6_UDP = 40 + 8
+
+
+def table_name(table: int) -> str:
+    """rtpengine's ``table = N``: relayd's nftables table for that number."""
+    return "relayd" if table == 0 else f"relayd{table}"
+
+
+def _ip_forwarding() -> tuple[bool, bool]:
+    def read(path: str) -> bool:
+        try:
+            return Path(path).read_text().strip() == "1"
+        except OSError:
+            return False
+
+    return (
+        read("/proc/sys/net/ipv4/ip_forward"),
+        read("/proc/sys/net/ipv6/conf/all/forwarding"),
+    )
+
+
+def _nft(ep: ModelEndpoint) -> Endpoint:
+    return Endpoint(ep.address, ep.port)
+
+
+def _forward(leg: KernelLeg) -> Forward:
+    return Forward(_nft(leg.source), _nft(leg.relay), _nft(leg.out), _nft(leg.dest))
+
+
+class KernelPath:
+    def __init__(self, table: int, tos: int) -> None:
+        self.name = table_name(table)
+        self.forwarder = KernelForwarder(self.name, tos=tos or None)
+        self.enabled = False
+        self.reason = "not started"
+        self.ipv6 = False
+        self.installed: dict[str, dict[ForwardKey, tuple[str, Forward]]] = {}  # by call-id
+        self._counts: dict[ForwardKey, Counter] = {}
+        self._failed_at = 0.0
+        # forwards installed a moment ago: their conntrack entries are deleted once more
+        # after the worker has surely stopped sending from their sockets (see settle)
+        self._settling: list[tuple[float, list[Forward]]] = []
+
+    # -- availability ---------------------------------------------------------------------
+
+    def start(self) -> bool:
+        available = self.forwarder.available()
+        ipv4, self.ipv6 = _ip_forwarding()
+        if available and not ipv4:
+            available_reason = "net.ipv4.ip_forward is 0"
+        else:
+            available_reason = available.reason
+        if not available or not ipv4:
+            self._disable(available_reason)
+            return False
+        try:
+            self.forwarder.ensure_table()
+        except NftError as exc:
+            self._disable(f"cannot create table {self.name}: {exc}")
+            return False
+        self.enabled = True
+        self.reason = ""
+        log.info("kernel.enabled", table=self.name, ipv6=self.ipv6)
+        return True
+
+    def _disable(self, reason: str) -> None:
+        if self.enabled or self.reason != reason:
+            log.warning(
+                "kernel.unavailable",
+                table=self.name,
+                reason=reason,
+                effect="forwarding in userspace",
+            )
+        self.enabled = False
+        self.reason = reason
+        self._failed_at = time.monotonic()
+        self.installed.clear()
+        self._counts.clear()
+
+    def retry_due(self) -> bool:
+        return not self.enabled and time.monotonic() - self._failed_at >= _RETRY_AFTER
+
+    # -- per call -------------------------------------------------------------------------
+
+    def accepts(self, leg: KernelLeg) -> bool:
+        return self.enabled and (self.ipv6 or ":" not in leg.relay.address)
+
+    def sync(self, call_id: str, legs: Iterable[KernelLeg]) -> set[str]:
+        """Make the kernel hold exactly ``legs`` for this call; return their socket keys."""
+        if not self.enabled:
+            return set()
+        wanted = {}
+        for leg in legs:
+            if not self.accepts(leg):
+                continue
+            forward = _forward(leg)
+            wanted[forward.key] = (leg.socket, forward)
+        current = self.installed.get(call_id, {})
+        stale = [k for k, (_, f) in current.items() if k not in wanted or wanted[k][1] != f]
+        fresh = [f for k, (_, f) in wanted.items() if k not in current or current[k][1] != f]
+        try:
+            if stale:
+                self.forwarder.remove(stale)
+            if fresh:
+                self.forwarder.install(fresh)
+        except NftError as exc:
+            self._disable(f"nft failed: {exc}")
+            return set()
+        for key in stale:
+            self._counts.pop(key, None)
+        if fresh:
+            log.info("kernel.offload", call_id=call_id, forwards=len(fresh))
+            self._settling.append((time.monotonic(), fresh))
+        if stale:
+            log.info("kernel.unoffload", call_id=call_id, forwards=len(stale))
+        if wanted:
+            self.installed[call_id] = wanted
+        else:
+            self.installed.pop(call_id, None)
+        return {socket for socket, _ in wanted.values()}
+
+    def drop(self, call_id: str) -> bool:
+        """Take every forward of a call out of the kernel; True if there were any."""
+        current = self.installed.pop(call_id, None)
+        if not current or not self.enabled:
+            return False
+        try:
+            self.forwarder.remove(current.keys())
+        except NftError as exc:
+            self._disable(f"nft failed: {exc}")
+        for key in current:
+            self._counts.pop(key, None)
+        log.info("kernel.unoffload", call_id=call_id, forwards=len(current))
+        return True
+
+    def adopt(self, calls: dict[str, list[KernelLeg]]) -> dict[str, set[str]]:
+        """After a restart: keep the restored calls' forwards as they are (their media
+        never stopped), add what is missing, remove forwards of calls that are gone.
+        Returns the sockets in the kernel per call."""
+        if not self.enabled:
+            return {}
+        per_call: dict[str, dict[ForwardKey, tuple[str, Forward]]] = {}
+        for call_id, legs in calls.items():
+            entries = {}
+            for leg in legs:
+                if self.ipv6 or ":" not in leg.relay.address:
+                    forward = _forward(leg)
+                    entries[forward.key] = (leg.socket, forward)
+            if entries:
+                per_call[call_id] = entries
+        try:
+            result = self.forwarder.reconcile(
+                [f for entries in per_call.values() for _, f in entries.values()]
+            )
+            counts = self.forwarder.counters()
+        except NftError as exc:
+            self._disable(f"reconciling the table failed: {exc}")
+            return {}
+        self.installed = per_call
+        # counters already counted before the restart are not counted twice
+        self._counts = {k: counts.get(k, Counter(0, 0)) for e in per_call.values() for k in e}
+        log.info("kernel.reconciled", kept=result.kept, added=result.added, removed=result.removed)
+        return {cid: {socket for socket, _ in e.values()} for cid, e in per_call.items()}
+
+    def settle(self, now: float, after: float = 0.3) -> None:
+        """Delete again the conntrack entries of forwards installed ``after`` seconds ago.
+
+        A worker may still relay a packet in flight from a socket the kernel has just
+        taken over; the entry that packet leaves (relay port → peer, unreplied) would
+        make every later NATed packet of the stream clash and be dropped.
+        """
+        due = [forwards for at, forwards in self._settling if now - at >= after]
+        self._settling = [(at, f) for at, f in self._settling if now - at < after]
+        if not due or not self.enabled:
+            return
+        try:
+            self.forwarder.forget_flows([f for forwards in due for f in forwards])
+        except NftError as exc:
+            self._disable(f"conntrack failed: {exc}")
+
+    # -- counters -------------------------------------------------------------------------
+
+    @property
+    def counts(self) -> dict[ForwardKey, Counter]:
+        """The last counters read per installed forward (packets and bytes since install)."""
+        return self._counts
+
+    def deltas(self) -> dict[str, Counter]:
+        """Packets and bytes forwarded since the last call, by bypassed socket key."""
+        if not self.enabled or not self.installed:
+            return {}
+        try:
+            counts = self.forwarder.counters()
+        except NftError as exc:
+            self._disable(f"reading counters failed: {exc}")
+            return {}
+        sockets = {k: s for call in self.installed.values() for k, (s, _) in call.items()}
+        result: dict[str, Counter] = {}
+        for key, count in counts.items():
+            socket = sockets.get(key)
+            if socket is None:
+                continue
+            before = self._counts.get(key, Counter(0, 0))
+            self._counts[key] = count
+            if count.packets > before.packets:
+                packets = count.packets - before.packets
+                # nft counts IP packets; userspace counters (and rtpengine) count UDP payload
+                header = _IPV6_UDP if ":" in key.relay.address else _IPV4_UDP
+                result[socket] = Counter(packets, count.bytes - before.bytes - packets * header)
+        return result
+
+    def close(self) -> None:
+        self.forwarder.close()

@@ -1,0 +1,100 @@
+"""What the media workers report, folded into the call model's streams (pure).
+
+Workers send their per-socket counters, learned endpoints and DTLS/ICE states
+once a second for the sockets that saw something (relayd/plane/workerpool.py receives
+them, relayd/plane/media.py folds them in here). Counters arrive as totals since the
+worker took the socket; the streams get the deltas, because the kernel path adds
+its own counts to the same streams.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from relayd import ipc
+from relayd.calls.model import Endpoint, Stream
+from relayd.ipc import parse_key, socket_key
+
+__all__ = ["OnTraffic", "Reports"]
+
+# a stream's new userspace counts: stream, packets, bytes, errors
+OnTraffic = Callable[[Stream, int, int, int], None]
+
+
+class Reports:
+    def __init__(self) -> None:
+        self.streams: dict[str, Stream] = {}  # socket key -> the stream it carries
+        self.reported: dict[str, tuple[int, int, int]] = {}  # socket key -> worker counters
+        # stream's own socket key -> the socket whose confirmed endpoint the stream shows
+        # (an ICE candidate on another local address, once the party nominated it)
+        self.holders: dict[str, str] = {}
+
+    def track(self, key: str, stream: Stream) -> bool:
+        """Reports about socket ``key`` count into ``stream``; True if the key is new."""
+        known = self.streams.get(key)
+        if known is not stream:
+            self.streams[key] = stream
+        return known is None
+
+    def forget(self, key: str) -> None:
+        """The socket left its worker: what it reported goes with it."""
+        self.streams.pop(key, None)
+        self.reported.pop(key, None)
+        self.holders.pop(key, None)
+
+    def fold(
+        self, stats: ipc.Stats, on_traffic: OnTraffic | None, now: float
+    ) -> tuple[int, set[str]]:
+        """Fold one report in, received at wall-clock time ``now``; returns the new packets
+        it counted and the call-ids whose streams' confirmations changed."""
+        offset = now - stats.now  # the worker's clock is CLOCK_MONOTONIC
+        total = 0
+        changed: set[str] = set()
+        for entry in stats.sockets:
+            stream = self.streams.get(entry.key)
+            if stream is None:
+                continue
+            packets, size, errors = self.reported.get(entry.key, (0, 0, 0))
+            self.reported[entry.key] = (entry.packets, entry.bytes, entry.errors)
+            if entry.packets < packets:  # a new worker counts from zero again
+                packets = size = errors = 0
+            new_packets, new_bytes = entry.packets - packets, entry.bytes - size
+            new_errors = max(entry.errors - errors, 0)
+            total += new_packets
+            stream.stats.packets += new_packets
+            stream.stats.bytes += new_bytes
+            stream.stats.errors += new_errors
+            if on_traffic:
+                on_traffic(stream, new_packets, new_bytes, new_errors)
+            if entry.last_packet:
+                stream.stats.last_packet = max(stream.stats.last_packet, entry.last_packet + offset)
+            own = socket_key(stream.local.local, stream.port)
+            # the stream's one DTLS session lives on its primary socket; any candidate
+            # socket may be the nominated one
+            if entry.dtls and entry.key == own:
+                stream.dtls = entry.dtls
+            if entry.ice == "nominated" or (entry.ice and not stream.ice):
+                stream.ice = entry.ice
+            # With ICE candidates on several local addresses a stream has one socket per
+            # address (aliases of its own); the one that confirmed its endpoint last (the
+            # candidate the party nominated) speaks for the stream, and the unconfirmed
+            # reports of the others do not undo that.
+            holder = self.holders.get(own)
+            if entry.key != own:
+                if entry.confirmed:
+                    self.holders[own] = entry.key
+                elif holder == entry.key:
+                    del self.holders[own]
+                else:
+                    continue
+            elif entry.confirmed:
+                self.holders.pop(own, None)
+            elif holder is not None:
+                continue
+            learned = parse_key(entry.endpoint)
+            if learned is not None:
+                stream.endpoint = Endpoint(*learned)
+            if stream.confirmed != entry.confirmed:
+                stream.confirmed = entry.confirmed
+                changed.add(stream.call_id)
+        return total, changed

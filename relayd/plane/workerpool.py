@@ -1,0 +1,292 @@
+"""The media worker processes and the link to each (relayd's side of it).
+
+Workers are spawned pinned to a core each (or, as systemd units, connect to
+``worker-socket`` and say which worker they are), watched, and restarted when
+they die; the owner (relayd/plane/media.py) then gives the new process its calls
+again. Messages go over a SOCK_SEQPACKET link, descriptors with the message
+that introduces them; updates that may wait go out in batches of
+``WORKER_BATCH_DELAY``, in order with everything sent meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from relayd import ipc
+from relayd.log import get_logger
+from relayd.plane import updates
+
+__all__ = ["PoolOwner", "WorkerPool", "WorkerProcess"]
+
+log = get_logger("relayd.plane.media")
+
+_LINK_BUFFER = 4 << 20
+
+
+@dataclass
+class WorkerProcess:
+    index: int
+    cpu: int
+    link: socket.socket | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    pid: int = 0
+    restarts: int = 0
+    cpu_seconds: float = 0.0
+    packets: int = 0
+
+
+class PoolOwner(Protocol):
+    """What the pool asks of the media plane."""
+
+    def worker_ready(self, worker: WorkerProcess) -> None:
+        """A new worker process (spawned again, or a unit that connected): it has
+        nothing yet."""
+
+    def worker_message(self, worker: WorkerProcess, message: ipc.Message) -> None:
+        """Whatever a worker sends but its Hello: Stats and RTCP copies."""
+
+    def medias_on(self, worker: WorkerProcess) -> int:
+        """How many media sections the worker carries (for the log)."""
+
+
+class WorkerPool:
+    """One process per worker index, its link, and what waits to be sent to it."""
+
+    def __init__(
+        self,
+        owner: PoolOwner,
+        workers: int,
+        *,
+        tos: int = 0,
+        log_level: int = 6,
+        log_format: str = "default",
+        certificate: tuple[str, str] = ("", ""),
+        rtcp_capture: bool = False,
+    ) -> None:
+        self.owner = owner
+        self.tos = tos
+        self.log_level = log_level
+        self.log_format = log_format
+        self.certificate = certificate  # DTLS certificate and key, PEM, for every worker
+        self.rtcp_capture = rtcp_capture
+        cpus = sorted(os.sched_getaffinity(0))
+        self.workers = [WorkerProcess(i, cpus[i % len(cpus)]) for i in range(max(workers, 1))]
+        self.worker_socket = ""
+        self._outbox: list[tuple[WorkerProcess, bytes]] = []  # see send_later
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._listener: socket.socket | None = None
+        self._closing = False
+
+    def start(self, worker_socket: str = "") -> None:
+        """Spawn the workers, or with ``worker_socket`` wait for them to connect there
+        (workers run as systemd units, ``relay-worker@N.service``)."""
+        self.worker_socket = worker_socket
+        if not worker_socket:
+            for worker in self.workers:
+                self._spawn(worker)
+            return
+        path = Path(worker_socket)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        listener.bind(str(path))
+        os.chmod(path, 0o660)
+        listener.listen(len(self.workers) * 2)
+        listener.setblocking(False)
+        self._listener = listener
+        asyncio.get_running_loop().add_reader(listener.fileno(), self._accept)
+        log.info("worker.waiting", socket=str(path), workers=len(self.workers))
+
+    def _accept(self) -> None:
+        """A relay-worker unit connected: its first message says which worker it is."""
+        if self._listener is None:
+            return
+        try:
+            link, _ = self._listener.accept()
+        except BlockingIOError:
+            return
+        link.settimeout(2.0)
+        try:
+            hello = ipc.decode(link.recv(1 << 16))
+        except (OSError, ipc.IpcError):
+            link.close()
+            return
+        if not isinstance(hello, ipc.Hello) or not 0 <= hello.worker < len(self.workers):
+            log.warning("worker.rejected", message=type(hello).__name__)
+            link.close()
+            return
+        worker = self.workers[hello.worker]
+        loop = asyncio.get_running_loop()
+        if worker.link is not None:
+            # a replacement (upgrade, restart): the new process takes over the sockets
+            loop.remove_reader(worker.link.fileno())
+            worker.link.close()
+        link.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _LINK_BUFFER)
+        worker.link, worker.pid, worker.proc = link, hello.pid, None
+        self._configure(worker)
+        loop.add_reader(link.fileno(), self._readable, worker)
+        log.info("worker.connected", worker=worker.index, pid=worker.pid)
+        self.owner.worker_ready(worker)
+
+    def _configure(self, worker: WorkerProcess) -> None:
+        pem, key = self.certificate
+        self.send(
+            worker,
+            ipc.Configure(
+                worker.index,
+                tos=self.tos,
+                certificate=pem,
+                private_key=key,
+                rtcp_capture=self.rtcp_capture,
+            ),
+        )
+
+    def _spawn(self, worker: WorkerProcess) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        for sock in (parent, child):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _LINK_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _LINK_BUFFER)
+        args = [
+            sys.executable,
+            "-m",
+            "workers",
+            "--worker",
+            str(worker.index),
+            "--cpu",
+            str(worker.cpu),
+            "--fd",
+            str(child.fileno()),
+            "--log-level",
+            str(self.log_level),
+            "--log-format",
+            self.log_format,
+        ]
+        worker.proc = subprocess.Popen(args, pass_fds=[child.fileno()])
+        child.close()
+        worker.pid = worker.proc.pid
+        worker.link = parent
+        parent.settimeout(2.0)
+        self._configure(worker)
+        asyncio.get_running_loop().add_reader(parent.fileno(), self._readable, worker)
+        log.info("worker.spawned", worker=worker.index, pid=worker.pid, cpu=worker.cpu)
+
+    def _readable(self, worker: WorkerProcess) -> None:
+        link = worker.link
+        if link is None:
+            return
+        try:
+            data = link.recv(1 << 20, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._lost(worker)
+            return
+        try:
+            message = ipc.decode(data)
+        except ipc.IpcError:
+            log.exception("worker.bad_message", worker=worker.index)
+            return
+        if isinstance(message, ipc.Stats):
+            worker.cpu_seconds = message.cpu_seconds
+        if isinstance(message, ipc.Hello):
+            log.debug("worker.hello", worker=message.worker, pid=message.pid)
+        else:
+            self.owner.worker_message(worker, message)
+
+    def _lost(self, worker: WorkerProcess) -> None:
+        loop = asyncio.get_running_loop()
+        if worker.link is not None:
+            loop.remove_reader(worker.link.fileno())
+            worker.link.close()
+            worker.link = None
+        code = None
+        if worker.proc is not None:
+            # the link is gone: whatever state the process is in, it is of no use now
+            if worker.proc.poll() is None:
+                worker.proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = worker.proc.wait(0.5)
+        if self._closing:
+            return
+        worker.restarts += 1
+        log.error(
+            "worker.died",
+            worker=worker.index,
+            pid=worker.pid,
+            code=code,
+            medias=self.owner.medias_on(worker),
+        )
+        if self.worker_socket:
+            return  # systemd restarts the unit; it connects again and gets its sockets back
+        self._spawn(worker)
+        self.owner.worker_ready(worker)
+
+    def send(self, worker: WorkerProcess, message: ipc.Message) -> None:
+        self.transmit(worker, ipc.encode(message))
+
+    def send_later(self, worker: WorkerProcess, message: ipc.Message) -> None:
+        """After the reply that is being worked out (a Drop of a deleted call), batched
+        (``WORKER_BATCH_DELAY``): the worker that wakes for it does not hold the reply
+        up. Anything sent meanwhile goes after."""
+        if self._flush_timer is None:
+            loop = asyncio.get_running_loop()
+            self._flush_timer = loop.call_later(updates.WORKER_BATCH_DELAY, self._flush)
+        self._outbox.append((worker, ipc.encode(message)))
+
+    def _flush(self) -> None:
+        if self._flush_timer is not None:  # sent early: with something sent after it
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        outbox, self._outbox = self._outbox, []
+        for worker, data in outbox:
+            self.transmit(worker, data)
+
+    def transmit(self, worker: WorkerProcess, data: bytes, fds: Sequence[int] = ()) -> None:
+        if self._outbox:
+            self._flush()  # messages keep their order
+        if worker.link is None:
+            return
+        try:
+            if fds:
+                socket.send_fds(worker.link, [data], list(fds))
+            else:
+                worker.link.send(data)
+        except OSError as exc:
+            log.error("worker.send_failed", worker=worker.index, error=str(exc))
+
+    async def stop(self) -> None:
+        self._closing = True
+        loop = asyncio.get_running_loop()
+        if self._listener is not None:
+            loop.remove_reader(self._listener.fileno())
+            self._listener.close()
+            self._listener = None
+        for worker in self.workers:
+            if worker.link is not None:
+                self.send(worker, ipc.Shutdown())
+                loop.remove_reader(worker.link.fileno())
+        deadline = time.monotonic() + 5.0
+        for worker in self.workers:
+            if worker.proc is None:
+                continue
+            while worker.proc.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            if worker.proc.poll() is None:
+                worker.proc.kill()
+                worker.proc.wait()
+            if worker.link is not None:
+                worker.link.close()
+                worker.link = None

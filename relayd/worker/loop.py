@@ -1,0 +1,368 @@
+"""The worker's event loop: epoll over its media sockets and the supervisor link.
+
+A plain non-blocking ``recvfrom``/``sendto`` loop, pinned to one core: on this
+kind of machine it out-runs rtpengine's userspace path, where asyncio
+transports would not (see ../shared/reference/nft-lab.md). Each readable
+socket is drained in bounded batches so one busy stream cannot starve others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import socket
+import sys
+import time
+from dataclasses import dataclass
+
+from relayd import ipc
+from relayd.ipc import parse_key, socket_key
+from relayd.log import get_logger
+from relayd.rtcp import is_rtcp
+from relayd.worker.secure import SecurePath, SecureSocket
+from relayd.worker.session import Leg, Verdict
+
+__all__ = ["Worker"]
+
+log = get_logger("relayd.worker")
+
+_BATCH = 64  # packets read from one socket before looking at the others
+_RECV_SIZE = 4096
+_IPC_SIZE = 1 << 20
+_MAX_FDS = 256
+_UDP_NONBLOCKING = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK
+_NEVER = float("inf")
+
+
+def _is_alias(ms: MediaSocket) -> bool:
+    return ms.primary is not None
+
+
+@dataclass(slots=True, eq=False)
+class MediaSocket:
+    sock: socket.socket
+    leg: Leg
+    out: MediaSocket | None = None
+    out_rtcp: MediaSocket | None = None
+    media: str = ""
+    secure: SecureSocket | None = None  # SRTP / DTLS / ICE state of this socket
+    # this socket's packets take the crypto branch (relayd/worker/secure.py): it, or a socket
+    # it forwards to, has crypto; decided when a Forward is applied, not per packet
+    crypto: bool = False
+    # ICE candidates on several local addresses: an alias names its primary socket;
+    # the primary's ``active`` is the alias the party nominated (None: the primary)
+    primary: MediaSocket | None = None
+    active: MediaSocket | None = None
+    dirty: bool = False  # on the worker's list for the next report (Worker.active)
+    listening: bool = False  # registered with epoll: what arrives is read and forwarded
+
+
+class Worker:
+    def __init__(self, link: socket.socket, index: int) -> None:
+        self.link = link
+        self.index = index
+        self.tos = 0
+        self.stats_interval = 1.0
+        self.epoll = select.epoll()
+        # indexed by file descriptor (small, dense numbers): a slot costs less than a dict
+        # entry, for every socket of every call
+        self.by_fd: list[MediaSocket | None] = []
+        self.by_key: dict[str, MediaSocket] = {}
+        self.medias: dict[str, list[str]] = {}  # media key -> its socket keys (a handful)
+        # what the next report looks at: sockets that saw packets or a forward since the
+        # last one, and those with SRTP/DTLS/ICE (whose state timers change). Not all of
+        # them: with thousands of idle calls a full scan each second would take the core.
+        self.active: list[MediaSocket] = []  # each once (MediaSocket.dirty)
+        self.secured: set[MediaSocket] = set()
+        self.secure = SecurePath(index, _RECV_SIZE, _BATCH)
+        self.rtcp_capture = False
+        self.rtcp: list[ipc.RtcpPacket] = []
+        self.running = True
+        link.setblocking(False)
+        self.epoll.register(link.fileno(), select.EPOLLIN)
+
+    # -- supervisor link --------------------------------------------------------------------
+
+    def send(self, message: ipc.Message) -> None:
+        try:
+            self.link.send(ipc.encode(message))
+        except BlockingIOError:
+            log.warning("worker.link_full", worker=self.index)
+
+    def _read_link(self) -> None:
+        while True:
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(self.link, _IPC_SIZE, _MAX_FDS)
+            except BlockingIOError:
+                return
+            if not data:
+                log.info("worker.supervisor_gone", worker=self.index)
+                self.running = False
+                for fd in fds:
+                    os.close(fd)
+                return
+            try:
+                self._apply(ipc.decode(data), fds)
+            except ipc.IpcError:
+                log.exception("worker.bad_message", worker=self.index)
+                for fd in fds:
+                    os.close(fd)
+
+    def _apply(self, message: ipc.Message, fds: list[int]) -> None:
+        if isinstance(message, ipc.Forward):
+            self._forward(message, fds)
+        elif isinstance(message, ipc.Drop):
+            self._drop(message.media)
+        elif isinstance(message, ipc.Configure):
+            self.tos = message.tos
+            self.stats_interval = message.stats_interval
+            self.rtcp_capture = message.rtcp_capture
+            self.secure.set_certificate(message.certificate, message.private_key)
+        elif isinstance(message, ipc.Shutdown):
+            self.running = False
+
+    def _forward(self, message: ipc.Forward, fds: list[int]) -> None:
+        used: set[int] = set()
+        hosts: dict[str, str] = {}  # a party's RTP and RTCP share one copy of its address
+        keys = self.medias.setdefault(message.media, [])
+        for spec in message.sockets:
+            current = self.by_key.get(spec.key)
+            if spec.fd_index >= 0:
+                used.add(spec.fd_index)
+                # family and type given: no getsockname/getsockopt to find them out; the
+                # socket arrives non-blocking (ipc's rules), so nothing is set on it either
+                family = socket.AF_INET6 if ":" in spec.key else socket.AF_INET
+                sock = socket.socket(family, _UDP_NONBLOCKING, 0, fds[spec.fd_index])
+                if current is not None and current.sock.fileno() != sock.fileno():
+                    self._close(current)
+                    current = None
+                if current is None:
+                    current = self._add(spec, sock)
+            if current is None:
+                log.warning("worker.unknown_socket", worker=self.index, key=spec.key)
+                continue
+            if current.media != message.media:  # keep the copy it has: one per media
+                current.media = message.media
+            if current.listening != spec.listen:
+                self._listen(current, spec.listen)
+            if spec.key not in keys:
+                keys.append(spec.key)
+            leg = current.leg
+            leg.asymmetric, leg.strict, leg.handover = spec.asymmetric, spec.strict, spec.handover
+            leg.kernel = spec.kernel
+            expect = parse_key(spec.expect)
+            if expect is not None:
+                expect = (hosts.setdefault(expect[0], expect[0]), expect[1])
+            if (expect, spec.learn_after, spec.learning) != (
+                leg.expect,
+                leg.learn_after,
+                leg.learning,
+            ):
+                fresh = leg.rank == -1 and leg.packets == 0
+                # one copy of the mode's name for all legs, not one per decoded message
+                leg.reset(expect, sys.intern(spec.learning), spec.learn_after)
+                learned = parse_key(spec.learned) if fresh else None
+                if learned is not None:
+                    leg.endpoint, leg.confirmed = learned, True
+            self.secure.configure(current, spec)
+            if not current.dirty:
+                current.dirty = True
+                self.active.append(current)
+            if current.secure is not None:
+                self.secured.add(current)
+            else:
+                self.secured.discard(current)
+        wanted = {spec.key for spec in message.sockets}
+        for key in [k for k in keys if k not in wanted]:
+            keys.remove(key)
+            if (gone := self.by_key.get(key)) is not None:
+                self._close(gone)
+        touched: list[MediaSocket] = []
+        for spec in message.sockets:
+            current = self.by_key.get(spec.key)
+            if current is not None:
+                current.out = self.by_key.get(spec.out)
+                current.out_rtcp = self.by_key.get(spec.out_rtcp)
+                current.primary = self.by_key.get(spec.alias_of) if spec.alias_of else None
+                touched.append(current)
+        now = time.monotonic()
+        for current in touched:
+            current.crypto = any(
+                ms is not None and ms.secure is not None
+                for ms in (current, current.out, current.out_rtcp)
+            )
+            self.secure.start(current, now)
+        for index, fd in enumerate(fds):
+            if index not in used:
+                os.close(fd)
+
+    def _add(self, spec: ipc.SocketSpec, sock: socket.socket) -> MediaSocket:
+        if self.tos:
+            if sock.family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, self.tos)
+            else:
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, self.tos)
+        media_socket = MediaSocket(sock, Leg(spec.key, rtcp=spec.rtcp))
+        self.by_key[spec.key] = media_socket
+        fd = sock.fileno()
+        if fd >= len(self.by_fd):
+            self.by_fd.extend([None] * (fd + 1 - len(self.by_fd)))
+        self.by_fd[fd] = media_socket
+        return media_socket
+
+    def _listen(self, media_socket: MediaSocket, listen: bool) -> None:
+        """Read the socket, or leave what arrives queued in it (a send-only socket)."""
+        fd = media_socket.sock.fileno()
+        if listen:
+            self.epoll.register(fd, select.EPOLLIN)
+        else:
+            self.epoll.unregister(fd)
+        media_socket.listening = listen
+
+    def _close(self, media_socket: MediaSocket) -> None:
+        self.secure.forget(media_socket)
+        self.secured.discard(media_socket)  # (on self.active it is skipped once closed)
+        fd = media_socket.sock.fileno()
+        if 0 <= fd < len(self.by_fd):
+            self.by_fd[fd] = None
+        self.by_key.pop(media_socket.leg.key, None)
+        if media_socket.listening:
+            with contextlib.suppress(OSError, ValueError):
+                self.epoll.unregister(fd)
+        media_socket.sock.close()
+        # only the sockets of the same media section point at this one
+        for key in self.medias.get(media_socket.media, ()):
+            other = self.by_key.get(key)
+            if other is None:
+                continue
+            if other.active is media_socket:
+                other.active = None
+            if other.out is media_socket:
+                other.out = None
+            if other.out_rtcp is media_socket:
+                other.out_rtcp = None
+
+    def _drop(self, media: str) -> None:
+        for key in self.medias.pop(media, []):
+            current = self.by_key.get(key)
+            if current is not None:
+                self._close(current)
+
+    # -- stats ------------------------------------------------------------------------------
+
+    def report(self, now: float) -> None:
+        changed: list[ipc.SocketStats] = []
+        looked_at = self.active + [ms for ms in self.secured if not ms.dirty]
+        self.active = []
+        # a stream's own socket before its ICE aliases: the supervisor takes the last
+        # confirmed one of a stream as the one the party uses
+        looked_at.sort(key=_is_alias)
+        for ms in looked_at:
+            ms.dirty = False
+            if ms.sock.fileno() < 0:
+                continue  # closed since
+            leg = ms.leg
+            sec = ms.secure
+            crypto = (sec.dtls_state, sec.ice_state) if sec is not None else ("", "")
+            state = (leg.packets, leg.errors, leg.confirmed)
+            if state == leg.reported and (sec is None or crypto == sec.reported):
+                continue
+            leg.reported = state
+            if sec is not None:
+                sec.reported = crypto
+            endpoint = socket_key(*leg.endpoint) if leg.endpoint else ""
+            changed.append(
+                ipc.SocketStats(
+                    leg.key,
+                    leg.packets,
+                    leg.bytes,
+                    leg.errors,
+                    leg.last_packet,
+                    endpoint,
+                    leg.confirmed,
+                    leg.ssrc,
+                    *crypto,
+                )
+            )
+        cpu = time.process_time()
+        self.send(ipc.Stats(self.index, tuple(changed), cpu, now))
+        if self.rtcp:
+            self.send(ipc.Rtcp(self.index, tuple(self.rtcp), now))
+            self.rtcp = []
+
+    def _sample_rtcp(self, key: str, source: tuple[str, int], data: bytes, now: float) -> None:
+        if len(self.rtcp) < ipc.RTCP_SAMPLE_LIMIT:
+            self.rtcp.append(ipc.RtcpPacket(key, socket_key(*source[:2]), data.hex(), now))
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.send(ipc.Hello(self.index, os.getpid()))
+        poll = self.epoll.poll
+        link_fd = self.link.fileno()
+        by_fd = self.by_fd
+        monotonic = time.monotonic
+        next_report = monotonic() + self.stats_interval
+        forward = Verdict.FORWARD
+        secure = self.secure
+        drain_secure = secure.drain
+        timers = secure.timers
+        while self.running:
+            active = self.active
+            # DTLS retransmission timers: looked over once per wake, fired when one is due
+            timer_at = secure.next_deadline() if timers else _NEVER
+            events = poll(max(min(next_report, timer_at) - monotonic(), 0.0))
+            now = monotonic()
+            for fd, _mask in events:
+                if fd == link_fd:
+                    self._read_link()
+                    continue
+                ms = by_fd[fd] if fd < len(by_fd) else None
+                if ms is None:
+                    continue
+                if not ms.dirty:
+                    ms.dirty = True
+                    active.append(ms)
+                if ms.crypto:
+                    drain_secure(ms, now)
+                    continue
+                recvfrom = ms.sock.recvfrom
+                leg = ms.leg
+                capture = self.rtcp_capture
+                for _ in range(_BATCH):
+                    try:
+                        data, source = recvfrom(_RECV_SIZE)
+                    except BlockingIOError:
+                        break
+                    except OSError:
+                        leg.errors += 1
+                        break
+                    if leg.receive(source[:2], len(data), now) != forward:
+                        continue
+                    if capture and (leg.rtcp or is_rtcp(data)):
+                        self._sample_rtcp(leg.key, source, data, now)
+                    out = ms.out
+                    if ms.out_rtcp is not None and is_rtcp(data):
+                        out = ms.out_rtcp
+                    elif leg.ssrc < 0 and not leg.rtcp and len(data) >= 12:
+                        leg.ssrc = int.from_bytes(data[8:12], "big")
+                    if out is None:
+                        continue
+                    target = out.leg.endpoint
+                    if target is None:
+                        continue  # the other side is not known yet: never guess
+                    try:
+                        out.sock.sendto(data, target)
+                    except OSError:
+                        out.leg.errors += 1
+                        if not out.dirty:
+                            out.dirty = True
+                            active.append(out)
+            if now >= timer_at:
+                secure.fire(now)
+            if now >= next_report:
+                self.report(now)
+                next_report = now + self.stats_interval
+        for ms in list(self.by_key.values()):
+            self._close(ms)
