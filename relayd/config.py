@@ -10,6 +10,7 @@ naming the key and, for file values, the line.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,18 +21,20 @@ from relayd.calls.model import is_address
 from relayd.config_keys import KEYS, KeyInfo, Status
 from relayd.log import FORMATS
 from relayd.ops.hep import CaptureProtocol
-from relayd.ops.homer import HomerSettings
 
 __all__ = [
     "KEYS",
+    "RELOADABLE",
     "Config",
     "ConfigError",
+    "HomerSettings",
     "InterfaceSpec",
     "KeyInfo",
     "build_parser",
     "load",
     "parse_endpoint",
     "parse_interface",
+    "reloaded",
     "unimplemented",
 ]
 
@@ -41,6 +44,18 @@ DEFAULT_ADMIN_SOCKET = "/run/relayd/admin.sock"
 
 class ConfigError(ValueError):
     """A configuration value relayd cannot use; the message names key and line."""
+
+
+@dataclass(frozen=True, slots=True)
+class HomerSettings:
+    """Where and what relayd sends to Homer (``homer``, ``homer-protocol``, ``homer-id``, …)."""
+
+    address: tuple[str, int]
+    protocol: str = "udp"  # or "tcp"
+    capture_id: int = 0
+    ng: bool = False
+    rtcp: bool = True
+    ng_protocol: int = CaptureProtocol.NG
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,3 +404,35 @@ def unimplemented(config: Config) -> list[str]:
     return sorted(
         key for key in config.values if key not in KEYS or KEYS[key].status is Status.IGNORED
     )
+
+
+# what ``relayctl reload`` (and SIGHUP) can change in a running relayd
+RELOADABLE = (
+    "log_level",
+    "timeout",
+    "silent_timeout",
+    "offer_timeout",
+    "final_timeout",
+    "delete_delay",
+    "max_sessions",
+)
+
+
+def reloaded(old: Config, fresh: Config) -> tuple[Config, dict[str, list[Any]], list[str]]:
+    """The configuration to run with after a reload, what changed in it, and what changed
+    in the file but needs a restart (those keep their running values)."""
+    applied: dict[str, list[Any]] = {}
+    restart: list[str] = []
+    for item in dataclasses.fields(Config):
+        if item.name in ("values", "source"):
+            continue
+        before, after = getattr(old, item.name), getattr(fresh, item.name)
+        if before == after:
+            continue
+        key = item.name.replace("_", "-")
+        if item.name in RELOADABLE:
+            applied[key] = [before, after]
+        else:
+            restart.append(key)
+    running = dataclasses.replace(old, **{name: getattr(fresh, name) for name in RELOADABLE})
+    return running, applied, restart

@@ -26,16 +26,17 @@ from relayd.calls.journal import Journal
 from relayd.calls.model import Call, host_port
 from relayd.calls.ports import PortAllocator
 from relayd.calls.signalling import Signalling
+from relayd.calls.timers import Limits
 from relayd.certificate import Certificate
-from relayd.config import Config
-from relayd.ipc import socket_key
+from relayd.config import Config, ConfigError, load, reloaded
 from relayd.ng.message import Request
 from relayd.ng.server import NgService, serve_tcp, serve_udp
 from relayd.ops.counters import Counters
-from relayd.ops.operations import Operations, limits_of
-from relayd.plane.forwarding import KernelLeg, kernel_legs, waits_for_answer
+from relayd.ops.operations import Operations, copies_rtcp
+from relayd.plane.forwarding import after_signalling
 from relayd.plane.kernel import KernelPath
 from relayd.plane.media import MediaPlane
+from relayd.plane.offload import KernelLeg, back_to_userspace, kernel_legs, mark_kernelized
 from relayd.plane.sockets import SocketBinder
 from relayd.plane.updates import WorkerUpdates
 
@@ -61,18 +62,26 @@ class Supervisor:
         self.argv = list(argv)  # the command line, read again by reload()
         self.ready_fd = ready_fd
         self.counters = Counters()
-        self.ops = Operations(self)
+        # the call registry: Commands adds and removes calls, the rest only read it
+        self.calls: dict[str, Call] = {}
+        # reads the registry, media plane and counters as a RelayState, when they are used
+        self.ops = Operations(config, self)
+        self.rtcp_copied = copies_rtcp(config)
         workers = config.num_threads or len(os.sched_getaffinity(0))
         binder = SocketBinder()
         self.media = MediaPlane(
             binder,
+            self.calls,
             workers=workers,
             tos=config.tos,
             log_level=config.log_level,
             learning=config.endpoint_learning,
             certificate=(certificate.pem, certificate.key_pem),
             log_format=config.log_format,
-            rtcp_capture=self.ops.copies_rtcp,
+            rtcp_capture=self.rtcp_copied,
+            on_stats=self._stats_reported,
+            on_traffic=self.ops.userspace_traffic,
+            on_rtcp=self.ops.rtcp_copied,
         )
         ports = PortAllocator(config.port_min, config.port_max, workers, binder)
         self.signalling = Signalling(
@@ -82,24 +91,25 @@ class Supervisor:
             fingerprint=f"sha-256 {certificate.fingerprint('sha-256')}",
             dtls_passive=config.dtls_passive,
         )
-        self.commands = Commands(self.signalling, limits_of(config), started=time.time())
-        self.commands.on_teardown = self._teardown
-        self.commands.place = self.media.least_loaded
-        self.media.calls = self.commands.calls
+        self.commands = Commands(
+            self.signalling,
+            limits_of(config),
+            started=time.time(),
+            calls=self.calls,
+            place=self.media.least_loaded,
+            on_teardown=self._teardown,
+        )
         self.kernel = KernelPath(config.table, config.tos) if config.table >= 0 else None
         state_dir = _state_dir(config.state_dir)
         self.journal = Journal(state_dir) if state_dir else None
-        self.media.on_stats = self._stats_reported
-        self.media.on_traffic = self.ops.userspace_traffic
-        self.media.on_rtcp = self.ops.rtcp_copied
         self._kernel_calls: set[str] = set()
-        self.updates = WorkerUpdates(self.commands.calls, self.media.sync)
+        self.updates = WorkerUpdates(self.calls, self.media.sync)
         self._stop = asyncio.Event()
         self._closers: list[Any] = []
 
     def dispatch(self, req: Request, source: tuple[Any, ...]) -> dict[str, Any]:
         started = time.perf_counter()
-        known = self.commands.calls.get(req.call_id) if req.call_id else None
+        known = self.calls.get(req.call_id) if req.call_id else None
         token = log.bind_call(
             req.call_id or None,
             req.from_tag or None,
@@ -125,7 +135,7 @@ class Supervisor:
             logger.warning("ng.unknown_keys", command=req.command, keys=req.unknown)
         reply = self.commands.handle(req, time.time())
         result = reply.get("result")
-        call = self.commands.calls.get(req.call_id) if req.call_id else None
+        call = self.calls.get(req.call_id) if req.call_id else None
         if call is not None and known is None:
             # undone with the request's own binding
             log.bind_call(req.call_id, req.from_tag or None, call.worker)
@@ -133,12 +143,10 @@ class Supervisor:
             # signalling takes the call back to userspace until it is confirmed again
             self._unoffload(call)
             self.media.signalled(call, req.endpoint_learning)
-            # an answer before its offer's early forward went out: what the answerer sent
-            # since the offer waits for the answer's forward (otherwise it is a backlog of
-            # ringing that nobody read, dropped like anything else no worker reads)
-            early = req.command == "answer" and self.updates.early_pending(call)
-            self.media.drop_early(call, keep=req.to_tag if early else "")
-            if req.command == "offer" and waits_for_answer(call):
+            pending = self.updates.early_pending(call)
+            handover = after_signalling(call, req.command, req.to_tag, early_pending=pending)
+            self.media.drop_early(call, keep=handover.keep)
+            if handover.early:
                 self.updates.early(call)
             else:
                 self.updates.soon(call)
@@ -203,7 +211,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop.set)
-        loop.add_signal_handler(signal.SIGHUP, self.ops.reload_signal)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_signal)
         reaper = asyncio.ensure_future(self._reap())
         if self.ready_fd is not None:
             os.write(self.ready_fd, b"1")
@@ -219,7 +227,7 @@ class Supervisor:
             self.kernel.close()  # kernel forwards stay: their media flows on until we return
         if self.journal is not None:
             self.journal.close()
-        logger.info("relayd.stopped", calls=len(self.commands.calls))
+        logger.info("relayd.stopped", calls=len(self.calls))
 
     async def _reap(self) -> None:
         # Every 250 ms: calls whose deadline came (only those: Commands.reap), the
@@ -250,7 +258,7 @@ class Supervisor:
         restored = []
         for call in self.journal.load():
             if self._claim(call):
-                self.commands.calls[call.call_id] = call
+                self.calls[call.call_id] = call
                 self.commands.schedule(call)
                 restored.append(call)
             else:
@@ -297,7 +305,7 @@ class Supervisor:
         self._kernel_calls = {call_id for call_id, sockets in adopted.items() if sockets}
         changed = []
         for call in calls:
-            if self._mark_kernelized(call, adopted.get(call.call_id, set())):
+            if mark_kernelized(call, adopted.get(call.call_id, set())):
                 changed.append(call)
                 if self.journal is not None:
                     self.journal.save(call)
@@ -305,7 +313,7 @@ class Supervisor:
 
     def _stats_reported(self, stats: ipc.Stats, changed: set[str]) -> None:
         for call_id in changed:
-            call = self.commands.calls.get(call_id)
+            call = self.calls.get(call_id)
             if call is not None:
                 self._offload(call)
 
@@ -316,7 +324,7 @@ class Supervisor:
         legs = [leg for leg in self._kernel_legs(call) if self.kernel.accepts(leg)]
         # the workers stop relaying on those sockets first: a packet sent from a socket
         # the kernel has taken over would leave a conntrack entry that clashes with its NAT
-        changed = self._mark_kernelized(call, {leg.socket for leg in legs})
+        changed = mark_kernelized(call, {leg.socket for leg in legs})
         if changed:
             self.media.sync(call)
         in_kernel = self.kernel.sync(call.call_id, legs)
@@ -324,7 +332,7 @@ class Supervisor:
             self._kernel_calls.add(call.call_id)
         else:
             self._kernel_calls.discard(call.call_id)
-        if self._mark_kernelized(call, in_kernel):
+        if mark_kernelized(call, in_kernel):
             self.media.sync(call)
             changed = True
         if changed and self.journal is not None:
@@ -334,36 +342,22 @@ class Supervisor:
     def _kernel_legs(self, call: Call) -> list[KernelLeg]:
         """With RTCP capture on (Homer, the RTCP log) separate RTCP streams stay with the
         workers, which copy it (a few packets per stream a minute)."""
-        return kernel_legs(call, rtcp=not self.ops.copies_rtcp)
+        return kernel_legs(call, rtcp=not self.rtcp_copied)
 
     def _unoffload(self, call: Call) -> None:
         if self.kernel is not None:
             self.kernel.drop(call.call_id)
         self._kernel_calls.discard(call.call_id)
-        for media in call.all_medias():
-            for stream in media.streams:
-                stream.kernelized = False
-                stream.confirmed = False  # the workers restart learning as well
+        back_to_userspace(call)
         self._after_kernel_change()
-
-    @staticmethod
-    def _mark_kernelized(call: Call, sockets: set[str]) -> bool:
-        changed = False
-        for media in call.all_medias():
-            for stream in media.streams:
-                now_in = socket_key(stream.local.local, stream.port) in sockets
-                if stream.kernelized != now_in:
-                    stream.kernelized = now_in
-                    changed = True
-        return changed
 
     def _after_kernel_change(self) -> None:
         """After an nft failure every stream goes back to the workers."""
         if self.kernel is None or self.kernel.enabled or not self._kernel_calls:
             return
         for call_id in list(self._kernel_calls):
-            call = self.commands.calls.get(call_id)
-            if call is not None and self._mark_kernelized(call, set()):
+            call = self.calls.get(call_id)
+            if call is not None and mark_kernelized(call, set()):
                 self.media.sync(call)
         self._kernel_calls.clear()
 
@@ -371,7 +365,7 @@ class Supervisor:
         if self.kernel is None:
             return
         if self.kernel.retry_due() and self.kernel.start():
-            for call in self._adopt(list(self.commands.calls.values())):
+            for call in self._adopt(list(self.calls.values())):
                 self.media.sync(call)
         now = time.time()
         for key, count in self.kernel.deltas().items():
@@ -386,8 +380,24 @@ class Supervisor:
         self._after_kernel_change()
 
     def reload(self) -> dict[str, Any]:
-        """``relayctl reload``: see :meth:`Operations.reload`."""
-        return self.ops.reload()
+        """``relayctl reload`` and SIGHUP: read the configuration again and apply what can
+        change at run time (:data:`relayd.config.RELOADABLE`); the rest waits for a restart."""
+        try:
+            fresh = load(self.argv)
+        except ConfigError as exc:
+            return {"result": "error", "error": f"configuration error: {exc}"}
+        old = self.config
+        self.config, applied, restart = reloaded(old, fresh)
+        self.commands.set_limits(limits_of(self.config))
+        if self.config.log_level != old.log_level:
+            log.set_level(self.config.log_level)
+        logger.info("config.reloaded", source=fresh.source, applied=applied, restart=restart)
+        return {"applied": applied, "restart": restart, "source": fresh.source}
+
+    def _reload_signal(self) -> None:
+        result = self.reload()
+        if result.get("result") == "error":
+            logger.error("config.reload_failed", error=result.get("error"))
 
     def stop(self) -> None:
         self._stop.set()
@@ -400,3 +410,15 @@ def _state_dir(setting: str) -> Path | None:
         return Path(setting)
     default = Path("/var/lib/relayd")
     return default if default.is_dir() and os.access(default, os.W_OK) else None
+
+
+def limits_of(config: Config) -> Limits:
+    """The call limits and timers a configuration sets (at start-up and on reload)."""
+    return Limits(
+        max_sessions=config.max_sessions,
+        delete_delay=config.delete_delay,
+        offer_timeout=config.offer_timeout,
+        final_timeout=config.final_timeout,
+        timeout=config.timeout,
+        silent_timeout=config.silent_timeout,
+    )

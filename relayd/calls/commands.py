@@ -3,41 +3,35 @@
 Each handler takes a :class:`Request` and ``now`` and returns the reply
 dictionary (without ``result: ok``, which :meth:`Commands.handle` adds) or
 raises :class:`NgError`. Reply keys and error strings are rtpengine 10.5's.
+Calls end through :meth:`Commands.delete`, :meth:`Commands.terminate` or their
+timers (:mod:`relayd.calls.timers`, run by :meth:`Commands.reap`); whoever
+built the registry hears of each through ``on_teardown``.
 """
 
 from __future__ import annotations
 
-import heapq
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from relayd.calls.calltree import call_tree
 from relayd.calls.model import Call
 from relayd.calls.signalling import Signalling
+from relayd.calls.statistics import Totals, statistics_reply
+from relayd.calls.timers import Limits, Reason, TimerHeap, expired
 from relayd.ng.message import NgError, Request
 
-__all__ = ["Commands", "Limits", "Teardown"]
+__all__ = ["Commands", "Teardown"]
 
 CALL_NOT_FOUND = "Call-ID not found or tags didn't match"
 
-
-@dataclass
-class Limits:
-    max_sessions: int = -1
-    delete_delay: int = 30
-    offer_timeout: int = 3600
-    final_timeout: int = 0
-    timeout: int = 60
-    silent_timeout: int = 3600
-
-
-_TIMEOUT_COUNTERS = {  # reason -> the Totals counter it adds to (a delete counts in _remove)
-    "final timeout": "final_timeouts",
-    "offer timeout": "offer_timeouts",
-    "timeout": "timeouts",
-    "silent timeout": "silent_timeouts",
+_COUNTERS = {  # reason -> the Totals counter it adds to
+    Reason.DELETED: "regular_terminated",
+    Reason.TERMINATED: "forced_terminated",
+    Reason.FINAL_TIMEOUT: "final_timeouts",
+    Reason.OFFER_TIMEOUT: "offer_timeouts",
+    Reason.TIMEOUT: "timeouts",
+    Reason.SILENT_TIMEOUT: "silent_timeouts",
 }
 
 
@@ -46,49 +40,35 @@ class Teardown:
     """A call that left the registry, and why (for the log line and counters)."""
 
     call: Call
-    reason: str  # "deleted", "terminated", "offer timeout", "final timeout", …
-
-
-@dataclass
-class Totals:
-    managed: int = 0
-    rejected: int = 0
-    offer_timeouts: int = 0
-    final_timeouts: int = 0
-    timeouts: int = 0
-    silent_timeouts: int = 0
-    regular_terminated: int = 0
-    forced_terminated: int = 0
-    call_duration: float = 0.0
-    commands: Counter[str] = field(default_factory=Counter)
-    errors: int = 0
-
-    @property
-    def finished(self) -> int:
-        """Calls ended for any reason (the ones ``call_duration`` adds up)."""
-        return (
-            self.regular_terminated
-            + self.forced_terminated
-            + self.offer_timeouts
-            + self.final_timeouts
-            + self.timeouts
-            + self.silent_timeouts
-        )
+    reason: Reason
 
 
 class Commands:
-    def __init__(self, signalling: Signalling, limits: Limits, started: float) -> None:
+    """The call registry and the ng commands on it.
+
+    ``calls`` is the registry (its owner may share it, read only, with others);
+    ``place`` picks the worker a new call goes to; ``on_teardown`` hears of every
+    call that leaves the registry, whatever ended it.
+    """
+
+    def __init__(
+        self,
+        signalling: Signalling,
+        limits: Limits,
+        started: float,
+        *,
+        calls: dict[str, Call] | None = None,
+        place: Callable[[], int] = lambda: 0,
+        on_teardown: Callable[[Teardown], None] | None = None,
+    ) -> None:
         self.signalling = signalling
         self.limits = limits
         self.started = started
-        self.calls: dict[str, Call] = {}
+        self.calls: dict[str, Call] = {} if calls is None else calls
         self.totals = Totals()
-        # calls by the time the timers must look at them: (when, call-id); an entry counts
-        # while it matches its call's reap_at, the rest (_stale of them) are skipped
-        self._due: list[tuple[float, str]] = []
-        self._stale = 0
-        self.on_teardown: Callable[[Teardown], None] | None = None
-        self.place: Callable[[], int] = lambda: 0  # the worker a new call goes to
+        self.timers = TimerHeap()
+        self.place = place
+        self.on_teardown = on_teardown
         self._handlers: dict[str, Callable[[Request, float], dict[str, Any]]] = {
             "ping": self.ping,
             "offer": self.offer,
@@ -181,10 +161,10 @@ class Commands:
             if req.has("fatal"):
                 raise NgError(CALL_NOT_FOUND)
             return {"warning": CALL_NOT_FOUND}
-        reply = {} if req.has("fast") else self._stats(call)
+        reply = {} if req.has("fast") else call_tree(call)
         delay = req.delete_delay if req.delete_delay is not None else self.limits.delete_delay
         if delay <= 0:
-            self._remove(call, "deleted", now)
+            self._remove(call, Reason.DELETED, now)
         elif call.deleted_at is None:
             call.deleted_at = now + delay
             self.schedule(call)
@@ -196,42 +176,34 @@ class Commands:
         call = self.calls.get(req.call_id)
         if call is None:
             raise NgError("Unknown call-id")
-        return self._stats(call)
+        return call_tree(call)
 
     def list_calls(self, req: Request, now: float) -> dict[str, Any]:
         limit = req.limit if req.limit is not None else 32
         return {"calls": list(self.calls)[: max(limit, 0)]}
 
     def statistics(self, req: Request, now: float) -> dict[str, Any]:
-        from relayd.ops.statistics import statistics_reply
+        return self.statistics_tree(now)
 
-        return statistics_reply(self, now)
+    def statistics_tree(self, now: float) -> dict[str, Any]:
+        """The ``statistics`` reply (also what ``relayctl list totals`` shows)."""
+        ports = self.signalling.ports
+        return statistics_reply(self.calls, self.totals, ports, self.started, now)
 
     def terminate(self, call_id: str, now: float) -> Teardown | None:
         """End a call at once (``relayctl terminate``): rtpengine's forced termination."""
         call = self.calls.get(call_id)
         if call is None:
             return None
-        self.totals.forced_terminated += 1
-        return self._remove(call, "terminated", now)
+        return self._remove(call, Reason.TERMINATED, now)
 
     # -- timers -------------------------------------------------------------------------------
 
     def reap(self, now: float) -> list[Teardown]:
-        """Free calls whose delete-delay ran out, or that hit a timeout (offer, final, media).
-
-        Only calls whose earliest deadline has come are looked at (a heap by deadline),
-        so with thousands of calls a timer run costs what is due, not a scan of all.
-        """
+        """End the calls whose delete-delay ran out, or that hit a timeout (offer, final,
+        media); only calls whose earliest deadline has come are looked at."""
         gone: list[Teardown] = []
-        due = self._due
-        while due and due[0][0] <= now:
-            when, call_id = heapq.heappop(due)
-            call = self.calls.get(call_id)
-            if call is None or call.reap_at != when:
-                self._stale = max(self._stale - 1, 0)
-                continue  # gone, or rescheduled since (its newer entry counts)
-            call.reap_at = 0.0
+        for call in self.timers.due(now, self.calls):
             teardown = self._expire(call, now)
             if teardown is not None:
                 gone.append(teardown)
@@ -240,100 +212,31 @@ class Commands:
         return gone
 
     def schedule(self, call: Call) -> None:
-        """(Re)compute when the timers must look at ``call`` next: after signalling, a
-        restore or a change of limits. Media only moves its deadline later, which the
-        look at the old deadline finds."""
-        when = self._next_deadline(call)
-        if call.reap_at:
-            self._stale += 1  # its earlier entry no longer counts
-        call.reap_at = when if when is not None else 0.0
-        if when is not None:
-            heapq.heappush(self._due, (when, call.call_id))
-        if self._stale > max(len(self.calls), 1024):
-            self._compact()
+        """(Re)compute when the timers look at ``call`` next: after signalling, a restore
+        or a change of limits. Media only moves its deadline later, which the look at the
+        old deadline finds."""
+        self.timers.schedule(call, self.limits, self.calls)
 
-    def reschedule(self) -> None:
-        """Limits changed (reload): every call's deadline anew."""
-        for call in self.calls.values():
-            call.reap_at = 0.0
-        self._due.clear()
-        self._stale = 0
-        for call in self.calls.values():
-            self.schedule(call)
-
-    def _compact(self) -> None:
-        """Entries of calls that were rescheduled or removed wait in the heap for their
-        time (an offer's is an hour away): once they outnumber the calls, the heap is
-        built anew from the calls' own deadlines."""
-        self._due = [(c.reap_at, c.call_id) for c in self.calls.values() if c.reap_at]
-        heapq.heapify(self._due)
-        self._stale = 0
+    def set_limits(self, limits: Limits) -> None:
+        """New limits (reload): they apply to the calls already set up as well."""
+        self.limits = limits
+        self.timers.rebuild(self.calls, limits)
 
     def _expire(self, call: Call, now: float) -> Teardown | None:
-        """The call's first deadline that has come (in :meth:`_deadlines` order) ends it."""
-        for when, reason in self._deadlines(call):
-            if now >= when:
-                counter = _TIMEOUT_COUNTERS.get(reason)
-                if counter is not None:
-                    setattr(self.totals, counter, getattr(self.totals, counter) + 1)
-                return self._remove(call, reason, now)
-        return None
+        reason = expired(call, self.limits, now)
+        return self._remove(call, reason, now) if reason is not None else None
 
-    def _next_deadline(self, call: Call) -> float | None:
-        deadlines = self._deadlines(call)
-        return min(when for when, _ in deadlines) if deadlines else None
-
-    def _deadlines(self, call: Call) -> list[tuple[float, str]]:
-        """When the call ends if nothing happens meanwhile, and why; by precedence, so
-        that of two deadlines that have both come the first names the reason. The one
-        place both :meth:`_expire` and the timer heap read them from."""
-        limits = self.limits
-        deadlines = []
-        if call.deleted_at is not None:
-            deadlines.append((call.deleted_at, "deleted"))
-        if limits.final_timeout:
-            deadlines.append((call.created + limits.final_timeout, "final timeout"))
-        if not call.answered:
-            if limits.offer_timeout:
-                deadlines.append((call.last_signal + limits.offer_timeout, "offer timeout"))
-        elif (media := self._media_deadline(call)) is not None:
-            deadlines.append(media)
-        return deadlines
-
-    def _media_deadline(self, call: Call) -> tuple[float, str] | None:
-        """When the call times out without media: ``timeout``, or ``silent timeout`` for
-        a call on hold; None when that limit is off."""
-        last = call.last_signal
-        held = False
-        for party in call.parties():
-            for media in party.medias:
-                held = held or not (media.send and media.recv) or media.zero_address
-                for stream in media.streams:
-                    last = max(last, stream.stats.last_packet)
-        if held:
-            limit, reason = self.limits.silent_timeout, "silent timeout"
-        else:
-            limit, reason = self.limits.timeout, "timeout"
-        return (last + limit, reason) if limit else None
-
-    def _remove(self, call: Call, reason: str, now: float) -> Teardown:
+    def _remove(self, call: Call, reason: Reason, now: float) -> Teardown:
         self.calls.pop(call.call_id, None)
-        if call.reap_at:
-            self._stale += 1  # its timer entry is left in the heap
-            call.reap_at = 0.0
+        self.timers.forget(call)
         self.signalling.release_call(call)
-        if reason == "deleted":
-            self.totals.regular_terminated += 1
+        counter = _COUNTERS[reason]
+        setattr(self.totals, counter, getattr(self.totals, counter) + 1)
         self.totals.call_duration += max(now - call.created, 0.0)
         teardown = Teardown(call, reason)
         if self.on_teardown:
             self.on_teardown(teardown)
         return teardown
-
-    # -- stats trees --------------------------------------------------------------------------
-
-    def _stats(self, call: Call) -> dict[str, Any]:
-        return call_tree(call)
 
 
 def _aliases(call: Call) -> set[str]:

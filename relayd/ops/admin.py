@@ -28,7 +28,7 @@ from typing import Any
 from relayd.calls.model import Call, Endpoint, host_port
 from relayd.config import Config
 from relayd.log import get_logger
-from relayd.ops.statistics import statistics_reply
+from relayd.ops.counters import PATHS
 from relayd.ops.views import RelayState, stream_paths, streams_of, worker_load
 
 __all__ = ["AdminError", "effective_config", "handle", "serve"]
@@ -114,7 +114,7 @@ def _list(state: RelayState, args: list[str], now: float) -> dict[str, Any]:
     if what == "sessions":
         return {"sessions": [_call_summary(c, now) for c in calls.values()]}
     if what == "totals":
-        reply = statistics_reply(state.commands, now)["statistics"]
+        reply = state.commands.statistics_tree(now)["statistics"]
         traffic = state.counters.traffic
         reply["traffic"] = {
             path: {
@@ -122,7 +122,7 @@ def _list(state: RelayState, args: list[str], now: float) -> dict[str, Any]:
                 "bytes": traffic.total(traffic.bytes, path),
                 "errors": traffic.total(traffic.errors, path),
             }
-            for path in ("userspace", "kernel")
+            for path in PATHS
         }
         return reply
     if what == "callid":

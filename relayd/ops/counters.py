@@ -14,39 +14,54 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from relayd.calls.model import Call, Stream
 
-__all__ = ["Counters", "NgStats", "RateMeter", "Traffic", "direction_of"]
+__all__ = [
+    "DIRECTIONS",
+    "PATHS",
+    "Counters",
+    "Direction",
+    "NgStats",
+    "RateMeter",
+    "Traffic",
+    "TrafficPath",
+    "direction_of",
+]
 
-PATHS = ("userspace", "kernel")
-DIRECTIONS = ("caller_to_callee", "callee_to_caller")
+TrafficPath = Literal["userspace", "kernel"]
+Direction = Literal["caller_to_callee", "callee_to_caller"]
+PATHS: tuple[TrafficPath, ...] = get_args(TrafficPath)
+DIRECTIONS: tuple[Direction, ...] = get_args(Direction)
 
 
-def direction_of(call: Call, stream: Stream) -> str:
+def direction_of(call: Call, stream: Stream) -> Direction:
     """Which way the packets arriving on ``stream`` go."""
     for party in call.parties():
         for media in [*party.medias, *(m for ms in party.other_dialogues.values() for m in ms)]:
             if any(s is stream for s in media.streams):
-                return DIRECTIONS[1] if party.answerer else DIRECTIONS[0]
-    return DIRECTIONS[0]
+                return "callee_to_caller" if party.answerer else "caller_to_callee"
+    return "caller_to_callee"
 
 
 @dataclass
 class Traffic:
     """Packets, bytes and errors per (path, direction)."""
 
-    packets: Counter[tuple[str, str]] = field(default_factory=Counter)
-    bytes: Counter[tuple[str, str]] = field(default_factory=Counter)
-    errors: Counter[tuple[str, str]] = field(default_factory=Counter)
+    packets: Counter[tuple[TrafficPath, Direction]] = field(default_factory=Counter)
+    bytes: Counter[tuple[TrafficPath, Direction]] = field(default_factory=Counter)
+    errors: Counter[tuple[TrafficPath, Direction]] = field(default_factory=Counter)
 
-    def add(self, path: str, direction: str, packets: int, size: int, errors: int = 0) -> None:
+    def add(
+        self, path: TrafficPath, direction: Direction, packets: int, size: int, errors: int = 0
+    ) -> None:
         key = (path, direction)
         self.packets[key] += max(packets, 0)
         self.bytes[key] += max(size, 0)
         self.errors[key] += max(errors, 0)
 
-    def total(self, counter: Counter[tuple[str, str]], path: str) -> int:
+    def total(self, counter: Counter[tuple[TrafficPath, Direction]], path: TrafficPath) -> int:
         return sum(v for (p, _), v in counter.items() if p == path)
 
 

@@ -27,29 +27,19 @@ import select
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from relayd.calls.model import host_port
+from relayd.config import HomerSettings
 from relayd.log import get_logger
 from relayd.ops import hep
 from relayd.ops.counters import Counters
 
-__all__ = ["HomerSender", "HomerSettings", "ng_capture", "rtcp_capture"]
+__all__ = ["HomerSender", "ng_capture", "rtcp_capture"]
 
 log = get_logger("relayd.ops.homer")
 
 QUEUE_LIMIT = 200
 RETRY_AFTER = 30.0
-
-
-@dataclass(frozen=True, slots=True)
-class HomerSettings:
-    address: tuple[str, int]
-    protocol: str = "udp"  # or "tcp"
-    capture_id: int = 0
-    ng: bool = False
-    rtcp: bool = True
-    ng_protocol: int = hep.CaptureProtocol.NG
 
 
 def _timestamp(wall: float) -> tuple[int, int]:

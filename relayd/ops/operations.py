@@ -1,94 +1,62 @@
-"""The supervisor's operations side: counters, Homer capture, the admin socket, /metrics, reload.
+"""The supervisor's operations side: traffic counters, Homer capture, the admin socket, /metrics.
 
-Everything here hangs off one :class:`Supervisor` and runs on its event loop:
-the media plane and the kernel path report traffic here, the ng service
-reports each request and reply, and the listeners (admin socket, HTTP) are
-started from here. The figures themselves are computed by the pure modules
-(:mod:`relayd.ops.counters`, :mod:`relayd.ops.metrics`, :mod:`relayd.ops.admin`,
-:mod:`relayd.rtcp`, :mod:`relayd.ops.hep`).
+Runs on the supervisor's event loop and sees the supervisor only as a
+:class:`relayd.ops.views.RelayState` (the call registry, the media plane, the
+kernel path, the counters): the media plane and the kernel path report traffic
+here, the ng service reports each request and reply, and the listeners (admin
+socket, HTTP) are started from here. The figures themselves are computed by
+the pure modules (:mod:`relayd.ops.counters`, :mod:`relayd.ops.metrics`,
+:mod:`relayd.ops.admin`, :mod:`relayd.rtcp`, :mod:`relayd.ops.hep`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from relayd import ipc, log
-from relayd.calls.commands import Limits
 from relayd.calls.model import Stream, host_port
-from relayd.config import Config, ConfigError, load
+from relayd.config import Config
 from relayd.ipc import parse_key
 from relayd.ng.message import Request
 from relayd.ops import admin, metrics
-from relayd.ops.counters import direction_of
+from relayd.ops.counters import TrafficPath, direction_of
 from relayd.ops.homer import HomerSender, ng_capture, rtcp_capture
 from relayd.ops.httpd import serve_http
+from relayd.ops.views import RelayState
 from relayd.rtcp import homer_json
 
-if TYPE_CHECKING:
-    from relayd.supervisor import Supervisor
-
-__all__ = ["RELOADABLE", "Operations", "limits_of", "plan_reload"]
+__all__ = ["Operations", "copies_rtcp"]
 
 logger = log.get_logger("relayd")
 rtcp_logger = log.get_logger(log.RTCP_LOGGER)
 
-# what ``relayctl reload`` (and SIGHUP) can change in a running relayd
-RELOADABLE = (
-    "log_level",
-    "timeout",
-    "silent_timeout",
-    "offer_timeout",
-    "final_timeout",
-    "delete_delay",
-    "max_sessions",
-)
 
-
-def plan_reload(old: Config, fresh: Config) -> tuple[Config, dict[str, list[Any]], list[str]]:
-    """The configuration to run with after a reload, what changed in it, and what changed
-    in the file but needs a restart (those keep their running values). Pure."""
-    applied: dict[str, list[Any]] = {}
-    restart: list[str] = []
-    for item in dataclasses.fields(Config):
-        if item.name in ("values", "source"):
-            continue
-        before, after = getattr(old, item.name), getattr(fresh, item.name)
-        if before == after:
-            continue
-        key = item.name.replace("_", "-")
-        if item.name in RELOADABLE:
-            applied[key] = [before, after]
-        else:
-            restart.append(key)
-    running = dataclasses.replace(old, **{name: getattr(fresh, name) for name in RELOADABLE})
-    return running, applied, restart
+def copies_rtcp(config: Config) -> bool:
+    """Workers copy RTCP to relayd (Homer, the RTCP log), so separate RTCP streams stay
+    out of the kernel."""
+    return bool(config.homer is not None and config.homer.rtcp) or bool(config.log_facility_rtcp)
 
 
 class Operations:
-    def __init__(self, supervisor: Supervisor) -> None:
-        self.sup = supervisor
-        config = supervisor.config
+    def __init__(self, config: Config, state: RelayState) -> None:
+        self.config = config  # as at start-up: nothing read here changes on reload
+        self.state = state
         homer = config.homer
-        self.homer = HomerSender(homer, supervisor.counters) if homer is not None else None
-        self.capture_rtcp = bool(homer is not None and homer.rtcp)
+        self.homer = HomerSender(homer, state.counters) if homer is not None else None
         self.log_rtcp = bool(config.log_facility_rtcp)
         self.admin_path: Path | None = None
 
-    @property
-    def copies_rtcp(self) -> bool:
-        """Workers copy RTCP to relayd (and separate RTCP streams stay out of the kernel)."""
-        return self.capture_rtcp or self.log_rtcp
-
     # -- traffic ------------------------------------------------------------------------------
 
-    def traffic(self, path: str, stream: Stream, packets: int, size: int, errors: int = 0) -> None:
-        call = self.sup.commands.calls.get(stream.call_id)
+    def traffic(
+        self, path: TrafficPath, stream: Stream, packets: int, size: int, errors: int = 0
+    ) -> None:
+        call = self.state.commands.calls.get(stream.call_id)
         direction = direction_of(call, stream) if call is not None else "caller_to_callee"
-        self.sup.counters.traffic.add(path, direction, packets, size, errors)
+        self.state.counters.traffic.add(path, direction, packets, size, errors)
 
     def userspace_traffic(self, stream: Stream, packets: int, size: int, errors: int) -> None:
         self.traffic("userspace", stream, packets, size, errors)
@@ -96,8 +64,8 @@ class Operations:
     def tick(self) -> None:
         """Every second: worker rates sampled."""
         now = time.monotonic()
-        rates = self.sup.counters.rates
-        for worker in self.sup.media.workers:
+        rates = self.state.counters.rates
+        for worker in self.state.media.workers:
             rates.sample(f"worker:{worker.index}:packets", worker.packets, now)
             rates.sample(f"worker:{worker.index}:cpu", worker.cpu_seconds, now)
 
@@ -116,7 +84,7 @@ class Operations:
         req: Request,
     ) -> None:
         """ng capture for Homer: the request and its reply, as rtpengine sends them."""
-        homer = self.sup.config.homer
+        homer = self.config.homer
         if self.homer is None or homer is None or not homer.ng or req.command == "ping":
             return
         here = (str(local[0]), int(local[1])) if len(local) >= 2 else ("0.0.0.0", 0)
@@ -135,9 +103,9 @@ class Operations:
     def rtcp_copied(self, message: ipc.Rtcp) -> None:
         """RTCP the workers relayed: to Homer as rtpengine's JSON, and to the RTCP log."""
         offset = time.time() - message.now
-        homer = self.sup.config.homer
+        homer = self.config.homer
         for packet in message.packets:
-            stream = self.sup.media.reports.streams.get(packet.key)
+            stream = self.state.media.reports.streams.get(packet.key)
             if stream is None:
                 continue
             call_id = stream.call_id
@@ -162,12 +130,12 @@ class Operations:
 
     async def serve(self) -> list[Any]:
         """The admin socket and the HTTP listeners (``/metrics``, ``/ping``); their closers."""
-        sup, cfg = self.sup, self.sup.config
+        state, cfg = self.state, self.config
         closers: list[Any] = []
         if cfg.admin_socket and cfg.admin_socket != "none":
             try:
                 server = await admin.serve(
-                    Path(cfg.admin_socket), lambda req: admin.handle(sup, req, time.time())
+                    Path(cfg.admin_socket), lambda req: admin.handle(state, req, time.time())
                 )
             except OSError as exc:
                 logger.error("admin.unavailable", socket=cfg.admin_socket, error=str(exc))
@@ -176,7 +144,7 @@ class Operations:
                     closers.append(server)
                     self.admin_path = Path(cfg.admin_socket)
         routes = {
-            "/metrics": lambda: (metrics.CONTENT_TYPE, metrics.render(metrics.collect(sup))),
+            "/metrics": lambda: (metrics.CONTENT_TYPE, metrics.render(metrics.collect(state))),
             "/ping": lambda: ("text/plain", "pong"),
         }
         endpoints = list(dict.fromkeys(cfg.listen_http))
@@ -200,38 +168,3 @@ class Operations:
                 self.admin_path.unlink()
         if self.homer is not None:
             self.homer.close()
-
-    # -- reload -------------------------------------------------------------------------------
-
-    def reload(self) -> dict[str, Any]:
-        """Read the configuration again; apply what can change at run time (``RELOADABLE``)."""
-        sup = self.sup
-        try:
-            fresh = load(sup.argv)
-        except ConfigError as exc:
-            return {"result": "error", "error": f"configuration error: {exc}"}
-        old = sup.config
-        sup.config, applied, restart = plan_reload(old, fresh)
-        sup.commands.limits = limits_of(fresh)
-        sup.commands.reschedule()
-        if fresh.log_level != old.log_level:
-            log.set_level(fresh.log_level)
-        logger.info("config.reloaded", source=fresh.source, applied=applied, restart=restart)
-        return {"applied": applied, "restart": restart, "source": fresh.source}
-
-    def reload_signal(self) -> None:
-        result = self.reload()
-        if result.get("result") == "error":
-            logger.error("config.reload_failed", error=result.get("error"))
-
-
-def limits_of(config: Config) -> Limits:
-    """The call limits and timers a configuration sets (at start-up and on reload)."""
-    return Limits(
-        max_sessions=config.max_sessions,
-        delete_delay=config.delete_delay,
-        offer_timeout=config.offer_timeout,
-        final_timeout=config.final_timeout,
-        timeout=config.timeout,
-        silent_timeout=config.silent_timeout,
-    )

@@ -16,17 +16,19 @@ roles and ICE candidates towards the offerer come with the answer.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from relayd.calls.model import Call, Endpoint, Media, Monologue, Stream
 from relayd.calls.webrtc import Crypto
 from relayd.ipc import Forward, SocketSpec, socket_key
 
 __all__ = [
-    "KernelLeg",
-    "kernel_legs",
+    "PLAIN",
+    "Handover",
+    "after_signalling",
+    "dialogue_pairs",
     "media_key",
+    "muxes",
     "paired",
     "plan",
     "relay_socket_keys",
@@ -36,7 +38,7 @@ __all__ = [
 ]
 
 
-_PLAIN = frozenset({"RTP/AVP", "RTP/AVPF"})
+PLAIN = frozenset({"RTP/AVP", "RTP/AVPF"})
 
 
 def media_key(call_id: str, index: int) -> str:
@@ -64,11 +66,13 @@ def _security(media: Media) -> dict[str, str]:
     }
 
 
-def _muxes(media: Media) -> bool:
+def muxes(media: Media) -> bool:
+    """rtcp-mux both ways: RTCP shares the RTP port on either side."""
     return media.rtcp_mux and media.peer_rtcp_mux
 
 
-def _pairs(call: Call) -> Iterator[tuple[Monologue, Monologue]]:
+def dialogue_pairs(call: Call) -> Iterator[tuple[Monologue, Monologue]]:
+    """The parties in dialogue with each other, each pair once (forks left behind skipped)."""
     seen: set[int] = set()
     for party in call.parties():
         peer_tag = party.in_dialogue_with
@@ -111,7 +115,7 @@ def _dialogues(call: Call) -> Iterator[tuple[Monologue, Monologue, bool]]:
     the parties in a dialogue, or else, while an offer waits for its answer, the party
     it went to and the offerer (one way: from the first to the second)."""
     found = False
-    for x, y in _pairs(call):
+    for x, y in dialogue_pairs(call):
         found = True
         yield x, y, False
     if not found and (early := _early_pair(call)) is not None:
@@ -122,8 +126,8 @@ def _dialogues(call: Call) -> Iterator[tuple[Monologue, Monologue, bool]]:
 def _plain(media: Media) -> bool:
     """Plain RTP with this party both ways so far: what it sent us and what we wrote it."""
     return (
-        media.protocol in _PLAIN
-        and (media.out_protocol or media.protocol) in _PLAIN
+        media.protocol in PLAIN
+        and (media.out_protocol or media.protocol) in PLAIN
         and not (media.ice_ufrag or media.peer_ice or media.crypto or media.crypto_out)
     )
 
@@ -133,6 +137,22 @@ def waits_for_answer(call: Call) -> bool:
     one-way early one, with at least one plain-RTP section."""
     first = next(_dialogues(call), None)
     return first is not None and first[2] and bool(plan(call))
+
+
+class Handover(NamedTuple):
+    """When the worker hears of a signalled call, and whose unread media it keeps."""
+
+    early: bool  # after EARLY_MEDIA_DELAY, with early media (else with the next batch)
+    keep: str  # the party (tag) whose sockets' unread media waits for its forward
+
+
+def after_signalling(call: Call, command: str, to_tag: str, *, early_pending: bool) -> Handover:
+    """After an offer or answer: an offer with early media to forward waits for the early
+    batch. An answer that comes before its offer's early forward went out keeps what the
+    answerer sent since the offer (it follows the answer's forward); otherwise what no
+    worker read is a backlog of ringing, dropped like anything else nobody read."""
+    keep = to_tag if command == "answer" and early_pending else ""
+    return Handover(early=command == "offer" and waits_for_answer(call), keep=keep)
 
 
 def paired(call: Call) -> bool:
@@ -175,7 +195,7 @@ def _specs(
     own_rtp = socket_key(own.local.local, own.port)
     own_rtcp = socket_key(own.local.local, own.port + 1)
     other_rtp = socket_key(other.local.local, other.port)
-    other_rtcp = other_rtp if _muxes(other) else socket_key(other.local.local, other.port + 1)
+    other_rtcp = other_rtp if muxes(other) else socket_key(other.local.local, other.port + 1)
     common: dict[str, Any] = {
         **_security(own),
         "learning": party.learning,
@@ -189,11 +209,11 @@ def _specs(
     # addresses (aliases) forward exactly like the primary socket of their component
     rtp_route: dict[str, Any] = {
         "out": other_rtp,
-        "out_rtcp": other_rtcp if _muxes(own) else "",
+        "out_rtcp": other_rtcp if muxes(own) else "",
         **common,
     }
     rtcp_route: dict[str, Any] = {"out": other_rtcp, "rtcp": True, **common}
-    rtcp_expect = own.remote_rtp if _muxes(own) else own.remote_rtcp
+    rtcp_expect = own.remote_rtp if muxes(own) else own.remote_rtcp
     # an endpoint confirmed on an ICE candidate of the other family is no use to this socket
     learned = [
         _endpoint(s.endpoint)
@@ -223,56 +243,6 @@ def _specs(
         specs.append(SocketSpec(socket_key(local.local, port), alias_of=own_rtp, **rtp_route))
         specs.append(SocketSpec(socket_key(local.local, port + 1), alias_of=own_rtcp, **rtcp_route))
     return specs
-
-
-@dataclass(frozen=True, slots=True)
-class KernelLeg:
-    """One direction of a stream the kernel can forward: ``source → relay`` becomes
-    ``out → dest``. ``socket`` is the key of the relay socket it bypasses."""
-
-    socket: str
-    source: Endpoint
-    relay: Endpoint
-    out: Endpoint
-    dest: Endpoint
-
-
-def kernel_legs(call: Call, *, rtcp: bool = True) -> list[KernelLeg]:
-    """The directions of ``call`` that need no per-packet work and can leave userspace.
-
-    Both parties' streams of a component must have a confirmed endpoint; the
-    transport must be plain RTP (SRTP stays in the workers); asymmetric parties
-    (no learned source to key on) and rtcp-mux on one side only (RTCP must be
-    split from RTP per packet) stay in userspace. With rtcp-mux on both sides the
-    RTP port carries both, so one forward covers them. ``rtcp=False`` leaves separate
-    RTCP streams to the workers (which copy RTCP for Homer and the RTCP log).
-    """
-    if not call.answered:
-        return []
-    legs: list[KernelLeg] = []
-    for x, y in _pairs(call):
-        if x.asymmetric or y.asymmetric:
-            continue
-        for mx, my in zip(x.medias, y.medias, strict=False):
-            if mx.protocol not in _PLAIN or my.protocol not in _PLAIN:
-                continue
-            if mx.rejected or my.rejected or _muxes(mx) != _muxes(my):
-                continue
-            if mx.ice_ufrag or my.ice_ufrag:
-                continue  # STUN consent checks share the port: they must reach a worker
-            components = 1 if _muxes(mx) or not rtcp else 2
-            for sx, sy in zip(mx.streams[:components], my.streams[:components], strict=False):
-                if not (sx.confirmed and sy.confirmed and sx.endpoint and sy.endpoint):
-                    continue
-                rx = Endpoint(sx.local.local, sx.port)
-                ry = Endpoint(sy.local.local, sy.port)
-                legs.append(
-                    KernelLeg(socket_key(rx.address, rx.port), sx.endpoint, rx, ry, sy.endpoint)
-                )
-                legs.append(
-                    KernelLeg(socket_key(ry.address, ry.port), sy.endpoint, ry, rx, sx.endpoint)
-                )
-    return legs
 
 
 def _media_lists(call: Call) -> list[list[Media]]:

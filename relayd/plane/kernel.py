@@ -1,7 +1,7 @@
 """The kernel path: hand confirmed plain-RTP streams to nftables, and take them back.
 
-The shell around :class:`nft.KernelForwarder`. Decisions come from
-:func:`relayd.plane.forwarding.kernel_legs` (pure); this module applies them per call,
+The shell around :class:`relayd.nft.KernelForwarder`. Decisions come from
+:func:`relayd.plane.offload.kernel_legs` (pure); this module applies them per call,
 reads the element counters, and survives nftables failures: the first failure
 is logged, every stream returns to the workers, and the table is re-created
 when nftables works again.
@@ -16,7 +16,7 @@ from pathlib import Path
 from relayd.calls.model import Endpoint as ModelEndpoint
 from relayd.log import get_logger
 from relayd.nft import Counter, Endpoint, Forward, ForwardKey, KernelForwarder, NftError
-from relayd.plane.forwarding import KernelLeg
+from relayd.plane.offload import KernelLeg
 
 __all__ = ["KernelPath", "table_name"]
 

@@ -35,9 +35,18 @@ log = get_logger("relayd.plane.media")
 
 
 class MediaPlane:
+    """The workers and what each is told: placement, forwards, drops, and their reports.
+
+    ``calls`` is the call registry (read only here): a restarted worker gets its calls'
+    forwards planned anew from it. ``on_stats`` hears after each stats report which
+    calls' confirmations changed, ``on_traffic`` the traffic folded in, ``on_rtcp`` the
+    RTCP the workers copied (Homer, the RTCP log).
+    """
+
     def __init__(
         self,
         binder: SocketBinder,
+        calls: Mapping[str, Call],
         *,
         workers: int,
         tos: int = 0,
@@ -46,8 +55,12 @@ class MediaPlane:
         certificate: tuple[str, str] = ("", ""),
         log_format: str = "default",
         rtcp_capture: bool = False,
+        on_stats: Callable[[ipc.Stats, set[str]], None] | None = None,
+        on_traffic: OnTraffic | None = None,
+        on_rtcp: Callable[[ipc.Rtcp], None] | None = None,
     ) -> None:
         self.binder = binder
+        self.calls = calls
         self.learning = learning
         self.pool = WorkerPool(
             self,
@@ -59,17 +72,15 @@ class MediaPlane:
             rtcp_capture=rtcp_capture,
         )
         self.reports = Reports()  # the workers' counters, folded into the streams
-        # called after each stats report with the call-ids whose confirmations changed
-        self.on_stats: Callable[[ipc.Stats, set[str]], None] | None = None
-        self.on_traffic: OnTraffic | None = None
-        self.on_rtcp: Callable[[ipc.Rtcp], None] | None = None  # RTCP copies (Homer, RTCP log)
+        self.on_stats = on_stats
+        self.on_traffic = on_traffic
+        self.on_rtcp = on_rtcp
         # per worker: media key -> the socket keys of the forward it holds. The forwards
         # themselves are not kept: a restarted worker gets them planned anew from ``calls``.
         self.placed: dict[int, dict[str, tuple[str, ...]]] = {}
         # placed sockets the worker only sends from (SocketSpec.listen False): what waits
         # in them came before their port was told, and drop_early discards it
         self.quiet: set[str] = set()
-        self.calls: Mapping[str, Call] = {}  # the supervisor's call registry
 
     @property
     def workers(self) -> list[WorkerProcess]:

@@ -11,11 +11,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from relayd.calls.commands import Commands, Limits
+from relayd.calls.commands import Commands
 from relayd.calls.interfaces import Interfaces
 from relayd.calls.model import Call, LocalAddress, Media
 from relayd.calls.ports import PortAllocator
 from relayd.calls.signalling import Signalling
+from relayd.calls.timers import Limits
 from relayd.ipc import socket_key
 from relayd.ng.message import Request, parse_request
 

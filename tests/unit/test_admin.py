@@ -23,7 +23,7 @@ class State:
 
     commands: Commands
     config: Config = field(default_factory=Config)
-    media: MediaPlane = field(default_factory=lambda: MediaPlane(SocketBinder(), workers=2))
+    media: MediaPlane = field(default_factory=lambda: MediaPlane(SocketBinder(), {}, workers=2))
     kernel: KernelPath | None = None
     counters: Counters = field(default_factory=Counters)
     reloads: int = 0

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from relayd.calls.commands import CALL_NOT_FOUND, Commands, Limits, Teardown
+from relayd.calls.commands import CALL_NOT_FOUND, Commands, Teardown
 from relayd.calls.model import Call
 from relayd.calls.ports import PortAllocator, PortsExhausted
+from relayd.calls.timers import Limits
 from tests.unit.calls import A_ADDR, B_ADDR, LOCAL4, T0, FakeBinder, build, req, sdp
 
 
@@ -289,7 +290,7 @@ def test_timer_entries_of_finished_calls_do_not_pile_up() -> None:
         _call(cmds, f"c{n}")
         cmds.handle(req("delete", f"c{n}", from_tag="a"), T0)
     assert cmds.calls == {}
-    assert len(cmds._due) <= 2 * 1024 + 2
+    assert len(cmds.timers.entries) <= 2 * 1024 + 2
     _call(cmds, "live")
     assert cmds.reap(T0 + 59) == []
     assert [t.call.call_id for t in cmds.reap(T0 + 60)] == ["live"]
@@ -298,8 +299,7 @@ def test_timer_entries_of_finished_calls_do_not_pile_up() -> None:
 def test_changed_limits_apply_to_calls_already_set_up() -> None:
     cmds, _ = build(limits=Limits(timeout=60))
     _call(cmds)
-    cmds.limits.timeout = 10  # relayctl reload
-    cmds.reschedule()
+    cmds.set_limits(Limits(timeout=10))  # relayctl reload
     assert [t.reason for t in cmds.reap(T0 + 10)] == ["timeout"]
 
 

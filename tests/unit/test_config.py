@@ -12,6 +12,7 @@ from relayd.config import (
     KEYS,
     Config,
     ConfigError,
+    HomerSettings,
     InterfaceSpec,
     Status,
     load,
@@ -19,7 +20,6 @@ from relayd.config import (
     parse_interface,
     unimplemented,
 )
-from relayd.ops.homer import HomerSettings
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "config"
 GUIDE = DATA / "deployment-guide.conf"

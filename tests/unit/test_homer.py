@@ -5,9 +5,10 @@ from __future__ import annotations
 import socket
 import time
 
+from relayd.config import HomerSettings
 from relayd.ops import hep
 from relayd.ops.counters import Counters
-from relayd.ops.homer import QUEUE_LIMIT, RETRY_AFTER, HomerSender, HomerSettings, ng_capture
+from relayd.ops.homer import QUEUE_LIMIT, RETRY_AFTER, HomerSender, ng_capture
 
 
 def _packet(n: int) -> bytes:

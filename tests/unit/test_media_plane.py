@@ -50,10 +50,9 @@ class Plane:
 @pytest.fixture
 def plane() -> Iterator[Plane]:
     cmds, binder = build()
-    media = MediaPlane(binder, workers=1)  # type: ignore[arg-type]
+    media = MediaPlane(binder, cmds.calls, workers=1)  # type: ignore[arg-type]
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     media.workers[0].link = ours
-    media.calls = cmds.calls
     try:
         yield Plane(media, binder, theirs, cmds)
     finally:

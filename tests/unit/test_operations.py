@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from relayd.config import load
+from relayd.config import load, reloaded
 from relayd.ops.httpd import respond
-from relayd.ops.operations import plan_reload
 
 
 def test_reload_applies_run_time_keys_and_keeps_the_rest() -> None:
@@ -25,12 +24,12 @@ def test_reload_applies_run_time_keys_and_keeps_the_rest() -> None:
             "127.0.0.1:2225",
         ]
     )
-    running, applied, restart = plan_reload(old, fresh)
+    running, applied, restart = reloaded(old, fresh)
     assert applied == {"log-level": [6, 7], "timeout": [60, 20], "max-sessions": [-1, 5]}
     assert restart == ["port-min", "listen-http"]
     assert (running.timeout, running.log_level, running.max_sessions) == (20, 7, 5)
     assert (running.port_min, running.listen_http) == (30000, ())
-    assert plan_reload(running, running)[1:] == ({}, [])
+    assert reloaded(running, running)[1:] == ({}, [])
 
 
 ROUTES = {

@@ -1,13 +1,49 @@
-"""The ``statistics`` reply, in rtpengine 10.5's tree (as ``rtpengine-ctl list jsonstats``)."""
+"""The totals ng keeps over the calls it served, and the ``statistics`` reply built from them.
+
+The reply is rtpengine 10.5's tree (as ``rtpengine-ctl list jsonstats``). Pure.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
-if TYPE_CHECKING:
-    from relayd.calls.commands import Commands
+from relayd.calls.model import Call
+from relayd.calls.ports import PortAllocator
 
-__all__ = ["statistics_reply"]
+__all__ = ["Totals", "statistics_reply"]
+
+
+@dataclass
+class Totals:
+    """What happened to the calls since start-up (rtpengine's ``totalstatistics``)."""
+
+    managed: int = 0
+    rejected: int = 0
+    offer_timeouts: int = 0
+    final_timeouts: int = 0
+    timeouts: int = 0
+    silent_timeouts: int = 0
+    regular_terminated: int = 0
+    forced_terminated: int = 0
+    call_duration: float = 0.0
+    commands: Counter[str] = field(default_factory=Counter)
+    errors: int = 0
+
+    @property
+    def finished(self) -> int:
+        """Calls ended for any reason (the ones ``call_duration`` adds up)."""
+        return (
+            self.regular_terminated
+            + self.forced_terminated
+            + self.offer_timeouts
+            + self.final_timeouts
+            + self.timeouts
+            + self.silent_timeouts
+        )
+
 
 _COMMAND_COUNTERS = {
     "ping": "totalpingcount",
@@ -24,13 +60,15 @@ def _fixed(value: float) -> str:
     return f"{value:.6f}"
 
 
-def statistics_reply(commands: Commands, now: float) -> dict[str, Any]:
-    totals = commands.totals
-    sessions = len(commands.calls)
+def statistics_reply(
+    calls: Mapping[str, Call], totals: Totals, ports: PortAllocator, started: float, now: float
+) -> dict[str, Any]:
+    """The ``statistics`` reply: current calls, totals since ``started``, ports in use."""
+    sessions = len(calls)
     finished = totals.finished
     average = totals.call_duration / finished if finished else 0.0
     packets = bytes_ = errors = 0
-    for call in commands.calls.values():
+    for call in calls.values():
         for party in call.parties():
             for media in party.medias:
                 for stream in media.streams:
@@ -47,7 +85,7 @@ def statistics_reply(commands: Commands, now: float) -> dict[str, Any]:
         "errorrate": 0,
     }
     total = {
-        "uptime": str(int(now - commands.started)),
+        "uptime": str(int(now - started)),
         "managedsessions": totals.managed,
         "rejectedsessions": totals.rejected,
         "timeoutsessions": totals.timeouts,
@@ -67,7 +105,6 @@ def statistics_reply(commands: Commands, now: float) -> dict[str, Any]:
     }
     control["errorcount"] = totals.errors
     interfaces = []
-    ports = commands.signalling.ports
     for address in dict.fromkeys(address for address, _worker in list(ports.pools)):
         # pools are made per worker on first use; the range is every worker's slice
         pools = [ports.pool(address, worker) for worker in range(ports.workers)]

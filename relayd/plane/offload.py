@@ -1,0 +1,101 @@
+"""The kernel path's policy: which directions of a call nftables may carry, and when (pure).
+
+Rules (DESIGN.md "Kernel path", ``../shared/reference/rtpengine.md`` §3.3):
+
+* A direction goes to the kernel once both parties' streams of its component
+  have a confirmed endpoint (the workers learned and confirmed them), the
+  transport is plain RTP both ways, neither party is asymmetric (no learned
+  source to key on), no ICE (consent checks share the port), and rtcp-mux is on
+  both sides or on neither (RTCP split from RTP needs a worker per packet).
+* Separate RTCP streams stay with the workers while they copy RTCP (Homer, the
+  RTCP log); with rtcp-mux on both sides one forward carries both.
+* Signalling takes every stream of the call back to the workers, and learning
+  starts again, until they confirm the endpoints anew.
+* A stream is marked ``kernelized`` exactly while its relay socket's forward is
+  in the table: the workers skip those sockets, so no packet leaves a socket the
+  kernel took over (it would leave a conntrack entry that clashes with the NAT).
+
+The shell that applies this is :mod:`relayd.plane.kernel` (nftables) with the
+supervisor; :mod:`relayd.nft` is the table itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from relayd.calls.model import Call, Endpoint
+from relayd.ipc import socket_key
+from relayd.plane.forwarding import PLAIN, dialogue_pairs, muxes
+
+__all__ = ["KernelLeg", "back_to_userspace", "kernel_legs", "mark_kernelized"]
+
+
+@dataclass(frozen=True, slots=True)
+class KernelLeg:
+    """One direction of a stream the kernel can forward: ``source → relay`` becomes
+    ``out → dest``. ``socket`` is the key of the relay socket it bypasses."""
+
+    socket: str
+    source: Endpoint
+    relay: Endpoint
+    out: Endpoint
+    dest: Endpoint
+
+
+def kernel_legs(call: Call, *, rtcp: bool = True) -> list[KernelLeg]:
+    """The directions of ``call`` that need no per-packet work and can leave userspace.
+
+    Both parties' streams of a component must have a confirmed endpoint; the
+    transport must be plain RTP (SRTP stays in the workers); asymmetric parties
+    (no learned source to key on) and rtcp-mux on one side only (RTCP must be
+    split from RTP per packet) stay in userspace. With rtcp-mux on both sides the
+    RTP port carries both, so one forward covers them. ``rtcp=False`` leaves separate
+    RTCP streams to the workers (which copy RTCP for Homer and the RTCP log).
+    """
+    if not call.answered:
+        return []
+    legs: list[KernelLeg] = []
+    for x, y in dialogue_pairs(call):
+        if x.asymmetric or y.asymmetric:
+            continue
+        for mx, my in zip(x.medias, y.medias, strict=False):
+            if mx.protocol not in PLAIN or my.protocol not in PLAIN:
+                continue
+            if mx.rejected or my.rejected or muxes(mx) != muxes(my):
+                continue
+            if mx.ice_ufrag or my.ice_ufrag:
+                continue  # STUN consent checks share the port: they must reach a worker
+            components = 1 if muxes(mx) or not rtcp else 2
+            for sx, sy in zip(mx.streams[:components], my.streams[:components], strict=False):
+                if not (sx.confirmed and sy.confirmed and sx.endpoint and sy.endpoint):
+                    continue
+                rx = Endpoint(sx.local.local, sx.port)
+                ry = Endpoint(sy.local.local, sy.port)
+                legs.append(
+                    KernelLeg(socket_key(rx.address, rx.port), sx.endpoint, rx, ry, sy.endpoint)
+                )
+                legs.append(
+                    KernelLeg(socket_key(ry.address, ry.port), sy.endpoint, ry, rx, sx.endpoint)
+                )
+    return legs
+
+
+def mark_kernelized(call: Call, sockets: set[str]) -> bool:
+    """Mark the streams whose relay socket is in ``sockets`` as carried by the kernel and
+    the others as not; whether any mark changed (then the workers must hear of it)."""
+    changed = False
+    for media in call.all_medias():
+        for stream in media.streams:
+            now_in = socket_key(stream.local.local, stream.port) in sockets
+            if stream.kernelized != now_in:
+                stream.kernelized = now_in
+                changed = True
+    return changed
+
+
+def back_to_userspace(call: Call) -> None:
+    """Signalling: every stream of the call returns to the workers, which learn anew."""
+    for media in call.all_medias():
+        for stream in media.streams:
+            stream.kernelized = False
+            stream.confirmed = False
