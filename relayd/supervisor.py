@@ -93,7 +93,7 @@ class Supervisor:
         )
         self.commands = Commands(
             self.signalling,
-            limits_of(config),
+            Limits.of(config),
             started=time.time(),
             calls=self.calls,
             place=self.media.least_loaded,
@@ -388,7 +388,7 @@ class Supervisor:
             return {"result": "error", "error": f"configuration error: {exc}"}
         old = self.config
         self.config, applied, restart = reloaded(old, fresh)
-        self.commands.set_limits(limits_of(self.config))
+        self.commands.set_limits(Limits.of(self.config))
         if self.config.log_level != old.log_level:
             log.set_level(self.config.log_level)
         logger.info("config.reloaded", source=fresh.source, applied=applied, restart=restart)
@@ -410,15 +410,3 @@ def _state_dir(setting: str) -> Path | None:
         return Path(setting)
     default = Path("/var/lib/relayd")
     return default if default.is_dir() and os.access(default, os.W_OK) else None
-
-
-def limits_of(config: Config) -> Limits:
-    """The call limits and timers a configuration sets (at start-up and on reload)."""
-    return Limits(
-        max_sessions=config.max_sessions,
-        delete_delay=config.delete_delay,
-        offer_timeout=config.offer_timeout,
-        final_timeout=config.final_timeout,
-        timeout=config.timeout,
-        silent_timeout=config.silent_timeout,
-    )

@@ -9,8 +9,8 @@ from B's ports. Pure data: no sockets, no clock (times are passed in).
 from __future__ import annotations
 
 import ipaddress
-import socket  # inet_pton only: a parser, no socket is opened
 from dataclasses import dataclass, field, replace
+from socket import AF_INET, inet_pton  # a parser: no socket is opened
 
 from relayd.calls.webrtc import Crypto
 
@@ -41,7 +41,7 @@ def host_port(address: tuple[str, int]) -> str:
 def is_address(text: str) -> bool:
     """An IPv4 or IPv6 address literal (not a host or device name)."""
     try:
-        socket.inet_pton(socket.AF_INET, text)  # the common case, without ipaddress's cost
+        inet_pton(AF_INET, text)  # the common case, without ipaddress's cost
         return True
     except OSError:
         pass

@@ -30,10 +30,10 @@ Capture protocol types used here: 5, RTCP as JSON (``rtcp_homer_json``), and
 from __future__ import annotations
 
 import ipaddress
-import socket
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+from socket import AF_INET, AF_INET6, IPPROTO_UDP
 
 __all__ = [
     "CaptureProtocol",
@@ -87,7 +87,7 @@ class HepPacket:
     capture_id: int
     correlation_id: bytes
     payload: bytes
-    ip_protocol: int = socket.IPPROTO_UDP
+    ip_protocol: int = IPPROTO_UDP
 
 
 def _chunk(kind: ChunkType, value: bytes) -> bytes:
@@ -99,7 +99,7 @@ def encode(packet: HepPacket) -> bytes:
     dst = ipaddress.ip_address(packet.destination[0])
     if src.version != dst.version:
         raise HepError("source and destination of different IP versions")
-    family = socket.AF_INET6 if src.version == 6 else socket.AF_INET
+    family = AF_INET6 if src.version == 6 else AF_INET
     chunks = [
         _chunk(ChunkType.IP_FAMILY, bytes([family])),
         _chunk(ChunkType.IP_PROTO, bytes([packet.ip_protocol])),
@@ -110,7 +110,7 @@ def encode(packet: HepPacket) -> bytes:
         _chunk(ChunkType.PROTO_TYPE, bytes([packet.protocol & 0xFF])),
         _chunk(ChunkType.CAPTURE_ID, struct.pack("!I", packet.capture_id & 0xFFFFFFFF)),
     ]
-    if family == socket.AF_INET:
+    if family == AF_INET:
         chunks.append(_chunk(ChunkType.IPV4_SRC, src.packed))
         chunks.append(_chunk(ChunkType.IPV4_DST, dst.packed))
     else:
@@ -152,7 +152,7 @@ def decode(data: bytes) -> HepPacket:
     def number(kind: ChunkType) -> int:
         return int.from_bytes(need(kind), "big")
 
-    if number(ChunkType.IP_FAMILY) == socket.AF_INET6:
+    if number(ChunkType.IP_FAMILY) == AF_INET6:
         src, dst, size = need(ChunkType.IPV6_SRC), need(ChunkType.IPV6_DST), 16
     else:
         src, dst, size = need(ChunkType.IPV4_SRC), need(ChunkType.IPV4_DST), 4

@@ -9,7 +9,6 @@ second) are left to Prometheus: everything cumulative is a counter.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -184,6 +183,5 @@ def _relayd(state: RelayState) -> list[Family]:
     return families
 
 
-def collect(state: RelayState, now: float | None = None) -> list[Family]:
-    now = time.time() if now is None else now
+def collect(state: RelayState, now: float) -> list[Family]:
     return _rtpengine(state, now) + _relayd(state)

@@ -144,7 +144,10 @@ class Operations:
                     closers.append(server)
                     self.admin_path = Path(cfg.admin_socket)
         routes = {
-            "/metrics": lambda: (metrics.CONTENT_TYPE, metrics.render(metrics.collect(state))),
+            "/metrics": lambda: (
+                metrics.CONTENT_TYPE,
+                metrics.render(metrics.collect(state, time.time())),
+            ),
             "/ping": lambda: ("text/plain", "pong"),
         }
         endpoints = list(dict.fromkeys(cfg.listen_http))
@@ -168,3 +171,7 @@ class Operations:
                 self.admin_path.unlink()
         if self.homer is not None:
             self.homer.close()
+
+
+def _metrics_text(state: RelayState) -> str:
+    return metrics.render(metrics.collect(state, time.time()))

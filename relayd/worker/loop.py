@@ -14,14 +14,14 @@ import select
 import socket
 import sys
 import time
-from dataclasses import dataclass
 
 from relayd import ipc
 from relayd.ipc import parse_key, socket_key
 from relayd.log import get_logger
 from relayd.rtcp import is_rtcp
-from relayd.worker.secure import SecurePath, SecureSocket
+from relayd.worker.secure import SecurePath
 from relayd.worker.session import Leg, Verdict
+from relayd.worker.sockets import MediaSocket
 
 __all__ = ["Worker"]
 
@@ -37,25 +37,6 @@ _NEVER = float("inf")
 
 def _is_alias(ms: MediaSocket) -> bool:
     return ms.primary is not None
-
-
-@dataclass(slots=True, eq=False)
-class MediaSocket:
-    sock: socket.socket
-    leg: Leg
-    out: MediaSocket | None = None
-    out_rtcp: MediaSocket | None = None
-    media: str = ""
-    secure: SecureSocket | None = None  # SRTP / DTLS / ICE state of this socket
-    # this socket's packets take the crypto branch (relayd/worker/secure.py): it, or a socket
-    # it forwards to, has crypto; decided when a Forward is applied, not per packet
-    crypto: bool = False
-    # ICE candidates on several local addresses: an alias names its primary socket;
-    # the primary's ``active`` is the alias the party nominated (None: the primary)
-    primary: MediaSocket | None = None
-    active: MediaSocket | None = None
-    dirty: bool = False  # on the worker's list for the next report (Worker.active)
-    listening: bool = False  # registered with epoll: what arrives is read and forwarded
 
 
 class Worker:

@@ -33,95 +33,22 @@ Rules:
 
 from __future__ import annotations
 
-import operator
 import socket
-from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
 
 from relayd import ipc
 from relayd.certificate import CertificateError
 from relayd.log import get_logger
 from relayd.worker.dtls import Closed, Connected, DtlsContext, DtlsEndpoint, DtlsEvent, Failed
 from relayd.worker.session import Leg, Verdict
+from relayd.worker.sockets import Address, MediaSocket, SecureConfig, SecureSocket
 from relayd.worker.srtp import PacketBuffer, SrtpError, SrtpSession, parse_sdes
 from relayd.worker.stun import IceLiteResponder
 
-if TYPE_CHECKING:
-    from relayd.worker.loop import MediaSocket
-
-__all__ = ["SecureConfig", "SecurePath", "SecureSocket"]
+__all__ = ["SecurePath"]
 
 log = get_logger("relayd.worker")
 
-Address = tuple[str, int]
-
 _UNSPECIFIED = frozenset({"0.0.0.0", "::"})
-
-
-@dataclass(frozen=True, slots=True)
-class SecureConfig:
-    """The crypto fields of one ``SocketSpec``."""
-
-    srtp_in: str = ""
-    srtp_out: str = ""
-    dtls: str = ""
-    dtls_fingerprint: str = ""
-    ice_ufrag: str = ""
-    ice_pwd: str = ""
-    ice_remote_ufrag: str = ""
-
-    @classmethod
-    def of(cls, spec: ipc.SocketSpec) -> SecureConfig:
-        values = _VALUES(spec)
-        # plain RTP, nearly every socket: one shared instance
-        return cls(*values) if any(values) else _NONE
-
-    @property
-    def empty(self) -> bool:
-        return self is _NONE or self == _NONE
-
-
-_NONE = SecureConfig()
-_VALUES = operator.attrgetter(*(f.name for f in fields(SecureConfig)))  # from a SocketSpec
-
-
-class SecureSocket:
-    """Crypto state of one relay socket."""
-
-    __slots__ = (
-        "config",
-        "dtls",
-        "dtls_peer",
-        "ice",
-        "reported",
-        "srtp_in",
-        "srtp_out",
-        "via",
-        "wants_in",
-        "wants_out",
-    )
-
-    def __init__(self, config: SecureConfig) -> None:
-        self.config = config
-        self.srtp_in: SrtpSession | None = None
-        self.srtp_out: SrtpSession | None = None
-        self.dtls: DtlsEndpoint | None = None
-        self.dtls_peer: Address | None = None
-        self.via: MediaSocket | None = None  # the candidate socket DTLS records leave from
-        self.ice: IceLiteResponder | None = None
-        self.wants_in = bool(config.srtp_in or config.dtls)
-        self.wants_out = bool(config.srtp_out or config.dtls)
-        self.reported = ("", "")
-
-    @property
-    def dtls_state(self) -> str:
-        if self.dtls is not None:
-            return self.dtls.state
-        return "failed: no certificate" if self.config.dtls else ""
-
-    @property
-    def ice_state(self) -> str:
-        return self.ice.state if self.ice is not None else ""
 
 
 class SecurePath:

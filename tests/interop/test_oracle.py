@@ -3,9 +3,9 @@
 One rtpengine (ng 127.0.0.1:22230, ports 40000-40999) and one relayd (ng
 127.0.0.1:22231, ports 41000-41999) serve the whole module, both with the
 interfaces 127.0.0.1 and ::1. Every case of ``tests/data/oracle/cases.json`` is
-replayed against both; the normalised replies (see ``oracle.py``) must be equal
-line for line, and the port rules that normalisation hides are checked on the
-raw SDPs. Without an installed rtpengine the recorded replies in
+replayed against both; the normalised replies (see ``tests/support/oracle.py``)
+must be equal line for line, and the port rules that normalisation hides are
+checked on the raw SDPs. Without an installed rtpengine the recorded replies in
 ``tests/data/oracle/expected/`` stand in for the live daemon.
 
     .venv/bin/python -m pytest tests/interop/test_oracle.py -m interop
@@ -13,8 +13,6 @@ raw SDPs. Without an installed rtpengine the recorded replies in
 
 from __future__ import annotations
 
-import difflib
-import json
 import re
 import uuid
 from collections.abc import Callable, Iterator
@@ -35,11 +33,12 @@ from tests.interop.oracle import (
     Case,
     Normaliser,
     StepResult,
-    comparable,
     decode_reply,
+    differences,
     encode_step,
     load_cases,
     load_expected,
+    port_problems,
     structural_problems,
 )
 from tests.support.relayd import RelaydProcess, running_relayd
@@ -130,62 +129,15 @@ def relayd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelaydProcess]:
         yield daemon
 
 
-def _differences(
-    case: Case,
-    expected: list[StepResult],
-    expected_range: tuple[int, int],
-    actual: list[StepResult],
-    actual_range: tuple[int, int],
-    labels: tuple[str, str],
-) -> list[str]:
-    """Every step on which the two normalised reply sequences differ."""
-    left = Normaliser.for_case(case, expected_range)
-    right = Normaliser.for_case(case, actual_range)
-    problems = []
-    for index, (want, got) in enumerate(zip(expected, actual, strict=True)):
-        a, b = comparable(want, left), comparable(got, right)
-        where = f"step {index} ({want.command})"
-        sdp_a, sdp_b = a.pop("sdp", None), b.pop("sdp", None)
-        if a != b:
-            left_text = json.dumps(a, indent=1, sort_keys=True).splitlines()
-            right_text = json.dumps(b, indent=1, sort_keys=True).splitlines()
-            diff = difflib.unified_diff(left_text, right_text, *labels, lineterm="", n=3)
-            problems.append(f"{where}: reply differs\n" + "\n".join(diff))
-        if sdp_a != sdp_b:
-            diff = difflib.unified_diff(
-                sdp_a or [], sdp_b or [], labels[0], labels[1], lineterm="", n=2
-            )
-            problems.append(f"{where}: SDP differs\n" + "\n".join(diff))
-    return problems
-
-
-def _structure(results: list[StepResult], port_range: tuple[int, int]) -> list[str]:
-    problems = []
-    for index, result in enumerate(results):
-        sdp = result.reply.get("sdp")
-        if isinstance(sdp, str):
-            problems += [
-                f"step {index} ({result.command}): {problem}"
-                for problem in structural_problems(sdp, port_range, INTERFACES)
-            ]
-        for tag in result.reply.get("tags", {}).values() if result.command == "query" else ():
-            for media in tag.get("medias", []):
-                for stream in media.get("streams", []):
-                    port = int(stream.get("local port", 0))
-                    if not port_range[0] <= port <= port_range[1]:
-                        problems.append(f"step {index} (query): local port {port} out of range")
-    return problems
-
-
 @pytest.mark.interop
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_relayd_matches_rtpengine(case: Case, oracle: Runner, relayd: RelaydProcess) -> None:
     expected = oracle(case)
     actual = _replay(case, relayd, timeout=1.0)
-    problems = _differences(
+    problems = differences(
         case, expected, RTPENGINE_PORTS, actual, RELAYD_PORTS, ("rtpengine", "relayd")
     )
-    problems += [f"relayd {p}" for p in _structure(actual, RELAYD_PORTS)]
+    problems += [f"relayd {p}" for p in port_problems(actual, RELAYD_PORTS)]
     assert not problems, f"{case.name}: {case.about}\n\n" + "\n\n".join(problems)
 
 
@@ -198,10 +150,10 @@ def test_rtpengine_matches_recording(
     if rtpengine is None:
         pytest.skip("rtpengine not installed; the recording is the oracle")
     live = oracle(case)
-    problems = _differences(
+    problems = differences(
         case, load_expected(case), RTPENGINE_PORTS, live, RTPENGINE_PORTS, ("recorded", "live")
     )
-    problems += [f"rtpengine {p}" for p in _structure(live, RTPENGINE_PORTS)]
+    problems += [f"rtpengine {p}" for p in port_problems(live, RTPENGINE_PORTS)]
     assert not problems, (
         f"{case.name}: re-run `python -m tests.interop.record_oracle {case.name}`?\n\n"
         + "\n\n".join(problems)

@@ -7,7 +7,7 @@ from dataclasses import fields
 import pytest
 
 from relayd.ipc import SocketSpec
-from relayd.worker.secure import SecureConfig
+from relayd.worker.sockets import SecureConfig
 
 
 def test_a_plain_socket_shares_the_empty_config() -> None:

@@ -1,0 +1,228 @@
+"""scripts/check_imports.py: cycles and layering rules, on small synthetic package trees."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "check_imports.py"
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("check_imports", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+checker = _load()
+
+
+def tree(root: Path, files: dict[str, str]) -> Path:
+    """Writes relayd/<name>.py files (dotted names, "pkg/__init__" for a package's own),
+    with an empty __init__.py in every package that has none."""
+    for name, source in files.items():
+        path = root / "relayd" / f"{name.replace('.', '/')}.py"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(source)
+    for folder in [root / "relayd", *(root / "relayd").rglob("*")]:
+        if folder.is_dir() and not (folder / "__init__.py").exists():
+            (folder / "__init__.py").write_text("")
+    return root
+
+
+def problems(root: Path, files: dict[str, str]) -> list[str]:
+    found, _summary = checker.check(tree(root, files))
+    return list(found)
+
+
+def test_module_level_cycle(tmp_path: Path) -> None:
+    assert problems(
+        tmp_path, {"a": "from relayd import b\n", "b": "import os\nimport relayd.a\n"}
+    ) == ["cycle: relayd.a -> relayd.b -> relayd.a (lines 1, 2)"]
+
+
+def test_cycle_hidden_in_a_function_level_import(tmp_path: Path) -> None:
+    files = {
+        "a": "from relayd.b import helper\n",
+        "b": "def helper() -> None:\n    from relayd.a import thing\n",
+    }
+    assert problems(tmp_path, files) == ["cycle: relayd.a -> relayd.b -> relayd.a (lines 1, 2)"]
+
+
+def test_cycle_hidden_behind_type_checking(tmp_path: Path) -> None:
+    files = {
+        "calls.x": "from relayd.plane.y import Y\n",
+        "plane.y": (
+            "from typing import TYPE_CHECKING\n"
+            "if TYPE_CHECKING:\n"
+            "    from relayd.calls.x import X\n"
+        ),
+    }
+    assert problems(tmp_path, files) == [
+        "cycle: relayd.calls.x -> relayd.plane.y -> relayd.calls.x (lines 1, 3)"
+    ]
+
+
+def test_relative_import_cycle(tmp_path: Path) -> None:
+    files = {
+        "calls.x": "from . import y\n",
+        "calls.y": "from ..plane.z import f\n",
+        "plane.z": "from ..calls.x import g\n",
+    }
+    assert problems(tmp_path, files) == [
+        "cycle: relayd.calls.x -> relayd.calls.y -> relayd.plane.z -> relayd.calls.x"
+        " (lines 1, 1, 1)"
+    ]
+
+
+def test_relative_import_in_a_package_init_resolves_from_the_package(tmp_path: Path) -> None:
+    files = {"ng.__init__": "from .sub import f\n", "ng.sub": "from relayd import ng\n"}
+    assert problems(tmp_path, files) == [
+        "cycle: relayd.ng -> relayd.ng.sub -> relayd.ng (lines 1, 1)"
+    ]
+
+
+def test_from_import_of_a_submodule_is_an_edge_to_it(tmp_path: Path) -> None:
+    files = {"a": "from relayd.pkg import m\n", "pkg.m": "import relayd.a\n"}
+    assert problems(tmp_path, files) == ["cycle: relayd.a -> relayd.pkg.m -> relayd.a (lines 1, 1)"]
+
+
+def test_importing_a_package_is_an_edge_to_its_init_only(tmp_path: Path) -> None:
+    files = {"a": "import relayd.pkg\nfrom relayd.pkg import name\n", "pkg.m": "import relayd.a\n"}
+    assert problems(tmp_path, files) == []
+
+
+def test_a_larger_component_gives_one_cycle_and_its_other_members(tmp_path: Path) -> None:
+    files = {
+        "a": "import relayd.b\n",
+        "b": "import relayd.a\nimport relayd.c\n",
+        "c": "import relayd.b\n",
+    }
+    assert problems(tmp_path, files) == [
+        "cycle: relayd.a -> relayd.b -> relayd.a (lines 1, 1); its component also holds relayd.c"
+    ]
+
+
+def test_nft_imports_nothing_of_relayd_outside_nft(tmp_path: Path) -> None:
+    files = {
+        "log": "",
+        "nft.__init__": "from relayd.nft.ruleset import build\n",
+        "nft.ruleset": "import json\nfrom relayd.nft import libnft\nfrom relayd.log import get\n",
+        "nft.libnft": "import ctypes\n",
+    }
+    assert problems(tmp_path, files) == [
+        "rule 'nft is a leaf': relayd.nft.ruleset imports relayd.log (line 3)"
+    ]
+
+
+def test_main_process_imports_no_worker(tmp_path: Path) -> None:
+    files = {
+        "plane.media": "def spawn() -> None:\n    from relayd.worker.loop import run\n",
+        "daemon": "import relayd.worker\n",
+        "worker.loop": "from relayd.worker import stun\n",
+        "worker.stun": "",
+    }
+    assert problems(tmp_path, files) == [
+        "rule 'main process imports no worker': relayd.daemon imports relayd.worker (line 1)",
+        "rule 'main process imports no worker': relayd.plane.media"
+        " imports relayd.worker.loop (line 2)",
+    ]
+
+
+def test_worker_imports_only_shared_modules(tmp_path: Path) -> None:
+    files = {
+        "ipc": "",
+        "log": "",
+        "rtcp": "",
+        "certificate": "",
+        "config": "",
+        "worker.loop": (
+            "import asyncio\n"
+            "from relayd import ipc, log, rtcp, certificate\n"
+            "from relayd.worker import stun\n"
+            "from relayd.config import Config\n"
+        ),
+        "worker.stun": "",
+    }
+    assert problems(tmp_path, files) == [
+        "rule 'worker imports only shared modules': relayd.worker.loop"
+        " imports relayd.config (line 4)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("source", "target"),
+    [
+        ("import asyncio", "asyncio"),
+        ("import time", "time"),
+        ("import socket", "socket"),
+        ("from socket import socket", "socket.socket"),
+        ("from time import monotonic", "time.monotonic"),
+        ("import asyncio.subprocess", "asyncio.subprocess"),
+        ("import sqlite3", "sqlite3"),
+    ],
+)
+def test_pure_module_may_not_import_system_modules(
+    tmp_path: Path, source: str, target: str
+) -> None:
+    files = {"calls.model": f"import json\n\n{source}\n"}
+    assert problems(tmp_path, files) == [
+        f"rule 'pure': relayd.calls.model imports {target} (line 3)"
+    ]
+
+
+def test_pure_module_may_not_import_a_shell(tmp_path: Path) -> None:
+    files = {
+        "sdp.parse": "from relayd.calls import journal\n",
+        "calls.journal": "import sqlite3\n",  # the journal itself is a shell: exempt
+    }
+    assert problems(tmp_path, files) == [
+        "rule 'pure': relayd.sdp.parse imports relayd.calls.journal (line 1)"
+    ]
+
+
+def test_pure_module_may_take_the_address_parsers_of_socket(tmp_path: Path) -> None:
+    files = {
+        "calls.model": "from socket import inet_pton, inet_ntop\n",
+        "ops.hep": "from socket import AF_INET, AF_INET6, inet_pton\n",
+    }
+    assert problems(tmp_path, files) == []
+
+
+def test_a_clean_tree_passes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    files = {
+        "ipc": "import json\n",
+        "log": "import logging\n",
+        "calls.model": "from socket import inet_pton\nfrom relayd.sdp import model\n",
+        "sdp.model": "from dataclasses import dataclass\n",
+        "supervisor": "import asyncio\nfrom relayd.calls import model\nimport relayd.nft.forward\n",
+        "nft.forward": "from . import ruleset\n",
+        "nft.ruleset": "import json\n",
+        "worker.loop": "import asyncio\nfrom relayd import ipc, log\nfrom .stun import reply\n",
+        "worker.stun": "import hmac\n",
+    }
+    found, summary = checker.check(tree(tmp_path, files))
+    assert found == []
+    # relayd, calls, sdp, nft, worker and the nine modules; seven edges
+    assert summary == "imports: 14 modules, 7 edges, no cycles, 4 rules kept"
+    assert checker.main(["check_imports.py", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == summary + "\n"
+
+
+def test_main_fails_with_one_line_per_violation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tree(tmp_path, {"a": "import relayd.b\n", "b": "import relayd.a\n", "ipc": "import time\n"})
+    assert checker.main(["check_imports.py", str(tmp_path)]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        "cycle: relayd.a -> relayd.b -> relayd.a (lines 1, 1)",
+        "rule 'pure': relayd.ipc imports time (line 1)",
+        "imports: 4 modules, 2 edges, 2 violations",
+    ]
