@@ -19,6 +19,7 @@ from typing import Any
 
 from relayd.calls.model import is_address
 from relayd.config_keys import KEYS, KeyInfo, Status
+from relayd.ipc import Learning, learning_mode
 from relayd.log import FORMATS
 from relayd.ops.hep import CaptureProtocol
 
@@ -126,7 +127,7 @@ class Config:
     foreground: bool = False
     pidfile: str | None = None
     sip_source: bool = False
-    endpoint_learning: str = "delayed"
+    endpoint_learning: Learning = "delayed"
     state_dir: str = ""  # "" = /var/lib/relayd if that directory exists, "none" = no journal
     dtls_passive: bool = False
     tls_certificate: str = ""
@@ -389,7 +390,7 @@ def _check(config: Config, where: Callable[[str], str]) -> None:
             f"{where('log-format')}: invalid value for 'log-format': "
             f"{config.log_format!r} ({', '.join(FORMATS[:-1])} or {FORMATS[-1]})"
         )
-    if config.endpoint_learning not in ("delayed", "immediate", "off", "heuristic"):
+    if learning_mode(config.endpoint_learning) is None:
         raise ConfigError(
             f"{where('endpoint-learning')}: invalid value for 'endpoint-learning': "
             f"{config.endpoint_learning!r}"

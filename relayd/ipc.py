@@ -28,14 +28,16 @@ import json
 import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Literal, get_args
 
 __all__ = [
+    "LEARNING",
     "Configure",
     "Drop",
     "Forward",
     "Hello",
     "IpcError",
+    "Learning",
     "Message",
     "Rtcp",
     "RtcpPacket",
@@ -46,9 +48,23 @@ __all__ = [
     "decode",
     "encode",
     "encode_forward",
+    "learning_mode",
     "parse_key",
     "socket_key",
 ]
+
+# Endpoint learning (rtpengine's ng ``endpoint-learning``, relayd/worker/session.py has
+# the rules): what the workers do with the first packets of a party.
+Learning = Literal["delayed", "immediate", "heuristic", "off"]
+LEARNING: tuple[Learning, ...] = get_args(Learning)
+
+
+def learning_mode(text: str) -> Learning | None:
+    """``text`` as a learning mode, or None when it names none."""
+    for mode in LEARNING:
+        if mode == text:
+            return mode
+    return None
 
 
 # Sockets and endpoints travel as "address port" text: the keys of a worker's sockets,
@@ -88,7 +104,7 @@ class SocketSpec:
     out: str = ""
     out_rtcp: str = ""
     expect: str = ""
-    learning: str = "delayed"  # delayed, immediate, off, heuristic
+    learning: Learning = "delayed"
     learn_after: float = 0.0  # CLOCK_MONOTONIC time from which delayed learning confirms
     asymmetric: bool = False
     strict: bool = False

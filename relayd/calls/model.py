@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from socket import AF_INET, inet_pton  # a parser: no socket is opened
 
 from relayd.calls.webrtc import Crypto
+from relayd.ipc import Learning
 
 __all__ = [
     "Call",
@@ -213,9 +214,8 @@ class Monologue:
     sent_sdp: bool = False  # this party has sent us an SDP (its media is "initialized")
     answerer: bool = False  # received an offer before sending one (rtpengine: ICE controlling)
     # how the workers learn this party's endpoints since its last signalling: the mode
-    # (delayed, immediate, off, heuristic) and the CLOCK_MONOTONIC time from which
-    # delayed learning may confirm a source
-    learning: str = "delayed"
+    # and the CLOCK_MONOTONIC time from which delayed learning may confirm a source
+    learning: Learning = "delayed"
     learn_after: float = 0.0
 
 

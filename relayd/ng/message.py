@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from relayd.ipc import Learning, learning_mode
 from relayd.ng import bencode
 
 __all__ = [
@@ -263,7 +264,7 @@ class Request:
     delete_delay: int | None = None
     record_call: str = ""
     label: str = ""
-    endpoint_learning: str = ""
+    endpoint_learning: Learning | None = None  # the ng key or flag, when it names a mode
     supports: set[str] = field(default_factory=set)
     limit: int | None = None
     unknown: list[str] = field(default_factory=list)
@@ -294,9 +295,11 @@ def parse_request(raw: dict[str, Any]) -> Request:
     req.sdes.update(normalise(w) for w in _words(keys.get("sdes")))
     if "direction" in keys:
         req.direction = _words(keys["direction"])
-    for key, attr in (("ice", "ice"), ("dtls", "dtls"), ("endpoint-learning", "endpoint_learning")):
+    for key, attr in (("ice", "ice"), ("dtls", "dtls")):
         if key in keys:
             setattr(req, attr, normalise(_text(keys[key])))
+    if "endpoint-learning" in keys:
+        _set_learning(req, _text(keys["endpoint-learning"]))
     if "transport-protocol" in keys:
         _apply_protocol(req, _text(keys["transport-protocol"]))
     if "address-family" in keys:
@@ -336,8 +339,10 @@ def _apply_flag(req: Request, word: str) -> None:
     name, eq, value = word.partition("=")
     lowered = normalise(name)
     if eq:
-        if lowered in ("ice", "dtls", "endpoint-learning"):
-            setattr(req, lowered.replace("-", "_"), normalise(value))
+        if lowered in ("ice", "dtls"):
+            setattr(req, lowered, normalise(value))
+        elif lowered == "endpoint-learning":
+            _set_learning(req, value)
         elif lowered == "record-call":
             req.record_call = normalise(value)
         elif lowered in ("tos", "delete-delay", "ptime"):
@@ -406,3 +411,13 @@ def _apply_protocol(req: Request, value: str) -> None:
 _CODEC_OPS = frozenset(
     ["strip", "offer", "mask", "except", "accept", "consume", "ignore", "set", "transcode"]
 )
+
+
+def _set_learning(req: Request, value: str) -> None:
+    """``endpoint-learning``: a mode the workers know, else logged as unknown and ignored
+    (the configured mode applies), as rtpengine does."""
+    mode = learning_mode(normalise(value))
+    if mode is None:
+        req.unknown.append(f"endpoint-learning={value}")
+    else:
+        req.endpoint_learning = mode

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from relayd import ipc
 from relayd.calls.model import Call
+from relayd.ipc import Learning
 from relayd.log import get_logger
 from relayd.plane.forwarding import (
     media_key,
@@ -51,7 +52,7 @@ class MediaPlane:
         workers: int,
         tos: int = 0,
         log_level: int = 6,
-        learning: str = "delayed",
+        learning: Learning = "delayed",
         certificate: tuple[str, str] = ("", ""),
         log_format: str = "default",
         rtcp_capture: bool = False,
@@ -108,7 +109,7 @@ class MediaPlane:
 
     # -- forwarding -----------------------------------------------------------------------
 
-    def signalled(self, call: Call, learning: str) -> None:
+    def signalled(self, call: Call, learning: Learning | None) -> None:
         """A signalling event: learning restarts for every party of the call (each once,
         aliases and unanswered branches included)."""
         mode = learning or self.learning

@@ -12,11 +12,10 @@ import contextlib
 import os
 import select
 import socket
-import sys
 import time
 
 from relayd import ipc
-from relayd.ipc import parse_key, socket_key
+from relayd.ipc import LEARNING, Learning, parse_key, socket_key
 from relayd.log import get_logger
 from relayd.rtcp import is_rtcp
 from relayd.worker.secure import SecurePath
@@ -33,6 +32,7 @@ _IPC_SIZE = 1 << 20
 _MAX_FDS = 256
 _UDP_NONBLOCKING = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK
 _NEVER = float("inf")
+_MODES: dict[str, Learning] = {mode: mode for mode in LEARNING}
 
 
 def _is_alias(ms: MediaSocket) -> bool:
@@ -142,7 +142,7 @@ class Worker:
             ):
                 fresh = leg.rank == -1 and leg.packets == 0
                 # one copy of the mode's name for all legs, not one per decoded message
-                leg.reset(expect, sys.intern(spec.learning), spec.learn_after)
+                leg.reset(expect, _MODES.get(spec.learning, "delayed"), spec.learn_after)
                 learned = parse_key(spec.learned) if fresh else None
                 if learned is not None:
                     leg.endpoint, leg.confirmed = learned, True

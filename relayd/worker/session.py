@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from relayd.ipc import Learning
+
 __all__ = ["Leg", "Verdict"]
 
 Address = tuple[str, int]
@@ -49,7 +51,7 @@ class Leg:
 
     key: str
     expect: Address | None = None
-    learning: str = "delayed"
+    learning: Learning = "delayed"
     learn_after: float = 0.0
     asymmetric: bool = False
     strict: bool = False
@@ -66,7 +68,7 @@ class Leg:
     ssrc: int = -1
     reported: tuple[int, int, bool] = field(default=(0, 0, False))
 
-    def reset(self, expect: Address | None, learning: str, learn_after: float) -> None:
+    def reset(self, expect: Address | None, learning: Learning, learn_after: float) -> None:
         """A new signalling event: forget confirmation, restart learning."""
         self.expect = expect
         self.learning = learning

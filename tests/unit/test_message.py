@@ -335,3 +335,26 @@ def test_bencode_request_end_to_end() -> None:
         {"trust-address"},
     )
     assert bencode.encode(raw) == wire
+
+
+@pytest.mark.parametrize(
+    "request_keys",
+    [
+        {"endpoint-learning": "Heuristic"},
+        {"endpoint learning": "heuristic"},
+        {"flags": ["endpoint-learning=heuristic"]},
+    ],
+)
+def test_endpoint_learning_names_a_mode(request_keys: dict[str, Any]) -> None:
+    req = parse_request({"command": "offer", **request_keys})
+    assert req.endpoint_learning == "heuristic"
+    assert req.unknown == []
+
+
+def test_unknown_endpoint_learning_is_reported_and_ignored() -> None:
+    req = parse_request({"command": "offer", "endpoint-learning": "sometimes"})
+    assert req.endpoint_learning is None  # the configured mode applies
+    assert req.unknown == ["endpoint-learning=sometimes"]
+    req = parse_request({"command": "offer", "flags": ["endpoint-learning=never"]})
+    assert req.endpoint_learning is None
+    assert req.unknown == ["endpoint-learning=never"]
