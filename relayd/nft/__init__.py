@@ -9,8 +9,6 @@ the facade; :mod:`relayd.nft.ruleset` builds and parses the JSON (pure);
 from relayd.nft.conntrack import (
     ConntrackError,
     Ctnetlink,
-    count_entries,
-    delete_entries,
     delete_flows,
 )
 from relayd.nft.forward import Availability, KernelForwarder, ReconcileResult
@@ -43,8 +41,6 @@ __all__ = [
     "ReconcileResult",
     "Table",
     "TableState",
-    "count_entries",
-    "delete_entries",
     "delete_flows",
     "stream",
 ]

@@ -7,23 +7,16 @@ elements are added or deleted, the entries that carry a forward's packets are
 deleted; in that order, elements first, the next packet makes a new entry
 through the new path and none is lost (../shared/reference/nft-lab.md).
 
-Two ways to find them:
-
 :meth:`Ctnetlink.delete_flows` (what :class:`relayd.nft.forward.KernelForwarder` uses)
-    deletes, for each UDP 4-tuple, the one entry holding it as its original
-    *or* reply tuple: ``IPCTNL_MSG_CT_DELETE`` looks the tuple up in the
-    conntrack hash, where both directions of every entry are hashed. So the key
-    ``S → R`` finds the NAT entry whichever side spoke first, the userspace
-    entry of a peer that spoke first (orig ``S → R``) and the one of a relay
-    socket that sent first (orig ``R → S``). Cost: one hash lookup per tuple;
-    the requests of a batch go out in a few ``send`` calls.
-:func:`delete_entries`
-    deletes every UDP entry in which an address:port is the original source or
-    destination, including ones no key names (a spoofer's, a stale peer's).
-    It needs table dumps: each one walks every bucket of the conntrack hash
-    (about 10 ms for 262,144 buckets, whatever the number of entries) and
-    pyroute2 parses about 3,000 entries a second, so it is for tests and
-    occasional clean-ups, not for the offload path.
+deletes, for each UDP 4-tuple, the one entry holding it as its original *or*
+reply tuple: ``IPCTNL_MSG_CT_DELETE`` looks the tuple up in the conntrack hash,
+where both directions of every entry are hashed. So the key ``S → R`` finds the
+NAT entry whichever side spoke first, the userspace entry of a peer that spoke
+first (orig ``S → R``) and the one of a relay socket that sent first (orig
+``R → S``). Cost: one hash lookup per tuple; the requests of a batch go out in
+a few ``send`` calls. No table dumps: each one walks every bucket of the
+conntrack hash, far too slow for the offload path (the tests' dump helpers are
+in ``tests/support/conntrack.py``).
 """
 
 from __future__ import annotations
@@ -34,16 +27,14 @@ import socket
 import struct
 from collections.abc import Iterable, Iterator
 from ipaddress import ip_address
-from typing import Any
 
 from relayd.nft.libnft import NftError
 from relayd.nft.ruleset import Endpoint
 
 __all__ = [
+    "AF",
     "ConntrackError",
     "Ctnetlink",
-    "count_entries",
-    "delete_entries",
     "delete_flows",
     "delete_request",
 ]
@@ -65,8 +56,7 @@ _BATCH = 256
 """Requests per send: their acknowledgements must fit the socket's receive buffer."""
 _TIMEOUT = 5.0
 """Seconds to wait for the kernel's acknowledgements."""
-_FILTERED_DUMPS_UP_TO = 16
-_AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+AF = {4: socket.AF_INET, 6: socket.AF_INET6}  # an Endpoint's IP version -> address family
 
 
 class ConntrackError(NftError):
@@ -91,7 +81,7 @@ def delete_request(seq: int, src: Endpoint, dst: Endpoint) -> bytes:
         + _attr(CTA_PROTO_SRC_PORT, struct.pack("!H", src.port))
         + _attr(CTA_PROTO_DST_PORT, struct.pack("!H", dst.port))
     )
-    body = struct.pack("=BBH", _AF[src.version], 0, 0) + _attr(
+    body = struct.pack("=BBH", AF[src.version], 0, 0) + _attr(
         CTA_TUPLE_ORIG, _attr(CTA_TUPLE_IP, ip) + _attr(CTA_TUPLE_PROTO, proto)
     )
     kind = NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_DELETE
@@ -189,85 +179,5 @@ def delete_flows(tuples: Iterable[tuple[Endpoint, Endpoint]]) -> int:
     ct = Ctnetlink()
     try:
         return ct.delete_flows(tuples)
-    finally:
-        ct.close()
-
-
-def _open(version: int) -> Any:
-    try:
-        from pyroute2 import Conntrack
-    except ImportError as exc:  # pragma: no cover - pyroute2 is a dependency
-        raise ConntrackError(f"pyroute2 is not installed: {exc}") from exc
-    try:
-        return Conntrack(nfgen_family=_AF[version])
-    except OSError as exc:
-        raise ConntrackError(f"cannot open ctnetlink: {exc}") from exc
-
-
-def _tuple(version: int, **fields: Any) -> Any:
-    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
-
-    return NFCTAttrTuple(family=_AF[version], proto=socket.IPPROTO_UDP, **fields)
-
-
-def _matches(entry: Any, wanted: set[Endpoint]) -> bool:
-    orig = entry.tuple_orig
-    try:
-        return (
-            Endpoint(orig.saddr, orig.sport) in wanted or Endpoint(orig.daddr, orig.dport) in wanted
-        )
-    except (TypeError, ValueError):  # an entry without ports
-        return False
-
-
-def _entries(ct: Any, version: int, endpoints: set[Endpoint]) -> Iterator[Any]:
-    """UDP entries with one of ``endpoints`` as original source or destination."""
-    if len(endpoints) > _FILTERED_DUMPS_UP_TO:
-        for entry in ct.dump_entries(tuple_orig=_tuple(version)):
-            if _matches(entry, endpoints):
-                yield entry
-        return
-    for ep in endpoints:  # kernel-side filters (CTA_FILTER, Linux 5.8+)
-        yield from ct.dump_entries(tuple_orig=_tuple(version, saddr=ep.address, sport=ep.port))
-        yield from ct.dump_entries(tuple_orig=_tuple(version, daddr=ep.address, dport=ep.port))
-
-
-def _by_version(endpoints: Iterable[Endpoint]) -> dict[int, set[Endpoint]]:
-    grouped: dict[int, set[Endpoint]] = {}
-    for ep in endpoints:
-        grouped.setdefault(ep.version, set()).add(ep)
-    return grouped
-
-
-def _orig(entry: Any) -> tuple[Endpoint, Endpoint]:
-    t = entry.tuple_orig
-    return Endpoint(t.saddr, t.sport), Endpoint(t.daddr, t.dport)
-
-
-def delete_entries(endpoints: Iterable[Endpoint]) -> int:
-    """Delete every UDP entry in which an endpoint is the original source or destination."""
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    found: set[tuple[Endpoint, Endpoint]] = set()
-    for version, wanted in _by_version(endpoints).items():
-        ct = _open(version)
-        try:
-            found.update(_orig(e) for e in _entries(ct, version, wanted))
-        except (NetlinkError, OSError) as exc:
-            raise ConntrackError(f"conntrack dump: {exc}") from exc
-        finally:
-            ct.close()
-    return delete_flows(found)
-
-
-def count_entries(endpoint: Endpoint) -> int:
-    """UDP entries with ``endpoint`` as original source or destination."""
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    ct = _open(endpoint.version)
-    try:
-        return len({_orig(e) for e in _entries(ct, endpoint.version, {endpoint})})
-    except (NetlinkError, OSError) as exc:
-        raise ConntrackError(f"conntrack dump: {exc}") from exc
     finally:
         ct.close()

@@ -39,10 +39,9 @@ from relayd.nft import (
     Forward,
     KernelForwarder,
     NftError,
-    count_entries,
-    delete_entries,
     stream,
 )
+from tests.support.conntrack import count_entries, delete_entries
 
 pytestmark = pytest.mark.netns
 
