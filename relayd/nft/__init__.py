@@ -1,9 +1,9 @@
 """relayd's kernel path: forwards as elements of one nftables table, plus their conntrack entries.
 
-Standalone: nothing here imports relayd or workers. :class:`KernelForwarder` is
-the facade; :mod:`relayd.nft.ruleset` builds and parses the JSON (pure);
-:mod:`relayd.nft.libnft` is the only module that talks to libnftables and
-:mod:`relayd.nft.conntrack` the only one that talks to ctnetlink.
+Standalone: nothing here imports the rest of relayd (scripts/check_imports.py keeps
+it so). :class:`KernelForwarder` is the facade; :mod:`relayd.nft.ruleset` builds
+and parses the JSON (pure); :mod:`relayd.nft.libnft` is the only module that talks
+to libnftables and :mod:`relayd.nft.conntrack` the only one that talks to ctnetlink.
 """
 
 from relayd.nft.conntrack import (

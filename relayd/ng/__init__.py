@@ -1,1 +1,1 @@
-"""rtpengine's ng control protocol: codec, messages, commands, server, client."""
+"""rtpengine's ng control protocol, nothing of calls: bencode, framing, cache, server, client."""

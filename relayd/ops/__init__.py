@@ -1,1 +1,1 @@
-"""Operations: relayctl and its admin socket, /metrics, Homer, statistics, counters, reload."""
+"""Operations: relayctl and its admin socket, /metrics over HTTP, Homer (HEP), counters."""

@@ -160,7 +160,7 @@ class WorkerPool:
         args = [
             sys.executable,
             "-m",
-            "workers",
+            "relayd.worker",
             "--worker",
             str(worker.index),
             "--cpu",

@@ -1,1 +1,1 @@
-"""SDP engine: parse, model, rewrite in place and write, as rtpengine 10.5 does."""
+"""SDP as lines (RFC 8866): parse, model, codecs, write. Pure; calls/rewrite.py writes into it."""

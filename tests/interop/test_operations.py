@@ -182,7 +182,7 @@ def test_relayctl_read_commands(tmp_path: Path) -> None:
         assert [w["index"] for w in workers] == [0, 1]
         assert all(w["connected"] and w["pid"] > 0 for w in workers)
         for w in workers:  # the pids are relayd's live worker processes
-            assert Path(f"/proc/{w['pid']}/cmdline").read_bytes().count(b"workers") >= 1
+            assert Path(f"/proc/{w['pid']}/cmdline").read_bytes().count(b"relayd.worker") >= 1
         assert sum(w["streams"] for w in workers) == 8  # two calls, four sockets each
         assert sum(w["packets"] for w in workers) == 20
         assert "PPS" in relayctl(daemon, "workers").stdout

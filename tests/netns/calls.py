@@ -242,7 +242,7 @@ def worker_pids(relay: RelaydProcess) -> list[int]:
     found = []
     for child in psutil.Process(relay.proc.pid).children():
         with_args = child.cmdline()
-        if "workers" in with_args and "--worker" in with_args:
+        if "relayd.worker" in with_args and "--worker" in with_args:
             found.append(child.pid)
     return found
 
