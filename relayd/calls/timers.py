@@ -1,6 +1,6 @@
 """Call timers: when a call ends if nothing happens, and the heap that finds the due ones (pure).
 
-Rules (rtpengine 10.5's timers, ``../shared/reference/rtpengine.md`` §3.2):
+Rules (rtpengine 10.5's timers, its once-a-second kill-calls check):
 
 * ``delete-delay``: a deleted call lingers that long (answers ``query``, takes a
   re-offer), then goes.

@@ -1,6 +1,6 @@
 """SRTP, DTLS and ICE towards one party, as rtpengine 10.5 negotiates them in SDP (pure).
 
-Rules (``../shared/reference/rtpengine.md`` §2.2, and the oracle corpus):
+Rules (rtpengine 10.5's ng flags for SRTP/DTLS/ICE, checked by the oracle corpus):
 
 * The transport towards a party: in an offer, the ``transport-protocol`` asked
   for or the offerer's own; in an answer, what that party offered.

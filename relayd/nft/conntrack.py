@@ -5,7 +5,7 @@ while a stream was forwarded in userspace keeps matching after the elements are
 added: either way packets keep their old path until the entry goes. So after
 elements are added or deleted, the entries that carry a forward's packets are
 deleted; in that order, elements first, the next packet makes a new entry
-through the new path and none is lost (../shared/reference/nft-lab.md).
+through the new path and none is lost (docs/kernel.md, "Background").
 
 :meth:`Ctnetlink.delete_flows` (what :class:`relayd.nft.forward.KernelForwarder` uses)
 deletes, for each UDP 4-tuple, the one entry holding it as its original *or*

@@ -4,7 +4,7 @@ Each :meth:`Libnft.run` is one ``nft_run_cmd_from_buffer`` call, which nft runs
 as one netlink transaction: every command of the batch takes effect, or none
 does. Batching matters beyond atomicity: libnftables reloads its cache of the
 table for every call, which costs milliseconds once the table holds thousands
-of elements (../shared/reference/nft-lab.md).
+of elements (docs/kernel.md, "Background").
 
 The context's netlink socket belongs to the network namespace of the thread
 that created it; use one :class:`Libnft` per namespace.

@@ -1,6 +1,6 @@
 """The relayd table as nftables JSON documents, and the parsing of its listings (pure).
 
-Rules of the layout (DESIGN.md "Kernel path", ../shared/reference/nft-lab.md):
+Rules of the layout (docs/architecture.md "Kernel path", docs/kernel.md):
 
 * One table, family ``inet``; relayd touches nothing else in the ruleset.
 * A :class:`Forward` is one direction of one stream: packets from the learned

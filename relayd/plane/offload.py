@@ -1,6 +1,6 @@
 """The kernel path's policy: which directions of a call nftables may carry, and when (pure).
 
-Rules (DESIGN.md "Kernel path", ``../shared/reference/rtpengine.md`` §3.3):
+Rules (docs/architecture.md "Kernel path"; rtpengine kernelizes on the same conditions):
 
 * A direction goes to the kernel once both parties' streams of its component
   have a confirmed endpoint (the workers learned and confirmed them), the

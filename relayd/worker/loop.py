@@ -2,7 +2,7 @@
 
 A plain non-blocking ``recvfrom``/``sendto`` loop, pinned to one core: on this
 kind of machine it out-runs rtpengine's userspace path, where asyncio
-transports would not (see ../shared/reference/nft-lab.md). Each readable
+transports would not (docs/kernel.md, "Background"). Each readable
 socket is drained in bounded batches so one busy stream cannot starve others.
 """
 

@@ -7,7 +7,7 @@ from typing import Any
 from relayd.calls.commands import Commands
 from relayd.calls.model import Call
 from relayd.ipc import Forward, SocketSpec, parse_key, socket_key
-from relayd.plane.forwarding import media_key, plan
+from relayd.plane.forwarding import Handover, after_signalling, media_key, plan
 from tests.unit.calls import A_ADDR, B_ADDR, LOCAL4, T0, build, req, sdp
 
 MUX = ["a=rtcp-mux"]
@@ -262,3 +262,48 @@ def test_parse_key_reads_socket_keys_and_ipc_endpoints() -> None:
     assert parse_key("198.51.100.10") is None
     assert parse_key("198.51.100.10 x") is None
     assert parse_key(" 5000") is None
+
+
+# -- after_signalling: when the worker hears of a signalled call --------------------------------
+
+
+def test_a_plain_offer_waits_for_the_early_batch_and_keeps_nothing() -> None:
+    for keys in ({}, {"to_tag": "b"}):  # also an offer that names its answerer
+        cmds, _ = build()
+        assert cmds.handle(req("offer", from_tag="a", sdp=sdp(), **keys), T0)["result"] == "ok"
+        call = cmds.calls["c1"]
+        for pending in (False, True):
+            handover = after_signalling(call, "offer", "b", early_pending=pending)
+            assert handover == Handover(early=True, keep=""), (keys, pending)
+
+
+def test_an_offer_whose_answer_settles_srtp_dtls_or_ice_goes_with_the_next_batch() -> None:
+    for keys in (
+        {"flags": ["ICE=force"]},
+        {"transport_protocol": "RTP/SAVP"},
+        {"transport_protocol": "UDP/TLS/RTP/SAVP"},
+    ):
+        cmds, _ = build()
+        assert cmds.handle(req("offer", from_tag="a", sdp=sdp(), **keys), T0)["result"] == "ok"
+        handover = after_signalling(cmds.calls["c1"], "offer", "", early_pending=False)
+        assert handover == Handover(early=False, keep=""), keys
+
+
+def test_an_answer_keeps_the_answerers_media_only_while_the_early_forward_is_pending() -> None:
+    cmds, _ = build()
+    call = _call(cmds, sdp(), sdp(B_ADDR, 6000))
+    # the answer came before the offer's early forward went out: what b sent since the
+    # offer follows the answer's forward
+    assert after_signalling(call, "answer", "b", early_pending=True) == Handover(False, "b")
+    # the early forward went out: what no worker read is a ringing backlog, dropped
+    assert after_signalling(call, "answer", "b", early_pending=False) == Handover(False, "")
+
+
+def test_a_re_offer_within_a_dialogue_is_not_early() -> None:
+    # the dialogue's own plan is not the one-way early one, though it forwards plain RTP
+    cmds, _ = build()
+    call = _call(cmds, sdp(), sdp(B_ADDR, 6000))
+    reoffer = req("offer", from_tag="a", to_tag="b", sdp=sdp(direction="sendonly"))
+    assert cmds.handle(reoffer, T0)["result"] == "ok"
+    assert plan(call) != []
+    assert after_signalling(call, "offer", "b", early_pending=False) == Handover(False, "")
