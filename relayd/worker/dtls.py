@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -43,8 +43,14 @@ __all__ = [
     "DtlsEndpoint",
     "DtlsEvent",
     "Failed",
+    "Phase",
+    "Role",
     "split_records",
 ]
+
+Phase = Literal["connecting", "connected", "closed", "failed"]
+Role = Literal["active", "passive"]
+_ROLES: dict[str, Role] = {"active": "active", "passive": "passive"}
 
 _PROFILES = b":".join(p.encode() for p in DTLS_PROFILES if DTLS_PROFILES[p] in SUITES)
 _DTLS1_2 = 0xFEFD
@@ -131,11 +137,13 @@ class DtlsEndpoint:
     def __init__(
         self, context: DtlsContext, role: str, fingerprint: str, *, mtu: int = 1200
     ) -> None:
-        if role not in ("active", "passive"):
+        known = _ROLES.get(role)
+        if known is None:
             raise ValueError(f"DTLS role must be active or passive, not {role!r}")
-        self.role = role
+        self.role = known
         self.mtu = mtu
-        self.state = "connecting"
+        self.phase: Phase = "connecting"
+        self.failure = ""  # why, once the phase is "failed"
         self.started = False
         self._deadline: float | None = None
         self._out: list[bytes] = []
@@ -154,25 +162,31 @@ class DtlsEndpoint:
             conn.set_accept_state()
         self._conn = conn
 
+    @property
+    def state(self) -> str:
+        """The phase as reported to relayd: ``connecting``, ``connected``, ``closed`` or
+        ``failed: <reason>``."""
+        return f"failed: {self.failure}" if self.phase == "failed" else self.phase
+
     # -- inputs ------------------------------------------------------------------------------
 
     def start(self, now: float) -> list[DtlsEvent]:
         """Begin the handshake; the ClientHello is in :meth:`datagrams` for an active role."""
-        if self.started or self.state != "connecting":
+        if self.started or self.phase != "connecting":
             return []
         self.started = True
         return self._step(now)
 
     def receive(self, data: bytes, now: float) -> list[DtlsEvent]:
         """One datagram of DTLS records from the peer."""
-        if self.state.startswith("failed") or self.state == "closed":
+        if self.phase in ("failed", "closed"):
             return []
         self.started = True
         try:
             self._conn.bio_write(data)
         except SSL.Error as exc:
             return self._fail(_reason(exc), now)
-        if self.state == "connected":
+        if self.phase == "connected":
             return self._read(now)
         return self._step(now)
 
@@ -225,13 +239,13 @@ class DtlsEndpoint:
         profile = self._conn.get_selected_srtp_profile().decode()
         suite = SUITES.get(DTLS_PROFILES.get(profile, ""))
         if suite is None:
-            self.state = f"failed: no SRTP profile negotiated ({profile or 'none'})"
-            return Failed(self.state[len("failed: ") :])
+            self.phase, self.failure = "failed", f"no SRTP profile negotiated ({profile or 'none'})"
+            return Failed(self.failure)
         k, s = suite.key_length, suite.salt_length
         material = self._conn.export_keying_material(_EXPORTER_LABEL, 2 * (k + s))
         client = SdesKey(suite, material[:k] + material[2 * k : 2 * k + s])
         server = SdesKey(suite, material[k : 2 * k] + material[2 * k + s :])
-        self.state = "connected"
+        self.phase = "connected"
         if self.role == "active":
             return Connected(profile, inbound=server, outbound=client)
         return Connected(profile, inbound=client, outbound=server)
@@ -244,7 +258,7 @@ class DtlsEndpoint:
             self._flush(now)
             return []
         except SSL.ZeroReturnError:
-            self.state = "closed"
+            self.phase = "closed"
             self._flush(now)
             return [Closed()]
         except SSL.Error:
@@ -252,7 +266,7 @@ class DtlsEndpoint:
             return []  # a damaged record after completion: the keys stand
 
     def _fail(self, reason: str, now: float) -> list[DtlsEvent]:
-        self.state = f"failed: {reason}"
+        self.phase, self.failure = "failed", reason
         self._flush(now)  # the alert, if OpenSSL wrote one
         self._deadline = None
         return [Failed(reason)]
@@ -266,7 +280,7 @@ class DtlsEndpoint:
                 break
         if data:
             self._out.extend(split_records(data, self.mtu))
-        remaining = self._conn.DTLSv1_get_timeout() if self.state == "connecting" else None
+        remaining = self._conn.DTLSv1_get_timeout() if self.phase == "connecting" else None
         self._deadline = None if remaining is None else now + remaining
 
 

@@ -90,7 +90,7 @@ class SecurePath:
         # an unchanged SDES key keeps its session: its rollover counter and replay window
         # must survive a re-INVITE (RFC 3711 §3.3.1)
         sdes_old = (
-            old if old is not None and not (old.dtls and old.dtls.state == "connected") else None
+            old if old is not None and not (old.dtls and old.dtls.phase == "connected") else None
         )
         for text, inbound in ((config.srtp_in, True), (config.srtp_out, False)):
             if not text:
@@ -115,7 +115,7 @@ class SecurePath:
         )
         if config.dtls and same_dtls and old is not None and old.dtls is not None:
             sec.dtls, sec.dtls_peer, sec.via = old.dtls, old.dtls_peer, old.via
-            if old.dtls.state == "connected":  # the DTLS keys outrank the (new) SDES ones
+            if old.dtls.phase == "connected":  # the DTLS keys outrank the (new) SDES ones
                 sec.srtp_in, sec.srtp_out = old.srtp_in, old.srtp_out
         elif config.dtls:
             if self.context is None:
@@ -294,7 +294,7 @@ class SecurePath:
             dtls = csec.dtls
             # a passive endpoint that is done (closed, or failed: perhaps an impostor got
             # in first) takes a fresh ClientHello as a new association
-            ended = dtls.state == "closed" or dtls.state.startswith("failed")
+            ended = dtls.phase in ("closed", "failed")
             if ended and dtls.role == "passive" and _client_hello(data):
                 context = self.context
                 assert context is not None  # it made the endpoint being replaced

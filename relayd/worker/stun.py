@@ -31,6 +31,7 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Literal
 
 __all__ = [
     "COOKIE",
@@ -232,7 +233,8 @@ class IceLiteResponder:
         self.nominated: Address | None = None
 
     @property
-    def state(self) -> str:
+    def state(self) -> Literal["checking", "nominated"]:
+        """``nominated`` once the controlling agent nominated a candidate pair."""
         return "nominated" if self.nominated is not None else "checking"
 
     def handle(self, data: bytes, source: Address) -> Answer:
