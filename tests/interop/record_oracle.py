@@ -24,7 +24,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.interop.oracle import (
+from tests.support.oracle import (
     EXPECTED_DIR,
     INTERFACES,
     RTPENGINE_NG_PORT,

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from relayd.ng.client import NgTimeout
-from tests.interop.oracle import (
+from tests.support.oracle import (
     CASES_FILE,
     EXPECTED_DIR,
     INTERFACES,

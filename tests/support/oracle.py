@@ -24,7 +24,7 @@ A case passes when :func:`differences` and :func:`port_problems` find nothing.
 Pure code: the only I/O is reading the corpus files. Sockets live in the tests
 and in ``tests/interop/record_oracle.py``, which hand :func:`run_case` an
 ``exchange`` callable; ``tests/unit/test_oracle_corpus.py`` hands it relayd's
-ng core in process. Shared by both tiers (``tests/interop/oracle.py`` re-exports it).
+ng core in process. Shared by both tiers.
 """
 
 from __future__ import annotations
