@@ -87,38 +87,21 @@ def test_a_confirmed_plain_call_has_four_legs_between_the_learned_endpoints() ->
     a, b = _relay(call, "a"), _relay(call, "b")
     legs = kernel_legs(call)
     assert len(legs) == 4
+    # from A (as learned, not its SDP address) on our socket towards A, out of ours towards
+    # B to B; and back; RTP and RTCP each on its own: (ours, the other of ours, from, to)
+    expected = [
+        (a, b, (NAT, 40000), (B_ADDR, 6000)),
+        (b, a, (B_ADDR, 6000), (NAT, 40000)),
+        (a + 1, b + 1, (NAT, 40001), (B_ADDR, 6001)),
+        (b + 1, a + 1, (B_ADDR, 6001), (NAT, 40001)),
+    ]
     assert set(legs) == {
-        # from A (as learned, not its SDP address) on our socket towards A, out of ours
-        # towards B to B; and back; RTP and RTCP each on its own
         KernelLeg(
-            f"{LOCAL4} {a}",
-            Endpoint(NAT, 40000),
-            Endpoint(LOCAL4, a),
-            Endpoint(LOCAL4, b),
-            Endpoint(B_ADDR, 6000),
-        ),
-        KernelLeg(
-            f"{LOCAL4} {b}",
-            Endpoint(B_ADDR, 6000),
-            Endpoint(LOCAL4, b),
-            Endpoint(LOCAL4, a),
-            Endpoint(NAT, 40000),
-        ),
-        KernelLeg(
-            f"{LOCAL4} {a + 1}",
-            Endpoint(NAT, 40001),
-            Endpoint(LOCAL4, a + 1),
-            Endpoint(LOCAL4, b + 1),
-            Endpoint(B_ADDR, 6001),
-        ),
-        KernelLeg(
-            f"{LOCAL4} {b + 1}",
-            Endpoint(B_ADDR, 6001),
-            Endpoint(LOCAL4, b + 1),
-            Endpoint(LOCAL4, a + 1),
-            Endpoint(NAT, 40001),
-        ),
-    }
+            f"{LOCAL4} {ours}", Endpoint(*src), Endpoint(LOCAL4, ours), Endpoint(LOCAL4, out),
+            Endpoint(*dst),
+        )
+        for ours, out, src, dst in expected
+    }  # fmt: skip
 
 
 def test_while_rtcp_is_copied_separate_rtcp_streams_stay_with_the_workers() -> None:

@@ -8,7 +8,7 @@ from its configuration (:class:`Commands` on :class:`Signalling`,
 :class:`PortAllocator`, :class:`Interfaces`), with the interfaces and port range
 the interop test gives relayd; no daemon, socket or root. The replies are
 compared with rtpengine's recorded ones (``tests/data/oracle/expected/``) by the
-same :func:`differences` and :func:`port_problems` as the interop test, from
+same ``differences`` and ``port_problems`` as the interop test, from
 ``tests/support/oracle.py``.
 
 What differs from the daemon: :class:`FakeBinder` binds nothing, the clock is
@@ -40,40 +40,23 @@ from relayd.certificate import Certificate, load_or_create
 from relayd.config import Config, load
 from relayd.ng.message import Request, split_cookie
 from relayd.ng.server import NgService
-from tests.support.oracle import (
-    INTERFACES,
-    RELAYD_NG_PORT,
-    RELAYD_PORTS,
-    RTPENGINE_PORTS,
-    Case,
-    StepResult,
-    differences,
-    load_cases,
-    load_expected,
-    port_problems,
-    run_case,
-)
+from tests.support import oracle
+from tests.support.oracle import Case, StepResult
 from tests.unit.calls import T0, FakeBinder
 
-CASES = load_cases()
+CASES = oracle.load_cases()
 CASE_IDS = [case.name for case in CASES]
 
 # The options tests/support/relayd.py starts the interop tier's relayd with, less the
 # files (pidfile, state directory, admin socket) that only the daemon's shell uses.
 ARGV = [
-    "--config-file",
-    "none",
-    *itertools.chain.from_iterable(("--interface", address) for address in INTERFACES),
-    "--listen-ng",
-    f"127.0.0.1:{RELAYD_NG_PORT}",
-    "--port-min",
-    str(RELAYD_PORTS[0]),
-    "--port-max",
-    str(RELAYD_PORTS[1]),
-    "--table",
-    "-1",
-    "--log-level",
-    "7",
+    "--config-file=none",
+    *(f"--interface={address}" for address in oracle.INTERFACES),
+    f"--listen-ng=127.0.0.1:{oracle.RELAYD_NG_PORT}",
+    f"--port-min={oracle.RELAYD_PORTS[0]}",
+    f"--port-max={oracle.RELAYD_PORTS[1]}",
+    "--table=-1",
+    "--log-level=7",
 ]
 
 NG_SOURCE = ("127.0.0.1", 50000)  # where the requests "come from": only logged
@@ -137,7 +120,7 @@ def certificate(config: Config) -> Certificate:
 def replay(case: Case, config: Config, certificate: Certificate) -> tuple[list[StepResult], str]:
     """relayd's replies to ``case``, and the tracebacks of any step that crashed."""
     relayd = InProcessRelayd(config, certificate)
-    results = run_case(case, relayd.exchange)
+    results = oracle.run_case(case, relayd.exchange)
     return results, "\n".join(relayd.crashes)
 
 
@@ -146,10 +129,15 @@ def test_relayd_core_matches_rtpengine(
     case: Case, config: Config, certificate: Certificate
 ) -> None:
     actual, crashes = replay(case, config, certificate)
-    problems = differences(
-        case, load_expected(case), RTPENGINE_PORTS, actual, RELAYD_PORTS, ("rtpengine", "relayd")
+    problems = oracle.differences(
+        case,
+        oracle.load_expected(case),
+        oracle.RTPENGINE_PORTS,
+        actual,
+        oracle.RELAYD_PORTS,
+        ("rtpengine", "relayd"),
     )
-    problems += [f"relayd {p}" for p in port_problems(actual, RELAYD_PORTS)]
+    problems += [f"relayd {p}" for p in oracle.port_problems(actual, oracle.RELAYD_PORTS)]
     if crashes:
         problems.append(f"relayd crashed:\n{crashes}")
     assert not problems, f"{case.name}: {case.about}\n\n" + "\n\n".join(problems)
@@ -157,6 +145,6 @@ def test_relayd_core_matches_rtpengine(
 
 def test_config_is_the_interop_relayds(config: Config) -> None:
     """The replay runs with the interop tier's interfaces and port range."""
-    assert tuple(spec.local for spec in config.interfaces) == INTERFACES
-    assert (config.port_min, config.port_max) == RELAYD_PORTS
+    assert tuple(spec.local for spec in config.interfaces) == oracle.INTERFACES
+    assert (config.port_min, config.port_max) == oracle.RELAYD_PORTS
     assert len(CASES) == len(set(CASE_IDS)) > 0
