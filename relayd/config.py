@@ -73,6 +73,11 @@ class InterfaceSpec:
 
 
 def parse_interface(text: str) -> InterfaceSpec:
+    """One ``interface`` value, ``[NAME/]LOCAL[!ADVERTISED]``; NAME defaults to ``default``.
+
+    LOCAL is an address or a device name (resolved at start-up); ADVERTISED must be an
+    address. Raises ValueError.
+    """
     text = text.strip()
     name, slash, rest = text.partition("/")
     if not slash:
@@ -107,6 +112,12 @@ def parse_endpoint(text: str, default_host: str = "0.0.0.0") -> tuple[str, int]:
 
 @dataclass(frozen=True, slots=True)
 class Config:
+    """The configuration relayd acts on, parsed and checked (:func:`load`, :func:`reloaded`).
+
+    ``values`` holds every key given, as parsed, including those relayd does not act on;
+    ``source`` is the file read, ``command line`` or ``defaults``.
+    """
+
     interfaces: tuple[InterfaceSpec, ...] = (InterfaceSpec("default", "127.0.0.1"),)
     listen_ng: tuple[str, int] | None = ("127.0.0.1", 2223)
     listen_tcp_ng: tuple[str, int] | None = None
@@ -193,6 +204,11 @@ def read_config_file(path: Path, section: str) -> dict[str, tuple[str, int]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line: every rtpengine key as ``--key``, a few with a short option too.
+
+    Options not given stay out of the result (``SUPPRESS``), so the file's values apply
+    beneath them; a bool option alone means true, and a list option may be repeated.
+    """
     parser = argparse.ArgumentParser(
         prog="relayd",
         description="RTP media proxy driven over rtpengine's ng protocol.",

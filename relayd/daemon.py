@@ -71,6 +71,12 @@ def _daemonize(keep_stderr: bool) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """relayd's entry point (the steps are the module's); returns the exit status.
+
+    0 once stopped by SIGTERM or SIGINT (or after ``--version``), 78 (EX_CONFIG) for a
+    configuration relayd cannot use, 1 when the supervisor fails with an OSError (a listening
+    address taken, …). Without ``--foreground`` the parent exits once the daemon is up.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     if "-v" in args or "--version" in args:
         print(f"relayd {__version__}")

@@ -141,6 +141,9 @@ class SocketSpec:
 
 @dataclass(frozen=True, slots=True)
 class Configure:
+    """The first message to each worker process: its TOS, report interval, relayd's DTLS
+    certificate, and whether to copy RTCP."""
+
     worker: int
     tos: int = 0
     stats_interval: float = 1.0
@@ -152,28 +155,39 @@ class Configure:
 
 @dataclass(frozen=True, slots=True)
 class Forward:
+    """The whole forwarding state of one media section: replaces what the worker had."""
+
     media: str  # "call-id index", one media section of a call
     sockets: tuple[SocketSpec, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Drop:
+    """The worker forgets a media section and closes its sockets."""
+
     media: str
 
 
 @dataclass(frozen=True, slots=True)
 class Shutdown:
+    """The worker closes its sockets and exits."""
+
     pass
 
 
 @dataclass(frozen=True, slots=True)
 class Hello:
+    """A worker's first message: its index and pid (a unit on ``worker-socket`` says so)."""
+
     worker: int
     pid: int
 
 
 @dataclass(frozen=True, slots=True)
 class SocketStats:
+    """One socket in a worker's report: totals since the worker took it (packets and bytes
+    accepted from the party, errors), the source learned, and the DTLS and ICE states."""
+
     key: str
     packets: int
     bytes: int
@@ -188,6 +202,9 @@ class SocketStats:
 
 @dataclass(frozen=True, slots=True)
 class Stats:
+    """A worker's report, every ``stats_interval``: the sockets whose counters, confirmation or
+    DTLS/ICE state changed since the last one (maybe none), and the process's CPU time."""
+
     worker: int
     sockets: tuple[SocketStats, ...] = ()
     cpu_seconds: float = 0.0
@@ -197,6 +214,8 @@ class Stats:
 
 @dataclass(frozen=True, slots=True)
 class RtcpPacket:
+    """One RTCP datagram a worker relayed, copied for Homer and the RTCP log."""
+
     key: str  # the socket it arrived on, "address port"
     source: str  # who sent it, "address port"
     data: str  # the datagram, hex
@@ -205,6 +224,8 @@ class RtcpPacket:
 
 @dataclass(frozen=True, slots=True)
 class Rtcp:
+    """The RTCP a worker copied since its last report (at most ``RTCP_SAMPLE_LIMIT``)."""
+
     worker: int
     packets: tuple[RtcpPacket, ...] = ()
     now: float = 0.0  # the worker's CLOCK_MONOTONIC when it sent this
@@ -269,6 +290,8 @@ def encode_forward(forward: Forward, fd_index: Mapping[str, int]) -> bytes:
 
 
 def decode(data: bytes) -> Message:
+    """A message as :func:`encode` wrote it; anything else is an :class:`IpcError` (too large,
+    not a JSON object, an unknown type or field)."""
     if len(data) > MAX_MESSAGE:
         raise IpcError("message too large")
     try:

@@ -49,6 +49,9 @@ _TICKS_PER_SECOND = 4
 
 
 class Supervisor:
+    """relayd's main process: the call registry and what is wired around it (ng, workers,
+    kernel path, journal, timers, operations). It never touches a media packet."""
+
     def __init__(
         self,
         config: Config,
@@ -108,6 +111,12 @@ class Supervisor:
         self._closers: list[Any] = []
 
     def dispatch(self, req: Request, source: tuple[Any, ...]) -> dict[str, Any]:
+        """Handle one ng request (the ng service's dispatch) in the call's log context.
+
+        After an offer or answer the workers' updates are scheduled (they go out after the
+        reply); a call the request found or made is journalled. Never raises: an unexpected
+        exception is logged and answered "Internal error"; every request is counted by source.
+        """
         started = time.perf_counter()
         known = self.calls.get(req.call_id) if req.call_id else None
         token = log.bind_call(
@@ -189,6 +198,12 @@ class Supervisor:
             log.unbind_call(token)
 
     async def run(self) -> None:
+        """Run relayd until SIGTERM or SIGINT (SIGHUP reloads).
+
+        Takes the journal's calls back, starts the workers and the kernel path, opens the
+        listeners, tells the daemon's parent it is ready, and runs the timers. On the way out the
+        workers stop, the journal is flushed, and the kernel forwards stay: their media flows on.
+        """
         restored = self._restore()
         self.media.start(self.config.worker_socket)
         if self.kernel is not None:

@@ -17,6 +17,11 @@ Totals = dict[str, dict[str, int]]
 
 
 def call_tree(call: Call) -> dict[str, Any]:
+    """The ``query`` and ``delete`` reply for ``call``: rtpengine 10.5's statistics tree.
+
+    A party without a tag (a branch no answer named yet) is listed as ``<untagged N>``,
+    rtpengine's name for it; ``totals`` adds up the streams the tree lists.
+    """
     totals: Totals = {"RTP": _zero(), "RTCP": _zero()}
     tags: dict[str, Any] = {}
     untagged = 0

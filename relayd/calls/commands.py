@@ -110,6 +110,12 @@ class Commands:
             raise NgError("No to-tag in message")
 
     def offer(self, req: Request, now: float) -> dict[str, Any]:
+        """ng ``offer``: the SDP for the offer's receiver, the call created on its first offer.
+
+        A new call goes to the worker ``place`` picks; beyond ``max-sessions`` it is refused with
+        "Parallel session limit reached". An offer that fails removes the call it created; one
+        with an empty body gets a bare ``ok`` (rtpengine 10.5). A pending delete is cancelled.
+        """
         if req.sdp is None:
             raise NgError("No SDP body in message")
         self._require_ids(req)
@@ -138,6 +144,10 @@ class Commands:
         return {"sdp": sdp}
 
     def answer(self, req: Request, now: float) -> dict[str, Any]:
+        """ng ``answer``: the answer's SDP rewritten for the offerer; a pending delete is cancelled.
+
+        Needs a to-tag ("No to-tag in message"); a call that is not there is "Unknown call-id".
+        """
         if req.sdp is None:
             raise NgError("No SDP body in message")
         self._require_ids(req, to_tag=True)
@@ -150,6 +160,13 @@ class Commands:
         return {"sdp": sdp}
 
     def delete(self, req: Request, now: float) -> dict[str, Any]:
+        """ng ``delete``: the call's statistics tree (none with ``fast``), the call removed later.
+
+        Removal comes after ``delete-delay`` (the request's, else the configured one; 0 or less:
+        at once); a repeated delete keeps the first deadline. An unknown call-id, or a from-tag
+        that names no party nor alias, is only a warning: "Call-ID not found or tags didn't
+        match", an error with ``fatal``.
+        """
         if not req.call_id:
             raise NgError("No call-id in message")
         call = self.calls.get(req.call_id)

@@ -25,6 +25,12 @@ _SCHEMA = "CREATE TABLE IF NOT EXISTS calls (call_id TEXT PRIMARY KEY, data TEXT
 
 
 class Journal:
+    """The call journal: one JSON row per call in ``calls.sqlite`` under ``state-dir`` (WAL).
+
+    :meth:`save` and :meth:`forget` only mark a call; :meth:`flush` (every supervisor tick)
+    writes what was marked in one transaction, since a commit costs more than an ng request.
+    """
+
     def __init__(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / "calls.sqlite"
@@ -35,6 +41,8 @@ class Journal:
         self._dirty: dict[str, Call | None] = {}
 
     def load(self) -> list[Call]:
+        """The journalled calls, for a restart; a row that no longer loads is logged and
+        deleted at the next flush."""
         calls = []
         for call_id, data in self._db.execute("SELECT call_id, data FROM calls"):
             try:
@@ -51,6 +59,10 @@ class Journal:
         self._dirty[call_id] = None
 
     def flush(self) -> int:
+        """Write the calls saved, delete those forgotten since the last flush: one transaction.
+
+        Returns how many calls it wrote or deleted (0: nothing was marked).
+        """
         if not self._dirty:
             return 0
         dirty, self._dirty = self._dirty, {}

@@ -27,6 +27,8 @@ class Taken:
         self._taken.append((media, address, port))
 
     def rollback(self) -> None:
+        """Give back every port taken, newest first, and take it off its media (the RTP/RTCP pair,
+        or the ICE candidate port on another address)."""
         for media, address, port in reversed(self._taken):
             self.ports.release(address, port)
             if media.port == port and media.local is not None and media.local.local == address:

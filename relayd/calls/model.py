@@ -78,6 +78,10 @@ class LocalAddress:
 
 @dataclass(slots=True)
 class StreamStats:
+    """A stream's counters, the worker's and the kernel's added up: what the party sent to its
+    socket, ``errors`` (packets dropped or not sent), and when the last packet came (wall
+    clock, 0: none yet)."""
+
     packets: int = 0
     bytes: int = 0
     errors: int = 0
@@ -221,6 +225,9 @@ class Monologue:
 
 @dataclass(slots=True)
 class Call:
+    """One call (the ng ``call-id``): its parties by tag, the parties of offers no answer named
+    yet by via-branch, its worker, and its deadlines; all times are wall clock."""
+
     call_id: str
     created: float
     last_signal: float

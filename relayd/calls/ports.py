@@ -25,6 +25,11 @@ class PortsExhausted(RuntimeError):
 
 @dataclass
 class PortPool:
+    """The port pairs of one local address in one worker's slice, handed out in random order.
+
+    Released pairs cool off until every free one has been handed out (see ``_cooling``).
+    """
+
     port_min: int
     port_max: int
     # a PRNG seeded from the OS: unpredictable ports without a system call per pick

@@ -39,6 +39,12 @@ _NO_MUX_POLICY: frozenset[str] = frozenset()
 
 
 class Signalling:
+    """Offer and answer on a call: who is who, our ports, SRTP/DTLS/ICE, the rewritten SDP.
+
+    ``instance_id`` is the ``loop-protect`` marker written into our SDP (``a=rtpengine``);
+    ``fingerprint`` is our DTLS certificate's, as SDP writes it.
+    """
+
     def __init__(
         self,
         interfaces: Interfaces,
@@ -62,6 +68,13 @@ class Signalling:
     # -- offer / answer ---------------------------------------------------------------------
 
     def offer(self, call: Call, req: Request, now: float) -> str:
+        """An offer from the ``from-tag`` party: the SDP for its receiver R, with R's ports.
+
+        The receiver is the ``to-tag`` party, the sender's current peer, or the party of the
+        offer's ``via-branch``. ``direction`` names each side's interface (or, where no such
+        interface exists, rtpengine's legacy internal/external: an address family). With
+        ``loop-protect``, an SDP carrying our own marker went through us already: returned as is.
+        """
         sdp = self._parse(req)
         if req.has("loop-protect") and self._looped(sdp):
             return req.sdp or ""
@@ -79,6 +92,11 @@ class Signalling:
         return self._exchange(call, sender, receiver, sdp, req, now, offer=True)
 
     def answer(self, call: Call, req: Request, now: float) -> str:
+        """An answer to the ``from-tag`` party's offer: the SDP for the offerer, with its ports.
+
+        The answerer (``to-tag``) is the branch the offer went to, or an early-media fork of it
+        under another tag. A ``from-tag`` that names no party is "Unknown call-id".
+        """
         sdp = self._parse(req)
         if req.has("loop-protect") and self._looped(sdp):
             return req.sdp or ""

@@ -68,6 +68,8 @@ _SHARED = ("monologues", "branches")
 
 
 def dump_call(call: Call) -> dict[str, Any]:
+    """``call`` as JSON-able values: every field but ``monologues`` and ``branches``, the
+    parties once each under ``parties``, and those two maps as indexes into that list."""
     parties = call.parties()
     index = {id(p): i for i, p in enumerate(parties)}
     data = {
@@ -82,6 +84,12 @@ def dump_call(call: Call) -> dict[str, Any]:
 
 
 def load_call(data: dict[str, Any]) -> Call:
+    """The call that :func:`dump_call` wrote.
+
+    Fields the data lacks (an older journal) take their defaults. ``learn_after`` is reset:
+    a CLOCK_MONOTONIC time means nothing after a reboot, and the streams keep what they had
+    confirmed.
+    """
     parties = [_load(Monologue, p) for p in data["parties"]]
     hints = typing.get_type_hints(Call)
     call = Call(

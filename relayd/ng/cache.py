@@ -10,6 +10,9 @@ __all__ = ["ReplyCache"]
 
 
 class ReplyCache:
+    """The replies of the last one to two ``lifetime`` periods, by cookie: a retransmitted
+    request gets its first reply again instead of running a second time."""
+
     def __init__(self, lifetime: float = 30.0) -> None:
         self.lifetime = lifetime
         self._current: dict[str, bytes] = {}

@@ -220,6 +220,12 @@ def split_stream(buffer: bytes) -> tuple[list[bytes], bytes, str | None]:
 
 
 async def serve_tcp(service: NgService, host: str, port: int) -> asyncio.Server:
+    """Listen for ng over TCP (``listen-tcp-ng``, ``SO_REUSEPORT``); each message answered in turn.
+
+    A connection is closed on JSON or broken bencode (once what came before is answered), on
+    more than 1 KiB without a space (no cookie; rtpengine's limit), or on 1 MiB not a message.
+    """
+
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("?", 0)
         local = writer.get_extra_info("sockname") or ()

@@ -101,6 +101,8 @@ class RateMeter:
 
 @dataclass
 class Counters:
+    """relayd's cumulative figures since start: traffic, ng requests, rates, Homer."""
+
     traffic: Traffic = field(default_factory=Traffic)
     ng: NgStats = field(default_factory=NgStats)
     rates: RateMeter = field(default_factory=RateMeter)

@@ -49,6 +49,10 @@ class AdminClient:
         self.timeout = timeout
 
     def request(self, command: str, *args: str) -> dict[str, Any]:
+        """Send ``command`` and ``args`` as one JSON line; return relayd's JSON reply.
+
+        Raises :class:`Unreachable` when the socket does not answer or the reply is not JSON.
+        """
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:

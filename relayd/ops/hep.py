@@ -53,6 +53,9 @@ class HepError(ValueError):
 
 
 class ChunkType(IntEnum):
+    """HEPv3 chunk types of the generic vendor (0); :func:`encode` writes those of the
+    module's table, in its order."""
+
     IP_FAMILY = 1
     IP_PROTO = 2
     IPV4_SRC = 3
@@ -79,6 +82,9 @@ class CaptureProtocol(IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class HepPacket:
+    """One capture: source and destination, the capture time (wall clock), capture protocol
+    type, agent id (``homer-id``), correlation id (the call-id) and the payload."""
+
     source: tuple[str, int]
     destination: tuple[str, int]
     seconds: int
@@ -95,6 +101,11 @@ def _chunk(kind: ChunkType, value: bytes) -> bytes:
 
 
 def encode(packet: HepPacket) -> bytes:
+    """``packet`` as HEPv3, its chunks in rtpengine's order (``send_hepv3``).
+
+    Raises HepError for an IPv4 and an IPv6 address together or more than 65535 bytes, and
+    ValueError for an address that is not one.
+    """
     src = ipaddress.ip_address(packet.source[0])
     dst = ipaddress.ip_address(packet.destination[0])
     if src.version != dst.version:

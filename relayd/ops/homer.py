@@ -142,6 +142,11 @@ class HomerSender:
         self.retry_at = self.clock() + RETRY_AFTER
 
     def send(self, packet: bytes) -> None:
+        """Send one encoded HEP packet: over UDP at once, over TCP through the queue.
+
+        A packet beyond ``QUEUE_LIMIT`` queued, or a UDP send that fails, is dropped and counted
+        (``homer_dropped``), as rtpengine does.
+        """
         if self.settings.protocol != "tcp":
             self._send_udp(packet)
             return

@@ -54,6 +54,9 @@ def respond(routes: Routes, request: bytes) -> bytes:
 
 
 async def serve_http(routes: Routes, host: str, port: int) -> asyncio.Server:
+    """Listen for HTTP on ``host``:``port``: one request head per connection, answered by
+    :func:`respond`, then the connection closed. The head must come within 5 s and 16 KiB."""
+
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _TIMEOUT)

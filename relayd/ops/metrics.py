@@ -25,6 +25,8 @@ Labels = tuple[tuple[str, str], ...]
 
 @dataclass
 class Family:
+    """One metric: name, type (counter or gauge), help text, and its samples by labels."""
+
     name: str
     kind: str  # counter, gauge
     help: str
@@ -46,6 +48,8 @@ def _number(value: float) -> str:
 
 
 def render(families: Iterable[Family]) -> str:
+    """The families in Prometheus' text exposition format 0.0.4 (``CONTENT_TYPE``): ``# HELP``,
+    ``# TYPE``, then one line per sample, label values escaped."""
     lines = []
     for family in families:
         lines.append(f"# HELP {family.name} {family.help}")

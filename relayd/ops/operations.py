@@ -41,6 +41,9 @@ def copies_rtcp(config: Config) -> bool:
 
 
 class Operations:
+    """The supervisor's operations side: traffic counters, Homer capture, the RTCP log, and the
+    admin and HTTP listeners. ``config`` is the start-up one: a reload changes nothing here."""
+
     def __init__(self, config: Config, state: RelayState) -> None:
         self.config = config  # as at start-up: nothing read here changes on reload
         self.state = state

@@ -69,6 +69,9 @@ def stream_paths(calls: Iterable[Call]) -> dict[str, int]:
 
 @dataclass(frozen=True, slots=True)
 class PortUse:
+    """The ports of one local address over every worker's slice; ``total`` and ``used`` count
+    RTP and RTCP ports alike, as rtpengine does."""
+
     interface: str
     address: str
     total: int  # ports, RTP and RTCP, as rtpengine counts them
@@ -105,6 +108,8 @@ def _queued(link: socket.socket | None, request: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class WorkerLoad:
+    """One worker as ``relayctl workers`` and ``/metrics`` show it (:func:`worker_load`)."""
+
     index: int
     cpu: int
     pid: int
@@ -119,6 +124,9 @@ class WorkerLoad:
 
 
 def worker_load(media: MediaPlane, worker: WorkerProcess) -> WorkerLoad:
+    """One worker's figures: media sections, relay sockets (``streams``: ICE candidates too),
+    packets counted from its reports since relayd started, CPU time as last reported by the
+    current process, and the bytes waiting on its link either way."""
     placed = media.placed.get(worker.index, {})
     return WorkerLoad(
         index=worker.index,

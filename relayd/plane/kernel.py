@@ -54,6 +54,12 @@ def _forward(leg: KernelLeg) -> Forward:
 
 
 class KernelPath:
+    """relayd's nftables table (``relayd`` or ``relayd<N>``) and what each call has in it.
+
+    ``enabled`` says whether the kernel path works now; when not, ``reason`` says why and
+    the supervisor tries again every 10 s (:meth:`retry_due`).
+    """
+
     def __init__(self, table: int, tos: int) -> None:
         self.name = table_name(table)
         self.forwarder = KernelForwarder(self.name, tos=tos or None)
@@ -70,6 +76,12 @@ class KernelPath:
     # -- availability ---------------------------------------------------------------------
 
     def start(self) -> bool:
+        """Turn the kernel path on if it can work; returns whether it is on.
+
+        It needs CAP_NET_ADMIN, usable nftables and ctnetlink, and ``net.ipv4.ip_forward`` = 1;
+        the table is created, or repaired with its elements kept. IPv6 streams go to the kernel
+        only with IPv6 forwarding on. When off, ``reason`` says why (logged once per reason).
+        """
         available = self.forwarder.available()
         ipv4, self.ipv6 = _ip_forwarding()
         if available and not ipv4:

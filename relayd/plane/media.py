@@ -143,6 +143,11 @@ class MediaPlane:
             log.debug("media.dropped_early", sockets=keys, packets=dropped)
 
     def sync(self, call: Call) -> None:
+        """Send the call's worker its forwards as planned now, at once (batching is the caller's).
+
+        Each planned section goes as a ``Forward`` (its whole state, with the descriptors of the
+        sockets new to the worker); a section the plan no longer has goes as a ``Drop``.
+        """
         worker = self.workers[call.worker]
         placed = self.placed.setdefault(worker.index, {})
         by_key = streams_by_socket(call)

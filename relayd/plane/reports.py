@@ -22,6 +22,9 @@ OnTraffic = Callable[[Stream, int, int, int], None]
 
 
 class Reports:
+    """Per socket key: the stream its reports count into and the worker's last totals, so each
+    report adds only what is new; for ICE, which candidate socket speaks for its stream."""
+
     def __init__(self) -> None:
         self.streams: dict[str, Stream] = {}  # socket key -> the stream it carries
         self.reported: dict[str, tuple[int, int, int]] = {}  # socket key -> worker counters

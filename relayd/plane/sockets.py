@@ -37,6 +37,11 @@ class SocketBinder:
         self.sockets: dict[str, int] = {}  # socket key -> file descriptor
 
     def bind(self, address: str, port: int) -> bool:
+        """Bind ``port`` (RTP) and ``port + 1`` (RTCP) on ``address`` and keep both descriptors.
+
+        False (logged, nothing kept) if either cannot be bound: the allocator leaves that pair
+        reserved and tries another, so "Ran out of ports" stays exact.
+        """
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         opened: list[socket.socket] = []
         try:

@@ -35,6 +35,9 @@ _LINK_BUFFER = 4 << 20
 
 @dataclass
 class WorkerProcess:
+    """One worker index: its core, link and process, its restarts, and its figures (CPU time as
+    last reported, packets counted from its reports since relayd started)."""
+
     index: int
     cpu: int
     link: socket.socket | None = None
@@ -255,6 +258,12 @@ class WorkerPool:
             self.transmit(worker, data)
 
     def transmit(self, worker: WorkerProcess, data: bytes, fds: Sequence[int] = ()) -> None:
+        """Send one encoded message now, ``fds`` attached (SCM_RIGHTS), after what waits in the
+        outbox: messages to a worker keep their order.
+
+        Without a link the message is lost (a new worker is given its calls again); a failed send
+        is logged. A full link blocks for at most its 2 s timeout.
+        """
         if self._outbox:
             self._flush()  # messages keep their order
         if worker.link is None:
@@ -268,6 +277,11 @@ class WorkerPool:
             log.error("worker.send_failed", worker=worker.index, error=str(exc))
 
     async def stop(self) -> None:
+        """Tell every worker to stop (``Shutdown``); spawned ones get 5 s to exit, then are killed.
+
+        From here on a worker's death is not a restart; units (``worker-socket``) are only told,
+        systemd owns their processes.
+        """
         self._closing = True
         loop = asyncio.get_running_loop()
         if self._listener is not None:

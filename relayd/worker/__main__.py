@@ -22,6 +22,11 @@ __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """relay-worker's entry point; returns the exit status (1: relayd's socket unreachable).
+
+    Pins to ``--cpu``, takes the inherited link (``--fd``) or connects to ``--connect``, and
+    runs the loop until relayd says stop or goes away, or SIGTERM (SIGINT is left to relayd).
+    """
     parser = argparse.ArgumentParser(prog="relay-worker", description=__doc__.splitlines()[0])
     parser.add_argument("--worker", type=int, required=True, help="worker index")
     parser.add_argument("--cpu", type=int, default=-1, help="core to pin to (-1: leave as is)")

@@ -195,6 +195,8 @@ class DtlsEndpoint:
         return self._deadline
 
     def handle_timeout(self, now: float) -> list[DtlsEvent]:
+        """Once the timer is due, let OpenSSL retransmit its last flight (RFC 6347 §4.2.4), found
+        then in :meth:`datagrams`; an OpenSSL error fails the handshake."""
         if self._deadline is None or now < self._deadline:
             return []
         try:

@@ -40,6 +40,9 @@ def _is_alias(ms: MediaSocket) -> bool:
 
 
 class Worker:
+    """One relay-worker: its sockets (by descriptor and by key), its media sections, the link to
+    relayd. Everything happens in :meth:`run`: one thread, no asyncio."""
+
     def __init__(self, link: socket.socket, index: int) -> None:
         self.link = link
         self.index = index
@@ -233,6 +236,12 @@ class Worker:
     # -- stats ------------------------------------------------------------------------------
 
     def report(self, now: float) -> None:
+        """Send a ``Stats``: the sockets whose counters, confirmation or DTLS/ICE state changed.
+
+        Only sockets active since the last report and those with crypto are looked at. A stream's
+        own socket is listed before its ICE aliases (relayd takes the last confirmed one as the
+        candidate in use). Then the RTCP copies gathered meanwhile.
+        """
         changed: list[ipc.SocketStats] = []
         looked_at = self.active + [ms for ms in self.secured if not ms.dirty]
         self.active = []
@@ -279,6 +288,12 @@ class Worker:
     # -- the loop -----------------------------------------------------------------------------
 
     def run(self) -> None:
+        """Say Hello, then loop until ``Shutdown``, SIGTERM or the link's end; close every socket.
+
+        Each wake: up to 64 datagrams per readable socket, learned and sent on from the other
+        party's socket (sockets with crypto go through :class:`SecurePath`), then the DTLS
+        timers and the report when due.
+        """
         self.send(ipc.Hello(self.index, os.getpid()))
         poll = self.epoll.poll
         link_fd = self.link.fileno()

@@ -63,6 +63,8 @@ class SecurePath:
         self.timers: set[MediaSocket] = set()  # sockets whose DTLS endpoint has a timer
 
     def set_certificate(self, pem: str, key_pem: str) -> None:
+        """Use relayd's DTLS certificate for the DTLS endpoints made from now on. Empty or
+        unusable (logged): no DTLS, and such sockets report ``failed: no certificate``."""
         if not pem:
             self.context = None
             return
@@ -178,6 +180,8 @@ class SecurePath:
         return deadline
 
     def fire(self, now: float) -> None:
+        """Run the DTLS timers due at ``now`` (retransmissions, RFC 6347 §4.2.4) and send what they
+        produce; a socket with no DTLS endpoint any more leaves the timer set."""
         for ms in list(self.timers):
             sec = ms.secure
             if sec is None or sec.dtls is None:

@@ -91,6 +91,9 @@ class SecureSocket:
 
 @dataclass(slots=True, eq=False)
 class MediaSocket:
+    """One relay socket in a worker: its learning state and counters (``leg``), where its
+    packets go (``out``, ``out_rtcp``), its crypto state, and its ICE alias links."""
+
     sock: socket.socket
     leg: Leg
     out: MediaSocket | None = None

@@ -61,6 +61,9 @@ class StunError(ValueError):
 
 
 class MessageType(IntEnum):
+    """The Binding method in each STUN class: request, indication, success and error response
+    (RFC 5389 §6)."""
+
     BINDING_REQUEST = 0x0001
     BINDING_INDICATION = 0x0011
     BINDING_SUCCESS = 0x0101
@@ -68,6 +71,8 @@ class MessageType(IntEnum):
 
 
 class Attr(IntEnum):
+    """STUN attribute types (RFC 5389 §18.2) and ICE's (RFC 8445 §16.1)."""
+
     MAPPED_ADDRESS = 0x0001
     USERNAME = 0x0006
     MESSAGE_INTEGRITY = 0x0008
@@ -83,6 +88,12 @@ class Attr(IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class StunMessage:
+    """One parsed message, attributes in order; ``raw`` is kept for the MESSAGE-INTEGRITY check.
+
+    Attributes after MESSAGE-INTEGRITY (but FINGERPRINT) are left out: they are not
+    authenticated (RFC 5389 §15.4).
+    """
+
     message_type: int
     transaction_id: bytes
     attributes: tuple[tuple[int, bytes], ...]
@@ -238,6 +249,12 @@ class IceLiteResponder:
         return "nominated" if self.nominated is not None else "checking"
 
     def handle(self, data: bytes, source: Address) -> Answer:
+        """What to do with one STUN datagram from ``source`` (the rules are the module's).
+
+        A valid check gets a Binding success (and with USE-CANDIDATE nominates ``source``), or a
+        487 if it carries ICE-CONTROLLED; indications and responses are ignored; anything else is
+        an error, without a reply.
+        """
         try:
             message = parse(data)
         except StunError as exc:
