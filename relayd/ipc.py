@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import operator
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
 
 __all__ = [
@@ -85,7 +85,7 @@ RTCP_SAMPLE_LIMIT = 256  # RTCP copies per worker per report
 
 
 class IpcError(ValueError):
-    """A message that does not decode; the connection is closed."""
+    """A message that does not decode: the reader logs it and drops it (and its descriptors)."""
 
 
 @dataclass(slots=True)
@@ -172,8 +172,6 @@ class Drop:
 class Shutdown:
     """The worker closes its sockets and exits."""
 
-    pass
-
 
 @dataclass(frozen=True, slots=True)
 class Hello:
@@ -196,7 +194,7 @@ class SocketStats:
     endpoint: str = ""  # learned source, "address port"
     confirmed: bool = False
     ssrc: int = -1
-    dtls: str = ""  # "", "connecting", "connected", "failed: <reason>"
+    dtls: str = ""  # "", "connecting", "connected", "closed", "failed: <reason>"
     ice: str = ""  # "", "checking", "nominated"
 
 
@@ -209,7 +207,6 @@ class Stats:
     sockets: tuple[SocketStats, ...] = ()
     cpu_seconds: float = 0.0
     now: float = 0.0  # the worker's CLOCK_MONOTONIC when it sent this
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
 """The per-call statistics tree of ``query`` and ``delete`` replies (rtpengine 10.5 keys).
 
 Top level: ``created``, ``created_us``, ``last signal``, ``SSRC``, ``tags``,
-``totals``. Each tag (untagged parties under ``""``) lists its media with
+``totals``. Each tag (an untagged party as ``<untagged N>``) lists its media with
 their flags and streams; ``totals`` adds up the streams' counters per RTP/RTCP.
 """
 

@@ -99,7 +99,7 @@ class Stream:
     advertised_endpoint: Endpoint | None = None  # as the party's SDP said
     confirmed: bool = False
     kernelized: bool = False  # forwarded by the nftables path, not by a worker
-    dtls: str = ""  # as the worker reports it: connecting, connected, failed: <reason>
+    dtls: str = ""  # as the worker reports it: connecting, connected, closed, failed: <reason>
     ice: str = ""  # checking, nominated
     stats: StreamStats = field(default_factory=StreamStats)
     call_id: str = ""  # the call it belongs to (the media plane finds streams by socket)

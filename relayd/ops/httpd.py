@@ -1,7 +1,8 @@
 """A minimal HTTP/1.1 listener for ``/metrics`` and ``/ping`` on ``listen-http``.
 
-Also on ``prometheus-listen``. GET only, one request per connection, ``Connection: close``: what a
-Prometheus scraper and a health check need, with no web framework. The body
+Also on ``prometheus-listen``. GET and HEAD only, one request per connection,
+``Connection: close``: what a Prometheus scraper and a health check need, with
+no web framework. The body
 is produced by a plain function called on the event loop, so a scrape sees a
 consistent snapshot of the supervisor state.
 """

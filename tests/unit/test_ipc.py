@@ -55,7 +55,6 @@ MESSAGES: list[Message] = [
         ),
         cpu_seconds=0.75,
         now=100.5,
-        extra={"dropped": 3, "why": ["no endpoint"]},
     ),
     Stats(worker=0),
     # WebRTC bridging: crypto fields of a socket, the DTLS certificate, DTLS/ICE state
