@@ -39,6 +39,7 @@ from relayd.plane.media import MediaPlane
 from relayd.plane.offload import KernelLeg, back_to_userspace, kernel_legs, mark_kernelized
 from relayd.plane.sockets import SocketBinder
 from relayd.plane.updates import WorkerUpdates
+from relayd.plane.workerpool import WorkerSettings
 
 __all__ = ["Supervisor"]
 
@@ -76,12 +77,15 @@ class Supervisor:
             binder,
             self.calls,
             workers=workers,
-            tos=config.tos,
-            log_level=config.log_level,
+            settings=WorkerSettings(
+                config.tos,
+                config.log_level,
+                config.log_format,
+                certificate.pem,
+                certificate.key_pem,
+                rtcp_capture=self.rtcp_copied,
+            ),
             learning=config.endpoint_learning,
-            certificate=(certificate.pem, certificate.key_pem),
-            log_format=config.log_format,
-            rtcp_capture=self.rtcp_copied,
             on_stats=self._stats_reported,
             on_traffic=self.ops.userspace_traffic,
             on_rtcp=self.ops.rtcp_copied,

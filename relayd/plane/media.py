@@ -28,7 +28,7 @@ from relayd.plane.forwarding import (
 )
 from relayd.plane.reports import OnTraffic, Reports
 from relayd.plane.sockets import SocketBinder
-from relayd.plane.workerpool import WorkerPool, WorkerProcess
+from relayd.plane.workerpool import WorkerPool, WorkerProcess, WorkerSettings
 
 __all__ = ["MediaPlane"]
 
@@ -50,12 +50,8 @@ class MediaPlane:
         calls: Mapping[str, Call],
         *,
         workers: int,
-        tos: int = 0,
-        log_level: int = 6,
+        settings: WorkerSettings | None = None,
         learning: Learning = "delayed",
-        certificate: tuple[str, str] = ("", ""),
-        log_format: str = "default",
-        rtcp_capture: bool = False,
         on_stats: Callable[[ipc.Stats, set[str]], None] | None = None,
         on_traffic: OnTraffic | None = None,
         on_rtcp: Callable[[ipc.Rtcp], None] | None = None,
@@ -63,15 +59,7 @@ class MediaPlane:
         self.binder = binder
         self.calls = calls
         self.learning = learning
-        self.pool = WorkerPool(
-            self,
-            workers,
-            tos=tos,
-            log_level=log_level,
-            log_format=log_format,
-            certificate=certificate,
-            rtcp_capture=rtcp_capture,
-        )
+        self.pool = WorkerPool(self, workers, settings)
         self.reports = Reports()  # the workers' counters, folded into the streams
         self.on_stats = on_stats
         self.on_traffic = on_traffic

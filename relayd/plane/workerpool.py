@@ -26,7 +26,7 @@ from relayd import ipc
 from relayd.log import get_logger
 from relayd.plane import updates
 
-__all__ = ["PoolOwner", "WorkerPool", "WorkerProcess"]
+__all__ = ["PoolOwner", "WorkerPool", "WorkerProcess", "WorkerSettings"]
 
 log = get_logger("relayd.plane.media")
 
@@ -48,6 +48,19 @@ class WorkerProcess:
     packets: int = 0
 
 
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What every worker process is started with (its command line) and configured with
+    (``ipc.Configure``): the same for all of them, from relayd's configuration."""
+
+    tos: int = 0
+    log_level: int = 6
+    log_format: str = "default"
+    certificate: str = ""  # relayd's DTLS certificate and private key, PEM
+    private_key: str = ""
+    rtcp_capture: bool = False  # copy relayed RTCP to relayd (Homer, the RTCP log)
+
+
 class PoolOwner(Protocol):
     """What the pool asks of the media plane."""
 
@@ -66,22 +79,10 @@ class WorkerPool:
     """One process per worker index, its link, and what waits to be sent to it."""
 
     def __init__(
-        self,
-        owner: PoolOwner,
-        workers: int,
-        *,
-        tos: int = 0,
-        log_level: int = 6,
-        log_format: str = "default",
-        certificate: tuple[str, str] = ("", ""),
-        rtcp_capture: bool = False,
+        self, owner: PoolOwner, workers: int, settings: WorkerSettings | None = None
     ) -> None:
         self.owner = owner
-        self.tos = tos
-        self.log_level = log_level
-        self.log_format = log_format
-        self.certificate = certificate  # DTLS certificate and key, PEM, for every worker
-        self.rtcp_capture = rtcp_capture
+        self.settings = settings or WorkerSettings()
         cpus = sorted(os.sched_getaffinity(0))
         self.workers = [WorkerProcess(i, cpus[i % len(cpus)]) for i in range(max(workers, 1))]
         self.worker_socket = ""
@@ -143,15 +144,15 @@ class WorkerPool:
         self.owner.worker_ready(worker)
 
     def _configure(self, worker: WorkerProcess) -> None:
-        pem, key = self.certificate
+        settings = self.settings
         self.send(
             worker,
             ipc.Configure(
                 worker.index,
-                tos=self.tos,
-                certificate=pem,
-                private_key=key,
-                rtcp_capture=self.rtcp_capture,
+                tos=settings.tos,
+                certificate=settings.certificate,
+                private_key=settings.private_key,
+                rtcp_capture=settings.rtcp_capture,
             ),
         )
 
@@ -171,9 +172,9 @@ class WorkerPool:
             "--fd",
             str(child.fileno()),
             "--log-level",
-            str(self.log_level),
+            str(self.settings.log_level),
             "--log-format",
-            self.log_format,
+            self.settings.log_format,
         ]
         worker.proc = subprocess.Popen(args, pass_fds=[child.fileno()])
         child.close()
