@@ -110,51 +110,64 @@ def test_a_larger_component_gives_one_cycle_and_its_other_members(tmp_path: Path
     ]
 
 
-def test_nft_imports_nothing_of_relayd_outside_nft(tmp_path: Path) -> None:
-    files = {
-        "log": "",
-        "nft.__init__": "from relayd.nft.ruleset import build\n",
-        "nft.ruleset": "import json\nfrom relayd.nft import libnft\nfrom relayd.log import get\n",
-        "nft.libnft": "import ctypes\n",
-    }
-    assert problems(tmp_path, files) == [
-        "rule 'nft is a leaf': relayd.nft.ruleset imports relayd.log (line 3)"
-    ]
+RULE_CASES = {
+    "nft is a leaf": (
+        {
+            "log": "",
+            "nft.__init__": "from relayd.nft.ruleset import build\n",
+            "nft.ruleset": "import json\nfrom relayd.nft import libnft\n"
+            "from relayd.log import get\n",
+            "nft.libnft": "import ctypes\n",
+        },
+        ["rule 'nft is a leaf': relayd.nft.ruleset imports relayd.log (line 3)"],
+    ),
+    "the main process imports no worker": (
+        {
+            "plane.media": "def spawn() -> None:\n    from relayd.worker.loop import run\n",
+            "daemon": "import relayd.worker\n",
+            "worker.loop": "from relayd.worker import stun\n",
+            "worker.stun": "",
+        },
+        [
+            "rule 'main process imports no worker': relayd.daemon imports relayd.worker (line 1)",
+            "rule 'main process imports no worker': relayd.plane.media"
+            " imports relayd.worker.loop (line 2)",
+        ],
+    ),
+    "the worker imports only shared modules": (
+        {
+            "ipc": "",
+            "log": "",
+            "rtcp": "",
+            "certificate": "",
+            "config": "",
+            "worker.loop": (
+                "import asyncio\n"
+                "from relayd import ipc, log, rtcp, certificate\n"
+                "from relayd.worker import stun\n"
+                "from relayd.config import Config\n"
+            ),
+            "worker.stun": "",
+        },
+        [
+            "rule 'worker imports only shared modules': relayd.worker.loop"
+            " imports relayd.config (line 4)"
+        ],
+    ),
+    "a pure module imports no shell": (
+        {
+            "sdp.parse": "from relayd.calls import journal\n",
+            "calls.journal": "import sqlite3\n",  # the journal itself is a shell: exempt
+        },
+        ["rule 'pure': relayd.sdp.parse imports relayd.calls.journal (line 1)"],
+    ),
+}
 
 
-def test_main_process_imports_no_worker(tmp_path: Path) -> None:
-    files = {
-        "plane.media": "def spawn() -> None:\n    from relayd.worker.loop import run\n",
-        "daemon": "import relayd.worker\n",
-        "worker.loop": "from relayd.worker import stun\n",
-        "worker.stun": "",
-    }
-    assert problems(tmp_path, files) == [
-        "rule 'main process imports no worker': relayd.daemon imports relayd.worker (line 1)",
-        "rule 'main process imports no worker': relayd.plane.media"
-        " imports relayd.worker.loop (line 2)",
-    ]
-
-
-def test_worker_imports_only_shared_modules(tmp_path: Path) -> None:
-    files = {
-        "ipc": "",
-        "log": "",
-        "rtcp": "",
-        "certificate": "",
-        "config": "",
-        "worker.loop": (
-            "import asyncio\n"
-            "from relayd import ipc, log, rtcp, certificate\n"
-            "from relayd.worker import stun\n"
-            "from relayd.config import Config\n"
-        ),
-        "worker.stun": "",
-    }
-    assert problems(tmp_path, files) == [
-        "rule 'worker imports only shared modules': relayd.worker.loop"
-        " imports relayd.config (line 4)"
-    ]
+@pytest.mark.parametrize("case", RULE_CASES)
+def test_layering_rule(tmp_path: Path, case: str) -> None:
+    files, expected = RULE_CASES[case]
+    assert problems(tmp_path, files) == expected
 
 
 @pytest.mark.parametrize(
@@ -175,16 +188,6 @@ def test_pure_module_may_not_import_system_modules(
     files = {"calls.model": f"import json\n\n{source}\n"}
     assert problems(tmp_path, files) == [
         f"rule 'pure': relayd.calls.model imports {target} (line 3)"
-    ]
-
-
-def test_pure_module_may_not_import_a_shell(tmp_path: Path) -> None:
-    files = {
-        "sdp.parse": "from relayd.calls import journal\n",
-        "calls.journal": "import sqlite3\n",  # the journal itself is a shell: exempt
-    }
-    assert problems(tmp_path, files) == [
-        "rule 'pure': relayd.sdp.parse imports relayd.calls.journal (line 1)"
     ]
 
 
