@@ -23,7 +23,7 @@ from relayd import ipc, log
 from relayd.calls.commands import Commands, Teardown
 from relayd.calls.interfaces import Interfaces
 from relayd.calls.journal import Journal
-from relayd.calls.model import Call, host_port
+from relayd.calls.model import Call, Stream, host_port
 from relayd.calls.ports import PortAllocator
 from relayd.calls.signalling import Signalling
 from relayd.calls.timers import Limits
@@ -34,9 +34,9 @@ from relayd.ng.server import NgService, serve_tcp, serve_udp
 from relayd.ops.counters import Counters
 from relayd.ops.operations import Operations, copies_rtcp
 from relayd.plane.forwarding import after_signalling
+from relayd.plane.handover import KernelHandover
 from relayd.plane.kernel import KernelPath
 from relayd.plane.media import MediaPlane
-from relayd.plane.offload import KernelLeg, back_to_userspace, kernel_legs, mark_kernelized
 from relayd.plane.sockets import SocketBinder
 from relayd.plane.updates import WorkerUpdates
 from relayd.plane.workerpool import WorkerSettings
@@ -109,7 +109,14 @@ class Supervisor:
         self.kernel = KernelPath(config.table, config.tos) if config.table >= 0 else None
         state_dir = _state_dir(config.state_dir)
         self.journal = Journal(state_dir) if state_dir else None
-        self._kernel_calls: set[str] = set()
+        self.handover = KernelHandover(
+            self.kernel,
+            self.media,
+            self.calls,
+            rtcp_copied=self.rtcp_copied,
+            on_changed=self._journal_save,
+            on_traffic=self._kernel_traffic,
+        )
         self.updates = WorkerUpdates(self.calls, self.media.sync)
         self._stop = asyncio.Event()
         self._closers: list[Any] = []
@@ -154,7 +161,7 @@ class Supervisor:
             log.bind_call(req.call_id, req.from_tag or None, call.worker)
         if call is not None and result == "ok" and req.command in ("offer", "answer"):
             # signalling takes the call back to userspace until it is confirmed again
-            self._unoffload(call)
+            self.handover.unoffload(call)
             self.media.signalled(call, req.endpoint_learning)
             pending = self.updates.early_pending(call)
             handover = after_signalling(call, req.command, req.to_tag, early_pending=pending)
@@ -181,9 +188,7 @@ class Supervisor:
         self.updates.forget(call)
         token = log.bind_call(call.call_id, worker=call.worker)
         try:
-            if self.kernel is not None:
-                self.kernel.drop(call.call_id)
-            self._kernel_calls.discard(call.call_id)
+            self.handover.forget(call.call_id)
             self.media.drop(call)
             if self.journal is not None:
                 self.journal.forget(call.call_id)
@@ -212,7 +217,7 @@ class Supervisor:
         self.media.start(self.config.worker_socket)
         if self.kernel is not None:
             self.kernel.start()
-        self._adopt(restored)
+        self.handover.adopt(restored)
         for call in restored:
             self.media.sync(call)
         observe = self.ops.ng_observed if self.ops.homer is not None else None
@@ -259,11 +264,10 @@ class Supervisor:
                 self.commands.reap(time.time())
                 if self.journal is not None:
                     self.journal.flush()
-                if self.kernel is not None:
-                    self.kernel.settle(time.monotonic())
+                self.handover.settle(time.monotonic())
                 self.ops.pump()
                 if tick % _TICKS_PER_SECOND == 0:
-                    self._kernel_tick()
+                    self.handover.tick(time.time())
                     self.ops.tick()
             except Exception:
                 logger.exception("timer.failed")
@@ -312,91 +316,19 @@ class Supervisor:
 
     # -- kernel path ------------------------------------------------------------------------
 
-    def _adopt(self, calls: list[Call]) -> list[Call]:
-        """Make the table hold exactly these calls' kernel legs, keeping forwards that are
-        already right (their media never stopped) and removing any other: a previous run's
-        or those of calls that ended while nftables failed. With the kernel path off, every
-        stream is in userspace. Returns the calls whose streams changed hands."""
-        adopted: dict[str, set[str]] = {}
-        if self.kernel is not None and self.kernel.enabled:
-            # also with no call at all: whatever the table holds is stale then
-            adopted = self.kernel.adopt({c.call_id: self._kernel_legs(c) for c in calls})
-        self._kernel_calls = {call_id for call_id, sockets in adopted.items() if sockets}
-        changed = []
-        for call in calls:
-            if mark_kernelized(call, adopted.get(call.call_id, set())):
-                changed.append(call)
-                if self.journal is not None:
-                    self.journal.save(call)
-        return changed
-
     def _stats_reported(self, stats: ipc.Stats, changed: set[str]) -> None:
+        """A worker report confirmed (or lost) endpoints: those calls may change hands."""
         for call_id in changed:
             call = self.calls.get(call_id)
             if call is not None:
-                self._offload(call)
+                self.handover.offload(call)
 
-    def _offload(self, call: Call) -> None:
-        """Put the call's confirmed plain streams in the kernel (and the rest back out)."""
-        if self.kernel is None or not self.kernel.enabled:
-            return
-        legs = [leg for leg in self._kernel_legs(call) if self.kernel.accepts(leg)]
-        # the workers stop relaying on those sockets first: a packet sent from a socket
-        # the kernel has taken over would leave a conntrack entry that clashes with its NAT
-        changed = mark_kernelized(call, {leg.socket for leg in legs})
-        if changed:
-            self.media.sync(call)
-        in_kernel = self.kernel.sync(call.call_id, legs)
-        if in_kernel:
-            self._kernel_calls.add(call.call_id)
-        else:
-            self._kernel_calls.discard(call.call_id)
-        if mark_kernelized(call, in_kernel):
-            self.media.sync(call)
-            changed = True
-        if changed and self.journal is not None:
+    def _kernel_traffic(self, stream: Stream, packets: int, size: int) -> None:
+        self.ops.traffic("kernel", stream, packets, size)
+
+    def _journal_save(self, call: Call) -> None:
+        if self.journal is not None:
             self.journal.save(call)
-        self._after_kernel_change()
-
-    def _kernel_legs(self, call: Call) -> list[KernelLeg]:
-        """With RTCP capture on (Homer, the RTCP log) separate RTCP streams stay with the
-        workers, which copy it (a few packets per stream a minute)."""
-        return kernel_legs(call, rtcp=not self.rtcp_copied)
-
-    def _unoffload(self, call: Call) -> None:
-        if self.kernel is not None:
-            self.kernel.drop(call.call_id)
-        self._kernel_calls.discard(call.call_id)
-        back_to_userspace(call)
-        self._after_kernel_change()
-
-    def _after_kernel_change(self) -> None:
-        """After an nft failure every stream goes back to the workers."""
-        if self.kernel is None or self.kernel.enabled or not self._kernel_calls:
-            return
-        for call_id in list(self._kernel_calls):
-            call = self.calls.get(call_id)
-            if call is not None and mark_kernelized(call, set()):
-                self.media.sync(call)
-        self._kernel_calls.clear()
-
-    def _kernel_tick(self) -> None:
-        if self.kernel is None:
-            return
-        if self.kernel.retry_due() and self.kernel.start():
-            for call in self._adopt(list(self.calls.values())):
-                self.media.sync(call)
-        now = time.time()
-        for key, count in self.kernel.deltas().items():
-            stream = self.media.reports.streams.get(key)
-            if stream is None:
-                continue
-            stats = stream.stats
-            stats.packets += count.packets
-            stats.bytes += count.bytes
-            stats.last_packet = now
-            self.ops.traffic("kernel", stream, count.packets, count.bytes)
-        self._after_kernel_change()
 
     def reload(self) -> dict[str, Any]:
         """``relayctl reload`` and SIGHUP: read the configuration again and apply what can

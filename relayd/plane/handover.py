@@ -1,0 +1,145 @@
+"""Calls' streams between the workers and the kernel path: the policy of plane/offload applied.
+
+The supervisor calls in at the moments that matter: a worker report that confirmed
+endpoints (:meth:`KernelHandover.offload`), signalling (:meth:`unoffload`), the end
+of a call (:meth:`forget`), start-up after a restart (:meth:`adopt`) and once a
+second (:meth:`tick`: kernel counters into the streams, retries after an nftables
+failure). Rules:
+
+* The workers hear first that a stream is kernelized (they stop relaying on its
+  sockets), then the forwards go in: a packet sent from a socket the kernel had
+  already taken over would leave a conntrack entry that clashes with its NAT.
+* A stream is marked kernelized exactly while its forward is in the table.
+* After an nftables failure every stream goes back to the workers; once nftables
+  works again the table is made to hold exactly the calls' kernel legs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from relayd.calls.model import Call, Stream
+from relayd.plane.kernel import KernelPath
+from relayd.plane.media import MediaPlane
+from relayd.plane.offload import KernelLeg, back_to_userspace, kernel_legs, mark_kernelized
+
+__all__ = ["KernelHandover", "OnKernelTraffic"]
+
+OnKernelTraffic = Callable[[Stream, int, int], None]  # stream, packets, bytes
+
+
+class KernelHandover:
+    """Moves streams between the workers and nftables; without a kernel path, does nothing.
+
+    ``calls`` is the call registry (read only); ``on_changed`` hears of a call whose
+    streams changed hands (the journal saves it); ``on_traffic`` of the packets the
+    kernel forwarded since the last read. ``rtcp_copied``: separate RTCP streams stay
+    with the workers, which copy RTCP (Homer, the RTCP log).
+    """
+
+    def __init__(
+        self,
+        kernel: KernelPath | None,
+        media: MediaPlane,
+        calls: Mapping[str, Call],
+        *,
+        rtcp_copied: bool,
+        on_changed: Callable[[Call], None],
+        on_traffic: OnKernelTraffic,
+    ) -> None:
+        self.kernel = kernel
+        self.media = media
+        self.calls = calls
+        self.rtcp_copied = rtcp_copied
+        self.on_changed = on_changed
+        self.on_traffic = on_traffic
+        self.in_kernel: set[str] = set()  # call-ids with a stream in the kernel
+
+    def legs(self, call: Call) -> list[KernelLeg]:
+        """The call's directions the kernel may carry now."""
+        return kernel_legs(call, rtcp=not self.rtcp_copied)
+
+    def adopt(self, calls: list[Call]) -> list[Call]:
+        """Make the table hold exactly these calls' kernel legs, keeping forwards that are
+        already right (their media never stopped) and removing any other: a previous run's
+        or those of calls that ended while nftables failed. With the kernel path off, every
+        stream is in userspace. Returns the calls whose streams changed hands."""
+        adopted: dict[str, set[str]] = {}
+        if self.kernel is not None and self.kernel.enabled:
+            # also with no call at all: whatever the table holds is stale then
+            adopted = self.kernel.adopt({c.call_id: self.legs(c) for c in calls})
+        self.in_kernel = {call_id for call_id, sockets in adopted.items() if sockets}
+        changed = []
+        for call in calls:
+            if mark_kernelized(call, adopted.get(call.call_id, set())):
+                changed.append(call)
+                self.on_changed(call)
+        return changed
+
+    def offload(self, call: Call) -> None:
+        """Put the call's confirmed plain streams in the kernel (and the rest back out)."""
+        kernel = self.kernel
+        if kernel is None or not kernel.enabled:
+            return
+        legs = [leg for leg in self.legs(call) if kernel.accepts(leg)]
+        changed = mark_kernelized(call, {leg.socket for leg in legs})
+        if changed:
+            self.media.sync(call)  # the workers first
+        in_kernel = kernel.sync(call.call_id, legs)
+        if in_kernel:
+            self.in_kernel.add(call.call_id)
+        else:
+            self.in_kernel.discard(call.call_id)
+        if mark_kernelized(call, in_kernel):
+            self.media.sync(call)
+            changed = True
+        if changed:
+            self.on_changed(call)
+        self._after_change()
+
+    def unoffload(self, call: Call) -> None:
+        """Signalling: the call's streams return to the workers, which learn anew."""
+        self.forget(call.call_id)
+        back_to_userspace(call)
+        self._after_change()
+
+    def forget(self, call_id: str) -> None:
+        """The call's forwards leave the table (it ended, or is signalled again)."""
+        if self.kernel is not None:
+            self.kernel.drop(call_id)
+        self.in_kernel.discard(call_id)
+
+    def settle(self, now: float) -> None:
+        """Conntrack entries of recent hand-overs deleted once more (see plane/kernel.py)."""
+        if self.kernel is not None:
+            self.kernel.settle(now)
+
+    def tick(self, wall: float) -> None:
+        """Once a second: retry nftables after a failure, and fold what the kernel forwarded
+        since the last read into the streams (``wall``: their ``last_packet``)."""
+        kernel = self.kernel
+        if kernel is None:
+            return
+        if kernel.retry_due() and kernel.start():
+            for call in self.adopt(list(self.calls.values())):
+                self.media.sync(call)
+        for key, count in kernel.deltas().items():
+            stream = self.media.reports.streams.get(key)
+            if stream is None:
+                continue
+            stats = stream.stats
+            stats.packets += count.packets
+            stats.bytes += count.bytes
+            stats.last_packet = wall
+            self.on_traffic(stream, count.packets, count.bytes)
+        self._after_change()
+
+    def _after_change(self) -> None:
+        """After an nftables failure every stream goes back to the workers."""
+        if self.kernel is None or self.kernel.enabled or not self.in_kernel:
+            return
+        for call_id in list(self.in_kernel):
+            call = self.calls.get(call_id)
+            if call is not None and mark_kernelized(call, set()):
+                self.media.sync(call)
+        self.in_kernel.clear()
