@@ -60,9 +60,12 @@ class Availability:
 
 @dataclass(frozen=True, slots=True)
 class ReconcileResult:
+    """What a reconcile did: forwards kept as they were, added (or changed), removed."""
+
     kept: int
     added: int
     removed: int
+    changed: tuple[Forward, ...] = ()  # the added or changed forwards themselves
 
 
 def _has_net_admin() -> bool:
@@ -207,7 +210,7 @@ class KernelForwarder:
             self.nft.run(cmds)
         gone = [f for k, f in state.forwards().items() if k in stale]
         self._forget_flows(_flows(changed) | _flows(gone) | _key_flows(stale))
-        return ReconcileResult(len(target) - len(changed), len(changed), len(stale))
+        return ReconcileResult(len(target) - len(changed), len(changed), len(stale), tuple(changed))
 
     def state(self) -> TableState:
         """Every element of the table (one ``list table``); NftError if there is no table."""

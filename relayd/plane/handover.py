@@ -121,8 +121,7 @@ class KernelHandover:
         if kernel is None:
             return
         if kernel.retry_due() and kernel.start():
-            for call in self.adopt(list(self.calls.values())):
-                self.media.sync(call)
+            self._resume(kernel)
         for key, count in kernel.deltas().items():
             stream = self.media.reports.streams.get(key)
             if stream is None:
@@ -133,6 +132,19 @@ class KernelHandover:
             stats.last_packet = wall
             self.on_traffic(stream, count.packets, count.bytes)
         self._after_change()
+
+    def _resume(self, kernel: KernelPath) -> None:
+        """nftables works again (the table was re-created): the calls' streams go back to
+        the kernel in the order of :meth:`offload`, the workers told first, since they are
+        relaying every one of them meanwhile."""
+        calls = list(self.calls.values())
+        for call in calls:
+            sockets = {leg.socket for leg in self.legs(call) if kernel.accepts(leg)}
+            if mark_kernelized(call, sockets):
+                self.media.sync(call)
+                self.on_changed(call)
+        for call in self.adopt(calls):
+            self.media.sync(call)  # what did not go in after all
 
     def _after_change(self) -> None:
         """After an nftables failure every stream goes back to the workers."""

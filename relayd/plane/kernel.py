@@ -197,6 +197,9 @@ class KernelPath:
         self.installed = per_call
         # counters already counted before the restart are not counted twice
         self._counts = {k: counts.get(k, Counter(0, 0)) for e in per_call.values() for k in e}
+        if result.changed:
+            # as after an install: a worker may still relay a packet in flight meanwhile
+            self._settling.append((time.monotonic(), list(result.changed)))
         log.info("kernel.reconciled", kept=result.kept, added=result.added, removed=result.removed)
         return {cid: {socket for socket, _ in e.values()} for cid, e in per_call.items()}
 
