@@ -112,10 +112,9 @@ class Supervisor:
         self.handover = KernelHandover(
             self.kernel,
             self.media,
-            self.calls,
+            self._journal_save,
+            self._kernel_traffic,
             rtcp_copied=self.rtcp_copied,
-            on_changed=self._journal_save,
-            on_traffic=self._kernel_traffic,
         )
         self.updates = WorkerUpdates(self.calls, self.media.sync)
         self._stop = asyncio.Event()

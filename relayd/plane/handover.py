@@ -31,9 +31,9 @@ OnKernelTraffic = Callable[[Stream, int, int], None]  # stream, packets, bytes
 class KernelHandover:
     """Moves streams between the workers and nftables; without a kernel path, does nothing.
 
-    ``calls`` is the call registry (read only); ``on_changed`` hears of a call whose
-    streams changed hands (the journal saves it); ``on_traffic`` of the packets the
-    kernel forwarded since the last read. ``rtcp_copied``: separate RTCP streams stay
+    The calls are the media plane's registry (read only here); ``on_changed`` hears of a
+    call whose streams changed hands (the journal saves it); ``on_traffic`` of the packets
+    the kernel forwarded since the last read. ``rtcp_copied``: separate RTCP streams stay
     with the workers, which copy RTCP (Homer, the RTCP log).
     """
 
@@ -41,19 +41,19 @@ class KernelHandover:
         self,
         kernel: KernelPath | None,
         media: MediaPlane,
-        calls: Mapping[str, Call],
-        *,
-        rtcp_copied: bool,
         on_changed: Callable[[Call], None],
         on_traffic: OnKernelTraffic,
+        *,
+        rtcp_copied: bool,
     ) -> None:
-        self.kernel = kernel
-        self.media = media
-        self.calls = calls
+        self.kernel, self.media = kernel, media
+        self.on_changed, self.on_traffic = on_changed, on_traffic
         self.rtcp_copied = rtcp_copied
-        self.on_changed = on_changed
-        self.on_traffic = on_traffic
         self.in_kernel: set[str] = set()  # call-ids with a stream in the kernel
+
+    @property
+    def calls(self) -> Mapping[str, Call]:
+        return self.media.calls
 
     def legs(self, call: Call) -> list[KernelLeg]:
         """The call's directions the kernel may carry now."""

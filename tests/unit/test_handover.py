@@ -9,7 +9,7 @@ order "workers told, then kernel sync" can be asserted. Calls come from the real
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import pytest
@@ -100,6 +100,7 @@ class FakeMedia:
     kernelized at that moment (what the workers are told to leave alone)."""
 
     log: list[Event]
+    calls: Mapping[str, Call]
     reports: Reports = field(default_factory=Reports)
     told: list[tuple[str, frozenset[str]]] = field(default_factory=list)
 
@@ -148,15 +149,14 @@ def _rig(*, kernel: bool = True, enabled: bool = True, rtcp_copied: bool = False
     log: list[Event] = []
     cmds, _ = build()
     fake = FakeKernel(log, enabled=enabled) if kernel else None
-    media = FakeMedia(log)
+    media = FakeMedia(log, cmds.calls)
     traffic: list[tuple[Stream, int, int]] = []
     handover = KernelHandover(
         fake,  # type: ignore[arg-type]
         media,  # type: ignore[arg-type]
-        cmds.calls,
+        lambda call: log.append(("changed", call.call_id)),
+        lambda stream, packets, size: traffic.append((stream, packets, size)),
         rtcp_copied=rtcp_copied,
-        on_changed=lambda call: log.append(("changed", call.call_id)),
-        on_traffic=lambda stream, packets, size: traffic.append((stream, packets, size)),
     )
     return Rig(handover, media, cmds, log, traffic, fake)
 
@@ -175,6 +175,25 @@ def _keys(call: Call, tag: str) -> tuple[str, str]:
     return socket_key(LOCAL4, port), socket_key(LOCAL4, port + 1)
 
 
+def events(*texts: str) -> list[Event]:
+    """Log entries written as "what call-id" ("kernel.start" for one without a call)."""
+    return [(what, call_id) for what, _, call_id in (t.partition(" ") for t in texts)]
+
+
+def _four(call: Call) -> tuple[str, str, str, str]:
+    """A's RTP and RTCP socket keys, then B's."""
+    return (*_keys(call, "a"), *_keys(call, "b"))
+
+
+def _only_b_ends_in_kernel(rig: Rig, call: Call, told_first: set[str]) -> None:
+    """The workers were told ``told_first``, then that only B's sockets are in the kernel,
+    which is where the call ends."""
+    a_rtp, a_rtcp, b_rtp, b_rtcp = _four(call)
+    assert rig.media.told == [("c1", frozenset(told_first)), ("c1", frozenset({b_rtp, b_rtcp}))]
+    assert _marks(call) == {a_rtp: False, a_rtcp: False, b_rtp: True, b_rtcp: True}
+    assert rig.handover.in_kernel == {"c1"}
+
+
 def _all_keys(call: Call) -> frozenset[str]:
     return frozenset(_marks(call))
 
@@ -190,8 +209,7 @@ def _sent(kernel: FakeKernel) -> list[set[str]]:
 def test_offload_tells_the_workers_before_the_kernel_and_marks_what_the_kernel_took() -> None:
     rig = _rig(rtcp_copied=True)  # separate RTCP stays with the workers
     call = rig.call()
-    a_rtp, a_rtcp = _keys(call, "a")
-    b_rtp, b_rtcp = _keys(call, "b")
+    a_rtp, a_rtcp, b_rtp, b_rtcp = _four(call)
     rig.handover.offload(call)
     # the workers stop relaying on the sockets first, then the forwards go in; once saved
     assert rig.log == [("media.sync", "c1"), ("kernel.sync", "c1"), ("changed", "c1")]
@@ -209,30 +227,18 @@ def test_offload_tells_the_workers_before_the_kernel_and_marks_what_the_kernel_t
 def test_only_the_sockets_the_kernel_took_stay_marked_and_the_workers_hear_again() -> None:
     rig = _rig()
     call = rig.call()
-    a_rtp, a_rtcp = _keys(call, "a")
-    b_rtp, b_rtcp = _keys(call, "b")
+    a_rtp, a_rtcp, b_rtp, b_rtcp = _four(call)
     rig.kernel.uninstallable = {a_rtp, a_rtcp}
     rig.handover.offload(call)
     assert _sent(rig.kernel) == [{a_rtp, a_rtcp, b_rtp, b_rtcp}]
-    assert rig.log == [
-        ("media.sync", "c1"),
-        ("kernel.sync", "c1"),
-        ("media.sync", "c1"),
-        ("changed", "c1"),
-    ]
-    assert rig.media.told == [
-        ("c1", frozenset({a_rtp, a_rtcp, b_rtp, b_rtcp})),
-        ("c1", frozenset({b_rtp, b_rtcp})),
-    ]
-    assert _marks(call) == {a_rtp: False, a_rtcp: False, b_rtp: True, b_rtcp: True}
-    assert rig.handover.in_kernel == {"c1"}
+    assert rig.log == events("media.sync c1", "kernel.sync c1", "media.sync c1", "changed c1")
+    _only_b_ends_in_kernel(rig, call, told_first={a_rtp, a_rtcp, b_rtp, b_rtcp})
 
 
 def test_a_leg_the_kernel_does_not_accept_is_neither_marked_nor_sent() -> None:
     rig = _rig()
     call = rig.call()
-    a_rtp, a_rtcp = _keys(call, "a")
-    b_rtp, b_rtcp = _keys(call, "b")
+    a_rtp, a_rtcp, b_rtp, b_rtcp = _four(call)
     rig.kernel.refused = {a_rtp}
     rig.handover.offload(call)
     assert len(kernel_legs(call)) == 4
@@ -247,12 +253,7 @@ def test_when_the_kernel_installs_nothing_the_streams_go_back_to_the_workers() -
     call = rig.call()
     rig.kernel.uninstallable = set(_all_keys(call))
     rig.handover.offload(call)
-    assert rig.log == [
-        ("media.sync", "c1"),
-        ("kernel.sync", "c1"),
-        ("media.sync", "c1"),
-        ("changed", "c1"),
-    ]
+    assert rig.log == events("media.sync c1", "kernel.sync c1", "media.sync c1", "changed c1")
     assert rig.media.told == [("c1", _all_keys(call)), ("c1", frozenset())]
     assert set(_marks(call).values()) == {False}
     assert rig.handover.in_kernel == set()
@@ -369,13 +370,9 @@ def test_tick_retries_nftables_and_adopts_every_call_once_it_works_again() -> No
     rig.handover.tick(T0 + 20)
     # as in an offload: the workers (relaying every call meanwhile) hear first, then the
     # table is made to hold exactly the calls' legs
-    assert rig.log == [
-        ("kernel.start", ""),
-        ("media.sync", "c1"),
-        ("changed", "c1"),
-        ("kernel.adopt", ""),
-        ("kernel.deltas", ""),
-    ]
+    assert rig.log == events(
+        "kernel.start", "media.sync c1", "changed c1", "kernel.adopt", "kernel.deltas"
+    )
     assert [{cid: set(legs) for cid, legs in a.items()} for a in rig.kernel.adopted] == [
         {"c1": set(kernel_legs(confirmed)), "c2": set()}
     ]
@@ -387,27 +384,21 @@ def test_tick_retries_nftables_and_adopts_every_call_once_it_works_again() -> No
 def test_when_nftables_is_back_what_the_table_did_not_take_goes_back_to_the_workers() -> None:
     rig = _rig(enabled=False)
     call = rig.call()
-    a_rtp, a_rtcp = _keys(call, "a")
-    b_rtp, b_rtcp = _keys(call, "b")
+    a_rtp, a_rtcp, b_rtp, b_rtcp = _four(call)
     rig.kernel.due, rig.kernel.refused = True, {a_rtcp}
     rig.kernel.adopt_result = {"c1": {b_rtp, b_rtcp}}
     rig.handover.tick(T0)
-    assert rig.log == [
-        ("kernel.start", ""),
-        ("media.sync", "c1"),
-        ("changed", "c1"),
-        ("kernel.adopt", ""),
-        ("changed", "c1"),
-        ("media.sync", "c1"),
-        ("kernel.deltas", ""),
-    ]
+    assert rig.log == events(
+        "kernel.start",
+        "media.sync c1",
+        "changed c1",
+        "kernel.adopt",
+        "changed c1",
+        "media.sync c1",
+        "kernel.deltas",
+    )
     # first what the kernel accepts, then what the table holds
-    assert rig.media.told == [
-        ("c1", frozenset({a_rtp, b_rtp, b_rtcp})),
-        ("c1", frozenset({b_rtp, b_rtcp})),
-    ]
-    assert _marks(call) == {a_rtp: False, a_rtcp: False, b_rtp: True, b_rtcp: True}
-    assert rig.handover.in_kernel == {"c1"}
+    _only_b_ends_in_kernel(rig, call, told_first={a_rtp, b_rtp, b_rtcp})
 
 
 def test_tick_folds_the_kernels_counts_into_the_streams_and_reports_them() -> None:
