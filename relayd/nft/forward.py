@@ -65,7 +65,6 @@ class ReconcileResult:
     kept: int
     added: int
     removed: int
-    changed: tuple[Forward, ...] = ()  # the added or changed forwards themselves
 
 
 def _has_net_admin() -> bool:
@@ -210,7 +209,7 @@ class KernelForwarder:
             self.nft.run(cmds)
         gone = [f for k, f in state.forwards().items() if k in stale]
         self._forget_flows(_flows(changed) | _flows(gone) | _key_flows(stale))
-        return ReconcileResult(len(target) - len(changed), len(changed), len(stale), tuple(changed))
+        return ReconcileResult(len(target) - len(changed), len(changed), len(stale))
 
     def state(self) -> TableState:
         """Every element of the table (one ``list table``); NftError if there is no table."""

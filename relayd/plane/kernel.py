@@ -197,9 +197,13 @@ class KernelPath:
         self.installed = per_call
         # counters already counted before the restart are not counted twice
         self._counts = {k: counts.get(k, Counter(0, 0)) for e in per_call.values() for k in e}
-        if result.changed:
-            # as after an install: a worker may still relay a packet in flight meanwhile
-            self._settling.append((time.monotonic(), list(result.changed)))
+        if self._failed_at:
+            # back after a failure: until now the workers relayed these streams, and one
+            # may still send a packet in flight from a socket taken over here, leaving a
+            # conntrack entry that would clash with the NAT of the stream's every later
+            # packet (see settle), as after an offload. At start-up they relayed nothing.
+            handed = [f for entries in per_call.values() for _, f in entries.values()]
+            self._settling.append((time.monotonic(), handed))
         log.info("kernel.reconciled", kept=result.kept, added=result.added, removed=result.removed)
         return {cid: {socket for socket, _ in e.values()} for cid, e in per_call.items()}
 
@@ -214,10 +218,14 @@ class KernelPath:
         self._settling = [(at, f) for at, f in self._settling if now - at < after]
         if not due or not self.enabled:
             return
+        settled = [f for forwards in due for f in forwards]
         try:
-            self.forwarder.forget_flows([f for forwards in due for f in forwards])
+            self.forwarder.forget_flows(settled)
         except NftError as exc:
             self._disable(f"conntrack failed: {exc}")
+            return
+        # the hand-over is complete: from here on only packets make the forwards' entries
+        log.debug("kernel.settled", forwards=len(settled))
 
     # -- counters -------------------------------------------------------------------------
 

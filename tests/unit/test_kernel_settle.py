@@ -1,0 +1,82 @@
+"""KernelPath.settle: the conntrack entries of forwards handed over from the workers are
+deleted once more a moment later; forwards adopted at start-up (no worker relayed them)
+are left alone.
+
+A real KernelPath whose forwarder only records what it is asked.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from relayd.calls.model import Endpoint
+from relayd.nft import Counter, Forward, ForwardKey
+from relayd.nft.forward import ReconcileResult
+from relayd.plane.kernel import KernelLeg, KernelPath
+
+CALLER, CALLEE = Endpoint("192.0.2.10", 6000), Endpoint("198.51.100.20", 7000)
+RELAY_A, RELAY_B = Endpoint("203.0.113.1", 30000), Endpoint("203.0.113.1", 30002)
+LEGS = [
+    KernelLeg("203.0.113.1:30000", CALLER, RELAY_A, RELAY_B, CALLEE),
+    KernelLeg("203.0.113.1:30002", CALLEE, RELAY_B, RELAY_A, CALLER),
+]
+
+
+class Forwarder:
+    def __init__(self) -> None:
+        self.forgotten: list[set[ForwardKey]] = []
+
+    def reconcile(self, wanted: Iterable[Forward]) -> ReconcileResult:
+        return ReconcileResult(0, len(list(wanted)), 0)
+
+    def install(self, forwards: Iterable[Forward]) -> None:
+        pass
+
+    def counters(self) -> dict[ForwardKey, Counter]:
+        return {}
+
+    def forget_flows(self, forwards: Iterable[Forward]) -> None:
+        self.forgotten.append({f.key for f in forwards})
+
+
+def kernel_path() -> tuple[KernelPath, Forwarder]:
+    path = KernelPath(0, 0)
+    forwarder = Forwarder()
+    path.forwarder = forwarder  # type: ignore[assignment]
+    path.enabled = True
+    return path, forwarder
+
+
+def test_an_offload_is_settled_after_its_delay() -> None:
+    path, forwarder = kernel_path()
+    path.sync("c1", LEGS)
+    path.settle(path._settling[0][0] + 0.2)
+    assert forwarder.forgotten == []
+    path.settle(path._settling[0][0] + 0.3)
+    assert forwarder.forgotten == [set(path.installed["c1"])]
+
+
+def test_forwards_adopted_at_start_up_are_not_settled() -> None:
+    path, forwarder = kernel_path()
+    assert path.adopt({"c1": LEGS}) == {"c1": {leg.socket for leg in LEGS}}
+    path.settle(time.monotonic() + 10.0)
+    assert forwarder.forgotten == []
+
+
+def test_forwards_adopted_when_the_kernel_path_comes_back_are_settled() -> None:
+    """After a failure the workers relayed every stream until the table came back; one
+    may still send a packet from a socket the kernel has just taken over."""
+    path, forwarder = kernel_path()
+    path.sync("c1", LEGS)
+    path._settling.clear()
+    path._disable("nft failed: table deleted")
+    path.enabled = True  # start() again: the table is back
+    assert path.adopt({"c1": LEGS}) == {"c1": {leg.socket for leg in LEGS}}
+    [(at, _)] = path._settling
+    path.settle(at + 0.2)
+    assert forwarder.forgotten == []
+    path.settle(at + 0.3)
+    assert forwarder.forgotten == [set(path.installed["c1"])]
+    path.settle(at + 1.0)
+    assert len(forwarder.forgotten) == 1  # once
