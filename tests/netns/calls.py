@@ -19,6 +19,7 @@ from typing import Any
 import psutil
 
 from relayd.ng.client import NgClient
+from relayd.ops.ctl import AdminClient
 from tests.support.netns import Topology, exec_args, inside
 from tests.support.relayd import RelaydProcess
 from tests.support.rtp_peer import Peer, Received
@@ -316,6 +317,34 @@ def element_counters(
             key = (str(ip_address(saddr)), int(sport), str(ip_address(daddr)), int(dport))
             found[key] = (int(counter.get("packets", 0)), int(counter.get("bytes", 0)))
     return found
+
+
+def _host_port(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def kernel_counted(relay: RelaydProcess, ns: str, timeout: float = 5.0) -> None:
+    """Wait until relayd's last read of the nft counters (a kernel tick, about once a
+    second) is what the kernel has counted so far: every packet forwarded until now is in
+    the streams' stats and the metrics. For when no media flows.
+
+    relayctl's ``kernel`` shows the counters as relayd last read them; a tick folds the
+    difference into the stats in the same step.
+    """
+    admin = AdminClient(str(relay.admin_socket))
+    want = {
+        (_host_port(*key[:2]), _host_port(*key[2:])): packets
+        for version in (4, 6)
+        for key, (packets, _) in element_counters(ns, version).items()
+    }
+    deadline = time.monotonic() + timeout
+    while True:
+        forwards = admin.request("kernel")["forwards"]
+        read = {(f["source"], f["relay"]): f["packets"] for f in forwards}
+        if read == want:
+            return
+        assert time.monotonic() < deadline, f"relayd read {read}, the kernel counts {want}"
+        time.sleep(0.05)
 
 
 def conntrack_entries(ns: str, ports: range) -> list[str]:

@@ -49,6 +49,7 @@ from tests.netns.calls import (
     element_counters,
     exchange,
     gone,
+    kernel_counted,
     kernelized,
     ok,
     run_in,
@@ -446,7 +447,7 @@ def test_sigkill_keeps_media_flowing_and_restart_adopts_the_call(
     with restarted.client() as ng:
         kernel_exchange(topo.relay, caller, callee, legs, 20, first=5000)
         # the restarted relayd counts the kernel's packets again, each once
-        time.sleep(1.2)  # a kernel tick has folded everything sent so far into the stats
+        kernel_counted(restarted, topo.relay)  # everything sent so far is in the stats
         before = ok(ng.call("query", call_id=legs.call_id))
         kernel_exchange(topo.relay, caller, callee, legs, 20, first=6000)
         for tag in (CALLER_TAG, CALLEE_TAG):
@@ -574,11 +575,13 @@ def test_forwards_of_calls_ended_while_nftables_failed_are_removed(
         assert neither_kernelized(reply)
         assert "reading counters failed" in relay.log()
         ok(ng.call("delete", call_id=legs.call_id, delete_delay=0))
+        # the table re-created (kernel.enabled) and then reconciled with the calls there
+        # are (kernel.reconciled, logged once at start and once now): its last step
         deadline = time.monotonic() + 15.0
-        while relay.log().count("kernel.enabled") < 2:
+        while relay.log().count("kernel.reconciled") < 2:
             assert time.monotonic() < deadline, "the table was not re-created"
             time.sleep(0.2)
-        time.sleep(0.2)
+        assert relay.log().count("kernel.enabled") == 2
     elements = table_elements(topo.relay)
     assert elements is not None
     assert all(items == [] for items in elements.values()), elements

@@ -15,7 +15,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -31,6 +31,7 @@ from tests.netns.calls import (
     EF,
     bind_free,
     element_counters,
+    kernel_counted,
     ok,
     set_up_call,
     table_elements,
@@ -112,20 +113,6 @@ def scrape(ns: str) -> dict[str, float]:
     return samples
 
 
-def settle(
-    read: Callable[[], dict[str, float]], names: list[str], timeout: float = 4.0
-) -> dict[str, float]:
-    """Scrape until ``names`` stop changing across one counter read (a second)."""
-    deadline = time.monotonic() + timeout
-    last = read()
-    while True:
-        time.sleep(1.1)
-        now = read()
-        if all(now[n] == last[n] for n in names) or time.monotonic() > deadline:
-            return now
-        last = now
-
-
 USER = 'rtpengine_packets_total{type="userspace"}'
 KERN = 'rtpengine_packets_total{type="kernel"}'
 KERN_BYTES = 'rtpengine_bytes_total{type="kernel"}'
@@ -179,13 +166,17 @@ def test_kernel_streams_in_relayctl_and_metrics(
 
         # /metrics: the userspace phase, then the kernel phase, packet for packet
         userspace = USER_CALLER + USER_CALLEE
-        start = settle(read, [USER, KERN])
+        # the worker report that confirmed the second end (and so made the offload) has
+        # counted the userspace phase; the kernel has forwarded nothing yet
+        kernel_counted(relay, topo.relay)
+        start = read()
         assert start[USER] == userspace and start[KERN] == 0
         assert start['rtpengine_mediastreams{type="kernel"}'] == 2
         assert start['rtpengine_mediastreams{type="userspace"}'] == 2
         count = 50
         kernel_exchange(topo.relay, caller, callee, legs, count, first=100)
-        after = settle(read, [KERN])
+        kernel_counted(relay, topo.relay)  # a kernel tick has read the exchange's packets
+        after = read()
         assert after[KERN] - start[KERN] == 2 * count
         assert after[KERN_BYTES] - start[KERN_BYTES] == 2 * count * RTP_SIZE
         assert after[FORWARD] - start[FORWARD] == count
