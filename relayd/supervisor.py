@@ -222,15 +222,17 @@ class Supervisor:
         observe = self.ops.ng_observed if self.ops.homer is not None else None
         service = NgService(self.dispatch, observe=observe)
         cfg = self.config
+        # UDP last: once ng answers a ping over UDP every other listener is up (the loop
+        # serves the UDP socket while a later listener is still being opened)
         self._closers += await self.ops.serve()
-        if cfg.listen_ng:
-            transport = await serve_udp(service, *cfg.listen_ng)
-            self._closers.append(transport)
-            logger.info("ng.listening", transport="udp", address=host_port(cfg.listen_ng))
         if cfg.listen_tcp_ng:
             server = await serve_tcp(service, *cfg.listen_tcp_ng)
             self._closers.append(server)
             logger.info("ng.listening", transport="tcp", address=host_port(cfg.listen_tcp_ng))
+        if cfg.listen_ng:
+            transport = await serve_udp(service, *cfg.listen_ng)
+            self._closers.append(transport)
+            logger.info("ng.listening", transport="udp", address=host_port(cfg.listen_ng))
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop.set)
