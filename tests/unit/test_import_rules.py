@@ -42,72 +42,68 @@ def problems(root: Path, files: dict[str, str]) -> list[str]:
     return list(found)
 
 
-def test_module_level_cycle(tmp_path: Path) -> None:
-    assert problems(
-        tmp_path, {"a": "from relayd import b\n", "b": "import os\nimport relayd.a\n"}
-    ) == ["cycle: relayd.a -> relayd.b -> relayd.a (lines 1, 2)"]
+# name -> (the tree's modules, what the checker reports)
+GRAPH_CASES: dict[str, tuple[dict[str, str], list[str]]] = {
+    "a module-level cycle": (
+        {"a": "from relayd import b\n", "b": "import os\nimport relayd.a\n"},
+        ["cycle: relayd.a -> relayd.b -> relayd.a (lines 1, 2)"],
+    ),
+    "a cycle hidden in a function-level import": (
+        {
+            "a": "from relayd.b import helper\n",
+            "b": "def helper() -> None:\n    from relayd.a import thing\n",
+        },
+        ["cycle: relayd.a -> relayd.b -> relayd.a (lines 1, 2)"],
+    ),
+    "a cycle hidden behind TYPE_CHECKING": (
+        {
+            "calls.x": "from relayd.plane.y import Y\n",
+            "plane.y": (
+                "from typing import TYPE_CHECKING\n"
+                "if TYPE_CHECKING:\n"
+                "    from relayd.calls.x import X\n"
+            ),
+        },
+        ["cycle: relayd.calls.x -> relayd.plane.y -> relayd.calls.x (lines 1, 3)"],
+    ),
+    "a cycle of relative imports": (
+        {
+            "calls.x": "from . import y\n",
+            "calls.y": "from ..plane.z import f\n",
+            "plane.z": "from ..calls.x import g\n",
+        },
+        [
+            "cycle: relayd.calls.x -> relayd.calls.y -> relayd.plane.z -> relayd.calls.x"
+            " (lines 1, 1, 1)"
+        ],
+    ),
+    "a package's relative import resolves from the package": (
+        {"ng.__init__": "from .sub import f\n", "ng.sub": "from relayd import ng\n"},
+        ["cycle: relayd.ng -> relayd.ng.sub -> relayd.ng (lines 1, 1)"],
+    ),
+    "importing a submodule from its package is an edge to it": (
+        {"a": "from relayd.pkg import m\n", "pkg.m": "import relayd.a\n"},
+        ["cycle: relayd.a -> relayd.pkg.m -> relayd.a (lines 1, 1)"],
+    ),
+    "importing a package is an edge to its __init__ only": (
+        {"a": "import relayd.pkg\nfrom relayd.pkg import name\n", "pkg.m": "import relayd.a\n"},
+        [],
+    ),
+    "a larger component gives one cycle and its other members": (
+        {
+            "a": "import relayd.b\n",
+            "b": "import relayd.a\nimport relayd.c\n",
+            "c": "import relayd.b\n",
+        },
+        ["cycle: relayd.a -> relayd.b -> relayd.a (lines 1, 1); its component also holds relayd.c"],
+    ),
+}
 
 
-def test_cycle_hidden_in_a_function_level_import(tmp_path: Path) -> None:
-    files = {
-        "a": "from relayd.b import helper\n",
-        "b": "def helper() -> None:\n    from relayd.a import thing\n",
-    }
-    assert problems(tmp_path, files) == ["cycle: relayd.a -> relayd.b -> relayd.a (lines 1, 2)"]
-
-
-def test_cycle_hidden_behind_type_checking(tmp_path: Path) -> None:
-    files = {
-        "calls.x": "from relayd.plane.y import Y\n",
-        "plane.y": (
-            "from typing import TYPE_CHECKING\n"
-            "if TYPE_CHECKING:\n"
-            "    from relayd.calls.x import X\n"
-        ),
-    }
-    assert problems(tmp_path, files) == [
-        "cycle: relayd.calls.x -> relayd.plane.y -> relayd.calls.x (lines 1, 3)"
-    ]
-
-
-def test_relative_import_cycle(tmp_path: Path) -> None:
-    files = {
-        "calls.x": "from . import y\n",
-        "calls.y": "from ..plane.z import f\n",
-        "plane.z": "from ..calls.x import g\n",
-    }
-    assert problems(tmp_path, files) == [
-        "cycle: relayd.calls.x -> relayd.calls.y -> relayd.plane.z -> relayd.calls.x"
-        " (lines 1, 1, 1)"
-    ]
-
-
-def test_relative_import_in_a_package_init_resolves_from_the_package(tmp_path: Path) -> None:
-    files = {"ng.__init__": "from .sub import f\n", "ng.sub": "from relayd import ng\n"}
-    assert problems(tmp_path, files) == [
-        "cycle: relayd.ng -> relayd.ng.sub -> relayd.ng (lines 1, 1)"
-    ]
-
-
-def test_from_import_of_a_submodule_is_an_edge_to_it(tmp_path: Path) -> None:
-    files = {"a": "from relayd.pkg import m\n", "pkg.m": "import relayd.a\n"}
-    assert problems(tmp_path, files) == ["cycle: relayd.a -> relayd.pkg.m -> relayd.a (lines 1, 1)"]
-
-
-def test_importing_a_package_is_an_edge_to_its_init_only(tmp_path: Path) -> None:
-    files = {"a": "import relayd.pkg\nfrom relayd.pkg import name\n", "pkg.m": "import relayd.a\n"}
-    assert problems(tmp_path, files) == []
-
-
-def test_a_larger_component_gives_one_cycle_and_its_other_members(tmp_path: Path) -> None:
-    files = {
-        "a": "import relayd.b\n",
-        "b": "import relayd.a\nimport relayd.c\n",
-        "c": "import relayd.b\n",
-    }
-    assert problems(tmp_path, files) == [
-        "cycle: relayd.a -> relayd.b -> relayd.a (lines 1, 1); its component also holds relayd.c"
-    ]
+@pytest.mark.parametrize("case", GRAPH_CASES)
+def test_import_graph(tmp_path: Path, case: str) -> None:
+    files, expected = GRAPH_CASES[case]
+    assert problems(tmp_path, files) == expected
 
 
 RULE_CASES = {
