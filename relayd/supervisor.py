@@ -100,7 +100,7 @@ class Supervisor:
         )
         self.commands = Commands(
             self.signalling,
-            Limits.of(config),
+            limits_of(config),
             started=time.time(),
             calls=self.calls,
             place=self.media.least_loaded,
@@ -198,7 +198,7 @@ class Supervisor:
                 logger.info(
                     "call.teardown",
                     call_id=call.call_id,
-                    reason=teardown.reason,
+                    reason=teardown.reason.value,  # the text, not the enum's repr
                     duration=round(time.time() - call.created, 3),
                     packets=packets,
                 )
@@ -340,7 +340,7 @@ class Supervisor:
             return {"result": "error", "error": f"configuration error: {exc}"}
         old = self.config
         self.config, applied, restart = reloaded(old, fresh)
-        self.commands.set_limits(Limits.of(self.config))
+        self.commands.set_limits(limits_of(self.config))
         if self.config.log_level != old.log_level:
             log.set_level(self.config.log_level)
         logger.info("config.reloaded", source=fresh.source, applied=applied, restart=restart)
@@ -362,3 +362,15 @@ def _state_dir(setting: str) -> Path | None:
         return Path(setting)
     default = Path("/var/lib/relayd")
     return default if default.is_dir() and os.access(default, os.W_OK) else None
+
+
+def limits_of(config: Config) -> Limits:
+    """The call limits and timers a configuration sets (at start-up and on reload)."""
+    return Limits(
+        max_sessions=config.max_sessions,
+        delete_delay=config.delete_delay,
+        offer_timeout=config.offer_timeout,
+        final_timeout=config.final_timeout,
+        timeout=config.timeout,
+        silent_timeout=config.silent_timeout,
+    )

@@ -14,10 +14,13 @@ else to relayd.x; importing a package is an edge to its __init__ only. The rules
 * 'main process imports no worker': no module outside relayd.worker imports relayd.worker.
 * 'worker imports only shared modules': relayd.worker's modules import of relayd only
   relayd.worker, relayd.ipc, relayd.log, relayd.rtcp and relayd.certificate.
+* 'the modules shared with the worker import only each other': relayd.ipc, relayd.log,
+  relayd.rtcp and relayd.certificate pull nothing else of relayd into the worker.
 * 'pure': the modules in PURE (codecs, parsers, models, the call logic but the journal,
   counters) open no sockets, run no event loop, read no clock, start no process or thread,
-  load no C library, touch no SQLite, nft, worker or shell (SHELLS) module. Of socket they
-  may take only the address parsers and constants: ``from socket import inet_pton, AF_INET``.
+  load no C library, touch no SQLite; of relayd they import only other PURE modules and the
+  log, and never nft, the worker or a shell (SHELLS). Of socket they may take only the
+  address parsers and constants: ``from socket import inet_pton, AF_INET``.
 
 A pattern names a module and all below it (``relayd.nft`` matches relayd.nft.ruleset too) and
 may hold fnmatch wildcards. An import's name is the module for relayd's own modules, else what
@@ -41,13 +44,14 @@ PACKAGE = "relayd"
 @dataclass(frozen=True)
 class Rule:
     """Modules matching `modules` but not `exceptions` may import nothing matching
-    `forbidden` unless it also matches `allowed`."""
+    `forbidden` unless it also matches `allowed`, and never anything matching `never`."""
 
     name: str
     modules: tuple[str, ...]
     exceptions: tuple[str, ...] = ()
     forbidden: tuple[str, ...] = ()
     allowed: tuple[str, ...] = ()
+    never: tuple[str, ...] = ()
 
 
 SHELLS = (
@@ -63,7 +67,7 @@ SYSTEM = (
 PURE = (
     "relayd.ng.bencode", "relayd.ng.message", "relayd.ng.cache", "relayd.sdp", "relayd.calls",
     "relayd.plane.forwarding", "relayd.plane.reports", "relayd.plane.offload",
-    "relayd.ops.counters", "relayd.ops.metrics", "relayd.ops.hep", "relayd.config",
+    "relayd.ops.counters", "relayd.ops.hep", "relayd.config",
     "relayd.config_keys", "relayd.ipc", "relayd.rtcp",
 )  # fmt: skip
 SHARED_WITH_WORKER = ("relayd.ipc", "relayd.log", "relayd.rtcp", "relayd.certificate")
@@ -83,11 +87,21 @@ RULES: list[Rule] = [
         allowed=("relayd.worker", *SHARED_WITH_WORKER),
     ),
     Rule(
+        "the modules shared with the worker import only each other",
+        modules=SHARED_WITH_WORKER,
+        forbidden=("relayd",),
+        allowed=SHARED_WITH_WORKER,
+    ),
+    Rule(
         "pure",
         modules=PURE,
         exceptions=("relayd.calls.journal",),
-        forbidden=(*SYSTEM, "relayd.nft", "relayd.worker", *SHELLS),
+        # of relayd's own modules only pure ones (and the log), whatever they import
+        forbidden=(*SYSTEM, "relayd"),
+        never=("relayd.nft", "relayd.worker", *SHELLS),
         allowed=(
+            *PURE,
+            "relayd.log",
             "socket.inet_pton",
             "socket.inet_ntop",
             "socket.AF_INET",
@@ -241,7 +255,8 @@ def check(root: Path, rules: list[Rule] = RULES) -> tuple[list[str], str]:
             broken = {
                 (imp.line, imp.target)
                 for imp in found
-                if matches(imp.target, rule.forbidden) and not matches(imp.target, rule.allowed)
+                if matches(imp.target, rule.never)
+                or (matches(imp.target, rule.forbidden) and not matches(imp.target, rule.allowed))
             }
             for line, target in sorted(broken):
                 problems.append(f"rule '{rule.name}': {module} imports {target} (line {line})")

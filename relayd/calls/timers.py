@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from relayd.calls.model import Call
-from relayd.config import Config
 
 __all__ = ["Limits", "Reason", "TimerHeap", "deadlines", "expired"]
 
@@ -55,18 +54,6 @@ class Limits:
     final_timeout: int = 0
     timeout: int = 60
     silent_timeout: int = 3600
-
-    @classmethod
-    def of(cls, config: Config) -> Limits:
-        """The limits a configuration sets (at start-up and on reload)."""
-        return cls(
-            max_sessions=config.max_sessions,
-            delete_delay=config.delete_delay,
-            offer_timeout=config.offer_timeout,
-            final_timeout=config.final_timeout,
-            timeout=config.timeout,
-            silent_timeout=config.silent_timeout,
-        )
 
 
 def deadlines(call: Call, limits: Limits) -> list[tuple[float, Reason]]:

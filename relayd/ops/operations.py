@@ -147,10 +147,7 @@ class Operations:
                     closers.append(server)
                     self.admin_path = Path(cfg.admin_socket)
         routes = {
-            "/metrics": lambda: (
-                metrics.CONTENT_TYPE,
-                metrics.render(metrics.collect(state, time.time())),
-            ),
+            "/metrics": lambda: (metrics.CONTENT_TYPE, _metrics_text(state)),
             "/ping": lambda: ("text/plain", "pong"),
         }
         endpoints = list(dict.fromkeys(cfg.listen_http))

@@ -57,7 +57,7 @@ class KernelPath:
     """relayd's nftables table (``relayd`` or ``relayd<N>``) and what each call has in it.
 
     ``enabled`` says whether the kernel path works now; when not, ``reason`` says why and
-    the supervisor tries again every 10 s (:meth:`retry_due`).
+    the hand-over (relayd/plane/handover.py) tries again every 10 s (:meth:`retry_due`).
     """
 
     def __init__(self, table: int, tos: int) -> None:
@@ -181,7 +181,7 @@ class KernelPath:
         for call_id, legs in calls.items():
             entries = {}
             for leg in legs:
-                if self.ipv6 or ":" not in leg.relay.address:
+                if self.accepts(leg):
                     forward = _forward(leg)
                     entries[forward.key] = (leg.socket, forward)
             if entries:

@@ -15,8 +15,8 @@ Rules (docs/architecture.md "Kernel path"; rtpengine kernelizes on the same cond
   in the table: the workers skip those sockets, so no packet leaves a socket the
   kernel took over (it would leave a conntrack entry that clashes with the NAT).
 
-The shell that applies this is :mod:`relayd.plane.kernel` (nftables) with the
-supervisor; :mod:`relayd.nft` is the table itself.
+The shell that applies this is :mod:`relayd.plane.handover`, through
+:mod:`relayd.plane.kernel` (nftables); :mod:`relayd.nft` is the table itself.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from relayd.log import get_logger
 
 __all__ = ["SocketBinder"]
 
-log = get_logger("relayd.calls.ports")
+log = get_logger("relayd.plane.sockets")
 
 # room for ~2,700 RTP packets, so a worker kept off its core for a few milliseconds
 # loses nothing (bench/media.py: one stream's max lossless rate x2.5)

@@ -28,7 +28,7 @@ from relayd.plane import updates
 
 __all__ = ["PoolOwner", "WorkerPool", "WorkerProcess", "WorkerSettings"]
 
-log = get_logger("relayd.plane.media")
+log = get_logger("relayd.plane.workerpool")
 
 _LINK_BUFFER = 4 << 20
 

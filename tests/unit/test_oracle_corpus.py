@@ -35,11 +35,11 @@ from relayd.calls.commands import Commands
 from relayd.calls.interfaces import resolve
 from relayd.calls.ports import PortAllocator
 from relayd.calls.signalling import Signalling
-from relayd.calls.timers import Limits
 from relayd.certificate import Certificate, load_or_create
 from relayd.config import Config, load
 from relayd.ng.message import Request, split_cookie
 from relayd.ng.server import NgService
+from relayd.supervisor import limits_of
 from tests.support import oracle
 from tests.support.oracle import Case, StepResult
 from tests.unit.calls import T0, FakeBinder
@@ -82,7 +82,7 @@ class InProcessRelayd:
             fingerprint=f"sha-256 {certificate.fingerprint('sha-256')}",
             dtls_passive=config.dtls_passive,
         )
-        self.commands = Commands(signalling, Limits.of(config), started=self.now)
+        self.commands = Commands(signalling, limits_of(config), started=self.now)
         self.service = NgService(self._dispatch, clock=lambda: self.now)
         self.crashes: list[str] = []  # tracebacks behind "Internal error" replies
         self._cookies = itertools.count()
