@@ -167,7 +167,9 @@ def test_kernel_streams_in_relayctl_and_metrics(
         # /metrics: the userspace phase, then the kernel phase, packet for packet
         userspace = USER_CALLER + USER_CALLEE
         # the worker report that confirmed the second end (and so made the offload) has
-        # counted the userspace phase; the kernel has forwarded nothing yet
+        # counted the userspace phase: no wait needed for it (a count off by a report would
+        # fail below, not pass); the kernel has forwarded nothing yet, and relayd has read
+        # it so (kernel_counted returns at once unless a stray packet went through)
         kernel_counted(relay, topo.relay)
         start = read()
         assert start[USER] == userspace and start[KERN] == 0

@@ -1,4 +1,4 @@
-"""Endpoint learning on one relay socket (workers/session.Leg), rtpengine's modes and flags."""
+"""Endpoint learning on one relay socket (relayd.worker.session.Leg), as rtpengine does it."""
 
 from __future__ import annotations
 
