@@ -235,6 +235,18 @@ def build_parser() -> argparse.ArgumentParser:
         "foreground": "-f",
         "pidfile": "-p",
         "delete-delay": "-d",
+        "no-fallback": "-F",
+        "save-interface-ports": "-S",
+        "subscribe-keyspace": "-k",
+        "listen-tcp": "-l",
+        "listen-udp": "-u",
+        "listen-cli": "-c",
+        "graphite": "-g",
+        "graphite-interval": "-G",
+        "redis": "-r",
+        "redis-write": "-w",
+        "no-redis-required": "-q",
+        "xmlrpc-format": "-x",
     }
     for key, info in KEYS.items():
         flags = [f"--{key}"] + ([short[key]] if key in short else [])
