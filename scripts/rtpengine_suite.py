@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
+import difflib
 import json
 import os
 import re
@@ -159,6 +160,7 @@ class Result:
     seconds: float
     failures: list[str] = field(default_factory=list)
     detail: str = ""
+    tap: str = field(default="", repr=False)
 
 
 def classify(body: str) -> tuple[str, bool]:
@@ -267,12 +269,64 @@ RCV_PORT_REAL = (
 )
 
 
+# sdp_match() also prints the expected pattern and the SDP it got when they differ,
+# between markers, for ``-v`` to show as a diff.
+SDP_LIKE = """\tlike $crlf, qr/$regexp/s, "$name - output '$cmd' SDP";\n"""
+SDP_LIKE_DUMP = SDP_LIKE + (
+    '\tprint("#SDP-EXPECTED\\n$exp\\n#SDP-GOT\\n$crlf\\n#SDP-END\\n") if $crlf !~ qr/$regexp/s;\n'
+)
+
+
 def patch_helpers(perl: Path) -> None:
     autotest = perl / "NGCP" / "Rtpengine" / "AutoTest.pm"
     text = autotest.read_text()
-    if RCV_PORT not in text:
-        raise SystemExit(f"{autotest}: rcv()'s port lookup not found; update RCV_PORT")
-    autotest.write_text(text.replace(RCV_PORT, RCV_PORT_REAL))
+    for old, new in ((RCV_PORT, RCV_PORT_REAL), (SDP_LIKE, SDP_LIKE_DUMP)):
+        if old not in text:
+            raise SystemExit(f"{autotest}: {old!r} not found; update the patch")
+        text = text.replace(old, new)
+    autotest.write_text(text)
+
+
+PLACEHOLDERS = [
+    ("PORT", r"\d{1,5}"),
+    ("ICEBASE", r"[0-9a-zA-Z]{16}"),
+    ("ICEUFRAG", r"[0-9a-zA-Z]{8}"),
+    ("ICEPWD", r"[0-9a-zA-Z]{26}"),
+    ("CRYPTO128S", r"[0-9a-zA-Z/+]{38}"),
+    ("CRYPTO128", r"[0-9a-zA-Z/+]{40}"),
+    ("CRYPTO192", r"[0-9a-zA-Z/+]{51}"),
+    ("CRYPTO256S", r"[0-9a-zA-Z/+]{59}"),
+    ("CRYPTO256", r"[0-9a-zA-Z/+]{62}"),
+    ("LOOPER", r"[0-9a-f]{12}"),
+    ("FINGERPRINT256", r"[0-9a-fA-F:]{95}"),
+    ("FINGERPRINT", r"[0-9a-fA-F:]{59}"),
+    ("SDP_VERSION", r"\d+ \d+"),
+    ("RTPE_VERSION", r"rtpengine-\S+"),
+]
+
+
+def line_pattern(expected: str) -> re.Pattern[str]:
+    """One line of an expected SDP as the suite reads it: placeholders, ``?`` any char."""
+    out = re.escape(expected)
+    out = out.replace(r"\?", ".")
+    for name, pattern in PLACEHOLDERS:
+        out = out.replace(name, pattern)
+    return re.compile(f"^{out}$")
+
+
+def sdp_diffs(tap: str) -> list[str]:
+    """The SDP mismatches a scenario printed, as diffs: ``-`` expected, ``+`` got."""
+    out = []
+    for expected, got in re.findall(r"#SDP-EXPECTED\n(.*?)\n#SDP-GOT\n(.*?)\n#SDP-END", tap, re.S):
+        want, have = expected.splitlines(), got.splitlines()
+        same = [
+            have[i] if i < len(have) and line_pattern(w).match(have[i]) else w
+            for i, w in enumerate(want)
+        ]
+        diff = difflib.unified_diff(same, have, "expected", "got", n=1, lineterm="")
+        out.extend(list(diff)[2:])
+        out.append("")
+    return out
 
 
 def git(repo: Path, *args: str) -> bytes:
@@ -365,7 +419,9 @@ def run_one(
         failures = NOT_OK.findall(out)
         passed = rc == 0 and not failures and PLAN.search(out) is not None
         detail = "" if passed else _last_lines(out)
-        return _result(scenario, passed, round(time.monotonic() - started, 1), failures, detail)
+        result = _result(scenario, passed, round(time.monotonic() - started, 1), failures, detail)
+        result.tap = out
+        return result
     finally:
         try:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -491,11 +547,18 @@ def main() -> int:
                 if args.verbose and not result.passed:
                     for line in result.failures[:5] or result.detail.splitlines():
                         print(f"        {line}")
+                    for line in sdp_diffs(result.tap):
+                        print(f"          {line}")
         print()
         print(f"{SUITE} at {args.tag} against {args.daemon}:")
         print(table(results))
         if args.json:
-            args.json.write_text(json.dumps([asdict(r) for r in results], indent=1) + "\n")
+            args.json.write_text(
+                json.dumps(
+                    [{k: v for k, v in asdict(r).items() if k != "tap"} for r in results], indent=1
+                )
+                + "\n"
+            )
         return 0 if all(r.passed for r in results) else 1
     finally:
         if args.keep:
