@@ -273,11 +273,32 @@ class Request:
         return flag in self.flags
 
 
+# The keys that name a call and carry its SDP must be strings (bencode byte strings,
+# JSON strings). rtpengine reads one of another type (an integer, a list, a
+# dictionary) as absent, so a required one fails with the error below and an optional
+# one is dropped: an offer with a list for its to-tag creates the call, a delete with a
+# dictionary for its from-tag deletes the whole call. relayd refuses every one of
+# them with rtpengine's error for the missing key, before anything is created.
+_IDENTITY_KEYS = {
+    "call-id": "No call-id in message",
+    "from-tag": "No from-tag in message",
+    "to-tag": "No to-tag in message",
+    "sdp": "No SDP body in message",
+}
+
+
 def parse_request(raw: dict[str, Any]) -> Request:
-    """Map a decoded ng dictionary onto :class:`Request`; never fails on unknown input."""
+    """Map a decoded ng dictionary onto :class:`Request`.
+
+    Refuses only a missing command and a call-id, from-tag, to-tag or sdp that is not a
+    string; unknown keys and flags are kept in ``unknown`` for the log.
+    """
     keys = {normalise(k): v for k, v in raw.items()}
-    if "command" not in keys:
+    if not isinstance(keys.get("command"), bytes | str):
         raise NgError('Dictionary contains no key "command"')
+    for key, missing in _IDENTITY_KEYS.items():
+        if key in keys and not isinstance(keys[key], bytes | str):
+            raise NgError(missing)
     req = Request(command=_text(keys["command"]))
     req.call_id = _text(keys.get("call-id", ""))
     req.from_tag = _text(keys.get("from-tag", ""))

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from relayd.ng import bencode
-from relayd.ng.message import NgError, Request, parse_request
+from relayd.ng.message import NgError, Request, normalise, parse_request
 from relayd.ng.server import NgService, split_stream
 from relayd.sdp.model import SdpError
 from relayd.sdp.parse import parse_sdp
@@ -301,8 +301,13 @@ def test_parse_request_random_dicts(raw: dict[str, Any]) -> None:
     try:
         req = parse_request(raw)
     except NgError as exc:
-        assert exc.reason == 'Dictionary contains no key "command"'
-        assert "command" not in {k.strip().lower().replace("_", "-") for k in raw}
+        keys = {normalise(k): v for k, v in raw.items()}
+        if exc.reason == 'Dictionary contains no key "command"':
+            assert not isinstance(keys.get("command"), bytes | str)
+        else:  # a call-id, from-tag, to-tag or sdp that is not a string
+            wrong = [k for k in ("call-id", "from-tag", "to-tag", "sdp") if k in keys]
+            assert any(not isinstance(keys[k], bytes | str) for k in wrong), exc.reason
+            assert exc.reason.startswith("No ") and exc.reason.endswith(" in message")
         return
     assert isinstance(req, Request)
     assert all(isinstance(word, str) for word in req.unknown)
