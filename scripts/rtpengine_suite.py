@@ -21,6 +21,8 @@ Fetching the repository is a manual step (CI has no network)::
     sudo .venv/bin/python scripts/rtpengine_suite.py --repo /srv/rtpengine
     sudo .venv/bin/python scripts/rtpengine_suite.py --repo /srv/rtpengine --daemon rtpengine
     sudo .venv/bin/python scripts/rtpengine_suite.py --repo /srv/rtpengine --only 'ICE' -v
+    sudo .venv/bin/python scripts/rtpengine_suite.py --repo /srv/rtpengine --daemon rtpengine \
+        --record tests/data/suite/scenarios   # the offline corpus, tests/data/suite/README.md
 
 Needs root (namespaces), Perl with the suite's modules (``--install`` installs them
 from Debian: libbencode-perl and the rest) and, for ``--daemon rtpengine``, Debian's
@@ -39,6 +41,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -329,6 +332,123 @@ def sdp_diffs(tap: str) -> list[str]:
     return out
 
 
+# --record: each scenario's client talks to a relay on RECORD_PORT that passes every
+# datagram on to the daemon's ng port and writes both down (tests/data/suite/).
+NG_PORT = 2223
+RECORD_PORT = 2224
+
+
+def ng_proxy(log: Path, listen: int = RECORD_PORT, daemon: int = NG_PORT) -> None:
+    """Relay ng datagrams from ``listen`` to ``daemon`` on 127.0.0.1, one at a time.
+
+    Each request and its reply are appended to ``log`` as one JSON line (the bytes as
+    latin-1 text, cookie included) before the reply goes back, so nothing answered is
+    lost when the relay is killed. The suite's client sends one request and waits for
+    its reply, so a plain loop keeps the order. Prints ``ready`` once it listens.
+    """
+    inbound = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    inbound.bind(("127.0.0.1", listen))
+    outbound = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    outbound.connect(("127.0.0.1", daemon))
+    outbound.settimeout(30)
+    print("ready", flush=True)
+    with log.open("a") as out:
+        while True:
+            request, peer = inbound.recvfrom(65535)
+            outbound.send(request)
+            try:
+                reply: bytes | None = outbound.recv(65535)
+            except TimeoutError:
+                reply = None
+            entry = {
+                "request": request.decode("latin-1"),
+                "reply": None if reply is None else reply.decode("latin-1"),
+            }
+            out.write(json.dumps(entry) + "\n")
+            out.flush()
+            if reply is not None:
+                inbound.sendto(reply, peer)
+
+
+def _ng_body(datagram: str) -> tuple[str, bytes]:
+    cookie, _, body = datagram.encode("latin-1").partition(b" ")
+    return cookie.decode(), body
+
+
+def _sdp_lines(sdp: object) -> object:
+    """An SDP body as ``sdp.split("\\n")``: a line written with CRLF keeps its ``\\r``."""
+    return sdp.split("\n") if isinstance(sdp, str) else sdp
+
+
+def recorded_steps(log: Path) -> list[dict[str, object]]:
+    """The exchanges ``ng_proxy`` wrote to ``log``, decoded into the corpus' step form.
+
+    A request is kept as sent: its ng dictionary (``"encoding": "json"`` when it was
+    JSON), or ``"raw"`` when decoding and encoding again would not give the very bytes
+    back. ``sdp`` values of requests and replies are lists of lines (:func:`_sdp_lines`):
+    the suite writes its SDPs with LF, rtpengine keeps LF on the lines it copies and
+    writes CRLF on those it makes, and both must survive.
+    """
+    if str(ROOT) not in sys.path:  # relayd's codec keeps key order and the exact bytes
+        sys.path.insert(0, str(ROOT))
+    from relayd.ng import bencode
+
+    steps: list[dict[str, object]] = []
+    if not log.exists():
+        return steps
+    for line in log.read_text().splitlines():
+        exchange = json.loads(line)
+        _, body = _ng_body(exchange["request"])
+        step: dict[str, object] = {}
+        request: object
+        if body[:1] == b"{":
+            request = json.loads(body)
+            step["encoding"] = "json"
+        else:
+            request = bencode.decode(body)
+            if bencode.encode(request) != body:
+                request = None
+        if isinstance(request, dict):
+            step["command"] = request.get("command")
+            if "sdp" in request:
+                request = dict(request, sdp=_sdp_lines(request["sdp"]))
+            step["request"] = request
+        else:
+            step["command"] = None
+            step["raw"] = body.decode("utf-8", "surrogateescape")
+        if exchange["reply"] is None:
+            step["reply"] = None
+        else:
+            _, reply_body = _ng_body(exchange["reply"])
+            if reply_body[:1] == b"{":
+                reply = json.loads(reply_body)
+                step["reply-encoding"] = "json"
+            else:
+                reply = bencode.decode(reply_body)
+                step["reply-encoding"] = "bencode"
+            if isinstance(reply, dict) and "sdp" in reply:
+                reply = dict(reply, sdp=_sdp_lines(reply["sdp"]))
+            step["reply"] = reply
+        steps.append(step)
+    return steps
+
+
+def write_record(directory: Path, result: Result, daemon: str, tag: str, log: Path) -> None:
+    """One scenario's conversation as ``directory/scenario-NNN.json``."""
+    document = {
+        "scenario": result.number,
+        "line": result.line,
+        "title": result.title,
+        "class": result.klass,
+        "tag": tag,
+        "daemon": daemon,
+        "passed": result.passed,
+        "steps": recorded_steps(log),
+    }
+    path = directory / f"scenario-{result.number:03d}.json"
+    path.write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n")
+
+
 def git(repo: Path, *args: str) -> bytes:
     return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True).stdout
 
@@ -386,7 +506,13 @@ def run_one(
     daemon: list[str],
     namespace: str,
     timeout: float,
+    record: bool = False,
 ) -> Result:
+    """Run ``scenario`` against a fresh daemon in ``namespace``.
+
+    With ``record`` the client goes through :func:`ng_proxy`, which writes the ng
+    conversation to ``scenario-NNN.ng.jsonl`` in ``workdir``.
+    """
     script = workdir / f"scenario-{scenario.number:03d}.pl"
     script.write_text(header + scenario.body + "\ndone_testing();\n")
     started = time.monotonic()
@@ -398,10 +524,23 @@ def run_one(
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    proxy: subprocess.Popen[bytes] | None = None
     try:
         if not ng_ping(namespace, time.monotonic() + 20):
             return _result(scenario, False, 0, [], "daemon did not answer ping")
         env = dict(os.environ, RTPE_TEST_NO_LAUNCH="1", PERL5LIB=str(workdir / "perl"))
+        if record:
+            jsonl = workdir / f"scenario-{scenario.number:03d}.ng.jsonl"
+            jsonl.unlink(missing_ok=True)
+            proxy = subprocess.Popen(
+                ["ip", "netns", "exec", namespace, sys.executable, __file__, "--ng-proxy", jsonl],
+                stdout=subprocess.PIPE,
+                start_new_session=True,
+            )
+            assert proxy.stdout is not None
+            if proxy.stdout.readline() != b"ready\n":
+                return _result(scenario, False, 0, [], "ng recording proxy did not start")
+            env["RTPENGINE_PORT"] = str(RECORD_PORT)
         try:
             done = subprocess.run(
                 ["ip", "netns", "exec", namespace, "perl", str(script)],
@@ -423,6 +562,9 @@ def run_one(
         result.tap = out
         return result
     finally:
+        if proxy is not None:
+            os.killpg(proxy.pid, signal.SIGKILL)
+            proxy.wait()
         try:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=5)
@@ -482,6 +624,9 @@ def install_perl() -> None:
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["--ng-proxy"]:  # run_one's recording relay, inside a namespace
+        ng_proxy(Path(sys.argv[2]))
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repo", type=Path, required=True, help="rtpengine git clone")
     parser.add_argument("--tag", default=TAG)
@@ -493,6 +638,12 @@ def main() -> int:
     parser.add_argument("--netns-prefix", default="rsuite")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--keep", type=Path, help="keep scripts, TAP and daemon logs here")
+    parser.add_argument(
+        "--record",
+        type=Path,
+        metavar="DIR",
+        help="write each scenario's ng requests and replies to DIR/scenario-NNN.json",
+    )
     parser.add_argument("--install", action="store_true", help="apt-get the Perl modules first")
     parser.add_argument("--list", action="store_true", help="list the scenarios, run nothing")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -521,6 +672,8 @@ def main() -> int:
         else:
             daemon = [shutil.which("rtpengine") or "/usr/bin/rtpengine", *SUITE_ARGS]
 
+        if args.record:
+            args.record.mkdir(parents=True, exist_ok=True)
         slots = [f"{args.netns_prefix}{i}" for i in range(args.jobs)]
         free = list(slots)
         lock = threading.Lock()
@@ -530,7 +683,13 @@ def main() -> int:
             with lock:
                 namespace = free.pop()
             try:
-                return run_one(scenario, header, workdir, daemon, namespace, args.timeout)
+                result = run_one(
+                    scenario, header, workdir, daemon, namespace, args.timeout, bool(args.record)
+                )
+                if args.record:
+                    jsonl = workdir / f"scenario-{scenario.number:03d}.ng.jsonl"
+                    write_record(args.record, result, args.daemon, args.tag, jsonl)
+                return result
             finally:
                 with lock:
                     free.append(namespace)

@@ -54,6 +54,7 @@ __all__ = [
     "Step",
     "StepResult",
     "comparable",
+    "compare",
     "decode_reply",
     "differences",
     "encode_step",
@@ -260,15 +261,32 @@ class Normaliser:
 
     port_range: tuple[int, int]
     known: dict[str, set[str]] = field(default_factory=dict)
+    # ports the requests carry: never the daemon's, even inside its range (the oracle's
+    # SDPs keep out of both ranges; rtpengine's suite has a few inside its range)
+    literal_ports: frozenset[int] = frozenset()
     _ports: dict[tuple[str, int], str] = field(default_factory=dict)
     _values: dict[tuple[str, str], str] = field(default_factory=dict)
 
     @classmethod
     def for_case(cls, case: Case, port_range: tuple[int, int]) -> Normaliser:
-        return cls(port_range=port_range, known=_generated_candidates(case.literal_sdps()))
+        return cls.for_sdps(case.literal_sdps(), port_range)
+
+    @classmethod
+    def for_sdps(
+        cls,
+        sdps: Sequence[str],
+        port_range: tuple[int, int],
+        literal_ports: Iterable[int] = (),
+    ) -> Normaliser:
+        """For a conversation whose requests sent ``sdps`` (CRLF bodies)."""
+        return cls(
+            port_range=port_range,
+            known=_generated_candidates(sdps),
+            literal_ports=frozenset(literal_ports),
+        )
 
     def ours(self, port: int) -> bool:
-        return self.port_range[0] <= port <= self.port_range[1]
+        return self.port_range[0] <= port <= self.port_range[1] and port not in self.literal_ports
 
     def port(self, family: str, port: int) -> str:
         if not self.ours(port):
@@ -464,6 +482,17 @@ def differences(
     """Every step on which the two normalised reply sequences differ."""
     left = Normaliser.for_case(case, expected_range)
     right = Normaliser.for_case(case, actual_range)
+    return compare(expected, left, actual, right, labels)
+
+
+def compare(
+    expected: Sequence[StepResult],
+    left: Normaliser,
+    actual: Sequence[StepResult],
+    right: Normaliser,
+    labels: tuple[str, str],
+) -> list[str]:
+    """:func:`differences` with the two normalisers given: one per daemon, fresh."""
     problems = []
     for index, (want, got) in enumerate(zip(expected, actual, strict=True)):
         a, b = comparable(want, left), comparable(got, right)
@@ -482,15 +511,20 @@ def differences(
     return problems
 
 
-def port_problems(results: Sequence[StepResult], port_range: tuple[int, int]) -> list[str]:
+def port_problems(
+    results: Sequence[StepResult],
+    port_range: tuple[int, int],
+    interfaces: Iterable[str] = INTERFACES,
+) -> list[str]:
     """:func:`structural_problems` of every reply SDP, and query ports outside the range."""
     problems = []
+    local = tuple(interfaces)
     for index, result in enumerate(results):
         sdp = result.reply.get("sdp")
         if isinstance(sdp, str):
             problems += [
                 f"step {index} ({result.command}): {problem}"
-                for problem in structural_problems(sdp, port_range, INTERFACES)
+                for problem in structural_problems(sdp, port_range, local)
             ]
         for tag in result.reply.get("tags", {}).values() if result.command == "query" else ():
             for media in tag.get("medias", []):
