@@ -370,6 +370,11 @@ class Signalling:
     def release_call(self, call: Call) -> None:
         self.media_ports.release_call(call)
 
+    def release_medias(self, medias: list[Media]) -> None:
+        """Give back the ports of media that left the call (a deleted branch)."""
+        for media in medias:
+            self.media_ports.release(media)
+
 
 def _direction(lines: list[Line]) -> str | None:
     return next((ln.attr for ln in lines if ln.kind == "a" and ln.attr in DIRECTIONS), None)
