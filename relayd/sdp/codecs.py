@@ -134,4 +134,4 @@ def answer_codecs(answered: Sequence[Codec], offered: Sequence[Codec]) -> tuple[
         if (o := by_number.get(c.payload_type)) is not None
         and (not c.encoding or not o.encoding or c.encoding.lower() == o.encoding.lower())
     ]
-    return tuple(kept or offered[:1] if answered else ())
+    return tuple((kept or offered[:1]) if answered else ())

@@ -205,9 +205,9 @@ class Session:
 class SessionDescription:
     """A whole SDP body: its sessions' lines, then the media descriptions of all of them.
 
-    Nearly every body is one session. rtpengine also takes a body with several (a further
-    ``v=`` line after media sections starts the next): their media sections are numbered
-    on across the body, and each keeps its own session-level lines.
+    Nearly every body is one session. rtpengine also takes a body with several (each
+    further ``v=`` line starts the next): their media sections are numbered on across the
+    body, and each session keeps its own session-level lines.
     """
 
     sessions: list[Session]
