@@ -321,6 +321,20 @@ def test_sdp_version_ignores_what_we_do_not_pass_on() -> None:
     assert _versions(_versioned("5"), renamed) == ["5", "6"]
 
 
+def test_sdp_version_read_as_strtoull_and_random_for_zero() -> None:
+    # Firefox sends version 0: rtpengine 10.5 starts from a random 64-bit number instead
+    zero = _versions(_versioned("0"), _versioned("0"), _versioned("0", 2002))
+    assert zero[0] == zero[1] != "0"
+    assert int(zero[2]) == (int(zero[0]) + 1) % 2**64
+    assert _versions(_versioned("12abc")) == ["12"]
+    assert _versions(_versioned("-5")) == [str(2**64 - 5)]
+    assert _versions(_versioned("18446744073709551614"), _versioned("1", 2002)) == [
+        "18446744073709551614",
+        "18446744073709551615",
+    ]
+    assert _versions(_versioned("99999999999999999999")) != ["18446744073709551615"]
+
+
 def _multi(*sessions: tuple[str, int]) -> str:
     """A body of several sessions, each with one audio section."""
     return "".join(
