@@ -123,9 +123,10 @@ class Supervisor:
     def dispatch(self, req: Request, source: tuple[Any, ...]) -> dict[str, Any]:
         """Handle one ng request (the ng service's dispatch) in the call's log context.
 
-        After an offer or answer the workers' updates are scheduled (they go out after the
-        reply); a call the request found or made is journalled. Never raises: an unexpected
-        exception is logged and answered "Internal error"; every request is counted by source.
+        After an offer or answer, or a delete that ended only a branch, the workers' updates are
+        scheduled (they go out after the reply); a call the request found or made is
+        journalled. Never raises: an unexpected exception is logged and answered "Internal
+        error"; every request is counted by source.
         """
         started = time.perf_counter()
         known = self.calls.get(req.call_id) if req.call_id else None
@@ -169,6 +170,11 @@ class Supervisor:
                 self.updates.early(call)
             else:
                 self.updates.soon(call)
+        elif call is not None and req.command == "delete" and call.deleted_at is None:
+            # a branch deleted, the call kept (Commands.delete): the workers and the kernel
+            # let the branch's sockets go, the rest is planned anew
+            self.handover.unoffload(call)
+            self.updates.soon(call)
         if self.journal is not None and call is not None:
             self.journal.save(call)
         if logger.enabled(logging.INFO):

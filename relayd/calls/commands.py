@@ -16,6 +16,7 @@ from typing import Any
 
 from relayd.calls.calltree import call_tree
 from relayd.calls.model import Call
+from relayd.calls.parties import detach_branch
 from relayd.calls.signalling import Signalling
 from relayd.calls.statistics import Totals, statistics_reply
 from relayd.calls.timers import Limits, Reason, TimerHeap, expired
@@ -165,7 +166,8 @@ class Commands:
         Removal comes after ``delete-delay`` (the request's, else the configured one; 0 or less:
         at once); a repeated delete keeps the first deadline. An unknown call-id, or a from-tag
         that names no party nor alias, is only a warning: "Call-ID not found or tags didn't
-        match", an error with ``fatal``.
+        match", an error with ``fatal``. A delete at once with ``via-branch`` may end only that
+        branch (:meth:`_delete_branch`).
         """
         if not req.call_id:
             raise NgError("No call-id in message")
@@ -181,11 +183,25 @@ class Commands:
         reply = {} if req.has("fast") else call_tree(call)
         delay = req.delete_delay if req.delete_delay is not None else self.limits.delete_delay
         if delay <= 0:
-            self._remove(call, Reason.DELETED, now)
+            if not self._delete_branch(call, req):
+                self._remove(call, Reason.DELETED, now)
         elif call.deleted_at is None:
             call.deleted_at = now + delay
             self.schedule(call)
         return reply
+
+    def _delete_branch(self, call: Call, req: Request) -> bool:
+        """A delete at once from the ``from-tag`` party with a ``via-branch`` ends only that
+        branch of a forked offer, as rtpengine 10.5 does, while another party is left: its ports
+        go back and the call goes on. False where the whole call is to go."""
+        party = call.monologues.get(req.from_tag) if req.from_tag else None
+        if party is None or not req.via_branch:
+            return False
+        medias = detach_branch(call, party, req.via_branch)
+        if medias is None:
+            return False
+        self.signalling.release_medias(medias)
+        return True
 
     def query(self, req: Request, now: float) -> dict[str, Any]:
         if not req.call_id:

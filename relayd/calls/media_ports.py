@@ -57,7 +57,7 @@ class MediaPorts:
         renew: bool = False,
     ) -> None:
         """Our RTP/RTCP ports towards ``party`` for one media section, kept once given."""
-        if media.rejected:
+        if media.rejected or media.passthrough:
             return
         local = self.interfaces.select(party.interface or self.interfaces.default, family)
         if media.port and media.local is not None and (renew or media.local.family != local.family):

@@ -142,6 +142,7 @@ class Media:
     sent_codecs: tuple[Codec, ...] = ()  # as we last wrote them to this party
     ptime: int = 0
     rejected: bool = False  # m= port 0
+    passthrough: bool = False  # an m=message section: its SDP passes through, no ports of ours
     mid: str = ""  # this party's a=mid
     # SRTP, DTLS and ICE: what this party's SDP said, and what we said to it
     out_protocol: str = ""  # the transport we last wrote to this party
@@ -209,7 +210,7 @@ class Monologue:
     strict_source: bool = False
     media_handover: bool = False
     sip_source: str = ""  # the SIP source address (received-from), if any
-    last_sdp: bytes = b""  # digest of the last SDP body this party sent (replace: SDP-version)
+    last_sdp: bytes = b""  # digest of the SDP we last wrote for it, version aside (SDP-version)
     first_username: str | None = None  # o= username of this party's first SDP
     first_session_name: str | None = None  # s= of this party's first SDP
     out_version: int | None = None  # o= version we last wrote for this party's SDP

@@ -10,12 +10,13 @@ fork: an alias of that party, with the same ports. A party whose peer changes
 
 from __future__ import annotations
 
-from relayd.calls.model import Call, Monologue
+from relayd.calls.model import Call, Media, Monologue
 from relayd.ng.message import Request
 
 __all__ = [
     "answerer_of",
     "apply_party_flags",
+    "detach_branch",
     "receiver_of_offer",
     "sender_of",
     "switch_dialogue",
@@ -89,6 +90,32 @@ def switch_dialogue(party: Monologue, peer: str) -> None:
         saved = party.other_dialogues.pop(peer, [])
         party.medias = saved or [m.for_new_dialogue() for m in party.medias]
     party.in_dialogue_with = peer
+
+
+def detach_branch(call: Call, party: Monologue, branch: str) -> list[Media] | None:
+    """Take the party of ``party``'s offer on ``branch`` out of the call (a ``delete`` with
+    ``via-branch``: that fork hung up), if the call goes on without it.
+
+    Returns the media whose ports are to be given back: the branch's own, and what
+    ``party`` kept aside for a dialogue with it. None, and nothing changed, where the whole
+    call is to go: no such branch, the branch is ``party`` itself, or nobody but ``party``
+    would be left (rtpengine 10.5 then deletes the call).
+    """
+    gone = call.branches.get(branch)
+    if gone is None or gone is party:
+        return None
+    if not any(p is not party and p is not gone for p in call.parties()):
+        return None
+    del call.branches[branch]
+    for tag in (gone.tag, *gone.aliases):
+        if call.monologues.get(tag) is gone:
+            del call.monologues[tag]
+    medias = list(gone.medias)
+    for kept in gone.other_dialogues.values():
+        medias.extend(kept)
+    if gone.tag and party.in_dialogue_with != gone.tag:
+        medias.extend(party.other_dialogues.pop(gone.tag, []))
+    return medias
 
 
 def apply_party_flags(party: Monologue, req: Request, *, received: bool = False) -> None:

@@ -4,17 +4,27 @@ Rules, in the order they are applied to each media section:
 
 * ``m=``: port → our RTP port for the receiving party (0 stays 0), protocol →
   the outgoing transport, formats → the negotiated payload types.
-* ``c=`` lines in the media section → our advertised address (a zero address
-  is kept unless ``replace: zero-address``).
+* ``c=`` lines in the media section → our advertised address; a zero (hold)
+  address stays the null address, written in the outgoing family (``IN IP6 ::``),
+  unless ``replace: zero-address``.
 * Attributes we manage are removed where they stand (``rtpmap``, ``fmtp`` and
   per-PT ``rtcp-fb``, ``ptime``, direction, ``rtcp``, ``rtcp-mux``, ICE when
-  it is removed, our ``a=rtpengine`` marker); every other line stays verbatim.
+  it is removed, our ``a=rtpengine`` marker, ``extmap`` with ``strip-extmap``);
+  every other line stays verbatim.
 * Then appended: per payload type ``rtpmap``/``fmtp``/``rtcp-fb`` (static
   types included), the direction, ``a=rtcp:PORT``, ``a=rtcp-mux``, ``a=ptime``.
+* A rejected section (port 0) keeps its lines but the managed ones (its
+  ``a=fingerprint`` and ``a=rtpengine`` stay) and gets nothing appended but its
+  ``a=mid`` (and a stray ``a=end-of-candidates``); its ``c=`` is rewritten all the same.
+* An ``m=message`` section (MSRP and the like: no RTP) passes through untouched.
+  Where it relied on the session-level ``c=`` that we replace, that original
+  ``c=`` is written into it, right after its ``m=`` line.
 
-At session level: ``o=`` only with ``replace: origin``; ``c=`` with
-``replace: session-connection`` or when a media section has no ``c=`` of its
-own; session direction attributes are consumed (re-emitted per media).
+At session level (each session of the body on its own): ``o=`` only with
+``replace: origin``; ``c=`` with ``replace: session-connection`` or when a media
+section has no ``c=`` of its own, then as the first media section's: the null
+address where that one is on hold, else ours; session direction attributes are
+consumed (re-emitted per media).
 """
 
 from __future__ import annotations
@@ -24,10 +34,26 @@ from dataclasses import dataclass, field
 
 from relayd.calls.model import Media
 from relayd.calls.webrtc import candidate_priority
-from relayd.sdp.model import Line, MediaDescription, Origin, SessionDescription
+from relayd.sdp.model import (
+    Connection,
+    Line,
+    MediaDescription,
+    Origin,
+    Session,
+    SessionDescription,
+)
 
-__all__ = ["DIRECTIONS", "ICE_ATTRIBUTES", "SECURITY_ATTRIBUTES", "RewriteOptions", "rewrite_sdp"]
+__all__ = [
+    "DIRECTIONS",
+    "ICE_ATTRIBUTES",
+    "PASSTHROUGH_MEDIA",
+    "SECURITY_ATTRIBUTES",
+    "RewriteOptions",
+    "rewrite_sdp",
+]
 
+# a media type whose sections go through untouched: no RTP of ours (MSRP chat, RFC 4975)
+PASSTHROUGH_MEDIA = "message"
 DIRECTIONS = frozenset({"sendrecv", "sendonly", "recvonly", "inactive"})
 SECURITY_ATTRIBUTES = frozenset({"crypto", "fingerprint", "setup", "tls-id"})
 ICE_ATTRIBUTES = frozenset(
@@ -55,11 +81,11 @@ class RewriteOptions:
     rtcp_attribute: str = "short"  # "short", "full" or "none"
     loop_marker: str = ""  # a=rtpengine:<marker> when loop-protect is asked for
     origin_user: str | None = None  # replace: username (the dialog's first o= user)
-    origin_version: str | None = None  # replace: SDP-version
     session_name: str | None = None  # replace: session-name (the dialog's first s=)
     fingerprint: str = ""  # "sha-256 AB:…" of our DTLS certificate
     foundations: Mapping[str, str] = field(default_factory=dict)  # ICE, per local address
     generate_mid: bool = False
+    strip_extmap: bool = False
     answer: bool = False
 
 
@@ -67,10 +93,34 @@ def rewrite_sdp(
     sdp: SessionDescription, medias: list[Media], opts: RewriteOptions
 ) -> SessionDescription:
     """Return a rewritten copy of ``sdp``; ``medias`` are the receiving party's, by index."""
-    lacks_connection = any(m.connection() is None for m in sdp.media)
+    sessions: list[Session] = []
+    out_media: list[MediaDescription] = []
+    for session in sdp.sessions:
+        descs = sdp.media_of(session)
+        lines, original_c = _rewrite_session(session, descs, opts)
+        sessions.append(Session(lines, session.first_media))
+        for i, desc in enumerate(descs, start=session.first_media):
+            if desc.media == PASSTHROUGH_MEDIA:
+                out_media.append(_pass_through(desc, original_c))
+            elif i < len(medias):
+                out_media.append(_rewrite_media(desc, medias[i], opts, i))
+            else:
+                out_media.append(desc)
+    if opts.loop_marker:
+        sessions[0].lines.append(Line("a", f"rtpengine:{opts.loop_marker}"))
+    return SessionDescription(sessions, out_media, sdp.eol)
+
+
+def _rewrite_session(
+    session: Session, descs: list[MediaDescription], opts: RewriteOptions
+) -> tuple[list[Line], Line | None]:
+    """One session's own lines rewritten, and its original ``c=`` line where we replaced it
+    (a passed-through section that relied on it gets it)."""
+    lacks_connection = any(m.connection() is None for m in descs)
     replace_session_c = "session-connection" in opts.replace or lacks_connection
-    session: list[Line] = []
-    for line in sdp.session:
+    original_c: Line | None = None
+    lines: list[Line] = []
+    for line in session.lines:
         if line.kind == "o":
             o = Origin.parse(line.value)
             family, address = (
@@ -82,7 +132,7 @@ def rewrite_sdp(
                     Origin(
                         opts.origin_user if opts.origin_user is not None else o.username,
                         o.session_id,
-                        opts.origin_version if opts.origin_version is not None else o.version,
+                        o.version,
                         o.network,
                         family,
                         address,
@@ -92,11 +142,12 @@ def rewrite_sdp(
         elif line.kind == "s" and opts.session_name is not None:
             line = Line("s", opts.session_name)
         elif line.kind == "c" and replace_session_c:
-            # a zero session address is replaced (zero-address) only where it serves as
-            # the media's address; next to media c= lines it stays
-            zero = line.value.split()[-1] in ("0.0.0.0", "::")
-            if not zero or ("zero-address" in opts.replace and lacks_connection):
-                line = Line("c", f"IN {opts.family} {opts.address}")
+            original_c = line
+            # as the first media section's address: the null address where that one is on
+            # hold (its own c= or this one zero), else ours
+            first = descs[0].connection() if descs else None
+            held = (first or Connection.parse(line.value)).is_zero
+            line = _connection_line(held, opts)
         elif line.kind == "a" and (
             (line.attr in DIRECTIONS and not opts.original_sendrecv)
             or line.attr in ICE_ATTRIBUTES
@@ -105,14 +156,27 @@ def rewrite_sdp(
             or line.value.startswith("group:BUNDLE")
         ):
             continue
-        session.append(line)
-    if opts.loop_marker:
-        session.append(Line("a", f"rtpengine:{opts.loop_marker}"))
-    out_media = [
-        _rewrite_media(desc, medias[i], opts, i) if i < len(medias) else desc
-        for i, desc in enumerate(sdp.media)
-    ]
-    return SessionDescription(session, out_media, sdp.eol)
+        lines.append(line)
+    return lines, original_c
+
+
+def _connection_line(zero: bool, opts: RewriteOptions) -> Line:
+    """``c=`` towards the receiver: our address, or for a zero (hold) address the null
+    address of the outgoing family, unless ``replace: zero-address``."""
+    if zero and "zero-address" not in opts.replace:
+        return Line("c", f"IN {opts.family} {'::' if opts.family == 'IP6' else '0.0.0.0'}")
+    return Line("c", f"IN {opts.family} {opts.address}")
+
+
+def _pass_through(desc: MediaDescription, session_c: Line | None) -> MediaDescription:
+    """An ``m=message`` section as it came; given the session's original ``c=`` where it had
+    none of its own and we replaced the session's (rtpengine 10.5, its GH #959)."""
+    if session_c is None or desc.connection() is not None:
+        return desc
+    out = MediaDescription(desc.media, desc.port, desc.port_count, desc.protocol, desc.formats)
+    out.inherit_verbatim(desc)
+    out.lines = [session_c, *desc.lines]
+    return out
 
 
 def _managed(attr: str, media: Media, opts: RewriteOptions) -> bool:
@@ -122,7 +186,13 @@ def _managed(attr: str, media: Media, opts: RewriteOptions) -> bool:
         return not opts.original_sendrecv
     if attr in ("rtcp", "rtcp-mux", "ptime", "mid"):
         return attr != "ptime" or media.ptime > 0
+    if attr == "extmap":
+        return opts.strip_extmap
     return attr == "rtpengine" or attr in ICE_ATTRIBUTES or attr in SECURITY_ATTRIBUTES
+
+
+# what a rejected section keeps of the attributes we manage (rtpengine 10.5 leaves them)
+_KEPT_WHEN_REJECTED = frozenset({"fingerprint", "rtpengine"})
 
 
 def _rewrite_media(
@@ -132,24 +202,19 @@ def _rewrite_media(
     formats = (
         [c.payload_type for c in media.sent_codecs] if media.sent_codecs else list(desc.formats)
     )
-    if desc.port == 0 or media.rejected:
-        return MediaDescription(
-            desc.media,
-            0,
-            desc.port_count,
-            protocol,
-            formats,
-            list(desc.lines),
-        )
-    out = MediaDescription(desc.media, media.port, desc.port_count, protocol, formats)
-    local = media.local
+    rejected = desc.port == 0 or media.rejected
+    out = MediaDescription(
+        desc.media, 0 if rejected else media.port, desc.port_count, protocol, formats
+    )
+    if rejected:
+        out.inherit_verbatim(desc)  # "m=application 0 * " keeps its spacing (rtpengine GH #1461)
     for line in desc.lines:
         if line.kind == "c":
-            zero = line.value.split()[-1] in ("0.0.0.0", "::")
-            if local is not None and (not zero or "zero-address" in opts.replace):
-                line = Line("c", f"IN {opts.family} {opts.address}")
+            line = _connection_line(line.value.split()[-1] in ("0.0.0.0", "::"), opts)
         elif line.kind == "a" and _managed(line.attr, media, opts):
-            if line.attr == "rtcp-fb" and line.value.startswith("rtcp-fb:*"):
+            if (line.attr == "rtcp-fb" and line.value.startswith("rtcp-fb:*")) or (
+                rejected and line.attr in _KEPT_WHEN_REJECTED
+            ):
                 out.lines.append(line)
             continue
         out.lines.append(line)  # lines are not changed once parsed: shared, not copied
@@ -159,6 +224,11 @@ def _rewrite_media(
         mid = str(index + 1)
     if mid:
         out.lines.append(Line("a", f"mid:{mid}"))
+    if rejected:
+        if desc.has_attribute("end-of-candidates"):
+            out.lines.append(Line("a", "end-of-candidates"))
+        return out
+    local = media.local
     for codec in media.sent_codecs:
         if codec.encoding:
             out.lines.append(Line("a", f"rtpmap:{codec.payload_type} {codec.encoding}"))

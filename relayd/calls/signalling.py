@@ -13,17 +13,16 @@ Rules (rtpengine's, ng protocol §1.5):
 
 from __future__ import annotations
 
-import hashlib
 import secrets
-from typing import Any
 
 from relayd.calls import negotiation
 from relayd.calls.interfaces import Interfaces
 from relayd.calls.media_ports import MediaPorts, Taken
 from relayd.calls.model import Call, Endpoint, Media, Monologue, family_of, is_address
+from relayd.calls.origin import origin_fields, stamp_version
 from relayd.calls.parties import answerer_of, apply_party_flags, receiver_of_offer, sender_of
 from relayd.calls.ports import PortAllocator, PortsExhausted
-from relayd.calls.rewrite import DIRECTIONS, RewriteOptions, rewrite_sdp
+from relayd.calls.rewrite import DIRECTIONS, PASSTHROUGH_MEDIA, RewriteOptions, rewrite_sdp
 from relayd.calls.webrtc import new_foundation
 from relayd.ng.message import NgError, Request
 from relayd.sdp.codecs import answer_codecs, apply_codec_ops, codecs_of
@@ -123,17 +122,25 @@ class Signalling:
         offer: bool,
     ) -> str:
         sender.sent_sdp = True
-        origin_fields = self._origin_fields(sender, sdp, req)
-        session_c = sdp.connection()
-        session_direction = _direction(sdp.session)
+        fields = origin_fields(sender, sdp, req)
         family = receiver.family or _known_family(receiver) or self._input_family(sdp)
         taken = Taken(self.ports)
         try:
             for index, desc in enumerate(sdp.media):
+                if desc.media == PASSTHROUGH_MEDIA:
+                    self._pass_through(sender, receiver, index, desc)
+                    continue
+                session = sdp.session_of(index)
                 moved = self._learn(
-                    sender, index, desc, session_c, session_direction, req, offer=offer
+                    sender,
+                    index,
+                    desc,
+                    session.connection(),
+                    _direction(session.lines),
+                    req,
+                    offer=offer,
                 )
-                negotiation.learn(sender.medias[index], desc, sdp.session)
+                negotiation.learn(sender.medias[index], desc, session.lines)
                 # without port latching, a peer that moved its port gets new ports from us
                 renew = offer and moved and not req.has("port-latching")
                 self._prepare(
@@ -182,37 +189,15 @@ class Signalling:
             fingerprint=self.fingerprint,
             foundations=self.foundations,
             generate_mid=offer and req.has("generate-mid"),
+            strip_extmap=req.has("strip-extmap"),
             answer=not offer,
             loop_marker=self.instance_id if req.has("loop-protect") else "",
-            **origin_fields,
+            **fields,
         )
-        return write_sdp(rewrite_sdp(sdp, receiver.medias, opts))
-
-    @staticmethod
-    def _origin_fields(party: Monologue, sdp: SessionDescription, req: Request) -> dict[str, Any]:
-        """``replace`` of the o= username/version and s= (values kept per party)."""
-        origin = sdp.origin()
-        name = next((ln.value for ln in sdp.session if ln.kind == "s"), None)
-        if party.first_username is None and origin is not None:
-            party.first_username = origin.username
-            party.first_session_name = name
-        fields: dict[str, Any] = {}
-        digest = hashlib.blake2b(
-            (req.sdp or "").encode(errors="surrogateescape"), digest_size=16
-        ).digest()
-        if "username" in req.replace:
-            fields["origin_user"] = party.first_username
-        if "session-name" in req.replace:
-            fields["session_name"] = party.first_session_name
-        if "sdp-version" in req.replace and origin is not None and origin.version.isdigit():
-            if party.out_version is None:
-                party.out_version = int(origin.version)
-            elif digest != party.last_sdp:
-                # a changed body gets a new version even if the sender kept its own
-                party.out_version += 1
-            fields["origin_version"] = str(party.out_version)
-        party.last_sdp = digest
-        return fields
+        out = rewrite_sdp(sdp, receiver.medias, opts)
+        if "sdp-version" in req.replace:
+            stamp_version(sender, out)
+        return write_sdp(out)
 
     @staticmethod
     def _parse(req: Request) -> SessionDescription:
@@ -220,31 +205,59 @@ class Signalling:
             raise NgError("No SDP body in message")
         try:
             sdp = parse_sdp(req.sdp)
-            connections = [c for c in [sdp.connection(), *(m.connection() for m in sdp.media)] if c]
+            connections = [
+                c
+                for c in [
+                    *(session.connection() for session in sdp.sessions),
+                    *(m.connection() for m in sdp.media),
+                ]
+                if c
+            ]
         except SdpError:
             raise NgError("Failed to parse SDP") from None
         if any(not is_address(c.address) for c in connections):
             raise NgError("Failed to parse SDP")  # a host name where an address must be
         if not sdp.media:
             raise NgError("Error rewriting SDP")
-        if sdp.connection() is None and any(m.port and m.connection() is None for m in sdp.media):
+        if any(
+            m.port and m.connection() is None and sdp.session_of(i).connection() is None
+            for i, m in enumerate(sdp.media)
+        ):
             raise NgError("Incomplete SDP specification")
         return sdp
 
     def _looped(self, sdp: SessionDescription) -> bool:
         marker = self.instance_id
-        return marker in sdp.session_attributes("rtpengine") or any(
+        return any(marker in s.attributes("rtpengine") for s in sdp.sessions) or any(
             marker in m.attributes("rtpengine") for m in sdp.media
         )
 
     @staticmethod
     def _input_family(sdp: SessionDescription) -> str:
-        for desc in sdp.media:
+        media = [d for d in sdp.media if d.media != PASSTHROUGH_MEDIA]
+        for desc in media:
             c = desc.connection()
             if c is not None:
                 return c.family
         c = sdp.connection()
         return c.family if c is not None else "IP4"
+
+    def _pass_through(
+        self, sender: Monologue, receiver: Monologue, index: int, desc: MediaDescription
+    ) -> None:
+        """An ``m=message`` section (MSRP): both parties' media for it carry no ports of ours
+        (given back if it was RTP before); its SDP passes through as it is."""
+        for party in (sender, receiver):
+            while len(party.medias) <= index:
+                party.medias.append(Media(index=len(party.medias), type=desc.media, protocol=""))
+            media = party.medias[index]
+            if media.port:
+                self.media_ports.release(media)
+            media.type, media.protocol = desc.media, desc.protocol
+            media.passthrough = True
+            media.rejected = desc.port == 0
+            media.peer_rtcp_mux = False
+            media.remote_rtp = media.remote_rtcp = None
 
     def _learn(
         self,
@@ -270,6 +283,7 @@ class Signalling:
             self.media_ports.release(media)  # audio → image (T.38) and back: new ports
         media.type, media.protocol = desc.media, desc.protocol
         media.rejected = desc.port == 0
+        media.passthrough = False
         media.codecs = codecs_of(desc)
         ptime = desc.attributes("ptime")
         media.ptime = int(ptime[0]) if ptime and ptime[0].isdigit() else 0
@@ -337,6 +351,7 @@ class Signalling:
         renew = renew or media.type != desc.media
         media.type = desc.media
         media.rejected = desc.port == 0
+        media.passthrough = False
         media.send, media.recv = source.send, source.recv
         media.zero_address = source.zero_address
         # an answer without a=ptime goes back with the offerer's own
@@ -369,6 +384,11 @@ class Signalling:
 
     def release_call(self, call: Call) -> None:
         self.media_ports.release_call(call)
+
+    def release_medias(self, medias: list[Media]) -> None:
+        """Give back the ports of media that left the call (a deleted branch)."""
+        for media in medias:
+            self.media_ports.release(media)
 
 
 def _direction(lines: list[Line]) -> str | None:

@@ -113,6 +113,18 @@ def _words(value: Any) -> list[str]:
     return [w for w in _text(value).split() if w]
 
 
+def _list(req: Request, key: str, value: Any) -> list[str]:
+    """The items of a list-valued key (``flags``, ``replace``, ``rtcp-mux``, ``SDES``, a
+    ``codec`` operation). rtpengine 10.5 reads these only as lists: a plain string there
+    (``SDES: "off"``) is ignored, not split, so it is logged as unknown and changes nothing."""
+    if value is None:
+        return []
+    if isinstance(value, list | tuple):
+        return [_text(v) for v in value]
+    req.unknown.append(f"{key}={_text(value)}")
+    return []
+
+
 # Dictionary keys relayd reads (normalised); everything else is logged as unknown.
 _KNOWN_KEYS = frozenset(
     [
@@ -306,14 +318,14 @@ def parse_request(raw: dict[str, Any]) -> Request:
     req.via_branch = _text(keys.get("via-branch", ""))
     if "sdp" in keys:
         req.sdp = _text(keys["sdp"])
-    for word in _words(keys.get("flags")):
+    for word in _list(req, "flags", keys.get("flags")):
         _apply_flag(req, word)
     if "rtpp-flags" in keys:
         for word in _words(keys["rtpp-flags"]):
             _apply_flag(req, word)
-    req.replace.update(normalise(w) for w in _words(keys.get("replace")))
-    req.rtcp_mux.update(normalise(w) for w in _words(keys.get("rtcp-mux")))
-    req.sdes.update(normalise(w) for w in _words(keys.get("sdes")))
+    req.replace.update(normalise(w) for w in _list(req, "replace", keys.get("replace")))
+    req.rtcp_mux.update(normalise(w) for w in _list(req, "rtcp-mux", keys.get("rtcp-mux")))
+    req.sdes.update(normalise(w) for w in _list(req, "SDES", keys.get("sdes")))
     if "direction" in keys:
         req.direction = _words(keys["direction"])
     for key, attr in (("ice", "ice"), ("dtls", "dtls")):
@@ -333,7 +345,7 @@ def parse_request(raw: dict[str, Any]) -> Request:
     codec = keys.get("codec")
     if isinstance(codec, dict):
         for op, names in codec.items():
-            req.codec.setdefault(normalise(op), []).extend(_words(names))
+            req.codec.setdefault(normalise(op), []).extend(_list(req, f"codec.{_text(op)}", names))
     for key, attr in (
         ("ptime", "ptime"),
         ("tos", "tos"),

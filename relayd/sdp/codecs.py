@@ -122,7 +122,8 @@ def answer_codecs(answered: Sequence[Codec], offered: Sequence[Codec]) -> tuple[
     """The answer's codecs that were offered to the answerer (RFC 3264 §6.1).
 
     As rtpengine 10.5 matches them: by payload type number, with the same
-    encoding where both sides name one.
+    encoding where both sides name one. An answer with none of them (a rejected
+    section that says ``m=audio 0 RTP/AVP 0``) goes back with the first offered.
     """
     if not offered:
         return tuple(answered)
@@ -133,4 +134,4 @@ def answer_codecs(answered: Sequence[Codec], offered: Sequence[Codec]) -> tuple[
         if (o := by_number.get(c.payload_type)) is not None
         and (not c.encoding or not o.encoding or c.encoding.lower() == o.encoding.lower())
     ]
-    return tuple(kept or answered)
+    return tuple((kept or offered[:1]) if answered else ())

@@ -16,6 +16,7 @@ __all__ = [
     "MediaDescription",
     "Origin",
     "SdpError",
+    "Session",
     "SessionDescription",
     "attribute_value",
 ]
@@ -136,6 +137,10 @@ class MediaDescription:
         """Remember ``value`` as this line's text while its fields stay as parsed."""
         self._verbatim = (value, self._fields())
 
+    def inherit_verbatim(self, other: MediaDescription) -> None:
+        """Write this ``m=`` line as ``other``'s text as long as its fields are ``other``'s."""
+        self._verbatim = other._verbatim
+
     def m_value(self) -> str:
         if self._verbatim is not None and self._verbatim[1] == self._fields():
             return self._verbatim[0]
@@ -159,13 +164,16 @@ class MediaDescription:
 
 
 @dataclass(slots=True)
-class SessionDescription:
-    """A whole SDP body: session-level lines, then media descriptions."""
+class Session:
+    """The session-level lines of one session (RFC 8866 §5: ``v=`` up to the first ``m=``).
 
-    session: list[Line]
-    media: list[MediaDescription]
-    eol: str = "\r\n"
-    # the session-level c= and o= lines, parsed: set by the parser
+    ``first_media`` is the index, among all the body's media sections, of the first one
+    that belongs to this session.
+    """
+
+    lines: list[Line]
+    first_media: int = 0
+    # the first c= and o= lines, parsed: set by the parser
     parsed_connection: Connection | _Unknown | None = field(
         default_factory=lambda: UNKNOWN, repr=False, compare=False
     )
@@ -173,13 +181,13 @@ class SessionDescription:
         default_factory=lambda: UNKNOWN, repr=False, compare=False
     )
 
-    def session_attributes(self, name: str) -> list[str]:
-        return [attribute_value(ln.value) for ln in self.session if ln.attr == name]
+    def attributes(self, name: str) -> list[str]:
+        return [attribute_value(ln.value) for ln in self.lines if ln.attr == name]
 
     def connection(self) -> Connection | None:
         if not isinstance(self.parsed_connection, _Unknown):
             return self.parsed_connection
-        for ln in self.session:
+        for ln in self.lines:
             if ln.kind == "c":
                 return Connection.parse(ln.value)
         return None
@@ -187,7 +195,52 @@ class SessionDescription:
     def origin(self) -> Origin | None:
         if not isinstance(self.parsed_origin, _Unknown):
             return self.parsed_origin
-        for ln in self.session:
+        for ln in self.lines:
             if ln.kind == "o":
                 return Origin.parse(ln.value)
         return None
+
+
+@dataclass(slots=True)
+class SessionDescription:
+    """A whole SDP body: its sessions' lines, then the media descriptions of all of them.
+
+    Nearly every body is one session. rtpengine also takes a body with several (each
+    further ``v=`` line starts the next): their media sections are numbered on across the
+    body, and each session keeps its own session-level lines.
+    """
+
+    sessions: list[Session]
+    media: list[MediaDescription]
+    eol: str = "\r\n"
+
+    @property
+    def session(self) -> list[Line]:
+        """The first session's lines."""
+        return self.sessions[0].lines
+
+    def session_attributes(self, name: str) -> list[str]:
+        return self.sessions[0].attributes(name)
+
+    def connection(self) -> Connection | None:
+        """The first session's c=."""
+        return self.sessions[0].connection()
+
+    def origin(self) -> Origin | None:
+        """The first session's o=."""
+        return self.sessions[0].origin()
+
+    def session_of(self, index: int) -> Session:
+        """The session media section ``index`` belongs to."""
+        found = self.sessions[0]
+        for session in self.sessions:
+            if session.first_media > index:
+                break
+            found = session
+        return found
+
+    def media_of(self, session: Session) -> list[MediaDescription]:
+        """The media sections of ``session``."""
+        later = self.sessions[[s is session for s in self.sessions].index(True) + 1 :]
+        end = later[0].first_media if later else len(self.media)
+        return self.media[session.first_media : end]

@@ -9,6 +9,7 @@ from relayd.sdp.model import (
     MediaDescription,
     Origin,
     SdpError,
+    Session,
     SessionDescription,
 )
 
@@ -16,7 +17,7 @@ __all__ = ["parse_sdp"]
 
 
 def parse_sdp(body: str) -> SessionDescription:
-    """Split ``body`` into session and media lines.
+    """Split ``body`` into session and media lines (a further ``v=`` starts another session).
 
     Raises :class:`SdpError` for a body rtpengine would refuse: no ``v=`` line
     first, a line that is not ``<letter>=``, a malformed ``m=``, ``c=`` or ``o=``.
@@ -27,36 +28,39 @@ def parse_sdp(body: str) -> SessionDescription:
         raw_lines.pop()
     if not raw_lines or not raw_lines[0].startswith("v="):
         raise SdpError("SDP does not start with v=")
-    session: list[Line] = []
     media: list[MediaDescription] = []
-    # the first c= of each section and the session's first o=, kept as parsed
-    session_c: Connection | None = None
-    origin: Origin | None = None
+    session = Session([], 0, None, None)
+    sessions = [session]
     for raw in raw_lines:
         raw = raw.rstrip("\r")
         if len(raw) < 2 or raw[1] != "=" or not raw[0].isalpha():
             raise SdpError(f"malformed line: {raw!r}")
         line = Line(raw[0], raw[2:])
+        if line.kind == "v" and session.lines:
+            # a further session in the same body (rtpengine takes them): its lines up to its
+            # own first m=
+            session = Session([], len(media), None, None)
+            sessions.append(session)
         if line.kind == "m":
             desc = _parse_media(line.value)
             desc.parsed_connection = None
             media.append(desc)
-        elif media:
+        elif len(media) > session.first_media:
             media[-1].lines.append(line)
         else:
-            session.append(line)
+            session.lines.append(line)
         if line.kind == "c":
             connection = Connection.parse(line.value)
-            if media:
+            if len(media) > session.first_media:
                 if media[-1].parsed_connection is None:
                     media[-1].parsed_connection = connection
-            elif session_c is None:
-                session_c = connection
+            elif session.parsed_connection is None:
+                session.parsed_connection = connection
         elif line.kind == "o":
             parsed = Origin.parse(line.value)
-            if not media and origin is None:
-                origin = parsed
-    return SessionDescription(session, media, eol, session_c, origin)
+            if len(media) == session.first_media and session.parsed_origin is None:
+                session.parsed_origin = parsed
+    return SessionDescription(sessions, media, eol)
 
 
 def _parse_media(value: str) -> MediaDescription:

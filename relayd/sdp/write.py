@@ -8,8 +8,10 @@ __all__ = ["write_sdp"]
 
 
 def write_sdp(sdp: SessionDescription) -> str:
-    out = [str(line) for line in sdp.session]
-    for media in sdp.media:
-        out.append(f"m={media.m_value()}")
-        out.extend(str(line) for line in media.lines)
+    out: list[str] = []
+    for session in sdp.sessions:
+        out.extend(str(line) for line in session.lines)
+        for media in sdp.media_of(session):
+            out.append(f"m={media.m_value()}")
+            out.extend(str(line) for line in media.lines)
     return sdp.eol.join(out) + sdp.eol
