@@ -153,6 +153,17 @@ class Media:
     peer_fingerprint: str = ""  # "sha-256 AB:CD:…" from this party's SDP
     setup: str = ""  # the a=setup we wrote to this party ("" when no DTLS)
     dtls_role: str = ""  # "active" or "passive": our DTLS role towards this party
+    fingerprint_hash: str = ""  # the hash of our a=fingerprint to this party, once written
+    prefer_passive: bool = False  # DTLS-reverse=passive came with this party's offer
+    # RFC 8643 opportunistic SRTP: SDES or DTLS over RTP/AVP(F)
+    osrtp: bool = False  # this party's SDP: RTP/AVP(F) with a=crypto or a=fingerprint
+    out_osrtp: bool = False  # we write SRTP attributes over RTP/AVP(F) to this party
+    protocol_seen: str = ""  # this party's protocol as last learned ("RTP/AVP+osrtp")
+    protocol_changed: bool = True  # its latest SDP changed that protocol
+    # which of DTLS and SDES are in use with this party: set by the first offer towards
+    # it (from the flags), then by what its SDPs carry; both cleared by a plain transport
+    uses_dtls: bool = False
+    uses_sdes: bool = False
     peer_ice: bool = False  # this party's SDP had ICE
     peer_ice_ufrag: str = ""
     peer_trickle: bool = False  # a=ice-options:trickle at media level
@@ -175,6 +186,8 @@ class Media:
             srtp_out=None,
             setup="",
             dtls_role="",
+            fingerprint_hash="",
+            out_osrtp=False,
             ice_ufrag="",
             ice_pwd="",
         )

@@ -58,6 +58,9 @@ class RewriteOptions:
     origin_version: str | None = None  # replace: SDP-version
     session_name: str | None = None  # replace: session-name (the dialog's first s=)
     fingerprint: str = ""  # "sha-256 AB:…" of our DTLS certificate
+    fingerprints: Mapping[str, str] = field(default_factory=dict)  # the same, per hash name
+    sdes_pad: bool = False  # SDES-pad / pad-crypto: base64 keys with their "=" padding
+    sdes_lifetime: bool = False  # SDES-lifetime: "|2^31" after every key
     foundations: Mapping[str, str] = field(default_factory=dict)  # ICE, per local address
     generate_mid: bool = False
     answer: bool = False
@@ -175,10 +178,13 @@ def _rewrite_media(
             out.lines.append(Line("a", f"rtcp:{rtcp_port}"))
     if media.rtcp_mux:
         out.lines.append(Line("a", "rtcp-mux"))
-    out.lines.extend(Line("a", c.value()) for c in media.crypto_out)
+    out.lines.extend(
+        Line("a", c.value(pad=opts.sdes_pad, lifetime=opts.sdes_lifetime)) for c in media.crypto_out
+    )
     if media.setup:
+        fingerprint = opts.fingerprints.get(media.fingerprint_hash) or opts.fingerprint
         out.lines.append(Line("a", f"setup:{media.setup}"))
-        out.lines.append(Line("a", f"fingerprint:{opts.fingerprint}"))
+        out.lines.append(Line("a", f"fingerprint:{fingerprint}"))
     if media.ptime:
         out.lines.append(Line("a", f"ptime:{media.ptime}"))
     if media.ice_ufrag:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Mapping
 from typing import Any
 
 from relayd.calls import negotiation
@@ -42,7 +43,9 @@ class Signalling:
     """Offer and answer on a call: who is who, our ports, SRTP/DTLS/ICE, the rewritten SDP.
 
     ``instance_id`` is the ``loop-protect`` marker written into our SDP (``a=rtpengine``);
-    ``fingerprint`` is our DTLS certificate's, as SDP writes it.
+    ``fingerprint`` is our DTLS certificate's, as SDP writes it (``sha-256 AB:…``), the
+    default; ``fingerprints`` the same per hash function (``{"sha-1": "sha-1 AB:…"}``) for
+    the parties that use or ask for another.
     """
 
     def __init__(
@@ -53,6 +56,7 @@ class Signalling:
         instance_id: str | None = None,
         sip_source_default: bool = False,
         fingerprint: str = "",
+        fingerprints: Mapping[str, str] | None = None,
         dtls_passive: bool = False,
     ) -> None:
         self.interfaces = interfaces
@@ -61,6 +65,9 @@ class Signalling:
         self.instance_id = instance_id or secrets.token_hex(6)
         self.sip_source_default = sip_source_default
         self.fingerprint = fingerprint  # "sha-256 AB:CD:…" of our DTLS certificate
+        self.fingerprints = dict(fingerprints or {})
+        if fingerprint:
+            self.fingerprints.setdefault(fingerprint.partition(" ")[0].lower(), fingerprint)
         self.dtls_passive = dtls_passive
         # ICE candidate foundations: one per local address for the daemon's life
         self.foundations = {a.local: new_foundation() for a in interfaces.all}
@@ -133,7 +140,7 @@ class Signalling:
                 moved = self._learn(
                     sender, index, desc, session_c, session_direction, req, offer=offer
                 )
-                negotiation.learn(sender.medias[index], desc, sdp.session)
+                negotiation.learn(sender.medias[index], desc, sdp.session, req)
                 # without port latching, a peer that moved its port gets new ports from us
                 renew = offer and moved and not req.has("port-latching")
                 self._prepare(
@@ -153,8 +160,7 @@ class Signalling:
                 self.media_ports.ensure(call, sender, sender.medias[index], own_family, taken)
                 target, source = receiver.medias[index], sender.medias[index]
                 if offer:
-                    protocol = req.transport_protocol or desc.protocol
-                    negotiation.offer(target, source, req, protocol)
+                    negotiation.offer(target, source, req)
                 else:
                     negotiation.answer(target, source, req, dtls_passive=self.dtls_passive)
                 self.media_ports.ensure_ice(call, target, taken)
@@ -180,6 +186,9 @@ class Signalling:
             if req.has("full-rtcp-attribute")
             else "short",
             fingerprint=self.fingerprint,
+            fingerprints=self.fingerprints,
+            sdes_pad="pad" in req.sdes or req.has("pad-crypto"),
+            sdes_lifetime="lifetime" in req.sdes,
             foundations=self.foundations,
             generate_mid=offer and req.has("generate-mid"),
             answer=not offer,

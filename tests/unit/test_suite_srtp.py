@@ -1,0 +1,306 @@
+"""SDES, OSRTP and DTLS in offer/answer as rtpengine 10.5 answers them (its daemon tests
+t/auto-daemon-tests.pl: SDES=static, gh 661, gh 829, gh 966, OSRTP, fingerprint
+selection, stray answer protocol changes, DTLS-reverse), at the ng level in-process."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from relayd.calls.commands import Commands
+from relayd.calls.ports import PortAllocator
+from relayd.calls.signalling import Signalling
+from relayd.calls.timers import Limits
+from tests.unit.calls import T0, FakeBinder, interfaces, req
+
+SHA256 = "sha-256 " + ":".join(["AB"] * 32)
+SHA1 = "sha-1 " + ":".join(["CD"] * 20)
+
+KEY128 = "Qk0TvVeyfqfjFd/YebnyyklqSEhJntpVKV1KAhHa"  # 30 bytes: no padding either way
+KEY128_B = "Kl3GFJ5Gqz5x07xYkoyHODkVkSpiplZnXsQIw+Q7"
+KEY256 = "8AbZePWwsKhLGX3GlXA+yHYPQ3cgraer/9DkFJYCOPZZy3o9wC0NIbIFYZfyHw=="  # 46 bytes
+ALL_SUITES = 12
+
+
+def _commands() -> Commands:
+    ports = PortAllocator(30000, 30999, 1, FakeBinder())
+    signalling = Signalling(
+        interfaces(),
+        ports,
+        instance_id="0123456789ab",
+        fingerprint=SHA256,
+        fingerprints={"sha-1": SHA1},
+    )
+    return Commands(signalling, Limits(), started=T0)
+
+
+def _sdp(port: int, protocol: str, *extra: str, address: str = "198.51.100.1") -> str:
+    lines = [
+        "v=0",
+        f"o=- 1 1 IN IP4 {address}",
+        "s=-",
+        f"c=IN IP4 {address}",
+        "t=0 0",
+        f"m=audio {port} {protocol} 0",
+        "a=sendrecv",
+        *extra,
+    ]
+    return "\r\n".join(lines) + "\r\n"
+
+
+def _ok(cmds: Commands, command: str, **keys: Any) -> list[str]:
+    keys.setdefault("ICE", "remove")
+    keys.setdefault("from_tag", "a")
+    if command == "answer":
+        keys.setdefault("to_tag", "b")
+    reply = cmds.handle(req(command, **keys), T0)
+    assert reply["result"] == "ok", reply
+    lines: list[str] = reply["sdp"].split("\r\n")
+    return lines
+
+
+def _crypto(lines: list[str]) -> list[str]:
+    return [ln for ln in lines if ln.startswith("a=crypto:")]
+
+
+def _m(lines: list[str]) -> str:
+    return next(ln for ln in lines if ln.startswith("m="))
+
+
+# -- how a=crypto lines are written ------------------------------------------------------------
+
+
+def test_offered_keys_are_written_without_padding_and_lifetime() -> None:
+    cmds = _commands()
+    offer = _sdp(
+        2000,
+        "RTP/SAVP",
+        f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY128}|2^31",
+        f"a=crypto:3 AES_256_CM_HMAC_SHA1_80 inline:{KEY256}",
+    )
+    crypto = _crypto(_ok(cmds, "offer", sdp=offer, DTLS="off"))
+    assert crypto[0] == f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY128}"
+    assert crypto[1] == f"a=crypto:3 AES_256_CM_HMAC_SHA1_80 inline:{KEY256.rstrip('=')}"
+    # ours follow, numbered on, none padded
+    assert crypto[2].startswith("a=crypto:4 AEAD_AES_256_GCM inline:")
+    assert len(crypto) == ALL_SUITES
+    assert not any("=" in ln.partition("inline:")[2] for ln in crypto)
+
+
+def test_pad_crypto_and_sdes_lifetime() -> None:
+    cmds = _commands()
+    offer = _sdp(2000, "RTP/SAVP", f"a=crypto:1 AES_256_CM_HMAC_SHA1_80 inline:{KEY256}")
+    padded = _crypto(_ok(cmds, "offer", sdp=offer, DTLS="off", flags=["pad crypto"]))
+    assert padded[0] == f"a=crypto:1 AES_256_CM_HMAC_SHA1_80 inline:{KEY256}"
+    for line in padded:
+        key = line.partition("inline:")[2]
+        assert len(key) % 4 == 0 and len(base64.b64decode(key)) in (28, 30, 38, 44, 46)
+
+    cmds = _commands()
+    plain = _sdp(2000, "RTP/AVP")
+    lines = _ok(
+        cmds, "offer", sdp=plain, DTLS="off", SDES=["lifetime"], transport_protocol="RTP/SAVP"
+    )
+    crypto = _crypto(lines)
+    assert len(crypto) == ALL_SUITES
+    assert all(ln.endswith("|2^31") for ln in crypto)
+
+
+def test_a_line_rtpengine_cannot_parse_is_dropped() -> None:
+    cmds = _commands()
+    offer = _sdp(
+        2000,
+        "RTP/SAVP",
+        "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:dG9vc2hvcnQ",  # 8 bytes of key
+        "a=crypto:2 FOO_SUITE inline:" + KEY128,
+        f"a=crypto:3 AES_CM_128_HMAC_SHA1_32 inline:{KEY128}|2^99",
+        f"a=crypto:4 AES_CM_128_HMAC_SHA1_80 inline:{KEY128}",
+    )
+    crypto = _crypto(_ok(cmds, "offer", sdp=offer, DTLS="off"))
+    assert crypto[0] == f"a=crypto:4 AES_CM_128_HMAC_SHA1_80 inline:{KEY128}"
+    assert crypto[1].startswith("a=crypto:5 AEAD_AES_256_GCM ")
+    assert len(crypto) == ALL_SUITES
+
+
+# -- SDES-no-<suite> (gh 661) ------------------------------------------------------------------
+
+
+def test_sdes_no_removes_the_offerers_own_line_and_the_answer_skips_it() -> None:
+    cmds = _commands()
+    offer = _sdp(
+        2000,
+        "RTP/SAVP",
+        f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY128}",
+        f"a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:{KEY128_B}",
+    )
+    lines = _ok(
+        cmds,
+        "offer",
+        sdp=offer,
+        DTLS="off",
+        SDES=["no-AES_CM_128_HMAC_SHA1_80"],
+        transport_protocol="RTP/AVP",
+    )
+    assert _m(lines).endswith("RTP/AVP 0") and not _crypto(lines)
+    answer = _ok(cmds, "answer", sdp=_sdp(2002, "RTP/AVP", address="198.51.100.3"))
+    assert _m(answer).endswith("RTP/SAVP 0")
+    (line,) = _crypto(answer)
+    assert line.startswith("a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:")
+    assert KEY128_B not in line  # our key, not the offerer's
+
+    cmds = _commands()
+    lines = _ok(cmds, "offer", sdp=offer, DTLS="off", SDES=["no-AES_CM_128_HMAC_SHA1_32"])
+    crypto = _crypto(lines)
+    assert crypto[0] == f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY128}"
+    assert not any("AES_CM_128_HMAC_SHA1_32" in ln for ln in crypto)
+    assert len(crypto) == ALL_SUITES - 1
+
+
+# -- SDES=static and keys that stay --------------------------------------------------------------
+
+
+def test_sdes_static_keeps_the_answer_line_of_before() -> None:
+    cmds = _commands()
+    offer = _sdp(
+        10000,
+        "RTP/SAVP",
+        f"a=crypto:1 AEAD_AES_256_GCM inline:{base64.b64encode(bytes(44)).decode()}",
+        f"a=crypto:7 AES_CM_128_HMAC_SHA1_80 inline:{KEY128}",
+    )
+    gcm_b = base64.b64encode(bytes(range(44))).decode().rstrip("=")
+    first = _sdp(20000, "RTP/SAVP", f"a=crypto:1 AEAD_AES_256_GCM inline:{gcm_b}")
+    second = _sdp(20000, "RTP/SAVP", f"a=crypto:7 AES_CM_128_HMAC_SHA1_80 inline:{KEY128_B}")
+    _ok(cmds, "offer", sdp=offer, DTLS="off")
+    passed = f"a=crypto:1 AEAD_AES_256_GCM inline:{gcm_b}"
+    assert _crypto(_ok(cmds, "answer", sdp=first)) == [passed]
+    # without static, the re-answer's suite passes through
+    _ok(cmds, "offer", sdp=offer, DTLS="off")
+    changed = f"a=crypto:7 AES_CM_128_HMAC_SHA1_80 inline:{KEY128_B}"
+    assert _crypto(_ok(cmds, "answer", sdp=second)) == [changed]
+    # back to the first, then static keeps it whatever the answerer took
+    _ok(cmds, "offer", sdp=offer, DTLS="off")
+    assert _crypto(_ok(cmds, "answer", sdp=first)) == [passed]
+    _ok(cmds, "offer", sdp=offer, DTLS="off")
+    assert _crypto(_ok(cmds, "answer", sdp=second, SDES=["static"])) == [passed]
+
+
+def test_a_re_answer_keeps_our_key_for_the_same_suite() -> None:
+    cmds = _commands()
+    offer = _sdp(4370, "RTP/SAVP", f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY128}")
+    plain = _sdp(4372, "RTP/AVP", address="198.51.100.3")
+    _ok(cmds, "offer", sdp=offer, transport_protocol="RTP/AVP")
+    (first,) = _crypto(_ok(cmds, "answer", sdp=plain, DTLS="off"))
+    _ok(cmds, "offer", sdp=offer, transport_protocol="RTP/AVP")
+    (second,) = _crypto(_ok(cmds, "answer", sdp=plain, DTLS="off"))
+    assert first == second and KEY128 not in first
+
+
+# -- OSRTP (RFC 8643) ------------------------------------------------------------------------------
+
+
+def _osrtp_offer(cmds: Commands) -> None:
+    offer = _sdp(3316, "RTP/AVP", f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY128}")
+    lines = _ok(cmds, "offer", sdp=offer, DTLS="off")
+    assert _m(lines).endswith("RTP/AVP 0")
+    crypto = _crypto(lines)
+    assert crypto[0] == f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY128}"
+    assert len(crypto) == ALL_SUITES
+
+
+def test_osrtp_offer_accepted_passes_through() -> None:
+    cmds = _commands()
+    _osrtp_offer(cmds)
+    taken = _sdp(3318, "RTP/AVP", f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY128_B}")
+    answer = _ok(cmds, "answer", sdp=taken, DTLS="off")
+    assert _m(answer).endswith("RTP/AVP 0")
+    assert _crypto(answer) == [f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY128_B}"]
+
+
+def test_osrtp_offer_rejected_is_plain_unless_accept() -> None:
+    cmds = _commands()
+    _osrtp_offer(cmds)
+    plain = _sdp(3318, "RTP/AVP", address="198.51.100.3")
+    answer = _ok(cmds, "answer", sdp=plain, DTLS="off")
+    assert _m(answer).endswith("RTP/AVP 0") and not _crypto(answer)
+
+    cmds = _commands()
+    _osrtp_offer(cmds)
+    answer = _ok(cmds, "answer", sdp=plain, DTLS="off", OSRTP=["accept"])
+    assert _m(answer).endswith("RTP/AVP 0")
+    (line,) = _crypto(answer)
+    assert line.startswith("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:") and KEY128 not in line
+
+
+def test_osrtp_offer_flag_on_a_plain_offer() -> None:
+    cmds = _commands()
+    plain = _sdp(3336, "RTP/AVP")
+    lines = _ok(cmds, "offer", sdp=plain, DTLS="off", OSRTP=["offer"], transport_protocol="RTP/AVP")
+    assert _m(lines).endswith("RTP/AVP 0")
+    assert len(_crypto(lines)) == ALL_SUITES
+    taken = next(ln for ln in _crypto(lines) if "AES_CM_128_HMAC_SHA1_80" in ln)
+    answer = _ok(cmds, "answer", sdp=_sdp(3338, "RTP/AVP", taken), DTLS="off")
+    assert _m(answer).endswith("RTP/AVP 0") and not _crypto(answer)
+
+
+# -- the answer's transport ------------------------------------------------------------------------
+
+
+def test_stray_answer_protocol_default_accept_and_override() -> None:
+    plain = _sdp(8000, "RTP/AVP")
+    stray = _sdp(40444, "RTP/SAVPF", f"a=crypto:7 AES_CM_128_HMAC_SHA1_80 inline:{KEY128}")
+    for keys, protocol in (
+        ({}, "RTP/AVP"),
+        ({"transport_protocol": "accept"}, "RTP/SAVPF"),
+        ({"transport_protocol": "RTP/AVPF"}, "RTP/AVPF"),
+    ):
+        cmds = _commands()
+        _ok(cmds, "offer", sdp=plain, DTLS="off", transport_protocol="RTP/SAVP")
+        answer = _ok(cmds, "answer", sdp=stray, DTLS="off", **keys)
+        assert _m(answer).split()[2] == protocol, keys
+        assert not _crypto(answer)
+
+
+# -- DTLS ------------------------------------------------------------------------------------------
+
+
+def test_dtls_fingerprint_hash_is_asked_for_and_stays() -> None:
+    plain = _sdp(8000, "RTP/AVP")
+    for asked, printed in (("", SHA256), ("SHA-1", SHA1), ("sha-256", SHA256)):
+        cmds = _commands()
+        keys: dict[str, Any] = {"DTLS_fingerprint": asked} if asked else {}
+        lines = _ok(cmds, "offer", sdp=plain, SDES=["off"], transport_protocol="RTP/SAVP", **keys)
+        assert f"a=fingerprint:{printed}" in lines and "a=setup:actpass" in lines
+        assert not _crypto(lines)
+        other = SHA256 if printed == SHA1 else "SHA-1 " + ":".join(["EF"] * 20)
+        dtls = _sdp(9000, "RTP/SAVP", "a=setup:actpass", f"a=fingerprint:{other}")
+        answer = _ok(cmds, "answer", sdp=dtls)
+        assert _m(answer).split()[2] == "RTP/AVP"
+        # the re-offer keeps the transport, DTLS only and the hash, without the flags
+        again = _ok(cmds, "offer", sdp=plain, ICE="default")
+        assert _m(again).split()[2] == "RTP/SAVP"
+        assert f"a=fingerprint:{printed}" in again and not _crypto(again)
+
+
+def test_answer_to_a_dtls_offerer_uses_its_hash() -> None:
+    cmds = _commands()
+    dtls = _sdp(2000, "UDP/TLS/RTP/SAVPF", "a=setup:actpass", f"a=fingerprint:{SHA1}")
+    _ok(cmds, "offer", sdp=dtls, transport_protocol="RTP/AVP")
+    answer = _ok(cmds, "answer", sdp=_sdp(2002, "RTP/AVP"))
+    assert "a=setup:active" in answer and f"a=fingerprint:{SHA1}" in answer
+
+
+def test_dtls_reverse_passive() -> None:
+    dtls = _sdp(2000, "UDP/TLS/RTP/SAVPF", "a=setup:actpass", f"a=fingerprint:{SHA256}")
+    for keys, setup in (({}, "active"), ({"DTLS_reverse": "passive"}, "passive")):
+        cmds = _commands()
+        _ok(cmds, "offer", sdp=dtls, transport_protocol="RTP/AVP", **keys)
+        answer = _ok(cmds, "answer", sdp=_sdp(2002, "RTP/AVP"))
+        assert _m(answer).split()[2] == "UDP/TLS/RTP/SAVPF"
+        assert f"a=setup:{setup}" in answer, keys
+
+
+def test_an_active_offerer_gets_a_passive_answer() -> None:
+    cmds = _commands()
+    dtls = _sdp(2000, "UDP/TLS/RTP/SAVPF", "a=setup:active", f"a=fingerprint:{SHA256}")
+    _ok(cmds, "offer", sdp=dtls, transport_protocol="RTP/AVP")
+    assert "a=setup:passive" in _ok(cmds, "answer", sdp=_sdp(2002, "RTP/AVP"))
