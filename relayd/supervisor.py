@@ -166,7 +166,9 @@ class Supervisor:
             pending = self.updates.early_pending(call)
             handover = after_signalling(call, req.command, req.to_tag, early_pending=pending)
             self.media.drop_early(call, keep=handover.keep)
-            if handover.early:
+            if handover.at_once:
+                self.updates.now(call)
+            elif handover.early:
                 self.updates.early(call)
             else:
                 self.updates.soon(call)

@@ -147,8 +147,11 @@ def _offer_protocol(target: Media, source: Media, req: Request) -> tuple[str, bo
     return protocol, osrtp
 
 
-def offer(target: Media, source: Media, req: Request) -> None:
-    """What we write to the receiver of an offer (``target``) from the offerer's media."""
+def offer(target: Media, source: Media, req: Request, *, dtls_passive: bool = False) -> None:
+    """What we write to the receiver of an offer (``target``) from the offerer's media.
+
+    Towards a DTLS offerer whose answer will make us active, DTLS starts with the offer
+    (``source.dtls_role``, as rtpengine starts it): the answer confirms or replaces it."""
     target.out_protocol, target.out_osrtp = _offer_protocol(target, source, req)
     previous = target.crypto_out
     target.crypto_out = ()
@@ -169,6 +172,13 @@ def offer(target: Media, source: Media, req: Request) -> None:
     source.prefer_passive = req.dtls_reverse == "passive" or (
         source.dtls_role == "passive" and req.dtls_reverse != "active"
     )
+    if (
+        source.uses_dtls
+        and req.dtls != "off"
+        and not source.dtls_role
+        and _answer_setup(source, req, dtls_passive) == "active"
+    ):
+        source.dtls_role = "active"
     if _ice_mode(req, source.peer_ice) == "force":
         if not target.ice_ufrag:
             target.ice_ufrag, target.ice_pwd = new_credentials()

@@ -160,7 +160,7 @@ class Signalling:
                 self.media_ports.ensure(call, sender, sender.medias[index], own_family, taken)
                 target, source = receiver.medias[index], sender.medias[index]
                 if offer:
-                    negotiation.offer(target, source, req)
+                    negotiation.offer(target, source, req, dtls_passive=self.dtls_passive)
                 else:
                     negotiation.answer(target, source, req, dtls_passive=self.dtls_passive)
                 self.media_ports.ensure_ice(call, target, taken)

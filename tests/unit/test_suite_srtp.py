@@ -11,6 +11,7 @@ from relayd.calls.commands import Commands
 from relayd.calls.ports import PortAllocator
 from relayd.calls.signalling import Signalling
 from relayd.calls.timers import Limits
+from relayd.plane.forwarding import Handover, after_signalling, plan
 from tests.unit.calls import T0, FakeBinder, interfaces, req
 
 SHA256 = "sha-256 " + ":".join(["AB"] * 32)
@@ -304,3 +305,49 @@ def test_an_active_offerer_gets_a_passive_answer() -> None:
     dtls = _sdp(2000, "UDP/TLS/RTP/SAVPF", "a=setup:active", f"a=fingerprint:{SHA256}")
     _ok(cmds, "offer", sdp=dtls, transport_protocol="RTP/AVP")
     assert "a=setup:passive" in _ok(cmds, "answer", sdp=_sdp(2002, "RTP/AVP"))
+
+
+# -- DTLS starts with the offer (rtpengine's early start; its "ROC reset after re-invite") ------
+
+
+def _dtls_offer(cmds: Commands, **keys: Any) -> None:
+    dtls = _sdp(
+        4370,
+        "RTP/SAVP",
+        f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY128}",
+        f"a=fingerprint:{SHA256}",
+        "a=setup:actpass",
+    )
+    _ok(cmds, "offer", sdp=dtls, transport_protocol="RTP/AVP", **keys)
+
+
+def test_an_offer_starts_dtls_towards_an_actpass_offerer_at_once() -> None:
+    cmds = _commands()
+    _dtls_offer(cmds)
+    call = cmds.calls["c1"]
+    (forward,) = plan(call)
+    offerer = call.monologues["a"].medias[0]
+    by_key = {s.key.split()[1]: s for s in forward.sockets}
+    ours = by_key[str(offerer.port)]
+    assert (ours.dtls, ours.dtls_fingerprint, ours.srtp_out) == ("active", SHA256, "")
+    # nothing is read before the answer: nothing could reach the offerer without a key
+    assert not any(s.listen for s in forward.sockets)
+    assert after_signalling(call, "offer", "", early_pending=False) == Handover(
+        early=False, keep="", at_once=True
+    )
+    # the answer settles on SDES (DTLS=off): the same sockets, our key, no DTLS
+    answer = _ok(cmds, "answer", sdp=_sdp(4372, "RTP/AVP", address="198.51.100.3"), DTLS="off")
+    (line,) = _crypto(answer)
+    (forward,) = plan(call)
+    ours = {s.key.split()[1]: s for s in forward.sockets}[str(offerer.port)]
+    assert ours.dtls == "" and ours.srtp_out == line.partition(" ")[2]
+    assert all(s.listen for s in forward.sockets)
+
+
+def test_no_early_dtls_when_we_would_be_passive_or_dtls_is_off() -> None:
+    for keys in ({"DTLS_reverse": "passive"}, {"DTLS": "off"}):
+        cmds = _commands()
+        _dtls_offer(cmds, **keys)
+        call = cmds.calls["c1"]
+        assert plan(call) == [], keys
+        assert not after_signalling(call, "offer", "", early_pending=False).at_once
