@@ -170,6 +170,9 @@ class Media:
     ice_ufrag: str = ""  # our credentials towards this party ("" when no ICE)
     ice_pwd: str = ""
     ice_ports: tuple[tuple[LocalAddress, int], ...] = ()  # our candidates on other addresses
+    # ICE=force-relay with a party that does ICE: its ICE, DTLS and SDES pass through us
+    # untouched, we only add our addresses as relay candidates (rtpengine's passthrough)
+    ice_relay: bool = False
 
     def for_new_dialogue(self) -> Media:
         """What this party said about its media, without what we gave it (ports, keys,

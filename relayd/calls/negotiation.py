@@ -20,6 +20,8 @@ what we write to each party, and the keys the workers need. The rules are in
   offerer while its suite stays the same (``SDES-static``: also while its tag and suite
   are still offered), an offer re-adds the line the receiver took before.
 * ``SDES-no-<suite>`` drops that suite from the party's own lines as well.
+* ``ICE=force-relay`` towards a sender that does ICE is passthrough: its ICE, DTLS and
+  SDES are not ours, the receiver gets them as they were plus our relay candidates.
 """
 
 from __future__ import annotations
@@ -147,11 +149,28 @@ def _offer_protocol(target: Media, source: Media, req: Request) -> tuple[str, bo
     return protocol, osrtp
 
 
+def _relay(receiver: Media, sender: Media, req: Request) -> bool:
+    """``ICE=force-relay`` with a sender that does ICE: nothing of its ICE, DTLS or SDES is
+    ours to terminate (rtpengine's passthrough); the receiver gets the sender's SDP with our
+    relay candidates added. Returns whether that is the case."""
+    receiver.ice_relay = req.ice == "force-relay" and sender.peer_ice
+    if not receiver.ice_relay:
+        return False
+    receiver.out_protocol, receiver.out_osrtp = sender.protocol, sender.osrtp
+    receiver.crypto_out, receiver.setup, receiver.dtls_role = (), "", ""
+    receiver.srtp_in = receiver.srtp_out = sender.srtp_in = sender.srtp_out = None
+    sender.dtls_role = ""
+    receiver.ice_ufrag = receiver.ice_pwd = ""
+    return True
+
+
 def offer(target: Media, source: Media, req: Request, *, dtls_passive: bool = False) -> None:
     """What we write to the receiver of an offer (``target``) from the offerer's media.
 
     Towards a DTLS offerer whose answer will make us active, DTLS starts with the offer
     (``source.dtls_role``, as rtpengine starts it): the answer confirms or replaces it."""
+    if _relay(target, source, req):
+        return
     target.out_protocol, target.out_osrtp = _offer_protocol(target, source, req)
     previous = target.crypto_out
     target.crypto_out = ()
@@ -232,6 +251,8 @@ def answer(offerer: Media, answerer: Media, req: Request, *, dtls_passive: bool)
     the media of the party that answered (what we offered it is in its
     ``crypto_out``/``setup``).
     """
+    if _relay(offerer, answerer, req):
+        return
     protocol, osrtp = _answer_protocol(offerer, answerer, req)
     # the answerer's transport is its own from now on (a re-offer keeps it)
     answerer.out_protocol, answerer.out_osrtp = answerer.protocol, answerer.osrtp

@@ -11,6 +11,7 @@ from relayd.calls.commands import Commands
 from relayd.calls.ports import PortAllocator
 from relayd.calls.signalling import Signalling
 from relayd.calls.timers import Limits
+from relayd.calls.webrtc import candidate_priority, relay_preferences
 from relayd.plane.forwarding import Handover, after_signalling, plan
 from tests.unit.calls import T0, FakeBinder, interfaces, req
 
@@ -351,3 +352,86 @@ def test_no_early_dtls_when_we_would_be_passive_or_dtls_is_off() -> None:
         call = cmds.calls["c1"]
         assert plan(call) == [], keys
         assert not after_signalling(call, "offer", "", early_pending=False).at_once
+
+
+# -- ICE=force-relay: passthrough with our relay candidates (gh 850) --------------------------
+
+
+def _webrtc(port: int, ufrag: str, setup: str) -> str:
+    lines = [
+        "v=0",
+        "o=- 9011363210357191088 2 IN IP4 127.0.0.1",
+        "s=-",
+        "t=0 0",
+        "a=group:BUNDLE 0",
+        f"m=audio {port} UDP/TLS/RTP/SAVPF 111 0",
+        "c=IN IP4 192.168.1.1",
+        "a=rtcp:9 IN IP4 0.0.0.0",
+        f"a=candidate:1 1 udp 2122262783 192.168.1.54 {port} typ host generation 0",
+        "a=candidate:2 1 udp 41885439 192.0.2.99 3478 typ relay raddr 0.0.0.0 rport 0",
+        f"a=ice-ufrag:{ufrag}",
+        "a=ice-pwd:l9QndxLG6OycZRcQe9zcT95c",
+        f"a=fingerprint:{SHA1}",
+        f"a=setup:{setup}",
+        "a=mid:0",
+        "a=sendrecv",
+        "a=rtcp-mux",
+        "a=rtpmap:111 opus/48000/2",
+        "a=rtcp-fb:111 transport-cc",
+    ]
+    return "\r\n".join(lines) + "\r\n"
+
+
+def _relay_candidates(lines: list[str]) -> list[list[str]]:
+    return [ln.split() for ln in lines if ln.startswith("a=candidate:") and "typ relay" in ln]
+
+
+def test_force_relay_passes_the_senders_sdp_and_adds_relay_candidates() -> None:
+    cmds = _commands()
+    keys: dict[str, Any] = {
+        "ICE": "force-relay",
+        "flags": ["SDES-off"],
+        "transport_protocol": "UDP/TLS/RTP/SAVPF",
+        "rtcp_mux": ["accept", "offer"],
+        "replace": ["origin"],
+    }
+    offer = _ok(cmds, "offer", sdp=_webrtc(14745, "Ci7n", "actpass"), **keys)
+    kept = [
+        "o=- 9011363210357191088 2 IN IP4 127.0.0.1",
+        "a=group:BUNDLE 0",
+        "m=audio 14745 UDP/TLS/RTP/SAVPF 111 0",
+        "c=IN IP4 192.168.1.1",
+        "a=rtcp:9 IN IP4 0.0.0.0",
+        "a=ice-ufrag:Ci7n",
+        f"a=fingerprint:{SHA1}",
+        "a=setup:actpass",
+        "a=rtcp-mux",
+    ]
+    assert all(line in offer for line in kept), offer
+    assert offer.count("a=rtcp-mux") == 1 and not any(ln.startswith("a=crypto") for ln in offer)
+    assert f"a=fingerprint:{SHA256}" not in offer and offer.count("a=ice-ufrag:Ci7n") == 1
+    assert not any("192.0.2.99" in ln for ln in offer)  # its own relay candidate goes
+    assert offer.index("a=mid:0") < offer.index("a=rtpmap:111 opus/48000/2")
+    relays = _relay_candidates(offer)
+    assert [(c[1], c[3], c[4]) for c in relays] == [
+        ("1", "16777215", "203.0.113.1"),
+        ("1", "16776959", "2001:db8::1"),
+        ("2", "16777214", "203.0.113.1"),
+        ("2", "16776958", "2001:db8::1"),
+    ]
+    assert all(c[9] == c[4] and c[11] == c[5] for c in relays)  # raddr/rport: ourselves
+    assert relays[0][0] == relays[2][0] and relays[0][0] != relays[1][0]  # per address
+
+    answer = _ok(cmds, "answer", sdp=_webrtc(5308, "Opvv", "active"), **keys)
+    assert "m=audio 5308 UDP/TLS/RTP/SAVPF 111 0" in answer and "a=setup:active" in answer
+    relays = _relay_candidates(answer)
+    assert [c[1] for c in relays] == ["1", "1"]  # rtcp-mux settled: one component
+    assert f"a=rtcp:{relays[0][5]}" in answer and answer.count("a=rtcp-mux") == 2
+    assert not any(ln.startswith("a=ice-ufrag:") and "Opvv" not in ln for ln in answer)
+
+
+def test_relay_preferences_follow_the_partys_own_low_relay_candidates() -> None:
+    assert relay_preferences([]) == (0, 0)
+    assert relay_preferences([41885439]) == (0, 0)  # above ours: nothing to do
+    assert relay_preferences([candidate_priority(0, 1, 0)]) == (0, 65535)
+    assert relay_preferences([candidate_priority(3, 1, 0)]) == (0, 2)
