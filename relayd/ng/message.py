@@ -297,8 +297,13 @@ def parse_request(raw: dict[str, Any]) -> Request:
             _apply_flag(req, word)
     req.replace.update(normalise(w) for w in _words(keys.get("replace")))
     req.rtcp_mux.update(normalise(w) for w in _words(keys.get("rtcp-mux")))
-    req.sdes.update(normalise(w) for w in _words(keys.get("sdes")))
-    req.osrtp.update(normalise(w) for w in _words(keys.get("osrtp")))
+    for key, into in (("sdes", req.sdes), ("osrtp", req.osrtp)):
+        value = keys.get(key)
+        if isinstance(value, list | tuple):
+            into.update(normalise(w) for w in _words(value))
+        elif value is not None:
+            # rtpengine 10.5 reads these as lists only: "SDES": "off" does nothing there
+            req.unknown.append(f"{key}={_text(value)}")
     if "direction" in keys:
         req.direction = _words(keys["direction"])
     for key, attr in (("ice", "ice"), ("dtls", "dtls"), ("dtls-reverse", "dtls_reverse")):

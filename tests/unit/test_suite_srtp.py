@@ -435,3 +435,13 @@ def test_relay_preferences_follow_the_partys_own_low_relay_candidates() -> None:
     assert relay_preferences([41885439]) == (0, 0)  # above ours: nothing to do
     assert relay_preferences([candidate_priority(0, 1, 0)]) == (0, 65535)
     assert relay_preferences([candidate_priority(3, 1, 0)]) == (0, 2)
+
+
+def test_sdes_given_as_a_string_is_ignored_as_rtpengine_does() -> None:
+    # rtpengine 10.5 reads SDES (and OSRTP) as lists only ("rtcp-mux branched" tests)
+    cmds = _commands()
+    plain = _sdp(35972, "RTP/AVPF")
+    lines = _ok(cmds, "offer", sdp=plain, SDES="off", transport_protocol="RTP/SAVPF")
+    assert len(_crypto(lines)) == ALL_SUITES and "a=setup:actpass" in lines
+    assert req("offer", SDES="off").unknown == ["sdes=off"]
+    assert req("offer", SDES=["off"]).sdes == {"off"}
