@@ -20,6 +20,10 @@ Rules, in the order they are applied to each media section:
   Where it relied on the session-level ``c=`` that we replace, that original
   ``c=`` is written into it, right after its ``m=`` line.
 
+``ICE=force-relay`` with a sender that does ICE (``Media.ice_relay``): the m=, c=
+and the sender's ICE, DTLS and SDES lines stay (its own relay candidates aside), our
+relay candidates are appended; the session's o= address, c= and attributes stay too.
+
 At session level (each session of the body on its own): ``o=`` only with
 ``replace: origin``; ``c=`` with ``replace: session-connection`` or when a media
 section has no ``c=`` of its own, then as the first media section's: the null
@@ -33,7 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from relayd.calls.model import Media
-from relayd.calls.webrtc import candidate_priority
+from relayd.calls.webrtc import candidate_priority, relay_preferences
 from relayd.sdp.model import (
     Connection,
     Line,
@@ -83,6 +87,9 @@ class RewriteOptions:
     origin_user: str | None = None  # replace: username (the dialog's first o= user)
     session_name: str | None = None  # replace: session-name (the dialog's first s=)
     fingerprint: str = ""  # "sha-256 AB:…" of our DTLS certificate
+    fingerprints: Mapping[str, str] = field(default_factory=dict)  # the same, per hash name
+    sdes_pad: bool = False  # SDES-pad / pad-crypto: base64 keys with their "=" padding
+    sdes_lifetime: bool = False  # SDES-lifetime: "|2^31" after every key
     foundations: Mapping[str, str] = field(default_factory=dict)  # ICE, per local address
     generate_mid: bool = False
     strip_extmap: bool = False
@@ -93,11 +100,13 @@ def rewrite_sdp(
     sdp: SessionDescription, medias: list[Media], opts: RewriteOptions
 ) -> SessionDescription:
     """Return a rewritten copy of ``sdp``; ``medias`` are the receiving party's, by index."""
+    # ICE=force-relay passthrough: the session's addresses and attributes stay the sender's
+    relay = bool(medias) and medias[0].ice_relay
     sessions: list[Session] = []
     out_media: list[MediaDescription] = []
     for session in sdp.sessions:
         descs = sdp.media_of(session)
-        lines, original_c = _rewrite_session(session, descs, opts)
+        lines, original_c = _rewrite_session(session, descs, opts, relay)
         sessions.append(Session(lines, session.first_media))
         for i, desc in enumerate(descs, start=session.first_media):
             if desc.media == PASSTHROUGH_MEDIA:
@@ -112,19 +121,21 @@ def rewrite_sdp(
 
 
 def _rewrite_session(
-    session: Session, descs: list[MediaDescription], opts: RewriteOptions
+    session: Session, descs: list[MediaDescription], opts: RewriteOptions, relay: bool
 ) -> tuple[list[Line], Line | None]:
     """One session's own lines rewritten, and its original ``c=`` line where we replaced it
     (a passed-through section that relied on it gets it)."""
     lacks_connection = any(m.connection() is None for m in descs)
-    replace_session_c = "session-connection" in opts.replace or lacks_connection
+    replace_session_c = ("session-connection" in opts.replace or lacks_connection) and not relay
     original_c: Line | None = None
     lines: list[Line] = []
     for line in session.lines:
         if line.kind == "o":
             o = Origin.parse(line.value)
             family, address = (
-                (opts.family, opts.address) if "origin" in opts.replace else (o.family, o.address)
+                (opts.family, opts.address)
+                if "origin" in opts.replace and not relay
+                else (o.family, o.address)
             )
             line = Line(
                 "o",
@@ -148,12 +159,16 @@ def _rewrite_session(
             first = descs[0].connection() if descs else None
             held = (first or Connection.parse(line.value)).is_zero
             line = _connection_line(held, opts)
-        elif line.kind == "a" and (
-            (line.attr in DIRECTIONS and not opts.original_sendrecv)
-            or line.attr in ICE_ATTRIBUTES
-            or line.attr in SECURITY_ATTRIBUTES
-            # 10.5 does not do BUNDLE: each media section keeps its own ports
-            or line.value.startswith("group:BUNDLE")
+        elif (
+            line.kind == "a"
+            and not relay
+            and (
+                (line.attr in DIRECTIONS and not opts.original_sendrecv)
+                or line.attr in ICE_ATTRIBUTES
+                or line.attr in SECURITY_ATTRIBUTES
+                # 10.5 does not do BUNDLE: each media section keeps its own ports
+                or line.value.startswith("group:BUNDLE")
+            )
         ):
             continue
         lines.append(line)
@@ -198,6 +213,8 @@ _KEPT_WHEN_REJECTED = frozenset({"fingerprint", "rtpengine"})
 def _rewrite_media(
     desc: MediaDescription, media: Media, opts: RewriteOptions, index: int
 ) -> MediaDescription:
+    if media.ice_relay and desc.port and not media.rejected:
+        return _relay_media(desc, media, opts, index)
     protocol = media.out_protocol or desc.protocol
     formats = (
         [c.payload_type for c in media.sent_codecs] if media.sent_codecs else list(desc.formats)
@@ -229,12 +246,7 @@ def _rewrite_media(
             out.lines.append(Line("a", "end-of-candidates"))
         return out
     local = media.local
-    for codec in media.sent_codecs:
-        if codec.encoding:
-            out.lines.append(Line("a", f"rtpmap:{codec.payload_type} {codec.encoding}"))
-        if codec.fmtp:
-            out.lines.append(Line("a", f"fmtp:{codec.payload_type} {codec.fmtp}"))
-        out.lines.extend(Line("a", f"rtcp-fb:{codec.payload_type} {fb}") for fb in codec.rtcp_fb)
+    out.lines.extend(_codec_lines(media))
     if not opts.original_sendrecv:
         out.lines.append(Line("a", media.direction))
     if protocol.startswith(("RTP/", "UDP/TLS/RTP/")) and opts.rtcp_attribute != "none":
@@ -245,10 +257,13 @@ def _rewrite_media(
             out.lines.append(Line("a", f"rtcp:{rtcp_port}"))
     if media.rtcp_mux:
         out.lines.append(Line("a", "rtcp-mux"))
-    out.lines.extend(Line("a", c.value()) for c in media.crypto_out)
+    out.lines.extend(
+        Line("a", c.value(pad=opts.sdes_pad, lifetime=opts.sdes_lifetime)) for c in media.crypto_out
+    )
     if media.setup:
+        fingerprint = opts.fingerprints.get(media.fingerprint_hash) or opts.fingerprint
         out.lines.append(Line("a", f"setup:{media.setup}"))
-        out.lines.append(Line("a", f"fingerprint:{opts.fingerprint}"))
+        out.lines.append(Line("a", f"fingerprint:{fingerprint}"))
     if media.ptime:
         out.lines.append(Line("a", f"ptime:{media.ptime}"))
     if media.ice_ufrag:
@@ -256,6 +271,77 @@ def _rewrite_media(
     elif desc.has_attribute("end-of-candidates"):
         out.lines.append(Line("a", "end-of-candidates"))  # rtpengine keeps this one stray line
     return out
+
+
+def _relay_media(
+    desc: MediaDescription, media: Media, opts: RewriteOptions, index: int
+) -> MediaDescription:
+    """ICE=force-relay passthrough: the sender's m= and c= lines, ICE, DTLS and SDES
+    attributes as they were (its own relay candidates aside), then what we append to any
+    section (mid, codecs, direction, rtcp-mux where it is settled) and our relay candidates."""
+    out = MediaDescription(desc.media, desc.port, desc.port_count, desc.protocol, desc.formats)
+    relays: list[int] = []
+    for line in desc.lines:
+        attr = line.attr
+        if attr == "candidate":
+            parts = line.value.split()
+            if len(parts) > 7 and parts[7].lower() == "relay":
+                if parts[1] == "1" and parts[3].isdigit():
+                    relays.append(int(parts[3]))
+                continue
+        elif attr in ("mid", "end-of-candidates", "rtpengine") or (
+            attr in DIRECTIONS and not opts.original_sendrecv
+        ):
+            continue
+        elif attr in ("rtpmap", "fmtp", "rtcp-fb") and media.sent_codecs:
+            if not line.value.startswith("rtcp-fb:*"):
+                continue
+        elif attr == "ptime" and media.ptime:
+            continue
+        out.lines.append(line)
+    mid = media.mid if opts.answer else (desc.attributes("mid") or [""])[0]
+    if not mid and opts.generate_mid:
+        mid = str(index + 1)
+    if mid:
+        out.lines.append(Line("a", f"mid:{mid}"))
+    out.lines.extend(_codec_lines(media))
+    if not opts.original_sendrecv:
+        out.lines.append(Line("a", media.direction))
+    muxed = media.rtcp_mux and media.rtcp_port == media.port
+    if muxed and desc.protocol.startswith(("RTP/", "UDP/TLS/RTP/")):
+        out.lines.append(Line("a", f"rtcp:{media.port}"))
+        out.lines.append(Line("a", "rtcp-mux"))
+    if media.ptime:
+        out.lines.append(Line("a", f"ptime:{media.ptime}"))
+    type_pref, local = relay_preferences(relays)
+    assert media.local is not None
+    addresses = [(media.local, media.port), *media.ice_ports]
+    for component in [1] if muxed else [1, 2]:
+        for offset, (address, port) in enumerate(addresses):
+            foundation = opts.foundations.get(address.local, "0")
+            priority = candidate_priority(local + offset, component, type_pref)
+            host, number = address.advertised, port + component - 1
+            out.lines.append(
+                Line(
+                    "a",
+                    f"candidate:{foundation} {component} UDP {priority} {host} {number} "
+                    f"typ relay raddr {host} rport {number}",
+                )
+            )
+    if desc.has_attribute("end-of-candidates"):
+        out.lines.append(Line("a", "end-of-candidates"))
+    return out
+
+
+def _codec_lines(media: Media) -> list[Line]:
+    lines: list[Line] = []
+    for codec in media.sent_codecs:
+        if codec.encoding:
+            lines.append(Line("a", f"rtpmap:{codec.payload_type} {codec.encoding}"))
+        if codec.fmtp:
+            lines.append(Line("a", f"fmtp:{codec.payload_type} {codec.fmtp}"))
+        lines.extend(Line("a", f"rtcp-fb:{codec.payload_type} {fb}") for fb in codec.rtcp_fb)
+    return lines
 
 
 def _ice_lines(media: Media, opts: RewriteOptions) -> list[Line]:

@@ -14,6 +14,7 @@ Rules (rtpengine's, ng protocol §1.5):
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 
 from relayd.calls import negotiation
 from relayd.calls.interfaces import Interfaces
@@ -41,7 +42,9 @@ class Signalling:
     """Offer and answer on a call: who is who, our ports, SRTP/DTLS/ICE, the rewritten SDP.
 
     ``instance_id`` is the ``loop-protect`` marker written into our SDP (``a=rtpengine``);
-    ``fingerprint`` is our DTLS certificate's, as SDP writes it.
+    ``fingerprint`` is our DTLS certificate's, as SDP writes it (``sha-256 AB:…``), the
+    default; ``fingerprints`` the same per hash function (``{"sha-1": "sha-1 AB:…"}``) for
+    the parties that use or ask for another.
     """
 
     def __init__(
@@ -52,6 +55,7 @@ class Signalling:
         instance_id: str | None = None,
         sip_source_default: bool = False,
         fingerprint: str = "",
+        fingerprints: Mapping[str, str] | None = None,
         dtls_passive: bool = False,
     ) -> None:
         self.interfaces = interfaces
@@ -60,6 +64,9 @@ class Signalling:
         self.instance_id = instance_id or secrets.token_hex(6)
         self.sip_source_default = sip_source_default
         self.fingerprint = fingerprint  # "sha-256 AB:CD:…" of our DTLS certificate
+        self.fingerprints = dict(fingerprints or {})
+        if fingerprint:
+            self.fingerprints.setdefault(fingerprint.partition(" ")[0].lower(), fingerprint)
         self.dtls_passive = dtls_passive
         # ICE candidate foundations: one per local address for the daemon's life
         self.foundations = {a.local: new_foundation() for a in interfaces.all}
@@ -140,7 +147,7 @@ class Signalling:
                     req,
                     offer=offer,
                 )
-                negotiation.learn(sender.medias[index], desc, session.lines)
+                negotiation.learn(sender.medias[index], desc, session.lines, req)
                 # without port latching, a peer that moved its port gets new ports from us
                 renew = offer and moved and not req.has("port-latching")
                 self._prepare(
@@ -160,8 +167,7 @@ class Signalling:
                 self.media_ports.ensure(call, sender, sender.medias[index], own_family, taken)
                 target, source = receiver.medias[index], sender.medias[index]
                 if offer:
-                    protocol = req.transport_protocol or desc.protocol
-                    negotiation.offer(target, source, req, protocol)
+                    negotiation.offer(target, source, req, dtls_passive=self.dtls_passive)
                 else:
                     negotiation.answer(target, source, req, dtls_passive=self.dtls_passive)
                 self.media_ports.ensure_ice(call, target, taken)
@@ -187,6 +193,9 @@ class Signalling:
             if req.has("full-rtcp-attribute")
             else "short",
             fingerprint=self.fingerprint,
+            fingerprints=self.fingerprints,
+            sdes_pad="pad" in req.sdes or req.has("pad-crypto"),
+            sdes_lifetime="lifetime" in req.sdes,
             foundations=self.foundations,
             generate_mid=offer and req.has("generate-mid"),
             strip_extmap=req.has("strip-extmap"),

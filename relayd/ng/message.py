@@ -141,6 +141,7 @@ _KNOWN_KEYS = frozenset(
         "ice",
         "ice-lite",
         "dtls",
+        "dtls-reverse",
         "sdes",
         "osrtp",
         "transport-protocol",
@@ -264,9 +265,13 @@ class Request:
     direction: list[str] = field(default_factory=list)
     rtcp_mux: set[str] = field(default_factory=set)
     sdes: set[str] = field(default_factory=set)
+    osrtp: set[str] = field(default_factory=set)  # "offer", "accept" (RFC 8643)
     ice: str = ""
     dtls: str = ""
+    dtls_reverse: str = ""  # "passive" or "active": our role towards an actpass offerer
+    dtls_fingerprint: str = ""  # the hash of the fingerprint we offer ("sha-1", …)
     transport_protocol: str = ""
+    protocol_accept: bool = False  # transport-protocol=accept: answer with the answerer's
     address_family: str = ""
     media_address: str = ""
     received_from: tuple[str, str] | None = None
@@ -326,11 +331,14 @@ def parse_request(raw: dict[str, Any]) -> Request:
     req.replace.update(normalise(w) for w in _list(req, "replace", keys.get("replace")))
     req.rtcp_mux.update(normalise(w) for w in _list(req, "rtcp-mux", keys.get("rtcp-mux")))
     req.sdes.update(normalise(w) for w in _list(req, "SDES", keys.get("sdes")))
+    req.osrtp.update(normalise(w) for w in _list(req, "OSRTP", keys.get("osrtp")))
     if "direction" in keys:
         req.direction = _words(keys["direction"])
-    for key, attr in (("ice", "ice"), ("dtls", "dtls")):
+    for key, attr in (("ice", "ice"), ("dtls", "dtls"), ("dtls-reverse", "dtls_reverse")):
         if key in keys:
             setattr(req, attr, normalise(_text(keys[key])))
+    if "dtls-fingerprint" in keys:
+        req.dtls_fingerprint = _text(keys["dtls-fingerprint"]).strip().lower()
     if "endpoint-learning" in keys:
         _set_learning(req, _text(keys["endpoint-learning"]))
     if "transport-protocol" in keys:
@@ -372,8 +380,10 @@ def _apply_flag(req: Request, word: str) -> None:
     name, eq, value = word.partition("=")
     lowered = normalise(name)
     if eq:
-        if lowered in ("ice", "dtls"):
-            setattr(req, lowered, normalise(value))
+        if lowered in ("ice", "dtls", "dtls-reverse"):
+            setattr(req, lowered.replace("-", "_"), normalise(value))
+        elif lowered == "dtls-fingerprint":
+            req.dtls_fingerprint = value.strip().lower()
         elif lowered == "endpoint-learning":
             _set_learning(req, value)
         elif lowered == "record-call":
@@ -430,12 +440,15 @@ def _plain_flag(req: Request, word: str, lowered: str) -> None:
 
 
 def _apply_protocol(req: Request, value: str) -> None:
-    """``transport-protocol``'s value, read as one flag word.
+    """``transport-protocol``'s value, read as one flag word; ``accept`` (answers only)
+    answers the offerer with the protocol the answerer chose.
 
     A value that is itself ``key=value`` is not followed: ``protocol=protocol=…``
     would otherwise recurse once per level, as deep as the sender likes.
     """
-    if "=" in value:
+    if value.strip() == "accept":
+        req.protocol_accept = True
+    elif "=" in value:
         req.unknown.append(f"transport-protocol={value}")
     else:
         _apply_flag(req, value)
