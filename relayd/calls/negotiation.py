@@ -1,6 +1,7 @@
 """SRTP/DTLS/ICE negotiation on the call model (pure): what each party's SDP said,
 what we write to each party, and the keys the workers need. The rules are in
-:mod:`relayd.calls.webrtc`."""
+:mod:`relayd.calls.webrtc` (SRTP, DTLS) and :mod:`relayd.calls.ice` (ICE, which
+:func:`relayd.calls.ice.settle` decides)."""
 
 from __future__ import annotations
 
@@ -11,19 +12,18 @@ from relayd.calls.webrtc import (
     Crypto,
     allowed_suites,
     is_srtp,
-    new_credentials,
     new_crypto,
     parse_crypto,
 )
 from relayd.ng.message import Request
-from relayd.sdp.model import Line, MediaDescription, attribute_value
+from relayd.sdp.model import Connection, Line, MediaDescription, attribute_value
 
 __all__ = ["answer", "learn", "offer"]
 
 
 # attributes whose first value counts, at media level, else at session level
-_INHERITED = frozenset({"fingerprint", "setup", "ice-ufrag"})
-_LEARNED = frozenset({*_INHERITED, "crypto", "candidate", "ice-options", "mid"})
+_INHERITED = frozenset({"fingerprint", "setup", "ice-ufrag", "ice-pwd"})
+_LEARNED = frozenset({*_INHERITED, "crypto", "candidate", "ice-options", "ice-lite", "mid"})
 
 
 def _first_values(lines: list[Line], names: frozenset[str]) -> dict[str, str]:
@@ -34,14 +34,19 @@ def _first_values(lines: list[Line], names: frozenset[str]) -> dict[str, str]:
     return found
 
 
-def learn(media: Media, desc: MediaDescription, session: list[Line]) -> None:
+def learn(
+    media: Media, desc: MediaDescription, session: list[Line], conn: Connection | None
+) -> bool:
     """Record the party's own SRTP, DTLS and ICE attributes (media level over session).
 
-    One pass over the media's lines (this runs for every media of every offer and
-    answer, nearly all of them plain RTP with none of these attributes)."""
+    ``conn`` is the media's connection (its own or the session's). Returns whether the
+    SDP restarts ICE: a ufrag other than the one before (RFC 8839
+    §4.4.1.1.1). One pass over the media's lines (this runs for every media of every
+    offer and answer, nearly all of them plain RTP with none of these attributes)."""
     first: dict[str, str] = {}
     crypto: list[Crypto] = []
-    candidate = trickle = False
+    candidates: list[str] = []
+    trickle = lite = options = False
     for ln in desc.lines:
         attr = ln.attr
         if attr not in _LEARNED:
@@ -52,9 +57,12 @@ def learn(media: Media, desc: MediaDescription, session: list[Line]) -> None:
             if parsed is not None:
                 crypto.append(parsed)
         elif attr == "candidate":
-            candidate = True
+            candidates.append(value)
         elif attr == "ice-options":
+            options = True
             trickle = trickle or "trickle" in value
+        elif attr == "ice-lite":
+            lite = True
         elif attr not in first:
             first[attr] = value
     media.crypto = tuple(crypto)
@@ -65,17 +73,21 @@ def learn(media: Media, desc: MediaDescription, session: list[Line]) -> None:
         inherited = {name: value or above.get(name, "") for name, value in inherited.items()}
     media.peer_fingerprint = inherited["fingerprint"]
     media.peer_setup = inherited["setup"]
+    previous = media.peer_ice_ufrag
     media.peer_ice_ufrag = inherited["ice-ufrag"]
-    media.peer_ice = bool(media.peer_ice_ufrag or candidate)
-    media.peer_trickle = trickle
+    media.peer_ice_pwd = inherited["ice-pwd"]
+    media.peer_ice = bool(media.peer_ice_ufrag or candidates)
+    media.peer_candidates = tuple(candidates)
+    media.peer_ice_lite = lite or any(ln.attr == "ice-lite" for ln in session)
+    # RFC 8838 §5.2: an ICE agent with no candidate yet says 0.0.0.0 (or ::) port 9
+    media.peer_trickle_address = (
+        media.peer_ice and desc.port == 9 and conn is not None and conn.is_zero
+    )
+    media.peer_trickle = trickle or (media.peer_trickle_address and not options)
+    if not media.rejected:
+        media.ice, media.trickle = media.peer_ice, media.peer_trickle
     media.mid = first.get("mid", "")
-
-
-def _ice_mode(req: Request, party_had_ice: bool) -> str:
-    mode = req.ice or "default"
-    if mode in ("default", "optional", "force-relay"):
-        return "force" if party_had_ice else "remove"
-    return mode
+    return bool(previous and media.peer_ice_ufrag and previous != media.peer_ice_ufrag)
 
 
 def offer(target: Media, source: Media, req: Request, protocol: str) -> None:
@@ -88,11 +100,6 @@ def offer(target: Media, source: Media, req: Request, protocol: str) -> None:
             target.crypto_out = tuple(_offer_lines(source.crypto, allowed_suites(req.sdes)))
         if req.dtls != "off":
             target.setup = "actpass"
-    if _ice_mode(req, source.peer_ice) == "force":
-        if not target.ice_ufrag:
-            target.ice_ufrag, target.ice_pwd = new_credentials()
-    else:
-        target.ice_ufrag = target.ice_pwd = ""
 
 
 def _offer_lines(theirs: Sequence[Crypto], suites: list[str]) -> list[Crypto]:
@@ -145,8 +152,3 @@ def answer(offerer: Media, answerer: Media, req: Request, *, dtls_passive: bool)
             ours = new_crypto(theirs.tag, theirs.suite)
             offerer.crypto_out = (ours,)
             offerer.srtp_in, offerer.srtp_out = theirs, ours
-    if _ice_mode(req, offerer.peer_ice) != "remove" and offerer.peer_ice:
-        if not offerer.ice_ufrag:
-            offerer.ice_ufrag, offerer.ice_pwd = new_credentials()
-    else:
-        offerer.ice_ufrag = offerer.ice_pwd = ""

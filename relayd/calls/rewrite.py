@@ -22,8 +22,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from relayd.calls import ice
 from relayd.calls.model import Media
-from relayd.calls.webrtc import candidate_priority
 from relayd.sdp.model import Line, MediaDescription, Origin, SessionDescription
 
 __all__ = ["DIRECTIONS", "ICE_ATTRIBUTES", "SECURITY_ATTRIBUTES", "RewriteOptions", "rewrite_sdp"]
@@ -50,6 +50,8 @@ class RewriteOptions:
 
     address: str  # our advertised address (or the ng ``media address``) for c=, o=, a=rtcp
     family: str  # "IP4" or "IP6" of that address
+    candidate_address: str = ""  # the ng ``media address``: every candidate of ours says it
+    keep_ice: bool = False  # the sender's ICE attributes go through (ICE=optional)
     replace: frozenset[str] = frozenset()
     original_sendrecv: bool = False
     rtcp_attribute: str = "short"  # "short", "full" or "none"
@@ -95,11 +97,15 @@ def rewrite_sdp(
             # a zero session address is replaced (zero-address) only where it serves as
             # the media's address; next to media c= lines it stays
             zero = line.value.split()[-1] in ("0.0.0.0", "::")
-            if not zero or ("zero-address" in opts.replace and lacks_connection):
+            first = medias[0] if medias else None
+            replaced = "zero-address" in opts.replace or (
+                first is not None and first.zero_address and not first.keep_zero_address
+            )
+            if not zero or (replaced and lacks_connection):
                 line = Line("c", f"IN {opts.family} {opts.address}")
         elif line.kind == "a" and (
             (line.attr in DIRECTIONS and not opts.original_sendrecv)
-            or line.attr in ICE_ATTRIBUTES
+            or (line.attr in ICE_ATTRIBUTES and not opts.keep_ice)
             or line.attr in SECURITY_ATTRIBUTES
             # 10.5 does not do BUNDLE: each media section keeps its own ports
             or line.value.startswith("group:BUNDLE")
@@ -108,6 +114,8 @@ def rewrite_sdp(
         session.append(line)
     if opts.loop_marker:
         session.append(Line("a", f"rtpengine:{opts.loop_marker}"))
+    if medias and medias[0].ice and medias[0].ice_lite_self:
+        session.append(Line("a", "ice-lite"))  # RFC 8839 §5.3: a session-level attribute
     out_media = [
         _rewrite_media(desc, medias[i], opts, i) if i < len(medias) else desc
         for i, desc in enumerate(sdp.media)
@@ -122,7 +130,11 @@ def _managed(attr: str, media: Media, opts: RewriteOptions) -> bool:
         return not opts.original_sendrecv
     if attr in ("rtcp", "rtcp-mux", "ptime", "mid"):
         return attr != "ptime" or media.ptime > 0
-    return attr == "rtpengine" or attr in ICE_ATTRIBUTES or attr in SECURITY_ATTRIBUTES
+    if attr == "end-of-candidates":
+        return True  # written again after our candidates, where it belongs
+    if attr in ICE_ATTRIBUTES:
+        return not (opts.keep_ice or media.ice_passthrough)
+    return attr == "rtpengine" or attr in SECURITY_ATTRIBUTES
 
 
 def _rewrite_media(
@@ -146,7 +158,8 @@ def _rewrite_media(
     for line in desc.lines:
         if line.kind == "c":
             zero = line.value.split()[-1] in ("0.0.0.0", "::")
-            if local is not None and (not zero or "zero-address" in opts.replace):
+            replaced = "zero-address" in opts.replace or not media.keep_zero_address
+            if local is not None and (not zero or replaced):
                 line = Line("c", f"IN {opts.family} {opts.address}")
         elif line.kind == "a" and _managed(line.attr, media, opts):
             if line.attr == "rtcp-fb" and line.value.startswith("rtcp-fb:*"):
@@ -181,33 +194,38 @@ def _rewrite_media(
         out.lines.append(Line("a", f"fingerprint:{opts.fingerprint}"))
     if media.ptime:
         out.lines.append(Line("a", f"ptime:{media.ptime}"))
-    if media.ice_ufrag:
-        out.lines.extend(_ice_lines(media, opts))
-    elif desc.has_attribute("end-of-candidates"):
-        out.lines.append(Line("a", "end-of-candidates"))  # rtpengine keeps this one stray line
+    out.lines.extend(_ice_lines(media, desc, opts))
     return out
 
 
-def _ice_lines(media: Media, opts: RewriteOptions) -> list[Line]:
-    """Our credentials and a host candidate per local address (RFC 8839 §5.1)."""
-    lines = [Line("a", f"ice-ufrag:{media.ice_ufrag}"), Line("a", f"ice-pwd:{media.ice_pwd}")]
-    trickle = opts.answer and media.peer_trickle
-    if trickle:
-        lines.append(Line("a", "ice-options:trickle"))
-    assert media.local is not None
-    addresses = [(media.local, media.port), *media.ice_ports]
-    components = [1] if media.rtcp_port == media.port else [1, 2]
-    for component in components:
-        for index, (local, port) in enumerate(addresses):
-            foundation = opts.foundations.get(local.local, "0")
-            priority = candidate_priority(index, component)
-            lines.append(
-                Line(
-                    "a",
-                    f"candidate:{foundation} {component} UDP {priority} "
-                    f"{local.advertised} {port + component - 1} typ host",
+def _ice_lines(media: Media, desc: MediaDescription, opts: RewriteOptions) -> list[Line]:
+    """Our credentials and a host candidate per local address (RFC 8839 §5.1); in
+    passthrough only the candidates, below the sender's own (rules: :mod:`relayd.calls.ice`)."""
+    lines: list[Line] = []
+    agent = ice.takes_part(media)
+    if agent:
+        lines += [Line("a", f"ice-ufrag:{media.ice_ufrag}"), Line("a", f"ice-pwd:{media.ice_pwd}")]
+        if media.trickle:
+            lines.append(Line("a", "ice-options:trickle"))
+    if media.ice and media.local is not None:
+        type_pref, first = ice.HOST_TYPE_PREFERENCE, 0
+        if media.ice_passthrough:
+            theirs = [ice.parse_candidate(v) for v in desc.attributes("candidate")]
+            type_pref, first = ice.passthrough_preferences([c for c in theirs if c is not None])
+        addresses = [(media.local, media.port), *media.ice_ports]
+        components = [1] if media.rtcp_port == media.port else [1, 2]
+        for component in components:
+            for index, (local, port) in enumerate(addresses):
+                foundation = opts.foundations.get(local.local, "0")
+                priority = ice.priority(type_pref, first + index, component)
+                address = opts.candidate_address or local.advertised
+                lines.append(
+                    Line(
+                        "a",
+                        f"candidate:{foundation} {component} UDP {priority} "
+                        f"{address} {port + component - 1} typ host",
+                    )
                 )
-            )
-    if trickle:
+    if (agent and media.trickle) or desc.has_attribute("end-of-candidates"):
         lines.append(Line("a", "end-of-candidates"))
     return lines

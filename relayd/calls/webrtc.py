@@ -14,9 +14,8 @@ Rules (rtpengine 10.5's ng flags for SRTP/DTLS/ICE, checked by the oracle corpus
   offerer's first suite we support, its tag, a new key of ours. If the answerer
   took one of the offerer's own lines, its line goes back as it is (pass-through,
   no crypto in between), without the lifetime parameter.
-* ICE: ``force`` puts our credentials and a host candidate per local address
-  of the party's interface; ``remove`` none; no flag means ``force`` when the
-  party's SDP had ICE. Credentials stay the same for the whole call.
+* ICE: our credentials and a host candidate per local address of the party's
+  interface, when :mod:`relayd.calls.ice` says we do ICE with the party.
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ from dataclasses import dataclass
 __all__ = [
     "SUITES",
     "Crypto",
-    "candidate_priority",
     "is_srtp",
     "new_credentials",
     "new_crypto",
@@ -111,11 +109,6 @@ def new_credentials() -> tuple[str, str]:
 
 def new_foundation() -> str:
     return "".join(secrets.choice(_ICE_CHARS) for _ in range(16))
-
-
-def candidate_priority(address_index: int, component: int) -> int:
-    """RFC 8445 §5.1.2.1 for host candidates: type 126, local preference per address."""
-    return (126 << 24) | ((65535 - address_index) << 8) | (256 - component)
 
 
 def allowed_suites(sdes: set[str]) -> list[str]:

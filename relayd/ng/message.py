@@ -206,6 +206,9 @@ KNOWN_FLAGS = frozenset(
         "siprec",
         "allow-sdes-passthrough",
         "passthrough",
+        "trickle-ice",
+        "ice-reject",
+        "reject-ice",
     ]
 )
 
@@ -253,6 +256,7 @@ class Request:
     rtcp_mux: set[str] = field(default_factory=set)
     sdes: set[str] = field(default_factory=set)
     ice: str = ""
+    ice_lite: str = ""  # "", "off", "forward", "backward" or "both" (``ICE-lite``)
     dtls: str = ""
     transport_protocol: str = ""
     address_family: str = ""
@@ -298,6 +302,8 @@ def parse_request(raw: dict[str, Any]) -> Request:
     for key, attr in (("ice", "ice"), ("dtls", "dtls")):
         if key in keys:
             setattr(req, attr, normalise(_text(keys[key])))
+    if "ice-lite" in keys:
+        _set_ice_lite(req, _text(keys["ice-lite"]))
     if "endpoint-learning" in keys:
         _set_learning(req, _text(keys["endpoint-learning"]))
     if "transport-protocol" in keys:
@@ -341,6 +347,8 @@ def _apply_flag(req: Request, word: str) -> None:
     if eq:
         if lowered in ("ice", "dtls"):
             setattr(req, lowered, normalise(value))
+        elif lowered == "ice-lite":
+            _set_ice_lite(req, value)
         elif lowered == "endpoint-learning":
             _set_learning(req, value)
         elif lowered == "record-call":
@@ -411,6 +419,36 @@ def _apply_protocol(req: Request, value: str) -> None:
 _CODEC_OPS = frozenset(
     ["strip", "offer", "mask", "except", "accept", "consume", "ignore", "set", "transcode"]
 )
+
+
+# rtpengine's spellings of the ``ICE-lite`` values
+_ICE_LITE = {
+    "off": "off",
+    "none": "off",
+    "no": "off",
+    "forward": "forward",
+    "offer": "forward",
+    "fwd": "forward",
+    "fw": "forward",
+    "backward": "backward",
+    "backwards": "backward",
+    "reverse": "backward",
+    "answer": "backward",
+    "back": "backward",
+    "bkw": "backward",
+    "bk": "backward",
+    "both": "both",
+}
+
+
+def _set_ice_lite(req: Request, value: str) -> None:
+    """``ICE-lite``: towards whom relayd says ``a=ice-lite``; an unknown value is logged and
+    ignored, as rtpengine does."""
+    mode = _ICE_LITE.get(normalise(value))
+    if mode is None:
+        req.unknown.append(f"ICE-lite={value}")
+    else:
+        req.ice_lite = mode
 
 
 def _set_learning(req: Request, value: str) -> None:

@@ -1,0 +1,251 @@
+"""ICE in SDP as rtpengine 10.5 writes it (its daemon test suite's ICE scenarios, at ng level).
+
+Each test drives offers and answers through :class:`Commands` and checks the SDP lines
+rtpengine writes: ``ICE-lite``, ICE restarts, re-INVITEs that keep ports and credentials,
+trickle ICE placeholders, ``ICE=optional`` (passthrough) and ``media-address``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from relayd.calls.commands import Commands
+from relayd.calls.ice import Candidate, parse_candidate, passthrough_preferences, priority
+from tests.unit.calls import LOCAL4, LOCAL6, T0, build, req
+
+PEER_ICE = [
+    "a=ice-ufrag:asbsdfds",
+    "a=ice-pwd:sfhwsrgyergws45ujhsrthsrhH",
+    "a=candidate:sfthqw45hdfgdfsb 1 UDP 2130706431 198.51.100.3 2002 typ host",
+    "a=candidate:ujksdfghfdfgdfsb 1 UDP 2130706175 2001:db8:abcd::3 2002 typ host",
+    "a=candidate:sfthqw45hdfgdfsb 2 UDP 2130706430 198.51.100.3 2003 typ host",
+    "a=candidate:ujksdfghfdfgdfsb 2 UDP 2130706174 2001:db8:abcd::3 2003 typ host",
+]
+
+
+def body(*lines: str, port: int = 2000, address: str = "198.51.100.1", c: str = "") -> str:
+    """An SDP with one PCMU audio section; ``c`` replaces the media c= line's address."""
+    family = "IP6" if ":" in (c or address) else "IP4"
+    head = ["v=0", f"o=- 1545997027 1 IN IP4 {address}", "s=tester", "t=0 0"]
+    media = [f"m=audio {port} RTP/AVP 0", f"c=IN {family} {c or address}", *lines]
+    return "\r\n".join(head + media) + "\r\n"
+
+
+def send(cmds: Commands, command: str, sdp: str, from_tag: str, **keys: Any) -> list[str]:
+    reply = cmds.handle(req(command, from_tag=from_tag, sdp=sdp, **keys), T0)
+    assert reply["result"] == "ok", reply
+    return str(reply["sdp"]).splitlines()
+
+
+def offer(cmds: Commands, sdp: str, from_tag: str = "a", **keys: Any) -> list[str]:
+    return send(cmds, "offer", sdp, from_tag, **keys)
+
+
+def answer(cmds: Commands, sdp: str, to_tag: str = "b", **keys: Any) -> list[str]:
+    return send(cmds, "answer", sdp, "a", to_tag=to_tag, **keys)
+
+
+def value(lines: list[str], prefix: str) -> str:
+    found = [ln[len(prefix) :] for ln in lines if ln.startswith(prefix)]
+    assert found, f"no {prefix} in {lines}"
+    return found[0]
+
+
+def candidates(lines: list[str]) -> list[list[str]]:
+    return [ln.split()[1:6] for ln in lines if ln.startswith("a=candidate:")]
+
+
+def port(lines: list[str]) -> int:
+    return int(value(lines, "m=audio ").split()[0])
+
+
+# -- ICE-lite and rtcp-mux kept with a party ------------------------------------------------
+
+
+def test_ice_lite_backward_then_forward_keeps_mux_port_and_credentials() -> None:
+    cmds, _ = build()
+    a = body(
+        "a=ice-pwd:bd5dfhdfddd8e1bc6",
+        "a=ice-ufrag:q25293",
+        "a=candidate:1 1 UDP 2130706303 198.51.100.1 2000 typ host",
+        "a=rtcp-mux",
+    )
+    keys = {"ICE": "remove", "ICE-lite": "backward", "rtcp_mux": ["demux"]}
+    out = offer(cmds, a, **keys)
+    assert not [ln for ln in out if "ice" in ln or "candidate" in ln]
+    assert "a=rtcp-mux" not in out
+    back = answer(cmds, body(port=2002), ICE="force")
+    # a=ice-lite at session level: before the first m= line
+    assert back.index("a=ice-lite") < back.index(next(ln for ln in back if ln.startswith("m=")))
+    assert "a=rtcp-mux" in back
+    assert value(back, "a=rtcp:") == str(port(back))
+    assert [c[0] for c in candidates(back)] == ["1", "1"]  # RTCP shares the RTP port
+    ufrag = value(back, "a=ice-ufrag:")
+    # the other way round: ICE-lite forward, rtcp-mux offer; mux stays in use with A
+    again = offer(
+        cmds,
+        body(port=2002),
+        from_tag="b",
+        to_tag="a",
+        ICE="force",
+        rtcp_mux=["offer"],
+        **{"ICE-lite": "forward"},
+    )
+    assert "a=ice-lite" in again
+    assert port(again) == port(back)
+    assert value(again, "a=rtcp:") == str(port(again))
+    assert "a=rtcp-mux" in again
+    assert [c[0] for c in candidates(again)] == ["1", "1"]
+    assert value(again, "a=ice-ufrag:") == ufrag
+
+
+def test_no_ice_lite_without_the_option() -> None:
+    cmds, _ = build()
+    offer(cmds, body(*PEER_ICE[:3]))
+    assert "a=ice-lite" not in answer(cmds, body(port=2002))
+
+
+# -- restarts and re-INVITEs -----------------------------------------------------------------
+
+
+def test_a_new_ufrag_restarts_ice_and_default_keeps_ice_removed() -> None:
+    cmds, _ = build()
+    first = ["a=ice-pwd:bd5e845657ecb8d6dd8e1bc6", "a=ice-ufrag:q2758e93"]
+    offer(cmds, body(*first), ICE="remove")
+    before = answer(cmds, body(port=2002))
+    restarted = ["a=ice-pwd:bd5e8gssdfecb8d6dd8e1bc6", "a=ice-ufrag:qdgsdfs3"]
+    out = offer(cmds, body(*restarted))  # no ICE option: B stays without ICE
+    assert not [ln for ln in out if ln.startswith(("a=ice-", "a=candidate"))]
+    after = answer(cmds, body(port=2002))
+    assert port(after) == port(before)
+    assert value(after, "a=ice-ufrag:") != value(before, "a=ice-ufrag:")
+    assert value(after, "a=ice-pwd:") != value(before, "a=ice-pwd:")
+
+
+def test_a_moved_offerer_keeps_ports_and_credentials_with_ice() -> None:
+    cmds, _ = build()
+    first = offer(cmds, body(port=16478), ICE="force")
+    moved = offer(cmds, body(port=16480), ICE="force")
+    assert port(moved) == port(first)
+    assert value(moved, "a=ice-ufrag:") == value(first, "a=ice-ufrag:")
+
+
+def test_a_moved_offerer_without_port_latching_gets_new_ports_and_credentials() -> None:
+    cmds, _ = build()
+    flags = ["no port latching"]
+    first = offer(cmds, body(port=16478), ICE="force", flags=flags)
+    same = offer(cmds, body(port=16478), ICE="force", flags=flags)
+    assert (port(same), value(same, "a=ice-ufrag:")) == (port(first), value(first, "a=ice-ufrag:"))
+    moved = offer(cmds, body(port=16480), ICE="force", flags=flags)
+    assert port(moved) != port(first)
+    assert value(moved, "a=ice-ufrag:") != value(first, "a=ice-ufrag:")
+
+
+# -- trickle ICE -----------------------------------------------------------------------------
+
+TRICKLE = ["a=ice-ufrag:Ci7n", "a=ice-pwd:l9QndxLG6OycZRcQe9zcT95c", "a=ice-options:trickle"]
+
+
+def test_a_trickle_placeholder_address_is_no_hold() -> None:
+    for keys in ({}, {"ICE": "remove"}):
+        cmds, _ = build()
+        out = offer(cmds, body(*TRICKLE, port=9, c="0.0.0.0"), **keys)
+        assert f"c=IN IP4 {LOCAL4}" in out
+        assert "a=sendrecv" in out
+        assert bool(candidates(out)) == (keys == {})
+
+
+def test_a_trickle_placeholder_in_ipv6() -> None:
+    cmds, _ = build()
+    out = offer(cmds, body(*TRICKLE, port=9, c="::"))
+    assert f"c=IN IP6 {LOCAL6}" in out
+    assert candidates(out)[0][3] == LOCAL6  # the first candidate in the family of c=
+
+
+def test_a_zero_address_without_ice_is_still_hold() -> None:
+    cmds, _ = build()
+    out = offer(cmds, body(port=2000, c="0.0.0.0"))
+    assert "c=IN IP4 0.0.0.0" in out
+    assert "a=sendonly" in out
+
+
+def test_trickle_ice_flag_offers_trickle() -> None:
+    cmds, _ = build()
+    out = offer(cmds, body(), ICE="force", flags=["trickle ICE"])
+    ice = [ln for ln in out if ln.startswith(("a=ice-", "a=candidate", "a=end-of"))]
+    assert ice[2] == "a=ice-options:trickle"
+    assert ice[-1] == "a=end-of-candidates"
+    assert len(candidates(out)) == 4
+
+
+# -- ICE=optional, passthrough -----------------------------------------------------------------
+
+
+def test_optional_adds_ice_to_a_plain_offer() -> None:
+    cmds, _ = build()
+    out = offer(cmds, body(), ICE="optional")
+    assert value(out, "a=ice-ufrag:")
+    assert [c[0] for c in candidates(out)] == ["1", "1", "2", "2"]
+    # an answer can only take ICE to an offerer that offered it
+    assert not candidates(answer(cmds, body(port=2002), ICE="optional"))
+
+
+def test_optional_on_ice_passes_the_peers_ice_through() -> None:
+    cmds, _ = build()
+    out = offer(cmds, body(*PEER_ICE), ICE="optional")
+    for line in PEER_ICE:
+        assert line in out
+    assert not [ln for ln in out if ln.startswith("a=ice-ufrag:") and "asbsdfds" not in ln]
+    ours = [c for c in candidates(out) if c[4] not in ("2002", "2003")]
+    # below the peer's lowest host priority: type preference 125, then wrapping in 32 bits
+    assert [c[2] for c in ours] == ["2097152255", "4294967295", "2097152254", "4294967294"]
+    assert [c[3] for c in ours] == [LOCAL4, LOCAL6, LOCAL4, LOCAL6]
+    # the answerer without ICE: ICE ends for the offerer as well
+    back = answer(cmds, body(port=2002), ICE="optional")
+    assert not [ln for ln in back if ln.startswith(("a=ice-", "a=candidate"))]
+
+
+def test_optional_with_media_address_names_it_in_every_candidate() -> None:
+    cmds, _ = build()
+    out = offer(
+        cmds,
+        body(*PEER_ICE),
+        ICE="optional",
+        media_address="3.4.5.6",
+        flags=["full-rtcp-attribute"],
+    )
+    assert "c=IN IP4 3.4.5.6" in out
+    assert re.fullmatch(r"\d+ IN IP4 3\.4\.5\.6", value(out, "a=rtcp:"))
+    ours = [c for c in candidates(out) if c[4] not in ("2002", "2003")]
+    assert {c[3] for c in ours} == {"3.4.5.6"}
+
+
+def test_force_answers_with_ice_where_optional_passthrough_would_not() -> None:
+    cmds, _ = build()
+    offer(cmds, body(*PEER_ICE), ICE="force")
+    back = answer(cmds, body(port=2002), ICE="optional")
+    assert value(back, "a=ice-ufrag:")
+    assert len(candidates(back)) == 4
+
+
+# -- the pure parts ----------------------------------------------------------------------------
+
+
+def test_parse_candidate() -> None:
+    assert parse_candidate("1 2 udp 2130706302 198.51.100.4 6127 typ host") == Candidate(
+        "1", 2, "UDP", 2130706302, "198.51.100.4", 6127, "host"
+    )
+    assert parse_candidate("1 2 udp 2130706302 198.51.100.4 6127 host") is None
+    assert parse_candidate("1 x udp 1 198.51.100.4 6127 typ host") is None
+
+
+def test_priority_and_passthrough_preferences() -> None:
+    assert priority(126, 0, 1) == 2130706431
+    assert priority(126, 1, 2) == 2130706174
+    peer = [parse_candidate(ln.split(":", 1)[1]) for ln in PEER_ICE[2:]]
+    assert passthrough_preferences([c for c in peer if c is not None]) == (125, 65535)
+    # a peer below the top gets ours one local preference up from its lowest
+    low = Candidate("x", 1, "UDP", priority(100, 7, 1), "192.0.2.1", 1, "host")
+    assert passthrough_preferences([low]) == (100, 6)
+    assert passthrough_preferences([]) == (126, 0)
