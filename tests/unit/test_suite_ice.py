@@ -7,11 +7,15 @@ trickle ICE placeholders, ``ICE=optional`` (passthrough) and ``media-address``.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
+from aioice import stun as aioice_stun
+
 from relayd.calls.commands import Commands
 from relayd.calls.ice import Candidate, parse_candidate, passthrough_preferences, priority
+from relayd.worker.ice import MAX_SENDS, RTO, IceAgent, parse_candidates
 from tests.unit.calls import LOCAL4, LOCAL6, T0, build, req
 
 PEER_ICE = [
@@ -249,3 +253,157 @@ def test_priority_and_passthrough_preferences() -> None:
     low = Candidate("x", 1, "UDP", priority(100, 7, 1), "192.0.2.1", 1, "host")
     assert passthrough_preferences([low]) == (100, 6)
     assert passthrough_preferences([]) == (126, 0)
+
+
+# -- the worker's ICE agent (relayd/worker/ice.py), messages read with aioice's codec -------------
+
+OURS, OUR_PWD = "Ours1234", "ourpasswordourpassword1234"
+THEIRS, THEIR_PWD = "q27e93", "bd5e8b8d6dd8e1bc6"
+HOST = ("198.51.100.4", 2412)
+PRFLX = ("198.51.100.8", 3412)
+
+
+def agent(*, controlling: bool, lite: bool = False) -> IceAgent:
+    return IceAgent(
+        OURS,
+        OUR_PWD,
+        THEIRS,
+        THEIR_PWD,
+        controlling=controlling,
+        lite=lite,
+        candidates=[(HOST, 2130706303), (("2001:db8::4", 2412), 2130706175)],
+    )
+
+
+def their_check(*, controlling: bool, tie_breaker: int = 1, nominate: bool = False) -> bytes:
+    """A check from the party, as the rtpengine suite's tester (a full agent) sends it."""
+    request = aioice_stun.Message(
+        aioice_stun.Method.BINDING, aioice_stun.Class.REQUEST, transaction_id=os.urandom(12)
+    )
+    request.attributes["USERNAME"] = f"{OURS}:{THEIRS}"
+    request.attributes["PRIORITY"] = 1853824767
+    role = "ICE-CONTROLLING" if controlling else "ICE-CONTROLLED"
+    request.attributes[role] = tie_breaker
+    if nominate:
+        request.attributes["USE-CANDIDATE"] = None
+    request.add_message_integrity(OUR_PWD.encode())
+    request.add_fingerprint()
+    return bytes(request)
+
+
+def success(check: bytes, source: tuple[str, int], password: str = THEIR_PWD) -> bytes:
+    """The party's answer to one of our checks."""
+    request = aioice_stun.parse_message(check)
+    response = aioice_stun.Message(
+        aioice_stun.Method.BINDING,
+        aioice_stun.Class.RESPONSE,
+        transaction_id=request.transaction_id,
+    )
+    response.attributes["XOR-MAPPED-ADDRESS"] = source
+    response.add_message_integrity(password.encode())
+    response.add_fingerprint()
+    return bytes(response)
+
+
+def our_check(data: bytes) -> aioice_stun.Message:
+    """One of our checks: SOFTWARE first (the suite looks for "rtpengine" there), USERNAME
+    the party's ufrag then ours, MESSAGE-INTEGRITY by the party's password."""
+    assert data[:2] == b"\x00\x01" and data[20:22] == b"\x80\x22"
+    message = aioice_stun.parse_message(data)
+    assert message.check_message_integrity(THEIR_PWD.encode())
+    assert message.attributes["SOFTWARE"].startswith("rtpengine")
+    assert message.attributes["USERNAME"] == f"{THEIRS}:{OURS}"
+    assert len(data) < 256
+    return message
+
+
+def test_a_full_agent_checks_the_sdp_candidates_of_its_family() -> None:
+    ice = agent(controlling=False)
+    assert ice.next_timeout() == 0.0
+    sends = ice.handle_timeout(0.0)
+    assert [target for _, target in sends] == [HOST]  # the IPv6 candidate is no pair of IPv4
+    message = our_check(sends[0][0])
+    assert "ICE-CONTROLLED" in message.attributes
+    assert "USE-CANDIDATE" not in message.attributes
+    # unanswered: sent again after RTO, doubling, then the pair fails
+    times = [0.0]
+    while (when := ice.next_timeout()) is not None:
+        again = ice.handle_timeout(when)
+        if again:
+            assert again[0][0] == sends[0][0]
+            times.append(when)
+    assert len(times) == MAX_SENDS
+    assert times[1] - times[0] == RTO and times[2] - times[1] == 2 * RTO
+
+
+def test_a_check_from_an_unknown_address_teaches_a_peer_reflexive_candidate() -> None:
+    ice = agent(controlling=False)
+    ice.handle_timeout(0.0)
+    answer = ice.handle(their_check(controlling=True), PRFLX, 0.01)
+    assert answer.reply is not None and answer.error == ""
+    reply = aioice_stun.parse_message(answer.reply)
+    assert reply.check_message_integrity(OUR_PWD.encode())
+    assert reply.message_class == aioice_stun.Class.RESPONSE
+    assert reply.attributes["XOR-MAPPED-ADDRESS"] == PRFLX
+    [(triggered, target)] = answer.sends
+    assert target == PRFLX
+    our_check(triggered)
+    # its success: the pair is valid; controlled, we nominate nothing ourselves
+    done = ice.handle(success(triggered, PRFLX), PRFLX, 0.02)
+    assert (done.nominated, done.sends, done.error) == (False, (), "")
+    assert ice.nominated is None
+    # the controlling party nominates it
+    nominated = ice.handle(their_check(controlling=True, nominate=True), PRFLX, 0.03)
+    assert nominated.nominated and ice.nominated == PRFLX
+
+
+def test_controlling_nominates_the_first_pair_that_succeeds() -> None:
+    ice = agent(controlling=True)
+    ice.handle_timeout(0.0)
+    answer = ice.handle(their_check(controlling=False), PRFLX, 0.01)
+    [(triggered, _)] = answer.sends
+    assert "ICE-CONTROLLING" in our_check(triggered).attributes
+    step = ice.handle(success(triggered, PRFLX), PRFLX, 0.02)
+    [(nomination, target)] = step.sends
+    assert target == PRFLX
+    assert "USE-CANDIDATE" in our_check(nomination).attributes
+    assert ice.nominated is None
+    done = ice.handle(success(nomination, PRFLX), PRFLX, 0.03)
+    assert done.nominated and ice.nominated == PRFLX
+    assert ice.handle_timeout(10.0) == []  # nominated: no more ordinary checks
+
+
+def test_responses_must_be_ours_symmetric_and_authentic() -> None:
+    ice = agent(controlling=True)
+    [(check, _)] = ice.handle_timeout(0.0)
+    assert ice.handle(success(check, HOST), PRFLX, 0.01).sends == ()  # from elsewhere
+    forged = ice.handle(success(check, HOST, password="wrong-password-12"), HOST, 0.01)
+    assert "MESSAGE-INTEGRITY" in forged.error
+    assert ice.handle(success(check, HOST), HOST, 0.01).sends  # the real one: nominating
+
+
+def test_role_conflicts_follow_the_tie_breakers() -> None:
+    ice = agent(controlling=True)
+    ice.tie_breaker = 1000
+    lost = ice.handle(their_check(controlling=True, tie_breaker=2000), PRFLX, 0.0)
+    assert lost.reply is not None and not ice.controlling  # we switch; the check is answered
+    assert aioice_stun.parse_message(lost.reply).message_class == aioice_stun.Class.RESPONSE
+    ice = agent(controlling=True)
+    ice.tie_breaker = 3000
+    kept = ice.handle(their_check(controlling=True, tie_breaker=2000), PRFLX, 0.0)
+    reply = aioice_stun.parse_message(kept.reply or b"")
+    assert reply.message_class == aioice_stun.Class.ERROR
+    assert reply.attributes["ERROR-CODE"][0] == 487 and ice.controlling
+    # ICE-lite: no checks of ours, and a controlled peer is told to control
+    lite = agent(controlling=True, lite=True)
+    assert lite.next_timeout() is None and not lite.controlling
+    reply = aioice_stun.parse_message(
+        lite.handle(their_check(controlling=False), PRFLX).reply or b""
+    )
+    assert reply.attributes["ERROR-CODE"][0] == 487
+
+
+def test_parse_candidates_keeps_one_component_of_addresses() -> None:
+    text = "198.51.100.4 2412 2130706303 1;198.51.100.4 2413 2130706302 2;host.local 9 1 1;junk"
+    assert parse_candidates(text, 1) == [(("198.51.100.4", 2412), 2130706303)]
+    assert parse_candidates(text, 2) == [(("198.51.100.4", 2413), 2130706302)]
