@@ -7,10 +7,14 @@ trickle ICE placeholders, ``ICE=optional`` (passthrough) and ``media-address``.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
+import socket
 from typing import Any
 
+import pytest
+from aioice import ice as aioice_ice
 from aioice import stun as aioice_stun
 
 from relayd.calls.commands import Commands
@@ -407,3 +411,69 @@ def test_parse_candidates_keeps_one_component_of_addresses() -> None:
     text = "198.51.100.4 2412 2130706303 1;198.51.100.4 2413 2130706302 2;host.local 9 1 1;junk"
     assert parse_candidates(text, 1) == [(("198.51.100.4", 2412), 2130706303)]
     assert parse_candidates(text, 2) == [(("198.51.100.4", 2413), 2130706302)]
+
+
+def _host_address() -> str | None:
+    """A local IPv4 address aioice gathers a candidate on (it leaves out loopback)."""
+    addresses = aioice_ice.get_host_addresses(True, False)
+    return addresses[0] if addresses else None
+
+
+@pytest.mark.skipif(_host_address() is None, reason="no non-loopback IPv4 address")
+@pytest.mark.parametrize("controlling", [True, False], ids=["we-control", "aioice-controls"])
+def test_the_agent_connects_with_aioice_over_real_sockets(controlling: bool) -> None:
+    """aioice, a full agent, on one side; our agent on a real UDP socket on the other:
+    each takes the other's candidates, and ICE completes on a nominated pair."""
+    address = _host_address()
+    assert address is not None
+
+    async def run() -> tuple[str, int] | None:
+        peer = aioice_ice.Connection(ice_controlling=not controlling, components=1)
+        await peer.gather_candidates()
+        ours = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        ours.bind((address, 0))
+        ours.setblocking(False)
+        theirs = [c for c in peer.local_candidates if c.host == address]
+        ice = IceAgent(
+            OURS,
+            OUR_PWD,
+            peer.local_username,
+            peer.local_password,
+            controlling=controlling,
+            lite=False,
+            candidates=[((c.host, c.port), c.priority) for c in theirs],
+        )
+        peer.remote_username, peer.remote_password = OURS, OUR_PWD
+        host, port = ours.getsockname()
+        await peer.add_remote_candidate(
+            aioice_ice.Candidate("relayd", 1, "udp", 2130706431, host, port, "host")
+        )
+        await peer.add_remote_candidate(None)
+        connecting = asyncio.ensure_future(peer.connect())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        try:
+            while not connecting.done() or ice.nominated is None:
+                assert loop.time() < deadline, "ICE did not complete"
+                now = loop.time()
+                for data, target in ice.handle_timeout(now):
+                    ours.sendto(data, target)
+                try:
+                    data, source = ours.recvfrom(2048)
+                except BlockingIOError:
+                    await asyncio.sleep(0.005)
+                    continue
+                answer = ice.handle(data, source, now)
+                assert answer.error == "", answer.error
+                if answer.reply is not None:
+                    ours.sendto(answer.reply, source)
+                for check, target in answer.sends:
+                    ours.sendto(check, target)
+            await connecting
+            return ice.nominated
+        finally:
+            await peer.close()
+            ours.close()
+
+    nominated = asyncio.run(run())
+    assert nominated is not None and nominated[0] == address
