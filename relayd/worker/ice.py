@@ -159,19 +159,18 @@ class IceAgent:
         self._next_check = 0.0
         self.checks = 0  # valid checks answered
         self.nominated: Address | None = None
-        self.update(candidates or [], controlling=controlling)
+        self.update(candidates or [])
 
     @property
     def state(self) -> Literal["checking", "nominated"]:
         """``nominated`` once a candidate pair is nominated."""
         return "nominated" if self.nominated is not None else "checking"
 
-    def update(self, candidates: list[tuple[Address, int]], *, controlling: bool) -> None:
-        """The party's candidates (and our role) from its latest SDP: new ones become pairs."""
+    def update(self, candidates: list[tuple[Address, int]]) -> None:
+        """The party's candidates from its latest SDP: new ones become pairs. (Our role
+        stays: the SDP changes it only with new credentials, which make a new agent.)"""
         if self.lite:
             return
-        if self.nominated is None:
-            self.controlling = controlling
         for address, priority in candidates:
             self._pair(address, priority)
 

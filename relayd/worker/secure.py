@@ -144,7 +144,7 @@ class SecurePath:
                 )
             ):
                 sec.ice = old.ice
-                sec.ice.update(candidates, controlling=config.ice_controlling)
+                sec.ice.update(candidates)
             else:
                 sec.ice = IceAgent(
                     config.ice_ufrag,
