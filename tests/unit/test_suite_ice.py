@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import select
 import socket
 from typing import Any
 
@@ -19,7 +20,11 @@ from aioice import stun as aioice_stun
 
 from relayd.calls.commands import Commands
 from relayd.calls.ice import Candidate, parse_candidate, passthrough_preferences, priority
+from relayd.ipc import SocketSpec
 from relayd.worker.ice import MAX_SENDS, RTO, IceAgent, parse_candidates
+from relayd.worker.secure import SecurePath
+from relayd.worker.session import Leg
+from relayd.worker.sockets import MediaSocket
 from tests.unit.calls import LOCAL4, LOCAL6, T0, build, req
 
 PEER_ICE = [
@@ -477,3 +482,48 @@ def test_the_agent_connects_with_aioice_over_real_sockets(controlling: bool) -> 
 
     nominated = asyncio.run(run())
     assert nominated is not None and nominated[0] == address
+
+
+def test_a_worker_socket_checks_nominates_and_latches_over_loopback() -> None:
+    """The worker's crypto branch wired to the agent: a socket whose spec names the party's
+    candidate checks it from its timer, nominates on success and latches the party there."""
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    peer.settimeout(2)
+    relay = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    relay.bind(("127.0.0.1", 0))
+    relay.setblocking(False)
+    key = f"127.0.0.1 {relay.getsockname()[1]}"
+    where = peer.getsockname()
+    spec = SocketSpec(
+        key,
+        ice_ufrag=OURS,
+        ice_pwd=OUR_PWD,
+        ice_remote_ufrag=THEIRS,
+        ice_remote_pwd=THEIR_PWD,
+        ice_controlling=True,
+        ice_candidates=f"{where[0]} {where[1]} 2130706431 1;192.0.2.99 9 1 2",
+    )
+    ms = MediaSocket(relay, Leg(key))
+    path = SecurePath(0, 2048, 64)
+    try:
+        path.configure(ms, spec)
+        ms.crypto = True
+        assert path.next_deadline() == 0.0
+        path.fire(0.0)
+        check, source = peer.recvfrom(2048)
+        assert "USE-CANDIDATE" not in our_check(check).attributes
+        peer.sendto(success(check, where), source)
+        select.select([relay], [], [], 2)
+        path.drain(ms, 0.01)
+        nomination, _ = peer.recvfrom(2048)
+        assert "USE-CANDIDATE" in our_check(nomination).attributes
+        peer.sendto(success(nomination, where), source)
+        select.select([relay], [], [], 2)
+        path.drain(ms, 0.02)
+        assert (ms.leg.endpoint, ms.leg.confirmed) == (where, True)
+        assert ms.secure is not None and ms.secure.ice_state == "nominated"
+        assert path.next_deadline() == float("inf")
+    finally:
+        peer.close()
+        relay.close()
