@@ -22,11 +22,13 @@ Rules:
   then its pair fails. A success response counts only from the pair's remote address
   and with MESSAGE-INTEGRITY by the party's password (§7.2.5.2); a 487 makes us take
   the other role and check the pair again (§7.2.5.1).
-* Nomination (§8.1.1, regular): controlling, the first pair that succeeds is checked
-  again with USE-CANDIDATE, and its success nominates it. Controlled (and lite), a
-  valid check with USE-CANDIDATE nominates its source at once: the latest nomination
-  wins, which is how a peer moves to another pair. Once nominated, our checks stop
-  (RFC 8445 §8.1.2); the caller latches the party's endpoint there (:mod:`relayd.worker.secure`).
+* Nomination (§8.1.1, regular): controlling, the first pair that succeeds among the
+  agents of one component (:class:`Nomination`) is checked again with USE-CANDIDATE,
+  and its success nominates it; if that check fails, the agent's best other valid
+  pair is. Controlled (and lite), a valid check with USE-CANDIDATE nominates its
+  source at once: the latest nomination wins, which is how a peer moves to another
+  pair. Once a pair of the component is nominated, our checks stop (§8.1.2); the
+  caller latches the party's endpoint there (:mod:`relayd.worker.secure`).
 * Our checks carry SOFTWARE first, naming relayd as rtpengine-compatible: rtpengine's
   test suite tells a relay's checks from its own by a SOFTWARE value that starts
   with "rtpengine".
@@ -50,7 +52,16 @@ from relayd.worker.stun import (
     xor_address,
 )
 
-__all__ = ["MAX_PAIRS", "MAX_SENDS", "PACE", "RTO", "Answer", "IceAgent", "parse_candidates"]
+__all__ = [
+    "MAX_PAIRS",
+    "MAX_SENDS",
+    "PACE",
+    "RTO",
+    "Answer",
+    "IceAgent",
+    "Nomination",
+    "parse_candidates",
+]
 
 Address = tuple[str, int]
 Send = tuple[bytes, Address]
@@ -97,6 +108,17 @@ def parse_candidates(text: str, component: int) -> list[tuple[Address, int]]:
     return found
 
 
+class Nomination:
+    """Shared by the agents of one component's candidates (a socket and its aliases on our
+    other local addresses): the one that nominates, so that a controlling relayd nominates
+    one pair per component (RFC 8445 §8.1.1), not one per local address."""
+
+    __slots__ = ("agent",)
+
+    def __init__(self) -> None:
+        self.agent: IceAgent | None = None
+
+
 class _Pair:
     __slots__ = ("nominating", "priority", "remote", "retry_at", "sends", "state", "tid")
 
@@ -123,6 +145,7 @@ class IceAgent:
         "checks",
         "controlling",
         "family",
+        "group",
         "lite",
         "nominated",
         "pairs",
@@ -159,6 +182,7 @@ class IceAgent:
         self._next_check = 0.0
         self.checks = 0  # valid checks answered
         self.nominated: Address | None = None
+        self.group = Nomination()  # SecurePath.link shares the primary socket's with aliases
         self.update(candidates or [])
 
     @property
@@ -187,8 +211,8 @@ class IceAgent:
 
     def next_timeout(self) -> float | None:
         """When :meth:`handle_timeout` has something to do; None: nothing pending."""
-        if self.lite or self.nominated is not None:
-            return None  # nominated: ICE is done for this component (RFC 8445 §8.1.2)
+        if self.lite or self._done():
+            return None
         when: float | None = None
         for pair in self.pairs.values():
             if pair.state == "in-progress" and (when is None or pair.retry_at < when):
@@ -197,10 +221,15 @@ class IceAgent:
             when = self._next_check if when is None else min(when, self._next_check)
         return when
 
+    def _done(self) -> bool:
+        """A pair of this component is nominated: ICE is done for it (RFC 8445 §8.1.2)."""
+        leader = self.group.agent
+        return self.nominated is not None or (leader is not None and leader.nominated is not None)
+
     def handle_timeout(self, now: float) -> list[Send]:
         """Checks due at ``now``: retransmissions, then one ordinary check (RFC 8445 §6.1.4.2)."""
         sends: list[Send] = []
-        if self.nominated is not None:
+        if self._done():
             return sends
         for pair in list(self.pairs.values()):
             if pair.state != "in-progress" or pair.retry_at > now:
@@ -208,6 +237,11 @@ class IceAgent:
             if pair.sends >= MAX_SENDS:
                 pair.state = "failed"
                 self._transactions.pop(pair.tid, None)
+                if pair.nominating:  # no answer to the nomination: try another valid pair
+                    pair.nominating = False
+                    self.group.agent = None
+                    if (valid := self._valid()) is not None:
+                        sends.append(self._nominate(valid, now))
                 continue
             sends.append(self._send_check(pair, now))
         if now >= self._next_check:
@@ -331,13 +365,19 @@ class IceAgent:
             self.nominated = pair.remote
             return Answer(nominated=True)
         pair.state = "succeeded"
-        if self.controlling and self.nominated is None and not self._nominating():
-            pair.nominating = True
-            return Answer(sends=(self._start_check(pair, now),))
+        if self.controlling and self.nominated is None and self.group.agent is None:
+            return Answer(sends=(self._nominate(pair, now),))
         return _IGNORE
 
-    def _nominating(self) -> bool:
-        return any(p.nominating for p in self.pairs.values())
+    def _nominate(self, pair: _Pair, now: float) -> Send:
+        """Check ``pair`` again with USE-CANDIDATE (RFC 8445 §8.1.1), for the whole group."""
+        self.group.agent = self
+        pair.nominating = True
+        return self._start_check(pair, now)
+
+    def _valid(self) -> _Pair | None:
+        valid = [p for p in self.pairs.values() if p.state == "succeeded"]
+        return max(valid, key=lambda p: p.priority) if valid else None
 
 
 def _role_conflict(transaction_id: bytes, key: bytes) -> bytes:

@@ -168,6 +168,15 @@ class SecurePath:
         if sec.ice is not None and sec.ice.nominated is not None and not leg.confirmed:
             leg.endpoint, leg.confirmed = sec.ice.nominated, True
 
+    def link(self, ms: MediaSocket) -> None:
+        """An alias socket's ICE agent nominates together with its primary's (one pair per
+        component); called once the sockets' ``primary`` links are set."""
+        own, primary = ms.secure, ms.primary
+        if own is None or own.ice is None or primary is None or primary.secure is None:
+            return
+        if primary.secure.ice is not None:
+            own.ice.group = primary.secure.ice.group
+
     def start(self, ms: MediaSocket, now: float) -> None:
         """Send an active stream's ClientHello once the party's endpoint is known on
         ``ms`` (the primary socket or one of its candidates); only once per stream."""

@@ -527,3 +527,42 @@ def test_a_worker_socket_checks_nominates_and_latches_over_loopback() -> None:
     finally:
         peer.close()
         relay.close()
+
+
+def test_one_nomination_per_component_across_our_addresses() -> None:
+    v4 = agent(controlling=True)
+    v6 = IceAgent(
+        OURS,
+        OUR_PWD,
+        THEIRS,
+        THEIR_PWD,
+        controlling=True,
+        lite=False,
+        candidates=[(("2001:db8::4", 2412), 2130706175)],
+        family=6,
+    )
+    v6.group = v4.group  # what SecurePath.link does for an alias socket
+    [(check4, _)] = v4.handle_timeout(0.0)
+    [(check6, _)] = v6.handle_timeout(0.0)
+    first = v6.handle(success(check6, ("2001:db8::4", 2412)), ("2001:db8::4", 2412), 0.01)
+    [(nomination, _)] = first.sends
+    assert "USE-CANDIDATE" in our_check(nomination).attributes
+    assert v4.handle(success(check4, HOST), HOST, 0.02).sends == ()  # v6 nominates already
+    assert v6.handle(success(nomination, ("2001:db8::4", 2412)), ("2001:db8::4", 2412)).nominated
+    assert v4.next_timeout() is None  # the component is done
+
+
+def test_an_unanswered_nomination_falls_back_to_another_valid_pair() -> None:
+    ice = agent(controlling=True)
+    [(check, _)] = ice.handle_timeout(0.0)
+    [(nomination, _)] = ice.handle(success(check, HOST), HOST, 0.01).sends
+    assert "USE-CANDIDATE" in our_check(nomination).attributes  # never answered
+    # a peer-reflexive pair succeeds meanwhile
+    [(triggered, _)] = ice.handle(their_check(controlling=False), PRFLX, 0.02).sends
+    assert ice.handle(success(triggered, PRFLX), PRFLX, 0.03).sends == ()
+    sent: list[tuple[bytes, tuple[str, int]]] = []
+    while not any(t == PRFLX for _, t in sent) and (when := ice.next_timeout()) is not None:
+        sent += ice.handle_timeout(when)
+    again = [data for data, target in sent if target == PRFLX]
+    assert again and "USE-CANDIDATE" in our_check(again[0]).attributes
+    assert sum(1 for data, target in sent if target == HOST) == MAX_SENDS - 1
