@@ -5,7 +5,10 @@ Rules (rtpengine's, ng protocol §1.5):
 * Who is who (tags, branches, early-media forks) is :mod:`relayd.calls.parties`.
 * An SDP sent to party R is rewritten with R's ports: those R will send to.
   Ports are allocated the first time a party needs them and kept across
-  re-offers, so a re-INVITE keeps its ports.
+  re-offers, so a re-INVITE keeps its ports; but an offerer that moved its
+  address or port gives R new ones, unless ``port-latching``, or ICE with R
+  (where candidates, not c=, say where a peer is) without ``no-port-latching``.
+  New ports towards a party we do ICE with come with new ICE credentials.
 * Port exhaustion undoes what the message allocated and fails it with
   "Ran out of ports"; a call the message created is removed again (which ports,
   and giving them back: :mod:`relayd.calls.media_ports`).
