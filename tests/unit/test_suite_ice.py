@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 from aioice import ice as aioice_ice
 from aioice import stun as aioice_stun
+from hypothesis import given
+from hypothesis import strategies as st
 
 from relayd.calls.commands import Commands
 from relayd.calls.ice import Candidate, parse_candidate, passthrough_preferences, priority
@@ -566,3 +568,13 @@ def test_an_unanswered_nomination_falls_back_to_another_valid_pair() -> None:
     again = [data for data, target in sent if target == PRFLX]
     assert again and "USE-CANDIDATE" in our_check(again[0]).attributes
     assert sum(1 for data, target in sent if target == HOST) == MAX_SENDS - 1
+
+
+@given(st.binary(max_size=200), st.booleans())
+def test_a_full_agent_never_raises_on_junk(data: bytes, controlling: bool) -> None:
+    ice = agent(controlling=controlling)
+    [(check, _)] = ice.handle_timeout(0.0)
+    # junk, and junk behind a real header of a response to our check
+    for datagram in (data, check[:1] + b"\x01" + check[2:20] + data):
+        answer = ice.handle(datagram, HOST, 0.01)
+        assert answer.reply is None and not answer.nominated
