@@ -5,16 +5,22 @@ Rules, in the order they are applied to each media section:
 * ``m=``: port → our RTP port for the receiving party (0 stays 0), protocol →
   the outgoing transport, formats → the negotiated payload types.
 * ``c=`` lines in the media section → our advertised address (a zero address
-  is kept unless ``replace: zero-address``).
+  is kept unless ``replace: zero-address``, ICE with the receiver, or a trickle
+  ICE placeholder: ``Media.keep_zero_address``).
 * Attributes we manage are removed where they stand (``rtpmap``, ``fmtp`` and
-  per-PT ``rtcp-fb``, ``ptime``, direction, ``rtcp``, ``rtcp-mux``, ICE when
-  it is removed, our ``a=rtpengine`` marker); every other line stays verbatim.
+  per-PT ``rtcp-fb``, ``ptime``, direction, ``rtcp``, ``rtcp-mux``, the
+  sender's ICE attributes unless they pass through (``ICE=optional``, ICE
+  passthrough), ``a=end-of-candidates``, our ``a=rtpengine`` marker); every
+  other line stays verbatim.
 * Then appended: per payload type ``rtpmap``/``fmtp``/``rtcp-fb`` (static
-  types included), the direction, ``a=rtcp:PORT``, ``a=rtcp-mux``, ``a=ptime``.
+  types included), the direction, ``a=rtcp:PORT``, ``a=rtcp-mux``, ``a=ptime``,
+  our ICE credentials and candidates (:mod:`relayd.calls.ice` has the rules),
+  ``a=end-of-candidates``.
 
 At session level: ``o=`` only with ``replace: origin``; ``c=`` with
 ``replace: session-connection`` or when a media section has no ``c=`` of its
-own; session direction attributes are consumed (re-emitted per media).
+own; session direction attributes are consumed (re-emitted per media);
+``a=ice-lite`` is added towards a party we are an ICE-lite agent for.
 """
 
 from __future__ import annotations

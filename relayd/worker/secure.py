@@ -22,8 +22,8 @@ Rules:
   known (with ICE: nominated), and retransmits on the endpoint's timer;
   handshake records go to where the party's DTLS came from, else to its endpoint.
 * A nominated ICE pair latches the party's endpoint (confirmed). A later
-  ``Forward`` with the same credentials keeps the agent (its pairs and nomination),
-  with the party's candidates and our role of the new one. The agents' checks
+  ``Forward`` with the same credentials keeps the agent (its pairs, role and
+  nomination) and adds the party's new candidates. The agents' checks
   (:mod:`relayd.worker.ice`) run on the same timers as DTLS.
 * ICE candidates on several local addresses (alias sockets, ``MediaSocket.primary``)
   are one stream: each answers its own checks, but the DTLS association and the
