@@ -167,7 +167,19 @@ class Media:
     uses_sdes: bool = False
     peer_ice: bool = False  # this party's SDP had ICE
     peer_ice_ufrag: str = ""
+    peer_ice_pwd: str = ""
+    peer_ice_lite: bool = False  # its SDP said a=ice-lite
+    peer_candidates: tuple[str, ...] = ()  # its a=candidate values, as written
     peer_trickle: bool = False  # a=ice-options:trickle at media level
+    peer_trickle_address: bool = False  # trickle ICE with 0.0.0.0 or :: port 9 (RFC 8838 §5.2)
+    initialized: bool = False  # this party has sent an SDP for this media
+    # ICE with this party (rules in relayd.calls.ice): its SDP had it, or the flags said so
+    ice: bool = False
+    ice_passthrough: bool = False  # the peers do ICE end to end; we only add candidates
+    ice_lite_self: bool = False  # we are an ICE-lite agent towards this party
+    ice_controlling: bool = False  # our ICE role towards this party
+    trickle: bool = False  # trickle ICE with this party
+    keep_zero_address: bool = False  # our SDP to this party keeps the sender's zero address
     ice_ufrag: str = ""  # our credentials towards this party ("" when no ICE)
     ice_pwd: str = ""
     ice_ports: tuple[tuple[LocalAddress, int], ...] = ()  # our candidates on other addresses

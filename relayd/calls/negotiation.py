@@ -1,6 +1,7 @@
 """SRTP/DTLS/ICE negotiation on the call model (pure): what each party's SDP said,
 what we write to each party, and the keys the workers need. The rules are in
-:mod:`relayd.calls.webrtc`; the choices here follow rtpengine 10.5:
+:mod:`relayd.calls.webrtc` (SRTP, DTLS) and :mod:`relayd.calls.ice` (ICE, which
+:func:`relayd.calls.ice.settle` decides); the choices here follow rtpengine 10.5:
 
 * The transport towards the receiver of an offer: ``transport-protocol`` if given
   (for RTP media), else the offerer's own; a re-offer whose offerer kept its
@@ -37,19 +38,18 @@ from relayd.calls.webrtc import (
     allowed_suites,
     is_rtp,
     is_srtp,
-    new_credentials,
     new_crypto,
     parse_crypto,
 )
 from relayd.ng.message import Request
-from relayd.sdp.model import Line, MediaDescription, attribute_value
+from relayd.sdp.model import Connection, Line, MediaDescription, attribute_value
 
 __all__ = ["answer", "learn", "offer"]
 
 
 # attributes whose first value counts, at media level, else at session level
-_INHERITED = frozenset({"fingerprint", "setup", "ice-ufrag"})
-_LEARNED = frozenset({*_INHERITED, "crypto", "candidate", "ice-options", "mid"})
+_INHERITED = frozenset({"fingerprint", "setup", "ice-ufrag", "ice-pwd"})
+_LEARNED = frozenset({*_INHERITED, "crypto", "candidate", "ice-options", "ice-lite", "mid"})
 _DTLS_SETUPS = frozenset({"actpass", "active", "passive"})
 
 
@@ -67,14 +67,23 @@ def _fingerprint_hash(fingerprint: str) -> str:
     return name if name in FINGERPRINT_HASHES else ""
 
 
-def learn(media: Media, desc: MediaDescription, session: list[Line], req: Request) -> None:
+def learn(
+    media: Media,
+    desc: MediaDescription,
+    session: list[Line],
+    conn: Connection | None,
+    req: Request,
+) -> bool:
     """Record the party's own SRTP, DTLS and ICE attributes (media level over session).
 
-    One pass over the media's lines (this runs for every media of every offer and
-    answer, nearly all of them plain RTP with none of these attributes)."""
+    ``conn`` is the media's connection (its own or the session's). Returns whether the
+    SDP restarts ICE: a ufrag other than the one before (RFC 8839
+    §4.4.1.1.1). One pass over the media's lines (this runs for every media of every
+    offer and answer, nearly all of them plain RTP with none of these attributes)."""
     first: dict[str, str] = {}
     crypto: list[Crypto] = []
-    candidate = trickle = False
+    candidates: list[str] = []
+    trickle = lite = options = False
     for ln in desc.lines:
         attr = ln.attr
         if attr not in _LEARNED:
@@ -85,9 +94,12 @@ def learn(media: Media, desc: MediaDescription, session: list[Line], req: Reques
             if parsed is not None:
                 crypto.append(parsed)
         elif attr == "candidate":
-            candidate = True
+            candidates.append(value)
         elif attr == "ice-options":
+            options = True
             trickle = trickle or "trickle" in value
+        elif attr == "ice-lite":
+            lite = True
         elif attr not in first:
             first[attr] = value
     if crypto and any(flag.startswith("no-") for flag in req.sdes):
@@ -102,9 +114,19 @@ def learn(media: Media, desc: MediaDescription, session: list[Line], req: Reques
         inherited = {name: value or above.get(name, "") for name, value in inherited.items()}
     media.peer_fingerprint = inherited["fingerprint"]
     media.peer_setup = inherited["setup"]
+    previous = media.peer_ice_ufrag
     media.peer_ice_ufrag = inherited["ice-ufrag"]
-    media.peer_ice = bool(media.peer_ice_ufrag or candidate)
-    media.peer_trickle = trickle
+    media.peer_ice_pwd = inherited["ice-pwd"]
+    media.peer_ice = bool(media.peer_ice_ufrag or candidates)
+    media.peer_candidates = tuple(candidates)
+    media.peer_ice_lite = lite or any(ln.attr == "ice-lite" for ln in session)
+    # RFC 8838 §5.2: an ICE agent with no candidate yet says 0.0.0.0 (or ::) port 9
+    media.peer_trickle_address = (
+        media.peer_ice and desc.port == 9 and conn is not None and conn.is_zero
+    )
+    media.peer_trickle = trickle or (media.peer_trickle_address and not options)
+    if not media.rejected:
+        media.ice, media.trickle = media.peer_ice, media.peer_trickle
     media.mid = first.get("mid", "")
     fingerprint = bool(_fingerprint_hash(media.peer_fingerprint))
     if desc.port:
@@ -115,12 +137,7 @@ def learn(media: Media, desc: MediaDescription, session: list[Line], req: Reques
     media.protocol_changed = seen != media.protocol_seen
     media.protocol_seen = seen
 
-
-def _ice_mode(req: Request, party_had_ice: bool) -> str:
-    mode = req.ice or "default"
-    if mode in ("default", "optional", "force-relay"):
-        return "force" if party_had_ice else "remove"
-    return mode
+    return bool(previous and media.peer_ice_ufrag and previous != media.peer_ice_ufrag)
 
 
 def _choose_fingerprint(media: Media, req: Request | None = None) -> None:
@@ -198,11 +215,6 @@ def offer(target: Media, source: Media, req: Request, *, dtls_passive: bool = Fa
         and _answer_setup(source, req, dtls_passive) == "active"
     ):
         source.dtls_role = "active"
-    if _ice_mode(req, source.peer_ice) == "force":
-        if not target.ice_ufrag:
-            target.ice_ufrag, target.ice_pwd = new_credentials()
-    else:
-        target.ice_ufrag = target.ice_pwd = ""
 
 
 def _offer_lines(
@@ -293,11 +305,6 @@ def answer(offerer: Media, answerer: Media, req: Request, *, dtls_passive: bool)
             else:
                 # both parties hold each other's keys: SRTP passes through untouched
                 answerer.srtp_in = answerer.srtp_out = None
-    if _ice_mode(req, offerer.peer_ice) != "remove" and offerer.peer_ice:
-        if not offerer.ice_ufrag:
-            offerer.ice_ufrag, offerer.ice_pwd = new_credentials()
-    else:
-        offerer.ice_ufrag = offerer.ice_pwd = ""
 
 
 def _answer_setup(offerer: Media, req: Request, dtls_passive: bool) -> str:

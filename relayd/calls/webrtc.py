@@ -21,9 +21,8 @@ and rtpengine's own daemon tests); who chooses what is :mod:`relayd.calls.negoti
   length or a bad lifetime is ignored.
 * Our fingerprint uses the hash ``DTLS-fingerprint`` asks for, else the party's
   own, else sha-256; once written to a party it stays.
-* ICE: ``force`` puts our credentials and a host candidate per local address
-  of the party's interface; ``remove`` none; no flag means ``force`` when the
-  party's SDP had ICE. Credentials stay the same for the whole call.
+* ICE: our credentials and a host candidate per local address of the party's
+  interface, when :mod:`relayd.calls.ice` says we do ICE with the party.
 """
 
 from __future__ import annotations

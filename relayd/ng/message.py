@@ -219,6 +219,9 @@ KNOWN_FLAGS = frozenset(
         "siprec",
         "allow-sdes-passthrough",
         "passthrough",
+        "trickle-ice",
+        "ice-reject",
+        "reject-ice",
     ]
 )
 
@@ -267,6 +270,7 @@ class Request:
     sdes: set[str] = field(default_factory=set)
     osrtp: set[str] = field(default_factory=set)  # "offer", "accept" (RFC 8643)
     ice: str = ""
+    ice_lite: str = ""  # "", "off", "forward", "backward" or "both" (``ICE-lite``)
     dtls: str = ""
     dtls_reverse: str = ""  # "passive" or "active": our role towards an actpass offerer
     dtls_fingerprint: str = ""  # the hash of the fingerprint we offer ("sha-1", …)
@@ -339,6 +343,8 @@ def parse_request(raw: dict[str, Any]) -> Request:
             setattr(req, attr, normalise(_text(keys[key])))
     if "dtls-fingerprint" in keys:
         req.dtls_fingerprint = _text(keys["dtls-fingerprint"]).strip().lower()
+    if "ice-lite" in keys:
+        _set_ice_lite(req, _text(keys["ice-lite"]))
     if "endpoint-learning" in keys:
         _set_learning(req, _text(keys["endpoint-learning"]))
     if "transport-protocol" in keys:
@@ -384,6 +390,8 @@ def _apply_flag(req: Request, word: str) -> None:
             setattr(req, lowered.replace("-", "_"), normalise(value))
         elif lowered == "dtls-fingerprint":
             req.dtls_fingerprint = value.strip().lower()
+        elif lowered == "ice-lite":
+            _set_ice_lite(req, value)
         elif lowered == "endpoint-learning":
             _set_learning(req, value)
         elif lowered == "record-call":
@@ -457,6 +465,36 @@ def _apply_protocol(req: Request, value: str) -> None:
 _CODEC_OPS = frozenset(
     ["strip", "offer", "mask", "except", "accept", "consume", "ignore", "set", "transcode"]
 )
+
+
+# rtpengine's spellings of the ``ICE-lite`` values
+_ICE_LITE = {
+    "off": "off",
+    "none": "off",
+    "no": "off",
+    "forward": "forward",
+    "offer": "forward",
+    "fwd": "forward",
+    "fw": "forward",
+    "backward": "backward",
+    "backwards": "backward",
+    "reverse": "backward",
+    "answer": "backward",
+    "back": "backward",
+    "bkw": "backward",
+    "bk": "backward",
+    "both": "both",
+}
+
+
+def _set_ice_lite(req: Request, value: str) -> None:
+    """``ICE-lite``: towards whom relayd says ``a=ice-lite``; an unknown value is logged and
+    ignored, as rtpengine does."""
+    mode = _ICE_LITE.get(normalise(value))
+    if mode is None:
+        req.unknown.append(f"ICE-lite={value}")
+    else:
+        req.ice_lite = mode
 
 
 def _set_learning(req: Request, value: str) -> None:

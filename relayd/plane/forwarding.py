@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
+from relayd.calls.ice import parse_candidate
 from relayd.calls.model import Call, Endpoint, Media, Monologue, Stream
 from relayd.calls.webrtc import Crypto
 from relayd.ipc import Forward, SocketSpec, socket_key
@@ -56,7 +57,7 @@ def _sdes(line: Crypto | None) -> str:
     return line.inline() if line is not None else ""
 
 
-def _security(media: Media) -> dict[str, str]:
+def _security(media: Media) -> dict[str, str | bool]:
     """SRTP keys, DTLS role and ICE credentials of the party owning ``media``'s sockets."""
     return {
         "srtp_in": _sdes(media.srtp_in),
@@ -66,7 +67,22 @@ def _security(media: Media) -> dict[str, str]:
         "ice_ufrag": media.ice_ufrag,
         "ice_pwd": media.ice_pwd,
         "ice_remote_ufrag": media.peer_ice_ufrag if media.ice_ufrag else "",
+        "ice_remote_pwd": media.peer_ice_pwd if media.ice_ufrag else "",
+        "ice_controlling": bool(media.ice_ufrag) and media.ice_controlling,
+        "ice_lite": bool(media.ice_ufrag) and media.ice_lite_self,
     }
+
+
+def _candidates(media: Media, component: int) -> str:
+    """The party's ICE candidates of one component, as ``SocketSpec.ice_candidates``."""
+    if not media.ice_ufrag:
+        return ""
+    found = []
+    for value in media.peer_candidates:
+        c = parse_candidate(value)
+        if c is not None and c.component == component and c.transport == "UDP":
+            found.append(f"{c.address} {c.port} {c.priority} {component}")
+    return ";".join(found)
 
 
 def muxes(media: Media) -> bool:
@@ -245,9 +261,16 @@ def _specs(
     rtp_route: dict[str, Any] = {
         "out": other_rtp,
         "out_rtcp": other_rtcp if muxes(own) else "",
+        "ice_candidates": _candidates(own, 1),
         **common,
     }
-    rtcp_route: dict[str, Any] = {"out": other_rtcp, "rtcp": True, **common}
+    rtcp_route: dict[str, Any] = {
+        "out": other_rtcp,
+        "rtcp": True,
+        # under rtcp-mux the party checks RTP's candidates only (RFC 5761 §5.1.3)
+        "ice_candidates": "" if muxes(own) else _candidates(own, 2),
+        **common,
+    }
     rtcp_expect = own.remote_rtp if muxes(own) else own.remote_rtcp
     # an endpoint confirmed on an ICE candidate of the other family is no use to this socket
     learned = [
