@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field, replace
 from socket import AF_INET, inet_pton  # a parser: no socket is opened
+from typing import Literal
 
 from relayd.calls.webrtc import Crypto
 from relayd.ipc import Learning
@@ -18,6 +19,7 @@ from relayd.ipc import Learning
 __all__ = [
     "Call",
     "Codec",
+    "EchoRole",
     "Endpoint",
     "LocalAddress",
     "Media",
@@ -51,6 +53,11 @@ def is_address(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+# What happens to the media a party sends (ng ``media-echo``): "" forwarded to its peer,
+# "echo" sent straight back to it, "blackhole" discarded.
+EchoRole = Literal["", "echo", "blackhole"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +244,7 @@ class Monologue:
     asymmetric: bool = False
     strict_source: bool = False
     media_handover: bool = False
+    media_echo: EchoRole = ""  # what happens to this party's media (ng media-echo)
     sip_source: str = ""  # the SIP source address (received-from), if any
     last_sdp: bytes = b""  # digest of the SDP we last wrote for it, version aside (SDP-version)
     first_username: str | None = None  # o= username of this party's first SDP
