@@ -138,7 +138,7 @@ class Media:
     rtcp_port: int = 0  # 0 with rtcp-mux (RTCP shares the RTP port)
     rtcp_mux: bool = False  # rtcp-mux in force towards this party (what we printed)
     peer_rtcp_mux: bool = False  # this party's own SDP carried a=rtcp-mux
-    mux_policy: frozenset[str] = frozenset()  # rtcp-mux options given with this party's offer
+    mux_policy: frozenset[str] = frozenset()  # rtcp-mux options of the offer this party got
     remote_rtp: Endpoint | None = None  # this party's media address, from its SDP
     remote_rtcp: Endpoint | None = None
     send: bool = True

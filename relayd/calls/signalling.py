@@ -149,7 +149,6 @@ class Signalling:
                     session.connection(),
                     _direction(session.lines),
                     req,
-                    offer=offer,
                 )
                 target, source = self._receiving(receiver, index, desc), sender.medias[index]
                 ice.settle(target, source, req, offer=offer, restart=restart)
@@ -292,8 +291,6 @@ class Signalling:
         session_c: Connection | None,
         session_direction: str | None,
         req: Request,
-        *,
-        offer: bool,
     ) -> tuple[bool, bool]:
         """Record what the sender's SDP says about its own media for section ``index``.
 
@@ -330,8 +327,6 @@ class Signalling:
         ):
             address = req.received_from[1]
         media.peer_rtcp_mux = desc.has_attribute("rtcp-mux")
-        if offer:
-            media.mux_policy = frozenset(req.rtcp_mux) if req.rtcp_mux else _NO_MUX_POLICY
         rtcp_attr = desc.attributes("rtcp")
         rtcp_port = desc.port + 1
         if rtcp_attr and rtcp_attr[0].split()[0].isdigit():
@@ -391,6 +386,9 @@ class Signalling:
         # an answer without a=ptime goes back with the offerer's own
         media.ptime = source.ptime or (0 if offer else media.ptime)
         if offer:
+            # kept with the party the offer went to: each via-branch answers under the
+            # rtcp-mux options of its own offer
+            media.mux_policy = frozenset(req.rtcp_mux) if req.rtcp_mux else _NO_MUX_POLICY
             media.sent_codecs = apply_codec_ops(source.codecs, req.codec)
         else:
             # an answer only carries codecs that were offered to the answerer
@@ -417,7 +415,7 @@ class Signalling:
                 return True, False
             return source.peer_rtcp_mux and "demux" not in req.rtcp_mux, False
         target = receiver.medias[index]
-        policy = req.rtcp_mux | target.mux_policy
+        policy = req.rtcp_mux | source.mux_policy
         if "reject" in policy or not target.peer_rtcp_mux:
             return False, False
         accepted = source.peer_rtcp_mux or bool(policy & {"accept", "require", "demux"})

@@ -101,3 +101,27 @@ def test_media_echo_keeps_the_call_out_of_the_kernel() -> None:
             for stream in party.medias[0].streams:
                 stream.confirmed = True
         assert bool(kernel_legs(call)) == (not keys), keys
+
+
+# -- rtcp-mux per via-branch (gh #793) ----------------------------------------------------------
+
+
+def _forked_mux_answer(branch: str) -> str:
+    """A offers with rtcp-mux twice, via-branch x123 with ``demux`` and x456 with ``offer``;
+    the branch named answers without rtcp-mux: our answer to A."""
+    cmds, _ = build()
+    mux = ["a=rtcp-mux"]
+    for via, policy in (("x123", "demux"), ("x456", "offer")):
+        offer = req("offer", from_tag="a", via_branch=via, rtcp_mux=[policy], sdp=sdp(extra=mux))
+        assert cmds.handle(offer, T0)["result"] == "ok"
+    answer = req("answer", from_tag="a", to_tag="b", via_branch=branch, sdp=sdp(B_ADDR, 6000))
+    reply = cmds.handle(answer, T0)
+    assert reply["result"] == "ok", reply
+    return str(reply["sdp"])
+
+
+def test_each_via_branch_answers_under_the_rtcp_mux_options_of_its_own_offer() -> None:
+    # rtpengine 10.5 (gh #793 b1, b2): the demux branch accepts A's rtcp-mux in the answer,
+    # the "offer" branch (the later offer) does not, whatever the answerer said
+    assert "a=rtcp-mux" in _forked_mux_answer("x123").splitlines()
+    assert "a=rtcp-mux" not in _forked_mux_answer("x456").splitlines()

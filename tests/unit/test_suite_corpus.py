@@ -67,7 +67,6 @@ DIFFERS: dict[int, str] = {
     115: "DTLS-fingerprint SHA-1 ignored (sha-256 printed); re-offer loses SAVP/DTLS",
     175: "ICE optional on an ICE offer replaces the candidates; rtpengine appends its own",
     224: "strip PCMA keeps telephone-event/8000 with no 8 kHz codec left",
-    230: "branched offers, rtcp-mux demux/offer: answer lacks a=rtcp-mux and the shared port",
 }
 
 
