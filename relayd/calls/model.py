@@ -125,6 +125,20 @@ class Codec:
     def name(self) -> str:
         return self.encoding.partition("/")[0]
 
+    @property
+    def clock_rate(self) -> str:
+        """The RTP clock rate as the encoding names it ("8000"), "" if unknown."""
+        return self.encoding.split("/")[1] if self.encoding.count("/") else ""
+
+    @property
+    def supplemental(self) -> bool:
+        """DTMF events or comfort noise: carried beside an audio codec of the same clock
+        rate, never alone (RFC 4733, RFC 3389)."""
+        return self.name.lower() in _SUPPLEMENTAL
+
+
+_SUPPLEMENTAL = frozenset({"telephone-event", "cn"})
+
 
 @dataclass(slots=True)
 class Media:
@@ -147,6 +161,9 @@ class Media:
     streams: list[Stream] = field(default_factory=list)
     codecs: tuple[Codec, ...] = ()  # as this party's own SDP lists them
     sent_codecs: tuple[Codec, ...] = ()  # as we last wrote them to this party
+    # codec names an offer to this party said to accept or consume (ng codec options):
+    # this party's answers carry the offerer's codecs of those names
+    accept_codecs: tuple[str, ...] = ()
     ptime: int = 0
     rejected: bool = False  # m= port 0
     passthrough: bool = False  # an m=message section: its SDP passes through, no ports of ours

@@ -20,6 +20,7 @@ import secrets
 from collections.abc import Mapping
 
 from relayd.calls import ice, negotiation
+from relayd.calls.codec_flags import ACCEPTING, answer_codecs, offer_codecs
 from relayd.calls.interfaces import Interfaces
 from relayd.calls.media_ports import MediaPorts, Taken
 from relayd.calls.model import Call, Endpoint, Media, Monologue, family_of, is_address
@@ -29,7 +30,7 @@ from relayd.calls.ports import PortAllocator, PortsExhausted
 from relayd.calls.rewrite import DIRECTIONS, PASSTHROUGH_MEDIA, RewriteOptions, rewrite_sdp
 from relayd.calls.webrtc import new_foundation
 from relayd.ng.message import NgError, Request
-from relayd.sdp.codecs import answer_codecs, apply_codec_ops, codecs_of
+from relayd.sdp.codecs import codecs_of
 from relayd.sdp.model import Connection, Line, MediaDescription, SdpError, SessionDescription
 from relayd.sdp.parse import parse_sdp
 from relayd.sdp.write import write_sdp
@@ -389,10 +390,19 @@ class Signalling:
             # kept with the party the offer went to: each via-branch answers under the
             # rtcp-mux options of its own offer
             media.mux_policy = frozenset(req.rtcp_mux) if req.rtcp_mux else _NO_MUX_POLICY
-            media.sent_codecs = apply_codec_ops(source.codecs, req.codec)
+            media.sent_codecs = offer_codecs(source.codecs, req.codec)
+            if any(req.codec.get(op) for op in ACCEPTING):
+                media.accept_codecs = tuple(n for op in ACCEPTING for n in req.codec.get(op, ()))
         else:
-            # an answer only carries codecs that were offered to the answerer
-            media.sent_codecs = answer_codecs(source.codecs, source.sent_codecs)
+            # what the answerer was offered, and what the offer said to accept from the offerer
+            media.sent_codecs = answer_codecs(
+                source.codecs,
+                source.sent_codecs,
+                ops=req.codec,
+                offerer=media.codecs,
+                accepted=source.accept_codecs,
+                single=req.has("single-codec"),
+            )
         had = media.port
         self.media_ports.ensure(call, receiver, media, family, taken, renew=renew)
         if had and media.port != had:
