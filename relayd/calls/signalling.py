@@ -5,10 +5,12 @@ Rules (rtpengine's, ng protocol §1.5):
 * Who is who (tags, branches, early-media forks) is :mod:`relayd.calls.parties`.
 * An SDP sent to party R is rewritten with R's ports: those R will send to.
   Ports are allocated the first time a party needs them and kept across
-  re-offers, so a re-INVITE keeps its ports; but an offerer that moved its
-  address or port gives R new ones, unless ``port-latching``, or ICE with R
-  (where candidates, not c=, say where a peer is) without ``no-port-latching``.
-  New ports towards a party we do ICE with come with new ICE credentials.
+  re-offers, so a re-INVITE keeps its ports; but a party that moved its address
+  or port (in an offer, or in a re-answer from the same answerer: an early-media
+  fork taking over is no move) gives its peer new ones, unless ``port-latching``,
+  or ICE with that peer (where candidates, not c=, say where a peer is) without
+  ``no-port-latching``. New ports towards a party we do ICE with come with new
+  ICE credentials.
 * Port exhaustion undoes what the message allocated and fails it with
   "Ran out of ports"; a call the message created is removed again (which ports,
   and giving them back: :mod:`relayd.calls.media_ports`).
@@ -113,11 +115,13 @@ class Signalling:
         receiver = call.monologues.get(req.from_tag)
         if receiver is None:
             raise NgError("Unknown call-id")
+        # the same answerer again (not another early-media fork taking over the offerer)
+        again = receiver.in_dialogue_with == req.to_tag
         sender = answerer_of(call, receiver, req, now)
         apply_party_flags(sender, req)
         apply_party_flags(receiver, req, received=True)
         call.answered = True
-        return self._exchange(call, sender, receiver, sdp, req, now, offer=False)
+        return self._exchange(call, sender, receiver, sdp, req, now, offer=False, again=again)
 
     # -- the exchange ---------------------------------------------------------------------------
 
@@ -131,7 +135,11 @@ class Signalling:
         now: float,
         *,
         offer: bool,
+        again: bool = True,
     ) -> str:
+        """Both parties' media for one offer or answer from ``sender``, and the SDP for
+        ``receiver``. ``again``: an answer from the party that answered the offerer last (a
+        fork that takes over is no party that moved)."""
         sender.sent_sdp = True
         fields = origin_fields(sender, sdp, req)
         family = receiver.family or _known_family(receiver) or self._input_family(sdp)
@@ -154,12 +162,13 @@ class Signalling:
                 target, source = self._receiving(receiver, index, desc), sender.medias[index]
                 ice.settle(target, source, req, offer=offer, restart=restart)
                 target.keep_zero_address = ice.keeps_zero_address(target, source)
-                # without port latching, a peer that moved its port gets new ports from us
-                # (with ICE towards the receiver, latching is the default: the candidates
-                # say where the peer is, not the c= line)
+                # without port latching, a peer that moved (in an offer or an answer) makes
+                # us give its peer new ports, those in the SDP we write (with ICE towards
+                # the receiver, latching is the default: the candidates say where the peer
+                # is, not the c= line)
                 renew = (
-                    offer
-                    and moved
+                    moved
+                    and again
                     and not req.has("port-latching")
                     and not (target.ice and not req.has("no-port-latching"))
                 )

@@ -307,3 +307,31 @@ def test_codec_strip_in_an_answer_strips_from_the_answer_to_the_offerer() -> Non
     call = _Call()
     call.offer("0 8 9 101")
     assert call.answer("8 0 101", flags=["codec-strip-PCMU"]) == "8 101"
+
+
+# -- a re-answer from an answerer that moved ----------------------------------------------------
+
+
+def test_an_answerer_that_moved_gets_the_offerer_new_ports_unless_port_latching() -> None:
+    # rtpengine 10.5 (the re-offer and re-answer of "simple codec masking w DTMF masked"):
+    # a re-answer from another address or port is answered with new ports towards the
+    # offerer, as a re-offer from a moved offerer gets its receiver new ones
+    for flags, renewed in (([], True), (["port-latching"], False)):
+        cmds, _ = build()
+        cmds.handle(req("offer", from_tag="a", sdp=sdp()), T0)
+        cmds.handle(req("answer", from_tag="a", to_tag="b", sdp=sdp(B_ADDR, 6000)), T0)
+        call = cmds.calls["c1"]
+        before = call.monologues["a"].medias[0].port
+        cmds.handle(req("offer", from_tag="a", to_tag="b", sdp=sdp()), T0)
+        again = req("answer", from_tag="a", to_tag="b", sdp=sdp(B_ADDR, 6010), flags=flags)
+        reply = cmds.handle(again, T0)
+        after = call.monologues["a"].medias[0].port
+        assert (after != before) == renewed, flags
+        assert f"m=audio {after} RTP/AVP 0 8" in str(reply["sdp"])
+    # the same answer again keeps them
+    cmds, _ = build()
+    cmds.handle(req("offer", from_tag="a", sdp=sdp()), T0)
+    cmds.handle(req("answer", from_tag="a", to_tag="b", sdp=sdp(B_ADDR, 6000)), T0)
+    before = cmds.calls["c1"].monologues["a"].medias[0].port
+    cmds.handle(req("answer", from_tag="a", to_tag="b", sdp=sdp(B_ADDR, 6000)), T0)
+    assert cmds.calls["c1"].monologues["a"].medias[0].port == before

@@ -60,7 +60,6 @@ SCENARIOS = suite.load_scenarios()
 # Scenario number -> why relayd's replies differ from rtpengine's today (the first
 # difference; later steps may differ too). Strict xfails: remove the entry with the fix.
 DIFFERS: dict[int, str] = {
-    68: "strip all + offer list: m= order not the offer list's; answer loses CN, ports move",
     115: "DTLS-fingerprint SHA-1 ignored (sha-256 printed); re-offer loses SAVP/DTLS",
     175: "ICE optional on an ICE offer replaces the candidates; rtpengine appends its own",
 }
