@@ -2,7 +2,8 @@
 scenarios "codec-accept", "codec-consume", "simple codec masking w DTMF masked",
 "multi codec offer/answer w single-codec", "DTMF PT already present, strip one codec",
 "gh #793 b1", "echo=fwd" and "echo=bkw", and what the real rtpengine answered to variants of
-them), kept here so that CI holds the behaviour without the suite.
+them: codec options, media echo, rtcp-mux per via-branch, the ports of a moved answerer),
+kept here so that CI holds the behaviour without the suite.
 """
 
 from __future__ import annotations
