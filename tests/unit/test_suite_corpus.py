@@ -59,10 +59,7 @@ SCENARIOS = suite.load_scenarios()
 
 # Scenario number -> why relayd's replies differ from rtpengine's today (the first
 # difference; later steps may differ too). Strict xfails: remove the entry with the fix.
-DIFFERS: dict[int, str] = {
-    115: "DTLS-fingerprint SHA-1 ignored (sha-256 printed); re-offer loses SAVP/DTLS",
-    175: "ICE optional on an ICE offer replaces the candidates; rtpengine appends its own",
-}
+DIFFERS: dict[int, str] = {}  # none today: every in-scope scenario answers as rtpengine
 
 
 def _param(scenario: Scenario) -> object:
