@@ -25,6 +25,10 @@ it is checked too: a packet must come from the relay port its receiver sends to.
   read from the SDP relayd wrote.
 * media-echo (#18, #19), ROC after a re-INVITE (#8) and ICE with only
   peer-reflexive candidates (#6, #7, with aioice's STUN codec on the test side).
+
+``SUITE_MEDIA_DAEMON=rtpengine`` runs the same tests against rtpengine 10.5
+(``/usr/bin/rtpengine``, userspace only, so the kernel variants are skipped): the
+reference they were checked against.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 import pytest
 from aioice import stun
@@ -50,12 +55,12 @@ from tests.netns.calls import (
     ok,
     udp_delivered,
 )
-from tests.netns.conftest import StartRelay
+from tests.netns.conftest import NG_PORT, PORT_MAX, PORT_MIN, StartRelay, relay_interfaces
 from tests.netns.test_kernel import KERNEL, offloaded
 from tests.netns.test_sdes import Srtp, crypto_lines, master, protocol
 from tests.support.netns import Host, Topology, unavailable
-from tests.support.relayd import RelaydProcess
 from tests.support.rtp_peer import Peer, Received
+from tests.support.rtpengine import RtpengineProcess
 
 _SKIP = unavailable()
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(_SKIP is not None, reason=f"netns: {_SKIP}")]
@@ -69,6 +74,51 @@ SHA1_80 = "AES_CM_128_HMAC_SHA1_80"
 SHA1_32 = "AES_CM_128_HMAC_SHA1_32"
 SILENCE = b"\x00" * 160
 SILENCE_B = b"\x88" * 160
+
+
+DAEMON = os.environ.get("SUITE_MEDIA_DAEMON", "relayd")
+
+
+class Daemon(Protocol):
+    def client(self, **kwargs: object) -> NgClient: ...
+
+
+StartDaemon = Callable[..., Daemon]
+
+
+@pytest.fixture
+def start_daemon(
+    topo: Topology, start_relay: StartRelay, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[StartDaemon]:
+    """relayd with the given options, or with ``SUITE_MEDIA_DAEMON=rtpengine`` rtpengine
+    (options ignored) in the same namespace, on the same interfaces and ports."""
+    if DAEMON == "relayd":
+        yield start_relay
+        return
+    assert DAEMON == "rtpengine", DAEMON
+    started: list[RtpengineProcess] = []
+
+    def start(*extra: str) -> RtpengineProcess:
+        daemon = RtpengineProcess(
+            tmp_path,
+            ng_port=NG_PORT,
+            port_min=PORT_MIN,
+            port_max=PORT_MAX,
+            interface=relay_interfaces(topo),
+            netns=topo.relay,
+        )
+        started.append(daemon)
+        daemon.start()
+        return daemon
+
+    try:
+        yield start
+    finally:
+        for daemon in started:
+            daemon.stop()
+            report = getattr(request.node, "rep_call", None)
+            if report is not None and report.failed:
+                request.node.add_report_section("call", "rtpengine log", daemon.log()[-20000:])
 
 
 # -- SDP ----------------------------------------------------------------------------------------
@@ -186,7 +236,7 @@ class Hop:
     packet of the same direction must carry the one that came.
     """
 
-    sender: str  # "A" (caller) or "B" (callee)
+    sender: Literal["A", "B"]  # the caller or the callee
     pt: int
     seq: int
     ts: int
@@ -443,25 +493,26 @@ def set_up_plain(call: Call, scenario: Plain, a: Peer, b: Peer) -> tuple[Side, S
 @pytest.mark.parametrize("name", list(PLAIN))
 def test_plain_rtp_passthrough(
     topo: Topology,
-    start_relay: StartRelay,
+    start_daemon: StartDaemon,
     parties: tuple[Peer, Peer],
     name: str,
     path: str,
 ) -> None:
     scenario = PLAIN[name]
-    relay = start_relay(*KERNEL) if path == "kernel" else start_relay()
+    if path == "kernel" and DAEMON != "relayd":
+        pytest.skip(f"{DAEMON} runs without its kernel module here")
+    relay = start_daemon(*KERNEL) if path == "kernel" else start_daemon()
     with relay.client() as ng:
         call = Call(ng, topo, f"suite-{name}")
         a, b = set_up_plain(call, scenario, *parties)
         play(a, b, scenario.hops)
         if path == "kernel":
-            again_in_the_kernel(ng, relay, topo, call, a, b, scenario.hops)
+            again_in_the_kernel(ng, topo, call, a, b, scenario.hops)
         assert a.peer.drain(quiet=0.2) == [] and b.peer.drain(quiet=0.0) == []
 
 
 def again_in_the_kernel(
     ng: NgClient,
-    relay: RelaydProcess,
     topo: Topology,
     call: Call,
     a: Side,
@@ -476,7 +527,6 @@ def again_in_the_kernel(
     before = udp_delivered(topo.relay)
     play(a, b, hops)
     assert udp_delivered(topo.relay) == before, "a packet reached a relay socket"
-    assert relay.proc is not None and relay.proc.poll() is None
 
 
 # -- SDES-SRTP and OSRTP ------------------------------------------------------------------------
@@ -518,11 +568,11 @@ def sdes_call(
 
 
 def test_131_sdes_offer_accepted_with_another_suite(
-    topo: Topology, start_relay: StartRelay, parties: tuple[Peer, Peer]
+    topo: Topology, start_daemon: StartDaemon, parties: tuple[Peer, Peer]
 ) -> None:
     """#131 L8135: SRTP both sides, the callee picks a suite relayd added (SHA1_32, tag 8):
     relayd decrypts with one key and suite and encrypts with another, each way."""
-    with start_relay().client() as ng:
+    with start_daemon().client() as ng:
         call, to_a, to_b = sdes_call(
             topo,
             ng,
@@ -543,11 +593,11 @@ def test_131_sdes_offer_accepted_with_another_suite(
 
 
 def test_132_osrtp_offer_accepted_with_the_same_suite(
-    topo: Topology, start_relay: StartRelay, parties: tuple[Peer, Peer]
+    topo: Topology, start_daemon: StartDaemon, parties: tuple[Peer, Peer]
 ) -> None:
     """#132 L8222: opportunistic SRTP (RTP/AVP with a=crypto) offered and accepted with the
     offered suite: each side's key reaches the other, the packets pass as they are."""
-    with start_relay().client() as ng:
+    with start_daemon().client() as ng:
         call, to_a, to_b = sdes_call(
             topo,
             ng,
@@ -567,11 +617,11 @@ def test_132_osrtp_offer_accepted_with_the_same_suite(
 
 
 def test_133_osrtp_offer_accepted_with_another_suite(
-    topo: Topology, start_relay: StartRelay, parties: tuple[Peer, Peer]
+    topo: Topology, start_daemon: StartDaemon, parties: tuple[Peer, Peer]
 ) -> None:
     """#133 L8297: OSRTP offered, the callee accepts a suite relayd added: re-encryption
     both ways, as #131 but over RTP/AVP."""
-    with start_relay().client() as ng:
+    with start_daemon().client() as ng:
         call, to_a, to_b = sdes_call(
             topo,
             ng,
@@ -591,11 +641,11 @@ def test_133_osrtp_offer_accepted_with_another_suite(
 
 
 def test_135_osrtp_rejected_but_accepted_by_flag(
-    topo: Topology, start_relay: StartRelay, parties: tuple[Peer, Peer]
+    topo: Topology, start_daemon: StartDaemon, parties: tuple[Peer, Peer]
 ) -> None:
     """#135 L8445: the callee answers OSRTP with plain RTP, ``OSRTP: [accept]`` makes relayd
     accept it towards the caller with its own key: SRTP to the caller, RTP to the callee."""
-    with start_relay().client() as ng:
+    with start_daemon().client() as ng:
         call, to_a, to_b = sdes_call(
             topo,
             ng,
@@ -618,7 +668,7 @@ def test_135_osrtp_rejected_but_accepted_by_flag(
 )
 def test_osrtp_offered_by_flag_and_accepted(
     topo: Topology,
-    start_relay: StartRelay,
+    start_daemon: StartDaemon,
     parties: tuple[Peer, Peer],
     name: str,
     extra: dict[str, str],
@@ -626,7 +676,7 @@ def test_osrtp_offered_by_flag_and_accepted(
     """#136 L8521, #137 L8595: a plain offer, ``OSRTP: [offer]`` (and #137 a transport
     protocol that is what the offer has anyway): relayd offers the callee its 12 suites
     over RTP/AVP, the callee accepts tag 7 (SHA1_80); RTP to the caller, SRTP to the callee."""
-    with start_relay().client() as ng:
+    with start_daemon().client() as ng:
         call, to_a, to_b = sdes_call(
             topo,
             ng,
@@ -645,13 +695,13 @@ def test_osrtp_offered_by_flag_and_accepted(
 
 
 def test_161_gh829_sdes_passthrough_with_pad_crypto(
-    topo: Topology, start_relay: StartRelay, parties: tuple[Peer, Peer]
+    topo: Topology, start_daemon: StartDaemon, parties: tuple[Peer, Peer]
 ) -> None:
     """#161 L10310: SRTP both sides with ``pad crypto``; the offered keys and the answered
     one reach the other side unchanged, and so do the packets."""
     answer_key = "IDdiM2QzOWYzMjA2YzkwZWIxY2NmOWVhOTc4MjE1"
     pad = {**SDES_FLAGS, "flags": ["pad crypto"]}
-    with start_relay().client() as ng:
+    with start_daemon().client() as ng:
         call, to_a, to_b = sdes_call(
             topo,
             ng,
@@ -683,12 +733,12 @@ def test_161_gh829_sdes_passthrough_with_pad_crypto(
 
 @pytest.mark.parametrize("echo", ["fw", "bk"], ids=["18-echo-fwd", "19-echo-bkw"])
 def test_media_echo(
-    topo: Topology, start_relay: StartRelay, parties: tuple[Peer, Peer], echo: str
+    topo: Topology, start_daemon: StartDaemon, parties: tuple[Peer, Peer], echo: str
 ) -> None:
     """#18 L1502 ``media-echo: fw`` in the offer: what the callee sends comes back to it;
     #19 L1553 ``media-echo: bk``: what the caller sends comes back to it. From the relay
     port it was sent to, with its sequence number, timestamp and payload."""
-    with start_relay().client() as ng:
+    with start_daemon().client() as ng:
         call = Call(ng, topo, f"suite-echo-{echo}")
         to_b = call.offer(body(topo.caller.ip4, CALLER_PORT), **{"media-echo": echo})
         to_a = call.answer(body(topo.callee.ip4, CALLEE_PORT))
@@ -731,7 +781,7 @@ def decrypts_with_roc_0(data: bytes, key: bytes) -> bool:
 
 
 def test_8_roc_kept_across_a_reinvite(
-    topo: Topology, start_relay: StartRelay, parties: tuple[Peer, Peer]
+    topo: Topology, start_daemon: StartDaemon, parties: tuple[Peer, Peer]
 ) -> None:
     """#8 L724: an SRTP caller (SDES, and a DTLS fingerprint with ``actpass``) bridged to
     a plain callee. relayd's first packet to the caller is a DTLS ClientHello; then the
@@ -747,7 +797,7 @@ def test_8_roc_kept_across_a_reinvite(
         return body(topo.caller.ip4, CALLER_PORT, "RTP/SAVP 0", attributes, session_level=True)
 
     answer = body(topo.callee.ip4, CALLEE_PORT, session_level=True)
-    with start_relay().client() as ng:
+    with start_daemon().client() as ng:
         call = Call(ng, topo, "suite-8")
         to_b = call.offer(
             offer("8wyZzreYaVyPCO6svztEPaFxzrytDfEBdzE++w", FINGERPRINT, "a=setup:actpass"),
@@ -858,7 +908,7 @@ def relay_check(data: bytes) -> stun.Message:
     return message
 
 
-def answered_and_checked(peer: Peer, tid: bytes, relay_port: int, limit: int = 20) -> bytes:
+def answered_and_checked(peer: Peer, tid: bytes, limit: int = 20) -> bytes:
     """After our check: relayd's success response to it and its own triggered check, in
     either order. Returns the triggered check's transaction id."""
     answered = False
@@ -884,7 +934,7 @@ def prflx_checks(
         to = (relay_address, relay.ports[component])
         tid = os.urandom(12)
         peer.send(request(tid, relay, component, controlling=controlling), to)
-        triggered = answered_and_checked(peer, tid, relay.ports[component])
+        triggered = answered_and_checked(peer, tid)
         peer.send(success(triggered, to), to)
 
 
@@ -918,7 +968,7 @@ def media_via(prflx: Peer, to_prflx_side: Address, plain: Peer, to_plain_side: A
 
 def test_6_ice_peer_reflexive_only_relayd_controlled(
     topo: Topology,
-    start_relay: StartRelay,
+    start_daemon: StartDaemon,
     parties: tuple[Peer, Peer],
     ice_sockets: Callable[[Host, int], Peer],
 ) -> None:
@@ -928,7 +978,7 @@ def test_6_ice_peer_reflexive_only_relayd_controlled(
     once this agent nominates that pair, media runs between it and the callee."""
     host_rtp, host_rtcp = ice_sockets(topo.caller, 2412), ice_sockets(topo.caller, 2413)
     prflx = [ice_sockets(topo.spoof, 3412), ice_sockets(topo.spoof, 3413)]
-    with start_relay().client() as ng:
+    with start_daemon().client() as ng:
         call = Call(ng, topo, "suite-6")
         to_b = call.offer(
             body(
@@ -959,7 +1009,7 @@ def test_6_ice_peer_reflexive_only_relayd_controlled(
 
 def test_7_ice_peer_reflexive_only_relayd_controlling(
     topo: Topology,
-    start_relay: StartRelay,
+    start_daemon: StartDaemon,
     parties: tuple[Peer, Peer],
     ice_sockets: Callable[[Host, int], Peer],
 ) -> None:
@@ -969,7 +1019,7 @@ def test_7_ice_peer_reflexive_only_relayd_controlling(
     between the caller and that address."""
     host_rtp, host_rtcp = ice_sockets(topo.callee, 2436), ice_sockets(topo.callee, 2437)
     prflx = [ice_sockets(topo.spoof, 3436), ice_sockets(topo.spoof, 3437)]
-    with start_relay().client() as ng:
+    with start_daemon().client() as ng:
         call = Call(ng, topo, "suite-7")
         to_b = call.offer(body(topo.caller.ip4, CALLER_PORT, session_level=True), ICE="force")
         relay = Ice.read(call.offered, topo.callee.relay4)
