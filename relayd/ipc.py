@@ -129,10 +129,17 @@ class SocketSpec:
     # (RFC 5763 §5); once the handshake completes its keys replace srtp_in/srtp_out
     dtls: str = ""
     dtls_fingerprint: str = ""  # the party's a=fingerprint: "sha-256 AB:CD:…"
-    # ICE-lite (RFC 8445 §2.5): our ufrag/pwd on this socket and the party's ufrag
+    # ICE (RFC 8445): our ufrag/pwd on this socket, the party's ufrag and password, our
+    # role towards it, whether we are an ICE-lite agent (we only answer checks), and the
+    # party's candidates for this socket's component: "address port priority component",
+    # separated by ";"
     ice_ufrag: str = ""
     ice_pwd: str = ""
     ice_remote_ufrag: str = ""
+    ice_remote_pwd: str = ""
+    ice_controlling: bool = False
+    ice_lite: bool = False
+    ice_candidates: str = ""
     # an extra ICE candidate of the same party and component on another local address:
     # it forwards like the socket it names, and once the party uses it (a nominated
     # check), what goes to the party leaves from it

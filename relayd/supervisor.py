@@ -27,7 +27,7 @@ from relayd.calls.model import Call, Stream, host_port
 from relayd.calls.ports import PortAllocator
 from relayd.calls.signalling import Signalling
 from relayd.calls.timers import Limits
-from relayd.certificate import Certificate
+from relayd.certificate import HASHES, Certificate
 from relayd.config import Config, ConfigError, load, reloaded
 from relayd.ng.message import Request
 from relayd.ng.server import NgService, serve_tcp, serve_udp
@@ -96,6 +96,7 @@ class Supervisor:
             ports,
             sip_source_default=config.sip_source,
             fingerprint=f"sha-256 {certificate.fingerprint('sha-256')}",
+            fingerprints={name: f"{name} {certificate.fingerprint(name)}" for name in HASHES},
             dtls_passive=config.dtls_passive,
         )
         self.commands = Commands(
@@ -166,7 +167,9 @@ class Supervisor:
             pending = self.updates.early_pending(call)
             handover = after_signalling(call, req.command, req.to_tag, early_pending=pending)
             self.media.drop_early(call, keep=handover.keep)
-            if handover.early:
+            if handover.at_once:
+                self.updates.now(call)
+            elif handover.early:
                 self.updates.early(call)
             else:
                 self.updates.soon(call)

@@ -89,8 +89,9 @@ class MediaPorts:
             ]
 
     def ensure_ice(self, call: Call, media: Media, taken: Taken) -> None:
-        """With ICE towards a party, a candidate on every other address of its interface."""
-        if not media.ice_ufrag or not media.port or media.local is None:
+        """With ICE towards a party (ours, or its own with our relay candidates), a candidate
+        on every other address of its interface."""
+        if not (media.ice or media.ice_relay) or not media.port or media.local is None:
             self._release_ice(media)
             return
         others = [

@@ -154,12 +154,38 @@ class Media:
     peer_fingerprint: str = ""  # "sha-256 AB:CD:…" from this party's SDP
     setup: str = ""  # the a=setup we wrote to this party ("" when no DTLS)
     dtls_role: str = ""  # "active" or "passive": our DTLS role towards this party
+    fingerprint_hash: str = ""  # the hash of our a=fingerprint to this party, once written
+    prefer_passive: bool = False  # DTLS-reverse=passive came with this party's offer
+    # RFC 8643 opportunistic SRTP: SDES or DTLS over RTP/AVP(F)
+    osrtp: bool = False  # this party's SDP: RTP/AVP(F) with a=crypto or a=fingerprint
+    out_osrtp: bool = False  # we write SRTP attributes over RTP/AVP(F) to this party
+    protocol_seen: str = ""  # this party's protocol as last learned ("RTP/AVP+osrtp")
+    protocol_changed: bool = True  # its latest SDP changed that protocol
+    # which of DTLS and SDES are in use with this party: set by the first offer towards
+    # it (from the flags), then by what its SDPs carry; both cleared by a plain transport
+    uses_dtls: bool = False
+    uses_sdes: bool = False
     peer_ice: bool = False  # this party's SDP had ICE
     peer_ice_ufrag: str = ""
+    peer_ice_pwd: str = ""
+    peer_ice_lite: bool = False  # its SDP said a=ice-lite
+    peer_candidates: tuple[str, ...] = ()  # its a=candidate values, as written
     peer_trickle: bool = False  # a=ice-options:trickle at media level
+    peer_trickle_address: bool = False  # trickle ICE with 0.0.0.0 or :: port 9 (RFC 8838 §5.2)
+    initialized: bool = False  # this party has sent an SDP for this media
+    # ICE with this party (rules in relayd.calls.ice): its SDP had it, or the flags said so
+    ice: bool = False
+    ice_passthrough: bool = False  # the peers do ICE end to end; we only add candidates
+    ice_lite_self: bool = False  # we are an ICE-lite agent towards this party
+    ice_controlling: bool = False  # our ICE role towards this party
+    trickle: bool = False  # trickle ICE with this party
+    keep_zero_address: bool = False  # our SDP to this party keeps the sender's zero address
     ice_ufrag: str = ""  # our credentials towards this party ("" when no ICE)
     ice_pwd: str = ""
     ice_ports: tuple[tuple[LocalAddress, int], ...] = ()  # our candidates on other addresses
+    # ICE=force-relay with a party that does ICE: its ICE, DTLS and SDES pass through us
+    # untouched, we only add our addresses as relay candidates (rtpengine's passthrough)
+    ice_relay: bool = False
 
     def for_new_dialogue(self) -> Media:
         """What this party said about its media, without what we gave it (ports, keys,
@@ -176,6 +202,8 @@ class Media:
             srtp_out=None,
             setup="",
             dtls_role="",
+            fingerprint_hash="",
+            out_osrtp=False,
             ice_ufrag="",
             ice_pwd="",
         )

@@ -6,13 +6,17 @@ Rules, in the order they are applied to each media section:
   the outgoing transport, formats → the negotiated payload types.
 * ``c=`` lines in the media section → our advertised address; a zero (hold)
   address stays the null address, written in the outgoing family (``IN IP6 ::``),
-  unless ``replace: zero-address``.
+  unless ``replace: zero-address``, ICE with the receiver, or a trickle ICE
+  placeholder (``Media.keep_zero_address``).
 * Attributes we manage are removed where they stand (``rtpmap``, ``fmtp`` and
-  per-PT ``rtcp-fb``, ``ptime``, direction, ``rtcp``, ``rtcp-mux``, ICE when
-  it is removed, our ``a=rtpengine`` marker, ``extmap`` with ``strip-extmap``);
-  every other line stays verbatim.
+  per-PT ``rtcp-fb``, ``ptime``, direction, ``rtcp``, ``rtcp-mux``, the
+  sender's ICE attributes unless they pass through (``ICE=optional``, ICE
+  passthrough), ``a=end-of-candidates``, our ``a=rtpengine`` marker, ``extmap``
+  with ``strip-extmap``); every other line stays verbatim.
 * Then appended: per payload type ``rtpmap``/``fmtp``/``rtcp-fb`` (static
-  types included), the direction, ``a=rtcp:PORT``, ``a=rtcp-mux``, ``a=ptime``.
+  types included), the direction, ``a=rtcp:PORT``, ``a=rtcp-mux``, ``a=ptime``,
+  our ICE credentials and candidates (:mod:`relayd.calls.ice` has the rules),
+  ``a=end-of-candidates``.
 * A rejected section (port 0) keeps its lines but the managed ones (its
   ``a=fingerprint`` and ``a=rtpengine`` stay) and gets nothing appended but its
   ``a=mid`` (and a stray ``a=end-of-candidates``); its ``c=`` is rewritten all the same.
@@ -20,11 +24,16 @@ Rules, in the order they are applied to each media section:
   Where it relied on the session-level ``c=`` that we replace, that original
   ``c=`` is written into it, right after its ``m=`` line.
 
+``ICE=force-relay`` with a sender that does ICE (``Media.ice_relay``): the m=, c=
+and the sender's ICE, DTLS and SDES lines stay (its own relay candidates aside), our
+relay candidates are appended; the session's o= address, c= and attributes stay too.
+
 At session level (each session of the body on its own): ``o=`` only with
 ``replace: origin``; ``c=`` with ``replace: session-connection`` or when a media
 section has no ``c=`` of its own, then as the first media section's: the null
 address where that one is on hold, else ours; session direction attributes are
-consumed (re-emitted per media).
+consumed (re-emitted per media); ``a=ice-lite`` is added towards a party we are an
+ICE-lite agent for.
 """
 
 from __future__ import annotations
@@ -32,8 +41,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from relayd.calls import ice
 from relayd.calls.model import Media
-from relayd.calls.webrtc import candidate_priority
+from relayd.calls.webrtc import candidate_priority, relay_preferences
 from relayd.sdp.model import (
     Connection,
     Line,
@@ -76,6 +86,8 @@ class RewriteOptions:
 
     address: str  # our advertised address (or the ng ``media address``) for c=, o=, a=rtcp
     family: str  # "IP4" or "IP6" of that address
+    candidate_address: str = ""  # the ng ``media address``: every candidate of ours says it
+    keep_ice: bool = False  # the sender's ICE attributes go through (ICE=optional)
     replace: frozenset[str] = frozenset()
     original_sendrecv: bool = False
     rtcp_attribute: str = "short"  # "short", "full" or "none"
@@ -83,6 +95,9 @@ class RewriteOptions:
     origin_user: str | None = None  # replace: username (the dialog's first o= user)
     session_name: str | None = None  # replace: session-name (the dialog's first s=)
     fingerprint: str = ""  # "sha-256 AB:…" of our DTLS certificate
+    fingerprints: Mapping[str, str] = field(default_factory=dict)  # the same, per hash name
+    sdes_pad: bool = False  # SDES-pad / pad-crypto: base64 keys with their "=" padding
+    sdes_lifetime: bool = False  # SDES-lifetime: "|2^31" after every key
     foundations: Mapping[str, str] = field(default_factory=dict)  # ICE, per local address
     generate_mid: bool = False
     strip_extmap: bool = False
@@ -93,11 +108,15 @@ def rewrite_sdp(
     sdp: SessionDescription, medias: list[Media], opts: RewriteOptions
 ) -> SessionDescription:
     """Return a rewritten copy of ``sdp``; ``medias`` are the receiving party's, by index."""
+    # ICE=force-relay passthrough: the session's addresses and attributes stay the sender's
+    relay = bool(medias) and medias[0].ice_relay
     sessions: list[Session] = []
     out_media: list[MediaDescription] = []
     for session in sdp.sessions:
         descs = sdp.media_of(session)
-        lines, original_c = _rewrite_session(session, descs, opts)
+        first = medias[session.first_media] if session.first_media < len(medias) else None
+        keep_zero = first is None or first.keep_zero_address
+        lines, original_c = _rewrite_session(session, descs, opts, relay, keep_zero)
         sessions.append(Session(lines, session.first_media))
         for i, desc in enumerate(descs, start=session.first_media):
             if desc.media == PASSTHROUGH_MEDIA:
@@ -108,23 +127,32 @@ def rewrite_sdp(
                 out_media.append(desc)
     if opts.loop_marker:
         sessions[0].lines.append(Line("a", f"rtpengine:{opts.loop_marker}"))
+    if medias and medias[0].ice and medias[0].ice_lite_self:
+        sessions[0].lines.append(Line("a", "ice-lite"))  # RFC 8839 §5.3: session level
     return SessionDescription(sessions, out_media, sdp.eol)
 
 
 def _rewrite_session(
-    session: Session, descs: list[MediaDescription], opts: RewriteOptions
+    session: Session,
+    descs: list[MediaDescription],
+    opts: RewriteOptions,
+    relay: bool,
+    keep_zero: bool,
 ) -> tuple[list[Line], Line | None]:
     """One session's own lines rewritten, and its original ``c=`` line where we replaced it
-    (a passed-through section that relied on it gets it)."""
+    (a passed-through section that relied on it gets it). ``keep_zero``: the receiver's
+    first media keeps a zero (hold) address (``Media.keep_zero_address``)."""
     lacks_connection = any(m.connection() is None for m in descs)
-    replace_session_c = "session-connection" in opts.replace or lacks_connection
+    replace_session_c = ("session-connection" in opts.replace or lacks_connection) and not relay
     original_c: Line | None = None
     lines: list[Line] = []
     for line in session.lines:
         if line.kind == "o":
             o = Origin.parse(line.value)
             family, address = (
-                (opts.family, opts.address) if "origin" in opts.replace else (o.family, o.address)
+                (opts.family, opts.address)
+                if "origin" in opts.replace and not relay
+                else (o.family, o.address)
             )
             line = Line(
                 "o",
@@ -146,14 +174,18 @@ def _rewrite_session(
             # as the first media section's address: the null address where that one is on
             # hold (its own c= or this one zero), else ours
             first = descs[0].connection() if descs else None
-            held = (first or Connection.parse(line.value)).is_zero
+            held = (first or Connection.parse(line.value)).is_zero and keep_zero
             line = _connection_line(held, opts)
-        elif line.kind == "a" and (
-            (line.attr in DIRECTIONS and not opts.original_sendrecv)
-            or line.attr in ICE_ATTRIBUTES
-            or line.attr in SECURITY_ATTRIBUTES
-            # 10.5 does not do BUNDLE: each media section keeps its own ports
-            or line.value.startswith("group:BUNDLE")
+        elif (
+            line.kind == "a"
+            and not relay
+            and (
+                (line.attr in DIRECTIONS and not opts.original_sendrecv)
+                or (line.attr in ICE_ATTRIBUTES and not opts.keep_ice)
+                or line.attr in SECURITY_ATTRIBUTES
+                # 10.5 does not do BUNDLE: each media section keeps its own ports
+                or line.value.startswith("group:BUNDLE")
+            )
         ):
             continue
         lines.append(line)
@@ -188,7 +220,11 @@ def _managed(attr: str, media: Media, opts: RewriteOptions) -> bool:
         return attr != "ptime" or media.ptime > 0
     if attr == "extmap":
         return opts.strip_extmap
-    return attr == "rtpengine" or attr in ICE_ATTRIBUTES or attr in SECURITY_ATTRIBUTES
+    if attr == "end-of-candidates":
+        return True  # written again after our candidates, where it belongs
+    if attr in ICE_ATTRIBUTES:
+        return not (opts.keep_ice or media.ice_passthrough)
+    return attr == "rtpengine" or attr in SECURITY_ATTRIBUTES
 
 
 # what a rejected section keeps of the attributes we manage (rtpengine 10.5 leaves them)
@@ -198,6 +234,8 @@ _KEPT_WHEN_REJECTED = frozenset({"fingerprint", "rtpengine"})
 def _rewrite_media(
     desc: MediaDescription, media: Media, opts: RewriteOptions, index: int
 ) -> MediaDescription:
+    if media.ice_relay and desc.port and not media.rejected:
+        return _relay_media(desc, media, opts, index)
     protocol = media.out_protocol or desc.protocol
     formats = (
         [c.payload_type for c in media.sent_codecs] if media.sent_codecs else list(desc.formats)
@@ -210,7 +248,8 @@ def _rewrite_media(
         out.inherit_verbatim(desc)  # "m=application 0 * " keeps its spacing (rtpengine GH #1461)
     for line in desc.lines:
         if line.kind == "c":
-            line = _connection_line(line.value.split()[-1] in ("0.0.0.0", "::"), opts)
+            zero = line.value.split()[-1] in ("0.0.0.0", "::")
+            line = _connection_line(zero and media.keep_zero_address, opts)
         elif line.kind == "a" and _managed(line.attr, media, opts):
             if (line.attr == "rtcp-fb" and line.value.startswith("rtcp-fb:*")) or (
                 rejected and line.attr in _KEPT_WHEN_REJECTED
@@ -229,12 +268,7 @@ def _rewrite_media(
             out.lines.append(Line("a", "end-of-candidates"))
         return out
     local = media.local
-    for codec in media.sent_codecs:
-        if codec.encoding:
-            out.lines.append(Line("a", f"rtpmap:{codec.payload_type} {codec.encoding}"))
-        if codec.fmtp:
-            out.lines.append(Line("a", f"fmtp:{codec.payload_type} {codec.fmtp}"))
-        out.lines.extend(Line("a", f"rtcp-fb:{codec.payload_type} {fb}") for fb in codec.rtcp_fb)
+    out.lines.extend(_codec_lines(media))
     if not opts.original_sendrecv:
         out.lines.append(Line("a", media.direction))
     if protocol.startswith(("RTP/", "UDP/TLS/RTP/")) and opts.rtcp_attribute != "none":
@@ -245,39 +279,118 @@ def _rewrite_media(
             out.lines.append(Line("a", f"rtcp:{rtcp_port}"))
     if media.rtcp_mux:
         out.lines.append(Line("a", "rtcp-mux"))
-    out.lines.extend(Line("a", c.value()) for c in media.crypto_out)
+    out.lines.extend(
+        Line("a", c.value(pad=opts.sdes_pad, lifetime=opts.sdes_lifetime)) for c in media.crypto_out
+    )
     if media.setup:
+        fingerprint = opts.fingerprints.get(media.fingerprint_hash) or opts.fingerprint
         out.lines.append(Line("a", f"setup:{media.setup}"))
-        out.lines.append(Line("a", f"fingerprint:{opts.fingerprint}"))
+        out.lines.append(Line("a", f"fingerprint:{fingerprint}"))
     if media.ptime:
         out.lines.append(Line("a", f"ptime:{media.ptime}"))
-    if media.ice_ufrag:
-        out.lines.extend(_ice_lines(media, opts))
-    elif desc.has_attribute("end-of-candidates"):
-        out.lines.append(Line("a", "end-of-candidates"))  # rtpengine keeps this one stray line
+    out.lines.extend(_ice_lines(media, desc, opts))
     return out
 
 
-def _ice_lines(media: Media, opts: RewriteOptions) -> list[Line]:
-    """Our credentials and a host candidate per local address (RFC 8839 §5.1)."""
-    lines = [Line("a", f"ice-ufrag:{media.ice_ufrag}"), Line("a", f"ice-pwd:{media.ice_pwd}")]
-    trickle = opts.answer and media.peer_trickle
-    if trickle:
-        lines.append(Line("a", "ice-options:trickle"))
+def _relay_media(
+    desc: MediaDescription, media: Media, opts: RewriteOptions, index: int
+) -> MediaDescription:
+    """ICE=force-relay passthrough: the sender's m= and c= lines, ICE, DTLS and SDES
+    attributes as they were (its own relay candidates aside), then what we append to any
+    section (mid, codecs, direction, rtcp-mux where it is settled) and our relay candidates."""
+    out = MediaDescription(desc.media, desc.port, desc.port_count, desc.protocol, desc.formats)
+    relays: list[int] = []
+    for line in desc.lines:
+        attr = line.attr
+        if attr == "candidate":
+            parts = line.value.split()
+            if len(parts) > 7 and parts[7].lower() == "relay":
+                if parts[1] == "1" and parts[3].isdigit():
+                    relays.append(int(parts[3]))
+                continue
+        elif attr in ("mid", "end-of-candidates", "rtpengine") or (
+            attr in DIRECTIONS and not opts.original_sendrecv
+        ):
+            continue
+        elif attr in ("rtpmap", "fmtp", "rtcp-fb") and media.sent_codecs:
+            if not line.value.startswith("rtcp-fb:*"):
+                continue
+        elif attr == "ptime" and media.ptime:
+            continue
+        out.lines.append(line)
+    mid = media.mid if opts.answer else (desc.attributes("mid") or [""])[0]
+    if not mid and opts.generate_mid:
+        mid = str(index + 1)
+    if mid:
+        out.lines.append(Line("a", f"mid:{mid}"))
+    out.lines.extend(_codec_lines(media))
+    if not opts.original_sendrecv:
+        out.lines.append(Line("a", media.direction))
+    muxed = media.rtcp_mux and media.rtcp_port == media.port
+    if muxed and desc.protocol.startswith(("RTP/", "UDP/TLS/RTP/")):
+        out.lines.append(Line("a", f"rtcp:{media.port}"))
+        out.lines.append(Line("a", "rtcp-mux"))
+    if media.ptime:
+        out.lines.append(Line("a", f"ptime:{media.ptime}"))
+    type_pref, local = relay_preferences(relays)
     assert media.local is not None
     addresses = [(media.local, media.port), *media.ice_ports]
-    components = [1] if media.rtcp_port == media.port else [1, 2]
-    for component in components:
-        for index, (local, port) in enumerate(addresses):
-            foundation = opts.foundations.get(local.local, "0")
-            priority = candidate_priority(index, component)
-            lines.append(
+    for component in [1] if muxed else [1, 2]:
+        for offset, (address, port) in enumerate(addresses):
+            foundation = opts.foundations.get(address.local, "0")
+            priority = candidate_priority(local + offset, component, type_pref)
+            host, number = address.advertised, port + component - 1
+            out.lines.append(
                 Line(
                     "a",
-                    f"candidate:{foundation} {component} UDP {priority} "
-                    f"{local.advertised} {port + component - 1} typ host",
+                    f"candidate:{foundation} {component} UDP {priority} {host} {number} "
+                    f"typ relay raddr {host} rport {number}",
                 )
             )
-    if trickle:
+    if desc.has_attribute("end-of-candidates"):
+        out.lines.append(Line("a", "end-of-candidates"))
+    return out
+
+
+def _codec_lines(media: Media) -> list[Line]:
+    lines: list[Line] = []
+    for codec in media.sent_codecs:
+        if codec.encoding:
+            lines.append(Line("a", f"rtpmap:{codec.payload_type} {codec.encoding}"))
+        if codec.fmtp:
+            lines.append(Line("a", f"fmtp:{codec.payload_type} {codec.fmtp}"))
+        lines.extend(Line("a", f"rtcp-fb:{codec.payload_type} {fb}") for fb in codec.rtcp_fb)
+    return lines
+
+
+def _ice_lines(media: Media, desc: MediaDescription, opts: RewriteOptions) -> list[Line]:
+    """Our credentials and a host candidate per local address (RFC 8839 §5.1); in
+    passthrough only the candidates, below the sender's own (rules: :mod:`relayd.calls.ice`)."""
+    lines: list[Line] = []
+    agent = ice.takes_part(media)
+    if agent:
+        lines += [Line("a", f"ice-ufrag:{media.ice_ufrag}"), Line("a", f"ice-pwd:{media.ice_pwd}")]
+        if media.trickle:
+            lines.append(Line("a", "ice-options:trickle"))
+    if media.ice and media.local is not None:
+        type_pref, first = ice.HOST_TYPE_PREFERENCE, 0
+        if media.ice_passthrough:
+            theirs = [ice.parse_candidate(v) for v in desc.attributes("candidate")]
+            type_pref, first = ice.passthrough_preferences([c for c in theirs if c is not None])
+        addresses = [(media.local, media.port), *media.ice_ports]
+        components = [1] if media.rtcp_port == media.port else [1, 2]
+        for component in components:
+            for index, (local, port) in enumerate(addresses):
+                foundation = opts.foundations.get(local.local, "0")
+                priority = ice.priority(type_pref, first + index, component)
+                address = opts.candidate_address or local.advertised
+                lines.append(
+                    Line(
+                        "a",
+                        f"candidate:{foundation} {component} UDP {priority} "
+                        f"{address} {port + component - 1} typ host",
+                    )
+                )
+    if (agent and media.trickle) or desc.has_attribute("end-of-candidates"):
         lines.append(Line("a", "end-of-candidates"))
     return lines

@@ -5,7 +5,10 @@ Rules (rtpengine's, ng protocol §1.5):
 * Who is who (tags, branches, early-media forks) is :mod:`relayd.calls.parties`.
 * An SDP sent to party R is rewritten with R's ports: those R will send to.
   Ports are allocated the first time a party needs them and kept across
-  re-offers, so a re-INVITE keeps its ports.
+  re-offers, so a re-INVITE keeps its ports; but an offerer that moved its
+  address or port gives R new ones, unless ``port-latching``, or ICE with R
+  (where candidates, not c=, say where a peer is) without ``no-port-latching``.
+  New ports towards a party we do ICE with come with new ICE credentials.
 * Port exhaustion undoes what the message allocated and fails it with
   "Ran out of ports"; a call the message created is removed again (which ports,
   and giving them back: :mod:`relayd.calls.media_ports`).
@@ -14,8 +17,9 @@ Rules (rtpengine's, ng protocol §1.5):
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 
-from relayd.calls import negotiation
+from relayd.calls import ice, negotiation
 from relayd.calls.interfaces import Interfaces
 from relayd.calls.media_ports import MediaPorts, Taken
 from relayd.calls.model import Call, Endpoint, Media, Monologue, family_of, is_address
@@ -41,7 +45,9 @@ class Signalling:
     """Offer and answer on a call: who is who, our ports, SRTP/DTLS/ICE, the rewritten SDP.
 
     ``instance_id`` is the ``loop-protect`` marker written into our SDP (``a=rtpengine``);
-    ``fingerprint`` is our DTLS certificate's, as SDP writes it.
+    ``fingerprint`` is our DTLS certificate's, as SDP writes it (``sha-256 AB:…``), the
+    default; ``fingerprints`` the same per hash function (``{"sha-1": "sha-1 AB:…"}``) for
+    the parties that use or ask for another.
     """
 
     def __init__(
@@ -52,6 +58,7 @@ class Signalling:
         instance_id: str | None = None,
         sip_source_default: bool = False,
         fingerprint: str = "",
+        fingerprints: Mapping[str, str] | None = None,
         dtls_passive: bool = False,
     ) -> None:
         self.interfaces = interfaces
@@ -60,6 +67,9 @@ class Signalling:
         self.instance_id = instance_id or secrets.token_hex(6)
         self.sip_source_default = sip_source_default
         self.fingerprint = fingerprint  # "sha-256 AB:CD:…" of our DTLS certificate
+        self.fingerprints = dict(fingerprints or {})
+        if fingerprint:
+            self.fingerprints.setdefault(fingerprint.partition(" ")[0].lower(), fingerprint)
         self.dtls_passive = dtls_passive
         # ICE candidate foundations: one per local address for the daemon's life
         self.foundations = {a.local: new_foundation() for a in interfaces.all}
@@ -131,18 +141,28 @@ class Signalling:
                     self._pass_through(sender, receiver, index, desc)
                     continue
                 session = sdp.session_of(index)
-                moved = self._learn(
+                moved, restart = self._learn(
                     sender,
                     index,
                     desc,
+                    session.lines,
                     session.connection(),
                     _direction(session.lines),
                     req,
                     offer=offer,
                 )
-                negotiation.learn(sender.medias[index], desc, session.lines)
+                target, source = self._receiving(receiver, index, desc), sender.medias[index]
+                ice.settle(target, source, req, offer=offer, restart=restart)
+                target.keep_zero_address = ice.keeps_zero_address(target, source)
                 # without port latching, a peer that moved its port gets new ports from us
-                renew = offer and moved and not req.has("port-latching")
+                # (with ICE towards the receiver, latching is the default: the candidates
+                # say where the peer is, not the c= line)
+                renew = (
+                    offer
+                    and moved
+                    and not req.has("port-latching")
+                    and not (target.ice and not req.has("no-port-latching"))
+                )
                 self._prepare(
                     call,
                     receiver,
@@ -157,14 +177,13 @@ class Signalling:
                 )
                 # the sender's own ports exist from its offer on, as rtpengine allocates them
                 own_family = sender.family or _known_family(sender) or family
-                self.media_ports.ensure(call, sender, sender.medias[index], own_family, taken)
-                target, source = receiver.medias[index], sender.medias[index]
+                self.media_ports.ensure(call, sender, source, own_family, taken)
                 if offer:
-                    protocol = req.transport_protocol or desc.protocol
-                    negotiation.offer(target, source, req, protocol)
+                    negotiation.offer(target, source, req, dtls_passive=self.dtls_passive)
                 else:
                     negotiation.answer(target, source, req, dtls_passive=self.dtls_passive)
                 self.media_ports.ensure_ice(call, target, taken)
+                self.media_ports.ensure_ice(call, source, taken)
         except PortsExhausted:
             taken.rollback()
             raise NgError("Ran out of ports") from None
@@ -179,6 +198,8 @@ class Signalling:
         opts = RewriteOptions(
             address=address,
             family=family_of(address),
+            candidate_address=req.media_address,
+            keep_ice=ice.keeps_peer_attributes(req),
             replace=frozenset(req.replace),
             original_sendrecv=req.has("original-sendrecv"),
             rtcp_attribute="none"
@@ -187,6 +208,9 @@ class Signalling:
             if req.has("full-rtcp-attribute")
             else "short",
             fingerprint=self.fingerprint,
+            fingerprints=self.fingerprints,
+            sdes_pad="pad" in req.sdes or req.has("pad-crypto"),
+            sdes_lifetime="lifetime" in req.sdes,
             foundations=self.foundations,
             generate_mid=offer and req.has("generate-mid"),
             strip_extmap=req.has("strip-extmap"),
@@ -264,15 +288,17 @@ class Signalling:
         sender: Monologue,
         index: int,
         desc: MediaDescription,
+        session: list[Line],
         session_c: Connection | None,
         session_direction: str | None,
         req: Request,
         *,
         offer: bool,
-    ) -> bool:
+    ) -> tuple[bool, bool]:
         """Record what the sender's SDP says about its own media for section ``index``.
 
-        Returns whether the sender moved its media (address or port) since its last SDP.
+        Returns whether the sender moved its media (address or port) since its last SDP,
+        and whether it restarted ICE.
         """
         while len(sender.medias) <= index:
             sender.medias.append(
@@ -290,9 +316,12 @@ class Signalling:
         direction = _direction(desc.lines) or session_direction
         conn = desc.connection() or session_c
         media.zero_address = conn is not None and conn.is_zero
+        restart = negotiation.learn(media, desc, session, conn, req)
         media.send = direction in (None, "sendrecv", "sendonly")
-        # a zero connection address is old-style hold (RFC 3264 §8.4): nothing to receive
-        media.recv = direction in (None, "sendrecv", "recvonly") and not media.zero_address
+        # a zero connection address is old-style hold (RFC 3264 §8.4): nothing to receive;
+        # but not from a trickle ICE agent, which has no candidate yet (RFC 8838 §5.2)
+        hold = media.zero_address and not media.trickle
+        media.recv = direction in (None, "sendrecv", "recvonly") and not hold
         address = conn.address if conn else ""
         if (
             (req.has("sip-source-address") or self.sip_source_default)
@@ -319,13 +348,22 @@ class Signalling:
                 stream.endpoint = stream.advertised_endpoint
         current = media.remote_rtp
         if previous is None or current is None:
-            return False
+            return False, restart
         # going on hold with a zero address is no move
         zero = {"0.0.0.0", "::"}
         moved_address = previous.address != current.address and not (
             {previous.address, current.address} & zero
         )
-        return previous.port != current.port or moved_address
+        return previous.port != current.port or moved_address, restart
+
+    @staticmethod
+    def _receiving(receiver: Monologue, index: int, desc: MediaDescription) -> Media:
+        """The receiving party's media for section ``index``, made if it is new."""
+        while len(receiver.medias) <= index:
+            receiver.medias.append(
+                Media(index=len(receiver.medias), type=desc.media, protocol=desc.protocol)
+            )
+        return receiver.medias[index]
 
     def _prepare(
         self,
@@ -342,11 +380,7 @@ class Signalling:
         renew: bool = False,
     ) -> None:
         """Give the receiving party ports for section ``index`` and its outgoing view."""
-        while len(receiver.medias) <= index:
-            receiver.medias.append(
-                Media(index=len(receiver.medias), type=desc.media, protocol=desc.protocol)
-            )
-        media = receiver.medias[index]
+        media = self._receiving(receiver, index, desc)
         source = sender.medias[index]
         renew = renew or media.type != desc.media
         media.type = desc.media
@@ -361,7 +395,10 @@ class Signalling:
         else:
             # an answer only carries codecs that were offered to the answerer
             media.sent_codecs = answer_codecs(source.codecs, source.sent_codecs)
+        had = media.port
         self.media_ports.ensure(call, receiver, media, family, taken, renew=renew)
+        if had and media.port != had:
+            ice.new_ports(media)
 
     def _mux_out(
         self, sender: Monologue, receiver: Monologue, index: int, req: Request, offer: bool
@@ -370,7 +407,11 @@ class Signalling:
         shares the RTP port (an answer that accepts mux, or ``require``)."""
         source = sender.medias[index]
         if offer:
-            if "require" in req.rtcp_mux:
+            target = receiver.medias[index]
+            in_use = target.rtcp_mux and target.port and target.rtcp_port == target.port
+            if "require" in req.rtcp_mux or in_use:
+                # rtcp-mux in use with the receiver stays, without an RTCP port to fall back
+                # to: the one it had may be closed already
                 return True, True
             if "offer" in req.rtcp_mux:
                 return True, False

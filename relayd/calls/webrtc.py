@@ -1,40 +1,49 @@
 """SRTP, DTLS and ICE towards one party, as rtpengine 10.5 negotiates them in SDP (pure).
 
-Rules (rtpengine 10.5's ng flags for SRTP/DTLS/ICE, checked by the oracle corpus):
+Rules (rtpengine 10.5's ng flags for SRTP/DTLS/ICE, checked by the oracle corpus
+and rtpengine's own daemon tests); who chooses what is :mod:`relayd.calls.negotiation`:
 
-* The transport towards a party: in an offer, the ``transport-protocol`` asked
-  for or the offerer's own; in an answer, what that party offered.
-* Towards an SRTP transport (``…/SAVP``, ``…/SAVPF``, ``UDP/TLS/…``) an offer
-  carries SDES lines for every suite rtpengine knows, in its order (the
-  offerer's own lines first and verbatim, then ours numbered on), unless
-  ``SDES-off`` or ``SDES-no-<suite>``; and DTLS (``a=setup:actpass`` and our
-  fingerprint) unless ``DTLS=off``.
+* Towards an SRTP transport (``…/SAVP``, ``…/SAVPF``, ``UDP/TLS/…``, or RTP/AVP(F)
+  carrying SRTP opportunistically, RFC 8643) an offer carries SDES lines for
+  every suite rtpengine knows, in its order (the offerer's own lines first, then
+  ours numbered on), unless ``SDES-off`` or ``SDES-no-<suite>``; and DTLS
+  (``a=setup:actpass`` and our fingerprint) unless ``DTLS=off``.
 * An answer towards a DTLS offerer says ``a=setup:active`` (``passive`` with
-  ``DTLS=passive``) and our fingerprint; towards an SDES offerer one line: the
-  offerer's first suite we support, its tag, a new key of ours. If the answerer
-  took one of the offerer's own lines, its line goes back as it is (pass-through,
-  no crypto in between), without the lifetime parameter.
-* ICE: ``force`` puts our credentials and a host candidate per local address
-  of the party's interface; ``remove`` none; no flag means ``force`` when the
-  party's SDP had ICE. Credentials stay the same for the whole call.
+  ``DTLS=passive`` or ``DTLS-reverse=passive``, or when the offerer is active) and
+  our fingerprint; towards an SDES offerer one line: the offerer's first suite we
+  support, its tag, a new key of ours. If the answerer took a suite the offerer
+  offered, its line goes back under the offerer's tag (pass-through, no crypto in
+  between).
+* Every a=crypto line is written the way rtpengine writes it: the key decoded and
+  encoded again as base64 without padding (``SDES-pad`` / ``pad-crypto``: with it),
+  no lifetime (``SDES-lifetime``: ``|2^31`` on every line), the MKI, the session
+  parameters rtpengine knows. A line with an unknown suite, a key of the wrong
+  length or a bad lifetime is ignored.
+* Our fingerprint uses the hash ``DTLS-fingerprint`` asks for, else the party's
+  own, else sha-256; once written to a party it stays.
+* ICE: our credentials and a host candidate per local address of the party's
+  interface, when :mod:`relayd.calls.ice` says we do ICE with the party.
 """
 
 from __future__ import annotations
 
 import base64
-import dataclasses
 import secrets
 import string
 from dataclasses import dataclass
 
 __all__ = [
+    "FINGERPRINT_HASHES",
+    "OSRTP_CAPABLE",
     "SUITES",
     "Crypto",
     "candidate_priority",
+    "is_rtp",
     "is_srtp",
     "new_credentials",
     "new_crypto",
     "parse_crypto",
+    "relay_preferences",
 ]
 
 # rtpengine's suites in its order, with their master key + salt lengths (bytes)
@@ -55,49 +64,107 @@ SUITES: tuple[tuple[str, int], ...] = (
 _KEY_LENGTH = dict(SUITES)
 
 
+# a=fingerprint hash functions rtpengine knows, its default first (RFC 8122 §5)
+FINGERPRINT_HASHES = ("sha-256", "sha-1", "sha-224", "sha-384", "sha-512")
+
+# plain RTP transports that carry SRTP opportunistically (RFC 8643) when their SDP has
+# a=crypto or a=fingerprint: the m= line keeps saying RTP/AVP(F)
+OSRTP_CAPABLE = frozenset({"RTP/AVP", "RTP/AVPF"})
+
+
 def is_srtp(protocol: str) -> bool:
     return "/SAVP" in protocol
 
 
+def is_rtp(protocol: str) -> bool:
+    """An RTP transport (``RTP/…``, ``UDP/TLS/RTP/…``): not T.38's udptl, not MSRP."""
+    return protocol.startswith(("RTP/", "UDP/TLS/RTP/"))
+
+
 @dataclass(frozen=True, slots=True)
 class Crypto:
-    """One ``a=crypto`` line (RFC 4568 §9.1): tag, suite, key ``inline:`` and the rest."""
+    """One ``a=crypto`` line (RFC 4568 §9.1) as rtpengine holds it: tag, suite, the key
+    (master key || salt, canonical base64 without padding), MKI, session parameters.
+
+    A key lifetime is checked when parsed and then dropped: rtpengine writes none, or
+    ``|2^31`` for every line with ``SDES-lifetime``."""
 
     tag: int
     suite: str
-    key: str  # base64 of master key || salt, as written
-    lifetime_mki: str = ""  # "|2^31|1:1" as written after the key
-    session_params: str = ""
+    key: str  # base64 of master key || salt, without "=" padding
+    mki: str = ""  # "|1:4" as written after the key (value:length), "" when none
+    session_params: str = ""  # the ones rtpengine knows, in its order
     ours: bool = False  # a key relayd made, not one passed through
 
-    def value(self) -> str:
-        """The attribute value: ``crypto:TAG SUITE inline:KEY…``."""
-        return f"crypto:{self.tag} {self.inline()}"
+    def value(self, *, pad: bool = False, lifetime: bool = False) -> str:
+        """The attribute value: ``crypto:TAG SUITE inline:KEY…``; ``pad`` puts the base64
+        padding back (``SDES-pad``, ``pad crypto``), ``lifetime`` adds ``|2^31``."""
+        key = self.key + "=" * (-len(self.key) % 4) if pad else self.key
+        text = f"crypto:{self.tag} {self.suite} inline:{key}"
+        text += f"|2^31{self.mki}" if lifetime else self.mki
+        return f"{text} {self.session_params}" if self.session_params else text
 
     def inline(self) -> str:
         """The key part after the tag, as a worker takes it (``SocketSpec.srtp_in``)."""
-        text = f"{self.suite} inline:{self.key}{self.lifetime_mki}"
+        text = f"{self.suite} inline:{self.key}{self.mki}"
         return f"{text} {self.session_params}" if self.session_params else text
 
-    def without_lifetime(self) -> Crypto:
-        """The same key without its lifetime: "|2^31|1:4" → "|1:4" (an MKI stays)."""
-        kept = "".join(f"|{p}" for p in self.lifetime_mki.split("|") if ":" in p)
-        return dataclasses.replace(self, lifetime_mki=kept)
+
+# the session parameters rtpengine understands, in the order it writes them
+_SESSION_PARAMS = ("UNENCRYPTED_SRTP", "UNENCRYPTED_SRTCP", "UNAUTHENTICATED_SRTP")
+_MAX_LIFETIME = 1 << 48  # RFC 3711 §9.2: SRTP's limit; rtpengine refuses a longer one
+
+
+def _lifetime_ok(text: str) -> bool:
+    if text.startswith("2^"):
+        exponent = text[2:]
+        return exponent.isascii() and exponent.isdigit() and 0 < int(exponent) <= 48
+    return text.isascii() and text.isdigit() and 0 < int(text) <= _MAX_LIFETIME
+
+
+def _mki_ok(text: str) -> bool:
+    value, colon, length = text.partition(":")
+    return bool(colon) and value.isdigit() and length.isdigit() and 0 < int(length) <= 128
 
 
 def parse_crypto(value: str) -> Crypto | None:
-    """The value of an ``a=crypto`` attribute (without ``crypto:``); None if malformed."""
+    """The value of an ``a=crypto`` attribute (without ``crypto:``); None where rtpengine
+    ignores the line: a suite it does not know, a key of the wrong length, a bad
+    lifetime or MKI. The key is decoded and written again the way rtpengine writes it."""
     parts = value.split()
-    if len(parts) < 3 or not parts[0].isdigit() or not parts[2].startswith("inline:"):
+    if len(parts) < 3 or not (parts[0].isascii() and parts[0].isdigit()):
         return None
-    key, bar, rest = parts[2][len("inline:") :].partition("|")
-    return Crypto(int(parts[0]), parts[1], key, bar + rest, " ".join(parts[3:]))
+    suite = parts[1].upper()
+    method, _, params = parts[2].partition(":")
+    if suite not in _KEY_LENGTH or method.lower() != "inline":
+        return None
+    text, *rest = params.split("|")
+    try:
+        raw = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except ValueError:  # binascii.Error
+        return None
+    if len(raw) != _KEY_LENGTH[suite] or len(rest) > 2:
+        return None
+    mki = ""
+    if rest and ":" in rest[-1]:
+        mki = rest.pop()
+        if not _mki_ok(mki):
+            return None
+        mki = f"|{mki}"
+    if rest and not _lifetime_ok(rest[0]):
+        return None
+    known = {p.upper() for p in parts[3:]}
+    session = " ".join(p for p in _SESSION_PARAMS if p in known)
+    return Crypto(int(parts[0]), suite, _b64(raw), mki, session)
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode().rstrip("=")
 
 
 def new_crypto(tag: int, suite: str) -> Crypto:
     """A fresh key from the CSPRNG, base64 without padding as rtpengine writes it."""
-    raw = secrets.token_bytes(_KEY_LENGTH[suite])
-    return Crypto(tag, suite, base64.b64encode(raw).decode().rstrip("="), ours=True)
+    return Crypto(tag, suite, _b64(secrets.token_bytes(_KEY_LENGTH[suite])), ours=True)
 
 
 _ICE_CHARS = string.ascii_letters + string.digits
@@ -113,9 +180,28 @@ def new_foundation() -> str:
     return "".join(secrets.choice(_ICE_CHARS) for _ in range(16))
 
 
-def candidate_priority(address_index: int, component: int) -> int:
-    """RFC 8445 §5.1.2.1 for host candidates: type 126, local preference per address."""
-    return (126 << 24) | ((65535 - address_index) << 8) | (256 - component)
+def candidate_priority(address_index: int, component: int, type_pref: int = 126) -> int:
+    """RFC 8445 §5.1.2.1: type preference (126 for host candidates), a local preference
+    per address (65535 down), the component."""
+    return (type_pref << 24) | ((65535 - address_index) << 8) | (256 - component)
+
+
+def relay_preferences(priorities: list[int]) -> tuple[int, int]:
+    """Type preference and first local-preference index (``candidate_priority``'s
+    ``address_index``) of our relay candidates next to a party's own: type 0, index 0;
+    where the party has relay candidates of component 1 (``priorities``) at or below that,
+    rtpengine derives both from them (its ``new_priority``), and so do we."""
+    type_pref, local = 0, 0  # local: counted down from 65535
+    for priority in priorities:
+        if priority > candidate_priority(local, 1, type_pref):
+            continue
+        type_pref = priority >> 24
+        local = 65535 - ((priority >> 8) & 0xFFFF)
+        if local:
+            local -= 1
+        else:
+            type_pref, local = max(type_pref - 1, 0), 65535
+    return type_pref, local
 
 
 def allowed_suites(sdes: set[str]) -> list[str]:

@@ -141,6 +141,7 @@ _KNOWN_KEYS = frozenset(
         "ice",
         "ice-lite",
         "dtls",
+        "dtls-reverse",
         "sdes",
         "osrtp",
         "transport-protocol",
@@ -218,6 +219,9 @@ KNOWN_FLAGS = frozenset(
         "siprec",
         "allow-sdes-passthrough",
         "passthrough",
+        "trickle-ice",
+        "ice-reject",
+        "reject-ice",
     ]
 )
 
@@ -264,9 +268,14 @@ class Request:
     direction: list[str] = field(default_factory=list)
     rtcp_mux: set[str] = field(default_factory=set)
     sdes: set[str] = field(default_factory=set)
+    osrtp: set[str] = field(default_factory=set)  # "offer", "accept" (RFC 8643)
     ice: str = ""
+    ice_lite: str = ""  # "", "off", "forward", "backward" or "both" (``ICE-lite``)
     dtls: str = ""
+    dtls_reverse: str = ""  # "passive" or "active": our role towards an actpass offerer
+    dtls_fingerprint: str = ""  # the hash of the fingerprint we offer ("sha-1", …)
     transport_protocol: str = ""
+    protocol_accept: bool = False  # transport-protocol=accept: answer with the answerer's
     address_family: str = ""
     media_address: str = ""
     received_from: tuple[str, str] | None = None
@@ -326,11 +335,16 @@ def parse_request(raw: dict[str, Any]) -> Request:
     req.replace.update(normalise(w) for w in _list(req, "replace", keys.get("replace")))
     req.rtcp_mux.update(normalise(w) for w in _list(req, "rtcp-mux", keys.get("rtcp-mux")))
     req.sdes.update(normalise(w) for w in _list(req, "SDES", keys.get("sdes")))
+    req.osrtp.update(normalise(w) for w in _list(req, "OSRTP", keys.get("osrtp")))
     if "direction" in keys:
         req.direction = _words(keys["direction"])
-    for key, attr in (("ice", "ice"), ("dtls", "dtls")):
+    for key, attr in (("ice", "ice"), ("dtls", "dtls"), ("dtls-reverse", "dtls_reverse")):
         if key in keys:
             setattr(req, attr, normalise(_text(keys[key])))
+    if "dtls-fingerprint" in keys:
+        req.dtls_fingerprint = _text(keys["dtls-fingerprint"]).strip().lower()
+    if "ice-lite" in keys:
+        _set_ice_lite(req, _text(keys["ice-lite"]))
     if "endpoint-learning" in keys:
         _set_learning(req, _text(keys["endpoint-learning"]))
     if "transport-protocol" in keys:
@@ -372,8 +386,12 @@ def _apply_flag(req: Request, word: str) -> None:
     name, eq, value = word.partition("=")
     lowered = normalise(name)
     if eq:
-        if lowered in ("ice", "dtls"):
-            setattr(req, lowered, normalise(value))
+        if lowered in ("ice", "dtls", "dtls-reverse"):
+            setattr(req, lowered.replace("-", "_"), normalise(value))
+        elif lowered == "dtls-fingerprint":
+            req.dtls_fingerprint = value.strip().lower()
+        elif lowered == "ice-lite":
+            _set_ice_lite(req, value)
         elif lowered == "endpoint-learning":
             _set_learning(req, value)
         elif lowered == "record-call":
@@ -430,12 +448,15 @@ def _plain_flag(req: Request, word: str, lowered: str) -> None:
 
 
 def _apply_protocol(req: Request, value: str) -> None:
-    """``transport-protocol``'s value, read as one flag word.
+    """``transport-protocol``'s value, read as one flag word; ``accept`` (answers only)
+    answers the offerer with the protocol the answerer chose.
 
     A value that is itself ``key=value`` is not followed: ``protocol=protocol=…``
     would otherwise recurse once per level, as deep as the sender likes.
     """
-    if "=" in value:
+    if value.strip() == "accept":
+        req.protocol_accept = True
+    elif "=" in value:
         req.unknown.append(f"transport-protocol={value}")
     else:
         _apply_flag(req, value)
@@ -444,6 +465,36 @@ def _apply_protocol(req: Request, value: str) -> None:
 _CODEC_OPS = frozenset(
     ["strip", "offer", "mask", "except", "accept", "consume", "ignore", "set", "transcode"]
 )
+
+
+# rtpengine's spellings of the ``ICE-lite`` values
+_ICE_LITE = {
+    "off": "off",
+    "none": "off",
+    "no": "off",
+    "forward": "forward",
+    "offer": "forward",
+    "fwd": "forward",
+    "fw": "forward",
+    "backward": "backward",
+    "backwards": "backward",
+    "reverse": "backward",
+    "answer": "backward",
+    "back": "backward",
+    "bkw": "backward",
+    "bk": "backward",
+    "both": "both",
+}
+
+
+def _set_ice_lite(req: Request, value: str) -> None:
+    """``ICE-lite``: towards whom relayd says ``a=ice-lite``; an unknown value is logged and
+    ignored, as rtpengine does."""
+    mode = _ICE_LITE.get(normalise(value))
+    if mode is None:
+        req.unknown.append(f"ICE-lite={value}")
+    else:
+        req.ice_lite = mode
 
 
 def _set_learning(req: Request, value: str) -> None:

@@ -10,7 +10,10 @@ Before an offer is answered, media flows one way, as in rtpengine: what the
 answerer's side sends to the ports in the offer goes to the offerer's SDP
 address (early media racing the SDP of a 183), while nothing goes the other way
 (where the answerer is, is not known yet). Only plain RTP: SRTP keys, DTLS
-roles and ICE candidates towards the offerer come with the answer.
+roles and ICE candidates towards the offerer come with the answer; except that
+towards a DTLS offerer whose answer makes us active, DTLS starts with the offer
+(rtpengine does the same): its sockets send the ClientHello, and carry nothing
+else until the handshake or the answer gives them keys.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
+from relayd.calls.ice import parse_candidate
 from relayd.calls.model import Call, Endpoint, Media, Monologue, Stream
 from relayd.calls.webrtc import Crypto
 from relayd.ipc import Forward, SocketSpec, socket_key
@@ -53,7 +57,7 @@ def _sdes(line: Crypto | None) -> str:
     return line.inline() if line is not None else ""
 
 
-def _security(media: Media) -> dict[str, str]:
+def _security(media: Media) -> dict[str, str | bool]:
     """SRTP keys, DTLS role and ICE credentials of the party owning ``media``'s sockets."""
     return {
         "srtp_in": _sdes(media.srtp_in),
@@ -63,7 +67,22 @@ def _security(media: Media) -> dict[str, str]:
         "ice_ufrag": media.ice_ufrag,
         "ice_pwd": media.ice_pwd,
         "ice_remote_ufrag": media.peer_ice_ufrag if media.ice_ufrag else "",
+        "ice_remote_pwd": media.peer_ice_pwd if media.ice_ufrag else "",
+        "ice_controlling": bool(media.ice_ufrag) and media.ice_controlling,
+        "ice_lite": bool(media.ice_ufrag) and media.ice_lite_self,
     }
+
+
+def _candidates(media: Media, component: int) -> str:
+    """The party's ICE candidates of one component, as ``SocketSpec.ice_candidates``."""
+    if not media.ice_ufrag:
+        return ""
+    found = []
+    for value in media.peer_candidates:
+        c = parse_candidate(value)
+        if c is not None and c.component == component and c.transport == "UDP":
+            found.append(f"{c.address} {c.port} {c.priority} {component}")
+    return ";".join(found)
 
 
 def muxes(media: Media) -> bool:
@@ -123,6 +142,13 @@ def _dialogues(call: Call) -> Iterator[tuple[Monologue, Monologue, bool]]:
         yield answerer, offerer, True
 
 
+def _early_dtls(answerer: Media, offerer: Media) -> bool:
+    """DTLS towards the offerer started with its offer (we are active): its sockets send the
+    ClientHello before the answer. Nothing reaches the offerer in the clear (no key until the
+    handshake or the answer), and nothing is sent towards the answerer yet; without ICE."""
+    return offerer.dtls_role == "active" and not (offerer.ice_ufrag or answerer.ice_ufrag)
+
+
 def _plain(media: Media) -> bool:
     """Plain RTP with this party both ways so far: what it sent us and what we wrote it."""
     return (
@@ -134,9 +160,21 @@ def _plain(media: Media) -> bool:
 
 def waits_for_answer(call: Call) -> bool:
     """An offer waits for its answer and has early media to forward: its plan is the
-    one-way early one, with at least one plain-RTP section."""
+    one-way early one, with at least one plain-RTP section (or DTLS started)."""
     first = next(_dialogues(call), None)
     return first is not None and first[2] and bool(plan(call))
+
+
+def _starts_dtls(call: Call) -> bool:
+    """An offer waiting for its answer starts DTLS towards the offerer in some section."""
+    first = next(_dialogues(call), None)
+    if first is None or not first[2]:
+        return False
+    x, y, _ = first
+    return any(
+        mx.port and my.port and mx.local and my.local and _early_dtls(mx, my)
+        for mx, my in zip(x.medias, y.medias, strict=False)
+    )
 
 
 class Handover(NamedTuple):
@@ -144,15 +182,22 @@ class Handover(NamedTuple):
 
     early: bool  # after EARLY_MEDIA_DELAY, with early media (else with the next batch)
     keep: str  # the party (tag) whose sockets' unread media waits for its forward
+    at_once: bool = False  # before the reply: an offer that starts DTLS
 
 
 def after_signalling(call: Call, command: str, to_tag: str, *, early_pending: bool) -> Handover:
     """After an offer or answer: an offer with early media to forward waits for the early
     batch. An answer that comes before its offer's early forward went out keeps what the
     answerer sent since the offer (it follows the answer's forward); otherwise what no
-    worker read is a backlog of ringing, dropped like anything else nobody read."""
+    worker read is a backlog of ringing, dropped like anything else nobody read.
+
+    An offer that starts DTLS towards the offerer goes to the worker at once, as rtpengine
+    sends its ClientHello while it handles the offer: the handshake's round trips are
+    call set-up time, and the hello goes out even where the answer then settles on SDES."""
     keep = to_tag if command == "answer" and early_pending else ""
-    return Handover(early=command == "offer" and waits_for_answer(call), keep=keep)
+    at_once = command == "offer" and _starts_dtls(call)
+    early = command == "offer" and not at_once and waits_for_answer(call)
+    return Handover(early=early, keep=keep, at_once=at_once)
 
 
 def paired(call: Call) -> bool:
@@ -167,21 +212,27 @@ def paired(call: Call) -> bool:
 # the answer makes them forward (what the offerer sends right after the answer)
 _EARLY_ANSWERER: dict[str, Any] = {"learning": "off"}
 _EARLY_OFFERER: dict[str, Any] = {"listen": False}
+# with DTLS started towards the offerer nothing can reach it before a key: what the
+# answerer sends waits unread too, for the answer's forward
+_EARLY_DTLS_ANSWERER: dict[str, Any] = {"learning": "off", "listen": False}
 
 
 def plan(call: Call) -> list[Forward]:
     """One :class:`Forward` per media section that both parties have ports for (early:
-    only plain RTP; SRTP keys, DTLS and ICE towards the offerer come with the answer)."""
+    only plain RTP, or DTLS started towards the offerer; SRTP keys, ICE and the rest
+    of DTLS towards the offerer come with the answer)."""
     result: list[Forward] = []
     for x, y, early in _dialogues(call):
         for index in range(min(len(x.medias), len(y.medias))):
             mx, my = x.medias[index], y.medias[index]
             if not (mx.port and my.port and mx.local and my.local):
                 continue
-            if early and not (_plain(mx) and _plain(my)):
+            plain = _plain(mx) and _plain(my)
+            if early and not (plain or _early_dtls(mx, my)):
                 continue
+            answerer = _EARLY_ANSWERER if plain else _EARLY_DTLS_ANSWERER
             sockets = [
-                *_specs(x, mx, my, _EARLY_ANSWERER if early else {}),
+                *_specs(x, mx, my, answerer if early else {}),
                 *_specs(y, my, mx, _EARLY_OFFERER if early else {}),
             ]
             result.append(Forward(media_key(call.call_id, index), tuple(sockets)))
@@ -210,9 +261,16 @@ def _specs(
     rtp_route: dict[str, Any] = {
         "out": other_rtp,
         "out_rtcp": other_rtcp if muxes(own) else "",
+        "ice_candidates": _candidates(own, 1),
         **common,
     }
-    rtcp_route: dict[str, Any] = {"out": other_rtcp, "rtcp": True, **common}
+    rtcp_route: dict[str, Any] = {
+        "out": other_rtcp,
+        "rtcp": True,
+        # under rtcp-mux the party checks RTP's candidates only (RFC 5761 §5.1.3)
+        "ice_candidates": "" if muxes(own) else _candidates(own, 2),
+        **common,
+    }
     rtcp_expect = own.remote_rtp if muxes(own) else own.remote_rtcp
     # an endpoint confirmed on an ICE candidate of the other family is no use to this socket
     learned = [

@@ -56,6 +56,12 @@ class WorkerUpdates:
         self._soon[call.call_id] = call
         self._early.pop(call.call_id, None)
 
+    def now(self, call: Call) -> None:
+        """At once, superseding anything pending for the call (an offer that starts DTLS)."""
+        self._soon.pop(call.call_id, None)
+        self._early.pop(call.call_id, None)
+        self._send({call.call_id: call})
+
     def early(self, call: Call) -> None:
         """An offer waiting for its answer: after ``EARLY_MEDIA_DELAY``, unless the answer
         (``soon``) comes first."""

@@ -176,6 +176,7 @@ class Worker:
                 ms is not None and ms.secure is not None
                 for ms in (current, current.out, current.out_rtcp)
             )
+            self.secure.link(current)
             self.secure.start(current, now)
         for index, fd in enumerate(fds):
             if index not in used:

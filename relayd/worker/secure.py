@@ -1,4 +1,4 @@
-"""The worker's crypto branch: SRTP, DTLS-SRTP and ICE-lite on relay sockets.
+"""The worker's crypto branch: SRTP, DTLS-SRTP and ICE on relay sockets.
 
 Plain sockets never come here: the loop sends a socket down this branch only
 if it, or a socket it forwards to, has crypto (``MediaSocket.crypto``, set when
@@ -21,8 +21,10 @@ Rules:
   An ``active`` socket sends its ClientHello as soon as the party's endpoint is
   known (with ICE: nominated), and retransmits on the endpoint's timer;
   handshake records go to where the party's DTLS came from, else to its endpoint.
-* A nominated ICE check latches the party's endpoint (confirmed). A later
-  ``Forward`` with the same credentials keeps the nomination.
+* A nominated ICE pair latches the party's endpoint (confirmed). A later
+  ``Forward`` with the same credentials keeps the agent (its pairs, role and
+  nomination) and adds the party's new candidates. The agents' checks
+  (:mod:`relayd.worker.ice`) run on the same timers as DTLS.
 * ICE candidates on several local addresses (alias sockets, ``MediaSocket.primary``)
   are one stream: each answers its own checks, but the DTLS association and the
   SRTP sessions are the primary socket's, whichever candidate carries them. A
@@ -39,10 +41,10 @@ from relayd import ipc
 from relayd.certificate import CertificateError
 from relayd.log import get_logger
 from relayd.worker.dtls import Closed, Connected, DtlsContext, DtlsEndpoint, DtlsEvent, Failed
+from relayd.worker.ice import IceAgent, parse_candidates
 from relayd.worker.session import Leg, Verdict
 from relayd.worker.sockets import Address, MediaSocket, SecureConfig, SecureSocket
 from relayd.worker.srtp import PacketBuffer, SrtpError, SrtpSession, parse_sdes
-from relayd.worker.stun import IceLiteResponder
 
 __all__ = ["SecurePath"]
 
@@ -60,7 +62,8 @@ class SecurePath:
         self.batch = batch
         self.buf = PacketBuffer(recv_size)
         self.context: DtlsContext | None = None
-        self.timers: set[MediaSocket] = set()  # sockets whose DTLS endpoint has a timer
+        # sockets whose DTLS endpoint or ICE agent has a timer
+        self.timers: set[MediaSocket] = set()
 
     def set_certificate(self, pem: str, key_pem: str) -> None:
         """Use relayd's DTLS certificate for the DTLS endpoints made from now on. Empty or
@@ -128,14 +131,31 @@ class SecurePath:
                 except ValueError as exc:
                     log.error("dtls.bad_role", worker=self.worker, key=key, error=str(exc))
         if config.ice_ufrag and config.ice_pwd:
-            if old is not None and (old.config.ice_ufrag, old.config.ice_pwd) == (
-                config.ice_ufrag,
-                config.ice_pwd,
+            component = 2 if ms.leg.rtcp else 1
+            candidates = parse_candidates(config.ice_candidates, component)
+            same = (old.config.ice_ufrag, old.config.ice_pwd) if old is not None else None
+            if (
+                old is not None
+                and old.ice is not None
+                and same
+                == (
+                    config.ice_ufrag,
+                    config.ice_pwd,
+                )
             ):
                 sec.ice = old.ice
+                sec.ice.update(candidates)
             else:
-                sec.ice = IceLiteResponder(
-                    config.ice_ufrag, config.ice_pwd, config.ice_remote_ufrag
+                sec.ice = IceAgent(
+                    config.ice_ufrag,
+                    config.ice_pwd,
+                    config.ice_remote_ufrag,
+                    config.ice_remote_pwd,
+                    controlling=config.ice_controlling,
+                    lite=config.ice_lite,
+                    candidates=candidates,
+                    family=6 if ms.sock.family == socket.AF_INET6 else 4,
+                    component=component,
                 )
         sec.reported = old.reported if old is not None else ("", "")
         ms.secure = sec
@@ -147,6 +167,15 @@ class SecurePath:
         leg = ms.leg
         if sec.ice is not None and sec.ice.nominated is not None and not leg.confirmed:
             leg.endpoint, leg.confirmed = sec.ice.nominated, True
+
+    def link(self, ms: MediaSocket) -> None:
+        """An alias socket's ICE agent nominates together with its primary's (one pair per
+        component); called once the sockets' ``primary`` links are set."""
+        own, primary = ms.secure, ms.primary
+        if own is None or own.ice is None or primary is None or primary.secure is None:
+            return
+        if primary.secure.ice is not None:
+            own.ice.group = primary.secure.ice.group
 
     def start(self, ms: MediaSocket, now: float) -> None:
         """Send an active stream's ClientHello once the party's endpoint is known on
@@ -174,27 +203,38 @@ class SecurePath:
         deadline = float("inf")
         for ms in self.timers:
             sec = ms.secure
-            when = sec.dtls.next_timeout() if sec is not None and sec.dtls is not None else None
-            if when is not None and when < deadline:
-                deadline = when
+            if sec is None:
+                continue
+            for when in (
+                sec.dtls.next_timeout() if sec.dtls is not None else None,
+                sec.ice.next_timeout() if sec.ice is not None else None,
+            ):
+                if when is not None and when < deadline:
+                    deadline = when
         return deadline
 
     def fire(self, now: float) -> None:
-        """Run the DTLS timers due at ``now`` (retransmissions, RFC 6347 §4.2.4) and send what they
-        produce; a socket with no DTLS endpoint any more leaves the timer set."""
+        """Run the timers due at ``now``: DTLS retransmissions (RFC 6347 §4.2.4) and ICE checks,
+        and send what they produce; a socket with neither any more leaves the timer set."""
         for ms in list(self.timers):
             sec = ms.secure
-            if sec is None or sec.dtls is None:
+            if sec is None:
                 self.timers.discard(ms)
                 continue
-            when = sec.dtls.next_timeout()
-            if when is not None and now >= when:
+            when = sec.dtls.next_timeout() if sec.dtls is not None else None
+            if sec.dtls is not None and when is not None and now >= when:
                 self._dtls_events(ms, sec, sec.dtls.handle_timeout(now))
                 self._dtls_send(ms, sec)
+            when = sec.ice.next_timeout() if sec.ice is not None else None
+            if sec.ice is not None and when is not None and now >= when:
+                for data, target in sec.ice.handle_timeout(now):
+                    _send(ms.sock, data, target, ms.leg)
             self._update_timer(ms, sec)
 
     def _update_timer(self, ms: MediaSocket, sec: SecureSocket) -> None:
-        if sec.dtls is not None and sec.dtls.next_timeout() is not None:
+        dtls = sec.dtls is not None and sec.dtls.next_timeout() is not None
+        ice = sec.ice is not None and sec.ice.next_timeout() is not None
+        if dtls or ice:
             self.timers.add(ms)
         else:
             self.timers.discard(ms)
@@ -274,13 +314,16 @@ class SecurePath:
     ) -> None:
         leg = ms.leg
         if first < 4 and sec.ice is not None:
-            answer = sec.ice.handle(data, source)
+            answer = sec.ice.handle(data, source, now)
             if answer.error:
                 leg.errors += 1
                 log.debug("ice.dropped", worker=self.worker, key=leg.key, why=answer.error)
                 return
             if answer.reply is not None:
                 _send(ms.sock, answer.reply, source, leg)
+            for check, target in answer.sends:
+                _send(ms.sock, check, target, leg)
+            self._update_timer(ms, sec)
             if answer.nominated and ms.primary is not None:
                 ms.primary.active = ms  # media to the party now leaves from this candidate
             elif answer.nominated:

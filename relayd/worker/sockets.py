@@ -14,9 +14,9 @@ from dataclasses import dataclass, fields
 
 from relayd import ipc
 from relayd.worker.dtls import DtlsEndpoint
+from relayd.worker.ice import IceAgent
 from relayd.worker.session import Leg
 from relayd.worker.srtp import SrtpSession
-from relayd.worker.stun import IceLiteResponder
 
 __all__ = ["Address", "MediaSocket", "SecureConfig", "SecureSocket"]
 
@@ -34,6 +34,10 @@ class SecureConfig:
     ice_ufrag: str = ""
     ice_pwd: str = ""
     ice_remote_ufrag: str = ""
+    ice_remote_pwd: str = ""
+    ice_controlling: bool = False
+    ice_lite: bool = False
+    ice_candidates: str = ""
 
     @classmethod
     def of(cls, spec: ipc.SocketSpec) -> SecureConfig:
@@ -73,7 +77,7 @@ class SecureSocket:
         self.dtls: DtlsEndpoint | None = None
         self.dtls_peer: Address | None = None
         self.via: MediaSocket | None = None  # the candidate socket DTLS records leave from
-        self.ice: IceLiteResponder | None = None
+        self.ice: IceAgent | None = None
         self.wants_in = bool(config.srtp_in or config.dtls)
         self.wants_out = bool(config.srtp_out or config.dtls)
         self.reported = ("", "")

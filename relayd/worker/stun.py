@@ -1,25 +1,14 @@
-"""STUN (RFC 5389) as an ICE-lite agent needs it: parse, check, answer Binding requests.
+"""STUN (RFC 5389) as ICE needs it: parse and frame-check, MESSAGE-INTEGRITY, encode.
 
-Rules of the responder (RFC 8445 §2.5, §7.3; RFC 5389 §10.1.2):
+Rules:
 
-* relayd is always the lite, controlled agent: it never sends checks, it only
-  answers them, from the socket the check arrived on.
-* A Binding request is answered only if USERNAME is ``<our ufrag>:<anything>``,
-  MESSAGE-INTEGRITY verifies with our password, and FINGERPRINT is present and
-  right. Anything else is dropped without a reply and counted as an error:
-  error responses would only help a prober.
-* The answer is a Binding success with XOR-MAPPED-ADDRESS (the check's source),
-  MESSAGE-INTEGRITY (our password) and FINGERPRINT.
-* relayd's SDP does not say ``a=ice-lite`` (rtpengine's does not), so a peer that
-  answered our offer believes itself controlled and would wait for a nomination
-  that never comes. A valid check with ICE-CONTROLLED is therefore a role
-  conflict that relayd loses on purpose (RFC 8445 §7.3.1.1, as an agent whose
-  tie-breaker is 0): a 487 (Role Conflict) error response with MESSAGE-INTEGRITY
-  and FINGERPRINT, after which the peer turns controlling and nominates.
-* A valid check carrying USE-CANDIDATE nominates its source: the party's
-  endpoint is latched there (the latest nomination wins, which is how a peer
-  moves to another candidate pair). Binding indications (keep-alives) and
-  responses are ignored, not counted.
+* ``parse`` checks the framing (header, lengths, magic cookie) and FINGERPRINT; a
+  message that fails is a :class:`StunError`, never another exception.
+* Attributes after MESSAGE-INTEGRITY (but FINGERPRINT) are dropped: they are not
+  authenticated (RFC 5389 §15.4).
+* Short-term credentials only: the key of MESSAGE-INTEGRITY is the ICE password.
+
+What is done with the messages is the ICE agent's (:mod:`relayd.worker.ice`).
 """
 
 from __future__ import annotations
@@ -31,19 +20,18 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Literal
 
 __all__ = [
     "COOKIE",
-    "Answer",
     "Attr",
-    "IceLiteResponder",
     "MessageType",
     "StunError",
     "StunMessage",
     "encode",
     "integrity",
     "parse",
+    "unxor_address",
+    "xor_address",
 ]
 
 Address = tuple[str, int]
@@ -216,76 +204,3 @@ def unxor_address(value: bytes, transaction_id: bytes) -> Address:
     mask = COOKIE.to_bytes(4, "big") + transaction_id
     packed = bytes(a ^ b for a, b in zip(value[4:], mask, strict=False))
     return str(ipaddress.ip_address(packed)), port
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """What to do with one STUN datagram: ``reply`` goes back to its source."""
-
-    reply: bytes | None = None
-    nominated: bool = False  # latch the party's endpoint to the check's source
-    error: str = ""  # why it was dropped (counted as an error); "" when not
-
-
-_IGNORE = Answer()
-
-
-class IceLiteResponder:
-    """The ICE-lite side of one socket: our credentials, the party's ufrag, the nomination."""
-
-    __slots__ = ("_key", "_prefix", "checks", "nominated", "remote_ufrag", "ufrag")
-
-    def __init__(self, ufrag: str, pwd: str, remote_ufrag: str = "") -> None:
-        self.ufrag = ufrag
-        self.remote_ufrag = remote_ufrag
-        self._key = pwd.encode()  # short-term credential: the password itself (RFC 5389 §15.4)
-        self._prefix = f"{ufrag}:".encode()
-        self.checks = 0  # valid checks answered
-        self.nominated: Address | None = None
-
-    @property
-    def state(self) -> Literal["checking", "nominated"]:
-        """``nominated`` once the controlling agent nominated a candidate pair."""
-        return "nominated" if self.nominated is not None else "checking"
-
-    def handle(self, data: bytes, source: Address) -> Answer:
-        """What to do with one STUN datagram from ``source`` (the rules are the module's).
-
-        A valid check gets a Binding success (and with USE-CANDIDATE nominates ``source``), or a
-        487 if it carries ICE-CONTROLLED; indications and responses are ignored; anything else is
-        an error, without a reply.
-        """
-        try:
-            message = parse(data)
-        except StunError as exc:
-            return Answer(error=str(exc))
-        if message.message_type & 0x0110:
-            return _IGNORE  # indications (keep-alives) and responses: nothing to answer
-        if message.message_type != MessageType.BINDING_REQUEST:
-            return Answer(error=f"unexpected STUN request {message.message_type:#06x}")
-        username = message.get(Attr.USERNAME)
-        if username is None or not username.startswith(self._prefix):
-            return Answer(error="ICE check with a wrong username")
-        if not message.check_integrity(self._key):
-            return Answer(error="ICE check with bad MESSAGE-INTEGRITY")
-        if not message.fingerprint:
-            return Answer(error="ICE check without FINGERPRINT")
-        self.checks += 1
-        if message.get(Attr.ICE_CONTROLLED) is not None:
-            return Answer(_role_conflict(message.transaction_id, self._key))
-        reply = encode(
-            MessageType.BINDING_SUCCESS,
-            message.transaction_id,
-            [(Attr.XOR_MAPPED_ADDRESS, xor_address(source, message.transaction_id))],
-            key=self._key,
-        )
-        nominated = message.get(Attr.USE_CANDIDATE) is not None
-        if nominated:
-            self.nominated = source
-        return Answer(reply, nominated)
-
-
-def _role_conflict(transaction_id: bytes, key: bytes) -> bytes:
-    """A Binding error response 487 (Role Conflict), RFC 8445 §7.3.1.1 / RFC 5389 §15.6."""
-    error = struct.pack("!HBB", 0, 4, 87) + b"Role Conflict"
-    return encode(MessageType.BINDING_ERROR, transaction_id, [(Attr.ERROR_CODE, error)], key=key)

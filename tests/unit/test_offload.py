@@ -206,16 +206,26 @@ def test_an_asymmetric_party_stays_with_the_workers(tag: str) -> None:
     assert kernel_legs(call) == []
 
 
+ICE_B = [
+    "a=ice-ufrag:efgh",
+    "a=ice-pwd:abcdefghijklmnopqrstuvwx",
+    f"a=candidate:1 1 UDP 2130706431 {B_ADDR} 6000 typ host",
+]
+
+
 @pytest.mark.parametrize(
-    ("offer", "keys"),
+    ("offer", "answer", "keys"),
     [
-        (sdp(), {"ICE": "force"}),  # ICE towards B only
-        (sdp(extra=ICE_A), {"ICE": "remove"}),  # ICE with A only
+        # ICE towards B only (B answers with ICE: one that answers without has none)
+        (sdp(), sdp(B_ADDR, 6000, extra=ICE_B), {"ICE": "force"}),
+        (sdp(extra=ICE_A), None, {"ICE": "remove"}),  # ICE with A only
     ],
 )
-def test_ice_on_either_side_stays_with_the_workers(offer: str, keys: dict[str, Any]) -> None:
+def test_ice_on_either_side_stays_with_the_workers(
+    offer: str, answer: str | None, keys: dict[str, Any]
+) -> None:
     # STUN consent checks arrive on the media port and must reach a worker
-    call = _call(offer, **keys)
+    call = _call(offer, answer, **keys)
     ufrags = [bool(call.monologues[t].medias[0].ice_ufrag) for t in "ab"]
     assert sorted(ufrags) == [False, True]
     _confirm(call, "a", "b")

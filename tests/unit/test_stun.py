@@ -1,4 +1,5 @@
-"""STUN codec and ICE-lite responder (relayd/worker/stun.py) on RFC 5769's test vectors.
+"""STUN codec (relayd/worker/stun.py) on RFC 5769's test vectors, and the ICE agent
+(relayd/worker/ice.py) as an ICE-lite responder.
 
 Replies are checked with aioice.stun, an independent implementation.
 """
@@ -14,9 +15,9 @@ from aioice import stun as aioice_stun
 from hypothesis import given
 from hypothesis import strategies as st
 
+from relayd.worker.ice import IceAgent
 from relayd.worker.stun import (
     Attr,
-    IceLiteResponder,
     MessageType,
     StunError,
     encode,
@@ -106,7 +107,7 @@ def test_parse_raises_only_stun_error(data: bytes) -> None:
 
 @given(st.binary(max_size=100))
 def test_responder_never_raises_and_never_answers_junk(data: bytes) -> None:
-    answer = IceLiteResponder("evtj", "VOkJxbRl1RmTxUk/WvJxBt").handle(data, ("192.0.2.1", 1))
+    answer = IceAgent("evtj", "VOkJxbRl1RmTxUk/WvJxBt").handle(data, ("192.0.2.1", 1))
     assert answer.reply is None
 
 
@@ -139,7 +140,7 @@ def check(
 
 
 def test_valid_check_gets_a_verified_answer() -> None:
-    responder = IceLiteResponder(UFRAG, PWD, REMOTE)
+    responder = IceAgent(UFRAG, PWD, REMOTE)
     data, tid = check()
     answer = responder.handle(data, SOURCE)
     assert answer.error == ""
@@ -157,7 +158,7 @@ def test_valid_check_gets_a_verified_answer() -> None:
 
 
 def test_use_candidate_nominates_and_the_latest_wins() -> None:
-    responder = IceLiteResponder(UFRAG, PWD, REMOTE)
+    responder = IceAgent(UFRAG, PWD, REMOTE)
     answer = responder.handle(check(use_candidate=True)[0], SOURCE)
     assert answer.nominated and answer.reply is not None
     assert (responder.state, responder.nominated) == ("nominated", SOURCE)
@@ -185,7 +186,7 @@ def test_use_candidate_nominates_and_the_latest_wins() -> None:
     ],
 )
 def test_bad_checks_get_no_answer(data: bytes, error: str) -> None:
-    responder = IceLiteResponder(UFRAG, PWD, REMOTE)
+    responder = IceAgent(UFRAG, PWD, REMOTE)
     answer = responder.handle(data, SOURCE)
     assert answer.reply is None
     assert not answer.nominated
@@ -194,7 +195,7 @@ def test_bad_checks_get_no_answer(data: bytes, error: str) -> None:
 
 
 def test_indications_and_responses_are_ignored_silently() -> None:
-    responder = IceLiteResponder(UFRAG, PWD, REMOTE)
+    responder = IceAgent(UFRAG, PWD, REMOTE)
     for kind in (MessageType.BINDING_INDICATION, MessageType.BINDING_SUCCESS):
         answer = responder.handle(encode(kind, TID, []), SOURCE)
         assert (answer.reply, answer.error, answer.nominated) == (None, "", False)
@@ -208,7 +209,7 @@ def test_attributes_after_message_integrity_are_not_trusted() -> None:
     body = body[:2] + length.to_bytes(2, "big") + body[4:]
     crc = (binascii.crc32(body) ^ 0x5354554E).to_bytes(4, "big")
     forged = body + b"\x80\x28\x00\x04" + crc
-    responder = IceLiteResponder(UFRAG, PWD, REMOTE)
+    responder = IceAgent(UFRAG, PWD, REMOTE)
     answer = responder.handle(forged, SOURCE)
     assert answer.reply is not None  # integrity still holds over what it covers
     assert not answer.nominated
