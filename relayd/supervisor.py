@@ -91,14 +91,7 @@ class Supervisor:
             on_rtcp=self.ops.rtcp_copied,
         )
         ports = PortAllocator(config.port_min, config.port_max, workers, binder)
-        self.signalling = Signalling(
-            interfaces,
-            ports,
-            sip_source_default=config.sip_source,
-            fingerprint=f"sha-256 {certificate.fingerprint('sha-256')}",
-            fingerprints={name: f"{name} {certificate.fingerprint(name)}" for name in HASHES},
-            dtls_passive=config.dtls_passive,
-        )
+        self.signalling = signalling_of(config, interfaces, ports, certificate)
         self.commands = Commands(
             self.signalling,
             limits_of(config),
@@ -371,6 +364,21 @@ def _state_dir(setting: str) -> Path | None:
         return Path(setting)
     default = Path("/var/lib/relayd")
     return default if default.is_dir() and os.access(default, os.W_OK) else None
+
+
+def signalling_of(
+    config: Config, interfaces: Interfaces, ports: PortAllocator, certificate: Certificate
+) -> Signalling:
+    """Offer/answer as the configuration sets it up, with the certificate's fingerprints
+    (sha-256 by default, the others for ``DTLS-fingerprint``)."""
+    return Signalling(
+        interfaces,
+        ports,
+        sip_source_default=config.sip_source,
+        fingerprint=f"sha-256 {certificate.fingerprint('sha-256')}",
+        fingerprints={name: f"{name} {certificate.fingerprint(name)}" for name in HASHES},
+        dtls_passive=config.dtls_passive,
+    )
 
 
 def limits_of(config: Config) -> Limits:

@@ -90,7 +90,8 @@ class MediaPorts:
 
     def ensure_ice(self, call: Call, media: Media, taken: Taken) -> None:
         """With ICE towards a party (ours, or its own with our relay candidates), a candidate
-        on every other address of its interface."""
+        on every other address of its interface, on the same port number where it is free
+        (as rtpengine, whose candidates on all addresses share the port)."""
         if not (media.ice or media.ice_relay) or not media.port or media.local is None:
             self._release_ice(media)
             return
@@ -102,7 +103,7 @@ class MediaPorts:
         have = {a.local for a, _ in media.ice_ports}
         for address in others:
             if address.local not in have:
-                port = self.ports.allocate(address.local, call.worker)
+                port = self.ports.allocate_like(address.local, media.port, call.worker)
                 media.ice_ports += ((address, port),)
                 taken.add(media, address.local, port)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field, replace
 from socket import AF_INET, inet_pton  # a parser: no socket is opened
+from typing import Literal
 
 from relayd.calls.webrtc import Crypto
 from relayd.ipc import Learning
@@ -18,6 +19,7 @@ from relayd.ipc import Learning
 __all__ = [
     "Call",
     "Codec",
+    "EchoRole",
     "Endpoint",
     "LocalAddress",
     "Media",
@@ -51,6 +53,11 @@ def is_address(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+# What happens to the media a party sends (ng ``media-echo``): "" forwarded to its peer,
+# "echo" sent straight back to it, "blackhole" discarded.
+EchoRole = Literal["", "echo", "blackhole"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +125,20 @@ class Codec:
     def name(self) -> str:
         return self.encoding.partition("/")[0]
 
+    @property
+    def clock_rate(self) -> str:
+        """The RTP clock rate as the encoding names it ("8000"), "" if unknown."""
+        return self.encoding.split("/")[1] if self.encoding.count("/") else ""
+
+    @property
+    def supplemental(self) -> bool:
+        """DTMF events or comfort noise: carried beside an audio codec of the same clock
+        rate, never alone (RFC 4733, RFC 3389)."""
+        return self.name.lower() in _SUPPLEMENTAL
+
+
+_SUPPLEMENTAL = frozenset({"telephone-event", "cn"})
+
 
 @dataclass(slots=True)
 class Media:
@@ -131,7 +152,7 @@ class Media:
     rtcp_port: int = 0  # 0 with rtcp-mux (RTCP shares the RTP port)
     rtcp_mux: bool = False  # rtcp-mux in force towards this party (what we printed)
     peer_rtcp_mux: bool = False  # this party's own SDP carried a=rtcp-mux
-    mux_policy: frozenset[str] = frozenset()  # rtcp-mux options given with this party's offer
+    mux_policy: frozenset[str] = frozenset()  # rtcp-mux options of the offer this party got
     remote_rtp: Endpoint | None = None  # this party's media address, from its SDP
     remote_rtcp: Endpoint | None = None
     send: bool = True
@@ -140,6 +161,9 @@ class Media:
     streams: list[Stream] = field(default_factory=list)
     codecs: tuple[Codec, ...] = ()  # as this party's own SDP lists them
     sent_codecs: tuple[Codec, ...] = ()  # as we last wrote them to this party
+    # codec names an offer to this party said to accept or consume (ng codec options):
+    # this party's answers carry the offerer's codecs of those names
+    accept_codecs: tuple[str, ...] = ()
     ptime: int = 0
     rejected: bool = False  # m= port 0
     passthrough: bool = False  # an m=message section: its SDP passes through, no ports of ours
@@ -237,6 +261,7 @@ class Monologue:
     asymmetric: bool = False
     strict_source: bool = False
     media_handover: bool = False
+    media_echo: EchoRole = ""  # what happens to this party's media (ng media-echo)
     sip_source: str = ""  # the SIP source address (received-from), if any
     last_sdp: bytes = b""  # digest of the SDP we last wrote for it, version aside (SDP-version)
     first_username: str | None = None  # o= username of this party's first SDP

@@ -10,8 +10,8 @@ fork: an alias of that party, with the same ports. A party whose peer changes
 
 from __future__ import annotations
 
-from relayd.calls.model import Call, Media, Monologue
-from relayd.ng.message import Request
+from relayd.calls.model import Call, EchoRole, Media, Monologue
+from relayd.ng.message import MediaEcho, Request
 
 __all__ = [
     "answerer_of",
@@ -118,9 +118,22 @@ def detach_branch(call: Call, party: Monologue, branch: str) -> list[Media] | No
     return medias
 
 
+# ``media-echo`` as rtpengine 10.5 applies it: (the message sender's role, its receiver's).
+# "forward" echoes the receiver's media back to it and discards the sender's; "backward"
+# the other way round. It stays in force until a message names another mode.
+_ECHO_ROLES: dict[MediaEcho, tuple[EchoRole, EchoRole]] = {
+    "forward": ("blackhole", "echo"),
+    "backward": ("echo", "blackhole"),
+    "both": ("echo", "echo"),
+    "blackhole": ("blackhole", "blackhole"),
+}
+
+
 def apply_party_flags(party: Monologue, req: Request, *, received: bool = False) -> None:
     """Media flags of a message apply to both parties' media, as in rtpengine;
     addresses and labels only to the sender."""
+    if req.media_echo is not None:
+        party.media_echo = _ECHO_ROLES[req.media_echo][received]
     if req.has("asymmetric"):
         party.asymmetric = True
     elif req.has("symmetric"):

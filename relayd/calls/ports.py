@@ -138,6 +138,15 @@ class PortAllocator:
                 return port
             # left reserved: a port another program holds is not retried
 
+    def allocate_like(self, address: str, port: int, worker: int = 0) -> int:
+        """A pair on ``address`` with the same number as ``port`` (rtpengine binds one port
+        number on every address of a logical interface), else any free pair."""
+        if self.pool(address, worker).reserve(port) and (
+            self.binder is None or self.binder.bind(address, port)
+        ):
+            return port
+        return self.allocate(address, worker)
+
     def release(self, address: str, port: int) -> None:
         if self.binder is not None:
             self.binder.release(address, port)

@@ -5,10 +5,12 @@ Rules (rtpengine's, ng protocol §1.5):
 * Who is who (tags, branches, early-media forks) is :mod:`relayd.calls.parties`.
 * An SDP sent to party R is rewritten with R's ports: those R will send to.
   Ports are allocated the first time a party needs them and kept across
-  re-offers, so a re-INVITE keeps its ports; but an offerer that moved its
-  address or port gives R new ones, unless ``port-latching``, or ICE with R
-  (where candidates, not c=, say where a peer is) without ``no-port-latching``.
-  New ports towards a party we do ICE with come with new ICE credentials.
+  re-offers, so a re-INVITE keeps its ports; but a party that moved its address
+  or port (in an offer, or in a re-answer from the same answerer: an early-media
+  fork taking over is no move) gives its peer new ones, unless ``port-latching``,
+  or ICE with that peer (where candidates, not c=, say where a peer is) without
+  ``no-port-latching``. New ports towards a party we do ICE with come with new
+  ICE credentials.
 * Port exhaustion undoes what the message allocated and fails it with
   "Ran out of ports"; a call the message created is removed again (which ports,
   and giving them back: :mod:`relayd.calls.media_ports`).
@@ -20,6 +22,7 @@ import secrets
 from collections.abc import Mapping
 
 from relayd.calls import ice, negotiation
+from relayd.calls.codec_flags import ACCEPTING, answer_codecs, offer_codecs
 from relayd.calls.interfaces import Interfaces
 from relayd.calls.media_ports import MediaPorts, Taken
 from relayd.calls.model import Call, Endpoint, Media, Monologue, family_of, is_address
@@ -29,7 +32,7 @@ from relayd.calls.ports import PortAllocator, PortsExhausted
 from relayd.calls.rewrite import DIRECTIONS, PASSTHROUGH_MEDIA, RewriteOptions, rewrite_sdp
 from relayd.calls.webrtc import new_foundation
 from relayd.ng.message import NgError, Request
-from relayd.sdp.codecs import answer_codecs, apply_codec_ops, codecs_of
+from relayd.sdp.codecs import codecs_of
 from relayd.sdp.model import Connection, Line, MediaDescription, SdpError, SessionDescription
 from relayd.sdp.parse import parse_sdp
 from relayd.sdp.write import write_sdp
@@ -112,11 +115,13 @@ class Signalling:
         receiver = call.monologues.get(req.from_tag)
         if receiver is None:
             raise NgError("Unknown call-id")
+        # the same answerer again (not another early-media fork taking over the offerer)
+        again = receiver.in_dialogue_with == req.to_tag
         sender = answerer_of(call, receiver, req, now)
         apply_party_flags(sender, req)
         apply_party_flags(receiver, req, received=True)
         call.answered = True
-        return self._exchange(call, sender, receiver, sdp, req, now, offer=False)
+        return self._exchange(call, sender, receiver, sdp, req, now, offer=False, again=again)
 
     # -- the exchange ---------------------------------------------------------------------------
 
@@ -130,7 +135,11 @@ class Signalling:
         now: float,
         *,
         offer: bool,
+        again: bool = True,
     ) -> str:
+        """Both parties' media for one offer or answer from ``sender``, and the SDP for
+        ``receiver``. ``again``: an answer from the party that answered the offerer last (a
+        fork that takes over is no party that moved)."""
         sender.sent_sdp = True
         fields = origin_fields(sender, sdp, req)
         family = receiver.family or _known_family(receiver) or self._input_family(sdp)
@@ -149,17 +158,17 @@ class Signalling:
                     session.connection(),
                     _direction(session.lines),
                     req,
-                    offer=offer,
                 )
                 target, source = self._receiving(receiver, index, desc), sender.medias[index]
                 ice.settle(target, source, req, offer=offer, restart=restart)
                 target.keep_zero_address = ice.keeps_zero_address(target, source)
-                # without port latching, a peer that moved its port gets new ports from us
-                # (with ICE towards the receiver, latching is the default: the candidates
-                # say where the peer is, not the c= line)
+                # without port latching, a peer that moved (in an offer or an answer) makes
+                # us give its peer new ports, those in the SDP we write (with ICE towards
+                # the receiver, latching is the default: the candidates say where the peer
+                # is, not the c= line)
                 renew = (
-                    offer
-                    and moved
+                    moved
+                    and again
                     and not req.has("port-latching")
                     and not (target.ice and not req.has("no-port-latching"))
                 )
@@ -292,8 +301,6 @@ class Signalling:
         session_c: Connection | None,
         session_direction: str | None,
         req: Request,
-        *,
-        offer: bool,
     ) -> tuple[bool, bool]:
         """Record what the sender's SDP says about its own media for section ``index``.
 
@@ -330,8 +337,6 @@ class Signalling:
         ):
             address = req.received_from[1]
         media.peer_rtcp_mux = desc.has_attribute("rtcp-mux")
-        if offer:
-            media.mux_policy = frozenset(req.rtcp_mux) if req.rtcp_mux else _NO_MUX_POLICY
         rtcp_attr = desc.attributes("rtcp")
         rtcp_port = desc.port + 1
         if rtcp_attr and rtcp_attr[0].split()[0].isdigit():
@@ -391,10 +396,22 @@ class Signalling:
         # an answer without a=ptime goes back with the offerer's own
         media.ptime = source.ptime or (0 if offer else media.ptime)
         if offer:
-            media.sent_codecs = apply_codec_ops(source.codecs, req.codec)
+            # kept with the party the offer went to: each via-branch answers under the
+            # rtcp-mux options of its own offer
+            media.mux_policy = frozenset(req.rtcp_mux) if req.rtcp_mux else _NO_MUX_POLICY
+            media.sent_codecs = offer_codecs(source.codecs, req.codec)
+            if any(req.codec.get(op) for op in ACCEPTING):
+                media.accept_codecs = tuple(n for op in ACCEPTING for n in req.codec.get(op, ()))
         else:
-            # an answer only carries codecs that were offered to the answerer
-            media.sent_codecs = answer_codecs(source.codecs, source.sent_codecs)
+            # what the answerer was offered, and what the offer said to accept from the offerer
+            media.sent_codecs = answer_codecs(
+                source.codecs,
+                source.sent_codecs,
+                ops=req.codec,
+                offerer=media.codecs,
+                accepted=source.accept_codecs,
+                single=req.has("single-codec"),
+            )
         had = media.port
         self.media_ports.ensure(call, receiver, media, family, taken, renew=renew)
         if had and media.port != had:
@@ -417,7 +434,7 @@ class Signalling:
                 return True, False
             return source.peer_rtcp_mux and "demux" not in req.rtcp_mux, False
         target = receiver.medias[index]
-        policy = req.rtcp_mux | target.mux_policy
+        policy = req.rtcp_mux | source.mux_policy
         if "reject" in policy or not target.peer_rtcp_mux:
             return False, False
         accepted = source.peer_rtcp_mux or bool(policy & {"accept", "require", "demux"})

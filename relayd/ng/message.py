@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from relayd.ipc import Learning, learning_mode
 from relayd.ng import bencode
 
 __all__ = [
     "FramingError",
+    "MediaEcho",
     "NgError",
     "Request",
     "decode_body",
@@ -25,6 +26,25 @@ __all__ = [
     "parse_request",
     "split_cookie",
 ]
+
+
+# ``media-echo``: which party's media comes straight back to it (rtpengine's spellings
+# folded by _MEDIA_ECHO); what each mode does to the call is relayd.calls.parties'.
+MediaEcho = Literal["forward", "backward", "both", "blackhole"]
+_MEDIA_ECHO: dict[str, MediaEcho] = {
+    "forward": "forward",
+    "fwd": "forward",
+    "fw": "forward",
+    "backward": "backward",
+    "backwards": "backward",
+    "reverse": "backward",
+    "back": "backward",
+    "bkw": "backward",
+    "bk": "backward",
+    "both": "both",
+    "blackhole": "blackhole",
+    "sinkhole": "blackhole",
+}
 
 
 class FramingError(ValueError):
@@ -288,6 +308,7 @@ class Request:
     endpoint_learning: Learning | None = None  # the ng key or flag, when it names a mode
     supports: set[str] = field(default_factory=set)
     limit: int | None = None
+    media_echo: MediaEcho | None = None  # the ``media-echo`` key, when it names a mode
     unknown: list[str] = field(default_factory=list)
 
     def has(self, flag: str) -> bool:
@@ -377,6 +398,11 @@ def parse_request(raw: dict[str, Any]) -> Request:
     if "label" in keys:  # else keep a ``label=`` flag
         req.label = _text(keys["label"])
     req.supports = {normalise(w) for w in _words(keys.get("supports"))}
+    if "media-echo" in keys:
+        echo = _MEDIA_ECHO.get(normalise(_text(keys["media-echo"])))
+        if echo is None:
+            req.unknown.append(f"media-echo={_text(keys['media-echo'])}")
+        req.media_echo = echo
     req.unknown.extend(k for k in keys if k not in _KNOWN_KEYS)
     return req
 

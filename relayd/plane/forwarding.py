@@ -14,6 +14,9 @@ roles and ICE candidates towards the offerer come with the answer; except that
 towards a DTLS offerer whose answer makes us active, DTLS starts with the offer
 (rtpengine does the same): its sockets send the ClientHello, and carry nothing
 else until the handshake or the answer gives them keys.
+
+With ``media-echo`` a party's media goes back to it (from the relay socket it
+arrived on) or nowhere, instead of to its peer (:mod:`relayd.calls.parties`).
 """
 
 from __future__ import annotations
@@ -256,6 +259,11 @@ def _specs(
         "handover": party.media_handover,
         **overrides,
     }
+    if party.media_echo == "echo":
+        # media-echo: what the party sends comes back to it from the socket it arrived on
+        other_rtp, other_rtcp = own_rtp, own_rtp if muxes(own) else own_rtcp
+    elif party.media_echo == "blackhole":
+        other_rtp = other_rtcp = ""  # the worker reads and counts it, and sends nothing
     # where each component's packets go; the party's ICE candidates on our other
     # addresses (aliases) forward exactly like the primary socket of their component
     rtp_route: dict[str, Any] = {

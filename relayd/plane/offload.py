@@ -7,6 +7,8 @@ Rules (docs/architecture.md "Kernel path"; rtpengine kernelizes on the same cond
   transport is plain RTP both ways, neither party is asymmetric (no learned
   source to key on), no ICE (consent checks share the port), and rtcp-mux is on
   both sides or on neither (RTCP split from RTP needs a worker per packet).
+* Parties under ``media-echo`` stay with the workers: their media goes back to
+  them or nowhere, not across the call.
 * Separate RTCP streams stay with the workers while they copy RTCP (Homer, the
   RTCP log); with rtcp-mux on both sides one forward carries both.
 * Signalling takes every stream of the call back to the workers, and learning
@@ -48,15 +50,16 @@ def kernel_legs(call: Call, *, rtcp: bool = True) -> list[KernelLeg]:
     Both parties' streams of a component must have a confirmed endpoint; the
     transport must be plain RTP (SRTP stays in the workers); asymmetric parties
     (no learned source to key on) and rtcp-mux on one side only (RTCP must be
-    split from RTP per packet) stay in userspace. With rtcp-mux on both sides the
-    RTP port carries both, so one forward covers them. ``rtcp=False`` leaves separate
-    RTCP streams to the workers (which copy RTCP for Homer and the RTCP log).
+    split from RTP per packet) stay in userspace, as do parties under ``media-echo``.
+    With rtcp-mux on both sides the RTP port carries both, so one forward covers them.
+    ``rtcp=False`` leaves separate RTCP streams to the workers (which copy RTCP for Homer
+    and the RTCP log).
     """
     if not call.answered:
         return []
     legs: list[KernelLeg] = []
     for x, y in dialogue_pairs(call):
-        if x.asymmetric or y.asymmetric:
+        if x.asymmetric or y.asymmetric or x.media_echo or y.media_echo:
             continue
         for mx, my in zip(x.medias, y.medias, strict=False):
             if mx.protocol not in PLAIN or my.protocol not in PLAIN:

@@ -1,14 +1,14 @@
-"""Payload types of a media section and the ``codec`` manipulations of the ng protocol."""
+"""Payload types of a media section (the ng ``codec`` options: relayd.calls.codec_flags)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from relayd.calls.model import Codec
 from relayd.sdp.intern import Shared
 from relayd.sdp.model import MediaDescription
 
-__all__ = ["STATIC_PAYLOAD_TYPES", "answer_codecs", "apply_codec_ops", "codecs_of"]
+__all__ = ["STATIC_PAYLOAD_TYPES", "codecs_of"]
 
 # RFC 3551 §6 static payload types; rtpengine prints an rtpmap for them even when absent.
 STATIC_PAYLOAD_TYPES: dict[str, str] = {
@@ -92,46 +92,3 @@ def _codecs(formats: Sequence[str], lines: Sequence[str]) -> tuple[Codec, ...]:
         )
         for pt in formats
     )
-
-
-def _matches(codec: Codec, names: set[str]) -> bool:
-    """By codec name or full encoding; rtpengine 10.5 ignores payload type numbers here."""
-    if "all" in names or "full" in names:
-        return True
-    return codec.name.lower() in names or codec.encoding.lower() in names
-
-
-def apply_codec_ops(codecs: Sequence[Codec], ops: Mapping[str, Sequence[str]]) -> tuple[Codec, ...]:
-    """The codecs offered onwards after ``strip`` (with ``except``/``offer``) and ``mask``.
-
-    Without a transcoder, ``mask`` removes like ``strip``. After ``strip: all``,
-    ``except`` and ``offer`` name the codecs that stay; without a strip they change
-    nothing (rtpengine 10.5 only reorders or adds codecs it can transcode).
-    Removing every codec keeps the original list, as rtpengine does without
-    ``allow no codec media``.
-    """
-    removed = {n.lower() for op in ("strip", "mask") for n in ops.get(op, ())}
-    if not removed or not codecs:
-        return tuple(codecs)
-    kept = {n.lower() for op in ("except", "offer") for n in ops.get(op, ())}
-    result = [c for c in codecs if not _matches(c, removed) or (kept and _matches(c, kept))]
-    return tuple(result or codecs)
-
-
-def answer_codecs(answered: Sequence[Codec], offered: Sequence[Codec]) -> tuple[Codec, ...]:
-    """The answer's codecs that were offered to the answerer (RFC 3264 §6.1).
-
-    As rtpengine 10.5 matches them: by payload type number, with the same
-    encoding where both sides name one. An answer with none of them (a rejected
-    section that says ``m=audio 0 RTP/AVP 0``) goes back with the first offered.
-    """
-    if not offered:
-        return tuple(answered)
-    by_number = {c.payload_type: c for c in offered}
-    kept = [
-        c
-        for c in answered
-        if (o := by_number.get(c.payload_type)) is not None
-        and (not c.encoding or not o.encoding or c.encoding.lower() == o.encoding.lower())
-    ]
-    return tuple((kept or offered[:1]) if answered else ())

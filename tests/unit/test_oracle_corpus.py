@@ -34,12 +34,11 @@ import pytest
 from relayd.calls.commands import Commands
 from relayd.calls.interfaces import resolve
 from relayd.calls.ports import PortAllocator
-from relayd.calls.signalling import Signalling
 from relayd.certificate import Certificate, load_or_create
 from relayd.config import Config, load
 from relayd.ng.message import Request, split_cookie
 from relayd.ng.server import NgService
-from relayd.supervisor import limits_of
+from relayd.supervisor import limits_of, signalling_of
 from tests.support import oracle
 from tests.support.oracle import Case, StepResult
 from tests.unit.calls import T0, FakeBinder
@@ -75,13 +74,8 @@ class InProcessRelayd:
         self.binder = FakeBinder()
         workers = config.num_threads or len(os.sched_getaffinity(0))
         ports = PortAllocator(config.port_min, config.port_max, workers, self.binder)
-        signalling = Signalling(
-            resolve(config.interfaces, {}),  # addresses only: no device to look up
-            ports,
-            sip_source_default=config.sip_source,
-            fingerprint=f"sha-256 {certificate.fingerprint('sha-256')}",
-            dtls_passive=config.dtls_passive,
-        )
+        # addresses only: no device to look up
+        signalling = signalling_of(config, resolve(config.interfaces, {}), ports, certificate)
         self.commands = Commands(signalling, limits_of(config), started=self.now)
         self.service = NgService(self._dispatch, clock=lambda: self.now)
         self.crashes: list[str] = []  # tracebacks behind "Internal error" replies

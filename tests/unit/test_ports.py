@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from relayd.calls.ports import PortPool, PortsExhausted
+from relayd.calls.ports import PortAllocator, PortPool, PortsExhausted
+from tests.unit.calls import FakeBinder
 
 
 def _pool(port_min: int, port_max: int, seed: int = 1) -> PortPool:
@@ -133,3 +134,20 @@ def test_reserve_specific_pair() -> None:
     assert pool.reserve(30010) is False  # above range
     assert pool.in_use == 1
     assert 30004 not in _drain(pool)
+
+
+def test_allocate_like_takes_the_same_number_on_another_address_where_it_is_free() -> None:
+    """rtpengine binds one port number on every address of a logical interface."""
+    ports = PortAllocator(30000, 30999, 1)
+    first = ports.allocate("203.0.113.1")
+    assert ports.allocate_like("2001:db8::1", first) == first
+    # taken there already: any other free pair
+    again = ports.allocate_like("2001:db8::1", first)
+    assert again != first and again % 2 == 0 and 30000 <= again <= 30998
+
+
+def test_allocate_like_skips_a_port_another_program_holds() -> None:
+    binder = FakeBinder(taken={("2001:db8::1", 30100)})
+    ports = PortAllocator(30000, 30999, 1, binder)
+    assert ports.allocate_like("2001:db8::1", 30100) != 30100
+    assert ("2001:db8::1", 30100) in binder.refused

@@ -59,16 +59,7 @@ SCENARIOS = suite.load_scenarios()
 
 # Scenario number -> why relayd's replies differ from rtpengine's today (the first
 # difference; later steps may differ too). Strict xfails: remove the entry with the fix.
-DIFFERS: dict[int, str] = {
-    56: "codec accept PCMU: answer passes PCMA; rtpengine answers the accepted PCMU",
-    57: "codec consume PCMU: offer keeps PCMU towards the callee, answer lacks it",
-    68: "strip all + offer list: m= order not the offer list's; answer loses CN, ports move",
-    109: "single codec flag ignored: answer keeps both codecs",
-    115: "DTLS-fingerprint SHA-1 ignored (sha-256 printed); re-offer loses SAVP/DTLS",
-    175: "ICE optional on an ICE offer replaces the candidates; rtpengine appends its own",
-    224: "strip PCMA keeps telephone-event/8000 with no 8 kHz codec left",
-    230: "branched offers, rtcp-mux demux/offer: answer lacks a=rtcp-mux and the shared port",
-}
+DIFFERS: dict[int, str] = {}  # none today: every in-scope scenario answers as rtpengine
 
 
 def _param(scenario: Scenario) -> object:
