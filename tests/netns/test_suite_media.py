@@ -914,14 +914,14 @@ def answered_and_checked(peer: Peer, tid: bytes, limit: int = 20) -> bytes:
     answered = False
     triggered = b""
     for _ in range(limit):
-        if answered and triggered:
-            return triggered
         message = stun.parse_message(one(peer, "the prflx address").data)
         if message.message_class == stun.Class.RESPONSE and message.transaction_id == tid:
             assert message.attributes["XOR-MAPPED-ADDRESS"] == peer.address, message
             answered = True
         else:
             triggered = relay_check(bytes(message)).transaction_id
+        if answered and triggered:
+            return triggered
     raise AssertionError(f"answered {answered}, triggered check {triggered!r}")
 
 
