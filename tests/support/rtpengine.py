@@ -21,12 +21,13 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 import pytest
 
 from relayd.ng.client import NgClient, NgTimeout
+from tests.support.netns import exec_args, inside
 from tests.support.process import new_session_dying_with_parent, stop_process
 
 __all__ = [
@@ -71,7 +72,12 @@ def require_rtpengine() -> str:
 
 
 class RtpengineProcess:
-    """One rtpengine started in the foreground, userspace forwarding only."""
+    """One rtpengine started in the foreground, userspace forwarding only.
+
+    With ``netns``, rtpengine runs inside that network namespace (``ip netns exec``)
+    and the ng clients made here talk to it from inside it as well, as
+    :class:`tests.support.relayd.RelaydProcess` does.
+    """
 
     def __init__(
         self,
@@ -83,8 +89,10 @@ class RtpengineProcess:
         interface: Sequence[str] = ("127.0.0.1",),
         extra: Sequence[str] = (),
         ng_host: str = "127.0.0.1",
+        netns: str | None = None,
     ) -> None:
         self.workdir = workdir
+        self.netns = netns
         self.ng_address = (ng_host, ng_port)
         args = [require_rtpengine(), "--foreground", "--config-file=none", "--table=-1"]
         args += [f"--interface={item}" for item in interface]
@@ -97,12 +105,14 @@ class RtpengineProcess:
             f"--pidfile={workdir / 'rtpengine.pid'}",
             *extra,
         ]
-        self.args = args
+        self.args = exec_args(netns, args) if netns else args
         self.log_path = workdir / "rtpengine.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: float = 10.0) -> None:
-        if udp_port_in_use(*self.ng_address):
+        with self._namespace():
+            taken = udp_port_in_use(*self.ng_address)
+        if taken:
             raise RuntimeError(
                 f"ng port {self.ng_address[0]}:{self.ng_address[1]} is already in use "
                 "(another test run?); a second rtpengine would share its requests"
@@ -117,7 +127,7 @@ class RtpengineProcess:
             )
         deadline = time.monotonic() + wait
         try:
-            with NgClient(self.ng_address, timeout=0.2, retries=0) as client:
+            with self.client(timeout=0.2, retries=0) as client:
                 while time.monotonic() < deadline:
                     if self.proc.poll() is not None:
                         raise RuntimeError(f"rtpengine exited at start-up:\n{self.log()}")
@@ -132,7 +142,11 @@ class RtpengineProcess:
             raise
 
     def client(self, **kwargs: object) -> NgClient:
-        return NgClient(self.ng_address, **kwargs)  # type: ignore[arg-type]
+        with self._namespace():
+            return NgClient(self.ng_address, **kwargs)  # type: ignore[arg-type]
+
+    def _namespace(self) -> AbstractContextManager[None]:
+        return inside(self.netns) if self.netns else nullcontext()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
