@@ -124,7 +124,10 @@ CLASSES: list[tuple[str, bool, re.Pattern[str]]] = [
         "transcoding",
         False,
         re.compile(
+            # accept and consume switch rtpengine's transcoding engine on (the answer
+            # carries a codec the answerer did not take)
             r"transcode|always.transcode|codec-set|'set'\s*=>|ptime\s*=>|ptime-reverse"
+            r"|\b(?:accept|consume)'?\s*=>|codec-(?:accept|consume)"
             r"|'(?:accept|consume)'\s*=>.*\btranscode",
             re.I,
         ),

@@ -23,13 +23,14 @@ The answer (what goes back to the offerer):
 * The answer's own ``strip`` (with ``except`` and ``offer``) applies to them as to an offer.
 * ``single codec``: only the first audio codec stays, with every telephone-event and CN.
 * ``accept`` and ``consume`` (given with the offer, and kept for later answers of the same
-  party until an offer names them anew) name codecs of the offerer that the answer carries
-  whatever the answerer chose: the offerer's first accepted audio codec replaces the
-  answer's audio codecs; accepted telephone-event and CN codecs of its clock rate join the
-  answer, and so does the offerer's codec of a kind (telephone-event, CN) that the answer
-  carries only at another clock rate. The answer then lists audio codecs, CN, then
-  telephone-event. rtpengine transcodes between the two sides' codecs there; relayd
-  forwards media as it comes.
+  party until an offer names them anew) name codecs of the offerer for the answer to carry.
+  rtpengine carries them whatever the answerer chose and transcodes between the two
+  sides; relayd does not transcode, so it carries an accepted codec only where the
+  answerer took it too: the offerer's first accepted audio codec that the answer lists
+  replaces the answer's other audio codecs, the answer's CN and telephone-event codecs
+  stay (audio, CN, then telephone-event). Anything else would tell the offerer to send a
+  codec the answerer never agreed to receive, so there the option has no effect (a
+  consumed codec is never offered to the answerer: ``consume`` then acts as ``mask``).
 """
 
 from __future__ import annotations
@@ -113,28 +114,18 @@ def answer_codecs(
         first = next((c for c in kept if not c.supplemental), None)
         kept = [c for c in kept if c.supplemental or c is first]
     names = [n.lower() for n in accepted]
-    chosen = [c for c in offerer if _matches(c, names)] if names else []
-    if not chosen:
-        return tuple(kept)
-    audio = [c for c in chosen if not c.supplemental][:1] or [c for c in kept if not c.supplemental]
-    rate = audio[0].clock_rate if audio else ""
-    groups: dict[str, list[Codec]] = {"cn": [], "telephone-event": []}
-    for codec in kept:
-        if codec.supplemental:
-            groups[codec.name.lower()].append(codec)
-    for codec in chosen:
-        group = groups.get(codec.name.lower())
-        if group is not None and codec.clock_rate == rate and not _has_rate(group, rate):
-            group.append(codec)
-    for kind, group in groups.items():
-        if group and not _has_rate(group, rate):
-            # the answer's kind at another clock rate only: the offerer's at this one
-            group += [c for c in offerer if c.name.lower() == kind and c.clock_rate == rate][:1]
-    return (*audio, *groups["cn"], *groups["telephone-event"])
-
-
-def _has_rate(codecs: Iterable[Codec], rate: str) -> bool:
-    return any(c.clock_rate == rate for c in codecs)
+    carried = {(c.name.lower(), c.clock_rate) for c in kept}
+    audio = [
+        c
+        for c in offerer
+        if not c.supplemental and _matches(c, names) and (c.name.lower(), c.clock_rate) in carried
+    ][:1]
+    if not audio:
+        return tuple(kept)  # nothing the answerer took: accepting more needs a transcoder
+    supplemental = [c for c in kept if c.supplemental]
+    cn = [c for c in supplemental if c.name.lower() == "cn"]
+    dtmf = [c for c in supplemental if c.name.lower() != "cn"]
+    return (*audio, *cn, *dtmf)
 
 
 def _offered_only(answered: Sequence[Codec], offered: Sequence[Codec]) -> list[Codec]:

@@ -134,7 +134,7 @@ class Commands:
         call.deleted_at = None
         try:
             sdp = self.signalling.offer(call, req, now)
-        except NgError:
+        except Exception:  # an NgError, or a bug: either way the offer leaves nothing behind
             if created:
                 self.signalling.release_call(call)
                 del self.calls[req.call_id]

@@ -147,6 +147,9 @@ def settle(receiver: Media, sender: Media, req: Request, *, offer: bool, restart
             receiver.ice = False
             _finish(receiver, sender)
             return
+    if req.ice and option not in _PASSES_THROUGH:
+        # another option named (remove, force, ...): the peers no longer do ICE end to end
+        receiver.ice_passthrough = sender.ice_passthrough = False
     if offer:
         if req.ice_lite in ("forward", "both"):
             receiver.ice_lite_self = True

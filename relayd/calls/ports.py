@@ -77,6 +77,14 @@ class PortPool:
                 return True
         return False
 
+    def take_free(self, port: int) -> bool:
+        """Take a specific pair if it is free, not while it cools down after a release."""
+        if port in self._used or port not in self._free:
+            return False
+        self._free.remove(port)
+        self._used.add(port)
+        return True
+
     def release(self, port: int) -> None:
         if port in self._used:
             self._used.remove(port)
@@ -141,7 +149,7 @@ class PortAllocator:
     def allocate_like(self, address: str, port: int, worker: int = 0) -> int:
         """A pair on ``address`` with the same number as ``port`` (rtpengine binds one port
         number on every address of a logical interface), else any free pair."""
-        if self.pool(address, worker).reserve(port) and (
+        if self.pool(address, worker).take_free(port) and (
             self.binder is None or self.binder.bind(address, port)
         ):
             return port

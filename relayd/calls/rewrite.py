@@ -223,7 +223,7 @@ def _managed(attr: str, media: Media, opts: RewriteOptions) -> bool:
     if attr == "end-of-candidates":
         return True  # written again after our candidates, where it belongs
     if attr in ICE_ATTRIBUTES:
-        return not (opts.keep_ice or media.ice_passthrough)
+        return not (opts.keep_ice or (media.ice_passthrough and media.ice))
     return attr == "rtpengine" or attr in SECURITY_ATTRIBUTES
 
 

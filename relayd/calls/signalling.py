@@ -196,6 +196,9 @@ class Signalling:
         except PortsExhausted:
             taken.rollback()
             raise NgError("Ran out of ports") from None
+        except Exception:
+            taken.rollback()  # the ports this message took go back, whatever went wrong
+            raise
         call.last_signal = now
         local = self.interfaces.select(receiver.interface or self.interfaces.default, family)
         mux = [self._mux_out(sender, receiver, i, req, offer) for i in range(len(sdp.media))]
@@ -339,8 +342,9 @@ class Signalling:
         media.peer_rtcp_mux = desc.has_attribute("rtcp-mux")
         rtcp_attr = desc.attributes("rtcp")
         rtcp_port = desc.port + 1
-        if rtcp_attr and rtcp_attr[0].split()[0].isdigit():
-            rtcp_port = int(rtcp_attr[0].split()[0])
+        rtcp_words = rtcp_attr[0].split() if rtcp_attr else []
+        if rtcp_words and rtcp_words[0].isdigit():
+            rtcp_port = int(rtcp_words[0])
         previous = media.remote_rtp
         if address and desc.port:
             media.remote_rtp = Endpoint(address, desc.port)

@@ -582,3 +582,26 @@ def test_statistics_port_totals_cover_every_worker_slice() -> None:
         "free": 96,
         "totals": 100,
     }
+
+
+def test_an_empty_rtcp_attribute_is_read_as_none() -> None:
+    cmds, _ = build()
+    reply = cmds.handle(req("offer", from_tag="a", sdp=sdp(extra=["a=rtcp:"])), T0)
+    assert reply["result"] == "ok", reply
+
+
+def test_an_offer_that_fails_for_any_reason_leaves_no_call_and_no_port(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Not only "Ran out of ports": an unexpected error half way through (a bug) gives back
+    what the message took, so that the call does not linger with ports until it times out."""
+    cmds, binder = build()
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cmds.signalling.media_ports, "ensure_ice", broken)
+    with pytest.raises(RuntimeError):
+        cmds.handle(req("offer", from_tag="a", sdp=sdp()), T0)
+    assert not cmds.calls
+    assert not binder.live

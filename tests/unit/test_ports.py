@@ -151,3 +151,11 @@ def test_allocate_like_skips_a_port_another_program_holds() -> None:
     ports = PortAllocator(30000, 30999, 1, binder)
     assert ports.allocate_like("2001:db8::1", 30100) != 30100
     assert ("2001:db8::1", 30100) in binder.refused
+
+
+def test_allocate_like_leaves_a_cooling_pair_alone() -> None:
+    """A pair just released may still be open in a worker: not taken again at once."""
+    ports = PortAllocator(30000, 30999, 1)
+    other = ports.allocate("2001:db8::1")
+    ports.release("2001:db8::1", other)
+    assert ports.allocate_like("2001:db8::1", other) != other

@@ -578,3 +578,14 @@ def test_a_full_agent_never_raises_on_junk(data: bytes, controlling: bool) -> No
     for datagram in (data, check[:1] + b"\x01" + check[2:20] + data):
         answer = ice.handle(datagram, HOST, 0.01)
         assert answer.reply is None and not answer.nominated
+
+
+def test_remove_after_optional_passthrough_removes_the_peers_ice_again() -> None:
+    """Passthrough lasts while the option says so: a later ICE=remove strips the peer's ICE
+    (found in review: the passthrough flag outlived the option)."""
+    cmds, _ = build()
+    peer_b = [ln.replace("198.51.100.3", "198.51.100.4") for ln in PEER_ICE]
+    assert "a=ice-ufrag:asbsdfds" in offer(cmds, body(*PEER_ICE), ICE="optional")
+    answer(cmds, body(*peer_b, port=2004, address="198.51.100.4"), ICE="optional")
+    again = send(cmds, "offer", body(*PEER_ICE), "a", to_tag="b", ICE="remove")
+    assert not [ln for ln in again if ln.startswith(("a=ice-", "a=candidate"))], again
