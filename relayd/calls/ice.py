@@ -55,6 +55,7 @@ __all__ = [
 _SETS_ICE = frozenset({"force", "optional", "force-relay"})
 _PASSES_THROUGH = frozenset({"optional", "force-relay"})
 HOST_TYPE_PREFERENCE = 126  # RFC 8445 §5.1.2.2
+RELAY_TYPE_PREFERENCE = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,17 +93,21 @@ def priority(type_preference: int, local_index: int, component: int) -> int:
     return ((type_preference << 24) | (local << 8) | (256 - component)) % (1 << 32)
 
 
-def passthrough_preferences(candidates: list[Candidate]) -> tuple[int, int]:
-    """Type preference and first local index for our host candidates in passthrough.
+def passthrough_preferences(
+    candidates: list[Candidate], kind: str = "host", start: int = HOST_TYPE_PREFERENCE
+) -> tuple[int, int]:
+    """Type preference and first local index for our candidates of type ``kind`` in
+    passthrough (host ones for ``ICE=optional``, relay ones from type preference 0 for
+    ``ICE=force-relay``).
 
-    Walks the sender's host candidates of component 1 and follows each one at or below
-    the lowest priority seen so far: we take its type preference and the local index
+    Walks the sender's candidates of that type and component 1 and follows each one at or
+    below the lowest priority seen so far: we take its type preference and the local index
     one before its own, or, where its index is already 0, one type preference lower at
     index 65535 (the very bottom of that type)."""
-    type_pref, index = HOST_TYPE_PREFERENCE, 0
+    type_pref, index = start, 0
     lowest = priority(type_pref, index, 1)
     for c in candidates:
-        if c.component != 1 or c.type != "host" or c.priority > lowest:
+        if c.component != 1 or c.type != kind or c.priority > lowest:
             continue
         type_pref = c.priority >> 24
         index = 65535 - ((c.priority >> 8) & 0xFFFF)

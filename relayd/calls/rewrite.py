@@ -43,7 +43,6 @@ from dataclasses import dataclass, field
 
 from relayd.calls import ice
 from relayd.calls.model import Media
-from relayd.calls.webrtc import candidate_priority, relay_preferences
 from relayd.sdp.model import (
     Connection,
     Line,
@@ -108,8 +107,11 @@ def rewrite_sdp(
     sdp: SessionDescription, medias: list[Media], opts: RewriteOptions
 ) -> SessionDescription:
     """Return a rewritten copy of ``sdp``; ``medias`` are the receiving party's, by index."""
+    # the session level follows the first media in use (a rejected or m=message section
+    # first does not decide it)
+    lead = next((m for m in medias if m.port and not m.rejected), None)
     # ICE=force-relay passthrough: the session's addresses and attributes stay the sender's
-    relay = bool(medias) and medias[0].ice_relay
+    relay = lead is not None and lead.ice_relay
     sessions: list[Session] = []
     out_media: list[MediaDescription] = []
     for session in sdp.sessions:
@@ -127,7 +129,7 @@ def rewrite_sdp(
                 out_media.append(desc)
     if opts.loop_marker:
         sessions[0].lines.append(Line("a", f"rtpengine:{opts.loop_marker}"))
-    if medias and medias[0].ice and medias[0].ice_lite_self:
+    if lead is not None and lead.ice and lead.ice_lite_self:
         sessions[0].lines.append(Line("a", "ice-lite"))  # RFC 8839 §5.3: session level
     return SessionDescription(sessions, out_media, sdp.eol)
 
@@ -299,14 +301,13 @@ def _relay_media(
     attributes as they were (its own relay candidates aside), then what we append to any
     section (mid, codecs, direction, rtcp-mux where it is settled) and our relay candidates."""
     out = MediaDescription(desc.media, desc.port, desc.port_count, desc.protocol, desc.formats)
-    relays: list[int] = []
+    relays: list[ice.Candidate] = []
     for line in desc.lines:
         attr = line.attr
         if attr == "candidate":
-            parts = line.value.split()
-            if len(parts) > 7 and parts[7].lower() == "relay":
-                if parts[1] == "1" and parts[3].isdigit():
-                    relays.append(int(parts[3]))
+            theirs = ice.parse_candidate(line.value.partition(":")[2])
+            if theirs is not None and theirs.type.lower() == "relay":
+                relays.append(theirs)
                 continue
         elif attr in ("mid", "end-of-candidates", "rtpengine") or (
             attr in DIRECTIONS and not opts.original_sendrecv
@@ -332,13 +333,13 @@ def _relay_media(
         out.lines.append(Line("a", "rtcp-mux"))
     if media.ptime:
         out.lines.append(Line("a", f"ptime:{media.ptime}"))
-    type_pref, local = relay_preferences(relays)
+    type_pref, local = ice.passthrough_preferences(relays, "relay", ice.RELAY_TYPE_PREFERENCE)
     assert media.local is not None
     addresses = [(media.local, media.port), *media.ice_ports]
     for component in [1] if muxed else [1, 2]:
         for offset, (address, port) in enumerate(addresses):
             foundation = opts.foundations.get(address.local, "0")
-            priority = candidate_priority(local + offset, component, type_pref)
+            priority = ice.priority(type_pref, local + offset, component)
             host, number = address.advertised, port + component - 1
             out.lines.append(
                 Line(

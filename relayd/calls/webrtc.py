@@ -37,13 +37,11 @@ __all__ = [
     "OSRTP_CAPABLE",
     "SUITES",
     "Crypto",
-    "candidate_priority",
     "is_rtp",
     "is_srtp",
     "new_credentials",
     "new_crypto",
     "parse_crypto",
-    "relay_preferences",
 ]
 
 # rtpengine's suites in its order, with their master key + salt lengths (bytes)
@@ -178,30 +176,6 @@ def new_credentials() -> tuple[str, str]:
 
 def new_foundation() -> str:
     return "".join(secrets.choice(_ICE_CHARS) for _ in range(16))
-
-
-def candidate_priority(address_index: int, component: int, type_pref: int = 126) -> int:
-    """RFC 8445 §5.1.2.1: type preference (126 for host candidates), a local preference
-    per address (65535 down), the component."""
-    return (type_pref << 24) | ((65535 - address_index) << 8) | (256 - component)
-
-
-def relay_preferences(priorities: list[int]) -> tuple[int, int]:
-    """Type preference and first local-preference index (``candidate_priority``'s
-    ``address_index``) of our relay candidates next to a party's own: type 0, index 0;
-    where the party has relay candidates of component 1 (``priorities``) at or below that,
-    rtpengine derives both from them (its ``new_priority``), and so do we."""
-    type_pref, local = 0, 0  # local: counted down from 65535
-    for priority in priorities:
-        if priority > candidate_priority(local, 1, type_pref):
-            continue
-        type_pref = priority >> 24
-        local = 65535 - ((priority >> 8) & 0xFFFF)
-        if local:
-            local -= 1
-        else:
-            type_pref, local = max(type_pref - 1, 0), 65535
-    return type_pref, local
 
 
 def allowed_suites(sdes: set[str]) -> list[str]:

@@ -8,10 +8,10 @@ import base64
 from typing import Any
 
 from relayd.calls.commands import Commands
+from relayd.calls.ice import RELAY_TYPE_PREFERENCE, Candidate, passthrough_preferences, priority
 from relayd.calls.ports import PortAllocator
 from relayd.calls.signalling import Signalling
 from relayd.calls.timers import Limits
-from relayd.calls.webrtc import candidate_priority, relay_preferences
 from relayd.plane.forwarding import Handover, after_signalling, plan
 from tests.unit.calls import T0, FakeBinder, interfaces, req
 
@@ -431,10 +431,14 @@ def test_force_relay_passes_the_senders_sdp_and_adds_relay_candidates() -> None:
 
 
 def test_relay_preferences_follow_the_partys_own_low_relay_candidates() -> None:
-    assert relay_preferences([]) == (0, 0)
-    assert relay_preferences([41885439]) == (0, 0)  # above ours: nothing to do
-    assert relay_preferences([candidate_priority(0, 1, 0)]) == (0, 65535)
-    assert relay_preferences([candidate_priority(3, 1, 0)]) == (0, 2)
+    def relay(*priorities: int) -> tuple[int, int]:
+        theirs = [Candidate("f", 1, "UDP", p, "192.0.2.9", 9, "relay") for p in priorities]
+        return passthrough_preferences(theirs, "relay", RELAY_TYPE_PREFERENCE)
+
+    assert relay() == (0, 0)
+    assert relay(41885439) == (0, 0)  # above ours: nothing to do
+    assert relay(priority(0, 0, 1)) == (0, 65535)
+    assert relay(priority(0, 3, 1)) == (0, 2)
 
 
 def test_sdes_given_as_a_string_is_ignored_as_rtpengine_does() -> None:
