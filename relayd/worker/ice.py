@@ -24,11 +24,15 @@ Rules:
   the other role and check the pair again (§7.2.5.1).
 * Nomination (§8.1.1, regular): controlling, the first pair that succeeds among the
   agents of one component (:class:`Nomination`) is checked again with USE-CANDIDATE,
-  and its success nominates it; if that check fails, the agent's best other valid
-  pair is. Controlled (and lite), a valid check with USE-CANDIDATE nominates its
-  source at once: the latest nomination wins, which is how a peer moves to another
-  pair. Once a pair of the component is nominated, our checks stop (§8.1.2); the
-  caller latches the party's endpoint there (:mod:`relayd.worker.secure`).
+  and its success nominates it; if that check fails, the group's best other valid
+  pair is, on whichever agent (local address) it is: that agent's check is due at
+  once, from its own socket. An agent with a valid pair stays on its timer while a
+  sibling's nomination may still fail. Controlled (and lite), a valid check with
+  USE-CANDIDATE nominates its source at once: the latest nomination wins, which is
+  how a peer moves to another pair. Turning controlled in a role conflict takes back
+  a nomination of ours in flight (a controlled agent sends no USE-CANDIDATE). Once a
+  pair of the component is nominated, our checks stop (§8.1.2); the caller latches
+  the party's endpoint there (:mod:`relayd.worker.secure`).
 * Our checks carry SOFTWARE first, naming relayd as rtpengine-compatible: rtpengine's
   test suite tells a relay's checks from its own by a SOFTWARE value that starts
   with "rtpengine".
@@ -111,12 +115,26 @@ def parse_candidates(text: str, component: int) -> list[tuple[Address, int]]:
 class Nomination:
     """Shared by the agents of one component's candidates (a socket and its aliases on our
     other local addresses): the one that nominates, so that a controlling relayd nominates
-    one pair per component (RFC 8445 §8.1.1), not one per local address."""
+    one pair per component (RFC 8445 §8.1.1), not one per local address; and all of them,
+    so that a failed nomination moves to the best valid pair of any of them."""
 
-    __slots__ = ("agent",)
+    __slots__ = ("agent", "agents")
 
     def __init__(self) -> None:
         self.agent: IceAgent | None = None
+        self.agents: list[IceAgent] = []
+
+    def best(self) -> tuple[IceAgent, _Pair] | None:
+        """The pair to nominate next, with its agent: the valid pair (succeeded) with the
+        highest remote priority among the group's controlling agents; None: none yet."""
+        found: tuple[IceAgent, _Pair] | None = None
+        for agent in self.agents:
+            if not agent.controlling:
+                continue
+            pair = agent._valid()
+            if pair is not None and (found is None or pair.priority > found[1].priority):
+                found = (agent, pair)
+        return found
 
 
 class _Pair:
@@ -183,6 +201,7 @@ class IceAgent:
         self.checks = 0  # valid checks answered
         self.nominated: Address | None = None
         self.group = Nomination()  # SecurePath.link shares the primary socket's with aliases
+        self.group.agents.append(self)
         self.update(candidates or [])
 
     @property
@@ -197,6 +216,26 @@ class IceAgent:
             return
         for address, priority in candidates:
             self._pair(address, priority)
+
+    def join(self, group: Nomination) -> None:
+        """Nominate together with ``group``'s agents (an alias socket joins its primary's)."""
+        if group is not self.group:
+            self.leave()
+            self.group = group
+            group.agents.append(self)
+
+    def leave(self) -> None:
+        """Leave the group (the socket is closed or has a new agent): nominate alone. A
+        nomination of ours in flight passes to the group's best valid pair, due at once."""
+        group = self.group
+        if self in group.agents:
+            group.agents.remove(self)
+        if group.agent is self:
+            group.agent = None
+            if (best := group.best()) is not None:
+                best[0]._nominate(best[1], 0.0)
+        self.group = Nomination()
+        self.group.agents.append(self)
 
     def _pair(self, remote: Address, priority: int) -> _Pair | None:
         pair = self.pairs.get(remote)
@@ -219,6 +258,12 @@ class IceAgent:
                 when = pair.retry_at
         if any(p.state == "waiting" for p in self.pairs.values()):
             when = self._next_check if when is None else min(when, self._next_check)
+        leader = self.group.agent
+        if leader not in (None, self) and self.controlling and self._valid() is not None:
+            # a sibling nominates: wake up when its check may fail, to nominate in its place
+            for pair in leader.pairs.values():
+                if pair.nominating and (when is None or pair.retry_at < when):
+                    when = pair.retry_at
         return when
 
     def _done(self) -> bool:
@@ -240,8 +285,11 @@ class IceAgent:
                 if pair.nominating:  # no answer to the nomination: try another valid pair
                     pair.nominating = False
                     self.group.agent = None
-                    if (valid := self._valid()) is not None:
-                        sends.append(self._nominate(valid, now))
+                    if (best := self.group.best()) is not None:
+                        agent, valid = best
+                        agent._nominate(valid, now)  # due at once, from the agent's socket
+                        if agent is self:
+                            sends.append(self._send_check(valid, now))
                 continue
             sends.append(self._send_check(pair, now))
         if now >= self._next_check:
@@ -255,12 +303,17 @@ class IceAgent:
     # -- checks of ours --------------------------------------------------------------------------
 
     def _start_check(self, pair: _Pair, now: float) -> Send:
+        self._begin(pair, now)
+        return self._send_check(pair, now)
+
+    def _begin(self, pair: _Pair, now: float) -> None:
+        """A new transaction on ``pair``, its first check due at ``now``."""
         self._transactions.pop(pair.tid, None)
         pair.state = "in-progress"
         pair.tid = os.urandom(12)
         pair.sends = 0
+        pair.retry_at = now
         self._transactions[pair.tid] = pair
-        return self._send_check(pair, now)
 
     def _send_check(self, pair: _Pair, now: float) -> Send:
         """A Binding request on ``pair`` (RFC 8445 §7.2.2), retransmitted until answered."""
@@ -322,12 +375,24 @@ class IceAgent:
         if self.controlling and controlling is not None:
             if self.tie_breaker >= int.from_bytes(controlling, "big"):
                 return True
-            self.controlling = False
+            self._switch_role()
         elif not self.controlling and controlled is not None:
             if self.lite or self.tie_breaker < int.from_bytes(controlled, "big"):
                 return True
-            self.controlling = True
+            self._switch_role()
         return False
+
+    def _switch_role(self) -> None:
+        """Take the other role (a role conflict, §7.2.5.1, §7.3.1.1). Turning controlled, a
+        nomination of ours in flight is taken back: its checks go on without USE-CANDIDATE,
+        and the group may nominate elsewhere should we ever turn controlling again."""
+        self.controlling = not self.controlling
+        if self.controlling:
+            return
+        for pair in self.pairs.values():
+            pair.nominating = False
+        if self.group.agent is self:
+            self.group.agent = None
 
     def _triggered(self, message: StunMessage, source: Address, now: float) -> tuple[Send, ...]:
         """A check back to where a valid check came from (RFC 8445 §7.3.1.4)."""
@@ -356,7 +421,7 @@ class IceAgent:
         if kind == MessageType.BINDING_ERROR:
             error = message.get(Attr.ERROR_CODE) or b""
             if len(error) >= 4 and error[2] * 100 + error[3] == 487:
-                self.controlling = not self.controlling
+                self._switch_role()
                 return Answer(sends=(self._start_check(pair, now),))
             pair.state = "failed"
             return _IGNORE
@@ -366,14 +431,17 @@ class IceAgent:
             return Answer(nominated=True)
         pair.state = "succeeded"
         if self.controlling and self.nominated is None and self.group.agent is None:
-            return Answer(sends=(self._nominate(pair, now),))
+            self._nominate(pair, now)
+            return Answer(sends=(self._send_check(pair, now),))
         return _IGNORE
 
-    def _nominate(self, pair: _Pair, now: float) -> Send:
-        """Check ``pair`` again with USE-CANDIDATE (RFC 8445 §8.1.1), for the whole group."""
+    def _nominate(self, pair: _Pair, now: float) -> None:
+        """Check ``pair`` again with USE-CANDIDATE (RFC 8445 §8.1.1), for the whole group:
+        the check is due at ``now``, and :meth:`handle_timeout` sends it unless the caller
+        does at once (a sibling's pair waits for its own socket's timer)."""
         self.group.agent = self
         pair.nominating = True
-        return self._start_check(pair, now)
+        self._begin(pair, now)
 
     def _valid(self) -> _Pair | None:
         valid = [p for p in self.pairs.values() if p.state == "succeeded"]

@@ -84,8 +84,8 @@ class SecurePath:
         config = SecureConfig.of(spec)
         old = ms.secure
         if config.empty:
+            self.forget(ms)
             ms.secure = None
-            self.timers.discard(ms)
             return
         if old is not None and old.config == config:
             self._keep_nomination(ms, old)
@@ -157,6 +157,8 @@ class SecurePath:
                     family=6 if ms.sock.family == socket.AF_INET6 else 4,
                     component=component,
                 )
+        if old is not None and old.ice is not None and old.ice is not sec.ice:
+            old.ice.leave()  # its group must not pick a pair of an agent nobody runs
         sec.reported = old.reported if old is not None else ("", "")
         ms.secure = sec
         self.timers.discard(ms)
@@ -175,7 +177,7 @@ class SecurePath:
         if own is None or own.ice is None or primary is None or primary.secure is None:
             return
         if primary.secure.ice is not None:
-            own.ice.group = primary.secure.ice.group
+            own.ice.join(primary.secure.ice.group)
 
     def start(self, ms: MediaSocket, now: float) -> None:
         """Send an active stream's ClientHello once the party's endpoint is known on
@@ -195,7 +197,11 @@ class SecurePath:
         self._update_timer(owner, sec)
 
     def forget(self, ms: MediaSocket) -> None:
+        """``ms`` is closed (or has no crypto left): no timers, and its ICE agent leaves
+        its nomination group."""
         self.timers.discard(ms)
+        if ms.secure is not None and ms.secure.ice is not None:
+            ms.secure.ice.leave()
 
     # -- timers -------------------------------------------------------------------------------
 
