@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -385,26 +386,10 @@ def test_daemon_exits_with_key_and_line_on_bad_config(tmp_path: Path) -> None:
 def test_rtpengines_own_test_suite_command_line_starts_relayd() -> None:
     """The command line of rtpengine's t/auto-daemon-tests.pl, short options included."""
     config = load(
-        [
-            "--config-file=none",
-            "-t",
-            "-1",
-            "-i",
-            "203.0.113.1",
-            "-i",
-            "2001:db8:4321::1",
-            "-n",
-            "2223",
-            "-c",
-            "12345",
-            "-f",
-            "-L",
-            "7",
-            "-E",
-            "-u",
-            "2222",
-            "--silence-detect=1",
-        ]
+        shlex.split(
+            "--config-file=none -t -1 -i 203.0.113.1 -i 2001:db8:4321::1 -n 2223 -c 12345"
+            " -f -L 7 -E -u 2222 --silence-detect=1"
+        )
     )
     assert [i.local for i in config.interfaces] == ["203.0.113.1", "2001:db8:4321::1"]
     assert config.listen_ng[1] == 2223
