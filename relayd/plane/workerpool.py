@@ -46,6 +46,24 @@ class WorkerProcess:
     restarts: int = 0
     cpu_seconds: float = 0.0
     packets: int = 0
+    spawned_at: float = 0.0  # time.monotonic() of the last spawn
+    quick_deaths: int = 0  # deaths in a row, each within RESTART_STABLE of its spawn
+
+
+# A worker that dies is started again at once; one that keeps dying soon after its start
+# (a broken installation, a crash on start-up) is started again after a delay that doubles
+# each time, up to RESTART_DELAY_MAX, instead of some thirty times a second.
+RESTART_STABLE = 10.0  # seconds a worker must live for its death to count as the first
+RESTART_DELAY_FIRST = 0.1
+RESTART_DELAY_MAX = 5.0
+
+
+def restart_delay(quick_deaths: int) -> float:
+    """Seconds to wait before starting a worker again after its ``quick_deaths``-th death in a
+    row soon after its start (0: it had lived long enough, start it at once)."""
+    if quick_deaths <= 1:
+        return 0.0
+    return min(RESTART_DELAY_FIRST * 2 ** (quick_deaths - 2), RESTART_DELAY_MAX)
 
 
 @dataclass(frozen=True)
@@ -90,6 +108,7 @@ class WorkerPool:
         self._flush_timer: asyncio.TimerHandle | None = None
         self._listener: socket.socket | None = None
         self._closing = False
+        self._restarts: dict[int, asyncio.TimerHandle] = {}  # worker index: delayed restart
 
     def start(self, worker_socket: str = "") -> None:
         """Spawn the workers, or with ``worker_socket`` wait for them to connect there
@@ -177,6 +196,7 @@ class WorkerPool:
             self.settings.log_format,
         ]
         worker.proc = subprocess.Popen(args, pass_fds=[child.fileno()])
+        worker.spawned_at = time.monotonic()
         child.close()
         worker.pid = worker.proc.pid
         worker.link = parent
@@ -226,15 +246,28 @@ class WorkerPool:
         if self._closing:
             return
         worker.restarts += 1
+        quick = time.monotonic() - worker.spawned_at < RESTART_STABLE
+        worker.quick_deaths = worker.quick_deaths + 1 if quick else 1
+        delay = 0.0 if self.worker_socket else restart_delay(worker.quick_deaths)
         log.error(
             "worker.died",
             worker=worker.index,
             pid=worker.pid,
             code=code,
             medias=self.owner.medias_on(worker),
+            restart_in=delay,
         )
         if self.worker_socket:
             return  # systemd restarts the unit; it connects again and gets its sockets back
+        if delay:
+            self._restarts[worker.index] = loop.call_later(delay, self._restart, worker)
+        else:
+            self._restart(worker)
+
+    def _restart(self, worker: WorkerProcess) -> None:
+        self._restarts.pop(worker.index, None)
+        if self._closing:
+            return
         self._spawn(worker)
         self.owner.worker_ready(worker)
 
@@ -284,6 +317,9 @@ class WorkerPool:
         systemd owns their processes.
         """
         self._closing = True
+        for timer in self._restarts.values():
+            timer.cancel()
+        self._restarts.clear()
         loop = asyncio.get_running_loop()
         if self._listener is not None:
             loop.remove_reader(self._listener.fileno())

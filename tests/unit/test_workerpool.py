@@ -4,13 +4,15 @@ after them, and one flush goes out per batch. A socket pair stands in for a work
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from relayd import ipc
-from relayd.plane.workerpool import WorkerPool, WorkerProcess
+from relayd.plane.workerpool import RESTART_DELAY_MAX, WorkerPool, WorkerProcess, restart_delay
 
 BATCH = 0.05  # longer than relayd's, so that timer granularity does not matter
 
@@ -85,3 +87,42 @@ def test_a_message_sent_at_once_goes_after_what_waits(
         ipc.Drop("c2 0"),
         ipc.Drop("c3 0"),
     ]
+
+
+def test_a_worker_that_keeps_dying_at_start_is_restarted_later_and_later() -> None:
+    """The first death restarts at once (media resumes); deaths in a row soon after each start
+    (a crash on start-up) back off, doubling, up to the maximum."""
+    delays = [restart_delay(n) for n in range(1, 10)]
+    assert delays[0] == 0.0
+    assert delays[1] > 0 and all(b >= a for a, b in itertools.pairwise(delays))
+    assert delays[2] == 2 * delays[1]
+    assert delays[-1] == RESTART_DELAY_MAX
+
+
+def test_a_dead_worker_is_restarted_after_the_back_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    spawned: list[float] = []
+
+    class Ready(Owner):
+        def worker_ready(self, worker: WorkerProcess) -> None:
+            spawned.append(asyncio.get_running_loop().time())
+
+    monkeypatch.setattr("relayd.plane.workerpool.RESTART_DELAY_FIRST", 0.05)
+
+    async def dying() -> tuple[list[float], float]:
+        pool = WorkerPool(Ready(), 1)
+        worker = pool.workers[0]
+        monkeypatch.setattr(pool, "_spawn", lambda w: setattr(w, "spawned_at", time.monotonic()))
+        start = asyncio.get_running_loop().time()
+        worker.spawned_at = time.monotonic()
+        for _ in range(3):  # three deaths, each right after its start
+            pool._lost(worker)
+            while len(spawned) < worker.quick_deaths:
+                await asyncio.sleep(0.01)
+        await pool.stop()
+        return spawned, start
+
+    times, start = asyncio.run(dying())
+    assert len(times) == 3
+    assert times[0] - start < 0.04  # the first: at once
+    assert times[1] - times[0] >= 0.045  # then 0.05 s
+    assert times[2] - times[1] >= 0.095  # then 0.1 s
