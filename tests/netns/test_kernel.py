@@ -249,6 +249,7 @@ def test_spoofed_sender_gets_nothing_through(
 
         before = udp_delivered(topo.relay)
         # the spoofer sends from the caller's port, to both relay ports of the stream
+        assert legs.to_caller is not None  # answered
         spoof.send_rtp(legs.to_caller.rtp_to, 20, first=500, ssrc=0x66666666, tag=6)
         spoof.send_rtp(legs.to_callee.rtp_to, 20, first=600, ssrc=0x66666666, tag=6)
         assert callee.drain(quiet=0.3) == []
@@ -310,6 +311,7 @@ def test_delete_leaves_nothing_behind(
         assert conntrack_entries(topo.relay, RELAY_PORTS) == []
 
         # no stale path: the media of the deleted call goes nowhere
+        assert legs.to_caller is not None  # answered
         caller.send_rtp(legs.to_caller.rtp_to, 3, first=50, ssrc=CALLER_SSRC, tag=1)
         callee.send_rtp(legs.to_callee.rtp_to, 3, first=50, ssrc=CALLEE_SSRC, tag=2)
         assert callee.drain(quiet=0.3) == []
@@ -439,6 +441,7 @@ def test_sigkill_keeps_media_flowing_and_restart_adopts_the_call(
     assert talker.sent > killed_at + 100
     # every packet sent before, during and after the restart arrived, in order, EF
     at_callee, at_caller = received_seqs(callee, talker.sent), received_seqs(caller, talker.sent)
+    assert legs.to_caller is not None  # answered
     for got, source in ((at_callee, legs.to_callee.rtp_to), (at_caller, legs.to_caller.rtp_to)):
         assert [p.seq for p in got] == list(range(1000, 1000 + talker.sent))
         assert {p.source for p in got} == {source}
@@ -485,6 +488,7 @@ def test_restart_removes_forwards_of_calls_that_are_gone(
     assert elements is not None
     assert all(items == [] for items in elements.values()), elements
     assert conntrack_entries(topo.relay, RELAY_PORTS) == []
+    assert legs.to_caller is not None  # answered
     caller.send_rtp(legs.to_caller.rtp_to, 3, first=50, ssrc=CALLER_SSRC, tag=1)
     callee.send_rtp(legs.to_callee.rtp_to, 3, first=50, ssrc=CALLEE_SSRC, tag=2)
     assert callee.drain(quiet=0.3) == [] and caller.drain(quiet=0.0) == []
@@ -511,6 +515,7 @@ def test_restart_without_the_kernel_path_takes_restored_calls_to_userspace(
         before = udp_delivered(topo.relay)
         from_caller, from_callee = exchange(caller, callee, legs, 10, first=100)
         assert_received(callee.receive(10), from_caller, legs.to_callee.rtp_to)
+        assert legs.to_caller is not None  # answered
         assert_received(caller.receive(10), from_callee, legs.to_caller.rtp_to)
         assert udp_delivered(topo.relay) - before == 20  # through the workers
         ok(ng.call("delete", call_id=legs.call_id, delete_delay=0))
@@ -589,6 +594,7 @@ def test_forwards_of_calls_ended_while_nftables_failed_are_removed(
     assert all(items == [] for items in elements.values()), elements
     assert len(table_rules(topo.relay)) == 8
     assert conntrack_entries(topo.relay, RELAY_PORTS) == []
+    assert legs.to_caller is not None  # answered
     caller.send_rtp(legs.to_caller.rtp_to, 3, first=50, ssrc=CALLER_SSRC, tag=1)
     assert callee.drain(quiet=0.3) == [], "the ended call's media still flows"
 

@@ -205,7 +205,7 @@ def check_bad_packets_dropped(
     """Tampered and replayed SRTP/SRTCP: never forwarded, counted in the SRTP party's
     streams' errors; valid packets after them still pass."""
     base = ok(ng.call("query", call_id=call_id))
-    errors_before = [stream_of(base, secure_tag, rtcp)["stats"]["errors"] for rtcp in (0, 1)]
+    errors_before = [stream_of(base, secure_tag, rtcp)["stats"]["errors"] for rtcp in (False, True)]
     for rtcp in (False, True):
         make = rtcp_packet if rtcp else rtp_packet
         protect = srtp.send.protect_rtcp if rtcp else srtp.send.protect
@@ -231,11 +231,11 @@ def check_bad_packets_dropped(
         assert [p.data for p in p_sock.receive(1)] == [good]
 
     def counted(reply: dict[str, Any]) -> bool:
-        errors = [stream_of(reply, secure_tag, rtcp)["stats"]["errors"] for rtcp in (0, 1)]
+        errors = [stream_of(reply, secure_tag, rtcp)["stats"]["errors"] for rtcp in (False, True)]
         return errors == [e + 3 for e in errors_before]
 
     reply = wait_for(ng, call_id, counted)
-    errors = [stream_of(reply, secure_tag, rtcp)["stats"]["errors"] for rtcp in (0, 1)]
+    errors = [stream_of(reply, secure_tag, rtcp)["stats"]["errors"] for rtcp in (False, True)]
     assert errors == [e + 3 for e in errors_before], reply["tags"][secure_tag]
 
 

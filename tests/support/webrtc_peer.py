@@ -52,7 +52,7 @@ def _tone_track(hz: float) -> Any:
     import av
     from aiortc.mediastreams import MediaStreamTrack
 
-    class ToneTrack(MediaStreamTrack):  # type: ignore[misc]
+    class ToneTrack(MediaStreamTrack):
         kind = "audio"
 
         def __init__(self) -> None:
@@ -144,7 +144,7 @@ def _nominate_every_pair() -> None:
             self.check_start_task(pair)
         return bool(pending) or bool(self._remote_candidates_expected())
 
-    ice.Connection._check_periodic = all_at_once
+    ice.Connection._check_periodic = all_at_once  # type: ignore[method-assign]
 
 
 async def _main(role: str, hz: float) -> None:
@@ -167,7 +167,7 @@ async def _main(role: str, hz: float) -> None:
     received = _Received()
     consumers: list[asyncio.Task[None]] = []
 
-    @pc.on("track")  # type: ignore[misc]
+    @pc.on("track")
     def on_track(track: Any) -> None:
         async def consume() -> None:
             while True:

@@ -8,6 +8,7 @@ The test binds the relay sockets itself and passes them with SCM_RIGHTS in a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import select
 import socket
 import subprocess
@@ -78,7 +79,7 @@ class WorkerLink:
                 index = len(fds)
                 fds.append(relay.sock.fileno())
                 self.sent.add(relay.key)
-            sockets.append(ipc.SocketSpec(**{**_fields(spec), "key": relay.key, "fd_index": index}))
+            sockets.append(dataclasses.replace(spec, key=relay.key, fd_index=index))
         self.send(ipc.Forward(media, tuple(sockets)), fds)
 
     def receive(self, timeout: float) -> ipc.Message | None:
@@ -124,7 +125,3 @@ class WorkerLink:
         text = self.log.read().decode(errors="replace")
         self.log.close()
         return text
-
-
-def _fields(spec: ipc.SocketSpec) -> dict[str, object]:
-    return {name: getattr(spec, name) for name in spec.__dataclass_fields__}

@@ -392,7 +392,7 @@ def test_rtpengines_own_test_suite_command_line_starts_relayd() -> None:
         )
     )
     assert [i.local for i in config.interfaces] == ["203.0.113.1", "2001:db8:4321::1"]
-    assert config.listen_ng[1] == 2223
+    assert config.listen_ng is not None and config.listen_ng[1] == 2223
     assert (config.table, config.log_level, config.foreground, config.log_stderr) == (
         -1,
         7,

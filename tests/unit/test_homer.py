@@ -55,7 +55,7 @@ def test_udp() -> None:
 
 def _read_stream(conn: socket.socket, count: int) -> list[bytes]:
     """HEP packets off a TCP stream: each says its own length."""
-    buffer, packets = b"", []
+    buffer, packets = b"", list[bytes]()
     conn.settimeout(2.0)
     while len(packets) < count:
         buffer += conn.recv(65536)

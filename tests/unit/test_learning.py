@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from relayd.ipc import Learning
 from relayd.worker.session import Leg, Verdict
 
 SDP = ("198.51.100.10", 5000)  # what the party's SDP said
@@ -12,7 +13,7 @@ OTHER = ("192.0.2.99", 9999)
 
 
 def _leg(
-    learning: str = "delayed",
+    learning: Learning = "delayed",
     learn_after: float = 3.0,
     *,
     asymmetric: bool = False,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import fields
+from typing import Any
 
 import pytest
 
@@ -18,6 +20,7 @@ def test_a_plain_socket_shares_the_empty_config() -> None:
 
 @pytest.mark.parametrize("name", [f.name for f in fields(SecureConfig)])
 def test_every_crypto_field_alone_makes_a_secure_socket(name: str) -> None:
-    config = SecureConfig.of(SocketSpec("192.0.2.1 30000", **{name: "x"}))
+    crypto: dict[str, Any] = {name: "x"}  # every crypto field is a str
+    config = SecureConfig.of(dataclasses.replace(SocketSpec("192.0.2.1 30000"), **crypto))
     assert not config.empty
     assert getattr(config, name) == "x"

@@ -68,7 +68,7 @@ def test_rfc5769_request_parses_and_verifies() -> None:
 def test_rfc5769_responses_are_reproduced_byte_for_byte(
     address: tuple[str, int], vector: bytes
 ) -> None:
-    attributes = [
+    attributes: list[tuple[int, bytes]] = [
         (Attr.SOFTWARE, b"test vector"),
         (Attr.XOR_MAPPED_ADDRESS, xor_address(address, TID)),
     ]

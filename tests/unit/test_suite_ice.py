@@ -86,7 +86,7 @@ def test_ice_lite_backward_then_forward_keeps_mux_port_and_credentials() -> None
         "a=candidate:1 1 UDP 2130706303 198.51.100.1 2000 typ host",
         "a=rtcp-mux",
     )
-    keys = {"ICE": "remove", "ICE-lite": "backward", "rtcp_mux": ["demux"]}
+    keys: dict[str, Any] = {"ICE": "remove", "ICE-lite": "backward", "rtcp_mux": ["demux"]}
     out = offer(cmds, a, **keys)
     assert not [ln for ln in out if "ice" in ln or "candidate" in ln]
     assert "a=rtcp-mux" not in out
