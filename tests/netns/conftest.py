@@ -9,8 +9,10 @@ is attached to the report of a failing test.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
@@ -22,6 +24,27 @@ PORT_MIN = 30000
 PORT_MAX = 30099
 
 StartRelay = Callable[..., RelaydProcess]
+
+
+class Stoppable(Protocol):
+    def stop(self) -> object: ...
+
+    def log(self) -> str: ...
+
+
+@contextlib.contextmanager
+def stopped_after(request: pytest.FixtureRequest, name: str) -> Iterator[list[Stoppable]]:
+    """A list for the daemons a test starts: each is stopped when the test ends, and a
+    failing test's report gets its log (the last 20,000 characters)."""
+    started: list[Stoppable] = []
+    try:
+        yield started
+    finally:
+        for daemon in started:
+            daemon.stop()
+            report = getattr(request.node, "rep_call", None)
+            if report is not None and report.failed:
+                request.node.add_report_section("call", f"{name} log", daemon.log()[-20000:])
 
 
 def relay_interfaces(topo: Topology) -> list[str]:
@@ -46,32 +69,25 @@ def topo() -> Iterator[Topology]:
 def start_relay(
     topo: Topology, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[StartRelay]:
-    started: list[RelaydProcess] = []
+    with stopped_after(request, "relayd") as started:
 
-    def start(*extra: str) -> RelaydProcess:
-        workdir = tmp_path / f"relayd-{len(started)}"
-        workdir.mkdir()
-        daemon = RelaydProcess(
-            workdir,
-            ng_port=NG_PORT,
-            port_min=PORT_MIN,
-            port_max=PORT_MAX,
-            interface=relay_interfaces(topo),
-            extra=extra,
-            netns=topo.relay,
-        )
-        started.append(daemon)
-        daemon.start()
-        return daemon
+        def start(*extra: str) -> RelaydProcess:
+            workdir = tmp_path / f"relayd-{len(started)}"
+            workdir.mkdir()
+            daemon = RelaydProcess(
+                workdir,
+                ng_port=NG_PORT,
+                port_min=PORT_MIN,
+                port_max=PORT_MAX,
+                interface=relay_interfaces(topo),
+                extra=extra,
+                netns=topo.relay,
+            )
+            started.append(daemon)
+            daemon.start()
+            return daemon
 
-    try:
         yield start
-    finally:
-        for daemon in started:
-            daemon.stop()
-            report = getattr(request.node, "rep_call", None)
-            if report is not None and report.failed:
-                request.node.add_report_section("call", "relayd log", daemon.log()[-20000:])
 
 
 @pytest.hookimpl(wrapper=True)

@@ -55,7 +55,14 @@ from tests.netns.calls import (
     ok,
     udp_delivered,
 )
-from tests.netns.conftest import NG_PORT, PORT_MAX, PORT_MIN, StartRelay, relay_interfaces
+from tests.netns.conftest import (
+    NG_PORT,
+    PORT_MAX,
+    PORT_MIN,
+    StartRelay,
+    relay_interfaces,
+    stopped_after,
+)
 from tests.netns.test_kernel import KERNEL, offloaded
 from tests.netns.test_sdes import Srtp, crypto_lines, master, protocol
 from tests.support.netns import Host, Topology, unavailable
@@ -96,29 +103,22 @@ def start_daemon(
         yield start_relay
         return
     assert DAEMON == "rtpengine", DAEMON
-    started: list[RtpengineProcess] = []
+    with stopped_after(request, "rtpengine") as started:
 
-    def start(*extra: str) -> RtpengineProcess:
-        daemon = RtpengineProcess(
-            tmp_path,
-            ng_port=NG_PORT,
-            port_min=PORT_MIN,
-            port_max=PORT_MAX,
-            interface=relay_interfaces(topo),
-            netns=topo.relay,
-        )
-        started.append(daemon)
-        daemon.start()
-        return daemon
+        def start(*extra: str) -> RtpengineProcess:
+            daemon = RtpengineProcess(
+                tmp_path,
+                ng_port=NG_PORT,
+                port_min=PORT_MIN,
+                port_max=PORT_MAX,
+                interface=relay_interfaces(topo),
+                netns=topo.relay,
+            )
+            started.append(daemon)
+            daemon.start()
+            return daemon
 
-    try:
         yield start
-    finally:
-        for daemon in started:
-            daemon.stop()
-            report = getattr(request.node, "rep_call", None)
-            if report is not None and report.failed:
-                request.node.add_report_section("call", "rtpengine log", daemon.log()[-20000:])
 
 
 # -- SDP ----------------------------------------------------------------------------------------
@@ -567,25 +567,34 @@ def sdes_call(
     return call, to_a, to_b
 
 
-def test_131_sdes_offer_accepted_with_another_suite(
-    topo: Topology, start_daemon: StartDaemon, parties: tuple[Peer, Peer]
+@pytest.mark.parametrize(
+    ("scenario", "transport"),
+    [("131", "RTP/SAVP"), ("133", "RTP/AVP")],
+    ids=["131-sdes", "133-osrtp"],
+)
+def test_131_133_offer_accepted_with_another_suite(
+    topo: Topology,
+    start_daemon: StartDaemon,
+    parties: tuple[Peer, Peer],
+    scenario: str,
+    transport: str,
 ) -> None:
-    """#131 L8135: SRTP both sides, the callee picks a suite relayd added (SHA1_32, tag 8):
-    relayd decrypts with one key and suite and encrypts with another, each way."""
+    """#131 L8135 (RTP/SAVP) and #133 L8297 (OSRTP: RTP/AVP with a=crypto): the callee picks
+    a suite relayd added (SHA1_32, tag 8): relayd decrypts with one key and suite and
+    encrypts with another, each way."""
     with start_daemon().client() as ng:
         call, to_a, to_b = sdes_call(
             topo,
             ng,
-            "131",
-            ("RTP/SAVP 0", ("a=sendrecv", f"a=crypto:1 {SHA1_80} inline:{KEY_A}")),
-            ("RTP/SAVP 0", ("a=sendrecv", f"a=crypto:8 {SHA1_32} inline:{KEY_B}")),
+            scenario,
+            (f"{transport} 0", OSRTP_OFFER),
+            (f"{transport} 0", ("a=sendrecv", f"a=crypto:8 {SHA1_32} inline:{KEY_B}")),
         )
         offered = offered_keys(call.offered)
-        assert protocol(call.offered) == "RTP/SAVP" and len(offered) == 12, call.offered
-        assert offered[1] == (SHA1_80, master(KEY_A))
-        assert offered[8][0] == SHA1_32
+        assert protocol(call.offered) == transport and len(offered) == 12, call.offered
+        assert offered[1] == (SHA1_80, master(KEY_A)) and offered[8][0] == SHA1_32
         [(tag, suite, to_caller_key)] = crypto_lines(call.answered)
-        assert protocol(call.answered) == "RTP/SAVP" and (tag, suite) == (1, SHA1_80)
+        assert protocol(call.answered) == transport and (tag, suite) == (1, SHA1_80)
         assert to_caller_key != master(KEY_A)
         a = Side("A", parties[0], to_a, srtp(SHA1_80, KEY_A, to_caller_key))
         b = Side("B", parties[1], to_b, srtp(SHA1_32, KEY_B, offered[8][1]))
@@ -613,30 +622,6 @@ def test_132_osrtp_offer_accepted_with_the_same_suite(
         # the keys as the suite uses them: packets pass untouched either way
         a = Side("A", parties[0], to_a, srtp(SHA1_80, KEY_B, KEY_A))
         b = Side("B", parties[1], to_b, srtp(SHA1_80, KEY_A, KEY_B))
-        play(a, b, EXCHANGE)
-
-
-def test_133_osrtp_offer_accepted_with_another_suite(
-    topo: Topology, start_daemon: StartDaemon, parties: tuple[Peer, Peer]
-) -> None:
-    """#133 L8297: OSRTP offered, the callee accepts a suite relayd added: re-encryption
-    both ways, as #131 but over RTP/AVP."""
-    with start_daemon().client() as ng:
-        call, to_a, to_b = sdes_call(
-            topo,
-            ng,
-            "133",
-            ("RTP/AVP 0", OSRTP_OFFER),
-            ("RTP/AVP 0", ("a=sendrecv", f"a=crypto:8 {SHA1_32} inline:{KEY_B}")),
-        )
-        offered = offered_keys(call.offered)
-        assert protocol(call.offered) == "RTP/AVP" and len(offered) == 12, call.offered
-        assert offered[1] == (SHA1_80, master(KEY_A)) and offered[8][0] == SHA1_32
-        [(tag, suite, to_caller_key)] = crypto_lines(call.answered)
-        assert protocol(call.answered) == "RTP/AVP" and (tag, suite) == (1, SHA1_80)
-        assert to_caller_key != master(KEY_A)
-        a = Side("A", parties[0], to_a, srtp(SHA1_80, KEY_A, to_caller_key))
-        b = Side("B", parties[1], to_b, srtp(SHA1_32, KEY_B, offered[8][1]))
         play(a, b, EXCHANGE)
 
 

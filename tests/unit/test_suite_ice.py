@@ -270,6 +270,30 @@ def test_priority_and_passthrough_preferences() -> None:
 
 OURS, OUR_PWD = "Ours1234", "ourpasswordourpassword1234"
 THEIRS, THEIR_PWD = "q27e93", "bd5e8b8d6dd8e1bc6"
+
+
+def controlling_socket(
+    address: str, peer: tuple[str, int], extra: str = ""
+) -> tuple[MediaSocket, socket.socket, SocketSpec]:
+    """A relay socket on ``address`` whose spec makes its agent the controlling one, checking
+    ``peer`` (a host candidate of component 1, then ``extra`` candidates)."""
+    relay = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    relay.bind((address, 0))
+    relay.setblocking(False)
+    key = f"{address} {relay.getsockname()[1]}"
+    candidates = ";".join(c for c in (f"{peer[0]} {peer[1]} 2130706431 1", extra) if c)
+    spec = SocketSpec(
+        key,
+        ice_ufrag=OURS,
+        ice_pwd=OUR_PWD,
+        ice_remote_ufrag=THEIRS,
+        ice_remote_pwd=THEIR_PWD,
+        ice_controlling=True,
+        ice_candidates=candidates,
+    )
+    return MediaSocket(relay, Leg(key)), relay, spec
+
+
 HOST = ("198.51.100.4", 2412)
 PRFLX = ("198.51.100.8", 3412)
 
@@ -492,21 +516,8 @@ def test_a_worker_socket_checks_nominates_and_latches_over_loopback() -> None:
     peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     peer.bind(("127.0.0.1", 0))
     peer.settimeout(2)
-    relay = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    relay.bind(("127.0.0.1", 0))
-    relay.setblocking(False)
-    key = f"127.0.0.1 {relay.getsockname()[1]}"
     where = peer.getsockname()
-    spec = SocketSpec(
-        key,
-        ice_ufrag=OURS,
-        ice_pwd=OUR_PWD,
-        ice_remote_ufrag=THEIRS,
-        ice_remote_pwd=THEIR_PWD,
-        ice_controlling=True,
-        ice_candidates=f"{where[0]} {where[1]} 2130706431 1;192.0.2.99 9 1 2",
-    )
-    ms = MediaSocket(relay, Leg(key))
+    ms, relay, spec = controlling_socket("127.0.0.1", where, extra="192.0.2.99 9 1 2")
     path = SecurePath(0, 2048, 64)
     try:
         path.configure(ms, spec)

@@ -15,10 +15,8 @@ import socket
 import pytest
 from aioice import stun as aioice_stun
 
-from relayd.ipc import SocketSpec
 from relayd.worker.ice import MAX_SENDS, IceAgent
 from relayd.worker.secure import SecurePath
-from relayd.worker.session import Leg
 from relayd.worker.sockets import MediaSocket
 from tests.unit.test_suite_ice import (
     HOST,
@@ -28,6 +26,7 @@ from tests.unit.test_suite_ice import (
     THEIR_PWD,
     THEIRS,
     agent,
+    controlling_socket,
     our_check,
     success,
     their_check,
@@ -169,20 +168,7 @@ def test_the_worker_sends_the_siblings_nomination_from_the_siblings_socket(first
     sockets: list[MediaSocket] = []
     try:
         for address in ("127.0.0.1", "127.0.0.2"):
-            relay = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            relay.bind((address, 0))
-            relay.setblocking(False)
-            key = f"{address} {relay.getsockname()[1]}"
-            ms = MediaSocket(relay, Leg(key))
-            spec = SocketSpec(
-                key,
-                ice_ufrag=OURS,
-                ice_pwd=OUR_PWD,
-                ice_remote_ufrag=THEIRS,
-                ice_remote_pwd=THEIR_PWD,
-                ice_controlling=True,
-                ice_candidates=f"{where[0]} {where[1]} 2130706431 1",
-            )
+            ms, _, spec = controlling_socket(address, where)
             path.configure(ms, spec)
             ms.crypto = True
             sockets.append(ms)
