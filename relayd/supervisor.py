@@ -47,6 +47,7 @@ logger = log.get_logger("relayd")
 
 _TICK = 0.25  # seconds between timer runs
 _TICKS_PER_SECOND = 4
+_REAP_BATCH = 128  # due calls judged between two looks at the ng sockets
 
 
 class Supervisor:
@@ -99,8 +100,12 @@ class Supervisor:
             calls=self.calls,
             place=self.media.least_loaded,
             on_teardown=self._teardown,
+            refresh=self._refresh_due,
         )
-        self.kernel = KernelPath(config.table, config.tos) if config.table >= 0 else None
+        # the kernel forwards to relay sockets: at most one counter element for each
+        local = {address.local for address in interfaces.all}
+        capacity = (config.port_max - config.port_min + 1) * max(len(local), 1)
+        self.kernel = KernelPath(config.table, config.tos, capacity) if config.table >= 0 else None
         state_dir = _state_dir(config.state_dir)
         self.journal = Journal(state_dir) if state_dir else None
         self.handover = KernelHandover(
@@ -147,6 +152,10 @@ class Supervisor:
     ) -> dict[str, Any]:
         if req.unknown:
             logger.warning("ng.unknown_keys", command=req.command, keys=req.unknown)
+        if req.command in ("query", "delete") and known is not None:
+            self.handover.refresh([known])  # the reply's counters as the kernel has them now
+        elif req.command == "statistics":
+            self.handover.refresh_all()
         reply = self.commands.handle(req, time.time())
         result = reply.get("result")
         call = self.calls.get(req.call_id) if req.call_id else None
@@ -189,7 +198,7 @@ class Supervisor:
         self.updates.forget(call)
         token = log.bind_call(call.call_id, worker=call.worker)
         try:
-            self.handover.forget(call.call_id)
+            self.handover.forget(call)
             self.media.drop(call)
             if self.journal is not None:
                 self.journal.forget(call.call_id)
@@ -257,23 +266,45 @@ class Supervisor:
         logger.info("relayd.stopped", calls=len(self.calls))
 
     async def _reap(self) -> None:
-        # Every 250 ms: calls whose deadline came (only those: Commands.reap), the
-        # journal, conntrack settling, Homer; every second the kernel counters and rates.
+        # Every 250 ms: calls whose deadline came (only those: Commands.reap, in batches
+        # with the loop free for ng in between), the journal, conntrack settling, Homer;
+        # every second the worker rates and, after an nftables failure, a retry. Nothing
+        # here costs more with more calls: what no timer is due for is not looked at.
         tick = 0
         while True:
             await asyncio.sleep(_TICK)
             tick += 1
             try:
-                self.commands.reap(time.time())
+                await self._reap_due()
                 if self.journal is not None:
                     self.journal.flush()
                 self.handover.settle(time.monotonic())
                 self.ops.pump()
                 if tick % _TICKS_PER_SECOND == 0:
-                    self.handover.tick(time.time())
+                    self.handover.tick()
                     self.ops.tick()
             except Exception:
                 logger.exception("timer.failed")
+
+    async def _reap_due(self) -> None:
+        """The calls whose deadlines came, _REAP_BATCH at a time (each batch's kernel
+        counters read in one netlink exchange), ng requests served between batches."""
+        now = time.time()
+        self.commands.reap(now, _REAP_BATCH)
+        while self.commands.timers.pending(now):
+            await asyncio.sleep(0)
+            self.commands.reap(now, _REAP_BATCH)
+
+    def _refresh_due(self, calls: list[Call], now: float) -> None:
+        self.handover.refresh(calls, now)
+
+    def refresh_counters(self, call_id: str | None = None) -> None:
+        """What the kernel forwarded, folded into the streams now: for one call, or all
+        (``relayctl``, ``/metrics``)."""
+        if call_id is None:
+            self.handover.refresh_all()
+        elif (call := self.calls.get(call_id)) is not None:
+            self.handover.refresh([call])
 
     # -- restart ------------------------------------------------------------------------------
 

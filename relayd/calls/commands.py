@@ -49,7 +49,9 @@ class Commands:
 
     ``calls`` is the registry (its owner may share it, read only, with others);
     ``place`` picks the worker a new call goes to; ``on_teardown`` hears of every
-    call that leaves the registry, whatever ended it.
+    call that leaves the registry, whatever ended it; ``refresh`` brings the media
+    counters of calls whose timers came due up to date before they are judged (media
+    the kernel forwarded is read only then).
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class Commands:
         calls: dict[str, Call] | None = None,
         place: Callable[[], int] = lambda: 0,
         on_teardown: Callable[[Teardown], None] | None = None,
+        refresh: Callable[[list[Call], float], None] | None = None,
     ) -> None:
         self.signalling = signalling
         self.limits = limits
@@ -70,6 +73,7 @@ class Commands:
         self.timers = TimerHeap()
         self.place = place
         self.on_teardown = on_teardown
+        self.refresh = refresh
         self._handlers: dict[str, Callable[[Request, float], dict[str, Any]]] = {
             "ping": self.ping,
             "offer": self.offer,
@@ -232,11 +236,15 @@ class Commands:
 
     # -- timers -------------------------------------------------------------------------------
 
-    def reap(self, now: float) -> list[Teardown]:
+    def reap(self, now: float, limit: int | None = None) -> list[Teardown]:
         """End the calls whose delete-delay ran out, or that hit a timeout (offer, final,
-        media); only calls whose earliest deadline has come are looked at."""
+        media); only calls whose earliest deadline has come are looked at, at most
+        ``limit`` of them (the rest wait for the next run: :meth:`TimerHeap.pending`)."""
         gone: list[Teardown] = []
-        for call in self.timers.due(now, self.calls):
+        due = list(self.timers.due(now, self.calls, limit))
+        if due and self.refresh is not None:
+            self.refresh(due, now)
+        for call in due:
             teardown = self._expire(call, now)
             if teardown is not None:
                 gone.append(teardown)

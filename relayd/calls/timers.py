@@ -127,17 +127,26 @@ class TimerHeap:
             self._stale += 1
             call.reap_at = 0.0
 
-    def due(self, now: float, calls: Mapping[str, Call]) -> Iterator[Call]:
-        """Pop the calls whose moment has come; each must be expired or scheduled again."""
+    def due(
+        self, now: float, calls: Mapping[str, Call], limit: int | None = None
+    ) -> Iterator[Call]:
+        """Pop the calls whose moment has come (at most ``limit``); each must be expired or
+        scheduled again."""
         entries = self.entries
-        while entries and entries[0][0] <= now:
+        left = -1 if limit is None else limit
+        while entries and entries[0][0] <= now and left != 0:
             when, call_id = heapq.heappop(entries)
             call = calls.get(call_id)
             if call is None or call.reap_at != when:
                 self._stale = max(self._stale - 1, 0)
                 continue  # gone, or rescheduled since (its newer entry counts)
             call.reap_at = 0.0
+            left -= 1
             yield call
+
+    def pending(self, now: float) -> bool:
+        """Whether an entry's moment has come (stale ones included: popping them is cheap)."""
+        return bool(self.entries) and self.entries[0][0] <= now
 
     def rebuild(self, calls: Mapping[str, Call], limits: Limits) -> None:
         """Limits changed (reload): every call's deadline anew."""

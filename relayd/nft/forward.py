@@ -22,9 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from relayd.nft import conntrack
+from relayd.nft.elements import ElementCount, SetElements, encode_key
 from relayd.nft.libnft import DEFAULT_LIBRARY, Libnft, NftError
 from relayd.nft.ruleset import (
     DEFAULT_MARK,
+    DEFAULT_SIZE,
     DEFAULT_TOS,
     Counter,
     Endpoint,
@@ -33,12 +35,16 @@ from relayd.nft.ruleset import (
     Table,
     TableState,
     add_commands,
+    count_commands,
     delete_commands,
     list_set_command,
     list_table_command,
     map_script,
+    object_commands,
     parse_counters,
     parse_state,
+    recount_commands,
+    rule_commands,
     table_commands,
 )
 
@@ -91,13 +97,15 @@ class KernelForwarder:
         *,
         tos: int | None = DEFAULT_TOS,
         mark: int = DEFAULT_MARK,
+        size: int = DEFAULT_SIZE,
         library: str = DEFAULT_LIBRARY,
     ) -> None:
-        self.table = Table(table, tos, mark)
+        self.table = Table(table, tos, mark, size)
         self._library = library
         self._nft: Libnft | None = None
         self._reader: Libnft | None = None
         self._ctnetlink = conntrack.Ctnetlink()
+        self._elements = SetElements(table)
 
     @property
     def nft(self) -> Libnft:
@@ -121,6 +129,7 @@ class KernelForwarder:
                 ctx.close()
         self._nft = self._reader = None
         self._ctnetlink.close()
+        self._elements.close()
 
     def available(self) -> Availability:
         """Check root, libnftables, nft and ctnetlink without changing anything; never raises."""
@@ -138,12 +147,33 @@ class KernelForwarder:
             self._ctnetlink.probe()
         except Exception as exc:
             return Availability(False, f"conntrack unusable: {exc}")
+        try:
+            self._elements.exists("count4")  # the socket the counter reads use, opened now
+        except Exception as exc:
+            return Availability(False, f"nf_tables netlink unusable: {exc}")
         return Availability(True)
 
     def ensure_table(self) -> None:
-        """Create the table, or repair its sets, chains and rules; elements are kept."""
+        """Create the table, or repair its sets, chains and rules; elements are kept.
+
+        A table of an earlier layout (counter sets without timeouts, which nft cannot
+        change in place) gets new counter sets, with an element for every forward it
+        holds, in one transaction: its forwards keep going, their counts start at zero.
+        """
         self.nft.run_script(map_script(self.table))
-        self.nft.run(table_commands(self.table))
+        try:
+            self.nft.run(object_commands(self.table))
+        except NftError as exc:
+            if "File exists" not in str(exc):
+                raise
+            keys = self.state().forwards().keys()
+            self.nft.run(
+                recount_commands(self.table)
+                + table_commands(self.table)
+                + count_commands(self.table, keys)
+            )
+            return
+        self.nft.run(rule_commands(self.table))
 
     def destroy_table(self) -> None:
         """Delete the table (if present), then the conntrack entries of its forwards."""
@@ -219,11 +249,38 @@ class KernelForwarder:
         return self.state().forwards()
 
     def counters(self) -> dict[ForwardKey, Counter]:
-        """Packets and bytes per forward, counted before NAT on every packet."""
+        """Packets and bytes per forward, counted before NAT on every packet (a listing of
+        both counter sets through libnftables: for start-up and tests; the kernel path
+        reads with :meth:`counts` and :meth:`all_counts`)."""
         docs: list[dict[str, Any] | None] = [
             self._lister.run([list_set_command(self.table, name)]) for name in ("count4", "count6")
         ]
         return parse_counters(docs, self.table)
+
+    def counts(self, keys: Iterable[ForwardKey]) -> dict[ForwardKey, ElementCount]:
+        """The counter elements of these forwards, each read alone (a hash lookup in the
+        kernel, whatever the table's size); a key without an element is left out."""
+        wire: dict[int, dict[bytes, ForwardKey]] = {4: {}, 6: {}}
+        for key in keys:
+            wire[key.version][encode_key(key)] = key
+        found: dict[ForwardKey, ElementCount] = {}
+        for version, wanted in wire.items():
+            if wanted:
+                for data, count in self._elements.get(f"count{version}", wanted).items():
+                    found[wanted[data]] = count
+        return found
+
+    def present(self) -> bool:
+        """Whether the table (its IPv4 counter set) is still there: a cheap look, whatever
+        the table holds."""
+        return self._elements.exists("count4")
+
+    def all_counts(self) -> dict[bytes, ElementCount]:
+        """Every counter element of both families, by its key as the kernel holds it
+        (:func:`relayd.nft.elements.encode_key`)."""
+        found = self._elements.dump("count4")
+        found.update(self._elements.dump("count6"))
+        return found
 
     def forget_flows(self, forwards: Iterable[Forward]) -> None:
         """Delete the conntrack entries of installed forwards again: one made in between by

@@ -13,9 +13,16 @@ Rules of the layout (docs/architecture.md "Kernel path", docs/kernel.md):
   ``snat4``/``snat6`` (map, key → R')
       looked up in ``nat`` postrouting on the conntrack *original* tuple, which
       is the same 4-tuple;
-  ``count4``/``count6`` (set with a counter per element)
-      looked up in a ``filter`` chain at prerouting priority mangle, which sees
-      every packet, whereas nat chains only see a flow's first one.
+  ``count4``/``count6`` (set with a counter per element, and a timeout)
+      updated from a ``filter`` chain at prerouting priority mangle, which sees
+      every packet, whereas nat chains only see a flow's first one. A packet of a
+      forward (its key is in ``dnat4``/``dnat6``) adds to its element's counter
+      and refreshes the element's timeout (:data:`ACTIVITY_TIMEOUT`), so the time
+      left before it would expire says when its last packet came: relayd reads an
+      element when it needs to know (a call's timeout due, ``query``), never on a
+      clock (:mod:`relayd.nft.elements`). An element whose forward stays silent
+      for the whole timeout expires; its forward's next packet adds it again,
+      counting from zero.
 
   Anyone else's packets (another source, another port) match nothing and fall
   through to the worker socket: the kernel path is immune to RTP bleed.
@@ -42,6 +49,7 @@ from ipaddress import ip_address
 from typing import Any, NamedTuple
 
 __all__ = [
+    "ACTIVITY_TIMEOUT",
     "CHAINS",
     "DEFAULT_MARK",
     "DEFAULT_TOS",
@@ -52,12 +60,16 @@ __all__ = [
     "Table",
     "TableState",
     "add_commands",
+    "count_commands",
     "delete_commands",
     "list_set_command",
     "list_table_command",
     "map_script",
+    "object_commands",
     "parse_counters",
     "parse_state",
+    "recount_commands",
+    "rule_commands",
     "stream",
     "table_commands",
 ]
@@ -68,6 +80,12 @@ DEFAULT_TOS = 0xB8
 """TOS byte as rtpengine's ``tos`` option gives it: 184 = DSCP 46 (EF)."""
 DEFAULT_MARK = 0x00100000
 """The conntrack mark bit that flags a flow translated by relayd."""
+ACTIVITY_TIMEOUT = 86400
+"""Seconds a counter element lives without a packet (one day: longer than any media
+timeout; rtpengine's ``timeout`` is 60 s by default)."""
+DEFAULT_SIZE = 65536
+"""Counter elements per address family: one per relay socket that the kernel forwards
+to, so a port range's size per local address."""
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
 
@@ -169,6 +187,8 @@ class Table:
     tos: int | None = DEFAULT_TOS
     """TOS byte for forwarded packets (its DSCP bits are set; ECN is kept); None: leave it."""
     mark: int = DEFAULT_MARK
+    size: int = DEFAULT_SIZE
+    """The most counter elements per family (the kernel refuses more: ``ENFILE``)."""
 
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):
@@ -177,6 +197,8 @@ class Table:
             raise ValueError(f"tos out of range: {self.tos}")
         if not 0 < self.mark < 1 << 32:
             raise ValueError(f"ct mark out of range: {self.mark}")
+        if not 0 < self.size < 1 << 32:
+            raise ValueError(f"set size out of range: {self.size}")
 
     def handle(self, **kw: Any) -> dict[str, Any]:
         return {"family": "inet", "table": self.name, **kw}
@@ -220,6 +242,11 @@ def _in_set(key: Command, name: str) -> Command:
     return {"match": {"op": "==", "left": key, "right": f"@{name}"}}
 
 
+def _count(version: int) -> Command:
+    key = _packet_key(version)
+    return {"set": {"op": "update", "elem": key, "set": f"@count{version}"}}
+
+
 def _nat(kind: str, version: int, key: Command, name: str) -> Command:
     addr = {"map": {"key": key, "data": f"@{name}"}}
     return {kind: {"family": _FAMILY[version][0], "addr": addr}}
@@ -229,7 +256,7 @@ def _rules(table: Table, v: int) -> list[tuple[str, list[Command]]]:
     ct_mark = {"ct": {"key": "mark"}}
     mark = [{"mangle": {"key": ct_mark, "value": {"|": [ct_mark, table.mark]}}}]
     rules = [
-        ("prerouting_count", [_l4_udp(), _in_set(_packet_key(v), f"count{v}")]),
+        ("prerouting_count", [_l4_udp(), _in_set(_packet_key(v), f"dnat{v}"), _count(v)]),
         (
             "prerouting_nat",
             [
@@ -255,21 +282,40 @@ def _rules(table: Table, v: int) -> list[tuple[str, list[Command]]]:
 
 
 def table_commands(table: Table) -> list[Command]:
-    """Counter sets, chains and rules, after :func:`map_script`; idempotent, elements untouched.
+    """Counter sets, chains and rules, after :func:`map_script`; idempotent, elements untouched:
+    :func:`object_commands`, then :func:`rule_commands`."""
+    return object_commands(table) + rule_commands(table)
 
-    The chains are flushed and their rules added again in the same transaction,
-    so a changed ``tos`` or a damaged rule is repaired atomically while
-    established flows (held by conntrack) keep going.
-    """
+
+def object_commands(table: Table) -> list[Command]:
+    """The table, its counter sets and chains (``add``: whatever exists is kept).
+
+    A transaction of its own before :func:`rule_commands`: libnftables 1.0.6 resolves a
+    JSON rule's ``@set`` against the sets it found in the kernel, not against one added
+    earlier in the same batch (a missing counter set would fail the whole repair)."""
     cmds: list[Command] = [{"add": {"table": {"family": "inet", "name": table.name}}}]
     for version, (_, _, addr) in _FAMILY.items():
         set_type = [addr, "inet_service", addr, "inet_service"]
-        counted = table.handle(name=f"count{version}", type=set_type, stmt=[{"counter": None}])
+        counted = table.handle(
+            name=f"count{version}",
+            type=set_type,
+            flags=["timeout"],  # nft adds "dynamic" itself: the counting rule updates it
+            timeout=ACTIVITY_TIMEOUT,
+            size=table.size,
+            stmt=[{"counter": None}],
+        )
         cmds.append({"add": {"set": counted}})
     for name, (kind, hook, prio) in CHAINS.items():
         base = table.handle(name=name, type=kind, hook=hook, prio=prio, policy="accept")
         cmds.append({"add": {"chain": base}})
-    cmds.extend({"flush": {"chain": table.handle(name=name)}} for name in CHAINS)
+    return cmds
+
+
+def rule_commands(table: Table) -> list[Command]:
+    """The chains flushed and their rules added again, in one transaction, so a changed
+    ``tos`` or a damaged rule is repaired atomically while established flows (held by
+    conntrack) keep going."""
+    cmds: list[Command] = [{"flush": {"chain": table.handle(name=name)}} for name in CHAINS]
     for version in _FAMILY:
         for chain_name, expr in _rules(table, version):
             cmds.append({"add": {"rule": table.handle(chain=chain_name, expr=expr)}})
@@ -304,6 +350,24 @@ def add_commands(table: Table, forwards: Iterable[Forward]) -> list[Command]:
         cmds += _elements(table, "add", f"dnat{v}", dnat[v])
         cmds += _elements(table, "add", f"snat{v}", snat[v])
         cmds += _elements(table, "add", f"count{v}", count[v])
+    return cmds
+
+
+def count_commands(table: Table, keys: Iterable[ForwardKey]) -> list[Command]:
+    """Add the counter elements alone (after the counter sets were made anew)."""
+    count: dict[int, list[Any]] = {4: [], 6: []}
+    for key in keys:
+        count[key.version].append(_key_value(key))
+    return [cmd for v in _FAMILY for cmd in _elements(table, "add", f"count{v}", count[v])]
+
+
+def recount_commands(table: Table) -> list[Command]:
+    """Drop the counter sets (their chain flushed first, it refers to them), so that
+    :func:`table_commands` makes them anew: how a table of an earlier layout, whose
+    counter sets had no timeouts, is brought up to date."""
+    cmds: list[Command] = [{"flush": {"chain": table.handle(name="prerouting_count")}}]
+    for version in _FAMILY:
+        cmds.append({"delete": {"set": table.handle(name=f"count{version}")}})
     return cmds
 
 

@@ -111,6 +111,8 @@ def _list(state: RelayState, args: list[str], now: float) -> dict[str, Any]:
     calls = state.commands.calls
     if what == "numsessions":
         return {"own": len(calls), "foreign": 0, "total": len(calls)}
+    if what in ("sessions", "totals"):
+        state.refresh_counters()
     if what == "sessions":
         return {"sessions": [_call_summary(c, now) for c in calls.values()]}
     if what == "totals":
@@ -131,6 +133,7 @@ def _list(state: RelayState, args: list[str], now: float) -> dict[str, Any]:
         call = calls.get(args[1])
         if call is None:
             raise AdminError(f"call-id {args[1]!r} not found")
+        state.refresh_counters(call.call_id)
         return _call_detail(call, now)
     raise AdminError("list what? numsessions, sessions, totals or callid CALLID")
 
@@ -161,6 +164,7 @@ def _kernel(state: RelayState) -> dict[str, Any]:
     kernel = state.kernel
     if kernel is None:
         return {"enabled": False, "table": None, "reason": "table = -1", "forwards": []}
+    state.refresh_counters()
     kernelized = stream_paths(state.commands.calls.values())["kernel"]
     forwards = []
     for call_id, entries in sorted(kernel.installed.items()):

@@ -174,4 +174,5 @@ class Operations:
 
 
 def _metrics_text(state: RelayState) -> str:
+    state.refresh_counters()
     return metrics.render(metrics.collect(state, time.time()))

@@ -47,6 +47,11 @@ class RelayState(Protocol):
 
     def reload(self) -> dict[str, Any]: ...
 
+    def refresh_counters(self, call_id: str | None = None) -> None:
+        """Fold what the kernel forwarded into the streams now (one call, or all): kernel
+        counters are read when someone looks, not on a clock."""
+        ...
+
 
 def streams_of(call: Call) -> Iterator[tuple[Monologue, Media, Stream]]:
     """Every stream of the call's current dialogues (earlier forks left out), once."""

@@ -2,9 +2,11 @@
 
 The supervisor calls in at the moments that matter: a worker report that confirmed
 endpoints (:meth:`KernelHandover.offload`), signalling (:meth:`unoffload`), the end
-of a call (:meth:`forget`), start-up after a restart (:meth:`adopt`) and once a
-second (:meth:`tick`: kernel counters into the streams, retries after an nftables
-failure). Rules:
+of a call (:meth:`forget`), start-up after a restart (:meth:`adopt`), a reader of
+a call's counters (:meth:`refresh`: its timeout due, ``query``, ``delete``) or of
+all of them (:meth:`refresh_all`: ``/metrics``, ``statistics``, ``relayctl``), and
+once a second (:meth:`tick`: retries after an nftables failure, nothing per call).
+Rules:
 
 * The workers hear first that a stream is kernelized (they stop relaying on its
   sockets), then the forwards go in: a packet sent from a socket the kernel had
@@ -12,14 +14,17 @@ failure). Rules:
 * A stream is marked kernelized exactly while its forward is in the table.
 * After an nftables failure every stream goes back to the workers; once nftables
   works again the table is made to hold exactly the calls' kernel legs.
+* What the kernel counted is folded into the streams before their forwards leave
+  the table, so no packet goes uncounted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 
 from relayd.calls.model import Call, Stream
-from relayd.plane.kernel import KernelPath
+from relayd.plane.kernel import KernelPath, Traffic
 from relayd.plane.media import MediaPlane
 from relayd.plane.offload import KernelLeg, back_to_userspace, kernel_legs, mark_kernelized
 
@@ -81,6 +86,8 @@ class KernelHandover:
         kernel = self.kernel
         if kernel is None or not kernel.enabled:
             return
+        if call.call_id in self.in_kernel:
+            self.refresh([call])  # its forwards may change: what they counted first
         legs = [leg for leg in self.legs(call) if kernel.accepts(leg)]
         changed = mark_kernelized(call, {leg.socket for leg in legs})
         if changed:
@@ -99,38 +106,68 @@ class KernelHandover:
 
     def unoffload(self, call: Call) -> None:
         """Signalling: the call's streams return to the workers, which learn anew."""
-        self.forget(call.call_id)
+        self.forget(call)
         back_to_userspace(call)
         self._after_change()
 
-    def forget(self, call_id: str) -> None:
-        """The call's forwards leave the table (it ended, or is signalled again)."""
+    def forget(self, call: Call) -> None:
+        """The call's forwards leave the table (it ended, or is signalled again), what they
+        counted folded into its streams first."""
+        if call.call_id not in self.in_kernel:
+            return
+        self.refresh([call])
         if self.kernel is not None:
-            self.kernel.drop(call_id)
-        self.in_kernel.discard(call_id)
+            self.kernel.drop(call.call_id)
+        self.in_kernel.discard(call.call_id)
+
+    def refresh(self, calls: Iterable[Call], wall: float | None = None) -> None:
+        """Fold what the kernel forwarded for these calls since their last read into their
+        streams (``wall``: now, for ``last_packet``); calls with nothing in the kernel cost
+        nothing."""
+        kernel = self.kernel
+        if kernel is None:
+            return
+        wanted = [call.call_id for call in calls if call.call_id in self.in_kernel]
+        if wanted:
+            self._fold(kernel.read(wanted), time.time() if wall is None else wall)
+            self._after_change()
+
+    def refresh_all(self, wall: float | None = None) -> None:
+        """Fold what the kernel forwarded since the last read, for every call."""
+        kernel = self.kernel
+        if kernel is None or not self.in_kernel:
+            return
+        self._fold(kernel.read_all(), time.time() if wall is None else wall)
+        self._after_change()
+
+    def _fold(self, traffic: Mapping[str, Traffic], wall: float) -> None:
+        streams = self.media.reports.streams
+        for key, count in traffic.items():
+            stream = streams.get(key)
+            if stream is None:
+                continue
+            stats = stream.stats
+            stats.packets += count.packets
+            stats.bytes += count.bytes
+            stats.last_packet = max(stats.last_packet, wall - count.idle)
+            self.on_traffic(stream, count.packets, count.bytes)
 
     def settle(self, now: float) -> None:
         """Conntrack entries of recent hand-overs deleted once more (see plane/kernel.py)."""
         if self.kernel is not None:
             self.kernel.settle(now)
 
-    def tick(self, wall: float) -> None:
-        """Once a second: retry nftables after a failure, and fold what the kernel forwarded
-        since the last read into the streams (``wall``: their ``last_packet``)."""
+    def tick(self) -> None:
+        """Once a second: a look that the table is still there while it carries streams,
+        and after an nftables failure, a new try (every 10 s). Nothing here is per call:
+        counters are read when someone needs them."""
         kernel = self.kernel
         if kernel is None:
             return
+        if self.in_kernel:
+            kernel.check()
         if kernel.retry_due() and kernel.start():
             self._resume(kernel)
-        for key, count in kernel.deltas().items():
-            stream = self.media.reports.streams.get(key)
-            if stream is None:
-                continue
-            stats = stream.stats
-            stats.packets += count.packets
-            stats.bytes += count.bytes
-            stats.last_packet = wall
-            self.on_traffic(stream, count.packets, count.bytes)
         self._after_change()
 
     def _resume(self, kernel: KernelPath) -> None:

@@ -5,20 +5,31 @@ The shell around :class:`relayd.nft.KernelForwarder`. Decisions come from
 reads the element counters, and survives nftables failures: the first failure
 is logged, every stream returns to the workers, and the table is re-created
 when nftables works again.
+
+Counters are read when someone needs them, never on a clock: a call's own forwards
+(:meth:`KernelPath.read`: when its timeout comes due, on ``query`` and ``delete``,
+before its forwards change), or every forward (:meth:`KernelPath.read_all`: for
+``/metrics``, ``statistics`` and ``relayctl``). The kernel keeps the time of each
+forward's last packet itself (the counter element's timeout, which every packet
+refreshes), so a call that reads silent at its deadline has been silent since then,
+and relayd's idle cost does not grow with the number of calls in the kernel.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 from relayd.calls.model import Endpoint as ModelEndpoint
 from relayd.log import get_logger
 from relayd.nft import Counter, Endpoint, Forward, ForwardKey, KernelForwarder, NftError
+from relayd.nft.elements import ElementCount, encode_key
+from relayd.nft.ruleset import ACTIVITY_TIMEOUT
 from relayd.plane.offload import KernelLeg
 
-__all__ = ["KernelPath", "table_name"]
+__all__ = ["KernelPath", "Traffic", "table_name"]
 
 log = get_logger("relayd.plane.kernel")
 
@@ -45,6 +56,16 @@ def _ip_forwarding() -> tuple[bool, bool]:
     )
 
 
+class Traffic(NamedTuple):
+    """What the kernel forwarded from one relay socket since the last read: packets and
+    bytes (UDP payload, as the workers and rtpengine count), and how many seconds ago
+    the last of them came."""
+
+    packets: int
+    bytes: int
+    idle: float
+
+
 def _nft(ep: ModelEndpoint) -> Endpoint:
     return Endpoint(ep.address, ep.port)
 
@@ -60,14 +81,17 @@ class KernelPath:
     the hand-over (relayd/plane/handover.py) tries again every 10 s (:meth:`retry_due`).
     """
 
-    def __init__(self, table: int, tos: int) -> None:
+    def __init__(self, table: int, tos: int, capacity: int = 65536) -> None:
         self.name = table_name(table)
-        self.forwarder = KernelForwarder(self.name, tos=tos or None)
+        # one counter element per relay socket the kernel forwards to, at most
+        self.forwarder = KernelForwarder(self.name, tos=tos or None, size=max(capacity, 1024))
         self.enabled = False
         self.reason = "not started"
         self.ipv6 = False
         self.installed: dict[str, dict[ForwardKey, tuple[str, Forward]]] = {}  # by call-id
         self._counts: dict[ForwardKey, Counter] = {}
+        # every installed forward by its key as the kernel holds it (what a dump returns)
+        self._wire: dict[bytes, tuple[ForwardKey, str]] = {}
         self._failed_at = 0.0
         # forwards installed a moment ago: their conntrack entries are deleted once more
         # after the worker has surely stopped sending from their sockets (see settle)
@@ -114,6 +138,21 @@ class KernelPath:
         self._failed_at = time.monotonic()
         self.installed.clear()
         self._counts.clear()
+        self._wire.clear()
+
+    def check(self) -> bool:
+        """Whether the table is still there (someone may have deleted it, or flushed the
+        ruleset); when not, the kernel path turns off as after any nftables failure."""
+        if not self.enabled:
+            return False
+        try:
+            if self.forwarder.present():
+                return True
+            reason = f"table {self.name} or its counters are gone"
+        except NftError as exc:
+            reason = f"nft failed: {exc}"
+        self._disable(reason)
+        return False
 
     def retry_due(self) -> bool:
         return not self.enabled and time.monotonic() - self._failed_at >= _RETRY_AFTER
@@ -144,8 +183,7 @@ class KernelPath:
         except NftError as exc:
             self._disable(f"nft failed: {exc}")
             return set()
-        for key in stale:
-            self._counts.pop(key, None)
+        self._untrack(stale)
         if fresh:
             log.info("kernel.offload", call_id=call_id, forwards=len(fresh))
             self._settling.append((time.monotonic(), fresh))
@@ -153,6 +191,7 @@ class KernelPath:
             log.info("kernel.unoffload", call_id=call_id, forwards=len(stale))
         if wanted:
             self.installed[call_id] = wanted
+            self._track(wanted)
         else:
             self.installed.pop(call_id, None)
         return {socket for socket, _ in wanted.values()}
@@ -166,10 +205,18 @@ class KernelPath:
             self.forwarder.remove(current.keys())
         except NftError as exc:
             self._disable(f"nft failed: {exc}")
-        for key in current:
-            self._counts.pop(key, None)
+        self._untrack(current)
         log.info("kernel.unoffload", call_id=call_id, forwards=len(current))
         return True
+
+    def _track(self, entries: Mapping[ForwardKey, tuple[str, Forward]]) -> None:
+        for key, (socket, _) in entries.items():
+            self._wire[encode_key(key)] = (key, socket)
+
+    def _untrack(self, keys: Iterable[ForwardKey]) -> None:
+        for key in keys:
+            self._counts.pop(key, None)
+            self._wire.pop(encode_key(key), None)
 
     def adopt(self, calls: dict[str, list[KernelLeg]]) -> dict[str, set[str]]:
         """After a restart: keep the restored calls' forwards as they are (their media
@@ -197,6 +244,9 @@ class KernelPath:
         self.installed = per_call
         # counters already counted before the restart are not counted twice
         self._counts = {k: counts.get(k, Counter(0, 0)) for e in per_call.values() for k in e}
+        self._wire.clear()
+        for entries in per_call.values():
+            self._track(entries)
         if self._failed_at:
             # back after a failure: until now the workers relayed these streams, and one
             # may still send a packet in flight from a socket taken over here, leaving a
@@ -234,29 +284,64 @@ class KernelPath:
         """The last counters read per installed forward (packets and bytes since install)."""
         return self._counts
 
-    def deltas(self) -> dict[str, Counter]:
-        """Packets and bytes forwarded since the last call, by bypassed socket key."""
-        if not self.enabled or not self.installed:
+    def read(self, call_ids: Iterable[str]) -> dict[str, Traffic]:
+        """What the kernel forwarded for these calls since their last read, by bypassed
+        socket key: one lookup per forward, whatever the table holds."""
+        if not self.enabled:
+            return {}
+        keys = [key for cid in call_ids for key in self.installed.get(cid, ())]
+        if not keys:
             return {}
         try:
-            counts = self.forwarder.counters()
+            counts = self.forwarder.counts(keys)
         except NftError as exc:
             self._disable(f"reading counters failed: {exc}")
             return {}
-        sockets = {k: s for call in self.installed.values() for k, (s, _) in call.items()}
-        result: dict[str, Counter] = {}
+        result: dict[str, Traffic] = {}
         for key, count in counts.items():
-            socket = sockets.get(key)
-            if socket is None:
-                continue
-            before = self._counts.get(key, Counter(0, 0))
-            self._counts[key] = count
-            if count.packets > before.packets:
-                packets = count.packets - before.packets
-                # nft counts IP packets; userspace counters (and rtpengine) count UDP payload
-                header = _IPV6_UDP if ":" in key.relay.address else _IPV4_UDP
-                result[socket] = Counter(packets, count.bytes - before.bytes - packets * header)
+            entry = self._wire.get(encode_key(key))
+            if entry is not None:
+                self._fold(key, entry[1], count, result)
         return result
+
+    def read_all(self) -> dict[str, Traffic]:
+        """What the kernel forwarded since the last read, for every forward (one dump of
+        each counter set): for the figures over all calls."""
+        if not self.enabled or not self._wire:
+            return {}
+        try:
+            counts = self.forwarder.all_counts()
+        except NftError as exc:
+            self._disable(f"reading counters failed: {exc}")
+            return {}
+        result: dict[str, Traffic] = {}
+        for wire, count in counts.items():
+            entry = self._wire.get(wire)
+            if entry is not None:
+                self._fold(entry[0], entry[1], count, result)
+        return result
+
+    def _fold(
+        self, key: ForwardKey, socket: str, count: ElementCount, result: dict[str, Traffic]
+    ) -> None:
+        before = self._counts.get(key, Counter(0, 0))
+        if count.packets < before.packets:
+            # the element expired after a day without packets, and a packet added it anew
+            before = Counter(0, 0)
+        self._counts[key] = Counter(count.packets, count.bytes)
+        if count.packets == before.packets:
+            return
+        packets = count.packets - before.packets
+        # nft counts IP packets; userspace counters (and rtpengine) count UDP payload
+        header = _IPV6_UDP if ":" in key.relay.address else _IPV4_UDP
+        size = count.bytes - before.bytes - packets * header
+        left = count.expires_ms if count.expires_ms is not None else ACTIVITY_TIMEOUT * 1000
+        idle = max(ACTIVITY_TIMEOUT * 1000 - left, 0) / 1000
+        earlier = result.get(socket)
+        if earlier is not None:  # two sources towards one socket, both in the kernel
+            packets, size = packets + earlier.packets, size + earlier.bytes
+            idle = min(idle, earlier.idle)
+        result[socket] = Traffic(packets, size, idle)
 
     def close(self) -> None:
         self.forwarder.close()

@@ -275,6 +275,30 @@ def test_spoofed_sender_gets_nothing_through(
         kernel_exchange(topo.relay, caller, callee, legs, 5, first=20)
 
 
+def test_media_in_the_kernel_keeps_a_call_alive_and_its_silence_ends_it(
+    topo: Topology, start_relay: StartRelay, peers: tuple[Peer, Peer]
+) -> None:
+    """relayd reads a kernelized call's counters only when its timeout comes due: media
+    the kernel forwarded moves the deadline (to the last packet, which the kernel's
+    element keeps), and a call silent for ``timeout`` ends then, not a period later."""
+    relay = start_relay(*KERNEL, "--timeout", "3")
+    caller, callee = peers
+    with relay.client() as ng:
+        legs = kernelized_call(ng, topo, caller, callee)
+        with Talker(caller, callee, legs, first=1000, interval=0.05) as talker:
+            time.sleep(5.0)  # no query meanwhile: only the timer reads the counters
+            assert legs.call_id in ok(ng.call("list"))["calls"], "reaped while media flowed"
+        silent = time.monotonic()
+        assert talker.sent > 50
+        while legs.call_id in ok(ng.call("list"))["calls"]:
+            assert time.monotonic() - silent < 6.0, "the silent call was not reaped"
+            time.sleep(0.05)
+        gone = time.monotonic() - silent
+        print(f"silent call reaped {gone:.2f} s after its last packet (timeout 3 s)")
+        assert 2.5 <= gone <= 4.5
+    assert "reason=timeout" in relay.log() or "'timeout'" in relay.log()
+
+
 def test_delete_leaves_nothing_behind(
     topo: Topology, start_relay: StartRelay, peers: tuple[Peer, Peer]
 ) -> None:
@@ -580,7 +604,7 @@ def test_forwards_of_calls_ended_while_nftables_failed_are_removed(
             run_in(topo.relay, "nft", *command.split())
         reply = wait_for(ng, legs.call_id, neither_kernelized, timeout=3.0)
         assert neither_kernelized(reply)
-        assert "reading counters failed" in relay.log()
+        assert "table relayd or its counters are gone" in relay.log()  # the once-a-second look
         ok(ng.call("delete", call_id=legs.call_id, delete_delay=0))
         # the table re-created (kernel.enabled) and then reconciled with the calls there
         # are (kernel.reconciled, logged once at start and once now): its last step

@@ -41,6 +41,8 @@ from relayd.nft import (
     NftError,
     stream,
 )
+from relayd.nft.elements import encode_key
+from relayd.nft.ruleset import ACTIVITY_TIMEOUT
 from tests.support.conntrack import count_entries, delete_entries
 
 pytestmark = pytest.mark.netns
@@ -64,6 +66,19 @@ def _skip_reason() -> str | None:
 
 def _run(*args: str) -> str:
     proc = subprocess.run(args, capture_output=True, text=True, timeout=10)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def _run_in_relay(lab: Lab, *args: str, stdin: str | None = None) -> str:
+    proc = subprocess.run(
+        ["ip", "netns", "exec", lab.ns("relay"), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(args)}: {proc.stderr.strip()}")
     return proc.stdout
@@ -260,6 +275,74 @@ def test_kernel_forwards_both_ways_with_ef_and_exact_counters(
     assert counters[to_callee.key] == (20, 20 * size)
     assert counters[to_caller.key] == (15, 15 * size)
     assert fwd.list_installed() == {to_callee.key: to_callee, to_caller.key: to_caller}
+    # the netlink reads relayd's timers use say the same, one element or all of them
+    counts = fwd.counts([to_callee.key, to_caller.key])
+    assert [counts[k][:2] for k in (to_callee.key, to_caller.key)] == [
+        (20, 20 * size),
+        (15, 15 * size),
+    ]
+    assert {k: c[:2] for k, c in fwd.all_counts().items()} == {
+        encode_key(to_callee.key): (20, 20 * size),
+        encode_key(to_caller.key): (15, 15 * size),
+    }
+
+
+def test_the_counter_elements_say_when_the_last_packet_came(lab: Lab, fwd: KernelForwarder) -> None:
+    call = V4
+    caller, callee = lab.udp("caller", call.caller), lab.udp("callee", call.callee)
+    to_callee, to_caller = call.forwards
+    fwd.install(call.forwards)
+    _send(caller, call.relay_a, 3)
+    assert len(_recv(callee, 3)) == 3
+    time.sleep(1.5)  # silence on this direction; the other never spoke
+    counts = fwd.counts([to_callee.key, to_caller.key])
+    spoken, silent = counts[to_callee.key], counts[to_caller.key]
+    assert spoken.packets == 3 and spoken.expires_ms is not None
+    idle = ACTIVITY_TIMEOUT - spoken.expires_ms / 1000
+    assert 1.3 <= idle <= 3.0, idle
+    assert silent.packets == 0
+    _send(caller, call.relay_a, 1)  # a packet refreshes it
+    assert len(_recv(callee, 1)) == 1
+    fresh = fwd.counts([to_callee.key])[to_callee.key]
+    assert fresh.packets == 4
+    assert fresh.expires_ms is not None and ACTIVITY_TIMEOUT - fresh.expires_ms / 1000 < 1.0
+    absent = Forward(Endpoint("10.88.1.2", 4999), call.relay_a, call.relay_b, call.callee)
+    assert absent.key not in fwd.counts([absent.key])  # no element: left out, no error
+    assert fwd.present()
+    _run_in_relay(lab, "nft", "delete", "table", "inet", TABLE)
+    assert not fwd.present()
+
+
+def test_an_older_table_gets_counters_with_timeouts_and_keeps_its_forwards(
+    lab: Lab, fwd: KernelForwarder
+) -> None:
+    """A table of relayd before the timed counters: plain counter sets. Brought up to date
+    in place; its forwards keep forwarding and are counted in the new sets."""
+    call = V4
+    caller, callee = lab.udp("caller", call.caller), lab.udp("callee", call.callee)
+    fwd.install(call.forwards)
+    older = f"""
+flush chain inet {TABLE} prerouting_count
+delete set inet {TABLE} count4
+delete set inet {TABLE} count6
+add set inet {TABLE} count4 {{ type ipv4_addr . inet_service . ipv4_addr . inet_service; counter; }}
+add set inet {TABLE} count6 {{ type ipv6_addr . inet_service . ipv6_addr . inet_service; counter; }}
+"""
+    _run_in_relay(lab, "nft", "-f", "-", stdin=older)
+    _run_in_relay(
+        lab,
+        "nft",
+        f"add rule inet {TABLE} prerouting_count meta l4proto udp "
+        f"ip saddr . udp sport . ip daddr . udp dport @count4",
+    )
+    fwd.ensure_table()
+    listing = _run_in_relay(lab, "nft", "list", "set", "inet", TABLE, "count4")
+    assert "timeout 1d" in listing
+    assert "counter" in listing
+    _send(caller, call.relay_a, 2)
+    assert len(_recv(callee, 2)) == 2
+    assert fwd.counts([call.forwards[0].key])[call.forwards[0].key].packets == 2
+    assert fwd.list_installed() == {f.key: f for f in call.forwards}
 
 
 def test_a_spoofed_sender_falls_through_to_the_relay_socket(lab: Lab, fwd: KernelForwarder) -> None:
@@ -280,6 +363,8 @@ def test_a_spoofed_sender_falls_through_to_the_relay_socket(lab: Lab, fwd: Kerne
     )
     assert _quiet(callee) == 0
     assert fwd.counters()[call.forwards[0].key] == (0, 0)
+    # strangers' packets add no element of their own to the counter sets
+    assert set(fwd.all_counts()) == {encode_key(f.key) for f in call.forwards}
 
     _send(caller, call.relay_a, 1)  # the learned source still goes through
     assert [sender for _, sender, _ in _recv(callee, 1)] == [call.relay_b]

@@ -27,10 +27,14 @@ class State:
     kernel: KernelPath | None = None
     counters: Counters = field(default_factory=Counters)
     reloads: int = 0
+    refreshed: list[str | None] = field(default_factory=list)
 
     def reload(self) -> dict[str, Any]:
         self.reloads += 1
         return {"applied": {"timeout": [60, 30]}, "restart": ["port-min"], "source": "x"}
+
+    def refresh_counters(self, call_id: str | None = None) -> None:
+        self.refreshed.append(call_id)
 
 
 def _state(calls: int = 1) -> tuple[State, list[Teardown]]:

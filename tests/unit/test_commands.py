@@ -282,6 +282,41 @@ def test_media_moves_a_calls_deadline() -> None:
     assert [t.reason for t in cmds.reap(T0 + 110)] == ["timeout"]
 
 
+def test_reap_refreshes_the_due_calls_counters_before_judging_them() -> None:
+    """Media the kernel forwarded is read only when a call's deadline comes: the refresh
+    hook sees exactly the due calls, and what it folds in keeps a call alive."""
+    cmds, _ = build(limits=Limits(timeout=60))
+    _call(cmds, "quiet")
+    _call(cmds, "talking")
+    _call(cmds, "later")
+    cmds.calls["later"].last_signal = T0 + 30
+    cmds.schedule(cmds.calls["later"])
+    refreshed: list[list[str]] = []
+
+    def refresh(calls: list[Call], now: float) -> None:
+        refreshed.append(sorted(c.call_id for c in calls))
+        talking = cmds.calls["talking"].monologues["a"].medias[0].streams[0]
+        talking.stats.last_packet = now - 2  # the kernel's element: 2 s ago
+
+    cmds.refresh = refresh
+    gone = cmds.reap(T0 + 60)
+    assert refreshed == [["quiet", "talking"]]  # not "later": its moment has not come
+    assert [t.call.call_id for t in gone] == ["quiet"]
+    assert cmds.calls["talking"].reap_at == T0 + 118  # the last packet + timeout
+
+
+def test_reap_takes_at_most_its_limit_and_says_when_more_are_due() -> None:
+    cmds, _ = build(limits=Limits(timeout=60))
+    for n in range(5):
+        _call(cmds, f"c{n}")
+    assert len(cmds.reap(T0 + 60, limit=2)) == 2
+    assert cmds.timers.pending(T0 + 60)
+    assert len(cmds.reap(T0 + 60, limit=2)) == 2
+    assert len(cmds.reap(T0 + 60, limit=2)) == 1
+    assert not cmds.timers.pending(T0 + 60)
+    assert cmds.calls == {}
+
+
 def test_timer_entries_of_finished_calls_do_not_pile_up() -> None:
     """An offer's entry is an hour away (offer-timeout) and an answer replaces it: with
     calls coming and going, the heap is rebuilt before old entries outnumber the calls."""

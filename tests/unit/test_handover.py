@@ -17,8 +17,8 @@ import pytest
 from relayd.calls.commands import Commands
 from relayd.calls.model import Call, Stream
 from relayd.ipc import socket_key
-from relayd.nft import Counter
 from relayd.plane.handover import KernelHandover
+from relayd.plane.kernel import Traffic
 from relayd.plane.offload import KernelLeg, kernel_legs
 from relayd.plane.reports import Reports
 from tests.unit.calls import B_ADDR, LOCAL4, T0, build, req, sdp
@@ -44,8 +44,9 @@ class FakeKernel:
     fail_next_sync: bool = False
     due: bool = False  # retry_due()
     starts: bool = True  # whether start() turns it on
+    table_gone: bool = False  # check() finds the table deleted from outside
     adopt_result: dict[str, set[str]] | None = None
-    pending: dict[str, Counter] = field(default_factory=dict)  # what deltas() returns next
+    pending: dict[str, Traffic] = field(default_factory=dict)  # what the next read returns
     synced: list[tuple[str, list[KernelLeg]]] = field(default_factory=list)
     adopted: list[dict[str, list[KernelLeg]]] = field(default_factory=list)
     settled: list[float] = field(default_factory=list)
@@ -78,13 +79,26 @@ class FakeKernel:
     def retry_due(self) -> bool:
         return not self.enabled and self.due
 
+    def check(self) -> bool:
+        self.log.append(("kernel.check", ""))
+        if self.table_gone:
+            self.enabled = False
+        return self.enabled
+
     def start(self) -> bool:
         self.log.append(("kernel.start", ""))
         self.enabled = self.starts
         return self.enabled
 
-    def deltas(self) -> dict[str, Counter]:
-        self.log.append(("kernel.deltas", ""))
+    def read(self, call_ids: Iterable[str]) -> dict[str, Traffic]:
+        self.log.append(("kernel.read", " ".join(call_ids)))
+        return self._pending()
+
+    def read_all(self) -> dict[str, Traffic]:
+        self.log.append(("kernel.read_all", ""))
+        return self._pending()
+
+    def _pending(self) -> dict[str, Traffic]:
         if not self.enabled:
             return {}
         pending, self.pending = self.pending, {}
@@ -220,7 +234,8 @@ def test_offload_tells_the_workers_before_the_kernel_and_marks_what_the_kernel_t
     assert rig.handover.in_kernel == {"c1"}
     rig.log.clear()
     rig.handover.offload(call)  # a report with nothing new: the table is kept in step only
-    assert rig.log == [("kernel.sync", "c1")]
+    # (what its forwards counted read first: they might change)
+    assert rig.log == [("kernel.read", "c1"), ("kernel.sync", "c1")]
     assert rig.handover.in_kernel == {"c1"}
 
 
@@ -266,7 +281,7 @@ def test_a_call_in_the_kernel_leaves_in_kernel_when_its_sync_installs_nothing() 
     rig.kernel.uninstallable = set(_all_keys(call))
     rig.handover.offload(call)
     # the marks did not change before the sync (same legs): the workers hear only after
-    assert rig.log == [("kernel.sync", "c1"), ("media.sync", "c1"), ("changed", "c1")]
+    assert rig.log == events("kernel.read c1", "kernel.sync c1", "media.sync c1", "changed c1")
     assert rig.media.told == [("c1", frozenset())]
     assert set(_marks(call).values()) == {False}
     assert rig.handover.in_kernel == set()
@@ -293,7 +308,8 @@ def test_unoffload_drops_the_forwards_and_hands_every_stream_back_unconfirmed() 
     call = rig.offloaded()
     assert [(s.kernelized, s.confirmed) for s in _streams(call)] == [(True, True)] * 4
     rig.handover.unoffload(call)
-    assert rig.log == [("kernel.drop", "c1")]  # the workers hear with the signalling's update
+    # counts read, forwards dropped; the workers hear with the signalling's update
+    assert rig.log == [("kernel.read", "c1"), ("kernel.drop", "c1")]
     assert rig.handover.in_kernel == set()
     assert [(s.kernelized, s.confirmed) for s in _streams(call)] == [(False, False)] * 4
 
@@ -301,8 +317,8 @@ def test_unoffload_drops_the_forwards_and_hands_every_stream_back_unconfirmed() 
 def test_forget_drops_only_that_calls_forwards() -> None:
     rig = _rig()
     one, two = rig.offloaded("c1"), rig.offloaded("c2")
-    rig.handover.forget("c1")
-    assert rig.log == [("kernel.drop", "c1")]
+    rig.handover.forget(one)
+    assert rig.log == [("kernel.read", "c1"), ("kernel.drop", "c1")]
     assert rig.handover.in_kernel == {"c2"}
     assert set(_marks(two).values()) == {True}
     assert _marks(one) != _marks(two)  # two calls, two sets of sockets
@@ -321,6 +337,7 @@ def test_after_nftables_fails_in_an_offload_every_call_goes_back_to_the_workers(
     assert not rig.kernel.enabled
     assert sorted(rig.media.told) == [("c1", frozenset()), ("c2", frozenset())]
     assert [e for e in rig.log if e[0] != "changed"] == [
+        ("kernel.read", "c1"),
         ("kernel.sync", "c1"),
         ("media.sync", "c1"),
         ("media.sync", "c2"),
@@ -336,7 +353,7 @@ def test_after_nftables_failed_elsewhere_the_next_tick_hands_every_call_back() -
     rig.call("c3", confirmed=False)
     rig.log.clear()
     rig.kernel.enabled = False  # e.g. reading the counters or deleting conntrack entries failed
-    rig.handover.tick(T0 + 1)
+    rig.handover.tick()
     assert sorted(rig.media.told) == [("c1", frozenset()), ("c2", frozenset())]
     assert sorted(e for e in rig.log if e[0] == "media.sync") == [
         ("media.sync", "c1"),
@@ -346,11 +363,27 @@ def test_after_nftables_failed_elsewhere_the_next_tick_hands_every_call_back() -
     assert set(_marks(one).values()) == set(_marks(two).values()) == {False}
     assert rig.handover.in_kernel == set()
     rig.log.clear()
-    rig.handover.tick(T0 + 2)  # nothing more to hand back
-    assert rig.log == [("kernel.deltas", "")]
+    rig.handover.tick()  # nothing more to hand back, and nothing read
+    assert rig.log == []
 
 
 # -- once a second ----------------------------------------------------------------------------
+
+
+def test_tick_looks_for_the_table_only_while_it_carries_streams() -> None:
+    rig = _rig()
+    rig.handover.tick()
+    assert rig.log == []  # nothing in the kernel: nothing to look at
+    call = rig.offloaded()
+    rig.handover.tick()
+    assert rig.log == [("kernel.check", "")]  # one look, however many calls
+    rig.log.clear()
+    rig.kernel.table_gone = True  # deleted from outside: every stream back to the workers
+    rig.handover.tick()
+    assert rig.log[0] == ("kernel.check", "")
+    assert ("media.sync", "c1") in rig.log
+    assert set(_marks(call).values()) == {False}
+    assert rig.handover.in_kernel == set()
 
 
 def test_tick_retries_nftables_and_adopts_every_call_once_it_works_again() -> None:
@@ -358,21 +391,18 @@ def test_tick_retries_nftables_and_adopts_every_call_once_it_works_again() -> No
     confirmed = rig.call("c1")  # confirmed while nftables was down: offload did nothing
     rig.handover.offload(confirmed)
     learning = rig.call("c2", confirmed=False)
-    rig.handover.tick(T0)
-    assert rig.log == [("kernel.deltas", "")]  # retry not due: not even tried
-    rig.log.clear()
+    rig.handover.tick()
+    assert rig.log == []  # retry not due: not even tried
     rig.kernel.due, rig.kernel.starts = True, False
-    rig.handover.tick(T0 + 10)
-    assert rig.log == [("kernel.start", ""), ("kernel.deltas", "")]  # still failing: no adopt
+    rig.handover.tick()
+    assert rig.log == [("kernel.start", "")]  # still failing: no adopt
     assert rig.kernel.adopted == []
     rig.log.clear()
     rig.kernel.starts = True
-    rig.handover.tick(T0 + 20)
+    rig.handover.tick()
     # as in an offload: the workers (relaying every call meanwhile) hear first, then the
     # table is made to hold exactly the calls' legs
-    assert rig.log == events(
-        "kernel.start", "media.sync c1", "changed c1", "kernel.adopt", "kernel.deltas"
-    )
+    assert rig.log == events("kernel.start", "media.sync c1", "changed c1", "kernel.adopt")
     assert [{cid: set(legs) for cid, legs in a.items()} for a in rig.kernel.adopted] == [
         {"c1": set(kernel_legs(confirmed)), "c2": set()}
     ]
@@ -387,7 +417,7 @@ def test_when_nftables_is_back_what_the_table_did_not_take_goes_back_to_the_work
     a_rtp, a_rtcp, b_rtp, b_rtcp = _four(call)
     rig.kernel.due, rig.kernel.refused = True, {a_rtcp}
     rig.kernel.adopt_result = {"c1": {b_rtp, b_rtcp}}
-    rig.handover.tick(T0)
+    rig.handover.tick()
     assert rig.log == events(
         "kernel.start",
         "media.sync c1",
@@ -395,29 +425,77 @@ def test_when_nftables_is_back_what_the_table_did_not_take_goes_back_to_the_work
         "kernel.adopt",
         "changed c1",
         "media.sync c1",
-        "kernel.deltas",
     )
     # first what the kernel accepts, then what the table holds
     _only_b_ends_in_kernel(rig, call, told_first={a_rtp, b_rtp, b_rtcp})
 
 
-def test_tick_folds_the_kernels_counts_into_the_streams_and_reports_them() -> None:
-    rig = _rig()
-    call = rig.offloaded()
+def _tracked(rig: Rig, call: Call) -> tuple[dict[str, Stream], str, str]:
     a_rtp, _ = _keys(call, "a")
     b_rtp, _ = _keys(call, "b")
     streams = {socket_key(s.local.local, s.port): s for s in _streams(call)}
     rig.media.reports.track(a_rtp, streams[a_rtp])
     rig.media.reports.track(b_rtp, streams[b_rtp])
+    return streams, a_rtp, b_rtp
+
+
+def test_refresh_folds_the_kernels_counts_into_the_streams_and_reports_them() -> None:
+    rig = _rig()
+    call = rig.offloaded()
+    streams, a_rtp, b_rtp = _tracked(rig, call)
     stats = streams[a_rtp].stats
     stats.packets, stats.bytes, stats.last_packet = 10, 1600, T0  # the workers' counts so far
-    rig.kernel.pending = {a_rtp: Counter(3, 480), "198.51.100.99 4000": Counter(7, 700)}
-    rig.handover.tick(T0 + 5)
-    assert (stats.packets, stats.bytes, stats.last_packet) == (13, 2080, T0 + 5)
+    rig.kernel.pending = {a_rtp: Traffic(3, 480, 2.0), "198.51.100.99 4000": Traffic(7, 700, 0)}
+    rig.log.clear()
+    rig.handover.refresh([call], T0 + 5)
+    # the last packet came 2 s before the read, as the kernel's element says
+    assert (stats.packets, stats.bytes, stats.last_packet) == (13, 2080, T0 + 3)
     other = streams[b_rtp].stats
     assert (other.packets, other.bytes, other.last_packet) == (0, 0, 0.0)  # no delta for it
     assert rig.traffic == [(streams[a_rtp], 3, 480)]  # the unknown socket is ignored
-    assert rig.log == [("kernel.deltas", "")]
+    assert rig.log == [("kernel.read", "c1")]
+
+
+def test_refresh_reads_only_calls_in_the_kernel_and_never_moves_last_packet_back() -> None:
+    rig = _rig()
+    kernelized = rig.offloaded("c1")
+    learning = rig.call("c2", confirmed=False)
+    streams, a_rtp, _ = _tracked(rig, kernelized)
+    streams[a_rtp].stats.last_packet = T0 + 9  # a worker saw a packet later than the kernel
+    rig.kernel.pending = {a_rtp: Traffic(1, 160, 6.0)}
+    rig.log.clear()
+    rig.handover.refresh([learning], T0 + 10)
+    assert rig.log == []  # nothing of it in the kernel: no read at all
+    rig.handover.refresh([learning, kernelized], T0 + 10)
+    assert rig.log == [("kernel.read", "c1")]
+    assert streams[a_rtp].stats.last_packet == T0 + 9
+
+
+def test_refresh_all_reads_every_forward_once() -> None:
+    rig = _rig()
+    one, two = rig.offloaded("c1"), rig.offloaded("c2")
+    first, a1, _ = _tracked(rig, one)
+    second, a2, _ = _tracked(rig, two)
+    rig.kernel.pending = {a1: Traffic(5, 800, 0.5), a2: Traffic(2, 320, 1.5)}
+    rig.log.clear()
+    rig.handover.refresh_all(T0 + 4)
+    assert rig.log == [("kernel.read_all", "")]
+    assert (first[a1].stats.packets, first[a1].stats.last_packet) == (5, T0 + 3.5)
+    assert (second[a2].stats.packets, second[a2].stats.last_packet) == (2, T0 + 2.5)
+
+
+def test_forwards_leave_the_table_only_after_their_counts_were_read() -> None:
+    rig = _rig()
+    call = rig.offloaded()
+    streams, a_rtp, _ = _tracked(rig, call)
+    rig.kernel.pending = {a_rtp: Traffic(4, 640, 0.0)}
+    rig.log.clear()
+    rig.handover.unoffload(call)
+    assert rig.log[:2] == [("kernel.read", "c1"), ("kernel.drop", "c1")]
+    assert streams[a_rtp].stats.packets == 4
+    rig.log.clear()
+    rig.handover.forget(call)  # no longer in the kernel: nothing to read or drop
+    assert rig.log == []
 
 
 # -- after a restart --------------------------------------------------------------------------

@@ -73,7 +73,8 @@ def _rules(proto: str, v: int, nfproto: str) -> list[dict[str, Any]]:
     exprs = {
         "prerouting_count": [
             UDP,
-            {"match": {"op": "==", "left": _key(proto), "right": f"@count{v}"}},
+            {"match": {"op": "==", "left": _key(proto), "right": f"@dnat{v}"}},
+            {"set": {"op": "update", "elem": _key(proto), "set": f"@count{v}"}},
         ],
         "prerouting_nat": [
             UDP,
@@ -95,17 +96,30 @@ def _rules(proto: str, v: int, nfproto: str) -> list[dict[str, Any]]:
 
 
 def test_table_commands_are_exact() -> None:
-    counter_set = {"type": ["ipv4_addr", "inet_service", "ipv4_addr", "inet_service"]}
+    # counters that every packet refreshes, expiring after a day of silence
+    timed = {"flags": ["timeout"], "timeout": 86400, "size": 65536}
+    counter = {"stmt": [{"counter": None}]}
     assert table_commands(Table()) == [
         {"add": {"table": {"family": "inet", "name": "relayd"}}},
-        {"add": {"set": {**T, "name": "count4", **counter_set, "stmt": [{"counter": None}]}}},
+        {
+            "add": {
+                "set": {
+                    **T,
+                    "name": "count4",
+                    "type": ["ipv4_addr", "inet_service", "ipv4_addr", "inet_service"],
+                    **timed,
+                    **counter,
+                }
+            }
+        },
         {
             "add": {
                 "set": {
                     **T,
                     "name": "count6",
                     "type": ["ipv6_addr", "inet_service", "ipv6_addr", "inet_service"],
-                    "stmt": [{"counter": None}],
+                    **timed,
+                    **counter,
                 }
             }
         },
