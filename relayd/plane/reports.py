@@ -9,6 +9,7 @@ its own counts to the same streams.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 from relayd import ipc
@@ -57,8 +58,11 @@ class Reports:
             stream = self.streams.get(entry.key)
             if stream is None:
                 continue
-            packets, size, errors = self.reported.get(entry.key, (0, 0, 0))
-            self.reported[entry.key] = (entry.packets, entry.bytes, entry.errors)
+            last = self.reported.get(entry.key)
+            packets, size, errors = (0, 0, 0) if last is None else last
+            # the decoded key's interned copy: the one socket_key gave the stream's maps
+            key = entry.key if last is not None else sys.intern(entry.key)
+            self.reported[key] = (entry.packets, entry.bytes, entry.errors)
             if entry.packets < packets:  # a new worker counts from zero again
                 packets = size = errors = 0
             new_packets, new_bytes = entry.packets - packets, entry.bytes - size
@@ -95,9 +99,15 @@ class Reports:
             elif holder is not None:
                 continue
             learned = parse_key(entry.endpoint)
-            if learned is not None:
-                stream.endpoint = Endpoint(*learned)
+            if learned is not None and not _same(stream.endpoint, learned):
+                # mostly the endpoint the SDP gave: that one is kept, not a copy of it
+                advertised = stream.advertised_endpoint
+                stream.endpoint = advertised if _same(advertised, learned) else Endpoint(*learned)
             if stream.confirmed != entry.confirmed:
                 stream.confirmed = entry.confirmed
                 changed.add(stream.call_id)
         return total, changed
+
+
+def _same(endpoint: Endpoint | None, address: tuple[str, int]) -> bool:
+    return endpoint is not None and (endpoint.address, endpoint.port) == address

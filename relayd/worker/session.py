@@ -97,6 +97,8 @@ class Leg:
         return Verdict.FORWARD
 
     def _learn(self, source: Address, now: float) -> None:
+        if source == self.expect:
+            source = self.expect  # the SDP's address, mostly: kept, not a second copy of it
         mode = self.learning
         if mode == "immediate":
             self.endpoint, self.confirmed = source, True

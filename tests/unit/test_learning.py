@@ -168,3 +168,15 @@ def test_heuristic_reset_forgets_the_rank() -> None:
     leg.reset(SDP, "heuristic", 10.0)
     leg.receive(OTHER, 160, 2.0)  # rank 0 wins against the forgotten rank 2
     assert (leg.endpoint, leg.rank) == (OTHER, 0)
+
+
+def test_a_source_at_the_sdp_address_is_kept_as_the_sdp_address_itself() -> None:
+    """Memory per socket: a worker holds the SDP's address tuple, not a copy per learning."""
+    expect = ("192.0.2.10", 4000)
+    modes: tuple[Learning, ...] = ("immediate", "heuristic", "delayed")
+    for mode in modes:
+        leg = Leg("k")
+        leg.reset(expect, mode, learn_after=0.0)
+        leg.receive(("192.0.2.10", int("4000")), 172, 1.0)  # a new tuple, as recvfrom's
+        assert leg.endpoint is expect
+        assert leg.confirmed

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from relayd.calls.model import Endpoint, LocalAddress, Stream
 from relayd.ipc import SocketStats, Stats
 from relayd.plane.reports import OnTraffic, Reports
@@ -95,6 +97,26 @@ def test_learned_endpoint_and_a_change_of_confirmation_are_reported_once() -> No
     assert s.confirmed
     assert changed == {"call-1"}
     assert again == set()
+
+
+def test_a_learned_endpoint_is_held_once_per_stream_not_once_per_report() -> None:
+    """Memory per call: the SDP's endpoint object is kept when the party sends from it, a
+    learned one is made once, and the counters are kept under the key's one (interned) copy."""
+    reports, s = Reports(), stream()
+    sdp = s.endpoint = s.advertised_endpoint = Endpoint("203.0.113.5", 4000)
+    reports.track(OWN, s)
+    decoded = "".join(["192.0.2.1", " 30000"])  # as the IPC decoder makes it: a new string
+
+    fold(reports, report(counters(decoded, 1, endpoint="203.0.113.5 4000")), None)
+    assert s.endpoint is sdp
+    assert next(iter(reports.reported)) is sys.intern(OWN)
+
+    fold(reports, report(counters(OWN, 2, endpoint="203.0.113.9 5000")), None)
+    learned = s.endpoint
+    fold(reports, report(counters(OWN, 3, endpoint="203.0.113.9 5000")), None)
+    assert learned == Endpoint("203.0.113.9", 5000)
+    assert s.endpoint is learned
+    assert s.advertised_endpoint is sdp
 
 
 def test_the_nominated_candidate_socket_speaks_for_the_stream_until_it_loses_it() -> None:
