@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import operator
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
@@ -71,10 +70,7 @@ def learning_mode(text: str) -> Learning | None:
 # Sockets and endpoints travel as "address port" text: the keys of a worker's sockets,
 # learned endpoints, RTCP sources (an IPv6 address has no space, so the last one splits).
 def socket_key(address: str, port: int) -> str:
-    """The key of a socket or endpoint, interned: a socket's key is held by several maps of
-    the main process (its descriptor, its stream, its kernel forwards), one copy for all of
-    them; an interned string is freed like any other once nothing holds it."""
-    return sys.intern(f"{address} {port}")
+    return f"{address} {port}"
 
 
 def parse_key(text: str) -> tuple[str, int] | None:

@@ -9,7 +9,6 @@ its own counts to the same streams.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 
 from relayd import ipc
@@ -20,6 +19,8 @@ __all__ = ["OnTraffic", "Reports"]
 
 # a stream's new userspace counts: stream, packets, bytes, errors
 OnTraffic = Callable[[Stream, int, int, int], None]
+
+_NONE_YET = (0, 0, 0)  # a socket's worker totals before its first report
 
 
 class Reports:
@@ -38,6 +39,10 @@ class Reports:
         known = self.streams.get(key)
         if known is not stream:
             self.streams[key] = stream
+        if known is None:
+            # the counters live under this copy of the key, not under the copy each
+            # report decodes (a dict keeps the key it was first given)
+            self.reported[key] = _NONE_YET
         return known is None
 
     def forget(self, key: str) -> None:
@@ -58,11 +63,8 @@ class Reports:
             stream = self.streams.get(entry.key)
             if stream is None:
                 continue
-            last = self.reported.get(entry.key)
-            packets, size, errors = (0, 0, 0) if last is None else last
-            # the decoded key's interned copy: the one socket_key gave the stream's maps
-            key = entry.key if last is not None else sys.intern(entry.key)
-            self.reported[key] = (entry.packets, entry.bytes, entry.errors)
+            packets, size, errors = self.reported.get(entry.key, _NONE_YET)
+            self.reported[entry.key] = (entry.packets, entry.bytes, entry.errors)
             if entry.packets < packets:  # a new worker counts from zero again
                 packets = size = errors = 0
             new_packets, new_bytes = entry.packets - packets, entry.bytes - size

@@ -20,7 +20,6 @@ from relayd.ipc import (
     Stats,
     decode,
     encode,
-    socket_key,
 )
 
 SPECS = (
@@ -166,9 +165,3 @@ def test_oversized_message_is_refused() -> None:
     with pytest.raises(IpcError, match="message too large"):
         decode(big)
     assert issubclass(IpcError, ValueError)
-
-
-def test_socket_keys_are_one_copy_per_socket() -> None:
-    """The main process keeps a socket's key in several maps: all of them share one string."""
-    assert socket_key("192.0.2.1", 30000) is socket_key("192.0.2.1", 30000)
-    assert socket_key("192.0.2.1", 30000) == "192.0.2.1 30000"

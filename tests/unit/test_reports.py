@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 from relayd.calls.model import Endpoint, LocalAddress, Stream
 from relayd.ipc import SocketStats, Stats
 from relayd.plane.reports import OnTraffic, Reports
@@ -101,15 +99,16 @@ def test_learned_endpoint_and_a_change_of_confirmation_are_reported_once() -> No
 
 def test_a_learned_endpoint_is_held_once_per_stream_not_once_per_report() -> None:
     """Memory per call: the SDP's endpoint object is kept when the party sends from it, a
-    learned one is made once, and the counters are kept under the key's one (interned) copy."""
+    learned one is made once, and the counters are kept under the key the stream was tracked
+    with, not under each report's decoded copy of it."""
     reports, s = Reports(), stream()
     sdp = s.endpoint = s.advertised_endpoint = Endpoint("203.0.113.5", 4000)
-    reports.track(OWN, s)
-    decoded = "".join(["192.0.2.1", " 30000"])  # as the IPC decoder makes it: a new string
+    tracked = "".join(["192.0.2.1", " 30000"])  # a string of its own, as socket_key's
+    reports.track(tracked, s)
 
-    fold(reports, report(counters(decoded, 1, endpoint="203.0.113.5 4000")), None)
+    fold(reports, report(counters(OWN, 1, endpoint="203.0.113.5 4000")), None)
     assert s.endpoint is sdp
-    assert next(iter(reports.reported)) is sys.intern(OWN)
+    assert next(iter(reports.reported)) is tracked
 
     fold(reports, report(counters(OWN, 2, endpoint="203.0.113.9 5000")), None)
     learned = s.endpoint
