@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field, replace
 from socket import AF_INET, inet_pton  # a parser: no socket is opened
-from typing import Literal
+from typing import Generic, Literal, TypeVar, overload
 
 from relayd.calls.webrtc import Crypto
 from relayd.ipc import Learning
@@ -23,6 +23,7 @@ __all__ = [
     "Endpoint",
     "LocalAddress",
     "Media",
+    "MediaSecurity",
     "Monologue",
     "Stream",
     "StreamStats",
@@ -141,6 +142,81 @@ _SUPPLEMENTAL = frozenset({"telephone-event", "cn"})
 
 
 @dataclass(slots=True)
+class MediaSecurity:
+    """SRTP, DTLS and ICE of one media towards one party: what its SDP said, what we said
+    to it. Kept apart from :class:`Media` so that plain RTP media, nearly all of them, hold
+    one reference to the shared empty :data:`PLAIN` instead of thirty fields each."""
+
+    crypto: tuple[Crypto, ...] = ()  # this party's a=crypto lines
+    crypto_out: tuple[Crypto, ...] = ()  # the a=crypto lines we wrote to it
+    srtp_in: Crypto | None = None  # the key this party's packets come with
+    srtp_out: Crypto | None = None  # our key for packets to this party
+    peer_setup: str = ""  # this party's a=setup
+    peer_fingerprint: str = ""  # "sha-256 AB:CD:…" from this party's SDP
+    setup: str = ""  # the a=setup we wrote to this party ("" when no DTLS)
+    dtls_role: str = ""  # "active" or "passive": our DTLS role towards this party
+    fingerprint_hash: str = ""  # the hash of our a=fingerprint to this party, once written
+    prefer_passive: bool = False  # DTLS-reverse=passive came with this party's offer
+    # RFC 8643 opportunistic SRTP: SDES or DTLS over RTP/AVP(F)
+    osrtp: bool = False  # this party's SDP: RTP/AVP(F) with a=crypto or a=fingerprint
+    out_osrtp: bool = False  # we write SRTP attributes over RTP/AVP(F) to this party
+    # which of DTLS and SDES are in use with this party: set by the first offer towards
+    # it (from the flags), then by what its SDPs carry; both cleared by a plain transport
+    uses_dtls: bool = False
+    uses_sdes: bool = False
+    peer_ice: bool = False  # this party's SDP had ICE
+    peer_ice_ufrag: str = ""
+    peer_ice_pwd: str = ""
+    peer_ice_lite: bool = False  # its SDP said a=ice-lite
+    peer_candidates: tuple[str, ...] = ()  # its a=candidate values, as written
+    peer_trickle: bool = False  # a=ice-options:trickle at media level
+    peer_trickle_address: bool = False  # trickle ICE with 0.0.0.0 or :: port 9 (RFC 8838 §5.2)
+    # ICE with this party (rules in relayd.calls.ice): its SDP had it, or the flags said so
+    ice: bool = False
+    ice_passthrough: bool = False  # the peers do ICE end to end; we only add candidates
+    ice_lite_self: bool = False  # we are an ICE-lite agent towards this party
+    trickle: bool = False  # trickle ICE with this party
+    ice_ufrag: str = ""  # our credentials towards this party ("" when no ICE)
+    ice_pwd: str = ""
+    ice_ports: tuple[tuple[LocalAddress, int], ...] = ()  # our candidates on other addresses
+    # ICE=force-relay with a party that does ICE: its ICE, DTLS and SDES pass through us
+    # untouched, we only add our addresses as relay candidates (rtpengine's passthrough)
+    ice_relay: bool = False
+
+
+PLAIN = MediaSecurity()  # never written to: the first change gives a media its own copy
+
+T = TypeVar("T")
+
+
+class _Secured(Generic[T]):
+    """A :class:`MediaSecurity` field read and written as an attribute of the media."""
+
+    __slots__ = ("name",)
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, media: None, owner: type | None = None) -> _Secured[T]: ...
+    @overload
+    def __get__(self, media: Media, owner: type | None = None) -> T: ...
+    def __get__(self, media: Media | None, owner: type | None = None) -> T | _Secured[T]:
+        if media is None:
+            return self
+        value: T = getattr(media.security, self.name)
+        return value
+
+    def __set__(self, media: Media, value: T) -> None:
+        security = media.security
+        if security is PLAIN:
+            if getattr(PLAIN, self.name) == value:
+                return
+            security = media.security = MediaSecurity()
+        setattr(security, self.name, value)
+
+
+@dataclass(slots=True)
 class Media:
     """One ``m=`` section as seen from one party."""
 
@@ -168,68 +244,72 @@ class Media:
     rejected: bool = False  # m= port 0
     passthrough: bool = False  # an m=message section: its SDP passes through, no ports of ours
     mid: str = ""  # this party's a=mid
-    # SRTP, DTLS and ICE: what this party's SDP said, and what we said to it
     out_protocol: str = ""  # the transport we last wrote to this party
-    crypto: tuple[Crypto, ...] = ()  # this party's a=crypto lines
-    crypto_out: tuple[Crypto, ...] = ()  # the a=crypto lines we wrote to it
-    srtp_in: Crypto | None = None  # the key this party's packets come with
-    srtp_out: Crypto | None = None  # our key for packets to this party
-    peer_setup: str = ""  # this party's a=setup
-    peer_fingerprint: str = ""  # "sha-256 AB:CD:…" from this party's SDP
-    setup: str = ""  # the a=setup we wrote to this party ("" when no DTLS)
-    dtls_role: str = ""  # "active" or "passive": our DTLS role towards this party
-    fingerprint_hash: str = ""  # the hash of our a=fingerprint to this party, once written
-    prefer_passive: bool = False  # DTLS-reverse=passive came with this party's offer
-    # RFC 8643 opportunistic SRTP: SDES or DTLS over RTP/AVP(F)
-    osrtp: bool = False  # this party's SDP: RTP/AVP(F) with a=crypto or a=fingerprint
-    out_osrtp: bool = False  # we write SRTP attributes over RTP/AVP(F) to this party
     protocol_seen: str = ""  # this party's protocol as last learned ("RTP/AVP+osrtp")
     protocol_changed: bool = True  # its latest SDP changed that protocol
-    # which of DTLS and SDES are in use with this party: set by the first offer towards
-    # it (from the flags), then by what its SDPs carry; both cleared by a plain transport
-    uses_dtls: bool = False
-    uses_sdes: bool = False
-    peer_ice: bool = False  # this party's SDP had ICE
-    peer_ice_ufrag: str = ""
-    peer_ice_pwd: str = ""
-    peer_ice_lite: bool = False  # its SDP said a=ice-lite
-    peer_candidates: tuple[str, ...] = ()  # its a=candidate values, as written
-    peer_trickle: bool = False  # a=ice-options:trickle at media level
-    peer_trickle_address: bool = False  # trickle ICE with 0.0.0.0 or :: port 9 (RFC 8838 §5.2)
     initialized: bool = False  # this party has sent an SDP for this media
-    # ICE with this party (rules in relayd.calls.ice): its SDP had it, or the flags said so
-    ice: bool = False
-    ice_passthrough: bool = False  # the peers do ICE end to end; we only add candidates
-    ice_lite_self: bool = False  # we are an ICE-lite agent towards this party
-    ice_controlling: bool = False  # our ICE role towards this party
-    trickle: bool = False  # trickle ICE with this party
     keep_zero_address: bool = False  # our SDP to this party keeps the sender's zero address
-    ice_ufrag: str = ""  # our credentials towards this party ("" when no ICE)
-    ice_pwd: str = ""
-    ice_ports: tuple[tuple[LocalAddress, int], ...] = ()  # our candidates on other addresses
-    # ICE=force-relay with a party that does ICE: its ICE, DTLS and SDES pass through us
-    # untouched, we only add our addresses as relay candidates (rtpengine's passthrough)
-    ice_relay: bool = False
+    ice_controlling: bool = False  # our ICE role towards this party (set with or without ICE)
+    # SRTP, DTLS and ICE towards this party (read and written as the Media's own attributes
+    # below): plain RTP media share one empty MediaSecurity until one of them is set
+    security: MediaSecurity = field(default_factory=lambda: PLAIN, metadata={"flatten": True})
+
+    # MediaSecurity's fields, as attributes of the media
+    crypto = _Secured[tuple[Crypto, ...]]()
+    crypto_out = _Secured[tuple[Crypto, ...]]()
+    srtp_in = _Secured[Crypto | None]()
+    srtp_out = _Secured[Crypto | None]()
+    peer_setup = _Secured[str]()
+    peer_fingerprint = _Secured[str]()
+    setup = _Secured[str]()
+    dtls_role = _Secured[str]()
+    fingerprint_hash = _Secured[str]()
+    prefer_passive = _Secured[bool]()
+    osrtp = _Secured[bool]()
+    out_osrtp = _Secured[bool]()
+    uses_dtls = _Secured[bool]()
+    uses_sdes = _Secured[bool]()
+    peer_ice = _Secured[bool]()
+    peer_ice_ufrag = _Secured[str]()
+    peer_ice_pwd = _Secured[str]()
+    peer_ice_lite = _Secured[bool]()
+    peer_candidates = _Secured[tuple[str, ...]]()
+    peer_trickle = _Secured[bool]()
+    peer_trickle_address = _Secured[bool]()
+    ice = _Secured[bool]()
+    ice_passthrough = _Secured[bool]()
+    ice_lite_self = _Secured[bool]()
+    trickle = _Secured[bool]()
+    ice_ufrag = _Secured[str]()
+    ice_pwd = _Secured[str]()
+    ice_ports = _Secured[tuple[tuple[LocalAddress, int], ...]]()
+    ice_relay = _Secured[bool]()
 
     def for_new_dialogue(self) -> Media:
         """What this party said about its media, without what we gave it (ports, keys,
         ICE credentials): the start of its media towards another forked peer."""
+        security = self.security
+        if security is not PLAIN:  # a copy of its own: the two are changed apart from now on
+            security = replace(
+                security,
+                ice_ports=(),
+                crypto_out=(),
+                srtp_in=None,
+                srtp_out=None,
+                setup="",
+                dtls_role="",
+                fingerprint_hash="",
+                out_osrtp=False,
+                ice_ufrag="",
+                ice_pwd="",
+            )
         return replace(
             self,
             local=None,
             port=0,
             rtcp_port=0,
             streams=[],
-            ice_ports=(),
-            crypto_out=(),
-            srtp_in=None,
-            srtp_out=None,
-            setup="",
-            dtls_role="",
-            fingerprint_hash="",
-            out_osrtp=False,
-            ice_ufrag="",
-            ice_pwd="",
+            security=security if security != PLAIN else PLAIN,
         )
 
     @property

@@ -1,7 +1,10 @@
 """Call state to and from plain JSON-able values (pure), for the state journal.
 
 Generic over the model's dataclasses: values are converted following their
-type annotations, so a new field needs no code here. The only special case is
+type annotations, so a new field needs no code here. A field marked
+``metadata={"flatten": True}`` (a media's SRTP, DTLS and ICE state) is a
+dataclass whose fields are written among its holder's own, as they were before
+they moved into it: journals of either layout load the same. The only special case is
 the call itself, whose ``monologues`` and ``branches`` maps may name the same
 party several times (tag aliases, a branch answered under its tag): parties are
 stored once in a list and the maps hold indexes into it.
@@ -21,7 +24,13 @@ __all__ = ["dump_call", "load_call"]
 
 def _dump(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _dump(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        data = {}
+        for f in dataclasses.fields(value):
+            if f.metadata.get("flatten"):  # its fields stand among the holder's own
+                data.update(_dump(getattr(value, f.name)))
+            else:
+                data[f.name] = _dump(getattr(value, f.name))
+        return data
     if isinstance(value, bytes):
         return value.hex()
     if isinstance(value, frozenset | set):
@@ -54,13 +63,15 @@ def _load(kind: Any, value: Any) -> Any:
         return bytes.fromhex(value)
     if isinstance(kind, type) and dataclasses.is_dataclass(kind):
         hints = typing.get_type_hints(kind)
-        return kind(
-            **{
-                f.name: _load(hints[f.name], value[f.name])
-                for f in dataclasses.fields(kind)
-                if f.name in value
-            }
-        )
+        loaded = {}
+        for f in dataclasses.fields(kind):
+            if f.metadata.get("flatten"):
+                part = _load(hints[f.name], value)
+                default = f.default_factory() if callable(f.default_factory) else f.default
+                loaded[f.name] = default if part == default else part  # a shared default kept
+            elif f.name in value:
+                loaded[f.name] = _load(hints[f.name], value[f.name])
+        return kind(**loaded)
     return value
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from relayd.calls.model import Call, LocalAddress
+from relayd.calls.model import PLAIN, Call, LocalAddress
 from relayd.calls.snapshot import dump_call, load_call
 from tests.unit.calls import B_ADDR, build, interfaces, req, sdp
 
@@ -60,3 +60,26 @@ def test_a_monotonic_learning_deadline_does_not_survive_the_journal() -> None:
     call = cmds.calls["c1"]
     call.monologues["a"].learn_after = 9e9  # written by another boot's clock
     assert _round_trip(call).monologues["a"].learn_after == 0.0
+
+
+def test_a_media_is_journalled_flat_as_before_its_security_fields_moved() -> None:
+    """Journals written before MediaSecurity load, and new ones have the same layout: the
+    SRTP, DTLS and ICE fields stand among the media's own, no "security" key."""
+    cmds, _ = build()
+    offer = req("offer", from_tag="a", sdp=sdp(), transport_protocol="RTP/SAVP")
+    assert cmds.handle(offer, 0.0)["result"] == "ok"
+    call = cmds.calls["c1"]
+    data = dump_call(call)
+    towards_b = data["parties"][1]["medias"][0]
+    assert "security" not in towards_b
+    assert towards_b["crypto_out"] and towards_b["ice"] is False
+    assert load_call(json.loads(json.dumps(data))) == call
+
+
+def test_plain_media_share_one_empty_security_also_after_the_journal() -> None:
+    """Memory per call: plain RTP media hold no SRTP/DTLS/ICE fields of their own."""
+    cmds, _ = build()
+    assert cmds.handle(req("offer", from_tag="a", sdp=sdp()), 0.0)["result"] == "ok"
+    assert cmds.handle(req("answer", from_tag="a", to_tag="b", sdp=sdp(B_ADDR)), 0.0)
+    for call in (cmds.calls["c1"], _round_trip(cmds.calls["c1"])):
+        assert all(media.security is PLAIN for media in call.all_medias())
