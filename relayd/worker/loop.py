@@ -256,10 +256,8 @@ class Worker:
             leg = ms.leg
             sec = ms.secure
             crypto = (sec.dtls_state, sec.ice_state) if sec is not None else ("", "")
-            state = (leg.packets, leg.errors, leg.confirmed)
-            if state == leg.reported and (sec is None or crypto == sec.reported):
+            if not leg.unreported() and (sec is None or crypto == sec.reported):
                 continue
-            leg.reported = state
             if sec is not None:
                 sec.reported = crypto
             endpoint = socket_key(*leg.endpoint) if leg.endpoint else ""

@@ -19,7 +19,7 @@ A packet is forwarded only once the other party's endpoint is known.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from relayd.ipc import Learning
 
@@ -66,7 +66,23 @@ class Leg:
     errors: int = 0
     last_packet: float = 0.0
     ssrc: int = -1
-    reported: tuple[int, int, bool] = field(default=(0, 0, False))
+    # packets, errors and confirmation as last reported to relayd (three slots: less than
+    # one tuple per socket, made anew for every report)
+    reported_packets: int = 0
+    reported_errors: int = 0
+    reported_confirmed: bool = False
+
+    def unreported(self) -> bool:
+        """Counters or confirmation changed since the last report; now they count as reported."""
+        if (self.packets, self.errors, self.confirmed) == (
+            self.reported_packets,
+            self.reported_errors,
+            self.reported_confirmed,
+        ):
+            return False
+        self.reported_packets, self.reported_errors = self.packets, self.errors
+        self.reported_confirmed = self.confirmed
+        return True
 
     def reset(self, expect: Address | None, learning: Learning, learn_after: float) -> None:
         """A new signalling event: forget confirmation, restart learning."""

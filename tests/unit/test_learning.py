@@ -180,3 +180,15 @@ def test_a_source_at_the_sdp_address_is_kept_as_the_sdp_address_itself() -> None
         leg.receive(("192.0.2.10", int("4000")), 172, 1.0)  # a new tuple, as recvfrom's
         assert leg.endpoint is expect
         assert leg.confirmed
+
+
+def test_a_leg_is_reported_again_only_once_its_counters_or_confirmation_change() -> None:
+    leg = _leg("immediate")
+    assert not leg.unreported()  # nothing yet
+    leg.receive(NAT, 172, 1.0)
+    assert leg.unreported()  # a packet, and the confirmation
+    assert not leg.unreported()
+    leg.strict = True
+    leg.receive(OTHER, 172, 2.0)  # dropped: an error
+    assert leg.unreported()
+    assert not leg.unreported()
