@@ -32,7 +32,8 @@ Topology: namespaces ``mem-relay`` (relayd, 10.77.0.1) and ``mem-peer`` (the
 caller 10.77.0.10 and the callee 10.77.0.20), one veth between them; ng on
 127.0.0.1:41000 and HTTP on 127.0.0.1:41001 inside mem-relay, media ports from
 42000 up inside mem-relay (private to the namespace). Needs root. Namespaces and
-daemons are removed at the end, also on failure or Ctrl-C.
+daemons are removed at the end, also on failure or Ctrl-C; a second run at the
+same time refuses to start.
 
     PYTHONPATH=. .venv/bin/python bench/memory.py --calls 1000,5000
     PYTHONPATH=. .venv/bin/python bench/memory.py --calls 1000 --kinds kernel --tracemalloc
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import fcntl
 import json
 import os
 import resource
@@ -80,6 +82,7 @@ KERNEL_WAIT = 120.0
 CONFIRM_BATCH = 500  # seconds for every stream to reach nftables
 DUMP_SIGNAL = signal.SIGRTMIN + 7  # the sitecustomize's "write a snapshot" signal
 RTPENGINE_BIN = "/usr/bin/rtpengine"
+LOCK = "/tmp/relayd-bench-memory.lock"  # one run at a time: the namespaces have fixed names
 
 SDP = (
     "v=0\r\n"
@@ -469,6 +472,11 @@ def main(argv: list[str] | None = None) -> int:
     counts = [int(c) for c in args.calls.split(",")]
     kinds = args.kinds.split(",")
     rows: list[Row] = []
+    lock = open(LOCK, "w")  # noqa: SIM115 - held until the process ends
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SystemExit(f"another bench/memory.py holds {LOCK}: its namespaces") from None
     with tempfile.TemporaryDirectory(prefix="relayd-memory-") as tmp, topology():
         args.workdir = Path(tmp)
         args.sitedir = str(Path(tmp) / "site")
