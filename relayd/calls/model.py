@@ -89,17 +89,18 @@ class LocalAddress:
 class StreamStats:
     """A stream's counters, the worker's and the kernel's added up: what the party sent to its
     socket, ``errors`` (packets dropped or not sent), and when the last packet came (wall
-    clock, 0: none yet)."""
+    clock, 0: none yet). Keyword-only: a :class:`Stream`'s own first fields come first."""
 
-    packets: int = 0
-    bytes: int = 0
-    errors: int = 0
-    last_packet: float = 0.0
+    packets: int = field(default=0, kw_only=True)
+    bytes: int = field(default=0, kw_only=True)
+    errors: int = field(default=0, kw_only=True)
+    last_packet: float = field(default=0.0, kw_only=True)
 
 
 @dataclass(slots=True)
-class Stream:
-    """One local socket (RTP or RTCP) of a party and the peer endpoint it talks to."""
+class Stream(StreamStats):
+    """One local socket (RTP or RTCP) of a party and the peer endpoint it talks to. Its
+    counters are its own fields (a StreamStats), not a second object per stream."""
 
     local: LocalAddress
     port: int
@@ -110,8 +111,12 @@ class Stream:
     kernelized: bool = False  # forwarded by the nftables path, not by a worker
     dtls: str = ""  # as the worker reports it: connecting, connected, closed, failed: <reason>
     ice: str = ""  # checking, nominated
-    stats: StreamStats = field(default_factory=StreamStats)
     call_id: str = ""  # the call it belongs to (the media plane finds streams by socket)
+
+    @property
+    def stats(self) -> StreamStats:
+        """The stream's counters: the stream itself."""
+        return self
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ import types
 import typing
 from typing import Any
 
-from relayd.calls.model import Call, Monologue
+from relayd.calls.model import Call, Monologue, Stream
 
 __all__ = ["dump_call", "load_call"]
 
@@ -62,6 +62,9 @@ def _load(kind: Any, value: Any) -> Any:
     if kind is bytes:
         return bytes.fromhex(value)
     if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+        if kind is Stream and "stats" in value:
+            # journals written before a stream's counters became its own fields
+            value = {**value, **value["stats"]}
         hints = typing.get_type_hints(kind)
         loaded = {}
         for f in dataclasses.fields(kind):

@@ -83,3 +83,21 @@ def test_plain_media_share_one_empty_security_also_after_the_journal() -> None:
     assert cmds.handle(req("answer", from_tag="a", to_tag="b", sdp=sdp(B_ADDR)), 0.0)
     for call in (cmds.calls["c1"], _round_trip(cmds.calls["c1"])):
         assert all(media.security is PLAIN for media in call.all_medias())
+
+
+def test_a_journal_with_a_stream_s_counters_nested_under_stats_loads_them() -> None:
+    """Journals written before a stream's counters became its own fields: ``"stats": {…}``."""
+    cmds, _ = build()
+    assert cmds.handle(req("offer", from_tag="a", sdp=sdp()), 0.0)["result"] == "ok"
+    call = cmds.calls["c1"]
+    stream = call.monologues["a"].medias[0].streams[0]
+    stream.stats.packets, stream.stats.bytes, stream.stats.last_packet = 7, 1204, 12.5
+    data = json.loads(json.dumps(dump_call(call)))
+    for party in data["parties"]:
+        for media in party["medias"]:
+            for old in media["streams"]:
+                names = ("packets", "bytes", "errors", "last_packet")
+                old["stats"] = {name: old.pop(name) for name in names}
+    back = load_call(data)
+    assert back == call
+    assert back.monologues["a"].medias[0].streams[0].stats.packets == 7
