@@ -145,6 +145,7 @@ class Config:
     tls_private_key: str = ""
     worker_socket: str = ""  # workers are systemd units connecting here ("" = spawn them)
     num_threads: int = 0
+    shards: int = 1  # supervisor processes the calls are split over (relayd.shards)
     log_format: str = "default"  # default, parsable, json
     log_facility_rtcp: str = ""
     admin_socket: str = DEFAULT_ADMIN_SOCKET  # "none": no admin socket
@@ -342,6 +343,7 @@ def _to_config(values: dict[str, Any], raw: dict[str, Any], source: str) -> Conf
         "tls-private-key",
         "worker-socket",
         "num-threads",
+        "shards",
         "log-format",
         "log-facility-rtcp",
         "admin-socket",
@@ -411,6 +413,18 @@ def _check(config: Config, where: Callable[[str], str]) -> None:
         )
     if not 0 <= config.tos <= 255:
         raise ConfigError(f"{where('tos')}: invalid value for 'tos': {config.tos} (0..255)")
+    if not 1 <= config.shards <= 64:
+        raise ConfigError(f"{where('shards')}: invalid value for 'shards': 1..64")
+    if config.shards > 1 and (config.port_max - config.port_min + 1) // config.shards < 4:
+        raise ConfigError(
+            f"{where('shards')}: invalid value for 'shards': {config.shards} shards need "
+            f"at least {4 * config.shards} ports in port-min..port-max"
+        )
+    if config.shards > 1 and config.worker_socket:
+        raise ConfigError(
+            f"{where('shards')}: 'shards' and 'worker-socket' cannot be combined: "
+            "each shard starts its own workers"
+        )
     if not 0 <= config.log_level <= 7:
         raise ConfigError(f"{where('log-level')}: invalid value for 'log-level': 0..7")
     if config.log_format not in FORMATS:

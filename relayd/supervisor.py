@@ -17,7 +17,7 @@ import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from relayd import ipc, log
 from relayd.calls.commands import Commands, Teardown
@@ -40,14 +40,27 @@ from relayd.plane.media import MediaPlane
 from relayd.plane.sockets import SocketBinder
 from relayd.plane.updates import WorkerUpdates
 from relayd.plane.workerpool import WorkerSettings
+from relayd.shards.route import port_slice
 
-__all__ = ["Supervisor"]
+__all__ = ["ShardLink", "Supervisor"]
 
 logger = log.get_logger("relayd")
 
 _TICK = 0.25  # seconds between timer runs
 _TICKS_PER_SECOND = 4
 _REAP_BATCH = 128  # due calls judged between two looks at the ng sockets
+
+
+class ShardLink(Protocol):
+    """Where a shard's requests come from (``shards`` > 1, relayd.shards.shard): the front,
+    over a link, instead of listeners of its own."""
+
+    index: int
+    count: int
+
+    def open(self, service: NgService, state: Supervisor) -> Any:
+        """Serve the link; returns what closes it."""
+        ...
 
 
 class Supervisor:
@@ -62,8 +75,13 @@ class Supervisor:
         *,
         ready_fd: int | None = None,
         argv: Sequence[str] = (),
+        shard: ShardLink | None = None,
     ) -> None:
         self.config = config
+        self.shard = shard
+        index, count = (shard.index, shard.count) if shard is not None else (0, 1)
+        # a shard's calls take their ports from its own slice of the range
+        port_min, port_max = port_slice(config.port_min, config.port_max, index, count)
         self.argv = list(argv)  # the command line, read again by reload()
         self.ready_fd = ready_fd
         self.counters = Counters()
@@ -91,7 +109,7 @@ class Supervisor:
             on_traffic=self.ops.userspace_traffic,
             on_rtcp=self.ops.rtcp_copied,
         )
-        ports = PortAllocator(config.port_min, config.port_max, workers, binder)
+        ports = PortAllocator(port_min, port_max, workers, binder)
         self.signalling = signalling_of(config, interfaces, ports, certificate)
         self.commands = Commands(
             self.signalling,
@@ -105,8 +123,13 @@ class Supervisor:
         # the kernel forwards to relay sockets: at most one counter element for each
         local = {address.local for address in interfaces.all}
         capacity = (config.port_max - config.port_min + 1) * max(len(local), 1)
-        self.kernel = KernelPath(config.table, config.tos, capacity) if config.table >= 0 else None
+        owned = (port_min, port_max) if count > 1 else None  # the others' forwards: theirs
+        self.kernel = (
+            KernelPath(config.table, config.tos, capacity, owned) if config.table >= 0 else None
+        )
         state_dir = _state_dir(config.state_dir)
+        if state_dir is not None and count > 1:
+            state_dir = state_dir / f"shard{index}"  # each shard journals its own calls
         self.journal = Journal(state_dir) if state_dir else None
         self.handover = KernelHandover(
             self.kernel,
@@ -232,18 +255,11 @@ class Supervisor:
             self.media.sync(call)
         observe = self.ops.ng_observed if self.ops.homer is not None else None
         service = NgService(self.dispatch, observe=observe)
-        cfg = self.config
-        # UDP last: once ng answers a ping over UDP every other listener is up (the loop
-        # serves the UDP socket while a later listener is still being opened)
-        self._closers += await self.ops.serve()
-        if cfg.listen_tcp_ng:
-            server = await serve_tcp(service, *cfg.listen_tcp_ng)
-            self._closers.append(server)
-            logger.info("ng.listening", transport="tcp", address=host_port(cfg.listen_tcp_ng))
-        if cfg.listen_ng:
-            transport = await serve_udp(service, *cfg.listen_ng)
-            self._closers.append(transport)
-            logger.info("ng.listening", transport="udp", address=host_port(cfg.listen_ng))
+        if self.shard is not None:
+            # a shard: the front owns the listeners, the admin socket and /metrics
+            self._closers.append(self.shard.open(service, self))
+        else:
+            await self._listen(service)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop.set)
@@ -264,6 +280,21 @@ class Supervisor:
         if self.journal is not None:
             self.journal.close()
         logger.info("relayd.stopped", calls=len(self.calls))
+
+    async def _listen(self, service: NgService) -> None:
+        """The admin socket, /metrics, and the ng listeners."""
+        cfg = self.config
+        # UDP last: once ng answers a ping over UDP every other listener is up (the loop
+        # serves the UDP socket while a later listener is still being opened)
+        self._closers += await self.ops.serve()
+        if cfg.listen_tcp_ng:
+            server = await serve_tcp(service, *cfg.listen_tcp_ng)
+            self._closers.append(server)
+            logger.info("ng.listening", transport="tcp", address=host_port(cfg.listen_tcp_ng))
+        if cfg.listen_ng:
+            transport = await serve_udp(service, *cfg.listen_ng)
+            self._closers.append(transport)
+            logger.info("ng.listening", transport="udp", address=host_port(cfg.listen_ng))
 
     async def _reap(self) -> None:
         # Every 250 ms: calls whose deadline came (only those: Commands.reap, in batches

@@ -99,8 +99,12 @@ class KernelForwarder:
         mark: int = DEFAULT_MARK,
         size: int = DEFAULT_SIZE,
         library: str = DEFAULT_LIBRARY,
+        owned: tuple[int, int] | None = None,
     ) -> None:
         self.table = Table(table, tos, mark, size)
+        # relay ports whose forwards this forwarder manages (None: all); several processes
+        # may share a table, each reconciling only its own slice of the port range
+        self.owned = owned
         self._library = library
         self._nft: Libnft | None = None
         self._reader: Libnft | None = None
@@ -230,7 +234,7 @@ class KernelForwarder:
         """
         target = {f.key: f for f in wanted}
         state = self.state()
-        present = state.all_keys()
+        present = {key for key in state.all_keys() if self._owns(key)}
         changed = [f for f in target.values() if not state.holds(f)]
         stale = present - target.keys()
         redo = stale | {f.key for f in changed if f.key in present}
@@ -240,6 +244,9 @@ class KernelForwarder:
         gone = [f for k, f in state.forwards().items() if k in stale]
         self._forget_flows(_flows(changed) | _flows(gone) | _key_flows(stale))
         return ReconcileResult(len(target) - len(changed), len(changed), len(stale))
+
+    def _owns(self, key: ForwardKey) -> bool:
+        return self.owned is None or self.owned[0] <= key.relay.port <= self.owned[1]
 
     def state(self) -> TableState:
         """Every element of the table (one ``list table``); NftError if there is no table."""

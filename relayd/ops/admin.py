@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -270,8 +271,13 @@ def _in_use(path: Path) -> bool:
     return True
 
 
-async def serve(path: Path, respond: Callable[[Any], dict[str, Any]]) -> asyncio.Server | None:
-    """Listen on ``path``; None (logged) when another relayd already answers there."""
+Respond = Callable[[Any], dict[str, Any] | Awaitable[dict[str, Any]]]
+
+
+async def serve(path: Path, respond: Respond) -> asyncio.Server | None:
+    """Listen on ``path``; None (logged) when another relayd already answers there.
+    ``respond`` answers a request, or returns a coroutine that does (a sharded relayd's
+    front asks its shards)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() or path.is_symlink():
         if _in_use(path):
@@ -287,7 +293,8 @@ async def serve(path: Path, respond: Callable[[Any], dict[str, Any]]) -> asyncio
                 except ValueError as exc:
                     reply: dict[str, Any] = {"result": "error", "error": f"bad request: {exc}"}
                 else:
-                    reply = respond(request)
+                    answer = respond(request)
+                    reply = await answer if inspect.isawaitable(answer) else answer
                 writer.write(json.dumps(reply, default=str).encode() + b"\n")
                 await writer.drain()
         except (ConnectionError, ValueError, asyncio.LimitOverrunError):

@@ -24,11 +24,11 @@ from relayd.ng.message import Request
 from relayd.ops import admin, metrics
 from relayd.ops.counters import TrafficPath, direction_of
 from relayd.ops.homer import HomerSender, ng_capture, rtcp_capture
-from relayd.ops.httpd import serve_http
+from relayd.ops.httpd import Routes, serve_http
 from relayd.ops.views import RelayState
 from relayd.rtcp import homer_json
 
-__all__ = ["Operations", "copies_rtcp"]
+__all__ = ["Operations", "copies_rtcp", "metrics_text"]
 
 logger = log.get_logger("relayd")
 rtcp_logger = log.get_logger(log.RTCP_LOGGER)
@@ -146,8 +146,8 @@ class Operations:
                 if server is not None:
                     closers.append(server)
                     self.admin_path = Path(cfg.admin_socket)
-        routes = {
-            "/metrics": lambda: (metrics.CONTENT_TYPE, _metrics_text(state)),
+        routes: Routes = {
+            "/metrics": lambda: (metrics.CONTENT_TYPE, metrics_text(state)),
             "/ping": lambda: ("text/plain", "pong"),
         }
         endpoints = list(dict.fromkeys(cfg.listen_http))
@@ -173,6 +173,7 @@ class Operations:
             self.homer.close()
 
 
-def _metrics_text(state: RelayState) -> str:
+def metrics_text(state: RelayState) -> str:
+    """``/metrics`` as Prometheus text (a shard's, for the front to merge)."""
     state.refresh_counters()
     return metrics.render(metrics.collect(state, time.time()))

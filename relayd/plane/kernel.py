@@ -81,10 +81,15 @@ class KernelPath:
     the hand-over (relayd/plane/handover.py) tries again every 10 s (:meth:`retry_due`).
     """
 
-    def __init__(self, table: int, tos: int, capacity: int = 65536) -> None:
+    def __init__(
+        self, table: int, tos: int, capacity: int = 65536, owned: tuple[int, int] | None = None
+    ) -> None:
         self.name = table_name(table)
-        # one counter element per relay socket the kernel forwards to, at most
-        self.forwarder = KernelForwarder(self.name, tos=tos or None, size=max(capacity, 1024))
+        # one counter element per relay socket the kernel forwards to, at most; ``owned``:
+        # the relay ports whose forwards are this process's (shards share the table)
+        self.forwarder = KernelForwarder(
+            self.name, tos=tos or None, size=max(capacity, 1024), owned=owned
+        )
         self.enabled = False
         self.reason = "not started"
         self.ipv6 = False
