@@ -38,6 +38,7 @@ from relayd.plane.handover import KernelHandover
 from relayd.plane.kernel import KernelPath
 from relayd.plane.media import MediaPlane
 from relayd.plane.sockets import SocketBinder
+from relayd.plane.sweep import ConntrackSweep
 from relayd.plane.updates import WorkerUpdates
 from relayd.plane.workerpool import WorkerSettings
 
@@ -73,7 +74,9 @@ class Supervisor:
         self.ops = Operations(config, self)
         self.rtcp_copied = copies_rtcp(config)
         workers = config.num_threads or len(os.sched_getaffinity(0))
-        binder = SocketBinder()
+        # a port pair given back takes its conntrack entries with it (plane/sweep.py)
+        self.sweep: ConntrackSweep  # made once the media plane's streams exist
+        binder = SocketBinder(on_release=lambda address, port: self.sweep.released(address, port))
         self.media = MediaPlane(
             binder,
             self.calls,
@@ -91,6 +94,7 @@ class Supervisor:
             on_traffic=self.ops.userspace_traffic,
             on_rtcp=self.ops.rtcp_copied,
         )
+        self.sweep = ConntrackSweep(self.media.reports.streams)
         ports = PortAllocator(config.port_min, config.port_max, workers, binder)
         self.signalling = signalling_of(config, interfaces, ports, certificate)
         self.commands = Commands(
@@ -259,6 +263,7 @@ class Supervisor:
             closer.close()
         self.ops.close()
         await self.media.stop()
+        self.sweep.close()
         if self.kernel is not None:
             self.kernel.close()  # kernel forwards stay: their media flows on until we return
         if self.journal is not None:
