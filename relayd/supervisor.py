@@ -16,13 +16,12 @@ import os
 import signal
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from relayd import ipc, log
 from relayd.calls.commands import Commands, Teardown
 from relayd.calls.interfaces import Interfaces
-from relayd.calls.journal import Journal
+from relayd.calls.journal import Journal, instance_name, journal_place
 from relayd.calls.model import Call, Stream, host_port
 from relayd.calls.ports import PortAllocator
 from relayd.calls.signalling import Signalling
@@ -110,8 +109,14 @@ class Supervisor:
         local = {address.local for address in interfaces.all}
         capacity = (config.port_max - config.port_min + 1) * max(len(local), 1)
         self.kernel = KernelPath(config.table, config.tos, capacity) if config.table >= 0 else None
-        state_dir = _state_dir(config.state_dir)
-        self.journal = Journal(state_dir) if state_dir else None
+        place = journal_place(
+            config.state_dir, instance_name(config.listen_ng, config.listen_tcp_ng)
+        )
+        self.journal = Journal(place.directory, place.name) if place.directory else None
+        if self.journal is not None:
+            logger.info("state.journal", path=str(self.journal.path))
+        else:
+            logger.info("state.no_journal", reason=place.why)
         self.handover = KernelHandover(
             self.kernel,
             self.media,
@@ -391,15 +396,6 @@ class Supervisor:
 
     def stop(self) -> None:
         self._stop.set()
-
-
-def _state_dir(setting: str) -> Path | None:
-    if setting == "none":
-        return None
-    if setting:
-        return Path(setting)
-    default = Path("/var/lib/relayd")
-    return default if default.is_dir() and os.access(default, os.W_OK) else None
 
 
 def signalling_of(
