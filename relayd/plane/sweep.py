@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from relayd.calls.model import Stream
@@ -45,6 +45,7 @@ SWEEP_DELAY = 0.25
 """Seconds a released port waits for its sweep, with every other port released meanwhile."""
 
 Flow = tuple[Endpoint, Endpoint]
+Place = tuple[str, int]  # an address and port as the call model holds them, not yet checked
 
 
 class Sweeper:
@@ -79,8 +80,9 @@ class ConntrackSweep:
     ) -> None:
         self.streams = streams
         self._sweeper = sweeper if sweeper is not None else Sweeper()
-        self._sockets: set[Endpoint] = set()
-        self._flows: set[Flow] = set()
+        # queued as plain tuples: the Endpoints are made in the sweep's thread, not here
+        self._sockets: set[Place] = set()
+        self._flows: set[tuple[Place, Place]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._running: asyncio.Future[int] | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -90,12 +92,12 @@ class ConntrackSweep:
     def released(self, address: str, port: int) -> None:
         """Port pair ``port``/``port + 1`` on ``address`` was given back."""
         for p in (port, port + 1):
-            try:
-                sock = Endpoint(address, p)
-            except ValueError:
-                continue
-            self._sockets.add(sock)
-            self._flows.update(_peer_flows(sock, self.streams.get(socket_key(address, p))))
+            self._sockets.add((address, p))
+            stream = self.streams.get(socket_key(address, p))
+            if stream is not None:
+                for peer in (stream.endpoint, stream.advertised_endpoint):
+                    if peer is not None:
+                        self._flows.add(((peer.address, peer.port), (address, p)))
         self._schedule()
 
     def _schedule(self) -> None:
@@ -108,7 +110,7 @@ class ConntrackSweep:
             return
         self._timer = loop.call_later(SWEEP_DELAY, self._start)
 
-    def _take(self) -> tuple[set[Endpoint], set[Flow]]:
+    def _take(self) -> tuple[set[Place], set[tuple[Place, Place]]]:
         batch = self._sockets, self._flows
         self._sockets, self._flows = set(), set()
         return batch
@@ -124,8 +126,10 @@ class ConntrackSweep:
         self._running = loop.run_in_executor(self._executor, self._timed, sockets, flows)
         self._running.add_done_callback(self._done)
 
-    def _timed(self, sockets: set[Endpoint], flows: set[Flow]) -> int:
+    def _timed(self, places: set[Place], pairs: set[tuple[Place, Place]]) -> int:
         started = time.perf_counter()
+        sockets = {ep for ep in map(_endpoint, places) if ep is not None}
+        flows = set(filter(None, (_flow(peer, sock) for peer, sock in pairs)))
         deleted = self._sweeper(sockets, flows)
         log.debug(
             "conntrack.swept",
@@ -182,18 +186,14 @@ class ConntrackSweep:
             close()
 
 
-def _peer_flows(sock: Endpoint, stream: Stream | None) -> Iterable[Flow]:
-    """The flows between a relay socket and the peers its stream knew."""
-    if stream is None:
-        return ()
-    flows = []
-    for peer in {stream.endpoint, stream.advertised_endpoint}:
-        if peer is None or not peer.port:
-            continue
-        try:
-            ep = Endpoint(peer.address, peer.port)
-        except ValueError:
-            continue
-        if ep.version == sock.version:
-            flows.append((ep, sock))
-    return flows
+def _endpoint(place: Place) -> Endpoint | None:
+    try:
+        return Endpoint(*place)
+    except ValueError:  # no port (0), or not an address
+        return None
+
+
+def _flow(peer: Place, sock: Place) -> Flow | None:
+    """The flow between a relay socket and a peer its stream knew (None: not one)."""
+    a, b = _endpoint(peer), _endpoint(sock)
+    return (a, b) if a is not None and b is not None and a.version == b.version else None
