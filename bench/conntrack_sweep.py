@@ -16,8 +16,9 @@ stranger's (never answered). Then, for each N:
   sweep without the kernel's status filter would cost.
 
 Each figure is the median of ``--repeat`` runs, wall time of the calling thread. rtpengine
-has no counterpart to run beside it: it deletes no conntrack entry at a call's end (they
-stay until their timeouts, 30 s unanswered and 120 s answered by default).
+has no counterpart to run beside it: it deletes no conntrack entry at a call's end
+(/usr/bin/rtpengine links no netfilter library and names no conntrack), so they stay until
+their timeouts, 30 s unanswered and 120 s answered by default.
 
     sudo .venv/bin/python bench/conntrack_sweep.py                  # 10,000 and 50,000
     sudo .venv/bin/python bench/conntrack_sweep.py --entries 10000 --repeat 3
