@@ -189,6 +189,7 @@ def daemon_specs(args: argparse.Namespace) -> dict[str, DaemonSpec]:
         "port-max": port_max,
         "table": -1,
         "delete-delay": 0,
+        "state-dir": "none",  # no journal: a benchmark's calls are not taken back by the next run
         "log-level": 3,
     }
     relayd_argv = [*python, "-m", "relayd", "--foreground"]

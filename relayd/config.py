@@ -139,7 +139,7 @@ class Config:
     pidfile: str | None = None
     sip_source: bool = False
     endpoint_learning: Learning = "delayed"
-    state_dir: str = ""  # "" = /var/lib/relayd if that directory exists, "none" = no journal
+    state_dir: str = ""  # "" = the default journal (calls/journal.py), "none" = no journal
     dtls_passive: bool = False
     tls_certificate: str = ""
     tls_private_key: str = ""

@@ -16,13 +16,12 @@ import os
 import signal
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Protocol
 
 from relayd import ipc, log
 from relayd.calls.commands import Commands, Teardown
 from relayd.calls.interfaces import Interfaces
-from relayd.calls.journal import Journal
+from relayd.calls.journal import Journal, instance_name, journal_place
 from relayd.calls.model import Call, Stream, host_port
 from relayd.calls.ports import PortAllocator
 from relayd.calls.signalling import Signalling
@@ -38,6 +37,7 @@ from relayd.plane.handover import KernelHandover
 from relayd.plane.kernel import KernelPath
 from relayd.plane.media import MediaPlane
 from relayd.plane.sockets import SocketBinder
+from relayd.plane.sweep import ConntrackSweep
 from relayd.plane.updates import WorkerUpdates
 from relayd.plane.workerpool import WorkerSettings
 from relayd.shards.route import port_slice
@@ -91,7 +91,9 @@ class Supervisor:
         self.ops = Operations(config, self)
         self.rtcp_copied = copies_rtcp(config)
         workers = config.num_threads or len(os.sched_getaffinity(0))
-        binder = SocketBinder()
+        # a port pair given back takes its conntrack entries with it (plane/sweep.py)
+        self.sweep: ConntrackSweep  # made once the media plane's streams exist
+        binder = SocketBinder(on_release=lambda address, port: self.sweep.released(address, port))
         self.media = MediaPlane(
             binder,
             self.calls,
@@ -109,6 +111,7 @@ class Supervisor:
             on_traffic=self.ops.userspace_traffic,
             on_rtcp=self.ops.rtcp_copied,
         )
+        self.sweep = ConntrackSweep(self.media.reports.streams)
         ports = PortAllocator(port_min, port_max, workers, binder)
         self.signalling = signalling_of(config, interfaces, ports, certificate)
         self.commands = Commands(
@@ -127,10 +130,17 @@ class Supervisor:
         self.kernel = (
             KernelPath(config.table, config.tos, capacity, owned) if config.table >= 0 else None
         )
-        state_dir = _state_dir(config.state_dir)
-        if state_dir is not None and count > 1:
-            state_dir = state_dir / f"shard{index}"  # each shard journals its own calls
-        self.journal = Journal(state_dir) if state_dir else None
+        place = journal_place(
+            config.state_dir, instance_name(config.listen_ng, config.listen_tcp_ng)
+        )
+        directory = place.directory
+        if directory is not None and count > 1:
+            directory = directory / f"shard{index}"  # each shard journals its own calls
+        self.journal = Journal(directory, place.name) if directory else None
+        if self.journal is not None:
+            logger.info("state.journal", path=str(self.journal.path))
+        else:
+            logger.info("state.no_journal", reason=place.why)
         self.handover = KernelHandover(
             self.kernel,
             self.media,
@@ -275,6 +285,7 @@ class Supervisor:
             closer.close()
         self.ops.close()
         await self.media.stop()
+        self.sweep.close()
         if self.kernel is not None:
             self.kernel.close()  # kernel forwards stay: their media flows on until we return
         if self.journal is not None:
@@ -417,15 +428,6 @@ class Supervisor:
 
     def stop(self) -> None:
         self._stop.set()
-
-
-def _state_dir(setting: str) -> Path | None:
-    if setting == "none":
-        return None
-    if setting:
-        return Path(setting)
-    default = Path("/var/lib/relayd")
-    return default if default.is_dir() and os.access(default, os.W_OK) else None
 
 
 def signalling_of(

@@ -29,6 +29,7 @@ OPTIONS = [
     "--port-min=30000",
     "--port-max=30099",
     "--delete-delay=0",
+    "--state-dir=none",  # never the default journal of this host
 ]
 CERTIFICATE = create()
 BATCH = 0.05  # longer than relayd's, so that the event loop's timer granularity does not matter
