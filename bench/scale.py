@@ -74,7 +74,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -127,6 +127,7 @@ CALLS_MAX = (PORT_MAX - PORT_MIN + 1) // media.PORTS_PER_STREAM - 100
 CONFIRM_CHUNK = 500  # caller packets per generator run: a burst of thousands would
 # overflow the relay core's backlog (netdev_max_backlog, 1,000)
 PING_TIMEOUT = 1.0  # a ping unanswered this long counts as lost
+MEDIA_LEAD, MEDIA_TAIL = 1.0, 0.5  # the generators run this much before and after the window
 # issue 13's targets
 TARGET_CPU = 0.02  # relayd's processes together, calls idle, share of one core
 TARGET_P99_MS = 5.0
@@ -299,11 +300,16 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 @dataclass(slots=True)
 class Window:
-    """One measured stretch: CPU shares of one core, ng ping latency (ms), media counts."""
+    """One measured stretch in two parts: CPU shares of one core with nothing but the load
+    under test (no ng traffic at all), then the same with the ng pinger running, and its
+    latencies (ms); media counts for the media windows."""
 
-    seconds: float = 0.0
+    seconds: float = 0.0  # the first part: no ng traffic
     cpu_main: float = 0.0
     cpu_workers: float = 0.0
+    ping_seconds: float = 0.0  # the second part: the pinger running
+    cpu_main_pinged: float = 0.0
+    cpu_workers_pinged: float = 0.0
     pings: int = 0
     pings_lost: int = 0
     ping_p50_ms: float = 0.0
@@ -322,33 +328,40 @@ class Window:
     def cpu(self) -> float:
         return self.cpu_main + self.cpu_workers
 
+    @property
+    def cpu_pinged(self) -> float:
+        return self.cpu_main_pinged + self.cpu_workers_pinged
+
+
+def _cpu_over(pid: int, workers: Sequence[int], seconds: float) -> tuple[float, float, float]:
+    """(main, workers) CPU shares of one core over ``seconds`` of sleep; the wall time."""
+    main0, workers0, start = process_cpu([pid]), process_cpu(workers), time.monotonic()
+    time.sleep(seconds)
+    wall = time.monotonic() - start
+    return (process_cpu([pid]) - main0) / wall, (process_cpu(workers) - workers0) / wall, wall
+
 
 def measure_window(
-    pid: int, seconds: float, args: argparse.Namespace, during: Callable[[], None] | None = None
+    pid: int, seconds: float, ping_seconds: float, args: argparse.Namespace
 ) -> Window:
-    """CPU of ``pid`` and its workers and ng ping latency over ``seconds``, while ``during``
-    (the media generators, bounded by the same time) runs, or while nothing happens."""
+    """CPU of ``pid`` and its workers over ``seconds`` with no ng traffic, then over
+    ``ping_seconds`` with the ng pinger running, and the pinger's latencies. (The pinger's
+    own cost would otherwise be most of an idle relay's CPU.)"""
     workers = process_tree(pid)[1:]
-    main0, workers0 = process_cpu([pid]), process_cpu(workers)
-    start = time.monotonic()
-    with Pinger(media.NG_PORT, args.ping_interval, seconds) as pinger:
-        if during is None:
-            time.sleep(seconds)
-        else:
-            during()
-    wall = time.monotonic() - start
+    window = Window()
+    window.cpu_main, window.cpu_workers, wall = _cpu_over(pid, workers, seconds)
+    window.seconds = round(wall, 3)
+    with Pinger(media.NG_PORT, args.ping_interval, ping_seconds) as pinger:
+        window.cpu_main_pinged, window.cpu_workers_pinged, wall = _cpu_over(
+            pid, workers, ping_seconds
+        )
+    window.ping_seconds = round(wall, 3)
     lat = pinger.latencies_ms
-    return Window(
-        seconds=round(wall, 3),
-        cpu_main=(process_cpu([pid]) - main0) / wall,
-        cpu_workers=(process_cpu(workers) - workers0) / wall,
-        pings=len(lat),
-        pings_lost=pinger.lost,
-        ping_p50_ms=round(percentile(lat, 0.5), 3),
-        ping_p99_ms=round(percentile(lat, 0.99), 3),
-        ping_max_ms=round(max(lat, default=0.0), 3),
-        ping_error=pinger.error,
-    )
+    window.pings, window.pings_lost, window.ping_error = len(lat), pinger.lost, pinger.error
+    window.ping_p50_ms = round(percentile(lat, 0.5), 3)
+    window.ping_p99_ms = round(percentile(lat, 0.99), 3)
+    window.ping_max_ms = round(max(lat, default=0.0), 3)
+    return window
 
 
 # -- media -------------------------------------------------------------------------------------
@@ -551,8 +564,8 @@ def measure(
         time.sleep(1.0)  # the workers' once-a-second report of the deletes
         row.held_base = holdings(proc.pid)
         row.workers = row.held_base.workers
-        progress(f"{row.daemon}: base window, no calls, {args.base_window:g} s")
-        row.base = measure_window(proc.pid, args.base_window, args)
+        progress(f"{row.daemon}: base window, no calls, 2 x {args.base_window:g} s")
+        row.base = measure_window(proc.pid, args.base_window, args.base_window, args)
 
         kernel0 = kernel.kernel_object_bytes(kernel.SOCKET_CACHES)
         calls = kernel.KernelCalls(client, row.calls, f"{row.daemon}-{row.calls}")
@@ -581,31 +594,47 @@ def measure(
         row.kernel_bytes = kernel.kernel_object_bytes(kernel.SOCKET_CACHES) - kernel0
         row.conntrack_entries = kernel._conntrack_count()
 
-        progress(f"{row.daemon}: {row.calls:,} calls idle, {args.window:g} s")
-        row.idle = measure_window(proc.pid, args.window, args)
+        progress(
+            f"{row.daemon}: {row.calls:,} calls idle, {args.window:g} + {args.ping_window:g} s"
+        )
+        row.idle = measure_window(proc.pid, args.window, args.ping_window, args)
         row.held_idle = holdings(proc.pid)
 
         if args.media_rate > 0:
             rate = args.media_rate * row.calls
-            progress(f"{row.daemon}: media, {rate:,.0f} pps each way, {args.window:g} s")
+            progress(
+                f"{row.daemon}: media, {rate:,.0f} pps each way, "
+                f"{args.window:g} + {args.ping_window:g} s"
+            )
             to_callee = [(CALLEE_PORT, addr, port) for addr, port in calls.callee_side]
             before = (callee.packets(), caller.packets())
             outputs: list[dict[str, str]] = []
+            failures: list[BaseException] = []
+            duration = MEDIA_LEAD + args.window + args.ping_window + MEDIA_TAIL
 
             def flow() -> None:
-                outputs.extend(
-                    send_media(
-                        binary,
-                        [to_caller, to_callee],
-                        [(CALLER_NS, CALLER_ADDR), (CALLEE_NS, CALLEE_ADDR)],
-                        rate,
-                        args.window,
-                        place,
-                        nofile,
+                try:
+                    outputs.extend(
+                        send_media(
+                            binary,
+                            [to_caller, to_callee],
+                            [(CALLER_NS, CALLER_ADDR), (CALLEE_NS, CALLEE_ADDR)],
+                            rate,
+                            duration,
+                            place,
+                            nofile,
+                        )
                     )
-                )
+                except (BenchError, OSError, subprocess.TimeoutExpired) as exc:
+                    failures.append(exc)
 
-            row.media = measure_window(proc.pid, args.window, args, flow)
+            sender = threading.Thread(target=flow, name="media", daemon=True)
+            sender.start()
+            time.sleep(MEDIA_LEAD)  # the generators at their rate before measuring
+            row.media = measure_window(proc.pid, args.window, args.ping_window, args)
+            sender.join(duration + 40)  # send_media gives up 30 s after ``duration``
+            if failures or sender.is_alive():
+                raise BenchError(f"media: {failures[0] if failures else 'no end'}")
             time.sleep(0.5)  # the last packets through the relay
             row.media.target_pps = rate
             row.media.delivered = (
@@ -662,10 +691,18 @@ def _ping(w: Window) -> str:
     return f"{w.ping_p50_ms:.2f} / {w.ping_p99_ms:.2f} / {w.ping_max_ms:.1f} ms ({w.pings:,}{lost})"
 
 
-def _cpu(w: Window, workers: int) -> str:
-    if workers == 0:
-        return f"{_pct(w.cpu)} (one process)"
-    return f"{_pct(w.cpu)} ({_pct(w.cpu_main)} + {_pct(w.cpu_workers)})"
+def _cpu(main: float, workers: float, processes: int) -> str:
+    if processes == 0:
+        return f"{_pct(main + workers)} (one process)"
+    return f"{_pct(main + workers)} ({_pct(main)} + {_pct(workers)})"
+
+
+def _quiet(w: Window, processes: int) -> str:
+    return _cpu(w.cpu_main, w.cpu_workers, processes)
+
+
+def _pinged(w: Window, processes: int) -> str:
+    return _cpu(w.cpu_main_pinged, w.cpu_workers_pinged, processes)
 
 
 def _media(w: Window) -> str:
@@ -705,12 +742,15 @@ def cells(row: ScaleRow) -> dict[str, str]:
         + (f", then kernelized in {row.kernelize_wait_s:.1f} s" if row.checked else ""),
         "kernelized": kernelized,
         "teardown": f"{row.teardown_s:.1f} s ({row.teardown_s / row.calls * 1000:.2f} ms per call)",
-        "base cpu": _cpu(row.base, row.workers),
+        "base cpu": _quiet(row.base, row.workers),
+        "base cpu pinged": _pinged(row.base, row.workers),
         "base ping": _ping(row.base),
-        "idle cpu": _cpu(row.idle, row.workers),
+        "idle cpu": _quiet(row.idle, row.workers),
+        "idle cpu pinged": _pinged(row.idle, row.workers),
         "idle ping": _ping(row.idle),
         "media": _media(row.media),
-        "media cpu": _cpu(row.media, row.workers) if row.media.target_pps else "–",
+        "media cpu": _quiet(row.media, row.workers) if row.media.target_pps else "–",
+        "media cpu pinged": _pinged(row.media, row.workers) if row.media.target_pps else "–",
         "media ping": _ping(row.media) if row.media.target_pps else "–",
         "rss": _rss(row, row.held_idle),
         "rss media": _rss(row, row.held_media) if row.media.target_pps else "–",
@@ -732,12 +772,15 @@ LINES = [  # key, label, target
     ("confirm", "one packet per stream each way", ""),
     ("kernelized", "calls kernelized (checked) / after the media window", ""),
     ("teardown", "tear-down: delete of every call", ""),
-    ("base cpu", "CPU, no calls (main + workers), pinger running", ""),
+    ("base cpu", "CPU, no calls (main + workers)", ""),
+    ("base cpu pinged", "CPU, no calls, with the ng pinger", ""),
     ("base ping", "ng ping p50 / p99 / max, no calls (pings)", ""),
     ("idle cpu", "**CPU, calls idle** (main + workers)", "≤ 2 % of one core"),
+    ("idle cpu pinged", "CPU, calls idle, with the ng pinger", ""),
     ("idle ping", "**ng ping p50 / p99 / max, calls idle**", "p99 ≤ 5 ms"),
     ("media", "media (each way: caller → callee / callee → caller)", ""),
     ("media cpu", "**CPU with media** (main + workers)", ""),
+    ("media cpu pinged", "CPU with media, with the ng pinger", ""),
     ("media ping", "**ng ping p50 / p99 / max, with media**", "p99 ≤ 5 ms"),
     ("rss", "**RSS per call, idle** (main + workers)", "≤ 10 KB"),
     ("rss media", "RSS per call after the media window", "≤ 10 KB"),
@@ -790,9 +833,11 @@ def render(rows: Sequence[ScaleRow], args: argparse.Namespace) -> str:
             )
         out.append("")
     out.append(
-        f"Windows: base {args.base_window:g} s, idle and media {args.window:g} s each; ng ping "
-        f"every {args.ping_interval * 1000:g} ms from a sequential client (its own load is in "
-        f"the CPU figures: compare the base line); media {args.media_rate:g} packet/s per "
+        f"Windows: no calls {args.base_window:g} s, idle and media {args.window:g} s each with "
+        "no ng traffic at all (the CPU lines with the targets), each followed by "
+        f"{args.base_window:g} / {args.ping_window:g} s with a sequential ng client sending ping "
+        f"every {args.ping_interval * 1000:g} ms (the latencies, and the CPU 'with the ng "
+        f"pinger'); media {args.media_rate:g} packet/s per "
         "stream per direction on every call. CPU: utime + stime over wall time, share of one "
         "core. RSS, descriptors, ports: with the calls idle, less after 100 calls set up and "
         "deleted, over the calls. Kernel memory: bench/kernel.py's slab (kmalloc, nf_*, UDP, "
@@ -835,8 +880,21 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--only", choices=(RELAYD, RTPENGINE), help="one daemon instead of both side by side"
     )
-    parser.add_argument("--window", type=float, default=30.0, help="idle and media windows, s")
-    parser.add_argument("--base-window", type=float, default=10.0, help="the no-call window, s")
+    parser.add_argument(
+        "--window",
+        type=float,
+        default=30.0,
+        help="CPU windows with the calls idle and with media, no ng traffic (default 30 s)",
+    )
+    parser.add_argument(
+        "--ping-window",
+        type=float,
+        default=20.0,
+        help="then as long with the ng pinger running: its latencies (default 20 s)",
+    )
+    parser.add_argument(
+        "--base-window", type=float, default=10.0, help="no calls: each part (default 10 s)"
+    )
     parser.add_argument(
         "--ping-interval", type=float, default=0.02, help="seconds between ng pings (0.02)"
     )
@@ -875,7 +933,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args.calls = media._int_list(args.calls)
     if not args.calls or min(args.calls) < 1 or max(args.calls) > CALLS_MAX:
         parser.error(f"--calls: 1 to {CALLS_MAX:,} (the relay port range of one media address)")
-    if args.window <= 0 or args.base_window <= 0 or not 0.001 <= args.ping_interval <= 10:
+    if min(args.window, args.ping_window, args.base_window) <= 0 or not (
+        0.001 <= args.ping_interval <= 10
+    ):
         parser.error("windows must be positive, --ping-interval between 0.001 and 10 s")
     if args.media_rate < 0 or args.media_rate * max(args.calls) > 500_000:
         parser.error("--media-rate: at most 500,000 packets/s per direction in all")
