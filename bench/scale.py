@@ -486,6 +486,7 @@ class ScaleRow:
     label: str = ""
     workers: int = 0
     nofile: int = 0
+    reached: int = 0  # calls set up (fewer than ``calls`` only when the set-up failed)
     setup_s: float = 0.0  # offer + answer of every call
     confirm_s: float = 0.0  # one packet per stream each way
     checked: int = 0  # calls queried for "kernelized" (relayd)
@@ -572,7 +573,10 @@ def measure(
         stack.callback(_delete_quietly, calls)  # on failure; the daemon goes anyway
         progress(f"{row.daemon}: setting up {row.calls:,} calls")
         start = time.monotonic()
-        to_caller = calls.setup()
+        try:
+            to_caller = calls.setup()
+        finally:
+            row.reached = len(calls.live)
         row.setup_s = time.monotonic() - start
         callee, caller = stack.enter_context(counters())
         bench = Bench(binary, streams=to_caller, place=place, daemon_pid=None, nofile=nofile)
@@ -726,7 +730,7 @@ def _rss(row: ScaleRow, after: Holdings) -> str:
 def cells(row: ScaleRow) -> dict[str, str]:
     """The table's figures of one daemon at one size, by line."""
     if row.error:
-        return {"error": f"failed: {row.error}"}
+        return {"setup": f"**failed** after {row.reached:,} calls set up: {row.error}"}
     per_call = row.fds_per_call()
     fds = f"{sum(per_call):.2f}"
     if row.workers:
@@ -827,7 +831,7 @@ def render(rows: Sequence[ScaleRow], args: argparse.Namespace) -> str:
             "|---|" + "---:|" * len(daemons) + "---|---|",
         ]
         for key, label, target in LINES:
-            figures = [columns[d].get(key, columns[d].get("error", "–")) for d in daemons]
+            figures = [columns[d].get(key, "–") for d in daemons]
             out.append(
                 f"| {label} | " + " | ".join(figures) + f" | {target} | {verdict.get(key, '')} |"
             )
