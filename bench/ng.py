@@ -649,9 +649,7 @@ def measure_concurrent(
     pipes: list[Connection] = []
     reports: list[ClientReport] = []
     try:
-        for index in range(k):
-            # --cycles in all, split as evenly as it goes
-            limit = sys.maxsize if cycles_cap is None else (cycles_cap + k - 1 - index) // k
+        for index, limit in enumerate(client_limits(cycles_cap, k)):
             receive, send = context.Pipe(duplex=False)
             process = context.Process(
                 target=_client_main,
@@ -687,6 +685,13 @@ def measure_concurrent(
         lat.extend(Latencies(list(report.offer), list(report.answer), list(report.delete), cycle))
     seconds = max(r.end for r in reports) - min(r.start for r in reports)
     summarize(result, lat, seconds, cpu_start, cpu_end, sum(r.cpu for r in reports))
+
+
+def client_limits(cycles_cap: int | None, clients: int) -> list[int]:
+    """Each client's share of --cycles, as even as it goes, so that they add up to it."""
+    if cycles_cap is None:
+        return [sys.maxsize] * clients
+    return [(cycles_cap + clients - 1 - index) // clients for index in range(clients)]
 
 
 def _receive(pipe: Connection, timeout: float) -> ClientReport:
@@ -783,7 +788,7 @@ def render(results: Sequence[Result], *, concurrent: bool = False) -> str:
     out.append(
         f"|{lead_align}---:|---|---:|---:|---:|---:|{'---:|' * 3 if concurrent else ''}---:|---:|"
     )
-    empty = "| | | | | " * 2 if concurrent else "| | | | | |"
+    empty = "| " * (8 if concurrent else 5) + "|"  # the cells after "not run"
     for r in results:
         head = _row_head(r, concurrent)
         if r.skipped:
@@ -1058,7 +1063,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default="",
         metavar="'ARGS'",
         help="more relayd options in one string, split as a shell would, appended after "
-        "--relayd-arg's",
+        "--relayd-arg's (a single option needs the = form: --relayd-args=--shards=4)",
     )
     parser.add_argument(
         "--profile", metavar="DIR", help="run relayd under cProfile, one .prof per measurement"
