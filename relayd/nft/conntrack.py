@@ -241,6 +241,11 @@ class Ctnetlink:
         self._sock: socket.socket | None = None
         self._seq = 0
 
+    def open(self) -> None:
+        """Open the socket now rather than at the first request (a long-lived user opens it
+        at start-up, so its descriptors do not change later); ConntrackError if it cannot."""
+        self._socket()
+
     def _socket(self) -> socket.socket:
         if self._sock is None:
             try:

@@ -27,6 +27,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -53,6 +54,8 @@ class Sweeper:
 
     def __init__(self) -> None:
         self._ct = Ctnetlink()
+        with contextlib.suppress(ConntrackError):
+            self._ct.open()  # at start-up, not at the first sweep; a failure shows then
 
     def __call__(self, sockets: set[Endpoint], flows: set[Flow]) -> int:
         if not tracked():
