@@ -116,7 +116,7 @@ class Supervisor:
         self.signalling = signalling_of(config, interfaces, ports, certificate)
         self.commands = Commands(
             self.signalling,
-            limits_of(config),
+            limits_of(config, count),
             started=time.time(),
             calls=self.calls,
             place=self.media.least_loaded,
@@ -415,7 +415,8 @@ class Supervisor:
             return {"result": "error", "error": f"configuration error: {exc}"}
         old = self.config
         self.config, applied, restart = reloaded(old, fresh)
-        self.commands.set_limits(limits_of(self.config))
+        shards = self.shard.count if self.shard is not None else 1
+        self.commands.set_limits(limits_of(self.config, shards))
         if self.config.log_level != old.log_level:
             log.set_level(self.config.log_level)
         logger.info("config.reloaded", source=fresh.source, applied=applied, restart=restart)
@@ -445,10 +446,14 @@ def signalling_of(
     )
 
 
-def limits_of(config: Config) -> Limits:
-    """The call limits and timers a configuration sets (at start-up and on reload)."""
+def limits_of(config: Config, shards: int = 1) -> Limits:
+    """The call limits and timers a configuration sets (at start-up and on reload). Of
+    ``max-sessions`` (the host's) each of ``shards`` shards takes its share, rounded up."""
+    max_sessions = config.max_sessions
+    if shards > 1 and max_sessions > 0:
+        max_sessions = -(-max_sessions // shards)
     return Limits(
-        max_sessions=config.max_sessions,
+        max_sessions=max_sessions,
         delete_delay=config.delete_delay,
         offer_timeout=config.offer_timeout,
         final_timeout=config.final_timeout,

@@ -21,7 +21,6 @@ import json
 import zlib
 from typing import Any, NamedTuple
 
-from relayd.ng import bencode
 from relayd.ng.message import normalise
 
 __all__ = ["FAN_OUT", "Route", "owner", "port_slice", "route_of"]
@@ -64,6 +63,8 @@ def route_of(body: bytes) -> Route:
         else:
             items = list(_top_level(body))
         for key, value in items:
+            if len(key) != 7:  # "call-id" and "command", however spelled, have 7 letters
+                continue
             name = normalise(
                 key.decode("utf-8", "surrogateescape") if isinstance(key, bytes) else str(key)
             )
@@ -71,24 +72,54 @@ def route_of(body: bytes) -> Route:
                 call_id = _text(value) or b""
             elif name == "command":
                 command = _text(value) or b""
-    except (ValueError, RecursionError, UnicodeDecodeError):
+    except (ValueError, IndexError, RecursionError, UnicodeDecodeError):
         pass
     text = normalise(command.decode("utf-8", "surrogateescape")) if command else ""
     return Route(text, call_id)
 
 
+def _string(data: bytes, pos: int) -> tuple[bytes, int]:
+    """A bencoded string at ``pos``: its bytes and the offset after it."""
+    colon = data.index(b":", pos)
+    if not 0 < colon - pos <= 10 or not data[pos:colon].isdigit():
+        raise ValueError("not a string")
+    end = colon + 1 + int(data[pos:colon])
+    if end > len(data):
+        raise ValueError("truncated string")
+    return data[colon + 1 : end], end
+
+
+def _skip(data: bytes, pos: int, depth: int = 0) -> int:
+    """The offset after the bencoded value at ``pos``, without decoding it."""
+    if depth > 64:
+        raise ValueError("nested too deep")
+    head = data[pos : pos + 1]
+    if head == b"i":
+        return data.index(b"e", pos) + 1
+    if head in (b"l", b"d"):
+        pos += 1
+        while data[pos : pos + 1] != b"e":
+            if pos >= len(data):
+                raise ValueError("truncated list")
+            pos = _skip(data, pos, depth + 1)
+        return pos + 1
+    return _string(data, pos)[1]
+
+
 def _top_level(body: bytes) -> list[tuple[bytes, Any]]:
-    """The key/value pairs of a bencoded dictionary, values of the keys routing reads
-    decoded, the others skipped over (decoded and dropped)."""
+    """The key/value pairs of a bencoded dictionary whose value is a string (the rest
+    skipped over without decoding: an SDP body costs a length read)."""
     if body[:1] != b"d":
         return []
     pairs: list[tuple[bytes, Any]] = []
     pos = 1
     while pos < len(body) and body[pos : pos + 1] != b"e":
-        key, pos = bencode.decode_prefix(body, pos)
-        value, pos = bencode.decode_prefix(body, pos)
-        if isinstance(key, bytes | str):
-            pairs.append((key if isinstance(key, bytes) else key.encode(), value))
+        key, pos = _string(body, pos)
+        if body[pos : pos + 1].isdigit():
+            value, pos = _string(body, pos)
+            pairs.append((key, value))
+        else:
+            pos = _skip(body, pos)
     return pairs
 
 

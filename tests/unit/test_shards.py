@@ -190,3 +190,15 @@ def test_shards_in_the_configuration(tmp_path: Path) -> None:
         )
     with pytest.raises(ConfigError, match="worker-socket"):
         load(["--config-file", "none", "--shards", "2", "--worker-socket", str(tmp_path / "w")])
+
+
+def test_max_sessions_is_the_hosts_each_shard_takes_its_share() -> None:
+    from relayd.supervisor import limits_of
+
+    config = load(["--config-file", "none", "--max-sessions", "1001", "--shards", "4"])
+    assert limits_of(config, 4).max_sessions == 251
+    assert limits_of(config, 1).max_sessions == 1001
+    drained = load(["--config-file", "none", "--max-sessions", "0"])
+    assert limits_of(drained, 4).max_sessions == 0
+    unlimited = load(["--config-file", "none"])
+    assert limits_of(unlimited, 4).max_sessions == -1
