@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, Protocol
 
 from relayd import ipc, log
@@ -152,14 +152,30 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._closers: list[Any] = []
 
-    def dispatch(self, req: Request, source: tuple[Any, ...]) -> dict[str, Any]:
+    def dispatch(
+        self, req: Request, source: tuple[Any, ...]
+    ) -> dict[str, Any] | Awaitable[dict[str, Any]]:
         """Handle one ng request (the ng service's dispatch) in the call's log context.
 
         After an offer or answer, or a delete that ended only a branch, the workers' updates are
         scheduled (they go out after the reply); a call the request found or made is
         journalled. Never raises: an unexpected exception is logged and answered "Internal
-        error"; every request is counted by source.
+        error"; every request is counted by source. ``statistics`` with calls in the kernel
+        answers once every kernel counter is read (the read lets other requests through);
+        everything else answers at once.
         """
+        if req.command == "statistics" and self.handover.in_kernel:
+            return self._after_counters(req, source)
+        return self._handle(req, source)
+
+    async def _after_counters(self, req: Request, source: tuple[Any, ...]) -> dict[str, Any]:
+        try:
+            await self.handover.refresh_all()
+        except Exception:
+            logger.exception("kernel.read_failed")
+        return self._handle(req, source)
+
+    def _handle(self, req: Request, source: tuple[Any, ...]) -> dict[str, Any]:
         started = time.perf_counter()
         known = self.calls.get(req.call_id) if req.call_id else None
         token = log.bind_call(
@@ -187,8 +203,6 @@ class Supervisor:
             logger.warning("ng.unknown_keys", command=req.command, keys=req.unknown)
         if req.command in ("query", "delete") and known is not None:
             self.handover.refresh([known])  # the reply's counters as the kernel has them now
-        elif req.command == "statistics":
-            self.handover.refresh_all()
         reply = self.commands.handle(req, time.time())
         result = reply.get("result")
         call = self.calls.get(req.call_id) if req.call_id else None
@@ -340,11 +354,11 @@ class Supervisor:
     def _refresh_due(self, calls: list[Call], now: float) -> None:
         self.handover.refresh(calls, now)
 
-    def refresh_counters(self, call_id: str | None = None) -> None:
-        """What the kernel forwarded, folded into the streams now: for one call, or all
-        (``relayctl``, ``/metrics``)."""
+    async def refresh_counters(self, call_id: str | None = None) -> None:
+        """What the kernel forwarded, folded into the streams: for one call (at once), or
+        all of them (``relayctl``, ``/metrics``: read as ng goes on)."""
         if call_id is None:
-            self.handover.refresh_all()
+            await self.handover.refresh_all()
         elif (call := self.calls.get(call_id)) is not None:
             self.handover.refresh([call])
 

@@ -16,11 +16,11 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import inspect
 import os
 import socket
 import sys
-import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import uvloop
@@ -31,7 +31,7 @@ from relayd.certificate import load_or_create
 from relayd.config import ConfigError, load
 from relayd.ng.message import NgError, decode_body, parse_request, split_cookie
 from relayd.ops import admin
-from relayd.ops.operations import metrics_text
+from relayd.ops.operations import metrics_page
 from relayd.shards.link import Closed, receive, send
 
 if TYPE_CHECKING:
@@ -51,6 +51,7 @@ class ShardEnd:
         self.link, self.udp = link, udp
         self._service: NgService | None = None
         self._state: Supervisor | None = None
+        self._tasks: set[asyncio.Future[None]] = set()  # answers waiting for a coroutine
 
     def open(self, service: NgService, state: Supervisor) -> ShardEnd:
         """Serve the link on the running loop; the returned object closes it."""
@@ -86,29 +87,60 @@ class ShardEnd:
         payload: Any
         if kind == "ng":
             _, _, source, local, data = message
-            reply = service.handle(data, source, local)
-            if not isinstance(reply, bytes):
-                return  # no cookie: nothing to answer (the dispatcher is synchronous)
+            payload = service.handle(data, source, local)
+            if payload is None:
+                return  # no cookie: nothing to answer
             if tag == 0 and self.udp is not None:
-                with contextlib.suppress(OSError):
-                    self.udp.sendto(reply, source)
+                self._answer_client(payload, source)
                 return
-            payload = reply
         elif kind == "call":
             _, _, source, data = message
             payload = self._call(state, data, source)
         elif kind == "admin":
-            payload = admin.handle(state, message[2], time.time())
+            payload = admin.respond(state, message[2])
         elif kind == "metrics":
-            payload = metrics_text(state)
+            payload = metrics_page(state)
         else:
             logger.warning("shard.unknown_message", kind=kind)
             return
-        if not send(self.link, ("reply", tag, payload)):
-            logger.warning("shard.link_full", kind=kind)
+        if inspect.isawaitable(payload):
+            task = asyncio.ensure_future(self._reply_later(kind, tag, payload))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            self._reply(kind, tag, payload)
+
+    def _answer_client(self, reply: bytes | asyncio.Future[bytes], source: Any) -> None:
+        if isinstance(reply, bytes):
+            assert self.udp is not None
+            with contextlib.suppress(OSError):
+                self.udp.sendto(reply, source)
+            return
+        reply.add_done_callback(
+            lambda done: None if done.cancelled() else self._answer_client(done.result(), source)
+        )
+
+    async def _reply_later(self, kind: str, tag: int, pending: Awaitable[Any]) -> None:
+        try:
+            payload = await pending
+        except Exception:
+            logger.exception("shard.request_failed", kind=kind)
+            return  # the front's wait times out; the proxy retransmits
+        if kind == "metrics":
+            payload = payload[1]  # the text of (content type, text)
+        self._reply(kind, tag, payload)
+
+    def _reply(self, kind: str, tag: int, payload: Any) -> None:
+        try:
+            if not send(self.link, ("reply", tag, payload)):
+                logger.warning("shard.link_full", kind=kind)
+        except Closed:
+            pass  # the front is gone: _readable stops the shard
 
     @staticmethod
-    def _call(state: Supervisor, data: bytes, source: tuple[Any, ...]) -> dict[str, Any]:
+    def _call(
+        state: Supervisor, data: bytes, source: tuple[Any, ...]
+    ) -> dict[str, Any] | Awaitable[dict[str, Any]]:
         """A command the front asks every shard (``list``, ``statistics``): the reply
         dictionary, for the front to merge."""
         try:
