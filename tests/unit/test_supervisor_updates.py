@@ -53,6 +53,7 @@ class Harness:
 
     def ng(self, command: str, **keys: Any) -> dict[str, Any]:
         reply = self.sup.dispatch(req(command, from_tag="a", **keys), SOURCE)
+        assert isinstance(reply, dict)  # only statistics with calls in the kernel waits
         assert reply["result"] == "ok", reply
         return reply
 
