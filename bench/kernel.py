@@ -76,6 +76,7 @@ for _path in (REPO, REPO / "bench"):
 import media  # noqa: E402
 from medialab import (  # noqa: E402
     CALLEE_ADDR,
+    CALLEE_NS,
     CALLEE_PORT,
     CALLER_ADDR,
     CALLER_PORT0,
@@ -104,7 +105,6 @@ from relayd.ng.client import NgClient, NgTimeout  # noqa: E402
 
 __all__ = ["main"]
 
-CALLEE_NS = "rbm-callee"
 RELAYS = {"kernel": "relayd-kernel", "relayd": "relayd", "rtpengine": "rtpengine"}  # --relays
 KERNEL = "relayd-kernel"  # relayd --table 0
 GENERATOR = "generator"  # the generator check: no daemon

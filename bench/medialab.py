@@ -31,11 +31,18 @@ from pathlib import Path
 
 __all__ = [
     "CALLEE_ADDR",
+    "CALLEE_INGRESS",
+    "CALLEE_NS",
     "CALLEE_PORT",
     "CALLER_ADDR",
+    "CALLER_INGRESS",
+    "CALLER_NS",
     "CALLER_PORT0",
     "GENERATOR_SLACK",
     "MEDIA_ADDR",
+    "NETNS_PREFIX",
+    "RELAY_CALLEE_SIDE",
+    "RELAY_CALLER_SIDE",
     "RELAY_NS",
     "RTP_SIZE",
     "Bench",
@@ -59,11 +66,16 @@ __all__ = [
 ]
 
 GENERATOR_SOURCE = Path(__file__).resolve().parent / "gen" / "rtpgen.c"
-CALLER_NS, RELAY_NS, CALLEE_NS = "rbm-caller", "rbm-relay", "rbm-callee"
+# Namespace names: rbm-caller, rbm-relay, rbm-callee. Another prefix (the environment's
+# RELAYD_BENCH_NETNS, read once at import) gives a second lab that can exist beside this one:
+# bench/scale.py uses its own, and so can a session whose names must carry its own prefix.
+NETNS_PREFIX = os.environ.get("RELAYD_BENCH_NETNS", "rbm")
+CALLER_NS, RELAY_NS, CALLEE_NS = (f"{NETNS_PREFIX}-{n}" for n in ("caller", "relay", "callee"))
 NAMESPACES = (CALLER_NS, RELAY_NS, CALLEE_NS)
 CALLER_ADDR, CALLEE_ADDR, MEDIA_ADDR = "10.77.1.2", "10.77.2.2", "10.77.0.1"
 RELAY_CALLER_SIDE, RELAY_CALLEE_SIDE = "10.77.1.1", "10.77.2.1"
 RELAY_INGRESS, CALLEE_INGRESS = "rbm-r1", "rbm-e0"  # veth ends that receive the media
+CALLER_INGRESS = "rbm-c0"  # the caller's end: what the relay sends the caller arrives there
 CALLER_PORT0 = 20000  # stream i sends from CALLER_PORT0 + 2i
 CALLEE_PORT = 40000  # every callee is one socket (or one nft rule): cheap per packet
 
@@ -138,12 +150,12 @@ def topology() -> Iterator[None]:
         for name in NAMESPACES:
             _sh("ip", "netns", "add", name)
         link = ("ip", "link", "add")
-        _sh(*link, "rbm-c0", "netns", CALLER_NS, "type", "veth", "peer", "name", RELAY_INGRESS,
-            "netns", RELAY_NS)  # fmt: skip
+        _sh(*link, CALLER_INGRESS, "netns", CALLER_NS, "type", "veth", "peer", "name",
+            RELAY_INGRESS, "netns", RELAY_NS)  # fmt: skip
         _sh(*link, "rbm-r2", "netns", RELAY_NS, "type", "veth", "peer", "name", CALLEE_INGRESS,
             "netns", CALLEE_NS)  # fmt: skip
         plan = {
-            CALLER_NS: [("rbm-c0", f"{CALLER_ADDR}/24")],
+            CALLER_NS: [(CALLER_INGRESS, f"{CALLER_ADDR}/24")],
             RELAY_NS: [
                 (RELAY_INGRESS, f"{RELAY_CALLER_SIDE}/24"),
                 ("rbm-r2", f"{RELAY_CALLEE_SIDE}/24"),

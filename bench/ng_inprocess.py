@@ -60,6 +60,7 @@ def relayd_options(port_min: int, port_max: int) -> list[str]:
         f"--port-max={port_max}",
         "--table=-1",
         "--delete-delay=0",
+        "--state-dir=none",  # no journal: nothing of another run is taken back
         "--log-level=3",
         "--num-threads=1",
     ]

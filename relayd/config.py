@@ -139,12 +139,13 @@ class Config:
     pidfile: str | None = None
     sip_source: bool = False
     endpoint_learning: Learning = "delayed"
-    state_dir: str = ""  # "" = /var/lib/relayd if that directory exists, "none" = no journal
+    state_dir: str = ""  # "" = the default journal (calls/journal.py), "none" = no journal
     dtls_passive: bool = False
     tls_certificate: str = ""
     tls_private_key: str = ""
     worker_socket: str = ""  # workers are systemd units connecting here ("" = spawn them)
     num_threads: int = 0
+    shards: int = 1  # supervisor processes the calls are split over (relayd.shards)
     log_format: str = "default"  # default, parsable, json
     log_facility_rtcp: str = ""
     admin_socket: str = DEFAULT_ADMIN_SOCKET  # "none": no admin socket
@@ -342,6 +343,7 @@ def _to_config(values: dict[str, Any], raw: dict[str, Any], source: str) -> Conf
         "tls-private-key",
         "worker-socket",
         "num-threads",
+        "shards",
         "log-format",
         "log-facility-rtcp",
         "admin-socket",
@@ -411,6 +413,18 @@ def _check(config: Config, where: Callable[[str], str]) -> None:
         )
     if not 0 <= config.tos <= 255:
         raise ConfigError(f"{where('tos')}: invalid value for 'tos': {config.tos} (0..255)")
+    if not 1 <= config.shards <= 64:
+        raise ConfigError(f"{where('shards')}: invalid value for 'shards': 1..64")
+    if config.shards > 1 and (config.port_max - config.port_min + 1) // config.shards < 4:
+        raise ConfigError(
+            f"{where('shards')}: invalid value for 'shards': {config.shards} shards need "
+            f"at least {4 * config.shards} ports in port-min..port-max"
+        )
+    if config.shards > 1 and config.worker_socket:
+        raise ConfigError(
+            f"{where('shards')}: 'shards' and 'worker-socket' cannot be combined: "
+            "each shard starts its own workers"
+        )
     if not 0 <= config.log_level <= 7:
         raise ConfigError(f"{where('log-level')}: invalid value for 'log-level': 0..7")
     if config.log_format not in FORMATS:

@@ -59,6 +59,7 @@ KEYS: dict[str, KeyInfo] = {
     "tos": KeyInfo("int", _S),
     "control-tos": KeyInfo("int", _I, "ng replies are sent with the default TOS"),
     "num-threads": KeyInfo("int", _S),
+    "shards": KeyInfo("int", _S),
     "endpoint-learning": KeyInfo("str", _S),
     "listen-http": KeyInfo("str", _S),
     "prometheus": KeyInfo("bool", _S),

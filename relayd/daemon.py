@@ -24,6 +24,7 @@ from relayd import __version__, log
 from relayd.calls.interfaces import resolve
 from relayd.certificate import load_or_create
 from relayd.config import KEYS, ConfigError, load, unimplemented
+from relayd.shards.front import Front
 from relayd.supervisor import Supervisor
 
 __all__ = ["GC_THRESHOLDS", "main", "system_addresses"]
@@ -117,8 +118,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         config=config.source,
         interfaces=[f"{a.interface}/{a.local}!{a.advertised}" for a in interfaces.all],
         ports=f"{config.port_min}-{config.port_max}",
+        shards=config.shards,
     )
     try:
+        if config.shards > 1:
+            # the calls split over shard processes; this one routes ng to them
+            uvloop.run(Front(config, args, ready_fd).run())
+            return 0
         supervisor = Supervisor(config, interfaces, certificate, ready_fd=ready_fd, argv=args)
         gc.freeze()  # what start-up built is never garbage: keep collections off it
         gc.set_threshold(*GC_THRESHOLDS)

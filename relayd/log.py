@@ -26,6 +26,7 @@ __all__ = [
     "FORMATS",
     "RTCP_LOGGER",
     "bind_call",
+    "bind_process",
     "configure",
     "get_logger",
     "set_level",
@@ -88,6 +89,22 @@ def _renderer(fmt: str) -> structlog.typing.Processor:
     return structlog.dev.ConsoleRenderer(colors=False)
 
 
+_PROCESS: dict[str, Any] = {}  # fields on every line of this process (a shard's index)
+
+
+def bind_process(**fields: Any) -> None:
+    """Fields every later line of this process carries (``shard=2``)."""
+    _PROCESS.update(fields)
+
+
+def _merge_process(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for key, value in _PROCESS.items():
+        event.setdefault(key, value)
+    return event
+
+
 def configure(
     level: int = 6,
     *,
@@ -100,6 +117,7 @@ def configure(
     """Set up logging once at start-up (and again on reload)."""
     handler = logging.StreamHandler(sys.stderr) if stderr else _syslog(facility)
     processors: list[structlog.typing.Processor] = [
+        _merge_process,
         _merge_call,
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,

@@ -15,14 +15,13 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Awaitable, Sequence
+from typing import Any, Protocol
 
 from relayd import ipc, log
 from relayd.calls.commands import Commands, Teardown
 from relayd.calls.interfaces import Interfaces
-from relayd.calls.journal import Journal
+from relayd.calls.journal import Journal, instance_name, journal_place
 from relayd.calls.model import Call, Stream, host_port
 from relayd.calls.ports import PortAllocator
 from relayd.calls.signalling import Signalling
@@ -38,16 +37,30 @@ from relayd.plane.handover import KernelHandover
 from relayd.plane.kernel import KernelPath
 from relayd.plane.media import MediaPlane
 from relayd.plane.sockets import SocketBinder
+from relayd.plane.sweep import ConntrackSweep
 from relayd.plane.updates import WorkerUpdates
 from relayd.plane.workerpool import WorkerSettings
+from relayd.shards.route import port_slice
 
-__all__ = ["Supervisor"]
+__all__ = ["ShardLink", "Supervisor"]
 
 logger = log.get_logger("relayd")
 
 _TICK = 0.25  # seconds between timer runs
 _TICKS_PER_SECOND = 4
 _REAP_BATCH = 128  # due calls judged between two looks at the ng sockets
+
+
+class ShardLink(Protocol):
+    """Where a shard's requests come from (``shards`` > 1, relayd.shards.shard): the front,
+    over a link, instead of listeners of its own."""
+
+    index: int
+    count: int
+
+    def open(self, service: NgService, state: Supervisor) -> Any:
+        """Serve the link; returns what closes it."""
+        ...
 
 
 class Supervisor:
@@ -62,8 +75,13 @@ class Supervisor:
         *,
         ready_fd: int | None = None,
         argv: Sequence[str] = (),
+        shard: ShardLink | None = None,
     ) -> None:
         self.config = config
+        self.shard = shard
+        index, count = (shard.index, shard.count) if shard is not None else (0, 1)
+        # a shard's calls take their ports from its own slice of the range
+        port_min, port_max = port_slice(config.port_min, config.port_max, index, count)
         self.argv = list(argv)  # the command line, read again by reload()
         self.ready_fd = ready_fd
         self.counters = Counters()
@@ -73,7 +91,9 @@ class Supervisor:
         self.ops = Operations(config, self)
         self.rtcp_copied = copies_rtcp(config)
         workers = config.num_threads or len(os.sched_getaffinity(0))
-        binder = SocketBinder()
+        # a port pair given back takes its conntrack entries with it (plane/sweep.py)
+        self.sweep: ConntrackSweep  # made once the media plane's streams exist
+        binder = SocketBinder(on_release=lambda address, port: self.sweep.released(address, port))
         self.media = MediaPlane(
             binder,
             self.calls,
@@ -91,11 +111,12 @@ class Supervisor:
             on_traffic=self.ops.userspace_traffic,
             on_rtcp=self.ops.rtcp_copied,
         )
-        ports = PortAllocator(config.port_min, config.port_max, workers, binder)
+        self.sweep = ConntrackSweep(self.media.reports.streams)
+        ports = PortAllocator(port_min, port_max, workers, binder)
         self.signalling = signalling_of(config, interfaces, ports, certificate)
         self.commands = Commands(
             self.signalling,
-            limits_of(config),
+            limits_of(config, count),
             started=time.time(),
             calls=self.calls,
             place=self.media.least_loaded,
@@ -105,9 +126,21 @@ class Supervisor:
         # the kernel forwards to relay sockets: at most one counter element for each
         local = {address.local for address in interfaces.all}
         capacity = (config.port_max - config.port_min + 1) * max(len(local), 1)
-        self.kernel = KernelPath(config.table, config.tos, capacity) if config.table >= 0 else None
-        state_dir = _state_dir(config.state_dir)
-        self.journal = Journal(state_dir) if state_dir else None
+        owned = (port_min, port_max) if count > 1 else None  # the others' forwards: theirs
+        self.kernel = (
+            KernelPath(config.table, config.tos, capacity, owned) if config.table >= 0 else None
+        )
+        place = journal_place(
+            config.state_dir, instance_name(config.listen_ng, config.listen_tcp_ng)
+        )
+        directory = place.directory
+        if directory is not None and count > 1:
+            directory = directory / f"shard{index}"  # each shard journals its own calls
+        self.journal = Journal(directory, place.name) if directory else None
+        if self.journal is not None:
+            logger.info("state.journal", path=str(self.journal.path))
+        else:
+            logger.info("state.no_journal", reason=place.why)
         self.handover = KernelHandover(
             self.kernel,
             self.media,
@@ -119,14 +152,30 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._closers: list[Any] = []
 
-    def dispatch(self, req: Request, source: tuple[Any, ...]) -> dict[str, Any]:
+    def dispatch(
+        self, req: Request, source: tuple[Any, ...]
+    ) -> dict[str, Any] | Awaitable[dict[str, Any]]:
         """Handle one ng request (the ng service's dispatch) in the call's log context.
 
         After an offer or answer, or a delete that ended only a branch, the workers' updates are
         scheduled (they go out after the reply); a call the request found or made is
         journalled. Never raises: an unexpected exception is logged and answered "Internal
-        error"; every request is counted by source.
+        error"; every request is counted by source. ``statistics`` with calls in the kernel
+        answers once every kernel counter is read (the read lets other requests through);
+        everything else answers at once.
         """
+        if req.command == "statistics" and self.handover.in_kernel:
+            return self._after_counters(req, source)
+        return self._handle(req, source)
+
+    async def _after_counters(self, req: Request, source: tuple[Any, ...]) -> dict[str, Any]:
+        try:
+            await self.handover.refresh_all()
+        except Exception:
+            logger.exception("kernel.read_failed")
+        return self._handle(req, source)
+
+    def _handle(self, req: Request, source: tuple[Any, ...]) -> dict[str, Any]:
         started = time.perf_counter()
         known = self.calls.get(req.call_id) if req.call_id else None
         token = log.bind_call(
@@ -154,8 +203,6 @@ class Supervisor:
             logger.warning("ng.unknown_keys", command=req.command, keys=req.unknown)
         if req.command in ("query", "delete") and known is not None:
             self.handover.refresh([known])  # the reply's counters as the kernel has them now
-        elif req.command == "statistics":
-            self.handover.refresh_all()
         reply = self.commands.handle(req, time.time())
         result = reply.get("result")
         call = self.calls.get(req.call_id) if req.call_id else None
@@ -232,18 +279,11 @@ class Supervisor:
             self.media.sync(call)
         observe = self.ops.ng_observed if self.ops.homer is not None else None
         service = NgService(self.dispatch, observe=observe)
-        cfg = self.config
-        # UDP last: once ng answers a ping over UDP every other listener is up (the loop
-        # serves the UDP socket while a later listener is still being opened)
-        self._closers += await self.ops.serve()
-        if cfg.listen_tcp_ng:
-            server = await serve_tcp(service, *cfg.listen_tcp_ng)
-            self._closers.append(server)
-            logger.info("ng.listening", transport="tcp", address=host_port(cfg.listen_tcp_ng))
-        if cfg.listen_ng:
-            transport = await serve_udp(service, *cfg.listen_ng)
-            self._closers.append(transport)
-            logger.info("ng.listening", transport="udp", address=host_port(cfg.listen_ng))
+        if self.shard is not None:
+            # a shard: the front owns the listeners, the admin socket and /metrics
+            self._closers.append(self.shard.open(service, self))
+        else:
+            await self._listen(service)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop.set)
@@ -259,11 +299,27 @@ class Supervisor:
             closer.close()
         self.ops.close()
         await self.media.stop()
+        self.sweep.close()
         if self.kernel is not None:
             self.kernel.close()  # kernel forwards stay: their media flows on until we return
         if self.journal is not None:
             self.journal.close()
         logger.info("relayd.stopped", calls=len(self.calls))
+
+    async def _listen(self, service: NgService) -> None:
+        """The admin socket, /metrics, and the ng listeners."""
+        cfg = self.config
+        # UDP last: once ng answers a ping over UDP every other listener is up (the loop
+        # serves the UDP socket while a later listener is still being opened)
+        self._closers += await self.ops.serve()
+        if cfg.listen_tcp_ng:
+            server = await serve_tcp(service, *cfg.listen_tcp_ng)
+            self._closers.append(server)
+            logger.info("ng.listening", transport="tcp", address=host_port(cfg.listen_tcp_ng))
+        if cfg.listen_ng:
+            transport = await serve_udp(service, *cfg.listen_ng)
+            self._closers.append(transport)
+            logger.info("ng.listening", transport="udp", address=host_port(cfg.listen_ng))
 
     async def _reap(self) -> None:
         # Every 250 ms: calls whose deadline came (only those: Commands.reap, in batches
@@ -298,11 +354,11 @@ class Supervisor:
     def _refresh_due(self, calls: list[Call], now: float) -> None:
         self.handover.refresh(calls, now)
 
-    def refresh_counters(self, call_id: str | None = None) -> None:
-        """What the kernel forwarded, folded into the streams now: for one call, or all
-        (``relayctl``, ``/metrics``)."""
+    async def refresh_counters(self, call_id: str | None = None) -> None:
+        """What the kernel forwarded, folded into the streams: for one call (at once), or
+        all of them (``relayctl``, ``/metrics``: read as ng goes on)."""
         if call_id is None:
-            self.handover.refresh_all()
+            await self.handover.refresh_all()
         elif (call := self.calls.get(call_id)) is not None:
             self.handover.refresh([call])
 
@@ -373,7 +429,8 @@ class Supervisor:
             return {"result": "error", "error": f"configuration error: {exc}"}
         old = self.config
         self.config, applied, restart = reloaded(old, fresh)
-        self.commands.set_limits(limits_of(self.config))
+        shards = self.shard.count if self.shard is not None else 1
+        self.commands.set_limits(limits_of(self.config, shards))
         if self.config.log_level != old.log_level:
             log.set_level(self.config.log_level)
         logger.info("config.reloaded", source=fresh.source, applied=applied, restart=restart)
@@ -386,15 +443,6 @@ class Supervisor:
 
     def stop(self) -> None:
         self._stop.set()
-
-
-def _state_dir(setting: str) -> Path | None:
-    if setting == "none":
-        return None
-    if setting:
-        return Path(setting)
-    default = Path("/var/lib/relayd")
-    return default if default.is_dir() and os.access(default, os.W_OK) else None
 
 
 def signalling_of(
@@ -412,10 +460,14 @@ def signalling_of(
     )
 
 
-def limits_of(config: Config) -> Limits:
-    """The call limits and timers a configuration sets (at start-up and on reload)."""
+def limits_of(config: Config, shards: int = 1) -> Limits:
+    """The call limits and timers a configuration sets (at start-up and on reload). Of
+    ``max-sessions`` (the host's) each of ``shards`` shards takes its share, rounded up."""
+    max_sessions = config.max_sessions
+    if shards > 1 and max_sessions > 0:
+        max_sessions = -(-max_sessions // shards)
     return Limits(
-        max_sessions=config.max_sessions,
+        max_sessions=max_sessions,
         delete_delay=config.delete_delay,
         offer_timeout=config.offer_timeout,
         final_timeout=config.final_timeout,

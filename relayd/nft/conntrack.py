@@ -17,6 +17,16 @@ first (orig ``S → R``) and the one of a relay socket that sent first (orig
 a few ``send`` calls. No table dumps: each one walks every bucket of the
 conntrack hash, far too slow for the offload path (the tests' dump helpers are
 in ``tests/support/conntrack.py``).
+
+:meth:`Ctnetlink.sweep` is the one walk relayd makes, for ports given back: the
+entries that *strangers'* packets made towards a relay socket (a spoofer's, late
+packets after the call) name no tuple relayd knows, so they can only be found
+by walking the table. One filtered dump per address family (``CTA_FILTER`` on
+the protocol, ``CTA_STATUS``/``CTA_STATUS_MASK``, Linux 5.15+) returns only the
+UDP entries that were never answered and are not translated: a stranger's
+(nobody answers it), never the flows of live calls (answered, or translated by
+relayd's NAT), so what comes back stays small however many calls are up. Those
+with a given socket as original destination or source are then deleted by tuple.
 """
 
 from __future__ import annotations
@@ -25,8 +35,9 @@ import errno
 import os
 import socket
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from ipaddress import ip_address
+from pathlib import Path
 
 from relayd.nft.libnft import NftError
 from relayd.nft.ruleset import Endpoint
@@ -37,16 +48,33 @@ __all__ = [
     "Ctnetlink",
     "delete_flows",
     "delete_request",
+    "dump_entries",
+    "sweep_request",
+    "tracked",
 ]
 
 # linux/netlink.h, linux/netfilter/nfnetlink.h, nfnetlink_conntrack.h
 NETLINK_NETFILTER = 12
 NLMSG_ERROR = 2
+NLMSG_DONE = 3
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
+NLM_F_DUMP = 0x300
+NLA_F_NESTED = 0x8000
+NLA_TYPE_MASK = 0x3FFF
 NFNL_SUBSYS_CTNETLINK = 1
+IPCTNL_MSG_CT_NEW = 0
+IPCTNL_MSG_CT_GET = 1
 IPCTNL_MSG_CT_DELETE = 2
 CTA_TUPLE_ORIG = 1
+CTA_STATUS = 3
+CTA_FILTER = 25
+CTA_STATUS_MASK = 26
+CTA_FILTER_ORIG_FLAGS = 1
+CTA_FILTER_FLAG_CTA_PROTO_NUM = 1 << 3
+IPS_SEEN_REPLY = 1 << 1
+IPS_SRC_NAT = 1 << 4
+IPS_DST_NAT = 1 << 5
 CTA_TUPLE_IP = 1
 CTA_TUPLE_PROTO = 2
 CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = 1, 2, 3, 4
@@ -57,6 +85,9 @@ _BATCH = 256
 _TIMEOUT = 5.0
 """Seconds to wait for the kernel's acknowledgements."""
 AF = {4: socket.AF_INET, 6: socket.AF_INET6}  # an Endpoint's IP version -> address family
+_SWEPT_STATUS = IPS_SEEN_REPLY | IPS_SRC_NAT | IPS_DST_NAT
+"""Status bits a swept entry has none of: never answered, not translated."""
+_COUNT = Path("/proc/sys/net/netfilter/nf_conntrack_count")
 
 
 class ConntrackError(NftError):
@@ -88,6 +119,103 @@ def delete_request(seq: int, src: Endpoint, dst: Endpoint) -> bytes:
     return struct.pack("=IHHII", 16 + len(body), kind, NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
 
 
+def sweep_request(seq: int, version: int) -> bytes:
+    """One IPCTNL_MSG_CT_GET dump of the UDP entries (``version``: 4 or 6) that were never
+    answered (no ``IPS_SEEN_REPLY``) and are not translated (no ``IPS_SRC_NAT``/``DST_NAT``),
+    filtered in the kernel."""
+    proto = _attr(CTA_TUPLE_PROTO, _attr(CTA_PROTO_NUM, bytes([socket.IPPROTO_UDP])))
+    body = (
+        struct.pack("=BBH", AF[version], 0, 0)
+        + _attr(CTA_TUPLE_ORIG, proto)
+        # the filter's flags are in host byte order, the status and its mask big-endian
+        + _attr(
+            CTA_FILTER | NLA_F_NESTED,
+            _attr(CTA_FILTER_ORIG_FLAGS, struct.pack("=I", CTA_FILTER_FLAG_CTA_PROTO_NUM)),
+        )
+        + _attr(CTA_STATUS, struct.pack("!I", 0))
+        + _attr(CTA_STATUS_MASK, struct.pack("!I", _SWEPT_STATUS))
+    )
+    kind = NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_GET
+    return struct.pack("=IHHII", 16 + len(body), kind, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
+
+
+def _attrs(data: bytes, start: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """(type, payload start, payload end) of each netlink attribute in ``data[start:end]``."""
+    while start + 4 <= end:
+        length, kind = struct.unpack_from("=HH", data, start)
+        if length < 4 or start + length > end:
+            return
+        yield kind & NLA_TYPE_MASK, start + 4, start + length
+        start += (length + 3) & ~3
+
+
+Flow = tuple[bytes, int, bytes, int]
+"""An entry's original tuple as the kernel wrote it: source address (packed), source port,
+destination address (packed), destination port."""
+
+
+def _orig_tuple(data: bytes, start: int, end: int) -> Flow | None:
+    """The UDP original tuple of one conntrack entry (its attributes in ``data[start:end]``)."""
+    for kind, begin, stop in _attrs(data, start, end):
+        if kind != CTA_TUPLE_ORIG:
+            continue
+        src = dst = b""
+        sport = dport = proto = 0
+        for part, p_begin, p_end in _attrs(data, begin, stop):
+            if part == CTA_TUPLE_IP:
+                for ip, a_begin, a_end in _attrs(data, p_begin, p_end):
+                    if ip in (CTA_IP_V4_SRC, CTA_IP_V6_SRC):
+                        src = data[a_begin:a_end]
+                    elif ip in (CTA_IP_V4_DST, CTA_IP_V6_DST):
+                        dst = data[a_begin:a_end]
+            elif part == CTA_TUPLE_PROTO:
+                for field, f_begin, f_end in _attrs(data, p_begin, p_end):
+                    if field == CTA_PROTO_NUM and f_end > f_begin:
+                        proto = data[f_begin]
+                    elif field == CTA_PROTO_SRC_PORT and f_end - f_begin >= 2:
+                        (sport,) = struct.unpack_from("!H", data, f_begin)
+                    elif field == CTA_PROTO_DST_PORT and f_end - f_begin >= 2:
+                        (dport,) = struct.unpack_from("!H", data, f_begin)
+        if proto != socket.IPPROTO_UDP or not src or not dst:
+            return None
+        return src, sport, dst, dport
+    return None
+
+
+def dump_entries(data: bytes, seq: int) -> tuple[list[Flow], bool]:
+    """The UDP entries of one receive buffer of a dump answering request ``seq``, and whether
+    the dump is done; ConntrackError if the kernel refused it. Other messages are skipped."""
+    flows: list[Flow] = []
+    offset = 0
+    entry = NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_NEW
+    while offset + 16 <= len(data):
+        length, kind, _flags, got, _pid = struct.unpack_from("=IHHII", data, offset)
+        if length < 16:
+            break
+        if got == seq:
+            if kind == NLMSG_DONE:
+                return flows, True
+            if kind == NLMSG_ERROR:
+                (error,) = struct.unpack_from("=i", data, offset + 16)
+                if error:
+                    raise ConntrackError(f"conntrack dump: {os.strerror(-error)}")
+                return flows, True
+            if kind == entry:
+                flow = _orig_tuple(data, offset + 20, offset + length)  # after the nfgenmsg
+                if flow is not None:
+                    flows.append(flow)
+        offset += (length + 3) & ~3
+    return flows, False
+
+
+def tracked() -> int:
+    """Conntrack entries in this network namespace (0 where conntrack is not loaded)."""
+    try:
+        return int(_COUNT.read_text())
+    except (OSError, ValueError):
+        return 0
+
+
 def _acks(data: bytes) -> Iterator[tuple[int, int]]:
     """(sequence number, errno) of each NLMSG_ERROR in a receive buffer."""
     offset = 0
@@ -112,6 +240,11 @@ class Ctnetlink:
     def __init__(self) -> None:
         self._sock: socket.socket | None = None
         self._seq = 0
+
+    def open(self) -> None:
+        """Open the socket now rather than at the first request (a long-lived user opens it
+        at start-up, so its descriptors do not change later); ConntrackError if it cannot."""
+        self._socket()
 
     def _socket(self) -> socket.socket:
         if self._sock is None:
@@ -151,6 +284,47 @@ class Ctnetlink:
             self.close()  # unread acknowledgements would linger
             raise
         return deleted
+
+    def sweep(self, sockets: Collection[Endpoint]) -> int:
+        """Delete every UDP entry that was never answered and is not translated, with one of
+        ``sockets`` as its original destination or source; returns how many were deleted.
+
+        One kernel-filtered dump per address family among ``sockets`` (each walks the whole
+        table, so callers batch), then a delete by tuple per match.
+        """
+        wanted: dict[int, set[tuple[bytes, int]]] = {}
+        for ep in sockets:
+            wanted.setdefault(ep.version, set()).add((ip_address(ep.address).packed, ep.port))
+        found: set[tuple[Endpoint, Endpoint]] = set()
+        try:
+            for version, keys in wanted.items():
+                for src, sport, dst, dport in self._unanswered(version):
+                    if ((dst, dport) in keys or (src, sport) in keys) and sport and dport:
+                        found.add(
+                            (
+                                Endpoint(str(ip_address(src)), sport),
+                                Endpoint(str(ip_address(dst)), dport),
+                            )
+                        )
+        except OSError as exc:
+            self.close()
+            raise ConntrackError(f"ctnetlink: {exc}") from exc
+        except ConntrackError:
+            self.close()  # the rest of the dump would linger
+            raise
+        return self.delete_flows(found) if found else 0
+
+    def _unanswered(self, version: int) -> list[Flow]:
+        sock = self._socket()
+        self._seq = self._seq % (1 << 31) + 1
+        seq = self._seq
+        sock.sendall(sweep_request(seq, version))
+        flows: list[Flow] = []
+        done = False
+        while not done:
+            more, done = dump_entries(sock.recv(1 << 16), seq)
+            flows += more
+        return flows
 
     def _delete(self, chunk: list[tuple[Endpoint, Endpoint]]) -> int:
         sock = self._socket()

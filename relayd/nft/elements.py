@@ -303,8 +303,18 @@ class SetElements:
 
     def dump(self, name: str) -> dict[bytes, ElementCount]:
         """Every element of set ``name``; NftError if the set does not exist."""
+        found: dict[bytes, ElementCount] = {}
+        for chunk in self.dump_chunks(name):
+            found.update(chunk)
+        return found
+
+    def dump_chunks(self, name: str) -> Iterator[list[tuple[bytes, ElementCount]]]:
+        """Every element of set ``name``, one list per buffer the kernel fills (a few
+        hundred elements): a caller on an event loop can let others run in between. The
+        socket is this reader's alone until the dump ends; NftError if the set does not
+        exist."""
         try:
-            return self._dump(name)
+            yield from self._dump(name)
         except OSError as exc:
             self.close()
             raise NftError(f"nfnetlink: {exc}") from exc
@@ -312,22 +322,33 @@ class SetElements:
             self.close()
             raise
 
-    def _dump(self, name: str) -> dict[bytes, ElementCount]:
+    def _dump(self, name: str) -> Iterator[list[tuple[bytes, ElementCount]]]:
         sock = self._socket()
         seq = self._next_seq(1)
         sock.sendall(dump_request(seq, self.table, name))
-        found: dict[bytes, ElementCount] = {}
-        while True:
-            data = sock.recv(_RCVBUF)
-            for kind, got, start, end in _messages(data):
-                if got != seq:
-                    continue
-                if kind == NLMSG_DONE:
-                    return found
-                if kind == NLMSG_ERROR:
-                    (error,) = struct.unpack_from("=i", data, start)
-                    if error:
-                        raise NftError(f"listing set {self.table} {name}: {os.strerror(-error)}")
-                    continue
-                for key, count in parse_elements(data, start + 4, end):
-                    found[key] = count
+        done = False
+        try:
+            while True:
+                data = sock.recv(_RCVBUF)
+                chunk: list[tuple[bytes, ElementCount]] = []
+                for kind, got, start, end in _messages(data):
+                    if got != seq:
+                        continue
+                    if kind == NLMSG_DONE:
+                        done = True
+                        break
+                    if kind == NLMSG_ERROR:
+                        (error,) = struct.unpack_from("=i", data, start)
+                        if error:
+                            done = True
+                            raise NftError(
+                                f"listing set {self.table} {name}: {os.strerror(-error)}"
+                            )
+                        continue
+                    chunk += parse_elements(data, start + 4, end)
+                yield chunk
+                if done:
+                    return
+        finally:
+            if not done:
+                self.close()  # abandoned halfway: the rest of the dump must not linger

@@ -17,7 +17,7 @@ call, in the caller's namespace at that time.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,13 +99,18 @@ class KernelForwarder:
         mark: int = DEFAULT_MARK,
         size: int = DEFAULT_SIZE,
         library: str = DEFAULT_LIBRARY,
+        owned: tuple[int, int] | None = None,
     ) -> None:
         self.table = Table(table, tos, mark, size)
+        # relay ports whose forwards this forwarder manages (None: all); several processes
+        # may share a table, each reconciling only its own slice of the port range
+        self.owned = owned
         self._library = library
         self._nft: Libnft | None = None
         self._reader: Libnft | None = None
         self._ctnetlink = conntrack.Ctnetlink()
         self._elements = SetElements(table)
+        self._dumper = SetElements(table)  # whole-set dumps: a socket of their own
 
     @property
     def nft(self) -> Libnft:
@@ -130,6 +135,7 @@ class KernelForwarder:
         self._nft = self._reader = None
         self._ctnetlink.close()
         self._elements.close()
+        self._dumper.close()
 
     def available(self) -> Availability:
         """Check root, libnftables, nft and ctnetlink without changing anything; never raises."""
@@ -148,7 +154,8 @@ class KernelForwarder:
         except Exception as exc:
             return Availability(False, f"conntrack unusable: {exc}")
         try:
-            self._elements.exists("count4")  # the socket the counter reads use, opened now
+            self._elements.exists("count4")  # the sockets the counter reads use, opened now
+            self._dumper.exists("count4")
         except Exception as exc:
             return Availability(False, f"nf_tables netlink unusable: {exc}")
         return Availability(True)
@@ -230,7 +237,7 @@ class KernelForwarder:
         """
         target = {f.key: f for f in wanted}
         state = self.state()
-        present = state.all_keys()
+        present = {key for key in state.all_keys() if self._owns(key)}
         changed = [f for f in target.values() if not state.holds(f)]
         stale = present - target.keys()
         redo = stale | {f.key for f in changed if f.key in present}
@@ -240,6 +247,9 @@ class KernelForwarder:
         gone = [f for k, f in state.forwards().items() if k in stale]
         self._forget_flows(_flows(changed) | _flows(gone) | _key_flows(stale))
         return ReconcileResult(len(target) - len(changed), len(changed), len(stale))
+
+    def _owns(self, key: ForwardKey) -> bool:
+        return self.owned is None or self.owned[0] <= key.relay.port <= self.owned[1]
 
     def state(self) -> TableState:
         """Every element of the table (one ``list table``); NftError if there is no table."""
@@ -278,9 +288,16 @@ class KernelForwarder:
     def all_counts(self) -> dict[bytes, ElementCount]:
         """Every counter element of both families, by its key as the kernel holds it
         (:func:`relayd.nft.elements.encode_key`)."""
-        found = self._elements.dump("count4")
-        found.update(self._elements.dump("count6"))
+        found: dict[bytes, ElementCount] = {}
+        for chunk in self.count_chunks():
+            found.update(chunk)
         return found
+
+    def count_chunks(self) -> Iterator[list[tuple[bytes, ElementCount]]]:
+        """Every counter element of both families, a few hundred at a time (one buffer the
+        kernel fills), over a socket of their own: :meth:`counts` may run in between."""
+        for name in ("count4", "count6"):
+            yield from self._dumper.dump_chunks(name)
 
     def forget_flows(self, forwards: Iterable[Forward]) -> None:
         """Delete the conntrack entries of installed forwards again: one made in between by

@@ -13,7 +13,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from relayd.log import get_logger
 from relayd.ng import bencode
@@ -28,7 +28,7 @@ from relayd.ng.message import (
     split_cookie,
 )
 
-__all__ = ["NgService", "serve_tcp", "serve_udp"]
+__all__ = ["NgService", "Processor", "serve_tcp", "serve_udp"]
 
 log = get_logger("relayd.ng")
 
@@ -40,6 +40,15 @@ Observe = Callable[[bytes, bytes, tuple[Any, ...], tuple[Any, ...], Request], No
 # rtpengine closes a TCP connection once this much unparseable data piles up
 _TCP_GARBAGE_LIMIT = 1024
 _TCP_MESSAGE_LIMIT = 1 << 20
+
+
+class Processor(Protocol):
+    """What answers a TCP stream's messages: an :class:`NgService`, or the front of a
+    sharded relayd, which asks the shard that owns the call."""
+
+    async def process(
+        self, data: bytes, source: tuple[Any, ...], local: tuple[Any, ...] = ()
+    ) -> bytes | None: ...
 
 
 class NgService:
@@ -219,7 +228,7 @@ def split_stream(buffer: bytes) -> tuple[list[bytes], bytes, str | None]:
         buffer = rest[end:]
 
 
-async def serve_tcp(service: NgService, host: str, port: int) -> asyncio.Server:
+async def serve_tcp(service: Processor, host: str, port: int) -> asyncio.Server:
     """Listen for ng over TCP (``listen-tcp-ng``, ``SO_REUSEPORT``); each message answered in turn.
 
     A connection is closed on JSON or broken bencode (once what came before is answered), on

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import os
 import socket
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,7 @@ from relayd.log import get_logger
 from relayd.ops.counters import PATHS
 from relayd.ops.views import RelayState, stream_paths, streams_of, worker_load
 
-__all__ = ["AdminError", "effective_config", "handle", "serve"]
+__all__ = ["AdminError", "counters_read", "effective_config", "handle", "respond", "serve"]
 
 log = get_logger("relayd.ops.admin")
 
@@ -111,8 +113,6 @@ def _list(state: RelayState, args: list[str], now: float) -> dict[str, Any]:
     calls = state.commands.calls
     if what == "numsessions":
         return {"own": len(calls), "foreign": 0, "total": len(calls)}
-    if what in ("sessions", "totals"):
-        state.refresh_counters()
     if what == "sessions":
         return {"sessions": [_call_summary(c, now) for c in calls.values()]}
     if what == "totals":
@@ -133,7 +133,6 @@ def _list(state: RelayState, args: list[str], now: float) -> dict[str, Any]:
         call = calls.get(args[1])
         if call is None:
             raise AdminError(f"call-id {args[1]!r} not found")
-        state.refresh_counters(call.call_id)
         return _call_detail(call, now)
     raise AdminError("list what? numsessions, sessions, totals or callid CALLID")
 
@@ -164,7 +163,6 @@ def _kernel(state: RelayState) -> dict[str, Any]:
     kernel = state.kernel
     if kernel is None:
         return {"enabled": False, "table": None, "reason": "table = -1", "forwards": []}
-    state.refresh_counters()
     kernelized = stream_paths(state.commands.calls.values())["kernel"]
     forwards = []
     for call_id, entries in sorted(kernel.installed.items()):
@@ -222,6 +220,29 @@ def effective_config(config: Config) -> dict[str, Any]:
     return result
 
 
+def counters_read(request: Any) -> tuple[bool, str | None]:
+    """Whether a request shows kernel counters, and of which call (None: all of them)."""
+    if not isinstance(request, dict):
+        return False, None
+    command, args = request.get("command"), request.get("args") or []
+    what = args[0] if isinstance(args, list) and args else ""
+    if command == "list" and what == "callid" and len(args) > 1:
+        return True, str(args[1])
+    return (command == "list" and what in ("sessions", "totals")) or command == "kernel", None
+
+
+async def respond(state: RelayState, request: Any) -> dict[str, Any]:
+    """:func:`handle`, with the kernel counters it shows read first (the read of all of
+    them lets ng requests through as it goes)."""
+    needed, call_id = counters_read(request)
+    if needed:
+        try:
+            await state.refresh_counters(call_id)
+        except Exception:
+            log.exception("admin.counters_failed")
+    return handle(state, request, time.time())
+
+
 def handle(state: RelayState, request: Any, now: float) -> dict[str, Any]:
     """One request in, one reply out; never raises."""
     try:
@@ -270,8 +291,13 @@ def _in_use(path: Path) -> bool:
     return True
 
 
-async def serve(path: Path, respond: Callable[[Any], dict[str, Any]]) -> asyncio.Server | None:
-    """Listen on ``path``; None (logged) when another relayd already answers there."""
+Respond = Callable[[Any], dict[str, Any] | Awaitable[dict[str, Any]]]
+
+
+async def serve(path: Path, respond: Respond) -> asyncio.Server | None:
+    """Listen on ``path``; None (logged) when another relayd already answers there.
+    ``respond`` answers a request, or returns a coroutine that does (a sharded relayd's
+    front asks its shards)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() or path.is_symlink():
         if _in_use(path):
@@ -287,7 +313,8 @@ async def serve(path: Path, respond: Callable[[Any], dict[str, Any]]) -> asyncio
                 except ValueError as exc:
                     reply: dict[str, Any] = {"result": "error", "error": f"bad request: {exc}"}
                 else:
-                    reply = respond(request)
+                    answer = respond(request)
+                    reply = await answer if inspect.isawaitable(answer) else answer
                 writer.write(json.dumps(reply, default=str).encode() + b"\n")
                 await writer.drain()
         except (ConnectionError, ValueError, asyncio.LimitOverrunError):

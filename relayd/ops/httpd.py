@@ -2,24 +2,26 @@
 
 Also on ``prometheus-listen``. GET and HEAD only, one request per connection,
 ``Connection: close``: what a Prometheus scraper and a health check need, with
-no web framework. The body
-is produced by a plain function called on the event loop, so a scrape sees a
-consistent snapshot of the supervisor state.
+no web framework. The body is produced by a plain function called on the event
+loop, so a scrape sees a consistent snapshot of the supervisor state; or by a
+coroutine (the front of a sharded relayd asks every shard).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+import inspect
+from collections.abc import Awaitable, Callable
 
 from relayd.log import get_logger
 
-__all__ = ["Routes", "serve_http"]
+__all__ = ["Page", "Routes", "respond", "serve_http"]
 
 log = get_logger("relayd.http")
 
-Routes = dict[str, Callable[[], tuple[str, str]]]  # path -> () -> (content type, body)
+Page = tuple[str, str]  # (content type, body)
+Routes = dict[str, Callable[[], Page | Awaitable[Page]]]  # path -> the page, or a coroutine
 
 _HEADER_LIMIT = 16384
 _TIMEOUT = 5.0
@@ -38,8 +40,9 @@ def _response(status: int, content_type: str, body: bytes, head: bool = False) -
     return "\r\n".join(lines).encode() + (b"" if head else body)
 
 
-def respond(routes: Routes, request: bytes) -> bytes:
-    """The whole response to one request head (pure)."""
+def respond(routes: Routes, request: bytes) -> bytes | Awaitable[bytes]:
+    """The whole response to one request head (pure), or a coroutine that makes it when
+    the route's page comes from one."""
     line = request.split(b"\r\n", 1)[0].decode("latin-1")
     parts = line.split()
     if len(parts) != 3 or not parts[2].startswith("HTTP/"):
@@ -50,8 +53,17 @@ def respond(routes: Routes, request: bytes) -> bytes:
     handler = routes.get(target.split("?", 1)[0])
     if handler is None:
         return _response(404, "text/plain", b"not found\n", method == "HEAD")
-    content_type, body = handler()
-    return _response(200, content_type, body.encode(), method == "HEAD")
+    page = handler()
+    head = method == "HEAD"
+    if inspect.isawaitable(page):
+        return _later(page, head)
+    content_type, body = page
+    return _response(200, content_type, body.encode(), head)
+
+
+async def _later(page: Awaitable[Page], head: bool) -> bytes:
+    content_type, body = await page
+    return _response(200, content_type, body.encode(), head)
 
 
 async def serve_http(routes: Routes, host: str, port: int) -> asyncio.Server:
@@ -61,7 +73,10 @@ async def serve_http(routes: Routes, host: str, port: int) -> asyncio.Server:
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _TIMEOUT)
-            writer.write(respond(routes, head))
+            answer = respond(routes, head)
+            if not isinstance(answer, bytes):
+                answer = await answer
+            writer.write(answer)
             await writer.drain()
         except (
             TimeoutError,

@@ -24,11 +24,11 @@ from relayd.ng.message import Request
 from relayd.ops import admin, metrics
 from relayd.ops.counters import TrafficPath, direction_of
 from relayd.ops.homer import HomerSender, ng_capture, rtcp_capture
-from relayd.ops.httpd import serve_http
+from relayd.ops.httpd import Routes, serve_http
 from relayd.ops.views import RelayState
 from relayd.rtcp import homer_json
 
-__all__ = ["Operations", "copies_rtcp"]
+__all__ = ["Operations", "copies_rtcp", "metrics_page", "metrics_text"]
 
 logger = log.get_logger("relayd")
 rtcp_logger = log.get_logger(log.RTCP_LOGGER)
@@ -138,7 +138,7 @@ class Operations:
         if cfg.admin_socket and cfg.admin_socket != "none":
             try:
                 server = await admin.serve(
-                    Path(cfg.admin_socket), lambda req: admin.handle(state, req, time.time())
+                    Path(cfg.admin_socket), lambda req: admin.respond(state, req)
                 )
             except OSError as exc:
                 logger.error("admin.unavailable", socket=cfg.admin_socket, error=str(exc))
@@ -146,8 +146,8 @@ class Operations:
                 if server is not None:
                     closers.append(server)
                     self.admin_path = Path(cfg.admin_socket)
-        routes = {
-            "/metrics": lambda: (metrics.CONTENT_TYPE, _metrics_text(state)),
+        routes: Routes = {
+            "/metrics": lambda: metrics_page(state),
             "/ping": lambda: ("text/plain", "pong"),
         }
         endpoints = list(dict.fromkeys(cfg.listen_http))
@@ -173,6 +173,16 @@ class Operations:
             self.homer.close()
 
 
-def _metrics_text(state: RelayState) -> str:
-    state.refresh_counters()
+async def metrics_page(state: RelayState) -> tuple[str, str]:
+    """``/metrics``: the kernel counters read (ng goes on meanwhile), then the text."""
+    try:
+        await state.refresh_counters()
+    except Exception:
+        logger.exception("metrics.counters_failed")
+    return metrics.CONTENT_TYPE, metrics_text(state)
+
+
+def metrics_text(state: RelayState) -> str:
+    """``/metrics`` as Prometheus text, from the counters as they are (a shard's, for the
+    front to merge, after :func:`metrics_page`'s read)."""
     return metrics.render(metrics.collect(state, time.time()))

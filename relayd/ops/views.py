@@ -47,8 +47,8 @@ class RelayState(Protocol):
 
     def reload(self) -> dict[str, Any]: ...
 
-    def refresh_counters(self, call_id: str | None = None) -> None:
-        """Fold what the kernel forwarded into the streams now (one call, or all): kernel
+    async def refresh_counters(self, call_id: str | None = None) -> None:
+        """Fold what the kernel forwarded into the streams (one call, or all): kernel
         counters are read when someone looks, not on a clock."""
         ...
 

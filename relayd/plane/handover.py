@@ -20,6 +20,7 @@ Rules:
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping
 
@@ -55,6 +56,7 @@ class KernelHandover:
         self.on_changed, self.on_traffic = on_changed, on_traffic
         self.rtcp_copied = rtcp_copied
         self.in_kernel: set[str] = set()  # call-ids with a stream in the kernel
+        self._refreshing: asyncio.Future[None] | None = None  # refresh_all under way
 
     @property
     def calls(self) -> Mapping[str, Call]:
@@ -132,13 +134,23 @@ class KernelHandover:
             self._fold(kernel.read(wanted), time.time() if wall is None else wall)
             self._after_change()
 
-    def refresh_all(self, wall: float | None = None) -> None:
-        """Fold what the kernel forwarded since the last read, for every call."""
-        kernel = self.kernel
-        if kernel is None or not self.in_kernel:
+    async def refresh_all(self) -> None:
+        """Fold what the kernel forwarded since the last read, for every call. The read
+        yields to the loop as it goes; callers that come while one runs wait for it (the
+        deltas are folded once)."""
+        if self.kernel is None or not self.in_kernel:
             return
-        self._fold(kernel.read_all(), time.time() if wall is None else wall)
-        self._after_change()
+        if self._refreshing is None:
+            self._refreshing = asyncio.ensure_future(self._refresh_all(self.kernel))
+        await asyncio.shield(self._refreshing)
+
+    async def _refresh_all(self, kernel: KernelPath) -> None:
+        try:
+            traffic = await kernel.read_all()
+            self._fold(traffic, time.time())
+            self._after_change()
+        finally:
+            self._refreshing = None
 
     def _fold(self, traffic: Mapping[str, Traffic], wall: float) -> None:
         streams = self.media.reports.streams

@@ -17,6 +17,7 @@ and relayd's idle cost does not grow with the number of calls in the kernel.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -81,10 +82,15 @@ class KernelPath:
     the hand-over (relayd/plane/handover.py) tries again every 10 s (:meth:`retry_due`).
     """
 
-    def __init__(self, table: int, tos: int, capacity: int = 65536) -> None:
+    def __init__(
+        self, table: int, tos: int, capacity: int = 65536, owned: tuple[int, int] | None = None
+    ) -> None:
         self.name = table_name(table)
-        # one counter element per relay socket the kernel forwards to, at most
-        self.forwarder = KernelForwarder(self.name, tos=tos or None, size=max(capacity, 1024))
+        # one counter element per relay socket the kernel forwards to, at most; ``owned``:
+        # the relay ports whose forwards are this process's (shards share the table)
+        self.forwarder = KernelForwarder(
+            self.name, tos=tos or None, size=max(capacity, 1024), owned=owned
+        )
         self.enabled = False
         self.reason = "not started"
         self.ipv6 = False
@@ -92,6 +98,8 @@ class KernelPath:
         self._counts: dict[ForwardKey, Counter] = {}
         # every installed forward by its key as the kernel holds it (what a dump returns)
         self._wire: dict[bytes, tuple[ForwardKey, str]] = {}
+        self._dumping = False  # a read_all is under way (it yields to the loop)
+        self._fresh: set[ForwardKey] = set()  # read by read() since that dump began
         self._failed_at = 0.0
         # forwards installed a moment ago: their conntrack entries are deleted once more
         # after the worker has surely stopped sending from their sockets (see settle)
@@ -302,23 +310,31 @@ class KernelPath:
             entry = self._wire.get(encode_key(key))
             if entry is not None:
                 self._fold(key, entry[1], count, result)
+        if self._dumping:
+            self._fresh.update(counts)  # newer than what the running dump may bring
         return result
 
-    def read_all(self) -> dict[str, Traffic]:
-        """What the kernel forwarded since the last read, for every forward (one dump of
-        each counter set): for the figures over all calls."""
+    async def read_all(self) -> dict[str, Traffic]:
+        """What the kernel forwarded since the last read, for every forward: one dump of
+        each counter set, folded a kernel buffer (a few hundred elements) at a time with
+        the event loop free in between, so ng never waits for a large table. A forward
+        that :meth:`read` took meanwhile is left to that read (its count is the newer)."""
         if not self.enabled or not self._wire:
             return {}
+        result: dict[str, Traffic] = {}
+        self._dumping, self._fresh = True, set()
         try:
-            counts = self.forwarder.all_counts()
+            for chunk in self.forwarder.count_chunks():
+                for wire, count in chunk:
+                    entry = self._wire.get(wire)
+                    if entry is not None and entry[0] not in self._fresh:
+                        self._fold(entry[0], entry[1], count, result)
+                await asyncio.sleep(0)
         except NftError as exc:
             self._disable(f"reading counters failed: {exc}")
             return {}
-        result: dict[str, Traffic] = {}
-        for wire, count in counts.items():
-            entry = self._wire.get(wire)
-            if entry is not None:
-                self._fold(entry[0], entry[1], count, result)
+        finally:
+            self._dumping, self._fresh = False, set()
         return result
 
     def _fold(

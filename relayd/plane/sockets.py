@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import select
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from relayd.ipc import socket_key
 from relayd.log import get_logger
@@ -31,10 +31,13 @@ class SocketBinder:
 
     Kept as bare descriptors (a socket object costs three times an int, per socket
     of every call): they are only ever handed to workers, drained and closed here.
+    ``on_release`` hears of each pair given back (relayd/plane/sweep.py: its conntrack
+    entries go too).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_release: Callable[[str, int], None] | None = None) -> None:
         self.sockets: dict[str, int] = {}  # socket key -> file descriptor
+        self.on_release = on_release
 
     def bind(self, address: str, port: int) -> bool:
         """Bind ``port`` (RTP) and ``port + 1`` (RTCP) on ``address`` and keep both descriptors.
@@ -61,10 +64,14 @@ class SocketBinder:
         return True
 
     def release(self, address: str, port: int) -> None:
+        held = False
         for p in (port, port + 1):
             fd = self.sockets.pop(socket_key(address, p), None)
             if fd is not None:
                 os.close(fd)
+                held = True
+        if held and self.on_release is not None:
+            self.on_release(address, port)
 
     def fileno(self, key: str) -> int:
         return self.sockets[key]

@@ -26,7 +26,14 @@ from relayd import ipc
 from relayd.log import get_logger
 from relayd.plane import updates
 
-__all__ = ["PoolOwner", "WorkerPool", "WorkerProcess", "WorkerSettings"]
+__all__ = [
+    "RESTART_STABLE",
+    "PoolOwner",
+    "WorkerPool",
+    "WorkerProcess",
+    "WorkerSettings",
+    "restart_delay",
+]
 
 log = get_logger("relayd.plane.workerpool")
 

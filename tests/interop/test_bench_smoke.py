@@ -80,6 +80,44 @@ def test_quick_benchmark_prints_its_table(tmp_path: Path) -> None:
     ]
 
 
+def test_concurrent_clients_share_the_cycles(tmp_path: Path) -> None:
+    """``--concurrency 1,3``: three client processes run the cycles the cap allows between
+    them, and the table gains the clients column and issue 13's verdicts."""
+    ng_port = _free_udp_port()
+    out = tmp_path / "concurrent.json"
+    done = _run(
+        str(BENCH),
+        "--quick",
+        "--only",
+        "relayd",
+        "--concurrency",
+        "1,3",
+        "--cycles",
+        "90",
+        "--relayd-args",
+        "--delete-delay 0",
+        "--relayd-listen",
+        f"127.0.0.1:{ng_port}",
+        "--port-min",
+        str(PORTS[0]),
+        "--port-max",
+        str(PORTS[1]),
+        "--json",
+        str(out),
+    )
+    assert "| clients | concurrent calls | daemon | cycles/s |" in done.stdout, done.stdout
+    assert "with --delete-delay 0, rtpengine" in done.stdout
+    assert re.search(r"^Issue 13 with 100 calls: 1 client: p99 ", done.stdout, re.M)
+    results = json.loads(out.read_text())["results"]
+    assert [(r["calls"], r["clients"], r["cycles"]) for r in results] == [
+        (1, 1, 90),
+        (1, 3, 90),
+        (100, 1, 90),
+        (100, 3, 90),
+    ]
+    assert all(r["client_cpu_ms_per_cycle"] > 0 for r in results)
+
+
 def test_python_floor_answers_the_benchmark(tmp_path: Path) -> None:
     """bench/ng_floor.py (``--floor``) serves every cycle and frees its ports on delete."""
     out = tmp_path / "floor.json"

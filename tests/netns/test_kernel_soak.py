@@ -346,7 +346,11 @@ def test_soak_calls_offloaded_and_deleted(
     time.sleep(1.5)  # workers close their sockets when relayd's drop reaches them
     assert process_tree(relay) == tree, "a worker was restarted"
     assert media_sockets(tree, topo.relay) == baseline_udp
-    assert settled_fds(tree) == baseline_fds
+    settled = settled_fds(tree)
+    assert settled == baseline_fds, {
+        pid: (sorted(set(settled[pid]) - set(files)), sorted(set(files) - set(settled[pid])))
+        for pid, files in baseline_fds.items()
+    }
     for address in (topo.caller.relay4, topo.callee.relay4):
         taken = []
         with inside(topo.relay):

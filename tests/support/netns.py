@@ -167,20 +167,23 @@ def destroy(names: Sequence[str]) -> list[str]:
 
 
 @contextlib.contextmanager
-def topology(uid: str | None = None) -> Iterator[Topology]:
-    """Create the four namespaces; remove them afterwards, whatever happened."""
+def topology(uid: str | None = None, prefix: str = "rdt") -> Iterator[Topology]:
+    """Create the four namespaces (``<prefix>-<uid>-<role>``); remove them afterwards,
+    whatever happened."""
     uid = uid or secrets.token_hex(3)
 
     def host(role: str, net: int) -> Host:
         return Host(
-            f"rdt-{uid}-{role}",
+            f"{prefix}-{uid}-{role}",
             f"10.99.{net}.2",
             f"fd00:99::{net}:2",
             f"10.99.{net}.1",
             f"fd00:99::{net}:1",
         )
 
-    topo = Topology(uid, f"rdt-{uid}-relay", host("caller", 1), host("callee", 2), host("spoof", 3))
+    topo = Topology(
+        uid, f"{prefix}-{uid}-relay", host("caller", 1), host("callee", 2), host("spoof", 3)
+    )
     created: list[str] = []
     try:
         _setup(topo, created)

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
@@ -17,13 +17,17 @@ from tests.support.process import new_session_dying_with_parent, stop_process
 __all__ = ["RelaydProcess", "running_relayd"]
 
 REPO = Path(__file__).resolve().parents[2]
+STATE = Path("state")  # the journal's directory, under the daemon's workdir
 
 
 class RelaydProcess:
     """One relayd started in the foreground with a given set of options.
 
     With ``netns``, relayd runs inside that network namespace (``ip netns exec``)
-    and the ng clients made here talk to it from inside it as well.
+    and the ng clients made here talk to it from inside it as well. Its call journal is
+    ``state_dir`` (by default ``workdir/state``: never a journal another run left); with
+    ``state_dir=None`` no ``--state-dir`` is given, and ``env`` (e.g. ``RELAYD_STATE_DIR``)
+    must point the default somewhere of the test's own.
     """
 
     def __init__(
@@ -38,8 +42,11 @@ class RelaydProcess:
         config_file: Path | None = None,
         ng_host: str = "127.0.0.1",
         netns: str | None = None,
+        state_dir: Path | None = STATE,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.workdir = workdir
+        self.env = dict(env or {})
         self.netns = netns
         self.ng_address = (ng_host, ng_port)
         self.admin_socket = workdir / "admin.sock"
@@ -60,8 +67,7 @@ class RelaydProcess:
             "7",
             "--pidfile",
             str(workdir / "relayd.pid"),
-            "--state-dir",
-            str(workdir / "state"),
+            *(["--state-dir", str(workdir / state_dir)] if state_dir is not None else []),
             "--admin-socket",
             str(self.admin_socket),
             *extra,
@@ -71,7 +77,7 @@ class RelaydProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: float = 10.0) -> None:
-        env = dict(os.environ, PYTHONPATH=str(REPO))
+        env = dict(os.environ, PYTHONPATH=str(REPO), **self.env)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 self.args,

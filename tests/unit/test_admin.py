@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,6 +10,7 @@ import pytest
 
 from relayd.calls.commands import Commands, Teardown
 from relayd.config import Config, load
+from relayd.ops import admin
 from relayd.ops.admin import effective_config, handle
 from relayd.ops.counters import Counters
 from relayd.plane.kernel import KernelPath
@@ -33,7 +35,7 @@ class State:
         self.reloads += 1
         return {"applied": {"timeout": [60, 30]}, "restart": ["port-min"], "source": "x"}
 
-    def refresh_counters(self, call_id: str | None = None) -> None:
+    async def refresh_counters(self, call_id: str | None = None) -> None:
         self.refreshed.append(call_id)
 
 
@@ -224,3 +226,16 @@ def test_a_failing_handler_is_an_error_reply_not_an_exception() -> None:
         "result": "error",
         "error": "internal error (see relayd's log)",
     }
+
+
+def test_requests_that_show_kernel_counters_read_them_first() -> None:
+    state, _ = _state(2)
+    asyncio.run(admin.respond(state, {"command": "list", "args": ["sessions"]}))
+    asyncio.run(admin.respond(state, {"command": "list", "args": ["callid", "call-0"]}))
+    asyncio.run(admin.respond(state, {"command": "kernel"}))
+    asyncio.run(admin.respond(state, {"command": "list", "args": ["numsessions"]}))
+    asyncio.run(admin.respond(state, {"command": "workers"}))
+    # all of them, one call's, all of them; counts and workers show no kernel counter
+    assert state.refreshed == [None, "call-0", None]
+    assert admin.counters_read({"command": "list", "args": ["totals"]}) == (True, None)
+    assert admin.counters_read("nonsense") == (False, None)
