@@ -24,6 +24,9 @@ from relayd.worker.sockets import MediaSocket
 
 __all__ = ["Worker"]
 
+_STATS_PER_MESSAGE = 1000
+"""Sockets per Stats message: a few hundred bytes each, well inside ipc.MAX_MESSAGE."""
+
 log = get_logger("relayd.worker")
 
 _BATCH = 64  # packets read from one socket before looking at the others
@@ -275,7 +278,11 @@ class Worker:
                 )
             )
         cpu = time.process_time()
-        self.send(ipc.Stats(self.index, tuple(changed), cpu, now))
+        # in messages the link takes (ipc.MAX_MESSAGE): thousands of sockets may change in
+        # one second, when that many calls start at once
+        for start in range(0, max(len(changed), 1), _STATS_PER_MESSAGE):
+            chunk = tuple(changed[start : start + _STATS_PER_MESSAGE])
+            self.send(ipc.Stats(self.index, chunk, cpu, now))
         if self.rtcp:
             self.send(ipc.Rtcp(self.index, tuple(self.rtcp), now))
             self.rtcp = []
