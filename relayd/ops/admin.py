@@ -166,18 +166,18 @@ def _kernel(state: RelayState) -> dict[str, Any]:
     kernelized = stream_paths(state.commands.calls.values())["kernel"]
     forwards = []
     for call_id, entries in sorted(kernel.installed.items()):
-        for key, (sock, forward) in entries.items():
-            counter = kernel.counts.get(key)
+        for record in entries.values():
+            forward = record.forward
             forwards.append(
                 {
                     "call_id": call_id,
-                    "socket": sock,
+                    "socket": record.socket,
                     "source": host_port((forward.source.address, forward.source.port)),
                     "relay": host_port((forward.relay.address, forward.relay.port)),
                     "out": host_port((forward.out.address, forward.out.port)),
                     "dest": host_port((forward.dest.address, forward.dest.port)),
-                    "packets": counter.packets if counter else 0,
-                    "bytes": counter.bytes if counter else 0,
+                    "packets": record.packets,
+                    "bytes": record.bytes,
                 }
             )
     return {

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -30,7 +31,7 @@ from relayd.nft.elements import ElementCount, encode_key
 from relayd.nft.ruleset import ACTIVITY_TIMEOUT
 from relayd.plane.offload import KernelLeg
 
-__all__ = ["KernelPath", "Traffic", "table_name"]
+__all__ = ["Installed", "KernelPath", "Traffic", "table_name"]
 
 log = get_logger("relayd.plane.kernel")
 
@@ -55,6 +56,24 @@ def _ip_forwarding() -> tuple[bool, bool]:
         read("/proc/sys/net/ipv4/ip_forward"),
         read("/proc/sys/net/ipv6/conf/all/forwarding"),
     )
+
+
+@dataclass(slots=True, eq=False)
+class Installed:
+    """One forward in the table, as relayd keeps it: the relay socket it bypasses, the
+    forward, its key as the kernel holds it (what a dump returns), and its counter element
+    as last read (packets and IP bytes since it was added)."""
+
+    socket: str
+    forward: Forward
+    wire: bytes
+    packets: int = 0
+    bytes: int = 0
+
+    @classmethod
+    def of(cls, leg: KernelLeg) -> Installed:
+        forward = _forward(leg)
+        return cls(leg.socket, forward, encode_key(forward.key))
 
 
 class Traffic(NamedTuple):
@@ -94,12 +113,11 @@ class KernelPath:
         self.enabled = False
         self.reason = "not started"
         self.ipv6 = False
-        self.installed: dict[str, dict[ForwardKey, tuple[str, Forward]]] = {}  # by call-id
-        self._counts: dict[ForwardKey, Counter] = {}
-        # every installed forward by its key as the kernel holds it (what a dump returns)
-        self._wire: dict[bytes, tuple[ForwardKey, str]] = {}
+        self.installed: dict[str, dict[ForwardKey, Installed]] = {}  # by call-id
+        # the same records by their keys as the kernel holds them (what a dump returns)
+        self._wire: dict[bytes, Installed] = {}
         self._dumping = False  # a read_all is under way (it yields to the loop)
-        self._fresh: set[ForwardKey] = set()  # read by read() since that dump began
+        self._fresh: set[Installed] = set()  # read by read() since that dump began
         self._failed_at = 0.0
         # forwards installed a moment ago: their conntrack entries are deleted once more
         # after the worker has surely stopped sending from their sockets (see settle)
@@ -145,7 +163,6 @@ class KernelPath:
         self.reason = reason
         self._failed_at = time.monotonic()
         self.installed.clear()
-        self._counts.clear()
         self._wire.clear()
 
     def check(self) -> bool:
@@ -174,15 +191,25 @@ class KernelPath:
         """Make the kernel hold exactly ``legs`` for this call; return their socket keys."""
         if not self.enabled:
             return set()
-        wanted = {}
+        current = self.installed.get(call_id, {})
+        wanted: dict[ForwardKey, Installed] = {}
         for leg in legs:
             if not self.accepts(leg):
                 continue
-            forward = _forward(leg)
-            wanted[forward.key] = (leg.socket, forward)
-        current = self.installed.get(call_id, {})
-        stale = [k for k, (_, f) in current.items() if k not in wanted or wanted[k][1] != f]
-        fresh = [f for k, (_, f) in wanted.items() if k not in current or current[k][1] != f]
+            record = Installed.of(leg)
+            key = record.forward.key
+            kept = current.get(key)
+            # a forward already in the table keeps its record (and what it counted)
+            if kept is not None and kept.forward == record.forward:
+                kept.socket = record.socket
+                record = kept
+            wanted[key] = record
+        stale = [k for k, r in current.items() if k not in wanted or wanted[k].forward != r.forward]
+        fresh = [
+            r.forward
+            for k, r in wanted.items()
+            if k not in current or current[k].forward != r.forward
+        ]
         try:
             if stale:
                 self.forwarder.remove(stale)
@@ -191,7 +218,7 @@ class KernelPath:
         except NftError as exc:
             self._disable(f"nft failed: {exc}")
             return set()
-        self._untrack(stale)
+        self._untrack(current[k] for k in stale)
         if fresh:
             log.info("kernel.offload", call_id=call_id, forwards=len(fresh))
             self._settling.append((time.monotonic(), fresh))
@@ -202,7 +229,7 @@ class KernelPath:
             self._track(wanted)
         else:
             self.installed.pop(call_id, None)
-        return {socket for socket, _ in wanted.values()}
+        return {record.socket for record in wanted.values()}
 
     def drop(self, call_id: str) -> bool:
         """Take every forward of a call out of the kernel; True if there were any."""
@@ -213,18 +240,18 @@ class KernelPath:
             self.forwarder.remove(current.keys())
         except NftError as exc:
             self._disable(f"nft failed: {exc}")
-        self._untrack(current)
+        self._untrack(current.values())
         log.info("kernel.unoffload", call_id=call_id, forwards=len(current))
         return True
 
-    def _track(self, entries: Mapping[ForwardKey, tuple[str, Forward]]) -> None:
-        for key, (socket, _) in entries.items():
-            self._wire[encode_key(key)] = (key, socket)
+    def _track(self, entries: Mapping[ForwardKey, Installed]) -> None:
+        for record in entries.values():
+            self._wire[record.wire] = record
 
-    def _untrack(self, keys: Iterable[ForwardKey]) -> None:
-        for key in keys:
-            self._counts.pop(key, None)
-            self._wire.pop(encode_key(key), None)
+    def _untrack(self, records: Iterable[Installed]) -> None:
+        for record in records:
+            if self._wire.get(record.wire) is record:
+                del self._wire[record.wire]
 
     def adopt(self, calls: dict[str, list[KernelLeg]]) -> dict[str, set[str]]:
         """After a restart: keep the restored calls' forwards as they are (their media
@@ -232,38 +259,39 @@ class KernelPath:
         Returns the sockets in the kernel per call."""
         if not self.enabled:
             return {}
-        per_call: dict[str, dict[ForwardKey, tuple[str, Forward]]] = {}
+        per_call: dict[str, dict[ForwardKey, Installed]] = {}
         for call_id, legs in calls.items():
             entries = {}
             for leg in legs:
                 if self.accepts(leg):
-                    forward = _forward(leg)
-                    entries[forward.key] = (leg.socket, forward)
+                    record = Installed.of(leg)
+                    entries[record.forward.key] = record
             if entries:
                 per_call[call_id] = entries
         try:
             result = self.forwarder.reconcile(
-                [f for entries in per_call.values() for _, f in entries.values()]
+                [r.forward for entries in per_call.values() for r in entries.values()]
             )
             counts = self.forwarder.counters()
         except NftError as exc:
             self._disable(f"reconciling the table failed: {exc}")
             return {}
         self.installed = per_call
-        # counters already counted before the restart are not counted twice
-        self._counts = {k: counts.get(k, Counter(0, 0)) for e in per_call.values() for k in e}
         self._wire.clear()
         for entries in per_call.values():
+            for key, record in entries.items():
+                # counters already counted before the restart are not counted twice
+                record.packets, record.bytes = counts.get(key, Counter(0, 0))
             self._track(entries)
         if self._failed_at:
             # back after a failure: until now the workers relayed these streams, and one
             # may still send a packet in flight from a socket taken over here, leaving a
             # conntrack entry that would clash with the NAT of the stream's every later
             # packet (see settle), as after an offload. At start-up they relayed nothing.
-            handed = [f for entries in per_call.values() for _, f in entries.values()]
+            handed = [r.forward for entries in per_call.values() for r in entries.values()]
             self._settling.append((time.monotonic(), handed))
         log.info("kernel.reconciled", kept=result.kept, added=result.added, removed=result.removed)
-        return {cid: {socket for socket, _ in e.values()} for cid, e in per_call.items()}
+        return {cid: {r.socket for r in e.values()} for cid, e in per_call.items()}
 
     def settle(self, now: float, after: float = 0.3) -> None:
         """Delete again the conntrack entries of forwards installed ``after`` seconds ago.
@@ -287,31 +315,25 @@ class KernelPath:
 
     # -- counters -------------------------------------------------------------------------
 
-    @property
-    def counts(self) -> dict[ForwardKey, Counter]:
-        """The last counters read per installed forward (packets and bytes since install)."""
-        return self._counts
-
     def read(self, call_ids: Iterable[str]) -> dict[str, Traffic]:
         """What the kernel forwarded for these calls since their last read, by bypassed
         socket key: one lookup per forward, whatever the table holds."""
         if not self.enabled:
             return {}
-        keys = [key for cid in call_ids for key in self.installed.get(cid, ())]
-        if not keys:
+        records = {k: r for cid in call_ids for k, r in self.installed.get(cid, {}).items()}
+        if not records:
             return {}
         try:
-            counts = self.forwarder.counts(keys)
+            counts = self.forwarder.counts(records)
         except NftError as exc:
             self._disable(f"reading counters failed: {exc}")
             return {}
         result: dict[str, Traffic] = {}
         for key, count in counts.items():
-            entry = self._wire.get(encode_key(key))
-            if entry is not None:
-                self._fold(key, entry[1], count, result)
-        if self._dumping:
-            self._fresh.update(counts)  # newer than what the running dump may bring
+            record = records[key]
+            self._fold(record, count, result)
+            if self._dumping:
+                self._fresh.add(record)  # newer than what the running dump may bring
         return result
 
     async def read_all(self) -> dict[str, Traffic]:
@@ -326,9 +348,9 @@ class KernelPath:
         try:
             for chunk in self.forwarder.count_chunks():
                 for wire, count in chunk:
-                    entry = self._wire.get(wire)
-                    if entry is not None and entry[0] not in self._fresh:
-                        self._fold(entry[0], entry[1], count, result)
+                    record = self._wire.get(wire)
+                    if record is not None and record not in self._fresh:
+                        self._fold(record, count, result)
                 await asyncio.sleep(0)
         except NftError as exc:
             self._disable(f"reading counters failed: {exc}")
@@ -337,27 +359,26 @@ class KernelPath:
             self._dumping, self._fresh = False, set()
         return result
 
-    def _fold(
-        self, key: ForwardKey, socket: str, count: ElementCount, result: dict[str, Traffic]
-    ) -> None:
-        before = self._counts.get(key, Counter(0, 0))
-        if count.packets < before.packets:
+    @staticmethod
+    def _fold(record: Installed, count: ElementCount, result: dict[str, Traffic]) -> None:
+        before_packets, before_bytes = record.packets, record.bytes
+        if count.packets < before_packets:
             # the element expired after a day without packets, and a packet added it anew
-            before = Counter(0, 0)
-        self._counts[key] = Counter(count.packets, count.bytes)
-        if count.packets == before.packets:
+            before_packets = before_bytes = 0
+        record.packets, record.bytes = count.packets, count.bytes
+        if count.packets == before_packets:
             return
-        packets = count.packets - before.packets
+        packets = count.packets - before_packets
         # nft counts IP packets; userspace counters (and rtpengine) count UDP payload
-        header = _IPV6_UDP if ":" in key.relay.address else _IPV4_UDP
-        size = count.bytes - before.bytes - packets * header
+        header = _IPV6_UDP if ":" in record.forward.relay.address else _IPV4_UDP
+        size = count.bytes - before_bytes - packets * header
         left = count.expires_ms if count.expires_ms is not None else ACTIVITY_TIMEOUT * 1000
         idle = max(ACTIVITY_TIMEOUT * 1000 - left, 0) / 1000
-        earlier = result.get(socket)
+        earlier = result.get(record.socket)
         if earlier is not None:  # two sources towards one socket, both in the kernel
             packets, size = packets + earlier.packets, size + earlier.bytes
             idle = min(idle, earlier.idle)
-        result[socket] = Traffic(packets, size, idle)
+        result[record.socket] = Traffic(packets, size, idle)
 
     def close(self) -> None:
         self.forwarder.close()
