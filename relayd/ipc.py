@@ -7,13 +7,20 @@ body is compact JSON: control traffic is a few messages per call, not per packet
 
 Rules:
 
-* The supervisor binds every media socket and hands a duplicate to the worker
-  that owns its port slice. A worker that dies and is restarted gets the same
-  sockets again, so media resumes on the same ports with nothing rebound.
-  Sockets arrive non-blocking (O_NONBLOCK belongs to the open file, so every
-  copy has it): a worker sets nothing on them before polling them.
+* The supervisor binds every media socket and hands it to the worker that owns
+  its port slice, closing its own copy once the descriptor is sent: each socket
+  has one holder (relayd/plane/sockets.py). A worker keeps a socket until
+  ``Close`` names it, whatever its forwards say, and closes it then (the port is
+  given back). A worker that dies takes its sockets with it; the supervisor binds
+  the same ports again and the replacement gets them. Sockets arrive non-blocking
+  (O_NONBLOCK belongs to the open file, so every copy has it): a worker sets
+  nothing on them before polling them.
 * ``Forward`` replaces the whole forwarding state of one media section of a
-  call (both parties, RTP and RTCP); ``Drop`` removes it and closes its sockets.
+  call (both parties, RTP and RTCP); ``Drop`` removes it. Sockets a forward no
+  longer names, or a dropped section's, are kept idle (not read) for a later
+  forward, or until their ``Close``.
+* ``Discard`` drops what waits unread on sockets the worker holds and does not
+  read (send-only or idle ones), as relayd does on those it holds itself.
 * Workers send ``Stats`` once a second with the counters of every socket that
   saw traffic, plus learned endpoints.
 * With ``Configure.rtcp_capture`` (Homer, ``log-facility-rtcp``), workers also
@@ -32,7 +39,9 @@ from typing import Any, Literal, get_args
 
 __all__ = [
     "LEARNING",
+    "Close",
     "Configure",
+    "Discard",
     "Drop",
     "Forward",
     "Hello",
@@ -176,6 +185,20 @@ class Drop:
 
 
 @dataclass(frozen=True, slots=True)
+class Close:
+    """The worker closes these sockets (socket keys): their ports were given back."""
+
+    keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Discard:
+    """The worker drops the datagrams waiting on these sockets (socket keys), unread."""
+
+    keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Shutdown:
     """The worker closes its sockets and exits."""
 
@@ -235,10 +258,11 @@ class Rtcp:
     now: float = 0.0  # the worker's CLOCK_MONOTONIC when it sent this
 
 
-Message = Configure | Forward | Drop | Shutdown | Hello | Stats | Rtcp
+Message = Configure | Forward | Drop | Close | Discard | Shutdown | Hello | Stats | Rtcp
 
 _TYPES: dict[str, type[Any]] = {
-    cls.__name__: cls for cls in (Configure, Forward, Drop, Shutdown, Hello, Stats, Rtcp)
+    cls.__name__: cls
+    for cls in (Configure, Forward, Drop, Close, Discard, Shutdown, Hello, Stats, Rtcp)
 }
 
 
@@ -271,7 +295,9 @@ def _compact(value: Any) -> dict[str, Any]:
     for name, default in _FIELDS[type(value)]:
         item = getattr(value, name)
         if item != default:
-            body[name] = [_compact(v) for v in item] if isinstance(item, tuple) else item
+            if isinstance(item, tuple):  # of values, or of plain strings (socket keys)
+                item = [v if isinstance(v, str) else _compact(v) for v in item]
+            body[name] = item
     return body
 
 
@@ -309,6 +335,8 @@ def decode(data: bytes) -> Message:
             body["sockets"] = tuple(SocketStats(**s) for s in body.get("sockets", ()))
         elif cls is Rtcp:
             body["packets"] = tuple(RtcpPacket(**p) for p in body.get("packets", ()))
+        elif cls is Close or cls is Discard:
+            body["keys"] = tuple(str(k) for k in body.get("keys", ()))
         message: Message = cls(**body)
     except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise IpcError(f"bad ipc message: {exc}") from None

@@ -6,7 +6,10 @@ out *pairs* (an even port and the odd one above it) so that RTP/RTCP always
 sit together, as rtpengine does; a stream with rtcp-mux uses only the even port
 of its pair. Order is random to make port prediction harder.
 :class:`PortAllocator` cuts the range into one slice per worker and binds each
-pair it hands out through a :class:`Binder` (relayd's binds real sockets).
+pair it hands out through a :class:`Binder` (relayd's binds real sockets). A
+pair whose bind fails because another program holds it stays out of use; one whose
+bind fails because our own socket there is still closing (a worker has not read
+the ``Close`` of the call that had it) goes back to cool off and is tried again.
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ class PortPool:
     _free: list[int] = field(init=False)
     _used: set[int] = field(init=False, default_factory=set)
     # released pairs, handed out again only once every pair in _free has been: their
-    # sockets may still be open for a moment in a worker that has not read the call's
-    # Drop yet, and binding them then would fail
+    # sockets may still be open for a moment in a worker that has not read their
+    # Close yet (and a port not reused at once makes stray late packets less likely)
     _cooling: list[int] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
@@ -96,6 +99,10 @@ class Binder(Protocol):
 
     def bind(self, address: str, port: int) -> bool: ...
 
+    def busy(self, address: str, port: int) -> bool:
+        """A bind of the pair failed on a socket of our own that is still being closed."""
+        ...
+
     def release(self, address: str, port: int) -> None: ...
 
 
@@ -103,7 +110,8 @@ class PortAllocator:
     """Port pairs per local address, the range cut into one disjoint slice per worker.
 
     With a :class:`Binder`, a pair whose sockets cannot be bound (the port is
-    taken by another program) is skipped and kept out of use.
+    taken by another program) is skipped and kept out of use; one that is still
+    ``busy`` with our own closing socket is skipped and given back to cool off.
     """
 
     def __init__(
@@ -140,19 +148,31 @@ class PortAllocator:
 
     def allocate(self, address: str, worker: int = 0) -> int:
         pool = self.pool(address, worker)
-        while True:
-            port = pool.allocate()  # raises PortsExhausted
-            if self.binder is None or self.binder.bind(address, port):
-                return port
-            # left reserved: a port another program holds is not retried
+        binder = self.binder
+        if binder is None:
+            return pool.allocate()
+        closing: list[int] = []  # given back once this allocation is done, not retried in it
+        try:
+            while True:
+                port = pool.allocate()  # raises PortsExhausted
+                if binder.bind(address, port):
+                    return port
+                if binder.busy(address, port):
+                    closing.append(port)
+                # else left reserved: a port another program holds is not retried
+        finally:
+            for port in closing:
+                pool.release(port)
 
     def allocate_like(self, address: str, port: int, worker: int = 0) -> int:
         """A pair on ``address`` with the same number as ``port`` (rtpengine binds one port
         number on every address of a logical interface), else any free pair."""
-        if self.pool(address, worker).take_free(port) and (
-            self.binder is None or self.binder.bind(address, port)
-        ):
-            return port
+        pool = self.pool(address, worker)
+        if pool.take_free(port):
+            if self.binder is None or self.binder.bind(address, port):
+                return port
+            if self.binder.busy(address, port):
+                pool.release(port)
         return self.allocate(address, worker)
 
     def release(self, address: str, port: int) -> None:

@@ -1,18 +1,22 @@
 """The supervisor's side of the data plane: what each media worker is told.
 
-relayd binds every media socket itself (relayd/plane/sockets.py) and passes a
-duplicate to the worker that owns the port's slice, with the call's forwards
-(relayd/plane/forwarding.py plans them); what workers report comes back through
-relayd/plane/reports.py. The processes themselves are relayd/plane/workerpool.py's: when
-one dies, its replacement gets the same sockets and its forwards planned anew,
-so media resumes on the same ports and packets that arrived in the meantime
-wait in the socket buffers.
+relayd binds every media socket itself (relayd/plane/sockets.py) and hands it to
+the worker that owns the port's slice with the first forward that names it
+(relayd/plane/forwarding.py plans them), keeping no copy: each port is held by one
+process. What workers report comes back through relayd/plane/reports.py. The
+processes themselves are relayd/plane/workerpool.py's: when one dies, its sockets
+close with it; relayd binds the same ports again at once and holds them (what
+arrives from then on waits in their buffers) until the replacement gets them with
+its forwards planned anew, so media resumes on the same ports. What arrived
+between the death and the new bind, or waited unread in the dead worker's
+sockets, is lost (docs/architecture.md, "The worker link").
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 
 from relayd import ipc
 from relayd.calls.model import Call
@@ -34,14 +38,20 @@ __all__ = ["MediaPlane"]
 
 log = get_logger("relayd.plane.media")
 
+# a dead worker's port that cannot be bound again at once (its process still exiting, as a
+# unit replaced while it runs): tried again after this, doubling up to REBIND_RETRY_MAX
+REBIND_RETRY_FIRST = 0.01
+REBIND_RETRY_MAX = 1.0
+
 
 class MediaPlane:
     """The workers and what each is told: placement, forwards, drops, and their reports.
 
     ``calls`` is the call registry (read only here): a restarted worker gets its calls'
-    forwards planned anew from it. ``on_stats`` hears after each stats report which
-    calls' confirmations changed, ``on_traffic`` the traffic folded in, ``on_rtcp`` the
-    RTCP the workers copied (Homer, the RTCP log).
+    forwards planned anew from it. The binder asks, through its ``on_close``, that a worker
+    close the sockets of ports given back (``ipc.Close``). ``on_stats`` hears after each
+    stats report which calls' confirmations changed, ``on_traffic`` the traffic folded in,
+    ``on_rtcp`` the RTCP the workers copied (Homer, the RTCP log).
     """
 
     def __init__(
@@ -70,6 +80,9 @@ class MediaPlane:
         # placed sockets the worker only sends from (SocketSpec.listen False): what waits
         # in them came before their port was told, and drop_early discards it
         self.quiet: set[str] = set()
+        binder.on_close = self._close_handed
+        self._rebind_timer: asyncio.TimerHandle | None = None
+        self._rebind_delay = REBIND_RETRY_FIRST
 
     @property
     def workers(self) -> list[WorkerProcess]:
@@ -126,9 +139,15 @@ class MediaPlane:
             for key in relay_socket_keys(call, besides=call.monologues.get(keep) if keep else None)
             if key not in read
         ]
-        dropped = self.binder.discard_queued(keys) if keys else 0
+        here = [key for key in keys if self.binder.holder(key) is None]
+        dropped = self.binder.discard_queued(here) if here else 0
         if dropped:
-            log.debug("media.dropped_early", sockets=keys, packets=dropped)
+            log.debug("media.dropped_early", sockets=here, packets=dropped)
+        # those the worker holds (send-only, or idle): it drops their backlog, at once,
+        # so what comes after this reply is kept as it would be here
+        there = tuple(key for key in keys if self.binder.holder(key) == call.worker)
+        if there:
+            self.pool.send(self.workers[call.worker], ipc.Discard(there))
 
     def sync(self, call: Call) -> None:
         """Send the call's worker its forwards as planned now, at once (batching is the caller's).
@@ -165,7 +184,7 @@ class MediaPlane:
                     self.quiet.discard(spec.key)
                 else:
                     self.quiet.add(spec.key)
-            self._send_forward(worker, forward, previous)
+            self._send_forward(worker, forward)
 
     def drop(self, call: Call) -> None:
         worker = self.workers[call.worker]
@@ -188,19 +207,72 @@ class MediaPlane:
             self.quiet.discard(socket_key_)
         send(worker, ipc.Drop(key))
 
-    def _send_forward(
-        self, worker: WorkerProcess, forward: ipc.Forward, held: Sequence[str]
-    ) -> None:
-        """The forward, with the descriptors of its sockets the worker does not hold yet
-        (``held``: those of the forward it had for this media section; a worker keeps
-        exactly the sockets of its current forwards)."""
+    def _send_forward(self, worker: WorkerProcess, forward: ipc.Forward) -> None:
+        """The forward, with the descriptors of its sockets relayd still holds (the worker
+        holds the others: it keeps every socket it was given until its ``Close``). Once
+        sent they are the worker's, and relayd's copies close."""
         fds: list[int] = []
         index: dict[str, int] = {}
+        held = self.binder.sockets
         for spec in forward.sockets:
-            if spec.key not in held and spec.key in self.binder.sockets:
+            fd = held.get(spec.key)
+            if fd is not None:
                 index[spec.key] = len(fds)
-                fds.append(self.binder.fileno(spec.key))
-        self.pool.transmit(worker, ipc.encode_forward(forward, index), fds)
+                fds.append(fd)
+        if self.pool.transmit(worker, ipc.encode_forward(forward, index), fds) and index:
+            self.binder.handed_over(index, worker.index)
+
+    def _close_handed(self, worker: int, keys: tuple[str, ...]) -> None:
+        """Ports given back whose sockets a worker holds: it closes them, after the reply
+        (with the call's ``Drop``)."""
+        self.pool.send_later(self.workers[worker], ipc.Close(keys))
+
+    # -- a worker's death ---------------------------------------------------------------------
+
+    def worker_lost(self, worker: WorkerProcess) -> None:
+        """The worker's sockets closed with it: bind their ports again now, before its
+        replacement starts, so the calls keep their ports (and SDP)."""
+        started = time.perf_counter()
+        bound = self.binder.lost(worker.index)
+        log.info(
+            "worker.sockets_bound_again",
+            worker=worker.index,
+            sockets=len(bound),
+            waiting=len(self.binder.unbound),
+            ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+        if self.binder.unbound:
+            self._rebind_delay = REBIND_RETRY_FIRST
+            self._schedule_rebind()
+
+    def _schedule_rebind(self) -> None:
+        if self._rebind_timer is None:
+            loop = asyncio.get_running_loop()
+            self._rebind_timer = loop.call_later(self._rebind_delay, self._rebind)
+
+    def _rebind(self) -> None:
+        """Try the ports not bound again yet; the calls whose worker is up get them now."""
+        self._rebind_timer = None
+        bound = set(self.binder.rebind_pending())
+        if bound:
+            log.info("worker.sockets_bound_again", sockets=len(bound), late=True)
+            for worker in self.workers:
+                if worker.link is None:
+                    continue  # it gets them with its calls when it comes (worker_ready)
+                placed = self.placed.get(worker.index, {})
+                call_ids = {
+                    media.rpartition(" ")[0]
+                    for media, keys in placed.items()
+                    if not bound.isdisjoint(keys)
+                }
+                for call_id in call_ids:
+                    if (call := self.calls.get(call_id)) is not None:
+                        self.sync(call)
+        if self.binder.unbound:
+            if self._rebind_delay >= REBIND_RETRY_MAX:
+                log.warning("worker.sockets_waiting", sockets=len(self.binder.unbound))
+            self._rebind_delay = min(self._rebind_delay * 2, REBIND_RETRY_MAX)
+            self._schedule_rebind()
 
     # -- stats ----------------------------------------------------------------------------
 
@@ -216,6 +288,9 @@ class MediaPlane:
         self.pool.start(worker_socket)
 
     async def stop(self) -> None:
+        if self._rebind_timer is not None:
+            self._rebind_timer.cancel()
+            self._rebind_timer = None
         await self.pool.stop()
 
     def worker_ready(self, worker: WorkerProcess) -> None:

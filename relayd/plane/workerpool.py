@@ -2,10 +2,10 @@
 
 Workers are spawned pinned to a core each (or, as systemd units, connect to
 ``worker-socket`` and say which worker they are), watched, and restarted when
-they die; the owner (relayd/plane/media.py) then gives the new process its calls
-again. Messages go over a SOCK_SEQPACKET link, descriptors with the message
-that introduces them; updates that may wait go out in batches of
-``WORKER_BATCH_DELAY``, in order with everything sent meanwhile.
+they die; the owner (relayd/plane/media.py) binds the dead one's ports again at
+once and gives the new process its calls. Messages go over a SOCK_SEQPACKET link,
+descriptors with the message that introduces them; updates that may wait go out
+in batches of ``WORKER_BATCH_DELAY``, in order with everything sent meanwhile.
 """
 
 from __future__ import annotations
@@ -89,6 +89,10 @@ class WorkerSettings:
 class PoolOwner(Protocol):
     """What the pool asks of the media plane."""
 
+    def worker_lost(self, worker: WorkerProcess) -> None:
+        """The worker's process is gone (or going: a unit replaced while it still runs), and
+        the sockets it held with it."""
+
     def worker_ready(self, worker: WorkerProcess) -> None:
         """A new worker process (spawned again, or a unit that connected): it has
         nothing yet."""
@@ -159,9 +163,12 @@ class WorkerPool:
         worker = self.workers[hello.worker]
         loop = asyncio.get_running_loop()
         if worker.link is not None:
-            # a replacement (upgrade, restart): the new process takes over the sockets
+            # a replacement (upgrade, restart): the old process exits once its link closes,
+            # and its sockets with it; they are bound again for the new one
             loop.remove_reader(worker.link.fileno())
             worker.link.close()
+            worker.link = None
+            self.owner.worker_lost(worker)
         link.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _LINK_BUFFER)
         worker.link, worker.pid, worker.proc = link, hello.pid, None
         self._configure(worker)
@@ -252,6 +259,9 @@ class WorkerPool:
                 code = worker.proc.wait(0.5)
         if self._closing:
             return
+        # the process is reaped (spawned) or its link closed (a unit, exiting): its sockets
+        # are closed, or about to be; relayd binds their ports again now, not at the restart
+        self.owner.worker_lost(worker)
         worker.restarts += 1
         quick = time.monotonic() - worker.spawned_at < RESTART_STABLE
         worker.quick_deaths = worker.quick_deaths + 1 if quick else 1
@@ -265,7 +275,7 @@ class WorkerPool:
             restart_in=delay,
         )
         if self.worker_socket:
-            return  # systemd restarts the unit; it connects again and gets its sockets back
+            return  # systemd restarts the unit; it connects again and gets the sockets
         if delay:
             self._restarts[worker.index] = loop.call_later(delay, self._restart, worker)
         else:
@@ -298,9 +308,10 @@ class WorkerPool:
         for worker, data in outbox:
             self.transmit(worker, data)
 
-    def transmit(self, worker: WorkerProcess, data: bytes, fds: Sequence[int] = ()) -> None:
+    def transmit(self, worker: WorkerProcess, data: bytes, fds: Sequence[int] = ()) -> bool:
         """Send one encoded message now, ``fds`` attached (SCM_RIGHTS), after what waits in the
-        outbox: messages to a worker keep their order.
+        outbox: messages to a worker keep their order. True if it was sent: its descriptors
+        are the worker's now (in flight until it reads them).
 
         Without a link the message is lost (a new worker is given its calls again); a failed send
         is logged. A full link blocks for at most its 2 s timeout.
@@ -308,7 +319,7 @@ class WorkerPool:
         if self._outbox:
             self._flush()  # messages keep their order
         if worker.link is None:
-            return
+            return False
         try:
             if fds:
                 socket.send_fds(worker.link, [data], list(fds))
@@ -316,6 +327,8 @@ class WorkerPool:
                 worker.link.send(data)
         except OSError as exc:
             log.error("worker.send_failed", worker=worker.index, error=str(exc))
+            return False
+        return True
 
     async def stop(self) -> None:
         """Tell every worker to stop (``Shutdown``); spawned ones get 5 s to exit, then are killed.

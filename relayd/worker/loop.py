@@ -4,6 +4,10 @@ A plain non-blocking ``recvfrom``/``sendto`` loop, pinned to one core: on this
 kind of machine it out-runs rtpengine's userspace path, where asyncio
 transports would not (docs/kernel.md, "Background"). Each readable
 socket is drained in bounded batches so one busy stream cannot starve others.
+
+The worker is the only holder of the sockets relayd gave it (relayd/ipc.py's
+rules): a socket that leaves its forwards is kept idle (``parked``) until a later
+forward names it again or relayd's ``Close`` gives its port back.
 """
 
 from __future__ import annotations
@@ -57,6 +61,8 @@ class Worker:
         self.by_fd: list[MediaSocket | None] = []
         self.by_key: dict[str, MediaSocket] = {}
         self.medias: dict[str, list[str]] = {}  # media key -> its socket keys (a handful)
+        # sockets no forward names now, kept (not read) until named again or closed
+        self.parked: dict[str, socket.socket] = {}
         # what the next report looks at: sockets that saw packets or a forward since the
         # last one, and those with SRTP/DTLS/ICE (whose state timers change). Not all of
         # them: with thousands of idle calls a full scan each second would take the core.
@@ -101,6 +107,10 @@ class Worker:
             self._forward(message, fds)
         elif isinstance(message, ipc.Drop):
             self._drop(message.media)
+        elif isinstance(message, ipc.Close):
+            self._close_keys(message.keys)
+        elif isinstance(message, ipc.Discard):
+            self._discard(message.keys)
         elif isinstance(message, ipc.Configure):
             self.tos = message.tos
             self.stats_interval = message.stats_interval
@@ -124,8 +134,12 @@ class Worker:
                 if current is not None and current.sock.fileno() != sock.fileno():
                     self._close(current)
                     current = None
+                if (stale := self.parked.pop(spec.key, None)) is not None:
+                    stale.close()
                 if current is None:
                     current = self._add(spec, sock)
+            elif current is None and (idle := self.parked.pop(spec.key, None)) is not None:
+                current = self._add(spec, idle)  # named again: read from a fresh start
             if current is None:
                 log.warning("worker.unknown_socket", worker=self.index, key=spec.key)
                 continue
@@ -164,7 +178,7 @@ class Worker:
         for key in [k for k in keys if k not in wanted]:
             keys.remove(key)
             if (gone := self.by_key.get(key)) is not None:
-                self._close(gone)
+                self._close(gone, park=True)
         touched: list[MediaSocket] = []
         for spec in message.sockets:
             current = self.by_key.get(spec.key)
@@ -208,7 +222,9 @@ class Worker:
             self.epoll.unregister(fd)
         media_socket.listening = listen
 
-    def _close(self, media_socket: MediaSocket) -> None:
+    def _close(self, media_socket: MediaSocket, *, park: bool = False) -> None:
+        """Forget ``media_socket``'s state and links; close the socket, or with ``park``
+        keep it idle in ``parked`` (its port stays ours)."""
         self.secure.forget(media_socket)
         self.secured.discard(media_socket)  # (on self.active it is skipped once closed)
         fd = media_socket.sock.fileno()
@@ -218,7 +234,15 @@ class Worker:
         if media_socket.listening:
             with contextlib.suppress(OSError, ValueError):
                 self.epoll.unregister(fd)
-        media_socket.sock.close()
+        if park:
+            # the same descriptor in a new socket object: the old one reads as closed
+            # (fileno -1) wherever this MediaSocket is still listed
+            own = media_socket.leg.key
+            family = socket.AF_INET6 if ":" in own else socket.AF_INET
+            idle = socket.socket(family, _UDP_NONBLOCKING, 0, media_socket.sock.detach())
+            self.parked[own] = idle
+        else:
+            media_socket.sock.close()
         # only the sockets of the same media section point at this one
         for key in self.medias.get(media_socket.media, ()):
             other = self.by_key.get(key)
@@ -235,7 +259,34 @@ class Worker:
         for key in self.medias.pop(media, []):
             current = self.by_key.get(key)
             if current is not None:
-                self._close(current)
+                self._close(current, park=True)
+
+    def _close_keys(self, keys: tuple[str, ...]) -> None:
+        """Relayd gave these sockets' ports back: close them, in a forward or idle."""
+        for key in keys:
+            idle = self.parked.pop(key, None)
+            if idle is not None:
+                idle.close()
+            current = self.by_key.get(key)
+            if current is None:
+                continue
+            listed = self.medias.get(current.media)
+            if listed is not None and key in listed:
+                listed.remove(key)
+            self._close(current)
+
+    def _discard(self, keys: tuple[str, ...], limit: int = 4096) -> None:
+        """Drop what waits on these sockets (send-only or idle ones: relayd's ``Discard``)."""
+        for key in keys:
+            current = self.by_key.get(key)
+            sock = current.sock if current is not None else self.parked.get(key)
+            if sock is None:
+                continue
+            for _ in range(limit):
+                try:
+                    sock.recv(1)
+                except OSError:  # BlockingIOError when empty; a queued ICMP error ends it
+                    break
 
     # -- stats ------------------------------------------------------------------------------
 
@@ -255,7 +306,7 @@ class Worker:
         for ms in looked_at:
             ms.dirty = False
             if ms.sock.fileno() < 0:
-                continue  # closed since
+                continue  # closed or parked since
             leg = ms.leg
             sec = ms.secure
             crypto = (sec.dtls_state, sec.ice_state) if sec is not None else ("", "")
@@ -368,3 +419,6 @@ class Worker:
                 next_report = now + self.stats_interval
         for ms in list(self.by_key.values()):
             self._close(ms)
+        for idle in self.parked.values():
+            idle.close()
+        self.parked.clear()

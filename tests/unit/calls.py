@@ -7,7 +7,7 @@ the clock is the fixed value :data:`T0` plus whatever a test adds.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,16 +53,35 @@ class FakeBinder:
     refused: list[tuple[str, int]] = field(default_factory=list)
     sockets: dict[str, int] = field(default_factory=dict)
     discarded: list[str] = field(default_factory=list)
+    # pairs whose bind fails on a socket of our own still closing (SocketBinder.busy)
+    closing: set[tuple[str, int]] = field(default_factory=set)
+    unbound: dict[str, int] = field(default_factory=dict)
+    on_close: Callable[[int, tuple[str, ...]], None] | None = None
 
     def bind(self, address: str, port: int) -> bool:
-        if (address, port) in self.taken:
+        if (address, port) in self.taken or (address, port) in self.closing:
             self.refused.append((address, port))
             return False
         self.bound.append((address, port))
         return True
 
+    def busy(self, address: str, port: int) -> bool:
+        return (address, port) in self.closing
+
     def release(self, address: str, port: int) -> None:
         self.released.append((address, port))
+
+    def holder(self, key: str) -> int | None:
+        return None
+
+    def handed_over(self, keys: Iterable[str], worker: int) -> None:
+        pass
+
+    def lost(self, worker: int) -> list[str]:
+        return []
+
+    def rebind_pending(self, keys: Iterable[str] | None = None) -> list[str]:
+        return []
 
     def share_key(self, key: str) -> None:
         pass

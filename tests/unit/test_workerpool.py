@@ -18,6 +18,9 @@ BATCH = 0.05  # longer than relayd's, so that timer granularity does not matter
 
 
 class Owner:
+    def worker_lost(self, worker: WorkerProcess) -> None:
+        pass
+
     def worker_ready(self, worker: WorkerProcess) -> None:
         pass
 
@@ -126,3 +129,27 @@ def test_a_dead_worker_is_restarted_after_the_back_off(monkeypatch: pytest.Monke
     assert times[0] - start < 0.04  # the first: at once
     assert times[1] - times[0] >= 0.045  # then 0.05 s
     assert times[2] - times[1] >= 0.095  # then 0.1 s
+
+
+def test_a_dead_workers_ports_are_taken_back_before_its_replacement_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    events: list[str] = []
+
+    class Recording(Owner):
+        def worker_lost(self, worker: WorkerProcess) -> None:
+            events.append("lost")
+
+        def worker_ready(self, worker: WorkerProcess) -> None:
+            events.append("ready")
+
+    async def dies() -> None:
+        pool = WorkerPool(Recording(), 1)
+        monkeypatch.setattr(pool, "_spawn", lambda w: None)
+        pool.workers[0].spawned_at = time.monotonic() - 60  # it had lived: restarted at once
+        pool._lost(pool.workers[0])
+        await pool.stop()
+        pool._lost(pool.workers[0])  # stopping: neither taken back nor restarted
+
+    asyncio.run(dies())
+    assert events == ["lost", "ready"]
