@@ -294,6 +294,11 @@ def test_timeout_tears_down_silent_call_only(topo: Topology, start_relay: StartR
 
 
 def test_worker_killed_mid_call(topo: Topology, start_relay: StartRelay) -> None:
+    """A SIGKILLed worker's call goes on, on the same relay ports: relayd binds them again
+    a few milliseconds after the death (what arrives meanwhile, and what the dead worker
+    had not read, is lost: at 100 packets/s one at most) and what arrives after waits in
+    relayd's sockets for the new worker (tests/netns/test_descriptors.py counts the
+    descriptors and prints the gap)."""
     relay = start_relay("--num-threads", "1")
     with (
         relay.client() as ng,

@@ -8,7 +8,9 @@ import pytest
 
 from relayd.ipc import (
     MAX_MESSAGE,
+    Close,
     Configure,
+    Discard,
     Drop,
     Forward,
     Hello,
@@ -87,6 +89,10 @@ MESSAGES: list[Message] = [
             SocketStats("203.0.113.1 30006", 0, 0, 1, 0.0, dtls="failed: fingerprint mismatch"),
         ),
     ),
+    # one holder per socket: ports given back, backlogs dropped
+    Close(("203.0.113.1 30000", "203.0.113.1 30001")),
+    Discard(("2001:db8::1 30002",)),
+    Close(),
 ]
 
 
