@@ -333,3 +333,32 @@ def test_a_deleted_calls_worker_is_asked_to_close_its_sockets(plane: Plane) -> N
     assert any(isinstance(m, ipc.Drop) for m in messages)
     for fd in fds:
         os.close(fd)
+
+
+def test_ports_a_replaced_worker_still_holds_follow_once_it_exits(plane: Plane) -> None:
+    # a unit replaced while it runs (worker-socket): its sockets are open until it exits
+    call = answered(plane)
+    plane.media.sync(call)
+    [(_forward, fds)] = plane.received()
+
+    async def replaced() -> tuple[list[int], list[int]]:
+        plane.media.worker_lost(plane.media.workers[0])
+        assert len(plane.binder.unbound) == 4 and plane.binder.sockets == {}
+        plane.media.worker_ready(plane.media.workers[0])  # the new unit connected
+        [(first, without)] = plane.received()
+        assert isinstance(first, ipc.Forward)
+        for fd in fds:
+            os.close(fd)  # the old process exits
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if not plane.binder.unbound:
+                break
+        [(again, late)] = plane.received()
+        assert isinstance(again, ipc.Forward) and again.media == first.media
+        return without, late
+
+    without, late = asyncio.run(replaced())
+    assert without == [] and len(late) == 4
+    assert plane.binder.sockets == {} and len(plane.binder.handed) == 4
+    for fd in late:
+        os.close(fd)
