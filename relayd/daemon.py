@@ -23,11 +23,11 @@ import uvloop
 from relayd import __version__, log
 from relayd.calls.interfaces import resolve
 from relayd.certificate import load_or_create
-from relayd.config import KEYS, ConfigError, load, unimplemented
+from relayd.config import KEYS, Config, ConfigError, load, unimplemented
 from relayd.shards.front import Front
 from relayd.supervisor import Supervisor
 
-__all__ = ["GC_THRESHOLDS", "main", "system_addresses"]
+__all__ = ["GC_THRESHOLDS", "main", "start_logging", "system_addresses"]
 
 logger = log.get_logger("relayd")
 
@@ -48,6 +48,18 @@ def system_addresses() -> dict[str, list[str]]:
             if addr.family in (socket.AF_INET, socket.AF_INET6):
                 result.setdefault(name, []).append(addr.address.split("%")[0])
     return result
+
+
+def start_logging(config: Config) -> None:
+    """Logging as the configuration sets it (the daemon's, and each shard's)."""
+    log.configure(
+        config.log_level,
+        stderr=config.log_stderr or config.foreground,
+        facility=config.log_facility,
+        fmt=config.log_format,
+        timestamps=config.log_timestamps,
+        rtcp_facility=config.log_facility_rtcp,
+    )
 
 
 def _daemonize(keep_stderr: bool) -> int:
@@ -87,14 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"relayd: configuration error: {exc}", file=sys.stderr)
         return 78  # EX_CONFIG
-    log.configure(
-        config.log_level,
-        stderr=config.log_stderr or config.foreground,
-        facility=config.log_facility,
-        fmt=config.log_format,
-        timestamps=config.log_timestamps,
-        rtcp_facility=config.log_facility_rtcp,
-    )
+    start_logging(config)
     ignored = unimplemented(config)
     if ignored:
         logger.warning(

@@ -40,6 +40,20 @@ from ipaddress import ip_address
 from pathlib import Path
 
 from relayd.nft.libnft import NftError
+from relayd.nft.netlink import (
+    NLA_F_NESTED,
+    NLM_F_ACK,
+    NLM_F_DUMP,
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    attr,
+    attrs,
+    error_of,
+    message,
+    messages,
+    netfilter_socket,
+)
 from relayd.nft.ruleset import Endpoint
 
 __all__ = [
@@ -53,15 +67,7 @@ __all__ = [
     "tracked",
 ]
 
-# linux/netlink.h, linux/netfilter/nfnetlink.h, nfnetlink_conntrack.h
-NETLINK_NETFILTER = 12
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-NLM_F_REQUEST = 0x1
-NLM_F_ACK = 0x4
-NLM_F_DUMP = 0x300
-NLA_F_NESTED = 0x8000
-NLA_TYPE_MASK = 0x3FFF
+# linux/netfilter/nfnetlink_conntrack.h
 NFNL_SUBSYS_CTNETLINK = 1
 IPCTNL_MSG_CT_NEW = 0
 IPCTNL_MSG_CT_GET = 1
@@ -94,59 +100,44 @@ class ConntrackError(NftError):
     """ctnetlink is unusable or refused a request."""
 
 
-def _attr(kind: int, payload: bytes) -> bytes:
-    length = 4 + len(payload)
-    return struct.pack("=HH", length, kind) + payload + b"\0" * (-length % 4)
-
-
 def delete_request(seq: int, src: Endpoint, dst: Endpoint) -> bytes:
     """One IPCTNL_MSG_CT_DELETE for the UDP tuple src → dst, asking for an acknowledgement."""
     if src.version != dst.version:
         raise ValueError(f"mixed address families: {src} -> {dst}")
     v4 = src.version == 4
-    ip = _attr(CTA_IP_V4_SRC if v4 else CTA_IP_V6_SRC, ip_address(src.address).packed) + _attr(
+    ip = attr(CTA_IP_V4_SRC if v4 else CTA_IP_V6_SRC, ip_address(src.address).packed) + attr(
         CTA_IP_V4_DST if v4 else CTA_IP_V6_DST, ip_address(dst.address).packed
     )
     proto = (
-        _attr(CTA_PROTO_NUM, bytes([socket.IPPROTO_UDP]))
-        + _attr(CTA_PROTO_SRC_PORT, struct.pack("!H", src.port))
-        + _attr(CTA_PROTO_DST_PORT, struct.pack("!H", dst.port))
+        attr(CTA_PROTO_NUM, bytes([socket.IPPROTO_UDP]))
+        + attr(CTA_PROTO_SRC_PORT, struct.pack("!H", src.port))
+        + attr(CTA_PROTO_DST_PORT, struct.pack("!H", dst.port))
     )
-    body = struct.pack("=BBH", AF[src.version], 0, 0) + _attr(
-        CTA_TUPLE_ORIG, _attr(CTA_TUPLE_IP, ip) + _attr(CTA_TUPLE_PROTO, proto)
+    body = struct.pack("=BBH", AF[src.version], 0, 0) + attr(
+        CTA_TUPLE_ORIG, attr(CTA_TUPLE_IP, ip) + attr(CTA_TUPLE_PROTO, proto)
     )
     kind = NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_DELETE
-    return struct.pack("=IHHII", 16 + len(body), kind, NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
+    return message(kind, NLM_F_REQUEST | NLM_F_ACK, seq, body)
 
 
 def sweep_request(seq: int, version: int) -> bytes:
     """One IPCTNL_MSG_CT_GET dump of the UDP entries (``version``: 4 or 6) that were never
     answered (no ``IPS_SEEN_REPLY``) and are not translated (no ``IPS_SRC_NAT``/``DST_NAT``),
     filtered in the kernel."""
-    proto = _attr(CTA_TUPLE_PROTO, _attr(CTA_PROTO_NUM, bytes([socket.IPPROTO_UDP])))
+    proto = attr(CTA_TUPLE_PROTO, attr(CTA_PROTO_NUM, bytes([socket.IPPROTO_UDP])))
     body = (
         struct.pack("=BBH", AF[version], 0, 0)
-        + _attr(CTA_TUPLE_ORIG, proto)
+        + attr(CTA_TUPLE_ORIG, proto)
         # the filter's flags are in host byte order, the status and its mask big-endian
-        + _attr(
+        + attr(
             CTA_FILTER | NLA_F_NESTED,
-            _attr(CTA_FILTER_ORIG_FLAGS, struct.pack("=I", CTA_FILTER_FLAG_CTA_PROTO_NUM)),
+            attr(CTA_FILTER_ORIG_FLAGS, struct.pack("=I", CTA_FILTER_FLAG_CTA_PROTO_NUM)),
         )
-        + _attr(CTA_STATUS, struct.pack("!I", 0))
-        + _attr(CTA_STATUS_MASK, struct.pack("!I", _SWEPT_STATUS))
+        + attr(CTA_STATUS, struct.pack("!I", 0))
+        + attr(CTA_STATUS_MASK, struct.pack("!I", _SWEPT_STATUS))
     )
     kind = NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_GET
-    return struct.pack("=IHHII", 16 + len(body), kind, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
-
-
-def _attrs(data: bytes, start: int, end: int) -> Iterator[tuple[int, int, int]]:
-    """(type, payload start, payload end) of each netlink attribute in ``data[start:end]``."""
-    while start + 4 <= end:
-        length, kind = struct.unpack_from("=HH", data, start)
-        if length < 4 or start + length > end:
-            return
-        yield kind & NLA_TYPE_MASK, start + 4, start + length
-        start += (length + 3) & ~3
+    return message(kind, NLM_F_REQUEST | NLM_F_DUMP, seq, body)
 
 
 Flow = tuple[bytes, int, bytes, int]
@@ -156,20 +147,20 @@ destination address (packed), destination port."""
 
 def _orig_tuple(data: bytes, start: int, end: int) -> Flow | None:
     """The UDP original tuple of one conntrack entry (its attributes in ``data[start:end]``)."""
-    for kind, begin, stop in _attrs(data, start, end):
+    for kind, begin, stop in attrs(data, start, end):
         if kind != CTA_TUPLE_ORIG:
             continue
         src = dst = b""
         sport = dport = proto = 0
-        for part, p_begin, p_end in _attrs(data, begin, stop):
+        for part, p_begin, p_end in attrs(data, begin, stop):
             if part == CTA_TUPLE_IP:
-                for ip, a_begin, a_end in _attrs(data, p_begin, p_end):
+                for ip, a_begin, a_end in attrs(data, p_begin, p_end):
                     if ip in (CTA_IP_V4_SRC, CTA_IP_V6_SRC):
                         src = data[a_begin:a_end]
                     elif ip in (CTA_IP_V4_DST, CTA_IP_V6_DST):
                         dst = data[a_begin:a_end]
             elif part == CTA_TUPLE_PROTO:
-                for field, f_begin, f_end in _attrs(data, p_begin, p_end):
+                for field, f_begin, f_end in attrs(data, p_begin, p_end):
                     if field == CTA_PROTO_NUM and f_end > f_begin:
                         proto = data[f_begin]
                     elif field == CTA_PROTO_SRC_PORT and f_end - f_begin >= 2:
@@ -186,25 +177,21 @@ def dump_entries(data: bytes, seq: int) -> tuple[list[Flow], bool]:
     """The UDP entries of one receive buffer of a dump answering request ``seq``, and whether
     the dump is done; ConntrackError if the kernel refused it. Other messages are skipped."""
     flows: list[Flow] = []
-    offset = 0
     entry = NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_NEW
-    while offset + 16 <= len(data):
-        length, kind, _flags, got, _pid = struct.unpack_from("=IHHII", data, offset)
-        if length < 16:
-            break
-        if got == seq:
-            if kind == NLMSG_DONE:
-                return flows, True
-            if kind == NLMSG_ERROR:
-                (error,) = struct.unpack_from("=i", data, offset + 16)
-                if error:
-                    raise ConntrackError(f"conntrack dump: {os.strerror(-error)}")
-                return flows, True
-            if kind == entry:
-                flow = _orig_tuple(data, offset + 20, offset + length)  # after the nfgenmsg
-                if flow is not None:
-                    flows.append(flow)
-        offset += (length + 3) & ~3
+    for kind, got, start, end in messages(data):
+        if got != seq:
+            continue
+        if kind == NLMSG_DONE:
+            return flows, True
+        if kind == NLMSG_ERROR:
+            error = error_of(data, start)
+            if error:
+                raise ConntrackError(f"conntrack dump: {os.strerror(error)}")
+            return flows, True
+        if kind == entry:
+            flow = _orig_tuple(data, start + 4, end)  # after the nfgenmsg
+            if flow is not None:
+                flows.append(flow)
     return flows, False
 
 
@@ -218,15 +205,9 @@ def tracked() -> int:
 
 def _acks(data: bytes) -> Iterator[tuple[int, int]]:
     """(sequence number, errno) of each NLMSG_ERROR in a receive buffer."""
-    offset = 0
-    while offset + 16 <= len(data):
-        length, kind, _flags, seq, _pid = struct.unpack_from("=IHHII", data, offset)
-        if length < 16:
-            break
+    for kind, seq, start, _ in messages(data):
         if kind == NLMSG_ERROR:
-            (error,) = struct.unpack_from("=i", data, offset + 16)
-            yield seq, -error
-        offset += (length + 3) & ~3
+            yield seq, error_of(data, start)
 
 
 class Ctnetlink:
@@ -249,9 +230,7 @@ class Ctnetlink:
     def _socket(self) -> socket.socket:
         if self._sock is None:
             try:
-                sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-                sock.bind((0, 0))
-                sock.settimeout(_TIMEOUT)
+                sock = netfilter_socket(_TIMEOUT)
             except OSError as exc:
                 raise ConntrackError(f"cannot open ctnetlink: {exc}") from exc
             self._sock = sock

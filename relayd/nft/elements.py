@@ -31,6 +31,19 @@ from ipaddress import ip_address
 from typing import NamedTuple
 
 from relayd.nft.libnft import NftError
+from relayd.nft.netlink import (
+    NLA_F_NESTED,
+    NLM_F_DUMP,
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    attr,
+    attrs,
+    error_of,
+    message,
+    messages,
+    netfilter_socket,
+)
 from relayd.nft.ruleset import Endpoint, ForwardKey
 
 __all__ = [
@@ -42,12 +55,7 @@ __all__ = [
     "parse_elements",
 ]
 
-# linux/netlink.h, linux/netfilter/nfnetlink.h, linux/netfilter/nf_tables.h
-NETLINK_NETFILTER = 12
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x2, 0x4, 0x300
-NLA_F_NESTED = 0x8000
-NLA_TYPE_MASK = 0x3FFF
+# linux/netfilter/nf_tables.h
 NFNL_SUBSYS_NFTABLES = 10
 NFT_MSG_GETSET, NFT_MSG_NEWSETELEM, NFT_MSG_GETSETELEM = 10, 12, 13
 NFTA_SET_TABLE, NFTA_SET_NAME = 1, 2
@@ -60,8 +68,6 @@ NFTA_DATA_VALUE = 1
 NFTA_EXPR_NAME, NFTA_EXPR_DATA = 1, 2
 NFTA_COUNTER_BYTES, NFTA_COUNTER_PACKETS = 1, 2
 
-_HEADER = struct.Struct("=IHHII")  # nlmsghdr
-_ATTR = struct.Struct("=HH")
 _U64 = struct.Struct("!Q")
 _PORT = struct.Struct("!HH")  # a port and its register's padding
 _BATCH = 256
@@ -77,11 +83,6 @@ class ElementCount(NamedTuple):
     packets: int
     bytes: int
     expires_ms: int | None = None
-
-
-def _attr(kind: int, payload: bytes) -> bytes:
-    length = 4 + len(payload)
-    return _ATTR.pack(length, kind) + payload + b"\0" * (-length % 4)
 
 
 @lru_cache(maxsize=4096)
@@ -114,24 +115,23 @@ def decode_key(data: bytes) -> ForwardKey:
 
 
 def _names(table: str, name: str) -> bytes:
-    return _attr(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0") + _attr(
+    return attr(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0") + attr(
         NFTA_SET_ELEM_LIST_SET, name.encode() + b"\0"
     )
 
 
 def _message(seq: int, flags: int, body: bytes, command: int = NFT_MSG_GETSETELEM) -> bytes:
     payload = struct.pack("=BBH", NFPROTO_INET, 0, 0) + body
-    kind = NFNL_SUBSYS_NFTABLES << 8 | command
-    return _HEADER.pack(_HEADER.size + len(payload), kind, flags, seq, 0) + payload
+    return message(NFNL_SUBSYS_NFTABLES << 8 | command, flags, seq, payload)
 
 
 def get_request(seq: int, table: str, name: str, key: bytes) -> bytes:
     """One ``GETSETELEM`` for a single element (the kernel stops a list at the first
     missing key, so every key gets a request of its own). The reply is the element, or
     an error (``ENOENT`` for a key the set does not hold); no acknowledgement besides."""
-    value = _attr(NFTA_SET_ELEM_KEY | NLA_F_NESTED, _attr(NFTA_DATA_VALUE, key))
-    elem = _attr(NFTA_LIST_ELEM | NLA_F_NESTED, value)
-    body = _names(table, name) + _attr(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, elem)
+    value = attr(NFTA_SET_ELEM_KEY | NLA_F_NESTED, attr(NFTA_DATA_VALUE, key))
+    elem = attr(NFTA_LIST_ELEM | NLA_F_NESTED, value)
+    body = _names(table, name) + attr(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, elem)
     return _message(seq, NLM_F_REQUEST, body)
 
 
@@ -139,28 +139,15 @@ def dump_request(seq: int, table: str, name: str) -> bytes:
     return _message(seq, NLM_F_REQUEST | NLM_F_DUMP, _names(table, name))
 
 
-def _attrs(data: bytes, start: int, end: int) -> list[tuple[int, int, int]]:
-    """(type, payload start, payload end) of each attribute in ``data[start:end]``."""
-    found = []
-    unpack = _ATTR.unpack_from
-    while start + 4 <= end:
-        length, kind = unpack(data, start)
-        if length < 4:
-            break
-        found.append((kind & NLA_TYPE_MASK, start + 4, start + length))
-        start += (length + 3) & ~3
-    return found
-
-
 def _counter(data: bytes, start: int, end: int) -> tuple[int, int] | None:
     """Packets and bytes of one expression nest (``NFTA_EXPR_*``) if it is a counter."""
     packets = size = -1
     is_counter = False
-    for kind, a, b in _attrs(data, start, end):
+    for kind, a, b in attrs(data, start, end):
         if kind == NFTA_EXPR_NAME:
             is_counter = data[a:b].rstrip(b"\0") == b"counter"
         elif kind == NFTA_EXPR_DATA:
-            for inner, c, _ in _attrs(data, a, b):
+            for inner, c, _ in attrs(data, a, b):
                 if inner == NFTA_COUNTER_PACKETS:
                     (packets,) = _U64.unpack_from(data, c)
                 elif inner == NFTA_COUNTER_BYTES:
@@ -172,17 +159,17 @@ def _element(data: bytes, start: int, end: int) -> tuple[bytes, ElementCount]:
     key = b""
     count: tuple[int, int] | None = None
     expires: int | None = None
-    for kind, a, b in _attrs(data, start, end):
+    for kind, a, b in attrs(data, start, end):
         if kind == NFTA_SET_ELEM_KEY:
-            length, inner = _ATTR.unpack_from(data, a)
-            if inner & NLA_TYPE_MASK == NFTA_DATA_VALUE:
-                key = data[a + 4 : a + length]
+            for inner, c, d in attrs(data, a, b):
+                if inner == NFTA_DATA_VALUE:
+                    key = data[c:d]
         elif kind == NFTA_SET_ELEM_EXPIRATION:
             (expires,) = _U64.unpack_from(data, a)
         elif kind == NFTA_SET_ELEM_EXPR:
             count = _counter(data, a, b) or count
         elif kind == NFTA_SET_ELEM_EXPRESSIONS:
-            for _, c, d in _attrs(data, a, b):
+            for _, c, d in attrs(data, a, b):
                 count = _counter(data, c, d) or count
     packets, size = count or (0, 0)
     return key, ElementCount(packets, max(size, 0), expires)
@@ -191,23 +178,12 @@ def _element(data: bytes, start: int, end: int) -> tuple[bytes, ElementCount]:
 def parse_elements(data: bytes, start: int, end: int) -> list[tuple[bytes, ElementCount]]:
     """The elements of one ``NEWSETELEM`` message body (after its ``nfgenmsg``)."""
     found = []
-    for kind, a, b in _attrs(data, start, end):
+    for kind, a, b in attrs(data, start, end):
         if kind == NFTA_SET_ELEM_LIST_ELEMENTS:
-            for inner, c, d in _attrs(data, a, b):
+            for inner, c, d in attrs(data, a, b):
                 if inner == NFTA_LIST_ELEM:
                     found.append(_element(data, c, d))
     return found
-
-
-def _messages(data: bytes) -> Iterator[tuple[int, int, int, int]]:
-    """(type, sequence number, body start, end) of each netlink message in a buffer."""
-    offset = 0
-    while offset + _HEADER.size <= len(data):
-        length, kind, _flags, seq, _pid = _HEADER.unpack_from(data, offset)
-        if length < _HEADER.size:
-            return
-        yield kind, seq, offset + _HEADER.size, offset + length
-        offset += (length + 3) & ~3
 
 
 class SetElements:
@@ -221,13 +197,9 @@ class SetElements:
     def _socket(self) -> socket.socket:
         if self._sock is None:
             try:
-                sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
-                sock.bind((0, 0))
-                sock.settimeout(_TIMEOUT)
+                self._sock = netfilter_socket(_TIMEOUT, _RCVBUF)
             except OSError as exc:
                 raise NftError(f"cannot open nfnetlink: {exc}") from exc
-            self._sock = sock
         return self._sock
 
     def close(self) -> None:
@@ -264,14 +236,14 @@ class SetElements:
         pending = set(range(first, first + len(chunk)))
         while pending:
             data = sock.recv(_RCVBUF)
-            for kind, seq, start, end in _messages(data):
+            for kind, seq, start, end in messages(data):
                 if seq not in pending:
                     continue
                 pending.discard(seq)
                 if kind == NLMSG_ERROR:
-                    (error,) = struct.unpack_from("=i", data, start)
-                    if error and -error != errno.ENOENT:
-                        raise NftError(f"reading set {self.table} {name}: {os.strerror(-error)}")
+                    error = error_of(data, start)
+                    if error and error != errno.ENOENT:
+                        raise NftError(f"reading set {self.table} {name}: {os.strerror(error)}")
                 else:
                     for key, count in parse_elements(data, start + 4, end):
                         found[key] = count
@@ -279,7 +251,7 @@ class SetElements:
     def exists(self, name: str) -> bool:
         """Whether the table holds set ``name`` (one lookup: the table may have been deleted
         by someone else, which nothing else would tell)."""
-        body = _attr(NFTA_SET_TABLE, self.table.encode() + b"\0") + _attr(
+        body = attr(NFTA_SET_TABLE, self.table.encode() + b"\0") + attr(
             NFTA_SET_NAME, name.encode() + b"\0"
         )
         seq = self._next_seq(1)
@@ -288,15 +260,15 @@ class SetElements:
             sock.sendall(_message(seq, NLM_F_REQUEST, body, NFT_MSG_GETSET))
             while True:
                 data = sock.recv(_RCVBUF)
-                for kind, got, start, _ in _messages(data):
+                for kind, got, start, _ in messages(data):
                     if got != seq:
                         continue
                     if kind != NLMSG_ERROR:
                         return True
-                    (error,) = struct.unpack_from("=i", data, start)
-                    if -error == errno.ENOENT:
+                    error = error_of(data, start)
+                    if error == errno.ENOENT:
                         return False
-                    raise NftError(f"looking up set {self.table} {name}: {os.strerror(-error)}")
+                    raise NftError(f"looking up set {self.table} {name}: {os.strerror(error)}")
         except OSError as exc:
             self.close()
             raise NftError(f"nfnetlink: {exc}") from exc
@@ -331,19 +303,17 @@ class SetElements:
             while True:
                 data = sock.recv(_RCVBUF)
                 chunk: list[tuple[bytes, ElementCount]] = []
-                for kind, got, start, end in _messages(data):
+                for kind, got, start, end in messages(data):
                     if got != seq:
                         continue
                     if kind == NLMSG_DONE:
                         done = True
                         break
                     if kind == NLMSG_ERROR:
-                        (error,) = struct.unpack_from("=i", data, start)
+                        error = error_of(data, start)
                         if error:
                             done = True
-                            raise NftError(
-                                f"listing set {self.table} {name}: {os.strerror(-error)}"
-                            )
+                            raise NftError(f"listing set {self.table} {name}: {os.strerror(error)}")
                         continue
                     chunk += parse_elements(data, start + 4, end)
                 yield chunk

@@ -21,7 +21,7 @@ import os
 import socket
 import sys
 from collections.abc import Awaitable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import uvloop
 
@@ -29,14 +29,13 @@ from relayd import log
 from relayd.calls.interfaces import resolve
 from relayd.certificate import load_or_create
 from relayd.config import ConfigError, load
+from relayd.daemon import GC_THRESHOLDS, start_logging, system_addresses
 from relayd.ng.message import NgError, decode_body, parse_request, split_cookie
+from relayd.ng.server import NgService
 from relayd.ops import admin
 from relayd.ops.operations import metrics_page
 from relayd.shards.link import Closed, receive, send
-
-if TYPE_CHECKING:
-    from relayd.ng.server import NgService
-    from relayd.supervisor import Supervisor
+from relayd.supervisor import Supervisor
 
 __all__ = ["ShardEnd", "main"]
 
@@ -178,17 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"relayd shard {own.index}: configuration error: {exc}", file=sys.stderr)
         return 78
-    log.configure(
-        config.log_level,
-        stderr=config.log_stderr or config.foreground,
-        facility=config.log_facility,
-        fmt=config.log_format,
-        timestamps=config.log_timestamps,
-        rtcp_facility=config.log_facility_rtcp,
-    )
+    start_logging(config)
     log.bind_process(shard=own.index)
-    from relayd.daemon import GC_THRESHOLDS, system_addresses
-    from relayd.supervisor import Supervisor
 
     try:
         interfaces = resolve(config.interfaces, system_addresses())
