@@ -65,10 +65,18 @@ def topo() -> Iterator[Topology]:
         yield created
 
 
-@pytest.fixture
-def start_relay(
-    topo: Topology, tmp_path: Path, request: pytest.FixtureRequest
+@contextlib.contextmanager
+def relay_starter(
+    topo: Topology,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    *,
+    ng_port: int = NG_PORT,
+    port_min: int = PORT_MIN,
+    port_max: int = PORT_MAX,
 ) -> Iterator[StartRelay]:
+    """What the ``start_relay`` fixtures hand out: start relayd in the relay namespace with
+    these ports (and the options given), every one stopped, its log attached, at the end."""
     with stopped_after(request, "relayd") as started:
 
         def start(*extra: str) -> RelaydProcess:
@@ -76,9 +84,9 @@ def start_relay(
             workdir.mkdir()
             daemon = RelaydProcess(
                 workdir,
-                ng_port=NG_PORT,
-                port_min=PORT_MIN,
-                port_max=PORT_MAX,
+                ng_port=ng_port,
+                port_min=port_min,
+                port_max=port_max,
                 interface=relay_interfaces(topo),
                 extra=extra,
                 netns=topo.relay,
@@ -87,6 +95,14 @@ def start_relay(
             daemon.start()
             return daemon
 
+        yield start
+
+
+@pytest.fixture
+def start_relay(
+    topo: Topology, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[StartRelay]:
+    with relay_starter(topo, tmp_path, request) as start:
         yield start
 
 

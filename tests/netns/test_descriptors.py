@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.netns.calls import CALLER_SSRC, ok, set_up_call, worker_pids
-from tests.netns.conftest import StartRelay, relay_interfaces, stopped_after
+from tests.netns.conftest import StartRelay, relay_starter
 from tests.netns.test_kernel import KERNEL, both_kernelized, confirm_both, offloaded
 from tests.support.netns import Topology, topology, unavailable
 from tests.support.relayd import RelaydProcess
@@ -53,24 +53,9 @@ def topo() -> Iterator[Topology]:
 def start_relay(
     topo: Topology, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[StartRelay]:
-    with stopped_after(request, "relayd") as started:
-
-        def start(*extra: str) -> RelaydProcess:
-            workdir = tmp_path / f"relayd-{len(started)}"
-            workdir.mkdir()
-            daemon = RelaydProcess(
-                workdir,
-                ng_port=NG_PORT,
-                port_min=PORT_MIN,
-                port_max=PORT_MAX,
-                interface=relay_interfaces(topo),
-                extra=extra,
-                netns=topo.relay,
-            )
-            started.append(daemon)
-            daemon.start()
-            return daemon
-
+    with relay_starter(
+        topo, tmp_path, request, ng_port=NG_PORT, port_min=PORT_MIN, port_max=PORT_MAX
+    ) as start:
         yield start
 
 
