@@ -47,6 +47,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from relayd.nft import conntrack as ct  # noqa: E402
+from relayd.nft import netlink as nl  # noqa: E402
+from relayd.nft.netlink import attr as _attr  # noqa: E402
+from relayd.nft.netlink import netfilter_socket  # noqa: E402
 from relayd.nft.ruleset import Endpoint  # noqa: E402
 
 RELAY = "10.200.0.1"
@@ -55,10 +58,6 @@ STRANGERS = 100  # one entry in STRANGERS is a stranger's
 BUCKETS = Path("/proc/sys/net/netfilter/nf_conntrack_buckets")
 CALL_SOCKETS = 4  # RTP and RTCP on either side
 ASSURED, CONFIRMED = 1 << 2, 1 << 3  # IPS_ASSURED, IPS_CONFIRMED (set at creation)
-
-
-def _attr(kind: int, payload: bytes) -> bytes:
-    return ct._attr(kind, payload)
 
 
 def _tuple(kind: int, src: str, sport: int, dst: str, dport: int) -> bytes:
@@ -110,7 +109,7 @@ def fill(sock: socket.socket, entries: int) -> None:
         body += _attr(7, struct.pack("!I", 3600))  # CTA_TIMEOUT
         if i % STRANGERS:
             body += _attr(ct.CTA_STATUS, struct.pack("!I", ct.IPS_SEEN_REPLY | ASSURED | CONFIRMED))
-        flags = ct.NLM_F_REQUEST | ct.NLM_F_ACK | 0x400 | 0x200  # NLM_F_CREATE | NLM_F_EXCL
+        flags = nl.NLM_F_REQUEST | nl.NLM_F_ACK | 0x400 | 0x200  # NLM_F_CREATE | NLM_F_EXCL
         batch.append(_message(ct.IPCTNL_MSG_CT_NEW, flags, i + 1, body))
         if len(batch) == 200:
             _exchange(sock, batch)
@@ -146,18 +145,18 @@ def flush_request(seq: int, sock: Endpoint) -> bytes:
     )
     flags = 1 << 1 | 1 << 3 | 1 << 5  # CTA_FILTER_FLAG_CTA_IP_DST | PROTO_NUM | PROTO_DST_PORT
     body = _attr(ct.CTA_TUPLE_ORIG, _attr(ct.CTA_TUPLE_IP, ip) + _attr(ct.CTA_TUPLE_PROTO, proto))
-    body += _attr(ct.CTA_FILTER | ct.NLA_F_NESTED, _attr(1, struct.pack("=I", flags)))
-    return _message(ct.IPCTNL_MSG_CT_DELETE, ct.NLM_F_REQUEST | ct.NLM_F_ACK, seq, body)
+    body += _attr(ct.CTA_FILTER | nl.NLA_F_NESTED, _attr(1, struct.pack("=I", flags)))
+    return _message(ct.IPCTNL_MSG_CT_DELETE, nl.NLM_F_REQUEST | nl.NLM_F_ACK, seq, body)
 
 
 def full_dump(sock: socket.socket, seq: int) -> int:
     """Every UDP entry, dumped and parsed: how many."""
     proto = _attr(ct.CTA_TUPLE_PROTO, _attr(ct.CTA_PROTO_NUM, bytes([socket.IPPROTO_UDP])))
     body = _attr(ct.CTA_TUPLE_ORIG, proto) + _attr(
-        ct.CTA_FILTER | ct.NLA_F_NESTED,
+        ct.CTA_FILTER | nl.NLA_F_NESTED,
         _attr(1, struct.pack("=I", ct.CTA_FILTER_FLAG_CTA_PROTO_NUM)),
     )
-    sock.sendall(_message(ct.IPCTNL_MSG_CT_GET, ct.NLM_F_REQUEST | ct.NLM_F_DUMP, seq, body))
+    sock.sendall(_message(ct.IPCTNL_MSG_CT_GET, nl.NLM_F_REQUEST | nl.NLM_F_DUMP, seq, body))
     count, done = 0, False
     while not done:
         flows, done = ct.dump_entries(sock.recv(1 << 16), seq)
@@ -177,9 +176,7 @@ def timed(repeat: int, run: Callable[[int], object]) -> tuple[float, object]:
 
 def measure(entries: int, repeat: int) -> list[tuple[str, float, str]]:
     """Inside the scratch namespace: fill, then each method (rows: name, ms, note)."""
-    raw = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, ct.NETLINK_NETFILTER)
-    raw.bind((0, 0))
-    raw.settimeout(10)
+    raw = netfilter_socket(10)
     fill(raw, entries)
     filled = ct.tracked()
     sweeper = ct.Ctnetlink()
