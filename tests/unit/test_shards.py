@@ -11,8 +11,8 @@ import pytest
 
 from relayd.config import ConfigError, load
 from relayd.ng import bencode
-from relayd.shards.front import shard_cpus
 from relayd.shards.merge import merge_admin, merge_list, merge_metrics, merge_statistics
+from relayd.shards.processes import shard_cpus
 from relayd.shards.route import Route, owner, port_slice, route_of
 
 
