@@ -42,6 +42,8 @@ log = get_logger("relayd.plane.media")
 # unit replaced while it runs): tried again after this, doubling up to REBIND_RETRY_MAX
 REBIND_RETRY_FIRST = 0.01
 REBIND_RETRY_MAX = 1.0
+RESEND_BATCH = 256
+"""Calls planned anew for a restarted worker between two turns of the event loop."""
 
 
 class MediaPlane:
@@ -82,6 +84,8 @@ class MediaPlane:
         self.quiet: set[str] = set()
         binder.on_close = self._close_handed
         self._rebind_timer: asyncio.TimerHandle | None = None
+        # worker -> the calls its resend has still to plan (fed in batches)
+        self._resending: dict[int, list[str]] = {}
         self._rebind_delay = REBIND_RETRY_FIRST
 
     @property
@@ -98,15 +102,33 @@ class MediaPlane:
 
     def resend(self, worker: WorkerProcess) -> None:
         """Give a (new) worker every socket and forward of its calls again: it starts
-        with nothing placed, so each forward carries all its sockets."""
+        with nothing placed, so each forward carries all its sockets. In batches of
+        ``RESEND_BATCH`` calls with the event loop free in between, so that ng is not held
+        up while a worker with tens of thousands of calls is fed (a call signalled
+        meanwhile is planned then, and again with its batch: the same forward twice)."""
         placed = self.placed.pop(worker.index, {})
         for keys in placed.values():
             self.quiet.difference_update(keys)  # planned anew below, listening or not
-        call_ids = dict.fromkeys(key.rpartition(" ")[0] for key in placed)  # "call-id index"
-        for call_id in call_ids:
+        # "call-id index" -> call-id; with the calls an earlier resend had not reached yet
+        # (the worker restarted again meanwhile: they are in no worker's placed map)
+        waiting = self._resending.pop(worker.index, [])
+        call_ids = list(dict.fromkeys([*(k.rpartition(" ")[0] for k in placed), *waiting]))
+        self._resending[worker.index] = call_ids
+        self._resend_batch(worker.index, call_ids)
+
+    def _resend_batch(self, index: int, call_ids: list[str]) -> None:
+        if self._resending.get(index) is not call_ids:
+            return  # the worker restarted again: a newer resend took the rest over
+        batch = call_ids[:RESEND_BATCH]
+        del call_ids[:RESEND_BATCH]
+        for call_id in batch:
             call = self.calls.get(call_id)
             if call is not None:
                 self.sync(call)
+        if call_ids:
+            asyncio.get_running_loop().call_soon(self._resend_batch, index, call_ids)
+        else:
+            del self._resending[index]
 
     # -- forwarding -----------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ import pytest
 from relayd import ipc
 from relayd.calls.commands import Commands
 from relayd.calls.model import Call
+from relayd.plane import media as media_module
 from relayd.plane.media import MediaPlane
 from tests.unit.calls import B_ADDR, T0, FakeBinder, build, pair_keys, req, sdp
 
@@ -158,3 +159,37 @@ def test_a_deleted_call_leaves_nothing_quiet(plane: Plane) -> None:
     asyncio.run(delete())
     assert plane.messages() == [ipc.Drop("c1 0")]
     assert plane.media.quiet == set()
+
+
+def test_a_restarted_worker_with_many_calls_is_fed_in_batches_between_loop_turns(
+    plane: Plane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(media_module, "RESEND_BATCH", 2)
+    calls = [f"batch-{n}" for n in range(5)]
+    for call_id in calls:
+        plane.cmds.handle(req("offer", call_id, from_tag="a", sdp=sdp()), T0)
+        plane.media.sync(plane.cmds.calls[call_id])
+    plane.messages()
+    turns: list[int] = []
+
+    async def restart() -> None:
+        plane.media.resend(plane.media.workers[0])
+        turns.append(len(plane.messages()))  # the first batch at once
+        while sum(turns) < len(calls):
+            await asyncio.sleep(0)
+            turns.append(len(plane.messages()))
+
+    asyncio.run(restart())
+    assert turns[0] == 2  # two calls' forwards before the loop ran again
+    assert sum(turns) == 5 and len([t for t in turns if t]) == 3  # 2 + 2 + 1
+
+    # a second restart while batches are pending: only the newer resend goes on
+    async def twice() -> None:
+        plane.media.resend(plane.media.workers[0])
+        plane.media.resend(plane.media.workers[0])
+        for _ in range(10):
+            await asyncio.sleep(0)
+
+    plane.messages()
+    asyncio.run(twice())
+    assert len(plane.messages()) == 5 + 2  # the first resend's first batch, then all of the second
