@@ -386,21 +386,11 @@ class Supervisor:
         return restored
 
     def _claim(self, call: Call) -> bool:
-        ports = self.signalling.ports
-        claimed: list[tuple[str, int]] = []
-        for media in call.all_medias():
-            if not media.port or media.local is None:
-                continue
-            address, port = media.local.local, media.port
-            worker = ports.worker_of(port)
-            if not ports.pool(address, worker).reserve(port) or (
-                ports.binder is not None and not ports.binder.bind(address, port)
-            ):
-                for done in claimed:
-                    ports.release(*done)
-                ports.pool(address, worker).release(port)
-                return False
-            claimed.append((address, port))
+        pairs = [(m.local.local, m.port) for m in call.all_medias() if m.port and m.local]
+        worker = self.signalling.ports.claim(pairs)
+        if worker is None:
+            return False
+        if pairs:
             call.worker = worker
         return True
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -174,6 +175,25 @@ class PortAllocator:
             if self.binder.busy(address, port):
                 pool.release(port)
         return self.allocate(address, worker)
+
+    def claim(self, pairs: Iterable[tuple[str, int]]) -> int | None:
+        """Take these pairs back (a call restored from the journal): each reserved in its
+        pool and bound. All or nothing: None (and nothing kept) when one is taken or will
+        not bind; else the worker whose slice they are in."""
+        claimed: list[tuple[str, int]] = []
+        worker = 0
+        for address, port in pairs:
+            worker = self.worker_of(port)
+            pool = self.pool(address, worker)
+            if not pool.reserve(port) or (
+                self.binder is not None and not self.binder.bind(address, port)
+            ):
+                for done in claimed:
+                    self.release(*done)
+                pool.release(port)
+                return None
+            claimed.append((address, port))
+        return worker
 
     def release(self, address: str, port: int) -> None:
         if self.binder is not None:

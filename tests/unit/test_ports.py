@@ -159,3 +159,19 @@ def test_allocate_like_leaves_a_cooling_pair_alone() -> None:
     other = ports.allocate("2001:db8::1")
     ports.release("2001:db8::1", other)
     assert ports.allocate_like("2001:db8::1", other) != other
+
+
+def test_claim_takes_a_restored_calls_pairs_back_all_or_nothing() -> None:
+    binder = FakeBinder(taken={("203.0.113.1", 30500)})
+    ports = PortAllocator(30000, 30999, 2, binder)  # two workers: 30000-30499, 30500-30999
+    assert ports.claim([("203.0.113.1", 30600), ("2001:db8::1", 30600)]) == 1
+    assert binder.bound == [("203.0.113.1", 30600), ("2001:db8::1", 30600)]
+    assert ports.pool("203.0.113.1", 1).reserve(30600) is False  # kept
+    # one pair another program holds: nothing of the call is kept
+    assert ports.claim([("203.0.113.1", 30700), ("203.0.113.1", 30500)]) is None
+    assert binder.released == [("203.0.113.1", 30700)]
+    assert ports.pool("203.0.113.1", 1).reserve(30700) is True  # given back
+    assert ports.pool("203.0.113.1", 1).reserve(30500) is True  # never kept
+    # a pair already taken (another restored call has it): refused the same way
+    assert ports.claim([("203.0.113.1", 30600)]) is None
+    assert ports.claim([]) == 0  # a call with no media yet
