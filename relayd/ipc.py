@@ -193,9 +193,12 @@ class Close:
 
 @dataclass(frozen=True, slots=True)
 class Discard:
-    """The worker drops the datagrams waiting on these sockets (socket keys), unread."""
+    """The worker drops the datagrams waiting on these sockets (socket keys), unread: those
+    the kernel received before ``before`` (wall clock, as relayd decided; 0: all). What came
+    after it, while the message was on its way, stays for the forward that follows."""
 
     keys: tuple[str, ...] = ()
+    before: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -169,7 +169,9 @@ class MediaPlane:
         # so what comes after this reply is kept as it would be here
         there = tuple(key for key in keys if self.binder.holder(key) == call.worker)
         if there:
-            self.pool.send(self.workers[call.worker], ipc.Discard(there))
+            # the worker may read this after the reply, and what arrives after the reply
+            # is the party's answer media: only what the kernel stamped before now goes
+            self.pool.send(self.workers[call.worker], ipc.Discard(there, time.time()))
 
     def sync(self, call: Call) -> None:
         """Send the call's worker its forwards as planned now, at once (batching is the caller's).

@@ -37,6 +37,7 @@ log = get_logger("relayd.plane.sockets")
 # room for ~2,700 RTP packets, so a worker kept off its core for a few milliseconds
 # loses nothing (bench/media.py: one stream's max lossless rate x2.5)
 _MEDIA_RCVBUF = 1 << 20
+_SO_TIMESTAMPNS = 35  # Linux (SO_TIMESTAMPNS_OLD): struct timespec of the arrival, in a cmsg
 _SO_RCVBUFFORCE = 33  # Linux: like SO_RCVBUF but above net.core.rmem_max (CAP_NET_ADMIN)
 
 
@@ -192,6 +193,9 @@ def _open(address: str, port: int) -> int:
     sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
     try:
         _grow_receive_buffer(sock)
+        # every datagram stamped with its arrival: a worker's Discard drops only what came
+        # before relayd's reply (ipc.Discard.before); read with recvfrom, nobody pays for it
+        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
         sock.bind((address, port))
     except OSError:
         sock.close()

@@ -16,6 +16,7 @@ import contextlib
 import os
 import select
 import socket
+import struct
 import time
 
 from relayd import ipc
@@ -40,6 +41,21 @@ _MAX_FDS = 256
 _UDP_NONBLOCKING = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK
 _NEVER = float("inf")
 _MODES: dict[str, Learning] = {mode: mode for mode in LEARNING}
+
+
+_SO_TIMESTAMPNS = 35  # Linux: relayd asks for it on every media socket (plane/sockets.py)
+_TIMESPEC = struct.Struct("=qq")  # struct timespec on 64-bit Linux
+
+
+def _arrival(sock: socket.socket) -> float:
+    """When the kernel received the next datagram waiting on ``sock`` (wall clock; 0.0 when
+    it carries no stamp), left where it is (MSG_PEEK); BlockingIOError when none waits."""
+    _, ancillary, _, _ = sock.recvmsg(1, _TIMESPEC.size + 64, socket.MSG_PEEK)
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(data) >= 16:
+            seconds, nanoseconds = _TIMESPEC.unpack_from(data)
+            return seconds + nanoseconds / 1e9
+    return 0.0
 
 
 def _is_alias(ms: MediaSocket) -> bool:
@@ -110,7 +126,7 @@ class Worker:
         elif isinstance(message, ipc.Close):
             self._close_keys(message.keys)
         elif isinstance(message, ipc.Discard):
-            self._discard(message.keys)
+            self._discard(message.keys, message.before)
         elif isinstance(message, ipc.Configure):
             self.tos = message.tos
             self.stats_interval = message.stats_interval
@@ -275,8 +291,10 @@ class Worker:
                 listed.remove(key)
             self._close(current)
 
-    def _discard(self, keys: tuple[str, ...], limit: int = 4096) -> None:
-        """Drop what waits on these sockets (send-only or idle ones: relayd's ``Discard``)."""
+    def _discard(self, keys: tuple[str, ...], before: float = 0.0, limit: int = 4096) -> None:
+        """Drop what waits on these sockets (send-only or idle ones: relayd's ``Discard``),
+        up to the first datagram the kernel received at ``before`` or later (0: all of it):
+        that one came after relayd's reply and belongs to the forward that follows."""
         for key in keys:
             current = self.by_key.get(key)
             sock = current.sock if current is not None else self.parked.get(key)
@@ -284,6 +302,8 @@ class Worker:
                 continue
             for _ in range(limit):
                 try:
+                    if before and _arrival(sock) >= before:
+                        break
                     sock.recv(1)
                 except OSError:  # BlockingIOError when empty; a queued ICMP error ends it
                     break
