@@ -59,6 +59,7 @@ __all__ = [
     "placement",
     "process_cpu",
     "process_tree",
+    "setns",
     "spawn",
     "steer_media",
     "stop_process",
@@ -95,7 +96,8 @@ class BenchError(RuntimeError):
 # -- namespaces ------------------------------------------------------------------------------
 
 
-def _setns(path: str) -> None:
+def setns(path: str) -> None:
+    """This thread into the network namespace at ``path`` (os.setns is Python 3.12's)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         if _libc.setns(fd, CLONE_NEWNET) != 0:
@@ -110,7 +112,7 @@ def in_netns(name: str) -> Iterator[None]:
     """Sockets created inside the block belong to ``name`` (for this thread only)."""
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
-        _setns(f"/run/netns/{name}")
+        setns(f"/run/netns/{name}")
         try:
             yield
         finally:
@@ -219,7 +221,7 @@ def steer(netns: str, dev: str, cpus: Sequence[int]) -> bool:
 
 def _child_setup(netns: str, cpus: Sequence[int], nofile: int) -> None:
     """Runs in the child before exec: namespace, pinned cores, file limit, dies with us."""
-    _setns(f"/run/netns/{netns}")
+    setns(f"/run/netns/{netns}")
     os.sched_setaffinity(0, set(cpus))
     resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -43,7 +43,6 @@ same time refuses to start.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import fcntl
 import json
 import os
@@ -65,6 +64,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from medialab import in_netns, setns  # noqa: E402  (bench/, beside this script)
 
 from relayd.ng.client import NgClient  # noqa: E402
 
@@ -173,36 +174,6 @@ def topology() -> Iterator[None]:
         yield
     finally:
         remove_topology()
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
-
-
-def setns(path: str) -> None:
-    """This thread into the network namespace at ``path`` (os.setns is Python 3.12's)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns {path}: {os.strerror(err)}")
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def in_netns(name: str) -> Iterator[None]:
-    """Sockets created inside the block belong to ``name`` (this thread only)."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    try:
-        setns(f"/run/netns/{name}")
-        try:
-            yield
-        finally:
-            if _libc.setns(own, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "cannot return to the original namespace")
-    finally:
-        os.close(own)
 
 
 def relayd_argv(kind: str, calls: int, args: argparse.Namespace) -> list[str]:

@@ -48,13 +48,18 @@ _TIMESPEC = struct.Struct("=qq")  # struct timespec on 64-bit Linux
 
 
 def _arrival(sock: socket.socket) -> float:
-    """When the kernel received the next datagram waiting on ``sock`` (wall clock; 0.0 when
-    it carries no stamp), left where it is (MSG_PEEK); BlockingIOError when none waits."""
+    """When the kernel received the next datagram waiting on ``sock`` (wall clock), left
+    where it is (MSG_PEEK); BlockingIOError when none waits. 0.0 when it carries no stamp:
+    a datagram that came in while the kernel's timestamping was still being switched on
+    (a moment after the first such socket) is stamped when it is read, which is no arrival
+    time, and counts as old."""
+    asked = time.time()  # a datagram queued now arrived before this
     _, ancillary, _, _ = sock.recvmsg(1, _TIMESPEC.size + 64, socket.MSG_PEEK)
     for level, kind, data in ancillary:
         if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(data) >= 16:
             seconds, nanoseconds = _TIMESPEC.unpack_from(data)
-            return seconds + nanoseconds / 1e9
+            stamped = seconds + nanoseconds / 1e9
+            return stamped if stamped < asked else 0.0
     return 0.0
 
 

@@ -21,13 +21,13 @@ from relayd.nft.elements import (
     NFTA_SET_ELEM_EXPRESSIONS,
     NFTA_SET_ELEM_KEY,
     NFTA_SET_ELEM_LIST_ELEMENTS,
-    NLA_F_NESTED,
     ElementCount,
     decode_key,
     encode_key,
     get_request,
     parse_elements,
 )
+from relayd.nft.netlink import NLA_F_NESTED
 
 V4 = ForwardKey(Endpoint("198.51.100.7", 4000), Endpoint("203.0.113.1", 30000))
 V6 = ForwardKey(Endpoint("2001:db8::7", 4000), Endpoint("2001:db8:4321::1", 30002))

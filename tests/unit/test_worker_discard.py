@@ -8,6 +8,8 @@ from __future__ import annotations
 import socket
 import time
 
+import pytest
+
 from relayd import ipc
 from relayd.plane.sockets import _open
 from relayd.worker.loop import Worker
@@ -21,6 +23,7 @@ def test_discard_drops_only_what_arrived_before_relayds_decision() -> None:
         key = ipc.socket_key(*relay.getsockname()[:2])
         worker = Worker(ours, 0)
         worker.parked[key] = relay  # held, not read: as a send-only socket is
+        time.sleep(0.05)  # the kernel switches timestamping on a moment after the first socket
         for n in range(3):
             peer.sendto(b"ringing %d" % n, relay.getsockname())
         time.sleep(0.02)
@@ -32,8 +35,30 @@ def test_discard_drops_only_what_arrived_before_relayds_decision() -> None:
         relay.setblocking(False)
         assert relay.recv(100) == b"answer media"  # kept for the forward that follows
         worker._discard((key,), 0.0)  # no time given: all of it (nothing left here)
+
     finally:
         for sock in (relay, peer, ours, theirs):
+            sock.close()
+
+
+def test_a_datagram_stamped_only_when_read_counts_as_old() -> None:
+    """No arrival time (the kernel stamps it at the read): dropped, as before the change."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    plain = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # no SO_TIMESTAMPNS at all
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        plain.bind(("127.0.0.1", 0))
+        plain.setblocking(False)
+        key = ipc.socket_key(*plain.getsockname()[:2])
+        worker = Worker(ours, 0)
+        worker.parked[key] = plain
+        peer.sendto(b"late", plain.getsockname())
+        time.sleep(0.02)
+        worker._discard((key,), time.time() - 60)
+        with pytest.raises(BlockingIOError):
+            plain.recv(100)
+    finally:
+        for sock in (plain, peer, ours, theirs):
             sock.close()
 
 
