@@ -1,0 +1,18 @@
+"""Call recording as rtpengine 10.5's pcap method writes it: the spool, pcaps, metadata files.
+
+Self-contained (the standard library only): relayd's workers drive a
+:class:`~relayd.recording.recorder.CallRecorder` per recorded call with the packets they see,
+the supervisor feeds it the SDPs. docs/recording.md describes the spool as operators see it.
+"""
+
+from relayd.recording.recorder import CallRecorder, RecordingError
+from relayd.recording.spool import RecordingNames, SpoolSettings, prepare, recording_names
+
+__all__ = [
+    "CallRecorder",
+    "RecordingError",
+    "RecordingNames",
+    "SpoolSettings",
+    "prepare",
+    "recording_names",
+]
