@@ -6,13 +6,17 @@ the supervisor feeds it the SDPs. docs/recording.md describes the spool as opera
 """
 
 from relayd.recording.recorder import CallRecorder, RecordingError
+from relayd.recording.recovery import Leftover, close_leftover, leftovers
 from relayd.recording.spool import RecordingNames, SpoolSettings, prepare, recording_names
 
 __all__ = [
     "CallRecorder",
+    "Leftover",
     "RecordingError",
     "RecordingNames",
     "SpoolSettings",
+    "close_leftover",
+    "leftovers",
     "prepare",
     "recording_names",
 ]

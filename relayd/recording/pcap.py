@@ -28,8 +28,10 @@ test_recording_oracle.py compares against it byte for byte):
 from __future__ import annotations
 
 import ipaddress
+import mmap
 import struct
 import sys
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import Literal
 
@@ -43,14 +45,17 @@ __all__ = [
     "HeaderMaker",
     "LinkType",
     "RecordFormat",
+    "Scan",
     "global_header",
     "link_type",
     "record_header",
+    "scan",
     "whole_length",
     "whole_records",
 ]
 
 RecordFormat = Literal["raw", "eth"]
+Readable = bytes | bytearray | memoryview | mmap.mmap
 
 
 class LinkType(IntEnum):
@@ -178,9 +183,7 @@ class HeaderMaker:
         return record_header(when, len(ip) + size) + ip
 
 
-def whole_records(
-    data: bytes | bytearray | memoryview, start: int = GLOBAL_HEADER_LEN
-) -> tuple[int, int]:
+def whole_records(data: Readable, start: int = GLOBAL_HEADER_LEN) -> tuple[int, int]:
     """(end of the last whole record, number of whole records) of ``data``, reading records
     from ``start`` on: what a file cut short keeps once trimmed to that end."""
     end, count = start, 0
@@ -192,9 +195,33 @@ def whole_records(
     return end, count
 
 
-def whole_length(data: bytes | bytearray | memoryview) -> int:
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """What a pcap file written here holds: its whole part, records, format, first time."""
+
+    whole: int  # bytes up to the end of the last whole record; 0: no header of ours
+    records: int
+    record_format: RecordFormat | None
+    first: float | None  # the first record's time
+
+
+def scan(data: Readable) -> Scan:
+    """Read a pcap file this module wrote (``data`` may be an mmap of it)."""
+    if len(data) < GLOBAL_HEADER_LEN or _GLOBAL.unpack_from(data)[0] != _MAGIC_MICROSECONDS:
+        return Scan(0, 0, None, None)
+    linktype = _GLOBAL.unpack_from(data)[6]
+    record_format: RecordFormat | None = (
+        "raw" if linktype == LinkType.RAW else "eth" if linktype == LinkType.ETHERNET else None
+    )
+    whole, records = whole_records(data)
+    first = None
+    if records:
+        seconds, micros = _RECORD.unpack_from(data, GLOBAL_HEADER_LEN)[:2]
+        first = seconds + micros / 1_000_000
+    return Scan(whole, records, record_format, first)
+
+
+def whole_length(data: Readable) -> int:
     """How many bytes of a pcap file's contents are whole: 0 unless the global header is
     there (and is one this module writes), else up to the last whole record."""
-    if len(data) < GLOBAL_HEADER_LEN or _GLOBAL.unpack_from(data)[0] != _MAGIC_MICROSECONDS:
-        return 0
-    return whole_records(data)[0]
+    return scan(data).whole

@@ -29,12 +29,20 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import mmap
 import os
 import time
 from typing import NoReturn
 
 from relayd.recording import metadata as text
-from relayd.recording.pcap import HeaderMaker, RecordFormat, global_header, whole_records
+from relayd.recording.pcap import (
+    HeaderMaker,
+    RecordFormat,
+    Scan,
+    global_header,
+    scan,
+    whole_records,
+)
 from relayd.recording.spool import RecordingNames, SpoolSettings
 
 __all__ = ["CallRecorder", "RecordingError"]
@@ -54,7 +62,14 @@ class CallRecorder:
     nothing left behind) when they cannot be.
     """
 
-    def __init__(self, settings: SpoolSettings, names: RecordingNames, *, started: float) -> None:
+    def __init__(
+        self,
+        settings: SpoolSettings,
+        names: RecordingNames,
+        *,
+        started: float,
+        resume: bool = False,
+    ) -> None:
         self.settings = settings
         self.names = names
         self.started = started
@@ -74,16 +89,56 @@ class CallRecorder:
         self._finished = False
         self._pcap_fd = -1
         self._created: list[str] = []  # only these are removed by abandon()
+        self.first_packet: float | None = None  # the first record's time, when resumed
+        if resume:
+            self._reopen()
+            return
+        head = text.head(names.pcap).encode("utf-8", "surrogateescape")
         try:
             self._pcap_fd = self._create(names.pcap, global_header(_record_format(settings.format)))
             self._pcap_size = os.fstat(self._pcap_fd).st_size
-            os.close(self._create(names.temporary, text.head(names.pcap).encode()))
-            self._meta_size = len(text.head(names.pcap).encode())
+            os.close(self._create(names.temporary, head))
+            self._meta_size = len(head)
         except OSError as exc:
             self._discard_files()
             raise RecordingError(
                 exc.errno, f"cannot start recording: {exc.strerror}", exc.filename
             ) from exc
+
+    def _reopen(self) -> None:
+        """Go on with a recording an earlier process left unfinished (``resume=True``): its
+        pcap cut to the last whole record (a write the crash tore goes) and appended to in
+        the format it was started in, its metadata file in tmp/ appended to."""
+        names = self.names
+        try:
+            self._meta_size = os.stat(names.temporary).st_size
+            fd = os.open(names.pcap, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+        except OSError as exc:
+            raise RecordingError(
+                exc.errno, f"cannot resume recording: {exc.strerror}", exc.filename
+            ) from exc
+        try:
+            found = _scan_file(fd)
+            if found.record_format is None:  # not even a whole global header: start over
+                os.ftruncate(fd, 0)
+                header = global_header(_record_format(self.settings.format))
+                error = _write_all(fd, header, names.pcap)[1]
+                if error is not None:
+                    raise error
+                self._pcap_size = len(header)
+            else:
+                os.ftruncate(fd, found.whole)
+                self._pcap_size = found.whole
+                self._headers = HeaderMaker(found.record_format)
+        except OSError as exc:
+            os.close(fd)
+            raise RecordingError(
+                exc.errno, f"cannot resume recording: {exc.strerror}", exc.filename or names.pcap
+            ) from exc
+        self._pcap_fd = fd
+        self.packets = found.records
+        self.first_packet = found.first
+        self._created = [names.pcap, names.temporary]
 
     @property
     def metadata_path(self) -> str:
@@ -296,6 +351,14 @@ def _write_all(fd: int, data: bytes | bytearray, path: str) -> tuple[int, OSErro
     finally:
         view.release()
     return written, None
+
+
+def _scan_file(fd: int) -> Scan:
+    """:func:`~relayd.recording.pcap.scan` of the open file, mapped rather than read."""
+    if os.fstat(fd).st_size == 0:
+        return scan(b"")
+    with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as mapped:
+        return scan(mapped)
 
 
 def _record_format(value: str) -> RecordFormat:
