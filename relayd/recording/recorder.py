@@ -85,6 +85,7 @@ class CallRecorder:
         self._pcap_size = 0  # bytes on disk, all of them whole records
         self._meta_size = 0
         self._metadata = ""
+        self._terminated: float | None = None  # for the tail, once finish() says
         self._metadata_path = names.temporary
         self._finished = False
         self._pcap_fd = -1
@@ -189,16 +190,21 @@ class CallRecorder:
             self._flush(time.time())
 
     def _flush(self, now: float) -> None:
+        error = self._write_pending()
+        if error is not None:
+            self._fail(error, self.pcap_path, now)
+
+    def _write_pending(self) -> OSError | None:
+        """Write the waiting records; on an error keep (and count) the whole ones written."""
         data, waiting = self._pending, self._pending_packets
         self._pending = bytearray()
         self._pending_packets = 0
         written, error = _write_all(self._pcap_fd, data, self.pcap_path)
         if error is not None:
-            kept, records = whole_records(memoryview(data)[:written], 0)
-            self._pcap_size += kept
+            written, records = whole_records(memoryview(data)[:written], 0)
             self.packets -= waiting - records
-            self._fail(error, self.pcap_path, now)
         self._pcap_size += written
+        return error
 
     # -- metadata ------------------------------------------------------------------------
 
@@ -231,10 +237,11 @@ class CallRecorder:
         """
         if self._finished:
             return self._metadata_path
+        self._terminated = terminated
         if self._pending:
             self._flush(ended)
         self._close_pcap()
-        self._complete(ended, terminated)
+        self._complete(ended)
         return self._metadata_path
 
     def abandon(self) -> None:
@@ -276,9 +283,9 @@ class CallRecorder:
         os.close(fd)
         self._meta_size += len(data)
 
-    def _complete(self, ended: float, terminated: float | None) -> None:
+    def _complete(self, ended: float) -> None:
         tail = text.tail(
-            started=self.started, ended=ended, terminated=terminated, metadata=self._metadata
+            started=self.started, ended=ended, terminated=self._terminated, metadata=self._metadata
         )
         self._append(tail.encode("utf-8", "surrogateescape"), ended)
         self._finished = True
@@ -320,12 +327,13 @@ class CallRecorder:
         reason = f"{path}: {exc.strerror or exc}"
         if first:
             self.failed = reason
-            self._pending = bytearray()
+            if self._pending and self._pcap_fd >= 0:
+                self._write_pending()  # the metadata failed: the packets may still fit
             self._close_pcap()
             if not self._finished:
                 # the tail, best effort: on a full disk it may not fit either
                 with contextlib.suppress(RecordingError):
-                    self._complete(now, None)
+                    self._complete(now)
             self._finished = True
         raise RecordingError(exc.errno, f"recording stopped: {exc.strerror or exc}", path) from exc
 

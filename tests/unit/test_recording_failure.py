@@ -29,8 +29,9 @@ CHILD = textwrap.dedent(
     from relayd.recording import recording_names
     from relayd.recording.pcap import whole_length
     spool_dir, limit, case = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    settings = SpoolSettings(spool_dir, flush_interval=0 if case != "buffered" else 60,
-                             flush_bytes=0 if case != "buffered" else 1 << 20)
+    buffered = case in ("buffered", "sdp")
+    settings = SpoolSettings(spool_dir, flush_interval=60 if buffered else 0,
+                             flush_bytes=1 << 20 if buffered else 0)
     prepare(settings)
     names = recording_names(settings, "full@disk", tag="0000000000000000")
     rec = CallRecorder(settings, names, started=1796553436.0)
@@ -45,6 +46,8 @@ CHILD = textwrap.dedent(
         except RecordingError as exc:
             raised.append((exc.errno, str(exc)))
     if case == "sdp":
+        for n in range(3):   # waiting in memory when the metadata file fails
+            rec.packet(float(n), ("10.0.0.1", 4000), ("10.0.0.2", 30000), rtp)
         attempt(lambda: rec.sdp("offer", "v=0\\r\\n" + "a=x\\r\\n" * 2000))
     elif case == "buffered":
         for n in range(8):
@@ -118,6 +121,9 @@ def test_a_metadata_file_that_cannot_grow_keeps_its_whole_blocks(tmp_path: Path)
     # the head, no part of the SDP block, the tail
     assert report["metadata"].startswith(f"{tmp_path}/spool/pcaps/full%40disk-0000000000000000")
     assert "SDP mode" not in report["metadata"]
+    # the packets that waited in memory were written before the recording stopped
+    assert report["packets"] == 3
+    assert report["pcap_size"] == report["whole"] == 24 + 200 * 3
     assert "call end time: " in report["metadata"]
     assert report["done"] == [os.path.basename(report["final"])]
 
