@@ -69,8 +69,8 @@ class SpoolSettings:
     format: str = "raw"
     file_mode: int = 0o640
     dir_mode: int = 0o750
-    flush_bytes: int = 65536
-    flush_interval: float = 0.5
+    flush_bytes: int = 32768
+    flush_interval: float = 0.2
 
     def __post_init__(self) -> None:
         if self.method != "pcap":
