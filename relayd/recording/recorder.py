@@ -34,7 +34,7 @@ import os
 import time
 from typing import NoReturn
 
-from relayd.recording import metadata as text
+from relayd.recording import metadata as layout
 from relayd.recording.pcap import (
     HeaderMaker,
     RecordFormat,
@@ -94,7 +94,7 @@ class CallRecorder:
         if resume:
             self._reopen()
             return
-        head = text.head(names.pcap).encode("utf-8", "surrogateescape")
+        head = layout.head(names.pcap).encode("utf-8", "surrogateescape")
         try:
             self._pcap_fd = self._create(names.pcap, global_header(_record_format(settings.format)))
             self._pcap_size = os.fstat(self._pcap_fd).st_size
@@ -215,7 +215,7 @@ class CallRecorder:
         ``label`` its ng ``label``."""
         if self._finished:
             return
-        block = text.sdp_block(
+        block = layout.sdp_block(
             mode,
             sdp,
             packet_number=self.packets + 1,
@@ -224,10 +224,12 @@ class CallRecorder:
         )
         self._append(block.encode("utf-8", "surrogateescape"), time.time())
 
-    def metadata(self, value: str) -> None:
-        """ng ``metadata``: replaces the call's value, written in the tail (as 10.5 does)."""
+    def metadata(self, text: str) -> None:
+        """ng ``metadata``: replaces the call's value, written in the tail (as 10.5 does).
+
+        A recording started when the call already has a value is given it here too."""
         if not self._finished:
-            self._metadata = value
+            self._metadata = text
 
     def finish(self, ended: float, *, terminated: float | None = None) -> str:
         """Close the pcap, complete the metadata file and move it to metadata/; its path.
@@ -284,7 +286,7 @@ class CallRecorder:
         self._meta_size += len(data)
 
     def _complete(self, ended: float) -> None:
-        tail = text.tail(
+        tail = layout.tail(
             started=self.started, ended=ended, terminated=self._terminated, metadata=self._metadata
         )
         self._append(tail.encode("utf-8", "surrogateescape"), ended)

@@ -209,3 +209,23 @@ def test_a_spool_that_vanished_fails_at_start(tmp_path: Path) -> None:
     with pytest.raises(RecordingError, match="No such file") as caught:
         CallRecorder(spool, names, started=STARTED)
     assert isinstance(caught.value, OSError)
+
+
+def test_the_api_the_coordinator_codes_against(tmp_path: Path) -> None:
+    """The names and keywords of issue 14's brief, called as the coordinator may call them."""
+    settings = SpoolSettings(
+        directory=str(tmp_path / "spool"), method="pcap", format="raw", file_mode=0o640,
+        dir_mode=0o750,
+    )  # fmt: skip
+    prepare(settings=settings)
+    names = recording_names(settings, call_id="c", directory=None, pattern=None, file=None)
+    rec = CallRecorder(settings=settings, names=names, started=STARTED)
+    rec.packet(when=STARTED, source=A, destination=RELAY_A, payload=_rtp(1))
+    rec.sdp(mode="offer", sdp=SDP_OFFER)
+    rec.metadata(text="m")
+    assert (rec.packets, rec.pcap_path, rec.failed) == (1, names.pcap, None)
+    path: str = rec.finish(ended=STARTED + 1)
+    assert path == names.metadata
+    assert isinstance(RecordingError(5, "x"), OSError)
+    other = CallRecorder(settings, recording_names(settings, "d"), started=STARTED)
+    other.abandon()
