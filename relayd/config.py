@@ -152,6 +152,9 @@ class Config:
     listen_http: tuple[tuple[str, int], ...] = ()
     prometheus_listen: tuple[str, int] | None = None  # only with prometheus = yes
     homer: HomerSettings | None = None
+    recording_dir: str = ""  # the recording spool; "" records nothing (relayd/recording/)
+    recording_method: str = "pcap"  # pcap; proc and all are recorded as pcap, with a warning
+    recording_format: str = "raw"  # raw (DLT_RAW) or eth (a fake Ethernet header)
     source: str = "defaults"
     values: dict[str, Any] = field(default_factory=dict)  # every key given, as parsed
 
@@ -347,6 +350,9 @@ def _to_config(values: dict[str, Any], raw: dict[str, Any], source: str) -> Conf
         "log-format",
         "log-facility-rtcp",
         "admin-socket",
+        "recording-dir",
+        "recording-method",
+        "recording-format",
     )
     for key in simple:
         if key in values:
@@ -436,6 +442,16 @@ def _check(config: Config, where: Callable[[str], str]) -> None:
         raise ConfigError(
             f"{where('endpoint-learning')}: invalid value for 'endpoint-learning': "
             f"{config.endpoint_learning!r}"
+        )
+    if config.recording_method not in ("pcap", "proc", "all"):
+        raise ConfigError(
+            f"{where('recording-method')}: invalid value for 'recording-method': "
+            f"{config.recording_method!r} (pcap, proc or all)"
+        )
+    if config.recording_format not in ("raw", "eth"):
+        raise ConfigError(
+            f"{where('recording-format')}: invalid value for 'recording-format': "
+            f"{config.recording_format!r} (raw or eth)"
         )
     for key in ("timeout", "silent-timeout", "offer-timeout", "final-timeout", "delete-delay"):
         if getattr(config, key.replace("-", "_")) < 0:

@@ -74,6 +74,9 @@ KEYS: dict[str, KeyInfo] = {
     "log-format": KeyInfo("str", _S),
     "log-facility-rtcp": KeyInfo("str", _S),
     "admin-socket": KeyInfo("str", _S),
+    "recording-dir": KeyInfo("str", _S),
+    "recording-method": KeyInfo("str", _S),
+    "recording-format": KeyInfo("str", _S),
 }
 for _key in [
     "log-level-core",
@@ -157,9 +160,6 @@ for _key in [
     "log-facility-cdr",
     "log-facility-dtmf",
     "dtmf-log-dest",
-    "recording-dir",
-    "recording-method",
-    "recording-format",
     "iptables-chain",
     "scheduling",
     "idle-scheduling",

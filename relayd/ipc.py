@@ -48,6 +48,11 @@ __all__ = [
     "IpcError",
     "Learning",
     "Message",
+    "RecordFailed",
+    "RecordPause",
+    "RecordSdp",
+    "RecordStart",
+    "RecordStop",
     "Rtcp",
     "RtcpPacket",
     "Shutdown",
@@ -167,6 +172,9 @@ class Configure:
     certificate: str = ""
     private_key: str = ""
     rtcp_capture: bool = False  # copy relayed RTCP datagrams to relayd (``Rtcp``)
+    # the recording spool (``recording-dir``, ``recording-format``): "" records nothing
+    recording_dir: str = ""
+    recording_format: str = "raw"
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +207,64 @@ class Discard:
 
     keys: tuple[str, ...] = ()
     before: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RecordStart:
+    """The worker records this call from now on (relayd/worker/recording.py): what its
+    sockets receive into the pcap, the SDPs ``RecordSdp`` brings into the metadata file.
+    ``names`` are the files' (relayd.recording.spool.RecordingNames, in field order);
+    ``medias`` the call's sections now (later ones are recorded as their forwards come);
+    ``resume``: the files exist (the call came back to a new worker, or a restarted relayd):
+    written on, not started anew."""
+
+    call_id: str
+    names: tuple[str, ...] = ()
+    medias: tuple[str, ...] = ()
+    started: float = 0.0  # when the call was created (wall clock): the metadata says so
+    metadata: str = ""  # the call's ng metadata so far
+    paused: bool = False
+    resume: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RecordSdp:
+    """An SDP relayd sent while the call records: a block of the metadata file."""
+
+    call_id: str
+    mode: str  # "offer" or "answer"
+    sdp: str
+    started: float = 0.0  # when the sending party joined the call (wall clock)
+    label: str = ""  # the sending party's ng label
+
+
+@dataclass(frozen=True, slots=True)
+class RecordPause:
+    """``pause recording`` (no packets written, the files kept open) or its end."""
+
+    call_id: str
+    paused: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class RecordStop:
+    """The recording ends: the pcap closed, the metadata file completed (``metadata``: the
+    call's text) and moved where collectors look; with ``discard``, both removed."""
+
+    call_id: str
+    ended: float = 0.0  # wall clock
+    metadata: str = ""
+    discard: bool = False
+    terminated: float = 0.0  # the call was deleted then (wall clock); 0: only the recording ended
+
+
+@dataclass(frozen=True, slots=True)
+class RecordFailed:
+    """A worker's recording stopped on its own (disk full, spool unwritable): the call goes on."""
+
+    worker: int
+    call_id: str
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,11 +327,41 @@ class Rtcp:
     now: float = 0.0  # the worker's CLOCK_MONOTONIC when it sent this
 
 
-Message = Configure | Forward | Drop | Close | Discard | Shutdown | Hello | Stats | Rtcp
+Message = (
+    Configure
+    | Forward
+    | Drop
+    | Close
+    | Discard
+    | Shutdown
+    | Hello
+    | Stats
+    | Rtcp
+    | RecordStart
+    | RecordSdp
+    | RecordPause
+    | RecordStop
+    | RecordFailed
+)
 
 _TYPES: dict[str, type[Any]] = {
     cls.__name__: cls
-    for cls in (Configure, Forward, Drop, Close, Discard, Shutdown, Hello, Stats, Rtcp)
+    for cls in (
+        Configure,
+        Forward,
+        Drop,
+        Close,
+        Discard,
+        Shutdown,
+        Hello,
+        Stats,
+        Rtcp,
+        RecordStart,
+        RecordSdp,
+        RecordPause,
+        RecordStop,
+        RecordFailed,
+    )
 }
 
 
@@ -340,6 +436,9 @@ def decode(data: bytes) -> Message:
             body["packets"] = tuple(RtcpPacket(**p) for p in body.get("packets", ()))
         elif cls is Close or cls is Discard:
             body["keys"] = tuple(str(k) for k in body.get("keys", ()))
+        elif cls is RecordStart:
+            body["names"] = tuple(str(n) for n in body.get("names", ()))
+            body["medias"] = tuple(str(m) for m in body.get("medias", ()))
         message: Message = cls(**body)
     except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise IpcError(f"bad ipc message: {exc}") from None

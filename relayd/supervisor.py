@@ -40,6 +40,7 @@ from relayd.plane.sockets import SocketBinder
 from relayd.plane.sweep import ConntrackSweep
 from relayd.plane.updates import WorkerUpdates
 from relayd.plane.workerpool import WorkerSettings
+from relayd.recording.control import RecordingControl, spool_settings
 from relayd.shards.route import port_slice
 
 __all__ = ["ShardLink", "Supervisor"]
@@ -49,6 +50,7 @@ logger = log.get_logger("relayd")
 _TICK = 0.25  # seconds between timer runs
 _TICKS_PER_SECOND = 4
 _REAP_BATCH = 128  # due calls judged between two looks at the ng sockets
+_RECORDING_COMMANDS = frozenset(("start recording", "stop recording", "pause recording"))
 
 
 class ShardLink(Protocol):
@@ -94,6 +96,7 @@ class Supervisor:
         # a port pair given back takes its conntrack entries with it (plane/sweep.py)
         self.sweep: ConntrackSweep  # made once the media plane's streams exist
         binder = SocketBinder(on_release=lambda address, port: self.sweep.released(address, port))
+        spool = spool_settings(config)
         self.media = MediaPlane(
             binder,
             self.calls,
@@ -105,6 +108,8 @@ class Supervisor:
                 certificate.pem,
                 certificate.key_pem,
                 rtcp_capture=self.rtcp_copied,
+                recording_dir=spool.directory if spool is not None else "",
+                recording_format=spool.format if spool is not None else "raw",
             ),
             learning=config.endpoint_learning,
             on_stats=self._stats_reported,
@@ -112,6 +117,7 @@ class Supervisor:
             on_rtcp=self.ops.rtcp_copied,
         )
         self.sweep = ConntrackSweep(self.media.reports.streams)
+        self.recording = RecordingControl(spool, self.media, self.calls)
         ports = PortAllocator(port_min, port_max, workers, binder)
         self.signalling = signalling_of(config, interfaces, ports, certificate)
         self.commands = Commands(
@@ -122,6 +128,7 @@ class Supervisor:
             place=self.media.least_loaded,
             on_teardown=self._teardown,
             refresh=self._refresh_due,
+            recordings=self.recording.recordings,
         )
         # the kernel forwards to relay sockets: at most one counter element for each
         local = {address.local for address in interfaces.all}
@@ -190,6 +197,7 @@ class Supervisor:
                 # logged here, inside the call's context: the ng shell would log it without
                 logger.exception("ng.internal_error", command=req.command)
                 reply = {"result": "error", "error-reason": "Internal error"}
+            self.recording.flush()  # what the request started or stopped, to the workers
             ok = reply.get("result") in ("ok", "pong")
             self.counters.ng.record(str(source[0]), req.command, ok, time.perf_counter() - started)
             return reply
@@ -222,6 +230,9 @@ class Supervisor:
                 self.updates.early(call)
             else:
                 self.updates.soon(call)
+        elif call is not None and result == "ok" and req.command in _RECORDING_COMMANDS:
+            # a recorded call's media goes through its worker, which writes the pcap
+            self.handover.offload(call)
         elif call is not None and req.command == "delete" and call.deleted_at is None:
             # a branch deleted, the call kept (Commands.delete): the workers and the kernel
             # let the branch's sockets go, the rest is planned anew
@@ -245,6 +256,7 @@ class Supervisor:
         self.updates.forget(call)
         token = log.bind_call(call.call_id, worker=call.worker)
         try:
+            self.recording.flush()  # the call's recording finished, before its sockets go
             self.handover.forget(call)
             self.media.drop(call)
             if self.journal is not None:
@@ -271,6 +283,8 @@ class Supervisor:
         workers stop, the journal is flushed, and the kernel forwards stay: their media flows on.
         """
         restored = self._restore()
+        index, count = (self.shard.index, self.shard.count) if self.shard is not None else (0, 1)
+        self.recording.close_leftovers(restored, index, count)
         self.media.start(self.config.worker_socket)
         if self.kernel is not None:
             self.kernel.start()
@@ -295,6 +309,9 @@ class Supervisor:
         await self._stop.wait()
         reaper.cancel()
         self.updates.cancel()  # workers are told to stop: nothing more for them
+        if self.journal is None:
+            # no journal takes the calls back: their recordings are finished now
+            self.recording.finish_all(self.calls.values())
         for closer in self._closers:
             closer.close()
         self.ops.close()

@@ -13,9 +13,11 @@ else to relayd.x; importing a package is an edge to its __init__ only. The rules
 * 'nft is a leaf': relayd.nft and its modules import nothing of relayd outside relayd.nft.
 * 'main process imports no worker': no module outside relayd.worker imports relayd.worker.
 * 'worker imports only shared modules': relayd.worker's modules import of relayd only
-  relayd.worker, relayd.ipc, relayd.log, relayd.rtcp and relayd.certificate.
+  relayd.worker, relayd.ipc, relayd.log, relayd.rtcp, relayd.certificate and the
+  recording library (relayd.recording's spool, recorder, pcap and metadata).
 * 'the modules shared with the worker import only each other': relayd.ipc, relayd.log,
-  relayd.rtcp and relayd.certificate pull nothing else of relayd into the worker.
+  relayd.rtcp, relayd.certificate and the recording library pull nothing else of relayd
+  into the worker.
 * 'pure': the modules in PURE (codecs, parsers, models, the call logic but the journal,
   counters) open no sockets, run no event loop, read no clock, start no process or thread,
   load no C library, touch no SQLite; of relayd they import only other PURE modules and the
@@ -58,7 +60,7 @@ SHELLS = (
     "relayd.supervisor", "relayd.daemon", "relayd.calls.journal", "relayd.ng.server",
     "relayd.ng.client", "relayd.plane.media", "relayd.plane.workerpool", "relayd.plane.sockets",
     "relayd.plane.updates", "relayd.plane.kernel", "relayd.ops.operations", "relayd.ops.admin",
-    "relayd.ops.httpd", "relayd.ops.homer",
+    "relayd.ops.httpd", "relayd.ops.homer", "relayd.recording.control",
 )  # fmt: skip
 SYSTEM = (
     "asyncio", "uvloop", "socket", "select", "selectors", "time", "datetime", "subprocess",
@@ -70,7 +72,12 @@ PURE = (
     "relayd.ops.counters", "relayd.ops.hep", "relayd.config",
     "relayd.config_keys", "relayd.ipc", "relayd.rtcp",
 )  # fmt: skip
-SHARED_WITH_WORKER = ("relayd.ipc", "relayd.log", "relayd.rtcp", "relayd.certificate")
+SHARED_WITH_WORKER = (
+    "relayd.ipc", "relayd.log", "relayd.rtcp", "relayd.certificate",
+    # the recording library the workers write with (relayd.recording.control is the main's)
+    "relayd.recording.spool", "relayd.recording.recorder", "relayd.recording.pcap",
+    "relayd.recording.metadata",
+)  # fmt: skip
 
 RULES: list[Rule] = [
     Rule("nft is a leaf", modules=("relayd.nft",), forbidden=("relayd",), allowed=("relayd.nft",)),

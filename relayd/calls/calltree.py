@@ -1,7 +1,8 @@
 """The per-call statistics tree of ``query`` and ``delete`` replies (rtpengine 10.5 keys).
 
 Top level: ``created``, ``created_us``, ``last signal``, ``SSRC``, ``tags``,
-``totals``. Each tag (an untagged party as ``<untagged N>``) lists its media with
+``totals``, and ``recording`` while the call records (rtpengine 11's key; 10.5 shows no
+recording state). Each tag (an untagged party as ``<untagged N>``) lists its media with
 their flags and streams; ``totals`` adds up the streams' counters per RTP/RTCP.
 """
 
@@ -31,7 +32,7 @@ def call_tree(call: Call) -> dict[str, Any]:
             untagged += 1
             key = f"<untagged {untagged}>"  # rtpengine's name for an unanswered branch
         tags.setdefault(key, _tag(call, party, totals))
-    return {
+    tree = {
         "created": int(call.created),
         "created_us": int((call.created % 1) * 1_000_000),
         "last signal": int(call.last_signal),
@@ -39,6 +40,11 @@ def call_tree(call: Call) -> dict[str, Any]:
         "tags": tags,
         "totals": totals,
     }
+    recording = call.recording
+    if recording is not None and recording.active:
+        # paused: the files are kept, nothing is written
+        tree["recording"] = {"call recording": 0 if recording.paused else 1, "forwarding": 0}
+    return tree
 
 
 def _zero() -> dict[str, int]:

@@ -17,6 +17,7 @@ from typing import Any
 from relayd.calls.calltree import call_tree
 from relayd.calls.model import Call
 from relayd.calls.parties import detach_branch
+from relayd.calls.recording import Recordings
 from relayd.calls.signalling import Signalling
 from relayd.calls.statistics import Totals, statistics_reply
 from relayd.calls.timers import Limits, Reason, TimerHeap, expired
@@ -51,7 +52,8 @@ class Commands:
     ``place`` picks the worker a new call goes to; ``on_teardown`` hears of every
     call that leaves the registry, whatever ended it; ``refresh`` brings the media
     counters of calls whose timers came due up to date before they are judged (media
-    the kernel forwarded is read only then).
+    the kernel forwarded is read only then); ``recordings`` decides what records
+    (relayd/calls/recording.py).
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class Commands:
         place: Callable[[], int] = lambda: 0,
         on_teardown: Callable[[Teardown], None] | None = None,
         refresh: Callable[[list[Call], float], None] | None = None,
+        recordings: Recordings | None = None,
     ) -> None:
         self.signalling = signalling
         self.limits = limits
@@ -74,6 +77,7 @@ class Commands:
         self.place = place
         self.on_teardown = on_teardown
         self.refresh = refresh
+        self.recordings = recordings if recordings is not None else Recordings()
         self._handlers: dict[str, Callable[[Request, float], dict[str, Any]]] = {
             "ping": self.ping,
             "offer": self.offer,
@@ -82,6 +86,9 @@ class Commands:
             "query": self.query,
             "list": self.list_calls,
             "statistics": self.statistics,
+            "start recording": self.start_recording,
+            "stop recording": self.stop_recording,
+            "pause recording": self.pause_recording,
         }
 
     def handle(self, req: Request, now: float) -> dict[str, Any]:
@@ -146,7 +153,7 @@ class Commands:
         if created:
             self.totals.managed += 1
         self.schedule(call)
-        return {"sdp": sdp}
+        return {**self.recordings.signalled(call, req, "offer", sdp, now), "sdp": sdp}
 
     def answer(self, req: Request, now: float) -> dict[str, Any]:
         """ng ``answer``: the answer's SDP rewritten for the offerer; a pending delete is cancelled.
@@ -162,7 +169,7 @@ class Commands:
         call.deleted_at = None
         sdp = self.signalling.answer(call, req, now)
         self.schedule(call)
-        return {"sdp": sdp}
+        return {**self.recordings.signalled(call, req, "answer", sdp, now), "sdp": sdp}
 
     def delete(self, req: Request, now: float) -> dict[str, Any]:
         """ng ``delete``: the call's statistics tree (none with ``fast``), the call removed later.
@@ -185,6 +192,12 @@ class Commands:
                 raise NgError(CALL_NOT_FOUND)
             return {"warning": CALL_NOT_FOUND}
         reply = {} if req.has("fast") else call_tree(call)
+        if req.has("discard-recording"):
+            self.recordings.finish(call, now, discard=True)
+        elif req.record_call in ("no", "off"):
+            self.recordings.stop(call, now, req)
+        else:
+            self.recordings.deleted(call, now)
         delay = req.delete_delay if req.delete_delay is not None else self.limits.delete_delay
         if delay <= 0:
             if not self._delete_branch(call, req):
@@ -214,6 +227,30 @@ class Commands:
         if call is None:
             raise NgError("Unknown call-id")
         return call_tree(call)
+
+    def start_recording(self, req: Request, now: float) -> dict[str, Any]:
+        """ng ``start recording``: the call records from now on (relayd/calls/recording.py)."""
+        self.recordings.start(self._recorded(req), req, now)
+        return {}
+
+    def stop_recording(self, req: Request, now: float) -> dict[str, Any]:
+        """ng ``stop recording``: the call's recording is finished (a later start: new files)."""
+        self.recordings.stop(self._recorded(req), now, req)
+        return {}
+
+    def pause_recording(self, req: Request, now: float) -> dict[str, Any]:
+        """ng ``pause recording`` (rtpengine 11's; 10.5 answers "Unrecognized command"): no
+        packets are written until ``start recording``, the files stay open."""
+        self.recordings.pause(self._recorded(req), req)
+        return {}
+
+    def _recorded(self, req: Request) -> Call:
+        if not req.call_id:
+            raise NgError("No call-id in message")
+        call = self.calls.get(req.call_id)
+        if call is None:
+            raise NgError("Unknown call-id")
+        return call
 
     def list_calls(self, req: Request, now: float) -> dict[str, Any]:
         limit = req.limit if req.limit is not None else 32
@@ -270,6 +307,7 @@ class Commands:
     def _remove(self, call: Call, reason: Reason, now: float) -> Teardown:
         self.calls.pop(call.call_id, None)
         self.timers.forget(call)
+        self.recordings.finish(call, now, ended=True)
         self.signalling.release_call(call)
         counter = _COUNTERS[reason]
         setattr(self.totals, counter, getattr(self.totals, counter) + 1)

@@ -19,6 +19,7 @@ from relayd.ipc import Learning
 
 __all__ = [
     "Call",
+    "CallRecording",
     "Codec",
     "EchoRole",
     "Endpoint",
@@ -365,6 +366,23 @@ class Monologue:
 
 
 @dataclass(slots=True)
+class CallRecording:
+    """A call's recording (relayd/calls/recording.py drives it): the metadata text ng gave it,
+    and while it records, its files and since when (wall clock)."""
+
+    metadata: str = ""
+    names: tuple[str, ...] = ()  # the files' names (relayd.recording.spool.RecordingNames)
+    pcap: str = ""  # the pcap's path: ng replies list it under "recordings"
+    started: float = 0.0
+    paused: bool = False  # ``pause recording``: files kept open, no packets written
+    terminated: float = 0.0  # ``delete`` came then (the call goes after its delete-delay)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.names)
+
+
+@dataclass(slots=True)
 class Call:
     """One call (the ng ``call-id``): its parties by tag, the parties of offers no answer named
     yet by via-branch, its worker, and its deadlines; all times are wall clock."""
@@ -379,6 +397,7 @@ class Call:
     answered: bool = False
     worker: int = 0  # the worker whose port slice holds this call's sockets
     reap_at: float = 0.0  # when the timers look at it next (Commands.schedule), 0: never
+    recording: CallRecording | None = None  # metadata given, or recorded now or before
 
     def all_medias(self) -> list[Media]:
         """Every media of every party, including those of earlier forked dialogues."""

@@ -174,6 +174,11 @@ _KNOWN_KEYS = frozenset(
         "tos",
         "record-call",
         "metadata",
+        "recording-file",
+        "recording-dir",
+        "recording-path",
+        "recording-pattern",
+        "output-destination",
         "label",
         "supports",
         "sip-message-type",
@@ -234,6 +239,7 @@ KNOWN_FLAGS = frozenset(
         "debug",
         "no-redis-update",
         "discard-recording",
+        "pause",
         "force-answer",
         "generate-rtcp",
         "siprec",
@@ -304,6 +310,10 @@ class Request:
     tos: int | None = None
     delete_delay: int | None = None
     record_call: str = ""
+    metadata: str | None = None  # free text for the recording's metadata file
+    recording_dir: str = ""  # start recording: where this call's files go
+    recording_file: str = ""  # start recording: the pcap's own path
+    recording_pattern: str = ""  # start recording: its name, call-id and tag substituted
     label: str = ""
     endpoint_learning: Learning | None = None  # the ng key or flag, when it names a mode
     supports: set[str] = field(default_factory=set)
@@ -395,6 +405,16 @@ def parse_request(raw: dict[str, Any]) -> Request:
                 setattr(req, attr, number)
     if "record-call" in keys:
         req.record_call = normalise(_text(keys["record-call"]))
+    if "metadata" in keys:
+        req.metadata = _text(keys["metadata"])
+    for key, attr in (
+        ("recording-dir", "recording_dir"),
+        ("recording-path", "recording_dir"),
+        ("recording-file", "recording_file"),
+        ("recording-pattern", "recording_pattern"),
+    ):
+        if key in keys:
+            setattr(req, attr, _text(keys[key]))
     if "label" in keys:  # else keep a ``label=`` flag
         req.label = _text(keys["label"])
     req.supports = {normalise(w) for w in _words(keys.get("supports"))}
@@ -428,6 +448,8 @@ def _apply_flag(req: Request, word: str) -> None:
                 req.unknown.append(word)
             else:
                 setattr(req, lowered.replace("-", "_"), number)
+        elif lowered == "metadata":
+            req.metadata = value
         elif lowered in ("via-branch", "from-tag", "to-tag", "call-id", "label"):
             setattr(req, lowered.replace("-", "_"), value)
         elif lowered.startswith("codec-") and lowered[6:] in _CODEC_OPS:

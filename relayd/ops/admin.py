@@ -60,7 +60,16 @@ def _call_summary(call: Call, now: float) -> dict[str, Any]:
         "streams": len(streams),
         "kernel_streams": sum(1 for _, _, s in streams if s.kernelized),
         "packets": sum(s.stats.packets for _, _, s in streams),
+        "recording": _recording(call),
     }
+
+
+def _recording(call: Call) -> str:
+    """ "recording", "paused" or "" (not recording now)."""
+    recording = call.recording
+    if recording is None or not recording.active:
+        return ""
+    return "paused" if recording.paused else "recording"
 
 
 def _call_detail(call: Call, now: float) -> dict[str, Any]:
@@ -104,6 +113,8 @@ def _call_detail(call: Call, now: float) -> dict[str, Any]:
         )
     detail = _call_summary(call, now)
     detail["last_signal"] = round(call.last_signal, 3)
+    if call.recording is not None and call.recording.active:
+        detail["recording_file"] = call.recording.pcap
     detail["parties"] = parties
     return detail
 

@@ -159,7 +159,7 @@ def _print_admin(command: str, what: str | None, reply: dict[str, Any]) -> None:
         print(f"Current sessions foreign: {reply['foreign']}")
         print(f"Current sessions total: {reply['total']}")
     elif command == "list" and what == "sessions":
-        rows = [["CALL-ID", "STATE", "AGE", "WORKER", "STREAMS", "KERNEL", "PACKETS"]]
+        rows = [["CALL-ID", "STATE", "AGE", "WORKER", "STREAMS", "KERNEL", "PACKETS", "REC"]]
         for s in reply["sessions"]:
             rows.append(
                 [
@@ -170,6 +170,7 @@ def _print_admin(command: str, what: str | None, reply: dict[str, Any]) -> None:
                     str(s["streams"]),
                     str(s["kernel_streams"]),
                     str(s["packets"]),
+                    s.get("recording") or "-",
                 ]
             )
         print(_table(rows) if len(rows) > 1 else "No sessions.")
@@ -178,6 +179,8 @@ def _print_admin(command: str, what: str | None, reply: dict[str, Any]) -> None:
             f"Call-ID {reply['call_id']}: {reply['state']}, worker {reply['worker']}, "
             f"age {reply['age']:.0f} s"
         )
+        if reply.get("recording"):
+            print(f"  recording ({reply['recording']}): {reply.get('recording_file', '')}")
         for party in reply["parties"]:
             print(f"  tag {party['tag'] or '(none)'} ({party['role']})")
             for media in party["medias"]:

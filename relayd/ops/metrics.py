@@ -181,6 +181,31 @@ def _relayd(state: RelayState) -> list[Family]:
         .add(state.counters.homer_sent, result="sent")
         .add(state.counters.homer_dropped, result="dropped")
     )
+    recordings = state.commands.recordings
+    recording = paused = 0
+    for call in state.commands.calls.values():
+        if call.recording is not None and call.recording.active:
+            if call.recording.paused:
+                paused += 1
+            else:
+                recording += 1
+    families.append(
+        Family("relayd_recordings", "gauge", "Calls recorded now (docs/recording.md)")
+        .add(recording, state="recording")
+        .add(paused, state="paused")
+    )
+    families.append(
+        Family("relayd_recordings_started_total", "counter", "Recordings started").add(
+            recordings.started
+        )
+    )
+    families.append(
+        Family(
+            "relayd_recording_failures_total",
+            "counter",
+            "Recordings that stopped on their own (disk full, spool unwritable, no spool)",
+        ).add(recordings.failures)
+    )
     families.append(
         Family("relayd_build_info", "gauge", "relayd version").add(1, version=__version__)
     )

@@ -76,6 +76,10 @@ class MediaPlane:
         self.on_stats = on_stats
         self.on_traffic = on_traffic
         self.on_rtcp = on_rtcp
+        # recording (relayd/recording/control.py): a worker's recording that failed, and a
+        # (re)started worker, told of its calls' recordings before their forwards come
+        self.on_record_failed: Callable[[ipc.RecordFailed], None] | None = None
+        self.on_worker_ready: Callable[[int], None] | None = None
         # per worker: media key -> the socket keys of the forward it holds. The forwards
         # themselves are not kept: a restarted worker gets them planned anew from ``calls``.
         self.placed: dict[int, dict[str, tuple[str, ...]]] = {}
@@ -318,6 +322,8 @@ class MediaPlane:
         await self.pool.stop()
 
     def worker_ready(self, worker: WorkerProcess) -> None:
+        if self.on_worker_ready is not None:
+            self.on_worker_ready(worker.index)
         self.resend(worker)
 
     def worker_message(self, worker: WorkerProcess, message: ipc.Message) -> None:
@@ -325,3 +331,5 @@ class MediaPlane:
             self._ingest(message)
         elif isinstance(message, ipc.Rtcp) and self.on_rtcp:
             self.on_rtcp(message)
+        elif isinstance(message, ipc.RecordFailed) and self.on_record_failed:
+            self.on_record_failed(message)

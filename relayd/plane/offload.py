@@ -9,6 +9,8 @@ Rules (docs/architecture.md "Kernel path"; rtpengine kernelizes on the same cond
   both sides or on neither (RTCP split from RTP needs a worker per packet).
 * Parties under ``media-echo`` stay with the workers: their media goes back to
   them or nowhere, not across the call.
+* A call that records (and is not paused) stays with the workers, which write its pcap
+  (relayd/worker/recording.py): rtpengine 10.5's pcap method does the same.
 * Separate RTCP streams stay with the workers while they copy RTCP (Homer, the
   RTCP log); with rtcp-mux on both sides one forward carries both.
 * Signalling takes every stream of the call back to the workers, and learning
@@ -56,6 +58,9 @@ def kernel_legs(call: Call, *, rtcp: bool = True) -> list[KernelLeg]:
     and the RTCP log).
     """
     if not call.answered:
+        return []
+    recording = call.recording
+    if recording is not None and recording.active and not recording.paused:
         return []
     legs: list[KernelLeg] = []
     for x, y in dialogue_pairs(call):

@@ -84,6 +84,8 @@ class WorkerSettings:
     certificate: str = ""  # relayd's DTLS certificate and private key, PEM
     private_key: str = ""
     rtcp_capture: bool = False  # copy relayed RTCP to relayd (Homer, the RTCP log)
+    recording_dir: str = ""  # the recording spool (``recording-dir``): "" records nothing
+    recording_format: str = "raw"
 
 
 class PoolOwner(Protocol):
@@ -186,6 +188,8 @@ class WorkerPool:
                 certificate=settings.certificate,
                 private_key=settings.private_key,
                 rtcp_capture=settings.rtcp_capture,
+                recording_dir=settings.recording_dir,
+                recording_format=settings.recording_format,
             ),
         )
 

@@ -33,7 +33,8 @@ from __future__ import annotations
 import errno
 import os
 import secrets
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import astuple, dataclass, fields
 from urllib.parse import quote
 
 __all__ = [
@@ -43,6 +44,8 @@ __all__ = [
     "RecordingNames",
     "SpoolSettings",
     "escape_call_id",
+    "names_from_fields",
+    "names_to_fields",
     "prepare",
     "recording_names",
 ]
@@ -103,6 +106,22 @@ class RecordingNames:
     pattern: str | None = None  # ng recording-pattern, likewise
 
 
+def names_to_fields(names: RecordingNames) -> tuple[str, ...]:
+    """``names`` as strings, in field order (relayd's worker link carries them so);
+    :func:`names_from_fields` reads them back."""
+    return tuple("" if value is None else value for value in astuple(names))
+
+
+def names_from_fields(fields: Sequence[str]) -> RecordingNames:
+    """The names :func:`names_to_fields` wrote; ValueError for anything else."""
+    if len(fields) != len(_NAME_FIELDS):
+        raise ValueError(f"recording names: {len(fields)} fields, not {len(_NAME_FIELDS)}")
+    prefix, tag, pcap, temporary, metadata, directory, pattern = fields
+    return RecordingNames(
+        prefix, tag, pcap, temporary, metadata, directory or None, pattern or None
+    )
+
+
 def escape_call_id(call_id: str | bytes) -> str:
     """The call-id as ``g_uri_escape_string(call_id, NULL, FALSE)`` writes it.
 
@@ -111,6 +130,9 @@ def escape_call_id(call_id: str | bytes) -> str:
     """
     raw = call_id if isinstance(call_id, bytes) else call_id.encode("utf-8", "surrogateescape")
     return quote(raw, safe="")
+
+
+_NAME_FIELDS = tuple(f.name for f in fields(RecordingNames))
 
 
 def recording_names(

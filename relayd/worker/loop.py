@@ -23,6 +23,7 @@ from relayd import ipc
 from relayd.ipc import LEARNING, Learning, parse_key, socket_key
 from relayd.log import get_logger
 from relayd.rtcp import is_rtcp
+from relayd.worker.recording import FLUSH_TICK, WorkerRecordings
 from relayd.worker.secure import SecurePath
 from relayd.worker.session import Leg, Verdict
 from relayd.worker.sockets import MediaSocket
@@ -92,6 +93,7 @@ class Worker:
         self.secure = SecurePath(index, _RECV_SIZE, _BATCH)
         self.rtcp_capture = False
         self.rtcp: list[ipc.RtcpPacket] = []
+        self.recordings = WorkerRecordings(index, self.send)
         self.running = True
         link.setblocking(False)
         self.epoll.register(link.fileno(), select.EPOLLIN)
@@ -137,6 +139,15 @@ class Worker:
             self.stats_interval = message.stats_interval
             self.rtcp_capture = message.rtcp_capture
             self.secure.set_certificate(message.certificate, message.private_key)
+            self.recordings.configure(message.recording_dir, message.recording_format)
+        elif isinstance(message, ipc.RecordStart):
+            self.recordings.start(message, self.medias, self.by_key)
+        elif isinstance(message, ipc.RecordSdp):
+            self.recordings.sdp(message)
+        elif isinstance(message, ipc.RecordPause):
+            self.recordings.pause(message)
+        elif isinstance(message, ipc.RecordStop):
+            self.recordings.stop(message)
         elif isinstance(message, ipc.Shutdown):
             self.running = False
 
@@ -216,6 +227,8 @@ class Worker:
             )
             self.secure.link(current)
             self.secure.start(current, now)
+        if self.recordings.calls:
+            self.recordings.forwarded(message.media, touched)
         for index, fd in enumerate(fds):
             if index not in used:
                 os.close(fd)
@@ -386,11 +399,15 @@ class Worker:
         secure = self.secure
         drain_secure = secure.drain
         timers = secure.timers
+        recordings = self.recordings
+        next_flush = _NEVER
         while self.running:
             active = self.active
             # DTLS retransmission timers: looked over once per wake, fired when one is due
             timer_at = secure.next_deadline() if timers else _NEVER
-            events = poll(max(min(next_report, timer_at) - monotonic(), 0.0))
+            if recordings.calls and next_flush == _NEVER:
+                next_flush = monotonic() + FLUSH_TICK
+            events = poll(max(min(next_report, timer_at, next_flush) - monotonic(), 0.0))
             now = monotonic()
             for fd, _mask in events:
                 if fd == link_fd:
@@ -408,6 +425,7 @@ class Worker:
                 recvfrom = ms.sock.recvfrom
                 leg = ms.leg
                 capture = self.rtcp_capture
+                tap = ms.tap
                 for _ in range(_BATCH):
                     try:
                         data, source = recvfrom(_RECV_SIZE)
@@ -420,6 +438,8 @@ class Worker:
                         continue
                     if capture and (leg.rtcp or is_rtcp(data)):
                         self._sample_rtcp(leg.key, source, data, now)
+                    if tap is not None:
+                        tap.packet(source[:2], data)
                     out = ms.out
                     if ms.out_rtcp is not None and is_rtcp(data):
                         out = ms.out_rtcp
@@ -439,6 +459,9 @@ class Worker:
                             active.append(out)
             if now >= timer_at:
                 secure.fire(now)
+            if now >= next_flush:
+                recordings.flush_due(time.time())
+                next_flush = now + FLUSH_TICK if recordings.calls else _NEVER
             if now >= next_report:
                 self.report(now)
                 next_report = now + self.stats_interval

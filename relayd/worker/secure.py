@@ -286,6 +286,8 @@ class SecurePath:
                     continue
             if receive(source, wire, now) != forward:
                 continue
+            if ms.tap is not None:  # recorded in clear, as the party sent it
+                ms.tap.packet(source, bytes(view[:n]))
             if csec is not None and csec.dtls is not None and not csec.dtls.started:
                 self.start(ms, now)
             out = ms.out_rtcp if rtcp and ms.out_rtcp is not None else ms.out

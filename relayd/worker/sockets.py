@@ -11,6 +11,7 @@ from __future__ import annotations
 import operator
 import socket
 from dataclasses import dataclass, fields
+from typing import Protocol
 
 from relayd import ipc
 from relayd.worker.dtls import DtlsEndpoint
@@ -18,9 +19,15 @@ from relayd.worker.ice import IceAgent
 from relayd.worker.session import Leg
 from relayd.worker.srtp import SrtpSession
 
-__all__ = ["Address", "MediaSocket", "SecureConfig", "SecureSocket"]
+__all__ = ["Address", "MediaSocket", "PacketTap", "SecureConfig", "SecureSocket"]
 
 Address = tuple[str, int]
+
+
+class PacketTap(Protocol):
+    """Where a recorded socket's datagrams are copied (relayd/worker/recording.py's Tap)."""
+
+    def packet(self, source: Address, data: bytes) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,3 +120,4 @@ class MediaSocket:
     active: MediaSocket | None = None
     dirty: bool = False  # on the worker's list for the next report (Worker.active)
     listening: bool = False  # registered with epoll: what arrives is read and forwarded
+    tap: PacketTap | None = None  # the call records: each datagram accepted is copied here

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from relayd.calls.commands import Commands, Teardown
+from relayd.calls.model import CallRecording
 from relayd.config import Config, load
 from relayd.ops import admin
 from relayd.ops.admin import effective_config, handle
@@ -75,7 +76,20 @@ def test_sessions() -> None:
         "streams": 4,
         "kernel_streams": 0,
         "packets": 0,
+        "recording": "",
     }
+
+
+def test_sessions_and_callid_show_a_recording() -> None:
+    state, _ = _state(1)
+    call = state.commands.calls["call-0"]
+    call.recording = CallRecording(names=("p", "t"), pcap="/spool/pcaps/call-0-ab.pcap")
+    [session] = ask(state, "list", "sessions")["sessions"]
+    assert session["recording"] == "recording"
+    detail = ask(state, "list", "callid", "call-0")
+    assert detail["recording_file"] == "/spool/pcaps/call-0-ab.pcap"
+    call.recording.paused = True
+    assert ask(state, "list", "sessions")["sessions"][0]["recording"] == "paused"
 
 
 def test_callid_shows_streams_endpoints_counters_and_path() -> None:

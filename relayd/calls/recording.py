@@ -1,0 +1,174 @@
+"""When a call records: ng's ``record-call``, ``start``/``stop``/``pause recording`` and
+``metadata``, by rtpengine 10.5's rules, and what the call's worker is told.
+
+Pure: the files are named by ``name`` (the supervisor's, from relayd/recording/spool.py) and
+written by the worker that relays the call (relayd/worker/recording.py); what that worker
+is to hear is queued in :attr:`Recordings.outbox`, in order, for the supervisor to send
+after the reply. The rules (rtpengine 10.5, daemon/recording.c and call_interfaces.c):
+
+* ``record-call`` as a flag, or as a key ``yes``/``on``, on an offer or answer starts the
+  recording; ``no``/``off`` stops it; another value is logged and ignored. A call already
+  recording goes on in the same files.
+* Without ``recording-dir`` nothing records: the request is answered as usual and the log
+  says why.
+* While a call records, every offer's and answer's SDP as relayd sent it goes into the
+  metadata file, and the reply lists the pcap under ``recordings``.
+* ``stop recording`` finishes the files (the metadata file moves where collectors look); a
+  later start gets new ones. ``pause recording`` (rtpengine 11's command; 10.5 does not
+  know it) keeps the files open and writes no packets until ``start recording``.
+* ``metadata`` (offer, answer, start and stop recording) replaces the call's text, written
+  into the metadata file when it is finished.
+* A call that ends finishes its recording; ``delete`` with ``discard-recording`` removes its
+  files instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from relayd import ipc
+from relayd.calls.model import Call, CallRecording
+from relayd.log import get_logger
+from relayd.ng.message import Request
+
+__all__ = ["Namer", "Recordings"]
+
+log = get_logger("relayd.calls.recording")
+
+Namer = Callable[[Call, Request], tuple[tuple[str, ...], str]]
+"""Names a new recording's files: their names (``RecordingNames`` in field order) and the
+pcap's path. Raises OSError when they cannot be had (the spool is gone), ValueError for a
+request that names them wrongly."""
+
+_ON = ("yes", "on")
+_OFF = ("no", "off")
+
+
+class Recordings:
+    """The recording side of the ng commands; ``name`` is None where no spool is configured."""
+
+    def __init__(self, name: Namer | None = None) -> None:
+        self.name = name
+        self.outbox: list[tuple[Call, ipc.Message]] = []
+        self.started = 0  # recordings started (/metrics)
+        self.failures = 0  # requested and not started, or stopped on their own
+
+    # -- offer and answer ---------------------------------------------------------------------
+
+    def signalled(
+        self, call: Call, req: Request, mode: str, sdp: str, now: float
+    ) -> dict[str, Any]:
+        """An offer or answer (``mode``) that produced ``sdp``: ``record-call`` and ``metadata``
+        applied; what the reply gains (the pcap, while the call records)."""
+        self._metadata(call, req)
+        value = req.record_call
+        if value in _ON:
+            self.start(call, req, now)
+        elif value in _OFF:
+            self.stop(call, now)
+        elif value:
+            log.info("recording.bad_record_call", value=value)
+        recording = call.recording
+        if recording is None or not recording.active:
+            return {}
+        party = call.monologues.get(req.from_tag if mode == "offer" else req.to_tag)
+        started, label = (party.created, party.label) if party is not None else (call.created, "")
+        self.outbox.append((call, ipc.RecordSdp(call.call_id, mode, sdp, started, label)))
+        return {"recordings": [recording.pcap]}
+
+    # -- the recording commands ---------------------------------------------------------------
+
+    def start(self, call: Call, req: Request, now: float) -> None:
+        """Record ``call`` from now on (nothing new if it does); a paused recording resumes."""
+        self._metadata(call, req)
+        recording = call.recording
+        if recording is not None and recording.active:
+            if recording.paused:
+                recording.paused = False
+                self.outbox.append((call, ipc.RecordPause(call.call_id, paused=False)))
+                log.info("recording.resumed", pcap=recording.pcap)
+            return
+        if self.name is None:
+            self.failures += 1
+            log.error("recording.no_spool", detail="recording requested, no recording-dir set")
+            return
+        try:
+            names, pcap = self.name(call, req)
+        except (OSError, ValueError) as exc:  # the spool gone; a recording-file not absolute
+            self.failures += 1
+            log.error("recording.unnamed", error=str(exc))
+            return
+        self.started += 1
+        if recording is None:
+            recording = call.recording = CallRecording()
+        recording.names, recording.pcap, recording.started = names, pcap, now
+        recording.paused = False
+        # the metadata's "call start time" is the call's, also for a recording started late
+        start = ipc.RecordStart(
+            call.call_id, names, started=call.created, metadata=recording.metadata
+        )
+        self.outbox.append((call, start))
+        log.info("recording.started", pcap=pcap)
+
+    def stop(self, call: Call, now: float, req: Request | None = None) -> None:
+        """``stop recording`` (or ``record-call=no``): the files finished."""
+        if req is not None:
+            self._metadata(call, req)
+        self.finish(call, now)
+
+    def pause(self, call: Call, req: Request) -> None:
+        """``pause recording``: no packets written until ``start recording``; files kept."""
+        self._metadata(call, req)
+        recording = call.recording
+        if recording is None or not recording.active or recording.paused:
+            return
+        recording.paused = True
+        self.outbox.append((call, ipc.RecordPause(call.call_id, paused=True)))
+        log.info("recording.paused", pcap=recording.pcap)
+
+    def finish(self, call: Call, now: float, *, discard: bool = False, ended: bool = False) -> None:
+        """The recording ends: stopped, or with ``ended`` the call itself (the metadata says
+        when); with ``discard`` its files are removed. Nothing for a call that does not record."""
+        recording = call.recording
+        if recording is None or not recording.active:
+            return
+        stop = ipc.RecordStop(
+            call.call_id,
+            now,
+            recording.metadata,
+            discard=discard,
+            terminated=(recording.terminated or now) if ended else 0.0,
+        )
+        self.outbox.append((call, stop))
+        log.info("recording.discarded" if discard else "recording.finished", pcap=recording.pcap)
+        recording.names, recording.pcap, recording.paused = (), "", False
+
+    def deleted(self, call: Call, now: float) -> None:
+        """``delete`` came for ``call``: the metadata's "terminated" time, whenever the call
+        goes (after its delete-delay)."""
+        recording = call.recording
+        if recording is not None and recording.active and not recording.terminated:
+            recording.terminated = now
+
+    def failed(self, call: Call, reason: str) -> None:
+        """The worker's recording of ``call`` stopped on its own: the call goes on unrecorded
+        (a later start gets new files)."""
+        recording = call.recording
+        self.failures += 1
+        if recording is not None and recording.active:
+            log.error("recording.failed", pcap=recording.pcap, reason=reason)
+            recording.names, recording.pcap, recording.paused = (), "", False
+
+    def take(self) -> list[tuple[Call, ipc.Message]]:
+        """What the workers are to hear, in order, since the last take."""
+        outbox, self.outbox = self.outbox, []
+        return outbox
+
+    @staticmethod
+    def _metadata(call: Call, req: Request) -> None:
+        if req.metadata is None:
+            return
+        if call.recording is None:
+            call.recording = CallRecording()
+        call.recording.metadata = req.metadata
