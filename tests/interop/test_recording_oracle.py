@@ -35,8 +35,8 @@ import pytest
 
 from relayd.recording import CallRecorder, SpoolSettings, prepare, recording_names
 from tests.support.netns import destroy, inside, unavailable
+from tests.support.pcap import Capture, read_pcap_file
 from tests.support.rtpengine import rtpengine_installed, running_rtpengine
-from tests.unit.test_recording_reader import Capture, read_pcap_file
 
 pytestmark = pytest.mark.interop
 

@@ -16,6 +16,9 @@ Each way: RTP and RTCP (SRTCP) both ways, byte for byte after decryption, with
 the authentication tag of the suite on the wire; then tampered and replayed
 SRTP and SRTCP packets are sent: none reaches the plain side, each is counted
 in the query's ``errors`` of the SRTP party's stream, and media goes on.
+
+Recorded (``record-call``), the SRTP party's packets go into the pcap decrypted, the bad
+ones not at all.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import base64
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -45,6 +49,7 @@ from tests.netns.calls import (
 )
 from tests.netns.conftest import StartRelay
 from tests.support.netns import Host, Topology
+from tests.support.pcap import read_pcap_file
 from tests.support.rtp_peer import Peer, rtcp_packet, rtp_packet
 
 pytestmark = pytest.mark.netns
@@ -333,3 +338,70 @@ def test_plain_caller_to_srtp_callee(
     assert reply["tags"][CALLEE_TAG]["medias"][0]["protocol"] == "RTP/SAVP"
     assert reply["tags"][CALLER_TAG]["medias"][0]["protocol"] == "RTP/AVP"
     assert stream_of(reply, CALLER_TAG)["stats"]["errors"] == 0
+
+
+def test_a_recorded_srtp_call_is_recorded_in_clear(
+    topo: Topology,
+    start_relay: StartRelay,
+    parties: tuple[Party, Party],
+    tmp_path: Path,
+) -> None:
+    """Issue 14: SRTP legs are recorded decrypted (what the plain side hears), RTP and RTCP,
+    each party's packets as they arrived; tampered and replayed packets are not recorded."""
+    caller, callee = parties
+    spool = tmp_path / "spool"
+    relay = start_relay(f"--recording-dir={spool}")
+    suite = "AES_CM_128_HMAC_SHA1_80"
+    caller_key = os.urandom(PROFILES[suite][1])
+    call_id = "sdes-recorded"
+    with relay.client() as ng:
+        offer = ok(
+            ng.call(
+                "offer",
+                call_id=call_id,
+                from_tag=CALLER_TAG,
+                sdp=savp_sdp(caller.address, CALLER_PORT, f"1 {suite} inline:{inline(caller_key)}"),
+                direction=["caller", "callee"],
+                flags=["record-call"],
+                **{"transport-protocol": "RTP/AVP"},
+            )
+        )
+        [pcap] = offer["recordings"]
+        answer = ok(
+            ng.call(
+                "answer",
+                call_id=call_id,
+                from_tag=CALLER_TAG,
+                to_tag=CALLEE_TAG,
+                sdp=sdp(callee.address, CALLEE_PORT),
+            )
+        )["sdp"]
+        [(_tag, _suite, relay_key)] = crypto_lines(answer)
+        srtp = Srtp.make(suite, caller_key, relay_key)
+        to_callee, to_caller = advertised(offer["sdp"]), advertised(answer)
+        check_both_ways(srtp, caller, to_caller, callee, to_callee, CALLER_SSRC, CALLEE_SSRC)
+        check_bad_packets_dropped(
+            ng, call_id, srtp, caller, CALLER_TAG, to_caller, callee, CALLER_SSRC
+        )
+        ok(ng.call("delete", call_id=call_id, delete_delay=0))
+    capture = read_pcap_file(pcap)
+    by_sender: dict[tuple[str, int], list[bytes]] = {}
+    for datagram in capture.datagrams:
+        sender = (datagram.source, datagram.source_port)
+        by_sender.setdefault(sender, []).append(datagram.payload)
+    # the SRTP caller: what it protected, in clear; the three bad packets of each
+    # component are not there, the good ones around them are
+    for component, make in ((0, rtp_packet), (1, rtcp_packet)):
+        got = by_sender[(caller.address, CALLER_PORT + component)]
+        expected = [make(seq, CALLER_SSRC, 1) for seq in range(COUNT)]
+        expected += [make(COUNT, CALLER_SSRC, 1), make(COUNT + 3, CALLER_SSRC, 1)]
+        assert got == expected, f"component {component}"
+    # the plain callee: as it sent them
+    for component, make in ((0, rtp_packet), (1, rtcp_packet)):
+        got = by_sender[(callee.address, CALLEE_PORT + component)]
+        assert got == [make(seq, CALLEE_SSRC, 2) for seq in range(COUNT)], f"component {component}"
+    assert sorted(by_sender) == sorted(
+        (address, port + component)
+        for address, port in ((caller.address, CALLER_PORT), (callee.address, CALLEE_PORT))
+        for component in (0, 1)
+    )

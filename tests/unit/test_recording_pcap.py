@@ -13,7 +13,7 @@ from relayd.recording.pcap import (
     whole_length,
     whole_records,
 )
-from tests.unit.test_recording_reader import RTPENGINE_RAW_FILE, Datagram, read_pcap
+from tests.support.pcap import RTPENGINE_RAW_FILE, Datagram, read_pcap
 
 RTP = bytes.fromhex("80000000 00000000 0000aaaa") + bytes(160)
 

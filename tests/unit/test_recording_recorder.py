@@ -17,7 +17,7 @@ from relayd.recording import (
     prepare,
     recording_names,
 )
-from tests.unit.test_recording_reader import read_pcap_file
+from tests.support.pcap import read_pcap_file
 
 A = ("192.0.2.10", 4000)  # caller
 B = ("2001:db8::20", 5000)  # callee, an IPv6 leg

@@ -24,7 +24,7 @@ from relayd.recording import (
     recording_names,
 )
 from relayd.recording.pcap import GLOBAL_HEADER_LEN
-from tests.unit.test_recording_reader import read_pcap_file
+from tests.support.pcap import read_pcap_file
 
 REPO = Path(__file__).resolve().parents[2]
 A = ("192.0.2.10", 4000)
