@@ -155,6 +155,8 @@ class Config:
     recording_dir: str = ""  # the recording spool; "" records nothing (relayd/recording/)
     recording_method: str = "pcap"  # pcap; proc and all are recorded as pcap, with a warning
     recording_format: str = "raw"  # raw (DLT_RAW) or eth (a fake Ethernet header)
+    recording_file_mode: int = 0o640  # relayd's own: the recordings' mode, whatever the umask
+    recording_dir_mode: int = 0o750  # and the spool directories' it creates
     source: str = "defaults"
     values: dict[str, Any] = field(default_factory=dict)  # every key given, as parsed
 
@@ -370,11 +372,23 @@ def _to_config(values: dict[str, Any], raw: dict[str, Any], source: str) -> Conf
             kwargs["prometheus_listen"] = parse_endpoint(values[key], "127.0.0.1")
         key = "homer"
         kwargs["homer"] = _homer(values)
+        for key in ("recording-file-mode", "recording-dir-mode"):
+            if key in values:
+                kwargs[key.replace("-", "_")] = _mode(values[key])
     except ValueError as exc:
         raise ConfigError(f"{where(key)}: invalid value for '{key}': {exc}") from None
     config = Config(**kwargs)
     _check(config, where)
     return config
+
+
+def _mode(value: str) -> int:
+    """A file mode in octal, as chmod takes it: ``0640``, ``640``, ``0o640``."""
+    text = value.strip().lower().removeprefix("0o")
+    mode = int(text, 8)
+    if not 0 <= mode <= 0o7777:
+        raise ValueError(f"{value!r} is not a file mode")
+    return mode
 
 
 _HOMER_PROTOCOLS = {"udp": "udp", "tcp": "tcp", "17": "udp", "6": "tcp"}

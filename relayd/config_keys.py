@@ -77,6 +77,8 @@ KEYS: dict[str, KeyInfo] = {
     "recording-dir": KeyInfo("str", _S),
     "recording-method": KeyInfo("str", _S),
     "recording-format": KeyInfo("str", _S),
+    "recording-file-mode": KeyInfo("str", _S),
+    "recording-dir-mode": KeyInfo("str", _S),
 }
 for _key in [
     "log-level-core",

@@ -175,6 +175,7 @@ class Configure:
     # the recording spool (``recording-dir``, ``recording-format``): "" records nothing
     recording_dir: str = ""
     recording_format: str = "raw"
+    recording_file_mode: int = 0o640
 
 
 @dataclass(frozen=True, slots=True)

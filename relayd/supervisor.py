@@ -110,6 +110,7 @@ class Supervisor:
                 rtcp_capture=self.rtcp_copied,
                 recording_dir=spool.directory if spool is not None else "",
                 recording_format=spool.format if spool is not None else "raw",
+                recording_file_mode=config.recording_file_mode,
             ),
             learning=config.endpoint_learning,
             on_stats=self._stats_reported,

@@ -192,19 +192,18 @@ class Commands:
                 raise NgError(CALL_NOT_FOUND)
             return {"warning": CALL_NOT_FOUND}
         reply = {} if req.has("fast") else call_tree(call)
-        if req.has("discard-recording"):
-            self.recordings.finish(call, now, discard=True)
-        elif req.record_call in ("no", "off"):
-            self.recordings.stop(call, now, req)
-        else:
-            self.recordings.deleted(call, now)
         delay = req.delete_delay if req.delete_delay is not None else self.limits.delete_delay
+        discard = req.has("discard-recording")
         if delay <= 0:
             if not self._delete_branch(call, req):
+                self.recordings.finish(call, now, discard=discard, ended=True)
                 self._remove(call, Reason.DELETED, now)
-        elif call.deleted_at is None:
-            call.deleted_at = now + delay
-            self.schedule(call)
+        else:
+            # the recording ends with the delete, not delete-delay later: collectors get it
+            self.recordings.finish(call, now, discard=discard, ended=True)
+            if call.deleted_at is None:
+                call.deleted_at = now + delay
+                self.schedule(call)
         return reply
 
     def _delete_branch(self, call: Call, req: Request) -> bool:

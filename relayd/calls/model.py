@@ -375,7 +375,6 @@ class CallRecording:
     pcap: str = ""  # the pcap's path: ng replies list it under "recordings"
     started: float = 0.0
     paused: bool = False  # ``pause recording``: files kept open, no packets written
-    terminated: float = 0.0  # ``delete`` came then (the call goes after its delete-delay)
 
     @property
     def active(self) -> bool:

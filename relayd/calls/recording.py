@@ -18,8 +18,9 @@ after the reply. The rules (rtpengine 10.5, daemon/recording.c and call_interfac
   know it) keeps the files open and writes no packets until ``start recording``.
 * ``metadata`` (offer, answer, start and stop recording) replaces the call's text, written
   into the metadata file when it is finished.
-* A call that ends finishes its recording; ``delete`` with ``discard-recording`` removes its
-  files instead.
+* ``delete`` finishes the call's recording at once (rtpengine 10.5 waits for the call to go,
+  ``delete-delay`` later); with ``discard-recording`` its files are removed instead. A call
+  that ends otherwise (a timeout, ``relayctl terminate``) finishes it then.
 """
 
 from __future__ import annotations
@@ -138,18 +139,11 @@ class Recordings:
             now,
             recording.metadata,
             discard=discard,
-            terminated=(recording.terminated or now) if ended else 0.0,
+            terminated=now if ended else 0.0,
         )
         self.outbox.append((call, stop))
         log.info("recording.discarded" if discard else "recording.finished", pcap=recording.pcap)
         recording.names, recording.pcap, recording.paused = (), "", False
-
-    def deleted(self, call: Call, now: float) -> None:
-        """``delete`` came for ``call``: the metadata's "terminated" time, whenever the call
-        goes (after its delete-delay)."""
-        recording = call.recording
-        if recording is not None and recording.active and not recording.terminated:
-            recording.terminated = now
 
     def failed(self, call: Call, reason: str) -> None:
         """The worker's recording of ``call`` stopped on its own: the call goes on unrecorded

@@ -86,6 +86,7 @@ class WorkerSettings:
     rtcp_capture: bool = False  # copy relayed RTCP to relayd (Homer, the RTCP log)
     recording_dir: str = ""  # the recording spool (``recording-dir``): "" records nothing
     recording_format: str = "raw"
+    recording_file_mode: int = 0o640
 
 
 class PoolOwner(Protocol):
@@ -190,6 +191,7 @@ class WorkerPool:
                 rtcp_capture=settings.rtcp_capture,
                 recording_dir=settings.recording_dir,
                 recording_format=settings.recording_format,
+                recording_file_mode=settings.recording_file_mode,
             ),
         )
 

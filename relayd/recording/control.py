@@ -52,7 +52,13 @@ def spool_settings(config: Config) -> SpoolSettings | None:
             method=config.recording_method,
             detail="recorded with the pcap method (proc needs rtpengine's kernel module)",
         )
-    return SpoolSettings(config.recording_dir, method="pcap", format=config.recording_format)
+    return SpoolSettings(
+        config.recording_dir,
+        method="pcap",
+        format=config.recording_format,
+        file_mode=config.recording_file_mode,
+        dir_mode=config.recording_dir_mode,
+    )
 
 
 class RecordingControl:

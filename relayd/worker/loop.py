@@ -139,7 +139,9 @@ class Worker:
             self.stats_interval = message.stats_interval
             self.rtcp_capture = message.rtcp_capture
             self.secure.set_certificate(message.certificate, message.private_key)
-            self.recordings.configure(message.recording_dir, message.recording_format)
+            self.recordings.configure(
+                message.recording_dir, message.recording_format, message.recording_file_mode
+            )
         elif isinstance(message, ipc.RecordStart):
             self.recordings.start(message, self.medias, self.by_key)
         elif isinstance(message, ipc.RecordSdp):

@@ -71,8 +71,10 @@ class WorkerRecordings:
         self.settings: SpoolSettings | None = None
         self.calls: dict[str, _Recording] = {}
 
-    def configure(self, directory: str, format_: str) -> None:
-        self.settings = SpoolSettings(directory, format=format_) if directory else None
+    def configure(self, directory: str, format_: str, file_mode: int) -> None:
+        self.settings = (
+            SpoolSettings(directory, format=format_, file_mode=file_mode) if directory else None
+        )
 
     # -- the supervisor's messages ------------------------------------------------------------
 

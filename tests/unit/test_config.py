@@ -403,3 +403,29 @@ def test_rtpengines_own_test_suite_command_line_starts_relayd() -> None:
         True,
     )
     assert config.values["listen-cli"] == "12345" and config.values["listen-udp"] == "2222"
+
+
+def test_recording_keys() -> None:
+    config = load(
+        [
+            "--config-file=none",
+            "--recording-dir=/var/spool/rec",
+            "--recording-format=eth",
+            "--recording-file-mode=0660",
+            "--recording-dir-mode=2770",
+        ]
+    )
+    assert (config.recording_dir, config.recording_method, config.recording_format) == (
+        "/var/spool/rec",
+        "pcap",
+        "eth",
+    )
+    assert (config.recording_file_mode, config.recording_dir_mode) == (0o660, 0o2770)
+    for bad, key in (
+        ("--recording-format=pcapng", "recording-format"),
+        ("--recording-method=tcp", "recording-method"),
+        ("--recording-file-mode=rw-r-----", "recording-file-mode"),
+        ("--recording-dir-mode=17777", "recording-dir-mode"),
+    ):
+        with pytest.raises(ConfigError, match=key):
+            load(["--config-file=none", bad])

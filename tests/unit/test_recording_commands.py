@@ -159,15 +159,16 @@ def test_delete_finishes_the_recording_when_the_call_goes() -> None:
     assert "c1" not in cmds.calls
 
 
-def test_delete_with_a_delay_records_until_the_call_goes() -> None:
+def test_delete_with_a_delay_finishes_the_recording_at_once() -> None:
     cmds, _ = recorded()
     offer(cmds, record_call="yes")
     told(cmds)
     cmds.handle(req("delete", "c1", from_tag="a", delete_delay=10), T0 + 5)
-    assert told(cmds) == []
+    # finished with the delete, not when the call goes: collectors get it 10 s sooner
+    assert told(cmds) == [ipc.RecordStop("c1", T0 + 5, terminated=T0 + 5)]
     cmds.reap(T0 + 16)
-    # ends when the call goes; "terminated" is when the delete came
-    assert told(cmds) == [ipc.RecordStop("c1", T0 + 16, terminated=T0 + 5)]
+    assert "c1" not in cmds.calls
+    assert told(cmds) == []
 
 
 def test_discard_recording_removes_the_files() -> None:
@@ -175,7 +176,7 @@ def test_discard_recording_removes_the_files() -> None:
     offer(cmds, record_call="yes")
     told(cmds)
     cmds.handle(req("delete", "c1", flags=["discard-recording"], delete_delay=0), T0 + 3)
-    assert told(cmds) == [ipc.RecordStop("c1", T0 + 3, discard=True)]
+    assert told(cmds) == [ipc.RecordStop("c1", T0 + 3, discard=True, terminated=T0 + 3)]
 
 
 def test_a_timeout_finishes_the_recording() -> None:
@@ -255,3 +256,16 @@ def test_query_shows_the_recording_state_as_rtpengine_11() -> None:
     assert cmds.handle(req("query", "c1"), T0)["recording"]["call recording"] == 0
     cmds.handle(req("stop recording", "c1"), T0)
     assert "recording" not in cmds.handle(req("query", "c1"), T0)
+
+
+def test_deleting_one_branch_keeps_the_recording() -> None:
+    cmds, _ = recorded()
+    for branch in ("b1", "b2"):
+        cmds.handle(
+            req("offer", "c1", from_tag="a", via_branch=branch, sdp=sdp(), record_call="yes"), T0
+        )
+    told(cmds)
+    reply = cmds.handle(req("delete", "c1", from_tag="a", via_branch="b1", delete_delay=0), T0)
+    assert reply["result"] == "ok"
+    assert "c1" in cmds.calls
+    assert told(cmds) == []
