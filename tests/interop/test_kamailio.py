@@ -166,7 +166,7 @@ class CallRun:
 
 
 @contextmanager
-def running_rtpengine(workdir: Path, relay: Relay) -> Iterator[None]:
+def running_rtpengine(workdir: Path, relay: Relay, extra: Sequence[str] = ()) -> Iterator[None]:
     """The real rtpengine, userspace only, keeping no deleted call around."""
     log_path = workdir / "rtpengine.log"
     args = [
@@ -182,6 +182,7 @@ def running_rtpengine(workdir: Path, relay: Relay) -> Iterator[None]:
         "--log-stderr",
         "--log-level=7",
         f"--pidfile={workdir / 'rtpengine.pid'}",
+        *extra,
     ]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
