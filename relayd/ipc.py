@@ -133,6 +133,10 @@ class SocketSpec:
     # False: the worker only sends from this socket and leaves what arrives on it queued
     # (the offerer's side of an offer not answered yet: see relayd/plane/forwarding.py)
     listen: bool = True
+    # ``block media``: what arrives is read, counted and dropped; ``silence media``: the RTP
+    # payload of these payload types is overwritten with the byte given ("0=ff 8=d5")
+    block: bool = False
+    silence: str = ""
     # -- SRTP, DTLS-SRTP and ICE towards this party (all empty: plain RTP) -----------------
     # SDES key of the party's packets arriving here, as a=crypto carries it after the tag:
     # "AES_CM_128_HMAC_SHA1_80 inline:BASE64[|lifetime][|MKI:len] [session params]"

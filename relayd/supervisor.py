@@ -51,6 +51,7 @@ _TICK = 0.25  # seconds between timer runs
 _TICKS_PER_SECOND = 4
 _REAP_BATCH = 128  # due calls judged between two looks at the ng sockets
 _RECORDING_COMMANDS = frozenset(("start recording", "stop recording", "pause recording"))
+_MEDIA_COMMANDS = frozenset(("block media", "unblock media", "silence media", "unsilence media"))
 
 
 class ShardLink(Protocol):
@@ -234,6 +235,11 @@ class Supervisor:
         elif call is not None and result == "ok" and req.command in _RECORDING_COMMANDS:
             # a recorded call's media goes through its worker, which writes the pcap
             self.handover.offload(call)
+        elif call is not None and result == "ok" and req.command in _MEDIA_COMMANDS:
+            # blocked or silenced media leaves the kernel for the workers, which drop or
+            # silence it from now on (and it comes back once nothing is left to do)
+            self.handover.offload(call)
+            self.updates.now(call)
         elif call is not None and req.command == "delete" and call.deleted_at is None:
             # a branch deleted, the call kept (Commands.delete): the workers and the kernel
             # let the branch's sockets go, the rest is planned anew

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from relayd.calls.calltree import call_tree
+from relayd.calls.media_control import control
 from relayd.calls.model import Call
 from relayd.calls.parties import detach_branch
 from relayd.calls.recording import Recordings
@@ -89,6 +90,10 @@ class Commands:
             "start recording": self.start_recording,
             "stop recording": self.stop_recording,
             "pause recording": self.pause_recording,
+            "block media": self.media_control,
+            "unblock media": self.media_control,
+            "silence media": self.media_control,
+            "unsilence media": self.media_control,
         }
 
     def handle(self, req: Request, now: float) -> dict[str, Any]:
@@ -241,6 +246,16 @@ class Commands:
         """ng ``pause recording`` (rtpengine 11's; 10.5 answers "Unrecognized command"): no
         packets are written until ``start recording``, the files stay open."""
         self.recordings.pause(self._recorded(req), req)
+        return {}
+
+    def media_control(self, req: Request, now: float) -> dict[str, Any]:
+        """ng ``block``, ``unblock``, ``silence``, ``unsilence media`` (calls/media_control.py)."""
+        if not req.call_id:
+            raise NgError("No call-id in message")
+        call = self.calls.get(req.call_id)
+        if call is None:
+            raise NgError("Unknown call-ID")  # sic: these commands spell it so in 10.5
+        control(call, req)
         return {}
 
     def _recorded(self, req: Request) -> Call:

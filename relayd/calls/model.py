@@ -25,6 +25,7 @@ __all__ = [
     "Endpoint",
     "LocalAddress",
     "Media",
+    "MediaControl",
     "MediaSecurity",
     "Monologue",
     "Stream",
@@ -382,6 +383,28 @@ class CallRecording:
 
 
 @dataclass(slots=True)
+class MediaControl:
+    """``block media`` and ``silence media`` on a call (relayd/calls/media_control.py): the
+    whole call's, and the parties' by tag. Blocked: what a party sends is dropped; silenced:
+    its audio payload is overwritten with its codec's silence."""
+
+    block: bool = False
+    silence: bool = False
+    blocked: set[str] = field(default_factory=set)
+    silenced: set[str] = field(default_factory=set)
+
+    def blocks(self, party: Monologue) -> bool:
+        return self.block or party.tag in self.blocked
+
+    def silences(self, party: Monologue) -> bool:
+        return self.silence or party.tag in self.silenced
+
+    @property
+    def idle(self) -> bool:
+        return not (self.block or self.silence or self.blocked or self.silenced)
+
+
+@dataclass(slots=True)
 class Call:
     """One call (the ng ``call-id``): its parties by tag, the parties of offers no answer named
     yet by via-branch, its worker, and its deadlines; all times are wall clock."""
@@ -397,6 +420,7 @@ class Call:
     worker: int = 0  # the worker whose port slice holds this call's sockets
     reap_at: float = 0.0  # when the timers look at it next (Commands.schedule), 0: never
     recording: CallRecording | None = None  # metadata given, or recorded now or before
+    control: MediaControl | None = None  # media blocked or silenced (None: neither, ever)
 
     def all_medias(self) -> list[Media]:
         """Every media of every party, including those of earlier forked dialogues."""

@@ -197,6 +197,7 @@ _KNOWN_KEYS = frozenset(
         "interface",
         "sdp-attr",
         "sdp-media-remove",
+        "address",
     ]
 )
 
@@ -319,6 +320,7 @@ class Request:
     supports: set[str] = field(default_factory=set)
     limit: int | None = None
     media_echo: MediaEcho | None = None  # the ``media-echo`` key, when it names a mode
+    address: str = ""  # block/silence media: the party whose SDP address this is
     unknown: list[str] = field(default_factory=list)
 
     def has(self, flag: str) -> bool:
@@ -415,6 +417,10 @@ def parse_request(raw: dict[str, Any]) -> Request:
     ):
         if key in keys:
             setattr(req, attr, _text(keys[key]))
+    if "address" in keys:
+        req.address = _text(keys["address"])
+    if "all" in keys:  # rtpengine 11 spells the flag as a key: "all": "all"
+        req.flags.add("all")
     if "label" in keys:  # else keep a ``label=`` flag
         req.label = _text(keys["label"])
     req.supports = {normalise(w) for w in _words(keys.get("supports"))}

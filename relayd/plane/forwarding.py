@@ -25,7 +25,8 @@ from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 from relayd.calls.ice import parse_candidate
-from relayd.calls.model import Call, Endpoint, Media, Monologue, Stream
+from relayd.calls.media_control import silence_patterns
+from relayd.calls.model import Call, Endpoint, Media, MediaControl, Monologue, Stream
 from relayd.calls.webrtc import Crypto
 from relayd.ipc import Forward, SocketSpec, socket_key
 
@@ -235,15 +236,19 @@ def plan(call: Call) -> list[Forward]:
                 continue
             answerer = _EARLY_ANSWERER if plain else _EARLY_DTLS_ANSWERER
             sockets = [
-                *_specs(x, mx, my, answerer if early else {}),
-                *_specs(y, my, mx, _EARLY_OFFERER if early else {}),
+                *_specs(x, mx, my, answerer if early else {}, call.control),
+                *_specs(y, my, mx, _EARLY_OFFERER if early else {}, call.control),
             ]
             result.append(Forward(media_key(call.call_id, index), tuple(sockets)))
     return result
 
 
 def _specs(
-    party: Monologue, own: Media, other: Media, overrides: dict[str, Any]
+    party: Monologue,
+    own: Media,
+    other: Media,
+    overrides: dict[str, Any],
+    control: MediaControl | None = None,
 ) -> list[SocketSpec]:
     assert own.local is not None and other.local is not None
     own_rtp = socket_key(own.local.local, own.port)
@@ -259,6 +264,13 @@ def _specs(
         "handover": party.media_handover,
         **overrides,
     }
+    if control is not None:
+        # block media: the worker reads and counts, sends nothing; silence media: the audio
+        # goes on as its codec's silence
+        if control.blocks(party):
+            common["block"] = True
+        elif control.silences(party):
+            common["silence"] = silence_patterns(own)
     if party.media_echo == "echo":
         # media-echo: what the party sends comes back to it from the socket it arrived on
         other_rtp, other_rtcp = own_rtp, own_rtp if muxes(own) else own_rtcp

@@ -9,6 +9,8 @@ Rules (docs/architecture.md "Kernel path"; rtpengine kernelizes on the same cond
   both sides or on neither (RTCP split from RTP needs a worker per packet).
 * Parties under ``media-echo`` stay with the workers: their media goes back to
   them or nowhere, not across the call.
+* Parties whose media is blocked or silenced (ng ``block``/``silence media``) stay with
+  the workers, which drop or silence it; so does the party they talk to.
 * A call that records (and is not paused) stays with the workers, which write its pcap
   (relayd/worker/recording.py): rtpengine 10.5's pcap method does the same.
 * Separate RTCP streams stay with the workers while they copy RTCP (Homer, the
@@ -63,9 +65,12 @@ def kernel_legs(call: Call, *, rtcp: bool = True) -> list[KernelLeg]:
     if recording is not None and recording.active and not recording.paused:
         return []
     legs: list[KernelLeg] = []
+    control = call.control
     for x, y in dialogue_pairs(call):
         if x.asymmetric or y.asymmetric or x.media_echo or y.media_echo:
             continue
+        if control is not None and any(control.blocks(p) or control.silences(p) for p in (x, y)):
+            continue  # blocked or silenced: the workers drop or silence it
         for mx, my in zip(x.medias, y.medias, strict=False):
             if mx.protocol not in PLAIN or my.protocol not in PLAIN:
                 continue

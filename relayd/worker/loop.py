@@ -26,6 +26,7 @@ from relayd.rtcp import is_rtcp
 from relayd.worker.recording import FLUSH_TICK, WorkerRecordings
 from relayd.worker.secure import SecurePath
 from relayd.worker.session import Leg, Verdict
+from relayd.worker.silence import parse_fills, silence
 from relayd.worker.sockets import MediaSocket
 
 __all__ = ["Worker"]
@@ -62,6 +63,15 @@ def _arrival(sock: socket.socket) -> float:
             stamped = seconds + nanoseconds / 1e9
             return stamped if stamped < asked else 0.0
     return 0.0
+
+
+def _silenced(data: bytes, fills: dict[int, int]) -> bytes | bytearray:
+    """``data`` with its audio overwritten by silence (relayd/worker/silence.py); RTCP as is."""
+    if is_rtcp(data):
+        return data
+    packet = bytearray(data)
+    silence(packet, len(packet), fills)
+    return packet
 
 
 def _is_alias(ms: MediaSocket) -> bool:
@@ -186,6 +196,9 @@ class Worker:
             leg = current.leg
             leg.asymmetric, leg.strict, leg.handover = spec.asymmetric, spec.strict, spec.handover
             leg.kernel = spec.kernel
+            leg.block = spec.block
+            if spec.silence or leg.silence is not None:
+                leg.silence = parse_fills(spec.silence)
             expect = parse_key(spec.expect)
             if expect is not None:
                 expect = (hosts.setdefault(expect[0], expect[0]), expect[1])
@@ -428,6 +441,7 @@ class Worker:
                 leg = ms.leg
                 capture = self.rtcp_capture
                 tap = ms.tap
+                data: bytes | bytearray  # bytes as read; a copy where silence media rewrites it
                 for _ in range(_BATCH):
                     try:
                         data, source = recvfrom(_RECV_SIZE)
@@ -442,6 +456,8 @@ class Worker:
                         self._sample_rtcp(leg.key, source, data, now)
                     if tap is not None:
                         tap.packet(source[:2], data)
+                    if leg.block:
+                        continue  # block media: counted above, recorded, not forwarded
                     out = ms.out
                     if ms.out_rtcp is not None and is_rtcp(data):
                         out = ms.out_rtcp
@@ -449,6 +465,8 @@ class Worker:
                         leg.ssrc = int.from_bytes(data[8:12], "big")
                     if out is None:
                         continue
+                    if leg.silence is not None and not leg.rtcp:
+                        data = _silenced(data, leg.silence)
                     target = out.leg.endpoint
                     if target is None:
                         continue  # the other side is not known yet: never guess

@@ -43,6 +43,7 @@ from relayd.log import get_logger
 from relayd.worker.dtls import Closed, Connected, DtlsContext, DtlsEndpoint, DtlsEvent, Failed
 from relayd.worker.ice import IceAgent, parse_candidates
 from relayd.worker.session import Leg, Verdict
+from relayd.worker.silence import silence
 from relayd.worker.sockets import Address, MediaSocket, SecureConfig, SecureSocket
 from relayd.worker.srtp import PacketBuffer, SrtpError, SrtpSession, parse_sdes
 
@@ -288,6 +289,10 @@ class SecurePath:
                 continue
             if ms.tap is not None:  # recorded in clear, as the party sent it
                 ms.tap.packet(source, bytes(view[:n]))
+            if leg.block:
+                continue  # block media: counted, recorded, not forwarded
+            if leg.silence is not None and not rtcp:
+                silence(view, n, leg.silence)
             if csec is not None and csec.dtls is not None and not csec.dtls.started:
                 self.start(ms, now)
             out = ms.out_rtcp if rtcp and ms.out_rtcp is not None else ms.out

@@ -58,6 +58,8 @@ class Leg:
     handover: bool = False
     rtcp: bool = False
     kernel: bool = False  # the stream is forwarded by nftables: nothing here is forwarded
+    block: bool = False  # ``block media``: what arrives is counted, never forwarded
+    silence: dict[int, int] | None = None  # ``silence media``: payload type -> fill byte
     endpoint: Address | None = None  # where packets for this party are sent
     confirmed: bool = False
     rank: int = -1
