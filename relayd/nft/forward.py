@@ -303,8 +303,8 @@ class KernelForwarder:
         self._recorded.update(dict.fromkeys(wanted, group))
 
     def unrecord(self, keys: Iterable[ForwardKey]) -> None:
-        """Stop copying these forwards' packets (from the next one on); unmarked keys are
-        no-ops."""
+        """Stop copying these forwards' packets (from the next one on); keys this forwarder
+        did not mark (or adopt in :meth:`reconcile`) are no-ops."""
         doomed = {key for key in keys if key in self._recorded}
         if not doomed:
             return

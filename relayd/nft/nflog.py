@@ -446,6 +446,7 @@ class NflogReader:
                 break
             except OSError as exc:
                 if exc.errno != errno.ENOBUFS:
+                    self._early = found  # what came before the failure is not lost
                     raise NflogError(f"nfnetlink_log group {self.group}: {exc}") from exc
                 self.overruns += 1
                 continue
