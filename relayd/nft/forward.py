@@ -43,9 +43,12 @@ from relayd.nft.ruleset import (
     object_commands,
     parse_counters,
     parse_state,
+    record_chain_commands,
+    record_commands,
     recount_commands,
     rule_commands,
     table_commands,
+    unrecord_commands,
 )
 
 __all__ = ["Availability", "KernelForwarder", "ReconcileResult"]
@@ -111,6 +114,9 @@ class KernelForwarder:
         self._ctnetlink = conntrack.Ctnetlink()
         self._elements = SetElements(table)
         self._dumper = SetElements(table)  # whole-set dumps: a socket of their own
+        # forwards marked recorded (rec4/rec6), with their nflog group: few, and their
+        # marks go with them when they are removed
+        self._recorded: dict[ForwardKey, int] = {}
 
     @property
     def nft(self) -> Libnft:
@@ -191,6 +197,7 @@ class KernelForwarder:
                 return
             raise
         self.nft.run([{"delete": {"table": {"family": "inet", "name": self.table.name}}}])
+        self._recorded.clear()
         self._forget_flows(_key_flows(installed.all_keys()) | _flows(installed.forwards().values()))
 
     def install(self, forwards: Iterable[Forward]) -> None:
@@ -221,11 +228,19 @@ class KernelForwarder:
         doomed = set(keys)
         if not doomed:
             return
+        marked = [key for key in doomed if key in self._recorded]
         try:
-            self.nft.run(delete_commands(self.table, doomed))
+            self.nft.run(
+                delete_commands(self.table, doomed) + unrecord_commands(self.table, marked)
+            )
         except NftError:
             state = self.state()
-            self.nft.run(delete_commands(self.table, doomed & state.all_keys(), state))
+            self.nft.run(
+                delete_commands(self.table, doomed & state.all_keys(), state)
+                + unrecord_commands(self.table, doomed & state.recorded.keys())
+            )
+        for key in marked:
+            del self._recorded[key]
         self._forget_flows(_key_flows(doomed))
 
     def reconcile(self, wanted: Iterable[Forward]) -> ReconcileResult:
@@ -241,12 +256,73 @@ class KernelForwarder:
         changed = [f for f in target.values() if not state.holds(f)]
         stale = present - target.keys()
         redo = stale | {f.key for f in changed if f.key in present}
-        cmds = delete_commands(self.table, redo, state) + add_commands(self.table, changed)
+        # marks of forwards that are not wanted go; the others are adopted as they are
+        marks = {key: g for key, g in state.recorded.items() if self._owns(key)}
+        unmarked = marks.keys() - target.keys()
+        cmds = (
+            delete_commands(self.table, redo, state)
+            + unrecord_commands(self.table, unmarked)
+            + add_commands(self.table, changed)
+        )
         if cmds:
             self.nft.run(cmds)
+        self._recorded = {key: g for key, g in marks.items() if key in target}
         gone = [f for k, f in state.forwards().items() if k in stale]
         self._forget_flows(_flows(changed) | _flows(gone) | _key_flows(stale))
         return ReconcileResult(len(target) - len(changed), len(changed), len(stale))
+
+    # -- recording: copies of a forward's packets to nfnetlink_log (relayd/nft/nflog.py) ---
+
+    def ensure_recording(self, group: int) -> None:
+        """Make (or repair) chain ``record_<group>``, which copies the packets of forwards
+        recorded to that nflog group; once per group, before :meth:`record`."""
+        self.nft.run(record_chain_commands(self.table, group))
+
+    def record(self, keys: Iterable[ForwardKey], group: int) -> None:
+        """Copy these forwards' packets to nflog ``group`` from their next packet on, in one
+        transaction (a forward recorded to another group moves); the forwards need not be
+        installed yet, their marks only take effect when they are."""
+        wanted = {key for key in keys if self._recorded.get(key) != group}
+        if not wanted:
+            return
+        moved = [key for key in wanted if key in self._recorded]
+        try:
+            self.nft.run(
+                unrecord_commands(self.table, moved) + record_commands(self.table, wanted, group)
+            )
+        except NftError:
+            # the chain is missing, or the marks are not what this forwarder remembers
+            # (the table was changed from outside): read them, and make the chain
+            present = self.recorded()
+            again = [key for key in wanted if key in present]
+            self.nft.run(
+                record_chain_commands(self.table, group)
+                + unrecord_commands(self.table, again)
+                + record_commands(self.table, wanted, group)
+            )
+        self._recorded.update(dict.fromkeys(wanted, group))
+
+    def unrecord(self, keys: Iterable[ForwardKey]) -> None:
+        """Stop copying these forwards' packets (from the next one on); keys this forwarder
+        did not mark (or adopt in :meth:`reconcile`) are no-ops."""
+        doomed = {key for key in keys if key in self._recorded}
+        if not doomed:
+            return
+        try:
+            self.nft.run(unrecord_commands(self.table, doomed))
+        except NftError:
+            present = self.recorded()
+            self.nft.run(unrecord_commands(self.table, doomed & present.keys()))
+        for key in doomed:
+            del self._recorded[key]
+
+    def recorded(self) -> dict[ForwardKey, int]:
+        """The forwards marked recorded in the kernel, with their nflog group (a listing of
+        ``rec4`` and ``rec6``, which hold only the recorded forwards)."""
+        docs: list[dict[str, Any] | None] = [
+            self._lister.run([list_set_command(self.table, name)]) for name in ("rec4", "rec6")
+        ]
+        return parse_state(docs, self.table).recorded
 
     def _owns(self, key: ForwardKey) -> bool:
         return self.owned is None or self.owned[0] <= key.relay.port <= self.owned[1]

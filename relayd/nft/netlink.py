@@ -17,17 +17,20 @@ __all__ = [
     "HEADER",
     "NETLINK_NETFILTER",
     "NLA_F_NESTED",
+    "NLA_TYPE_MASK",
     "NLMSG_DONE",
     "NLMSG_ERROR",
     "NLM_F_ACK",
     "NLM_F_DUMP",
     "NLM_F_REQUEST",
+    "SO_RCVBUFFORCE",
     "attr",
     "attrs",
     "error_of",
     "message",
     "messages",
     "netfilter_socket",
+    "nfgenmsg",
 ]
 
 NETLINK_NETFILTER = 12
@@ -37,6 +40,9 @@ NLA_F_NESTED = 0x8000
 NLA_TYPE_MASK = 0x3FFF
 HEADER = struct.Struct("=IHHII")  # nlmsghdr
 _ATTR = struct.Struct("=HH")
+_NFGENMSG = struct.Struct("!BBH")  # family, version (NFNETLINK_V0), res_id in network order
+SO_RCVBUFFORCE = 33
+"""linux/socket.h: SO_RCVBUF beyond ``net.core.rmem_max`` (CAP_NET_ADMIN); not in Python 3.11."""
 
 
 def attr(kind: int, payload: bytes) -> bytes:
@@ -75,17 +81,33 @@ def messages(data: bytes) -> Iterator[tuple[int, int, int, int]]:
         offset += (length + 3) & ~3
 
 
+def nfgenmsg(family: int, res_id: int = 0) -> bytes:
+    """The 4 bytes that open every nfnetlink body: the protocol family and ``res_id`` (a
+    subsystem's resource: nfnetlink_log's group), version 0."""
+    return _NFGENMSG.pack(family, 0, res_id)
+
+
 def error_of(data: bytes, start: int) -> int:
     """The errno an ``NLMSG_ERROR`` body carries (0: an acknowledgement)."""
     (error,) = struct.unpack_from("=i", data, start)
     return -error
 
 
-def netfilter_socket(timeout: float, rcvbuf: int = 0) -> socket.socket:
-    """A netfilter netlink socket in this thread's network namespace (OSError if not)."""
+def netfilter_socket(timeout: float, rcvbuf: int = 0, *, force: bool = False) -> socket.socket:
+    """A netfilter netlink socket in this thread's network namespace (OSError if not).
+
+    ``timeout`` 0: non-blocking. ``force``: the receive buffer may exceed
+    ``net.core.rmem_max`` (``SO_RCVBUFFORCE``, which needs CAP_NET_ADMIN; without it, as
+    large as ``rmem_max`` allows): a socket the kernel writes to unasked (nfnetlink_log's
+    copies) must hold a burst while its reader is busy."""
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
     try:
-        if rcvbuf:
+        if rcvbuf and force:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
+            except PermissionError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        elif rcvbuf:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         sock.bind((0, 0))
         sock.settimeout(timeout)

@@ -24,6 +24,15 @@ Rules of the layout (docs/architecture.md "Kernel path", docs/kernel.md):
       for the whole timeout expires; its forward's next packet adds it again,
       counting from zero.
 
+  ``rec4``/``rec6`` (verdict map, key → ``jump record_G``)
+      the forwards being recorded: the counting rule looks a forward's packet up
+      here last, and a recorded one jumps to chain ``record_G``, whose one rule is
+      ``log group G``: the kernel forwards the packet as before and hands a copy,
+      as the party sent it (before DNAT), to the nfnetlink_log socket bound to
+      group G (:mod:`relayd.nft.nflog`). Recording on or off is an element, never a
+      rule change; an unrecorded forward's packet pays this one lookup, anyone
+      else's packet none.
+
   Anyone else's packets (another source, another port) match nothing and fall
   through to the worker socket: the kernel path is immune to RTP bleed.
 * The constant rules never change with the streams; per-stream state lives in
@@ -68,10 +77,14 @@ __all__ = [
     "object_commands",
     "parse_counters",
     "parse_state",
+    "record_chain",
+    "record_chain_commands",
+    "record_commands",
     "recount_commands",
     "rule_commands",
     "stream",
     "table_commands",
+    "unrecord_commands",
 ]
 
 Command = dict[str, Any]
@@ -247,6 +260,10 @@ def _count(version: int) -> Command:
     return {"set": {"op": "update", "elem": key, "set": f"@count{version}"}}
 
 
+def _recorded(version: int) -> Command:
+    return {"vmap": {"key": _packet_key(version), "data": f"@rec{version}"}}
+
+
 def _nat(kind: str, version: int, key: Command, name: str) -> Command:
     addr = {"map": {"key": key, "data": f"@{name}"}}
     return {kind: {"family": _FAMILY[version][0], "addr": addr}}
@@ -256,7 +273,10 @@ def _rules(table: Table, v: int) -> list[tuple[str, list[Command]]]:
     ct_mark = {"ct": {"key": "mark"}}
     mark = [{"mangle": {"key": ct_mark, "value": {"|": [ct_mark, table.mark]}}}]
     rules = [
-        ("prerouting_count", [_l4_udp(), _in_set(_packet_key(v), f"dnat{v}"), _count(v)]),
+        (
+            "prerouting_count",
+            [_l4_udp(), _in_set(_packet_key(v), f"dnat{v}"), _count(v), _recorded(v)],
+        ),
         (
             "prerouting_nat",
             [
@@ -305,6 +325,10 @@ def object_commands(table: Table) -> list[Command]:
             stmt=[{"counter": None}],
         )
         cmds.append({"add": {"set": counted}})
+    for version, (_, _, addr) in _FAMILY.items():
+        key_type = [addr, "inet_service", addr, "inet_service"]
+        recorded = table.handle(name=f"rec{version}", type=key_type, map="verdict")
+        cmds.append({"add": {"map": recorded}})
     for name, (kind, hook, prio) in CHAINS.items():
         base = table.handle(name=name, type=kind, hook=hook, prio=prio, policy="accept")
         cmds.append({"add": {"chain": base}})
@@ -385,23 +409,64 @@ def delete_commands(
     return [cmd for name, items in elems.items() for cmd in _elements(table, "delete", name, items)]
 
 
+def record_chain(group: int) -> str:
+    """The chain that copies the packets of forwards recorded to nflog ``group``."""
+    if not 0 <= group <= 0xFFFF:
+        raise ValueError(f"nflog group out of range: {group}")
+    return f"record_{group}"
+
+
+def record_chain_commands(table: Table, group: int) -> list[Command]:
+    """Chain ``record_G`` with its one rule, ``log prefix <table> group G`` (made anew:
+    idempotent). The snap length, batching and buffer are the reader's
+    (:class:`relayd.nft.nflog.NflogReader`); the prefix says which table a copy came from."""
+    chain = table.handle(name=record_chain(group))
+    log = {"log": {"prefix": table.name, "group": group}}
+    return [
+        {"add": {"chain": chain}},
+        {"flush": {"chain": chain}},
+        {"add": {"rule": table.handle(chain=chain["name"], expr=[log])}},
+    ]
+
+
+def record_commands(table: Table, keys: Iterable[ForwardKey], group: int) -> list[Command]:
+    """Mark forwards recorded to nflog ``group`` (its chain must exist); nft refuses a key
+    that is marked already, even to the same group."""
+    jump = {"jump": {"target": record_chain(group)}}
+    elems: dict[int, list[Any]] = {4: [], 6: []}
+    for key in keys:
+        elems[key.version].append([_key_value(key), jump])
+    return [cmd for v in _FAMILY for cmd in _elements(table, "add", f"rec{v}", elems[v])]
+
+
+def unrecord_commands(table: Table, keys: Iterable[ForwardKey]) -> list[Command]:
+    """Unmark forwards; nft refuses a key that is not marked."""
+    elems: dict[int, list[Any]] = {4: [], 6: []}
+    for key in keys:
+        elems[key.version].append(_key_value(key))
+    return [cmd for v in _FAMILY for cmd in _elements(table, "delete", f"rec{v}", elems[v])]
+
+
 def list_table_command(table: Table) -> Command:
     return {"list": {"table": {"family": "inet", "name": table.name}}}
 
 
 def list_set_command(table: Table, name: str) -> Command:
-    """One ``list set``/``list map``; libnftables 1.0.6 mishandles several lists in one run."""
+    """One ``list set``/``list map`` (``count*`` are sets, the others maps); libnftables
+    1.0.6 mishandles several lists in one run."""
     kind = "set" if name.startswith("count") else "map"
     return {"list": {kind: table.handle(name=name)}}
 
 
 @dataclass
 class TableState:
-    """The elements found in a listing, per set kind, keyed on the pre-NAT 4-tuple."""
+    """The elements found in a listing, per set kind, keyed on the pre-NAT 4-tuple;
+    ``recorded``: the nflog group of each recorded forward."""
 
     dnat: dict[ForwardKey, Endpoint] = field(default_factory=dict)
     snat: dict[ForwardKey, Endpoint] = field(default_factory=dict)
     count: dict[ForwardKey, Counter] = field(default_factory=dict)
+    recorded: dict[ForwardKey, int] = field(default_factory=dict)
 
     def elements(self, kind: str) -> Mapping[ForwardKey, object]:
         if kind == "dnat":
@@ -445,6 +510,13 @@ def _parse_endpoint(value: Any) -> Endpoint:
     return Endpoint(addr, int(port))
 
 
+def _parse_group(verdict: Any) -> int | None:
+    # {"jump": {"target": "record_7"}}; any other verdict is not relayd's
+    target = verdict.get("jump", {}).get("target", "") if isinstance(verdict, dict) else ""
+    prefix, _, group = target.partition("_")
+    return int(group) if prefix == "record" and group.isdigit() else None
+
+
 def _counted(item: Any) -> tuple[ForwardKey, Counter]:
     # an element with a counter reads {"elem": {"val": KEY, "counter": {...}}}
     elem = item.get("elem", {"val": item}) if isinstance(item, dict) else {"val": item}
@@ -468,6 +540,10 @@ def parse_state(docs: Iterable[Mapping[str, Any] | None], table: Table) -> Table
                     key_json, value_json = item
                     nat = state.dnat if kind == "dnat" else state.snat
                     nat[_parse_key(key_json)] = _parse_endpoint(value_json)
+                elif kind == "rec":
+                    group = _parse_group(item[1])
+                    if group is not None:
+                        state.recorded[_parse_key(item[0])] = group
     return state
 
 

@@ -23,8 +23,11 @@ from relayd.nft.ruleset import (
     map_script,
     parse_counters,
     parse_state,
+    record_chain_commands,
+    record_commands,
     stream,
     table_commands,
+    unrecord_commands,
 )
 
 DATA = Path(__file__).parents[1] / "data" / "nft"
@@ -75,6 +78,8 @@ def _rules(proto: str, v: int, nfproto: str) -> list[dict[str, Any]]:
             UDP,
             {"match": {"op": "==", "left": _key(proto), "right": f"@dnat{v}"}},
             {"set": {"op": "update", "elem": _key(proto), "set": f"@count{v}"}},
+            # a recorded forward's packet jumps to its nflog group's chain
+            {"vmap": {"key": _key(proto), "data": f"@rec{v}"}},
         ],
         "prerouting_nat": [
             UDP,
@@ -123,6 +128,10 @@ def test_table_commands_are_exact() -> None:
                 }
             }
         },
+        *(
+            {"add": {"map": {**T, "name": f"rec{v}", "type": [a, s, a, s], "map": "verdict"}}}
+            for v, a, s in ((4, "ipv4_addr", "inet_service"), (6, "ipv6_addr", "inet_service"))
+        ),
         *(
             {
                 "add": {
@@ -243,10 +252,73 @@ def test_delete_names_keys_only_and_can_skip_absent_elements() -> None:
     assert add_commands(Table(), []) == []
 
 
+def test_recording_is_a_chain_per_group_and_an_element_per_forward() -> None:
+    assert record_chain_commands(Table("t"), 7) == [
+        {"add": {"chain": {"family": "inet", "table": "t", "name": "record_7"}}},
+        {"flush": {"chain": {"family": "inet", "table": "t", "name": "record_7"}}},
+        {
+            "add": {
+                "rule": {
+                    "family": "inet",
+                    "table": "t",
+                    "chain": "record_7",
+                    "expr": [{"log": {"prefix": "t", "group": 7}}],
+                }
+            }
+        },
+    ]
+    a4, b4 = ForwardKey(CALLER4, RELAY_A4), ForwardKey(CALLEE4, RELAY_B4)
+    a6 = ForwardKey(CALLER6, RELAY_A6)
+    key_a = {"concat": ["10.88.1.2", 4000, "10.88.1.1", 30000]}
+    key_b = {"concat": ["10.88.2.2", 5000, "10.88.2.1", 30002]}
+    key6 = {"concat": ["fd00:88::1:2", 4000, "fd00:88::1:1", 30000]}
+    jump = {"jump": {"target": "record_7"}}
+    assert record_commands(Table(), [a4, b4, a6], 7) == [
+        {"add": {"element": {**T, "name": "rec4", "elem": [[key_a, jump], [key_b, jump]]}}},
+        {"add": {"element": {**T, "name": "rec6", "elem": [[key6, jump]]}}},
+    ]
+    assert unrecord_commands(Table(), [a6]) == [
+        {"delete": {"element": {**T, "name": "rec6", "elem": [key6]}}}
+    ]
+    assert record_commands(Table(), [], 7) == unrecord_commands(Table(), []) == []
+    with pytest.raises(ValueError, match="group"):
+        record_commands(Table(), [a4], 65536)
+
+
+def test_recorded_forwards_from_a_listing() -> None:
+    """``nft -j list map inet relayd rec4`` as nft 1.0.6 prints it (captured); a verdict
+    that is not a jump to a record chain is not relayd's and is left out."""
+    doc = {
+        "nftables": [
+            {"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
+            {
+                "map": {
+                    **T,
+                    "name": "rec4",
+                    "type": ["ipv4_addr", "inet_service", "ipv4_addr", "inet_service"],
+                    "handle": 19,
+                    "map": "verdict",
+                    "elem": [
+                        [
+                            {"concat": ["10.88.1.2", 4000, "10.88.1.1", 30000]},
+                            {"jump": {"target": "record_7"}},
+                        ],
+                        [{"concat": ["10.88.2.2", 5000, "10.88.2.1", 30002]}, {"accept": None}],
+                    ],
+                }
+            },
+        ]
+    }
+    state = parse_state([doc], Table())
+    assert state.recorded == {ForwardKey(CALLER4, RELAY_A4): 7}
+    assert state.all_keys() == set()  # a mark alone is no forward
+
+
 def test_list_commands() -> None:
     assert list_table_command(Table()) == {"list": {"table": {"family": "inet", "name": "relayd"}}}
     assert list_set_command(Table(), "count6") == {"list": {"set": {**T, "name": "count6"}}}
     assert list_set_command(Table(), "dnat4") == {"list": {"map": {**T, "name": "dnat4"}}}
+    assert list_set_command(Table(), "rec6") == {"list": {"map": {**T, "name": "rec6"}}}
 
 
 def test_counters_from_captured_listings() -> None:
