@@ -117,7 +117,18 @@ if _prefix:
     _count = [0]
     def _dump(signum, frame):
         _count[0] += 1
-        tracemalloc.take_snapshot().dump(f"{{_prefix}}.{{os.getpid()}}.{{_count[0]}}")
+        path = f"{{_prefix}}.{{os.getpid()}}.{{_count[0]}}"
+        tracemalloc.take_snapshot().dump(path)
+        # pymalloc's arenas, pools and blocks (printed to stderr: pointed at a file for it)
+        import sys
+        saved = os.dup(2)
+        with open(path + ".pymalloc", "w") as out:
+            os.dup2(out.fileno(), 2)
+            try:
+                sys._debugmallocstats()
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
     signal.signal({int(DUMP_SIGNAL)}, _dump)
 """
 
@@ -416,6 +427,12 @@ def breakdown(trace: str, pid: int, count: int, top: int, frames: int) -> list[s
     stats = second.compare_to(first, "lineno" if frames <= 1 else "traceback")
     total = sum(s.size_diff for s in stats)
     lines = [f"  traced growth {total / count:8.0f} B per call"]
+    pools = [_pymalloc(Path(f"{trace}.{pid}.{n}.pymalloc")) for n in (1, 2)]
+    if all(pools):
+        lines.append(
+            "  pymalloc growth per call: "
+            + ", ".join(f"{k} {(pools[1][k] - pools[0][k]) / count:.0f} B" for k in pools[0])
+        )
     for stat in stats[:top]:
         where = " < ".join(
             f"{frame.filename.removeprefix(str(REPO) + '/')}:{frame.lineno}"
@@ -425,6 +442,28 @@ def breakdown(trace: str, pid: int, count: int, top: int, frames: int) -> list[s
             f"  {stat.size_diff / count:8.0f} B {stat.count_diff / count:6.2f} blocks  {where}"
         )
     return lines
+
+
+def _pymalloc(path: Path) -> dict[str, int]:
+    """The byte totals of ``sys._debugmallocstats()`` (blocks in use, free blocks in used
+    pools, free pools, arenas' total), or nothing if it was not written."""
+    wanted = {
+        "# bytes in allocated blocks": "used",
+        "# bytes in available blocks": "free blocks",
+        "unused pools": "free pools",
+        "Total": "arenas",
+    }
+    found: dict[str, int] = {}
+    if not path.exists():
+        return found
+    for line in path.read_text().splitlines():
+        label, _, value = line.rpartition("=")
+        number = value.strip().replace(",", "")
+        for start, name in wanted.items():
+            # the first "Total" is the arenas'; a second one, the arena map's
+            if start in label and number.isdigit() and name not in found:
+                found[name] = int(number)
+    return found if len(found) == len(wanted) else {}
 
 
 def render(rows: list[Row]) -> str:
