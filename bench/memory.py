@@ -110,25 +110,27 @@ SDP = (
 # Loaded by every Python process started with the benchmark's directory first on
 # PYTHONPATH (relayd and its workers): tracemalloc on, a snapshot on DUMP_SIGNAL.
 SITECUSTOMIZE = f"""
-import os, signal, tracemalloc
+import os, signal, sys, tracemalloc
 _prefix = os.environ.get("MEMBENCH_TRACE")
-if _prefix:
-    tracemalloc.start(int(os.environ.get("MEMBENCH_FRAMES", "1")))
+_stats = os.environ.get("MEMBENCH_PYMALLOC")
+if _prefix or _stats:
+    if _prefix:
+        tracemalloc.start(int(os.environ.get("MEMBENCH_FRAMES", "1")))
     _count = [0]
     def _dump(signum, frame):
         _count[0] += 1
-        path = f"{{_prefix}}.{{os.getpid()}}.{{_count[0]}}"
-        tracemalloc.take_snapshot().dump(path)
-        # pymalloc's arenas, pools and blocks (printed to stderr: pointed at a file for it)
-        import sys
-        saved = os.dup(2)
-        with open(path + ".pymalloc", "w") as out:
-            os.dup2(out.fileno(), 2)
-            try:
-                sys._debugmallocstats()
-            finally:
-                os.dup2(saved, 2)
-                os.close(saved)
+        if _prefix:
+            tracemalloc.take_snapshot().dump(f"{{_prefix}}.{{os.getpid()}}.{{_count[0]}}")
+        if _stats:
+            # pymalloc's arenas, pools and blocks, printed to stderr (not under tracemalloc)
+            saved = os.dup(2)
+            with open(f"{{_stats}}.{{os.getpid()}}.{{_count[0]}}", "w") as out:
+                os.dup2(out.fileno(), 2)
+                try:
+                    sys._debugmallocstats()
+                finally:
+                    os.dup2(saved, 2)
+                    os.close(saved)
     signal.signal({int(DUMP_SIGNAL)}, _dump)
 """
 
@@ -367,16 +369,27 @@ def wait_kernelized(expected: int) -> int:
 
 
 def measure(
-    name: str, argv: list[str], kind: str, count: int, args: argparse.Namespace, trace: str = ""
+    name: str,
+    argv: list[str],
+    kind: str,
+    count: int,
+    args: argparse.Namespace,
+    trace: str = "",
+    pymalloc: str = "",
 ) -> tuple[Row, list[int]]:
-    """One fresh daemon: warm-up, RSS, ``count`` calls (kernelized for ``kind`` kernel), RSS."""
+    """One fresh daemon: warm-up, RSS, ``count`` calls (kernelized for ``kind`` kernel), RSS.
+    With ``trace`` (tracemalloc) or ``pymalloc`` (its statistics) each process dumps what
+    it holds to files of that prefix at both readings."""
     env = dict(os.environ)
+    dumps = trace or pymalloc
     env["PYTHONPATH"] = os.pathsep.join(
-        [p for p in (args.sitedir if trace else "", str(REPO), env.get("PYTHONPATH", "")) if p]
+        [p for p in (args.sitedir if dumps else "", str(REPO), env.get("PYTHONPATH", "")) if p]
     )
     if trace:
         env["MEMBENCH_TRACE"] = trace
         env["MEMBENCH_FRAMES"] = str(args.frames)
+    if pymalloc:
+        env["MEMBENCH_PYMALLOC"] = pymalloc
     log = args.workdir / f"{name}-{kind}-{count}.log"
     nofile = min(4 * (count + WARM_CALLS) + 1024, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
     with daemon(argv, log, env, nofile) as pid:
@@ -391,7 +404,7 @@ def measure(
             warm.delete(WARM_CALLS)
             time.sleep(1.0)
             pids = [pid, *children(pid)]
-            if trace:
+            if dumps:
                 for p in pids:
                     os.kill(p, DUMP_SIGNAL)
                 time.sleep(1.0)
@@ -410,7 +423,7 @@ def measure(
                     )
             time.sleep(1.0)
             after = [rss(p) for p in pids]
-            if trace:
+            if dumps:
                 for p in pids:
                     os.kill(p, DUMP_SIGNAL)
                 time.sleep(2.0)
@@ -427,12 +440,6 @@ def breakdown(trace: str, pid: int, count: int, top: int, frames: int) -> list[s
     stats = second.compare_to(first, "lineno" if frames <= 1 else "traceback")
     total = sum(s.size_diff for s in stats)
     lines = [f"  traced growth {total / count:8.0f} B per call"]
-    pools = [_pymalloc(Path(f"{trace}.{pid}.{n}.pymalloc")) for n in (1, 2)]
-    if all(pools):
-        lines.append(
-            "  pymalloc growth per call: "
-            + ", ".join(f"{k} {(pools[1][k] - pools[0][k]) / count:.0f} B" for k in pools[0])
-        )
     for stat in stats[:top]:
         where = " < ".join(
             f"{frame.filename.removeprefix(str(REPO) + '/')}:{frame.lineno}"
@@ -442,6 +449,15 @@ def breakdown(trace: str, pid: int, count: int, top: int, frames: int) -> list[s
             f"  {stat.size_diff / count:8.0f} B {stat.count_diff / count:6.2f} blocks  {where}"
         )
     return lines
+
+
+def pymalloc_growth(prefix: str, pid: int, count: int) -> str:
+    """What pymalloc's arenas gained between the two dumps of ``pid``, per call."""
+    pools = [_pymalloc(Path(f"{prefix}.{pid}.{n}")) for n in (1, 2)]
+    if not all(pools):
+        return "  pymalloc: no statistics"
+    growth = ", ".join(f"{k} {(pools[1][k] - pools[0][k]) / count:,.0f}" for k in pools[0])
+    return f"  pymalloc growth, B per call: {growth}"
 
 
 def _pymalloc(path: Path) -> dict[str, int]:
@@ -507,13 +523,17 @@ def main(argv: list[str] | None = None) -> int:
         for count in counts:
             for kind in kinds:
                 argv_ = relayd_argv(kind, count, args)
-                row, _ = measure("relayd", argv_, kind, count, args)
+                stats = str(Path(tmp) / f"pymalloc-{kind}-{count}") if args.tracemalloc else ""
+                row, pids = measure("relayd", argv_, kind, count, args, pymalloc=stats)
                 rows.append(row)
                 print(render([row]).splitlines()[-1], flush=True)
                 if args.tracemalloc:
+                    roles = ("main process", "worker 0")
+                    for pid, role in zip(pids[:2], roles, strict=False):
+                        print(f"{role}:\n{pymalloc_growth(stats, pid, count)}")
                     trace = str(Path(tmp) / f"trace-{kind}-{count}")
                     _, pids = measure("relayd", argv_, kind, count, args, trace)
-                    for pid, role in zip(pids[:2], ("main process", "worker 0"), strict=False):
+                    for pid, role in zip(pids[:2], roles, strict=False):
                         print(f"tracemalloc, {kind}, {count:,} calls, {role}:")
                         lines = breakdown(trace, pid, count, args.top, args.frames)
                         print("\n".join(lines), flush=True)
