@@ -157,7 +157,9 @@ class KernelPath:
         self._failed_at = 0.0
         # forwards installed a moment ago: their conntrack entries are deleted once more
         # after the worker has surely stopped sending from their sockets (see settle)
-        self._settling: list[tuple[float, list[Forward]]] = []
+        # (the records, not their nft values: a burst of offloads would hold a Forward and
+        # four Endpoints per direction for that moment, and the heap would keep their room)
+        self._settling: list[tuple[float, list[Installed]]] = []
 
     # -- availability ---------------------------------------------------------------------
 
@@ -241,12 +243,12 @@ class KernelPath:
             wanted[record.wire] = record
             sockets.add(leg.socket)
         stale = [r for w, r in current.items() if w not in wanted or wanted[w] is not r]
-        fresh = [r.forward for w, r in wanted.items() if current.get(w) is not r]
+        fresh = [r for w, r in wanted.items() if current.get(w) is not r]
         try:
             if stale:
                 self.forwarder.remove([r.key for r in stale])
             if fresh:
-                self.forwarder.install(fresh)
+                self.forwarder.install([r.forward for r in fresh])
         except NftError as exc:
             self._disable(f"nft failed: {exc}")
             return set()
@@ -302,9 +304,9 @@ class KernelPath:
                     sockets.setdefault(call_id, set()).add(leg.socket)
             if by_wire:
                 per_call[call_id] = tuple(by_wire.values())
-        forwards = [r.forward for records in per_call.values() for r in records]
+        adopted = [r for records in per_call.values() for r in records]
         try:
-            result = self.forwarder.reconcile(forwards)
+            result = self.forwarder.reconcile([r.forward for r in adopted])
             counts = self.forwarder.counters()
         except NftError as exc:
             self._disable(f"reconciling the table failed: {exc}")
@@ -321,7 +323,7 @@ class KernelPath:
             # may still send a packet in flight from a socket taken over here, leaving a
             # conntrack entry that would clash with the NAT of the stream's every later
             # packet (see settle), as after an offload. At start-up they relayed nothing.
-            self._settling.append((time.monotonic(), forwards))
+            self._settling.append((time.monotonic(), adopted))
         log.info("kernel.reconciled", kept=result.kept, added=result.added, removed=result.removed)
         return sockets
 
@@ -332,11 +334,11 @@ class KernelPath:
         taken over; the entry that packet leaves (relay port → peer, unreplied) would
         make every later NATed packet of the stream clash and be dropped.
         """
-        due = [forwards for at, forwards in self._settling if now - at >= after]
-        self._settling = [(at, f) for at, f in self._settling if now - at < after]
+        due = [records for at, records in self._settling if now - at >= after]
+        self._settling = [(at, r) for at, r in self._settling if now - at < after]
         if not due or not self.enabled:
             return
-        settled = [f for forwards in due for f in forwards]
+        settled = [record.forward for records in due for record in records]
         try:
             self.forwarder.forget_flows(settled)
         except NftError as exc:
