@@ -31,9 +31,11 @@ printed by file and line, per call, for the main process and the first worker.
 Topology: namespaces ``mem-relay`` (relayd, 10.77.0.1) and ``mem-peer`` (the
 caller 10.77.0.10 and the callee 10.77.0.20), one veth between them; ng on
 127.0.0.1:41000 and HTTP on 127.0.0.1:41001 inside mem-relay, media ports from
-42000 up inside mem-relay (private to the namespace). Needs root. Namespaces and
-daemons are removed at the end, also on failure or Ctrl-C; a second run at the
-same time refuses to start.
+42000 up inside mem-relay (private to the namespace). ``MEMBENCH_NETNS=x`` names
+them ``x-relay`` and ``x-peer`` instead (veths ``x-r0``, ``x-p0``), so that runs under
+different prefixes can share a machine. Needs root. Namespaces and daemons are
+removed at the end, also on failure or Ctrl-C; a second run under the same prefix
+at the same time refuses to start.
 
     PYTHONPATH=. .venv/bin/python bench/memory.py --calls 1000,5000
     PYTHONPATH=. .venv/bin/python bench/memory.py --calls 1000 --kinds kernel --tracemalloc
@@ -71,7 +73,11 @@ from relayd.ng.client import NgClient  # noqa: E402
 
 __all__ = ["main"]
 
-RELAY_NS, PEER_NS = "mem-relay", "mem-peer"
+# namespaces, veths and lock named after a prefix (MEMBENCH_NETNS, default "mem"), so that
+# runs under other prefixes can share the machine
+NETNS_PREFIX = os.environ.get("MEMBENCH_NETNS", "mem")
+RELAY_NS, PEER_NS = f"{NETNS_PREFIX}-relay", f"{NETNS_PREFIX}-peer"
+RELAY_DEV, PEER_DEV = f"{NETNS_PREFIX}-r0", f"{NETNS_PREFIX}-p0"
 RELAY_ADDR, CALLER_ADDR, CALLEE_ADDR = "10.77.0.1", "10.77.0.10", "10.77.0.20"
 CALLER_PORT, CALLEE_PORT = 6000, 7000  # every call's parties use the same ports
 NG_PORT, HTTP_PORT = 41000, 41001
@@ -83,7 +89,8 @@ KERNEL_WAIT = 120.0
 CONFIRM_BATCH = 500  # seconds for every stream to reach nftables
 DUMP_SIGNAL = signal.SIGRTMIN + 7  # the sitecustomize's "write a snapshot" signal
 RTPENGINE_BIN = "/usr/bin/rtpengine"
-LOCK = "/tmp/relayd-bench-memory.lock"  # one run at a time: the namespaces have fixed names
+# one run per prefix at a time: the namespaces have fixed names
+LOCK = f"/tmp/relayd-bench-{'memory' if NETNS_PREFIX == 'mem' else NETNS_PREFIX}.lock"
 
 SDP = (
     "v=0\r\n"
@@ -103,14 +110,27 @@ SDP = (
 # Loaded by every Python process started with the benchmark's directory first on
 # PYTHONPATH (relayd and its workers): tracemalloc on, a snapshot on DUMP_SIGNAL.
 SITECUSTOMIZE = f"""
-import os, signal, tracemalloc
+import os, signal, sys, tracemalloc
 _prefix = os.environ.get("MEMBENCH_TRACE")
-if _prefix:
-    tracemalloc.start(1)
+_stats = os.environ.get("MEMBENCH_PYMALLOC")
+if _prefix or _stats:
+    if _prefix:
+        tracemalloc.start(int(os.environ.get("MEMBENCH_FRAMES", "1")))
     _count = [0]
     def _dump(signum, frame):
         _count[0] += 1
-        tracemalloc.take_snapshot().dump(f"{{_prefix}}.{{os.getpid()}}.{{_count[0]}}")
+        if _prefix:
+            tracemalloc.take_snapshot().dump(f"{{_prefix}}.{{os.getpid()}}.{{_count[0]}}")
+        if _stats:
+            # pymalloc's arenas, pools and blocks, printed to stderr (not under tracemalloc)
+            saved = os.dup(2)
+            with open(f"{{_stats}}.{{os.getpid()}}.{{_count[0]}}", "w") as out:
+                os.dup2(out.fileno(), 2)
+                try:
+                    sys._debugmallocstats()
+                finally:
+                    os.dup2(saved, 2)
+                    os.close(saved)
     signal.signal({int(DUMP_SIGNAL)}, _dump)
 """
 
@@ -153,24 +173,24 @@ def remove_topology() -> None:
 
 @contextmanager
 def topology() -> Iterator[None]:
-    """mem-relay and mem-peer joined by one veth; forwarding on in mem-relay."""
+    """The relay and peer namespaces joined by one veth; forwarding on in the relay's."""
     remove_topology()
     try:
         for name in (RELAY_NS, PEER_NS):
             sh("ip", "netns", "add", name)
             sh("ip", "link", "set", "lo", "up", netns=name)
-        sh("ip", "link", "add", "mem-r0", "netns", RELAY_NS, "type", "veth",
-           "peer", "name", "mem-p0", "netns", PEER_NS)  # fmt: skip
-        sh("ip", "addr", "add", f"{RELAY_ADDR}/24", "dev", "mem-r0", netns=RELAY_NS)
+        sh("ip", "link", "add", RELAY_DEV, "netns", RELAY_NS, "type", "veth",
+           "peer", "name", PEER_DEV, "netns", PEER_NS)  # fmt: skip
+        sh("ip", "addr", "add", f"{RELAY_ADDR}/24", "dev", RELAY_DEV, netns=RELAY_NS)
         for addr in (CALLER_ADDR, CALLEE_ADDR):
-            sh("ip", "addr", "add", f"{addr}/24", "dev", "mem-p0", netns=PEER_NS)
-        for name, dev in ((RELAY_NS, "mem-r0"), (PEER_NS, "mem-p0")):
+            sh("ip", "addr", "add", f"{addr}/24", "dev", PEER_DEV, netns=PEER_NS)
+        for name, dev in ((RELAY_NS, RELAY_DEV), (PEER_NS, PEER_DEV)):
             sh("ip", "link", "set", dev, "up", netns=name)
             for key in ("all", dev):
                 sh("sysctl", "-qw", f"net.ipv4.conf.{key}.rp_filter=0", netns=name)
         sh("sysctl", "-qw", "net.ipv4.ip_forward=1", netns=RELAY_NS)
         sh("sysctl", "-qw", "net.ipv4.conf.all.send_redirects=0", netns=RELAY_NS)
-        sh("sysctl", "-qw", "net.ipv4.conf.mem-r0.send_redirects=0", netns=RELAY_NS)
+        sh("sysctl", "-qw", f"net.ipv4.conf.{RELAY_DEV}.send_redirects=0", netns=RELAY_NS)
         yield
     finally:
         remove_topology()
@@ -211,7 +231,7 @@ def rtpengine_argv(calls: int, workers: int) -> list[str]:
 
 @contextmanager
 def daemon(argv: list[str], log: Path, env: dict[str, str], nofile: int) -> Iterator[int]:
-    """The daemon in mem-relay until it answers ping; its pid. Stopped (and killed) after."""
+    """The daemon in the relay namespace until it answers ping; its pid. Stopped after."""
 
     def child() -> None:
         os.setsid()
@@ -349,15 +369,27 @@ def wait_kernelized(expected: int) -> int:
 
 
 def measure(
-    name: str, argv: list[str], kind: str, count: int, args: argparse.Namespace, trace: str = ""
+    name: str,
+    argv: list[str],
+    kind: str,
+    count: int,
+    args: argparse.Namespace,
+    trace: str = "",
+    pymalloc: str = "",
 ) -> tuple[Row, list[int]]:
-    """One fresh daemon: warm-up, RSS, ``count`` calls (kernelized for ``kind`` kernel), RSS."""
+    """One fresh daemon: warm-up, RSS, ``count`` calls (kernelized for ``kind`` kernel), RSS.
+    With ``trace`` (tracemalloc) or ``pymalloc`` (its statistics) each process dumps what
+    it holds to files of that prefix at both readings."""
     env = dict(os.environ)
+    dumps = trace or pymalloc
     env["PYTHONPATH"] = os.pathsep.join(
-        [p for p in (args.sitedir if trace else "", str(REPO), env.get("PYTHONPATH", "")) if p]
+        [p for p in (args.sitedir if dumps else "", str(REPO), env.get("PYTHONPATH", "")) if p]
     )
     if trace:
         env["MEMBENCH_TRACE"] = trace
+        env["MEMBENCH_FRAMES"] = str(args.frames)
+    if pymalloc:
+        env["MEMBENCH_PYMALLOC"] = pymalloc
     log = args.workdir / f"{name}-{kind}-{count}.log"
     nofile = min(4 * (count + WARM_CALLS) + 1024, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
     with daemon(argv, log, env, nofile) as pid:
@@ -372,7 +404,7 @@ def measure(
             warm.delete(WARM_CALLS)
             time.sleep(1.0)
             pids = [pid, *children(pid)]
-            if trace:
+            if dumps:
                 for p in pids:
                     os.kill(p, DUMP_SIGNAL)
                 time.sleep(1.0)
@@ -391,7 +423,7 @@ def measure(
                     )
             time.sleep(1.0)
             after = [rss(p) for p in pids]
-            if trace:
+            if dumps:
                 for p in pids:
                     os.kill(p, DUMP_SIGNAL)
                 time.sleep(2.0)
@@ -400,20 +432,54 @@ def measure(
     return row, pids
 
 
-def breakdown(trace: str, pid: int, count: int, top: int) -> list[str]:
-    """The allocations that grew between the two snapshots of ``pid``, per call, by line."""
+def breakdown(trace: str, pid: int, count: int, top: int, frames: int) -> list[str]:
+    """The allocations that grew between the two snapshots of ``pid``, per call, by line
+    (``frames`` > 1: by the innermost ``frames`` lines of the allocating call stack)."""
     first = tracemalloc.Snapshot.load(f"{trace}.{pid}.1")
     second = tracemalloc.Snapshot.load(f"{trace}.{pid}.2")
-    stats = second.compare_to(first, "lineno")
+    stats = second.compare_to(first, "lineno" if frames <= 1 else "traceback")
     total = sum(s.size_diff for s in stats)
     lines = [f"  traced growth {total / count:8.0f} B per call"]
     for stat in stats[:top]:
-        frame = stat.traceback[0]
-        where = f"{frame.filename.removeprefix(str(REPO) + '/')}:{frame.lineno}"
+        where = " < ".join(
+            f"{frame.filename.removeprefix(str(REPO) + '/')}:{frame.lineno}"
+            for frame in reversed(stat.traceback)  # innermost first
+        )
         lines.append(
             f"  {stat.size_diff / count:8.0f} B {stat.count_diff / count:6.2f} blocks  {where}"
         )
     return lines
+
+
+def pymalloc_growth(prefix: str, pid: int, count: int) -> str:
+    """What pymalloc's arenas gained between the two dumps of ``pid``, per call."""
+    pools = [_pymalloc(Path(f"{prefix}.{pid}.{n}")) for n in (1, 2)]
+    if not all(pools):
+        return "  pymalloc: no statistics"
+    growth = ", ".join(f"{k} {(pools[1][k] - pools[0][k]) / count:,.0f}" for k in pools[0])
+    return f"  pymalloc growth, B per call: {growth}"
+
+
+def _pymalloc(path: Path) -> dict[str, int]:
+    """The byte totals of ``sys._debugmallocstats()`` (blocks in use, free blocks in used
+    pools, free pools, arenas' total), or nothing if it was not written."""
+    wanted = {
+        "# bytes in allocated blocks": "used",
+        "# bytes in available blocks": "free blocks",
+        "unused pools": "free pools",
+        "Total": "arenas",
+    }
+    found: dict[str, int] = {}
+    if not path.exists():
+        return found
+    for line in path.read_text().splitlines():
+        label, _, value = line.rpartition("=")
+        number = value.strip().replace(",", "")
+        for start, name in wanted.items():
+            # the first "Total" is the arenas'; a second one, the arena map's
+            if start in label and number.isdigit() and name not in found:
+                found[name] = int(number)
+    return found if len(found) == len(wanted) else {}
 
 
 def render(rows: list[Row]) -> str:
@@ -437,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rtpengine", action="store_true", help="rtpengine too (userspace)")
     parser.add_argument("--tracemalloc", action="store_true", help="breakdown by file:line")
     parser.add_argument("--top", type=int, default=25, help="lines of the breakdown")
+    parser.add_argument("--frames", type=int, default=1, help="call stack depth of the breakdown")
     parser.add_argument("--log-level", type=int, default=4, help="relayd's log level")
     parser.add_argument("--json", type=Path, help="write the rows here")
     args = parser.parse_args(argv)
@@ -456,15 +523,20 @@ def main(argv: list[str] | None = None) -> int:
         for count in counts:
             for kind in kinds:
                 argv_ = relayd_argv(kind, count, args)
-                row, _ = measure("relayd", argv_, kind, count, args)
+                stats = str(Path(tmp) / f"pymalloc-{kind}-{count}") if args.tracemalloc else ""
+                row, pids = measure("relayd", argv_, kind, count, args, pymalloc=stats)
                 rows.append(row)
                 print(render([row]).splitlines()[-1], flush=True)
                 if args.tracemalloc:
+                    roles = ("main process", "worker 0")
+                    for pid, role in zip(pids[:2], roles, strict=False):
+                        print(f"{role}:\n{pymalloc_growth(stats, pid, count)}")
                     trace = str(Path(tmp) / f"trace-{kind}-{count}")
                     _, pids = measure("relayd", argv_, kind, count, args, trace)
-                    for pid, role in zip(pids[:2], ("main process", "worker 0"), strict=False):
+                    for pid, role in zip(pids[:2], roles, strict=False):
                         print(f"tracemalloc, {kind}, {count:,} calls, {role}:")
-                        print("\n".join(breakdown(trace, pid, count, args.top)), flush=True)
+                        lines = breakdown(trace, pid, count, args.top, args.frames)
+                        print("\n".join(lines), flush=True)
             if args.rtpengine:
                 row, _ = measure("rtpengine", rtpengine_argv(count, args.workers), "userspace",
                                  count, args)  # fmt: skip

@@ -53,6 +53,7 @@ __all__ = [
     "encode_key",
     "get_request",
     "parse_elements",
+    "wire_key",
 ]
 
 # linux/netfilter/nf_tables.h
@@ -94,12 +95,12 @@ def _packed(address: str) -> bytes:
 def encode_key(key: ForwardKey) -> bytes:
     """The key ``saddr . sport . daddr . dport`` as nf_tables registers hold it."""
     source, relay = key.source, key.relay
-    return (
-        _packed(source.address)
-        + _PORT.pack(source.port, 0)
-        + _packed(relay.address)
-        + _PORT.pack(relay.port, 0)
-    )
+    return wire_key(source.address, source.port, relay.address, relay.port)
+
+
+def wire_key(saddr: str, sport: int, daddr: str, dport: int) -> bytes:
+    """:func:`encode_key` from the four values, with no :class:`ForwardKey` made for them."""
+    return _packed(saddr) + _PORT.pack(sport, 0) + _packed(daddr) + _PORT.pack(dport, 0)
 
 
 def decode_key(data: bytes) -> ForwardKey:

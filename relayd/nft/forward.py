@@ -54,6 +54,7 @@ from relayd.nft.ruleset import (
 __all__ = ["Availability", "KernelForwarder", "ReconcileResult"]
 
 _CAP_NET_ADMIN = 12
+_IPV4_KEY = 16  # bytes of an IPv4 forward's key (encode_key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,14 +347,19 @@ class KernelForwarder:
     def counts(self, keys: Iterable[ForwardKey]) -> dict[ForwardKey, ElementCount]:
         """The counter elements of these forwards, each read alone (a hash lookup in the
         kernel, whatever the table's size); a key without an element is left out."""
-        wire: dict[int, dict[bytes, ForwardKey]] = {4: {}, 6: {}}
-        for key in keys:
-            wire[key.version][encode_key(key)] = key
-        found: dict[ForwardKey, ElementCount] = {}
-        for version, wanted in wire.items():
+        wanted = {encode_key(key): key for key in keys}
+        return {wanted[data]: count for data, count in self.element_counts(wanted).items()}
+
+    def element_counts(self, wires: Iterable[bytes]) -> dict[bytes, ElementCount]:
+        """:meth:`counts` by the keys as the kernel holds them (:func:`encode_key`: 16 bytes
+        for an IPv4 forward, 40 for IPv6), with no :class:`ForwardKey` made for them."""
+        by_set: dict[str, list[bytes]] = {"count4": [], "count6": []}
+        for wire in wires:
+            by_set["count4" if len(wire) == _IPV4_KEY else "count6"].append(wire)
+        found: dict[bytes, ElementCount] = {}
+        for name, wanted in by_set.items():
             if wanted:
-                for data, count in self._elements.get(f"count{version}", wanted).items():
-                    found[wanted[data]] = count
+                found.update(self._elements.get(name, wanted))
         return found
 
     def present(self) -> bool:

@@ -177,7 +177,7 @@ def _kernel(state: RelayState) -> dict[str, Any]:
     kernelized = stream_paths(state.commands.calls.values())["kernel"]
     forwards = []
     for call_id, entries in sorted(kernel.installed.items()):
-        for record in entries.values():
+        for record in entries:
             forward = record.forward
             forwards.append(
                 {

@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 from relayd.calls.model import Endpoint as ModelEndpoint
+from relayd.ipc import socket_key
 from relayd.log import get_logger
 from relayd.nft import Counter, Endpoint, Forward, ForwardKey, KernelForwarder, NftError
-from relayd.nft.elements import ElementCount, encode_key
+from relayd.nft.elements import ElementCount, wire_key
 from relayd.nft.ruleset import ACTIVITY_TIMEOUT
 from relayd.plane.offload import KernelLeg
 
@@ -60,20 +61,58 @@ def _ip_forwarding() -> tuple[bool, bool]:
 
 @dataclass(slots=True, eq=False)
 class Installed:
-    """One forward in the table, as relayd keeps it: the relay socket it bypasses, the
-    forward, its key as the kernel holds it (what a dump returns), and its counter element
-    as last read (packets and IP bytes since it was added)."""
+    """One forward in the table, as relayd keeps it: ``source → relay`` becomes ``out →
+    dest``, its key as the kernel holds it (``wire``: what a dump returns), and its counter
+    element as last read (packets and IP bytes since it was added).
 
-    socket: str
-    forward: Forward
+    There is one per stream direction of every call in the kernel, so it holds the call
+    model's own values and makes none: ``source`` and ``dest`` are the streams' endpoints,
+    the relay sockets' addresses and ports are the streams' own strings and ints. The
+    nftables values (:attr:`forward`, :attr:`key`) and the socket key are made when asked.
+    """
+
+    source: ModelEndpoint
+    relay_address: str
+    relay_port: int
+    out_address: str
+    out_port: int
+    dest: ModelEndpoint
     wire: bytes
     packets: int = 0
     bytes: int = 0
 
     @classmethod
     def of(cls, leg: KernelLeg) -> Installed:
-        forward = _forward(leg)
-        return cls(leg.socket, forward, encode_key(forward.key))
+        source, relay, out = leg.source, leg.relay, leg.out
+        wire = wire_key(source.address, source.port, relay.address, relay.port)
+        return cls(source, relay.address, relay.port, out.address, out.port, leg.dest, wire)
+
+    @property
+    def socket(self) -> str:
+        """The key of the relay socket the forward bypasses."""
+        return socket_key(self.relay_address, self.relay_port)
+
+    @property
+    def forward(self) -> Forward:
+        return Forward(
+            _nft(self.source),
+            Endpoint(self.relay_address, self.relay_port),
+            Endpoint(self.out_address, self.out_port),
+            _nft(self.dest),
+        )
+
+    @property
+    def key(self) -> ForwardKey:
+        return ForwardKey(_nft(self.source), Endpoint(self.relay_address, self.relay_port))
+
+    def same(self, other: Installed) -> bool:
+        """Whether both forward the same way (what they counted aside)."""
+        return (
+            self.wire == other.wire
+            and self.out_port == other.out_port
+            and self.out_address == other.out_address
+            and self.dest == other.dest
+        )
 
 
 class Traffic(NamedTuple):
@@ -88,10 +127,6 @@ class Traffic(NamedTuple):
 
 def _nft(ep: ModelEndpoint) -> Endpoint:
     return Endpoint(ep.address, ep.port)
-
-
-def _forward(leg: KernelLeg) -> Forward:
-    return Forward(_nft(leg.source), _nft(leg.relay), _nft(leg.out), _nft(leg.dest))
 
 
 class KernelPath:
@@ -113,7 +148,8 @@ class KernelPath:
         self.enabled = False
         self.reason = "not started"
         self.ipv6 = False
-        self.installed: dict[str, dict[ForwardKey, Installed]] = {}  # by call-id
+        # by call-id: a tuple, not a dict by key (the lookups are per call, a few records)
+        self.installed: dict[str, tuple[Installed, ...]] = {}
         # the same records by their keys as the kernel holds them (what a dump returns)
         self._wire: dict[bytes, Installed] = {}
         self._dumping = False  # a read_all is under way (it yields to the loop)
@@ -121,7 +157,9 @@ class KernelPath:
         self._failed_at = 0.0
         # forwards installed a moment ago: their conntrack entries are deleted once more
         # after the worker has surely stopped sending from their sockets (see settle)
-        self._settling: list[tuple[float, list[Forward]]] = []
+        # (the records, not their nft values: a burst of offloads would hold a Forward and
+        # four Endpoints per direction for that moment, and the heap would keep their room)
+        self._settling: list[tuple[float, list[Installed]]] = []
 
     # -- availability ---------------------------------------------------------------------
 
@@ -191,45 +229,41 @@ class KernelPath:
         """Make the kernel hold exactly ``legs`` for this call; return their socket keys."""
         if not self.enabled:
             return set()
-        current = self.installed.get(call_id, {})
-        wanted: dict[ForwardKey, Installed] = {}
+        current = {r.wire: r for r in self.installed.get(call_id, ())}
+        wanted: dict[bytes, Installed] = {}
+        sockets: set[str] = set()
         for leg in legs:
             if not self.accepts(leg):
                 continue
             record = Installed.of(leg)
-            key = record.forward.key
-            kept = current.get(key)
+            kept = current.get(record.wire)
             # a forward already in the table keeps its record (and what it counted)
-            if kept is not None and kept.forward == record.forward:
-                kept.socket = record.socket
+            if kept is not None and kept.same(record):
                 record = kept
-            wanted[key] = record
-        stale = [k for k, r in current.items() if k not in wanted or wanted[k].forward != r.forward]
-        fresh = [
-            r.forward
-            for k, r in wanted.items()
-            if k not in current or current[k].forward != r.forward
-        ]
+            wanted[record.wire] = record
+            sockets.add(leg.socket)
+        stale = [r for w, r in current.items() if w not in wanted or wanted[w] is not r]
+        fresh = [r for w, r in wanted.items() if current.get(w) is not r]
         try:
             if stale:
-                self.forwarder.remove(stale)
+                self.forwarder.remove([r.key for r in stale])
             if fresh:
-                self.forwarder.install(fresh)
+                self.forwarder.install([r.forward for r in fresh])
         except NftError as exc:
             self._disable(f"nft failed: {exc}")
             return set()
-        self._untrack(current[k] for k in stale)
+        self._untrack(stale)
         if fresh:
             log.info("kernel.offload", call_id=call_id, forwards=len(fresh))
             self._settling.append((time.monotonic(), fresh))
         if stale:
             log.info("kernel.unoffload", call_id=call_id, forwards=len(stale))
         if wanted:
-            self.installed[call_id] = wanted
-            self._track(wanted)
+            self.installed[call_id] = tuple(wanted.values())
+            self._track(wanted.values())
         else:
             self.installed.pop(call_id, None)
-        return {record.socket for record in wanted.values()}
+        return sockets
 
     def drop(self, call_id: str) -> bool:
         """Take every forward of a call out of the kernel; True if there were any."""
@@ -237,15 +271,15 @@ class KernelPath:
         if not current or not self.enabled:
             return False
         try:
-            self.forwarder.remove(current.keys())
+            self.forwarder.remove([record.key for record in current])
         except NftError as exc:
             self._disable(f"nft failed: {exc}")
-        self._untrack(current.values())
+        self._untrack(current)
         log.info("kernel.unoffload", call_id=call_id, forwards=len(current))
         return True
 
-    def _track(self, entries: Mapping[ForwardKey, Installed]) -> None:
-        for record in entries.values():
+    def _track(self, records: Iterable[Installed]) -> None:
+        for record in records:
             self._wire[record.wire] = record
 
     def _untrack(self, records: Iterable[Installed]) -> None:
@@ -259,39 +293,39 @@ class KernelPath:
         Returns the sockets in the kernel per call."""
         if not self.enabled:
             return {}
-        per_call: dict[str, dict[ForwardKey, Installed]] = {}
+        per_call: dict[str, tuple[Installed, ...]] = {}
+        sockets: dict[str, set[str]] = {}
         for call_id, legs in calls.items():
-            entries = {}
+            by_wire: dict[bytes, Installed] = {}
             for leg in legs:
                 if self.accepts(leg):
                     record = Installed.of(leg)
-                    entries[record.forward.key] = record
-            if entries:
-                per_call[call_id] = entries
+                    by_wire[record.wire] = record
+                    sockets.setdefault(call_id, set()).add(leg.socket)
+            if by_wire:
+                per_call[call_id] = tuple(by_wire.values())
+        adopted = [r for records in per_call.values() for r in records]
         try:
-            result = self.forwarder.reconcile(
-                [r.forward for entries in per_call.values() for r in entries.values()]
-            )
+            result = self.forwarder.reconcile([r.forward for r in adopted])
             counts = self.forwarder.counters()
         except NftError as exc:
             self._disable(f"reconciling the table failed: {exc}")
             return {}
         self.installed = per_call
         self._wire.clear()
-        for entries in per_call.values():
-            for key, record in entries.items():
+        for records in per_call.values():
+            for record in records:
                 # counters already counted before the restart are not counted twice
-                record.packets, record.bytes = counts.get(key, Counter(0, 0))
-            self._track(entries)
+                record.packets, record.bytes = counts.get(record.key, Counter(0, 0))
+            self._track(records)
         if self._failed_at:
             # back after a failure: until now the workers relayed these streams, and one
             # may still send a packet in flight from a socket taken over here, leaving a
             # conntrack entry that would clash with the NAT of the stream's every later
             # packet (see settle), as after an offload. At start-up they relayed nothing.
-            handed = [r.forward for entries in per_call.values() for r in entries.values()]
-            self._settling.append((time.monotonic(), handed))
+            self._settling.append((time.monotonic(), adopted))
         log.info("kernel.reconciled", kept=result.kept, added=result.added, removed=result.removed)
-        return {cid: {r.socket for r in e.values()} for cid, e in per_call.items()}
+        return sockets
 
     def settle(self, now: float, after: float = 0.3) -> None:
         """Delete again the conntrack entries of forwards installed ``after`` seconds ago.
@@ -300,11 +334,11 @@ class KernelPath:
         taken over; the entry that packet leaves (relay port → peer, unreplied) would
         make every later NATed packet of the stream clash and be dropped.
         """
-        due = [forwards for at, forwards in self._settling if now - at >= after]
-        self._settling = [(at, f) for at, f in self._settling if now - at < after]
+        due = [records for at, records in self._settling if now - at >= after]
+        self._settling = [(at, r) for at, r in self._settling if now - at < after]
         if not due or not self.enabled:
             return
-        settled = [f for forwards in due for f in forwards]
+        settled = [record.forward for records in due for record in records]
         try:
             self.forwarder.forget_flows(settled)
         except NftError as exc:
@@ -320,17 +354,17 @@ class KernelPath:
         socket key: one lookup per forward, whatever the table holds."""
         if not self.enabled:
             return {}
-        records = {k: r for cid in call_ids for k, r in self.installed.get(cid, {}).items()}
+        records = {r.wire: r for cid in call_ids for r in self.installed.get(cid, ())}
         if not records:
             return {}
         try:
-            counts = self.forwarder.counts(records)
+            counts = self.forwarder.element_counts(records)
         except NftError as exc:
             self._disable(f"reading counters failed: {exc}")
             return {}
         result: dict[str, Traffic] = {}
-        for key, count in counts.items():
-            record = records[key]
+        for wire, count in counts.items():
+            record = records[wire]
             self._fold(record, count, result)
             if self._dumping:
                 self._fresh.add(record)  # newer than what the running dump may bring
@@ -370,15 +404,16 @@ class KernelPath:
             return
         packets = count.packets - before_packets
         # nft counts IP packets; userspace counters (and rtpengine) count UDP payload
-        header = _IPV6_UDP if ":" in record.forward.relay.address else _IPV4_UDP
+        header = _IPV6_UDP if ":" in record.relay_address else _IPV4_UDP
         size = count.bytes - before_bytes - packets * header
         left = count.expires_ms if count.expires_ms is not None else ACTIVITY_TIMEOUT * 1000
         idle = max(ACTIVITY_TIMEOUT * 1000 - left, 0) / 1000
-        earlier = result.get(record.socket)
+        key = record.socket
+        earlier = result.get(key)
         if earlier is not None:  # two sources towards one socket, both in the kernel
             packets, size = packets + earlier.packets, size + earlier.bytes
             idle = min(idle, earlier.idle)
-        result[record.socket] = Traffic(packets, size, idle)
+        result[key] = Traffic(packets, size, idle)
 
     def close(self) -> None:
         self.forwarder.close()

@@ -203,7 +203,9 @@ class MediaPlane:
                 if key not in keys:
                     self.reports.forget(key)
                     self.quiet.discard(key)
-            placed[forward.media] = keys
+            # the tuple already kept when unchanged: its keys are the strings the reports and
+            # the binder hold (a new plan's are equal copies, one more per socket)
+            placed[forward.media] = previous if keys == previous else keys
             for spec in forward.sockets:
                 # an ICE alias counts into its primary socket's stream
                 if self.reports.track(spec.key, by_key[spec.alias_of or spec.key]):

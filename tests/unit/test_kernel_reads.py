@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from relayd.calls.model import Endpoint as ModelEndpoint
 from relayd.nft import Endpoint, Forward, ForwardKey
-from relayd.nft.elements import ElementCount, encode_key
+from relayd.nft.elements import ElementCount, decode_key, encode_key
 from relayd.nft.ruleset import ACTIVITY_TIMEOUT
 from relayd.plane.kernel import KernelPath, Traffic
 from relayd.plane.offload import KernelLeg
@@ -35,10 +35,10 @@ class Elements:
         for key in keys:
             self.counts.pop(key, None)
 
-    def counts_of(self, keys: Iterable[ForwardKey]) -> dict[ForwardKey, ElementCount]:
-        wanted = list(keys)
-        self.asked.append(wanted)
-        return {k: self.counts[k] for k in wanted if k in self.counts}
+    def counts_of(self, wires: Iterable[bytes]) -> dict[bytes, ElementCount]:
+        wanted = {decode_key(wire): wire for wire in wires}
+        self.asked.append(list(wanted))
+        return {wire: self.counts[k] for k, wire in wanted.items() if k in self.counts}
 
     def count_chunks(self) -> Iterator[list[tuple[bytes, ElementCount]]]:
         # what the dump sends was read when it began (a kernel buffer can be older than a
@@ -67,7 +67,7 @@ def kernel_with(calls: int) -> tuple[KernelPath, Elements, dict[str, KernelLeg]]
     forwarder = kernel.forwarder
     forwarder.install = elements.install  # type: ignore[method-assign]
     forwarder.remove = elements.remove  # type: ignore[method-assign]
-    forwarder.counts = elements.counts_of  # type: ignore[method-assign]
+    forwarder.element_counts = elements.counts_of  # type: ignore[method-assign]
     forwarder.count_chunks = elements.count_chunks  # type: ignore[method-assign]
     forwarder.forget_flows = lambda forwards: None  # type: ignore[method-assign]
     kernel.enabled = True

@@ -54,7 +54,7 @@ def test_an_offload_is_settled_after_its_delay() -> None:
     path.settle(path._settling[0][0] + 0.2)
     assert forwarder.forgotten == []
     path.settle(path._settling[0][0] + 0.31)  # not exactly 0.3: (at + 0.3) - at may be less
-    assert forwarder.forgotten == [set(path.installed["c1"])]
+    assert forwarder.forgotten == [{record.key for record in path.installed["c1"]}]
 
 
 def test_forwards_adopted_at_start_up_are_not_settled() -> None:
@@ -77,6 +77,6 @@ def test_forwards_adopted_when_the_kernel_path_comes_back_are_settled() -> None:
     path.settle(at + 0.2)
     assert forwarder.forgotten == []
     path.settle(at + 0.31)
-    assert forwarder.forgotten == [set(path.installed["c1"])]
+    assert forwarder.forgotten == [{record.key for record in path.installed["c1"]}]
     path.settle(at + 1.0)
     assert len(forwarder.forgotten) == 1  # once

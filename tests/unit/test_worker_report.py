@@ -41,3 +41,21 @@ def test_a_report_of_thousands_of_sockets_goes_out_in_messages_the_link_takes() 
         stand_in.close()
         ours.close()
         theirs.close()
+
+
+def test_a_report_with_nothing_changed_still_goes_out_with_the_cpu_time() -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        Worker(ours, 3).report(2.0)
+        theirs.setblocking(False)
+        message = ipc.decode(theirs.recv(ipc.MAX_MESSAGE + 1))
+        assert isinstance(message, ipc.Stats)
+        assert (message.worker, message.sockets, message.now) == (3, (), 2.0)
+        try:
+            theirs.recv(ipc.MAX_MESSAGE + 1)
+            raise AssertionError("a second message")
+        except BlockingIOError:
+            pass
+    finally:
+        ours.close()
+        theirs.close()
