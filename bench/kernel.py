@@ -39,6 +39,7 @@ kept; machine-wide counters, so other load on the machine is noise.
 
     sudo .venv/bin/python bench/kernel.py                       # 1, 100, 1,000 streams
     sudo .venv/bin/python bench/kernel.py --quick --streams 1 --relays kernel
+    sudo .venv/bin/python bench/kernel.py --record --relays kernel,rtpengine   # recorded calls
     sudo .venv/bin/python bench/kernel.py --repeat 3 --relays kernel,relayd,rtpengine \\
         --kernel-memory 1000,10000 --json out.json
 
@@ -181,8 +182,8 @@ def forget_kernel_state(table: str) -> None:
 class KernelCalls(media.Calls):
     """bench/media.py's calls, also keeping the relay's callee-side address of each."""
 
-    def __init__(self, client: NgClient, streams: int, tag: str) -> None:
-        super().__init__(client, streams, tag)
+    def __init__(self, client: NgClient, streams: int, tag: str, record: bool = False) -> None:
+        super().__init__(client, streams, tag, record)
         self.callee_side: list[tuple[str, int]] = []
 
     def setup(self) -> list[tuple[int, str, int]]:
@@ -193,7 +194,7 @@ class KernelCalls(media.Calls):
             caller_port = CALLER_PORT0 + 2 * i
             common = {"call-id": call_id, "from-tag": f"caller-{i}"}
             sdp = media._sdp("caller", CALLER_ADDR, caller_port, i)
-            offer = self._ok({"command": "offer", "sdp": sdp, **common})
+            offer = self._ok({"command": "offer", "sdp": sdp, **common, **self.record})
             self.live.append(call_id)
             sdp = media._sdp("callee", CALLEE_ADDR, CALLEE_PORT, i)
             answer = self._ok({"command": "answer", "sdp": sdp, "to-tag": f"callee-{i}", **common})
@@ -548,7 +549,13 @@ def measure_daemons(
         for k, row in enumerate(rows):
             low = media.RELAY_PORT_MIN + k * span
             daemon = "relayd" if row.relay == KERNEL else row.relay
-            spec = media.DaemonSpec(daemon, row.workers, media.NG_PORT + k, low, low + span - 1)
+            spool = ""
+            if args.record:
+                spool = str(workdir / f"spool-{row.relay}-{row.workers}-{row.streams}")
+                Path(spool).mkdir(parents=True, exist_ok=True)
+            spec = media.DaemonSpec(
+                daemon, row.workers, media.NG_PORT + k, low, low + span - 1, spool
+            )
             if row.relay == KERNEL:
                 proc = stack.enter_context(
                     running_kernel_relayd(spec, place, workdir, nofile, args)
@@ -567,7 +574,7 @@ def measure_daemons(
             time.sleep(1.0)  # the workers' once-a-second report of the deletes
             row.rss_base_kib = tree_rss(proc.pid)
             kernel0, started = kernel_object_bytes(SOCKET_CACHES), time.monotonic()
-            calls = KernelCalls(client, row.streams, f"{row.relay}{row.workers}")
+            calls = KernelCalls(client, row.streams, f"{row.relay}{row.workers}", args.record)
             bench = TimedBench(
                 binary, streams=calls.setup(), place=place, daemon_pid=proc.pid, nofile=nofile
             )
@@ -892,6 +899,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="bench/kernel.py", description=__doc__.split("\n\n")[0] if __doc__ else None
     )
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="record every call (recording-dir, record-call=yes): relayd's kernel path then "
+        "has the kernel copy each packet to the worker (nflog), the others record in userspace",
+    )
     parser.add_argument("--streams", help="concurrent stream counts (default 1,100,1000)")
     parser.add_argument(
         "--relays",
@@ -1135,6 +1148,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"RTP {RTP_SIZE} bytes, caller → callee; delivered packets counted by an nft counter "
         f"at the callee's veth; load average {os.getloadavg()[0]:.2f} at start.",
     ]
+    if args.record:
+        header.append(
+            "Every call recorded: recording-dir (pcap method), record-call=yes; relayd's kernel "
+            "path has the kernel copy each packet to its worker (nflog)."
+        )
     print("\n".join(header), flush=True)
     os.makedirs(os.path.dirname(media.LOCK_FILE), exist_ok=True)
     with open(media.LOCK_FILE, "w") as lock, tempfile.TemporaryDirectory(prefix="rbk-") as tmp:

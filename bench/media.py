@@ -20,6 +20,11 @@ processes are removed at the end, also on Ctrl-C or failure.
     sudo .venv/bin/python bench/media.py --quick --only relayd --streams 1
     sudo .venv/bin/python bench/media.py --relayd-rev HEAD    # as committed
     sudo .venv/bin/python bench/media.py --generator-cores 2 --workers 1,2,7,14 --json out.json
+    sudo .venv/bin/python bench/media.py --record --streams 1,100   # every call recorded (pcap)
+
+With ``--record`` both daemons get a recording spool (``recording-dir``, the pcap method) and
+every call is offered with ``record-call=yes``: run it beside a run without to see what
+recording costs each of them per packet.
 """
 
 from __future__ import annotations
@@ -100,6 +105,7 @@ class DaemonSpec:
     ng_port: int
     port_min: int
     port_max: int
+    recording_dir: str = ""  # --record: the daemon's spool
 
 
 def daemon_argv(spec: DaemonSpec, log_level: int) -> list[str]:
@@ -119,6 +125,8 @@ def daemon_argv(spec: DaemonSpec, log_level: int) -> list[str]:
             "state-dir": "none",
             "log-level": log_level,
         }
+        if spec.recording_dir:
+            options["recording-dir"] = spec.recording_dir
         argv = [sys.executable, "-m", "relayd", "--foreground"]
         for key, value in options.items():
             argv += [f"--{key}", str(value)]
@@ -138,6 +146,7 @@ def daemon_argv(spec: DaemonSpec, log_level: int) -> list[str]:
         "--delete-delay=0",
         f"--log-level={log_level}",
         "--log-stderr",
+        *([f"--recording-dir={spec.recording_dir}"] if spec.recording_dir else []),
     ]
 
 
@@ -221,8 +230,9 @@ _C_LINE = re.compile(r"^c=IN IP4 (\S+)", re.M)
 class Calls:
     """One call per stream, set up over ng; ``renew`` replaces them with fresh ones."""
 
-    def __init__(self, client: NgClient, streams: int, tag: str) -> None:
+    def __init__(self, client: NgClient, streams: int, tag: str, record: bool = False) -> None:
         self.client = client
+        self.record = {"record-call": "yes"} if record else {}
         self.count = streams
         self.tag = tag
         self.generation = 0
@@ -236,7 +246,7 @@ class Calls:
             caller_port = CALLER_PORT0 + 2 * i
             common = {"call-id": call_id, "from-tag": f"caller-{i}"}
             sdp = _sdp("caller", CALLER_ADDR, caller_port, i)
-            self._ok({"command": "offer", "sdp": sdp, **common})
+            self._ok({"command": "offer", "sdp": sdp, **common, **self.record})
             self.live.append(call_id)
             sdp = _sdp("callee", CALLEE_ADDR, CALLEE_PORT, i)
             answer = self._ok({"command": "answer", "sdp": sdp, "to-tag": f"callee-{i}", **common})
@@ -465,7 +475,11 @@ def measure_group(
         group: list[Contender] = []
         for k, row in enumerate(rows):
             low = RELAY_PORT_MIN + k * span
-            spec = DaemonSpec(row.relay, row.workers, NG_PORT + k, low, low + span - 1)
+            spool = ""
+            if args.record:
+                spool = str(workdir / f"spool-{row.relay}-{row.workers}-{row.streams}")
+                Path(spool).mkdir(parents=True, exist_ok=True)
+            spec = DaemonSpec(row.relay, row.workers, NG_PORT + k, low, low + span - 1, spool)
             source = args.candidate if row.relay == "candidate" else args.relayd_source
             proc = stack.enter_context(
                 running_daemon(spec, place, workdir, nofile, args.log_level, source)
@@ -475,7 +489,7 @@ def measure_group(
                 client = stack.enter_context(
                     NgClient((NG_HOST, spec.ng_port), timeout=10.0, retries=1)
                 )
-            calls = Calls(client, row.streams, f"{row.relay}{row.workers}")
+            calls = Calls(client, row.streams, f"{row.relay}{row.workers}", args.record)
             bench = Bench(
                 binary, streams=calls.setup(), place=place, daemon_pid=proc.pid, nofile=nofile
             )
@@ -716,6 +730,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument("--streams", help="concurrent stream counts (default 1,100,1000)")
     parser.add_argument(
+        "--record",
+        action="store_true",
+        help="record every call (recording-dir, record-call=yes) in both daemons",
+    )
+    parser.add_argument(
         "--workers",
         help="relay worker/thread counts for the scaling rows (default 1,2,all: "
         "all = every core but the generator's, or every core on a 2-core machine)",
@@ -905,6 +924,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Generator on core(s) {gens}; trials of {args.duration:g} s; RTP {RTP_SIZE} bytes "
         f"(12 + 160), caller → callee only; delivered packets counted by {counting}.",
     ]
+    if args.record:
+        header.append("Every call recorded: recording-dir (pcap method), record-call=yes.")
     print("\n".join(header), flush=True)
 
     os.makedirs(os.path.dirname(LOCK_FILE), exist_ok=True)

@@ -157,6 +157,9 @@ class Config:
     recording_format: str = "raw"  # raw (DLT_RAW) or eth (a fake Ethernet header)
     recording_file_mode: int = 0o640  # relayd's own: the recordings' mode, whatever the umask
     recording_dir_mode: int = 0o750  # and the spool directories' it creates
+    # relayd's own: the nflog group of worker 0's copies of kernel-forwarded recorded packets
+    # (worker i: + i; shard s: + 256 s)
+    recording_nflog_group: int = 2223
     source: str = "defaults"
     values: dict[str, Any] = field(default_factory=dict)  # every key given, as parsed
 
@@ -355,6 +358,7 @@ def _to_config(values: dict[str, Any], raw: dict[str, Any], source: str) -> Conf
         "recording-dir",
         "recording-method",
         "recording-format",
+        "recording-nflog-group",
     )
     for key in simple:
         if key in values:
@@ -461,6 +465,11 @@ def _check(config: Config, where: Callable[[str], str]) -> None:
         raise ConfigError(
             f"{where('recording-method')}: invalid value for 'recording-method': "
             f"{config.recording_method!r} (pcap, proc or all)"
+        )
+    if not 0 <= config.recording_nflog_group <= 65535 - 256 * config.shards:
+        raise ConfigError(
+            f"{where('recording-nflog-group')}: invalid value for 'recording-nflog-group': "
+            f"0..{65535 - 256 * config.shards} (each shard takes 256 groups from it)"
         )
     if config.recording_format not in ("raw", "eth"):
         raise ConfigError(

@@ -79,6 +79,7 @@ KEYS: dict[str, KeyInfo] = {
     "recording-format": KeyInfo("str", _S),
     "recording-file-mode": KeyInfo("str", _S),
     "recording-dir-mode": KeyInfo("str", _S),
+    "recording-nflog-group": KeyInfo("int", _S),
 }
 for _key in [
     "log-level-core",

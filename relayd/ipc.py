@@ -180,6 +180,9 @@ class Configure:
     recording_dir: str = ""
     recording_format: str = "raw"
     recording_file_mode: int = 0o640
+    # the nfnetlink_log group whose copies of kernel-forwarded packets this worker records
+    # (relayd/nft/nflog.py), -1: none (recorded calls stay in userspace)
+    nflog_group: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +314,7 @@ class Stats:
     sockets: tuple[SocketStats, ...] = ()
     cpu_seconds: float = 0.0
     now: float = 0.0  # the worker's CLOCK_MONOTONIC when it sent this
+    copies_lost: int = 0  # kernel copies of recorded packets lost so far (nflog, ENOBUFS)
 
 
 @dataclass(frozen=True, slots=True)

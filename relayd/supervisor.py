@@ -40,7 +40,12 @@ from relayd.plane.sockets import SocketBinder
 from relayd.plane.sweep import ConntrackSweep
 from relayd.plane.updates import WorkerUpdates
 from relayd.plane.workerpool import WorkerSettings
-from relayd.recording.control import RecordingControl, spool_settings
+from relayd.recording.control import (
+    RecordingControl,
+    nflog_base,
+    records_now,
+    spool_settings,
+)
 from relayd.shards.route import port_slice
 
 __all__ = ["ShardLink", "Supervisor"]
@@ -98,6 +103,8 @@ class Supervisor:
         self.sweep: ConntrackSweep  # made once the media plane's streams exist
         binder = SocketBinder(on_release=lambda address, port: self.sweep.released(address, port))
         spool = spool_settings(config)
+        # recorded calls may stay in the kernel, which copies their packets to the workers
+        copies_from = nflog_base(config, spool, index)
         self.media = MediaPlane(
             binder,
             self.calls,
@@ -112,6 +119,7 @@ class Supervisor:
                 recording_dir=spool.directory if spool is not None else "",
                 recording_format=spool.format if spool is not None else "raw",
                 recording_file_mode=config.recording_file_mode,
+                nflog_base=copies_from,
             ),
             learning=config.endpoint_learning,
             on_stats=self._stats_reported,
@@ -156,7 +164,11 @@ class Supervisor:
             self._journal_save,
             self._kernel_traffic,
             rtcp_copied=self.rtcp_copied,
+            record_group=lambda call: (
+                copies_from + call.worker if copies_from >= 0 and records_now(call) else None
+            ),
         )
+        self.handover.copies = copies_from >= 0
         self.updates = WorkerUpdates(self.calls, self.media.sync)
         self._stop = asyncio.Event()
         self._closers: list[Any] = []
@@ -293,6 +305,7 @@ class Supervisor:
         index, count = (self.shard.index, self.shard.count) if self.shard is not None else (0, 1)
         self.recording.close_leftovers(restored, index, count)
         self.media.start(self.config.worker_socket)
+        self.recording.resume(restored)  # before their forwards: those tap the sockets
         if self.kernel is not None:
             self.kernel.start()
         self.handover.adopt(restored)

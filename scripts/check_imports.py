@@ -13,8 +13,9 @@ else to relayd.x; importing a package is an edge to its __init__ only. The rules
 * 'nft is a leaf': relayd.nft and its modules import nothing of relayd outside relayd.nft.
 * 'main process imports no worker': no module outside relayd.worker imports relayd.worker.
 * 'worker imports only shared modules': relayd.worker's modules import of relayd only
-  relayd.worker, relayd.ipc, relayd.log, relayd.rtcp, relayd.certificate and the
-  recording library (relayd.recording's spool, recorder, pcap and metadata).
+  relayd.worker, relayd.ipc, relayd.log, relayd.rtcp, relayd.certificate, the
+  recording library (relayd.recording's spool, recorder, pcap and metadata) and the
+  nfnetlink_log reader (relayd.nft.nflog, relayd.nft.netlink).
 * 'the modules shared with the worker import only each other': relayd.ipc, relayd.log,
   relayd.rtcp, relayd.certificate and the recording library pull nothing else of relayd
   into the worker.
@@ -77,6 +78,8 @@ SHARED_WITH_WORKER = (
     # the recording library the workers write with (relayd.recording.control is the main's)
     "relayd.recording.spool", "relayd.recording.recorder", "relayd.recording.pcap",
     "relayd.recording.metadata",
+    # the nfnetlink_log reader: workers read the kernel's copies of recorded packets
+    "relayd.nft.nflog", "relayd.nft.netlink",
 )  # fmt: skip
 
 RULES: list[Rule] = [

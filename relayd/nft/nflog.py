@@ -44,7 +44,6 @@ from functools import lru_cache
 from ipaddress import ip_address
 from typing import NamedTuple
 
-from relayd.nft.libnft import NftError
 from relayd.nft.netlink import (
     NLA_TYPE_MASK,
     NLM_F_ACK,
@@ -57,7 +56,6 @@ from relayd.nft.netlink import (
     netfilter_socket,
     nfgenmsg,
 )
-from relayd.nft.ruleset import Endpoint, ForwardKey
 
 __all__ = [
     "Copy",
@@ -94,7 +92,7 @@ _ACK_TIMEOUT = 5.0
 _SEQ_MOD = 1 << 32
 
 
-class NflogError(NftError):
+class NflogError(OSError):
     """nfnetlink_log is unusable or refused the configuration (for example, the group is
     bound by another socket)."""
 
@@ -145,9 +143,10 @@ class Copy(NamedTuple):
             return packet[12:16] + ports[:2] + _PAD + packet[16:20] + ports[2:] + _PAD
         return packet[8:24] + ports[:2] + _PAD + packet[24:40] + ports[2:] + _PAD
 
-    def key(self) -> ForwardKey | None:
-        """The packet's source and destination: at prerouting, the forward's key (None: not
-        UDP, or a port 0, which no forward has)."""
+    def addresses(self) -> tuple[tuple[str, int], tuple[str, int]] | None:
+        """The packet's source and destination, ``((address, port), (address, port))``: at
+        prerouting, a forward's key as :class:`relayd.nft.ruleset.ForwardKey` holds it, the
+        party and relayd's socket (None: not UDP, or a port 0, which no forward has)."""
         udp = self._udp()
         if udp < 0:
             return None
@@ -159,7 +158,7 @@ class Copy(NamedTuple):
             return None
         source = str(ip_address(packet[first : first + size]))
         dest = str(ip_address(packet[first + size : first + 2 * size]))
-        return ForwardKey(Endpoint(source, sport), Endpoint(dest, dport))
+        return (source, sport), (dest, dport)
 
     def udp_payload(self) -> bytes:
         """The UDP payload (the RTP or RTCP packet), as much of it as the snap length kept."""

@@ -199,6 +199,14 @@ def _relayd(state: RelayState) -> list[Family]:
             recordings.started
         )
     )
+    lost = Family(
+        "relayd_recording_copies_lost_total",
+        "counter",
+        "Kernel copies of recorded packets a worker read too late (nflog): not in the pcap",
+    )
+    for worker in state.media.workers:
+        lost.add(worker.copies_lost, worker=str(worker.index))
+    families.append(lost)
     families.append(
         Family(
             "relayd_recording_failures_total",

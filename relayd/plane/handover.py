@@ -51,8 +51,13 @@ class KernelHandover:
         on_traffic: OnKernelTraffic,
         *,
         rtcp_copied: bool,
+        record_group: Callable[[Call], int | None] = lambda call: None,
     ) -> None:
         self.kernel, self.media = kernel, media
+        # a recorded call's nflog group, where the kernel copies its packets for its worker
+        # (None: not recorded, or the kernel cannot copy: then it stays with the workers)
+        self.record_group = record_group
+        self.copies = False  # the kernel may carry recorded calls (RecordingControl says)
         self.on_changed, self.on_traffic = on_changed, on_traffic
         self.rtcp_copied = rtcp_copied
         self.in_kernel: set[str] = set()  # call-ids with a stream in the kernel
@@ -64,7 +69,7 @@ class KernelHandover:
 
     def legs(self, call: Call) -> list[KernelLeg]:
         """The call's directions the kernel may carry now."""
-        return kernel_legs(call, rtcp=not self.rtcp_copied)
+        return kernel_legs(call, rtcp=not self.rtcp_copied, copies=self.copies)
 
     def adopt(self, calls: list[Call]) -> list[Call]:
         """Make the table hold exactly these calls' kernel legs, keeping forwards that are
@@ -75,6 +80,8 @@ class KernelHandover:
         if self.kernel is not None and self.kernel.enabled:
             # also with no call at all: whatever the table holds is stale then
             adopted = self.kernel.adopt({c.call_id: self.legs(c) for c in calls})
+            for call in calls:  # the kernel copies what the restored recordings need
+                self.kernel.record(call.call_id, self.record_group(call))
         self.in_kernel = {call_id for call_id, sockets in adopted.items() if sockets}
         changed = []
         for call in calls:
@@ -94,7 +101,12 @@ class KernelHandover:
         changed = mark_kernelized(call, {leg.socket for leg in legs})
         if changed:
             self.media.sync(call)  # the workers first
+        group = self.record_group(call) if legs else None
+        if group is not None:
+            kernel.record(call.call_id, group, legs)  # marked before the first packet passes
         in_kernel = kernel.sync(call.call_id, legs)
+        if group is None:
+            kernel.record(call.call_id, None)
         if in_kernel:
             self.in_kernel.add(call.call_id)
         else:

@@ -160,6 +160,7 @@ class KernelPath:
         # (the records, not their nft values: a burst of offloads would hold a Forward and
         # four Endpoints per direction for that moment, and the heap would keep their room)
         self._settling: list[tuple[float, list[Installed]]] = []
+        self._copied_to: set[int] = set()  # nflog groups whose record chain exists
 
     # -- availability ---------------------------------------------------------------------
 
@@ -202,6 +203,7 @@ class KernelPath:
         self._failed_at = time.monotonic()
         self.installed.clear()
         self._wire.clear()
+        self._copied_to.clear()
 
     def check(self) -> bool:
         """Whether the table is still there (someone may have deleted it, or flushed the
@@ -277,6 +279,25 @@ class KernelPath:
         self._untrack(current)
         log.info("kernel.unoffload", call_id=call_id, forwards=len(current))
         return True
+
+    def record(self, call_id: str, group: int | None, legs: Iterable[KernelLeg] = ()) -> None:
+        """The kernel copies the packets of the call's forwards, and of ``legs`` (forwards
+        about to be installed: marked first, so that their first packet is copied), to nflog
+        ``group``; None: it stops. A removed forward takes its mark with it."""
+        if not self.enabled:
+            return
+        keys = {record.key for record in self.installed.get(call_id, ())}
+        keys.update(Installed.of(leg).key for leg in legs if self.accepts(leg))
+        try:
+            if group is None:
+                self.forwarder.unrecord(keys)
+                return
+            if group not in self._copied_to:
+                self.forwarder.ensure_recording(group)
+                self._copied_to.add(group)
+            self.forwarder.record(keys, group)
+        except NftError as exc:
+            self._disable(f"nft failed: {exc}")
 
     def _track(self, records: Iterable[Installed]) -> None:
         for record in records:

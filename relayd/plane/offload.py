@@ -12,7 +12,9 @@ Rules (docs/architecture.md "Kernel path"; rtpengine kernelizes on the same cond
 * Parties whose media is blocked or silenced (ng ``block``/``silence media``) stay with
   the workers, which drop or silence it; so does the party they talk to.
 * A call that records (and is not paused) stays with the workers, which write its pcap
-  (relayd/worker/recording.py): rtpengine 10.5's pcap method does the same.
+  (relayd/worker/recording.py), as rtpengine 10.5's pcap method does; unless the kernel
+  can copy its packets to them (nflog, ``copies``): then it goes to the kernel like any
+  other, and is marked recorded there (relayd/plane/handover.py).
 * Separate RTCP streams stay with the workers while they copy RTCP (Homer, the
   RTCP log); with rtcp-mux on both sides one forward carries both.
 * Signalling takes every stream of the call back to the workers, and learning
@@ -48,7 +50,7 @@ class KernelLeg:
     dest: Endpoint
 
 
-def kernel_legs(call: Call, *, rtcp: bool = True) -> list[KernelLeg]:
+def kernel_legs(call: Call, *, rtcp: bool = True, copies: bool = False) -> list[KernelLeg]:
     """The directions of ``call`` that need no per-packet work and can leave userspace.
 
     Both parties' streams of a component must have a confirmed endpoint; the
@@ -57,12 +59,13 @@ def kernel_legs(call: Call, *, rtcp: bool = True) -> list[KernelLeg]:
     split from RTP per packet) stay in userspace, as do parties under ``media-echo``.
     With rtcp-mux on both sides the RTP port carries both, so one forward covers them.
     ``rtcp=False`` leaves separate RTCP streams to the workers (which copy RTCP for Homer
-    and the RTCP log).
+    and the RTCP log). A recorded call stays with the workers unless ``copies``: the kernel
+    then copies its packets to the worker that records it (nflog).
     """
     if not call.answered:
         return []
     recording = call.recording
-    if recording is not None and recording.active and not recording.paused:
+    if not copies and recording is not None and recording.active and not recording.paused:
         return []
     legs: list[KernelLeg] = []
     control = call.control

@@ -53,6 +53,7 @@ class WorkerProcess:
     restarts: int = 0
     cpu_seconds: float = 0.0
     packets: int = 0
+    copies_lost: int = 0  # kernel copies of recorded packets it lost (as last reported)
     spawned_at: float = 0.0  # time.monotonic() of the last spawn
     quick_deaths: int = 0  # deaths in a row, each within RESTART_STABLE of its spawn
 
@@ -87,6 +88,7 @@ class WorkerSettings:
     recording_dir: str = ""  # the recording spool (``recording-dir``): "" records nothing
     recording_format: str = "raw"
     recording_file_mode: int = 0o640
+    nflog_base: int = -1  # worker i reads nflog group nflog_base + i (-1: none)
 
 
 class PoolOwner(Protocol):
@@ -192,6 +194,7 @@ class WorkerPool:
                 recording_dir=settings.recording_dir,
                 recording_format=settings.recording_format,
                 recording_file_mode=settings.recording_file_mode,
+                nflog_group=settings.nflog_base + worker.index if settings.nflog_base >= 0 else -1,
             ),
         )
 
@@ -245,6 +248,7 @@ class WorkerPool:
             return
         if isinstance(message, ipc.Stats):
             worker.cpu_seconds = message.cpu_seconds
+            worker.copies_lost = message.copies_lost
         if isinstance(message, ipc.Hello):
             log.debug("worker.hello", worker=message.worker, pid=message.pid)
         else:

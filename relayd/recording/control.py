@@ -22,6 +22,7 @@ from relayd.calls.model import Call
 from relayd.calls.recording import Recordings
 from relayd.config import Config
 from relayd.log import get_logger
+from relayd.nft.nflog import NflogReader
 from relayd.ng.message import Request
 from relayd.plane.forwarding import media_key, section_count
 from relayd.plane.media import MediaPlane
@@ -35,7 +36,7 @@ from relayd.recording.spool import (
 )
 from relayd.shards.route import owner
 
-__all__ = ["RecordingControl", "spool_settings"]
+__all__ = ["RecordingControl", "nflog_base", "records_now", "spool_settings"]
 
 log = get_logger("relayd.recording")
 
@@ -59,6 +60,36 @@ def spool_settings(config: Config) -> SpoolSettings | None:
         file_mode=config.recording_file_mode,
         dir_mode=config.recording_dir_mode,
     )
+
+
+def nflog_base(config: Config, spool: SpoolSettings | None, shard: int = 0) -> int:
+    """The nflog group whose copies worker 0 of this process reads, where the kernel path may
+    carry recorded calls (the kernel copying their packets to the worker that records them:
+    worker ``i`` reads group base + ``i``); -1 where it may not (no spool, no kernel path,
+    or nfnetlink_log unusable: then recorded calls stay with the workers, as in rtpengine
+    10.5)."""
+    if spool is None or config.table < 0:
+        return -1
+    base = config.recording_nflog_group + 256 * shard
+    try:
+        with NflogReader(base):
+            pass  # bound and released: the workers will bind theirs
+    except OSError as exc:
+        log.warning(
+            "recording.kernel_copies_unavailable",
+            group=base,
+            error=str(exc),
+            effect="recorded calls are forwarded in userspace",
+        )
+        return -1
+    log.info("recording.kernel_copies", first_group=base)
+    return base
+
+
+def records_now(call: Call) -> bool:
+    """The call records and is not paused: its packets are written."""
+    recording = call.recording
+    return recording is not None and recording.active and not recording.paused
 
 
 class RecordingControl:
@@ -139,14 +170,19 @@ class RecordingControl:
             else:
                 log.info("recording.leftover_closed", pcap=leftover.names.pcap, metadata=path)
 
-    def _worker_ready(self, index: int) -> None:
-        """A (re)started worker: the recordings of its calls go on there, in the same files."""
-        worker = self.media.workers[index]
-        for call in self.calls.values():
+    def resume(self, calls: Iterable[Call]) -> None:
+        """Calls restored from the journal at start-up, their workers just spawned: their
+        recordings go on in the same files (what came while relayd was down is missing)."""
+        for call in calls:
             recording = call.recording
-            if call.worker == index and recording is not None and recording.active:
+            if recording is not None and recording.active:
                 resume = dataclasses.replace(_resume(call), medias=_medias(call))
-                self.media.pool.send(worker, resume)
+                self.media.pool.send(self.media.workers[call.worker], resume)
+
+    def _worker_ready(self, index: int) -> None:
+        """A restarted worker (or one that connected, as a unit): the recordings of its
+        calls go on there, in the same files."""
+        self.resume(call for call in self.calls.values() if call.worker == index)
 
     def _failed(self, message: ipc.RecordFailed) -> None:
         call = self.calls.get(message.call_id)

@@ -108,6 +108,7 @@ class Worker:
         self.rtcp_capture = False
         self.rtcp: list[ipc.RtcpPacket] = []
         self.recordings = WorkerRecordings(index, self.send)
+        self.copies_fd = -1  # the nflog socket of kernel-recorded packets (-1: none)
         self.running = True
         link.setblocking(False)
         self.epoll.register(link.fileno(), select.EPOLLIN)
@@ -156,6 +157,7 @@ class Worker:
             self.recordings.configure(
                 message.recording_dir, message.recording_format, message.recording_file_mode
             )
+            self._listen_copies(message.nflog_group)
         elif isinstance(message, ipc.RecordStart):
             self.recordings.start(message, self.medias, self.by_key)
         elif isinstance(message, ipc.RecordSdp):
@@ -163,9 +165,21 @@ class Worker:
         elif isinstance(message, ipc.RecordPause):
             self.recordings.pause(message)
         elif isinstance(message, ipc.RecordStop):
+            self.recordings.copies(self.by_key)  # what the kernel copied so far goes in first
             self.recordings.stop(message)
         elif isinstance(message, ipc.Shutdown):
             self.running = False
+
+    def _listen_copies(self, group: int) -> None:
+        """Read the kernel's copies of recorded packets (nflog ``group``) from now on."""
+        if self.copies_fd >= 0:
+            with contextlib.suppress(OSError, ValueError):
+                self.epoll.unregister(self.copies_fd)
+            self.copies_fd = -1
+        fd = self.recordings.listen_copies(group)
+        if fd >= 0:
+            self.epoll.register(fd, select.EPOLLIN)
+            self.copies_fd = fd
 
     def _forward(self, message: ipc.Forward, fds: list[int]) -> None:
         used: set[int] = set()
@@ -388,10 +402,10 @@ class Worker:
                 )
             )
             if len(changed) == _STATS_PER_MESSAGE:
-                self.send(ipc.Stats(self.index, tuple(changed), cpu, now))
+                self.send(ipc.Stats(self.index, tuple(changed), cpu, now, self.recordings.lost))
                 changed, sent = [], True
         if changed or not sent:  # one message at least: it carries the CPU time
-            self.send(ipc.Stats(self.index, tuple(changed), cpu, now))
+            self.send(ipc.Stats(self.index, tuple(changed), cpu, now, self.recordings.lost))
         if self.rtcp:
             self.send(ipc.Rtcp(self.index, tuple(self.rtcp), now))
             self.rtcp = []
@@ -432,6 +446,9 @@ class Worker:
             for fd, _mask in events:
                 if fd == link_fd:
                     self._read_link()
+                    continue
+                if fd == self.copies_fd:
+                    recordings.copies(self.by_key)
                     continue
                 ms = by_fd[fd] if fd < len(by_fd) else None
                 if ms is None:

@@ -21,15 +21,20 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from relayd import ipc
-from relayd.ipc import parse_key
+from relayd.ipc import parse_key, socket_key
 from relayd.log import get_logger
+from relayd.nft.nflog import Copy, NflogReader
 from relayd.recording.recorder import CallRecorder, RecordingError
 from relayd.recording.spool import SpoolSettings, names_from_fields
-from relayd.worker.sockets import MediaSocket
+from relayd.worker.sockets import MediaSocket, PacketTap
 
 __all__ = ["Tap", "WorkerRecordings"]
 
 log = get_logger("relayd.worker.recording")
+
+_Route = tuple[PacketTap, tuple[str, int]]
+
+_BATCHES_PER_WAKE = 8  # the kernel's batches (up to 64 copies each) read per wake of the loop
 
 FLUSH_TICK = 0.2
 """Seconds between looks at the recorders' waiting packets (their flush interval, 0.2 s)."""
@@ -52,12 +57,14 @@ class Tap:
     local: tuple[str, int]
     owner: WorkerRecordings
 
-    def packet(self, source: tuple[str, int], data: bytes) -> None:
+    def packet(self, source: tuple[str, int], data: bytes, when: float | None = None) -> None:
         recording = self.recording
         if recording.paused:
             return
         try:
-            recording.recorder.packet(time.time(), source, self.local, data)
+            recording.recorder.packet(
+                time.time() if when is None else when, source, self.local, data
+            )
         except RecordingError as exc:
             self.owner.failed(recording, exc)
 
@@ -70,6 +77,11 @@ class WorkerRecordings:
         self.send = send
         self.settings: SpoolSettings | None = None
         self.calls: dict[str, _Recording] = {}
+        self.reader: NflogReader | None = None  # the kernel's copies of recorded packets
+        self.lost = 0  # copies the kernel dropped for this worker (reader too slow)
+        # a forward's key as the kernel lays it out -> the tap its copies go to, and the
+        # party: found once per forward, forgotten whenever a tap comes or goes
+        self._routes: dict[bytes, _Route | None] = {}
 
     def configure(self, directory: str, format_: str, file_mode: int) -> None:
         self.settings = (
@@ -132,6 +144,67 @@ class WorkerRecordings:
         if recording is not None:
             self._close(recording, message, discard=message.discard)
 
+    def listen_copies(self, group: int) -> int:
+        """Read nflog ``group``: the copies the kernel makes of the packets of this worker's
+        recorded calls that it forwards itself (relayd/nft/nflog.py). Returns the socket's
+        descriptor for the loop's epoll; -1 without (``group`` < 0, or the group unusable:
+        logged, since those calls' kernel-forwarded packets then go unrecorded)."""
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
+        if group < 0:
+            return -1
+        reader = NflogReader(group)
+        try:
+            reader.open()
+        except OSError as exc:
+            log.error(
+                "recording.nflog_unavailable", worker=self.worker, group=group, error=str(exc)
+            )
+            return -1
+        self.reader = reader
+        return reader.fileno()
+
+    def copies(self, by_key: Mapping[str, MediaSocket]) -> None:
+        """The kernel's copies waiting on the nflog socket: each goes to the tap of the relay
+        socket it was sent to, as if that socket had read it (with the kernel's receive time)."""
+        reader = self.reader
+        if reader is None:
+            return
+        try:
+            batch = reader.drain(_BATCHES_PER_WAKE)
+        except OSError as exc:
+            log.warning("recording.nflog_failed", worker=self.worker, error=str(exc))
+            return
+        self.lost = reader.lost
+        routes = self._routes
+        for copy in batch:
+            wire = copy.wire_key()
+            if wire is None:
+                continue
+            route = routes.get(wire)
+            if route is None:
+                if wire in routes:
+                    continue  # no longer recorded: the mark goes with the next change
+                route = routes[wire] = self._route(copy, by_key)
+                if route is None:
+                    continue
+            tap, source = route
+            when = copy.time_us / 1e6 if copy.time_us is not None else None
+            tap.packet(source, copy.udp_payload(), when)
+
+    @staticmethod
+    def _route(copy: Copy, by_key: Mapping[str, MediaSocket]) -> _Route | None:
+        """Where a forward's copies go: the tap of the relay socket it was sent to."""
+        found = copy.addresses()
+        if found is None:
+            return None
+        source, relay = found
+        ms = by_key.get(socket_key(*relay))
+        if ms is None or ms.tap is None:
+            return None
+        return ms.tap, source
+
     # -- the loop's events --------------------------------------------------------------------
 
     def flush_due(self, now: float) -> None:
@@ -167,9 +240,10 @@ class WorkerRecordings:
                 continue
             tap = ms.tap = Tap(recording, local, self)
             recording.tapped.append((ms, tap))
+            self._routes.clear()
 
-    @staticmethod
-    def _untap(recording: _Recording) -> None:
+    def _untap(self, recording: _Recording) -> None:
+        self._routes.clear()
         for ms, tap in recording.tapped:
             # (a socket closed since is never read again: its tap goes with it)
             if ms.tap is tap:

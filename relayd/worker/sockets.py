@@ -27,7 +27,7 @@ Address = tuple[str, int]
 class PacketTap(Protocol):
     """Where a recorded socket's datagrams are copied (relayd/worker/recording.py's Tap)."""
 
-    def packet(self, source: Address, data: bytes) -> None: ...
+    def packet(self, source: Address, data: bytes, when: float | None = None) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,8 +11,10 @@ call's media.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
 import struct
 import subprocess
 import time
@@ -32,9 +34,21 @@ from tests.netns.calls import (
     set_up_call,
     stream_of,
     wait_for,
+    worker_pids,
 )
 from tests.netns.conftest import StartRelay
-from tests.support.netns import Topology, unavailable
+from tests.netns.test_kernel import (
+    KERNEL,
+    USER_CALLEE,
+    USER_CALLER,
+    both_kernelized,
+    confirm_both,
+    kernel_exchange,
+    kernelized_call,
+    offloaded,
+)
+from tests.support.netns import Topology, pids, unavailable
+from tests.support.pcap import read_pcap_file
 from tests.support.rtp_peer import Peer
 
 _SKIP = unavailable()
@@ -252,3 +266,184 @@ def _wait_for_metadata(spool: Path, timeout: float = 5.0) -> Path:
             return found[0]
         assert time.monotonic() < deadline, f"no metadata file: {spool_files(spool)}"
         time.sleep(0.05)
+
+
+def _recorded_senders(pcap: Path) -> dict[tuple[str, int], list[int]]:
+    """The RTP sequence numbers in ``pcap``, by sender."""
+    found: dict[tuple[str, int], list[int]] = {}
+    for datagram in read_pcap_file(pcap).datagrams:
+        sender = (datagram.source, datagram.source_port)
+        found.setdefault(sender, []).append(int.from_bytes(datagram.payload[2:4], "big"))
+    return found
+
+
+def test_a_recording_goes_on_across_a_worker_killed(
+    topo: Topology, start_relay: StartRelay, tmp_path: Path
+) -> None:
+    """The replacement worker writes on in the same pcap: what came before the kill and what
+    came after are in one file, whole records only, and the metadata is finished once."""
+    spool = tmp_path / "spool"
+    relay = start_relay(f"--recording-dir={spool}", "--num-threads", "1")
+    with (
+        relay.client() as ng,
+        Peer(topo.caller.ns, topo.caller.ip4, CALLER_PORT) as caller,
+        Peer(topo.callee.ns, topo.callee.ip4, CALLEE_PORT) as callee,
+    ):
+        legs = set_up_call(ng, topo, call_id="rec-4", flags=["record-call"])
+        exchange(caller, callee, legs, 20)
+        caller.receive(20)
+        callee.receive(20)
+        wait_for(ng, "rec-4", lambda r: stream_of(r, "callee-tag")["stats"]["packets"] == 20)
+        time.sleep(0.5)  # the recorder writes what waited 0.2 s: these are on disk now
+        [worker] = worker_pids(relay)
+        os.kill(worker, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while worker_pids(relay) in ([], [worker]):
+            assert time.monotonic() < deadline, "no new worker"
+            time.sleep(0.05)
+        time.sleep(0.3)  # its calls, recording first, then forwards
+        exchange(caller, callee, legs, 20, first=20)
+        assert len(callee.receive(20)) == 20 and len(caller.receive(20)) == 20
+        ok(ng.call("delete", call_id="rec-4", delete_delay=0))
+        metadata = _wait_for_metadata(spool)
+    [pcap] = spool_files(spool)["pcaps"]
+    assert metadata.read_text().startswith(f"{pcap}\n")
+    senders = _recorded_senders(pcap)
+    for sender in ((topo.caller.ip4, CALLER_PORT), (topo.callee.ip4, CALLEE_PORT)):
+        assert senders[sender] == list(range(40)), senders
+
+
+def test_a_recording_goes_on_after_a_restart_with_the_journal(
+    topo: Topology, start_relay: StartRelay, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    state = tmp_path / "state"
+    options = (f"--recording-dir={spool}", f"--state-dir={state}")
+    relay = start_relay(*options)
+    with (
+        Peer(topo.caller.ns, topo.caller.ip4, CALLER_PORT) as caller,
+        Peer(topo.callee.ns, topo.callee.ip4, CALLEE_PORT) as callee,
+    ):
+        with relay.client() as ng:
+            legs = set_up_call(ng, topo, call_id="rec-5", flags=["record-call"])
+            exchange(caller, callee, legs, 20)
+            caller.receive(20)
+            callee.receive(20)
+            wait_for(ng, "rec-5", lambda r: stream_of(r, "callee-tag")["stats"]["packets"] == 20)
+        relay.stop()  # SIGTERM: the journal keeps the call, the recording stays in tmp/
+        assert spool_files(spool)["metadata"] == []
+        relay = start_relay(*options)
+        with relay.client() as ng:
+            assert ok(ng.call("query", call_id="rec-5"))["recording"]["call recording"] == 1
+            time.sleep(0.3)
+            exchange(caller, callee, legs, 20, first=20)
+            assert len(callee.receive(20)) == 20 and len(caller.receive(20)) == 20
+            ok(ng.call("delete", call_id="rec-5", delete_delay=0))
+            _wait_for_metadata(spool)
+    [pcap] = spool_files(spool)["pcaps"]
+    senders = _recorded_senders(pcap)
+    for sender in ((topo.caller.ip4, CALLER_PORT), (topo.callee.ip4, CALLEE_PORT)):
+        assert senders[sender] == list(range(40)), senders
+
+
+def test_stopped_without_a_journal_every_recording_is_finished(
+    topo: Topology, start_relay: StartRelay, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    relay = start_relay(f"--recording-dir={spool}", "--state-dir=none")
+    with relay.client() as ng:
+        set_up_call(ng, topo, call_id="rec-6", flags=["record-call"])
+        set_up_call(ng, topo, call_id="rec-7", flags=["record-call"], caller_port=6100)
+        deadline = time.monotonic() + 5
+        while len(spool_files(spool)["tmp"]) < 2:
+            assert time.monotonic() < deadline, spool_files(spool)
+            time.sleep(0.05)
+    relay.stop()
+    files = spool_files(spool)
+    assert files["tmp"] == [] and len(files["metadata"]) == 2, files
+
+
+def test_leftovers_of_a_killed_relayd_are_finished_at_the_next_start(
+    topo: Topology, start_relay: StartRelay, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    relay = start_relay(f"--recording-dir={spool}", "--state-dir=none")
+    with relay.client() as ng:
+        set_up_call(ng, topo, call_id="rec-8", flags=["record-call"])
+        deadline = time.monotonic() + 5
+        while not spool_files(spool)["tmp"]:
+            assert time.monotonic() < deadline, spool_files(spool)
+            time.sleep(0.05)
+    assert relay.proc is not None
+    for pid in pids(topo.relay):  # relayd and its workers, all at once
+        os.kill(pid, signal.SIGKILL)
+    relay.proc.wait(5)
+    files = spool_files(spool)
+    assert len(files["tmp"]) == 1 and files["metadata"] == []
+    start_relay(f"--recording-dir={spool}", "--state-dir=none")
+    files = spool_files(spool)
+    assert files["tmp"] == [] and len(files["metadata"]) == 1, files
+
+
+def test_a_recorded_kernel_path_call_stays_in_the_kernel_and_is_recorded_whole(
+    topo: Topology, start_relay: StartRelay, tmp_path: Path
+) -> None:
+    """Issue 14, recording without leaving the kernel: the recorded call is handed to
+    nftables like any other; while it is there no packet reaches a socket in the relay's
+    namespace (the workers see none of it), and the kernel's copies make the pcap whole:
+    the userspace phase and the kernel phase, both directions, every packet, in order."""
+    spool = tmp_path / "spool"
+    relay = start_relay(*KERNEL, f"--recording-dir={spool}")
+    with (
+        relay.client() as ng,
+        Peer(topo.caller.ns, topo.caller.ip4, CALLER_PORT) as caller,
+        Peer(topo.callee.ns, topo.callee.ip4, CALLEE_PORT) as callee,
+    ):
+        legs = set_up_call(ng, topo, flags=["record-call"])
+        confirm_both(caller, callee, legs)
+        reply = offloaded(ng, legs.call_id)
+        assert reply["recording"] == {"call recording": 1, "forwarding": 0}
+        kernel_exchange(topo.relay, caller, callee, legs, 50, first=100)
+        assert "recording.kernel_copies" in relay.log()
+        time.sleep(0.3)  # the kernel sends its copies in batches, 100 ms at most apart
+        ok(ng.call("delete", call_id=legs.call_id, delete_delay=0))
+        _wait_for_metadata(spool)
+    [pcap] = spool_files(spool)["pcaps"]
+    senders = _recorded_senders(pcap)
+    caller_seqs = [*range(USER_CALLER), *range(100, 150)]
+    callee_seqs = [*range(USER_CALLEE), *range(100, 150)]
+    assert senders[(topo.caller.ip4, CALLER_PORT)] == caller_seqs, senders
+    assert senders[(topo.callee.ip4, CALLEE_PORT)] == callee_seqs, senders
+    # as a received packet: from the party to relayd's socket, the RTP as sent
+    capture = read_pcap_file(pcap)
+    assert {(d.destination, d.destination_port) for d in capture.datagrams} == {
+        legs.to_caller.rtp_to,  # type: ignore[union-attr]
+        legs.to_callee.rtp_to,
+    }
+
+
+def test_stopping_a_kernel_recording_stops_the_copies(
+    topo: Topology, start_relay: StartRelay, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    relay = start_relay(*KERNEL, f"--recording-dir={spool}")
+    with (
+        relay.client() as ng,
+        Peer(topo.caller.ns, topo.caller.ip4, CALLER_PORT) as caller,
+        Peer(topo.callee.ns, topo.callee.ip4, CALLEE_PORT) as callee,
+    ):
+        legs = kernelized_call(ng, topo, caller, callee)
+        ok(ng.call("start recording", call_id=legs.call_id))
+        reply = ok(ng.call("query", call_id=legs.call_id))
+        assert both_kernelized(reply)  # it did not leave the kernel
+        kernel_exchange(topo.relay, caller, callee, legs, 20, first=100)
+        time.sleep(0.3)
+        ok(ng.call("stop recording", call_id=legs.call_id))
+        _wait_for_metadata(spool)
+        kernel_exchange(topo.relay, caller, callee, legs, 20, first=200)
+        time.sleep(0.3)
+        ok(ng.call("delete", call_id=legs.call_id, delete_delay=0))
+    [pcap] = spool_files(spool)["pcaps"]
+    senders = _recorded_senders(pcap)
+    assert senders[(topo.caller.ip4, CALLER_PORT)] == list(range(100, 120)), senders
+    assert senders[(topo.callee.ip4, CALLEE_PORT)] == list(range(100, 120)), senders

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import pytest
 
 from relayd.calls.commands import Commands
-from relayd.calls.model import Call, Stream
+from relayd.calls.model import Call, CallRecording, Stream
 from relayd.ipc import socket_key
 from relayd.plane.handover import KernelHandover
 from relayd.plane.kernel import Traffic
@@ -52,9 +52,18 @@ class FakeKernel:
     synced: list[tuple[str, list[KernelLeg]]] = field(default_factory=list)
     adopted: list[dict[str, list[KernelLeg]]] = field(default_factory=list)
     settled: list[float] = field(default_factory=list)
+    recorded: dict[str, tuple[int, set[str]]] = field(default_factory=dict)
 
     def accepts(self, leg: KernelLeg) -> bool:
         return self.enabled and leg.socket not in self.refused
+
+    def record(self, call_id: str, group: int | None, legs: Iterable[KernelLeg] = ()) -> None:
+        """Marks a call's forwards recorded to ``group``: logged only when it marks."""
+        if group is not None:
+            self.log.append(("kernel.record", call_id))
+            self.recorded[call_id] = (group, {leg.socket for leg in legs})
+        else:
+            self.recorded.pop(call_id, None)
 
     def sync(self, call_id: str, legs: Iterable[KernelLeg]) -> set[str]:
         given = list(legs)
@@ -162,7 +171,13 @@ class Rig:
         return call
 
 
-def _rig(*, kernel: bool = True, enabled: bool = True, rtcp_copied: bool = False) -> Rig:
+def _rig(
+    *,
+    kernel: bool = True,
+    enabled: bool = True,
+    rtcp_copied: bool = False,
+    record_group: Callable[[Call], int | None] = lambda call: None,
+) -> Rig:
     log: list[Event] = []
     cmds, _ = build()
     fake = FakeKernel(log, enabled=enabled) if kernel else None
@@ -174,6 +189,7 @@ def _rig(*, kernel: bool = True, enabled: bool = True, rtcp_copied: bool = False
         lambda call: log.append(("changed", call.call_id)),
         lambda stream, packets, size: traffic.append((stream, packets, size)),
         rtcp_copied=rtcp_copied,
+        record_group=record_group,
     )
     return Rig(handover, media, cmds, log, traffic, fake)
 
@@ -556,3 +572,27 @@ def test_settle_passes_the_time_to_the_kernel_path() -> None:
     rig.handover.settle(12.5)
     assert rig.kernel.settled == [12.5]
     _rig(kernel=False).handover.settle(12.5)  # without a kernel path: nothing to do
+
+
+def test_a_recorded_call_is_marked_before_its_forwards_go_in_and_unmarked_after() -> None:
+    """With the kernel copying recorded packets (``copies``), a recorded call goes to the
+    kernel like any other; its forwards are marked for its worker's nflog group before they
+    are installed (the first forwarded packet is copied), and unmarked when it stops."""
+    recording = {"on": True}
+    rig = _rig(record_group=lambda call: 7 if recording["on"] else None)
+    rig.handover.copies = True
+    call = rig.call()
+    call.recording = CallRecording(names=("n",), pcap="p")
+    rig.handover.offload(call)
+    assert rig.log == events("media.sync c1", "kernel.record c1", "kernel.sync c1", "changed c1")
+    group, sockets = rig.kernel.recorded["c1"]
+    assert group == 7 and sockets == set(_four(call))
+    recording["on"] = False
+    rig.handover.offload(call)
+    assert "c1" not in rig.kernel.recorded
+    # without copies the recorded call stays with the workers
+    rig = _rig(record_group=lambda call: 7)
+    call = rig.call()
+    call.recording = CallRecording(names=("n",), pcap="p")
+    rig.handover.offload(call)
+    assert not rig.handover.in_kernel and rig.kernel.recorded == {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from relayd.calls.model import CallRecording
 from relayd.ops.counters import Counters, Traffic, direction_of
 from relayd.ops.metrics import Family, collect, render
 from tests.unit.calls import LOCAL4, LOCAL6, T0
@@ -127,3 +128,19 @@ def test_traffic_ignores_negative_deltas() -> None:
     traffic.add("userspace", "caller_to_callee", -3, -10, -1)
     assert traffic.total(traffic.packets, "userspace") == 0
     assert Counters().homer_sent == 0
+
+
+def test_recording_figures() -> None:
+    state, _ = _state(3)
+    calls = list(state.commands.calls.values())
+    calls[0].recording = CallRecording(names=("n",), pcap="p")
+    calls[1].recording = CallRecording(names=("n",), pcap="p", paused=True)
+    calls[2].recording = CallRecording(metadata="only metadata")  # not recording
+    state.commands.recordings.started, state.commands.recordings.failures = 4, 1
+    state.media.workers[0].copies_lost = 12
+    samples = parse(render(collect(state, now=T0)))
+    assert value(samples, "relayd_recordings", state="recording") == 1
+    assert value(samples, "relayd_recordings", state="paused") == 1
+    assert value(samples, "relayd_recordings_started_total") == 4
+    assert value(samples, "relayd_recording_failures_total") == 1
+    assert value(samples, "relayd_recording_copies_lost_total", worker="0") == 12
