@@ -55,7 +55,9 @@ logger = log.get_logger("relayd")
 _TICK = 0.25  # seconds between timer runs
 _TICKS_PER_SECOND = 4
 _REAP_BATCH = 128  # due calls judged between two looks at the ng sockets
-_RECORDING_COMMANDS = frozenset(("start recording", "stop recording", "pause recording"))
+_RECORDING_COMMANDS = frozenset(
+    ("start recording", "stop recording", "pause recording", "start forwarding", "stop forwarding")
+)
 _MEDIA_COMMANDS = frozenset(("block media", "unblock media", "silence media", "unsilence media"))
 
 

@@ -43,7 +43,10 @@ def call_tree(call: Call) -> dict[str, Any]:
     recording = call.recording
     if recording is not None and recording.active:
         # paused: the files are kept, nothing is written
-        tree["recording"] = {"call recording": 0 if recording.paused else 1, "forwarding": 0}
+        tree["recording"] = {
+            "call recording": int(recording.on and not recording.paused),
+            "forwarding": int("" in recording.forwarding),  # the whole call's
+        }
     return tree
 
 

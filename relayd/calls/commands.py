@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from relayd.calls.calltree import call_tree
-from relayd.calls.media_control import control
+from relayd.calls.media_control import control, party_of
 from relayd.calls.model import Call
 from relayd.calls.parties import detach_branch
 from relayd.calls.recording import Recordings
@@ -90,6 +90,8 @@ class Commands:
             "start recording": self.start_recording,
             "stop recording": self.stop_recording,
             "pause recording": self.pause_recording,
+            "start forwarding": self.forwarding,
+            "stop forwarding": self.forwarding,
             "block media": self.media_control,
             "unblock media": self.media_control,
             "silence media": self.media_control,
@@ -248,15 +250,31 @@ class Commands:
         self.recordings.pause(self._recorded(req), req)
         return {}
 
+    def forwarding(self, req: Request, now: float) -> dict[str, Any]:
+        """ng ``start``/``stop forwarding``: to rtpengine's recording daemon, which the pcap
+        method has not; in 10.5 as here they record the call (calls/recording.py)."""
+        call = self._selected(req)
+        party = None if req.has("all") else party_of(call, req)
+        tag = party.tag if party is not None else ""
+        if req.command == "start forwarding":
+            self.recordings.start_forwarding(call, req, tag, now)
+        else:
+            self.recordings.stop_forwarding(call, req, tag, now)
+        return {}
+
     def media_control(self, req: Request, now: float) -> dict[str, Any]:
         """ng ``block``, ``unblock``, ``silence``, ``unsilence media`` (calls/media_control.py)."""
+        control(self._selected(req), req)
+        return {}
+
+    def _selected(self, req: Request) -> Call:
+        """The call of a command that selects parties as rtpengine's media_block_match."""
         if not req.call_id:
             raise NgError("No call-id in message")
         call = self.calls.get(req.call_id)
         if call is None:
             raise NgError("Unknown call-ID")  # sic: these commands spell it so in 10.5
-        control(call, req)
-        return {}
+        return call
 
     def _recorded(self, req: Request) -> Call:
         if not req.call_id:

@@ -30,7 +30,7 @@ from relayd.calls.model import Call, Media, MediaControl, Monologue
 from relayd.log import get_logger
 from relayd.ng.message import NgError, Request
 
-__all__ = ["SILENCE", "control", "silence_patterns"]
+__all__ = ["SILENCE", "control", "party_of", "silence_patterns"]
 
 log = get_logger("relayd.calls.media_control")
 
@@ -48,7 +48,7 @@ _COMMANDS = {
 def control(call: Call, req: Request) -> None:
     """Apply ``req`` (one of the four commands) to ``call``; NgError for rtpengine's errors."""
     what, on = _COMMANDS[req.command]
-    party = None if req.has("all") else _party(call, req)
+    party = None if req.has("all") else party_of(call, req)
     state = call.control if call.control is not None else MediaControl()
     tags = state.blocked if what == "block" else state.silenced
     if party is not None:
@@ -76,7 +76,9 @@ def silence_patterns(media: Media) -> str:
     return " ".join(found)
 
 
-def _party(call: Call, req: Request) -> Monologue | None:
+def party_of(call: Call, req: Request) -> Monologue | None:
+    """The party ``req`` names (``label``, ``address``, ``from-tag``; rtpengine's order and
+    errors), None for the whole call."""
     if req.label:
         for party in call.parties():
             if party.label == req.label:

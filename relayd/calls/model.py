@@ -376,6 +376,10 @@ class CallRecording:
     pcap: str = ""  # the pcap's path: ng replies list it under "recordings"
     started: float = 0.0
     paused: bool = False  # ``pause recording``: files kept open, no packets written
+    on: bool = False  # ``record-call``, ``start recording`` (rtpengine's recording_on)
+    # ``start forwarding``: the parties' tags it named, "" for the whole call; it records
+    # too while any is left (10.5's pcap method has no other way to forward)
+    forwarding: set[str] = field(default_factory=set)
 
     @property
     def active(self) -> bool:

@@ -14,8 +14,12 @@ after the reply. The rules (rtpengine 10.5, daemon/recording.c and call_interfac
 * While a call records, every offer's and answer's SDP as relayd sent it goes into the
   metadata file, and the reply lists the pcap under ``recordings``.
 * ``stop recording`` finishes the files (the metadata file moves where collectors look); a
-  later start gets new ones. ``pause recording`` (rtpengine 11's command; 10.5 does not
-  know it) keeps the files open and writes no packets until ``start recording``.
+  later start gets new ones.
+* ``start forwarding`` (rtpengine's feed to its recording daemon, which the pcap method has
+  not) records the call as well, in 10.5 as here; ``stop forwarding`` ends that, and the
+  recording once neither it nor ``start recording`` wants it.
+* ``pause recording`` (rtpengine 11's command; 10.5 does not know it) keeps the files open
+  and writes no packets until ``start recording``.
 * ``metadata`` (offer, answer, start and stop recording) replaces the call's text, written
   into the metadata file when it is finished.
 * ``delete`` finishes the call's recording at once (rtpengine 10.5 waits for the call to go,
@@ -81,10 +85,55 @@ class Recordings:
     # -- the recording commands ---------------------------------------------------------------
 
     def start(self, call: Call, req: Request, now: float) -> None:
-        """Record ``call`` from now on (nothing new if it does); a paused recording resumes."""
+        """``start recording``, ``record-call=yes``: record ``call`` from now on (in the same
+        files if it does); a paused recording resumes."""
+        self._metadata(call, req)
+        self._want(call).on = True
+        self._open(call, req, now)
+
+    def stop(self, call: Call, now: float, req: Request | None = None) -> None:
+        """``stop recording``, ``record-call=no``: the files are finished, unless ``start
+        forwarding`` still wants them (rtpengine: recording_stop)."""
+        if req is not None:
+            self._metadata(call, req)
+        recording = call.recording
+        if recording is None:
+            return
+        recording.on = False
+        if not recording.forwarding:
+            self.finish(call, now)
+
+    def start_forwarding(self, call: Call, req: Request, tag: str, now: float) -> None:
+        """``start forwarding`` (of party ``tag``, "" the whole call): rtpengine 10.5 forwards
+        to its recording daemon, which the pcap method has not; what it does there, and
+        here, is record the call (recording_start)."""
+        self._metadata(call, req)
+        self._want(call).forwarding.add(tag)
+        self._open(call, req, now)
+
+    def stop_forwarding(self, call: Call, req: Request, tag: str, now: float) -> None:
+        """``stop forwarding``: the party's (or the call's; with ``all`` every) forwarding ends,
+        and the recording with it unless something else still wants it."""
         self._metadata(call, req)
         recording = call.recording
-        if recording is not None and recording.active:
+        if recording is None:
+            return
+        if tag or not req.has("all"):
+            recording.forwarding.discard(tag)
+        else:
+            recording.forwarding.clear()
+        if not recording.on and not recording.forwarding:
+            self.finish(call, now)
+
+    def _want(self, call: Call) -> CallRecording:
+        if call.recording is None:
+            call.recording = CallRecording()
+        return call.recording
+
+    def _open(self, call: Call, req: Request, now: float) -> None:
+        """The files, if the call has none: named and started; a paused recording resumes."""
+        recording = self._want(call)
+        if recording.active:
             if recording.paused:
                 recording.paused = False
                 self.outbox.append((call, ipc.RecordPause(call.call_id, paused=False)))
@@ -101,8 +150,6 @@ class Recordings:
             log.error("recording.unnamed", error=str(exc))
             return
         self.started += 1
-        if recording is None:
-            recording = call.recording = CallRecording()
         recording.names, recording.pcap, recording.started = names, pcap, now
         recording.paused = False
         # the metadata's "call start time" is the call's, also for a recording started late
@@ -111,12 +158,6 @@ class Recordings:
         )
         self.outbox.append((call, start))
         log.info("recording.started", pcap=pcap)
-
-    def stop(self, call: Call, now: float, req: Request | None = None) -> None:
-        """``stop recording`` (or ``record-call=no``): the files finished."""
-        if req is not None:
-            self._metadata(call, req)
-        self.finish(call, now)
 
     def pause(self, call: Call, req: Request) -> None:
         """``pause recording``: no packets written until ``start recording``; files kept."""
@@ -144,6 +185,8 @@ class Recordings:
         self.outbox.append((call, stop))
         log.info("recording.discarded" if discard else "recording.finished", pcap=recording.pcap)
         recording.names, recording.pcap, recording.paused = (), "", False
+        recording.on = False
+        recording.forwarding.clear()
 
     def failed(self, call: Call, reason: str) -> None:
         """The worker's recording of ``call`` stopped on its own: the call goes on unrecorded
@@ -153,6 +196,8 @@ class Recordings:
         if recording is not None and recording.active:
             log.error("recording.failed", pcap=recording.pcap, reason=reason)
             recording.names, recording.pcap, recording.paused = (), "", False
+            recording.on = False
+            recording.forwarding.clear()
 
     def take(self) -> list[tuple[Call, ipc.Message]]:
         """What the workers are to hear, in order, since the last take."""

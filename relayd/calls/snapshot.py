@@ -57,6 +57,8 @@ def _load(kind: Any, value: Any) -> Any:
         return tuple(_load(a, v) for a, v in zip(args, value, strict=True))
     if origin is frozenset:
         return frozenset(_load(args[0], v) for v in value)
+    if origin is set:
+        return {_load(args[0], v) for v in value}
     if origin is dict:
         return {k: _load(args[1], v) for k, v in value.items()}
     if kind is bytes:

@@ -9,12 +9,14 @@ a known call-id; without a spool nothing records and the replies are as before.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from relayd import ipc
 from relayd.calls.commands import Commands
 from relayd.calls.model import Call
 from relayd.calls.recording import Recordings
+from relayd.calls.snapshot import dump_call, load_call
 from relayd.ng.message import Request
 from tests.unit.calls import B_ADDR, T0, build, req, sdp
 
@@ -269,3 +271,50 @@ def test_deleting_one_branch_keeps_the_recording() -> None:
     assert reply["result"] == "ok"
     assert "c1" in cmds.calls
     assert told(cmds) == []
+
+
+def test_start_forwarding_records_and_stop_recording_leaves_it_to_forwarding() -> None:
+    """rtpengine 10.5 with the pcap method: start forwarding starts the recording too, and
+    a recording still wanted by forwarding survives stop recording."""
+    cmds, namer = recorded()
+    offer(cmds)
+    assert cmds.handle(req("start forwarding", "c1"), T0 + 1) == {"result": "ok"}
+    (start,) = told(cmds)
+    assert isinstance(start, ipc.RecordStart)
+    query = cmds.handle(req("query", "c1"), T0 + 1)
+    assert query["recording"] == {"call recording": 0, "forwarding": 1}
+    cmds.handle(req("start recording", "c1"), T0 + 2)
+    cmds.handle(req("stop recording", "c1"), T0 + 3)
+    assert told(cmds) == []  # forwarding still wants it
+    cmds.handle(req("stop forwarding", "c1"), T0 + 4)
+    assert told(cmds) == [ipc.RecordStop("c1", T0 + 4)]
+    assert namer.count == 1
+
+
+def test_forwarding_of_one_party_and_rtpengines_errors() -> None:
+    cmds, _ = recorded()
+    offer(cmds)
+    cmds.handle(req("start forwarding", "c1", from_tag="a"), T0)
+    assert cmds.calls["c1"].recording.forwarding == {"a"}  # type: ignore[union-attr]
+    assert cmds.handle(req("query", "c1"), T0)["recording"]["forwarding"] == 0
+    assert cmds.handle(req("stop forwarding", "nope"), T0) == {
+        "result": "error",
+        "error-reason": "Unknown call-ID",
+    }
+    assert cmds.handle(req("start forwarding", "c1", from_tag="zz"), T0) == {
+        "result": "error",
+        "error-reason": "From-tag given, but no such tag exists",
+    }
+    cmds.handle(req("stop forwarding", "c1", flags=["all"]), T0 + 1)
+    assert cmds.calls["c1"].recording.forwarding == set()  # type: ignore[union-attr]
+    assert not cmds.calls["c1"].recording.active  # type: ignore[union-attr]
+
+
+def test_recording_state_comes_back_from_the_journal() -> None:
+    cmds, _ = recorded()
+    offer(cmds, metadata="m")
+    cmds.handle(req("start forwarding", "c1", from_tag="a"), T0)
+    call = cmds.calls["c1"]
+    back = load_call(json.loads(json.dumps(dump_call(call))))
+    assert back.recording == call.recording
+    assert isinstance(back.recording.forwarding, set)  # type: ignore[union-attr]
