@@ -46,6 +46,7 @@ from tests.netns.calls import (
 )
 from tests.netns.conftest import PORT_MAX, PORT_MIN, StartRelay
 from tests.support.netns import Host, Topology
+from tests.support.pcap import read_pcap_file
 from tests.support.rtp_peer import Peer, Received
 from tests.support.tone import dominant_hz, mulaw_decode, tone_pcmu
 from tests.support.webrtc_peer import WebRtcPeer
@@ -384,3 +385,60 @@ def _counted(reply: dict[str, Any], plain_tag: str) -> bool:
         and plain[0]["stats"]["packets"] >= ENOUGH
         and webrtc[0]["stats"]["packets"] >= ENOUGH
     )
+
+
+def test_a_recorded_webrtc_call_is_recorded_in_clear(
+    topo: Topology, start_relay: StartRelay, webrtc: list[WebRtcPeer], tmp_path: Path
+) -> None:
+    """Issue 14: a WebRTC ↔ plain call recorded; the browser side's DTLS-SRTP packets are in
+    the pcap decrypted (plain RTP, its tone in the payload, no auth tag), and no STUN or
+    DTLS record is (rtpengine records RTP and RTCP only)."""
+    spool = tmp_path / "spool"
+    relay = start_relay(f"--recording-dir={spool}")
+    call_id = "webrtc-recorded"
+    with relay.client() as ng, PlainParty(topo.caller) as plain:
+        flags = {**OFFER_TO_WEBRTC, "flags": [*OFFER_TO_WEBRTC["flags"], "record-call"]}
+        offer = ok(
+            ng.call(
+                "offer",
+                call_id=call_id,
+                from_tag=CALLER_TAG,
+                sdp=sdp(topo.caller.ip4, PLAIN_PORT),
+                direction=["caller", "callee"],
+                **flags,
+            )
+        )
+        [pcap] = offer["recordings"]
+        peer = WebRtcPeer(topo.callee.ns, "answer", WEBRTC_HZ, tmp_path / "aiortc.log")
+        webrtc.append(peer)
+        peer.send({"offer": offer["sdp"]})
+        answer = peer.receive()["answer"]
+        reply = ok(
+            ng.call(
+                "answer",
+                call_id=call_id,
+                from_tag=CALLER_TAG,
+                to_tag=CALLEE_TAG,
+                sdp=answer,
+                **ANSWER_TO_PLAIN,
+            )
+        )["sdp"]
+        heard = converse(plain, advertised(reply), peer)
+        peer.close()
+        ok(ng.call("delete", call_id=call_id, delete_delay=0))
+    check_webrtc_side(heard.report)
+    deadline = time.monotonic() + 5
+    while not list((spool / "metadata").iterdir()):
+        assert time.monotonic() < deadline, "the recording was not finished"
+        time.sleep(0.05)
+    from_browser = [
+        d.payload
+        for d in read_pcap_file(pcap).datagrams
+        if d.source in (topo.callee.ip4, topo.callee.ip6)
+    ]
+    rtp = [p for p in from_browser if len(p) > 1 and not 200 <= p[1] <= 204]
+    assert all(128 <= p[0] <= 191 for p in from_browser), "a STUN or DTLS record was recorded"
+    assert len(rtp) >= ENOUGH, f"{len(rtp)} RTP packets of the WebRTC side recorded"
+    assert {len(p) for p in rtp} == {172}  # 12 + 160: decrypted, no SRTP auth tag
+    samples = [s for p in rtp[-ENOUGH:] for s in mulaw_decode(p[12:])]
+    assert dominant_hz(samples) == pytest.approx(WEBRTC_HZ, rel=0.05)
