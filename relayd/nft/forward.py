@@ -317,6 +317,11 @@ class KernelForwarder:
         for key in doomed:
             del self._recorded[key]
 
+    @property
+    def marking(self) -> bool:
+        """Whether any forward is marked recorded (as this forwarder knows it)."""
+        return bool(self._recorded)
+
     def recorded(self) -> dict[ForwardKey, int]:
         """The forwards marked recorded in the kernel, with their nflog group (a listing of
         ``rec4`` and ``rec6``, which hold only the recorded forwards)."""

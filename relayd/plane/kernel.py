@@ -284,8 +284,8 @@ class KernelPath:
         """The kernel copies the packets of the call's forwards, and of ``legs`` (forwards
         about to be installed: marked first, so that their first packet is copied), to nflog
         ``group``; None: it stops. A removed forward takes its mark with it."""
-        if not self.enabled:
-            return
+        if not self.enabled or (group is None and not self.forwarder.marking):
+            return  # (nothing is marked: the common case, and no key made for it)
         keys = {record.key for record in self.installed.get(call_id, ())}
         keys.update(Installed.of(leg).key for leg in legs if self.accepts(leg))
         try:

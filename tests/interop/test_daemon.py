@@ -46,7 +46,9 @@ def _guide_config(tmp_path: Path) -> Path:
     text = GUIDE_CONF.read_text()
     text = text.replace("/etc/ssl/certs/rtpengine.pem", str(cert))
     text = text.replace("/etc/ssl/private/rtpengine.key", str(key))
-    assert str(cert) in text and str(key) in text
+    # and its recording spool at one of the test's own
+    text = text.replace("/var/spool/rtpengine-recordings", str(tmp_path / "recordings"))
+    assert str(cert) in text and str(key) in text and str(tmp_path / "recordings") in text
     conf = tmp_path / "rtpengine.conf"
     conf.write_text(text)
     return conf
@@ -69,11 +71,10 @@ def test_deployment_guide_config_starts_and_serves(tmp_path: Path) -> None:
             assert tcp.call("list")["calls"] == []
             assert tcp.call("query", call_id="nope")["error-reason"] == "Unknown call-id"
         log = daemon.log()
-    assert "config.unimplemented" in log and "recording-method" in log
-    # the guide's operations keys are acted on: metrics, Homer, the RTCP log facility
-    unimplemented = next(line for line in log.splitlines() if "config.unimplemented" in line)
-    for key in ("homer-ng", "prometheus-listen", "log-facility-rtcp"):
-        assert key not in unimplemented
+    # every key of the guide's file is acted on (recording was the last): metrics, Homer,
+    # the RTCP log facility, the recording spool
+    assert "config.unimplemented" not in log
+    assert "recording.spool" in log and (tmp_path / "recordings" / "pcaps").is_dir()
     assert "http.listening" in log and "127.0.0.1:9900" in log
     assert "interfaces=['eth0/203.0.113.10!203.0.113.10']" in log
 

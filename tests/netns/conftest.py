@@ -16,8 +16,10 @@ from typing import Protocol
 
 import pytest
 
+from tests.netns.calls import CALLEE_PORT, CALLER_PORT
 from tests.support.netns import Topology, topology, unavailable
 from tests.support.relayd import RelaydProcess
+from tests.support.rtp_peer import Peer
 
 NG_PORT = 2223
 PORT_MIN = 30000
@@ -63,6 +65,16 @@ def topo() -> Iterator[Topology]:
         pytest.skip(reason)
     with topology() as created:
         yield created
+
+
+@pytest.fixture
+def peers(topo: Topology) -> Iterator[tuple[Peer, Peer]]:
+    """The caller's and the callee's RTP sockets (tests/netns/calls.py's ports)."""
+    with (
+        Peer(topo.caller.ns, topo.caller.ip4, CALLER_PORT) as caller,
+        Peer(topo.callee.ns, topo.callee.ip4, CALLEE_PORT) as callee,
+    ):
+        yield caller, callee
 
 
 @contextlib.contextmanager

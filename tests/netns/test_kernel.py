@@ -26,7 +26,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -144,15 +144,6 @@ def kernel_exchange(
     assert_received(at_caller, from_callee, legs.to_caller.rtp_to)
     assert [p.tos for p in at_callee + at_caller] == [EF] * (2 * count)
     assert udp_delivered(ns) == before, "kernel-phase packets reached a socket"
-
-
-@pytest.fixture
-def peers(topo: Topology) -> Iterator[tuple[Peer, Peer]]:
-    with (
-        Peer(topo.caller.ns, topo.caller.ip4, CALLER_PORT) as caller,
-        Peer(topo.callee.ns, topo.callee.ip4, CALLEE_PORT) as callee,
-    ):
-        yield caller, callee
 
 
 def stats_reach(tag: str, packets: int) -> Callable[[dict[str, Any]], bool]:

@@ -10,14 +10,10 @@ silenced, there too) and goes back once undone.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from tests.netns.calls import (
-    CALLEE_PORT,
     CALLEE_TAG,
-    CALLER_PORT,
     CALLER_TAG,
     CallLegs,
     assert_received,
@@ -37,15 +33,6 @@ _SKIP = unavailable()
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(_SKIP is not None, reason=f"netns: {_SKIP}")]
 
 COUNT = 10
-
-
-@pytest.fixture
-def parties(topo: Topology) -> Iterator[tuple[Peer, Peer]]:
-    with (
-        Peer(topo.caller.ns, topo.caller.ip4, CALLER_PORT) as caller,
-        Peer(topo.callee.ns, topo.callee.ip4, CALLEE_PORT) as callee,
-    ):
-        yield caller, callee
 
 
 def _both_ways(caller: Peer, callee: Peer, legs: CallLegs, first: int) -> None:
@@ -78,9 +65,9 @@ def _caller_silenced(caller: Peer, callee: Peer, legs: CallLegs, first: int) -> 
 
 
 def test_block_and_silence_in_userspace(
-    topo: Topology, start_relay: StartRelay, parties: tuple[Peer, Peer]
+    topo: Topology, start_relay: StartRelay, peers: tuple[Peer, Peer]
 ) -> None:
-    caller, callee = parties
+    caller, callee = peers
     relay = start_relay()
     with relay.client() as ng:
         legs = set_up_call(ng, topo)
@@ -109,9 +96,9 @@ def test_block_and_silence_in_userspace(
 
 
 def test_block_and_silence_take_a_kernel_stream_back_and_return_it(
-    topo: Topology, start_relay: StartRelay, parties: tuple[Peer, Peer]
+    topo: Topology, start_relay: StartRelay, peers: tuple[Peer, Peer]
 ) -> None:
-    caller, callee = parties
+    caller, callee = peers
     relay = start_relay(*KERNEL)
     with relay.client() as ng:
         legs = kernelized_call(ng, topo, caller, callee)

@@ -21,16 +21,7 @@ import pytest
 from relayd.nft import Endpoint, Forward, ForwardKey, KernelForwarder, stream
 from relayd.nft.nflog import NF_INET_PRE_ROUTING, Copy, NflogReader
 from tests.support.netns import Topology, inside, topology, unavailable
-
-
-def key_of(copy: Copy) -> ForwardKey | None:
-    """The forward key of a copy's addresses (what relayd's records are keyed by)."""
-    found = copy.addresses()
-    if found is None:
-        return None
-    (source, sport), (dest, dport) = found
-    return ForwardKey(Endpoint(source, sport), Endpoint(dest, dport))
-
+from tests.support.nflog import key_of
 
 pytestmark = pytest.mark.netns
 

@@ -110,15 +110,17 @@ def spool_files(spool: Path) -> dict[str, list[Path]]:
 @needs_tshark
 @pytest.mark.parametrize(("fmt", "linktype"), [("raw", LINKTYPE_RAW), ("eth", LINKTYPE_ETHERNET)])
 def test_a_recorded_call_has_both_directions_and_its_metadata(
-    topo: Topology, start_relay: StartRelay, tmp_path: Path, fmt: str, linktype: int
+    topo: Topology,
+    start_relay: StartRelay,
+    peers: tuple[Peer, Peer],
+    tmp_path: Path,
+    fmt: str,
+    linktype: int,
 ) -> None:
     spool = tmp_path / "spool"
     relay = start_relay(f"--recording-dir={spool}", f"--recording-format={fmt}")
-    with (
-        relay.client() as ng,
-        Peer(topo.caller.ns, topo.caller.ip4, CALLER_PORT) as caller,
-        Peer(topo.callee.ns, topo.callee.ip4, CALLEE_PORT) as callee,
-    ):
+    caller, callee = peers
+    with relay.client() as ng:
         offer = ok(
             ng.call(
                 "offer",
@@ -181,15 +183,12 @@ def test_a_recorded_call_has_both_directions_and_its_metadata(
 
 @needs_tshark
 def test_start_and_stop_recording_record_only_that_window(
-    topo: Topology, start_relay: StartRelay, tmp_path: Path
+    topo: Topology, start_relay: StartRelay, peers: tuple[Peer, Peer], tmp_path: Path
 ) -> None:
     spool = tmp_path / "spool"
     relay = start_relay(f"--recording-dir={spool}")
-    with (
-        relay.client() as ng,
-        Peer(topo.caller.ns, topo.caller.ip4, CALLER_PORT) as caller,
-        Peer(topo.callee.ns, topo.callee.ip4, CALLEE_PORT) as callee,
-    ):
+    caller, callee = peers
+    with relay.client() as ng:
         legs = set_up_call(ng, topo, call_id="rec-2")
         exchange(caller, callee, legs, 20)
         caller.receive(20)
@@ -278,17 +277,14 @@ def _recorded_senders(pcap: Path) -> dict[tuple[str, int], list[int]]:
 
 
 def test_a_recording_goes_on_across_a_worker_killed(
-    topo: Topology, start_relay: StartRelay, tmp_path: Path
+    topo: Topology, start_relay: StartRelay, peers: tuple[Peer, Peer], tmp_path: Path
 ) -> None:
     """The replacement worker writes on in the same pcap: what came before the kill and what
     came after are in one file, whole records only, and the metadata is finished once."""
     spool = tmp_path / "spool"
     relay = start_relay(f"--recording-dir={spool}", "--num-threads", "1")
-    with (
-        relay.client() as ng,
-        Peer(topo.caller.ns, topo.caller.ip4, CALLER_PORT) as caller,
-        Peer(topo.callee.ns, topo.callee.ip4, CALLEE_PORT) as callee,
-    ):
+    caller, callee = peers
+    with relay.client() as ng:
         legs = set_up_call(ng, topo, call_id="rec-4", flags=["record-call"])
         exchange(caller, callee, legs, 20)
         caller.receive(20)
@@ -386,7 +382,7 @@ def test_leftovers_of_a_killed_relayd_are_finished_at_the_next_start(
 
 
 def test_a_recorded_kernel_path_call_stays_in_the_kernel_and_is_recorded_whole(
-    topo: Topology, start_relay: StartRelay, tmp_path: Path
+    topo: Topology, start_relay: StartRelay, peers: tuple[Peer, Peer], tmp_path: Path
 ) -> None:
     """Issue 14, recording without leaving the kernel: the recorded call is handed to
     nftables like any other; while it is there no packet reaches a socket in the relay's
@@ -394,11 +390,8 @@ def test_a_recorded_kernel_path_call_stays_in_the_kernel_and_is_recorded_whole(
     the userspace phase and the kernel phase, both directions, every packet, in order."""
     spool = tmp_path / "spool"
     relay = start_relay(*KERNEL, f"--recording-dir={spool}")
-    with (
-        relay.client() as ng,
-        Peer(topo.caller.ns, topo.caller.ip4, CALLER_PORT) as caller,
-        Peer(topo.callee.ns, topo.callee.ip4, CALLEE_PORT) as callee,
-    ):
+    caller, callee = peers
+    with relay.client() as ng:
         legs = set_up_call(ng, topo, flags=["record-call"])
         confirm_both(caller, callee, legs)
         reply = offloaded(ng, legs.call_id)
@@ -423,15 +416,12 @@ def test_a_recorded_kernel_path_call_stays_in_the_kernel_and_is_recorded_whole(
 
 
 def test_stopping_a_kernel_recording_stops_the_copies(
-    topo: Topology, start_relay: StartRelay, tmp_path: Path
+    topo: Topology, start_relay: StartRelay, peers: tuple[Peer, Peer], tmp_path: Path
 ) -> None:
     spool = tmp_path / "spool"
     relay = start_relay(*KERNEL, f"--recording-dir={spool}")
-    with (
-        relay.client() as ng,
-        Peer(topo.caller.ns, topo.caller.ip4, CALLER_PORT) as caller,
-        Peer(topo.callee.ns, topo.callee.ip4, CALLEE_PORT) as callee,
-    ):
+    caller, callee = peers
+    with relay.client() as ng:
         legs = kernelized_call(ng, topo, caller, callee)
         ok(ng.call("start recording", call_id=legs.call_id))
         reply = ok(ng.call("query", call_id=legs.call_id))

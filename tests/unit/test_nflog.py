@@ -19,16 +19,7 @@ from relayd.nft.elements import encode_key
 from relayd.nft.netlink import NLMSG_DONE, NLMSG_ERROR, attr, message, nfgenmsg
 from relayd.nft.nflog import Copy, NflogError, NflogReader, config_request, parse_copies
 from relayd.nft.ruleset import Endpoint, ForwardKey
-
-
-def key_of(copy: Copy) -> ForwardKey | None:
-    """The forward key of a copy's addresses (what relayd's records are keyed by)."""
-    found = copy.addresses()
-    if found is None:
-        return None
-    (source, sport), (dest, dport) = found
-    return ForwardKey(Endpoint(source, sport), Endpoint(dest, dport))
-
+from tests.support.nflog import key_of
 
 DATA = Path(__file__).parents[1] / "data" / "nft"
 RTP = bytes.fromhex("80000000000000a012345678") + b"\xff" * 20  # 12-byte header, 20 bytes
