@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from relayd import ipc
 from relayd.ipc import parse_key, socket_key
 from relayd.log import get_logger
-from relayd.nft.nflog import Copy, NflogReader
+from relayd.nft.nflog import NflogReader, key_addresses
 from relayd.recording.recorder import CallRecorder, RecordingError
 from relayd.recording.spool import SpoolSettings, names_from_fields
 from relayd.worker.sockets import MediaSocket, PacketTap
@@ -172,34 +172,27 @@ class WorkerRecordings:
         if reader is None:
             return
         try:
-            batch = reader.drain(_BATCHES_PER_WAKE)
+            batch = reader.drain_udp(_BATCHES_PER_WAKE)
         except OSError as exc:
             log.warning("recording.nflog_failed", worker=self.worker, error=str(exc))
             return
         self.lost = reader.lost
         routes = self._routes
-        for copy in batch:
-            wire = copy.wire_key()
-            if wire is None:
-                continue
+        for wire, time_us, payload in batch:
             route = routes.get(wire)
             if route is None:
                 if wire in routes:
                     continue  # no longer recorded: the mark goes with the next change
-                route = routes[wire] = self._route(copy, by_key)
+                route = routes[wire] = self._route(wire, by_key)
                 if route is None:
                     continue
             tap, source = route
-            when = copy.time_us / 1e6 if copy.time_us is not None else None
-            tap.packet(source, copy.udp_payload(), when)
+            tap.packet(source, payload, time_us / 1e6 if time_us is not None else None)
 
     @staticmethod
-    def _route(copy: Copy, by_key: Mapping[str, MediaSocket]) -> _Route | None:
+    def _route(wire: bytes, by_key: Mapping[str, MediaSocket]) -> _Route | None:
         """Where a forward's copies go: the tap of the relay socket it was sent to."""
-        found = copy.addresses()
-        if found is None:
-            return None
-        source, relay = found
+        source, relay = key_addresses(wire)
         ms = by_key.get(socket_key(*relay))
         if ms is None or ms.tap is None:
             return None

@@ -7,6 +7,7 @@ import asyncio
 import errno
 import socket
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +18,15 @@ from hypothesis import strategies as st
 from relayd.nft import nflog
 from relayd.nft.elements import encode_key
 from relayd.nft.netlink import NLMSG_DONE, NLMSG_ERROR, attr, message, nfgenmsg
-from relayd.nft.nflog import Copy, NflogError, NflogReader, config_request, parse_copies
+from relayd.nft.nflog import (
+    Copy,
+    NflogError,
+    NflogReader,
+    config_request,
+    key_addresses,
+    parse_copies,
+    udp_copies,
+)
 from relayd.nft.ruleset import Endpoint, ForwardKey
 from tests.support.nflog import key_of
 
@@ -278,3 +287,48 @@ def test_settings_are_validated() -> None:
     ):
         with pytest.raises(ValueError):
             NflogReader(**kwargs)
+
+
+# -- the workers' way: udp_copies, key_addresses, drain_udp ---------------------------------
+
+
+@pytest.mark.parametrize("name", ["nflog-batch4.hex", "nflog-batch6.hex"])
+def test_udp_copies_give_what_the_copies_do(name: str) -> None:
+    data = _captured(name)
+    expected = [(c.wire_key(), c.time_us, c.udp_payload(), c.seq) for c in parse_copies(data)]
+    assert list(udp_copies(data)) == expected
+    for copy in parse_copies(data):
+        wire = copy.wire_key()
+        assert wire is not None and key_addresses(wire) == copy.addresses()
+
+
+@given(st.binary(min_size=0, max_size=120), st.sampled_from([socket.AF_INET, socket.AF_INET6]))
+def test_udp_copies_on_any_payload(packet: bytes, family: int) -> None:
+    data = _packet_message(packet, family=family, seq=7)
+    expected = [
+        (c.wire_key(), c.time_us, c.udp_payload() if c.wire_key() else b"", c.seq)
+        for c in parse_copies(data)
+    ]
+    assert list(udp_copies(data)) == expected
+
+
+@given(st.binary(max_size=600))
+def test_udp_copies_of_any_bytes_do_not_raise(data: bytes) -> None:
+    for wire, _time_us, _payload, _seq in udp_copies(data):
+        if wire is not None:
+            key_addresses(wire)
+
+
+def test_drain_udp_counts_as_drain_does(kernel: socket.socket) -> None:
+    kernel.send(_ack(1))
+    kernel.send(_ack(2))
+    with NflogReader(5) as reader:
+        kernel.send(_batch(2, 3))  # 0 and 1 never came
+        kernel.send(_batch(9))
+        deadline = time.monotonic() + 1.0
+        found: list[tuple[bytes, int | None, bytes]] = []
+        while len(found) < 3 and time.monotonic() < deadline:
+            found += reader.drain_udp()
+        assert len(found) == 3
+        assert (reader.received, reader.lost) == (3, 2 + 5)
+        assert reader.drain_udp() == []
