@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import base64
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -244,6 +244,43 @@ def check_bad_packets_dropped(
     assert errors == [e + 3 for e in errors_before], reply["tags"][secure_tag]
 
 
+def srtp_caller_call(
+    ng: NgClient, call_id: str, caller: Party, callee: Party, suite: str, flags: Sequence[str] = ()
+) -> tuple[Srtp, Advertised, Advertised, dict[str, Any]]:
+    """An SDES caller (one ``a=crypto`` of ``suite``, its own key) offered to a plain callee
+    as Kamailio asks (``transport-protocol: RTP/AVP``), answered plainly; relayd's answer to
+    the caller must carry the same suite with a key of its own. Returns the caller's SRTP
+    sessions, where the caller and the callee send, and the offer's reply."""
+    caller_key = os.urandom(PROFILES[suite][1])
+    offer = ok(
+        ng.call(
+            "offer",
+            call_id=call_id,
+            from_tag=CALLER_TAG,
+            sdp=savp_sdp(caller.address, CALLER_PORT, f"1 {suite} inline:{inline(caller_key)}"),
+            direction=["caller", "callee"],
+            flags=list(flags),
+            **{"transport-protocol": "RTP/AVP"},
+        )
+    )
+    assert protocol(offer["sdp"]) == "RTP/AVP" and crypto_lines(offer["sdp"]) == []
+    answer = ok(
+        ng.call(
+            "answer",
+            call_id=call_id,
+            from_tag=CALLER_TAG,
+            to_tag=CALLEE_TAG,
+            sdp=sdp(callee.address, CALLEE_PORT),
+        )
+    )["sdp"]
+    assert protocol(answer) == "RTP/SAVP"
+    [(tag, answered, relay_key)] = crypto_lines(answer)
+    assert (tag, answered) == (1, suite)
+    assert len(relay_key) == PROFILES[suite][1] and relay_key != caller_key
+    srtp = Srtp.make(suite, caller_key, relay_key)
+    return srtp, advertised(answer), advertised(offer["sdp"]), offer
+
+
 @pytest.mark.parametrize("suite", ["AES_CM_128_HMAC_SHA1_80", "AEAD_AES_256_GCM"])
 def test_srtp_caller_to_plain_callee(
     topo: Topology, start_relay: StartRelay, parties: tuple[Party, Party], suite: str
@@ -251,35 +288,8 @@ def test_srtp_caller_to_plain_callee(
     caller, callee = parties
     relay = start_relay()
     call_id = f"sdes-offerer-{suite}"
-    caller_key = os.urandom(PROFILES[suite][1])
     with relay.client() as ng:
-        offer = ok(
-            ng.call(
-                "offer",
-                call_id=call_id,
-                from_tag=CALLER_TAG,
-                sdp=savp_sdp(caller.address, CALLER_PORT, f"1 {suite} inline:{inline(caller_key)}"),
-                direction=["caller", "callee"],
-                **{"transport-protocol": "RTP/AVP"},
-            )
-        )["sdp"]
-        assert protocol(offer) == "RTP/AVP" and crypto_lines(offer) == []
-        answer = ok(
-            ng.call(
-                "answer",
-                call_id=call_id,
-                from_tag=CALLER_TAG,
-                to_tag=CALLEE_TAG,
-                sdp=sdp(callee.address, CALLEE_PORT),
-            )
-        )["sdp"]
-        assert protocol(answer) == "RTP/SAVP"
-        [(tag, answered, relay_key)] = crypto_lines(answer)
-        assert (tag, answered) == (1, suite)
-        assert len(relay_key) == PROFILES[suite][1] and relay_key != caller_key
-        srtp = Srtp.make(suite, caller_key, relay_key)
-
-        to_callee, to_caller = advertised(offer), advertised(answer)
+        srtp, to_caller, to_callee, _offer = srtp_caller_call(ng, call_id, caller, callee, suite)
         check_both_ways(srtp, caller, to_caller, callee, to_callee, CALLER_SSRC, CALLEE_SSRC)
         check_bad_packets_dropped(
             ng, call_id, srtp, caller, CALLER_TAG, to_caller, callee, CALLER_SSRC
@@ -352,33 +362,12 @@ def test_a_recorded_srtp_call_is_recorded_in_clear(
     spool = tmp_path / "spool"
     relay = start_relay(f"--recording-dir={spool}")
     suite = "AES_CM_128_HMAC_SHA1_80"
-    caller_key = os.urandom(PROFILES[suite][1])
     call_id = "sdes-recorded"
     with relay.client() as ng:
-        offer = ok(
-            ng.call(
-                "offer",
-                call_id=call_id,
-                from_tag=CALLER_TAG,
-                sdp=savp_sdp(caller.address, CALLER_PORT, f"1 {suite} inline:{inline(caller_key)}"),
-                direction=["caller", "callee"],
-                flags=["record-call"],
-                **{"transport-protocol": "RTP/AVP"},
-            )
+        srtp, to_caller, to_callee, offer = srtp_caller_call(
+            ng, call_id, caller, callee, suite, flags=["record-call"]
         )
         [pcap] = offer["recordings"]
-        answer = ok(
-            ng.call(
-                "answer",
-                call_id=call_id,
-                from_tag=CALLER_TAG,
-                to_tag=CALLEE_TAG,
-                sdp=sdp(callee.address, CALLEE_PORT),
-            )
-        )["sdp"]
-        [(_tag, _suite, relay_key)] = crypto_lines(answer)
-        srtp = Srtp.make(suite, caller_key, relay_key)
-        to_callee, to_caller = advertised(offer["sdp"]), advertised(answer)
         check_both_ways(srtp, caller, to_caller, callee, to_callee, CALLER_SSRC, CALLEE_SSRC)
         check_bad_packets_dropped(
             ng, call_id, srtp, caller, CALLER_TAG, to_caller, callee, CALLER_SSRC

@@ -25,13 +25,14 @@ from __future__ import annotations
 import itertools
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from relayd.ng.client import NgClient
 from tests.netns.calls import (
     ANSWER_TO_PLAIN,
     CALLEE_TAG,
@@ -232,6 +233,48 @@ class PlainParty:
         self.rtcp.close()
 
 
+def plain_to_webrtc(
+    ng: NgClient,
+    topo: Topology,
+    webrtc: list[WebRtcPeer],
+    tmp_path: Path,
+    call_id: str,
+    *,
+    every_pair: bool = False,
+    flags: Sequence[str] = (),
+) -> tuple[dict[str, Any], str, str, WebRtcPeer]:
+    """A plain caller offered to an aiortc callee with the deployment's flags (and
+    ``flags`` more), answered: the offer's reply (its SDP for the browser), aiortc's
+    answer, the answer's SDP for the plain side, and the aiortc peer."""
+    offered = ok(
+        ng.call(
+            "offer",
+            call_id=call_id,
+            from_tag=CALLER_TAG,
+            sdp=sdp(topo.caller.ip4, PLAIN_PORT),
+            direction=["caller", "callee"],
+            **{**OFFER_TO_WEBRTC, "flags": [*OFFER_TO_WEBRTC["flags"], *flags]},
+        )
+    )
+    peer = WebRtcPeer(
+        topo.callee.ns, "answer", WEBRTC_HZ, tmp_path / "aiortc.log", nominate_every_pair=every_pair
+    )
+    webrtc.append(peer)
+    peer.send({"offer": offered["sdp"]})
+    answer = peer.receive()["answer"]
+    reply = ok(
+        ng.call(
+            "answer",
+            call_id=call_id,
+            from_tag=CALLER_TAG,
+            to_tag=CALLEE_TAG,
+            sdp=answer,
+            **ANSWER_TO_PLAIN,
+        )
+    )["sdp"]
+    return offered, answer, reply, peer
+
+
 NOMINATION = pytest.mark.parametrize(
     "every_pair",
     [False, True],
@@ -250,16 +293,10 @@ def test_plain_caller_to_webrtc_callee(
     relay = start_relay()
     call_id = "webrtc-callee"
     with relay.client() as ng, PlainParty(topo.caller) as plain:
-        offer = ok(
-            ng.call(
-                "offer",
-                call_id=call_id,
-                from_tag=CALLER_TAG,
-                sdp=sdp(topo.caller.ip4, PLAIN_PORT),
-                direction=["caller", "callee"],
-                **OFFER_TO_WEBRTC,
-            )
-        )["sdp"]
+        offered, answer, reply, peer = plain_to_webrtc(
+            ng, topo, webrtc, tmp_path, call_id, every_pair=every_pair
+        )
+        offer = offered["sdp"]
         # what a browser needs, as rtpengine 10.5 writes it
         assert sdp_lines(offer, "m=audio ")[0].split()[2] == "UDP/TLS/RTP/SAVPF"
         assert sdp_lines(offer, "a=setup:") == ["a=setup:actpass"]
@@ -269,28 +306,7 @@ def test_plain_caller_to_webrtc_callee(
         candidates = sdp_lines(offer, "a=candidate:")
         assert {c.split()[4] for c in candidates} == {topo.callee.relay4, topo.callee.relay6}
         assert all(PORT_MIN <= int(c.split()[5]) <= PORT_MAX for c in candidates)
-
-        peer = WebRtcPeer(
-            topo.callee.ns,
-            "answer",
-            WEBRTC_HZ,
-            tmp_path / "aiortc.log",
-            nominate_every_pair=every_pair,
-        )
-        webrtc.append(peer)
-        peer.send({"offer": offer})
-        answer = peer.receive()["answer"]
         assert sdp_lines(answer, "a=setup:") == ["a=setup:active"]
-        reply = ok(
-            ng.call(
-                "answer",
-                call_id=call_id,
-                from_tag=CALLER_TAG,
-                to_tag=CALLEE_TAG,
-                sdp=answer,
-                **ANSWER_TO_PLAIN,
-            )
-        )["sdp"]
         assert sdp_lines(reply, "m=audio ")[0].split()[2:] == ["RTP/AVP", "0"]
         for gone in ("a=candidate:", "a=ice-", "a=fingerprint:", "a=setup:", "a=crypto:"):
             assert not sdp_lines(reply, gone), gone
@@ -397,32 +413,10 @@ def test_a_recorded_webrtc_call_is_recorded_in_clear(
     relay = start_relay(f"--recording-dir={spool}")
     call_id = "webrtc-recorded"
     with relay.client() as ng, PlainParty(topo.caller) as plain:
-        flags = {**OFFER_TO_WEBRTC, "flags": [*OFFER_TO_WEBRTC["flags"], "record-call"]}
-        offer = ok(
-            ng.call(
-                "offer",
-                call_id=call_id,
-                from_tag=CALLER_TAG,
-                sdp=sdp(topo.caller.ip4, PLAIN_PORT),
-                direction=["caller", "callee"],
-                **flags,
-            )
+        offered, _answer, reply, peer = plain_to_webrtc(
+            ng, topo, webrtc, tmp_path, call_id, flags=["record-call"]
         )
-        [pcap] = offer["recordings"]
-        peer = WebRtcPeer(topo.callee.ns, "answer", WEBRTC_HZ, tmp_path / "aiortc.log")
-        webrtc.append(peer)
-        peer.send({"offer": offer["sdp"]})
-        answer = peer.receive()["answer"]
-        reply = ok(
-            ng.call(
-                "answer",
-                call_id=call_id,
-                from_tag=CALLER_TAG,
-                to_tag=CALLEE_TAG,
-                sdp=answer,
-                **ANSWER_TO_PLAIN,
-            )
-        )["sdp"]
+        [pcap] = offered["recordings"]
         heard = converse(plain, advertised(reply), peer)
         peer.close()
         ok(ng.call("delete", call_id=call_id, delete_delay=0))
