@@ -66,9 +66,18 @@ def nflog_base(config: Config, spool: SpoolSettings | None, shard: int = 0) -> i
     """The nflog group whose copies worker 0 of this process reads, where the kernel path may
     carry recorded calls (the kernel copying their packets to the worker that records them:
     worker ``i`` reads group base + ``i``); -1 where it may not (no spool, no kernel path,
-    or nfnetlink_log unusable: then recorded calls stay with the workers, as in rtpengine
-    10.5)."""
+    workers that are systemd units without the privilege, or nfnetlink_log unusable: then
+    recorded calls stay with the workers, as in rtpengine 10.5)."""
     if spool is None or config.table < 0:
+        return -1
+    if config.worker_socket:
+        # workers as systemd units (relay-worker@.service) run without CAP_NET_ADMIN and
+        # netlink: they cannot read the copies, so recorded calls stay with them
+        log.info(
+            "recording.kernel_copies_unavailable",
+            reason="worker-socket: the workers are units without CAP_NET_ADMIN",
+            effect="recorded calls are forwarded in userspace",
+        )
         return -1
     base = config.recording_nflog_group + 256 * shard
     try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -170,6 +171,7 @@ def test_role_converges_and_second_run_changes_nothing(tmp_path: Path) -> None:
     units = root / "etc" / "systemd" / "system"
     sysctl = root / "etc" / "sysctl.d" / "60-relayd.conf"
     state = root / "var" / "lib" / "relayd"
+    spool = root / "var" / "spool" / "rtpengine-recordings"
     inventory = tmp_path / "inventory.ini"
     inventory.write_text(
         "[relayd]\n"
@@ -199,6 +201,7 @@ def test_role_converges_and_second_run_changes_nothing(tmp_path: Path) -> None:
             "relayd_homer: 127.0.0.1:9060",
             "relayd_homer_enable_ng: true",
             "relayd_config_extra: {dtls-passive: true, log-facility-rtcp: local0}",
+            f"relayd_recording_dir: {spool}",
         ]
         if _systemd_runs_this_machine():  # never start services on the CI machine
             lines.append("relayd_manage_services: false")
@@ -262,6 +265,10 @@ def test_role_converges_and_second_run_changes_nothing(tmp_path: Path) -> None:
         assert loaded.values["homer"] == "127.0.0.1:9060"
         assert loaded.values["homer-protocol"] == "udp"
         assert loaded.values["homer-enable-ng"] is True
+        # the recording spool: written, made set-group-id, writable by both units
+        assert (loaded.recording_dir, loaded.recording_format) == (str(spool), "eth")
+        assert (loaded.recording_file_mode, loaded.recording_dir_mode) == (0o640, 0o2750)
+        assert spool.is_dir() and stat.S_IMODE(spool.stat().st_mode) == 0o2750
 
         # kernel settings, written and not applied
         settings = dict(
@@ -282,6 +289,8 @@ def test_role_converges_and_second_run_changes_nothing(tmp_path: Path) -> None:
         assert "CPUAffinity=%i" in worker_unit
         assert "/opt/relayd" not in (relayd_unit + worker_unit).replace(str(prefix), "PREFIX")
         assert f"ReadWritePaths={state}" in relayd_unit
+        assert f"ReadWritePaths={spool}" in relayd_unit
+        assert f"ReadWritePaths={spool}" in worker_unit  # the workers write the pcaps
         wants = units / "relayd.service.wants"
         assert sorted(p.name for p in wants.iterdir()) == [
             f"relay-worker@{n}.service" for n in range(workers)

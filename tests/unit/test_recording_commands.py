@@ -17,7 +17,9 @@ from relayd.calls.commands import Commands
 from relayd.calls.model import Call
 from relayd.calls.recording import Recordings
 from relayd.calls.snapshot import dump_call, load_call
+from relayd.config import load
 from relayd.ng.message import Request
+from relayd.recording.control import nflog_base, spool_settings
 from tests.unit.calls import B_ADDR, T0, build, req, sdp
 
 PCAP = "/spool/pcaps/{call_id}-{n}.pcap"
@@ -318,3 +320,16 @@ def test_recording_state_comes_back_from_the_journal() -> None:
     back = load_call(json.loads(json.dumps(dump_call(call))))
     assert back.recording == call.recording
     assert isinstance(back.recording.forwarding, set)  # type: ignore[union-attr]
+
+
+def test_no_kernel_copies_without_a_spool_a_kernel_path_or_with_worker_units() -> None:
+    """The kernel may carry recorded calls only where their workers can read its copies: not
+    without a spool or a kernel path, and not for workers that are systemd units (no
+    CAP_NET_ADMIN, no netlink): then recorded calls stay with the workers."""
+    base = ["--config-file=none", "--table=0", "--recording-dir=/tmp/unused-spool"]
+    units = load([*base, "--worker-socket=/run/relayd/workers.sock"])
+    assert nflog_base(units, spool_settings(units)) == -1
+    userspace = load(["--config-file=none", "--table=-1", "--recording-dir=/tmp/unused-spool"])
+    assert nflog_base(userspace, spool_settings(userspace)) == -1
+    unrecorded = load(["--config-file=none", "--table=0"])
+    assert spool_settings(unrecorded) is None and nflog_base(unrecorded, None) == -1
