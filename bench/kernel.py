@@ -549,10 +549,7 @@ def measure_daemons(
         for k, row in enumerate(rows):
             low = media.RELAY_PORT_MIN + k * span
             daemon = "relayd" if row.relay == KERNEL else row.relay
-            spool = ""
-            if args.record:
-                spool = str(workdir / f"spool-{row.relay}-{row.workers}-{row.streams}")
-                Path(spool).mkdir(parents=True, exist_ok=True)
+            spool = media.recording_spool(args, workdir, f"{row.relay}-{row.workers}-{row.streams}")
             spec = media.DaemonSpec(
                 daemon, row.workers, media.NG_PORT + k, low, low + span - 1, spool
             )

@@ -108,6 +108,15 @@ class DaemonSpec:
     recording_dir: str = ""  # --record: the daemon's spool
 
 
+def recording_spool(args: argparse.Namespace, workdir: Path, name: str) -> str:
+    """With ``--record``, a fresh spool directory for one daemon of a row ("": none)."""
+    if not args.record:
+        return ""
+    spool = workdir / f"spool-{name}"
+    spool.mkdir(parents=True, exist_ok=True)
+    return str(spool)
+
+
 def daemon_argv(spec: DaemonSpec, log_level: int) -> list[str]:
     listen = f"{NG_HOST}:{spec.ng_port}"
     if spec.relay in ("relayd", "candidate"):
@@ -475,10 +484,7 @@ def measure_group(
         group: list[Contender] = []
         for k, row in enumerate(rows):
             low = RELAY_PORT_MIN + k * span
-            spool = ""
-            if args.record:
-                spool = str(workdir / f"spool-{row.relay}-{row.workers}-{row.streams}")
-                Path(spool).mkdir(parents=True, exist_ok=True)
+            spool = recording_spool(args, workdir, f"{row.relay}-{row.workers}-{row.streams}")
             spec = DaemonSpec(row.relay, row.workers, NG_PORT + k, low, low + span - 1, spool)
             source = args.candidate if row.relay == "candidate" else args.relayd_source
             proc = stack.enter_context(

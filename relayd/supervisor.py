@@ -169,8 +169,8 @@ class Supervisor:
             record_group=lambda call: (
                 copies_from + call.worker if copies_from >= 0 and records_now(call) else None
             ),
+            copies=copies_from >= 0,
         )
-        self.handover.copies = copies_from >= 0
         self.updates = WorkerUpdates(self.calls, self.media.sync)
         self._stop = asyncio.Event()
         self._closers: list[Any] = []

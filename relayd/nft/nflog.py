@@ -88,7 +88,6 @@ _U32 = struct.Struct("!I")
 _TIMESTAMP = struct.Struct("!QQ")
 _PACKET_HDR = struct.Struct("!HB")  # hw_protocol, hook
 _MODE = struct.Struct("!IBB")  # copy_range, copy_mode, padding
-_PORTS = struct.Struct("!HH")
 _PAD = b"\0\0"  # a port's padding in an nf_tables register (relayd.nft.elements.encode_key)
 _ACK_TIMEOUT = 5.0
 _SEQ_MOD = 1 << 32
@@ -149,18 +148,11 @@ class Copy(NamedTuple):
         """The packet's source and destination, ``((address, port), (address, port))``: at
         prerouting, a forward's key as :class:`relayd.nft.ruleset.ForwardKey` holds it, the
         party and relayd's socket (None: not UDP, or a port 0, which no forward has)."""
-        udp = self._udp()
-        if udp < 0:
+        wire = self.wire_key()
+        if wire is None:
             return None
-        packet = self.packet
-        size = 4 if self.family == socket.AF_INET else 16
-        first = 12 if size == 4 else 8
-        sport, dport = _PORTS.unpack_from(packet, udp)
-        if not sport or not dport:
-            return None
-        source = str(ip_address(packet[first : first + size]))
-        dest = str(ip_address(packet[first + size : first + 2 * size]))
-        return (source, sport), (dest, dport)
+        found = key_addresses(wire)
+        return found if found[0][1] and found[1][1] else None
 
     def udp_payload(self) -> bytes:
         """The UDP payload (the RTP or RTCP packet), as much of it as the snap length kept."""
@@ -499,58 +491,55 @@ class NflogReader:
         self.received += len(copies)
         return copies
 
-    def drain(self, limit: int = 64) -> list[Copy]:
-        """The copies that have come, from at most ``limit`` datagrams (batches), without
-        waiting: an event loop's reader takes a bounded share and is called again while
-        more is there. ``ENOBUFS`` is counted and reading goes on."""
+    def _datagrams(self, limit: int) -> Iterator[bytes]:
+        """At most ``limit`` datagrams (the kernel's batches) that wait, without waiting;
+        ``ENOBUFS`` (batches the kernel dropped) is counted and reading goes on."""
         if self._sock is None:
             raise NflogError("nflog reader is not open")
-        found, self._early = self._early, []
         recv = self._sock.recv
         size = self._bufsize
         for _ in range(limit):
             try:
                 data = recv(size)
             except BlockingIOError:
-                break
+                return
             except OSError as exc:
                 if exc.errno != errno.ENOBUFS:
-                    self._early = found  # what came before the failure is not lost
                     raise NflogError(f"nfnetlink_log group {self.group}: {exc}") from exc
                 self.overruns += 1
                 continue
-            found += self._count(parse_copies(data))
+            yield data
+
+    def drain(self, limit: int = 64) -> list[Copy]:
+        """The copies that have come, from at most ``limit`` datagrams (batches), without
+        waiting: an event loop's reader takes a bounded share and is called again while
+        more is there. ``ENOBUFS`` is counted and reading goes on."""
+        found, self._early = self._early, []
+        try:
+            for data in self._datagrams(limit):
+                found += self._count(parse_copies(data))
+        except NflogError:
+            self._early = found  # what came before the failure is not lost
+            raise
         return found
 
     def drain_udp(self, limit: int = 64) -> list[tuple[bytes, int | None, bytes]]:
         """As :meth:`drain`, as :func:`udp_copies` gives them: ``(wire_key, time_us,
         udp_payload)`` of each UDP copy (the workers' way: no object per copy)."""
-        if self._sock is None:
-            raise NflogError("nflog reader is not open")
         found: list[tuple[bytes, int | None, bytes]] = []
-        recv = self._sock.recv
-        size = self._bufsize
         expected = self._expected
-        for _ in range(limit):
-            try:
-                data = recv(size)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if exc.errno != errno.ENOBUFS:
-                    self._expected = expected
-                    raise NflogError(f"nfnetlink_log group {self.group}: {exc}") from exc
-                self.overruns += 1
-                continue
-            for key, time_us, payload, seq in udp_copies(data):
-                self.received += 1
-                if seq is not None:
-                    if seq != expected:
-                        self.lost += (seq - expected) % _SEQ_MOD
-                    expected = (seq + 1) % _SEQ_MOD
-                if key is not None:
-                    found.append((key, time_us, payload))
-        self._expected = expected
+        try:
+            for data in self._datagrams(limit):
+                for key, time_us, payload, seq in udp_copies(data):
+                    self.received += 1
+                    if seq is not None:
+                        if seq != expected:
+                            self.lost += (seq - expected) % _SEQ_MOD
+                        expected = (seq + 1) % _SEQ_MOD
+                    if key is not None:
+                        found.append((key, time_us, payload))
+        finally:
+            self._expected = expected
         return found
 
     def read(self, count: int, timeout: float) -> list[Copy]:

@@ -52,12 +52,14 @@ class KernelHandover:
         *,
         rtcp_copied: bool,
         record_group: Callable[[Call], int | None] = lambda call: None,
+        copies: bool = False,
     ) -> None:
         self.kernel, self.media = kernel, media
         # a recorded call's nflog group, where the kernel copies its packets for its worker
         # (None: not recorded, or the kernel cannot copy: then it stays with the workers)
         self.record_group = record_group
-        self.copies = False  # the kernel may carry recorded calls (RecordingControl says)
+        # the kernel may carry recorded calls: it copies their packets to their workers
+        self.copies = copies
         self.on_changed, self.on_traffic = on_changed, on_traffic
         self.rtcp_copied = rtcp_copied
         self.in_kernel: set[str] = set()  # call-ids with a stream in the kernel

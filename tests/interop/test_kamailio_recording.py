@@ -29,22 +29,18 @@ from tests.interop.test_kamailio import (
     place_calls,
     running_rtpengine,
 )
+from tests.interop.test_kamailio import pytestmark as KAMAILIO_HARNESS
 from tests.support.kamailio import (
     DEFAULT_FLAGS,
     KamailioSettings,
-    kamailio_available,
     running_kamailio,
 )
 from tests.support.relayd import running_relayd
-from tests.support.sipp import TONE_PACKETS, capture_available, sipp_available
+from tests.support.sipp import TONE_PACKETS
 
+# the harness's own conditions (Kamailio, sipp, root and dumpcap), and tshark
 pytestmark = [
-    pytest.mark.interop,
-    pytest.mark.skipif(not kamailio_available(), reason="kamailio with rtpengine.so not installed"),
-    pytest.mark.skipif(not sipp_available(), reason="sipp (sip-tester) not installed"),
-    pytest.mark.skipif(
-        not capture_available(), reason="needs root and dumpcap (raw sockets, capture on lo)"
-    ),
+    *KAMAILIO_HARNESS,
     pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed"),
 ]
 

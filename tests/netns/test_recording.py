@@ -190,9 +190,7 @@ def test_start_and_stop_recording_record_only_that_window(
     caller, callee = peers
     with relay.client() as ng:
         legs = set_up_call(ng, topo, call_id="rec-2")
-        exchange(caller, callee, legs, 20)
-        caller.receive(20)
-        callee.receive(20)
+        _talk(caller, callee, legs, 20)
         assert spool_files(spool)["pcaps"] == []
         ok(ng.call("start recording", call_id="rec-2"))
         exchange(caller, callee, legs, 30, first=20)
@@ -201,9 +199,7 @@ def test_start_and_stop_recording_record_only_that_window(
         wait_for(ng, "rec-2", lambda r: stream_of(r, "callee-tag")["stats"]["packets"] == 50)
         ok(ng.call("stop recording", call_id="rec-2"))
         metadata = _wait_for_metadata(spool)
-        exchange(caller, callee, legs, 20, first=50)
-        caller.receive(20)
-        callee.receive(20)
+        _talk(caller, callee, legs, 20, first=50)
         ok(ng.call("delete", call_id="rec-2", delete_delay=0))
     [pcap] = spool_files(spool)["pcaps"]
     assert metadata.read_text().startswith(f"{pcap}\n")
@@ -267,6 +263,27 @@ def _wait_for_metadata(spool: Path, timeout: float = 5.0) -> Path:
         time.sleep(0.05)
 
 
+def _talk(caller: Peer, callee: Peer, legs: CallLegs, count: int, first: int = 0) -> None:
+    """Both sides send ``count`` packets through the relay; every one arrives."""
+    exchange(caller, callee, legs, count, first=first)
+    assert len(callee.receive(count)) == count and len(caller.receive(count)) == count
+
+
+def _wait_for_recordings(spool: Path, count: int, timeout: float = 5.0) -> None:
+    """Until ``count`` recordings have their metadata file in tmp/ (the workers made them)."""
+    deadline = time.monotonic() + timeout
+    while len(spool_files(spool)["tmp"]) < count:
+        assert time.monotonic() < deadline, spool_files(spool)
+        time.sleep(0.05)
+
+
+def _assert_both_recorded(topo: Topology, pcap: Path, seqs: list[int]) -> None:
+    """The caller's and the callee's RTP in ``pcap``: these sequence numbers, in order."""
+    senders = _recorded_senders(pcap)
+    for sender in ((topo.caller.ip4, CALLER_PORT), (topo.callee.ip4, CALLEE_PORT)):
+        assert senders[sender] == seqs, senders
+
+
 def _recorded_senders(pcap: Path) -> dict[tuple[str, int], list[int]]:
     """The RTP sequence numbers in ``pcap``, by sender."""
     found: dict[tuple[str, int], list[int]] = {}
@@ -286,9 +303,7 @@ def test_a_recording_goes_on_across_a_worker_killed(
     caller, callee = peers
     with relay.client() as ng:
         legs = set_up_call(ng, topo, call_id="rec-4", flags=["record-call"])
-        exchange(caller, callee, legs, 20)
-        caller.receive(20)
-        callee.receive(20)
+        _talk(caller, callee, legs, 20)
         wait_for(ng, "rec-4", lambda r: stream_of(r, "callee-tag")["stats"]["packets"] == 20)
         time.sleep(0.5)  # the recorder writes what waited 0.2 s: these are on disk now
         [worker] = worker_pids(relay)
@@ -298,15 +313,12 @@ def test_a_recording_goes_on_across_a_worker_killed(
             assert time.monotonic() < deadline, "no new worker"
             time.sleep(0.05)
         time.sleep(0.3)  # its calls, recording first, then forwards
-        exchange(caller, callee, legs, 20, first=20)
-        assert len(callee.receive(20)) == 20 and len(caller.receive(20)) == 20
+        _talk(caller, callee, legs, 20, first=20)
         ok(ng.call("delete", call_id="rec-4", delete_delay=0))
         metadata = _wait_for_metadata(spool)
     [pcap] = spool_files(spool)["pcaps"]
     assert metadata.read_text().startswith(f"{pcap}\n")
-    senders = _recorded_senders(pcap)
-    for sender in ((topo.caller.ip4, CALLER_PORT), (topo.callee.ip4, CALLEE_PORT)):
-        assert senders[sender] == list(range(40)), senders
+    _assert_both_recorded(topo, pcap, list(range(40)))
 
 
 def test_a_recording_goes_on_after_a_restart_with_the_journal(
@@ -322,9 +334,7 @@ def test_a_recording_goes_on_after_a_restart_with_the_journal(
     ):
         with relay.client() as ng:
             legs = set_up_call(ng, topo, call_id="rec-5", flags=["record-call"])
-            exchange(caller, callee, legs, 20)
-            caller.receive(20)
-            callee.receive(20)
+            _talk(caller, callee, legs, 20)
             wait_for(ng, "rec-5", lambda r: stream_of(r, "callee-tag")["stats"]["packets"] == 20)
         relay.stop()  # SIGTERM: the journal keeps the call, the recording stays in tmp/
         assert spool_files(spool)["metadata"] == []
@@ -332,14 +342,11 @@ def test_a_recording_goes_on_after_a_restart_with_the_journal(
         with relay.client() as ng:
             assert ok(ng.call("query", call_id="rec-5"))["recording"]["call recording"] == 1
             time.sleep(0.3)
-            exchange(caller, callee, legs, 20, first=20)
-            assert len(callee.receive(20)) == 20 and len(caller.receive(20)) == 20
+            _talk(caller, callee, legs, 20, first=20)
             ok(ng.call("delete", call_id="rec-5", delete_delay=0))
             _wait_for_metadata(spool)
     [pcap] = spool_files(spool)["pcaps"]
-    senders = _recorded_senders(pcap)
-    for sender in ((topo.caller.ip4, CALLER_PORT), (topo.callee.ip4, CALLEE_PORT)):
-        assert senders[sender] == list(range(40)), senders
+    _assert_both_recorded(topo, pcap, list(range(40)))
 
 
 def test_stopped_without_a_journal_every_recording_is_finished(
@@ -350,10 +357,7 @@ def test_stopped_without_a_journal_every_recording_is_finished(
     with relay.client() as ng:
         set_up_call(ng, topo, call_id="rec-6", flags=["record-call"])
         set_up_call(ng, topo, call_id="rec-7", flags=["record-call"], caller_port=6100)
-        deadline = time.monotonic() + 5
-        while len(spool_files(spool)["tmp"]) < 2:
-            assert time.monotonic() < deadline, spool_files(spool)
-            time.sleep(0.05)
+        _wait_for_recordings(spool, 2)
     relay.stop()
     files = spool_files(spool)
     assert files["tmp"] == [] and len(files["metadata"]) == 2, files
@@ -366,10 +370,7 @@ def test_leftovers_of_a_killed_relayd_are_finished_at_the_next_start(
     relay = start_relay(f"--recording-dir={spool}", "--state-dir=none")
     with relay.client() as ng:
         set_up_call(ng, topo, call_id="rec-8", flags=["record-call"])
-        deadline = time.monotonic() + 5
-        while not spool_files(spool)["tmp"]:
-            assert time.monotonic() < deadline, spool_files(spool)
-            time.sleep(0.05)
+        _wait_for_recordings(spool, 1)
     assert relay.proc is not None
     for pid in pids(topo.relay):  # relayd and its workers, all at once
         os.kill(pid, signal.SIGKILL)
@@ -434,6 +435,4 @@ def test_stopping_a_kernel_recording_stops_the_copies(
         time.sleep(0.3)
         ok(ng.call("delete", call_id=legs.call_id, delete_delay=0))
     [pcap] = spool_files(spool)["pcaps"]
-    senders = _recorded_senders(pcap)
-    assert senders[(topo.caller.ip4, CALLER_PORT)] == list(range(100, 120)), senders
-    assert senders[(topo.callee.ip4, CALLEE_PORT)] == list(range(100, 120)), senders
+    _assert_both_recorded(topo, pcap, list(range(100, 120)))

@@ -177,6 +177,7 @@ def _rig(
     enabled: bool = True,
     rtcp_copied: bool = False,
     record_group: Callable[[Call], int | None] = lambda call: None,
+    copies: bool = False,
 ) -> Rig:
     log: list[Event] = []
     cmds, _ = build()
@@ -190,6 +191,7 @@ def _rig(
         lambda stream, packets, size: traffic.append((stream, packets, size)),
         rtcp_copied=rtcp_copied,
         record_group=record_group,
+        copies=copies,
     )
     return Rig(handover, media, cmds, log, traffic, fake)
 
@@ -579,8 +581,7 @@ def test_a_recorded_call_is_marked_before_its_forwards_go_in_and_unmarked_after(
     kernel like any other; its forwards are marked for its worker's nflog group before they
     are installed (the first forwarded packet is copied), and unmarked when it stops."""
     recording = {"on": True}
-    rig = _rig(record_group=lambda call: 7 if recording["on"] else None)
-    rig.handover.copies = True
+    rig = _rig(record_group=lambda call: 7 if recording["on"] else None, copies=True)
     call = rig.call()
     call.recording = CallRecording(names=("n",), pcap="p")
     rig.handover.offload(call)
