@@ -162,6 +162,9 @@ class SocketSpec:
     # it forwards like the socket it names, and once the party uses it (a nominated
     # check), what goes to the party leaves from it
     alias_of: str = ""
+    # -- transcoding (relayd/transcode/plan.py): the codec plan of what arrives here, as
+    # ``CodecPlan.to_text`` writes it; empty: no codec work, packets go on as they are
+    codecs: str = ""
 
 
 @dataclass(frozen=True, slots=True)

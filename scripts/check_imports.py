@@ -15,7 +15,8 @@ else to relayd.x; importing a package is an edge to its __init__ only. The rules
 * 'worker imports only shared modules': relayd.worker's modules import of relayd only
   relayd.worker, relayd.ipc, relayd.log, relayd.rtcp, relayd.certificate, the
   recording library (relayd.recording's spool, recorder, pcap and metadata) and the
-  nfnetlink_log reader (relayd.nft.nflog, relayd.nft.netlink).
+  nfnetlink_log reader (relayd.nft.nflog, relayd.nft.netlink) and the transcoding engine
+  (relayd.transcode).
 * 'the modules shared with the worker import only each other': relayd.ipc, relayd.log,
   relayd.rtcp, relayd.certificate and the recording library pull nothing else of relayd
   into the worker.
@@ -71,7 +72,7 @@ PURE = (
     "relayd.ng.bencode", "relayd.ng.message", "relayd.ng.cache", "relayd.sdp", "relayd.calls",
     "relayd.plane.forwarding", "relayd.plane.reports", "relayd.plane.offload",
     "relayd.ops.counters", "relayd.ops.hep", "relayd.config",
-    "relayd.config_keys", "relayd.ipc", "relayd.rtcp",
+    "relayd.config_keys", "relayd.ipc", "relayd.rtcp", "relayd.transcode.plan",
 )  # fmt: skip
 SHARED_WITH_WORKER = (
     "relayd.ipc", "relayd.log", "relayd.rtcp", "relayd.certificate",
@@ -80,6 +81,8 @@ SHARED_WITH_WORKER = (
     "relayd.recording.metadata",
     # the nfnetlink_log reader: workers read the kernel's copies of recorded packets
     "relayd.nft.nflog", "relayd.nft.netlink",
+    # the transcoding engine and its plan (the contract with the supervisor's negotiation)
+    "relayd.transcode",
 )  # fmt: skip
 
 RULES: list[Rule] = [

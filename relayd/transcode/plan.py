@@ -1,0 +1,129 @@
+"""What a worker does with the RTP arriving on one socket before sending it on (pure).
+
+One :class:`CodecPlan` per direction of a media section: packets from party A arriving
+on A's socket, sent to B from B's socket. The supervisor's negotiation decides it from
+both sides' SDP and the ng codec options (relayd/calls/); the worker's media engine
+carries it out. A direction with no plan (``None``, the empty text) needs no codec
+work: its packets are forwarded as they are, in a worker or in the kernel.
+
+The plan names formats as SDP does (:class:`Format`: payload type, encoding name as
+rtpengine spells it, clock rate, channels, fmtp, ptime). For each payload type the
+sender may send, the plan says one of:
+
+* ``passthrough``: forwarded with its payload unchanged (under a new SSRC and sequence
+  numbering where the direction transcodes anything at all, as rtpengine does);
+* ``decode``: decoded to audio, and that audio encoded as ``encode`` (resampled,
+  repacketised to ``encode.ptime``);
+* ``dtmf``: a telephone-event payload type (RFC 4733), sent on as ``dtmf_out`` (its
+  timestamps rescaled where the clock rates differ), or dropped when ``dtmf_out`` is None;
+* ``cn``: comfort noise (RFC 3389), sent on as ``cn_out``, or consumed when it is None;
+* anything not named: dropped.
+
+The text form (:meth:`CodecPlan.to_text`, :func:`parse`) is compact JSON, what
+:class:`relayd.ipc.SocketSpec` carries in its ``codecs`` field.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["CodecPlan", "Format", "PlanError", "parse"]
+
+
+class PlanError(ValueError):
+    """A plan's text that does not decode."""
+
+
+@dataclass(frozen=True, slots=True)
+class Format:
+    """One RTP payload format: ``a=rtpmap:<pt> <name>/<rate>[/<channels>]``, its fmtp and ptime."""
+
+    pt: int
+    name: str  # as rtpengine spells it: "PCMU", "PCMA", "G722", "opus", "telephone-event", "CN"
+    rate: int  # RTP clock rate in Hz (G722: 8000, as RFC 3551 says)
+    channels: int = 1
+    fmtp: str = ""
+    ptime: int = 0  # milliseconds per packet; 0: the codec's default
+
+    def to_list(self) -> list[Any]:
+        return [self.pt, self.name, self.rate, self.channels, self.fmtp, self.ptime]
+
+    @classmethod
+    def from_list(cls, value: Any) -> Format:
+        try:
+            pt, name, rate, channels, fmtp, ptime = value
+            if not (isinstance(name, str) and isinstance(fmtp, str)):
+                raise TypeError(name)
+            return cls(int(pt), name, int(rate), int(channels), fmtp, int(ptime))
+        except (TypeError, ValueError) as exc:
+            raise PlanError(f"bad format {value!r}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class CodecPlan:
+    """One direction's codec work: see the module's docstring."""
+
+    passthrough: tuple[int, ...] = ()
+    decode: tuple[Format, ...] = ()
+    encode: Format | None = None
+    dtmf: tuple[Format, ...] = ()
+    dtmf_out: Format | None = None
+    cn: tuple[Format, ...] = ()
+    cn_out: Format | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # room for what a later issue adds
+
+    def to_text(self) -> str:
+        body: dict[str, Any] = {}
+        if self.passthrough:
+            body["p"] = list(self.passthrough)
+        if self.decode:
+            body["d"] = [f.to_list() for f in self.decode]
+        if self.encode is not None:
+            body["e"] = self.encode.to_list()
+        if self.dtmf:
+            body["t"] = [f.to_list() for f in self.dtmf]
+        if self.dtmf_out is not None:
+            body["to"] = self.dtmf_out.to_list()
+        if self.cn:
+            body["c"] = [f.to_list() for f in self.cn]
+        if self.cn_out is not None:
+            body["co"] = self.cn_out.to_list()
+        if self.extra:
+            body["x"] = self.extra
+        return json.dumps(body, separators=(",", ":"))
+
+
+def _formats(value: Any) -> tuple[Format, ...]:
+    if not isinstance(value, list):
+        raise PlanError(f"bad format list {value!r}")
+    return tuple(Format.from_list(v) for v in value)
+
+
+def parse(text: str) -> CodecPlan | None:
+    """The plan of :meth:`CodecPlan.to_text`; None for the empty text (no codec work)."""
+    if not text:
+        return None
+    try:
+        body = json.loads(text)
+    except ValueError as exc:
+        raise PlanError(f"bad plan {text!r}") from exc
+    if not isinstance(body, dict):
+        raise PlanError(f"bad plan {text!r}")
+    passthrough = body.get("p", [])
+    if not isinstance(passthrough, list) or not all(isinstance(p, int) for p in passthrough):
+        raise PlanError(f"bad passthrough {passthrough!r}")
+    extra = body.get("x", {})
+    if not isinstance(extra, dict):
+        raise PlanError(f"bad extra {extra!r}")
+    return CodecPlan(
+        passthrough=tuple(passthrough),
+        decode=_formats(body.get("d", [])),
+        encode=Format.from_list(body["e"]) if "e" in body else None,
+        dtmf=_formats(body.get("t", [])),
+        dtmf_out=Format.from_list(body["to"]) if "to" in body else None,
+        cn=_formats(body.get("c", [])),
+        cn_out=Format.from_list(body["co"]) if "co" in body else None,
+        extra=extra,
+    )
