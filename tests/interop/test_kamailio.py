@@ -43,7 +43,9 @@ from tests.support.kamailio import (
 from tests.support.process import new_session_dying_with_parent
 from tests.support.relayd import running_relayd
 from tests.support.sipp import (
+    SCENARIOS,
     TONE_PACKETS,
+    TONE_PCAP,
     PacketCapture,
     SdpSummary,
     SippResult,
@@ -129,6 +131,8 @@ class Leg:
     sent: int  # sender → relay_in
     delivered: int  # relay_out → receiver
     altered: int  # delivered packets whose bytes the sender never sent
+    payload_types: frozenset[int] = frozenset()  # of the delivered RTP packets
+    audio: bytes = b""  # the delivered packets' RTP payloads, one after the other
 
     def describe(self) -> str:
         return (
@@ -256,6 +260,8 @@ def place_calls(
     rate: float,
     call_duration_ms: int,
     timeout_s: float,
+    uas_scenario: Path = SCENARIOS / "uas.xml",
+    uas_media: Sequence[str] = (TONE_PCAP,),
 ) -> CallRun:
     """Run ``calls`` UAC→Kamailio→UAS calls with RTP both ways, watching the relay.
 
@@ -277,6 +283,8 @@ def place_calls(
                 calls=calls,
                 local=UAS,
                 media_port=UAS_MEDIA_PORT,
+                scenario=uas_scenario,
+                media_files=uas_media,
                 timeout_s=timeout_s,
             )
         ) as uas,
@@ -409,6 +417,7 @@ def _leg(
     sent = flows.get((sender, relay_in), [])
     delivered = flows.get((relay_out, receiver), [])
     originals = set(sent)
+    rtp = [p for p in delivered if len(p) > 12 and p[0] >> 6 == 2 and not 72 <= p[1] & 0x7F <= 76]
     return Leg(
         sender,
         relay_in,
@@ -417,6 +426,8 @@ def _leg(
         sent=len(sent),
         delivered=len(delivered),
         altered=sum(1 for payload in delivered if payload not in originals),
+        payload_types=frozenset(p[1] & 0x7F for p in rtp),
+        audio=b"".join(p[12 + 4 * (p[0] & 0x0F) :] for p in rtp),
     )
 
 
@@ -453,14 +464,14 @@ def assert_completed(run: CallRun, deployment: Deployment, calls: int) -> None:
     assert deployment.proxy.failures() == [], deployment.proxy.log()[-4000:]
 
 
-def assert_media_both_ways(run: CallRun, calls: int) -> None:
+def assert_media_both_ways(run: CallRun, calls: int, *, transcoded: bool = False) -> None:
     """Every call's RTP went through the relay, both ways, end to end.
 
     Each agent sent its whole tone to the relay port its SDP named (this also
     shows the capture saw everything), and the relay delivered at least
-    ``MIN_DELIVERED`` of it, unaltered, to the other agent's port, from the
-    port it gave that agent.  The relay sent nothing elsewhere, and its own
-    counters show RTP received from both parties.
+    ``MIN_DELIVERED`` of it, unaltered (``transcoded``: altered, every packet),
+    to the other agent's port, from the port it gave that agent.  The relay sent
+    nothing elsewhere, and its own counters show RTP received from both parties.
     """
     media = run.media
     assert media.dropped == 0, f"capture lost {media.dropped} packets; counts unreliable"
@@ -470,7 +481,9 @@ def assert_media_both_ways(run: CallRun, calls: int) -> None:
         for name, leg in (("uac->uas", call.to_uas), ("uas->uac", call.to_uac)):
             if leg.sent != TONE_PACKETS:
                 problems.append(f"{call.call_id} {name}: sender sent {leg.sent}: {leg.describe()}")
-            elif leg.delivered < MIN_DELIVERED * leg.sent or leg.altered:
+            elif leg.delivered < MIN_DELIVERED * leg.sent or leg.altered != (
+                leg.delivered if transcoded else 0
+            ):
                 problems.append(f"{call.call_id} {name}: {leg.describe()}")
     assert not problems, (
         f"{len(problems)} of {2 * calls} directions short ({media.captured} packets captured):\n"

@@ -133,7 +133,7 @@ request_route {
     }
 
     if (is_method("INVITE") && has_body("application/sdp")) {
-        if (!rtpengine_offer("$flags")) {
+        if (!rtpengine_offer("$offer_flags")) {
             xlog("L_ERR", "$failure_mark offer $$ci\\n");
             sl_send_reply("503", "rtpengine offer failed");
             exit;
@@ -205,6 +205,7 @@ class KamailioSettings:
     sip_host: str = "127.0.0.1"
     sip_port: int = 25060
     flags: str = DEFAULT_FLAGS
+    offer_flags: str = ""  # added to ``flags`` for rtpengine_offer only (``transcode-PCMA``)
     children: int = 4
     debug: int = 2
     ng_retries: int = 2
@@ -231,6 +232,7 @@ def render_config(settings: KamailioSettings) -> str:
         ng_retries=settings.ng_retries,
         ng_timeout_ms=settings.ng_timeout_ms,
         flags=settings.flags,
+        offer_flags=f"{settings.flags} {settings.offer_flags}".strip(),
         failure_mark=FAILURE_MARK,
     )
 

@@ -8,7 +8,7 @@ and ``-trace_msg``; the SIP messages of the last are parsed so a test can look
 at the SDP each side actually sent and received.
 
 Media: the scenarios give every call its own port (``[auto_media_port]``, see
-:func:`auto_media_port`) and play ``tone-pcmu.pcap`` (tests/data/media) to the
+:func:`auto_media_port`) and play ``tone-pcmu.pcap`` (tests/support/media_files.py) to the
 peer's SDP address.  sipp 3.6 sends pcap audio through a raw socket and keeps
 no per-call receive statistics (its ``rtp_stream`` would share one port among
 all calls), so what flowed is counted on the wire: :func:`running_capture`
@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
+from tests.support.media_files import TONE_PACKETS, write_tone
 from tests.support.process import new_session_dying_with_parent
 
 __all__ = [
@@ -65,10 +66,8 @@ __all__ = [
 SIPP_BIN = "/usr/bin/sipp"
 DUMPCAP_BIN = "/usr/bin/dumpcap"
 SCENARIOS = Path(__file__).resolve().parents[1] / "interop" / "scenarios"
-MEDIA = Path(__file__).resolve().parents[1] / "data" / "media"
-# 2 s of a PCMU tone as 100 RTP packets, 20 ms apart (tests/data/media/make_media.py).
-TONE_PCAP = MEDIA / "tone-pcmu.pcap"
-TONE_PACKETS = 100
+# 2 s of a PCMU tone as 100 RTP packets, 20 ms apart (tests/support/media_files.py).
+TONE_PCAP = "tone-pcmu.pcap"
 
 
 class Role(Enum):
@@ -335,7 +334,7 @@ class SippAgent:
         service: str = "relayd",
         timeout_s: float = 30.0,
         recv_timeout_ms: int = 10000,
-        media_files: Sequence[Path] = (TONE_PCAP,),
+        media_files: Sequence[str] = (TONE_PCAP,),
         extra: Sequence[str] = (),
     ) -> None:
         self.workdir = workdir
@@ -383,10 +382,9 @@ class SippAgent:
 
     def start(self) -> None:
         # The scenarios name their pcap files relative to sipp's working directory.
-        for source in self.media_files:
-            target = self.workdir / source.name
-            if not target.exists():
-                shutil.copyfile(source, target)
+        for name in self.media_files:
+            if not (self.workdir / name).exists():
+                write_tone(name, self.workdir)
         with open(self.screen_path, "wb") as screen:
             self.proc = subprocess.Popen(
                 self.args,
@@ -445,6 +443,7 @@ def uas_agent(
     local: tuple[str, int] = ("127.0.0.20", 25062),
     media_port: int = 27000,
     scenario: Path = SCENARIOS / "uas.xml",
+    media_files: Sequence[str] = (TONE_PCAP,),
     timeout_s: float = 30.0,
     extra: Sequence[str] = (),
 ) -> SippAgent:
@@ -457,6 +456,7 @@ def uas_agent(
         media=(local[0], media_port),
         calls=calls,
         timeout_s=timeout_s,
+        media_files=media_files,
         extra=extra,
     )
 

@@ -11,7 +11,16 @@ import itertools
 import math
 import struct
 
-__all__ = ["dominant_hz", "mulaw_decode", "mulaw_encode", "pcm16", "tone", "tone_pcmu"]
+__all__ = [
+    "alaw_decode",
+    "alaw_encode",
+    "dominant_hz",
+    "mulaw_decode",
+    "mulaw_encode",
+    "pcm16",
+    "tone",
+    "tone_pcmu",
+]
 
 RATE = 8000
 _BIAS = 0x84
@@ -46,6 +55,44 @@ def mulaw_encode(samples: list[int]) -> bytes:
 
 def mulaw_decode(data: bytes) -> list[int]:
     return [_DECODE[b] for b in data]
+
+
+# G.711 A-law (ITU-T G.711): the segment ends of the 13-bit magnitude
+_ALAW_SEGMENT_ENDS = (0x1F, 0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF)
+
+
+def _alaw_encode_sample(sample: int) -> int:
+    value = max(-32768, min(32767, sample)) >> 3
+    mask = 0xD5 if value >= 0 else 0x55
+    if value < 0:
+        value = -value - 1
+    segment = next((i for i, end in enumerate(_ALAW_SEGMENT_ENDS) if value <= end), 8)
+    if segment >= 8:
+        return 0x7F ^ mask
+    code = segment << 4 | ((value >> 1 if segment < 2 else value >> segment) & 0x0F)
+    return code ^ mask
+
+
+def _alaw_decode_sample(byte: int) -> int:
+    byte ^= 0x55
+    magnitude = (byte & 0x0F) << 4
+    segment = (byte & 0x70) >> 4
+    if segment == 0:
+        magnitude += 8
+    else:
+        magnitude = (magnitude + 0x108) << (segment - 1)
+    return magnitude if byte & 0x80 else -magnitude
+
+
+_ALAW_DECODE = [_alaw_decode_sample(b) for b in range(256)]
+
+
+def alaw_encode(samples: list[int]) -> bytes:
+    return bytes(_alaw_encode_sample(s) for s in samples)
+
+
+def alaw_decode(data: bytes) -> list[int]:
+    return [_ALAW_DECODE[b] for b in data]
 
 
 def tone(hz: float, first: int, count: int, amplitude: int = 8000, rate: int = RATE) -> list[int]:

@@ -1,60 +1,52 @@
-"""Write ``tone-pcmu.pcap``: the audio each sipp agent plays in every call.
+"""The audio each sipp agent plays: a tone as RTP packets in a libpcap file, made when needed.
 
-Two seconds of a 440 Hz tone at 8 kHz in G.711 μ-law (PCMU, RTP payload type
-0) as 100 RTP packets of 160 bytes, 20 ms apart, in Ethernet/IPv4/UDP frames
-of a classic libpcap file, written with Python's stdlib only.  sipp's
-``play_pcap_audio`` replays it per call, rewriting addresses and ports to the
-call's own media port (``[auto_media_port]``) and the peer's SDP address.
+Two seconds of a 440 Hz tone at 8 kHz in G.711, μ-law (``tone-pcmu.pcap``, payload type 0)
+or A-law (``tone-pcma.pcap``, payload type 8), as 100 RTP packets of 160 bytes, 20 ms
+apart, in Ethernet/IPv4/UDP frames of a classic libpcap file. sipp's ``play_pcap_audio``
+replays it per call, rewriting addresses and ports to the call's own media port
+(``[auto_media_port]``) and the peer's SDP address. The files are written into each
+agent's working directory when it starts (nothing binary is kept in the repository).
 
-(sipp 3.6.1's ``rtp_stream`` is no alternative here: it sends every call's
-stream from the one ``-mp`` port, and relayd learns endpoints per call.)
-
-Run ``python tests/data/media/make_media.py`` to regenerate it byte for byte.
+(sipp 3.6.1's ``rtp_stream`` is no alternative here: it sends every call's stream from the
+one ``-mp`` port, and relayd learns endpoints per call.)
 """
 
 from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Callable
 from pathlib import Path
+
+from tests.support.tone import alaw_encode, mulaw_encode
+
+__all__ = ["TONES", "TONE_PACKETS", "write_tone"]
 
 RATE = 8000
 SECONDS = 2.0
 FREQUENCY = 440.0
 AMPLITUDE = 0.3
 PTIME_MS = 20
-PAYLOAD_TYPE = 0
 SSRC = 0x52454C41  # "RELA"
-HERE = Path(__file__).resolve().parent
-PCAP = HERE / "tone-pcmu.pcap"
+TONE_PACKETS = int(SECONDS * 1000 / PTIME_MS)
+# file name -> (RTP payload type, G.711 encoder)
+TONES: dict[str, tuple[int, Callable[[list[int]], bytes]]] = {
+    "tone-pcmu.pcap": (0, mulaw_encode),
+    "tone-pcma.pcap": (8, alaw_encode),
+}
 
-_BIAS = 0x84
-_CLIP = 32635
 _LINKTYPE_ETHERNET = 1
 # Placeholders only: sipp replaces addresses and ports when it replays the file.
 _SOURCE = (bytes([192, 0, 2, 1]), 6000)
 _DESTINATION = (bytes([192, 0, 2, 2]), 6002)
 
 
-def linear_to_ulaw(sample: int) -> int:
-    """One 16-bit linear sample as a G.711 μ-law byte (ITU-T G.711)."""
-    sign = 0x80 if sample < 0 else 0
-    magnitude = min(-sample if sample < 0 else sample, _CLIP) + _BIAS
-    exponent = 7
-    mask = 0x4000
-    while exponent > 0 and not magnitude & mask:
-        exponent -= 1
-        mask >>= 1
-    mantissa = (magnitude >> (exponent + 3)) & 0x0F
-    return ~(sign | (exponent << 4) | mantissa) & 0xFF
-
-
-def tone() -> bytes:
+def _tone() -> list[int]:
     count = int(RATE * SECONDS)
-    return bytes(
-        linear_to_ulaw(round(AMPLITUDE * 32767 * math.sin(2 * math.pi * FREQUENCY * n / RATE)))
+    return [
+        round(AMPLITUDE * 32767 * math.sin(2 * math.pi * FREQUENCY * n / RATE))
         for n in range(count)
-    )
+    ]
 
 
 def _checksum(data: bytes) -> int:
@@ -78,14 +70,14 @@ def _frame(payload: bytes, ident: int) -> bytes:
     return ethernet + ip + udp
 
 
-def rtp_pcap(audio: bytes) -> bytes:
+def _rtp_pcap(audio: bytes, payload_type: int) -> bytes:
     """``audio`` as RTP packets of ``PTIME_MS`` each in a libpcap file."""
     samples = RATE * PTIME_MS // 1000
     out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, _LINKTYPE_ETHERNET)]
     for index in range(len(audio) // samples):
         marker = 0x80 if index == 0 else 0
         header = struct.pack(
-            "!BBHII", 0x80, marker | PAYLOAD_TYPE, index + 1, index * samples, SSRC
+            "!BBHII", 0x80, marker | payload_type, index + 1, index * samples, SSRC
         )
         frame = _frame(header + audio[index * samples : (index + 1) * samples], index + 1)
         usec = index * PTIME_MS * 1000
@@ -96,5 +88,9 @@ def rtp_pcap(audio: bytes) -> bytes:
     return b"".join(out)
 
 
-if __name__ == "__main__":
-    PCAP.write_bytes(rtp_pcap(tone()))
+def write_tone(name: str, directory: Path) -> Path:
+    """Write the tone file ``name`` (a key of :data:`TONES`) into ``directory``."""
+    payload_type, encode = TONES[name]
+    path = directory / name
+    path.write_bytes(_rtp_pcap(encode(_tone()), payload_type))
+    return path
