@@ -6,8 +6,10 @@ for transcoding (its :class:`~relayd.calls.model.CodecSetup`, kept with the medi
 party it went to); every other direction has none and is forwarded as it is (in a
 worker or in the kernel), as before. The plan is made from what the model keeps:
 
-* what X sends: every codec of X's own SDP;
-* what Y takes: the codecs of Y's own SDP that we wrote to Y too, in Y's order;
+* what X sends and Y takes: the codecs of the party's own SDP that we wrote to it too
+  (the offerer: our answer; the answerer: its answer), in the party's order; the offerer
+  also sends those the offer withheld from the answerer (``mask``, ``consume``), which
+  rtpengine still takes from it and transcodes;
 * for each audio codec of X: ``passthrough`` where Y takes the same format (payload type
   and encoding) and the offer forces nothing; else ``decode`` where relayd can decode it,
   encoded as Y's first codec relayd can encode (rtpengine's preferred destination);
@@ -61,7 +63,8 @@ def _rate(codec: Codec) -> int:
 
 
 def _taken(media: Media) -> list[Codec]:
-    """The codecs a party takes: those of its own SDP we wrote to it too, in its order."""
+    """The codecs a party sends and takes: those of its own SDP we wrote to it too, in its
+    order (all of its own where we wrote none)."""
     sent = {c.payload_type for c in media.sent_codecs}
     taken = [c for c in media.codecs if c.payload_type in sent]
     return taken or list(media.codecs)
@@ -95,7 +98,16 @@ def direction_plan(sender: Media, receiver: Media) -> CodecPlan | None:
     if found is None or sender.rejected or receiver.rejected:
         return None
     setup, forward = found
-    sends, takes = list(sender.codecs), _taken(receiver)
+    sends, takes = _taken(sender), _taken(receiver)
+    if forward:  # and what the offer withheld from the answerer (mask, consume): transcoded
+        offered = {c.payload_type for c in receiver.sent_codecs}
+        sends += [
+            c
+            for c in setup.offerer
+            if c.payload_type not in offered
+            and c not in sends
+            and (c.supplemental or transcodable(c))
+        ]
     ptime, sent_ptime = _ptimes(setup, forward, sender)
     repacketise = bool(ptime) and ptime != sent_ptime
     forced = setup.always or repacketise

@@ -118,8 +118,9 @@ def _channels(codec: Codec) -> int:
 
 @dataclass(frozen=True, slots=True)
 class TranscodeSpec:
-    """A ``transcode`` codec as the ng options write it: ``name[/rate[/channels[/bitrate[/fmtp]]]]``
-    (rtpengine's spelling: ``opus/48000/2/32000//useinbandfec=1`` leaves the fourth empty)."""
+    """A ``transcode`` codec as the ng options write it:
+    ``name[/rate[/channels[/bitrate[/fmtp[/options]]]]]`` (an empty part: the default, as in
+    the suite's ``opus/48000/1//test=1``)."""
 
     name: str  # as written ("pcma" stays lower case in the SDP)
     rate: int = 0  # 0: any (matching), the codec's default (adding)
@@ -147,8 +148,9 @@ class TranscodeSpec:
 
 
 def parse_spec(text: str) -> TranscodeSpec:
-    """``opus/48000/2/32000/useinbandfec=1`` into its parts; numbers that do not parse are 0."""
-    parts = text.split("/", 4)
+    """``opus/48000/2/32000/useinbandfec=1`` into its parts; numbers that do not parse are 0
+    (a sixth part, 10.5's codec options, is not read)."""
+    parts = text.split("/", 5)
     numbers = [int(p) if p.isdigit() else 0 for p in parts[1:4]]
     numbers += [0] * (3 - len(numbers))
     return TranscodeSpec(
