@@ -12,11 +12,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from relayd.calls.journal import Journal
 from relayd.calls.model import Call, CodecSetup, Endpoint, Media
 from relayd.calls.snapshot import dump_call, load_call
 from relayd.calls.transcoding import parse_spec
 from relayd.ipc import SocketSpec
+from relayd.ops import admin, ctl
 from relayd.plane.forwarding import plan
 from relayd.plane.offload import kernel_legs
 from relayd.transcode.plan import CodecPlan, Format, parse
@@ -382,3 +385,24 @@ def test_query_marks_a_transcoding_media_and_lists_its_codecs() -> None:
     plain.answer("0")
     media = plain.cmds.handle(req("query"), T0)["tags"]["a"]["medias"][0]
     assert "transcoding" not in media["flags"] and "codecs" not in media
+
+
+def test_relayctl_list_callid_shows_what_each_party_sends_and_is_sent(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    call = _Call()
+    call.offer("0", flags=["transcode-PCMA"])
+    call.answer("8")
+    detail = admin._call_detail(call.call, T0)
+    caller, callee = detail["parties"]
+    assert caller["medias"][0]["codecs_in"] == ["0 PCMU/8000"]
+    assert callee["medias"][0]["codecs_in"] == ["8 PCMA/8000"]
+    ctl._print_admin("list", "callid", json.loads(json.dumps(detail)))
+    out = capsys.readouterr().out
+    assert "transcoding: sends 0 PCMU/8000; is sent 0 PCMU/8000" in out
+    assert "transcoding: sends 8 PCMA/8000; is sent 8 PCMA/8000" in out
+    plain = _Call()
+    plain.offer("0")
+    plain.answer("0")
+    media = admin._call_detail(plain.call, T0)["parties"][0]["medias"][0]
+    assert media["codecs_in"] == media["codecs_out"] == []
