@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from relayd.calls.model import Codec, CodecSetup, Media
-from relayd.calls.transcoding import transcodable
+from relayd.calls.transcoding import parse_spec, transcodable
 from relayd.transcode.plan import CodecPlan, Format
 
 __all__ = ["direction_plan", "media_codecs", "to_format"]
@@ -129,18 +129,31 @@ def direction_plan(sender: Media, receiver: Media) -> CodecPlan | None:
             passthrough.append(to_format(codec).pt)
         elif encode is not None and transcodable(codec):
             decode.append(to_format(codec))
-    if not (decode or dtmf or cn or forced):
+    if not (decode or dtmf or cn):
         return None
     rate = encode.rate if encode is not None else 0
+    # events out: the sender's translated, or where it sends none, tones found in its audio
+    events = dtmf or (decode and not any(c.name.lower() == "telephone-event" for c in sends))
+    bitrate = _bitrate(setup, target) if decode and target is not None else 0
     return CodecPlan(
         passthrough=tuple(passthrough),
         decode=tuple(decode),
         encode=encode if decode else None,
         dtmf=tuple(dtmf),
-        dtmf_out=_supplemental(takes, "telephone-event", rate) if dtmf else None,
+        dtmf_out=_supplemental(takes, "telephone-event", rate) if events else None,
         cn=tuple(cn),
         cn_out=_supplemental(takes, "cn", rate) if cn else None,
+        extra={"bitrate": bitrate} if bitrate else {},
     )
+
+
+def _bitrate(setup: CodecSetup, target: Codec) -> int:
+    """The bitrate a ``transcode`` option gave the encoder's codec (0: the default)."""
+    for text in setup.transcode:
+        spec = parse_spec(text)
+        if spec.bitrate and spec.matches(target):
+            return spec.bitrate
+    return 0
 
 
 def _supplemental(takes: Sequence[Codec], name: str, rate: int) -> Format | None:

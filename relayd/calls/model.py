@@ -163,6 +163,7 @@ class CodecSetup:
     ptime: int = 0  # the ng ptime: the packet time towards the answerer
     ptime_reverse: int = 0  # the ng ptime-reverse: the packet time towards the offerer
     offerer_ptime: int = 0  # the offerer's own a=ptime (0: none)
+    transcode: tuple[str, ...] = ()  # the offer's transcode codecs as written (their bitrate)
 
 
 @dataclass(slots=True)

@@ -283,6 +283,7 @@ def offer(
             always=always,
             ptime=ptime,
             ptime_reverse=ptime_reverse,
+            transcode=tuple(ops.get("transcode", ())),
         ),
     )
 

@@ -161,6 +161,15 @@ def test_a_codec_relayd_cannot_transcode_is_not_added_and_is_stripped() -> None:
     assert _Call().offer("0", flags=["transcode-opus/48000/6"]) == "0"
 
 
+def test_a_transcode_option_s_bitrate_goes_to_the_encoder() -> None:
+    call = _Call()
+    assert call.offer("0", flags=["transcode-opus/48000/2/32000"]) == "0 96"
+    assert call.answer("96") == "0"
+    plans = call.plans()
+    assert plans["a"] is not None and plans["a"].extra == {"bitrate": 32000}
+    assert plans["b"] is not None and plans["b"].extra == {}
+
+
 def test_transcode_parameters_follow_10_5() -> None:
     assert parse_spec("opus/48000/2/32000//useinbandfec=1").fmtp == ""
     spec = parse_spec("opus/48000/1/32000/useinbandfec=1")
@@ -230,7 +239,8 @@ def test_always_transcode_decodes_even_the_same_codec() -> None:
     assert call.answer("0") == "0 101"  # in-band DTMF from B becomes events to A
     plans = call.plans()
     dtmf = _fmt(101, "telephone-event")
-    assert plans["b"] == CodecPlan(decode=(PCMU,), encode=PCMU)
+    # B's in-band tones may go to A as events (suite: "reverse DTMF transcoding - active")
+    assert plans["b"] == CodecPlan(decode=(PCMU,), encode=PCMU, dtmf_out=dtmf)
     # A's DTMF events: B takes none, so they are dropped (the engine may play them as tones)
     assert plans["a"] == CodecPlan(decode=(PCMU,), encode=PCMU, dtmf=(dtmf,))
     # a re-offer without options keeps it, as 10.5 does
