@@ -433,10 +433,11 @@ class Signalling:
     def _offer_codecs(media: Media, source: Media, req: Request) -> None:
         """The codecs offered to the receiver (``media``) of the sender's (``source``)
         section: under transcoding where the options ask for it, or where an earlier offer
-        to the same party set it up (a re-offer without codec options keeps its
-        ``always-transcode`` and accepted codecs, as 10.5 does), else the options' plain
-        rules. The offer decides both directions' codec work anew."""
-        previous = media.codec_setup
+        set it up (a re-offer without codec options to the same party keeps its
+        ``always-transcode`` and accepted codecs; one back from the party that offer went
+        to keeps transcoding what it added: :func:`transcoding.offered_back`), else the
+        options' plain rules. The offer decides both directions' codec work anew."""
+        previous, reverse = media.codec_setup, source.codec_setup
         source.codec_setup = media.codec_setup = None
         if media.type != "audio" or not source.codecs:
             media.sent_codecs = offer_codecs(source.codecs, req.codec)
@@ -457,6 +458,7 @@ class Signalling:
             if req.ptime:
                 media.ptime = req.ptime
             return
+        earlier = source.sent_codecs  # what an earlier offer to the sender offered it
         media.sent_codecs = offer_codecs(source.codecs, req.codec)
         if previous is not None:
             media.codec_setup = replace(
@@ -465,6 +467,10 @@ class Signalling:
                 added=(),
                 offerer_ptime=source.ptime,
             )
+        elif reverse is not None:
+            back = transcoding.offered_back(reverse, earlier, source.codecs, req.codec)
+            if back is not None:
+                media.codec_setup = replace(back, offerer_ptime=source.ptime)
 
     def _mux_out(
         self, sender: Monologue, receiver: Monologue, index: int, req: Request, offer: bool

@@ -64,6 +64,7 @@ __all__ = [
     "answer",
     "carried",
     "offer",
+    "offered_back",
     "offerer_codecs",
     "parse_spec",
     "requested",
@@ -252,25 +253,23 @@ def offer(
             # one relayd cannot transcode is left out, as 10.5 leaves out one it does not know
             placed.insert(new)
             touched.add(new.rate)
-    if requested(ops, ["always-transcode"] if always else [], ptime, ptime_reverse):
-        # rtpengine: "Stripping unsupported codec ... due to active transcoding"
-        placed.items = [c for c in placed.items if c.supplemental or _can_transcode(c)]
     own_dtmf = any(c.name.lower() == "telephone-event" for c in own)
-    if own_dtmf or any(s.key == "telephone-event" for s in specs):
-        # a telephone-event codec per clock rate: every rate where the offerer has none
-        # (it asked for them), else the rates of the codecs the options added
-        have = {
-            _rate(c) if isinstance(c, Codec) else c.rate
-            for c in placed.items
-            if c.name.lower() == "telephone-event"
-        }
-        wanted = placed.audio_rates() if not own_dtmf else placed.audio_rates() & touched
-        for rate in sorted(wanted - have):
-            placed.insert(
-                _New(
-                    f"telephone-event/{rate}", "telephone-event", rate, fmtp=DTMF_FMTP, named=False
-                )
-            )
+    dtmf_wanted = any(s.key == "telephone-event" for s in specs)
+    # a telephone-event codec per clock rate: every rate where the offerer has none (it
+    # asked for them), else the rates of the codecs the options added
+    dtmf_rates = (
+        _dtmf_rates(placed, None if not own_dtmf else touched) if (own_dtmf or dtmf_wanted) else []
+    )
+    if ptime or ptime_reverse or dtmf_rates or any(isinstance(c, _New) for c in placed.items):
+        # 10.5 strips what it cannot transcode once it adds a codec or changes the packet
+        # time ("Stripping unsupported codec ... due to active transcoding"); not for
+        # accept, consume or always-transcode alone (asked)
+        placed.items = [c for c in placed.items if c.supplemental or _can_transcode(c)]
+        dtmf_rates = _dtmf_rates(placed, None if not own_dtmf else touched) if dtmf_rates else []
+    for rate in dtmf_rates:
+        placed.insert(
+            _New(f"telephone-event/{rate}", "telephone-event", rate, fmtp=DTMF_FMTP, named=False)
+        )
     codecs = _numbered(placed.items, own, reserve_own="all" not in removing)
     codecs = without_orphans(codecs, removed) or list(own)
     added = tuple(c.payload_type for c in codecs if c not in own)
@@ -288,6 +287,18 @@ def offer(
     )
 
 
+def _dtmf_rates(placed: _Placed, rates: set[int] | None) -> list[int]:
+    """The audio clock rates (of ``rates``; None: all) the list has no telephone-event for,
+    lowest first."""
+    have = {
+        _rate(c) if isinstance(c, Codec) else c.rate
+        for c in placed.items
+        if c.name.lower() == "telephone-event"
+    }
+    wanted = placed.audio_rates() if rates is None else placed.audio_rates() & rates
+    return sorted(wanted - have)
+
+
 def offerer_codecs(own: Sequence[Codec], ops: Mapping[str, Sequence[str]]) -> tuple[Codec, ...]:
     """The offerer's codecs as it sends and takes them: its own, less what ``strip`` removed
     (``mask`` and ``consume`` leave them to be transcoded)."""
@@ -300,6 +311,36 @@ def carried(setup: CodecSetup, previous: CodecSetup) -> CodecSetup:
     keeps: ``always-transcode``, and the codecs accepted (the earlier ones first)."""
     accept = tuple(dict.fromkeys((*previous.accept, *setup.accept)))
     return replace(setup, always=setup.always or previous.always, accept=accept)
+
+
+def offered_back(
+    previous: CodecSetup,
+    earlier: Sequence[Codec],
+    own: Sequence[Codec],
+    ops: Mapping[str, Sequence[str]],
+) -> CodecSetup | None:
+    """The setup of an offer without codec options from the party an earlier transcoding
+    offer went to (a re-INVITE from the callee), or None where it needs none.
+
+    10.5 keeps transcoding that way round (asked): the codecs the earlier offer added for
+    transcoding (``earlier``: what that party was offered) that its offer lists again go
+    back to it in the answer whatever the new answerer chose, as accepted codecs do; the
+    packet times change sides, ``always-transcode`` stays."""
+    added = {(c.payload_type, c.encoding.lower()) for c in earlier}
+    kept = [
+        c
+        for c in own
+        if c.payload_type in previous.added and (c.payload_type, c.encoding.lower()) in added
+    ]
+    if not (kept or previous.always or previous.ptime or previous.ptime_reverse):
+        return None
+    return CodecSetup(
+        offerer=offerer_codecs(own, ops),
+        accept=tuple(c.encoding for c in kept),
+        always=previous.always,
+        ptime=previous.ptime_reverse,
+        ptime_reverse=previous.ptime,
+    )
 
 
 def _can_transcode(slot: _Slot) -> bool:

@@ -66,6 +66,15 @@ class _Call:
         body = _sdp(B_ADDR, 6000, formats, *extra)
         return self._formats(req("answer", from_tag="a", to_tag="b", sdp=body, **keys))
 
+    def reverse_offer(self, formats: str, **keys: Any) -> str:
+        """A re-INVITE from B."""
+        body = _sdp(B_ADDR, 6000, formats)
+        return self._formats(req("offer", from_tag="b", to_tag="a", sdp=body, **keys))
+
+    def reverse_answer(self, formats: str, **keys: Any) -> str:
+        body = _sdp(A_ADDR, 5000, formats)
+        return self._formats(req("answer", from_tag="b", to_tag="a", sdp=body, **keys))
+
     def _formats(self, request: Any) -> str:
         reply = self.cmds.handle(request, T0)
         assert reply["result"] == "ok", reply
@@ -152,13 +161,22 @@ def test_added_codecs_take_the_lowest_free_dynamic_payload_type_and_opus_is_ster
 
 def test_a_codec_relayd_cannot_transcode_is_not_added_and_is_stripped() -> None:
     # 10.5 ignores a transcode codec it cannot encode (EVS, AMR here): relayd likewise for
-    # one outside PCMU, PCMA, G722 and opus; and once transcoding, both strip such a codec
+    # one outside PCMU, PCMA, G722 and opus
     call = _Call()
     assert call.offer("0", flags=["transcode-G729", "transcode-FOO"]) == "0"
-    call = _Call()
-    assert call.offer("8 18 98", codec={"transcode": ["PCMU"]}) == "8 0"
     # opus in more than two channels is no codec of relayd's
     assert _Call().offer("0", flags=["transcode-opus/48000/6"]) == "0"
+    # once an offer adds a codec (CN and telephone-event too) or changes the packet time,
+    # 10.5 strips the codecs it cannot transcode (EVS, asked), relayd those it cannot
+    assert _Call().offer("8 18 98", codec={"transcode": ["PCMU"]}) == "8 0"
+    assert _Call().offer("0 18", codec={"transcode": ["CN"]}) == "0 13"
+    assert _Call().offer("0 18", codec={"transcode": ["telephone-event"]}) == "0 96"
+    assert _Call().offer("0 18", ptime_reverse=30) == "0"
+    # not where nothing is added: accept, consume, always-transcode, a codec already there
+    assert _Call().offer("0 18", codec={"accept": ["PCMU"]}) == "0 18"
+    assert _Call().offer("0 18", codec={"consume": ["PCMU"]}) == "18"
+    assert _Call().offer("0 18", flags=["always-transcode"]) == "0 18"
+    assert _Call().offer("0 18", codec={"transcode": ["PCMU"]}) == "0 18"
 
 
 def test_a_transcode_option_s_bitrate_goes_to_the_encoder() -> None:
@@ -328,6 +346,38 @@ def test_a_re_offer_without_options_offers_only_the_offerer_s_codecs() -> None:
     assert call.offer("0", flags=["transcode-PCMA"]) == "0 8"
     assert call.answer("8") == "0"
     assert call.plans()["a"] == CodecPlan(decode=(PCMU,), encode=PCMA)
+
+
+def test_a_re_offer_from_the_callee_keeps_transcoding_what_the_first_offer_added() -> None:
+    # 10.5 (asked): A offered PCMU, relayd added PCMA, B took PCMA; B's re-INVITE offers
+    # PCMA (and PCMU), A answers PCMU: B is answered PCMA, and relayd goes on transcoding
+    for offered_back in ("8", "8 0"):
+        call = _Call()
+        assert call.offer("0", flags=["transcode-PCMA"]) == "0 8"
+        assert call.answer("8") == "0"
+        assert call.reverse_offer(offered_back) == offered_back
+        assert call.reverse_answer("0") == "8"
+        plans = call.plans()
+        assert plans["a"] == CodecPlan(decode=(PCMU,), encode=PCMA)
+        assert plans["b"] == CodecPlan(decode=(PCMA,), encode=PCMU)
+    # where the first answer took the offerer's codec, nothing was added: no transcoding
+    call = _Call()
+    call.offer("0 8", codec={"transcode": ["G722"]})
+    call.answer("0")
+    assert call.reverse_offer("0 8") == "0 8"
+    assert call.reverse_answer("8") == "8"
+    assert call.plans() == {"a": None, "b": None}
+
+
+def test_a_re_offer_from_the_callee_keeps_the_packet_times_the_other_way_round() -> None:
+    call = _Call()
+    call.offer("0", ptime=30)
+    assert call.lines("a=ptime") == ["a=ptime:30"]
+    call.answer("0")
+    call.reverse_offer("0")
+    assert call.lines("a=ptime") == []
+    call.reverse_answer("0")
+    assert call.lines("a=ptime") == ["a=ptime:30"]  # B is still sent 30 ms packets
 
 
 # -- the kernel path, the journal, query ----------------------------------------------------------
