@@ -3,7 +3,9 @@
 An offer sets transcoding up when its ng options ask for codec work: a ``transcode``
 codec (``transcode-X``, ``codec-transcode-X``), ``accept`` or ``consume``,
 ``always-transcode``, ``ptime`` or ``ptime-reverse`` (:func:`requested`). Without any of
-them, :mod:`relayd.calls.codec_flags` applies the options that need no transcoder.
+them, :mod:`relayd.calls.codec_flags` applies the options that need no transcoder (but
+see :func:`offered_back` for a re-offer from the party a transcoding offer went to).
+docs/transcoding.md "Negotiation" has the rules with the suite scenarios behind them.
 
 The offer (:func:`offer`: what its receiver is offered), in this order:
 
@@ -13,20 +15,23 @@ The offer (:func:`offer`: what its receiver is offered), in this order:
   offerer's side too, one that ``mask`` or ``consume`` removed is still taken from the
   offerer (and transcoded).
 * Each ``transcode`` codec, in the order given: one the offer still carries stays where
-  it is; one the options removed comes back; any other is added. ``opus`` matches any
-  opus, ``opus/48000/1`` only a mono one (``opus/48000`` is mono). An added codec takes its
-  static payload type (PCMU 0, PCMA 8, G722 9, CN 13) where that is free, else the lowest
-  free dynamic one from 96, once the rest of the list is known; it is spelled as the
-  option spells it, opus in stereo unless the option says otherwise.
-  ``telephone-event`` brings the offerer's telephone-event codecs back, and adds one
-  (``fmtp`` ``0-15``) for each audio clock rate that has none, lowest rate first; ``CN``
-  adds ``CN/8000``.
-* Where the offerer lists telephone-event, every audio clock rate of the offer gets one.
+  it is; one the options removed comes back; any other relayd can transcode is added
+  (others are left out, as 10.5 leaves out one its build cannot encode). ``opus``
+  matches any opus, ``opus/48000/1`` only a mono one (``opus/48000`` is mono). An added
+  codec takes its static payload type (PCMU 0, PCMA 8, G722 9, CN 13) where that is
+  free, else the lowest free dynamic one from 96, once the rest of the list is known; it
+  is spelled as the option spells it, opus at 48000 Hz and in stereo unless the option
+  says otherwise. ``telephone-event`` brings the offerer's telephone-event codecs back;
+  ``CN`` adds ``CN/8000``.
+* Where the options add a codec or change the packet time, audio codecs relayd cannot
+  transcode (:data:`TRANSCODABLE`: PCMU, PCMA, G722, opus) are stripped, as rtpengine
+  strips one its build cannot ("Stripping unsupported codec ... due to active
+  transcoding").
+* A telephone-event codec (``fmtp`` ``0-15``) for each audio clock rate without one,
+  lowest rate first: every rate where the offerer has none and asked for
+  ``telephone-event``, the rates of the codecs the options brought where it has some.
 * Telephone-event and CN codecs left without an audio codec of their clock rate go,
   where the options touched that rate (:mod:`relayd.calls.codec_flags`).
-* Audio codecs relayd cannot transcode (:data:`TRANSCODABLE`: PCMU, PCMA, G722, opus)
-  are stripped, as rtpengine strips a codec its build cannot transcode once transcoding
-  is on ("Stripping unsupported codec ... due to active transcoding").
 * Codecs put back or added go in before the first telephone-event or CN codec of the
   list (rtpengine's ``supp_link``); where there is none yet, the first one added marks
   that place.
@@ -36,17 +41,18 @@ answerer, in its order:
 
 * one the offerer has (same payload type, same encoding; telephone-event with the same
   fmtp) goes back as the answerer wrote it, unless ``always-transcode``, or the offer
-  accepted (``accept``, ``consume``) an audio codec of the offerer: then every audio
-  codec is transcoded;
+  accepted (``accept``, ``consume``) an audio codec of the offerer, which goes back in
+  its place;
 * any other audio codec relayd can decode is transcoded to the offerer's preferred
   codec: its first accepted audio codec, else its first one relayd can encode; that
-  codec goes back (once), followed by the offerer's CN and telephone-event of its clock
-  rate (the transcoder makes and takes them);
-* an accepted CN of the offerer goes back with every audio codec of its clock rate;
-* ``single codec``: only the first audio codec;
-* audio codecs first, then CN and telephone-event, each only where an audio codec of
-  its clock rate goes back; one the offerer does not have goes back as the offerer's
-  own of that clock rate, if it has one.
+  codec goes back (once) with the offerer's CN of its clock rate and, where the answerer
+  sends DTMF or ``always-transcode`` detects tones, its telephone-event of that rate;
+* the offerer's accepted CN and telephone-event go back with its audio codecs of their
+  clock rate;
+* the answerer's telephone-event and CN go back where their clock rate's audio was not
+  transcoded, as the offerer's own of that rate where the formats differ;
+* ``single codec``: only the first audio codec; CN and telephone-event after the audio
+  codecs, by payload type.
 """
 
 from __future__ import annotations
@@ -76,8 +82,7 @@ TRANSCODABLE = frozenset({"pcmu", "pcma", "g722", "opus"})
 SUPPLEMENTAL = frozenset({"telephone-event", "cn"})
 # payload types an added codec takes where they are free (RFC 3551)
 _STATIC = {("pcmu", 8000): "0", ("pcma", 8000): "8", ("g722", 8000): "9", ("cn", 8000): "13"}
-_DEFAULT_RATE = {"opus": 48000}
-_FIXED_RATE = {"opus": 48000}
+_RATE = {"opus": 48000}  # whatever the option says, as 10.5 adds it
 _DEFAULT_CHANNELS = {"opus": 2}
 DTMF_FMTP = "0-15"  # what rtpengine writes for a telephone-event codec it adds
 _DYNAMIC = range(96, 128)
@@ -142,7 +147,7 @@ class TranscodeSpec:
 
     def new(self) -> _New:
         """The codec this option adds: opus always at 48000 Hz, as 10.5 adds it."""
-        rate = _FIXED_RATE.get(self.key) or self.rate or _DEFAULT_RATE.get(self.key, 8000)
+        rate = _RATE.get(self.key) or self.rate or 8000
         channels = self.channels or _DEFAULT_CHANNELS.get(self.key, 1)
         encoding = f"{self.name}/{rate}" + (f"/{channels}" if channels > 1 else "")
         return _New(encoding, self.key, rate, channels)
