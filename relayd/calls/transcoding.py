@@ -23,10 +23,10 @@ The offer (:func:`offer`: what its receiver is offered), in this order:
   is spelled as the option spells it, opus at 48000 Hz and in stereo unless the option
   says otherwise. ``telephone-event`` brings the offerer's telephone-event codecs back;
   ``CN`` adds ``CN/8000``.
-* Where the options add a codec or change the packet time, audio codecs relayd cannot
-  transcode (:data:`TRANSCODABLE`: PCMU, PCMA, G722, opus) are stripped, as rtpengine
-  strips one its build cannot ("Stripping unsupported codec ... due to active
-  transcoding").
+* Where the options add a codec or change the packet time, and the offerer has a codec
+  relayd can decode, audio codecs relayd cannot transcode (:data:`TRANSCODABLE`: PCMU,
+  PCMA, G722, opus) are stripped, as rtpengine strips one its build cannot ("Stripping
+  unsupported codec ... due to active transcoding").
 * A telephone-event codec (``fmtp`` ``0-15``) for each audio clock rate without one,
   lowest rate first: every rate where the offerer has none and asked for
   ``telephone-event``, the rates of the codecs the options brought where it has some.
@@ -265,10 +265,12 @@ def offer(
     dtmf_rates = (
         _dtmf_rates(placed, None if not own_dtmf else touched) if (own_dtmf or dtmf_wanted) else []
     )
-    if ptime or ptime_reverse or dtmf_rates or any(isinstance(c, _New) for c in placed.items):
+    adding = ptime or ptime_reverse or dtmf_rates or any(isinstance(c, _New) for c in placed.items)
+    if adding and any(transcodable(c) for c in offerer):
         # 10.5 strips what it cannot transcode once it adds a codec or changes the packet
         # time ("Stripping unsupported codec ... due to active transcoding"); not for
-        # accept, consume or always-transcode alone (asked)
+        # accept, consume or always-transcode alone, nor where the offerer has nothing it
+        # can decode (then nothing is transcoded: asked)
         placed.items = [c for c in placed.items if c.supplemental or _can_transcode(c)]
         dtmf_rates = _dtmf_rates(placed, None if not own_dtmf else touched) if dtmf_rates else []
     for rate in dtmf_rates:

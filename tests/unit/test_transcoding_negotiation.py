@@ -177,6 +177,8 @@ def test_a_codec_relayd_cannot_transcode_is_not_added_and_is_stripped() -> None:
     assert _Call().offer("0 18", codec={"consume": ["PCMU"]}) == "18"
     assert _Call().offer("0 18", flags=["always-transcode"]) == "0 18"
     assert _Call().offer("0 18", codec={"transcode": ["PCMU"]}) == "0 18"
+    # nor where the offerer has nothing relayd can decode: nothing is transcoded
+    assert _Call().offer("18", codec={"transcode": ["PCMA"]}) == "18 8"
 
 
 def test_a_transcode_option_s_bitrate_goes_to_the_encoder() -> None:
