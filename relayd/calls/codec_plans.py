@@ -19,7 +19,13 @@ worker or in the kernel), as before. The plan is made from what the model keeps:
   set the encoder's;
 * telephone-event: ``passthrough`` where Y takes the same payload type at the same rate,
   else translated (``dtmf``) to Y's telephone-event at the encoder's clock rate, or
-  dropped where Y has none; CN likewise (``cn``: consumed where Y has none).
+  dropped where Y has none; CN likewise (``cn``: consumed where Y has none);
+* where Y takes telephone-event or CN (of the encoder's clock rate) that X does not
+  send, X's audio is decoded, and ``dtmf_out``/``cn_out`` name Y's codec with no
+  ``dtmf``/``cn`` entry: tones found in X's audio go out as events, silence as CN
+  (rtpengine's PCM DTMF detection and ``silence-detect``: the suite's "PCM to RFC DTMF
+  transcoding", "reverse DTMF transcoding - active", "add CN");
+* a ``transcode`` option's bitrate for the encoder's codec goes in ``extra["bitrate"]``.
 
 The plan is None where all of it is passthrough and nothing is forced: such a direction
 needs no codec work.
@@ -110,9 +116,18 @@ def direction_plan(sender: Media, receiver: Media) -> CodecPlan | None:
         ]
     ptime, sent_ptime = _ptimes(setup, forward, sender)
     repacketise = bool(ptime) and ptime != sent_ptime
-    forced = setup.always or repacketise
     target = next((c for c in takes if not c.supplemental and transcodable(c)), None)
     encode = to_format(target, ptime) if target is not None else None
+    rate = encode.rate if encode is not None else 0
+    # Y takes DTMF events or CN that X does not send: X's audio is decoded, its tones sent
+    # on as events and its silence as CN (10.5: "PCM to RFC DTMF transcoding", "add CN")
+    detect = {
+        name
+        for name in ("telephone-event", "cn")
+        if _supplemental(takes, name, rate) is not None
+        and not any(c.name.lower() == name for c in sends)
+    }
+    forced = setup.always or repacketise or bool(detect)
     passthrough: list[int] = []
     decode: list[Format] = []
     dtmf: list[Format] = []
@@ -131,9 +146,10 @@ def direction_plan(sender: Media, receiver: Media) -> CodecPlan | None:
             decode.append(to_format(codec))
     if not (decode or dtmf or cn):
         return None
-    rate = encode.rate if encode is not None else 0
-    # events out: the sender's translated, or where it sends none, tones found in its audio
-    events = dtmf or (decode and not any(c.name.lower() == "telephone-event" for c in sends))
+    # events out: the sender's translated, or where it sends none, tones found in its audio;
+    # CN likewise
+    events = dtmf or (decode and "telephone-event" in detect)
+    noise = cn or (decode and "cn" in detect)
     bitrate = _bitrate(setup, target) if decode and target is not None else 0
     return CodecPlan(
         passthrough=tuple(passthrough),
@@ -142,7 +158,7 @@ def direction_plan(sender: Media, receiver: Media) -> CodecPlan | None:
         dtmf=tuple(dtmf),
         dtmf_out=_supplemental(takes, "telephone-event", rate) if events else None,
         cn=tuple(cn),
-        cn_out=_supplemental(takes, "cn", rate) if cn else None,
+        cn_out=_supplemental(takes, "cn", rate) if noise else None,
         extra={"bitrate": bitrate} if bitrate else {},
     )
 

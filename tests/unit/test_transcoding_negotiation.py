@@ -35,6 +35,9 @@ RTPMAPS = {
 
 
 def _sdp(address: str, port: int, formats: str, *extra: str) -> str:
+    """An audio section listing ``formats``, with an rtpmap for those of :data:`RTPMAPS` that
+    ``extra`` does not map itself."""
+    mapped = {line.split()[0].removeprefix("a=rtpmap:") for line in extra}
     lines = [
         "v=0",
         f"o=- 1 1 IN IP4 {address}",
@@ -42,7 +45,11 @@ def _sdp(address: str, port: int, formats: str, *extra: str) -> str:
         f"c=IN IP4 {address}",
         "t=0 0",
         f"m=audio {port} RTP/AVP {formats}",
-        *(f"a=rtpmap:{pt} {RTPMAPS[pt]}" for pt in formats.split() if pt in RTPMAPS),
+        *(
+            f"a=rtpmap:{pt} {RTPMAPS[pt]}"
+            for pt in formats.split()
+            if pt in RTPMAPS and pt not in mapped
+        ),
         *extra,
         "a=sendrecv",
     ]
@@ -278,6 +285,8 @@ def test_cn_added_accepted_and_consumed() -> None:
     assert call.offer("0", codec={"transcode": ["CN"]}) == "0 13"
     assert call.answer("0 13") == "0"
     assert call.plans()["b"] == CodecPlan(passthrough=(0,), cn=(cn,))
+    # and A's silence goes to B as CN (the suite sends a silent frame, expects CN)
+    assert call.plans()["a"] == CodecPlan(decode=(PCMU,), encode=PCMU, cn_out=cn)
     # suite: "accept CN": A's CN goes back where every packet is transcoded
     call = _Call()
     assert call.offer("0 13", flags=["always-transcode"]) == "0 13"
@@ -304,10 +313,17 @@ def test_telephone_event_is_added_per_clock_rate_and_translated_with_the_audio()
     assert b.decode == (_fmt(96, "opus", 48000, 2),) and b.encode == PCMA
     assert b.dtmf == (_fmt(97, "telephone-event", 48000),)
     assert b.dtmf_out == _fmt(101, "telephone-event")
-    # suite: "PCM to RFC DTMF transcoding": asked for, one per clock rate
+    # suite: "PCM to RFC DTMF transcoding": asked for, one per clock rate; A's tones go to
+    # B as events, B's events are taken from it (A takes none)
     call = _Call()
     assert call.offer("0", codec={"transcode": ["telephone-event"]}) == "0 96"
     assert call.lines("a=rtpmap:96") == ["a=rtpmap:96 telephone-event/8000"]
+    assert call.answer("0 96", "a=rtpmap:96 telephone-event/8000", "a=fmtp:96 0-15") == "0"
+    event = _fmt(96, "telephone-event", fmtp="0-15")
+    assert call.plans() == {
+        "a": CodecPlan(decode=(PCMU,), encode=PCMU, dtmf_out=event),
+        "b": CodecPlan(passthrough=(0,), dtmf=(event,)),
+    }
 
 
 # -- ptime ----------------------------------------------------------------------------------------
@@ -403,14 +419,16 @@ def test_a_direction_with_a_plan_stays_off_the_kernel_path() -> None:
     call.answer("0")
     _confirm(call.call)
     assert len(kernel_legs(call.call)) == 4  # no codec work: RTP and RTCP, both ways
+    # suite: "one codec with one for transcoding": B may send PCMA, A takes only PCMU;
+    # what A sends passes through
     call = _Call()
-    call.offer("0", codec={"transcode": ["CN"]})
-    call.answer("0 13")
+    call.offer("0", flags=["transcode-PCMA"])
+    assert call.answer("0 8") == "0"
     _confirm(call.call)
+    assert call.plans()["a"] is None
     legs = kernel_legs(call.call)
-    # only A's direction: B's may carry CN, which A does not take
     port_a = call.media("a").port
-    assert {leg.relay.port for leg in legs} == {port_a, port_a + 1}
+    assert {leg.relay.port for leg in legs} == {port_a, port_a + 1}  # only A's direction
 
 
 def test_what_the_plans_are_made_of_survives_the_journal(tmp_path: Path) -> None:
