@@ -94,7 +94,7 @@ PERL_PACKAGES = [
 ]
 
 # Addresses the suite binds its test endpoints to: local in every scenario namespace.
-V4_PREFIXES = ["203.0.113.1/24", "198.51.100.1/24", "192.0.2.1/24"]
+V4_PREFIXES = ["203.0.113.1/24", "198.51.100.1/24", "198.51.101.1/24", "192.0.2.1/24"]
 V6_ADDRESSES = ["2001:db8:4321::1/128"]
 V6_LOCAL_ROUTE = "2001:db8::/32"
 

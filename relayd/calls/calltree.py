@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from relayd.calls.codec_plans import media_codecs
 from relayd.calls.model import Call, Endpoint, Media, Monologue, Stream
 
 __all__ = ["call_tree"]
@@ -103,14 +104,25 @@ def _media(party: Monologue, media: Media, call: Call, totals: Totals) -> dict[s
             flags.append("trickle ICE")
     if party.answerer:
         flags.append("ICE controlling")
+    peer = call.monologues.get(_peer_tag(call, party) or "")
+    codecs_in: list[str] = []
+    codecs_out: list[str] = []
+    if peer is not None and media.index < len(peer.medias):
+        codecs_in, codecs_out = media_codecs(media, peer.medias[media.index])
+    if codecs_in or codecs_out:
+        flags.append("transcoding")  # as 10.5 marks a media it transcodes
     streams = media.streams[:1] if media.rtcp_mux and media.peer_rtcp_mux else media.streams
-    return {
+    tree: dict[str, Any] = {
         "index": media.index + 1,
         "type": media.type,
         "protocol": media.protocol,
         "streams": [_stream(party, media, s, call, totals) for s in streams],
         "flags": flags,
     }
+    if codecs_in or codecs_out:
+        # relayd's own (10.5 reports no codecs): what the party sends, what it is sent
+        tree["codecs"] = {"in": codecs_in, "out": codecs_out}
+    return tree
 
 
 def _endpoint(ep: Endpoint | None) -> dict[str, Any]:

@@ -21,6 +21,7 @@ __all__ = [
     "Call",
     "CallRecording",
     "Codec",
+    "CodecSetup",
     "EchoRole",
     "Endpoint",
     "LocalAddress",
@@ -149,6 +150,22 @@ class Codec:
 _SUPPLEMENTAL = frozenset({"telephone-event", "cn"})
 
 
+@dataclass(frozen=True, slots=True)
+class CodecSetup:
+    """What an offer that asked for transcoding set up for its answer and for the codec
+    plans (relayd/calls/transcoding.py, relayd/calls/codec_plans.py), kept with the media of
+    the party the offer went to, and in the journal with it."""
+
+    offerer: tuple[Codec, ...] = ()  # the offerer's codecs it sends and takes (after strip)
+    added: tuple[str, ...] = ()  # payload types the offer gained for transcoding
+    accept: tuple[str, ...] = ()  # codec names the offer accepted or consumed
+    always: bool = False  # always-transcode
+    ptime: int = 0  # the ng ptime: the packet time towards the answerer
+    ptime_reverse: int = 0  # the ng ptime-reverse: the packet time towards the offerer
+    offerer_ptime: int = 0  # the offerer's own a=ptime (0: none)
+    transcode: tuple[str, ...] = ()  # the offer's transcode codecs as written (their bitrate)
+
+
 @dataclass(slots=True)
 class MediaSecurity:
     """SRTP, DTLS and ICE of one media towards one party: what its SDP said, what we said
@@ -246,9 +263,8 @@ class Media:
     streams: list[Stream] = field(default_factory=list)
     codecs: tuple[Codec, ...] = ()  # as this party's own SDP lists them
     sent_codecs: tuple[Codec, ...] = ()  # as we last wrote them to this party
-    # codec names an offer to this party said to accept or consume (ng codec options):
-    # this party's answers carry the offerer's codecs of those names
-    accept_codecs: tuple[str, ...] = ()
+    # an offer to this party that asked for transcoding: what it set up (None: none did)
+    codec_setup: CodecSetup | None = None
     ptime: int = 0
     rejected: bool = False  # m= port 0
     passthrough: bool = False  # an m=message section: its SDP passes through, no ports of ours

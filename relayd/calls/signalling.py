@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping
+from dataclasses import replace
 
-from relayd.calls import ice, negotiation
-from relayd.calls.codec_flags import ACCEPTING, answer_codecs, offer_codecs
+from relayd.calls import ice, negotiation, transcoding
+from relayd.calls.codec_flags import answer_codecs, offer_codecs
 from relayd.calls.interfaces import Interfaces
 from relayd.calls.media_ports import MediaPorts, Taken
 from relayd.calls.model import Call, Endpoint, Media, Monologue, family_of, is_address
@@ -397,29 +398,79 @@ class Signalling:
         media.passthrough = False
         media.send, media.recv = source.send, source.recv
         media.zero_address = source.zero_address
+        offerer_ptime = media.ptime  # in an answer: the offerer's own, from its offer
         # an answer without a=ptime goes back with the offerer's own
         media.ptime = source.ptime or (0 if offer else media.ptime)
         if offer:
             # kept with the party the offer went to: each via-branch answers under the
             # rtcp-mux options of its own offer
             media.mux_policy = frozenset(req.rtcp_mux) if req.rtcp_mux else _NO_MUX_POLICY
-            media.sent_codecs = offer_codecs(source.codecs, req.codec)
-            if any(req.codec.get(op) for op in ACCEPTING):
-                media.accept_codecs = tuple(n for op in ACCEPTING for n in req.codec.get(op, ()))
+            self._offer_codecs(media, source, req)
+        elif source.codec_setup is not None:
+            # the offer set transcoding up: the answer goes back in the offerer's codecs
+            setup = source.codec_setup
+            media.sent_codecs = transcoding.answer(
+                source.codecs, setup, single=req.has("single-codec")
+            )
+            if setup.ptime_reverse:
+                media.ptime = setup.ptime_reverse
+            elif setup.ptime:
+                media.ptime = offerer_ptime
         else:
-            # what the answerer was offered, and what the offer said to accept from the offerer
+            # what the answerer was offered
             media.sent_codecs = answer_codecs(
                 source.codecs,
                 source.sent_codecs,
                 ops=req.codec,
-                offerer=media.codecs,
-                accepted=source.accept_codecs,
                 single=req.has("single-codec"),
             )
         had = media.port
         self.media_ports.ensure(call, receiver, media, family, taken, renew=renew)
         if had and media.port != had:
             ice.new_ports(media)
+
+    @staticmethod
+    def _offer_codecs(media: Media, source: Media, req: Request) -> None:
+        """The codecs offered to the receiver (``media``) of the sender's (``source``)
+        section: under transcoding where the options ask for it, or where an earlier offer
+        set it up (a re-offer without codec options to the same party keeps its
+        ``always-transcode`` and accepted codecs; one back from the party that offer went
+        to keeps transcoding what it added: :func:`transcoding.offered_back`), else the
+        options' plain rules. The offer decides both directions' codec work anew."""
+        previous, reverse = media.codec_setup, source.codec_setup
+        source.codec_setup = media.codec_setup = None
+        if media.type != "audio" or not source.codecs:
+            media.sent_codecs = offer_codecs(source.codecs, req.codec)
+            return
+        if transcoding.requested(req.codec, req.flags, req.ptime, req.ptime_reverse):
+            offered = transcoding.offer(
+                source.codecs,
+                req.codec,
+                always=req.has("always-transcode"),
+                ptime=req.ptime,
+                ptime_reverse=req.ptime_reverse,
+            )
+            media.sent_codecs = offered.codecs
+            setup = replace(offered.setup, offerer_ptime=source.ptime)
+            if previous is not None:
+                setup = transcoding.carried(setup, previous)
+            media.codec_setup = setup
+            if req.ptime:
+                media.ptime = req.ptime
+            return
+        earlier = source.sent_codecs  # what an earlier offer to the sender offered it
+        media.sent_codecs = offer_codecs(source.codecs, req.codec)
+        if previous is not None:
+            media.codec_setup = replace(
+                previous,
+                offerer=transcoding.offerer_codecs(source.codecs, req.codec),
+                added=(),
+                offerer_ptime=source.ptime,
+            )
+        elif reverse is not None:
+            back = transcoding.offered_back(reverse, earlier, source.codecs, req.codec)
+            if back is not None:
+                media.codec_setup = replace(back, offerer_ptime=source.ptime)
 
     def _mux_out(
         self, sender: Monologue, receiver: Monologue, index: int, req: Request, offer: bool

@@ -307,7 +307,8 @@ class Request:
     media_address: str = ""
     received_from: tuple[str, str] | None = None
     codec: dict[str, list[str]] = field(default_factory=dict)
-    ptime: int = 0
+    ptime: int = 0  # the packet time towards the offer's receiver (transcoding)
+    ptime_reverse: int = 0  # the packet time back towards the offerer (transcoding)
     tos: int | None = None
     delete_delay: int | None = None
     record_call: str = ""
@@ -395,6 +396,7 @@ def parse_request(raw: dict[str, Any]) -> Request:
             req.codec.setdefault(normalise(op), []).extend(_list(req, f"codec.{_text(op)}", names))
     for key, attr in (
         ("ptime", "ptime"),
+        ("ptime-reverse", "ptime_reverse"),
         ("tos", "tos"),
         ("delete-delay", "delete_delay"),
         ("limit", "limit"),
@@ -448,7 +450,7 @@ def _apply_flag(req: Request, word: str) -> None:
             _set_learning(req, value)
         elif lowered == "record-call":
             req.record_call = normalise(value)
-        elif lowered in ("tos", "delete-delay", "ptime"):
+        elif lowered in ("tos", "delete-delay", "ptime", "ptime-reverse"):
             number = _int(value)
             if number is None:
                 req.unknown.append(word)

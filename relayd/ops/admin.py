@@ -27,6 +27,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
+from relayd.calls.codec_plans import media_codecs
 from relayd.calls.model import Call, Endpoint, host_port
 from relayd.config import Config
 from relayd.log import get_logger
@@ -93,6 +94,12 @@ def _call_detail(call: Call, now: float) -> dict[str, Any]:
                         "last_packet": round(stream.stats.last_packet, 3),
                     }
                 )
+            # where the call transcodes: what the party sends and what it is sent
+            peer = call.monologues.get(party.in_dialogue_with or "")
+            codecs_in: list[str] = []
+            codecs_out: list[str] = []
+            if peer is not None and media.index < len(peer.medias):
+                codecs_in, codecs_out = media_codecs(media, peer.medias[media.index])
             medias.append(
                 {
                     "index": media.index,
@@ -100,6 +107,8 @@ def _call_detail(call: Call, now: float) -> dict[str, Any]:
                     "protocol": media.out_protocol or media.protocol,
                     "direction": media.direction,
                     "interface": media.local.interface if media.local else "",
+                    "codecs_in": codecs_in,
+                    "codecs_out": codecs_out,
                     "streams": streams,
                 }
             )

@@ -188,6 +188,11 @@ def _print_admin(command: str, what: str | None, reply: dict[str, Any]) -> None:
                     f"    media {media['index']} {media['type']} {media['protocol']} "
                     f"{media['direction']}"
                 )
+                if media.get("codecs_in") or media.get("codecs_out"):
+                    print(
+                        f"      transcoding: sends {', '.join(media['codecs_in'])}; "
+                        f"is sent {', '.join(media['codecs_out'])}"
+                    )
                 for st in media["streams"]:
                     print(
                         f"      {st['component']:<4} {st['local']} <-> "

@@ -17,6 +17,10 @@ else until the handshake or the answer gives them keys.
 
 With ``media-echo`` a party's media goes back to it (from the relay socket it
 arrived on) or nowhere, instead of to its peer (:mod:`relayd.calls.parties`).
+
+Where the call transcodes, a party's RTP socket carries the codec plan of what arrives
+there (``SocketSpec.codecs``, :mod:`relayd.calls.codec_plans`); a direction with no codec
+work, and every RTCP socket, carries none.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
+from relayd.calls.codec_plans import direction_plan
 from relayd.calls.ice import parse_candidate
 from relayd.calls.media_control import silence_patterns
 from relayd.calls.model import Call, Endpoint, Media, MediaControl, Monologue, Stream
@@ -278,10 +283,14 @@ def _specs(
         other_rtp = other_rtcp = ""  # the worker reads and counts it, and sends nothing
     # where each component's packets go; the party's ICE candidates on our other
     # addresses (aliases) forward exactly like the primary socket of their component
+    # the codec work on what the party sends (relayd/calls/codec_plans.py); none: as it
+    # is, and none where it goes back to the party itself or nowhere (media-echo)
+    codec_plan = None if party.media_echo else direction_plan(own, other)
     rtp_route: dict[str, Any] = {
         "out": other_rtp,
         "out_rtcp": other_rtcp if muxes(own) else "",
         "ice_candidates": _candidates(own, 1),
+        "codecs": codec_plan.to_text() if codec_plan is not None else "",
         **common,
     }
     rtcp_route: dict[str, Any] = {

@@ -15,6 +15,9 @@ Rules (docs/architecture.md "Kernel path"; rtpengine kernelizes on the same cond
   (relayd/worker/recording.py), as rtpengine 10.5's pcap method does; unless the kernel
   can copy its packets to them (nflog, ``copies``): then it goes to the kernel like any
   other, and is marked recorded there (relayd/plane/handover.py).
+* A direction with codec work (a codec plan: relayd/calls/codec_plans.py) stays with
+  the workers, RTP and RTCP (its packets are rewritten, and its RTCP describes the new
+  stream); the other direction of the same media may still go to the kernel.
 * Separate RTCP streams stay with the workers while they copy RTCP (Homer, the
   RTCP log); with rtcp-mux on both sides one forward carries both.
 * Signalling takes every stream of the call back to the workers, and learning
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from relayd.calls.codec_plans import direction_plan
 from relayd.calls.model import Call, Endpoint
 from relayd.ipc import socket_key
 from relayd.plane.forwarding import PLAIN, dialogue_pairs, muxes
@@ -82,17 +86,22 @@ def kernel_legs(call: Call, *, rtcp: bool = True, copies: bool = False) -> list[
             if mx.ice_ufrag or my.ice_ufrag:
                 continue  # STUN consent checks share the port: they must reach a worker
             components = 1 if muxes(mx) or not rtcp else 2
+            # a direction with codec work stays with the workers (it transcodes)
+            x_out = direction_plan(mx, my) is None
+            y_out = direction_plan(my, mx) is None
             for sx, sy in zip(mx.streams[:components], my.streams[:components], strict=False):
                 if not (sx.confirmed and sy.confirmed and sx.endpoint and sy.endpoint):
                     continue
                 rx = Endpoint(sx.local.local, sx.port)
                 ry = Endpoint(sy.local.local, sy.port)
-                legs.append(
-                    KernelLeg(socket_key(rx.address, rx.port), sx.endpoint, rx, ry, sy.endpoint)
-                )
-                legs.append(
-                    KernelLeg(socket_key(ry.address, ry.port), sy.endpoint, ry, rx, sx.endpoint)
-                )
+                if x_out:
+                    legs.append(
+                        KernelLeg(socket_key(rx.address, rx.port), sx.endpoint, rx, ry, sy.endpoint)
+                    )
+                if y_out:
+                    legs.append(
+                        KernelLeg(socket_key(ry.address, ry.port), sy.endpoint, ry, rx, sx.endpoint)
+                    )
     return legs
 
 

@@ -19,6 +19,17 @@ sender may send, the plan says one of:
 * ``cn``: comfort noise (RFC 3389), sent on as ``cn_out``, or consumed when it is None;
 * anything not named: dropped.
 
+Added by the negotiation (helper "neg"), all optional, the text form unchanged:
+
+* ``dtmf_out`` with no ``dtmf`` entry: the sender sends no telephone-event; DTMF tones
+  found in its decoded audio may go out as events of ``dtmf_out`` (rtpengine's PCM DTMF
+  detection: the suite's "PCM to RFC DTMF transcoding", "reverse DTMF transcoding");
+* ``cn_out`` with no ``cn`` entry: likewise, the receiver takes comfort noise the sender
+  does not send; silence found in the decoded audio may go out as CN of ``cn_out``
+  (rtpengine's ``silence-detect``: the suite's "add CN" expects CN for a silent frame);
+* ``extra["bitrate"]``: the encoder's bitrate in bit/s, where the ng ``transcode`` option
+  gave one (``transcode-opus/48000/2/32000``); absent: the codec's default.
+
 The text form (:meth:`CodecPlan.to_text`, :func:`parse`) is compact JSON, what
 :class:`relayd.ipc.SocketSpec` carries in its ``codecs`` field.
 """

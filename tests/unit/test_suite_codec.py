@@ -3,7 +3,8 @@ scenarios "multi codec offer/answer w single-codec", "DTMF PT already present, s
 "gh #793 b1", "echo=fwd" and "echo=bkw", and what the real rtpengine answered to variants of
 them: codec options, media echo, rtcp-mux per via-branch, the ports of a moved answerer),
 kept here so that CI holds the behaviour without the suite. ``accept`` and ``consume``
-follow rtpengine only where no transcoding is needed (:mod:`relayd.calls.codec_flags`).
+switch transcoding on (:mod:`relayd.calls.transcoding`); their answers here are what 10.5
+answered to the same offers and answers.
 """
 
 from __future__ import annotations
@@ -189,9 +190,10 @@ class _Call:
         return _formats(reply)
 
 
-def test_codec_accept_narrows_the_answer_to_an_accepted_codec_the_answerer_took() -> None:
-    # the offer is unchanged; the answer carries the offerer's first accepted audio codec
-    # where the answerer listed it too, with the answer's own CN and DTMF
+def test_codec_accept_answers_the_offerer_in_its_accepted_codec() -> None:
+    # rtpengine 10.5 (asked live): the offer is unchanged; the answer carries the offerer's
+    # first accepted audio codec in place of the answerer's, transcoded both ways, with the
+    # offerer's DTMF of its clock rate where the answerer sends DTMF
     call = _Call()
     assert call.offer("0 8 101", codec={"accept": ["PCMU"]}) == "0 8 101"
     assert call.answer("8 0 101") == "0 101"
@@ -200,43 +202,38 @@ def test_codec_accept_narrows_the_answer_to_an_accepted_codec_the_answerer_took(
     assert call.answer("0 8") == "0"
     call = _Call()
     assert call.offer("9 0 8", codec={"accept": ["G722", "PCMU"]}) == "9 0 8"
-    assert call.answer("8 0") == "0"  # G722 first among the accepted, but not answered
-
-
-def test_codec_accept_of_a_codec_the_answerer_did_not_take_has_no_effect() -> None:
-    # rtpengine answers PCMU here and transcodes PCMA <-> PCMU; relayd does not transcode,
-    # and telling the offerer to send PCMU to an answerer that takes only PCMA breaks media
+    assert call.answer("8 0") == "9"  # the first accepted, though the answerer did not take it
     call = _Call()
     call.offer("0 8", codec={"accept": ["PCMU"]})
-    assert call.answer("8") == "8"
-    # nor does DTMF at another clock rate join the answer
+    assert call.answer("8") == "0"
+    # the answerer's DTMF at another clock rate joins the answer beside the offerer's
     call = _Call()
     call.offer("96 0 8 97 101", codec={"accept": ["PCMU"]})
-    assert call.answer("96 97") == "96 97"
+    assert call.answer("96 97") == "0 97 101"
     # accepting a codec the offerer did not list changes nothing
     call = _Call()
     call.offer("0 8", codec={"accept": ["G722"]})
     assert call.answer("8") == "8"
 
 
-def test_codec_consume_removes_from_the_offer_and_acts_as_mask_in_the_answer() -> None:
-    # the answerer never sees a consumed codec: carrying it in the answer needs a transcoder
+def test_codec_consume_removes_from_the_offer_and_answers_in_the_consumed_codec() -> None:
     call = _Call()
     assert call.offer("0 8", codec={"consume": ["PCMU"]}) == "8"
-    assert call.answer("8") == "8"
+    assert call.answer("8") == "0"
     call = _Call()
     assert call.offer("0 8 9 101 13", codec={"consume": ["PCMU"]}) == "8 9 101 13"
-    assert call.answer("9 101 13") == "9 101 13"
+    assert call.answer("9 101 13") == "0 13 101"
+    # a consumed telephone-event goes back: the offerer's DTMF is turned into tones
     call = _Call()
     assert call.offer("0 8 101", codec={"consume": ["telephone-event"]}) == "0 8"
-    assert call.answer("0") == "0"
+    assert call.answer("0") == "0 101"
 
 
 def test_consume_with_strip_all_and_offer_offers_in_the_order_offer_names() -> None:
     call = _Call()
     codec = {"strip": ["all"], "consume": ["CN"], "offer": ["PCMA", "PCMU", "telephone-event"]}
     assert call.offer("9 18 0 8 101 13 118", codec=codec) == "8 0 101"
-    assert call.answer("8 101") == "8 101"
+    assert call.answer("8 101") == "8 13 101"  # the consumed CN goes back
 
 
 def test_codec_mask_removes_but_accepts_nothing() -> None:
@@ -292,7 +289,7 @@ def test_single_codec_answers_the_first_audio_codec_with_dtmf_and_cn() -> None:
 def test_except_spares_codecs_from_consume_and_mask_and_offer_puts_them_back() -> None:
     call = _Call()
     assert call.offer("0 8 9", codec={"consume": ["all"], "except": ["PCMA"]}) == "8"
-    assert call.answer("8") == "8"
+    assert call.answer("8") == "0"  # consumed: the offerer's first goes back
     assert _Call().offer("0 8 9", codec={"mask": ["PCMU"], "offer": ["PCMU"]}) == "8 9 0"
     call = _Call()
     assert call.offer("0 8 9", codec={"consume": ["PCMU"], "offer": ["PCMU"]}) == "8 9 0"
