@@ -294,7 +294,8 @@ class Hello:
 @dataclass(frozen=True, slots=True)
 class SocketStats:
     """One socket in a worker's report: totals since the worker took it (packets and bytes
-    accepted from the party, errors), the source learned, and the DTLS and ICE states."""
+    accepted from the party, errors), the source learned, the DTLS and ICE states, and its
+    media engine's counters."""
 
     key: str
     packets: int
@@ -306,6 +307,13 @@ class SocketStats:
     ssrc: int = -1
     dtls: str = ""  # "", "connecting", "connected", "closed", "failed: <reason>"
     ice: str = ""  # "", "checking", "nominated"
+    # transcoding (relayd/worker/transcoding.py) of what this socket receives: the codecs
+    # ("PCMA->PCMU", "failed: <reason>"), payloads decoded, packets sent and the packets
+    # that did not parse, decode or encode, since the engine was made
+    codec: str = ""
+    frames: int = 0
+    codec_sent: int = 0
+    codec_errors: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,9 @@ from relayd.worker.secure import SecurePath
 from relayd.worker.session import Leg, Verdict
 from relayd.worker.silence import parse_fills, silence
 from relayd.worker.sockets import MediaSocket
+from relayd.worker.transcoding import configure as configure_codecs
+from relayd.worker.transcoding import link as link_codecs
+from relayd.worker.transcoding import outgoing
 
 __all__ = ["Worker"]
 
@@ -232,6 +235,7 @@ class Worker:
                 if learned is not None:
                     leg.endpoint, leg.confirmed = learned, True
             self.secure.configure(current, spec)
+            configure_codecs(current, spec.codecs, self.index)
             if not current.dirty:
                 current.dirty = True
                 self.active.append(current)
@@ -260,6 +264,7 @@ class Worker:
             )
             self.secure.link(current)
             self.secure.start(current, now)
+        link_codecs(touched)
         if self.recordings.calls:
             self.recordings.forwarded(message.media, touched)
         for index, fd in enumerate(fds):
@@ -388,6 +393,8 @@ class Worker:
             if sec is not None:
                 sec.reported = crypto
             endpoint = socket_key(*leg.endpoint) if leg.endpoint else ""
+            codecs = ms.codecs
+            engine = codecs.engine.counters if codecs is not None and codecs.engine else None
             changed.append(
                 ipc.SocketStats(
                     leg.key,
@@ -399,6 +406,10 @@ class Worker:
                     leg.confirmed,
                     leg.ssrc,
                     *crypto,
+                    codecs.name if codecs is not None else "",
+                    engine.frames if engine is not None else 0,
+                    engine.sent if engine is not None else 0,
+                    engine.errors if engine is not None else 0,
                 )
             )
             if len(changed) == _STATS_PER_MESSAGE:
@@ -413,6 +424,17 @@ class Worker:
     def _sample_rtcp(self, key: str, source: tuple[str, int], data: bytes, now: float) -> None:
         if len(self.rtcp) < ipc.RTCP_SAMPLE_LIMIT:
             self.rtcp.append(ipc.RtcpPacket(key, socket_key(*source[:2]), data.hex(), now))
+
+    def _transcoded(self, ms: MediaSocket, out: MediaSocket, data: bytes, rtcp: bool) -> None:
+        """Send what the media engine makes of ``data`` (relayd/worker/transcoding.py)."""
+        target = out.leg.endpoint
+        if target is None:
+            return
+        for packet in outgoing(ms, data, rtcp, self.index):
+            try:
+                out.sock.sendto(packet, target)
+            except OSError:
+                out.leg.errors += 1
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -486,6 +508,9 @@ class Worker:
                     elif leg.ssrc < 0 and not leg.rtcp and len(data) >= 12:
                         leg.ssrc = int.from_bytes(data[8:12], "big")
                     if out is None:
+                        continue
+                    if ms.transcode:
+                        self._transcoded(ms, out, bytes(data), leg.rtcp or is_rtcp(data))
                         continue
                     if leg.silence is not None and not leg.rtcp:
                         data = _silenced(data, leg.silence)

@@ -46,6 +46,7 @@ from relayd.worker.session import Leg, Verdict
 from relayd.worker.silence import silence
 from relayd.worker.sockets import Address, MediaSocket, SecureConfig, SecureSocket
 from relayd.worker.srtp import PacketBuffer, SrtpError, SrtpSession, parse_sdes
+from relayd.worker.transcoding import outgoing
 
 __all__ = ["SecurePath"]
 
@@ -303,6 +304,9 @@ class SecurePath:
             if out is None or (target := out.leg.endpoint) is None:
                 continue
             osec = _owner(out).secure
+            if ms.transcode:
+                self._transcoded(ms, out, target, osec, bytes(view[:n]), rtcp)
+                continue
             if osec is not None and osec.wants_out:
                 protect = osec.srtp_out
                 if protect is None:
@@ -313,6 +317,33 @@ class SecurePath:
                     continue
             try:
                 out.sock.sendto(view[:n], target)
+            except OSError:
+                out.leg.errors += 1
+
+    def _transcoded(
+        self,
+        ms: MediaSocket,
+        out: MediaSocket,
+        target: Address,
+        osec: SecureSocket | None,
+        data: bytes,
+        rtcp: bool,
+    ) -> None:
+        """Send what the media engine makes of clear ``data``, protected where ``out``'s party
+        expects SRTP (relayd/worker/transcoding.py)."""
+        buf = self.buf
+        protect = osec.srtp_out if osec is not None and osec.wants_out else None
+        if osec is not None and osec.wants_out and protect is None:
+            return  # no key towards that party yet: never send it plain RTP
+        for packet in outgoing(ms, data, rtcp, self.worker):
+            n = buf.load(packet)
+            if protect is not None:
+                n = protect.protect_rtcp(buf, n) if rtcp else protect.protect(buf, n)
+                if n < 0:
+                    out.leg.errors += 1
+                    continue
+            try:
+                out.sock.sendto(buf.view[:n], target)
             except OSError:
                 out.leg.errors += 1
 

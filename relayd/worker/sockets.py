@@ -14,12 +14,13 @@ from dataclasses import dataclass, fields
 from typing import Protocol
 
 from relayd import ipc
+from relayd.transcode.transcoder import Transcoder
 from relayd.worker.dtls import DtlsEndpoint
 from relayd.worker.ice import IceAgent
 from relayd.worker.session import Leg
 from relayd.worker.srtp import SrtpSession
 
-__all__ = ["Address", "MediaSocket", "PacketTap", "SecureConfig", "SecureSocket"]
+__all__ = ["Address", "Codecs", "MediaSocket", "PacketTap", "SecureConfig", "SecureSocket"]
 
 Address = tuple[str, int]
 
@@ -100,6 +101,18 @@ class SecureSocket:
         return self.ice.state if self.ice is not None else ""
 
 
+class Codecs:
+    """A socket's codec work (relayd/worker/transcoding.py): its plan's text, its engine
+    (None: the plan failed), and what it does in words for the reports."""
+
+    __slots__ = ("engine", "name", "text")
+
+    def __init__(self, text: str, engine: Transcoder | None, name: str) -> None:
+        self.text = text
+        self.engine = engine
+        self.name = name  # "PCMA->PCMU", or "failed: <reason>"
+
+
 @dataclass(slots=True, eq=False)
 class MediaSocket:
     """One relay socket in a worker: its learning state and counters (``leg``), where its
@@ -121,3 +134,9 @@ class MediaSocket:
     dirty: bool = False  # on the worker's list for the next report (Worker.active)
     listening: bool = False  # registered with epoll: what arrives is read and forwarded
     tap: PacketTap | None = None  # the call records: each datagram accepted is copied here
+    # transcoding (relayd/worker/transcoding.py): this socket's engine, the RTP socket of its
+    # stream (itself, or for an RTCP socket its RTP one), and whether its packets go through
+    # an engine or the RTCP rewrite at all (decided when a Forward is applied)
+    codecs: Codecs | None = None
+    rtp_socket: MediaSocket | None = None
+    transcode: bool = False

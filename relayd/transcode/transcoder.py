@@ -1,0 +1,319 @@
+"""One direction's media engine: RTP in, decoded by payload type, re-encoded, RTP out.
+
+A :class:`Transcoder` carries out a :class:`~relayd.transcode.plan.CodecPlan` on the RTP
+one party sends (after SRTP decryption; what it returns is encrypted afterwards where the
+receiver speaks SRTP). Pure apart from the codecs: bytes in, a list of packets out, no
+sockets, no clock.
+
+Rules (rtpengine 10.5's output, read from its transcoding scenarios and ``daemon/codec.c``):
+
+* A direction that transcodes anything sends under a new SSRC of its own, one per input
+  SSRC; a new input SSRC starts the stream afresh (decoders, queue, timeline).
+* Output sequence number = input sequence number + an offset that starts at 0. A packet
+  that produces no output (consumed: buffered by the packetiser, a consumed CN or DTMF)
+  lowers the offset by one, each packet beyond the first that one input produces raises
+  it by one, and a sequence reset (:mod:`relayd.transcode.sequencer`) moves it so that the
+  output runs on from where it was. Losses stay gaps in the output numbering.
+* ``passthrough`` payload types are sent as they are (payload, timestamp, marker) under the
+  new SSRC with the same offset, not queued: duplicates go on too, as rtpengine does.
+* Decoded payload types (and telephone-event, CN) are put back in order and decoded;
+  duplicates are dropped (:mod:`relayd.transcode.sequencer`).
+* Timestamps are the output codec's clock: the first decoded packet's timestamp plus the
+  output position of the packet's first sample (:mod:`relayd.transcode.packetiser`). A
+  timestamp gap in the input (lost packets, up to 5 s) is a gap in the output; a larger
+  jump, or a sequence reset, is a restart and the output timeline runs on. (Here relayd
+  differs from rtpengine 10.5, which counts encoded samples only and so pulls the audio
+  after a loss forward in time.)
+* telephone-event payload types go out as ``dtmf_out`` (its payload type and clock: the
+  durations rescaled, :mod:`relayd.transcode.events`), the timestamp placed on the audio's
+  timeline, the marker kept; without ``dtmf_out`` they are consumed. CN likewise with
+  ``cn_out``. Other payload types are dropped (counted).
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from relayd.transcode import codecs, events, rtp
+from relayd.transcode.codecs import OPUS_RATES, CodecError, Decoder, Resampler
+from relayd.transcode.packetiser import Packetiser
+from relayd.transcode.plan import CodecPlan, Format
+from relayd.transcode.sequencer import DUPLICATE, RESET, Sequencer
+
+__all__ = ["Counters", "Transcoder", "describe"]
+
+_SEQ = struct.Struct("!H")
+_SSRC = struct.Struct("!I")
+_MAX_GAP_SECONDS = 5  # a larger timestamp jump is a restart (rtpengine: 5000 ms)
+_AUDIO, _DTMF, _CN = 0, 1, 2
+_G711 = ("PCMU", "PCMA")
+
+
+@dataclass(slots=True)
+class Counters:
+    """What one direction's engine did, since it was made (the worker reports these)."""
+
+    packets: int = 0  # RTP packets that came in
+    frames: int = 0  # payloads decoded
+    sent: int = 0  # packets that went out
+    octets: int = 0  # payload bytes that went out
+    errors: int = 0  # packets that did not parse, decode or encode
+    dropped: int = 0  # payload types the plan does not name
+    duplicates: int = 0
+    lost: int = 0  # input packets the queue gave up waiting for
+
+
+@dataclass(slots=True)
+class _Path:
+    """How one decoded payload type reaches the encoder."""
+
+    fmt: Format
+    decoder: Decoder
+    resampler: Resampler | None
+    frame: int  # bytes per decoded sample, all channels
+
+
+def describe(plan: CodecPlan) -> str:
+    """``PCMA->PCMU`` style: the codecs decoded, the one encoded."""
+    names = "/".join(dict.fromkeys(f.name for f in plan.decode)) or "-"
+    return f"{names}->{plan.encode.name if plan.encode is not None else '-'}"
+
+
+def _key(name: str) -> str:
+    upper = name.upper()
+    return "opus" if upper == "OPUS" else upper
+
+
+def _signed32(value: int) -> int:
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
+class Transcoder:
+    """One direction of one media section (see the module's rules). Raises
+    :class:`~relayd.transcode.codecs.CodecError` if a codec of the plan cannot be opened."""
+
+    def __init__(self, plan: CodecPlan, new_ssrc: Callable[[], int] | None = None) -> None:
+        self.plan = plan
+        self.counters = Counters()
+        self._new_ssrc = new_ssrc or (lambda: random.getrandbits(32))
+        self.passthrough = frozenset(plan.passthrough)
+        self.kinds: dict[int, tuple[int, Format]] = {}
+        for f in plan.dtmf:
+            self.kinds[f.pt] = (_DTMF, f)
+        for f in plan.cn:
+            self.kinds[f.pt] = (_CN, f)
+        for f in plan.decode:
+            self.kinds[f.pt] = (_AUDIO, f)
+        self.paths: dict[int, _Path] = {}
+        target = plan.encode
+        self.out_pt = target.pt if target is not None else 0
+        if target is None:
+            if plan.decode:
+                raise CodecError("a plan that decodes needs an output codec")
+            self.out_clock = self.rate = 8000
+            self.packetiser = Packetiser(160, 2, b"\x00\x00")
+            self.encoder: codecs.Encoder | None = None
+        else:
+            self._open(target, plan.decode)
+        self.clock = plan.decode[0].rate if plan.decode else 8000
+        if not plan.decode and plan.dtmf:
+            self.clock = plan.dtmf[0].rate
+        self.ssrc_in = -1
+        self.ssrc_out = 0
+        self._restart(-1)
+
+    # -- set-up ----------------------------------------------------------------------------
+
+    def _open(self, target: Format, decode: tuple[Format, ...]) -> None:
+        key = _key(target.name)
+        # G.711 to G.711 at one clock: translated code by code, no PCM in between
+        verbatim = key in _G711 and all(
+            _key(f.name) in _G711 and f.rate == target.rate and f.channels == 1 for f in decode
+        )
+        rates = [codecs.audio_rate(f) for f in decode] or [8000]
+        if key == "opus":
+            rate = max(rates) if max(rates) in OPUS_RATES else 48000
+        else:
+            rate = codecs.audio_rate(target)
+        ptime = target.ptime or 20
+        if key == "opus" and ptime not in (10, 20, 40, 60):
+            ptime = min((10, 20, 40, 60), key=lambda p: (abs(p - ptime), p))
+        samples = rate * ptime // 1000
+        encoder = codecs.open_encoder(target, rate, samples, verbatim)
+        for f in decode:
+            decoder = codecs.open_decoder(f, target if verbatim else None)
+            resampler = None
+            if not verbatim and (decoder.rate, decoder.channels) != (rate, encoder.channels):
+                resampler = Resampler(decoder.rate, decoder.channels, rate, encoder.channels)
+            self.paths[f.pt] = _Path(f, decoder, resampler, decoder.width * decoder.channels)
+        self.encoder = encoder
+        self.rate = rate  # of the audio the encoder takes
+        self.out_clock = target.rate
+        self.packetiser = Packetiser(samples, encoder.width * encoder.channels, encoder.silence)
+
+    def _restart(self, ssrc: int) -> None:
+        """A new input stream (SSRC): fresh queue, timeline, output SSRC."""
+        self.ssrc_in = ssrc
+        if ssrc >= 0:
+            out = self._new_ssrc()
+            while out == ssrc:
+                out = self._new_ssrc()
+            self.ssrc_out = out
+        self.seq_diff = 0
+        self.sequencer: Sequencer[rtp.RtpPacket] = Sequencer(self.clock)
+        self.base: int | None = None  # output timestamp of position 0
+        self.next_ts: int | None = None  # where the input's audio should go on
+        self.anchor: tuple[int, int, int] | None = None  # input ts, its clock, its position
+        self.restarted = False
+        self.last_ts = 0  # output timestamp of the last audio packet sent
+        if ssrc >= 0 and self.encoder is not None:
+            self.packetiser = Packetiser(
+                self.packetiser.samples, self.packetiser.width, self.packetiser.silence
+            )
+
+    # -- packets ---------------------------------------------------------------------------
+
+    def process(self, data: bytes | bytearray | memoryview) -> list[bytes]:
+        """The packets that go out for one packet that came in (often one, maybe none)."""
+        counters = self.counters
+        try:
+            packet = rtp.parse(data)
+        except rtp.RtpError:
+            counters.errors += 1
+            return []
+        counters.packets += 1
+        if packet.ssrc != self.ssrc_in:
+            if self.ssrc_in >= 0:
+                self.counters.lost += self.sequencer.lost
+            self._restart(packet.ssrc)
+        pt = packet.pt
+        if pt in self.passthrough:
+            out = bytearray(data)
+            _SEQ.pack_into(out, 2, (packet.seq + self.seq_diff) & 0xFFFF)
+            _SSRC.pack_into(out, 8, self.ssrc_out)
+            counters.sent += 1
+            counters.octets += len(packet.payload)
+            return [bytes(out)]
+        if pt not in self.kinds:
+            counters.dropped += 1
+            return []
+        sequencer = self.sequencer
+        expected = sequencer.expected
+        status = sequencer.insert(packet.seq, packet.ts, packet)
+        if status == DUPLICATE:
+            counters.duplicates += 1
+            return []
+        if status == RESET:
+            self.seq_diff = (self.seq_diff - (packet.seq - expected)) & 0xFFFF
+            self.restarted = True
+        sent: list[bytes] = []
+        while (item := sequencer.pop()) is not None:
+            sent += self._handle(item[2])
+        return sent
+
+    def _handle(self, packet: rtp.RtpPacket) -> list[bytes]:
+        kind, fmt = self.kinds[packet.pt]
+        if kind == _AUDIO:
+            return self._audio(packet, self.paths[packet.pt])
+        target = self.plan.dtmf_out if kind == _DTMF else self.plan.cn_out
+        if target is None:  # consumed
+            self.seq_diff = (self.seq_diff - 1) & 0xFFFF
+            return []
+        payload = packet.payload
+        if kind == _DTMF:
+            payload = events.rescale(payload, fmt.rate, target.rate)
+        ts = self._timestamp(packet.ts, fmt.rate, target.rate)
+        self.counters.sent += 1
+        self.counters.octets += len(payload)
+        seq = packet.seq + self.seq_diff
+        return [rtp.build(target.pt, packet.marker, seq, ts, self.ssrc_out, payload)]
+
+    def _timestamp(self, ts: int, clock: int, out_clock: int) -> int:
+        """Output timestamp (``out_clock``) of input timestamp ``ts`` (``clock``), placed on
+        the audio's timeline by the last decoded packet."""
+        if self.anchor is None:
+            self.anchor = (ts, clock, self.packetiser.end)
+            if self.base is None:
+                self.base = ts
+        anchor_ts, anchor_clock, anchor_position = self.anchor
+        position = anchor_position + _signed32(ts - anchor_ts) * self.rate // anchor_clock
+        assert self.base is not None
+        return (self.base + position * out_clock // self.rate) & 0xFFFFFFFF
+
+    def _audio(self, packet: rtp.RtpPacket, path: _Path) -> list[bytes]:
+        counters = self.counters
+        packetiser = self.packetiser
+        clock = path.fmt.rate
+        if self.base is None:
+            self.base = packet.ts
+        chunks: list[tuple[int, bytes]] = []
+        if self.next_ts is not None and not self.restarted:
+            gap = _signed32(packet.ts - self.next_ts)
+            if 0 < gap < clock * _MAX_GAP_SECONDS:
+                chunks = packetiser.skip(gap * self.rate // clock)
+        self.restarted = False
+        self.anchor = (packet.ts, clock, packetiser.end)
+        try:
+            audio = path.decoder.decode(packet.payload)
+        except CodecError:
+            counters.errors += 1
+            self.next_ts = None
+            audio = b""
+        else:
+            counters.frames += 1
+            decoder = path.decoder
+            self.next_ts = (
+                packet.ts + (len(audio) // path.frame) * clock // decoder.rate
+            ) & 0xFFFFFFFF
+            if path.resampler is not None:
+                audio = path.resampler.convert(audio)
+        chunks += packetiser.push(audio)
+        encoder = self.encoder
+        assert encoder is not None and self.base is not None
+        sent = []
+        seq = packet.seq + self.seq_diff
+        scale = self.out_clock
+        for position, pcm in chunks:
+            try:
+                payload = encoder.encode(pcm)
+            except CodecError:
+                counters.errors += 1
+                continue
+            ts = (self.base + position * scale // self.rate) & 0xFFFFFFFF
+            sent.append(rtp.build(self.out_pt, False, seq, ts, self.ssrc_out, payload))
+            counters.octets += len(payload)
+            self.last_ts = ts
+            seq += 1
+        counters.sent += len(sent)
+        self.seq_diff = (self.seq_diff + len(sent) - 1) & 0xFFFF
+        return sent
+
+    # -- what the reports need -------------------------------------------------------------
+
+    @property
+    def highest_seq(self) -> int:
+        """The input's highest sequence number received (RFC 3550 §6.4.1) as far as the queue
+        has taken packets out; -1 before any."""
+        expected = self.sequencer.expected
+        return -1 if expected < 0 else (expected - 1) & 0xFFFF
+
+    @property
+    def lost(self) -> int:
+        """Input packets of the current SSRC given up as lost."""
+        return self.sequencer.lost
+
+    @property
+    def received(self) -> int:
+        return self.counters.packets
+
+    @property
+    def sent_packets(self) -> int:
+        return self.counters.sent
+
+    @property
+    def sent_octets(self) -> int:
+        return self.counters.octets
