@@ -214,10 +214,39 @@ def _relayd(state: RelayState) -> list[Family]:
             "Recordings that stopped on their own (disk full, spool unwritable, no spool)",
         ).add(recordings.failures)
     )
+    families += _transcoding(state)
     families.append(
         Family("relayd_build_info", "gauge", "relayd version").add(1, version=__version__)
     )
     return families
+
+
+def _transcoding(state: RelayState) -> list[Family]:
+    """The workers' codec engines (docs/transcoding.md), by codec pair ("PCMU->PCMA")."""
+    reports = state.media.reports
+    active, failed = reports.transcoding()
+    streams = Family(
+        "relayd_transcoding_streams", "gauge", "Stream directions transcoded now, by codecs"
+    )
+    for codecs, count in sorted(active.items()):
+        streams.add(count, codecs=codecs)
+    frames = Family("relayd_transcoding_frames_total", "counter", "Payloads decoded, by codecs")
+    sent = Family("relayd_transcoding_packets_total", "counter", "Packets encoded, by codecs")
+    errors = Family(
+        "relayd_transcoding_errors_total",
+        "counter",
+        "Packets that did not parse, decode or encode, by codecs",
+    )
+    for codecs, totals in sorted(reports.codec_totals.items()):
+        frames.add(totals.frames, codecs=codecs)
+        sent.add(totals.sent, codecs=codecs)
+        errors.add(totals.errors, codecs=codecs)
+    failures = Family(
+        "relayd_transcoding_failed_streams",
+        "gauge",
+        "Stream directions whose codec plan a worker could not open (their media is dropped)",
+    ).add(failed)
+    return [streams, frames, sent, errors, failures]
 
 
 def collect(state: RelayState, now: float) -> list[Family]:

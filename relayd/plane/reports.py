@@ -5,6 +5,10 @@ once a second for the sockets that saw something (relayd/plane/workerpool.py rec
 them, relayd/plane/media.py folds them in here). Counters arrive as totals since the
 worker took the socket; the streams get the deltas, because the kernel path adds
 its own counts to the same streams.
+
+Sockets whose codec plan a worker carries out (transcoding) also report their engine's
+counters: kept here per socket (what each transcodes now) and summed per codec pair over
+the daemon's life (``/metrics``), counted as deltas like the packets.
 """
 
 from __future__ import annotations
@@ -15,12 +19,22 @@ from relayd import ipc
 from relayd.calls.model import Endpoint, Stream
 from relayd.ipc import parse_key, socket_key
 
-__all__ = ["OnTraffic", "Reports"]
+__all__ = ["CodecTotals", "OnTraffic", "Reports"]
 
 # a stream's new userspace counts: stream, packets, bytes, errors
 OnTraffic = Callable[[Stream, int, int, int], None]
 
 _NONE_YET = (0, 0, 0)  # a socket's worker totals before its first report
+
+
+class CodecTotals:
+    """One codec pair's engine counters summed over every socket and worker since start:
+    payloads decoded, packets sent, packets that did not parse, decode or encode."""
+
+    __slots__ = ("errors", "frames", "sent")
+
+    def __init__(self) -> None:
+        self.frames = self.sent = self.errors = 0
 
 
 class Reports:
@@ -33,6 +47,10 @@ class Reports:
         # stream's own socket key -> the socket whose confirmed endpoint the stream shows
         # (an ICE candidate on another local address, once the party nominated it)
         self.holders: dict[str, str] = {}
+        # transcoding: socket key -> (what it does: "PCMA->PCMU" or "failed: <reason>",
+        # the engine's last totals: frames, sent, errors); and the totals by codec pair
+        self.codecs: dict[str, tuple[str, tuple[int, int, int]]] = {}
+        self.codec_totals: dict[str, CodecTotals] = {}
 
     def track(self, key: str, stream: Stream) -> bool:
         """Reports about socket ``key`` count into ``stream``; True if the key is new."""
@@ -50,6 +68,7 @@ class Reports:
         self.streams.pop(key, None)
         self.reported.pop(key, None)
         self.holders.pop(key, None)
+        self.codecs.pop(key, None)
 
     def fold(
         self, stats: ipc.Stats, on_traffic: OnTraffic | None, now: float
@@ -75,6 +94,8 @@ class Reports:
             stream.stats.errors += new_errors
             if on_traffic:
                 on_traffic(stream, new_packets, new_bytes, new_errors)
+            if entry.codec or entry.key in self.codecs:
+                self._fold_codec(entry)
             if entry.last_packet:
                 stream.stats.last_packet = max(stream.stats.last_packet, entry.last_packet + offset)
             own = socket_key(stream.local.local, stream.port)
@@ -109,6 +130,37 @@ class Reports:
                 stream.confirmed = entry.confirmed
                 changed.add(stream.call_id)
         return total, changed
+
+
+    def _fold_codec(self, entry: ipc.SocketStats) -> None:
+        before = self.codecs.get(entry.key)
+        if not entry.codec:  # the socket's plan is gone: it transcodes nothing now
+            del self.codecs[entry.key]
+            return
+        now = (entry.frames, entry.codec_sent, entry.codec_errors)
+        self.codecs[entry.key] = (entry.codec, now)
+        if entry.codec.startswith("failed"):
+            return
+        last = before[1] if before is not None and before[0] == entry.codec else _NONE_YET
+        if now[0] < last[0] or now[1] < last[1]:  # a new engine (or worker) counts from zero
+            last = _NONE_YET
+        totals = self.codec_totals.get(entry.codec)
+        if totals is None:
+            totals = self.codec_totals[entry.codec] = CodecTotals()
+        totals.frames += now[0] - last[0]
+        totals.sent += now[1] - last[1]
+        totals.errors += max(now[2] - last[2], 0)
+
+    def transcoding(self) -> tuple[dict[str, int], int]:
+        """Sockets transcoding now, by codec pair; and sockets whose plan failed."""
+        active: dict[str, int] = {}
+        failed = 0
+        for codec, _ in self.codecs.values():
+            if codec.startswith("failed"):
+                failed += 1
+            else:
+                active[codec] = active.get(codec, 0) + 1
+        return active, failed
 
 
 def _same(endpoint: Endpoint | None, address: tuple[str, int]) -> bool:

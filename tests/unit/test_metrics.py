@@ -7,6 +7,7 @@ import re
 from relayd.calls.model import CallRecording
 from relayd.ops.counters import Counters, Traffic, direction_of
 from relayd.ops.metrics import Family, collect, render
+from relayd.plane.reports import CodecTotals
 from tests.unit.calls import LOCAL4, LOCAL6, T0
 from tests.unit.test_admin import _state
 
@@ -144,3 +145,21 @@ def test_recording_figures() -> None:
     assert value(samples, "relayd_recordings_started_total") == 4
     assert value(samples, "relayd_recording_failures_total") == 1
     assert value(samples, "relayd_recording_copies_lost_total", worker="0") == 12
+
+
+def test_transcoding_figures() -> None:
+    state, _ = _state(1)
+    reports = state.media.reports
+    reports.codecs["192.0.2.1 30000"] = ("PCMU->opus", (50, 50, 0))
+    reports.codecs["192.0.2.1 30002"] = ("opus->PCMU", (48, 48, 2))
+    reports.codecs["192.0.2.1 30004"] = ("failed: no decoder for AMR", (0, 0, 0))
+    totals = CodecTotals()
+    totals.frames, totals.sent, totals.errors = 148, 140, 2
+    reports.codec_totals["opus->PCMU"] = totals
+    samples = parse(render(collect(state, now=T0)))
+    assert value(samples, "relayd_transcoding_streams", codecs="PCMU->opus") == 1
+    assert value(samples, "relayd_transcoding_streams", codecs="opus->PCMU") == 1
+    assert value(samples, "relayd_transcoding_failed_streams") == 1
+    assert value(samples, "relayd_transcoding_frames_total", codecs="opus->PCMU") == 148
+    assert value(samples, "relayd_transcoding_packets_total", codecs="opus->PCMU") == 140
+    assert value(samples, "relayd_transcoding_errors_total", codecs="opus->PCMU") == 2

@@ -173,3 +173,47 @@ def test_errors_never_count_backwards() -> None:
     fold(reports, report(counters(OWN, 10, errors=3)), None)
     fold(reports, report(counters(OWN, 12, errors=1)), None)  # a report out of step
     assert s.stats.errors == 3
+
+
+def transcoding(
+    key: str, packets: int, codec: str, frames: int, sent: int, errors: int = 0
+) -> SocketStats:
+    return SocketStats(
+        key,
+        packets,
+        160 * packets,
+        0,
+        99.0,
+        codec=codec,
+        frames=frames,
+        codec_sent=sent,
+        codec_errors=errors,
+    )
+
+
+def test_codec_counters_sum_by_codec_pair_across_reports_and_restarts() -> None:
+    reports, s, t = Reports(), stream(), stream()
+    reports.track(OWN, s)
+    reports.track(ALIAS, t)
+    fold(reports, report(transcoding(OWN, 10, "PCMU->PCMA", 10, 10)), None)
+    fold(reports, report(transcoding(OWN, 25, "PCMU->PCMA", 25, 24, errors=1)), None)
+    fold(reports, report(transcoding(ALIAS, 5, "PCMU->PCMA", 5, 5)), None)
+    # the worker restarted: its engine counts from zero again, nothing is subtracted
+    fold(reports, report(transcoding(OWN, 3, "PCMU->PCMA", 3, 3), worker=1), None)
+    totals = reports.codec_totals["PCMU->PCMA"]
+    assert (totals.frames, totals.sent, totals.errors) == (33, 32, 1)
+    assert reports.transcoding() == ({"PCMU->PCMA": 2}, 0)
+
+
+def test_a_failed_plan_is_counted_apart_and_a_dropped_plan_or_socket_transcodes_nothing() -> None:
+    reports, s, t = Reports(), stream(), stream()
+    reports.track(OWN, s)
+    reports.track(ALIAS, t)
+    fold(reports, report(transcoding(OWN, 4, "failed: no encoder for AMR", 0, 0)), None)
+    fold(reports, report(transcoding(ALIAS, 4, "opus->PCMU", 4, 4)), None)
+    assert reports.transcoding() == ({"opus->PCMU": 1}, 1)
+    assert "failed: no encoder for AMR" not in reports.codec_totals
+    fold(reports, report(counters(ALIAS, 6)), None)  # re-planned: no codec work any more
+    reports.forget(OWN)
+    assert reports.transcoding() == ({}, 0)
+    assert reports.codec_totals["opus->PCMU"].frames == 4
