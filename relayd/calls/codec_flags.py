@@ -5,9 +5,10 @@ The offer (what its receiver is offered):
 
 * ``strip``, ``consume`` and ``mask`` remove the codecs they name (by name or full
   encoding, case-insensitive; ``all`` or ``full``: every codec) but those ``except``
-  names. ``offer`` puts removed codecs back, after the ones kept, in the order it names
-  them. A codec the offerer did not list is never added (``transcode`` does that), so
-  without a removal ``offer`` changes nothing.
+  names. ``offer`` puts removed codecs back, after the audio codecs kept and before the
+  first telephone-event or CN codec, in the order it names them. A codec the offerer did
+  not list is never added (``transcode`` does that), so without a removal ``offer``
+  changes nothing.
 * A telephone-event or CN codec left without an audio codec of its clock rate goes as
   well, where the options touched that clock rate or any telephone-event or CN codec.
 * Removing every codec keeps the original list, as rtpengine does without
@@ -28,10 +29,12 @@ The answer (what goes back to the offerer):
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Generic, Protocol, TypeVar
 
 from relayd.calls.model import Codec
 
 __all__ = [
+    "Placed",
     "answer_codecs",
     "matches",
     "names_of",
@@ -77,12 +80,43 @@ def _remove(
     if not codecs or not removing:
         return list(codecs)
     removed = removed_by(codecs, ops, kinds)
-    result = [c for c in codecs if c not in removed]
+    placed = Placed(c for c in codecs if c not in removed)
     for name in ops.get("offer", ()):
         names = [name.lower()]
-        if not any(matches(c, names) for c in result):
-            result += [c for c in codecs if matches(c, names)]
-    return without_orphans(result, removed) or list(codecs)
+        if not any(matches(c, names) for c in placed.items):
+            for codec in codecs:
+                if matches(codec, names):
+                    placed.insert(codec)
+    return without_orphans(placed.items, removed) or list(codecs)
+
+
+class _Supplemental(Protocol):
+    @property
+    def supplemental(self) -> bool: ...
+
+
+S = TypeVar("S", bound=_Supplemental)
+
+
+class Placed(Generic[S]):
+    """An ordered codec list with rtpengine 10.5's insertion point (its ``supp_link``):
+    codecs put back or added go in before the first telephone-event or CN codec the list
+    had; where it had none, the first one put in marks that place. (So three added
+    telephone-event codecs go in as ``99 100 98``: the suite's "several clock rates input
+    w/ transcode DTMF".)"""
+
+    def __init__(self, items: Iterable[S]) -> None:
+        self.items: list[S] = list(items)
+        self._anchor: S | None = next((c for c in self.items if c.supplemental), None)
+
+    def insert(self, item: S) -> None:
+        anchor = self._anchor
+        if anchor is None:
+            self.items.append(item)
+            if item.supplemental:
+                self._anchor = item
+            return
+        self.items.insert(next(i for i, c in enumerate(self.items) if c is anchor), item)
 
 
 def without_orphans(kept: list[Codec], touched: Sequence[Codec]) -> list[Codec]:

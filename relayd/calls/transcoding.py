@@ -60,7 +60,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from relayd.calls.codec_flags import matches, names_of, removed_by, without_orphans
+from relayd.calls.codec_flags import Placed, matches, names_of, removed_by, without_orphans
 from relayd.calls.model import Codec, CodecSetup
 
 __all__ = [
@@ -191,32 +191,14 @@ class _New:
 _Slot = Codec | _New
 
 
-class _Placed:
-    """An ordered codec list with rtpengine's insertion point: codecs put back or added go
-    in before the first telephone-event or CN codec (the first one added, where none was)."""
+def _codecs(items: Iterable[_Slot]) -> list[Codec]:
+    return [c for c in items if isinstance(c, Codec)]
 
-    def __init__(self, codecs: Iterable[Codec]) -> None:
-        self.items: list[_Slot] = list(codecs)
-        self.anchor: _Slot | None = next((c for c in self.items if c.supplemental), None)
 
-    def insert(self, slot: _Slot) -> None:
-        anchor = self.anchor
-        if anchor is None:
-            self.items.append(slot)
-            if slot.supplemental:
-                self.anchor = slot
-            return
-        self.items.insert(next(i for i, c in enumerate(self.items) if c is anchor), slot)
-
-    def codecs(self) -> list[Codec]:
-        return [c for c in self.items if isinstance(c, Codec)]
-
-    def audio_rates(self) -> set[int]:
-        rates = {
-            _rate(c) if isinstance(c, Codec) else c.rate for c in self.items if not c.supplemental
-        }
-        rates.discard(0)
-        return rates
+def _audio_rates(items: Iterable[_Slot]) -> set[int]:
+    rates = {_rate(c) if isinstance(c, Codec) else c.rate for c in items if not c.supplemental}
+    rates.discard(0)
+    return rates
 
 
 def offer(
@@ -232,22 +214,22 @@ def offer(
     removing = names_of(ops, *_REMOVING)
     removed = removed_by(own, ops, _REMOVING)
     offerer = offerer_codecs(own, ops)
-    placed = _Placed(c for c in own if c not in removed)
+    placed: Placed[_Slot] = Placed(c for c in own if c not in removed)
     for name in ops.get("offer", ()):  # put back by name, after the codecs kept
         names = [name.lower()]
-        if not any(matches(c, names) for c in placed.codecs()):
+        if not any(matches(c, names) for c in _codecs(placed.items)):
             for c in own:
-                if matches(c, names) and c not in placed.codecs():
+                if matches(c, names) and c not in _codecs(placed.items):
                     placed.insert(c)
     specs = [parse_spec(t) for t in ops.get("transcode", ())]
     touched: set[int] = set()  # the clock rates of the codecs the options put back or added
     for spec in specs:
         if spec.key == "telephone-event":
             for c in own:
-                if c.name.lower() == spec.key and c not in placed.codecs():
+                if c.name.lower() == spec.key and c not in _codecs(placed.items):
                     placed.insert(c)
             continue
-        if any(spec.matches(c) for c in placed.codecs()):
+        if any(spec.matches(c) for c in _codecs(placed.items)):
             continue
         back = [c for c in own if spec.matches(c) and not spec.fmtp]
         for c in back:
@@ -258,7 +240,8 @@ def offer(
             # one relayd cannot transcode is left out, as 10.5 leaves out one it does not know
             placed.insert(new)
             touched.add(new.rate)
-    own_dtmf = any(c.name.lower() == "telephone-event" for c in own)
+    # the offerer's telephone-event, where strip left it
+    own_dtmf = any(c.name.lower() == "telephone-event" for c in offerer)
     dtmf_wanted = any(s.key == "telephone-event" for s in specs)
     # a telephone-event codec per clock rate: every rate where the offerer has none (it
     # asked for them), else the rates of the codecs the options added
@@ -294,7 +277,7 @@ def offer(
     )
 
 
-def _dtmf_rates(placed: _Placed, rates: set[int] | None) -> list[int]:
+def _dtmf_rates(placed: Placed[_Slot], rates: set[int] | None) -> list[int]:
     """The audio clock rates (of ``rates``; None: all) the list has no telephone-event for,
     lowest first."""
     have = {
@@ -302,14 +285,22 @@ def _dtmf_rates(placed: _Placed, rates: set[int] | None) -> list[int]:
         for c in placed.items
         if c.name.lower() == "telephone-event"
     }
-    wanted = placed.audio_rates() if rates is None else placed.audio_rates() & rates
+    wanted = _audio_rates(placed.items) if rates is None else _audio_rates(placed.items) & rates
     return sorted(wanted - have)
 
 
 def offerer_codecs(own: Sequence[Codec], ops: Mapping[str, Sequence[str]]) -> tuple[Codec, ...]:
     """The offerer's codecs as it sends and takes them: its own, less what ``strip`` removed
-    (``mask`` and ``consume`` leave them to be transcoded)."""
-    stripped = removed_by(own, ops, ("strip",))
+    and neither ``offer``, ``accept``, ``consume`` nor a ``transcode`` codec brought back
+    (``mask`` and ``consume`` leave them to be transcoded). 10.5 (asked): strip PCMU and
+    transcode PCMU, the answerer takes PCMU: the offerer is answered PCMU."""
+    offered = [n.lower() for op in ("offer", "accept", "consume") for n in ops.get(op, ())]
+    specs = [parse_spec(t) for t in ops.get("transcode", ())]
+    stripped = [
+        c
+        for c in removed_by(own, ops, ("strip",))
+        if not matches(c, offered) and not any(s.matches(c) for s in specs)
+    ]
     return tuple(c for c in own if c not in stripped) or tuple(own)
 
 

@@ -11,7 +11,7 @@ import sys
 import av
 import pytest
 
-from relayd.transcode import ffmpeg, g711, rtp
+from relayd.transcode import ffmpeg, g711, rtp, swresample
 from relayd.transcode.codecs import Resampler
 from relayd.transcode.plan import CodecPlan, Format
 from relayd.transcode.transcoder import Transcoder
@@ -149,3 +149,16 @@ def test_loss_and_reordering_on_the_input(target: Format) -> None:
     assert all((p.ts - first) // (160 * scale) == (p.seq - parsed[0].seq) for p in parsed)
     assert max(p.ts for p in parsed) - first == (len(packets) - 1) * 160 * scale
     assert correlation(source, decode_stream(out, target)) > 0.6
+
+
+@pytest.mark.parametrize(("rate", "channels", "to_rate"), [(8000, 1, 16000), (48000, 2, 8000)])
+def test_direct_swresample_gives_pyavs_samples(rate: int, channels: int, to_rate: int) -> None:
+    if not swresample.available():
+        pytest.skip("PyAV's libswresample not found: the engine uses PyAV's resampler")
+    direct = swresample.SwrResampler(rate, channels, to_rate, 1)
+    through_pyav = Resampler(rate, channels, to_rate, 1)
+    through_pyav.direct = None
+    chunk = samples_bytes(speechlike(0.02, rate) * channels)
+    assert b"".join(direct.convert(chunk) for _ in range(5)) == b"".join(
+        through_pyav.convert(chunk) for _ in range(5)
+    )

@@ -212,6 +212,18 @@ def test_transcode_parameters_follow_10_5() -> None:
     assert call.lines("a=rtpmap:8") == ["a=rtpmap:8 pcma/8000"]
 
 
+def test_codecs_put_back_go_before_dtmf_and_cn_and_stay_the_offerer_s() -> None:
+    # 10.5 (asked): ``offer`` and ``transcode`` put a removed codec back before the
+    # telephone-event; a stripped codec brought back is the offerer's again
+    assert _Call().offer("0 8 101", codec={"strip": ["PCMU"], "offer": ["PCMU"]}) == "8 0 101"
+    call = _Call()
+    assert call.offer("0 8 101", codec={"strip": ["PCMU"], "transcode": ["PCMU"]}) == "8 0 101"
+    assert call.answer("0") == "0"
+    # telephone-event stripped from the offerer: none is added for a new clock rate
+    codec = {"strip": ["all"], "offer": ["PCMU"], "transcode": ["G722"]}
+    assert _Call().offer("0 8 101 13", codec=codec) == "0 9"
+
+
 def test_mask_all_and_transcode_offer_in_the_order_the_options_name() -> None:
     # suite: "some t/c options with answer only non-t/c codec"
     call = _Call()
