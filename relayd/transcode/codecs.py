@@ -235,9 +235,12 @@ def _fmtp(fmt: Format) -> dict[str, str]:
     return {key.strip().lower(): value.strip() for key, _, value in pairs}
 
 
-def open_decoder(fmt: Format, target: Format | None = None) -> Decoder:
+def open_decoder(fmt: Format, target: Format | None = None, channels: int = 2) -> Decoder:
     """A decoder of ``fmt``; with ``target`` G.711 at the same clock as ``fmt`` (also G.711),
-    a :class:`LawTranslator` straight to its codes."""
+    a :class:`LawTranslator` straight to its codes. Opus is decoded to at most ``channels``
+    channels: libopus mixes a stereo stream down itself, cheaper than decoding both
+    channels and resampling them (any Opus stream, mono or stereo, decodes to either:
+    RFC 6716, RFC 7587)."""
     key = _key(fmt.name)
     if key in ("PCMU", "PCMA"):
         if target is not None and _key(target.name) in ("PCMU", "PCMA") and target.rate == fmt.rate:
@@ -246,7 +249,7 @@ def open_decoder(fmt: Format, target: Format | None = None) -> Decoder:
     codec = _FFMPEG.get(key)
     if codec is None:
         raise CodecError(f"no decoder for {fmt.name}")
-    return AvDecoder(codec, audio_rate(fmt), fmt.channels if key == "opus" else 1)
+    return AvDecoder(codec, audio_rate(fmt), min(fmt.channels, channels) if key == "opus" else 1)
 
 
 def open_encoder(fmt: Format, rate: int, samples: int, verbatim: bool = False) -> Encoder:

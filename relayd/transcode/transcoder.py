@@ -145,7 +145,7 @@ class Transcoder:
         samples = rate * ptime // 1000
         encoder = codecs.open_encoder(target, rate, samples, verbatim)
         for f in decode:
-            decoder = codecs.open_decoder(f, target if verbatim else None)
+            decoder = codecs.open_decoder(f, target if verbatim else None, encoder.channels)
             resampler = None
             if not verbatim and (decoder.rate, decoder.channels) != (rate, encoder.channels):
                 resampler = Resampler(decoder.rate, decoder.channels, rate, encoder.channels)
