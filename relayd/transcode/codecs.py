@@ -19,6 +19,7 @@ A codec FFmpeg cannot open, or a name not listed, raises :class:`CodecError`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -163,9 +164,9 @@ class AvDecoder:
 
 
 class AvEncoder:
-    """An FFmpeg encoder fed one packet's worth of samples at a time."""
+    """An FFmpeg encoder fed exactly one packet's worth of samples at a time."""
 
-    __slots__ = ("channels", "context", "layout", "rate", "samples", "silence", "width")
+    __slots__ = ("channels", "context", "layout", "rate", "samples", "send", "silence", "width")
 
     def __init__(
         self, codec: str, rate: int, channels: int, samples: int, options: dict[str, str]
@@ -186,11 +187,18 @@ class AvEncoder:
         self.context = context
         self.rate, self.channels, self.width, self.samples = rate, channels, 2, samples
         self.silence = b"\x00\x00" * channels
+        # PyAV's encode() passes every frame of a codec with a fixed frame size (Opus,
+        # G.722) through a filter graph first, to cut it to size: 7 µs a packet for nothing,
+        # since ours are cut already. Its inner step takes them as they are (PyAV-internal,
+        # hence the fallback; tests/unit/test_transcode_audio.py checks the bytes agree).
+        self.send: Callable[[av.AudioFrame], Iterable[av.Packet]] = getattr(
+            context, "_send_frame_and_recv", context.encode
+        )
 
     def encode(self, audio: bytes | bytearray) -> bytes:
         frame = ffmpeg.frame(audio, self.rate, self.layout, self.channels)
         try:
-            packets = self.context.encode(frame)
+            packets = list(self.send(frame))
         except (av.FFmpegError, ValueError) as exc:
             raise CodecError(f"encode: {exc}") from None
         if len(packets) == 1:
@@ -227,9 +235,12 @@ def _fmtp(fmt: Format) -> dict[str, str]:
     return {key.strip().lower(): value.strip() for key, _, value in pairs}
 
 
-def open_decoder(fmt: Format, target: Format | None = None) -> Decoder:
+def open_decoder(fmt: Format, target: Format | None = None, channels: int = 2) -> Decoder:
     """A decoder of ``fmt``; with ``target`` G.711 at the same clock as ``fmt`` (also G.711),
-    a :class:`LawTranslator` straight to its codes."""
+    a :class:`LawTranslator` straight to its codes. Opus is decoded to at most ``channels``
+    channels: libopus mixes a stereo stream down itself, cheaper than decoding both
+    channels and resampling them (any Opus stream, mono or stereo, decodes to either:
+    RFC 6716, RFC 7587)."""
     key = _key(fmt.name)
     if key in ("PCMU", "PCMA"):
         if target is not None and _key(target.name) in ("PCMU", "PCMA") and target.rate == fmt.rate:
@@ -238,7 +249,7 @@ def open_decoder(fmt: Format, target: Format | None = None) -> Decoder:
     codec = _FFMPEG.get(key)
     if codec is None:
         raise CodecError(f"no decoder for {fmt.name}")
-    return AvDecoder(codec, audio_rate(fmt), fmt.channels if key == "opus" else 1)
+    return AvDecoder(codec, audio_rate(fmt), min(fmt.channels, channels) if key == "opus" else 1)
 
 
 def open_encoder(fmt: Format, rate: int, samples: int, verbatim: bool = False) -> Encoder:

@@ -8,7 +8,7 @@ sockets, no clock.
 Rules (rtpengine 10.5's output, read from its transcoding scenarios and ``daemon/codec.c``):
 
 * A direction that transcodes anything sends under a new SSRC of its own, one per input
-  SSRC; a new input SSRC starts the stream afresh (decoders, queue, timeline).
+  SSRC; a new input SSRC starts the stream afresh (codecs, queue, timeline).
 * Output sequence number = input sequence number + an offset that starts at 0. A packet
   that produces no output (consumed: buffered by the packetiser, a consumed CN or DTMF)
   lowers the offset by one, each packet beyond the first that one input produces raises
@@ -145,7 +145,7 @@ class Transcoder:
         samples = rate * ptime // 1000
         encoder = codecs.open_encoder(target, rate, samples, verbatim)
         for f in decode:
-            decoder = codecs.open_decoder(f, target if verbatim else None)
+            decoder = codecs.open_decoder(f, target if verbatim else None, encoder.channels)
             resampler = None
             if not verbatim and (decoder.rate, decoder.channels) != (rate, encoder.channels):
                 resampler = Resampler(decoder.rate, decoder.channels, rate, encoder.channels)
@@ -170,10 +170,6 @@ class Transcoder:
         self.anchor: tuple[int, int, int] | None = None  # input ts, its clock, its position
         self.restarted = False
         self.last_ts = 0  # output timestamp of the last audio packet sent
-        if ssrc >= 0 and self.encoder is not None:
-            self.packetiser = Packetiser(
-                self.packetiser.samples, self.packetiser.width, self.packetiser.silence
-            )
 
     # -- packets ---------------------------------------------------------------------------
 
@@ -187,8 +183,10 @@ class Transcoder:
             return []
         counters.packets += 1
         if packet.ssrc != self.ssrc_in:
-            if self.ssrc_in >= 0:
+            if self.ssrc_in >= 0:  # another stream: fresh codec state, as rtpengine's per SSRC
                 self.counters.lost += self.sequencer.lost
+                if self.plan.encode is not None:
+                    self._open(self.plan.encode, self.plan.decode)
             self._restart(packet.ssrc)
         pt = packet.pt
         if pt in self.passthrough:

@@ -11,6 +11,7 @@ compared with the source (Opus).
 
 from __future__ import annotations
 
+import os
 import random
 import select
 import socket
@@ -23,6 +24,7 @@ import pytest
 from relayd.ipc import Learning, SocketSpec
 from relayd.transcode import g711, rtp
 from relayd.transcode.plan import CodecPlan, Format
+from tests.netns.test_worker_crypto import sdes, sessions
 from tests.support.worker_link import RelaySocket, WorkerLink, udp
 from tests.unit.test_transcode_audio import correlation, decode_stream, speechlike
 
@@ -62,8 +64,17 @@ class Call:
         host, port = sock.getsockname()[:2]
         return f"{host} {port}"
 
-    def forward(self, worker: WorkerLink, plan: CodecPlan | None) -> None:
+    def forward(
+        self,
+        worker: WorkerLink,
+        plan: CodecPlan | None,
+        back: CodecPlan | None = None,
+        srtp: tuple[str, str] = ("", ""),
+    ) -> None:
+        """Plan ``plan`` for X's media (on A), ``back`` for Y's (on B); ``srtp``: the SDES
+        keys of X's sockets (in, out)."""
         immediate: Learning = "immediate"
+        srtp_in, srtp_out = srtp
         worker.forward(
             "call 0",
             [
@@ -71,19 +82,29 @@ class Call:
                     SocketSpec(
                         "", out=self.b_rtp.key, expect=self.key(self.x_rtp), learning=immediate,
                         codecs=plan.to_text() if plan is not None else "",
+                        srtp_in=srtp_in, srtp_out=srtp_out,
                     ),
                     self.a_rtp,
                 ),
                 (
                     SocketSpec(
                         "", out=self.b_rtcp.key, expect=self.key(self.x_rtcp), rtcp=True,
-                        learning=immediate,
+                        learning=immediate, srtp_in=srtp_in, srtp_out=srtp_out,
                     ),
                     self.a_rtcp,
                 ),
-                (SocketSpec("", out=self.a_rtp.key, expect=self.key(self.y_rtp)), self.b_rtp),
                 (
-                    SocketSpec("", out=self.a_rtcp.key, expect=self.key(self.y_rtcp), rtcp=True),
+                    SocketSpec(
+                        "", out=self.a_rtp.key, expect=self.key(self.y_rtp), learning=immediate,
+                        codecs=back.to_text() if back is not None else "",
+                    ),
+                    self.b_rtp,
+                ),
+                (
+                    SocketSpec(
+                        "", out=self.a_rtcp.key, expect=self.key(self.y_rtcp), rtcp=True,
+                        learning=immediate,
+                    ),
                     self.b_rtcp,
                 ),
             ],
@@ -218,3 +239,37 @@ def test_a_plan_with_a_codec_nobody_can_open_drops_that_direction(
     call.forward(worker, None)
     call.x_rtp.sendto(pcmu_stream(speechlike(0.02))[0], call.a_rtp.address)
     assert len(receive_all(call.y_rtp)) == 1
+
+
+def test_srtp_leg_transcoded_both_ways(worker: WorkerLink, call: Call) -> None:
+    """X speaks SDES-SRTP and PCMU, Y plain PCMA: X's packets are decrypted before the
+    engine, Y's are transcoded and then encrypted towards X."""
+    suite = "AES_CM_128_HMAC_SHA1_80"
+    x_key, relay_key = os.urandom(30), os.urandom(30)
+    send, recv = sessions(suite, x_key, relay_key)
+    keys = (sdes(suite, x_key), sdes(suite, relay_key))
+    call.forward(
+        worker,
+        CodecPlan(decode=(PCMU,), encode=PCMA),
+        CodecPlan(decode=(PCMA,), encode=PCMU),
+        keys,
+    )
+    to_pcma = g711.transcode_table("PCMU", "PCMA")
+    to_pcmu = g711.transcode_table("PCMA", "PCMU")
+    packets = pcmu_stream(speechlike(0.2))
+    for packet in packets:
+        call.x_rtp.sendto(send.protect(packet), call.a_rtp.address)
+    got = [rtp.parse(d) for d in receive_all(call.y_rtp)]
+    assert [(p.pt, p.payload) for p in got] == [
+        (8, rtp.parse(p).payload.translate(to_pcma)) for p in packets
+    ]
+    back = [
+        rtp.build(8, False, 300 + i, 160 * i, Y_SSRC, bytes([0xD5 ^ i]) * 160) for i in range(10)
+    ]
+    for packet in back:
+        call.y_rtp.sendto(packet, call.b_rtp.address)
+    heard = [rtp.parse(recv.unprotect(d)) for d in receive_all(call.x_rtp)]
+    assert [(p.pt, p.seq, p.payload) for p in heard] == [
+        (0, 300 + i, bytes([0xD5 ^ i]).translate(to_pcmu) * 160) for i in range(10)
+    ]
+    assert {p.ssrc for p in heard} != {Y_SSRC}

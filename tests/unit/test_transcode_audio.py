@@ -12,7 +12,7 @@ import av
 import pytest
 
 from relayd.transcode import ffmpeg, g711, rtp, swresample
-from relayd.transcode.codecs import Resampler
+from relayd.transcode.codecs import AvEncoder, Resampler, open_encoder
 from relayd.transcode.plan import CodecPlan, Format
 from relayd.transcode.transcoder import Transcoder
 
@@ -162,3 +162,26 @@ def test_direct_swresample_gives_pyavs_samples(rate: int, channels: int, to_rate
     assert b"".join(direct.convert(chunk) for _ in range(5)) == b"".join(
         through_pyav.convert(chunk) for _ in range(5)
     )
+
+
+@pytest.mark.parametrize("fmt", [G722, OPUS, OPUS_MONO, PCMA])
+def test_encoders_give_what_pyavs_encode_gives(fmt: Format) -> None:
+    """The engine's encoders skip PyAV's own frame cutting (AvEncoder.send): same bytes."""
+    rate = 16000 if fmt.name == "G722" else 8000
+    ours = open_encoder(fmt, rate, rate // 50)
+    reference = open_encoder(fmt, rate, rate // 50)
+    assert isinstance(reference, AvEncoder)
+    reference.send = reference.context.encode
+    pcm = samples_bytes(speechlike(0.2, rate))
+    size = 2 * rate // 50
+    frames = [pcm[i : i + size] for i in range(0, len(pcm), size)]
+    if ours.channels == 2:
+        frames = [_stereo(f) for f in frames]
+    mine = [ours.encode(f) for f in frames]
+    assert mine == [reference.encode(f) for f in frames] and all(mine)
+
+
+def _stereo(mono: bytes) -> bytes:
+    out = bytearray(2 * len(mono))
+    out[0::4], out[1::4], out[2::4], out[3::4] = mono[0::2], mono[1::2], mono[0::2], mono[1::2]
+    return bytes(out)

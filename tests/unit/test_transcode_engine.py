@@ -5,6 +5,8 @@ deterministic (G.711), and the engine's own rules for loss, reordering and resta
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relayd.transcode import rtp
 from relayd.transcode.codecs import CodecError
@@ -192,3 +194,31 @@ def test_a_codec_that_cannot_be_opened() -> None:
         engine(CodecPlan(decode=(Format(96, "speex", 8000),), encode=PCMU))
     with pytest.raises(CodecError):
         engine(CodecPlan(decode=(PCMA,)))
+
+
+_FUZZED = Transcoder(
+    CodecPlan(
+        passthrough=(0,),
+        decode=(Format(96, "opus", 48000, 2), Format(9, "G722", 8000), PCMA),
+        encode=Format(97, "opus", 48000, 1, ptime=40),
+        dtmf=(Format(101, "telephone-event", 8000),),
+        dtmf_out=Format(101, "telephone-event", 48000),
+    )
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from([0, 8, 9, 96, 101, 13]),
+    st.integers(0, 0xFFFF),
+    st.integers(0, 0xFFFFFFFF),
+    st.integers(0, 3),
+    st.binary(max_size=300),
+)
+def test_garbage_payloads_never_raise(
+    pt: int, seq: int, ts: int, ssrc: int, payload: bytes
+) -> None:
+    """Whatever comes in (random payloads for every decoder, random numbering, new SSRCs):
+    a list of well-formed packets comes out, or nothing."""
+    for data in _FUZZED.process(rtp.build(pt, False, seq, ts, ssrc, payload)):
+        assert rtp.parse(data).pt in (0, 97, 101)
