@@ -131,7 +131,6 @@ class Reports:
                 changed.add(stream.call_id)
         return total, changed
 
-
     def _fold_codec(self, entry: ipc.SocketStats) -> None:
         before = self.codecs.get(entry.key)
         if not entry.codec:  # the socket's plan is gone: it transcodes nothing now
