@@ -164,6 +164,7 @@ class CodecSetup:
     ptime_reverse: int = 0  # the ng ptime-reverse: the packet time towards the offerer
     offerer_ptime: int = 0  # the offerer's own a=ptime (0: none)
     transcode: tuple[str, ...] = ()  # the offer's transcode codecs as written (their bitrate)
+    removed_rates: tuple[int, ...] = ()  # clock rates of the codecs strip/mask/consume removed
 
 
 @dataclass(slots=True)

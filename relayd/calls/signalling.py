@@ -467,6 +467,8 @@ class Signalling:
                 added=(),
                 offerer_ptime=source.ptime,
             )
+            if previous.ptime:
+                media.ptime = previous.ptime  # the packet time it asked for stays (asked)
         elif reverse is not None:
             back = transcoding.offered_back(reverse, earlier, source.codecs, req.codec)
             if back is not None:

@@ -145,12 +145,16 @@ class TranscodeSpec:
             return False
         return not self.channels or _channels(codec) == self.channels
 
-    def new(self) -> _New:
-        """The codec this option adds: opus always at 48000 Hz, as 10.5 adds it."""
+    def adds(self) -> tuple[str, str, int]:
+        """The encoding, name (lower case) and clock rate of the codec this option adds:
+        opus always at 48000 Hz and in stereo unless the option says mono, as 10.5 adds it."""
         rate = _RATE.get(self.key) or self.rate or 8000
         channels = self.channels or _DEFAULT_CHANNELS.get(self.key, 1)
-        encoding = f"{self.name}/{rate}" + (f"/{channels}" if channels > 1 else "")
-        return _New(encoding, self.key, rate, channels)
+        return f"{self.name}/{rate}" + (f"/{channels}" if channels > 1 else ""), self.key, rate
+
+    def transcodable(self) -> bool:
+        """Whether the codec it adds is one the workers encode."""
+        return _supported(self.key, self.channels or _DEFAULT_CHANNELS.get(self.key, 1))
 
 
 def parse_spec(text: str) -> TranscodeSpec:
@@ -172,35 +176,6 @@ class Offered:
     setup: CodecSetup
 
 
-@dataclass(eq=False, slots=True)
-class _New:
-    """A codec the options add: its payload type is chosen once the list is complete."""
-
-    encoding: str
-    name: str  # lower case
-    rate: int
-    channels: int = 1
-    fmtp: str = ""
-    named: bool = True  # named by a ``transcode`` option, not a telephone-event per rate
-
-    @property
-    def supplemental(self) -> bool:
-        return self.name in SUPPLEMENTAL
-
-
-_Slot = Codec | _New
-
-
-def _codecs(items: Iterable[_Slot]) -> list[Codec]:
-    return [c for c in items if isinstance(c, Codec)]
-
-
-def _audio_rates(items: Iterable[_Slot]) -> set[int]:
-    rates = {_rate(c) if isinstance(c, Codec) else c.rate for c in items if not c.supplemental}
-    rates.discard(0)
-    return rates
-
-
 def offer(
     own: Sequence[Codec],
     ops: Mapping[str, Sequence[str]],
@@ -214,54 +189,53 @@ def offer(
     removing = names_of(ops, *_REMOVING)
     removed = removed_by(own, ops, _REMOVING)
     offerer = offerer_codecs(own, ops)
-    placed: Placed[_Slot] = Placed(c for c in own if c not in removed)
+    # the numbers an added telephone-event or CN per clock rate leaves alone: the offerer's
+    # own but those stripped or consumed, none after ``all`` (asked)
+    gone = removed_by(own, ops, ("strip", "consume"))
+    reserved = set() if "all" in removing else {c.payload_type for c in own if c not in gone}
+    work = _Offer(own, Placed(c for c in own if c not in removed), reserved)
+    work.touched |= {_rate(c) for c in removed}
     for name in ops.get("offer", ()):  # put back by name, after the codecs kept
         names = [name.lower()]
-        if not any(matches(c, names) for c in _codecs(placed.items)):
+        if not any(matches(c, names) for c in work.codecs()):
             for c in own:
-                if matches(c, names) and c not in _codecs(placed.items):
-                    placed.insert(c)
+                if matches(c, names) and c not in work.codecs():
+                    work.placed.insert(c)
     specs = [parse_spec(t) for t in ops.get("transcode", ())]
-    touched: set[int] = set()  # the clock rates of the codecs the options put back or added
     for spec in specs:
-        if spec.key == "telephone-event":
-            for c in own:
-                if c.name.lower() == spec.key and c not in _codecs(placed.items):
-                    placed.insert(c)
-            continue
-        if any(spec.matches(c) for c in _codecs(placed.items)):
-            continue
-        back = [c for c in own if spec.matches(c) and not spec.fmtp]
-        for c in back:
-            placed.insert(c)
-            touched.add(_rate(c))
-        new = spec.new()
-        if not back and (new.supplemental or _can_transcode(new)):
-            # one relayd cannot transcode is left out, as 10.5 leaves out one it does not know
-            placed.insert(new)
-            touched.add(new.rate)
-    # the offerer's telephone-event, where strip left it
-    own_dtmf = any(c.name.lower() == "telephone-event" for c in offerer)
-    dtmf_wanted = any(s.key == "telephone-event" for s in specs)
-    # a telephone-event codec per clock rate: every rate where the offerer has none (it
-    # asked for them), else the rates of the codecs the options added
-    dtmf_rates = (
-        _dtmf_rates(placed, None if not own_dtmf else touched) if (own_dtmf or dtmf_wanted) else []
+        work.transcode(spec, offerer)
+    # a CN and a telephone-event codec per clock rate: every rate, where the offerer has
+    # none and asked for it; else the rates of the audio codecs the options brought
+    # (one the offerer lacks and asks for, or a removed one, touches every rate, for both:
+    # asked)
+    asked_for = any(
+        any(s.key == name for s in specs) and not any(c.name.lower() == name for c in offerer)
+        for name in _TRACKED
     )
-    adding = ptime or ptime_reverse or dtmf_rates or any(isinstance(c, _New) for c in placed.items)
-    if adding and any(transcodable(c) for c in offerer):
+    everywhere = asked_for or any(c.supplemental for c in removed)
+    tracked: dict[str, set[int] | None] = {
+        name: None if everywhere else work.touched
+        for name in _TRACKED
+        if any(s.key == name for s in specs) or any(c.name.lower() == name for c in work.codecs())
+    }
+    adding = any(work.missing(n, r) for n, r in tracked.items())
+    if (ptime or ptime_reverse or work.added or adding) and any(transcodable(c) for c in offerer):
         # 10.5 strips what it cannot transcode once it adds a codec or changes the packet
         # time ("Stripping unsupported codec ... due to active transcoding"); not for
         # accept, consume or always-transcode alone, nor where the offerer has nothing it
         # can decode (then nothing is transcoded: asked)
-        placed.items = [c for c in placed.items if c.supplemental or _can_transcode(c)]
-        dtmf_rates = _dtmf_rates(placed, None if not own_dtmf else touched) if dtmf_rates else []
-    for rate in dtmf_rates:
-        placed.insert(
-            _New(f"telephone-event/{rate}", "telephone-event", rate, fmtp=DTMF_FMTP, named=False)
-        )
-    codecs = _numbered(placed.items, own, reserve_own="all" not in removing)
-    codecs = without_orphans(codecs, removed) or list(own)
+        work.placed.items = [c for c in work.codecs() if c.supplemental or transcodable(c)]
+    for name, rates in tracked.items():
+        for rate in work.missing(name, rates):
+            work.add(TranscodeSpec("CN" if name == "cn" else name, rate), named=False)
+    codecs = [c for c in work.codecs() if c in own or _with_audio(c, work.codecs())]
+    # a CN or telephone-event the offerer lacks and asks for touches every clock rate: 10.5
+    # then drops the offerer's own telephone-event and CN left without an audio codec too
+    # (asked; not where the offerer has one)
+    touched = list(removed)
+    if asked_for:
+        touched += [c for c in own if c.supplemental]
+    codecs = without_orphans(codecs, touched) or list(own)
     added = tuple(c.payload_type for c in codecs if c not in own)
     return Offered(
         tuple(codecs),
@@ -273,35 +247,108 @@ def offer(
             ptime=ptime,
             ptime_reverse=ptime_reverse,
             transcode=tuple(ops.get("transcode", ())),
+            removed_rates=tuple(sorted({_rate(c) for c in removed})),
         ),
     )
 
 
-def _dtmf_rates(placed: Placed[_Slot], rates: set[int] | None) -> list[int]:
-    """The audio clock rates (of ``rates``; None: all) the list has no telephone-event for,
-    lowest first."""
-    have = {
-        _rate(c) if isinstance(c, Codec) else c.rate
-        for c in placed.items
-        if c.name.lower() == "telephone-event"
-    }
-    wanted = _audio_rates(placed.items) if rates is None else _audio_rates(placed.items) & rates
-    return sorted(wanted - have)
+# the supplemental codecs 10.5 keeps one of per clock rate, in the order it adds them
+_TRACKED = ("cn", "telephone-event")
+
+
+def _with_audio(codec: Codec, codecs: Sequence[Codec]) -> bool:
+    """An added telephone-event or CN codec stays only with an audio codec of its rate
+    (10.5 makes ``telephone-event/8000`` for ``transcode-telephone-event``, then drops it
+    where no 8000 Hz codec is left)."""
+    return not codec.supplemental or any(
+        not c.supplemental and _rate(c) == _rate(codec) for c in codecs
+    )
+
+
+class _Offer:
+    """The offer's list as the options build it: codecs put back, codecs added (each
+    numbered when it is made, as 10.5 numbers them), the clock rates they touched."""
+
+    def __init__(self, own: Sequence[Codec], placed: Placed[Codec], reserved: set[str]) -> None:
+        self.own = own
+        self.placed = placed
+        self.reserved = reserved  # numbers a codec added per clock rate does not take
+        self.touched: set[int] = set()  # the clock rates of the codecs removed or brought
+        self.added = False
+
+    def codecs(self) -> list[Codec]:
+        return self.placed.items
+
+    def put_back(self, codec: Codec) -> None:
+        self.placed.insert(codec)
+        self.touched.add(_rate(codec))
+
+    def add(self, spec: TranscodeSpec, *, named: bool = True) -> None:
+        """A new codec: its static payload type where free, else the lowest free dynamic
+        one; the offerer's own numbers are taken for a codec the options name, the
+        reserved ones for one added per clock rate."""
+        encoding, name, rate = spec.adds()
+        taken = {c.payload_type for c in self.placed.items}
+        taken |= {c.payload_type for c in self.own} if named else self.reserved
+        static = _STATIC.get((name, rate))
+        if static is not None and static not in taken:
+            number = static
+        else:
+            number = str(next((n for n in _DYNAMIC if str(n) not in taken), 127))
+        codec = Codec(number, encoding, DTMF_FMTP if name == "telephone-event" else "")
+        self.placed.insert(codec)
+        self.added = True
+        self.touched.add(rate)
+
+    def transcode(self, spec: TranscodeSpec, offerer: Sequence[Codec]) -> None:
+        """One ``transcode`` codec (the module's rules)."""
+        if spec.key == "telephone-event":
+            for c in self.own:
+                if c.name.lower() == spec.key and c not in self.codecs():
+                    self.put_back(c)
+            if not any(c.name.lower() == spec.key for c in offerer):
+                # 10.5 makes one at 8000 Hz first (then one per clock rate, and drops this
+                # one where no 8000 Hz codec is left): it takes a payload type
+                self.add(TranscodeSpec(spec.name, spec.rate or 8000), named=False)
+            return
+        if any(spec.matches(c) for c in self.codecs()):
+            return
+        back = [c for c in self.own if spec.matches(c) and not spec.fmtp]
+        for c in back:
+            self.put_back(c)
+        if not back and (spec.key in SUPPLEMENTAL or spec.transcodable()):
+            # one relayd cannot transcode is left out, as 10.5 leaves out one it cannot
+            self.add(spec)
+
+    def missing(self, name: str, rates: set[int] | None) -> list[int]:
+        """The audio clock rates (of ``rates``; None: all) without a ``name`` codec, lowest
+        first."""
+        have = {_rate(c) for c in self.codecs() if c.name.lower() == name}
+        audio = {_rate(c) for c in self.codecs() if not c.supplemental} - {0}
+        return sorted((audio if rates is None else audio & rates) - have)
 
 
 def offerer_codecs(own: Sequence[Codec], ops: Mapping[str, Sequence[str]]) -> tuple[Codec, ...]:
-    """The offerer's codecs as it sends and takes them: its own, less what ``strip`` removed
-    and neither ``offer``, ``accept``, ``consume`` nor a ``transcode`` codec brought back
-    (``mask`` and ``consume`` leave them to be transcoded). 10.5 (asked): strip PCMU and
-    transcode PCMU, the answerer takes PCMU: the offerer is answered PCMU."""
-    offered = [n.lower() for op in ("offer", "accept", "consume") for n in ops.get(op, ())]
-    specs = [parse_spec(t) for t in ops.get("transcode", ())]
-    stripped = [
-        c
-        for c in removed_by(own, ops, ("strip",))
-        if not matches(c, offered) and not any(s.matches(c) for s in specs)
+    """The offerer's codecs as it sends and takes them, in its order of preference: its
+    own, less what ``strip`` removed, with those ``offer``, ``accept``, ``consume`` or a
+    ``transcode`` codec bring back put back in that order (``mask`` and ``consume`` leave
+    them to be transcoded). 10.5 (asked): strip PCMU and transcode PCMU, the answerer
+    takes PCMU: the offerer is answered PCMU; strip all, offer PCMA and PCMU: the
+    offerer's preferred codec is PCMA."""
+    stripped = removed_by(own, ops, ("strip",))
+    placed = Placed(c for c in own if c not in stripped)
+    wanted: list[TranscodeSpec | str] = [
+        *(n.lower() for op in ("offer", "accept", "consume") for n in ops.get(op, ())),
+        *(parse_spec(t) for t in ops.get("transcode", ())),
     ]
-    return tuple(c for c in own if c not in stripped) or tuple(own)
+    for want in wanted:
+        for codec in stripped:
+            back = (
+                want.matches(codec) if isinstance(want, TranscodeSpec) else matches(codec, [want])
+            )
+            if back and codec not in placed.items:
+                placed.insert(codec)
+    return tuple(placed.items) or tuple(own)
 
 
 def carried(setup: CodecSetup, previous: CodecSetup) -> CodecSetup:
@@ -341,34 +388,6 @@ def offered_back(
     )
 
 
-def _can_transcode(slot: _Slot) -> bool:
-    if isinstance(slot, Codec):
-        return transcodable(slot)
-    return _supported(slot.name, slot.channels)
-
-
-def _numbered(items: Sequence[_Slot], own: Sequence[Codec], *, reserve_own: bool) -> list[Codec]:
-    """The list with a payload type for each added codec: its static one where free, else
-    the lowest free dynamic one. The offerer's own numbers stay reserved for the codecs the
-    options name; for the telephone-event codecs added per clock rate, but with ``all``."""
-    used = {c.payload_type for c in items if isinstance(c, Codec)}
-    owned = {c.payload_type for c in own}
-    result: list[Codec] = []
-    for slot in items:
-        if isinstance(slot, Codec):
-            result.append(slot)
-            continue
-        taken = used | owned if reserve_own or slot.named else used
-        static = _STATIC.get((slot.name, slot.rate))
-        if static is not None and static not in taken:
-            number = static
-        else:
-            number = str(next((n for n in _DYNAMIC if str(n) not in taken), 127))
-        used.add(number)
-        result.append(Codec(number, slot.encoding, slot.fmtp))
-    return result
-
-
 def _same(a: Codec, b: Codec) -> bool:
     """The same payload format: number and encoding (case aside); telephone-event also
     its fmtp, as rtpengine compares their formats."""
@@ -391,59 +410,90 @@ def answer(
         if accepted_audio
         else next((c for c in offerer if not c.supplemental and transcodable(c)), None)
     )
-    audio: list[Codec] = []
-    supplemental: list[tuple[Codec, bool]] = []  # and whether the answerer listed it
 
-    def offerer_supplemental(name: str, rate: int) -> Codec | None:
+    def offerers(name: str, rate: int) -> Codec | None:
         return next((c for c in offerer if c.name.lower() == name and _rate(c) == rate), None)
 
-    transcoded: set[int] = set()  # clock rates of the answerer's audio codecs transcoded
+    def passes(codec: Codec) -> bool:
+        """An answerer's audio codec the offerer takes as it is: not forced by
+        ``always-transcode``, not one the offer added."""
+        if setup.always or codec.payload_type in setup.added:
+            return False
+        return any(_same(c, codec) for c in offerer)
+
+    audio_rates = {_rate(c) for c in answered if not c.supplemental}
+    passing = {_rate(c) for c in answered if not c.supplemental and passes(c)}
+    # an accepted codec in place of the answerer's: its CN and telephone-event of that
+    # rate give way to the offerer's own (those of another rate stay)
+    replaced = {_rate(preferred)} if accepted_audio and preferred is not None else set()
+    # the answerer's CN and telephone-event of a rate none of its audio passes at go, where
+    # its audio of that rate is transcoded, everything is (always-transcode), or the offer
+    # removed codecs of that rate (10.5, asked; kept otherwise, the suite's "gh 953")
+    dropped = audio_rates | set(setup.removed_rates) if not setup.always else None
     # DTMF goes to the offerer as events where the answerer sends them, or where every
     # packet is decoded anyway (always-transcode: its in-band tones are detected)
     dtmf = setup.always or any(c.name.lower() == "telephone-event" for c in answered)
+    audio: list[Codec] = []
+    kept: list[Codec] = []  # the answerer's CN and telephone-event, in its order
+    extra: list[Codec] = []  # the offerer's, that transcoding brings
     for codec in answered:
+        rate = _rate(codec)
         if codec.supplemental:
-            supplemental.append((codec, True))
+            if rate not in passing and (dropped is None or rate in dropped):
+                continue  # its audio is transcoded: the offerer's of the new rate goes
+            if rate in replaced:
+                own = offerers(codec.name.lower(), rate)
+                if own is not None:
+                    extra.append(own)
+                continue
+            if not any(_same(c, codec) for c in offerer) or codec.payload_type in setup.added:
+                own = offerers(codec.name.lower(), rate)
+                if own is None:
+                    continue
+                extra.append(own)
+                continue
+            kept.append(codec)
             continue
         if single and audio:
             continue
-        same = any(_same(c, codec) for c in offerer)
-        passthrough = same and not setup.always and codec.payload_type not in setup.added
-        if passthrough and not accepted_audio:
-            if codec not in audio:
-                audio.append(codec)
+        if passes(codec) and not accepted_audio:
+            audio.append(codec)
             continue
-        if not passthrough:
-            if preferred is None or not transcodable(codec):
-                continue
-            transcoded.add(_rate(codec))
-        # transcoded, or (passing through, but) an accepted codec goes back in its place
-        assert preferred is not None
-        if all(c.payload_type != preferred.payload_type for c in audio):
+        if preferred is None or not (passes(codec) or transcodable(codec)):
+            continue
+        # transcoded, or (passing, but) an accepted codec goes back in its place: the
+        # offerer's telephone-event of its rate with it, and its CN with always-transcode
+        # or where the answerer's CN of that rate is translated (10.5, asked)
+        new = all(c.payload_type != preferred.payload_type for c in audio)
+        if new:
             audio.append(preferred)
-        for name in ("cn", "telephone-event") if dtmf else ("cn",):
-            extra = offerer_supplemental(name, _rate(preferred))
-            if extra is not None:
-                supplemental.append((extra, False))
+        sends_cn = any(c.name.lower() == "cn" and _rate(c) == rate for c in answered)
+        if (setup.always and new) or (sends_cn and rate == _rate(preferred)):
+            cn = offerers("cn", _rate(preferred))
+            if cn is not None:
+                extra.append(cn)
+        event = offerers("telephone-event", _rate(preferred)) if dtmf else None
+        if event is not None:
+            extra.append(event)
+    if not audio:
+        if any(not c.supplemental for c in answered):
+            return tuple(c for c in answered if not c.supplemental)  # 10.5 passes them on
+        return (preferred,) if preferred is not None else ()
     rates = {_rate(c) for c in audio}
     # the offerer's accepted CN and telephone-event go back with its audio codecs
-    supplemental += [(c, False) for c in accepted if c.supplemental and _rate(c) in rates]
-    result: list[Codec] = []
-    for codec, answerers in supplemental:
-        if answerers:
-            if _rate(codec) in transcoded:
-                continue  # translated with its audio codec's: the offerer's of that rate went
-            if next((c for c in offerer if _same(c, codec)), None) is None or (
-                codec.payload_type in setup.added
-            ):
-                own_codec = offerer_supplemental(codec.name.lower(), _rate(codec))
-                if own_codec is None:
-                    continue
-                codec = own_codec
-        if all(c.payload_type != codec.payload_type for c in result):
-            result.append(codec)
-    # CN and telephone-event after the audio codecs, by payload type (as 10.5 lists them)
-    return (*audio, *sorted(result, key=_number))
+    extra += [c for c in accepted if c.supplemental and _rate(c) in rates]
+    # what transcoding brings goes among the answerer's own by payload type (10.5 adds it
+    # in order: "8 13 101" for an accepted CN beside the answerer's 101)
+    supplemental = list(kept)
+    for codec in sorted(extra, key=_number):
+        if any(c.payload_type == codec.payload_type for c in (*audio, *supplemental)):
+            continue
+        at = next(
+            (i for i, c in enumerate(supplemental) if _number(c) > _number(codec)),
+            len(supplemental),
+        )
+        supplemental.insert(at, codec)
+    return (*audio, *supplemental)
 
 
 def _number(codec: Codec) -> int:
