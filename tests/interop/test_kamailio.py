@@ -224,6 +224,26 @@ def _wait_pong(relay: Relay, proc: subprocess.Popen[bytes], log_path: Path) -> N
     raise RuntimeError(f"rtpengine did not answer ping:\n{log_path.read_text()}")
 
 
+def start_relay(stack: ExitStack, workdir: Path, relay: Relay, extra: Sequence[str] = ()) -> None:
+    """The relay under test for as long as ``stack`` lasts: rtpengine 10.5 (skipped where it
+    is not installed) or relayd (keeping no deleted call), with ``extra`` options."""
+    if relay.name == "rtpengine":
+        if shutil.which(RTPENGINE_BIN) is None:
+            pytest.skip("rtpengine not installed")
+        stack.enter_context(running_rtpengine(workdir, relay, extra))
+    else:
+        stack.enter_context(
+            running_relayd(
+                workdir,
+                ng_port=relay.ng_port,
+                port_min=relay.port_min,
+                port_max=relay.port_max,
+                interface=(relay.address,),
+                extra=("--delete-delay", "0", *extra),
+            )
+        )
+
+
 @pytest.fixture(scope="module", params=sorted(RELAYS))
 def deployment(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
@@ -231,21 +251,7 @@ def deployment(
     relay = RELAYS[request.param]
     workdir = tmp_path_factory.mktemp(f"kamailio-{relay.name}")
     with ExitStack() as stack:
-        if relay.name == "rtpengine":
-            if shutil.which(RTPENGINE_BIN) is None:
-                pytest.skip("rtpengine not installed")
-            stack.enter_context(running_rtpengine(workdir, relay))
-        else:
-            stack.enter_context(
-                running_relayd(
-                    workdir,
-                    ng_port=relay.ng_port,
-                    port_min=relay.port_min,
-                    port_max=relay.port_max,
-                    interface=(relay.address,),
-                    extra=("--delete-delay", "0"),
-                )
-            )
+        start_relay(stack, workdir, relay)
         proxy = stack.enter_context(
             running_kamailio(workdir, KamailioSettings(ng_port=relay.ng_port))
         )

@@ -21,13 +21,12 @@ from pathlib import Path
 import pytest
 
 from tests.interop.test_kamailio import (
-    RTPENGINE_BIN,
     Deployment,
     Relay,
     assert_completed,
     assert_media_both_ways,
     place_calls,
-    running_rtpengine,
+    start_relay,
 )
 from tests.interop.test_kamailio import pytestmark as KAMAILIO_HARNESS
 from tests.support.kamailio import (
@@ -35,7 +34,6 @@ from tests.support.kamailio import (
     KamailioSettings,
     running_kamailio,
 )
-from tests.support.relayd import running_relayd
 from tests.support.sipp import TONE_PACKETS
 
 # the harness's own conditions (Kamailio, sipp, root and dumpcap), and tshark
@@ -61,21 +59,7 @@ def recorded(
     spool.mkdir()
     recording = (f"--recording-dir={spool}", *RECORDING)
     with ExitStack() as stack:
-        if relay.name == "rtpengine":
-            if shutil.which(RTPENGINE_BIN) is None:
-                pytest.skip("rtpengine not installed")
-            stack.enter_context(running_rtpengine(workdir, relay, recording))
-        else:
-            stack.enter_context(
-                running_relayd(
-                    workdir,
-                    ng_port=relay.ng_port,
-                    port_min=relay.port_min,
-                    port_max=relay.port_max,
-                    interface=(relay.address,),
-                    extra=("--delete-delay", "0", *recording),
-                )
-            )
+        start_relay(stack, workdir, relay, recording)
         flags = f"{DEFAULT_FLAGS} record-call=yes"
         proxy = stack.enter_context(
             running_kamailio(workdir, KamailioSettings(ng_port=relay.ng_port, flags=flags))

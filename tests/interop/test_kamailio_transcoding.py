@@ -12,7 +12,6 @@ runs the same test as the oracle.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -20,17 +19,15 @@ from pathlib import Path
 import pytest
 
 from tests.interop.test_kamailio import (
-    RTPENGINE_BIN,
     Deployment,
     Relay,
     assert_completed,
     assert_media_both_ways,
     place_calls,
-    running_rtpengine,
+    start_relay,
 )
 from tests.interop.test_kamailio import pytestmark as KAMAILIO_HARNESS
 from tests.support.kamailio import KamailioSettings, running_kamailio
-from tests.support.relayd import running_relayd
 from tests.support.sipp import SCENARIOS
 from tests.support.tone import alaw_decode, dominant_hz, mulaw_decode
 
@@ -50,21 +47,7 @@ def transcoding(
     relay = RELAYS[request.param]
     workdir = tmp_path_factory.mktemp(f"transcoding-{relay.name}")
     with ExitStack() as stack:
-        if relay.name == "rtpengine":
-            if shutil.which(RTPENGINE_BIN) is None:
-                pytest.skip("rtpengine not installed")
-            stack.enter_context(running_rtpengine(workdir, relay))
-        else:
-            stack.enter_context(
-                running_relayd(
-                    workdir,
-                    ng_port=relay.ng_port,
-                    port_min=relay.port_min,
-                    port_max=relay.port_max,
-                    interface=(relay.address,),
-                    extra=("--delete-delay", "0"),
-                )
-            )
+        start_relay(stack, workdir, relay)
         settings = KamailioSettings(ng_port=relay.ng_port, offer_flags="transcode-PCMA")
         proxy = stack.enter_context(running_kamailio(workdir, settings))
         yield Deployment(relay, proxy)
