@@ -15,6 +15,7 @@ from relayd.calls.model import Call
 from relayd.ipc import SocketSpec
 from relayd.plane.forwarding import plan
 from relayd.plane.offload import kernel_legs
+from tests.unit.audio_sdp import audio_sdp
 from tests.unit.calls import A_ADDR, B_ADDR, LOCAL4, T0, build, req, sdp
 
 # -- media echo ---------------------------------------------------------------------------------
@@ -140,19 +141,9 @@ RTPMAPS = {
 }
 
 
-def _sdp(address: str, port: int, formats: str) -> str:
-    """An audio section listing ``formats``, with an rtpmap for the dynamic ones."""
-    lines = [
-        "v=0",
-        f"o=- 1 1 IN IP4 {address}",
-        "s=-",
-        f"c=IN IP4 {address}",
-        "t=0 0",
-        f"m=audio {port} RTP/AVP {formats}",
-        *(f"a=rtpmap:{pt} {RTPMAPS[pt]}" for pt in formats.split() if pt in RTPMAPS),
-        "a=sendrecv",
-    ]
-    return "\r\n".join(lines) + "\r\n"
+def _sdp(address: str, port: int, formats: str, *extra: str) -> str:
+    """An audio section listing ``formats`` (rtpmaps from :data:`RTPMAPS`)."""
+    return audio_sdp(RTPMAPS, address, port, formats, *extra)
 
 
 def _formats(reply: dict[str, Any]) -> str:

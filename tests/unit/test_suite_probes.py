@@ -22,6 +22,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tests.unit.audio_sdp import audio_sdp
 from tests.unit.calls import T0, build, req
 
 PROBES = Path(__file__).resolve().parents[1] / "data" / "suite" / "probes.json"
@@ -61,18 +62,9 @@ DIFFERS: dict[int, str] = {
 }
 
 
-def _sdp(address: str, port: int, formats: str) -> str:
-    lines = [
-        "v=0",
-        f"o=- 1 1 IN IP4 {address}",
-        "s=-",
-        f"c=IN IP4 {address}",
-        "t=0 0",
-        f"m=audio {port} RTP/AVP {formats}",
-        *(f"a=rtpmap:{pt} {RTPMAPS[pt]}" for pt in formats.split() if pt in RTPMAPS),
-        "a=sendrecv",
-    ]
-    return "\r\n".join(lines) + "\r\n"
+def _sdp(address: str, port: int, formats: str, *extra: str) -> str:
+    """An audio section listing ``formats`` (rtpmaps from :data:`RTPMAPS`)."""
+    return audio_sdp(RTPMAPS, address, port, formats, *extra)
 
 
 def _summary(reply: dict[str, Any]) -> str:

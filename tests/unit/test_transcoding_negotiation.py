@@ -23,6 +23,7 @@ from relayd.ops import admin, ctl
 from relayd.plane.forwarding import plan
 from relayd.plane.offload import kernel_legs
 from relayd.transcode.plan import CodecPlan, Format, parse
+from tests.unit.audio_sdp import audio_sdp
 from tests.unit.calls import A_ADDR, B_ADDR, LOCAL4, T0, build, req
 
 RTPMAPS = {
@@ -35,25 +36,8 @@ RTPMAPS = {
 
 
 def _sdp(address: str, port: int, formats: str, *extra: str) -> str:
-    """An audio section listing ``formats``, with an rtpmap for those of :data:`RTPMAPS` that
-    ``extra`` does not map itself."""
-    mapped = {line.split()[0].removeprefix("a=rtpmap:") for line in extra}
-    lines = [
-        "v=0",
-        f"o=- 1 1 IN IP4 {address}",
-        "s=-",
-        f"c=IN IP4 {address}",
-        "t=0 0",
-        f"m=audio {port} RTP/AVP {formats}",
-        *(
-            f"a=rtpmap:{pt} {RTPMAPS[pt]}"
-            for pt in formats.split()
-            if pt in RTPMAPS and pt not in mapped
-        ),
-        *extra,
-        "a=sendrecv",
-    ]
-    return "\r\n".join(lines) + "\r\n"
+    """An audio section listing ``formats`` (rtpmaps from :data:`RTPMAPS`)."""
+    return audio_sdp(RTPMAPS, address, port, formats, *extra)
 
 
 class _Call:
