@@ -436,3 +436,43 @@ def test_a_recorded_webrtc_call_is_recorded_in_clear(
     assert {len(p) for p in rtp} == {172}  # 12 + 160: decrypted, no SRTP auth tag
     samples = [s for p in rtp[-ENOUGH:] for s in mulaw_decode(p[12:])]
     assert dominant_hz(samples) == pytest.approx(WEBRTC_HZ, rel=0.05)
+
+
+def test_a_pcmu_carrier_leg_to_an_opus_browser_is_transcoded(
+    topo: Topology, start_relay: StartRelay, webrtc: list[WebRtcPeer], tmp_path: Path
+) -> None:
+    """Issue 15, the WebRTC gateway's usual case: the plain side speaks PCMU only, the browser
+    is offered Opus only (``codec-mask-PCMU codec-transcode-opus``). The worker decrypts,
+    transcodes and encrypts: aiortc decodes Opus (48 kHz frames) carrying the plain side's
+    tone, the plain side gets PCMU carrying the browser's, under the transcoder's one SSRC,
+    and the browser's sender reports reach it rewritten to that SSRC."""
+    relay = start_relay()
+    call_id = "webrtc-transcoded"
+    with relay.client() as ng, PlainParty(topo.caller) as plain:
+        offered, _answer, reply, peer = plain_to_webrtc(
+            ng,
+            topo,
+            webrtc,
+            tmp_path,
+            call_id,
+            flags=["codec-mask-PCMU", "codec-transcode-opus"],
+        )
+        formats = sdp_lines(offered["sdp"], "m=audio ")[0].split()[3:]
+        rtpmaps = {
+            line.split()[0].removeprefix("a=rtpmap:"): line.split()[1]
+            for line in sdp_lines(offered["sdp"], "a=rtpmap:")
+        }
+        assert [rtpmaps[pt].split("/")[0] for pt in formats] == ["opus"], offered["sdp"]
+        assert sdp_lines(reply, "m=audio ")[0].split()[2:] == ["RTP/AVP", "0"]
+        to_relay = advertised(reply)
+        heard = converse(plain, to_relay, peer)
+        final = peer.close()
+
+    report = heard.report
+    assert report["connection"] == "connected", report
+    assert report["rate"] == 48000, report  # Opus, as aiortc decodes it
+    assert report["frames"] >= ENOUGH, report
+    assert report["hz"] == pytest.approx(PLAIN_HZ, rel=0.05), report
+    assert report["sender_reports"], report
+    check_plain_side(heard, to_relay)
+    assert final["dtls"] == "closed"
