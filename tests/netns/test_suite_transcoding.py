@@ -1,0 +1,183 @@
+"""rtpengine 10.5's transcoding scenarios, their media, kept as namespace tests (issue 15).
+
+CI cannot run rtpengine's suite (no network to fetch it), so the packet checks of its
+transcoding scenarios live here, written from the scenarios as the suite states them
+("#N Lx": scenario N at line x of ``t/auto-daemon-tests.pl``, mr10.5.3.5): the ng flags,
+the SDP relayd must write, and a script of packets sent (``Snd``), packets that must come
+(``Rcv``: payload type, sequence number, timestamp, SSRC and payload, byte for byte) and
+pauses, in the suite's order. An SSRC of ``None`` takes whatever comes (the suite's ``-1``,
+a transcoder's own SSRC) and ``SAME`` then wants that one again. The ng conversations
+themselves are checked in process by tests/unit/test_suite_corpus.py.
+
+The parties and the daemon are those of :mod:`tests.netns.test_suite_media`;
+``SUITE_MEDIA_DAEMON=rtpengine`` runs the same scripts against rtpengine 10.5.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pytest
+
+from tests.netns.calls import CALLEE_PORT, CALLER_PORT
+from tests.netns.test_suite_media import (
+    Call,
+    Side,
+    StartDaemon,
+    body,
+    check_rtp,
+    flags,
+    formats,
+    has_lines,
+    one,
+    parties,
+    rtp,
+    start_daemon,
+)
+from tests.netns.test_suite_media import pytestmark as SUITE_MEDIA
+from tests.support.netns import Topology
+from tests.support.rtp_peer import Peer
+
+pytestmark = SUITE_MEDIA
+__all__ = ["parties", "start_daemon"]  # fixtures, used by name
+
+Who = Literal["A", "B"]
+SAME: Literal["same"] = "same"
+
+
+@dataclass(frozen=True, slots=True)
+class Snd:
+    """``side`` sends this RTP packet to the relay port it was given."""
+
+    side: Who
+    pt: int
+    seq: int
+    ts: int
+    ssrc: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Rcv:
+    """``side`` must get this RTP packet next, from the relay port it sends to."""
+
+    side: Who
+    pt: int
+    seq: int
+    ts: int
+    ssrc: int | Literal["same"] | None
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    seconds: float
+
+
+Step = Snd | Rcv | Pause
+
+
+@dataclass(frozen=True)
+class Scenario:
+    offer_media: str
+    answer_media: str
+    offer_flags: dict[str, Any]
+    answer_flags: dict[str, Any]
+    offered_formats: tuple[str, ...]  # the m= line's payload types relayd offers the callee
+    answered_formats: tuple[str, ...]  # and answers the caller
+    offered: tuple[str, ...]  # lines the offer to the callee must have
+    answered: tuple[str, ...]  # lines the answer to the caller must have
+    script: tuple[Step, ...]
+
+
+SILENCE = b"\x00" * 160
+
+SCENARIOS = {
+    # #198 L12724 one codec with one for transcoding: the caller has PCMU only, PCMA is
+    # added for the callee; the callee's PCMA comes to the caller as PCMU (")" is μ-law for
+    # A-law's 0x00) under a new SSRC, its PCMU too, sequence numbers continued across the
+    # callee's jump from 2011 to 62011
+    "198-one-codec-transcoded": Scenario(
+        "RTP/AVP 0",
+        "RTP/AVP 0 8",
+        flags(ICE="remove", replace=["origin"], codec={"transcode": ["PCMA"]}),
+        flags(replace=["origin"]),
+        ("0", "8"),
+        ("0",),
+        ("a=rtpmap:0 PCMU/8000", "a=rtpmap:8 PCMA/8000"),
+        ("a=rtpmap:0 PCMU/8000",),
+        (
+            Snd("A", 0, 1000, 3000, 0x1234, SILENCE),
+            Rcv("B", 0, 1000, 3000, 0x1234, SILENCE),
+            Snd("A", 0, 1000, 3000, 0x1234, SILENCE),
+            Rcv("B", 0, 1000, 3000, 0x1234, SILENCE),
+            Snd("A", 0, 1001, 3160, 0x1234, SILENCE),
+            Rcv("B", 0, 1001, 3160, 0x1234, SILENCE),
+            Snd("A", 0, 1010, 4600, 0x1234, SILENCE),
+            Rcv("B", 0, 1010, 4600, 0x1234, SILENCE),
+            Snd("B", 0, 2000, 4000, 0x5678, SILENCE),
+            Rcv("A", 0, 2000, 4000, None, SILENCE),
+            Snd("B", 0, 2000, 4000, 0x5678, SILENCE),
+            Rcv("A", 0, 2000, 4000, SAME, SILENCE),
+            Snd("B", 0, 2001, 4160, 0x5678, SILENCE),
+            Rcv("A", 0, 2001, 4160, SAME, SILENCE),
+            Snd("B", 0, 2010, 5600, 0x5678, SILENCE),
+            Rcv("A", 0, 2010, 5600, SAME, SILENCE),
+            Snd("B", 8, 2011, 4000 + 160 * 11, 0x5678, SILENCE),
+            Rcv("A", 0, 2011, 4000 + 160 * 11, SAME, b")" * 160),
+            Snd("B", 8, 62011, 4000 + 160 * 12, 0x5678, SILENCE),
+            Rcv("A", 0, 2012, 4000 + 160 * 12, SAME, b")" * 160),
+            Snd("B", 8, 62012, 4000 + 160 * 13, 0x5678, SILENCE),
+            Rcv("A", 0, 2013, 4000 + 160 * 13, SAME, b")" * 160),
+            Snd("B", 0, 62013, 4000 + 160 * 14, 0x5678, SILENCE),
+            Rcv("A", 0, 2014, 4000 + 160 * 14, SAME, SILENCE),
+        ),
+    ),
+}
+
+
+def run(a: Side, b: Side, script: Sequence[Step]) -> None:
+    """Play ``script``: every packet sent and every packet that must come, in order."""
+    sides = {"A": a, "B": b}
+    seen: dict[str, int] = {}  # the SSRC each side got first under None
+    for step in script:
+        if isinstance(step, Pause):
+            time.sleep(step.seconds)
+        elif isinstance(step, Snd):
+            sender = sides[step.side]
+            packet = rtp(step.pt, step.seq, step.ts, step.ssrc, step.payload)
+            sender.peer.send(packet, sender.relay.rtp_to)
+        else:
+            receiver = sides[step.side]
+            got = one(receiver.peer, f"{receiver.name} (seq {step.seq})")
+            assert got.source == receiver.relay.rtp_to, f"seq {step.seq} came from {got.source}"
+            ssrc = seen.get(step.side) if isinstance(step.ssrc, str) else step.ssrc
+            got_ssrc = check_rtp(got.data, step.pt, step.seq, step.ts, ssrc, step.payload)
+            seen.setdefault(step.side, got_ssrc)
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_transcoding_scenario(
+    topo: Topology, start_daemon: StartDaemon, parties: tuple[Peer, Peer], name: str
+) -> None:
+    scenario = SCENARIOS[name]
+    caller, callee = parties
+    relay = start_daemon()
+    with relay.client() as ng:
+        call = Call(ng, topo, f"suite-{name}")
+        to_b = call.offer(
+            body(topo.caller.ip4, CALLER_PORT, scenario.offer_media), **scenario.offer_flags
+        )
+        assert tuple(formats(call.offered)) == scenario.offered_formats, call.offered
+        has_lines(call.offered, *scenario.offered)
+        to_a = call.answer(
+            body(topo.callee.ip4, CALLEE_PORT, scenario.answer_media), **scenario.answer_flags
+        )
+        assert tuple(formats(call.answered)) == scenario.answered_formats, call.answered
+        has_lines(call.answered, *scenario.answered)
+        a, b = Side("caller", caller, to_a), Side("callee", callee, to_b)
+        run(a, b, scenario.script)
+        assert caller.drain(quiet=0.2) == [] and callee.drain(quiet=0.0) == []
