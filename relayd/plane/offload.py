@@ -15,9 +15,13 @@ Rules (docs/architecture.md "Kernel path"; rtpengine kernelizes on the same cond
   (relayd/worker/recording.py), as rtpengine 10.5's pcap method does; unless the kernel
   can copy its packets to them (nflog, ``copies``): then it goes to the kernel like any
   other, and is marked recorded there (relayd/plane/handover.py).
-* A direction with codec work (a codec plan: relayd/calls/codec_plans.py) stays with
-  the workers, RTP and RTCP (its packets are rewritten, and its RTCP describes the new
-  stream); the other direction of the same media may still go to the kernel.
+* A media section with codec work in either direction (a codec plan:
+  relayd/calls/codec_plans.py) stays with the workers, both directions, RTP and RTCP.
+  The transcoded direction's packets are rewritten and its RTCP describes the new
+  stream; and the other direction cannot go alone: the conntrack entry that its kernel
+  forward's NAT makes has the transcoded direction's packets as its reply tuple, so the
+  kernel would carry those back untranscoded (found by
+  tests/netns/test_suite_transcoding.py).
 * Separate RTCP streams stay with the workers while they copy RTCP (Homer, the
   RTCP log); with rtcp-mux on both sides one forward carries both.
 * Signalling takes every stream of the call back to the workers, and learning
@@ -86,22 +90,19 @@ def kernel_legs(call: Call, *, rtcp: bool = True, copies: bool = False) -> list[
             if mx.ice_ufrag or my.ice_ufrag:
                 continue  # STUN consent checks share the port: they must reach a worker
             components = 1 if muxes(mx) or not rtcp else 2
-            # a direction with codec work stays with the workers (it transcodes)
-            x_out = direction_plan(mx, my) is None
-            y_out = direction_plan(my, mx) is None
+            if direction_plan(mx, my) is not None or direction_plan(my, mx) is not None:
+                continue  # codec work: both directions stay with the workers (above)
             for sx, sy in zip(mx.streams[:components], my.streams[:components], strict=False):
                 if not (sx.confirmed and sy.confirmed and sx.endpoint and sy.endpoint):
                     continue
                 rx = Endpoint(sx.local.local, sx.port)
                 ry = Endpoint(sy.local.local, sy.port)
-                if x_out:
-                    legs.append(
-                        KernelLeg(socket_key(rx.address, rx.port), sx.endpoint, rx, ry, sy.endpoint)
-                    )
-                if y_out:
-                    legs.append(
-                        KernelLeg(socket_key(ry.address, ry.port), sy.endpoint, ry, rx, sx.endpoint)
-                    )
+                legs.append(
+                    KernelLeg(socket_key(rx.address, rx.port), sx.endpoint, rx, ry, sy.endpoint)
+                )
+                legs.append(
+                    KernelLeg(socket_key(ry.address, ry.port), sy.endpoint, ry, rx, sx.endpoint)
+                )
     return legs
 
 

@@ -22,8 +22,19 @@ from typing import Any, Literal
 
 import pytest
 
-from tests.netns.calls import CALLEE_PORT, CALLER_PORT
+from tests.netns.calls import (
+    CALLEE_PORT,
+    CALLEE_TAG,
+    CALLER_PORT,
+    CALLER_TAG,
+    kernelized,
+    ok,
+    stream_of,
+    wait_for,
+)
+from tests.netns.test_kernel import KERNEL
 from tests.netns.test_suite_media import (
+    DAEMON,
     Call,
     Side,
     StartDaemon,
@@ -46,6 +57,8 @@ __all__ = ["parties", "start_daemon"]  # fixtures, used by name
 
 Who = Literal["A", "B"]
 SAME: Literal["same"] = "same"
+# a confirmed call goes to the kernel after the workers' next report (once a second)
+OFFLOAD_WAIT = 2.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +152,10 @@ SCENARIOS = {
 }
 
 
+def confirmed(reply: dict[str, Any], tag: str) -> bool:
+    return "confirmed" in stream_of(reply, tag)["flags"]
+
+
 def run(a: Side, b: Side, script: Sequence[Step]) -> None:
     """Play ``script``: every packet sent and every packet that must come, in order."""
     sides = {"A": a, "B": b}
@@ -181,3 +198,47 @@ def test_transcoding_scenario(
         a, b = Side("caller", caller, to_a), Side("callee", callee, to_b)
         run(a, b, scenario.script)
         assert caller.drain(quiet=0.2) == [] and callee.drain(quiet=0.0) == []
+
+
+def test_198_a_transcoded_call_stays_with_the_workers_on_the_kernel_path(
+    topo: Topology, start_daemon: StartDaemon, parties: tuple[Peer, Peer]
+) -> None:
+    """#198 again with the kernel path on (as root): the caller's PCMU needs no codec work,
+    but its direction cannot go to nftables alone (the conntrack entry of its NAT would
+    carry the callee's PCMA back untranscoded), so the whole call stays with the workers,
+    confirmed both ways and never kernelized, and the callee's PCMA still arrives as PCMU
+    once the offload timer has had its turn."""
+    if DAEMON != "relayd":
+        pytest.skip(f"{DAEMON} runs without its kernel module here")
+    scenario = SCENARIOS["198-one-codec-transcoded"]
+    caller, callee = parties
+    relay = start_daemon(*KERNEL)
+    with relay.client() as ng:
+        call = Call(ng, topo, "suite-198-kernel")
+        to_b = call.offer(
+            body(topo.caller.ip4, CALLER_PORT, scenario.offer_media), **scenario.offer_flags
+        )
+        to_a = call.answer(
+            body(topo.callee.ip4, CALLEE_PORT, scenario.answer_media), **scenario.answer_flags
+        )
+        a, b = Side("caller", caller, to_a), Side("callee", callee, to_b)
+        run(a, b, scenario.script)
+        reply = wait_for(
+            ng, call.call_id, lambda r: all(confirmed(r, tag) for tag in (CALLER_TAG, CALLEE_TAG))
+        )
+        time.sleep(OFFLOAD_WAIT)
+        reply = ok(ng.call("query", call_id=call.call_id))
+        for tag in (CALLER_TAG, CALLEE_TAG):
+            assert not kernelized(reply, tag), stream_of(reply, tag)
+        run(
+            a,
+            b,
+            (
+                Snd("A", 0, 1100, 19000, 0x1234, SILENCE),
+                Rcv("B", 0, 1100, 19000, 0x1234, SILENCE),
+                Snd("B", 8, 62014, 4000 + 160 * 15, 0x5678, SILENCE),
+                Snd("B", 8, 62015, 4000 + 160 * 16, 0x5678, SILENCE),
+                Rcv("A", 0, 2015, 4000 + 160 * 15, None, b")" * 160),
+                Rcv("A", 0, 2016, 4000 + 160 * 16, SAME, b")" * 160),
+            ),
+        )
