@@ -15,6 +15,8 @@ The parties and the daemon are those of :mod:`tests.netns.test_suite_media`;
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from tests.netns.calls import (
     ok,
     stream_of,
     wait_for,
+    worker_pids,
 )
 from tests.netns.test_kernel import KERNEL
 from tests.netns.test_suite_media import (
@@ -50,6 +53,7 @@ from tests.netns.test_suite_media import (
 )
 from tests.netns.test_suite_media import pytestmark as SUITE_MEDIA
 from tests.support.netns import Topology
+from tests.support.relayd import RelaydProcess
 from tests.support.rtp_peer import Peer
 
 pytestmark = SUITE_MEDIA
@@ -242,3 +246,47 @@ def test_198_a_transcoded_call_stays_with_the_workers_on_the_kernel_path(
                 Rcv("A", 0, 2016, 4000 + 160 * 16, SAME, b")" * 160),
             ),
         )
+
+
+def test_a_transcoded_call_survives_its_worker_being_killed(
+    topo: Topology, start_daemon: StartDaemon, parties: tuple[Peer, Peer]
+) -> None:
+    """The #198 call; the workers killed with SIGKILL between two of the callee's PCMA
+    packets: relayd binds the ports again, the replacement workers get the forward with its
+    codec plan, and the callee's PCMA keeps arriving at the caller as PCMU, from the same
+    relay port (a new transcoder: a new SSRC is allowed)."""
+    if DAEMON != "relayd":
+        pytest.skip("relayd's workers")
+    scenario = SCENARIOS["198-one-codec-transcoded"]
+    caller, callee = parties
+    relay = start_daemon()
+    with relay.client() as ng:
+        call = Call(ng, topo, "suite-198-worker-killed")
+        to_b = call.offer(
+            body(topo.caller.ip4, CALLER_PORT, scenario.offer_media), **scenario.offer_flags
+        )
+        to_a = call.answer(
+            body(topo.callee.ip4, CALLEE_PORT, scenario.answer_media), **scenario.answer_flags
+        )
+        a, b = Side("caller", caller, to_a), Side("callee", callee, to_b)
+        run(a, b, scenario.script)
+        assert isinstance(relay, RelaydProcess)
+        killed = worker_pids(relay)
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10.0
+        while len(set(worker_pids(relay)) - set(killed)) < len(killed):
+            assert time.monotonic() < deadline, "no replacement workers"
+            time.sleep(0.05)
+        # the replacement takes the sockets and the plan: keep sending until PCMU comes
+        seq, ts = 3000, 90000
+        while True:
+            assert time.monotonic() < deadline, "no transcoded packet after the restart"
+            b.peer.send(rtp(8, seq, ts, 0x5678, SILENCE), b.relay.rtp_to)
+            got = caller.receive(1, timeout=0.1)
+            if got:
+                break
+            seq, ts = seq + 1, ts + 160
+        assert got[0].source == a.relay.rtp_to
+        data = got[0].data
+        assert data[1] & 0x7F == 0 and data[12:] == b")" * 160, data[:16]
