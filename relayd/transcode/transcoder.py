@@ -37,11 +37,13 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from relayd.transcode import codecs, events, rtp
+from relayd.transcode import codecs, events, rtp, silence
 from relayd.transcode.codecs import OPUS_RATES, CodecError, Decoder, Resampler
+from relayd.transcode.comfortnoise import CN_RATE, ComfortNoise
 from relayd.transcode.packetiser import Packetiser
 from relayd.transcode.plan import CodecPlan, Format
 from relayd.transcode.sequencer import DUPLICATE, RESET, Sequencer
+from relayd.transcode.silence import SilenceDetector
 
 __all__ = ["Counters", "Transcoder", "describe"]
 
@@ -82,6 +84,16 @@ def describe(plan: CodecPlan) -> str:
     return f"{names}->{plan.encode.name if plan.encode is not None else '-'}"
 
 
+# RFC 3551 §6's static audio payload types the engine can encode: the output codec of a
+# direction whose plan names none (it passes its audio through) but must decode CN
+_STATIC = {0: Format(0, "PCMU", 8000), 8: Format(8, "PCMA", 8000), 9: Format(9, "G722", 8000)}
+
+
+def _static_output(passthrough: tuple[int, ...]) -> Format | None:
+    """The format of the first static payload type the direction passes through."""
+    return next((_STATIC[pt] for pt in passthrough if pt in _STATIC), None)
+
+
 def _key(name: str) -> str:
     upper = name.upper()
     return "opus" if upper == "OPUS" else upper
@@ -110,7 +122,15 @@ class Transcoder:
             self.kinds[f.pt] = (_AUDIO, f)
         self.paths: dict[int, _Path] = {}
         target = plan.encode
+        self.cn_decoded: tuple[Format, ...] = ()
+        if plan.cn and plan.cn_out is None:  # comfort noise the receiver does not take
+            target = target or _static_output(plan.passthrough)
+            self.cn_decoded = plan.cn if target is not None else ()
+        for f in self.cn_decoded:
+            self.kinds[f.pt] = (_AUDIO, f)
+        self.target = target
         self.out_pt = target.pt if target is not None else 0
+        self.silence: SilenceDetector | None = None
         if target is None:
             if plan.decode:
                 raise CodecError("a plan that decodes needs an output codec")
@@ -131,8 +151,12 @@ class Transcoder:
     def _open(self, target: Format, decode: tuple[Format, ...]) -> None:
         key = _key(target.name)
         # G.711 to G.711 at one clock: translated code by code, no PCM in between
-        verbatim = key in _G711 and all(
-            _key(f.name) in _G711 and f.rate == target.rate and f.channels == 1 for f in decode
+        verbatim = (
+            not self.cn_decoded
+            and key in _G711
+            and all(
+                _key(f.name) in _G711 and f.rate == target.rate and f.channels == 1 for f in decode
+            )
         )
         rates = [codecs.audio_rate(f) for f in decode] or [8000]
         if key == "opus":
@@ -150,6 +174,15 @@ class Transcoder:
             if not verbatim and (decoder.rate, decoder.channels) != (rate, encoder.channels):
                 resampler = Resampler(decoder.rate, decoder.channels, rate, encoder.channels)
             self.paths[f.pt] = _Path(f, decoder, resampler, decoder.width * decoder.channels)
+        for f in self.cn_decoded:
+            noise = ComfortNoise(CN_RATE * (f.ptime or 20) // 1000)
+            resampler = None
+            if (noise.rate, 1) != (rate, encoder.channels):
+                resampler = Resampler(noise.rate, 1, rate, encoder.channels)
+            self.paths[f.pt] = _Path(f, noise, resampler, noise.width)
+        if self.plan.cn_out is not None and self.plan.silence_detect > 0:
+            limit = silence.threshold(self.plan.silence_detect)
+            self.silence = SilenceDetector(limit, key if verbatim else None)
         self.encoder = encoder
         self.rate = rate  # of the audio the encoder takes
         self.out_clock = target.rate
@@ -164,7 +197,7 @@ class Transcoder:
                 out = self._new_ssrc()
             self.ssrc_out = out
         self.seq_diff = 0
-        self.sequencer: Sequencer[rtp.RtpPacket] = Sequencer(self.clock)
+        self.sequencer: Sequencer[rtp.RtpPacket | None] = Sequencer(self.clock)
         self.base: int | None = None  # output timestamp of position 0
         self.next_ts: int | None = None  # where the input's audio should go on
         self.anchor: tuple[int, int, int] | None = None  # input ts, its clock, its position
@@ -185,21 +218,29 @@ class Transcoder:
         if packet.ssrc != self.ssrc_in:
             if self.ssrc_in >= 0:  # another stream: fresh codec state, as rtpengine's per SSRC
                 self.counters.lost += self.sequencer.lost
-                if self.plan.encode is not None:
-                    self._open(self.plan.encode, self.plan.decode)
+                if self.target is not None:
+                    self._open(self.target, self.plan.decode)
             self._restart(packet.ssrc)
         pt = packet.pt
+        sequencer = self.sequencer
         if pt in self.passthrough:
             out = bytearray(data)
             _SEQ.pack_into(out, 2, (packet.seq + self.seq_diff) & 0xFFFF)
             _SSRC.pack_into(out, 8, self.ssrc_out)
             counters.sent += 1
             counters.octets += len(packet.payload)
-            return [bytes(out)]
+            if sequencer.expected < 0 or not self.kinds:
+                return [bytes(out)]
+            # its number fills its place in the queue: decoded packets behind it go on
+            sequencer.insert(packet.seq, packet.ts, None)
+            passed = [bytes(out)]
+            while (item := sequencer.pop()) is not None:
+                if item[2] is not None:
+                    passed += self._handle(item[2])
+            return passed
         if pt not in self.kinds:
             counters.dropped += 1
             return []
-        sequencer = self.sequencer
         expected = sequencer.expected
         status = sequencer.insert(packet.seq, packet.ts, packet)
         if status == DUPLICATE:
@@ -210,7 +251,8 @@ class Transcoder:
             self.restarted = True
         sent: list[bytes] = []
         while (item := sequencer.pop()) is not None:
-            sent += self._handle(item[2])
+            if item[2] is not None:  # None: a passthrough packet's place
+                sent += self._handle(item[2])
         return sent
 
     def _handle(self, packet: rtp.RtpPacket) -> list[bytes]:
@@ -275,14 +317,20 @@ class Transcoder:
         sent = []
         seq = packet.seq + self.seq_diff
         scale = self.out_clock
+        detector = self.silence
         for position, pcm in chunks:
-            try:
-                payload = encoder.encode(pcm)
-            except CodecError:
-                counters.errors += 1
-                continue
+            pt = self.out_pt
+            if detector is not None and detector.silent(pcm):
+                assert self.plan.cn_out is not None
+                pt, payload = self.plan.cn_out.pt, silence.CN_PAYLOAD
+            else:
+                try:
+                    payload = encoder.encode(pcm)
+                except CodecError:
+                    counters.errors += 1
+                    continue
             ts = (self.base + position * scale // self.rate) & 0xFFFFFFFF
-            sent.append(rtp.build(self.out_pt, False, seq, ts, self.ssrc_out, payload))
+            sent.append(rtp.build(pt, False, seq, ts, self.ssrc_out, payload))
             counters.octets += len(payload)
             self.last_ts = ts
             seq += 1

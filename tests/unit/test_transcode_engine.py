@@ -121,7 +121,9 @@ def test_telephone_event_rescaled_to_the_output_clock() -> None:
     assert [p[2] for p in start + both] == [start[0][2], start[0][2] + 1, start[0][2] + 2]
 
 
-def test_consumed_dtmf_and_cn_leave_no_hole_in_the_numbering() -> None:
+def test_consumed_dtmf_leaves_no_hole_in_the_numbering() -> None:
+    """A consumed telephone-event lowers the offset; CN the receiver does not take is
+    decoded into its codec (tests/unit/test_transcode_cn.py), numbered on."""
     plan = CodecPlan(
         decode=(PCMA,), encode=PCMU, dtmf=(Format(101, "telephone-event", 8000),),
         cn=(Format(13, "CN", 8000),),
@@ -130,8 +132,8 @@ def test_consumed_dtmf_and_cn_leave_no_hole_in_the_numbering() -> None:
     z = b"\x00" * 160
     assert send(t, 8, 10, 0, z)[0][2] == 10
     assert send(t, 101, 11, 160, b"\x01\x00\x00\xa0") == []
-    assert send(t, 13, 12, 320, b"\x40") == []
-    assert [(p[2], p[3]) for p in send(t, 8, 13, 480, z)] == [(11, 480)]
+    assert [(p[0], p[2], p[3]) for p in send(t, 13, 12, 320, b"\x40")] == [(0, 11, 320)]
+    assert [(p[2], p[3]) for p in send(t, 8, 13, 480, z)] == [(12, 480)]
 
 
 def test_cn_passed_on_under_its_output_payload_type() -> None:
