@@ -37,7 +37,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from relayd.transcode import codecs, events, rtp, silence
+from relayd.transcode import codecs, events, g711, rtp, silence, tones
 from relayd.transcode.codecs import OPUS_RATES, CodecError, Decoder, Resampler
 from relayd.transcode.comfortnoise import CN_RATE, ComfortNoise
 from relayd.transcode.packetiser import Packetiser
@@ -137,6 +137,7 @@ class Transcoder:
             self.out_clock = self.rate = 8000
             self.packetiser = Packetiser(160, 2, b"\x00\x00")
             self.encoder: codecs.Encoder | None = None
+            self.law: bytes | None = None
         else:
             self._open(target, plan.decode)
         self.clock = plan.decode[0].rate if plan.decode else 8000
@@ -184,6 +185,7 @@ class Transcoder:
             limit = silence.threshold(self.plan.silence_detect)
             self.silence = SilenceDetector(limit, key if verbatim else None)
         self.encoder = encoder
+        self.law = g711.encoder_table(key) if verbatim else None  # PCM to the codes it takes
         self.rate = rate  # of the audio the encoder takes
         self.out_clock = target.rate
         self.packetiser = Packetiser(samples, encoder.width * encoder.channels, encoder.silence)
@@ -203,6 +205,9 @@ class Transcoder:
         self.anchor: tuple[int, int, int] | None = None  # input ts, its clock, its position
         self.restarted = False
         self.last_ts = 0  # output timestamp of the last audio packet sent
+        self.next_clock = 0  # the clock of next_ts
+        self.event_in = self.event_out = -1  # the last telephone-event sent on: input, output ts
+        self.tone_in, self.tone_made = -1, 0  # the event being made a tone: input ts, samples
 
     # -- packets ---------------------------------------------------------------------------
 
@@ -260,17 +265,67 @@ class Transcoder:
         if kind == _AUDIO:
             return self._audio(packet, self.paths[packet.pt])
         target = self.plan.dtmf_out if kind == _DTMF else self.plan.cn_out
-        if target is None:  # consumed
-            self.seq_diff = (self.seq_diff - 1) & 0xFFFF
+        if target is None:
+            if kind == _DTMF and self.encoder is not None:
+                return self._tone(packet, fmt)
+            self.seq_diff = (self.seq_diff - 1) & 0xFFFF  # consumed
             return []
         payload = packet.payload
         if kind == _DTMF:
             payload = events.rescale(payload, fmt.rate, target.rate)
-        ts = self._timestamp(packet.ts, fmt.rate, target.rate)
+            ts = self._event_timestamp(packet.ts, fmt.rate, target.rate)
+        else:
+            ts = self._timestamp(packet.ts, fmt.rate, target.rate)
         self.counters.sent += 1
         self.counters.octets += len(payload)
         seq = packet.seq + self.seq_diff
         return [rtp.build(target.pt, packet.marker, seq, ts, self.ssrc_out, payload)]
+
+    def _event_timestamp(self, ts: int, clock: int, out_clock: int) -> int:
+        """Output timestamp of a telephone-event packet sent on (rtpengine's placing): an
+        event that follows decoded audio starts where the next packet of audio would have
+        gone out, the audio still being cut for it dropped (the event stands in its place),
+        and the audio after the event runs on from there by the input's timestamps; every
+        packet of one event (one input timestamp) carries its start."""
+        if ts == self.event_in:
+            return self.event_out
+        if self.encoder is None or self.base is None:
+            out = self._timestamp(ts, clock, out_clock)
+        else:
+            packetiser = self.packetiser
+            packetiser.drop()
+            out = (self.base + packetiser.position * out_clock // self.rate) & 0xFFFFFFFF
+            if self.next_clock == clock:
+                self.next_ts = ts
+                self.anchor = (ts, clock, packetiser.position)
+        self.event_in, self.event_out = ts, out
+        return out
+
+    def _tone(self, packet: rtp.RtpPacket, fmt: Format) -> list[bytes]:
+        """A telephone-event for a receiver that takes none: the samples of its tone not made
+        yet (up to the duration the packet reports) join the audio (:mod:`tones`)."""
+        payload = packet.payload
+        if len(payload) < 4:
+            self.seq_diff = (self.seq_diff - 1) & 0xFFFF
+            return []
+        if packet.ts != self.tone_in:
+            self.tone_in, self.tone_made = packet.ts, 0
+        total = int.from_bytes(payload[2:4], "big") * self.rate // fmt.rate
+        count = total - self.tone_made
+        if count <= 0:  # an end packet again, or no longer than before: nothing new
+            self.seq_diff = (self.seq_diff - 1) & 0xFFFF
+            return []
+        encoder = self.encoder
+        assert encoder is not None
+        pcm = tones.tone(
+            payload[0], payload[1] & 0x3F, self.tone_made, count, self.rate, encoder.channels
+        )
+        start = (packet.ts + self.tone_made * fmt.rate // self.rate) & 0xFFFFFFFF
+        self.tone_made = total
+        if self.law is not None:  # the encoder takes G.711 codes
+            table = self.law
+            pcm = bytes(table[v & 0xFFFF] for v in memoryview(pcm).cast("h"))
+        return self._place(packet.seq, start, fmt.rate, pcm, None)
 
     def _timestamp(self, ts: int, clock: int, out_clock: int) -> int:
         """Output timestamp (``out_clock``) of input timestamp ``ts`` (``clock``), placed on
@@ -285,37 +340,49 @@ class Transcoder:
         return (self.base + position * out_clock // self.rate) & 0xFFFFFFFF
 
     def _audio(self, packet: rtp.RtpPacket, path: _Path) -> list[bytes]:
+        try:
+            audio: bytes | bytearray = path.decoder.decode(packet.payload)
+        except CodecError:
+            self.counters.errors += 1
+            audio = b""
+            samples = -1
+        else:
+            self.counters.frames += 1
+            samples = len(audio) // path.frame
+            if path.resampler is not None:
+                audio = path.resampler.convert(audio)
+        clock = path.fmt.rate
+        return self._place(
+            packet.seq, packet.ts, clock, audio, samples * clock // path.decoder.rate
+        )
+
+    def _place(
+        self, seq: int, ts: int, clock: int, audio: bytes | bytearray, length: int | None
+    ) -> list[bytes]:
+        """Puts ``audio`` (the encoder's rate, or its G.711 codes) that begins at input
+        timestamp ``ts`` (``clock``) on the output timeline, and sends what it completes.
+        ``length``: the input's duration of it (negative: unknown, it did not decode; None:
+        the encoder's samples tell)."""
         counters = self.counters
         packetiser = self.packetiser
-        clock = path.fmt.rate
         if self.base is None:
-            self.base = packet.ts
+            self.base = ts
         chunks: list[tuple[int, bytes]] = []
         if self.next_ts is not None and not self.restarted:
-            gap = _signed32(packet.ts - self.next_ts)
+            gap = _signed32(ts - self.next_ts)
             if 0 < gap < clock * _MAX_GAP_SECONDS:
                 chunks = packetiser.skip(gap * self.rate // clock)
         self.restarted = False
-        self.anchor = (packet.ts, clock, packetiser.end)
-        try:
-            audio = path.decoder.decode(packet.payload)
-        except CodecError:
-            counters.errors += 1
-            self.next_ts = None
-            audio = b""
-        else:
-            counters.frames += 1
-            decoder = path.decoder
-            self.next_ts = (
-                packet.ts + (len(audio) // path.frame) * clock // decoder.rate
-            ) & 0xFFFFFFFF
-            if path.resampler is not None:
-                audio = path.resampler.convert(audio)
+        self.anchor = (ts, clock, packetiser.end)
+        if length is None:
+            length = len(audio) // packetiser.width * clock // self.rate
+        self.next_ts = None if length < 0 else (ts + length) & 0xFFFFFFFF
+        self.next_clock = clock
         chunks += packetiser.push(audio)
         encoder = self.encoder
         assert encoder is not None and self.base is not None
         sent = []
-        seq = packet.seq + self.seq_diff
+        seq = seq + self.seq_diff
         scale = self.out_clock
         detector = self.silence
         for position, pcm in chunks:
