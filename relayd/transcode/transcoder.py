@@ -34,12 +34,15 @@ from __future__ import annotations
 
 import random
 import struct
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from relayd.transcode import codecs, events, g711, rtp, silence, tones
 from relayd.transcode.codecs import OPUS_RATES, CodecError, Decoder, Resampler
 from relayd.transcode.comfortnoise import CN_RATE, ComfortNoise
+from relayd.transcode.dtmfdetect import RATE as DETECT_RATE
+from relayd.transcode.dtmfdetect import Change, DtmfDetector
 from relayd.transcode.packetiser import Packetiser
 from relayd.transcode.plan import CodecPlan, Format
 from relayd.transcode.sequencer import DUPLICATE, RESET, Sequencer
@@ -123,12 +126,17 @@ class Transcoder:
         self.paths: dict[int, _Path] = {}
         target = plan.encode
         self.cn_decoded: tuple[Format, ...] = ()
-        if plan.cn and plan.cn_out is None:  # comfort noise the receiver does not take
+        if (plan.cn and plan.cn_out is None) or (plan.dtmf and plan.dtmf_out is None):
+            # comfort noise or telephone-events the receiver does not take: decoded into
+            # (made tones in) its codec, the one it takes the passed-through audio in
             target = target or _static_output(plan.passthrough)
+        if plan.cn and plan.cn_out is None:
             self.cn_decoded = plan.cn if target is not None else ()
         for f in self.cn_decoded:
             self.kinds[f.pt] = (_AUDIO, f)
         self.target = target
+        self.detect = plan.dtmf_out is not None and not plan.dtmf and target is not None
+        self.channels = 1
         self.out_pt = target.pt if target is not None else 0
         self.silence: SilenceDetector | None = None
         if target is None:
@@ -185,6 +193,7 @@ class Transcoder:
             limit = silence.threshold(self.plan.silence_detect)
             self.silence = SilenceDetector(limit, key if verbatim else None)
         self.encoder = encoder
+        self.channels = encoder.channels
         self.law = g711.encoder_table(key) if verbatim else None  # PCM to the codes it takes
         self.rate = rate  # of the audio the encoder takes
         self.out_clock = target.rate
@@ -208,6 +217,14 @@ class Transcoder:
         self.next_clock = 0  # the clock of next_ts
         self.event_in = self.event_out = -1  # the last telephone-event sent on: input, output ts
         self.tone_in, self.tone_made = -1, 0  # the event being made a tone: input ts, samples
+        # DTMF heard in the audio (dtmf_out, no dtmf): the detector, its dated changes, the
+        # digit being sent (event code, volume, start position)
+        self.tones = DtmfDetector() if self.detect else None
+        self.changes: deque[Change] = deque()
+        self.event: tuple[int, int, int] | None = None
+        self.detect_resampler: Resampler | None = None
+        if self.detect and self.law is None and (self.rate, self.channels) != (DETECT_RATE, 1):
+            self.detect_resampler = Resampler(self.rate, self.channels, DETECT_RATE, 1)
 
     # -- packets ---------------------------------------------------------------------------
 
@@ -368,10 +385,13 @@ class Transcoder:
         if self.base is None:
             self.base = ts
         chunks: list[tuple[int, bytes]] = []
+        tones = self.tones
         if self.next_ts is not None and not self.restarted:
             gap = _signed32(ts - self.next_ts)
             if 0 < gap < clock * _MAX_GAP_SECONDS:
                 chunks = packetiser.skip(gap * self.rate // clock)
+                if tones is not None:
+                    self.changes += tones.skip(gap * DETECT_RATE // clock)
         self.restarted = False
         self.anchor = (ts, clock, packetiser.end)
         if length is None:
@@ -379,6 +399,8 @@ class Transcoder:
         self.next_ts = None if length < 0 else (ts + length) & 0xFFFFFFFF
         self.next_clock = clock
         chunks += packetiser.push(audio)
+        if tones is not None:
+            self.changes += tones.push(self._detectable(audio))
         encoder = self.encoder
         assert encoder is not None and self.base is not None
         sent = []
@@ -386,6 +408,12 @@ class Transcoder:
         scale = self.out_clock
         detector = self.silence
         for position, pcm in chunks:
+            if self.changes or self.event is not None:
+                events = self._detected(position, seq)
+                if events is not None:
+                    sent += events
+                    seq += len(events)
+                    continue
             pt = self.out_pt
             if detector is not None and detector.silent(pcm):
                 assert self.plan.cn_out is not None
@@ -404,6 +432,53 @@ class Transcoder:
         counters.sent += len(sent)
         self.seq_diff = (self.seq_diff + len(sent) - 1) & 0xFFFF
         return sent
+
+    def _detectable(self, audio: bytes | bytearray) -> bytes | bytearray:
+        """``audio`` as the DTMF detector takes it: 8 kHz mono 16-bit."""
+        if self.law is not None:
+            assert self.target is not None
+            return g711.decode(_key(self.target.name), bytes(audio))
+        if self.detect_resampler is not None:
+            return self.detect_resampler.convert(audio)
+        return audio
+
+    def _detected(self, position: int, seq: int) -> list[bytes] | None:
+        """The telephone-event packets that stand in for the audio packet at ``position``
+        (rtpengine's placing): changes the detector dated at or before the packet apply; a
+        digit on replaces the packet with an event packet (its start: the first packet it
+        replaces, marked; its duration: up to this packet's end); a digit over, with its
+        end packet, sent three times. None: the audio packet goes out."""
+        changes = self.changes
+        ended: tuple[int, int, int] | None = None
+        while changes and changes[0].position * self.rate // DETECT_RATE <= position:
+            change = changes.popleft()
+            if self.event is not None:
+                ended = self.event
+                self.event = None
+            if change.event >= 0:
+                self.event = (change.event, change.volume, position)
+        target = self.plan.dtmf_out
+        assert target is not None and self.base is not None
+        samples = self.packetiser.samples
+        if ended is not None:
+            if self.event is not None:  # another digit at once: it starts with the next packet
+                self.event = (self.event[0], self.event[1], position + samples)
+            code, volume, start = ended
+            flags, repeats, marker = 0x80 | volume, 3, False
+        elif self.event is not None:
+            code, volume, start = self.event
+            flags, repeats, marker = volume, 1, start == position
+        else:
+            return None
+        duration = min((position - start + samples) * target.rate // self.rate, 0xFFFF)
+        payload = bytes((code, flags)) + duration.to_bytes(2, "big")
+        ts = (self.base + start * self.out_clock // self.rate) & 0xFFFFFFFF
+        out = [
+            rtp.build(target.pt, marker, (seq + i) & 0xFFFF, ts, self.ssrc_out, payload)
+            for i in range(repeats)
+        ]
+        self.counters.octets += len(payload) * repeats
+        return out
 
     # -- what the reports need -------------------------------------------------------------
 

@@ -1,11 +1,14 @@
 """DTMF in the media engine on rtpengine 10.5's own packet sequences (t/auto-daemon-tests.pl
 at mr10.5.3.5): telephone-events made tones for a receiver without telephone-event
-("reverse DTMF transcoding - active", exact μ-law bytes)."""
+("reverse DTMF transcoding - active", exact μ-law bytes) and tones heard in the audio sent
+as events ("PCM to RFC DTMF transcoding")."""
 
 from __future__ import annotations
 
 import math
 import struct
+
+import pytest
 
 from relayd.transcode import g711, rtp
 from relayd.transcode.plan import CodecPlan, Format
@@ -103,3 +106,54 @@ def test_event_made_a_tone_in_another_codec() -> None:
     table = g711.encoder_table("PCMA")
     expected = bytes(table[v & 0xFFFF] for v in memoryview(tone(8, 16, 0, 160, 8000)).cast("h"))
     assert out == [(8, False, 2, 320, expected)]
+
+
+TE96 = Format(96, "telephone-event", 8000, fmtp="0-15")
+
+
+def detection_run(encode: Format) -> list[list[tuple[int, bool, int, int, bytes]]]:
+    t = Transcoder(CodecPlan(decode=(PCMU,), encode=encode, dtmf_out=TE96), lambda: OUT_SSRC)
+    z = b"\x00" * 160
+    packets = [z, z, TONE_8[:160], TONE_8[160:320], TONE_8[320:], z, z, z]
+    return [send(t, 0, 1000 + i, 3000 + 160 * i, p) for i, p in enumerate(packets)]
+
+
+@pytest.mark.parametrize("encode", [PCMU, PCMA])
+def test_tone_sent_as_events(encode: Format) -> None:
+    """ "PCM to RFC DTMF transcoding" (line 14320, and "w/ PCM transcoding", 14419; "reverse
+    DTMF transcoding - active", 14736, B to A): three packets of the tone "8" among μ-law
+    0x00. The first two go out as audio (the digit is confirmed during the second); the
+    third is replaced by the event's start (marked, duration 160, volume 16: 10.5 sends 15
+    or 16); the next packet, no tone any more, by the event going on (320); the one after
+    (the end confirmed) by its end, three times (480); then audio again, numbered on."""
+    out = detection_run(encode)
+    audio = [[(p[0], p[1], p[2], p[3]) for p in o] for o in out[:4]]
+    assert audio == [[(encode.pt, False, 1000 + i, 3000 + 160 * i)] for i in range(4)]
+    assert out[4] == [(96, True, 1004, 3640, b"\x08\x10\x00\xa0")]
+    assert out[5] == [(96, False, 1005, 3640, b"\x08\x10\x01\x40")]
+    assert out[6] == [(96, False, 1006 + i, 3640, b"\x08\x90\x01\xe0") for i in range(3)]
+    assert [(p[0], p[2], p[3]) for p in out[7]] == [(encode.pt, 1009, 4120)]
+    if encode == PCMU:
+        assert out[2][0][4] == TONE_8[:160]  # the tone itself went out as it came
+
+
+def test_no_detection_where_the_sender_sends_events() -> None:
+    """A sender with telephone-event of its own: its tones in the audio are left alone."""
+    plan = CodecPlan(decode=(PCMU,), encode=PCMU, dtmf=(EVENT,), dtmf_out=EVENT)
+    t = Transcoder(plan, lambda: OUT_SSRC)
+    z = b"\x00" * 160
+    packets = [z, z, TONE_8[:160], TONE_8[160:320], TONE_8[320:], z, z, z]
+    out = [send(t, 0, 1000 + i, 3000 + 160 * i, p) for i, p in enumerate(packets)]
+    assert {p[0] for o in out for p in o} == {0}
+
+
+def test_events_made_tones_in_passed_through_audio() -> None:
+    """ "PCM to RFC DTMF transcoding" (line 14320), B to A: the plan passes PCMU through and
+    names telephone-event with no ``dtmf_out``; the tone is made in PCMU (RFC 3551's PT 0)."""
+    t = Transcoder(CodecPlan(passthrough=(0,), dtmf=(TE96,)), lambda: OUT_SSRC)
+    z = b"\x00" * 160
+    assert send(t, 0, 2000, 4000, z) == [(0, False, 2000, 4000, z)]
+    assert send(t, 0, 2001, 4160, z) == [(0, False, 2001, 4160, z)]
+    assert send(t, 96, 2002, 4320, b"\x08\x10\x00\xa0") == [(0, False, 2002, 4320, TONE_8[:160])]
+    assert send(t, 96, 2003, 4320, b"\x08\x10\x01\x40") == [(0, False, 2003, 4480, TONE_8[160:320])]
+    assert send(t, 96, 2004, 4320, b"\x08\x90\x01\xe0") == [(0, False, 2004, 4640, TONE_8[320:])]

@@ -148,13 +148,13 @@ def test_telephone_event_waits_for_its_turn() -> None:
 
 
 def test_consumed_dtmf_leaves_no_hole_in_the_numbering() -> None:
-    """A telephone-event nobody takes and no codec can carry (no audio decoded: nothing to
-    make a tone in) is consumed: it lowers the offset."""
-    t = engine(CodecPlan(passthrough=(8,), dtmf=(Format(101, "telephone-event", 8000),)))
+    """A telephone-event nobody takes and no codec can carry (the audio passed through is a
+    dynamic payload type: nothing to make a tone in) is consumed: it lowers the offset."""
+    t = engine(CodecPlan(passthrough=(96,), dtmf=(Format(101, "telephone-event", 8000),)))
     z = b"\x00" * 160
-    assert send(t, 8, 10, 0, z)[0][2] == 10
+    assert send(t, 96, 10, 0, z)[0][2] == 10
     assert send(t, 101, 11, 160, b"\x01\x00\x00\xa0") == []
-    assert [(p[2], p[3]) for p in send(t, 8, 12, 320, z)] == [(11, 320)]
+    assert [(p[2], p[3]) for p in send(t, 96, 12, 320, z)] == [(11, 320)]
 
 
 def test_cn_passed_on_under_its_output_payload_type() -> None:
