@@ -98,18 +98,19 @@ def _classify(samples: tuple[int, ...]) -> tuple[int, int]:
     energy = sum(map(operator.mul, samples, samples)) / BLOCK
     if energy < 2 * _MIN_POWER:
         return -1, 0
+    # the low group first: most audio that is no DTMF fails there, half the work saved
     rows = [_power(samples, t) for t in _ROW_TABLES]
-    columns = [_power(samples, t) for t in _COLUMN_TABLES]
     row = max(range(4), key=rows.__getitem__)
+    low = rows[row]
+    if low < _MIN_POWER or any(rows[i] * RELATIVE_PEAK > low for i in range(4) if i != row):
+        return -1, 0
+    columns = [_power(samples, t) for t in _COLUMN_TABLES]
     column = max(range(4), key=columns.__getitem__)
-    low, high = rows[row], columns[column]
-    if low < _MIN_POWER or high < _MIN_POWER:
+    high = columns[column]
+    others = (columns[i] for i in range(4) if i != column)
+    if high < _MIN_POWER or any(power * RELATIVE_PEAK > high for power in others):
         return -1, 0
     if low > high * NORMAL_TWIST or high > low * REVERSE_TWIST:
-        return -1, 0
-    if any(i != row and rows[i] * RELATIVE_PEAK > low for i in range(4)):
-        return -1, 0
-    if any(i != column and columns[i] * RELATIVE_PEAK > high for i in range(4)):
         return -1, 0
     if low + high < TONE_SHARE * energy:
         return -1, 0
