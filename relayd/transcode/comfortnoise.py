@@ -14,7 +14,7 @@ four times as fast; the random sequence skips the samples left unused.
 
 from __future__ import annotations
 
-from relayd.transcode.codecs import AvDecoder
+from relayd.transcode.codecs import AvDecoder, CodecError
 
 __all__ = ["ComfortNoise"]
 
@@ -40,7 +40,10 @@ class ComfortNoise:
         if payload != self.last or len(self.buffer) < self.size:
             self.buffer = self.buffer if payload == self.last else b""
             while len(self.buffer) < self.size:
-                self.buffer += self.decoder.decode(payload)
+                noise = self.decoder.decode(payload)
+                if not noise:
+                    raise CodecError(f"no comfort noise from {payload.hex()}")
+                self.buffer += noise
             self.last = payload
         out, self.buffer = self.buffer[: self.size], self.buffer[self.size :]
         return out

@@ -9,6 +9,8 @@ import math
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relayd.transcode import g711, rtp
 from relayd.transcode.plan import CodecPlan, Format
@@ -157,3 +159,47 @@ def test_events_made_tones_in_passed_through_audio() -> None:
     assert send(t, 96, 2002, 4320, b"\x08\x10\x00\xa0") == [(0, False, 2002, 4320, TONE_8[:160])]
     assert send(t, 96, 2003, 4320, b"\x08\x10\x01\x40") == [(0, False, 2003, 4480, TONE_8[160:320])]
     assert send(t, 96, 2004, 4320, b"\x08\x90\x01\xe0") == [(0, False, 2004, 4640, TONE_8[320:])]
+
+
+CN = Format(13, "CN", 8000)
+G722 = Format(9, "G722", 8000)
+MIXED_PLANS = [
+    CodecPlan(decode=(PCMU,), encode=PCMU, dtmf_out=TE96, cn_out=CN, silence_detect=1.0),
+    CodecPlan(decode=(PCMU,), encode=G722, dtmf_out=TE96, cn=(CN,)),
+    CodecPlan(decode=(PCMU,), encode=PCMA, dtmf=(TE96,), cn=(CN,)),
+    CodecPlan(passthrough=(0,), dtmf=(TE96,), cn=(CN,)),
+    CodecPlan(decode=(G722,), encode=PCMU, dtmf=(TE96,), dtmf_out=EVENT, cn=(CN,), cn_out=CN),
+]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    plan=st.sampled_from(MIXED_PLANS),
+    packets=st.lists(
+        st.tuples(
+            st.sampled_from([0, 9, 13, 96]),
+            st.integers(0, 3),  # sequence step (0: a duplicate)
+            st.integers(-200, 800),  # timestamp step
+            st.binary(max_size=200),
+        ),
+        max_size=40,
+    ),
+)
+def test_any_mix_of_audio_events_and_noise(
+    plan: CodecPlan, packets: list[tuple[int, int, int, bytes]]
+) -> None:
+    """Audio, telephone-events and CN in any order, with any payload (empty, short,
+    garbage): the engine never raises, sends only the payload types the plan allows, and
+    (where nothing is passed through unqueued) numbers its output in order."""
+    t = Transcoder(plan, lambda: OUT_SSRC)
+    allowed = {f.pt for f in (plan.encode, plan.dtmf_out, plan.cn_out) if f is not None}
+    allowed |= set(plan.passthrough)
+    seq, ts = 1000, 3000
+    last = None
+    for pt, step, tick, payload in packets:
+        seq, ts = seq + step, (ts + tick) & 0xFFFFFFFF
+        for out in send(t, pt, seq & 0xFFFF, ts, payload):
+            assert out[0] in allowed or (out[0] == 0 and not plan.encode)
+            if last is not None and not plan.passthrough:  # passed-through packets skip
+                assert (out[2] - last) & 0xFFFF < 0x8000  # the queue: they keep their order
+            last = out[2]

@@ -245,3 +245,21 @@ def test_garbage_payloads_never_raise(
     a list of well-formed packets comes out, or nothing."""
     for data in _FUZZED.process(rtp.build(pt, False, seq, ts, ssrc, payload)):
         assert rtp.parse(data).pt in (0, 97, 101)
+
+
+def test_ptime_50_in_30_out_and_30_in_20_out() -> None:
+    """ "ptime=50 in, change to 30, reverse to 20" (line 13865) and "ptime=30 in, no change,
+    reverse to 20" (line 14010), with the plans they need (A to B: PCMU at 30 ms; B to A:
+    PCMU at 20 ms): 2 x 50 ms become 3 x 30 ms with 10 ms left, 20 ms more make another;
+    4 x 30 ms become 6 x 20 ms. (The negotiation does not give these plans yet.)"""
+    t = engine(CodecPlan(decode=(PCMU,), encode=Format(0, "PCMU", 8000, ptime=30)))
+    z = b"\x00" * 240
+    assert [p[2:4] for p in send(t, 0, 1000, 3000, b"\x00" * 400)] == [(1000, 3000)]
+    assert [p[2:4] for p in send(t, 0, 1001, 3400, b"\x00" * 400)] == [(1001, 3240), (1002, 3480)]
+    assert send(t, 0, 1002, 3800, b"\x00" * 160) == [(0, False, 1003, 3720, OUT_SSRC, z)]
+    t = engine(CodecPlan(decode=(PCMU,), encode=Format(0, "PCMU", 8000, ptime=20)))
+    out = [send(t, 0, 4000 + i, 5000 + 240 * i, b"\x88" * 240) for i in range(4)]
+    assert [[p[2:4] for p in o] for o in out] == [
+        [(4000, 5000)], [(4001, 5160), (4002, 5320)], [(4003, 5480)], [(4004, 5640), (4005, 5800)],
+    ]  # fmt: skip
+    assert {p[5] for o in out for p in o} == {b"\x88" * 160}
