@@ -147,6 +147,8 @@ class AvDecoder:
         self.convert: av.AudioResampler | None = None
 
     def decode(self, payload: bytes) -> bytes:
+        if not payload:  # an empty packet would tell FFmpeg the stream ended, for good
+            raise CodecError("empty payload")
         try:
             frames = self.context.decode(av.Packet(payload))
         except (av.FFmpegError, ValueError) as exc:

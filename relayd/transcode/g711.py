@@ -16,7 +16,7 @@ import av
 
 from relayd.transcode.ffmpeg import audio_context
 
-__all__ = ["SILENCE", "decode", "encoder_table", "transcode_table"]
+__all__ = ["SILENCE", "decode", "encoder_table", "linear", "transcode_table"]
 
 SILENCE = {"PCMU": 0xFF, "PCMA": 0xD5}  # the code of a zero sample
 _CODECS = {"PCMU": "pcm_mulaw", "PCMA": "pcm_alaw"}
@@ -33,6 +33,11 @@ def _linear(name: str) -> tuple[int, ...]:
     data = b"".join(bytes(f.planes[0])[: f.samples * 2] for f in frames)
     pairs = (data[i : i + 2] for i in range(0, 512, 2))
     return tuple(int.from_bytes(pair, sys.byteorder, signed=True) for pair in pairs)
+
+
+def linear(name: str) -> tuple[int, ...]:
+    """The 16-bit sample each of the 256 codes of ``name`` ("PCMU", "PCMA") decodes to."""
+    return _linear(name)
 
 
 @cache

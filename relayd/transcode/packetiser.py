@@ -49,6 +49,11 @@ class Packetiser:
             self.position += self.samples
         return out
 
+    def drop(self) -> None:
+        """Forget the audio of the packet being filled (something else takes its place: a
+        telephone-event); the next packet starts at the same position."""
+        self.buffer.clear()
+
     def skip(self, count: int) -> list[tuple[int, bytes]]:
         """``count`` samples were lost: the timeline moves on by as much."""
         out: list[tuple[int, bytes]] = []

@@ -30,6 +30,13 @@ Added by the negotiation (helper "neg"), all optional, the text form unchanged:
 * ``extra["bitrate"]``: the encoder's bitrate in bit/s, where the ng ``transcode`` option
   gave one (``transcode-opus/48000/2/32000``); absent: the codec's default.
 
+Added by the media engine (helper "eng2"), optional, the text form unchanged:
+
+* ``silence_detect``: rtpengine's ``--silence-detect`` (percent of full scale; 0: off),
+  which the supervisor copies from its configuration into plans with ``cn_out``: a packet
+  of the encoded audio that is all silence goes out as CN of ``cn_out`` instead
+  (relayd/transcode/silence.py). Text key ``sd``.
+
 The text form (:meth:`CodecPlan.to_text`, :func:`parse`) is compact JSON, what
 :class:`relayd.ipc.SocketSpec` carries in its ``codecs`` field.
 """
@@ -84,6 +91,7 @@ class CodecPlan:
     cn: tuple[Format, ...] = ()
     cn_out: Format | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # room for what a later issue adds
+    silence_detect: float = 0.0  # percent of full scale; 0: no silence detection
 
     def to_text(self) -> str:
         body: dict[str, Any] = {}
@@ -103,6 +111,8 @@ class CodecPlan:
             body["co"] = self.cn_out.to_list()
         if self.extra:
             body["x"] = self.extra
+        if self.silence_detect:
+            body["sd"] = self.silence_detect
         return json.dumps(body, separators=(",", ":"))
 
 
@@ -128,6 +138,9 @@ def parse(text: str) -> CodecPlan | None:
     extra = body.get("x", {})
     if not isinstance(extra, dict):
         raise PlanError(f"bad extra {extra!r}")
+    silence = body.get("sd", 0.0)
+    if not isinstance(silence, (int, float)) or isinstance(silence, bool) or silence < 0:
+        raise PlanError(f"bad silence_detect {silence!r}")
     return CodecPlan(
         passthrough=tuple(passthrough),
         decode=_formats(body.get("d", [])),
@@ -137,4 +150,5 @@ def parse(text: str) -> CodecPlan | None:
         cn=_formats(body.get("c", [])),
         cn_out=Format.from_list(body["co"]) if "co" in body else None,
         extra=extra,
+        silence_detect=float(silence),
     )

@@ -34,14 +34,19 @@ from __future__ import annotations
 
 import random
 import struct
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from relayd.transcode import codecs, events, rtp
+from relayd.transcode import codecs, events, g711, rtp, silence, tones
 from relayd.transcode.codecs import OPUS_RATES, CodecError, Decoder, Resampler
+from relayd.transcode.comfortnoise import CN_RATE, ComfortNoise
+from relayd.transcode.dtmfdetect import RATE as DETECT_RATE
+from relayd.transcode.dtmfdetect import Change, DtmfDetector
 from relayd.transcode.packetiser import Packetiser
 from relayd.transcode.plan import CodecPlan, Format
 from relayd.transcode.sequencer import DUPLICATE, RESET, Sequencer
+from relayd.transcode.silence import SilenceDetector
 
 __all__ = ["Counters", "Transcoder", "describe"]
 
@@ -82,6 +87,16 @@ def describe(plan: CodecPlan) -> str:
     return f"{names}->{plan.encode.name if plan.encode is not None else '-'}"
 
 
+# RFC 3551 §6's static audio payload types the engine can encode: the output codec of a
+# direction whose plan names none (it passes its audio through) but must decode CN
+_STATIC = {0: Format(0, "PCMU", 8000), 8: Format(8, "PCMA", 8000), 9: Format(9, "G722", 8000)}
+
+
+def _static_output(passthrough: tuple[int, ...]) -> Format | None:
+    """The format of the first static payload type the direction passes through."""
+    return next((_STATIC[pt] for pt in passthrough if pt in _STATIC), None)
+
+
 def _key(name: str) -> str:
     upper = name.upper()
     return "opus" if upper == "OPUS" else upper
@@ -110,13 +125,27 @@ class Transcoder:
             self.kinds[f.pt] = (_AUDIO, f)
         self.paths: dict[int, _Path] = {}
         target = plan.encode
+        self.cn_decoded: tuple[Format, ...] = ()
+        if (plan.cn and plan.cn_out is None) or (plan.dtmf and plan.dtmf_out is None):
+            # comfort noise or telephone-events the receiver does not take: decoded into
+            # (made tones in) its codec, the one it takes the passed-through audio in
+            target = target or _static_output(plan.passthrough)
+        if plan.cn and plan.cn_out is None:
+            self.cn_decoded = plan.cn if target is not None else ()
+        for f in self.cn_decoded:
+            self.kinds[f.pt] = (_AUDIO, f)
+        self.target = target
+        self.detect = plan.dtmf_out is not None and not plan.dtmf and target is not None
+        self.channels = 1
         self.out_pt = target.pt if target is not None else 0
+        self.silence: SilenceDetector | None = None
         if target is None:
             if plan.decode:
                 raise CodecError("a plan that decodes needs an output codec")
             self.out_clock = self.rate = 8000
             self.packetiser = Packetiser(160, 2, b"\x00\x00")
             self.encoder: codecs.Encoder | None = None
+            self.law: bytes | None = None
         else:
             self._open(target, plan.decode)
         self.clock = plan.decode[0].rate if plan.decode else 8000
@@ -131,8 +160,12 @@ class Transcoder:
     def _open(self, target: Format, decode: tuple[Format, ...]) -> None:
         key = _key(target.name)
         # G.711 to G.711 at one clock: translated code by code, no PCM in between
-        verbatim = key in _G711 and all(
-            _key(f.name) in _G711 and f.rate == target.rate and f.channels == 1 for f in decode
+        verbatim = (
+            not self.cn_decoded
+            and key in _G711
+            and all(
+                _key(f.name) in _G711 and f.rate == target.rate and f.channels == 1 for f in decode
+            )
         )
         rates = [codecs.audio_rate(f) for f in decode] or [8000]
         if key == "opus":
@@ -150,7 +183,18 @@ class Transcoder:
             if not verbatim and (decoder.rate, decoder.channels) != (rate, encoder.channels):
                 resampler = Resampler(decoder.rate, decoder.channels, rate, encoder.channels)
             self.paths[f.pt] = _Path(f, decoder, resampler, decoder.width * decoder.channels)
+        for f in self.cn_decoded:
+            noise = ComfortNoise(CN_RATE * (f.ptime or 20) // 1000)
+            resampler = None
+            if (noise.rate, 1) != (rate, encoder.channels):
+                resampler = Resampler(noise.rate, 1, rate, encoder.channels)
+            self.paths[f.pt] = _Path(f, noise, resampler, noise.width)
+        if self.plan.cn_out is not None and self.plan.silence_detect > 0:
+            limit = silence.threshold(self.plan.silence_detect)
+            self.silence = SilenceDetector(limit, key if verbatim else None)
         self.encoder = encoder
+        self.channels = encoder.channels
+        self.law = g711.encoder_table(key) if verbatim else None  # PCM to the codes it takes
         self.rate = rate  # of the audio the encoder takes
         self.out_clock = target.rate
         self.packetiser = Packetiser(samples, encoder.width * encoder.channels, encoder.silence)
@@ -164,12 +208,23 @@ class Transcoder:
                 out = self._new_ssrc()
             self.ssrc_out = out
         self.seq_diff = 0
-        self.sequencer: Sequencer[rtp.RtpPacket] = Sequencer(self.clock)
+        self.sequencer: Sequencer[rtp.RtpPacket | None] = Sequencer(self.clock)
         self.base: int | None = None  # output timestamp of position 0
         self.next_ts: int | None = None  # where the input's audio should go on
         self.anchor: tuple[int, int, int] | None = None  # input ts, its clock, its position
         self.restarted = False
         self.last_ts = 0  # output timestamp of the last audio packet sent
+        self.next_clock = 0  # the clock of next_ts
+        self.event_in = self.event_out = -1  # the last telephone-event sent on: input, output ts
+        self.tone_in, self.tone_made = -1, 0  # the event being made a tone: input ts, samples
+        # DTMF heard in the audio (dtmf_out, no dtmf): the detector, its dated changes, the
+        # digit being sent (event code, volume, start position)
+        self.tones = DtmfDetector() if self.detect else None
+        self.changes: deque[Change] = deque()
+        self.event: tuple[int, int, int] | None = None
+        self.detect_resampler: Resampler | None = None
+        if self.detect and self.law is None and (self.rate, self.channels) != (DETECT_RATE, 1):
+            self.detect_resampler = Resampler(self.rate, self.channels, DETECT_RATE, 1)
 
     # -- packets ---------------------------------------------------------------------------
 
@@ -185,21 +240,29 @@ class Transcoder:
         if packet.ssrc != self.ssrc_in:
             if self.ssrc_in >= 0:  # another stream: fresh codec state, as rtpengine's per SSRC
                 self.counters.lost += self.sequencer.lost
-                if self.plan.encode is not None:
-                    self._open(self.plan.encode, self.plan.decode)
+                if self.target is not None:
+                    self._open(self.target, self.plan.decode)
             self._restart(packet.ssrc)
         pt = packet.pt
+        sequencer = self.sequencer
         if pt in self.passthrough:
             out = bytearray(data)
             _SEQ.pack_into(out, 2, (packet.seq + self.seq_diff) & 0xFFFF)
             _SSRC.pack_into(out, 8, self.ssrc_out)
             counters.sent += 1
             counters.octets += len(packet.payload)
-            return [bytes(out)]
+            if sequencer.expected < 0 or not self.kinds:
+                return [bytes(out)]
+            # its number fills its place in the queue: decoded packets behind it go on
+            sequencer.insert(packet.seq, packet.ts, None)
+            passed = [bytes(out)]
+            while (item := sequencer.pop()) is not None:
+                if item[2] is not None:
+                    passed += self._handle(item[2])
+            return passed
         if pt not in self.kinds:
             counters.dropped += 1
             return []
-        sequencer = self.sequencer
         expected = sequencer.expected
         status = sequencer.insert(packet.seq, packet.ts, packet)
         if status == DUPLICATE:
@@ -210,7 +273,8 @@ class Transcoder:
             self.restarted = True
         sent: list[bytes] = []
         while (item := sequencer.pop()) is not None:
-            sent += self._handle(item[2])
+            if item[2] is not None:  # None: a passthrough packet's place
+                sent += self._handle(item[2])
         return sent
 
     def _handle(self, packet: rtp.RtpPacket) -> list[bytes]:
@@ -218,17 +282,67 @@ class Transcoder:
         if kind == _AUDIO:
             return self._audio(packet, self.paths[packet.pt])
         target = self.plan.dtmf_out if kind == _DTMF else self.plan.cn_out
-        if target is None:  # consumed
-            self.seq_diff = (self.seq_diff - 1) & 0xFFFF
+        if target is None:
+            if kind == _DTMF and self.encoder is not None:
+                return self._tone(packet, fmt)
+            self.seq_diff = (self.seq_diff - 1) & 0xFFFF  # consumed
             return []
         payload = packet.payload
         if kind == _DTMF:
             payload = events.rescale(payload, fmt.rate, target.rate)
-        ts = self._timestamp(packet.ts, fmt.rate, target.rate)
+            ts = self._event_timestamp(packet.ts, fmt.rate, target.rate)
+        else:
+            ts = self._timestamp(packet.ts, fmt.rate, target.rate)
         self.counters.sent += 1
         self.counters.octets += len(payload)
         seq = packet.seq + self.seq_diff
         return [rtp.build(target.pt, packet.marker, seq, ts, self.ssrc_out, payload)]
+
+    def _event_timestamp(self, ts: int, clock: int, out_clock: int) -> int:
+        """Output timestamp of a telephone-event packet sent on (rtpengine's placing): an
+        event that follows decoded audio starts where the next packet of audio would have
+        gone out, the audio still being cut for it dropped (the event stands in its place),
+        and the audio after the event runs on from there by the input's timestamps; every
+        packet of one event (one input timestamp) carries its start."""
+        if ts == self.event_in:
+            return self.event_out
+        if self.encoder is None or self.base is None:
+            out = self._timestamp(ts, clock, out_clock)
+        else:
+            packetiser = self.packetiser
+            packetiser.drop()
+            out = (self.base + packetiser.position * out_clock // self.rate) & 0xFFFFFFFF
+            if self.next_clock == clock:
+                self.next_ts = ts
+                self.anchor = (ts, clock, packetiser.position)
+        self.event_in, self.event_out = ts, out
+        return out
+
+    def _tone(self, packet: rtp.RtpPacket, fmt: Format) -> list[bytes]:
+        """A telephone-event for a receiver that takes none: the samples of its tone not made
+        yet (up to the duration the packet reports) join the audio (:mod:`tones`)."""
+        payload = packet.payload
+        if len(payload) < 4:
+            self.seq_diff = (self.seq_diff - 1) & 0xFFFF
+            return []
+        if packet.ts != self.tone_in:
+            self.tone_in, self.tone_made = packet.ts, 0
+        total = int.from_bytes(payload[2:4], "big") * self.rate // fmt.rate
+        count = total - self.tone_made
+        if count <= 0:  # an end packet again, or no longer than before: nothing new
+            self.seq_diff = (self.seq_diff - 1) & 0xFFFF
+            return []
+        encoder = self.encoder
+        assert encoder is not None
+        pcm = tones.tone(
+            payload[0], payload[1] & 0x3F, self.tone_made, count, self.rate, encoder.channels
+        )
+        start = (packet.ts + self.tone_made * fmt.rate // self.rate) & 0xFFFFFFFF
+        self.tone_made = total
+        if self.law is not None:  # the encoder takes G.711 codes
+            table = self.law
+            pcm = bytes(table[v & 0xFFFF] for v in memoryview(pcm).cast("h"))
+        return self._place(packet.seq, start, fmt.rate, pcm, None)
 
     def _timestamp(self, ts: int, clock: int, out_clock: int) -> int:
         """Output timestamp (``out_clock``) of input timestamp ``ts`` (``clock``), placed on
@@ -243,52 +357,128 @@ class Transcoder:
         return (self.base + position * out_clock // self.rate) & 0xFFFFFFFF
 
     def _audio(self, packet: rtp.RtpPacket, path: _Path) -> list[bytes]:
-        counters = self.counters
-        packetiser = self.packetiser
-        clock = path.fmt.rate
-        if self.base is None:
-            self.base = packet.ts
-        chunks: list[tuple[int, bytes]] = []
-        if self.next_ts is not None and not self.restarted:
-            gap = _signed32(packet.ts - self.next_ts)
-            if 0 < gap < clock * _MAX_GAP_SECONDS:
-                chunks = packetiser.skip(gap * self.rate // clock)
-        self.restarted = False
-        self.anchor = (packet.ts, clock, packetiser.end)
         try:
-            audio = path.decoder.decode(packet.payload)
+            audio: bytes | bytearray = path.decoder.decode(packet.payload)
         except CodecError:
-            counters.errors += 1
-            self.next_ts = None
+            self.counters.errors += 1
             audio = b""
+            samples = -1
         else:
-            counters.frames += 1
-            decoder = path.decoder
-            self.next_ts = (
-                packet.ts + (len(audio) // path.frame) * clock // decoder.rate
-            ) & 0xFFFFFFFF
+            self.counters.frames += 1
+            samples = len(audio) // path.frame
             if path.resampler is not None:
                 audio = path.resampler.convert(audio)
+        clock = path.fmt.rate
+        return self._place(
+            packet.seq, packet.ts, clock, audio, samples * clock // path.decoder.rate
+        )
+
+    def _place(
+        self, seq: int, ts: int, clock: int, audio: bytes | bytearray, length: int | None
+    ) -> list[bytes]:
+        """Puts ``audio`` (the encoder's rate, or its G.711 codes) that begins at input
+        timestamp ``ts`` (``clock``) on the output timeline, and sends what it completes.
+        ``length``: the input's duration of it (negative: unknown, it did not decode; None:
+        the encoder's samples tell)."""
+        counters = self.counters
+        packetiser = self.packetiser
+        if self.base is None:
+            self.base = ts
+        chunks: list[tuple[int, bytes]] = []
+        tones = self.tones
+        if self.next_ts is not None and not self.restarted:
+            gap = _signed32(ts - self.next_ts)
+            if 0 < gap < clock * _MAX_GAP_SECONDS:
+                chunks = packetiser.skip(gap * self.rate // clock)
+                if tones is not None:
+                    self.changes += tones.skip(gap * DETECT_RATE // clock)
+        self.restarted = False
+        self.anchor = (ts, clock, packetiser.end)
+        if length is None:
+            length = len(audio) // packetiser.width * clock // self.rate
+        self.next_ts = None if length < 0 else (ts + length) & 0xFFFFFFFF
+        self.next_clock = clock
         chunks += packetiser.push(audio)
+        if tones is not None:
+            self.changes += tones.push(self._detectable(audio))
         encoder = self.encoder
         assert encoder is not None and self.base is not None
         sent = []
-        seq = packet.seq + self.seq_diff
+        seq = seq + self.seq_diff
         scale = self.out_clock
+        detector = self.silence
         for position, pcm in chunks:
-            try:
-                payload = encoder.encode(pcm)
-            except CodecError:
-                counters.errors += 1
-                continue
+            if self.changes or self.event is not None:
+                events = self._detected(position, seq)
+                if events is not None:
+                    sent += events
+                    seq += len(events)
+                    continue
+            pt = self.out_pt
+            if detector is not None and detector.silent(pcm):
+                assert self.plan.cn_out is not None
+                pt, payload = self.plan.cn_out.pt, silence.CN_PAYLOAD
+            else:
+                try:
+                    payload = encoder.encode(pcm)
+                except CodecError:
+                    counters.errors += 1
+                    continue
             ts = (self.base + position * scale // self.rate) & 0xFFFFFFFF
-            sent.append(rtp.build(self.out_pt, False, seq, ts, self.ssrc_out, payload))
+            sent.append(rtp.build(pt, False, seq, ts, self.ssrc_out, payload))
             counters.octets += len(payload)
             self.last_ts = ts
             seq += 1
         counters.sent += len(sent)
         self.seq_diff = (self.seq_diff + len(sent) - 1) & 0xFFFF
         return sent
+
+    def _detectable(self, audio: bytes | bytearray) -> bytes | bytearray:
+        """``audio`` as the DTMF detector takes it: 8 kHz mono 16-bit."""
+        if self.law is not None:
+            assert self.target is not None
+            return g711.decode(_key(self.target.name), bytes(audio))
+        if self.detect_resampler is not None:
+            return self.detect_resampler.convert(audio)
+        return audio
+
+    def _detected(self, position: int, seq: int) -> list[bytes] | None:
+        """The telephone-event packets that stand in for the audio packet at ``position``
+        (rtpengine's placing): changes the detector dated at or before the packet apply; a
+        digit on replaces the packet with an event packet (its start: the first packet it
+        replaces, marked; its duration: up to this packet's end); a digit over, with its
+        end packet, sent three times. None: the audio packet goes out."""
+        changes = self.changes
+        ended: tuple[int, int, int] | None = None
+        while changes and changes[0].position * self.rate // DETECT_RATE <= position:
+            change = changes.popleft()
+            if self.event is not None:
+                ended = self.event
+                self.event = None
+            if change.event >= 0:
+                self.event = (change.event, change.volume, position)
+        target = self.plan.dtmf_out
+        assert target is not None and self.base is not None
+        samples = self.packetiser.samples
+        if ended is not None:
+            if self.event is not None:  # another digit at once: it starts with the next packet
+                self.event = (self.event[0], self.event[1], position + samples)
+            code, volume, start = ended
+            flags, repeats, marker = 0x80 | volume, 3, False
+        elif self.event is not None:
+            code, volume, start = self.event
+            flags, repeats, marker = volume, 1, start == position
+        else:
+            return None
+        duration = min((position - start + samples) * target.rate // self.rate, 0xFFFF)
+        payload = bytes((code, flags)) + duration.to_bytes(2, "big")
+        ts = (self.base + start * self.out_clock // self.rate) & 0xFFFFFFFF
+        out = [
+            rtp.build(target.pt, marker, (seq + i) & 0xFFFF, ts, self.ssrc_out, payload)
+            for i in range(repeats)
+        ]
+        self.counters.octets += len(payload) * repeats
+        return out
 
     # -- what the reports need -------------------------------------------------------------
 

@@ -49,6 +49,7 @@ def configure(ms: MediaSocket, text: str, worker: int) -> None:
         if plan is None:
             raise PlanError("empty")
         ms.codecs = Codecs(text, Transcoder(plan), describe(plan))
+        log.debug("transcode.plan", worker=worker, key=ms.leg.key, plan=text)
     except (PlanError, CodecError) as exc:
         log.error("transcode.failed", worker=worker, key=ms.leg.key, error=str(exc))
         ms.codecs = Codecs(text, None, f"failed: {exc}")

@@ -24,6 +24,7 @@ import pytest
 from relayd.ipc import Learning, SocketSpec
 from relayd.transcode import g711, rtp
 from relayd.transcode.plan import CodecPlan, Format
+from relayd.transcode.tones import tone
 from tests.netns.test_worker_crypto import sdes, sessions
 from tests.support.worker_link import RelaySocket, WorkerLink, udp
 from tests.unit.test_transcode_audio import correlation, decode_stream, speechlike
@@ -273,3 +274,53 @@ def test_srtp_leg_transcoded_both_ways(worker: WorkerLink, call: Call) -> None:
         (0, 300 + i, bytes([0xD5 ^ i]).translate(to_pcmu) * 160) for i in range(10)
     ]
     assert {p.ssrc for p in heard} != {Y_SSRC}
+
+
+def test_dtmf_and_comfort_noise_both_ways(worker: WorkerLink, call: Call) -> None:
+    """The suite's "PCM to RFC DTMF transcoding" and "add CN" through a real worker: X's
+    in-band tone "8" reaches Y as telephone-events (start, going on, end three times) and
+    X's silence as CN; Y's telephone-event reaches X as the tone, Y's CN as noise in PCMU."""
+    te = Format(96, "telephone-event", 8000, fmtp="0-15")
+    cn = Format(13, "CN", 8000)
+    forward = CodecPlan(decode=(PCMU,), encode=PCMU, dtmf_out=te, cn_out=cn, silence_detect=1)
+    back = CodecPlan(passthrough=(0,), dtmf=(te,), cn=(cn,))
+    call.forward(worker, forward, back)
+    z = b"\x00" * 160
+    eight = bytes(
+        g711.encoder_table("PCMU")[v & 0xFFFF]
+        for v in memoryview(tone(8, 16, 0, 480, 8000)).cast("h")
+    )
+    payloads = [z, z, eight[:160], eight[160:320], eight[320:], z, z, z, b"\xff" * 160]
+    for i, payload in enumerate(payloads):
+        call.x_rtp.sendto(
+            rtp.build(0, False, 1000 + i, 3000 + 160 * i, X_SSRC, payload), call.a_rtp.address
+        )
+    got = [rtp.parse(d) for d in receive_all(call.y_rtp)]
+    assert [(p.pt, p.marker, p.seq, p.ts) for p in got] == [
+        (0, False, 1000, 3000), (0, False, 1001, 3160), (0, False, 1002, 3320),
+        (0, False, 1003, 3480), (96, True, 1004, 3640), (96, False, 1005, 3640),
+        (96, False, 1006, 3640), (96, False, 1007, 3640), (96, False, 1008, 3640),
+        (0, False, 1009, 4120), (13, False, 1010, 4280),
+    ]  # fmt: skip
+    assert [p.payload for p in got[4:]] == [
+        b"\x08\x10\x00\xa0", b"\x08\x10\x01\x40", *[b"\x08\x90\x01\xe0"] * 3, z, b"\x20",
+    ]  # fmt: skip
+    # Y to X: PCMU passed, the event made a tone, CN made noise, all under one new SSRC
+    back_packets = [
+        rtp.build(0, False, 2000, 4000, Y_SSRC, z),
+        rtp.build(96, True, 2001, 4160, Y_SSRC, b"\x08\x10\x00\xa0"),
+        rtp.build(96, False, 2002, 4160, Y_SSRC, b"\x08\x90\x01\x40"),
+        rtp.build(13, False, 2003, 4480, Y_SSRC, b"\x12\x23\x23\x34\x56"),
+    ]
+    for packet in back_packets:
+        call.y_rtp.sendto(packet, call.b_rtp.address)
+    came = [rtp.parse(d) for d in receive_all(call.x_rtp)]
+    assert [(p.pt, p.seq, p.ts) for p in came] == [
+        (0, 2000, 4000),
+        (0, 2001, 4160),
+        (0, 2002, 4320),
+        (0, 2003, 4480),
+    ]
+    assert len({p.ssrc for p in came}) == 1 and came[0].ssrc != Y_SSRC
+    assert [p.payload for p in came[1:3]] == [eight[:160], eight[160:320]]
+    assert len(came[3].payload) == 160 and came[3].payload != z

@@ -96,8 +96,12 @@ def test_ptime_60_and_10_in_20_out_with_reordering() -> None:
 
 
 def test_telephone_event_rescaled_to_the_output_clock() -> None:
-    """Scenario "DTMF scaling" (line 14834): telephone-event/16000 goes out as
-    telephone-event/8000 with its durations halved, the marker kept."""
+    """Scenario "DTMF scaling" (line 14834), its packets exactly: telephone-event/16000 goes
+    out as telephone-event/8000 with its durations halved, the marker kept. The 16 to 8 kHz
+    resampler holds some samples back, so each audio packet goes out one input later; the
+    event starts where the next audio packet would have (3000 + 2 x 160), the audio cut
+    for that packet is dropped, and the audio after the event runs on from the event's
+    start by the input's timestamps (3 x 320 at 16 kHz later: 3320 + 480)."""
     plan = CodecPlan(
         decode=(Format(100, "PCMU", 16000),),
         encode=PCMA,
@@ -105,33 +109,52 @@ def test_telephone_event_rescaled_to_the_output_clock() -> None:
         dtmf_out=Format(96, "telephone-event", 8000),
     )
     t = engine(plan)
-    send(t, 100, 1000, 3000, b"\x00" * 320)
-    send(t, 100, 1001, 3320, b"\x00" * 320)
-    assert send(t, 100, 1002, 3640, b"\x00" * 320)[0][5] == b"\x2a" * 160
+    z = b"\x00" * 320
+    a = b"\x2a" * 160
+    assert send(t, 100, 1000, 3000, z) == []
+    assert send(t, 100, 1001, 3320, z) == [(8, False, 1000, 3000, OUT_SSRC, a)]
+    assert send(t, 100, 1002, 3640, z) == [(8, False, 1001, 3160, OUT_SSRC, a)]
+    event = [
+        (True, 1003, b"\x08\x0f\x01\x40", b"\x08\x0f\x00\xa0"),
+        (False, 1004, b"\x08\x0f\x02\x80", b"\x08\x0f\x01\x40"),
+        (False, 1005, b"\x08\x8f\x03\xc0", b"\x08\x8f\x01\xe0"),
+        (False, 1006, b"\x08\x8f\x03\xc0", b"\x08\x8f\x01\xe0"),
+        (False, 1007, b"\x08\x8f\x03\xc0", b"\x08\x8f\x01\xe0"),
+    ]
+    for marker, seq, payload, out in event:
+        assert send(t, 101, seq, 3960, payload, marker=marker) == [
+            (96, marker, seq - 1, 3320, OUT_SSRC, out)
+        ]
+    assert send(t, 100, 1008, 3000 + 320 * 6, z) == [(8, False, 1007, 3800, OUT_SSRC, a)]
+
+
+def test_telephone_event_waits_for_its_turn() -> None:
+    """An event packet early (1005 before 1004) waits in the queue like audio."""
+    plan = CodecPlan(
+        decode=(Format(100, "PCMU", 16000),),
+        encode=PCMA,
+        dtmf=(Format(101, "telephone-event", 16000),),
+        dtmf_out=Format(96, "telephone-event", 8000),
+    )
+    t = engine(plan)
+    for i in range(3):
+        send(t, 100, 1000 + i, 3000 + 320 * i, b"\x00" * 320)
     start = send(t, 101, 1003, 3960, b"\x08\x0f\x01\x40", marker=True)
     assert [(p[0], p[1], p[4], p[5]) for p in start] == [(96, True, OUT_SSRC, b"\x08\x0f\x00\xa0")]
-    end = send(t, 101, 1005, 3960, b"\x08\x8f\x03\xc0")
-    assert end == []  # 1004 has not come yet: it waits
+    assert send(t, 101, 1005, 3960, b"\x08\x8f\x03\xc0") == []  # 1004 has not come yet
     both = send(t, 101, 1004, 3960, b"\x08\x0f\x02\x80")
     assert [p[5] for p in both] == [b"\x08\x0f\x01\x40", b"\x08\x8f\x01\xe0"]
-    # the events sit on the audio's timeline, in the 8 kHz clock: 3000 + 480, less the few
-    # samples the 16 to 8 kHz resampler holds back (rtpengine: a whole frame, 3000 + 320)
-    (ts,) = {p[3] for p in start + both}
-    assert 3000 + 480 - 32 <= ts <= 3000 + 480
-    assert [p[2] for p in start + both] == [start[0][2], start[0][2] + 1, start[0][2] + 2]
+    assert [p[2] for p in start + both] == [1002, 1003, 1004]
 
 
-def test_consumed_dtmf_and_cn_leave_no_hole_in_the_numbering() -> None:
-    plan = CodecPlan(
-        decode=(PCMA,), encode=PCMU, dtmf=(Format(101, "telephone-event", 8000),),
-        cn=(Format(13, "CN", 8000),),
-    )  # fmt: skip
-    t = engine(plan)
+def test_consumed_dtmf_leaves_no_hole_in_the_numbering() -> None:
+    """A telephone-event nobody takes and no codec can carry (the audio passed through is a
+    dynamic payload type: nothing to make a tone in) is consumed: it lowers the offset."""
+    t = engine(CodecPlan(passthrough=(96,), dtmf=(Format(101, "telephone-event", 8000),)))
     z = b"\x00" * 160
-    assert send(t, 8, 10, 0, z)[0][2] == 10
+    assert send(t, 96, 10, 0, z)[0][2] == 10
     assert send(t, 101, 11, 160, b"\x01\x00\x00\xa0") == []
-    assert send(t, 13, 12, 320, b"\x40") == []
-    assert [(p[2], p[3]) for p in send(t, 8, 13, 480, z)] == [(11, 480)]
+    assert [(p[2], p[3]) for p in send(t, 96, 12, 320, z)] == [(11, 320)]
 
 
 def test_cn_passed_on_under_its_output_payload_type() -> None:
@@ -222,3 +245,21 @@ def test_garbage_payloads_never_raise(
     a list of well-formed packets comes out, or nothing."""
     for data in _FUZZED.process(rtp.build(pt, False, seq, ts, ssrc, payload)):
         assert rtp.parse(data).pt in (0, 97, 101)
+
+
+def test_ptime_50_in_30_out_and_30_in_20_out() -> None:
+    """ "ptime=50 in, change to 30, reverse to 20" (line 13865) and "ptime=30 in, no change,
+    reverse to 20" (line 14010), with the plans they need (A to B: PCMU at 30 ms; B to A:
+    PCMU at 20 ms): 2 x 50 ms become 3 x 30 ms with 10 ms left, 20 ms more make another;
+    4 x 30 ms become 6 x 20 ms. (The negotiation does not give these plans yet.)"""
+    t = engine(CodecPlan(decode=(PCMU,), encode=Format(0, "PCMU", 8000, ptime=30)))
+    z = b"\x00" * 240
+    assert [p[2:4] for p in send(t, 0, 1000, 3000, b"\x00" * 400)] == [(1000, 3000)]
+    assert [p[2:4] for p in send(t, 0, 1001, 3400, b"\x00" * 400)] == [(1001, 3240), (1002, 3480)]
+    assert send(t, 0, 1002, 3800, b"\x00" * 160) == [(0, False, 1003, 3720, OUT_SSRC, z)]
+    t = engine(CodecPlan(decode=(PCMU,), encode=Format(0, "PCMU", 8000, ptime=20)))
+    out = [send(t, 0, 4000 + i, 5000 + 240 * i, b"\x88" * 240) for i in range(4)]
+    assert [[p[2:4] for p in o] for o in out] == [
+        [(4000, 5000)], [(4001, 5160), (4002, 5320)], [(4003, 5480)], [(4004, 5640), (4005, 5800)],
+    ]  # fmt: skip
+    assert {p[5] for o in out for p in o} == {b"\x88" * 160}
