@@ -156,6 +156,9 @@ class Config:
     recording_method: str = "pcap"  # pcap; proc and all are recorded as pcap, with a warning
     recording_format: str = "raw"  # raw (DLT_RAW) or eth (a fake Ethernet header)
     recording_file_mode: int = 0o640  # relayd's own: the recordings' mode, whatever the umask
+    # percent of full scale under which a transcoded packet of audio counts as silence and
+    # goes out as comfort noise where the receiver takes CN (docs/transcoding.md); 0: off
+    silence_detect: float = 0.0
     recording_dir_mode: int = 0o750  # and the spool directories' it creates
     # relayd's own: the nflog group of worker 0's copies of kernel-forwarded recorded packets
     # (worker i: + i; shard s: + 256 s)
@@ -359,6 +362,7 @@ def _to_config(values: dict[str, Any], raw: dict[str, Any], source: str) -> Conf
         "recording-method",
         "recording-format",
         "recording-nflog-group",
+        "silence-detect",
     )
     for key in simple:
         if key in values:
@@ -475,6 +479,11 @@ def _check(config: Config, where: Callable[[str], str]) -> None:
         raise ConfigError(
             f"{where('recording-format')}: invalid value for 'recording-format': "
             f"{config.recording_format!r} (raw or eth)"
+        )
+    if not 0 <= config.silence_detect <= 100:
+        raise ConfigError(
+            f"{where('silence-detect')}: invalid value for 'silence-detect': "
+            f"{config.silence_detect:g} (a percentage, 0 to 100)"
         )
     for key in ("timeout", "silent-timeout", "offer-timeout", "final-timeout", "delete-delay"):
         if getattr(config, key.replace("-", "_")) < 0:

@@ -128,8 +128,9 @@ for _key in [
     "max-bandwidth",
 ]:
     KEYS[_key] = KeyInfo("int", _I)
-for _key in ["max-load", "max-cpu", "silence-detect"]:
+for _key in ["max-load", "max-cpu"]:
     KEYS[_key] = KeyInfo("float", _I)
+KEYS["silence-detect"] = KeyInfo("float", _S)
 for _key in [
     "split-logs",
     "no-fallback",

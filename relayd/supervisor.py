@@ -124,6 +124,7 @@ class Supervisor:
                 nflog_base=copies_from,
             ),
             learning=config.endpoint_learning,
+            silence_detect=config.silence_detect,
             on_stats=self._stats_reported,
             on_traffic=self.ops.userspace_traffic,
             on_rtcp=self.ops.rtcp_copied,

@@ -25,6 +25,7 @@ work, and every RTCP socket, carries none.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -226,10 +227,11 @@ _EARLY_OFFERER: dict[str, Any] = {"listen": False}
 _EARLY_DTLS_ANSWERER: dict[str, Any] = {"learning": "off", "listen": False}
 
 
-def plan(call: Call) -> list[Forward]:
+def plan(call: Call, silence_detect: float = 0.0) -> list[Forward]:
     """One :class:`Forward` per media section that both parties have ports for (early:
     only plain RTP, or DTLS started towards the offerer; SRTP keys, ICE and the rest
-    of DTLS towards the offerer come with the answer)."""
+    of DTLS towards the offerer come with the answer). ``silence_detect`` (the
+    configuration's, percent) goes into every codec plan that may send CN for silence."""
     result: list[Forward] = []
     for x, y, early in _dialogues(call):
         for index in range(min(len(x.medias), len(y.medias))):
@@ -241,8 +243,8 @@ def plan(call: Call) -> list[Forward]:
                 continue
             answerer = _EARLY_ANSWERER if plain else _EARLY_DTLS_ANSWERER
             sockets = [
-                *_specs(x, mx, my, answerer if early else {}, call.control),
-                *_specs(y, my, mx, _EARLY_OFFERER if early else {}, call.control),
+                *_specs(x, mx, my, answerer if early else {}, call.control, silence_detect),
+                *_specs(y, my, mx, _EARLY_OFFERER if early else {}, call.control, silence_detect),
             ]
             result.append(Forward(media_key(call.call_id, index), tuple(sockets)))
     return result
@@ -254,6 +256,7 @@ def _specs(
     other: Media,
     overrides: dict[str, Any],
     control: MediaControl | None = None,
+    silence_detect: float = 0.0,
 ) -> list[SocketSpec]:
     assert own.local is not None and other.local is not None
     own_rtp = socket_key(own.local.local, own.port)
@@ -286,6 +289,8 @@ def _specs(
     # the codec work on what the party sends (relayd/calls/codec_plans.py); none: as it
     # is, and none where it goes back to the party itself or nowhere (media-echo)
     codec_plan = None if party.media_echo else direction_plan(own, other)
+    if codec_plan is not None and codec_plan.cn_out is not None and silence_detect:
+        codec_plan = dataclasses.replace(codec_plan, silence_detect=silence_detect)
     rtp_route: dict[str, Any] = {
         "out": other_rtp,
         "out_rtcp": other_rtcp if muxes(own) else "",

@@ -64,6 +64,7 @@ class MediaPlane:
         workers: int,
         settings: WorkerSettings | None = None,
         learning: Learning = "delayed",
+        silence_detect: float = 0.0,
         on_stats: Callable[[ipc.Stats, set[str]], None] | None = None,
         on_traffic: OnTraffic | None = None,
         on_rtcp: Callable[[ipc.Rtcp], None] | None = None,
@@ -71,6 +72,7 @@ class MediaPlane:
         self.binder = binder
         self.calls = calls
         self.learning = learning
+        self.silence_detect = silence_detect  # into the codec plans (plane/forwarding.py)
         self.pool = WorkerPool(self, workers, settings)
         self.reports = Reports()  # the workers' counters, folded into the streams
         self.on_stats = on_stats
@@ -186,7 +188,7 @@ class MediaPlane:
         worker = self.workers[call.worker]
         placed = self.placed.setdefault(worker.index, {})
         by_key = streams_by_socket(call)
-        forwards = plan(call)
+        forwards = plan(call, self.silence_detect)
         planned = {forward.media for forward in forwards}
         for index in range(section_count(call)):
             # a section the plan no longer has (an early forward whose offer went on to

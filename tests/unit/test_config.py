@@ -160,6 +160,11 @@ def test_log_format(tmp_path: Path) -> None:
         load(["--config-file", "none", "--log-format", "xml"])
 
 
+def test_silence_detect() -> None:
+    assert load(["--config-file", "none"]).silence_detect == 0.0
+    assert load(["--config-file", "none", "--silence-detect", "1.5"]).silence_detect == 1.5
+
+
 def test_admin_socket_default_and_override() -> None:
     assert load(["--config-file", "none"]).admin_socket == "/run/relayd/admin.sock"
     assert load(["--config-file", "none", "--admin-socket", "none"]).admin_socket == "none"
@@ -319,6 +324,10 @@ def test_malformed_value_names_key_and_line(tmp_path: Path) -> None:
         ("tos = 256", "invalid value for 'tos': 256 (0..255)"),
         ("log-level = 8", "invalid value for 'log-level': 0..7"),
         ("timeout = -1", "invalid value for 'timeout': must not be negative"),
+        (
+            "silence-detect = 101",
+            "invalid value for 'silence-detect': 101 (a percentage, 0 to 100)",
+        ),
         (
             "max-load = high",
             "invalid value for 'max-load': could not convert string to float: 'high'",

@@ -83,10 +83,11 @@ class _Call:
     def media(self, tag: str) -> Media:
         return self.call.monologues[tag].medias[0]
 
-    def plans(self) -> dict[str, CodecPlan | None]:
-        """The codec plan on each party's RTP socket: "a" for what A sends, "b" for B."""
+    def plans(self, silence_detect: float = 0.0) -> dict[str, CodecPlan | None]:
+        """The codec plan on each party's RTP socket: "a" for what A sends, "b" for B (with
+        the configuration's ``silence-detect``)."""
         owner = {f"{LOCAL4} {self.media(tag).port}": tag for tag in ("a", "b")}
-        (forward,) = plan(self.call)
+        (forward,) = plan(self.call, silence_detect)
         specs: dict[str, SocketSpec] = {
             owner[s.key]: s for s in forward.sockets if s.key in owner and not s.alias_of
         }
@@ -281,8 +282,13 @@ def test_cn_added_accepted_and_consumed() -> None:
     assert call.offer("0", codec={"transcode": ["CN"]}) == "0 13"
     assert call.answer("0 13") == "0"
     assert call.plans()["b"] == CodecPlan(passthrough=(0,), cn=(cn,))
-    # and A's silence goes to B as CN (the suite sends a silent frame, expects CN)
+    # and A's silence goes to B as CN (the suite sends a silent frame, expects CN), where
+    # the configuration's silence-detect says what silence is (the suite runs with 1 %)
     assert call.plans()["a"] == CodecPlan(decode=(PCMU,), encode=PCMU, cn_out=cn)
+    assert call.plans(1.0)["a"] == CodecPlan(
+        decode=(PCMU,), encode=PCMU, cn_out=cn, silence_detect=1.0
+    )
+    assert call.plans(1.0)["b"] == CodecPlan(passthrough=(0,), cn=(cn,))  # no CN out: as is
     # suite: "accept CN": A's CN goes back where every packet is transcoded
     call = _Call()
     assert call.offer("0 13", flags=["always-transcode"]) == "0 13"
