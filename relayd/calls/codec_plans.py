@@ -14,9 +14,8 @@ worker or in the kernel), as before. The plan is made from what the model keeps:
   and encoding) and the offer forces nothing; else ``decode`` where relayd can decode it,
   encoded as Y's first codec relayd can encode (rtpengine's preferred destination);
   else nothing (dropped: relayd cannot convert it);
-* ``always-transcode`` decodes every audio codec; ``ptime`` (towards the answerer) and
-  ``ptime-reverse`` (towards the offerer) decode it where the packet time changes, and
-  set the encoder's;
+* ``always-transcode`` decodes every audio codec; so do ``ptime`` and ``ptime-reverse``,
+  in both directions, which set the encoders' packet times (:func:`_ptime`);
 * telephone-event: ``passthrough`` where Y takes the same payload type at the same rate,
   else translated (``dtmf``) to Y's telephone-event at the encoder's clock rate, or
   dropped where Y has none; CN likewise (``cn``: consumed where Y has none);
@@ -89,13 +88,19 @@ def _setup(sender: Media, receiver: Media) -> tuple[CodecSetup, bool] | None:
     return None
 
 
-def _ptimes(setup: CodecSetup, forward: bool, sender: Media) -> tuple[int, int]:
-    """The packet time the direction's encoder writes (0: as it comes) and the one the
-    sender sends."""
-    if forward:
-        return setup.ptime, setup.offerer_ptime or _DEFAULT_PTIME
-    wanted = setup.ptime_reverse or (setup.offerer_ptime if setup.ptime else 0)
-    return wanted, sender.ptime or _DEFAULT_PTIME
+def _ptime(setup: CodecSetup, forward: bool) -> int:
+    """The packet time the direction's encoder writes; 0: as it comes (no ptime option).
+
+    A ``ptime`` or ``ptime-reverse`` option puts both directions of the pair through the
+    encoder, as 10.5 does (the suite's "default ptime in, ptime=30 out": the answerer's
+    60 and 10 ms packets reach the offerer as 20 ms ones, though nobody asked for 20 ms
+    that way): towards the answerer at ``ptime``, else the offerer's own; towards the
+    offerer at ``ptime-reverse``, else the offerer's own (20 ms where it gave none).
+    """
+    if not (setup.ptime or setup.ptime_reverse):
+        return 0
+    offerer = setup.offerer_ptime or _DEFAULT_PTIME
+    return (setup.ptime if forward else setup.ptime_reverse) or offerer
 
 
 def direction_plan(sender: Media, receiver: Media) -> CodecPlan | None:
@@ -114,8 +119,8 @@ def direction_plan(sender: Media, receiver: Media) -> CodecPlan | None:
             and c not in sends
             and (c.supplemental or transcodable(c))
         ]
-    ptime, sent_ptime = _ptimes(setup, forward, sender)
-    repacketise = bool(ptime) and ptime != sent_ptime
+    ptime = _ptime(setup, forward)
+    repacketise = bool(ptime)
     target = next((c for c in takes if not c.supplemental and transcodable(c)), None)
     encode = to_format(target, ptime) if target is not None else None
     rate = encode.rate if encode is not None else 0

@@ -153,6 +153,51 @@ SCENARIOS = {
             Rcv("A", 0, 2014, 4000 + 160 * 14, SAME, SILENCE),
         ),
     ),
+    # #209 L13418 default ptime in, ptime=30 out: the caller's 20 ms packets go to the
+    # callee as 30 ms ones (a 60 ms one as two, across a sequence and timestamp reset);
+    # the callee's 60 and 10 ms packets come to the caller as 20 ms ones, a reordered
+    # pair put back in order
+    "209-ptime-30-out": Scenario(
+        "RTP/AVP 0",
+        "RTP/AVP 0",
+        flags(ICE="remove", replace=["origin"], ptime=30),
+        flags(ICE="remove", replace=["origin"]),
+        ("0",),
+        ("0",),
+        ("a=rtpmap:0 PCMU/8000", "a=ptime:30"),
+        ("a=rtpmap:0 PCMU/8000",),
+        (
+            Snd("A", 0, 1000, 3000, 0x1234, SILENCE),
+            Pause(0.02),
+            Snd("A", 0, 1001, 3160, 0x1234, SILENCE),
+            Rcv("B", 0, 1000, 3000, None, b"\x00" * 240),
+            Snd("A", 0, 1002, 3320, 0x1234, SILENCE),
+            Rcv("B", 0, 1001, 3240, SAME, b"\x00" * 240),
+            Snd("A", 0, 1003, 3480, 0x1234, SILENCE),
+            Pause(0.001),
+            Snd("A", 0, 1004, 3640, 0x1234, SILENCE),
+            Rcv("B", 0, 1002, 3480, SAME, b"\x00" * 240),
+            Snd("A", 0, 8000, 500000, 0x1234, b"\x00" * 480),
+            Rcv("B", 0, 1003, 3720, SAME, b"\x00" * 240),
+            Rcv("B", 0, 1004, 3960, SAME, b"\x00" * 240),
+            Snd("B", 0, 4000, 5000, 0x4567, b"\x88" * 480),
+            Rcv("A", 0, 4000, 5000, None, b"\x88" * 160),
+            Rcv("A", 0, 4001, 5160, SAME, b"\x88" * 160),
+            Rcv("A", 0, 4002, 5320, SAME, b"\x88" * 160),
+            Snd("B", 0, 4001, 5480, 0x4567, b"\x88" * 480),
+            Rcv("A", 0, 4003, 5480, SAME, b"\x88" * 160),
+            Rcv("A", 0, 4004, 5640, SAME, b"\x88" * 160),
+            Rcv("A", 0, 4005, 5800, SAME, b"\x88" * 160),
+            Snd("B", 0, 4002, 5960, 0x4567, b"\x88" * 80),
+            Pause(0.001),
+            Snd("B", 0, 4003, 6040, 0x4567, b"\x88" * 80),
+            Rcv("A", 0, 4006, 5960, SAME, b"\x88" * 160),
+            Snd("B", 0, 4005, 6200, 0x4567, b"\x88" * 80),
+            Pause(0.01),
+            Snd("B", 0, 4004, 6120, 0x4567, b"\x88" * 80),
+            Rcv("A", 0, 4007, 6120, SAME, b"\x88" * 160),
+        ),
+    ),
 }
 
 

@@ -348,6 +348,23 @@ def test_ptime_rewrites_the_offer_and_ptime_reverse_the_answer() -> None:
     assert call.lines("a=ptime") == ["a=ptime:50"]
     # B says no ptime (20 ms) and A is sent 50 ms packets
     assert call.plans()["b"] == CodecPlan(decode=(PCMU,), encode=_fmt(0, "PCMU", ptime=50))
+    # suite: "default ptime in, ptime=30 out, default response": nobody names a ptime for
+    # B -> A, yet B's 60 and 10 ms packets reach A as 20 ms ones (a ptime option puts both
+    # directions through the encoder)
+    call = _Call()
+    call.offer("0", ptime=30)
+    call.answer("0")
+    plans = call.plans()
+    assert plans["a"] == CodecPlan(decode=(PCMU,), encode=_fmt(0, "PCMU", ptime=30))
+    assert plans["b"] == CodecPlan(decode=(PCMU,), encode=_fmt(0, "PCMU", ptime=20))
+    # suite: "ptime=30 in, no change, reverse to 20, response 40": A -> B is encoded at A's
+    # own 30 ms (not B's 40), B -> A at the reverse 20 ms
+    call = _Call()
+    call.offer("0", "a=ptime:30", ptime_reverse=20)
+    call.answer("0", "a=ptime:40")
+    plans = call.plans()
+    assert plans["a"] == CodecPlan(decode=(PCMU,), encode=_fmt(0, "PCMU", ptime=30))
+    assert plans["b"] == CodecPlan(decode=(PCMU,), encode=_fmt(0, "PCMU", ptime=20))
 
 
 # -- re-INVITEs -----------------------------------------------------------------------------------
