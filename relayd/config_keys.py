@@ -131,6 +131,7 @@ for _key in [
 for _key in ["max-load", "max-cpu"]:
     KEYS[_key] = KeyInfo("float", _I)
 KEYS["silence-detect"] = KeyInfo("float", _S)
+KEYS["codecs"] = KeyInfo("bool", _S)
 for _key in [
     "split-logs",
     "no-fallback",
@@ -141,7 +142,6 @@ for _key in [
     "dtmf-log-ng-tcp",
     "dtmf-no-suppress",
     "dtmf-digit-delay",
-    "codecs",
     "log-srtp-keys",
     "jb-clock-drift",
     "debug-srtp",

@@ -99,6 +99,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"relayd: configuration error: {exc}", file=sys.stderr)
         return 78  # EX_CONFIG
+    if config.values.get("codecs") is True:
+        # rtpengine's action: the codec list, then exit (an installation check)
+        from relayd.transcode.capabilities import text
+
+        print(text(), end="")
+        return 0
     start_logging(config)
     ignored = unimplemented(config)
     if ignored:
