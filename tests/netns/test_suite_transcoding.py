@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import pytest
 
+from relayd.ng.client import NgClient
 from tests.netns.calls import (
     CALLEE_PORT,
     CALLEE_TAG,
@@ -225,6 +226,28 @@ def run(a: Side, b: Side, script: Sequence[Step]) -> None:
             seen.setdefault(step.side, got_ssrc)
 
 
+def played(
+    ng: NgClient, topo: Topology, parties: tuple[Peer, Peer], call_id: str, scenario: Scenario
+) -> tuple[Call, Side, Side]:
+    """The scenario's offer and answer, each checked against the SDP the suite wants, then
+    its script played; the call and its two sides."""
+    caller, callee = parties
+    call = Call(ng, topo, call_id)
+    to_b = call.offer(
+        body(topo.caller.ip4, CALLER_PORT, scenario.offer_media), **scenario.offer_flags
+    )
+    assert tuple(formats(call.offered)) == scenario.offered_formats, call.offered
+    has_lines(call.offered, *scenario.offered)
+    to_a = call.answer(
+        body(topo.callee.ip4, CALLEE_PORT, scenario.answer_media), **scenario.answer_flags
+    )
+    assert tuple(formats(call.answered)) == scenario.answered_formats, call.answered
+    has_lines(call.answered, *scenario.answered)
+    a, b = Side("caller", caller, to_a), Side("callee", callee, to_b)
+    run(a, b, scenario.script)
+    return call, a, b
+
+
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_transcoding_scenario(
     topo: Topology, start_daemon: StartDaemon, parties: tuple[Peer, Peer], name: str
@@ -233,19 +256,7 @@ def test_transcoding_scenario(
     caller, callee = parties
     relay = start_daemon()
     with relay.client() as ng:
-        call = Call(ng, topo, f"suite-{name}")
-        to_b = call.offer(
-            body(topo.caller.ip4, CALLER_PORT, scenario.offer_media), **scenario.offer_flags
-        )
-        assert tuple(formats(call.offered)) == scenario.offered_formats, call.offered
-        has_lines(call.offered, *scenario.offered)
-        to_a = call.answer(
-            body(topo.callee.ip4, CALLEE_PORT, scenario.answer_media), **scenario.answer_flags
-        )
-        assert tuple(formats(call.answered)) == scenario.answered_formats, call.answered
-        has_lines(call.answered, *scenario.answered)
-        a, b = Side("caller", caller, to_a), Side("callee", callee, to_b)
-        run(a, b, scenario.script)
+        played(ng, topo, parties, f"suite-{name}", scenario)
         assert caller.drain(quiet=0.2) == [] and callee.drain(quiet=0.0) == []
 
 
@@ -260,18 +271,9 @@ def test_198_a_transcoded_call_stays_with_the_workers_on_the_kernel_path(
     if DAEMON != "relayd":
         pytest.skip(f"{DAEMON} runs without its kernel module here")
     scenario = SCENARIOS["198-one-codec-transcoded"]
-    caller, callee = parties
     relay = start_daemon(*KERNEL)
     with relay.client() as ng:
-        call = Call(ng, topo, "suite-198-kernel")
-        to_b = call.offer(
-            body(topo.caller.ip4, CALLER_PORT, scenario.offer_media), **scenario.offer_flags
-        )
-        to_a = call.answer(
-            body(topo.callee.ip4, CALLEE_PORT, scenario.answer_media), **scenario.answer_flags
-        )
-        a, b = Side("caller", caller, to_a), Side("callee", callee, to_b)
-        run(a, b, scenario.script)
+        call, a, b = played(ng, topo, parties, "suite-198-kernel", scenario)
         reply = wait_for(
             ng, call.call_id, lambda r: all(confirmed(r, tag) for tag in (CALLER_TAG, CALLEE_TAG))
         )
@@ -303,18 +305,10 @@ def test_a_transcoded_call_survives_its_worker_being_killed(
     if DAEMON != "relayd":
         pytest.skip("relayd's workers")
     scenario = SCENARIOS["198-one-codec-transcoded"]
-    caller, callee = parties
+    caller = parties[0]
     relay = start_daemon()
     with relay.client() as ng:
-        call = Call(ng, topo, "suite-198-worker-killed")
-        to_b = call.offer(
-            body(topo.caller.ip4, CALLER_PORT, scenario.offer_media), **scenario.offer_flags
-        )
-        to_a = call.answer(
-            body(topo.callee.ip4, CALLEE_PORT, scenario.answer_media), **scenario.answer_flags
-        )
-        a, b = Side("caller", caller, to_a), Side("callee", callee, to_b)
-        run(a, b, scenario.script)
+        _, a, b = played(ng, topo, parties, "suite-198-worker-killed", scenario)
         assert isinstance(relay, RelaydProcess)
         killed = worker_pids(relay)
         for pid in killed:
