@@ -242,7 +242,10 @@ def worker_pids(relay: RelaydProcess) -> list[int]:
     assert relay.proc is not None
     found = []
     for child in psutil.Process(relay.proc.pid).children():
-        with_args = child.cmdline()
+        try:
+            with_args = child.cmdline()
+        except (psutil.ZombieProcess, psutil.NoSuchProcess):
+            continue  # a worker killed and not reaped yet, or gone: not a worker any more
         if "relayd.worker" in with_args and "--worker" in with_args:
             found.append(child.pid)
     return found
