@@ -62,6 +62,7 @@ from dataclasses import dataclass, replace
 
 from relayd.calls.codec_flags import Placed, matches, names_of, removed_by, without_orphans
 from relayd.calls.model import Codec, CodecSetup
+from relayd.transcode.plan import TRANSCODED
 
 __all__ = [
     "TRANSCODABLE",
@@ -78,7 +79,7 @@ __all__ = [
 ]
 
 # audio codecs relayd's workers decode and encode (relayd/transcode/, helper "eng")
-TRANSCODABLE = frozenset({"pcmu", "pcma", "g722", "opus"})
+TRANSCODABLE = frozenset(name.lower() for name in TRANSCODED)  # the engine's (plan.py)
 SUPPLEMENTAL = frozenset({"telephone-event", "cn"})
 # payload types an added codec takes where they are free (RFC 3551)
 _STATIC = {("pcmu", 8000): "0", ("pcma", 8000): "8", ("g722", 8000): "9", ("cn", 8000): "13"}

@@ -11,7 +11,7 @@ offered, never transcoded (docs/transcoding.md).
 from __future__ import annotations
 
 from relayd.transcode.codecs import CodecError, audio_rate, open_decoder, open_encoder
-from relayd.transcode.plan import Format
+from relayd.transcode.plan import TRANSCODED, Format
 
 __all__ = ["report"]
 
@@ -20,12 +20,6 @@ _NAMES = (
     "PCMA", "PCMU", "G723", "G722", "QCELP", "G729", "G729a", "speex", "GSM", "iLBC", "opus",
     "AMR", "AMR-WB", "telephone-event", "CN",
 )  # fmt: skip
-_TRANSCODED = {
-    "PCMA": Format(8, "PCMA", 8000),
-    "PCMU": Format(0, "PCMU", 8000),
-    "G722": Format(9, "G722", 8000),
-    "opus": Format(96, "opus", 48000, 2),
-}
 _EVENTS = ("telephone-event", "CN")  # made and read by relayd itself
 
 
@@ -45,8 +39,8 @@ def report() -> list[tuple[str, str]]:
     """(codec, what relayd does with it), in rtpengine's order."""
     result = []
     for name in _NAMES:
-        if name in _TRANSCODED:
-            result.append((name, _check(_TRANSCODED[name])))
+        if name in TRANSCODED:
+            result.append((name, _check(TRANSCODED[name])))
         elif name in _EVENTS:
             result.append((name, "fully supported"))
         else:

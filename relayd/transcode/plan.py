@@ -47,7 +47,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["CodecPlan", "Format", "PlanError", "parse"]
+__all__ = ["TRANSCODED", "CodecPlan", "Format", "PlanError", "parse"]
 
 
 class PlanError(ValueError):
@@ -77,6 +77,18 @@ class Format:
             return cls(int(pt), name, int(rate), int(channels), fmtp, int(ptime))
         except (TypeError, ValueError) as exc:
             raise PlanError(f"bad format {value!r}") from exc
+
+
+# The codecs relayd transcodes, as plans spell them, each with its usual RTP format: what the
+# negotiation may add or convert (relayd/calls/transcoding.py), what the workers' engine
+# opens (relayd/transcode/codecs.py) and what ``relayd --codecs`` checks. One list, so the
+# two halves cannot disagree.
+TRANSCODED: dict[str, Format] = {
+    "PCMU": Format(0, "PCMU", 8000),
+    "PCMA": Format(8, "PCMA", 8000),
+    "G722": Format(9, "G722", 8000),
+    "opus": Format(96, "opus", 48000, 2),
+}
 
 
 @dataclass(frozen=True, slots=True)

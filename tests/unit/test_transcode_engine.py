@@ -15,6 +15,13 @@ from relayd.transcode.transcoder import Transcoder, describe
 
 PCMU = Format(0, "PCMU", 8000)
 PCMA = Format(8, "PCMA", 8000)
+# the suite's "DTMF scaling": PCMU and telephone-event at 16 kHz in, PCMA and events at 8 kHz out
+SCALED_EVENTS = CodecPlan(
+    decode=(Format(100, "PCMU", 16000),),
+    encode=PCMA,
+    dtmf=(Format(101, "telephone-event", 16000),),
+    dtmf_out=Format(96, "telephone-event", 8000),
+)
 OUT_SSRC = 0x0BAD_CAFE
 
 
@@ -102,13 +109,7 @@ def test_telephone_event_rescaled_to_the_output_clock() -> None:
     event starts where the next audio packet would have (3000 + 2 x 160), the audio cut
     for that packet is dropped, and the audio after the event runs on from the event's
     start by the input's timestamps (3 x 320 at 16 kHz later: 3320 + 480)."""
-    plan = CodecPlan(
-        decode=(Format(100, "PCMU", 16000),),
-        encode=PCMA,
-        dtmf=(Format(101, "telephone-event", 16000),),
-        dtmf_out=Format(96, "telephone-event", 8000),
-    )
-    t = engine(plan)
+    t = engine(SCALED_EVENTS)
     z = b"\x00" * 320
     a = b"\x2a" * 160
     assert send(t, 100, 1000, 3000, z) == []
@@ -130,13 +131,7 @@ def test_telephone_event_rescaled_to_the_output_clock() -> None:
 
 def test_telephone_event_waits_for_its_turn() -> None:
     """An event packet early (1005 before 1004) waits in the queue like audio."""
-    plan = CodecPlan(
-        decode=(Format(100, "PCMU", 16000),),
-        encode=PCMA,
-        dtmf=(Format(101, "telephone-event", 16000),),
-        dtmf_out=Format(96, "telephone-event", 8000),
-    )
-    t = engine(plan)
+    t = engine(SCALED_EVENTS)
     for i in range(3):
         send(t, 100, 1000 + i, 3000 + 320 * i, b"\x00" * 320)
     start = send(t, 101, 1003, 3960, b"\x08\x0f\x01\x40", marker=True)
