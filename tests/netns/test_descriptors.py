@@ -100,9 +100,13 @@ def census(relay: RelaydProcess) -> tuple[int, dict[str, int], Counter[int]]:
     return len(sockets), per_process, per_socket
 
 
-def assert_one_each(relay: RelaydProcess, expected: int, *, main: int | None = 0) -> None:
+def assert_one_each(
+    relay: RelaydProcess, expected: int, *, main: int | None = 0
+) -> tuple[int, dict[str, int], Counter[int]]:
     """``expected`` relay sockets, each held by exactly one descriptor (``main`` of them in
-    the main process, when given)."""
+    the main process, when given); returns that census. (A socket handed to a worker is held
+    twice for a moment, relayd closing its copy once the descriptor is sent: a later census
+    may catch such a moment, this one waits it out.)"""
     deadline = time.monotonic() + 3.0
     while True:
         bound, per_process, per_socket = census(relay)
@@ -112,6 +116,7 @@ def assert_one_each(relay: RelaydProcess, expected: int, *, main: int | None = 0
         assert time.monotonic() < deadline, (bound, expected, per_process, per_socket)
         time.sleep(0.05)
     print(f"{bound} relay sockets, {sum(per_process.values())} descriptors: {per_process}")
+    return bound, per_process, per_socket
 
 
 def test_each_port_is_held_by_one_descriptor_userspace_and_kernelized(
@@ -142,8 +147,7 @@ def test_each_port_is_held_by_one_descriptor_userspace_and_kernelized(
         assert both_kernelized(ok(ng.call("query", call_id=kernelized.call_id)))
         calls = USERSPACE_CALLS + 2
         # two parties per call, an RTP and an RTCP socket each
-        assert_one_each(relay, 4 * calls, main=None)
-        bound, per_process, _ = census(relay)
+        bound, per_process, _ = assert_one_each(relay, 4 * calls, main=None)
         assert sum(per_process.values()) == bound  # ports held == descriptors held
         for i in range(USERSPACE_CALLS):
             ok(ng.call("delete", call_id=f"fds-{i}", delete_delay=0))
