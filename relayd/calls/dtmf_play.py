@@ -1,0 +1,100 @@
+"""ng ``play DTMF``: its digit, duration, volume and pause as rtpengine 10.5 reads them (pure).
+
+rtpengine 10.5 (daemon/call_interfaces.c, call_play_dtmf_ng and the ``code``/``digit`` key):
+
+* **Digit.** ``code`` and ``digit`` are one key. An integer is taken as it is; a string of one
+  character is that character; a longer string is read as a decimal integer (anything else
+  leaves the key unset). A value 0..15 is an event code; any other value is a character
+  ("0"-"9", "*", "#", "A"-"D"), cut to a C ``char`` first. Unset, or neither: the error
+  "Out of range 'code' specified". 10.5 plays one digit per command.
+* **Duration** (ms): 0 or unset is 250; clamped to 100..5000. **Pause** (ms, between this
+  event and the end of the previous one): 0 or unset is 100; clamped to 100..5000.
+* **Volume**: unset is 9999; a positive value is negated (dBm0 below full scale, as the
+  RFC 4733 volume field counts it).
+
+The participant selection and the "no injection set up" errors belong to the command itself;
+this module only turns the request's values into a `DtmfOrder`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from relayd.ng.message import NgError
+
+__all__ = ["CODES", "DtmfOrder", "code_of", "order_of"]
+
+CODES = "0123456789*#ABCD"
+"""RFC 4733's events 0..15 as characters (rtpengine's dtmf_code_to_char)."""
+
+_UNSET = -1
+_STRTOLL = re.compile(r"[ \t\n\r\f\v]*([+-]?[0-9]+)")  # what strtoll reads, wholly
+_OUT_OF_RANGE = "Out of range 'code' specified"
+
+
+@dataclass(frozen=True)
+class DtmfOrder:
+    """One digit to inject: its event code, duration and pause in ms, volume (<= 0, dBm0)."""
+
+    code: int
+    duration: int
+    volume: int
+    pause: int
+
+
+def _integer(value: Any, default: int) -> int:
+    """rtpengine's bencode_get_integer_str: an integer, or a string that is wholly one."""
+    if isinstance(value, bool):
+        return default
+    if isinstance(value, int):
+        return value
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    if not isinstance(value, str) or not value:
+        return default
+    match = _STRTOLL.fullmatch(value)
+    return int(match.group(1), 10) if match else default
+
+
+def _digit(value: Any) -> int:
+    """The ``code``/``digit`` key's value as 10.5 stores it (an integer or a character)."""
+    if value is None:
+        return _UNSET
+    digit = _integer(value, _UNSET)
+    if isinstance(value, (str, bytes)) and len(value) == 1:
+        digit = value[0] if isinstance(value, bytes) else ord(value)
+    return digit
+
+
+def code_of(value: Any) -> int:
+    """The event code (0..15) the key's value names; NgError as 10.5 answers otherwise."""
+    digit = _digit(value)
+    if 0 <= digit <= 15:
+        return digit
+    char = ((digit + 128) % 256) - 128  # a C char (signed on rtpengine's platforms)
+    if char < 0 or chr(char) not in CODES:
+        raise NgError(_OUT_OF_RANGE)
+    return CODES.index(chr(char))
+
+
+def _clamped(value: int, default: int) -> int:
+    if not value:
+        return default
+    return min(max(value, 100), 5000)
+
+
+def order_of(keys: dict[str, Any]) -> DtmfOrder:
+    """The order a ``play DTMF`` request's keys (normalised names, in the request's order)
+    give; of ``code`` and ``digit`` the later one counts, as in 10.5's dictionary walk."""
+    value = None
+    for key, item in keys.items():
+        if key in ("code", "digit"):
+            value = item
+    duration = _clamped(_integer(keys.get("duration"), 0), 250)
+    pause = _clamped(_integer(keys.get("pause"), 0), 100)
+    volume = _integer(keys.get("volume"), 9999)
+    if volume > 0:
+        volume = -volume
+    return DtmfOrder(code_of(value), duration, volume, pause)
