@@ -13,7 +13,12 @@ rtpengine 10.5 (daemon/call_interfaces.c, call_play_dtmf_ng and the ``code``/``d
   RFC 4733 volume field counts it).
 
 The participant selection and the "no injection set up" errors belong to the command itself;
-this module only turns the request's values into a `DtmfOrder`.
+this module only turns the request's values into a `DtmfOrder`. What the live 10.5 answered
+(2026-12-06, /usr/bin/rtpengine on loopback), in its order (party first, then the digit):
+unknown call "Unknown call-ID"; no ``from-tag``/``label`` and no ``all`` flag "No participant
+party specified"; unknown tag or label as media_block_match; a bad or missing digit "Out of
+range 'code' specified"; a party that has sent no RTP yet "No SSRC context present for DTMF
+injection" (the ``all`` flag goes in ``flags``, not a key of its own).
 """
 
 from __future__ import annotations
