@@ -28,17 +28,24 @@ worker or in the kernel), as before. The plan is made from what the model keeps:
 
 The plan is None where all of it is passthrough and nothing is forced: such a direction
 needs no codec work.
+
+:func:`party_plan` adds what the sending party's own state asks of its direction (DTMF
+injection: ng ``inject DTMF``): a direction with no codec work gets a plan of passthrough
+payload types with their ``formats``, so that its packets go through the engine. It is the
+plan the workers get and the one the kernel path's policy asks about
+(relayd/plane/offload.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
-from relayd.calls.model import Codec, CodecSetup, Media
+from relayd.calls.model import Codec, CodecSetup, Media, Monologue
 from relayd.calls.transcoding import parse_spec, transcodable
 from relayd.transcode.plan import CodecPlan, Format
 
-__all__ = ["direction_plan", "media_codecs", "to_format"]
+__all__ = ["direction_plan", "media_codecs", "party_plan", "to_format"]
 
 # the spelling the plan uses (relayd/transcode/plan.py: rtpengine's)
 _NAMES = {
@@ -166,6 +173,29 @@ def direction_plan(sender: Media, receiver: Media) -> CodecPlan | None:
         cn_out=_supplemental(takes, "cn", rate) if noise else None,
         extra={"bitrate": bitrate} if bitrate else {},
     )
+
+
+def party_plan(party: Monologue, sender: Media, receiver: Media) -> CodecPlan | None:
+    """The plan of what ``party`` sends (from ``sender``, its media, to ``receiver``'s
+    party): :func:`direction_plan`, with what the party's own state adds (module rules)."""
+    plan = direction_plan(sender, receiver)
+    if not party.inject_dtmf or sender.rejected or receiver.rejected:
+        return plan
+    if plan is None:
+        plan = _passthrough_plan(sender, receiver)
+        if plan is None:
+            return None
+    return dataclasses.replace(plan, inject=True)
+
+
+def _passthrough_plan(sender: Media, receiver: Media) -> CodecPlan | None:
+    """Every payload type ``sender``'s party may send that the receiver takes, passed
+    through, with its format; None where there is none."""
+    takes = _taken(receiver)
+    formats = [to_format(codec) for codec in _taken(sender) if any(_same(c, codec) for c in takes)]
+    if not formats:
+        return None
+    return CodecPlan(passthrough=tuple(f.pt for f in formats), formats=tuple(formats))
 
 
 def _bitrate(setup: CodecSetup, target: Codec) -> int:

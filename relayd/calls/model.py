@@ -368,6 +368,7 @@ class Monologue:
     strict_source: bool = False
     media_handover: bool = False
     media_echo: EchoRole = ""  # what happens to this party's media (ng media-echo)
+    inject_dtmf: bool = False  # ng ``inject DTMF``: play DTMF may inject into what it sends
     sip_source: str = ""  # the SIP source address (received-from), if any
     last_sdp: bytes = b""  # digest of the SDP we last wrote for it, version aside (SDP-version)
     first_username: str | None = None  # o= username of this party's first SDP

@@ -140,6 +140,7 @@ def apply_party_flags(party: Monologue, req: Request, *, received: bool = False)
         party.asymmetric = False
     party.strict_source = party.strict_source or req.has("strict-source")
     party.media_handover = party.media_handover or req.has("media-handover")
+    party.inject_dtmf = party.inject_dtmf or req.has("inject-dtmf")
     if received:
         return
     if req.received_from:

@@ -145,8 +145,37 @@ def _list(req: Request, key: str, value: Any) -> list[str]:
     return []
 
 
+# The keys of the DTMF and media-player commands, kept as sent in ``Request.values``.
+VALUE_KEYS = frozenset(
+    [
+        "code",
+        "digit",
+        "duration",
+        "volume",
+        "pause",
+        "file",
+        "blob",
+        "blob64",
+        "db-id",
+        "repeat-times",
+        "start-pos",
+        "dtmf-security",
+        "dtmf-security-trigger",
+        "dtmf-security-trigger-end",
+        "trigger",
+        "trigger-end",
+        "trigger-end-time",
+        "trigger-end-digits",
+        "dtmf-delay",
+        "delay-buffer",
+        "frequency",
+        "frequencies",
+        "to-label",
+    ]
+)
+
 # Dictionary keys relayd reads (normalised); everything else is logged as unknown.
-_KNOWN_KEYS = frozenset(
+_KNOWN_KEYS = VALUE_KEYS | frozenset(
     [
         "command",
         "call-id",
@@ -238,6 +267,7 @@ KNOWN_FLAGS = frozenset(
         "new-branch",
         "inactive",
         "debug",
+        "inject-dtmf",
         "no-redis-update",
         "discard-recording",
         "pause",
@@ -322,6 +352,10 @@ class Request:
     limit: int | None = None
     media_echo: MediaEcho | None = None  # the ``media-echo`` key, when it names a mode
     address: str = ""  # block/silence media: the party whose SDP address this is
+    # the values of the DTMF and media-player commands (``code``, ``duration``, ``blob``,
+    # ``DTMF-security``, …: VALUE_KEYS), by normalised name, as the request sent them: each
+    # command reads them as rtpengine 10.5 does (relayd/calls/dtmf_play.py and its siblings)
+    values: dict[str, Any] = field(default_factory=dict)
     unknown: list[str] = field(default_factory=list)
 
     def has(self, flag: str) -> bool:
@@ -431,6 +465,7 @@ def parse_request(raw: dict[str, Any]) -> Request:
         if echo is None:
             req.unknown.append(f"media-echo={_text(keys['media-echo'])}")
         req.media_echo = echo
+    req.values = {k: v for k, v in keys.items() if k in VALUE_KEYS}
     req.unknown.extend(k for k in keys if k not in _KNOWN_KEYS)
     return req
 

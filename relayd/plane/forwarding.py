@@ -29,7 +29,7 @@ import dataclasses
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
-from relayd.calls.codec_plans import direction_plan
+from relayd.calls.codec_plans import party_plan
 from relayd.calls.ice import parse_candidate
 from relayd.calls.media_control import silence_patterns
 from relayd.calls.model import Call, Endpoint, Media, MediaControl, Monologue, Stream
@@ -288,7 +288,7 @@ def _specs(
     # addresses (aliases) forward exactly like the primary socket of their component
     # the codec work on what the party sends (relayd/calls/codec_plans.py); none: as it
     # is, and none where it goes back to the party itself or nowhere (media-echo)
-    codec_plan = None if party.media_echo else direction_plan(own, other)
+    codec_plan = None if party.media_echo else party_plan(party, own, other)
     if codec_plan is not None and codec_plan.cn_out is not None and silence_detect:
         codec_plan = dataclasses.replace(codec_plan, silence_detect=silence_detect)
     rtp_route: dict[str, Any] = {

@@ -16,11 +16,11 @@ Rules (docs/architecture.md "Kernel path"; rtpengine kernelizes on the same cond
   can copy its packets to them (nflog, ``copies``): then it goes to the kernel like any
   other, and is marked recorded there (relayd/plane/handover.py).
 * A media section with codec work in either direction (a codec plan:
-  relayd/calls/codec_plans.py) stays with the workers, both directions, RTP and RTCP.
-  The transcoded direction's packets are rewritten and its RTCP describes the new
-  stream; and the other direction cannot go alone: the conntrack entry that its kernel
-  forward's NAT makes has the transcoded direction's packets as its reply tuple, so the
-  kernel would carry those back untranscoded (found by
+  relayd/calls/codec_plans.py, DTMF injection included) stays with the workers, both
+  directions, RTP and RTCP. The transcoded direction's packets are rewritten and its
+  RTCP describes the new stream; and the other direction cannot go alone: the conntrack
+  entry that its kernel forward's NAT makes has the transcoded direction's packets as
+  its reply tuple, so the kernel would carry those back untranscoded (found by
   tests/netns/test_suite_transcoding.py).
 * Separate RTCP streams stay with the workers while they copy RTCP (Homer, the
   RTCP log); with rtcp-mux on both sides one forward carries both.
@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relayd.calls.codec_plans import direction_plan
+from relayd.calls.codec_plans import party_plan
 from relayd.calls.model import Call, Endpoint
 from relayd.ipc import socket_key
 from relayd.plane.forwarding import PLAIN, dialogue_pairs, muxes
@@ -90,7 +90,7 @@ def kernel_legs(call: Call, *, rtcp: bool = True, copies: bool = False) -> list[
             if mx.ice_ufrag or my.ice_ufrag:
                 continue  # STUN consent checks share the port: they must reach a worker
             components = 1 if muxes(mx) or not rtcp else 2
-            if direction_plan(mx, my) is not None or direction_plan(my, mx) is not None:
+            if party_plan(x, mx, my) is not None or party_plan(y, my, mx) is not None:
                 continue  # codec work: both directions stay with the workers (above)
             for sx, sy in zip(mx.streams[:components], my.streams[:components], strict=False):
                 if not (sx.confirmed and sy.confirmed and sx.endpoint and sy.endpoint):

@@ -37,6 +37,18 @@ Added by the media engine (helper "eng2"), optional, the text form unchanged:
   of the encoded audio that is all silence goes out as CN of ``cn_out`` instead
   (relayd/transcode/silence.py). Text key ``sd``.
 
+Added for DTMF and media playback (issue 16), optional, the text form unchanged:
+
+* ``inject``: DTMF may be injected into this direction (ng ``play DTMF``; the parties carry
+  ng's ``inject DTMF`` flag). A direction with nothing else to do gets a plan of
+  ``passthrough`` payload types only, so that its packets pass through the engine, which
+  replaces them with RFC 4733 events (of ``dtmf_out``, else of the passthrough
+  telephone-event in ``formats``) or with tones in the packet's own codec while a digit plays.
+  Text key ``i``.
+* ``formats``: the formats of the ``passthrough`` payload types (payload type, name, rate),
+  where the engine must decode or encode them anyway (tones injected into them). Text
+  key ``f``.
+
 The text form (:meth:`CodecPlan.to_text`, :func:`parse`) is compact JSON, what
 :class:`relayd.ipc.SocketSpec` carries in its ``codecs`` field.
 """
@@ -104,6 +116,8 @@ class CodecPlan:
     cn_out: Format | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # room for what a later issue adds
     silence_detect: float = 0.0  # percent of full scale; 0: no silence detection
+    inject: bool = False  # DTMF may be injected (ng play DTMF)
+    formats: tuple[Format, ...] = ()  # the passthrough payload types' formats, where needed
 
     def to_text(self) -> str:
         body: dict[str, Any] = {}
@@ -125,6 +139,10 @@ class CodecPlan:
             body["x"] = self.extra
         if self.silence_detect:
             body["sd"] = self.silence_detect
+        if self.inject:
+            body["i"] = 1
+        if self.formats:
+            body["f"] = [f.to_list() for f in self.formats]
         return json.dumps(body, separators=(",", ":"))
 
 
@@ -163,4 +181,6 @@ def parse(text: str) -> CodecPlan | None:
         cn_out=Format.from_list(body["co"]) if "co" in body else None,
         extra=extra,
         silence_detect=float(silence),
+        inject=bool(body.get("i", 0)),
+        formats=_formats(body.get("f", [])),
     )
