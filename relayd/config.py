@@ -148,6 +148,11 @@ class Config:
     shards: int = 1  # supervisor processes the calls are split over (relayd.shards)
     log_format: str = "default"  # default, parsable, json
     log_facility_rtcp: str = ""
+    # DTMF event reports (relayd/ops/dtmflog.py): the syslog facility of their log lines
+    # ("" = none), where their JSON goes over UDP (None = nowhere)
+    log_facility_dtmf: str = ""
+    dtmf_log_dest: tuple[str, int] | None = None
+    dtmf_log_ng_tcp: bool = False  # and as bencode to every ng TCP client
     admin_socket: str = DEFAULT_ADMIN_SOCKET  # "none": no admin socket
     listen_http: tuple[tuple[str, int], ...] = ()
     prometheus_listen: tuple[str, int] | None = None  # only with prometheus = yes
@@ -357,6 +362,8 @@ def _to_config(values: dict[str, Any], raw: dict[str, Any], source: str) -> Conf
         "shards",
         "log-format",
         "log-facility-rtcp",
+        "log-facility-dtmf",
+        "dtmf-log-ng-tcp",
         "admin-socket",
         "recording-dir",
         "recording-method",
@@ -378,6 +385,9 @@ def _to_config(values: dict[str, Any], raw: dict[str, Any], source: str) -> Conf
         key = "prometheus-listen"
         if key in values and values.get("prometheus", False):
             kwargs["prometheus_listen"] = parse_endpoint(values[key], "127.0.0.1")
+        key = "dtmf-log-dest"
+        if values.get(key):
+            kwargs["dtmf_log_dest"] = parse_endpoint(values[key], "127.0.0.1")
         key = "homer"
         kwargs["homer"] = _homer(values)
         for key in ("recording-file-mode", "recording-dir-mode"):

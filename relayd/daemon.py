@@ -59,6 +59,7 @@ def start_logging(config: Config) -> None:
         fmt=config.log_format,
         timestamps=config.log_timestamps,
         rtcp_facility=config.log_facility_rtcp,
+        dtmf_facility=config.log_facility_dtmf,
     )
 
 

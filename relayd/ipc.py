@@ -27,6 +27,10 @@ Rules:
   send ``Rtcp`` once a second: copies of the RTCP datagrams they relayed, at
   most ``RTCP_SAMPLE_LIMIT`` a second (RTCP comes every few seconds per stream,
   so this is every packet on all but the busiest workers).
+* With ``Configure.dtmf_events`` (``dtmf-log-dest``, ``log-facility-dtmf``), workers send a
+  ``Dtmf`` for each DTMF digit that ends in what they relay (relayd/worker/dtmf.py): RFC 4733
+  event packets of the payload types ``SocketSpec.dtmf`` names, and the tones the media
+  engine hears in decoded audio. A digit is one message, sent when its end is seen.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ __all__ = [
     "Configure",
     "Discard",
     "Drop",
+    "Dtmf",
     "Forward",
     "Hello",
     "IpcError",
@@ -165,6 +170,9 @@ class SocketSpec:
     # -- transcoding (relayd/transcode/plan.py): the codec plan of what arrives here, as
     # ``CodecPlan.to_text`` writes it; empty: no codec work, packets go on as they are
     codecs: str = ""
+    # -- DTMF event reports (``Configure.dtmf_events``): the telephone-event payload types of
+    # what arrives here and their clock rates, "101/8000 96/16000"; empty: none watched
+    dtmf: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +194,7 @@ class Configure:
     # the nfnetlink_log group whose copies of kernel-forwarded packets this worker records
     # (relayd/nft/nflog.py), -1: none (recorded calls stay in userspace)
     nflog_group: int = -1
+    dtmf_events: bool = False  # report the DTMF digits relayed (``Dtmf``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,6 +356,22 @@ class Rtcp:
     now: float = 0.0  # the worker's CLOCK_MONOTONIC when it sent this
 
 
+@dataclass(frozen=True, slots=True)
+class Dtmf:
+    """A DTMF digit that ended in what a worker relayed: on socket ``key``, from ``source``
+    ("address port"; the party's learned endpoint for a tone heard in audio), its event code,
+    volume (dBm0 below 0) and duration in milliseconds; ``tone``: heard in decoded audio, not
+    sent as RFC 4733 events."""
+
+    worker: int
+    key: str
+    source: str
+    event: int
+    volume: int
+    duration: int
+    tone: bool = False
+
+
 Message = (
     Configure
     | Forward
@@ -362,6 +387,7 @@ Message = (
     | RecordPause
     | RecordStop
     | RecordFailed
+    | Dtmf
 )
 
 _TYPES: dict[str, type[Any]] = {
@@ -381,6 +407,7 @@ _TYPES: dict[str, type[Any]] = {
         RecordPause,
         RecordStop,
         RecordFailed,
+        Dtmf,
     )
 }
 

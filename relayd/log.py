@@ -3,7 +3,8 @@
 ``log-level`` is syslog's scale as in rtpengine (0 emerg … 7 debug). Output goes
 to stderr (``log-stderr`` or foreground) or to syslog with ``log-facility``;
 ``log-facility-rtcp`` sends the RTCP lines (logger ``relayd.rtcp``) to syslog
-under their own facility, as rtpengine does. ``log-format``: ``default``
+under their own facility, as rtpengine does, and ``log-facility-dtmf`` the DTMF
+event lines (logger ``relayd.dtmf``). ``log-format``: ``default``
 (``event key=value``), ``parsable`` (logfmt, ``key="value"`` throughout) or
 ``json`` (one JSON object per line). Event names are constant and dotted
 (``ng.request``, ``call.teardown``); context such as ``call_id``, ``from_tag``
@@ -23,6 +24,7 @@ from typing import Any
 import structlog
 
 __all__ = [
+    "DTMF_LOGGER",
     "FORMATS",
     "RTCP_LOGGER",
     "bind_call",
@@ -35,6 +37,7 @@ __all__ = [
 
 FORMATS = ("default", "parsable", "json")
 RTCP_LOGGER = "relayd.rtcp"
+DTMF_LOGGER = "relayd.dtmf"
 
 # syslog severity → stdlib level; NOTICE (5) sits between INFO and WARNING.
 _LEVELS = {
@@ -113,6 +116,7 @@ def configure(
     fmt: str = "default",
     timestamps: bool = True,
     rtcp_facility: str = "",
+    dtmf_facility: str = "",
 ) -> None:
     """Set up logging once at start-up (and again on reload)."""
     handler = logging.StreamHandler(sys.stderr) if stderr else _syslog(facility)
@@ -133,14 +137,15 @@ def configure(
     root.setLevel(python_level(level))
     # asyncio's own debug chatter ("Using selector: …") is not relayd's to report
     logging.getLogger("asyncio").setLevel(max(python_level(level), logging.INFO))
-    rtcp = logging.getLogger(RTCP_LOGGER)
-    rtcp.handlers[:] = []
-    rtcp.propagate = True
-    if rtcp_facility and not stderr:
-        own = _syslog(rtcp_facility)
-        own.setFormatter(formatter)
-        rtcp.handlers[:] = [own]
-        rtcp.propagate = False
+    for name, own_facility in ((RTCP_LOGGER, rtcp_facility), (DTMF_LOGGER, dtmf_facility)):
+        own_logger = logging.getLogger(name)
+        own_logger.handlers[:] = []
+        own_logger.propagate = True
+        if own_facility and not stderr:
+            own = _syslog(own_facility)
+            own.setFormatter(formatter)
+            own_logger.handlers[:] = [own]
+            own_logger.propagate = False
     structlog.configure(
         processors=[*processors, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),

@@ -31,6 +31,7 @@ from relayd.config import Config, ConfigError, load, reloaded
 from relayd.ng.message import Request
 from relayd.ng.server import NgService, serve_tcp, serve_udp
 from relayd.ops.counters import Counters
+from relayd.ops.dtmflog import reports_dtmf
 from relayd.ops.operations import Operations, copies_rtcp
 from relayd.plane.forwarding import after_signalling
 from relayd.plane.handover import KernelHandover
@@ -122,12 +123,14 @@ class Supervisor:
                 recording_format=spool.format if spool is not None else "raw",
                 recording_file_mode=config.recording_file_mode,
                 nflog_base=copies_from,
+                dtmf_events=reports_dtmf(config),
             ),
             learning=config.endpoint_learning,
             silence_detect=config.silence_detect,
             on_stats=self._stats_reported,
             on_traffic=self.ops.userspace_traffic,
             on_rtcp=self.ops.rtcp_copied,
+            on_dtmf=self.ops.dtmf_reported,
         )
         self.sweep = ConntrackSweep(self.media.reports.streams)
         self.recording = RecordingControl(spool, self.media, self.calls)
@@ -171,6 +174,7 @@ class Supervisor:
                 copies_from + call.worker if copies_from >= 0 and records_now(call) else None
             ),
             copies=copies_from >= 0,
+            dtmf_events=reports_dtmf(config),
         )
         self.updates = WorkerUpdates(self.calls, self.media.sync)
         self._stop = asyncio.Event()
@@ -353,7 +357,8 @@ class Supervisor:
         # serves the UDP socket while a later listener is still being opened)
         self._closers += await self.ops.serve()
         if cfg.listen_tcp_ng:
-            server = await serve_tcp(service, *cfg.listen_tcp_ng)
+            notified = self.ops.dtmf_log.ng_clients if cfg.dtmf_log_ng_tcp else None
+            server = await serve_tcp(service, *cfg.listen_tcp_ng, notified)
             self._closers.append(server)
             logger.info("ng.listening", transport="tcp", address=host_port(cfg.listen_tcp_ng))
         if cfg.listen_ng:

@@ -228,17 +228,26 @@ def split_stream(buffer: bytes) -> tuple[list[bytes], bytes, str | None]:
         buffer = rest[end:]
 
 
-async def serve_tcp(service: Processor, host: str, port: int) -> asyncio.Server:
+async def serve_tcp(
+    service: Processor,
+    host: str,
+    port: int,
+    clients: set[asyncio.StreamWriter] | None = None,
+) -> asyncio.Server:
     """Listen for ng over TCP (``listen-tcp-ng``, ``SO_REUSEPORT``); each message answered in turn.
 
     A connection is closed on JSON or broken bencode (once what came before is answered), on
     more than 1 KiB without a space (no cookie; rtpengine's limit), or on 1 MiB not a message.
+    ``clients``, where given, holds the open connections' writers (for notifications relayd
+    sends unasked: ``dtmf-log-ng-tcp``).
     """
 
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("?", 0)
         local = writer.get_extra_info("sockname") or ()
         buffer = b""
+        if clients is not None:
+            clients.add(writer)
         try:
             while chunk := await reader.read(65536):
                 buffer += chunk
@@ -259,6 +268,8 @@ async def serve_tcp(service: Processor, host: str, port: int) -> asyncio.Server:
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
+            if clients is not None:
+                clients.discard(writer)
             writer.close()
 
     return await asyncio.start_server(client, host, port, reuse_port=True)

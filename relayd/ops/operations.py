@@ -23,6 +23,7 @@ from relayd.ipc import parse_key
 from relayd.ng.message import Request
 from relayd.ops import admin, metrics
 from relayd.ops.counters import TrafficPath, direction_of
+from relayd.ops.dtmflog import DtmfLog, dtmf_report
 from relayd.ops.homer import HomerSender, ng_capture, rtcp_capture
 from relayd.ops.httpd import Routes, serve_http
 from relayd.ops.views import RelayState
@@ -50,6 +51,7 @@ class Operations:
         homer = config.homer
         self.homer = HomerSender(homer, state.counters) if homer is not None else None
         self.log_rtcp = bool(config.log_facility_rtcp)
+        self.dtmf_log = DtmfLog(config)
         self.admin_path: Path | None = None
 
     # -- traffic ------------------------------------------------------------------------------
@@ -129,6 +131,15 @@ class Operations:
                 continue
             self.homer.send(capture)
 
+    def dtmf_reported(self, message: ipc.Dtmf) -> None:
+        """A DTMF digit a worker saw end: to the DTMF event log (relayd/ops/dtmflog.py)."""
+        state = self.state
+        report = dtmf_report(
+            message, state.media.reports.streams, state.commands.calls, time.time()
+        )
+        if report is not None:
+            self.dtmf_log.write(report)
+
     # -- listeners ----------------------------------------------------------------------------
 
     async def serve(self) -> list[Any]:
@@ -171,6 +182,7 @@ class Operations:
                 self.admin_path.unlink()
         if self.homer is not None:
             self.homer.close()
+        self.dtmf_log.close()
 
 
 async def metrics_page(state: RelayState) -> tuple[str, str]:

@@ -48,6 +48,7 @@ __all__ = [
     "relay_socket_keys",
     "section_count",
     "streams_by_socket",
+    "telephone_events",
     "waits_for_answer",
 ]
 
@@ -227,11 +228,13 @@ _EARLY_OFFERER: dict[str, Any] = {"listen": False}
 _EARLY_DTLS_ANSWERER: dict[str, Any] = {"learning": "off", "listen": False}
 
 
-def plan(call: Call, silence_detect: float = 0.0) -> list[Forward]:
+def plan(call: Call, silence_detect: float = 0.0, *, dtmf_events: bool = False) -> list[Forward]:
     """One :class:`Forward` per media section that both parties have ports for (early:
     only plain RTP, or DTLS started towards the offerer; SRTP keys, ICE and the rest
     of DTLS towards the offerer come with the answer). ``silence_detect`` (the
-    configuration's, percent) goes into every codec plan that may send CN for silence."""
+    configuration's, percent) goes into every codec plan that may send CN for silence;
+    with ``dtmf_events`` (the DTMF event log) each RTP socket's spec names the
+    telephone-event payload types its party sends (``SocketSpec.dtmf``)."""
     result: list[Forward] = []
     for x, y, early in _dialogues(call):
         for index in range(min(len(x.medias), len(y.medias))):
@@ -242,12 +245,28 @@ def plan(call: Call, silence_detect: float = 0.0) -> list[Forward]:
             if early and not (plain or _early_dtls(mx, my)):
                 continue
             answerer = _EARLY_ANSWERER if plain else _EARLY_DTLS_ANSWERER
+            x_over = answerer if early else {}
+            y_over = _EARLY_OFFERER if early else {}
+            if dtmf_events:
+                x_over = {**x_over, "dtmf": telephone_events(mx)}
+                y_over = {**y_over, "dtmf": telephone_events(my)}
             sockets = [
-                *_specs(x, mx, my, answerer if early else {}, call.control, silence_detect),
-                *_specs(y, my, mx, _EARLY_OFFERER if early else {}, call.control, silence_detect),
+                *_specs(x, mx, my, x_over, call.control, silence_detect),
+                *_specs(y, my, mx, y_over, call.control, silence_detect),
             ]
             result.append(Forward(media_key(call.call_id, index), tuple(sockets)))
     return result
+
+
+def telephone_events(media: Media) -> str:
+    """The telephone-event payload types a party may send and their clock rates, as
+    ``SocketSpec.dtmf`` writes them ("101/8000 96/16000"): those of its own SDP."""
+    found = []
+    for codec in media.codecs:
+        if codec.name.lower() == "telephone-event" and codec.payload_type.isdigit():
+            rate = codec.clock_rate
+            found.append(f"{codec.payload_type}/{rate if rate.isdigit() else 8000}")
+    return " ".join(found)
 
 
 def _specs(
@@ -304,6 +323,7 @@ def _specs(
         # under rtcp-mux the party checks RTP's candidates only (RFC 5761 §5.1.3)
         "ice_candidates": "" if muxes(own) else _candidates(own, 2),
         **common,
+        "dtmf": "",  # events come over RTP: the RTCP socket watches for none
     }
     rtcp_expect = own.remote_rtp if muxes(own) else own.remote_rtcp
     # an endpoint confirmed on an ICE candidate of the other family is no use to this socket

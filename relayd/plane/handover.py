@@ -53,6 +53,7 @@ class KernelHandover:
         rtcp_copied: bool,
         record_group: Callable[[Call], int | None] = lambda call: None,
         copies: bool = False,
+        dtmf_events: bool = False,
     ) -> None:
         self.kernel, self.media = kernel, media
         # a recorded call's nflog group, where the kernel copies its packets for its worker
@@ -62,6 +63,7 @@ class KernelHandover:
         self.copies = copies
         self.on_changed, self.on_traffic = on_changed, on_traffic
         self.rtcp_copied = rtcp_copied
+        self.dtmf_events = dtmf_events  # DTMF reported: sections with events stay in userspace
         self.in_kernel: set[str] = set()  # call-ids with a stream in the kernel
         self._refreshing: asyncio.Future[None] | None = None  # refresh_all under way
 
@@ -71,7 +73,9 @@ class KernelHandover:
 
     def legs(self, call: Call) -> list[KernelLeg]:
         """The call's directions the kernel may carry now."""
-        return kernel_legs(call, rtcp=not self.rtcp_copied, copies=self.copies)
+        return kernel_legs(
+            call, rtcp=not self.rtcp_copied, copies=self.copies, dtmf=self.dtmf_events
+        )
 
     def adopt(self, calls: list[Call]) -> list[Call]:
         """Make the table hold exactly these calls' kernel legs, keeping forwards that are

@@ -68,6 +68,7 @@ class MediaPlane:
         on_stats: Callable[[ipc.Stats, set[str]], None] | None = None,
         on_traffic: OnTraffic | None = None,
         on_rtcp: Callable[[ipc.Rtcp], None] | None = None,
+        on_dtmf: Callable[[ipc.Dtmf], None] | None = None,
     ) -> None:
         self.binder = binder
         self.calls = calls
@@ -78,6 +79,10 @@ class MediaPlane:
         self.on_stats = on_stats
         self.on_traffic = on_traffic
         self.on_rtcp = on_rtcp
+        # the DTMF event log (relayd/ops/dtmflog.py): the workers report digits, and the
+        # forwards name each socket's telephone-event payload types
+        self.on_dtmf = on_dtmf
+        self.dtmf_events = self.pool.settings.dtmf_events
         # recording (relayd/recording/control.py): a worker's recording that failed, and a
         # (re)started worker, told of its calls' recordings before their forwards come
         self.on_record_failed: Callable[[ipc.RecordFailed], None] | None = None
@@ -188,7 +193,7 @@ class MediaPlane:
         worker = self.workers[call.worker]
         placed = self.placed.setdefault(worker.index, {})
         by_key = streams_by_socket(call)
-        forwards = plan(call, self.silence_detect)
+        forwards = plan(call, self.silence_detect, dtmf_events=self.dtmf_events)
         planned = {forward.media for forward in forwards}
         for index in range(section_count(call)):
             # a section the plan no longer has (an early forward whose offer went on to
@@ -335,5 +340,7 @@ class MediaPlane:
             self._ingest(message)
         elif isinstance(message, ipc.Rtcp) and self.on_rtcp:
             self.on_rtcp(message)
+        elif isinstance(message, ipc.Dtmf) and self.on_dtmf:
+            self.on_dtmf(message)
         elif isinstance(message, ipc.RecordFailed) and self.on_record_failed:
             self.on_record_failed(message)

@@ -24,6 +24,10 @@ Rules (docs/architecture.md "Kernel path"; rtpengine kernelizes on the same cond
   tests/netns/test_suite_transcoding.py).
 * Separate RTCP streams stay with the workers while they copy RTCP (Homer, the
   RTCP log); with rtcp-mux on both sides one forward carries both.
+* With DTMF events reported (``dtmf-log-dest``, ``log-facility-dtmf``: ``dtmf``), a media
+  section where either party sends telephone-event stays with the workers, which read
+  its event packets (relayd/worker/dtmf.py), as rtpengine 10.5's kernel module leaves
+  telephone-event packets to its userspace.
 * Signalling takes every stream of the call back to the workers, and learning
   starts again, until they confirm the endpoints anew.
 * A stream is marked ``kernelized`` exactly while its relay socket's forward is
@@ -41,7 +45,7 @@ from dataclasses import dataclass
 from relayd.calls.codec_plans import party_plan
 from relayd.calls.model import Call, Endpoint
 from relayd.ipc import socket_key
-from relayd.plane.forwarding import PLAIN, dialogue_pairs, muxes
+from relayd.plane.forwarding import PLAIN, dialogue_pairs, muxes, telephone_events
 
 __all__ = ["KernelLeg", "back_to_userspace", "kernel_legs", "mark_kernelized"]
 
@@ -58,7 +62,9 @@ class KernelLeg:
     dest: Endpoint
 
 
-def kernel_legs(call: Call, *, rtcp: bool = True, copies: bool = False) -> list[KernelLeg]:
+def kernel_legs(
+    call: Call, *, rtcp: bool = True, copies: bool = False, dtmf: bool = False
+) -> list[KernelLeg]:
     """The directions of ``call`` that need no per-packet work and can leave userspace.
 
     Both parties' streams of a component must have a confirmed endpoint; the
@@ -68,7 +74,8 @@ def kernel_legs(call: Call, *, rtcp: bool = True, copies: bool = False) -> list[
     With rtcp-mux on both sides the RTP port carries both, so one forward covers them.
     ``rtcp=False`` leaves separate RTCP streams to the workers (which copy RTCP for Homer
     and the RTCP log). A recorded call stays with the workers unless ``copies``: the kernel
-    then copies its packets to the worker that records it (nflog).
+    then copies its packets to the worker that records it (nflog). ``dtmf``: DTMF events
+    are reported, and a section where a party sends telephone-event stays with the workers.
     """
     if not call.answered:
         return []
@@ -92,6 +99,8 @@ def kernel_legs(call: Call, *, rtcp: bool = True, copies: bool = False) -> list[
             components = 1 if muxes(mx) or not rtcp else 2
             if party_plan(x, mx, my) is not None or party_plan(y, my, mx) is not None:
                 continue  # codec work: both directions stay with the workers (above)
+            if dtmf and (telephone_events(mx) or telephone_events(my)):
+                continue  # its event packets are read by the workers (above)
             for sx, sy in zip(mx.streams[:components], my.streams[:components], strict=False):
                 if not (sx.confirmed and sy.confirmed and sx.endpoint and sy.endpoint):
                     continue

@@ -89,6 +89,7 @@ class WorkerSettings:
     recording_format: str = "raw"
     recording_file_mode: int = 0o640
     nflog_base: int = -1  # worker i reads nflog group nflog_base + i (-1: none)
+    dtmf_events: bool = False  # report DTMF digits (ipc.Dtmf: the DTMF event log)
 
 
 class PoolOwner(Protocol):
@@ -195,6 +196,7 @@ class WorkerPool:
                 recording_format=settings.recording_format,
                 recording_file_mode=settings.recording_file_mode,
                 nflog_group=settings.nflog_base + worker.index if settings.nflog_base >= 0 else -1,
+                dtmf_events=settings.dtmf_events,
             ),
         )
 

@@ -153,6 +153,9 @@ class Transcoder:
             self.clock = plan.dtmf[0].rate
         self.ssrc_in = -1
         self.ssrc_out = 0
+        # the detector's changes also kept here for whoever reports DTMF (the workers' event
+        # log, relayd/worker/dtmf.py, takes them after each packet); None: not kept
+        self.heard: list[Change] | None = None
         self._restart(-1)
 
     # -- set-up ----------------------------------------------------------------------------
@@ -391,7 +394,7 @@ class Transcoder:
             if 0 < gap < clock * _MAX_GAP_SECONDS:
                 chunks = packetiser.skip(gap * self.rate // clock)
                 if tones is not None:
-                    self.changes += tones.skip(gap * DETECT_RATE // clock)
+                    self._hear(tones.skip(gap * DETECT_RATE // clock))
         self.restarted = False
         self.anchor = (ts, clock, packetiser.end)
         if length is None:
@@ -400,7 +403,7 @@ class Transcoder:
         self.next_clock = clock
         chunks += packetiser.push(audio)
         if tones is not None:
-            self.changes += tones.push(self._detectable(audio))
+            self._hear(tones.push(self._detectable(audio)))
         encoder = self.encoder
         assert encoder is not None and self.base is not None
         sent = []
@@ -432,6 +435,12 @@ class Transcoder:
         counters.sent += len(sent)
         self.seq_diff = (self.seq_diff + len(sent) - 1) & 0xFFFF
         return sent
+
+    def _hear(self, found: list[Change]) -> None:
+        if found:
+            self.changes += found
+            if self.heard is not None:
+                self.heard += found
 
     def _detectable(self, audio: bytes | bytearray) -> bytes | bytearray:
         """``audio`` as the DTMF detector takes it: 8 kHz mono 16-bit."""

@@ -23,6 +23,7 @@ from relayd import ipc
 from relayd.ipc import LEARNING, Learning, parse_key, socket_key
 from relayd.log import get_logger
 from relayd.rtcp import is_rtcp
+from relayd.worker.dtmf import watch as watch_dtmf
 from relayd.worker.recording import FLUSH_TICK, WorkerRecordings
 from relayd.worker.secure import SecurePath
 from relayd.worker.session import Leg, Verdict
@@ -110,6 +111,7 @@ class Worker:
         self.secure = SecurePath(index, _RECV_SIZE, _BATCH)
         self.rtcp_capture = False
         self.rtcp: list[ipc.RtcpPacket] = []
+        self.dtmf_events = False  # DTMF digits reported (relayd/worker/dtmf.py)
         self.recordings = WorkerRecordings(index, self.send)
         self.copies_fd = -1  # the nflog socket of kernel-recorded packets (-1: none)
         self.running = True
@@ -156,6 +158,7 @@ class Worker:
             self.tos = message.tos
             self.stats_interval = message.stats_interval
             self.rtcp_capture = message.rtcp_capture
+            self.dtmf_events = message.dtmf_events
             self.secure.set_certificate(message.certificate, message.private_key)
             self.recordings.configure(
                 message.recording_dir, message.recording_format, message.recording_file_mode
@@ -236,6 +239,11 @@ class Worker:
                     leg.endpoint, leg.confirmed = learned, True
             self.secure.configure(current, spec)
             configure_codecs(current, spec.codecs, self.index)
+            if self.dtmf_events:
+                engine = current.codecs.engine if current.codecs is not None else None
+                current.dtmf = watch_dtmf(
+                    self.index, spec.key, spec.dtmf, engine, current.dtmf, self.send
+                )
             if not current.dirty:
                 current.dirty = True
                 self.active.append(current)
@@ -485,6 +493,7 @@ class Worker:
                 leg = ms.leg
                 capture = self.rtcp_capture
                 tap = ms.tap
+                dtmf = ms.dtmf
                 data: bytes | bytearray  # bytes as read; a copy where silence media rewrites it
                 for _ in range(_BATCH):
                     try:
@@ -500,6 +509,8 @@ class Worker:
                         self._sample_rtcp(leg.key, source, data, now)
                     if tap is not None:
                         tap.packet(source[:2], data)
+                    if dtmf is not None:
+                        dtmf.packet(source[:2], data)
                     if leg.block:
                         continue  # block media: counted above, recorded, not forwarded
                     out = ms.out

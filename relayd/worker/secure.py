@@ -290,6 +290,8 @@ class SecurePath:
                 continue
             if ms.tap is not None:  # recorded in clear, as the party sent it
                 ms.tap.packet(source, bytes(view[:n]))
+            if ms.dtmf is not None:  # DTMF digits reported (relayd/worker/dtmf.py)
+                ms.dtmf.packet(source, view[:n])
             if leg.block:
                 continue  # block media: counted, recorded, not forwarded
             if leg.silence is not None and not rtcp:

@@ -16,6 +16,7 @@ from typing import Protocol
 from relayd import ipc
 from relayd.transcode.transcoder import Transcoder
 from relayd.worker.dtls import DtlsEndpoint
+from relayd.worker.dtmf import DtmfWatch
 from relayd.worker.ice import IceAgent
 from relayd.worker.session import Leg
 from relayd.worker.srtp import SrtpSession
@@ -140,3 +141,4 @@ class MediaSocket:
     codecs: Codecs | None = None
     rtp_socket: MediaSocket | None = None
     transcode: bool = False
+    dtmf: DtmfWatch | None = None  # DTMF digits reported (relayd/worker/dtmf.py)

@@ -93,10 +93,14 @@ def outgoing(ms: MediaSocket, data: bytes, rtcp: bool, worker: int) -> list[byte
             return [rewrite(data, forward, reverse)]
         if codecs is None:
             return [data]
-        if codecs.engine is None:
+        engine = codecs.engine
+        if engine is None:
             ms.leg.errors += 1
             return []
-        return codecs.engine.process(data)
+        sent = engine.process(data)
+        if engine.heard and rtp.dtmf is not None:  # tones heard: DTMF digits reported
+            rtp.dtmf.heard(engine, rtp.leg.endpoint)
+        return sent
     except Exception:  # a bug in an engine must not take the worker's loop with it
         log.exception("transcode.bug", worker=worker, key=ms.leg.key)
         ms.leg.errors += 1
