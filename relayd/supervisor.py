@@ -37,6 +37,7 @@ from relayd.plane.forwarding import after_signalling
 from relayd.plane.handover import KernelHandover
 from relayd.plane.kernel import KernelPath
 from relayd.plane.media import MediaPlane
+from relayd.plane.offload import events_payload_type
 from relayd.plane.sockets import SocketBinder
 from relayd.plane.sweep import ConntrackSweep
 from relayd.plane.updates import WorkerUpdates
@@ -107,7 +108,7 @@ class Supervisor:
         binder = SocketBinder(on_release=lambda address, port: self.sweep.released(address, port))
         spool = spool_settings(config)
         # recorded calls may stay in the kernel, which copies their packets to the workers
-        copies_from = nflog_base(config, spool, index)
+        copies_from = nflog_base(config, spool, index, events=reports_dtmf(config))
         self.media = MediaPlane(
             binder,
             self.calls,
@@ -175,6 +176,11 @@ class Supervisor:
             ),
             copies=copies_from >= 0,
             dtmf_events=reports_dtmf(config),
+            events_group=lambda call: (
+                (copies_from + call.worker, pt)
+                if copies_from >= 0 and (pt := events_payload_type(call)) is not None
+                else None
+            ),
         )
         self.updates = WorkerUpdates(self.calls, self.media.sync)
         self._stop = asyncio.Event()

@@ -33,6 +33,15 @@ Rules of the layout (docs/architecture.md "Kernel path", docs/kernel.md):
       rule change; an unrecorded forward's packet pays this one lookup, anyone
       else's packet none.
 
+      The same maps carry the forwards whose DTMF events are reported (the DTMF event
+      log: relayd/worker/dtmf.py): such a forward jumps to chain ``events_G_PT``, whose
+      one rule copies to group G only the packets whose RTP payload type (the low 7
+      bits of the UDP payload's second byte, ``@th,72,8 & 0x7f``) is PT, the call's
+      telephone-event: its audio is forwarded and not copied. A forward's mark is one
+      number, the *copy target* (:func:`events_target`): G alone for a recorded forward
+      (every packet), G with PT for events only; recording wins, since its copies hold
+      the events too.
+
   Anyone else's packets (another source, another port) match nothing and fall
   through to the worker socket: the kernel path is immune to RTP bleed.
 * The constant rules never change with the streams; per-stream state lives in
@@ -50,6 +59,7 @@ The four maps are declared in nft syntax (:func:`map_script`): libnftables
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -71,6 +81,7 @@ __all__ = [
     "add_commands",
     "count_commands",
     "delete_commands",
+    "events_target",
     "list_set_command",
     "list_table_command",
     "map_script",
@@ -84,6 +95,7 @@ __all__ = [
     "rule_commands",
     "stream",
     "table_commands",
+    "target_parts",
     "unrecord_commands",
 ]
 
@@ -409,23 +421,50 @@ def delete_commands(
     return [cmd for name, items in elems.items() for cmd in _elements(table, "delete", name, items)]
 
 
+# copy targets from here on copy one payload type's packets: 1 << 24 | pt << 16 | group
+# (a recording's target is its group, 0-65535; the numbers between are no target)
+_EVENTS = 1 << 24
+
+
+def events_target(group: int, pt: int) -> int:
+    """The copy target of a forward whose packets of RTP payload type ``pt`` (its
+    telephone-event) are copied to nflog ``group``, and no others."""
+    if not 0 <= group <= 0xFFFF or not 0 <= pt <= 127:
+        raise ValueError(f"nflog group or payload type out of range: {group}, {pt}")
+    return _EVENTS | pt << 16 | group
+
+
+def target_parts(target: int) -> tuple[int, int | None]:
+    """A copy target's nflog group and payload type (None: every packet, a recording)."""
+    if target >= _EVENTS:
+        return target & 0xFFFF, (target - _EVENTS) >> 16
+    return target, None
+
+
 def record_chain(group: int) -> str:
-    """The chain that copies the packets of forwards recorded to nflog ``group``."""
-    if not 0 <= group <= 0xFFFF:
+    """The chain that copies the packets of forwards marked with copy target ``group``: a
+    recorded forward's (``record_G``), or one whose events are reported (``events_G_PT``)."""
+    group, pt = target_parts(group)
+    if not 0 <= group <= 0xFFFF or (pt is not None and not 0 <= pt <= 127):
         raise ValueError(f"nflog group out of range: {group}")
-    return f"record_{group}"
+    return f"record_{group}" if pt is None else f"events_{group}_{pt}"
 
 
 def record_chain_commands(table: Table, group: int) -> list[Command]:
     """Chain ``record_G`` with its one rule, ``log prefix <table> group G`` (made anew:
-    idempotent). The snap length, batching and buffer are the reader's
+    idempotent), or for an events target ``events_G_PT``, the same ``log`` behind a match
+    of the RTP payload type. The snap length, batching and buffer are the reader's
     (:class:`relayd.nft.nflog.NflogReader`); the prefix says which table a copy came from."""
     chain = table.handle(name=record_chain(group))
-    log = {"log": {"prefix": table.name, "group": group}}
+    nflog, pt = target_parts(group)
+    expr: list[Command] = [{"log": {"prefix": table.name, "group": nflog}}]
+    if pt is not None:
+        rtp_pt = {"&": [{"payload": {"base": "th", "offset": 72, "len": 8}}, 0x7F]}
+        expr.insert(0, {"match": {"op": "==", "left": rtp_pt, "right": pt}})
     return [
         {"add": {"chain": chain}},
         {"flush": {"chain": chain}},
-        {"add": {"rule": table.handle(chain=chain["name"], expr=[log])}},
+        {"add": {"rule": table.handle(chain=chain["name"], expr=expr)}},
     ]
 
 
@@ -511,10 +550,17 @@ def _parse_endpoint(value: Any) -> Endpoint:
 
 
 def _parse_group(verdict: Any) -> int | None:
-    # {"jump": {"target": "record_7"}}; any other verdict is not relayd's
+    # {"jump": {"target": "record_7"}} or "events_7_101" (a copy target); any other verdict
+    # is not relayd's
     target = verdict.get("jump", {}).get("target", "") if isinstance(verdict, dict) else ""
     prefix, _, group = target.partition("_")
-    return int(group) if prefix == "record" and group.isdigit() else None
+    if prefix == "record" and group.isdigit():
+        return int(group)
+    nflog, _, pt = group.partition("_")
+    if prefix == "events" and nflog.isdigit() and pt.isdigit():
+        with contextlib.suppress(ValueError):
+            return events_target(int(nflog), int(pt))
+    return None
 
 
 def _counted(item: Any) -> tuple[ForwardKey, Counter]:

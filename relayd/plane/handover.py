@@ -54,6 +54,7 @@ class KernelHandover:
         record_group: Callable[[Call], int | None] = lambda call: None,
         copies: bool = False,
         dtmf_events: bool = False,
+        events_group: Callable[[Call], tuple[int, int] | None] = lambda call: None,
     ) -> None:
         self.kernel, self.media = kernel, media
         # a recorded call's nflog group, where the kernel copies its packets for its worker
@@ -63,7 +64,11 @@ class KernelHandover:
         self.copies = copies
         self.on_changed, self.on_traffic = on_changed, on_traffic
         self.rtcp_copied = rtcp_copied
-        self.dtmf_events = dtmf_events  # DTMF reported: sections with events stay in userspace
+        # DTMF reported: sections with telephone-event stay with the workers, unless the
+        # kernel copies their event packets to them (``events_group``: the call's nflog
+        # group and telephone-event payload type, None where it cannot)
+        self.dtmf_events = dtmf_events
+        self.events_group = events_group
         self.in_kernel: set[str] = set()  # call-ids with a stream in the kernel
         self._refreshing: asyncio.Future[None] | None = None  # refresh_all under way
 
@@ -74,8 +79,27 @@ class KernelHandover:
     def legs(self, call: Call) -> list[KernelLeg]:
         """The call's directions the kernel may carry now."""
         return kernel_legs(
-            call, rtcp=not self.rtcp_copied, copies=self.copies, dtmf=self.dtmf_events
+            call,
+            rtcp=not self.rtcp_copied,
+            copies=self.copies,
+            dtmf=self.dtmf_events,
+            events_copied=self.events_group(call) is not None,
         )
+
+    def _mark(self, call: Call, legs: list[KernelLeg]) -> bool:
+        """Mark the call's forwards (and ``legs``, about to go in) for the kernel's copies:
+        all its packets to a recording, or its event packets to the DTMF event log; whether
+        any mark was asked for."""
+        assert self.kernel is not None
+        group = self.record_group(call)
+        if group is not None:
+            self.kernel.record(call.call_id, group, legs)
+            return True
+        events = self.events_group(call) if self.dtmf_events else None
+        if events is not None:
+            self.kernel.record(call.call_id, events[0], legs, events=events[1])
+            return True
+        return False
 
     def adopt(self, calls: list[Call]) -> list[Call]:
         """Make the table hold exactly these calls' kernel legs, keeping forwards that are
@@ -86,8 +110,9 @@ class KernelHandover:
         if self.kernel is not None and self.kernel.enabled:
             # also with no call at all: whatever the table holds is stale then
             adopted = self.kernel.adopt({c.call_id: self.legs(c) for c in calls})
-            for call in calls:  # the kernel copies what the restored recordings need
-                self.kernel.record(call.call_id, self.record_group(call))
+            for call in calls:  # the kernel copies what the restored calls need
+                if not self._mark(call, []):
+                    self.kernel.record(call.call_id, None)
         self.in_kernel = {call_id for call_id, sockets in adopted.items() if sockets}
         changed = []
         for call in calls:
@@ -107,11 +132,10 @@ class KernelHandover:
         changed = mark_kernelized(call, {leg.socket for leg in legs})
         if changed:
             self.media.sync(call)  # the workers first
-        group = self.record_group(call) if legs else None
-        if group is not None:
-            kernel.record(call.call_id, group, legs)  # marked before the first packet passes
+        # marked before the first packet passes
+        marked = self._mark(call, legs) if legs else False
         in_kernel = kernel.sync(call.call_id, legs)
-        if group is None:
+        if not marked:
             kernel.record(call.call_id, None)
         if in_kernel:
             self.in_kernel.add(call.call_id)

@@ -29,7 +29,7 @@ from relayd.ipc import socket_key
 from relayd.log import get_logger
 from relayd.nft import Counter, Endpoint, Forward, ForwardKey, KernelForwarder, NftError
 from relayd.nft.elements import ElementCount, wire_key
-from relayd.nft.ruleset import ACTIVITY_TIMEOUT
+from relayd.nft.ruleset import ACTIVITY_TIMEOUT, events_target
 from relayd.plane.offload import KernelLeg
 
 __all__ = ["Installed", "KernelPath", "Traffic", "table_name"]
@@ -280,12 +280,22 @@ class KernelPath:
         log.info("kernel.unoffload", call_id=call_id, forwards=len(current))
         return True
 
-    def record(self, call_id: str, group: int | None, legs: Iterable[KernelLeg] = ()) -> None:
+    def record(
+        self,
+        call_id: str,
+        group: int | None,
+        legs: Iterable[KernelLeg] = (),
+        events: int | None = None,
+    ) -> None:
         """The kernel copies the packets of the call's forwards, and of ``legs`` (forwards
         about to be installed: marked first, so that their first packet is copied), to nflog
-        ``group``; None: it stops. A removed forward takes its mark with it."""
+        ``group``; None: it stops. A removed forward takes its mark with it. With ``events``
+        (a payload type: the call's telephone-event), only the packets of that payload type
+        are copied (the DTMF event log, relayd/nft/ruleset.py)."""
         if not self.enabled or (group is None and not self.forwarder.marking):
             return  # (nothing is marked: the common case, and no key made for it)
+        if group is not None and events is not None:
+            group = events_target(group, events)
         keys = {record.key for record in self.installed.get(call_id, ())}
         keys.update(Installed.of(leg).key for leg in legs if self.accepts(leg))
         try:

@@ -27,7 +27,9 @@ Rules (docs/architecture.md "Kernel path"; rtpengine kernelizes on the same cond
 * With DTMF events reported (``dtmf-log-dest``, ``log-facility-dtmf``: ``dtmf``), a media
   section where either party sends telephone-event stays with the workers, which read
   its event packets (relayd/worker/dtmf.py), as rtpengine 10.5's kernel module leaves
-  telephone-event packets to its userspace.
+  telephone-event packets to its userspace; unless the kernel copies the call's event
+  packets to its worker (``events_copied``: nflog, the call's telephone-event payload type,
+  :func:`events_payload_type`): then it goes to the kernel like any other.
 * Signalling takes every stream of the call back to the workers, and learning
   starts again, until they confirm the endpoints anew.
 * A stream is marked ``kernelized`` exactly while its relay socket's forward is
@@ -47,7 +49,13 @@ from relayd.calls.model import Call, Endpoint
 from relayd.ipc import socket_key
 from relayd.plane.forwarding import PLAIN, dialogue_pairs, muxes, telephone_events
 
-__all__ = ["KernelLeg", "back_to_userspace", "kernel_legs", "mark_kernelized"]
+__all__ = [
+    "KernelLeg",
+    "back_to_userspace",
+    "events_payload_type",
+    "kernel_legs",
+    "mark_kernelized",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +71,12 @@ class KernelLeg:
 
 
 def kernel_legs(
-    call: Call, *, rtcp: bool = True, copies: bool = False, dtmf: bool = False
+    call: Call,
+    *,
+    rtcp: bool = True,
+    copies: bool = False,
+    dtmf: bool = False,
+    events_copied: bool = False,
 ) -> list[KernelLeg]:
     """The directions of ``call`` that need no per-packet work and can leave userspace.
 
@@ -75,8 +88,10 @@ def kernel_legs(
     ``rtcp=False`` leaves separate RTCP streams to the workers (which copy RTCP for Homer
     and the RTCP log). A recorded call stays with the workers unless ``copies``: the kernel
     then copies its packets to the worker that records it (nflog). ``dtmf``: DTMF events
-    are reported, and a section where a party sends telephone-event stays with the workers.
+    are reported, and a section where a party sends telephone-event stays with the workers
+    unless ``events_copied``: the kernel copies the call's event packets to its worker.
     """
+    dtmf = dtmf and not events_copied
     if not call.answered:
         return []
     recording = call.recording
@@ -113,6 +128,25 @@ def kernel_legs(
                     KernelLeg(socket_key(ry.address, ry.port), sy.endpoint, ry, rx, sx.endpoint)
                 )
     return legs
+
+
+def events_payload_type(call: Call) -> int | None:
+    """The telephone-event payload type whose packets the kernel copies for the DTMF event
+    log, for a call it forwards: the first one a party's SDP names (None: none). One per
+    call is enough: a direction with no codec work, the only kind the kernel forwards,
+    goes to a party that takes the sender's telephone-event under the same number
+    (relayd/calls/codec_plans.py); another number is translated by a worker."""
+    for party in call.parties():
+        for media in party.medias:
+            for codec in media.codecs:
+                number = codec.payload_type
+                if (
+                    codec.name.lower() == "telephone-event"
+                    and number.isdigit()
+                    and int(number) < 128
+                ):
+                    return int(number)
+    return None
 
 
 def mark_kernelized(call: Call, sockets: set[str]) -> bool:

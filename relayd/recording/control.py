@@ -62,13 +62,17 @@ def spool_settings(config: Config) -> SpoolSettings | None:
     )
 
 
-def nflog_base(config: Config, spool: SpoolSettings | None, shard: int = 0) -> int:
+def nflog_base(
+    config: Config, spool: SpoolSettings | None, shard: int = 0, *, events: bool = False
+) -> int:
     """The nflog group whose copies worker 0 of this process reads, where the kernel path may
     carry recorded calls (the kernel copying their packets to the worker that records them:
     worker ``i`` reads group base + ``i``); -1 where it may not (no spool, no kernel path,
     workers that are systemd units without the privilege, or nfnetlink_log unusable: then
-    recorded calls stay with the workers, as in rtpengine 10.5)."""
-    if spool is None or config.table < 0:
+    recorded calls stay with the workers, as in rtpengine 10.5). ``events``: the DTMF event
+    log wants the copies of telephone-event packets too (relayd/ops/dtmflog.py), spool or
+    not."""
+    if (spool is None and not events) or config.table < 0:
         return -1
     if config.worker_socket:
         # workers as systemd units (relay-worker@.service) run without CAP_NET_ADMIN and

@@ -273,6 +273,8 @@ class Worker:
             self.secure.link(current)
             self.secure.start(current, now)
         link_codecs(touched)
+        if self.dtmf_events:  # the kernel's copies of event packets find their watches anew
+            self.recordings.reroute()
         if self.recordings.calls:
             self.recordings.forwarded(message.media, touched)
         for index, fd in enumerate(fds):

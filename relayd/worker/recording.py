@@ -26,13 +26,13 @@ from relayd.log import get_logger
 from relayd.nft.nflog import NflogReader, key_addresses
 from relayd.recording.recorder import CallRecorder, RecordingError
 from relayd.recording.spool import SpoolSettings, names_from_fields
-from relayd.worker.sockets import MediaSocket, PacketTap
+from relayd.worker.sockets import MediaSocket
 
 __all__ = ["Tap", "WorkerRecordings"]
 
 log = get_logger("relayd.worker.recording")
 
-_Route = tuple[PacketTap, tuple[str, int]]
+_Route = tuple[MediaSocket, tuple[str, int]]
 
 _BATCHES_PER_WAKE = 8  # the kernel's batches (up to 64 copies each) read per wake of the loop
 
@@ -79,8 +79,9 @@ class WorkerRecordings:
         self.calls: dict[str, _Recording] = {}
         self.reader: NflogReader | None = None  # the kernel's copies of recorded packets
         self.lost = 0  # copies the kernel dropped for this worker (reader too slow)
-        # a forward's key as the kernel lays it out -> the tap its copies go to, and the
-        # party: found once per forward, forgotten whenever a tap comes or goes
+        # a forward's key as the kernel lays it out -> the relay socket its copies go to (its
+        # tap, its DTMF watch: relayd/worker/dtmf.py), and the party: found once per forward,
+        # forgotten whenever a tap comes or goes
         self._routes: dict[bytes, _Route | None] = {}
 
     def configure(self, directory: str, format_: str, file_mode: int) -> None:
@@ -167,7 +168,9 @@ class WorkerRecordings:
 
     def copies(self, by_key: Mapping[str, MediaSocket]) -> None:
         """The kernel's copies waiting on the nflog socket: each goes to the tap of the relay
-        socket it was sent to, as if that socket had read it (with the kernel's receive time)."""
+        socket it was sent to, as if that socket had read it (with the kernel's receive time),
+        and to its DTMF watch (the kernel copies a forward's telephone-event packets for the
+        DTMF event log: relayd/nft/ruleset.py)."""
         reader = self.reader
         if reader is None:
             return
@@ -186,17 +189,26 @@ class WorkerRecordings:
                 route = routes[wire] = self._route(wire, by_key)
                 if route is None:
                     continue
-            tap, source = route
-            tap.packet(source, payload, time_us / 1e6 if time_us is not None else None)
+            ms, source = route
+            if ms.tap is not None:
+                ms.tap.packet(source, payload, time_us / 1e6 if time_us is not None else None)
+            if ms.dtmf is not None:
+                ms.dtmf.packet(source, payload)
 
     @staticmethod
     def _route(wire: bytes, by_key: Mapping[str, MediaSocket]) -> _Route | None:
-        """Where a forward's copies go: the tap of the relay socket it was sent to."""
+        """Where a forward's copies go: the relay socket it was sent to, where it records or
+        reports DTMF."""
         source, relay = key_addresses(wire)
         ms = by_key.get(socket_key(*relay))
-        if ms is None or ms.tap is None:
+        if ms is None or (ms.tap is None and ms.dtmf is None):
             return None
-        return ms.tap, source
+        return ms, source
+
+    def reroute(self) -> None:
+        """A forward changed the sockets or their DTMF watches: the copies' routes are found
+        anew."""
+        self._routes.clear()
 
     # -- the loop's events --------------------------------------------------------------------
 

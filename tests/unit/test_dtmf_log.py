@@ -17,9 +17,21 @@ import pytest
 from relayd import ipc
 from relayd.calls.model import Call, Endpoint
 from relayd.config import load
+from relayd.nft.ruleset import Endpoint as NftEndpoint
+from relayd.nft.ruleset import (
+    ForwardKey,
+    Table,
+    TableState,
+    events_target,
+    parse_state,
+    record_chain,
+    record_chain_commands,
+    record_commands,
+    target_parts,
+)
 from relayd.ops.dtmflog import DtmfReport, dtmf_json, dtmf_notify, dtmf_report, reports_dtmf
 from relayd.plane.forwarding import plan, streams_by_socket, telephone_events
-from relayd.plane.offload import kernel_legs
+from relayd.plane.offload import events_payload_type, kernel_legs
 from relayd.transcode import events, g711, rtp
 from relayd.transcode.plan import CodecPlan, Format
 from relayd.transcode.transcoder import Transcoder
@@ -232,8 +244,70 @@ def test_sections_with_events_stay_with_the_workers_while_reported() -> None:
     with_events = _confirmed(_call(TE_LINES, TE_LINES))
     assert kernel_legs(with_events) != []
     assert kernel_legs(with_events, dtmf=True) == []
+    # unless the kernel copies the call's event packets to its worker
+    assert kernel_legs(with_events, dtmf=True, events_copied=True) == kernel_legs(with_events)
     without = _confirmed(_call([], []))
     assert kernel_legs(without, dtmf=True) == kernel_legs(without) != []
+    assert events_payload_type(with_events) == 101
+    assert events_payload_type(without) is None
+
+
+# -- the kernel's copies of event packets ------------------------------------------------
+
+
+def test_events_chain_copies_one_payload_type() -> None:
+    """``events_G_PT``: the RTP payload type (the UDP payload's second byte, marker bit
+    off) matched, then ``log group G``: as ``nft`` lists it, ``@th,72,8 & 0x7f == 0x65``."""
+    target = events_target(7, 101)
+    assert target_parts(target) == (7, 101) and target_parts(7) == (7, None)
+    assert record_chain(target) == "events_7_101" and record_chain(7) == "record_7"
+    chain = {"family": "inet", "table": "t", "name": "events_7_101"}
+    rtp_pt = {"&": [{"payload": {"base": "th", "offset": 72, "len": 8}}, 0x7F]}
+    assert record_chain_commands(Table("t"), target) == [
+        {"add": {"chain": chain}},
+        {"flush": {"chain": chain}},
+        {
+            "add": {
+                "rule": {
+                    "family": "inet",
+                    "table": "t",
+                    "chain": "events_7_101",
+                    "expr": [
+                        {"match": {"op": "==", "left": rtp_pt, "right": 101}},
+                        {"log": {"prefix": "t", "group": 7}},
+                    ],
+                }
+            }
+        },
+    ]
+    key = ForwardKey(NftEndpoint("10.88.1.2", 4000), NftEndpoint("10.88.1.1", 30000))
+    (command,) = record_commands(Table(), [key], target)
+    assert command["add"]["element"]["elem"][0][1] == {"jump": {"target": "events_7_101"}}
+    with pytest.raises(ValueError):
+        events_target(7, 128)
+    with pytest.raises(ValueError):
+        record_chain(1 << 16)  # neither a group nor an events target
+
+
+def test_events_marks_read_back_from_a_listing() -> None:
+    key = {"concat": ["10.88.1.2", 4000, "10.88.1.1", 30000]}
+    doc = {
+        "nftables": [
+            {
+                "map": {
+                    "family": "inet",
+                    "name": "rec4",
+                    "table": "relayd",
+                    "type": ["ipv4_addr", "inet_service", "ipv4_addr", "inet_service"],
+                    "map": "verdict",
+                    "elem": [[key, {"jump": {"target": "events_3_96"}}]],
+                }
+            }
+        ]
+    }
+    state = parse_state([doc], Table())
+    assert isinstance(state, TableState)
+    assert list(state.recorded.values()) == [events_target(3, 96)]
 
 
 def test_ipc_round_trip() -> None:

@@ -53,17 +53,30 @@ class FakeKernel:
     adopted: list[dict[str, list[KernelLeg]]] = field(default_factory=list)
     settled: list[float] = field(default_factory=list)
     recorded: dict[str, tuple[int, set[str]]] = field(default_factory=dict)
+    events: dict[str, int] = field(default_factory=dict)  # call-id -> telephone-event copied
 
     def accepts(self, leg: KernelLeg) -> bool:
         return self.enabled and leg.socket not in self.refused
 
-    def record(self, call_id: str, group: int | None, legs: Iterable[KernelLeg] = ()) -> None:
-        """Marks a call's forwards recorded to ``group``: logged only when it marks."""
+    def record(
+        self,
+        call_id: str,
+        group: int | None,
+        legs: Iterable[KernelLeg] = (),
+        events: int | None = None,
+    ) -> None:
+        """Marks a call's forwards recorded to ``group`` (only the packets of payload type
+        ``events``, with it): logged only when it marks."""
         if group is not None:
             self.log.append(("kernel.record", call_id))
             self.recorded[call_id] = (group, {leg.socket for leg in legs})
+            if events is not None:
+                self.events[call_id] = events
+            else:
+                self.events.pop(call_id, None)
         else:
             self.recorded.pop(call_id, None)
+            self.events.pop(call_id, None)
 
     def sync(self, call_id: str, legs: Iterable[KernelLeg]) -> set[str]:
         given = list(legs)
@@ -178,6 +191,8 @@ def _rig(
     rtcp_copied: bool = False,
     record_group: Callable[[Call], int | None] = lambda call: None,
     copies: bool = False,
+    dtmf_events: bool = False,
+    events_group: Callable[[Call], tuple[int, int] | None] = lambda call: None,
 ) -> Rig:
     log: list[Event] = []
     cmds, _ = build()
@@ -192,6 +207,8 @@ def _rig(
         rtcp_copied=rtcp_copied,
         record_group=record_group,
         copies=copies,
+        dtmf_events=dtmf_events,
+        events_group=events_group,
     )
     return Rig(handover, media, cmds, log, traffic, fake)
 
@@ -597,3 +614,26 @@ def test_a_recorded_call_is_marked_before_its_forwards_go_in_and_unmarked_after(
     call.recording = CallRecording(names=("n",), pcap="p")
     rig.handover.offload(call)
     assert not rig.handover.in_kernel and rig.kernel.recorded == {}
+
+
+def test_dtmf_reported_call_marked_for_its_event_packets() -> None:
+    """The DTMF event log with the kernel copying event packets (``events_group``): the call
+    goes to the kernel, its forwards marked for its worker's group and its telephone-event
+    payload type before they go in; a recording takes the mark over (it copies all)."""
+    recording = {"on": False}
+    rig = _rig(
+        record_group=lambda call: 7 if recording["on"] else None,
+        copies=True,
+        dtmf_events=True,
+        events_group=lambda call: (7, 101),
+    )
+    call = rig.call()
+    rig.handover.offload(call)
+    assert rig.log == events("media.sync c1", "kernel.record c1", "kernel.sync c1", "changed c1")
+    assert rig.kernel.recorded["c1"] == (7, set(_four(call)))
+    assert rig.kernel.events == {"c1": 101}
+    recording["on"] = True
+    call.recording = CallRecording(names=("n",), pcap="p")
+    rig.handover.offload(call)
+    assert rig.kernel.events == {}  # every packet copied now
+    assert rig.kernel.recorded["c1"][0] == 7
