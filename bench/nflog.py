@@ -5,7 +5,7 @@ bench/media.py's lab (medialab.py: three namespaces, the C generator, the nft co
 at the callee's ingress), no daemon: relayd's own table code (``nft.KernelForwarder``)
 installs ``--streams`` forwards caller → callee in the relay namespace, as the kernel
 path does, and the generator sends through them. The same forwards, the same rates,
-in four modes, one trial each in turn per rate (other load hits all alike):
+in five modes, one trial each in turn per rate (other load hits all alike):
 
 * ``plain``: no forward marked recorded (one verdict-map lookup per packet, a miss);
 * ``unbound``: every forward marked, no socket bound to the group (the kernel looks
@@ -14,7 +14,11 @@ in four modes, one trial each in turn per rate (other load hits all alike):
   process of its own, on the relay's core, as a recorder would share a core with the
   forwarding) decodes every copy and looks its stream up by key;
 * ``stalled``: marked, a reader bound that reads nothing until the trial ends: its
-  socket buffer fills, the kernel drops copies and must go on forwarding.
+  socket buffer fills, the kernel drops copies and must go on forwarding;
+* ``events``: every forward marked for its telephone-event packets only (the DTMF event
+  log: chain ``events_G_101``, relayd/nft/ruleset.py), a reader bound; the generator's
+  packets are all audio (payload type 0): each pays the jump and the payload-type match,
+  none is copied.
 
 Per trial: packets sent and delivered (loss), the relay core's time per delivered
 packet (the forwarding and the copies are made in softirq there; measured as the
@@ -81,11 +85,13 @@ from medialab import (  # noqa: E402
 
 from relayd.nft import Endpoint, Forward, KernelForwarder  # noqa: E402
 from relayd.nft.nflog import NflogReader  # noqa: E402
+from relayd.nft.ruleset import events_target  # noqa: E402
 
 TABLE = "relaydbench"
 GROUP = 35
 SOURCE0, RELAY0, OUT0 = 35000, 36000, 37000  # stream i: port + i on each side
-MODES = ("plain", "unbound", "copied", "stalled")
+MODES = ("plain", "unbound", "copied", "stalled", "events")
+EVENTS_PT = 101  # ``events``: the telephone-event payload type the forwards are marked for
 
 
 @dataclass(slots=True)
@@ -243,6 +249,8 @@ def trial(
     with in_netns(RELAY_NS):
         if mode == "plain":
             fwd.unrecord(keys)
+        elif mode == "events":
+            fwd.record(keys, events_target(GROUP, EVENTS_PT))
         else:
             fwd.record(keys, GROUP)
     relay = bench.place.relay
