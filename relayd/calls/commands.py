@@ -14,7 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from relayd import ipc
 from relayd.calls.calltree import call_tree
+from relayd.calls.dtmf_play import injection
 from relayd.calls.media_control import control, party_of
 from relayd.calls.model import Call
 from relayd.calls.parties import detach_branch
@@ -96,7 +98,11 @@ class Commands:
             "unblock media": self.media_control,
             "silence media": self.media_control,
             "unsilence media": self.media_control,
+            "play DTMF": self.play_dtmf,
         }
+        # ``play DTMF``: the digits for the workers, taken by the supervisor after each request
+        # (it numbers each, sends it to the call's worker and answers with what it says)
+        self.injections: list[tuple[Call, ipc.InjectDtmf]] = []
 
     def handle(self, req: Request, now: float) -> dict[str, Any]:
         """Run one request; errors become rtpengine's error replies."""
@@ -265,6 +271,12 @@ class Commands:
     def media_control(self, req: Request, now: float) -> dict[str, Any]:
         """ng ``block``, ``unblock``, ``silence``, ``unsilence media`` (calls/media_control.py)."""
         control(self._selected(req), req)
+        return {}
+
+    def play_dtmf(self, req: Request, now: float) -> dict[str, Any]:
+        """ng ``play DTMF`` (calls/dtmf_play.py): the digit queued for the call's worker."""
+        call = self._selected(req)
+        self.injections.append((call, injection(call, req)))
         return {}
 
     def _selected(self, req: Request) -> Call:
