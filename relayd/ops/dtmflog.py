@@ -140,6 +140,9 @@ class DtmfLog:
         self.sock: socket.socket | None = None
         self.sent = 0
         self.errors = 0
+        if config.dtmf_log_ng_tcp and config.shards > 1:
+            # the front process holds the ng TCP connections, the shards the calls
+            logger.warning("dtmf.ng_tcp_unsupported", reason="shards", effect="not sent")
         dest = config.dtmf_log_dest
         if dest is not None:
             try:

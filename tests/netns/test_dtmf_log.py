@@ -6,7 +6,9 @@ relayd runs in its relay namespace (``dlog-*``: this file's own topology), the l
 
 * RFC 4733 events of a plain call through a worker: the events reach the callee untouched,
   and one JSON per digit arrives, as 10.5 sent it for the same packets (its probe:
-  docs/dtmf.md), none for the repeated end packets nor for a digit that never ends;
+  docs/dtmf.md), none for the repeated end packets nor for a digit that never ends; the
+  same digits as log lines (``log-facility-dtmf``) and as bencoded notifications to an ng
+  TCP client (``dtmf-log-ng-tcp``);
 * the same with the kernel path on (``--table 0``, immediate learning): the call goes to
   the kernel once both ends are confirmed, and the kernel copies its telephone-event
   packets, only those, to the worker (nflog): the same JSON arrives while no packet of the
@@ -18,6 +20,7 @@ relayd runs in its relay namespace (``dlog-*``: this file's own topology), the l
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import select
@@ -232,8 +235,19 @@ def _rfc_reported(
 def test_rfc_events_through_a_worker_reported(
     topo: Topology, start_relay: StartRelay, listener: socket.socket
 ) -> None:
-    relay = start_relay(*DTMF_LOG)
+    """Also the log line (``log-facility-dtmf``; relayd logs to a file here, so the line
+    goes there) and the ng TCP notification (``dtmf-log-ng-tcp``) of each digit."""
+    tcp_ng = ("127.0.0.1", NG_PORT + 1)
+    relay = start_relay(
+        *DTMF_LOG,
+        "--log-facility-dtmf=local5",
+        "--dtmf-log-ng-tcp",
+        f"--listen-tcp-ng={tcp_ng[0]}:{tcp_ng[1]}",
+    )
+    with inside(topo.relay):
+        client = socket.create_connection(tcp_ng, timeout=2.0)
     with (
+        client,
         Peer(topo.caller.ns, topo.caller.ip4, CALLER_PORT) as caller,
         Peer(topo.callee.ns, topo.callee.ip4, CALLEE_PORT) as callee,
         relay.client() as ng,
@@ -242,6 +256,19 @@ def test_rfc_events_through_a_worker_reported(
         assert pt == 101
         callee.send(_rtp(0, 1, 100, b"\xff" * 160), to_callee)
         _rfc_reported(topo, listener, caller, callee, to_caller)
+        notified = b""
+        deadline = time.monotonic() + 2.0
+        while notified.count(b"onDTMF") < 2 and time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                notified += client.recv(65536)
+        assert notified.count(b"d6:notify6:onDTMF4:datad4:tagsl") == 2, notified
+        assert b"6:callid8:dlog-rfc10:source_tag10:caller-tag" in notified
+        assert b"5:eventi8e8:durationi100e6:volumei10e" in notified
+        assert b"5:eventi5e8:durationi60e6:volumei20e" in notified
+    lines = [line for line in relay.log().splitlines() if "dtmf.event" in line]
+    assert len(lines) == 2, lines
+    assert '"source_tag":"caller-tag"' in lines[0] and '"event":8,"duration":100' in lines[0]
+    assert '"event":5,"duration":60,"volume":20}' in lines[1]
 
 
 def test_rfc_events_of_a_kernel_forwarded_call_reported(
