@@ -9,7 +9,8 @@ and in this order::
      "source_ip":"192.0.2.1","event":8,"duration":100,"volume":10}
 
 * ``source_tag``: the tag of the party that sent the digit; ``tags``: every party's tag of
-  the call (10.5 lists its tag table: the parties in the order they joined here).
+  the call (10.5 lists its tag table in hash order, which varies; relayd in the order the
+  parties joined).
 * ``timestamp``: whole seconds since the epoch when the end was seen; ``source_ip``: the
   address (no port) the end packet came from, or for a tone heard in audio the party's
   learned endpoint.
