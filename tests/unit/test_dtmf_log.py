@@ -112,6 +112,14 @@ def test_duration_at_the_events_clock_and_other_payload_types_ignored() -> None:
     assert sent == [ipc.Dtmf(0, KEY, "198.51.100.1 7000", 3, 7, 100)]
 
 
+def test_a_decrypted_packet_in_the_workers_buffer() -> None:
+    """The SRTP path hands the watch a view of its receive buffer (relayd/worker/secure.py)."""
+    sent: list[ipc.Message] = []
+    buffer = bytearray(packet(101, 7, 800, event(11, True, 3, 1280)) + b"\0" * 32)
+    DtmfWatch(0, KEY, {101: 8000}, sent.append).packet(A, memoryview(buffer)[:16])
+    assert sent == [ipc.Dtmf(0, KEY, "198.51.100.1 7000", 11, 3, 160)]
+
+
 def test_a_new_digit_after_a_repeat_of_the_same_one() -> None:
     """Two "1"s in a row are two digits: their end packets carry different timestamps."""
     sent: list[ipc.Message] = []
