@@ -59,6 +59,7 @@ _RECORDING_COMMANDS = frozenset(
     ("start recording", "stop recording", "pause recording", "start forwarding", "stop forwarding")
 )
 _MEDIA_COMMANDS = frozenset(("block media", "unblock media", "silence media", "unsilence media"))
+_MEDIA_COMMANDS |= {"block DTMF", "unblock DTMF"}  # a blocked party's DTMF: the workers
 
 
 class ShardLink(Protocol):

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from relayd.calls import dtmf_block
 from relayd.calls.calltree import call_tree
 from relayd.calls.media_control import control, party_of
 from relayd.calls.model import Call
@@ -96,6 +97,8 @@ class Commands:
             "unblock media": self.media_control,
             "silence media": self.media_control,
             "unsilence media": self.media_control,
+            "block DTMF": self.dtmf_block,
+            "unblock DTMF": self.dtmf_block,
         }
 
     def handle(self, req: Request, now: float) -> dict[str, Any]:
@@ -265,6 +268,12 @@ class Commands:
     def media_control(self, req: Request, now: float) -> dict[str, Any]:
         """ng ``block``, ``unblock``, ``silence``, ``unsilence media`` (calls/media_control.py)."""
         control(self._selected(req), req)
+        return {}
+
+    def dtmf_block(self, req: Request, now: float) -> dict[str, Any]:
+        """ng ``block DTMF``, ``unblock DTMF`` (calls/dtmf_block.py)."""
+        call = self._selected(req)
+        (dtmf_block.block if req.command == "block DTMF" else dtmf_block.unblock)(call, req)
         return {}
 
     def _selected(self, req: Request) -> Call:
