@@ -75,6 +75,7 @@ class DtmfBlocker:
         pick: Callable[[], int] | None = None,
     ) -> None:
         self.security = security
+        self.digit = 0 if security.mode == "zero" else security.digit
         self.pick = pick or (lambda: random.randrange(10))
         self.events = {f.pt: f for f in formats if f.name.lower() == "telephone-event"}
         self.audio = {f.pt: f for f in formats if _key(f.name) in _G711 and f.channels == 1}
@@ -129,7 +130,7 @@ class DtmfBlocker:
             out = bytearray(data)
             start = _payload_start(out, len(payload))
             for offset in range(start, start + len(payload) - 3, 4):
-                out[offset] = self.security.digit
+                out[offset] = self.digit
             return bytes(out)
         audio = self.audio.get(self.audio_pt)
         if audio is None:  # no G.711 codec to put the replacement in: nothing goes out
@@ -175,7 +176,7 @@ class DtmfBlocker:
         if mode == "tone":
             return sine(security.frequency, security.volume, ts, count, rate)
         if mode in ("zero", "DTMF"):
-            return tones.tone(security.digit, security.volume, ts, count, rate)
+            return tones.tone(self.digit, security.volume, ts, count, rate)
         if mode == "random":
             return tones.tone(random_code, security.volume, ts, count, rate)
         return b"\x00\x00" * count
