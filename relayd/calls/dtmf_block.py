@@ -17,7 +17,7 @@ rtpengine 10.5's rules (learned from its answers and the packets it sends, 2026-
   random digits; ``digit``/``code`` of ``DTMF`` (as ``play DTMF`` reads it; ``zero`` is 0).
 * **Which applies**: the call's block if it has one, else the party's own
   (``Monologue.dtmf_security``, kept by :func:`refresh` after each command; a party that
-  joins later follows the whole call's block from the next command on).
+  joins later starts with the whole call's: relayd/calls/parties.py).
 * **Undoing**: ``unblock DTMF`` of one party clears its own block; of the whole call, the
   call's, and with ``all`` every party's too.
 * **Triggers** (``trigger``, ``trigger-end``, ``trigger-end-time``, ``trigger-end-digits``,

@@ -204,3 +204,16 @@ def test_plan_text_round_trip() -> None:
     plan_ = CodecPlan(passthrough=(0,), formats=(Format(0, "PCMU", 8000),), security=security)
     assert parse(plan_.to_text()) == plan_
     assert '"s":["random",3,500,12]' in plan_.to_text()
+
+
+def test_a_party_that_joins_later_follows_the_whole_calls_block() -> None:
+    """A fork offered after a whole-call block (another via-branch) is blocked too."""
+    cmds, _ = build()
+    offer = _sdp(A_ADDR, 5000)
+    assert cmds.handle(req("offer", from_tag="a", sdp=offer, via_branch="x1"), T0)["result"] == "ok"
+    assert _ask(cmds, "block DTMF", **{"DTMF-security": "zero"}) == {"result": "ok"}
+    reply = cmds.handle(req("offer", from_tag="a", sdp=offer, via_branch="x2"), T0)
+    assert reply["result"] == "ok", reply
+    call = cmds.calls["c1"]
+    assert set(call.branches) == {"x1", "x2"}
+    assert call.branches["x2"].dtmf_security == DtmfSecurity("zero")
