@@ -114,6 +114,8 @@ class DtmfBlocker:
             return self._event(data, packet, fmt)
         if packet.pt in self.audio:
             self.audio_pt = packet.pt
+            if self.security.mode == "drop":  # in-band tones pass: no need to listen
+                return bytes(data)
             return self._audio(data, packet)
         return bytes(data)
 
@@ -160,7 +162,7 @@ class DtmfBlocker:
                 replace, self.on, self.tone_code = True, True, self.pick()
             else:
                 self.on = False
-        if not replace or self.security.mode == "drop":
+        if not replace:
             return bytes(data)
         out = bytearray(data)
         start = _payload_start(out, len(payload))
