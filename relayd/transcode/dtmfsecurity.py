@@ -34,15 +34,24 @@ import math
 import random
 import struct
 from collections.abc import Callable
+from typing import Protocol
 
 from relayd.transcode import g711, rtp, tones
 from relayd.transcode.dtmfdetect import DtmfDetector
 from relayd.transcode.plan import CodecPlan, DtmfSecurity, Format
 
-__all__ = ["DtmfBlocker", "only_security", "sine"]
+__all__ = ["Counts", "DtmfBlocker", "only_security", "sine"]
 
 _G711 = ("PCMU", "PCMA")
 _STEP = 1.122018  # rtpengine's amplitude ratio of one volume step (relayd/transcode/tones.py)
+
+
+class Counts(Protocol):
+    """The engine's counters this module adds to (relayd/transcode/transcoder.py)."""
+
+    packets: int
+    sent: int
+    octets: int
 
 
 def only_security(plan: CodecPlan) -> bool:
@@ -118,6 +127,16 @@ class DtmfBlocker:
                 return bytes(data)
             return self._audio(data, packet)
         return bytes(data)
+
+    def counted(self, counters: Counts, packet: bytes | None) -> list[bytes]:
+        """What goes out for a packet :meth:`filter` dropped (None), or sent on where nothing
+        but blocking runs, counted as the engine counts its own."""
+        counters.packets += 1
+        if packet is None:
+            return []
+        counters.sent += 1
+        counters.octets += max(len(packet) - 12, 0)
+        return [packet]
 
     # -- RFC 4733 events -------------------------------------------------------------------
 

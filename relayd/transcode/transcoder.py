@@ -237,7 +237,7 @@ class Transcoder:
         if self.blocker is not None:
             filtered = self.blocker.filter(data)
             if filtered is None or self.blocked_only:
-                return [] if filtered is None else [filtered]
+                return self.blocker.counted(self.counters, filtered)
             data = filtered
         counters = self.counters
         try:

@@ -226,3 +226,13 @@ def test_without_blocking_the_same_plan_makes_tones() -> None:
     engine.process(rtp.build(0, False, 1002, 3320, SSRC, SILENCE))
     made = [p for packet in _events() for p in engine.process(packet)]
     assert made and any(rtp.parse(p).payload != b"\xd5" * 160 for p in made)
+
+
+def test_the_engine_counts_what_blocking_passes_and_drops() -> None:
+    plan = CodecPlan(passthrough=(0, 101), formats=FORMATS, security=DtmfSecurity("drop"))
+    engine = Transcoder(plan)
+    engine.process(rtp.build(0, False, 1000, 3000, SSRC, SILENCE))
+    for packet in _events():
+        engine.process(packet)
+    counters = engine.counters
+    assert (counters.packets, counters.sent, counters.octets) == (8, 1, 160)
