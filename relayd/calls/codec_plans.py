@@ -183,11 +183,13 @@ def party_plan(party: Monologue, sender: Media, receiver: Media) -> CodecPlan | 
     plan = _secured(party, sender, receiver, direction_plan(sender, receiver))
     if not party.inject_dtmf or sender.rejected or receiver.rejected:
         return plan
+    common = _common_formats(sender, receiver)
     if plan is None:
-        plan = _passthrough_plan(sender, receiver)
-        if plan is None:
+        if not common:
             return None
-    return dataclasses.replace(plan, inject=True)
+        return CodecPlan(passthrough=tuple(f.pt for f in common), formats=common, inject=True)
+    # a transcoded direction injects events of the telephone-event both sides have, if any
+    return dataclasses.replace(plan, inject=True, formats=plan.formats or common)
 
 
 def _secured(
@@ -200,9 +202,10 @@ def _secured(
     if security is None or sender.rejected or receiver.rejected:
         return plan
     if plan is None:
-        plan = _passthrough_plan(sender, receiver)
-        if plan is None:
+        common = _common_formats(sender, receiver)
+        if not common:
             return None
+        plan = CodecPlan(passthrough=tuple(f.pt for f in common), formats=common)
     elif plan.passthrough and not plan.formats:
         sent = {f.pt: f for f in map(to_format, _taken(sender))}
         formats = tuple(sent[pt] for pt in plan.passthrough if pt in sent)
@@ -210,14 +213,11 @@ def _secured(
     return dataclasses.replace(plan, security=security)
 
 
-def _passthrough_plan(sender: Media, receiver: Media) -> CodecPlan | None:
-    """Every payload type ``sender``'s party may send that the receiver takes, passed
-    through, with its format; None where there is none."""
+def _common_formats(sender: Media, receiver: Media) -> tuple[Format, ...]:
+    """The formats of the payload types ``sender``'s party may send that the receiver takes
+    as they are (same number, same encoding)."""
     takes = _taken(receiver)
-    formats = [to_format(codec) for codec in _taken(sender) if any(_same(c, codec) for c in takes)]
-    if not formats:
-        return None
-    return CodecPlan(passthrough=tuple(f.pt for f in formats), formats=tuple(formats))
+    return tuple(to_format(c) for c in _taken(sender) if any(_same(t, c) for t in takes))
 
 
 def _bitrate(setup: CodecSetup, target: Codec) -> int:

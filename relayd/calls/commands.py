@@ -14,8 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from relayd import ipc
 from relayd.calls import dtmf_block
 from relayd.calls.calltree import call_tree
+from relayd.calls.dtmf_play import injection
 from relayd.calls.media_control import control, party_of
 from relayd.calls.model import Call
 from relayd.calls.parties import detach_branch
@@ -99,7 +101,11 @@ class Commands:
             "unsilence media": self.media_control,
             "block DTMF": self.dtmf_block,
             "unblock DTMF": self.dtmf_block,
+            "play DTMF": self.play_dtmf,
         }
+        # ``play DTMF``: the digits for the workers, taken by the supervisor after each request
+        # (it numbers each, sends it to the call's worker and answers with what it says)
+        self.injections: list[tuple[Call, ipc.InjectDtmf]] = []
 
     def handle(self, req: Request, now: float) -> dict[str, Any]:
         """Run one request; errors become rtpengine's error replies."""
@@ -274,6 +280,12 @@ class Commands:
         """ng ``block DTMF``, ``unblock DTMF`` (calls/dtmf_block.py)."""
         call = self._selected(req)
         (dtmf_block.block if req.command == "block DTMF" else dtmf_block.unblock)(call, req)
+        return {}
+
+    def play_dtmf(self, req: Request, now: float) -> dict[str, Any]:
+        """ng ``play DTMF`` (calls/dtmf_play.py): the digit queued for the call's worker."""
+        call = self._selected(req)
+        self.injections.append((call, injection(call, req)))
         return {}
 
     def _selected(self, req: Request) -> Call:

@@ -29,6 +29,7 @@ from relayd.worker.session import Leg, Verdict
 from relayd.worker.silence import parse_fills, silence
 from relayd.worker.sockets import MediaSocket
 from relayd.worker.transcoding import configure as configure_codecs
+from relayd.worker.transcoding import inject as inject_dtmf
 from relayd.worker.transcoding import link as link_codecs
 from relayd.worker.transcoding import outgoing
 
@@ -170,6 +171,9 @@ class Worker:
         elif isinstance(message, ipc.RecordStop):
             self.recordings.copies(self.by_key)  # what the kernel copied so far goes in first
             self.recordings.stop(message)
+        elif isinstance(message, ipc.InjectDtmf):
+            error = inject_dtmf(message, self.by_key, self.index)
+            self.send(ipc.DtmfInjected(message.request, error))
         elif isinstance(message, ipc.Shutdown):
             self.running = False
 
