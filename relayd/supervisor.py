@@ -64,6 +64,7 @@ INJECT_TIMEOUT = 2.0
 """Seconds ``play DTMF`` waits for the call's worker to queue its digit."""
 
 _MEDIA_COMMANDS = frozenset(("block media", "unblock media", "silence media", "unsilence media"))
+_MEDIA_COMMANDS |= {"block DTMF", "unblock DTMF"}  # a blocked party's DTMF: the workers
 
 
 class ShardLink(Protocol):

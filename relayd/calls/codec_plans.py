@@ -33,7 +33,9 @@ needs no codec work.
 injection: ng ``inject DTMF``): a direction with no codec work gets a plan of passthrough
 payload types with their ``formats``, so that its packets go through the engine. It is the
 plan the workers get and the one the kernel path's policy asks about
-(relayd/plane/offload.py).
+(relayd/plane/offload.py). So does DTMF blocking (ng ``block DTMF``,
+``Monologue.dtmf_security``): the plan carries the mode (``security``), a direction with no
+codec work getting a passthrough plan with its formats.
 """
 
 from __future__ import annotations
@@ -178,7 +180,7 @@ def direction_plan(sender: Media, receiver: Media) -> CodecPlan | None:
 def party_plan(party: Monologue, sender: Media, receiver: Media) -> CodecPlan | None:
     """The plan of what ``party`` sends (from ``sender``, its media, to ``receiver``'s
     party): :func:`direction_plan`, with what the party's own state adds (module rules)."""
-    plan = direction_plan(sender, receiver)
+    plan = _secured(party, sender, receiver, direction_plan(sender, receiver))
     if not party.inject_dtmf or sender.rejected or receiver.rejected:
         return plan
     common = _common_formats(sender, receiver)
@@ -188,6 +190,27 @@ def party_plan(party: Monologue, sender: Media, receiver: Media) -> CodecPlan | 
         return CodecPlan(passthrough=tuple(f.pt for f in common), formats=common, inject=True)
     # a transcoded direction injects events of the telephone-event both sides have, if any
     return dataclasses.replace(plan, inject=True, formats=plan.formats or common)
+
+
+def _secured(
+    party: Monologue, sender: Media, receiver: Media, plan: CodecPlan | None
+) -> CodecPlan | None:
+    """``plan`` with the party's ``block DTMF`` (relayd/calls/dtmf_block.py): a direction with
+    no codec work gets a passthrough plan, and its passthrough payload types their formats
+    (the engine reads the sender's events and audio by them)."""
+    security = party.dtmf_security
+    if security is None or sender.rejected or receiver.rejected:
+        return plan
+    if plan is None:
+        common = _common_formats(sender, receiver)
+        if not common:
+            return None
+        plan = CodecPlan(passthrough=tuple(f.pt for f in common), formats=common)
+    elif plan.passthrough and not plan.formats:
+        sent = {f.pt: f for f in map(to_format, _taken(sender))}
+        formats = tuple(sent[pt] for pt in plan.passthrough if pt in sent)
+        plan = dataclasses.replace(plan, formats=formats)
+    return dataclasses.replace(plan, security=security)
 
 
 def _common_formats(sender: Media, receiver: Media) -> tuple[Format, ...]:

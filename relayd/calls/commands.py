@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from relayd import ipc
+from relayd.calls import dtmf_block
 from relayd.calls.calltree import call_tree
 from relayd.calls.dtmf_play import injection
 from relayd.calls.media_control import control, party_of
@@ -98,6 +99,8 @@ class Commands:
             "unblock media": self.media_control,
             "silence media": self.media_control,
             "unsilence media": self.media_control,
+            "block DTMF": self.dtmf_block,
+            "unblock DTMF": self.dtmf_block,
             "play DTMF": self.play_dtmf,
         }
         # ``play DTMF``: the digits for the workers, taken by the supervisor after each request
@@ -271,6 +274,12 @@ class Commands:
     def media_control(self, req: Request, now: float) -> dict[str, Any]:
         """ng ``block``, ``unblock``, ``silence``, ``unsilence media`` (calls/media_control.py)."""
         control(self._selected(req), req)
+        return {}
+
+    def dtmf_block(self, req: Request, now: float) -> dict[str, Any]:
+        """ng ``block DTMF``, ``unblock DTMF`` (calls/dtmf_block.py)."""
+        call = self._selected(req)
+        (dtmf_block.block if req.command == "block DTMF" else dtmf_block.unblock)(call, req)
         return {}
 
     def play_dtmf(self, req: Request, now: float) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Generic, Literal, TypeVar, overload
 
 from relayd.calls.webrtc import Crypto
 from relayd.ipc import Learning
+from relayd.transcode.plan import DtmfSecurity
 
 __all__ = [
     "Call",
@@ -369,6 +370,10 @@ class Monologue:
     media_handover: bool = False
     media_echo: EchoRole = ""  # what happens to this party's media (ng media-echo)
     inject_dtmf: bool = False  # ng ``inject DTMF``: play DTMF may inject into what it sends
+    # ng ``block DTMF`` of this party (its own), and what applies to what it sends: the
+    # call's block if there is one, else its own (relayd/calls/dtmf_block.py keeps it)
+    dtmf_block: DtmfSecurity | None = None
+    dtmf_security: DtmfSecurity | None = None
     sip_source: str = ""  # the SIP source address (received-from), if any
     last_sdp: bytes = b""  # digest of the SDP we last wrote for it, version aside (SDP-version)
     first_username: str | None = None  # o= username of this party's first SDP
@@ -443,6 +448,7 @@ class Call:
     reap_at: float = 0.0  # when the timers look at it next (Commands.schedule), 0: never
     recording: CallRecording | None = None  # metadata given, or recorded now or before
     control: MediaControl | None = None  # media blocked or silenced (None: neither, ever)
+    dtmf_block: DtmfSecurity | None = None  # ng ``block DTMF`` of the whole call
 
     def all_medias(self) -> list[Media]:
         """Every media of every party, including those of earlier forked dialogues."""

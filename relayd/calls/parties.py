@@ -27,7 +27,9 @@ def sender_of(call: Call, tag: str, now: float) -> Monologue:
     """The party that sent a message (``from-tag``), created on its first one."""
     mono = call.monologues.get(tag)
     if mono is None:
-        mono = call.monologues[tag] = Monologue(tag=tag, created=now)
+        # a whole-call block DTMF applies to parties that join later (calls/dtmf_block.py)
+        mono = Monologue(tag=tag, created=now, dtmf_security=call.dtmf_block)
+        call.monologues[tag] = mono
     return mono
 
 
@@ -41,7 +43,7 @@ def receiver_of_offer(call: Call, sender: Monologue, req: Request, now: float) -
     else:
         branch = req.via_branch
         receiver = call.branches.get(branch) or Monologue(
-            tag=req.to_tag, created=now, via_branch=branch
+            tag=req.to_tag, created=now, via_branch=branch, dtmf_security=call.dtmf_block
         )
         call.branches.setdefault(branch, receiver)
         if req.to_tag:
@@ -67,7 +69,7 @@ def answerer_of(call: Call, offerer: Monologue, req: Request, now: float) -> Mon
                 (b for b in call.branches.values() if not b.tag),
                 next(iter(call.branches.values()), None),
             )
-            or Monologue(tag=tag, created=now)
+            or Monologue(tag=tag, created=now, dtmf_security=call.dtmf_block)
         )
         if answerer.tag and answerer.tag != tag:
             # early-media fork: another to-tag answers the same branch; same ports

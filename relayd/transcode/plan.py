@@ -48,6 +48,10 @@ Added for DTMF and media playback (issue 16), optional, the text form unchanged:
 * ``formats``: the formats of the ``passthrough`` payload types (payload type, name, rate),
   where the engine must decode or encode them anyway (tones injected into them). Text
   key ``f``.
+* ``security``: ng ``block DTMF``'s mode for this direction (a :class:`DtmfSecurity`: what
+  replaces the sender's DTMF, its events and its in-band tones;
+  relayd/transcode/dtmfsecurity.py). A direction with nothing else to do gets a plan of
+  ``passthrough`` payload types with their ``formats``. Text key ``s``.
 
 The text form (:meth:`CodecPlan.to_text`, :func:`parse`) is compact JSON, what
 :class:`relayd.ipc.SocketSpec` carries in its ``codecs`` field.
@@ -59,7 +63,15 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["TRANSCODED", "CodecPlan", "Format", "PlanError", "parse"]
+__all__ = [
+    "SECURITY_MODES",
+    "TRANSCODED",
+    "CodecPlan",
+    "DtmfSecurity",
+    "Format",
+    "PlanError",
+    "parse",
+]
 
 
 class PlanError(ValueError):
@@ -103,6 +115,35 @@ TRANSCODED: dict[str, Format] = {
 }
 
 
+SECURITY_MODES = ("drop", "silence", "tone", "random", "zero", "DTMF")
+"""ng ``DTMF-security``'s modes that block (rtpengine 10.5's, "off" aside)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DtmfSecurity:
+    """What a blocked direction's DTMF becomes (ng ``block DTMF``): ``mode`` one of
+    :data:`SECURITY_MODES`; ``digit`` the event code of ``DTMF`` (``zero``: 0);
+    ``frequency`` (Hz) and ``volume`` (dB below 0 dBm0) of the replacing tone."""
+
+    mode: str = "drop"
+    digit: int = 0
+    frequency: int = 400
+    volume: int = 10
+
+    def to_list(self) -> list[Any]:
+        return [self.mode, self.digit, self.frequency, self.volume]
+
+    @classmethod
+    def from_list(cls, value: Any) -> DtmfSecurity:
+        try:
+            mode, digit, frequency, volume = value
+            if mode not in SECURITY_MODES:
+                raise ValueError(mode)
+            return cls(mode, int(digit), int(frequency), int(volume))
+        except (TypeError, ValueError) as exc:
+            raise PlanError(f"bad DTMF security {value!r}") from exc
+
+
 @dataclass(frozen=True, slots=True)
 class CodecPlan:
     """One direction's codec work: see the module's docstring."""
@@ -118,6 +159,7 @@ class CodecPlan:
     silence_detect: float = 0.0  # percent of full scale; 0: no silence detection
     inject: bool = False  # DTMF may be injected (ng play DTMF)
     formats: tuple[Format, ...] = ()  # the passthrough payload types' formats, where needed
+    security: DtmfSecurity | None = None  # DTMF blocked (ng block DTMF)
 
     def to_text(self) -> str:
         body: dict[str, Any] = {}
@@ -143,6 +185,8 @@ class CodecPlan:
             body["i"] = 1
         if self.formats:
             body["f"] = [f.to_list() for f in self.formats]
+        if self.security is not None:
+            body["s"] = self.security.to_list()
         return json.dumps(body, separators=(",", ":"))
 
 
@@ -183,4 +227,5 @@ def parse(text: str) -> CodecPlan | None:
         silence_detect=float(silence),
         inject=bool(body.get("i", 0)),
         formats=_formats(body.get("f", [])),
+        security=DtmfSecurity.from_list(body["s"]) if "s" in body else None,
     )

@@ -47,6 +47,7 @@ from relayd.transcode.codecs import OPUS_RATES, CodecError, Decoder, Resampler
 from relayd.transcode.comfortnoise import CN_RATE, ComfortNoise
 from relayd.transcode.dtmfdetect import RATE as DETECT_RATE
 from relayd.transcode.dtmfdetect import Change, DtmfDetector
+from relayd.transcode.dtmfsecurity import DtmfBlocker, only_security
 from relayd.transcode.inject import Digit, Injector, Span
 from relayd.transcode.packetiser import Packetiser
 from relayd.transcode.plan import CodecPlan, Format
@@ -119,6 +120,9 @@ class Transcoder:
     def __init__(self, plan: CodecPlan, new_ssrc: Callable[[], int] | None = None) -> None:
         self.plan = plan
         self.counters = Counters()
+        # ng block DTMF: the sender's DTMF replaced first (relayd/transcode/dtmfsecurity.py)
+        self.blocker = DtmfBlocker.of(plan)
+        self.blocked_only = only_security(plan)
         self._new_ssrc = new_ssrc or (lambda: random.getrandbits(32))
         self.passthrough = frozenset(plan.passthrough)
         self.kinds: dict[int, tuple[int, Format]] = {}
@@ -253,6 +257,11 @@ class Transcoder:
 
     def process(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         """The packets that go out for one packet that came in (often one, maybe none)."""
+        if self.blocker is not None:
+            filtered = self.blocker.filter(data)
+            if filtered is None or self.blocked_only:
+                return self.blocker.counted(self.counters, filtered)
+            data = filtered
         counters = self.counters
         try:
             packet = rtp.parse(data)

@@ -25,7 +25,7 @@ import signal
 import subprocess
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,6 +133,7 @@ class Leg:
     altered: int  # delivered packets whose bytes the sender never sent
     payload_types: frozenset[int] = frozenset()  # of the delivered RTP packets
     audio: bytes = b""  # the delivered packets' RTP payloads, one after the other
+    rtp: tuple[bytes, ...] = ()  # the delivered RTP packets themselves
 
     def describe(self) -> str:
         return (
@@ -268,13 +269,17 @@ def place_calls(
     timeout_s: float,
     uas_scenario: Path = SCENARIOS / "uas.xml",
     uas_media: Sequence[str] = (TONE_PCAP,),
+    uac_scenario: Path = SCENARIOS / "uac.xml",
+    uac_media: Sequence[str] = (TONE_PCAP,),
+    on_call: Callable[[NgClient, str], None] | None = None,
 ) -> CallRun:
     """Run ``calls`` UAC→Kamailio→UAS calls with RTP both ways, watching the relay.
 
     dumpcap captures every packet to or from the relay's media ports while the
     calls run; meanwhile the relay's ``list`` gives the peak of concurrent calls
     and a ``query`` of each running call (every ``QUERY_INTERVAL_S``) its own
-    packet counters.
+    packet counters. ``on_call`` is called once for each call as it first shows in ``list``
+    (an ng request of the test's own, e.g. ``block DTMF``).
     """
     relay = deployment.relay
     peak = 0
@@ -304,6 +309,8 @@ def place_calls(
                 call_duration_ms=call_duration_ms,
                 local=UAC,
                 media_port=UAC_MEDIA_PORT,
+                scenario=uac_scenario,
+                media_files=uac_media,
                 timeout_s=timeout_s,
             )
         ) as uac,
@@ -314,6 +321,8 @@ def place_calls(
             peak = max(peak, len(active))
             now = time.monotonic()
             for call_id in active:
+                if on_call is not None and isinstance(call_id, str) and call_id not in queried:
+                    on_call(ng, call_id)
                 if isinstance(call_id, str) and now - queried.get(call_id, 0.0) >= QUERY_INTERVAL_S:
                     queried[call_id] = now
                     counts = _query_rtp_packets(ng, call_id)
@@ -434,6 +443,7 @@ def _leg(
         altered=sum(1 for payload in delivered if payload not in originals),
         payload_types=frozenset(p[1] & 0x7F for p in rtp),
         audio=b"".join(p[12 + 4 * (p[0] & 0x0F) :] for p in rtp),
+        rtp=tuple(rtp),
     )
 
 

@@ -7,6 +7,8 @@ replays it per call, rewriting addresses and ports to the call's own media port
 (``[auto_media_port]``) and the peer's SDP address. The files are written into each
 agent's working directory when it starts (nothing binary is kept in the repository).
 
+``dtmf-pcmu.pcap`` is PCMU silence with RFC 4733 digits (payload type 101) in it.
+
 (sipp 3.6.1's ``rtp_stream`` is no alternative here: it sends every call's stream from the
 one ``-mp`` port, and relayd learns endpoints per call.)
 """
@@ -20,7 +22,7 @@ from pathlib import Path
 
 from tests.support.tone import alaw_encode, mulaw_encode
 
-__all__ = ["TONES", "TONE_PACKETS", "write_tone"]
+__all__ = ["DTMF_DIGITS", "DTMF_PACKETS", "DTMF_PCAP", "TONES", "TONE_PACKETS", "write_tone"]
 
 RATE = 8000
 SECONDS = 2.0
@@ -34,6 +36,12 @@ TONES: dict[str, tuple[int, Callable[[list[int]], bytes]]] = {
     "tone-pcmu.pcap": (0, mulaw_encode),
     "tone-pcma.pcap": (8, alaw_encode),
 }
+
+# RFC 4733 digits among PCMU silence (``dtmf-pcmu.pcap``, :func:`_dtmf_packets`): what the
+# DTMF interop test (tests/interop/test_kamailio_dtmf_block.py) plays
+DTMF_PCAP = "dtmf-pcmu.pcap"
+DTMF_DIGITS = "159"
+DTMF_PACKETS = 50 + 17 * len(DTMF_DIGITS)
 
 _LINKTYPE_ETHERNET = 1
 # Placeholders only: sipp replaces addresses and ports when it replays the file.
@@ -70,16 +78,11 @@ def _frame(payload: bytes, ident: int) -> bytes:
     return ethernet + ip + udp
 
 
-def _rtp_pcap(audio: bytes, payload_type: int) -> bytes:
-    """``audio`` as RTP packets of ``PTIME_MS`` each in a libpcap file."""
-    samples = RATE * PTIME_MS // 1000
+def _pcap(packets: list[bytes]) -> bytes:
+    """RTP ``packets``, ``PTIME_MS`` apart, in a libpcap file."""
     out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, _LINKTYPE_ETHERNET)]
-    for index in range(len(audio) // samples):
-        marker = 0x80 if index == 0 else 0
-        header = struct.pack(
-            "!BBHII", 0x80, marker | payload_type, index + 1, index * samples, SSRC
-        )
-        frame = _frame(header + audio[index * samples : (index + 1) * samples], index + 1)
+    for index, packet in enumerate(packets):
+        frame = _frame(packet, index + 1)
         usec = index * PTIME_MS * 1000
         out.append(
             struct.pack("<IIII", usec // 1_000_000, usec % 1_000_000, len(frame), len(frame))
@@ -88,9 +91,58 @@ def _rtp_pcap(audio: bytes, payload_type: int) -> bytes:
     return b"".join(out)
 
 
+def _rtp_pcap(audio: bytes, payload_type: int) -> bytes:
+    """``audio`` as RTP packets of ``PTIME_MS`` each in a libpcap file."""
+    samples = RATE * PTIME_MS // 1000
+    packets = []
+    for index in range(len(audio) // samples):
+        marker = 0x80 if index == 0 else 0
+        header = struct.pack(
+            "!BBHII", 0x80, marker | payload_type, index + 1, index * samples, SSRC
+        )
+        packets.append(header + audio[index * samples : (index + 1) * samples])
+    return _pcap(packets)
+
+
+def _dtmf_packets() -> list[bytes]:
+    """PCMU silence with :data:`DTMF_DIGITS` as RFC 4733 events (payload type 101, volume 10):
+    1 s of silence, then each digit for 100 ms (five packets, durations 160 to 800, the
+    first marked, the end sent three times) and 200 ms of silence after it."""
+    samples = RATE * PTIME_MS // 1000
+    packets: list[bytes] = []
+
+    def add(payload_type: int, ts: int, payload: bytes) -> None:
+        header = struct.pack("!BBHII", 0x80, payload_type, len(packets) + 1, ts, SSRC)
+        packets.append(header + payload)
+
+    slot = 0
+    for _ in range(50):
+        add(0, slot * samples, b"\xff" * samples)
+        slot += 1
+    for digit in DTMF_DIGITS:
+        code, start = "0123456789*#ABCD".index(digit), slot * samples
+        for step in range(7):
+            duration = min(step + 1, 5) * samples
+            end = 0x80 if step >= 4 else 0
+            add(
+                101 | (0x80 if step == 0 else 0),
+                start,
+                bytes((code, end | 10)) + duration.to_bytes(2, "big"),
+            )
+            slot += 1
+        for _ in range(10):
+            add(0, slot * samples, b"\xff" * samples)
+            slot += 1
+    return packets
+
+
 def write_tone(name: str, directory: Path) -> Path:
-    """Write the tone file ``name`` (a key of :data:`TONES`) into ``directory``."""
-    payload_type, encode = TONES[name]
+    """Write the media file ``name`` (a key of :data:`TONES`, or :data:`DTMF_PCAP`) into
+    ``directory``."""
     path = directory / name
+    if name == DTMF_PCAP:
+        path.write_bytes(_pcap(_dtmf_packets()))
+        return path
+    payload_type, encode = TONES[name]
     path.write_bytes(_rtp_pcap(encode(_tone()), payload_type))
     return path

@@ -473,6 +473,7 @@ def uac_agent(
     local: tuple[str, int] = ("127.0.0.10", 25061),
     media_port: int = 26000,
     scenario: Path = SCENARIOS / "uac.xml",
+    media_files: Sequence[str] = (TONE_PCAP,),
     timeout_s: float = 30.0,
     extra: Sequence[str] = (),
 ) -> SippAgent:
@@ -490,6 +491,7 @@ def uac_agent(
         call_duration_ms=call_duration_ms,
         keys={"uas_host": f"{uas[0]}:{uas[1]}"},
         timeout_s=timeout_s,
+        media_files=media_files,
         extra=extra,
     )
 
