@@ -216,6 +216,9 @@ class Supervisor:
         if reply.get("result") != "ok":
             return reply
         for call, message in pending:
+            if not message.keys:  # nobody signalled with inject DTMF: "ok", nothing injected
+                logger.info("dtmf.inject_unset", call_id=call.call_id)
+                continue
             future = self.media.inject_dtmf(call.worker, message)
             try:
                 error = await asyncio.wait_for(future, INJECT_TIMEOUT)

@@ -125,9 +125,11 @@ def injection(call: Call, req: Request) -> ipc.InjectDtmf:
     they send arrives, and the digit. NgError as 10.5 answers (party first, then the digit)."""
     parties = _parties(call, req)
     order = order_of(req.values)
+    # a party signalled without ``inject DTMF`` gets nothing, and no error (as 10.5)
     keys = tuple(
         ipc.socket_key(media.local.local, media.port)
         for party in parties
+        if party.inject_dtmf
         for media in party.medias
         if media.local is not None and media.port and not media.rejected
     )

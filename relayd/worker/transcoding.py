@@ -20,10 +20,10 @@ Rules:
 * An exception out of an engine is a bug: logged with its traceback, counted, the packet
   dropped; the loop goes on.
 * ``InjectDtmf`` (ng ``play DTMF``) queues its digit on the engine of each socket it names,
-  in order. A socket with no engine, or one whose plan injects nothing (the parties lacked
-  ``inject DTMF``), is passed over, as rtpengine 10.5 answers such a request "ok" and
-  injects nothing; an engine that has had no packet yet stops the request with 10.5's "No
-  SSRC context present for DTMF injection" (the digits queued before it stay queued).
+  in order (the supervisor names only sockets of parties signalled with ``inject DTMF``).
+  An engine that has had no packet yet, or none at all yet (the forward that brings it has
+  not come: no packet can have been seen either), stops the request with 10.5's "No SSRC
+  context present for DTMF injection"; the digits queued before it stay queued.
 """
 
 from __future__ import annotations
@@ -121,10 +121,7 @@ def inject(message: InjectDtmf, by_key: dict[str, MediaSocket], worker: int) -> 
     for key in message.keys:
         ms = by_key.get(key)
         engine = ms.codecs.engine if ms is not None and ms.codecs is not None else None
-        if engine is None or engine.injector is None:
-            log.info("dtmf.inject_unset", worker=worker, key=key)
-            continue
-        if not engine.inject(digit):
+        if engine is None or not engine.inject(digit):
             return NO_SSRC
         log.info("dtmf.injected", worker=worker, key=key, code=message.code)
     return ""
