@@ -1,7 +1,11 @@
 """DTMF through Kamailio to a PCMA callee, and ``block DTMF`` (issue 16's interop check).
 
-Kamailio runs the deployment guide's script with ``transcode-PCMA`` in ``rtpengine_offer``'s
-flags (as tests/interop/test_kamailio_transcoding.py). The sipp UAC offers PCMU and
+Kamailio runs the deployment guide's script with ``transcode-PCMA always-transcode`` in
+``rtpengine_offer``'s flags (as tests/interop/test_kamailio_transcoding.py, and
+``always-transcode`` so that a callee without telephone-event leaves it in the answer to the
+caller: with ``transcode-PCMA`` alone rtpengine 10.5, and relayd with it, answer the caller
+without telephone-event, and a caller that keeps to its answer sends its digits as tones,
+which reach the callee transcoded like any audio). The sipp UAC offers PCMU and
 telephone-event and plays ``dtmf-pcmu.pcap`` (tests/support/media_files.py): PCMU silence
 with the RFC 4733 digits 1, 5, 9. The sipp UAS answers PCMA with telephone-event
 (scenarios/uas-pcma.xml) or PCMA only (scenarios/uas-pcma-only.xml). From the capture of what
@@ -12,14 +16,8 @@ detector (relayd/transcode/dtmfdetect.py). Unblocked the callee must hear 1, 5, 
 before the digits: they follow a second of silence) nothing, and no telephone-event packet
 reaches it.
 
-Known gaps, marked (strict, so that the mark goes when they are closed):
-
-* PCMA-only callee, unblocked: the relays answer the caller without telephone-event (the
-  callee takes none) and do not turn the caller's events into tones: relayd drops them,
-  rtpengine 10.5 forwards them as payload type 101, which the callee never agreed to. Either
-  way the callee hears no digit (docs/dtmf.md).
-* PCMA-only callee, blocked, rtpengine: 10.5's ``drop`` does not drop events of a payload
-  type the callee did not take; they reach it as they came.
+Known gap, marked (strict, so that the mark goes when it is closed): PCMA-only callee,
+blocked, rtpengine: 10.5's ``drop`` does not stop the tones it makes of the events.
 """
 
 from __future__ import annotations
@@ -65,7 +63,9 @@ def deployment(
     workdir = tmp_path_factory.mktemp(f"dtmf-{relay.name}")
     with ExitStack() as stack:
         start_relay(stack, workdir, relay)
-        settings = KamailioSettings(ng_port=relay.ng_port, offer_flags="transcode-PCMA")
+        settings = KamailioSettings(
+            ng_port=relay.ng_port, offer_flags="transcode-PCMA always-transcode"
+        )
         proxy = stack.enter_context(running_kamailio(workdir, settings))
         yield Deployment(relay, proxy)
 
@@ -108,14 +108,6 @@ def test_digits_reach_a_pcma_callee_unless_blocked(
     request: pytest.FixtureRequest,
 ) -> None:
     name = deployment.relay.name
-    if callee == "pcma-only" and not blocked:
-        request.applymarker(
-            pytest.mark.xfail(
-                reason="no events-to-tones translation towards a callee without "
-                "telephone-event yet (module docstring)",
-                strict=True,
-            )
-        )
     if callee == "pcma-only" and blocked and name == "rtpengine":
         request.applymarker(
             pytest.mark.xfail(reason="10.5 forwards the events (module docstring)", strict=True)
