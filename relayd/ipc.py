@@ -48,6 +48,9 @@ __all__ = [
     "IpcError",
     "Learning",
     "Message",
+    "Play",
+    "PlayDone",
+    "PlayStop",
     "RecordFailed",
     "RecordPause",
     "RecordSdp",
@@ -347,6 +350,51 @@ class Rtcp:
     now: float = 0.0  # the worker's CLOCK_MONOTONIC when it sent this
 
 
+@dataclass(frozen=True, slots=True)
+class Play:
+    """ng ``play media`` (relayd/worker/player.py): the worker plays a file to one party from
+    its relay sockets ``rtp``/``rtcp`` (socket keys), encoded as ``format`` every ``ptime``
+    ms; ``srtp``: the SDES key of what goes to the party where its socket has none. The
+    file: ``path`` (removed once read where ``temporary``), or ``data`` (its bytes,
+    base64). ``started`` names the play in its ``PlayDone``."""
+
+    call_id: str
+    tag: str
+    rtp: str
+    rtcp: str
+    format: str  # the Format's list as JSON (relayd/transcode/plan.py)
+    ptime: int = 20
+    srtp: str = ""
+    path: str = ""
+    temporary: bool = False
+    data: str = ""
+    repeat: int = 1
+    start_pos: int = 0  # ms
+    started: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class PlayStop:
+    """``stop media``: the worker's player on the party's RTP socket ``rtp`` stops."""
+
+    call_id: str
+    tag: str
+    rtp: str
+
+
+@dataclass(frozen=True, slots=True)
+class PlayDone:
+    """A worker's play came to its end (or failed: ``error``); ``position``: ms into the
+    file of the last frame sent."""
+
+    worker: int
+    call_id: str
+    tag: str
+    started: float
+    position: int = 0
+    error: str = ""
+
+
 Message = (
     Configure
     | Forward
@@ -362,6 +410,9 @@ Message = (
     | RecordPause
     | RecordStop
     | RecordFailed
+    | Play
+    | PlayStop
+    | PlayDone
 )
 
 _TYPES: dict[str, type[Any]] = {
@@ -381,6 +432,9 @@ _TYPES: dict[str, type[Any]] = {
         RecordPause,
         RecordStop,
         RecordFailed,
+        Play,
+        PlayStop,
+        PlayDone,
     )
 }
 

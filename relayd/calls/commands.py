@@ -18,6 +18,7 @@ from relayd.calls.calltree import call_tree
 from relayd.calls.media_control import control, party_of
 from relayd.calls.model import Call
 from relayd.calls.parties import detach_branch
+from relayd.calls.playback import Playbacks
 from relayd.calls.recording import Recordings
 from relayd.calls.signalling import Signalling
 from relayd.calls.statistics import Totals, statistics_reply
@@ -68,6 +69,7 @@ class Commands:
         on_teardown: Callable[[Teardown], None] | None = None,
         refresh: Callable[[list[Call], float], None] | None = None,
         recordings: Recordings | None = None,
+        playbacks: Playbacks | None = None,
     ) -> None:
         self.signalling = signalling
         self.limits = limits
@@ -79,6 +81,7 @@ class Commands:
         self.on_teardown = on_teardown
         self.refresh = refresh
         self.recordings = recordings if recordings is not None else Recordings()
+        self.playbacks = playbacks if playbacks is not None else Playbacks()
         self._handlers: dict[str, Callable[[Request, float], dict[str, Any]]] = {
             "ping": self.ping,
             "offer": self.offer,
@@ -96,6 +99,8 @@ class Commands:
             "unblock media": self.media_control,
             "silence media": self.media_control,
             "unsilence media": self.media_control,
+            "play media": self.play_media,
+            "stop media": self.stop_media,
         }
 
     def handle(self, req: Request, now: float) -> dict[str, Any]:
@@ -266,6 +271,14 @@ class Commands:
         """ng ``block``, ``unblock``, ``silence``, ``unsilence media`` (calls/media_control.py)."""
         control(self._selected(req), req)
         return {}
+
+    def play_media(self, req: Request, now: float) -> dict[str, Any]:
+        """ng ``play media`` (calls/playback.py)."""
+        return self.playbacks.play(self._selected(req), req, now)
+
+    def stop_media(self, req: Request, now: float) -> dict[str, Any]:
+        """ng ``stop media`` (calls/playback.py)."""
+        return self.playbacks.stop(self._selected(req), req, now)
 
     def _selected(self, req: Request) -> Call:
         """The call of a command that selects parties as rtpengine's media_block_match."""

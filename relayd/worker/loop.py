@@ -23,6 +23,7 @@ from relayd import ipc
 from relayd.ipc import LEARNING, Learning, parse_key, socket_key
 from relayd.log import get_logger
 from relayd.rtcp import is_rtcp
+from relayd.worker.player import Players, note_sr
 from relayd.worker.recording import FLUSH_TICK, WorkerRecordings
 from relayd.worker.secure import SecurePath
 from relayd.worker.session import Leg, Verdict
@@ -111,6 +112,7 @@ class Worker:
         self.rtcp_capture = False
         self.rtcp: list[ipc.RtcpPacket] = []
         self.recordings = WorkerRecordings(index, self.send)
+        self.players = Players(index, self.by_key, self.secure.buf, self.send)
         self.copies_fd = -1  # the nflog socket of kernel-recorded packets (-1: none)
         self.running = True
         link.setblocking(False)
@@ -170,6 +172,10 @@ class Worker:
         elif isinstance(message, ipc.RecordStop):
             self.recordings.copies(self.by_key)  # what the kernel copied so far goes in first
             self.recordings.stop(message)
+        elif isinstance(message, ipc.Play):
+            self.players.play(message, time.monotonic())
+        elif isinstance(message, ipc.PlayStop):
+            self.players.stop(message)
         elif isinstance(message, ipc.Shutdown):
             self.running = False
 
@@ -335,6 +341,8 @@ class Worker:
 
     def _close_keys(self, keys: tuple[str, ...]) -> None:
         """Relayd gave these sockets' ports back: close them, in a forward or idle."""
+        if self.players.players or self.players.streams:
+            self.players.forget(keys)
         for key in keys:
             idle = self.parked.pop(key, None)
             if idle is not None:
@@ -457,13 +465,16 @@ class Worker:
         timers = secure.timers
         recordings = self.recordings
         next_flush = _NEVER
+        players = self.players
         while self.running:
             active = self.active
             # DTLS retransmission timers: looked over once per wake, fired when one is due
             timer_at = secure.next_deadline() if timers else _NEVER
             if recordings.calls and next_flush == _NEVER:
                 next_flush = monotonic() + FLUSH_TICK
-            events = poll(max(min(next_report, timer_at, next_flush) - monotonic(), 0.0))
+            play_at = players.next_deadline() if players.players else _NEVER
+            wake = min(next_report, timer_at, next_flush, play_at)
+            events = poll(max(wake - monotonic(), 0.0))
             now = monotonic()
             for fd, _mask in events:
                 if fd == link_fd:
@@ -505,8 +516,13 @@ class Worker:
                     out = ms.out
                     if ms.out_rtcp is not None and is_rtcp(data):
                         out = ms.out_rtcp
-                    elif leg.ssrc < 0 and not leg.rtcp and len(data) >= 12:
-                        leg.ssrc = int.from_bytes(data[8:12], "big")
+                        note_sr(leg, data, now)
+                    elif leg.rtcp:
+                        note_sr(leg, data, now)
+                    elif len(data) >= 12:
+                        leg.seq = (data[2] << 8) | data[3]
+                        if leg.ssrc < 0:
+                            leg.ssrc = int.from_bytes(data[8:12], "big")
                     if out is None:
                         continue
                     if ms.transcode:
@@ -526,6 +542,8 @@ class Worker:
                             active.append(out)
             if now >= timer_at:
                 secure.fire(now)
+            if now >= play_at:
+                players.fire(now)
             if now >= next_flush:
                 recordings.flush_due(time.time())
                 next_flush = now + FLUSH_TICK if recordings.calls else _NEVER

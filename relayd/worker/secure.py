@@ -42,6 +42,7 @@ from relayd.certificate import CertificateError
 from relayd.log import get_logger
 from relayd.worker.dtls import Closed, Connected, DtlsContext, DtlsEndpoint, DtlsEvent, Failed
 from relayd.worker.ice import IceAgent, parse_candidates
+from relayd.worker.player import note_sr
 from relayd.worker.session import Leg, Verdict
 from relayd.worker.silence import silence
 from relayd.worker.sockets import Address, MediaSocket, SecureConfig, SecureSocket
@@ -299,8 +300,12 @@ class SecurePath:
             out = ms.out_rtcp if rtcp and ms.out_rtcp is not None else ms.out
             if out is not None and out.active is not None:
                 out = out.active  # the candidate the party nominated
-            if not rtcp and leg.ssrc < 0 and n >= 12:
-                leg.ssrc = int.from_bytes(view[8:12], "big")
+            if rtcp:
+                note_sr(leg, view[:n], now)
+            elif n >= 12:
+                leg.seq = (view[2] << 8) | view[3]
+                if leg.ssrc < 0:
+                    leg.ssrc = int.from_bytes(view[8:12], "big")
             if out is None or (target := out.leg.endpoint) is None:
                 continue
             osec = _owner(out).secure

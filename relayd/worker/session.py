@@ -68,6 +68,11 @@ class Leg:
     errors: int = 0
     last_packet: float = 0.0
     ssrc: int = -1
+    # for the media player's report block (relayd/worker/player.py): the sequence number of
+    # the party's latest RTP packet, its last SR's NTP middle 32 bits and when that came
+    seq: int = -1
+    sr_ntp: int = 0
+    sr_at: float = 0.0
     # packets, errors and confirmation as last reported to relayd (three slots: less than
     # one tuple per socket, made anew for every report)
     reported_packets: int = 0
