@@ -34,7 +34,7 @@ from relayd.log import get_logger
 from relayd.plane.media import MediaPlane
 from relayd.transcode.player import PlayError, probe
 
-__all__ = ["INLINE_LIMIT", "PlaybackControl"]
+__all__ = ["INLINE_LIMIT", "PlaybackControl", "probe_source"]
 
 log = get_logger("relayd.playback")
 
@@ -44,6 +44,16 @@ INLINE_LIMIT = 512 * 1024
 
 def _runtime_base() -> str:
     return os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or tempfile.gettempdir()
+
+
+def probe_source(source: MediaSource) -> int | None:
+    """The duration (ms) of one play of ``source``, None where it does not play (the
+    ``probe`` of relayd/calls/playback.py)."""
+    try:
+        return probe(source.path if source.kind == "file" else source.data)
+    except (PlayError, OSError) as exc:
+        log.info("media.unplayable", kind=source.kind, error=str(exc))
+        return None
 
 
 class PlaybackControl:
@@ -62,17 +72,9 @@ class PlaybackControl:
         self.calls = calls
         self.prepare = prepare
         self.released = released
-        self.playbacks = Playbacks(self.probe)
+        self.playbacks = Playbacks(probe_source)
         self._directory = ""
         media.on_play_done = self._done
-
-    def probe(self, source: MediaSource) -> int | None:
-        """The duration (ms) of one play of ``source``, None where it does not play."""
-        try:
-            return probe(source.path if source.kind == "file" else source.data)
-        except (PlayError, OSError) as exc:
-            log.info("media.unplayable", kind=source.kind, error=str(exc))
-            return None
 
     def flush(self) -> None:
         """Send what the commands queued, in order, each to its call's worker."""
