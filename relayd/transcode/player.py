@@ -25,7 +25,7 @@ from __future__ import annotations
 import io
 import os
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import av
 
@@ -230,14 +230,14 @@ class Stream:
 @dataclass(frozen=True, slots=True)
 class Received:
     """What the party sent, as its relay socket saw it, for the SR's report block: its SSRC
-    (-1: nothing yet), the highest sequence number, the middle 32 bits of the NTP time of its
+    (-1: nothing yet), its latest sequence number (the extended highest of the block, with
+    no count of cycles: the worker keeps none), the middle 32 bits of the NTP time of its
     last SR (0: none) and how long ago that came (s)."""
 
     ssrc: int = -1
     seq: int = 0
     lsr: int = 0
     since_sr: float = 0.0
-    cycles: int = field(default=0)
 
 
 def _ntp(wall: float) -> tuple[int, int]:
@@ -253,8 +253,7 @@ def sender_report(stream: Stream, wall: float, received: Received) -> bytes:
     blocks = b""
     if received.ssrc >= 0:
         dlsr = int(received.since_sr * 65536) & 0xFFFFFFFF if received.lsr else 0
-        highest = ((received.cycles << 16) | received.seq) & 0xFFFFFFFF
-        blocks = struct.pack("!IIIIII", received.ssrc, 0, highest, 0, received.lsr, dlsr)
+        blocks = struct.pack("!IIIIII", received.ssrc, 0, received.seq, 0, received.lsr, dlsr)
     count = 1 if blocks else 0
     words = (28 + len(blocks)) // 4 - 1
     sr = struct.pack(

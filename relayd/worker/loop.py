@@ -23,7 +23,7 @@ from relayd import ipc
 from relayd.ipc import LEARNING, Learning, parse_key, socket_key
 from relayd.log import get_logger
 from relayd.rtcp import is_rtcp
-from relayd.worker.player import Players, note_sr
+from relayd.worker.player import Players
 from relayd.worker.recording import FLUSH_TICK, WorkerRecordings
 from relayd.worker.secure import SecurePath
 from relayd.worker.session import Leg, Verdict
@@ -516,12 +516,10 @@ class Worker:
                     out = ms.out
                     if ms.out_rtcp is not None and is_rtcp(data):
                         out = ms.out_rtcp
-                        note_sr(leg, data, now)
-                    elif leg.rtcp:
-                        note_sr(leg, data, now)
-                    elif len(data) >= 12:
-                        leg.seq = (data[2] << 8) | data[3]
-                        if leg.ssrc < 0:
+                        leg.last_rtcp, leg.rtcp_at = data, now
+                    else:
+                        leg.last = data  # for the player's report block (worker/player.py)
+                        if leg.ssrc < 0 and not leg.rtcp and len(data) >= 12:
                             leg.ssrc = int.from_bytes(data[8:12], "big")
                     if out is None:
                         continue

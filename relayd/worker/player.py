@@ -41,7 +41,7 @@ from relayd.worker.session import Leg
 from relayd.worker.sockets import MediaSocket
 from relayd.worker.srtp import PacketBuffer, SrtpError, SrtpSession, parse_sdes
 
-__all__ = ["CATCH_UP", "SR_INTERVAL", "WAIT", "Players", "note_sr"]
+__all__ = ["CATCH_UP", "SR_INTERVAL", "WAIT", "Players", "received"]
 
 log = get_logger("relayd.worker")
 
@@ -51,12 +51,22 @@ CATCH_UP = 10
 _NEVER = float("inf")
 
 
-def note_sr(leg: Leg, data: bytes | bytearray | memoryview, now: float) -> None:
-    """An RTCP SR from the party (RFC 3550 §6.4.1) arrived on ``leg``: its NTP time's middle
-    32 bits and when it came, for the player's report block (LSR, DLSR)."""
-    if len(data) >= 16 and data[1] == 200:
-        leg.sr_ntp = int.from_bytes(data[10:14], "big")
-        leg.sr_at = now
+def received(rtp: Leg, rtcp: Leg | None, now: float) -> Received:
+    """What the party sent, for the report block: its SSRC and latest sequence number from
+    the RTP socket, its last SR (RFC 3550 §6.4.1: the NTP time's middle 32 bits) from the
+    RTCP socket, or from the RTP one under rtcp-mux, whichever came last."""
+    last = rtp.last
+    seq = 0
+    if len(last) >= 12 and not 200 <= last[1] <= 204:
+        seq = (last[2] << 8) | last[3]
+    found: list[tuple[float, bytes | bytearray]] = [(rtp.rtcp_at, rtp.last_rtcp)]
+    if rtcp is not None and rtcp is not rtp:
+        found.append((rtcp.last_packet, rtcp.last))
+    lsr, since = 0, 0.0
+    for at, data in sorted(found, key=lambda item: item[0]):
+        if len(data) >= 16 and data[1] == 200:
+            lsr, since = int.from_bytes(data[10:14], "big"), max(now - at, 0.0)
+    return Received(rtp.ssrc, seq, lsr, since)
 
 
 class _Player:
@@ -198,16 +208,11 @@ class Players:
                 player.sr_at = now + SR_INTERVAL
 
     def _report(self, player: _Player, ms: MediaSocket, now: float) -> None:
-        rtcp = self.sockets.get(player.rtcp) or ms
-        leg, other = ms.leg, rtcp.leg
-        sr_leg = other if other.sr_at >= leg.sr_at else leg
-        received = Received(
-            leg.ssrc,
-            leg.seq if leg.seq >= 0 else 0,
-            sr_leg.sr_ntp,
-            max(now - sr_leg.sr_at, 0.0) if sr_leg.sr_ntp else 0.0,
+        rtcp = self.sockets.get(player.rtcp)
+        report = sender_report(
+            player.stream, time.time(), received(ms.leg, rtcp.leg if rtcp else None, now)
         )
-        self._send(rtcp, sender_report(player.stream, time.time(), received), True, player.own_srtp)
+        self._send(rtcp or ms, report, True, player.own_srtp)
 
     def _send(self, ms: MediaSocket, data: bytes, rtcp: bool, own: SrtpSession | None) -> None:
         """``data`` to the party of ``ms``, from the candidate it uses, protected as that

@@ -42,7 +42,6 @@ from relayd.certificate import CertificateError
 from relayd.log import get_logger
 from relayd.worker.dtls import Closed, Connected, DtlsContext, DtlsEndpoint, DtlsEvent, Failed
 from relayd.worker.ice import IceAgent, parse_candidates
-from relayd.worker.player import note_sr
 from relayd.worker.session import Leg, Verdict
 from relayd.worker.silence import silence
 from relayd.worker.sockets import Address, MediaSocket, SecureConfig, SecureSocket
@@ -300,12 +299,13 @@ class SecurePath:
             out = ms.out_rtcp if rtcp and ms.out_rtcp is not None else ms.out
             if out is not None and out.active is not None:
                 out = out.active  # the candidate the party nominated
-            if rtcp:
-                note_sr(leg, view[:n], now)
-            elif n >= 12:
-                leg.seq = (view[2] << 8) | view[3]
-                if leg.ssrc < 0:
-                    leg.ssrc = int.from_bytes(view[8:12], "big")
+            # for the player's report block (worker/player.py): the buffer is reused, so a copy
+            if rtcp and not rtcp_socket:
+                leg.last_rtcp, leg.rtcp_at = bytes(view[:20]), now
+            else:
+                leg.last = bytes(view[:20])
+            if not rtcp and leg.ssrc < 0 and n >= 12:
+                leg.ssrc = int.from_bytes(view[8:12], "big")
             if out is None or (target := out.leg.endpoint) is None:
                 continue
             osec = _owner(out).secure

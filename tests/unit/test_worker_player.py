@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from relayd import ipc
+from relayd.transcode.player import Received
 from relayd.transcode.rtp import parse
-from relayd.worker.player import Players, note_sr
+from relayd.worker.player import Players, received
 from relayd.worker.session import Leg
 from relayd.worker.sockets import MediaSocket
 from relayd.worker.srtp import PacketBuffer, SrtpSession, parse_sdes
@@ -79,7 +80,7 @@ def harness() -> Iterator[Harness]:
 def test_a_play_is_paced_and_sends_the_files_packets_then_an_sr(harness: Harness) -> None:
     players = harness.players
     rtp_leg = harness.sockets[harness.keys[0]].leg
-    rtp_leg.ssrc, rtp_leg.seq = 0x1234, 1000  # the party sent RTP before
+    rtp_leg.ssrc, rtp_leg.last = 0x1234, bytes.fromhex("800803e8") + bytes(168)  # seq 1000
     players.play(harness.play(), now=10.0)
     assert players.next_deadline() == 10.0
     players.fire(10.0)
@@ -139,9 +140,21 @@ def test_no_endpoint_waits_then_gives_up_and_bad_files_are_reported(harness: Har
     assert players.players == {} and harness.sent[-1].error  # type: ignore[union-attr]
 
 
-def test_note_sr_keeps_the_middle_of_the_ntp_time() -> None:
-    leg = Leg("k", rtcp=True)
-    note_sr(leg, bytes.fromhex("80c8000600001234000056789abc0000000000000000000000000000"), 3.0)
-    assert (leg.sr_ntp, leg.sr_at) == (0x56789ABC, 3.0)
-    note_sr(leg, bytes.fromhex("80c9000100001234"), 4.0)  # an RR: nothing
-    assert leg.sr_at == 3.0
+SR = bytes.fromhex("80c8000600001234000056789abc0000000000000000000000000000")
+RR = bytes.fromhex("80c9000100001234")
+
+
+def test_received_reads_the_partys_latest_rtp_and_sr() -> None:
+    rtp, rtcp = Leg("r"), Leg("c", rtcp=True)
+    assert received(rtp, rtcp, 5.0) == Received()
+    rtp.ssrc, rtp.last = 0x1234, bytes.fromhex("80080102") + bytes(8)
+    rtcp.last, rtcp.last_packet = SR, 3.0
+    assert received(rtp, rtcp, 5.0) == Received(0x1234, 0x0102, 0x56789ABC, 2.0)
+    rtcp.last = RR  # an RR since: no SR to report on
+    assert received(rtp, rtcp, 5.0).lsr == 0
+    # under rtcp-mux the RTP socket's latest RTCP, which came after the RTCP socket's
+    rtp.last_rtcp, rtp.rtcp_at = SR, 4.5
+    assert received(rtp, rtp, 5.0) == Received(0x1234, 0x0102, 0x56789ABC, 0.5)
+    # the latest datagram on the RTP socket was RTCP (no mux known): the sequence unknown
+    rtp.last = RR
+    assert received(rtp, None, 5.0).seq == 0
