@@ -326,6 +326,7 @@ class Supervisor:
         if self.kernel is not None:
             self.kernel.start()
         self.handover.adopt(restored)
+        self.playback.end_plays(restored)  # their players went with the old workers
         for call in restored:
             self.media.sync(call)
         observe = self.ops.ng_observed if self.ops.homer is not None else None

@@ -33,7 +33,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -247,32 +247,29 @@ class Playbacks:
         source = source_of(req.values)
         repeat = _integer(req.values.get("repeat-times"), 0)
         repeat = repeat if repeat > 0 else 1
+        duration = None
+        if self.probe is not None and source.kind != "db":
+            duration = self.probe(source)
+        if duration is None:
+            raise NgError(FAILED[source.kind])
         start_pos = max(_integer(req.values.get("start-pos"), 0), 0)
-        reply: dict[str, Any] = {}
+        if start_pos >= duration:
+            start_pos = 0  # past the end: the whole file
         for party in parties:
-            duration = None
-            if self.probe is not None and source.kind != "db":
-                duration = self.probe(source)
-            if duration is None:
-                raise NgError(FAILED[source.kind])
             old = party.playback
             if old is not None and old.active:
                 self._stop(call, party, now)
-            if start_pos >= duration:
-                start_pos = 0  # past the end: from the start, as newer rtpengine does
-            party.playback = Playback(now, duration, repeat, start_pos, active=True)
+            playback = party.playback = Playback(now, duration, repeat, start_pos, active=True)
             target = target_of(party)
             if target is not None:
                 self.outbox.append(
                     PlayOrder(call.call_id, party.tag, target, source, repeat, start_pos, now)
                 )
-            else:
-                party.playback.active = False
-                party.playback.ended = now
+            else:  # nothing it takes that relayd encodes: it hears nothing
+                playback.active = False
+                playback.ended = now
             log.info("media.play", tag=party.tag, duration=duration, repeat=repeat)
-            if not reply and duration:
-                reply["duration"] = duration
-        return reply
+        return {"duration": duration} if duration else {}
 
     def stop(self, call: Call, req: Request, now: float) -> dict[str, Any]:
         parties = self.parties(call, req)
@@ -295,6 +292,20 @@ class Playbacks:
         if target is not None:
             self.outbox.append(StopOrder(call.call_id, party.tag, target.rtp))
         log.info("media.stop", tag=party.tag)
+
+    def end_all(self, calls: Iterable[Call], now: float) -> list[Call]:
+        """Every play of these calls ended (their worker was lost, relayd restarted): the
+        calls whose parties were hearing one."""
+        changed = []
+        for call in calls:
+            playing = [p.playback for p in call.parties() if p.playback and p.playback.active]
+            for playback in playing:
+                assert playback is not None
+                playback.active = False
+                playback.ended = now
+            if playing:
+                changed.append(call)
+        return changed
 
     def ended(self, call: Call, tag: str, started: float, now: float) -> bool:
         """The worker's play to ``tag`` that began at ``started`` came to its end: whether it

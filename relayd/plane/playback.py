@@ -13,7 +13,8 @@ it needs from outside the call model and carries its orders out:
   (base64) up to ``INLINE_LIMIT``, else in a private temporary file under the runtime
   directory that the worker removes once it has read it.
 * A worker's ``PlayDone`` ends the party's play in the model; the call may go back to the
-  kernel path.
+  kernel path. So does a worker's restart (its players died with it) and, for the calls a
+  relayd restart takes back from its journal, the start.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from relayd import ipc
 from relayd.calls.model import Call
@@ -75,6 +76,21 @@ class PlaybackControl:
         self.playbacks = Playbacks(probe_source)
         self._directory = ""
         media.on_play_done = self._done
+        # a restarted worker has no players: the plays of its calls ended with the old one
+        earlier = media.on_worker_ready
+
+        def worker_ready(index: int) -> None:
+            if earlier is not None:
+                earlier(index)
+            self.end_plays(call for call in calls.values() if call.worker == index)
+
+        media.on_worker_ready = worker_ready
+
+    def end_plays(self, calls: Iterable[Call]) -> None:
+        """The plays of these calls ended with their worker (or an earlier relayd): their
+        parties may go back to the kernel path."""
+        for call in self.playbacks.end_all(list(calls), time.time()):
+            self.released(call)
 
     def flush(self) -> None:
         """Send what the commands queued, in order, each to its call's worker."""

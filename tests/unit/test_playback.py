@@ -189,3 +189,12 @@ def test_the_real_probe_reads_the_suites_wav() -> None:
     assert probe_source(MediaSource("blob", data=WAV)) == 100
     assert probe_source(MediaSource("blob", data=b"not audio at all, not even close")) is None
     assert probe_source(MediaSource("file", path="/nonexistent/x.wav")) is None
+
+
+def test_plays_end_with_their_worker() -> None:
+    cmds, call = _call()
+    _ask(cmds, "play media", flags=["all"], file="/x.wav")
+    assert [c.call_id for c in cmds.playbacks.end_all([call], T0 + 2)] == ["c1"]
+    assert not any(p.playback.active for p in call.parties())  # type: ignore[union-attr]
+    assert cmds.playbacks.end_all([call], T0 + 3) == []  # nothing left playing
+    assert _ask(cmds, "stop media", from_tag="a", at=4)["last-frame-pos"] == 1000
