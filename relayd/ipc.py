@@ -43,8 +43,10 @@ __all__ = [
     "Configure",
     "Discard",
     "Drop",
+    "DtmfInjected",
     "Forward",
     "Hello",
+    "InjectDtmf",
     "IpcError",
     "Learning",
     "Message",
@@ -282,6 +284,29 @@ class RecordFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class InjectDtmf:
+    """ng ``play DTMF``: one digit queued on the media engines of these sockets (the RTP
+    sockets of the parties whose media carries it, in the command's order). The worker
+    answers :class:`DtmfInjected` with the same ``request`` number."""
+
+    request: int
+    keys: tuple[str, ...] = ()
+    code: int = 0  # RFC 4733 event code, 0-15
+    volume: int = 0  # dBm0, <= 0
+    duration: int = 0  # ms
+    pause: int = 0  # ms
+
+
+@dataclass(frozen=True, slots=True)
+class DtmfInjected:
+    """A worker's answer to :class:`InjectDtmf`: ``error`` is rtpengine's error reason for
+    the first socket that could not take the digit ("" when all did)."""
+
+    request: int
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Shutdown:
     """The worker closes its sockets and exits."""
 
@@ -413,6 +438,8 @@ Message = (
     | Play
     | PlayStop
     | PlayDone
+    | InjectDtmf
+    | DtmfInjected
 )
 
 _TYPES: dict[str, type[Any]] = {
@@ -435,6 +462,8 @@ _TYPES: dict[str, type[Any]] = {
         Play,
         PlayStop,
         PlayDone,
+        InjectDtmf,
+        DtmfInjected,
     )
 }
 
@@ -508,7 +537,7 @@ def decode(data: bytes) -> Message:
             body["sockets"] = tuple(SocketStats(**s) for s in body.get("sockets", ()))
         elif cls is Rtcp:
             body["packets"] = tuple(RtcpPacket(**p) for p in body.get("packets", ()))
-        elif cls is Close or cls is Discard:
+        elif cls is Close or cls is Discard or cls is InjectDtmf:
             body["keys"] = tuple(str(k) for k in body.get("keys", ()))
         elif cls is RecordStart:
             body["names"] = tuple(str(n) for n in body.get("names", ()))

@@ -59,6 +59,9 @@ _REAP_BATCH = 128  # due calls judged between two looks at the ng sockets
 _RECORDING_COMMANDS = frozenset(
     ("start recording", "stop recording", "pause recording", "start forwarding", "stop forwarding")
 )
+INJECT_TIMEOUT = 2.0
+"""Seconds ``play DTMF`` waits for the call's worker to queue its digit."""
+
 _MEDIA_COMMANDS = frozenset(("block media", "unblock media", "silence media", "unsilence media"))
 
 
@@ -193,7 +196,30 @@ class Supervisor:
         """
         if req.command == "statistics" and self.handover.in_kernel:
             return self._after_counters(req, source)
+        if req.command == "play DTMF":
+            return self._play_dtmf(req, source)
         return self._handle(req, source)
+
+    async def _play_dtmf(self, req: Request, source: tuple[Any, ...]) -> dict[str, Any]:
+        """``play DTMF`` answers once the call's worker has queued the digit, or said why not
+        (rtpengine's "No SSRC context present for DTMF injection")."""
+        reply = self._handle(req, source)
+        pending, self.commands.injections = self.commands.injections, []
+        if reply.get("result") != "ok":
+            return reply
+        for call, message in pending:
+            future = self.media.inject_dtmf(call.worker, message)
+            try:
+                error = await asyncio.wait_for(future, INJECT_TIMEOUT)
+            except TimeoutError:
+                self.media.forget_injection(future)
+                logger.error("dtmf.inject_timeout", call_id=call.call_id, worker=call.worker)
+                error = "Internal error"
+            if error:
+                logger.info("dtmf.inject_failed", call_id=call.call_id, reason=error)
+                self.commands.totals.errors += 1
+                return {"result": "error", "error-reason": error}
+        return reply
 
     async def _after_counters(self, req: Request, source: tuple[Any, ...]) -> dict[str, Any]:
         try:

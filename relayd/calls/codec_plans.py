@@ -181,21 +181,20 @@ def party_plan(party: Monologue, sender: Media, receiver: Media) -> CodecPlan | 
     plan = direction_plan(sender, receiver)
     if not party.inject_dtmf or sender.rejected or receiver.rejected:
         return plan
+    common = _common_formats(sender, receiver)
     if plan is None:
-        plan = _passthrough_plan(sender, receiver)
-        if plan is None:
+        if not common:
             return None
-    return dataclasses.replace(plan, inject=True)
+        return CodecPlan(passthrough=tuple(f.pt for f in common), formats=common, inject=True)
+    # a transcoded direction injects events of the telephone-event both sides have, if any
+    return dataclasses.replace(plan, inject=True, formats=plan.formats or common)
 
 
-def _passthrough_plan(sender: Media, receiver: Media) -> CodecPlan | None:
-    """Every payload type ``sender``'s party may send that the receiver takes, passed
-    through, with its format; None where there is none."""
+def _common_formats(sender: Media, receiver: Media) -> tuple[Format, ...]:
+    """The formats of the payload types ``sender``'s party may send that the receiver takes
+    as they are (same number, same encoding)."""
     takes = _taken(receiver)
-    formats = [to_format(codec) for codec in _taken(sender) if any(_same(c, codec) for c in takes)]
-    if not formats:
-        return None
-    return CodecPlan(passthrough=tuple(f.pt for f in formats), formats=tuple(formats))
+    return tuple(to_format(c) for c in _taken(sender) if any(_same(t, c) for t in takes))
 
 
 def _bitrate(setup: CodecSetup, target: Codec) -> int:

@@ -14,7 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from relayd import ipc
 from relayd.calls.calltree import call_tree
+from relayd.calls.dtmf_play import injection
 from relayd.calls.media_control import control, party_of
 from relayd.calls.model import Call
 from relayd.calls.parties import detach_branch
@@ -101,7 +103,11 @@ class Commands:
             "unsilence media": self.media_control,
             "play media": self.play_media,
             "stop media": self.stop_media,
+            "play DTMF": self.play_dtmf,
         }
+        # ``play DTMF``: the digits for the workers, taken by the supervisor after each request
+        # (it numbers each, sends it to the call's worker and answers with what it says)
+        self.injections: list[tuple[Call, ipc.InjectDtmf]] = []
 
     def handle(self, req: Request, now: float) -> dict[str, Any]:
         """Run one request; errors become rtpengine's error replies."""
@@ -279,6 +285,12 @@ class Commands:
     def stop_media(self, req: Request, now: float) -> dict[str, Any]:
         """ng ``stop media`` (calls/playback.py)."""
         return self.playbacks.stop(self._selected(req), req, now)
+
+    def play_dtmf(self, req: Request, now: float) -> dict[str, Any]:
+        """ng ``play DTMF`` (calls/dtmf_play.py): the digit queued for the call's worker."""
+        call = self._selected(req)
+        self.injections.append((call, injection(call, req)))
+        return {}
 
     def _selected(self, req: Request) -> Call:
         """The call of a command that selects parties as rtpengine's media_block_match."""

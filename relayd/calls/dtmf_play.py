@@ -27,9 +27,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from relayd.ng.message import NgError
+from relayd import ipc
+from relayd.calls.media_control import party_of
+from relayd.calls.model import Call, Monologue
+from relayd.ng.message import NgError, Request
 
-__all__ = ["CODES", "DtmfOrder", "code_of", "order_of"]
+__all__ = ["CODES", "DtmfOrder", "code_of", "injection", "order_of"]
 
 CODES = "0123456789*#ABCD"
 """RFC 4733's events 0..15 as characters (rtpengine's dtmf_code_to_char)."""
@@ -103,3 +106,29 @@ def order_of(keys: dict[str, Any]) -> DtmfOrder:
     if volume > 0:
         volume = -volume
     return DtmfOrder(code_of(value), duration, volume, pause)
+
+
+def _parties(call: Call, req: Request) -> list[Monologue]:
+    """Whose media carries the digit: every party with the ``all`` flag, else the one
+    ``label``, ``address`` or ``from-tag`` names (as ``block media`` selects)."""
+    if req.has("all"):
+        return list(call.parties())
+    party = party_of(call, req)
+    if party is None:
+        raise NgError("No participant party specified")
+    return [party]
+
+
+def injection(call: Call, req: Request) -> ipc.InjectDtmf:
+    """The worker's message for a ``play DTMF`` request on ``call`` (its ``request`` number
+    0: the supervisor numbers it): the RTP sockets of the chosen parties' media, where what
+    they send arrives, and the digit. NgError as 10.5 answers (party first, then the digit)."""
+    parties = _parties(call, req)
+    order = order_of(req.values)
+    keys = tuple(
+        ipc.socket_key(media.local.local, media.port)
+        for party in parties
+        for media in party.medias
+        if media.local is not None and media.port and not media.rejected
+    )
+    return ipc.InjectDtmf(0, keys, order.code, order.volume, order.duration, order.pause)

@@ -340,12 +340,18 @@ class Signalling:
             and req.received_from
         ):
             address = req.received_from[1]
-        media.peer_rtcp_mux = desc.has_attribute("rtcp-mux")
         rtcp_attr = desc.attributes("rtcp")
         rtcp_port = desc.port + 1
         rtcp_words = rtcp_attr[0].split() if rtcp_attr else []
         if rtcp_words and rtcp_words[0].isdigit():
             rtcp_port = int(rtcp_words[0])
+        # an a=rtcp naming the RTP port itself is rtcp-mux as well (rtpengine 10.5 answers
+        # such an offer with a=rtcp-mux: the suite's "SRTP w/ DTMF injection"), but not the
+        # placeholder of a trickle ICE agent with no candidate yet (port 9, zero address)
+        placeholder = media.zero_address or desc.port == 9
+        media.peer_rtcp_mux = desc.has_attribute("rtcp-mux") or (
+            bool(desc.port) and rtcp_port == desc.port and not placeholder
+        )
         previous = media.remote_rtp
         if address and desc.port:
             media.remote_rtp = Endpoint(address, desc.port)

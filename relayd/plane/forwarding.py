@@ -83,6 +83,19 @@ def _security(media: Media) -> dict[str, str | bool]:
     }
 
 
+def _passthrough_keys(own: Media, other: Media) -> dict[str, str]:
+    """Where SDES passes through untouched (each party holds the other's key, relayd none of
+    its own), the keys to take it apart with: what ``own``'s party sends comes with its own
+    key, the one we passed to the other party; what goes to it, with the other party's, the
+    one we passed to it. Empty where relayd holds keys of its own (or there is no SDES)."""
+    if own.srtp_in is not None or not (own.crypto_out and other.crypto_out):
+        return {}
+    theirs, given = other.crypto_out[0], own.crypto_out[0]
+    if theirs.ours or given.ours:
+        return {}
+    return {"srtp_in": theirs.inline(), "srtp_out": given.inline()}
+
+
 def _candidates(media: Media, component: int) -> str:
     """The party's ICE candidates of one component, as ``SocketSpec.ice_candidates``."""
     if not media.ice_ufrag:
@@ -242,9 +255,14 @@ def plan(call: Call, silence_detect: float = 0.0) -> list[Forward]:
             if early and not (plain or _early_dtls(mx, my)):
                 continue
             answerer = _EARLY_ANSWERER if plain else _EARLY_DTLS_ANSWERER
+            # SRTP that passes through untouched is decrypted and encrypted again where the
+            # engine works on the packets, in either direction (their SSRC changes at least)
+            worked = party_plan(x, mx, my) is not None or party_plan(y, my, mx) is not None
             sockets = [
-                *_specs(x, mx, my, answerer if early else {}, call.control, silence_detect),
-                *_specs(y, my, mx, _EARLY_OFFERER if early else {}, call.control, silence_detect),
+                *_specs(x, mx, my, answerer if early else {}, call.control, silence_detect, worked),
+                *_specs(
+                    y, my, mx, _EARLY_OFFERER if early else {}, call.control, silence_detect, worked
+                ),
             ]
             result.append(Forward(media_key(call.call_id, index), tuple(sockets)))
     return result
@@ -257,6 +275,7 @@ def _specs(
     overrides: dict[str, Any],
     control: MediaControl | None = None,
     silence_detect: float = 0.0,
+    terminate: bool = False,
 ) -> list[SocketSpec]:
     assert own.local is not None and other.local is not None
     own_rtp = socket_key(own.local.local, own.port)
@@ -265,6 +284,7 @@ def _specs(
     other_rtcp = other_rtp if muxes(other) else socket_key(other.local.local, other.port + 1)
     common: dict[str, Any] = {
         **_security(own),
+        **(_passthrough_keys(own, other) if terminate else {}),
         "learning": party.learning,
         "learn_after": party.learn_after,
         "asymmetric": party.asymmetric,

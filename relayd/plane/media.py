@@ -15,6 +15,7 @@ sockets, is lost (docs/architecture.md, "The worker link").
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 
@@ -95,6 +96,9 @@ class MediaPlane:
         # worker -> the calls its resend has still to plan (fed in batches)
         self._resending: dict[int, list[str]] = {}
         self._rebind_delay = REBIND_RETRY_FIRST
+        # ng play DTMF: the injections sent to workers, by request number, awaiting their answer
+        self._injections: dict[int, asyncio.Future[str]] = {}
+        self._next_request = 1
 
     @property
     def workers(self) -> list[WorkerProcess]:
@@ -332,8 +336,28 @@ class MediaPlane:
             self.on_worker_ready(worker.index)
         self.resend(worker)
 
+    def inject_dtmf(self, worker: int, message: ipc.InjectDtmf) -> asyncio.Future[str]:
+        """Send a ``play DTMF`` digit to worker ``worker``: its answer (an error reason, or
+        "") comes in the future; the caller bounds the wait and calls :meth:`forget_injection`
+        if it gives up."""
+        request = self._next_request
+        self._next_request += 1
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._injections[request] = future
+        self.pool.send(self.workers[worker], dataclasses.replace(message, request=request))
+        return future
+
+    def forget_injection(self, future: asyncio.Future[str]) -> None:
+        for request, waiting in list(self._injections.items()):
+            if waiting is future:
+                del self._injections[request]
+
     def worker_message(self, worker: WorkerProcess, message: ipc.Message) -> None:
-        if isinstance(message, ipc.Stats):
+        if isinstance(message, ipc.DtmfInjected):
+            future = self._injections.pop(message.request, None)
+            if future is not None and not future.done():
+                future.set_result(message.error)
+        elif isinstance(message, ipc.Stats):
             self._ingest(message)
         elif isinstance(message, ipc.Rtcp) and self.on_rtcp:
             self.on_rtcp(message)

@@ -28,6 +28,10 @@ Rules (rtpengine 10.5's output, read from its transcoding scenarios and ``daemon
   durations rescaled, :mod:`relayd.transcode.events`), the timestamp placed on the audio's
   timeline, the marker kept; without ``dtmf_out`` they are consumed. CN likewise with
   ``cn_out``. Other payload types are dropped (counted).
+* With ``inject`` (ng ``play DTMF``), digits queued by :meth:`Transcoder.inject` replace the
+  audio packets sent on, passed through or encoded, as events or tones
+  (:mod:`relayd.transcode.inject` has the rules): events of ``dtmf_out``, else of the
+  telephone-event in ``formats``; tones in the packet's own codec otherwise.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from relayd.transcode.codecs import OPUS_RATES, CodecError, Decoder, Resampler
 from relayd.transcode.comfortnoise import CN_RATE, ComfortNoise
 from relayd.transcode.dtmfdetect import RATE as DETECT_RATE
 from relayd.transcode.dtmfdetect import Change, DtmfDetector
+from relayd.transcode.inject import Digit, Injector, Span
 from relayd.transcode.packetiser import Packetiser
 from relayd.transcode.plan import CodecPlan, Format
 from relayd.transcode.sequencer import DUPLICATE, RESET, Sequencer
@@ -153,6 +158,19 @@ class Transcoder:
             self.clock = plan.dtmf[0].rate
         self.ssrc_in = -1
         self.ssrc_out = 0
+        # DTMF injection (plan.inject): the digits, the telephone-event they go out as (None:
+        # as tones), the audio formats of passed-through payload types they may replace, and
+        # (made when first needed) a decoder and encoders for those that are not G.711
+        self.injector = Injector() if plan.inject else None
+        self.inject_event = plan.dtmf_out or next(
+            (f for f in plan.formats if f.name.lower() == "telephone-event"), None
+        )
+        self.inject_formats = {
+            f.pt: f
+            for f in plan.formats
+            if f.pt in self.passthrough and f.name.lower() not in ("telephone-event", "cn")
+        }
+        self.inject_codecs: dict[tuple[int, int], tuple[Decoder, codecs.Encoder]] = {}
         self._restart(-1)
 
     # -- set-up ----------------------------------------------------------------------------
@@ -208,6 +226,8 @@ class Transcoder:
                 out = self._new_ssrc()
             self.ssrc_out = out
         self.seq_diff = 0
+        if self.injector is not None:
+            self.injector.reset()
         self.sequencer: Sequencer[rtp.RtpPacket | None] = Sequencer(self.clock)
         self.base: int | None = None  # output timestamp of position 0
         self.next_ts: int | None = None  # where the input's audio should go on
@@ -246,16 +266,21 @@ class Transcoder:
         pt = packet.pt
         sequencer = self.sequencer
         if pt in self.passthrough:
-            out = bytearray(data)
-            _SEQ.pack_into(out, 2, (packet.seq + self.seq_diff) & 0xFFFF)
-            _SSRC.pack_into(out, 8, self.ssrc_out)
-            counters.sent += 1
-            counters.octets += len(packet.payload)
+            injector = self.injector
+            passed = None
+            if injector is not None and not injector.idle and pt in self.inject_formats:
+                passed = self._inject_into(packet, self.inject_formats[pt])
+            if passed is None:
+                out = bytearray(data)
+                _SEQ.pack_into(out, 2, (packet.seq + self.seq_diff) & 0xFFFF)
+                _SSRC.pack_into(out, 8, self.ssrc_out)
+                counters.sent += 1
+                counters.octets += len(packet.payload)
+                passed = [bytes(out)]
             if sequencer.expected < 0 or not self.kinds:
-                return [bytes(out)]
+                return passed
             # its number fills its place in the queue: decoded packets behind it go on
             sequencer.insert(packet.seq, packet.ts, None)
-            passed = [bytes(out)]
             while (item := sequencer.pop()) is not None:
                 if item[2] is not None:
                     passed += self._handle(item[2])
@@ -407,7 +432,19 @@ class Transcoder:
         seq = seq + self.seq_diff
         scale = self.out_clock
         detector = self.silence
+        injector = self.injector
         for position, pcm in chunks:
+            if injector is not None and not injector.idle:
+                ts = (self.base + position * scale // self.rate) & 0xFFFFFFFF
+                ticks = packetiser.samples * scale // self.rate
+                span = injector.span(ts, ticks, scale, self.inject_event is not None)
+                if span is not None and span.event:
+                    injected = self._event_packets(span, seq, scale)
+                    sent += injected
+                    seq += len(injected)
+                    continue
+                if span is not None:
+                    pcm = bytes(self._mixed(pcm, span, scale, self.rate, self.channels, self.law))
             if self.changes or self.event is not None:
                 events = self._detected(position, seq)
                 if events is not None:
@@ -478,6 +515,127 @@ class Transcoder:
             for i in range(repeats)
         ]
         self.counters.octets += len(payload) * repeats
+        return out
+
+    # -- DTMF injection -------------------------------------------------------------------
+
+    def inject(self, digit: Digit) -> bool:
+        """Queue ``digit`` (ng ``play DTMF``); False where this direction injects nothing
+        (its plan has no ``inject``) or has had no packet yet (rtpengine: "No SSRC context
+        present for DTMF injection")."""
+        if self.injector is None or self.ssrc_in < 0:
+            return False
+        self.injector.add(digit)
+        return True
+
+    def _inject_into(self, packet: rtp.RtpPacket, fmt: Format) -> list[bytes] | None:
+        """The packets that replace a passed-through audio packet while a digit plays; None:
+        it goes on as it is."""
+        injector = self.injector
+        assert injector is not None
+        law = _key(fmt.name) in _G711
+        pcm: bytes | bytearray = b""
+        codec: tuple[Decoder, codecs.Encoder] | None = None
+        if law:
+            ticks = len(packet.payload)
+        else:
+            try:
+                codec = self._inject_codec(fmt, packet.payload)
+                decoder = codec[0]
+                pcm = decoder.decode(packet.payload)
+            except CodecError:
+                self.counters.errors += 1
+                return None
+            samples = len(pcm) // (decoder.width * decoder.channels)
+            ticks = samples * fmt.rate // decoder.rate
+        if ticks <= 0:
+            return None
+        span = injector.span(packet.ts, ticks, fmt.rate, self.inject_event is not None)
+        if span is None:
+            return None
+        seq = packet.seq + self.seq_diff
+        if span.event:
+            sent = self._event_packets(span, seq, fmt.rate)
+            self.seq_diff = (self.seq_diff + len(sent) - 1) & 0xFFFF
+            return sent
+        if law:
+            payload = self._mixed(
+                packet.payload, span, fmt.rate, fmt.rate, 1, g711.encoder_table(_key(fmt.name))
+            )
+        else:
+            assert codec is not None
+            decoder, encoder = codec
+            mixed = self._mixed(pcm, span, fmt.rate, decoder.rate, decoder.channels, None)
+            try:
+                payload = encoder.encode(mixed)
+            except CodecError:
+                self.counters.errors += 1
+                return None
+        self.counters.sent += 1
+        self.counters.octets += len(payload)
+        return [rtp.build(packet.pt, packet.marker, seq, packet.ts, self.ssrc_out, bytes(payload))]
+
+    def _inject_codec(self, fmt: Format, payload: bytes) -> tuple[Decoder, codecs.Encoder]:
+        """The decoder of ``fmt`` and an encoder of it for packets of this one's size."""
+        decoder_key = (fmt.pt, 0)
+        found = self.inject_codecs.get(decoder_key)
+        decoder = found[0] if found is not None else codecs.open_decoder(fmt, None, fmt.channels)
+        samples = len(decoder.decode(payload)) // (decoder.width * decoder.channels)
+        key = (fmt.pt, samples)
+        pair = self.inject_codecs.get(key)
+        if pair is None:
+            encoder = codecs.open_encoder(fmt, decoder.rate, samples)
+            pair = self.inject_codecs[key] = (decoder, encoder)
+            self.inject_codecs.setdefault(decoder_key, pair)
+        return pair
+
+    def _event_packets(self, span: Span, seq: int, clock: int) -> list[bytes]:
+        """The telephone-event packet(s) standing in for one packet: once, or three times for
+        the digit's end packet. ``clock``: that of the span's counts."""
+        event = self.inject_event
+        assert event is not None
+        digit = span.digit
+        flags = (0x80 if span.end else 0) | digit.level
+        duration = min(span.duration * event.rate // clock, 0xFFFF)
+        payload = bytes((digit.code, flags)) + duration.to_bytes(2, "big")
+        start = span.start * event.rate // clock if event.rate != clock else span.start
+        repeats = 3 if span.end else 1
+        self.counters.sent += repeats
+        self.counters.octets += len(payload) * repeats
+        return [
+            rtp.build(event.pt, span.first, (seq + i) & 0xFFFF, start, self.ssrc_out, payload)
+            for i in range(repeats)
+        ]
+
+    @staticmethod
+    def _mixed(
+        audio: bytes | bytearray,
+        span: Span,
+        clock: int,
+        rate: int,
+        channels: int,
+        law: bytes | None,
+    ) -> bytes | bytearray:
+        """``audio`` (16-bit PCM at ``rate``, or G.711 codes by the table ``law``) with the
+        span's tone and silence put in place of its samples (counts in ``clock`` ticks)."""
+        width = 1 if law is not None else 2 * channels
+        out = bytearray(audio)
+        total = len(out) // width
+        tone_at, tone_count = (v * rate // clock for v in span.tone)
+        if tone_count:
+            into = span.tone_at * rate // clock
+            tone_count = min(tone_count, total - tone_at)
+            digit = span.digit
+            made = 1 if law is not None else channels
+            pcm = tones.tone(digit.code, digit.level, into, tone_count, rate, made)
+            if law is not None:
+                pcm = bytes(law[v & 0xFFFF] for v in memoryview(pcm).cast("h"))
+            out[tone_at * width : (tone_at + tone_count) * width] = pcm
+        quiet_at, quiet_count = (v * rate // clock for v in span.silence)
+        quiet_count = min(quiet_count, total - quiet_at)
+        if quiet_count > 0:
+            fill = bytes((law[0],)) if law is not None else b"\x00" * width
+            out[quiet_at * width : (quiet_at + quiet_count) * width] = fill * quiet_count
         return out
 
     # -- what the reports need -------------------------------------------------------------

@@ -30,6 +30,7 @@ from relayd.worker.session import Leg, Verdict
 from relayd.worker.silence import parse_fills, silence
 from relayd.worker.sockets import MediaSocket
 from relayd.worker.transcoding import configure as configure_codecs
+from relayd.worker.transcoding import inject as inject_dtmf
 from relayd.worker.transcoding import link as link_codecs
 from relayd.worker.transcoding import outgoing
 
@@ -176,6 +177,9 @@ class Worker:
             self.players.play(message, time.monotonic())
         elif isinstance(message, ipc.PlayStop):
             self.players.stop(message)
+        elif isinstance(message, ipc.InjectDtmf):
+            error = inject_dtmf(message, self.by_key, self.index)
+            self.send(ipc.DtmfInjected(message.request, error))
         elif isinstance(message, ipc.Shutdown):
             self.running = False
 

@@ -19,19 +19,27 @@ Rules:
   party, same address, port one below.
 * An exception out of an engine is a bug: logged with its traceback, counted, the packet
   dropped; the loop goes on.
+* ``InjectDtmf`` (ng ``play DTMF``) queues its digit on the engine of each socket it names,
+  in order. A socket with no engine, or one whose plan injects nothing (the parties lacked
+  ``inject DTMF``), is passed over, as rtpengine 10.5 answers such a request "ok" and
+  injects nothing; an engine that has had no packet yet stops the request with 10.5's "No
+  SSRC context present for DTMF injection" (the digits queued before it stay queued).
 """
 
 from __future__ import annotations
 
-from relayd.ipc import parse_key
+from relayd.ipc import InjectDtmf, parse_key
 from relayd.log import get_logger
 from relayd.transcode.codecs import CodecError
+from relayd.transcode.inject import Digit
 from relayd.transcode.plan import PlanError, parse
 from relayd.transcode.reports import rewrite
 from relayd.transcode.transcoder import Transcoder, describe
 from relayd.worker.sockets import Codecs, MediaSocket
 
-__all__ = ["configure", "link", "outgoing"]
+__all__ = ["configure", "inject", "link", "outgoing"]
+
+NO_SSRC = "No SSRC context present for DTMF injection"
 
 log = get_logger("relayd.worker")
 
@@ -101,3 +109,18 @@ def outgoing(ms: MediaSocket, data: bytes, rtcp: bool, worker: int) -> list[byte
         log.exception("transcode.bug", worker=worker, key=ms.leg.key)
         ms.leg.errors += 1
         return []
+
+
+def inject(message: InjectDtmf, by_key: dict[str, MediaSocket], worker: int) -> str:
+    """Queue ``message``'s digit on its sockets' engines (module rules); the error, or ""."""
+    digit = Digit(message.code, message.volume, message.duration, message.pause)
+    for key in message.keys:
+        ms = by_key.get(key)
+        engine = ms.codecs.engine if ms is not None and ms.codecs is not None else None
+        if engine is None or engine.injector is None:
+            log.info("dtmf.inject_unset", worker=worker, key=key)
+            continue
+        if not engine.inject(digit):
+            return NO_SSRC
+        log.info("dtmf.injected", worker=worker, key=key, code=message.code)
+    return ""
