@@ -10,7 +10,7 @@ it needs from outside the call model and carries its orders out:
   first the call leaves the kernel path (its party is played to from a relay socket the
   kernel's NAT would otherwise own) and its forward goes out, so the worker holds the
   sockets the ``Play`` names; then the ``Play``. A file travels as its path; a blob inline
-  (base64) up to ``INLINE_LIMIT``, else in a private temporary file under the runtime
+  (base64) up to ``INLINE_LIMIT`` (64 KiB), else in a private temporary file under the runtime
   directory that the worker removes once it has read it.
 * A worker's ``PlayDone`` ends the party's play in the model; the call may go back to the
   kernel path. So does a worker's restart (its players died with it) and, for the calls a
@@ -39,8 +39,10 @@ __all__ = ["INLINE_LIMIT", "PlaybackControl", "probe_source"]
 
 log = get_logger("relayd.playback")
 
-INLINE_LIMIT = 512 * 1024
-"""Blobs up to this size go to the worker in the message (base64: 683 KiB of ipc's 1 MiB)."""
+INLINE_LIMIT = 64 * 1024
+"""Blobs up to this size go to the worker in the message (base64: 87 KiB; a datagram of the
+SOCK_SEQPACKET link must fit its send buffer, which ``wmem_max`` caps at 208 KiB on a
+default kernel); larger ones through a file."""
 
 
 def _runtime_base() -> str:

@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from relayd.ng.client import NgClient
+from relayd.plane.playback import INLINE_LIMIT
 from relayd.transcode.codecs import open_decoder
 from relayd.transcode.plan import Format
 from relayd.transcode.rtp import RtpPacket, parse
@@ -43,9 +44,10 @@ from tests.netns.calls import (
     ok,
     wait_for,
 )
-from tests.netns.conftest import StartRelay, relay_starter
+from tests.netns.conftest import StartRelay, relay_interfaces, relay_starter, stopped_after
 from tests.netns.test_kernel import KERNEL, both_kernelized, kernelized_call, neither_kernelized
 from tests.support.netns import Topology, topology, unavailable
+from tests.support.relayd import RelaydProcess
 from tests.support.rtp_peer import Peer, Received
 from tests.support.speech import segmented_correlation
 from tests.support.tone import mulaw_decode
@@ -291,3 +293,42 @@ def test_a_kernel_path_call_leaves_the_kernel_while_it_plays(
         assert len(played) == PACKETS and played[0].marker
         reply = wait_for(ng, legs.call_id, both_kernelized, timeout=4.0)
         assert both_kernelized(reply)
+
+
+def test_a_large_blob_goes_through_a_private_file(
+    topo: Topology, caller: tuple[Peer, Peer], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A blob over the inline limit (the chirp at 48 kHz: 144 KB) reaches the worker in a file
+    of relayd's own private directory under ``$RUNTIME_DIRECTORY``, which the worker removes
+    once it has read it; the party hears it all the same."""
+    wav = write_wav(tmp_path / "chirp48.wav", rate=48000).read_bytes()
+    assert len(wav) > INLINE_LIMIT
+    rtp, _ = caller
+    run = tmp_path / "run"
+    run.mkdir()
+    workdir = tmp_path / "relayd"
+    workdir.mkdir()
+    with stopped_after(request, "relayd") as started:
+        relay = RelaydProcess(
+            workdir,
+            ng_port=47000,
+            port_min=47100,
+            port_max=47199,
+            interface=relay_interfaces(topo),
+            netns=topo.relay,
+            env={"RUNTIME_DIRECTORY": str(run)},
+            extra=("--listen-tcp-ng", "127.0.0.1:47000"),  # a blob this size needs TCP
+        )
+        started.append(relay)
+        relay.start()
+        with relay.client(tcp=True) as ng:
+            call(ng, topo, PCMU)
+            reply = ok(ng.call("play media", call_id="play", from_tag=CALLER_TAG, blob=wav))
+            assert reply["duration"] == 1500
+            got, packets = received_rtp(rtp)
+            check_stream(got, packets, 0, 160)
+            audio = mulaw_decode(b"".join(p.payload for p in packets))
+            assert segmented_correlation(chirp(8000), audio, max_lag=400) > 0.9
+            [private] = list(run.iterdir())
+            assert private.stat().st_mode & 0o777 == 0o700
+            assert list(private.iterdir()) == []  # read and removed by the worker
