@@ -207,18 +207,16 @@ def _srtp(media: Media) -> str:
 
 
 def position(playback: Playback, now: float) -> int:
-    """Where in the file (ms) the play is at ``now``, or where it stopped."""
+    """Where in the file (ms) the play is at ``now``, or where it stopped; its length once
+    every repeat has played."""
+    if playback.duration <= 0:
+        return 0
     at = playback.ended if playback.ended else now
     elapsed = max(int((at - playback.started) * 1000), 0)
     total = max(playback.duration * playback.repeat - playback.start_pos, 0)
-    elapsed = min(elapsed, total)
-    if playback.duration <= 0:
-        return 0
-    return (
-        (playback.start_pos + elapsed) % playback.duration
-        if elapsed < total
-        else (playback.duration)
-    )
+    if elapsed >= total:
+        return playback.duration
+    return (playback.start_pos + elapsed) % playback.duration
 
 
 class Playbacks:
@@ -243,6 +241,7 @@ class Playbacks:
         return [party]
 
     def play(self, call: Call, req: Request, now: float) -> dict[str, Any]:
+        """``play media`` (module rules): the reply, the orders queued."""
         parties = self.parties(call, req)
         source = source_of(req.values)
         repeat = _integer(req.values.get("repeat-times"), 0)
@@ -272,6 +271,8 @@ class Playbacks:
         return {"duration": duration} if duration else {}
 
     def stop(self, call: Call, req: Request, now: float) -> dict[str, Any]:
+        """``stop media`` (module rules): with ``all``, a party that never played fails the
+        request after those before it were stopped, as in 10.5."""
         parties = self.parties(call, req)
         reply: dict[str, Any] = {}
         for party in parties:

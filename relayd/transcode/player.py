@@ -206,11 +206,13 @@ class Stream:
         return cls(ssrc, seq, ts, os.urandom(6).hex(), clock=clock)
 
     def begin(self, now: float, clock: int) -> None:
-        """A play starts at ``now``: its first timestamp is where the clock has brought the
-        stream since its first play."""
+        """A play starts at ``now`` (wall clock): its first timestamp is where the clock has
+        brought the stream since its first play; with another clock rate (the party's codec
+        changed) the count starts again just after the last timestamp sent."""
         if self.epoch < 0 or clock != self.clock:
             self.epoch, self.clock = now, clock
-            self.ts_origin = (self.last_ts + 1) if self.packets else self.ts_origin
+            if self.packets:
+                self.ts_origin = (self.last_ts + 1) & 0xFFFFFFFF
         self.first = (self.ts_origin + round((now - self.epoch) * clock)) & 0xFFFFFFFF
         self.sent_in_play = 0
         self.reported = False

@@ -184,6 +184,7 @@ class Players:
                 else:
                     player.next_at = now + 0.02
                 continue
+            player.wait_until = now + WAIT  # (a socket that goes away is waited for again)
             ptime = player.frames.step / max(player.stream.clock, 1)
             for _ in range(CATCH_UP):
                 try:
