@@ -5,6 +5,7 @@ the worker, and the kernel path left while a party hears a play (relayd/plane/of
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from relayd.calls.playback import (
     source_of,
     target_of,
 )
+from relayd.calls.snapshot import dump_call, load_call
 from relayd.calls.webrtc import Crypto
 from relayd.ng.message import NgError
 from relayd.plane.offload import kernel_legs
@@ -198,3 +200,12 @@ def test_plays_end_with_their_worker() -> None:
     assert not any(p.playback.active for p in call.parties())  # type: ignore[union-attr]
     assert cmds.playbacks.end_all([call], T0 + 3) == []  # nothing left playing
     assert _ask(cmds, "stop media", from_tag="a", at=4)["last-frame-pos"] == 1000
+
+
+def test_a_play_survives_the_journal() -> None:
+    """A restarted relayd reads the party's play back (and then ends it: its worker is new)."""
+    cmds, call = _call()
+    _ask(cmds, "play media", from_tag="a", file="/x.wav", repeat_times=2)
+    restored = load_call(json.loads(json.dumps(dump_call(call))))
+    assert restored.monologues["a"].playback == Playback(T0 + 1, 1500, 2, 0, active=True)
+    assert restored.monologues["b"].playback is None
