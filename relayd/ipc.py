@@ -55,6 +55,9 @@ __all__ = [
     "IpcError",
     "Learning",
     "Message",
+    "Play",
+    "PlayDone",
+    "PlayStop",
     "RecordFailed",
     "RecordPause",
     "RecordSdp",
@@ -397,6 +400,51 @@ class Dtmf:
     tone: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Play:
+    """ng ``play media`` (relayd/worker/player.py): the worker plays a file to one party from
+    its relay sockets ``rtp``/``rtcp`` (socket keys), encoded as ``format`` every ``ptime``
+    ms; ``srtp``: the SDES key of what goes to the party where its socket has none. The
+    file: ``path`` (removed once read where ``temporary``), or ``data`` (its bytes,
+    base64). ``started`` names the play in its ``PlayDone``."""
+
+    call_id: str
+    tag: str
+    rtp: str
+    rtcp: str
+    format: str  # the Format's list as JSON (relayd/transcode/plan.py)
+    ptime: int = 20
+    srtp: str = ""
+    path: str = ""
+    temporary: bool = False
+    data: str = ""
+    repeat: int = 1
+    start_pos: int = 0  # ms
+    started: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class PlayStop:
+    """``stop media``: the worker's player on the party's RTP socket ``rtp`` stops."""
+
+    call_id: str
+    tag: str
+    rtp: str
+
+
+@dataclass(frozen=True, slots=True)
+class PlayDone:
+    """A worker's play came to its end (or failed: ``error``); ``position``: ms into the
+    file of the last frame sent."""
+
+    worker: int
+    call_id: str
+    tag: str
+    started: float
+    position: int = 0
+    error: str = ""
+
+
 Message = (
     Configure
     | Forward
@@ -413,6 +461,9 @@ Message = (
     | RecordStop
     | RecordFailed
     | Dtmf
+    | Play
+    | PlayStop
+    | PlayDone
     | InjectDtmf
     | DtmfInjected
 )
@@ -435,6 +486,9 @@ _TYPES: dict[str, type[Any]] = {
         RecordStop,
         RecordFailed,
         Dtmf,
+        Play,
+        PlayStop,
+        PlayDone,
         InjectDtmf,
         DtmfInjected,
     )

@@ -38,6 +38,7 @@ from relayd.plane.handover import KernelHandover
 from relayd.plane.kernel import KernelPath
 from relayd.plane.media import MediaPlane
 from relayd.plane.offload import events_payload_type
+from relayd.plane.playback import PlaybackControl
 from relayd.plane.sockets import SocketBinder
 from relayd.plane.sweep import ConntrackSweep
 from relayd.plane.updates import WorkerUpdates
@@ -139,6 +140,7 @@ class Supervisor:
         )
         self.sweep = ConntrackSweep(self.media.reports.streams)
         self.recording = RecordingControl(spool, self.media, self.calls)
+        self.playback = PlaybackControl(self.media, self.calls, self._to_workers, self._play_ended)
         ports = PortAllocator(port_min, port_max, workers, binder)
         self.signalling = signalling_of(config, interfaces, ports, certificate)
         self.commands = Commands(
@@ -150,6 +152,7 @@ class Supervisor:
             on_teardown=self._teardown,
             refresh=self._refresh_due,
             recordings=self.recording.recordings,
+            playbacks=self.playback.playbacks,
         )
         # the kernel forwards to relay sockets: at most one counter element for each
         local = {address.local for address in interfaces.all}
@@ -255,6 +258,7 @@ class Supervisor:
                 logger.exception("ng.internal_error", command=req.command)
                 reply = {"result": "error", "error-reason": "Internal error"}
             self.recording.flush()  # what the request started or stopped, to the workers
+            self.playback.flush()
             ok = reply.get("result") in ("ok", "pong")
             self.counters.ng.record(str(source[0]), req.command, ok, time.perf_counter() - started)
             return reply
@@ -312,6 +316,16 @@ class Supervisor:
             )
         return reply
 
+    def _to_workers(self, call: Call) -> None:
+        """A call whose worker must act on it now (a play starts): out of the kernel path
+        where a party plays (relayd/plane/offload.py), its forward sent at once."""
+        self.handover.offload(call)
+        self.updates.now(call)
+
+    def _play_ended(self, call: Call) -> None:
+        """A party's play ended: the call may go back to the kernel path."""
+        self.handover.offload(call)
+
     def _teardown(self, teardown: Teardown) -> None:
         call = teardown.call
         # also when a timer or relayctl ends the call: its lines carry its call-id
@@ -352,6 +366,7 @@ class Supervisor:
         if self.kernel is not None:
             self.kernel.start()
         self.handover.adopt(restored)
+        self.playback.end_plays(restored)  # their players went with the old workers
         for call in restored:
             self.media.sync(call)
         observe = self.ops.ng_observed if self.ops.homer is not None else None
@@ -379,6 +394,7 @@ class Supervisor:
             closer.close()
         self.ops.close()
         await self.media.stop()
+        self.playback.close()
         self.sweep.close()
         if self.kernel is not None:
             self.kernel.close()  # kernel forwards stay: their media flows on until we return

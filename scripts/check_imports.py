@@ -63,6 +63,7 @@ SHELLS = (
     "relayd.ng.client", "relayd.plane.media", "relayd.plane.workerpool", "relayd.plane.sockets",
     "relayd.plane.updates", "relayd.plane.kernel", "relayd.ops.operations", "relayd.ops.admin",
     "relayd.ops.httpd", "relayd.ops.homer", "relayd.ops.dtmflog", "relayd.recording.control",
+    "relayd.plane.playback",
 )  # fmt: skip
 SYSTEM = (
     "asyncio", "uvloop", "socket", "select", "selectors", "time", "datetime", "subprocess",

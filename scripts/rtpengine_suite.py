@@ -451,7 +451,14 @@ def write_record(directory: Path, result: Result, daemon: str, tag: str, log: Pa
         "steps": recorded_steps(log),
     }
     path = directory / f"scenario-{result.number:03d}.json"
-    path.write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n")
+    text = json.dumps(document, indent=1, ensure_ascii=False)
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        # bytes that are not UTF-8 (play media's WAV blob) are surrogates here: written as
+        # \udcXX escapes, which json reads back as the same surrogates (and bencode as the bytes)
+        text = json.dumps(document, indent=1)
+    path.write_text(text + "\n")
 
 
 def git(repo: Path, *args: str) -> bytes:

@@ -21,6 +21,7 @@ from relayd.calls.dtmf_play import injection
 from relayd.calls.media_control import control, party_of
 from relayd.calls.model import Call
 from relayd.calls.parties import detach_branch
+from relayd.calls.playback import Playbacks
 from relayd.calls.recording import Recordings
 from relayd.calls.signalling import Signalling
 from relayd.calls.statistics import Totals, statistics_reply
@@ -71,6 +72,7 @@ class Commands:
         on_teardown: Callable[[Teardown], None] | None = None,
         refresh: Callable[[list[Call], float], None] | None = None,
         recordings: Recordings | None = None,
+        playbacks: Playbacks | None = None,
     ) -> None:
         self.signalling = signalling
         self.limits = limits
@@ -82,6 +84,7 @@ class Commands:
         self.on_teardown = on_teardown
         self.refresh = refresh
         self.recordings = recordings if recordings is not None else Recordings()
+        self.playbacks = playbacks if playbacks is not None else Playbacks()
         self._handlers: dict[str, Callable[[Request, float], dict[str, Any]]] = {
             "ping": self.ping,
             "offer": self.offer,
@@ -101,6 +104,8 @@ class Commands:
             "unsilence media": self.media_control,
             "block DTMF": self.dtmf_block,
             "unblock DTMF": self.dtmf_block,
+            "play media": self.play_media,
+            "stop media": self.stop_media,
             "play DTMF": self.play_dtmf,
         }
         # ``play DTMF``: the digits for the workers, taken by the supervisor after each request
@@ -281,6 +286,14 @@ class Commands:
         call = self._selected(req)
         (dtmf_block.block if req.command == "block DTMF" else dtmf_block.unblock)(call, req)
         return {}
+
+    def play_media(self, req: Request, now: float) -> dict[str, Any]:
+        """ng ``play media`` (calls/playback.py)."""
+        return self.playbacks.play(self._selected(req), req, now)
+
+    def stop_media(self, req: Request, now: float) -> dict[str, Any]:
+        """ng ``stop media`` (calls/playback.py)."""
+        return self.playbacks.stop(self._selected(req), req, now)
 
     def play_dtmf(self, req: Request, now: float) -> dict[str, Any]:
         """ng ``play DTMF`` (calls/dtmf_play.py): the digit queued for the call's worker."""

@@ -30,6 +30,7 @@ __all__ = [
     "MediaControl",
     "MediaSecurity",
     "Monologue",
+    "Playback",
     "Stream",
     "StreamStats",
     "family_of",
@@ -351,6 +352,21 @@ class Media:
 
 
 @dataclass(slots=True)
+class Playback:
+    """ng ``play media`` to a party (relayd/calls/playback.py): what plays and since when
+    (wall clock), kept after it ends (10.5 answers ``stop media`` to a party that never
+    played with an error, to one that did with ``ok``). ``active`` while the worker plays:
+    the party's streams stay with the workers (relayd/plane/offload.py)."""
+
+    started: float = 0.0
+    duration: int = 0  # ms, one play of the file
+    repeat: int = 1
+    start_pos: int = 0  # ms into the file where the first play begins
+    active: bool = False
+    ended: float = 0.0  # when it stopped or was stopped (wall clock), 0: still playing
+
+
+@dataclass(slots=True)
 class Monologue:
     """One party of the call, named by its tag (empty until an answer names it)."""
 
@@ -374,6 +390,7 @@ class Monologue:
     # call's block if there is one, else its own (relayd/calls/dtmf_block.py keeps it)
     dtmf_block: DtmfSecurity | None = None
     dtmf_security: DtmfSecurity | None = None
+    playback: Playback | None = None  # ng ``play media`` to this party (None: never)
     sip_source: str = ""  # the SIP source address (received-from), if any
     last_sdp: bytes = b""  # digest of the SDP we last wrote for it, version aside (SDP-version)
     first_username: str | None = None  # o= username of this party's first SDP

@@ -88,6 +88,8 @@ class MediaPlane:
         # (re)started worker, told of its calls' recordings before their forwards come
         self.on_record_failed: Callable[[ipc.RecordFailed], None] | None = None
         self.on_worker_ready: Callable[[int], None] | None = None
+        # media playback (relayd/plane/playback.py): a worker's play came to its end
+        self.on_play_done: Callable[[ipc.PlayDone], None] | None = None
         # per worker: media key -> the socket keys of the forward it holds. The forwards
         # themselves are not kept: a restarted worker gets them planned anew from ``calls``.
         self.placed: dict[int, dict[str, tuple[str, ...]]] = {}
@@ -368,3 +370,5 @@ class MediaPlane:
             self.on_dtmf(message)
         elif isinstance(message, ipc.RecordFailed) and self.on_record_failed:
             self.on_record_failed(message)
+        elif isinstance(message, ipc.PlayDone) and self.on_play_done:
+            self.on_play_done(message)

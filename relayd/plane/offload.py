@@ -15,6 +15,9 @@ Rules (docs/architecture.md "Kernel path"; rtpengine kernelizes on the same cond
   (relayd/worker/recording.py), as rtpengine 10.5's pcap method does; unless the kernel
   can copy its packets to them (nflog, ``copies``): then it goes to the kernel like any
   other, and is marked recorded there (relayd/plane/handover.py).
+* A party that hears ``play media`` (relayd/calls/playback.py) stays with the workers, and
+  so does its peer, while the play runs: the player sends from the party's relay socket,
+  which the kernel's NAT would own; back to the kernel once the worker says it ended.
 * A media section with codec work in either direction (a codec plan:
   relayd/calls/codec_plans.py, DTMF injection included) stays with the workers, both
   directions, RTP and RTCP. The transcoded direction's packets are rewritten and its
@@ -45,7 +48,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from relayd.calls.codec_plans import party_plan
-from relayd.calls.model import Call, Endpoint
+from relayd.calls.model import Call, Endpoint, Monologue
 from relayd.ipc import socket_key
 from relayd.plane.forwarding import PLAIN, dialogue_pairs, muxes, telephone_events
 
@@ -104,6 +107,8 @@ def kernel_legs(
             continue
         if control is not None and any(control.blocks(p) or control.silences(p) for p in (x, y)):
             continue  # blocked or silenced: the workers drop or silence it
+        if _playing(x) or _playing(y):
+            continue  # played to from its relay socket: no kernel NAT on that port
         for mx, my in zip(x.medias, y.medias, strict=False):
             if mx.protocol not in PLAIN or my.protocol not in PLAIN:
                 continue
@@ -147,6 +152,10 @@ def events_payload_type(call: Call) -> int | None:
                 ):
                     return int(number)
     return None
+
+
+def _playing(party: Monologue) -> bool:
+    return party.playback is not None and party.playback.active
 
 
 def mark_kernelized(call: Call, sockets: set[str]) -> bool:

@@ -24,6 +24,7 @@ from relayd.ipc import LEARNING, Learning, parse_key, socket_key
 from relayd.log import get_logger
 from relayd.rtcp import is_rtcp
 from relayd.worker.dtmf import watch as watch_dtmf
+from relayd.worker.player import Players
 from relayd.worker.recording import FLUSH_TICK, WorkerRecordings
 from relayd.worker.secure import SecurePath
 from relayd.worker.session import Leg, Verdict
@@ -114,6 +115,7 @@ class Worker:
         self.rtcp: list[ipc.RtcpPacket] = []
         self.dtmf_events = False  # DTMF digits reported (relayd/worker/dtmf.py)
         self.recordings = WorkerRecordings(index, self.send)
+        self.players = Players(index, self.by_key, self.secure.buf, self.send)
         self.copies_fd = -1  # the nflog socket of kernel-recorded packets (-1: none)
         self.running = True
         link.setblocking(False)
@@ -174,6 +176,10 @@ class Worker:
         elif isinstance(message, ipc.RecordStop):
             self.recordings.copies(self.by_key)  # what the kernel copied so far goes in first
             self.recordings.stop(message)
+        elif isinstance(message, ipc.Play):
+            self.players.play(message, time.monotonic())
+        elif isinstance(message, ipc.PlayStop):
+            self.players.stop(message)
         elif isinstance(message, ipc.InjectDtmf):
             error = inject_dtmf(message, self.by_key, self.index)
             self.send(ipc.DtmfInjected(message.request, error))
@@ -349,6 +355,8 @@ class Worker:
 
     def _close_keys(self, keys: tuple[str, ...]) -> None:
         """Relayd gave these sockets' ports back: close them, in a forward or idle."""
+        if self.players.players or self.players.streams:
+            self.players.forget(keys)
         for key in keys:
             idle = self.parked.pop(key, None)
             if idle is not None:
@@ -471,13 +479,16 @@ class Worker:
         timers = secure.timers
         recordings = self.recordings
         next_flush = _NEVER
+        players = self.players
         while self.running:
             active = self.active
             # DTLS retransmission timers: looked over once per wake, fired when one is due
             timer_at = secure.next_deadline() if timers else _NEVER
             if recordings.calls and next_flush == _NEVER:
                 next_flush = monotonic() + FLUSH_TICK
-            events = poll(max(min(next_report, timer_at, next_flush) - monotonic(), 0.0))
+            play_at = players.next_deadline() if players.players else _NEVER
+            wake = min(next_report, timer_at, next_flush, play_at)
+            events = poll(max(wake - monotonic(), 0.0))
             now = monotonic()
             for fd, _mask in events:
                 if fd == link_fd:
@@ -522,8 +533,11 @@ class Worker:
                     out = ms.out
                     if ms.out_rtcp is not None and is_rtcp(data):
                         out = ms.out_rtcp
-                    elif leg.ssrc < 0 and not leg.rtcp and len(data) >= 12:
-                        leg.ssrc = int.from_bytes(data[8:12], "big")
+                        leg.last_rtcp, leg.rtcp_at = data, now
+                    else:
+                        leg.last = data  # for the player's report block (worker/player.py)
+                        if leg.ssrc < 0 and not leg.rtcp and len(data) >= 12:
+                            leg.ssrc = int.from_bytes(data[8:12], "big")
                     if out is None:
                         continue
                     if ms.transcode:
@@ -543,6 +557,8 @@ class Worker:
                             active.append(out)
             if now >= timer_at:
                 secure.fire(now)
+            if now >= play_at:
+                players.fire(now)
             if now >= next_flush:
                 recordings.flush_due(time.time())
                 next_flush = now + FLUSH_TICK if recordings.calls else _NEVER

@@ -301,6 +301,11 @@ class SecurePath:
             out = ms.out_rtcp if rtcp and ms.out_rtcp is not None else ms.out
             if out is not None and out.active is not None:
                 out = out.active  # the candidate the party nominated
+            # for the player's report block (worker/player.py): the buffer is reused, so a copy
+            if rtcp and not rtcp_socket:
+                leg.last_rtcp, leg.rtcp_at = bytes(view[:20]), now
+            else:
+                leg.last = bytes(view[:20])
             if not rtcp and leg.ssrc < 0 and n >= 12:
                 leg.ssrc = int.from_bytes(view[8:12], "big")
             if out is None or (target := out.leg.endpoint) is None:

@@ -26,6 +26,7 @@ from relayd.ipc import Learning
 __all__ = ["Leg", "Verdict"]
 
 Address = tuple[str, int]
+Datagram = bytes | bytearray  # (a name of its own: Leg has a field called bytes)
 
 
 def _rank(source: Address, expect: Address | None) -> int:
@@ -68,6 +69,12 @@ class Leg:
     errors: int = 0
     last_packet: float = 0.0
     ssrc: int = -1
+    # what the media player's report block reads (relayd/worker/player.py): the party's
+    # latest datagram here (RTP, or RTCP on an RTCP socket; at least its first 20 bytes),
+    # and under rtcp-mux its latest RTCP and when that came (CLOCK_MONOTONIC)
+    last: Datagram = b""
+    last_rtcp: Datagram = b""
+    rtcp_at: float = 0.0
     # packets, errors and confirmation as last reported to relayd (three slots: less than
     # one tuple per socket, made anew for every report)
     reported_packets: int = 0

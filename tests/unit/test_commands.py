@@ -36,10 +36,10 @@ def test_ping() -> None:
 
 def test_unrecognized_command_counts_as_error() -> None:
     cmds, _ = build()
-    reply = cmds.handle(req("play media"), T0)
+    reply = cmds.handle(req("frobnicate"), T0)
     assert reply == {"result": "error", "error-reason": "Unrecognized command"}
     assert cmds.totals.errors == 1
-    assert "play media" not in cmds.totals.commands
+    assert "frobnicate" not in cmds.totals.commands
 
 
 def test_error_replies_carry_nothing_else() -> None:

@@ -33,11 +33,13 @@ import pytest
 
 from relayd.calls.commands import Commands
 from relayd.calls.interfaces import resolve
+from relayd.calls.playback import Playbacks
 from relayd.calls.ports import PortAllocator
 from relayd.certificate import Certificate, load_or_create
 from relayd.config import Config, load
 from relayd.ng.message import Request, split_cookie
 from relayd.ng.server import NgService
+from relayd.plane.playback import probe_source
 from relayd.supervisor import limits_of, signalling_of
 from tests.support import oracle
 from tests.support.oracle import Case, StepResult
@@ -76,7 +78,11 @@ class InProcessRelayd:
         ports = PortAllocator(config.port_min, config.port_max, workers, self.binder)
         # addresses only: no device to look up
         signalling = signalling_of(config, resolve(config.interfaces, {}), ports, certificate)
-        self.commands = Commands(signalling, limits_of(config), started=self.now)
+        # play media opens its file as relayd does (PyAV), and sends nothing: no workers
+        playbacks = Playbacks(probe_source)
+        self.commands = Commands(
+            signalling, limits_of(config), started=self.now, playbacks=playbacks
+        )
         self.service = NgService(self._dispatch, clock=lambda: self.now)
         self.crashes: list[str] = []  # tracebacks behind "Internal error" replies
         self._cookies = itertools.count()
