@@ -25,14 +25,20 @@ relayd has its own detector, with the usual telephony rules:
 
 Positions count samples since the detector's first, gaps included (:meth:`skip`), so that
 the engine can place each change on its output timeline.
+
+The arithmetic is numpy's: each block's powers at the eight frequencies are one product
+of the block with a table of their cosines and sines (what eight Goertzel filters compute),
+for all the blocks a packet completes at once; the rules above then look at eight numbers a
+block. In pure Python the same took 45–85 µs per 20 ms packet of speech or tone, a third of
+a transcoded stream's whole cost; numpy is imported by the first detector a process makes,
+so workers that never detect do not carry it.
 """
 
 from __future__ import annotations
 
 import math
-import operator
-import struct
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["BLOCK", "Change", "DtmfDetector", "level"]
 
@@ -57,25 +63,21 @@ TONE_SHARE = 0.6
 _MIN_POWER = _FULL_SCALE * 10 ** ((MIN_LEVEL - _DBM0_FULL_SCALE) / 10)
 _HITS_TO_START = 2
 _MISSES_TO_END = 2
+_BASIS: list[Any] = []  # the table of cosines and sines, made by the first detector
 
 
-def _tables(frequency: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    step = 2 * math.pi * frequency / RATE
-    return (
-        tuple(math.cos(step * n) for n in range(BLOCK)),
-        tuple(math.sin(step * n) for n in range(BLOCK)),
-    )
+def _basis() -> Any:
+    """The cosines then the sines of the eight frequencies over a block: a (16, BLOCK) array."""
+    np = _numpy()
+    n = np.arange(BLOCK)
+    steps = 2 * np.pi * np.array(ROWS + COLUMNS, dtype=np.float64) / RATE
+    return np.concatenate([np.cos(np.outer(steps, n)), np.sin(np.outer(steps, n))])
 
 
-_ROW_TABLES = tuple(_tables(f) for f in ROWS)
-_COLUMN_TABLES = tuple(_tables(f) for f in COLUMNS)
+def _numpy() -> Any:
+    import numpy  # here, not at the top: see the module's docstring
 
-
-def _power(samples: tuple[int, ...], tables: tuple[tuple[float, ...], tuple[float, ...]]) -> float:
-    """Mean power of one frequency in the block (a sine of amplitude A: A² / 2)."""
-    re = sum(map(operator.mul, samples, tables[0]))
-    im = sum(map(operator.mul, samples, tables[1]))
-    return 2 * (re * re + im * im) / (BLOCK * BLOCK)
+    return numpy
 
 
 def level(power: float) -> float:
@@ -93,18 +95,16 @@ class Change:
     volume: int = 0
 
 
-def _classify(samples: tuple[int, ...]) -> tuple[int, int]:
-    """The digit the block hits (-1: none) and its volume."""
-    energy = sum(map(operator.mul, samples, samples)) / BLOCK
+def _classify(energy: float, powers: list[float]) -> tuple[int, int]:
+    """The digit a block hits (-1: none) and its volume, from its mean ``energy`` and the
+    mean powers at the eight frequencies (rows, then columns)."""
     if energy < 2 * _MIN_POWER:
         return -1, 0
-    # the low group first: most audio that is no DTMF fails there, half the work saved
-    rows = [_power(samples, t) for t in _ROW_TABLES]
+    rows, columns = powers[:4], powers[4:]
     row = max(range(4), key=rows.__getitem__)
     low = rows[row]
     if low < _MIN_POWER or any(rows[i] * RELATIVE_PEAK > low for i in range(4) if i != row):
         return -1, 0
-    columns = [_power(samples, t) for t in _COLUMN_TABLES]
     column = max(range(4), key=columns.__getitem__)
     high = columns[column]
     others = (columns[i] for i in range(4) if i != column)
@@ -121,10 +121,14 @@ def _classify(samples: tuple[int, ...]) -> tuple[int, int]:
 class DtmfDetector:
     """One stream's detector: audio in, digit changes out (see the module's rules)."""
 
-    __slots__ = ("buffer", "candidate", "current", "hits", "misses", "position")
+    __slots__ = ("basis", "buffer", "candidate", "current", "hits", "misses", "np", "position")
 
     def __init__(self) -> None:
-        self.buffer: list[int] = []
+        self.np = _numpy()
+        if not _BASIS:
+            _BASIS.append(_basis())
+        self.basis = _BASIS[0]
+        self.buffer = bytearray()  # 16-bit native samples not yet in a block
         self.position = 0  # of the buffer's first sample
         self.current = -1  # the digit on, -1: none
         self.candidate = -1  # the digit the last block hit
@@ -133,13 +137,27 @@ class DtmfDetector:
 
     def push(self, pcm: bytes | bytearray) -> list[Change]:
         """8 kHz 16-bit native mono samples in; the changes the blocks they complete show."""
-        self.buffer.extend(struct.unpack(f"={len(pcm) // 2}h", pcm[: len(pcm) // 2 * 2]))
-        changes: list[Change] = []
         buffer = self.buffer
-        while len(buffer) >= BLOCK:
-            block = tuple(buffer[:BLOCK])
-            del buffer[:BLOCK]
-            self._block(*_classify(block), changes)
+        buffer += pcm[: len(pcm) // 2 * 2]
+        count = len(buffer) // (2 * BLOCK)
+        changes: list[Change] = []
+        if not count:
+            return changes
+        np = self.np
+        size = count * BLOCK * 2
+        blocks = np.frombuffer(buffer, dtype=np.int16, count=count * BLOCK).astype(np.float64)
+        del buffer[:size]
+        blocks = blocks.reshape(count, BLOCK)
+        energies = np.einsum("ij,ij->i", blocks, blocks) / BLOCK
+        if energies.max() < 2 * _MIN_POWER:  # too quiet for a tone (silence): no products
+            for _ in range(count):
+                self._block(-1, 0, changes)
+                self.position += BLOCK
+            return changes
+        sums = blocks @ self.basis.T  # (count, 16): each frequency's cosine and sine sums
+        powers = (sums[:, :8] ** 2 + sums[:, 8:] ** 2) * (2.0 / (BLOCK * BLOCK))
+        for energy, block_powers in zip(energies.tolist(), powers.tolist(), strict=True):
+            self._block(*_classify(energy, block_powers), changes)
             self.position += BLOCK
         return changes
 
@@ -148,9 +166,9 @@ class DtmfDetector:
         changes: list[Change] = []
         if count <= 0:
             return changes
-        self.buffer.extend([0] * count)
-        while len(self.buffer) >= BLOCK:
-            del self.buffer[:BLOCK]
+        self.buffer += bytes(2 * count)
+        while len(self.buffer) >= 2 * BLOCK:
+            del self.buffer[: 2 * BLOCK]
             self._block(-1, 0, changes)
             self.position += BLOCK
         return changes
