@@ -129,6 +129,9 @@ class Config:
     final_timeout: int = 0
     delete_delay: int = 30
     max_sessions: int = -1
+    max_load: float = 0.0
+    max_cpu: float = 0.0
+    max_bandwidth: int = 0
     tos: int = 0
     table: int = -1
     log_level: int = 6
@@ -344,6 +347,9 @@ def _to_config(values: dict[str, Any], raw: dict[str, Any], source: str) -> Conf
         "final-timeout",
         "delete-delay",
         "max-sessions",
+        "max-load",
+        "max-cpu",
+        "max-bandwidth",
         "tos",
         "table",
         "log-level",
@@ -516,6 +522,9 @@ RELOADABLE = (
     "final_timeout",
     "delete_delay",
     "max_sessions",
+    "max_load",
+    "max_cpu",
+    "max_bandwidth",
 )
 
 

@@ -128,11 +128,11 @@ for _key in [
     "mqtt-publish-qos",
     "mqtt-publish-interval",
     "socket-cpu-affinity",
-    "max-bandwidth",
 ]:
     KEYS[_key] = KeyInfo("int", _I)
+KEYS["max-bandwidth"] = KeyInfo("int", _S)
 for _key in ["max-load", "max-cpu"]:
-    KEYS[_key] = KeyInfo("float", _I)
+    KEYS[_key] = KeyInfo("float", _S)
 KEYS["silence-detect"] = KeyInfo("float", _S)
 KEYS["codecs"] = KeyInfo("bool", _S)
 for _key in [

@@ -32,7 +32,9 @@ from relayd.ng.message import Request
 from relayd.ng.server import NgService, serve_tcp, serve_udp
 from relayd.ops.counters import Counters
 from relayd.ops.dtmflog import reports_dtmf
+from relayd.ops.loadmeter import LoadMeter, measures
 from relayd.ops.operations import Operations, copies_rtcp
+from relayd.ops.runtime import with_setting
 from relayd.plane.forwarding import after_signalling
 from relayd.plane.handover import KernelHandover
 from relayd.plane.kernel import KernelPath
@@ -102,6 +104,7 @@ class Supervisor:
         self.argv = list(argv)  # the command line, read again by reload()
         self.ready_fd = ready_fd
         self.counters = Counters()
+        self.loadmeter = LoadMeter(self.counters.traffic)  # the load limits' figures
         # the call registry: Commands adds and removes calls, the rest only read it
         self.calls: dict[str, Call] = {}
         # reads the registry, media plane and counters as a RelayState, when they are used
@@ -154,6 +157,8 @@ class Supervisor:
             recordings=self.recording.recordings,
             playbacks=self.playback.playbacks,
         )
+        if measures(self.commands.limits):  # the load average counts from the first offer on
+            self.commands.load = self.loadmeter.sample(time.monotonic())
         # the kernel forwards to relay sockets: at most one counter element for each
         local = {address.local for address in interfaces.all}
         capacity = (config.port_max - config.port_min + 1) * max(len(local), 1)
@@ -436,6 +441,8 @@ class Supervisor:
                 if tick % _TICKS_PER_SECOND == 0:
                     self.handover.tick()
                     self.ops.tick()
+                    if measures(self.commands.limits):
+                        self.commands.load = self.loadmeter.sample(time.monotonic())
             except Exception:
                 logger.exception("timer.failed")
 
@@ -523,6 +530,16 @@ class Supervisor:
         logger.info("config.reloaded", source=fresh.source, applied=applied, restart=restart)
         return {"applied": applied, "restart": restart, "source": fresh.source}
 
+    def set_running(self, field: str, value: Any) -> dict[str, Any]:
+        """``relayctl set`` (relayd/ops/runtime.py): a limit on new calls changed now, in the
+        running configuration (``relayctl config``, ``/metrics``), until a reload or restart."""
+        self.config, change = with_setting(self.config, field, value)
+        shards = self.shard.count if self.shard is not None else 1
+        self.commands.set_limits(limits_of(self.config, shards))
+        key = field.replace("_", "-")
+        logger.info("config.set", key=key, before=change[0], after=change[1])
+        return {"set": {key: change}}
+
     def _reload_signal(self) -> None:
         result = self.reload()
         if result.get("result") == "error":
@@ -549,12 +566,18 @@ def signalling_of(
 
 def limits_of(config: Config, shards: int = 1) -> Limits:
     """The call limits and timers a configuration sets (at start-up and on reload). Of
-    ``max-sessions`` (the host's) each of ``shards`` shards takes its share, rounded up."""
-    max_sessions = config.max_sessions
+    ``max-sessions`` and ``max-bandwidth`` (the host's) each of ``shards`` shards takes its
+    share, rounded up; ``max-load`` and ``max-cpu`` are the host's figures, the same for all."""
+    max_sessions, max_bandwidth = config.max_sessions, config.max_bandwidth
     if shards > 1 and max_sessions > 0:
         max_sessions = -(-max_sessions // shards)
+    if shards > 1 and max_bandwidth > 0:
+        max_bandwidth = -(-max_bandwidth // shards)
     return Limits(
         max_sessions=max_sessions,
+        max_load=config.max_load,
+        max_cpu=config.max_cpu,
+        max_bandwidth=max_bandwidth,
         delete_delay=config.delete_delay,
         offer_timeout=config.offer_timeout,
         final_timeout=config.final_timeout,

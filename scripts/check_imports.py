@@ -72,7 +72,7 @@ SYSTEM = (
 PURE = (
     "relayd.ng.bencode", "relayd.ng.message", "relayd.ng.cache", "relayd.sdp", "relayd.calls",
     "relayd.plane.forwarding", "relayd.plane.reports", "relayd.plane.offload",
-    "relayd.ops.counters", "relayd.ops.hep", "relayd.config",
+    "relayd.ops.counters", "relayd.ops.hep", "relayd.ops.runtime", "relayd.config",
     "relayd.config_keys", "relayd.ipc", "relayd.rtcp", "relayd.transcode.plan",
 )  # fmt: skip
 SHARED_WITH_WORKER = (

@@ -18,6 +18,7 @@ from relayd import ipc
 from relayd.calls import dtmf_block
 from relayd.calls.calltree import call_tree
 from relayd.calls.dtmf_play import injection
+from relayd.calls.load import SESSIONS, LoadLimited, LoadSample, load_refusal
 from relayd.calls.media_control import control, party_of
 from relayd.calls.model import Call
 from relayd.calls.parties import detach_branch
@@ -85,6 +86,8 @@ class Commands:
         self.refresh = refresh
         self.recordings = recordings if recordings is not None else Recordings()
         self.playbacks = playbacks if playbacks is not None else Playbacks()
+        # the host's load as the supervisor's timer last sampled it (relayd/calls/load.py)
+        self.load = LoadSample()
         self._handlers: dict[str, Callable[[Request, float], dict[str, Any]]] = {
             "ping": self.ping,
             "offer": self.offer,
@@ -121,10 +124,13 @@ class Commands:
         self.totals.commands[req.command] += 1
         try:
             reply = handler(req, now)
+        except LoadLimited as exc:
+            if "load-limit" in req.supports:  # no error in errorcount (10.5)
+                return {"result": "load limit", "message": exc.message}
+            self.totals.errors += 1
+            return {"result": "error", "error-reason": exc.reason}
         except NgError as exc:
             self.totals.errors += 1
-            if exc.reason == "Parallel session limit reached" and "load-limit" in req.supports:
-                return {"result": "load limit", "message": exc.reason}
             return {"result": "error", "error-reason": exc.reason}
         reply.setdefault("result", "ok")
         return reply
@@ -145,9 +151,10 @@ class Commands:
     def offer(self, req: Request, now: float) -> dict[str, Any]:
         """ng ``offer``: the SDP for the offer's receiver, the call created on its first offer.
 
-        A new call goes to the worker ``place`` picks; beyond ``max-sessions`` it is refused with
-        "Parallel session limit reached". An offer that fails removes the call it created; one
-        with an empty body gets a bare ``ok`` (rtpengine 10.5). A pending delete is cancelled.
+        A new call goes to the worker ``place`` picks; beyond ``max-sessions``, or while the
+        host's load is over a load limit, it is refused (relayd/calls/load.py). An offer that
+        fails removes the call it created; one with an empty body gets a bare ``ok``
+        (rtpengine 10.5). A pending delete is cancelled.
         """
         if req.sdp is None:
             raise NgError("No SDP body in message")
@@ -160,7 +167,10 @@ class Commands:
             limit = self.limits.max_sessions
             if 0 <= limit <= len(self.calls):
                 self.totals.rejected += 1
-                raise NgError("Parallel session limit reached")
+                raise LoadLimited(SESSIONS)
+            busy = load_refusal(self.limits, self.load)
+            if busy is not None:
+                raise LoadLimited(busy)
             call = Call(req.call_id, created=now, last_signal=now, worker=self.place())
             self.calls[req.call_id] = call
         call.deleted_at = None

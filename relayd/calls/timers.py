@@ -46,9 +46,15 @@ class Reason(StrEnum):
 
 @dataclass
 class Limits:
-    """The numbers from the configuration that bound calls: how many, and for how long."""
+    """The numbers from the configuration that bound calls: how many, and for how long.
+
+    ``max_load``, ``max_cpu`` and ``max_bandwidth`` refuse new calls while the host is busy
+    (0: no limit; :mod:`relayd.calls.load`)."""
 
     max_sessions: int = -1
+    max_load: float = 0.0
+    max_cpu: float = 0.0
+    max_bandwidth: int = 0
     delete_delay: int = 30
     offer_timeout: int = 3600
     final_timeout: int = 0

@@ -32,6 +32,7 @@ from relayd.calls.model import Call, Endpoint, host_port
 from relayd.config import Config
 from relayd.log import get_logger
 from relayd.ops.counters import PATHS
+from relayd.ops.runtime import SettingError, parse_setting
 from relayd.ops.views import RelayState, stream_paths, streams_of, worker_load
 
 __all__ = ["AdminError", "counters_read", "effective_config", "handle", "respond", "serve"]
@@ -287,6 +288,14 @@ def handle(state: RelayState, request: Any, now: float) -> dict[str, Any]:
             reply = {"source": state.config.source, "config": effective_config(state.config)}
         elif command == "reload":
             reply = state.reload()
+        elif command == "set":
+            if len(args) != 2:
+                raise AdminError("set NAME VALUE, e.g. set maxsessions 0")
+            try:
+                field, value = parse_setting(*args)
+            except SettingError as exc:
+                raise AdminError(str(exc)) from None
+            reply = state.set_running(field, value)
         else:
             raise AdminError(f"unknown command {command!r}")
     except AdminError as exc:

@@ -6,6 +6,7 @@ configuration file, else /run/relayd/admin.sock)::
     relayctl list numsessions | sessions | totals | callid CALLID
     relayctl terminate CALLID | all
     relayctl workers | kernel | config | reload
+    relayctl set maxsessions|maxload|maxcpu|maxbw VALUE   (maxsessions 0: drain)
 
 Over ng (``--ng``, else ``listen-ng`` from the configuration file, else
 127.0.0.1:2223), as Kamailio sees relayd::
@@ -33,7 +34,7 @@ __all__ = ["AdminClient", "Unreachable", "main"]
 
 DEFAULT_NG = ("127.0.0.1", 2223)
 CONFIG_FILES = ("/etc/relayd/rtpengine.conf", "/etc/rtpengine/rtpengine.conf")
-ADMIN_COMMANDS = ("terminate", "workers", "kernel", "config", "reload")
+ADMIN_COMMANDS = ("terminate", "workers", "kernel", "config", "reload", "set")
 LIST_WHAT = ("numsessions", "sessions", "totals", "callid")
 
 
@@ -140,6 +141,11 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("kernel", parents=[common], help="kernel path: table health, offloaded streams")
     sub.add_parser("config", parents=[common], help="the configuration relayd runs with")
     sub.add_parser("reload", help="re-read the configuration file")
+    setting = sub.add_parser(
+        "set", help="a limit on new calls, now, until a reload (set maxsessions 0: drain)"
+    )
+    setting.add_argument("name", help="maxsessions, maxload, maxcpu or maxbw")
+    setting.add_argument("value", help="maxsessions -1: no limit; the others 0: no limit")
     return parser
 
 
@@ -268,6 +274,9 @@ def _print_admin(command: str, what: str | None, reply: dict[str, Any]) -> None:
             print(f"needs a restart: {key} (changed in the file, running value kept)")
         if not reply["applied"] and not reply["restart"]:
             print("no change")
+    elif command == "set":
+        for key, (old, new) in reply["set"].items():
+            print(f"Success setting {key} from {old} to {new}")
 
 
 def _admin(args: argparse.Namespace) -> int:
@@ -278,6 +287,8 @@ def _admin(args: argparse.Namespace) -> int:
         params = [what, *([args.call_id] if args.call_id else [])]
     elif args.command == "terminate":
         params = [args.call_id]
+    elif args.command == "set":
+        params = [args.name, args.value]
     try:
         reply = AdminClient(path, timeout=max(args.timeout, 10.0)).request(args.command, *params)
     except Unreachable as exc:

@@ -131,6 +131,23 @@ def _rtpengine(state: RelayState, now: float) -> list[Family]:
     return [*families, used, free, total]
 
 
+def _load_limits(state: RelayState) -> list[Family]:
+    """The limits on new calls as they run now (``relayctl set``, a reload), and the host's
+    figures they compare as last sampled (relayd/calls/load.py; 0 while no limit is on)."""
+    limits, load = state.commands.limits, state.commands.load
+    return [
+        Family("relayd_limit", "gauge", "Limits on new calls now (-1 or 0: none)")
+        .add(limits.max_sessions, limit="max-sessions")
+        .add(limits.max_load, limit="max-load")
+        .add(limits.max_cpu, limit="max-cpu")
+        .add(limits.max_bandwidth, limit="max-bandwidth"),
+        Family("relayd_load", "gauge", "The host's figures the load limits compare, last sample")
+        .add(load.load, measure="load")
+        .add(round(load.cpu, 1), measure="cpu")
+        .add(round(load.bandwidth), measure="bandwidth"),
+    ]
+
+
 def _relayd(state: RelayState) -> list[Family]:
     traffic = state.counters.traffic
     families = []
@@ -181,6 +198,7 @@ def _relayd(state: RelayState) -> list[Family]:
         .add(state.counters.homer_sent, result="sent")
         .add(state.counters.homer_dropped, result="dropped")
     )
+    families += _load_limits(state)
     recordings = state.commands.recordings
     recording = paused = 0
     for call in state.commands.calls.values():

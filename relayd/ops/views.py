@@ -47,6 +47,11 @@ class RelayState(Protocol):
 
     def reload(self) -> dict[str, Any]: ...
 
+    def set_running(self, field: str, value: Any) -> dict[str, Any]:
+        """``relayctl set``: one limit of the running configuration changed
+        (relayd/ops/runtime.py); the reply names it with its value before and after."""
+        ...
+
     async def refresh_counters(self, call_id: str | None = None) -> None:
         """Fold what the kernel forwarded into the streams (one call, or all): kernel
         counters are read when someone looks, not on a clock."""

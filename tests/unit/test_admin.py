@@ -14,9 +14,11 @@ from relayd.config import Config, load
 from relayd.ops import admin
 from relayd.ops.admin import effective_config, handle
 from relayd.ops.counters import Counters
+from relayd.ops.runtime import with_setting
 from relayd.plane.kernel import KernelPath
 from relayd.plane.media import MediaPlane
 from relayd.plane.sockets import SocketBinder
+from relayd.supervisor import limits_of
 from tests.unit.calls import B_ADDR, LOCAL4, T0, build, req, sdp
 
 
@@ -38,6 +40,12 @@ class State:
 
     async def refresh_counters(self, call_id: str | None = None) -> None:
         self.refreshed.append(call_id)
+
+    def set_running(self, field: str, value: Any) -> dict[str, Any]:
+        """As the supervisor does it: the running configuration and the limits changed."""
+        self.config, change = with_setting(self.config, field, value)
+        self.commands.set_limits(limits_of(self.config))
+        return {"set": {field.replace("_", "-"): change}}
 
 
 def _state(calls: int = 1) -> tuple[State, list[Teardown]]:
@@ -253,3 +261,50 @@ def test_requests_that_show_kernel_counters_read_them_first() -> None:
     assert state.refreshed == [None, "call-0", None]
     assert admin.counters_read({"command": "list", "args": ["totals"]}) == (True, None)
     assert admin.counters_read("nonsense") == (False, None)
+
+
+# --- set: drain and load limits at run time (relayd/ops/runtime.py) -----------------------------
+
+
+def test_set_maxsessions_zero_drains_new_calls_and_keeps_the_old() -> None:
+    state, _ = _state(calls=1)
+    reply = handle(state, {"command": "set", "args": ["maxsessions", "0"]}, T0)
+    assert reply == {"result": "ok", "set": {"max-sessions": [-1, 0]}}
+    commands = state.commands
+    offer = req("offer", "new", from_tag="x", sdp=sdp(), supports=["load limit"])
+    assert commands.handle(offer, T0 + 1) == {
+        "result": "load limit",
+        "message": "Parallel session limit reached",
+    }
+    (call_id,) = commands.calls
+    reoffer = req("offer", call_id, from_tag="b", to_tag="a", sdp=sdp(B_ADDR))
+    assert commands.handle(reoffer, T0 + 2)["result"] == "ok"
+    shown = handle(state, {"command": "config"}, T0)["config"]
+    assert shown["max-sessions"] == 0
+    assert handle(state, {"command": "set", "args": ["max-sessions", "-1"]}, T0)["set"] == {
+        "max-sessions": [0, -1]
+    }
+    assert commands.handle(offer, T0 + 3)["result"] == "ok"
+
+
+def test_set_load_limits_and_refusals() -> None:
+    state, _ = _state(calls=0)
+    for args, key, change in (
+        (["maxload", "2.5"], "max-load", [0.0, 2.5]),
+        (["maxcpu", "90"], "max-cpu", [0.0, 90.0]),
+        (["maxbw", "125000"], "max-bandwidth", [0, 125000]),
+    ):
+        assert handle(state, {"command": "set", "args": args}, T0)["set"] == {key: change}
+    limits = state.commands.limits
+    assert (limits.max_load, limits.max_cpu, limits.max_bandwidth) == (2.5, 90.0, 125000)
+    for args, error in (
+        (["maxsessions"], "set NAME VALUE, e.g. set maxsessions 0"),
+        (["maxsessions", "-2"], "maxsessions: -1 (no limit), 0 (drain) or a number of calls"),
+        (["maxload", "high"], "maxload: not a number: 'high'"),
+        (["maxcpu", "-1"], "maxcpu: 0 (no limit) or more"),
+        (["timeout", "5"], "set what? maxsessions, maxload, maxcpu, maxbw"),
+    ):
+        assert handle(state, {"command": "set", "args": args}, T0) == {
+            "result": "error",
+            "error": error,
+        }
