@@ -90,8 +90,9 @@ loadmodule "siputils.so"
 loadmodule "xlog.so"
 loadmodule "rtpengine.so"
 
-modparam("rtpengine", "rtpengine_sock", "udp:$ng_host:$ng_port")
-modparam("rtpengine", "rtpengine_disable_tout", 20)
+modparam("rtpengine", "rtpengine_sock", "$ng_socks")
+modparam("rtpengine", "rtpengine_disable_tout", $disable_tout)
+modparam("rtpengine", "rtpengine_allow_op", $allow_op)
 modparam("rtpengine", "rtpengine_retr", $ng_retries)
 modparam("rtpengine", "rtpengine_tout_ms", $ng_timeout_ms)
 
@@ -160,6 +161,13 @@ route[WITHINDLG] {
     if (is_method("BYE")) {
         route(DELETE);
     }
+    if (is_method("INVITE") && has_body("application/sdp")) {
+        # A re-INVITE: the module sends it to the instance that owns the call (its
+        # call-id table), so the call keeps its relay ports.
+        if (!rtpengine_offer("$offer_flags")) {
+            xlog("L_ERR", "$failure_mark reoffer $$ci\\n");
+        }
+    }
     route(RELAY);
 }
 
@@ -210,6 +218,12 @@ class KamailioSettings:
     debug: int = 2
     ng_retries: int = 2
     ng_timeout_ms: int = 1000
+    # more relay instances in the same set (rtpengine_sock): Kamailio picks one per new call
+    # by a hash of its Call-ID and keeps every later request of the call on it
+    more_ng_ports: tuple[int, ...] = ()
+    disable_tout: int = 20  # seconds an instance that stopped answering stays out of use
+    # 1: a call's in-dialog requests still go to its instance while that one is disabled
+    allow_op: int = 0
 
 
 def kamailio_available() -> bool:
@@ -227,8 +241,11 @@ def render_config(settings: KamailioSettings) -> str:
         sip_host=settings.sip_host,
         sip_port=settings.sip_port,
         module_path=f"{KAMAILIO_MODULES}/",
-        ng_host=settings.ng_host,
-        ng_port=settings.ng_port,
+        ng_socks=" ".join(
+            f"udp:{settings.ng_host}:{port}" for port in (settings.ng_port, *settings.more_ng_ports)
+        ),
+        disable_tout=settings.disable_tout,
+        allow_op=settings.allow_op,
         ng_retries=settings.ng_retries,
         ng_timeout_ms=settings.ng_timeout_ms,
         flags=settings.flags,
