@@ -104,7 +104,6 @@ class Supervisor:
         self.argv = list(argv)  # the command line, read again by reload()
         self.ready_fd = ready_fd
         self.counters = Counters()
-        self.loadmeter = LoadMeter(self.counters.traffic)  # the load limits' figures
         # the call registry: Commands adds and removes calls, the rest only read it
         self.calls: dict[str, Call] = {}
         # reads the registry, media plane and counters as a RelayState, when they are used
@@ -157,8 +156,6 @@ class Supervisor:
             recordings=self.recording.recordings,
             playbacks=self.playback.playbacks,
         )
-        if measures(self.commands.limits):  # the load average counts from the first offer on
-            self.commands.load = self.loadmeter.sample(time.monotonic())
         # the kernel forwards to relay sockets: at most one counter element for each
         local = {address.local for address in interfaces.all}
         capacity = (config.port_max - config.port_min + 1) * max(len(local), 1)
@@ -166,6 +163,13 @@ class Supervisor:
         self.kernel = (
             KernelPath(config.table, config.tos, capacity, owned) if config.table >= 0 else None
         )
+        # the load limits' figures; the kernel's bytes from its table's own counters
+        kernel = self.kernel
+        self.loadmeter = LoadMeter(
+            self.counters.traffic, kernel_bytes=kernel.forwarded_bytes if kernel else None
+        )
+        if measures(self.commands.limits):  # the load average counts from the first offer on
+            self.commands.load = self.loadmeter.sample(time.monotonic())
         place = journal_place(
             config.state_dir, instance_name(config.listen_ng, config.listen_tcp_ng)
         )

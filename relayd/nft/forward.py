@@ -24,10 +24,12 @@ from typing import Any
 from relayd.nft import conntrack
 from relayd.nft.elements import ElementCount, SetElements, encode_key
 from relayd.nft.libnft import DEFAULT_LIBRARY, Libnft, NftError
+from relayd.nft.relayed import ObjectCount, RelayedCounters
 from relayd.nft.ruleset import (
     DEFAULT_MARK,
     DEFAULT_SIZE,
     DEFAULT_TOS,
+    RELAYED,
     Counter,
     Endpoint,
     Forward,
@@ -115,6 +117,7 @@ class KernelForwarder:
         self._ctnetlink = conntrack.Ctnetlink()
         self._elements = SetElements(table)
         self._dumper = SetElements(table)  # whole-set dumps: a socket of their own
+        self._relayed = RelayedCounters(table)  # the table's whole traffic (max-bandwidth)
         # forwards marked recorded (rec4/rec6), with their nflog group: few, and their
         # marks go with them when they are removed
         self._recorded: dict[ForwardKey, int] = {}
@@ -143,6 +146,7 @@ class KernelForwarder:
         self._ctnetlink.close()
         self._elements.close()
         self._dumper.close()
+        self._relayed.close()
 
     def available(self) -> Availability:
         """Check root, libnftables, nft and ctnetlink without changing anything; never raises."""
@@ -365,6 +369,17 @@ class KernelForwarder:
         for name, wanted in by_set.items():
             if wanted:
                 found.update(self._elements.get(name, wanted))
+        return found
+
+    def relayed(self) -> dict[int, ObjectCount]:
+        """Every packet the table forwarded, by IP version (``relayed4``/``relayed6``: two
+        netlink lookups, whatever the table holds); a version whose counter is missing (a
+        table made by an older relayd, not repaired yet) is left out."""
+        found = {}
+        for version in (4, 6):
+            count = self._relayed.get(f"{RELAYED}{version}")
+            if count is not None:
+                found[version] = count
         return found
 
     def present(self) -> bool:

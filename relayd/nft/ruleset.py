@@ -42,6 +42,12 @@ Rules of the layout (docs/architecture.md "Kernel path", docs/kernel.md):
       (every packet), G with PT for events only; recording wins, since its copies hold
       the events too.
 
+  ``relayed4``/``relayed6`` (named counters)
+      every packet of every forward, one counter per family, updated by the counting
+      rule: the kernel's whole forwarded traffic in one object, which relayd reads once a
+      second for ``max-bandwidth`` at a cost that does not grow with the forwards
+      (:mod:`relayd.nft.relayed`).
+
   Anyone else's packets (another source, another port) match nothing and fall
   through to the worker socket: the kernel path is immune to RTP bleed.
 * The constant rules never change with the streams; per-stream state lives in
@@ -72,6 +78,7 @@ __all__ = [
     "CHAINS",
     "DEFAULT_MARK",
     "DEFAULT_TOS",
+    "RELAYED",
     "Counter",
     "Endpoint",
     "Forward",
@@ -105,6 +112,8 @@ DEFAULT_TOS = 0xB8
 """TOS byte as rtpengine's ``tos`` option gives it: 184 = DSCP 46 (EF)."""
 DEFAULT_MARK = 0x00100000
 """The conntrack mark bit that flags a flow translated by relayd."""
+RELAYED = "relayed"
+"""The named counters (``relayed4``, ``relayed6``) of every packet the table forwards."""
 ACTIVITY_TIMEOUT = 86400
 """Seconds a counter element lives without a packet (one day: longer than any media
 timeout; rtpengine's ``timeout`` is 60 s by default)."""
@@ -287,7 +296,13 @@ def _rules(table: Table, v: int) -> list[tuple[str, list[Command]]]:
     rules = [
         (
             "prerouting_count",
-            [_l4_udp(), _in_set(_packet_key(v), f"dnat{v}"), _count(v), _recorded(v)],
+            [
+                _l4_udp(),
+                _in_set(_packet_key(v), f"dnat{v}"),
+                {"counter": f"{RELAYED}{v}"},
+                _count(v),
+                _recorded(v),
+            ],
         ),
         (
             "prerouting_nat",
@@ -337,6 +352,8 @@ def object_commands(table: Table) -> list[Command]:
             stmt=[{"counter": None}],
         )
         cmds.append({"add": {"set": counted}})
+    for version in _FAMILY:
+        cmds.append({"add": {"counter": table.handle(name=f"{RELAYED}{version}")}})
     for version, (_, _, addr) in _FAMILY.items():
         key_type = [addr, "inet_service", addr, "inet_service"]
         recorded = table.handle(name=f"rec{version}", type=key_type, map="verdict")

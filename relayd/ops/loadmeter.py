@@ -4,19 +4,22 @@
 (relayd/calls/load.py) on the supervisor's one-second timer: the 1-minute load average
 (``os.getloadavg``), the CPU use of every core from the first line of ``/proc/stat``
 (busy time over all time since the previous sample; idle and iowait are not busy), and the
-bytes per second relayd forwarded, from the traffic counters the workers' once-a-second
-reports feed (:class:`relayd.ops.counters.Traffic`). An offer only compares the last
-sample; a relayd configured with none of the three limits reads nothing at all.
+bytes per second relayd forwarded: the workers' from the traffic counters their
+once-a-second reports feed (:class:`relayd.ops.counters.Traffic`), the kernel's from the
+table's two ``relayed`` counter objects (``kernel_bytes``: two netlink lookups, whatever the
+number of forwards; relayd/nft/relayed.py). An offer only compares the last sample; a
+relayd configured with none of the three limits reads nothing at all.
 
-The bytes the kernel forwards (plain legs offloaded to nftables) count only as they are read,
-when a call's timer comes due, on ``query``/``delete``, ``statistics`` and ``/metrics``
-(docs/kernel.md, "Counters"): reading them every second would cost a netlink dump that grows
-with the calls, so ``max-bandwidth`` sees the userspace media at once and kernel media late.
+Without the kernel's counters (no kernel path, or a table an older relayd made and nobody
+repaired yet) the kernel's bytes count as relayd reads its per-forward counters: when a
+call's timer comes due, on ``query``/``delete``, ``statistics`` and ``/metrics``
+(docs/kernel.md, "Counters"), so late.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from relayd.calls.load import LoadSample
@@ -49,15 +52,28 @@ def cpu_times(text: str) -> tuple[int, int] | None:
 class LoadMeter:
     """Samples the load, CPU and byte rate; :meth:`sample` once a second."""
 
-    def __init__(self, traffic: Traffic, stat: Path = PROC_STAT) -> None:
+    def __init__(
+        self,
+        traffic: Traffic,
+        stat: Path = PROC_STAT,
+        *,
+        kernel_bytes: Callable[[], int | None] | None = None,
+    ) -> None:
         self.traffic = traffic
         self.stat = stat
+        self.kernel_bytes = kernel_bytes
         self._cpu: tuple[int, int] | None = None
-        self._bytes: tuple[float, int] | None = None
+        # when, how many bytes, and whether the kernel's came from its own counters
+        self._bytes: tuple[float, int, bool] | None = None
         self.last = LoadSample()
 
-    def _forwarded(self) -> int:
-        return sum(self.traffic.total(self.traffic.bytes, path) for path in PATHS)
+    def _forwarded(self) -> tuple[int, bool]:
+        """Bytes forwarded so far, and whether the kernel's share is the table's own count."""
+        bytes_ = self.traffic.bytes
+        kernel = self.kernel_bytes() if self.kernel_bytes is not None else None
+        if kernel is None:
+            return sum(self.traffic.total(bytes_, path) for path in PATHS), False
+        return self.traffic.total(bytes_, "userspace") + kernel, True
 
     def sample(self, now: float) -> LoadSample:
         """The figures now (``now``: a monotonic clock); a figure that cannot be read keeps
@@ -77,9 +93,10 @@ class LoadMeter:
                 cpu = 100.0 * (times[0] - self._cpu[0]) / (times[1] - self._cpu[1])
             self._cpu = times
         bandwidth = last.bandwidth
-        forwarded = self._forwarded()
-        if self._bytes is not None and now > self._bytes[0]:
+        forwarded, own = self._forwarded()
+        # the two sources count differently: a change of source starts the rate afresh
+        if self._bytes is not None and now > self._bytes[0] and own == self._bytes[2]:
             bandwidth = max(forwarded - self._bytes[1], 0) / (now - self._bytes[0])
-        self._bytes = (now, forwarded)
+        self._bytes = (now, forwarded, own)
         self.last = LoadSample(load=load, cpu=cpu, bandwidth=bandwidth)
         return self.last

@@ -446,5 +446,21 @@ class KernelPath:
             idle = min(idle, earlier.idle)
         result[key] = Traffic(packets, size, idle)
 
+    def forwarded_bytes(self) -> int | None:
+        """UDP payload bytes the table forwarded since it was made (its ``relayed4``/
+        ``relayed6`` counters, less each packet's IP and UDP headers, as relayd counts
+        bytes); None while the kernel path is off or the counters cannot be read."""
+        if not self.enabled:
+            return None
+        try:
+            counts = self.forwarder.relayed()
+        except NftError as exc:
+            log.debug("kernel.relayed_unread", error=str(exc))
+            return None
+        if not counts:
+            return None
+        headers = {4: 20 + 8, 6: 40 + 8}
+        return sum(c.bytes - headers[v] * c.packets for v, c in counts.items())
+
     def close(self) -> None:
         self.forwarder.close()

@@ -9,6 +9,9 @@ call, ``result: load limit`` with the limit's message where the request says
 * ``max-bandwidth``: media of one call, both ways, through the workers puts the byte rate
   over the limit within the meter's second, and a new call is refused with "Bandwidth limit
   exceeded"; once the media stops, calls are taken again.
+* The same with the call's media in the kernel (``table = 0``): the table's ``relayed``
+  counters carry the bytes nftables forwards, which reach no worker, to the meter within its
+  second (relayd/nft/relayed.py), and no packet of the call reaches a socket of the relay.
 * ``relayctl set maxsessions 0`` drains: new calls refused, the call already there
   re-offers (a re-INVITE) and its media goes on; ``relayctl config`` shows the limit; a
   reload puts back the value relayd was started with.
@@ -32,8 +35,10 @@ from tests.netns.calls import (
     ok,
     sdp,
     set_up_call,
+    udp_delivered,
 )
 from tests.netns.conftest import StartRelay, relay_starter
+from tests.netns.test_kernel import KERNEL, kernelized_call
 from tests.netns.test_operations import relayctl, relayctl_json
 from tests.support.netns import Topology, topology, unavailable
 from tests.support.rtp_peer import Peer
@@ -159,3 +164,24 @@ def test_set_maxsessions_zero_drains_and_calls_go_on(
         assert _new_offer(ng, topo, "after", supports=["load limit"])["result"] == "ok"
         bad = relayctl(relay, "set", "maxsessions", "lots")
         assert bad.returncode == 1 and "not a number" in bad.stderr
+
+
+def test_bandwidth_limit_counts_what_the_kernel_forwards(
+    topo: Topology, start_relay: StartRelay, peers: tuple[Peer, Peer]
+) -> None:
+    relay = start_relay(*KERNEL, "--max-bandwidth", "5000")
+    caller, callee = peers
+    with relay.client() as ng:
+        legs = kernelized_call(ng, topo, caller, callee)
+        time.sleep(2.2)  # the userspace phase's bytes out of the meter's rate
+        assert _new_offer(ng, topo, "quiet", supports=["load limit"])["result"] == "ok"
+        ok(ng.call("delete", call_id="quiet", from_tag="x-quiet", delete_delay=0))
+        before = udp_delivered(topo.relay)
+        sent = _media(caller, callee, legs, 2.5, first=100)
+        assert len(callee.drain()) >= sent * 0.9
+        caller.drain()
+        assert udp_delivered(topo.relay) == before, "kernel-phase packets reached a socket"
+        assert _new_offer(ng, topo, "busy", supports=["load limit"]) == {
+            **LIMITED,
+            "message": "Bandwidth limit exceeded",
+        }

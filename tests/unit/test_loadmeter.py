@@ -46,3 +46,20 @@ def test_measures_only_when_a_load_limit_is_on() -> None:
     assert measures(Limits(max_load=1.5))
     assert measures(Limits(max_cpu=80))
     assert measures(Limits(max_bandwidth=1_000_000))
+
+
+def test_kernel_bytes_from_the_tables_own_counters(tmp_path: Path) -> None:
+    """With the table's counters the kernel's share is theirs (the per-forward figures, read
+    late, are not added again); a change of source starts the rate afresh."""
+    traffic = Traffic()
+    kernel: list[int | None] = [1000]
+    meter = LoadMeter(traffic, tmp_path / "stat", kernel_bytes=lambda: kernel[0])
+    meter.sample(10.0)
+    traffic.add("userspace", "caller_to_callee", 10, 1720)
+    traffic.add("kernel", "caller_to_callee", 99, 99_999)  # read late: not counted here
+    kernel[0] = 1000 + 17_200
+    assert meter.sample(11.0).bandwidth == 1720 + 17_200
+    kernel[0] = None  # the kernel path went off: the next rate starts from this sample
+    assert meter.sample(12.0).bandwidth == 1720 + 17_200
+    traffic.add("userspace", "caller_to_callee", 10, 1720)
+    assert meter.sample(13.0).bandwidth == 1720

@@ -77,6 +77,8 @@ def _rules(proto: str, v: int, nfproto: str) -> list[dict[str, Any]]:
         "prerouting_count": [
             UDP,
             {"match": {"op": "==", "left": _key(proto), "right": f"@dnat{v}"}},
+            # every forwarded packet, in one named counter per family (max-bandwidth)
+            {"counter": f"relayed{v}"},
             {"set": {"op": "update", "elem": _key(proto), "set": f"@count{v}"}},
             # a recorded forward's packet jumps to its nflog group's chain
             {"vmap": {"key": _key(proto), "data": f"@rec{v}"}},
@@ -128,6 +130,8 @@ def test_table_commands_are_exact() -> None:
                 }
             }
         },
+        {"add": {"counter": {**T, "name": "relayed4"}}},
+        {"add": {"counter": {**T, "name": "relayed6"}}},
         *(
             {"add": {"map": {**T, "name": f"rec{v}", "type": [a, s, a, s], "map": "verdict"}}}
             for v, a, s in ((4, "ipv4_addr", "inet_service"), (6, "ipv6_addr", "inet_service"))
