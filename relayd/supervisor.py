@@ -163,10 +163,13 @@ class Supervisor:
         self.kernel = (
             KernelPath(config.table, config.tos, capacity, owned) if config.table >= 0 else None
         )
-        # the load limits' figures; the kernel's bytes from its table's own counters
+        # the load limits' figures; the kernel's bytes from its table's own counters, which
+        # count the host's forwards: with shards (one table) each takes its share, as of
+        # max-bandwidth
         kernel = self.kernel
         self.loadmeter = LoadMeter(
-            self.counters.traffic, kernel_bytes=kernel.forwarded_bytes if kernel else None
+            self.counters.traffic,
+            kernel_bytes=(lambda: _share(kernel.forwarded_bytes(), count)) if kernel else None,
         )
         if measures(self.commands.limits):  # the load average counts from the first offer on
             self.commands.load = self.loadmeter.sample(time.monotonic())
@@ -566,6 +569,10 @@ def signalling_of(
         fingerprints={name: f"{name} {certificate.fingerprint(name)}" for name in HASHES},
         dtls_passive=config.dtls_passive,
     )
+
+
+def _share(total: int | None, shards: int) -> int | None:
+    return None if total is None else total // max(shards, 1)
 
 
 def limits_of(config: Config, shards: int = 1) -> Limits:
