@@ -287,6 +287,15 @@ def handle(state: RelayState, request: Any, now: float) -> dict[str, Any]:
             reply = {"source": state.config.source, "config": effective_config(state.config)}
         elif command == "reload":
             reply = state.reload()
+        elif command in ("active", "standby"):
+            reply = state.switch(command)
+            if reply.get("result") == "error":
+                raise AdminError(reply["error"])
+        elif command == "ha":
+            status = state.ha_status()
+            if status is None:
+                raise AdminError("no 'redis' configured")
+            reply = status
         else:
             raise AdminError(f"unknown command {command!r}")
     except AdminError as exc:

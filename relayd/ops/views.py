@@ -47,6 +47,14 @@ class RelayState(Protocol):
 
     def reload(self) -> dict[str, Any]: ...
 
+    def switch(self, mode: str) -> dict[str, Any]:
+        """``relayctl active`` / ``standby`` (relayd/ha/replica.py)."""
+        ...
+
+    def ha_status(self) -> dict[str, Any] | None:
+        """Redis and the foreign calls (relayd/ha/replica.py), None without ``redis``."""
+        ...
+
     async def refresh_counters(self, call_id: str | None = None) -> None:
         """Fold what the kernel forwarded into the streams (one call, or all): kernel
         counters are read when someone looks, not on a clock."""

@@ -31,6 +31,8 @@ class State:
     counters: Counters = field(default_factory=Counters)
     reloads: int = 0
     refreshed: list[str | None] = field(default_factory=list)
+    switched: list[str] = field(default_factory=list)
+    ha: dict[str, Any] | None = None  # ha_status()
 
     def reload(self) -> dict[str, Any]:
         self.reloads += 1
@@ -38,6 +40,17 @@ class State:
 
     async def refresh_counters(self, call_id: str | None = None) -> None:
         self.refreshed.append(call_id)
+
+    def switch(self, mode: str) -> dict[str, Any]:
+        self.switched.append(mode)
+        if self.ha is None:
+            return {"result": "error", "error": "no 'redis' configured: nothing to switch"}
+        return (
+            {"mode": mode, "taken_over": 0} if mode == "active" else {"mode": mode, "released": 0}
+        )
+
+    def ha_status(self) -> dict[str, Any] | None:
+        return self.ha
 
 
 def _state(calls: int = 1) -> tuple[State, list[Teardown]]:
@@ -253,3 +266,18 @@ def test_requests_that_show_kernel_counters_read_them_first() -> None:
     assert state.refreshed == [None, "call-0", None]
     assert admin.counters_read({"command": "list", "args": ["totals"]}) == (True, None)
     assert admin.counters_read("nonsense") == (False, None)
+
+
+def test_active_standby_and_ha_go_to_the_replica_or_say_there_is_none() -> None:
+    state, _ = _state(0)
+    reply = handle(state, {"command": "active"}, T0)
+    assert reply == {"result": "error", "error": "no 'redis' configured: nothing to switch"}
+    assert handle(state, {"command": "ha"}, T0)["result"] == "error"
+    state.ha = {"mode": "active", "foreign_calls": 2}
+    assert handle(state, {"command": "standby"}, T0) == {
+        "result": "ok",
+        "mode": "standby",
+        "released": 0,
+    }
+    assert handle(state, {"command": "ha"}, T0)["foreign_calls"] == 2
+    assert state.switched == ["active", "standby"]
