@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from relayd.ha.settings import INDEX_KEY, RedisTarget, call_key
 from relayd.log import get_logger
@@ -37,7 +39,9 @@ PROBE_INTERVAL = 1.0
 
 
 def client(target: RedisTarget, connect_timeout: float, command_timeout: float) -> redis.Redis:
-    """A client of ``target`` (hiredis parses the replies where installed)."""
+    """A client of ``target`` (hiredis parses the replies where installed). The client's own
+    retries are off (its default retries a failed command with pauses of seconds): the
+    writer and the watcher retry themselves, and count each failure."""
     return redis.Redis(
         host=target.host,
         port=target.port,
@@ -45,6 +49,7 @@ def client(target: RedisTarget, connect_timeout: float, command_timeout: float) 
         password=target.password or None,
         socket_connect_timeout=connect_timeout,
         socket_timeout=command_timeout,
+        retry=Retry(NoBackoff(), 0),
     )
 
 
