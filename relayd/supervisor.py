@@ -289,6 +289,8 @@ class Supervisor:
         if req.command in ("query", "delete") and known is not None:
             self.handover.refresh([known])  # the reply's counters as the kernel has them now
         reply = self.commands.handle(req, time.time())
+        if self.ha is not None and req.command == "list":
+            reply = self.ha.listed(req, reply)
         result = reply.get("result")
         call = self.calls.get(req.call_id) if req.call_id else None
         if call is not None and known is None:

@@ -9,8 +9,9 @@ is deleted from Redis. When Redis comes back after an outage every call is queue
 Foreign calls (a standby's, ``subscribe-keyspace``): the peer's calls as its database has
 them, their ports reserved here (bound: with the advertised address not local yet, that
 needs ``net.ipv4.ip_nonlocal_bind = 1``, as keepalived set-ups have), nothing forwarded,
-no timer running; ``query`` answers for them. They are taken over (:meth:`activate`) on
-``relayctl active``, on any other ng request naming one of them, and when an address of
+no timer running; ``query`` answers for them and ``list`` lists them, as 10.5 does.
+They are taken over (:meth:`activate`) on ``relayctl active``, on any other ng request
+naming one of them, and when an address of
 ``interface`` becomes local (keepalived moved it here): each becomes an own call at once
 (kernel forwards for its confirmed plain streams, its worker for the rest), is written to
 this instance's database and deleted from the peer's, so that the peer, restarted, does
@@ -268,6 +269,16 @@ class RedisReplica:
         self.foreign_db.pop(call_id, None)
         if call is not None:
             self.host.release(call)
+
+    def listed(self, req: Request, reply: dict[str, Any]) -> dict[str, Any]:
+        """ng ``list``: 10.5 lists the foreign calls after the own ones, within the limit."""
+        calls = reply.get("calls")
+        if isinstance(calls, list):
+            limit = req.limit if req.limit is not None else 32
+            room = max(limit, 0) - len(calls)
+            if room > 0:
+                reply["calls"] = calls + list(self.foreign)[:room]
+        return reply
 
     def intercept(self, req: Request) -> dict[str, Any] | None:
         """An ng request about a foreign call: ``query`` answered from its state, ``delete``

@@ -144,6 +144,7 @@ class RedisWriter:
         backoff = 0.1
         try:
             self._probe()  # the server as it is now: a later restart is told by its run_id
+            self.stats.connected = True
         except redis.RedisError as exc:
             self._failed = True  # nothing written yet; once Redis answers, all is
             self.stats.errors += 1

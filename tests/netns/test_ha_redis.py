@@ -284,6 +284,7 @@ def test_the_standby_takes_the_calls_over_with_their_media(net: Net, tmp_path: P
         _until(lambda: _confirmed_in_redis(db1, ids), 5.0, "the confirmed endpoints in Redis")
         _until(lambda: _ha(b)["foreign_calls"] == CALLS, 5.0, "b holding every call")
         with b.client() as ng:
+            assert sorted(ok(ng.call("list", limit=100))["calls"]) == sorted(ids)  # as 10.5
             for call_id in ids:  # foreign: answered as the active would
                 assert set(ok(ng.call("query", call_id=call_id))["tags"]) == {
                     CALLER_TAG,

@@ -360,6 +360,10 @@ def test_foreign_calls_are_held_answered_and_dropped() -> None:
         reply = replica.intercept(parse_request({"command": "query", "call-id": "c1"}))
         assert reply is not None and reply["result"] == "ok" and set(reply["tags"]) == {"a", "b"}
         assert replica.intercept(parse_request({"command": "query", "call-id": "x"})) is None
+        listing = parse_request({"command": "list"})
+        assert replica.listed(listing, {"calls": ["own"]}) == {"calls": ["own", "c1"]}
+        full = parse_request({"command": "list", "limit": 1})
+        assert replica.listed(full, {"calls": ["own"]}) == {"calls": ["own"]}
         replica.apply(PeerEvent(2, {"c1": None}))  # the peer deleted it
         assert replica.foreign == {} and host.claimed == {}
         host.refuse.add("c1")  # its ports are taken here
