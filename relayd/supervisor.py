@@ -531,7 +531,11 @@ class Supervisor:
         return self._claim(call)
 
     def release(self, call: Call) -> None:
-        """A foreign call's ports given back."""
+        """A foreign call's ports given back, with its peers' conntrack flows (those of a
+        previous life of this host, when it carried the call)."""
+        for media in call.all_medias():
+            for stream in media.streams:
+                self.sweep.unreported(stream)
         self.signalling.release_call(call)
 
     def own(self, call: Call) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
 import shutil
 import signal
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pylibsrtp
 import pytest
 import redis
 
@@ -49,6 +51,7 @@ from tests.netns.calls import (
     sdp,
     table_elements,
 )
+from tests.netns.test_sdes import Srtp, crypto_lines, inline, savp_sdp
 from tests.support.netns import destroy, exec_args, inside, unavailable
 from tests.support.process import new_session_dying_with_parent
 from tests.support.relayd import RelaydProcess
@@ -65,6 +68,8 @@ PORT_MIN, PORT_MAX = 43000, 43299
 MEDIA_PORTS = range(PORT_MIN, PORT_MAX + 1)
 CALLS = 50
 CALLER_BASE, CALLEE_BASE = 43400, 43500
+SRTP_CALLER, SRTP_CALLEE = 43600, 43602  # the SDES call's peers
+SUITE = "AES_CM_128_HMAC_SHA1_80"
 TAKEOVER_LIMIT = 2.0  # seconds from the address move to media both ways again
 HOSTS = {"caller": 11, "callee": 12, "a": 1, "b": 2}
 
@@ -248,6 +253,61 @@ def _flow(calls: list[CallMedia], limit: float, start: int) -> dict[str, float]:
     return both
 
 
+@dataclass
+class SdesCall:
+    """One more call, SDES-SRTP from the caller, plain to the callee (in the workers)."""
+
+    caller: Peer
+    callee: Peer
+    srtp: Srtp | None = None
+    caller_sends_to: tuple[str, int] = ("", 0)
+    callee_sends_to: tuple[str, int] = ("", 0)
+    call_id: str = "rds-sdes"
+
+    def set_up(self, ng: NgClient) -> None:
+        own = os.urandom(30)
+        crypto = f"1 {SUITE} inline:{inline(own)}"
+        offer = ok(
+            ng.call("offer", call_id=self.call_id, from_tag=CALLER_TAG,
+                    sdp=savp_sdp(self.caller.address[0], self.caller.address[1], crypto),
+                    transport_protocol="RTP/AVP")
+        )  # fmt: skip
+        answer = ok(
+            ng.call("answer", call_id=self.call_id, from_tag=CALLER_TAG, to_tag=CALLEE_TAG,
+                    sdp=sdp(self.callee.address[0], self.callee.address[1]))
+        )  # fmt: skip
+        [(_, suite, relays)] = crypto_lines(answer["sdp"])
+        assert suite == SUITE
+        self.srtp = Srtp.make(SUITE, own, relays)
+        self.callee_sends_to = advertised(offer["sdp"]).rtp_to
+        self.caller_sends_to = advertised(answer["sdp"]).rtp_to
+
+    def flow(self, limit: float, start: int) -> float | None:
+        """Packets both ways every 20 ms until each way delivered one, decrypted right: the
+        seconds that took, None if not within ``limit``."""
+        assert self.srtp is not None
+        began = time.monotonic()
+        heard: set[str] = set()
+        seq = start
+        while time.monotonic() - began < limit:
+            to_callee = rtp_packet(seq, 0x3333, 3)
+            to_caller = rtp_packet(seq, 0x4444, 4)
+            self.caller.send(self.srtp.send.protect(to_callee), self.caller_sends_to)
+            self.callee.send(to_caller, self.callee_sends_to)
+            seq += 1
+            time.sleep(0.02)
+            for got in self.callee.receive(100, timeout=0):
+                if got.data[8:12] == to_callee[8:12] and len(got.data) == len(to_callee):
+                    heard.add("callee")
+            for got in self.caller.receive(100, timeout=0):
+                with contextlib.suppress(pylibsrtp.Error):
+                    if self.srtp.receive.unprotect(got.data)[8:12] == to_caller[8:12]:
+                        heard.add("caller")
+            if heard == {"caller", "callee"}:
+                return time.monotonic() - began
+        return None
+
+
 def _confirmed_in_redis(conn: redis.Redis, call_ids: list[str]) -> bool:
     values = conn.mget([call_key(c) for c in call_ids])
     return all(v is not None and str(v).count('"confirmed":true') >= 2 for v in values)
@@ -274,23 +334,31 @@ def test_the_standby_takes_the_calls_over_with_their_media(net: Net, tmp_path: P
             callee = Peer(net.ns("callee"), f"{NET}.12", CALLEE_BASE + 2 * i)
             peers += [caller, callee]
             calls.append(CallMedia(f"rds-{i}", caller, callee))
+        sdes = SdesCall(
+            Peer(net.ns("caller"), f"{NET}.11", SRTP_CALLER),
+            Peer(net.ns("callee"), f"{NET}.12", SRTP_CALLEE),
+        )
+        peers += [sdes.caller, sdes.callee]
         ids = [m.call_id for m in calls]
         with a.client() as ng:
             for media in calls:
                 _set_up(ng, net, media)
+            sdes.set_up(ng)
         flowing = _flow(calls, 5.0, 0)
         assert len(flowing) == CALLS, f"media both ways on {len(flowing)} of {CALLS} calls on a"
+        assert sdes.flow(3.0, 0) is not None, "the SDES call's media on a"
         db1 = server.client(1)
         _until(lambda: _confirmed_in_redis(db1, ids), 5.0, "the confirmed endpoints in Redis")
-        _until(lambda: _ha(b)["foreign_calls"] == CALLS, 5.0, "b holding every call")
+        _until(lambda: _ha(b)["foreign_calls"] == CALLS + 1, 5.0, "b holding every call")
         with b.client() as ng:
-            assert sorted(ok(ng.call("list", limit=100))["calls"]) == sorted(ids)  # as 10.5
+            listed = ok(ng.call("list", limit=100))["calls"]
+            assert sorted(listed) == sorted([*ids, sdes.call_id])  # as 10.5
             for call_id in ids:  # foreign: answered as the active would
                 assert set(ok(ng.call("query", call_id=call_id))["tags"]) == {
                     CALLER_TAG,
                     CALLEE_TAG,
                 }
-        assert _ha(a)["own_calls"] == CALLS and _ha(b)["own_calls"] == 0
+        assert _ha(a)["own_calls"] == CALLS + 1 and _ha(b)["own_calls"] == 0
         time.sleep(0.5)  # the last writes (the hand-over to the kernel) reach b
 
         # the active dies; keepalived moves the address and announces it
@@ -304,13 +372,16 @@ def test_the_standby_takes_the_calls_over_with_their_media(net: Net, tmp_path: P
         back = _flow(calls, TAKEOVER_LIMIT, 1000)
         slow = sorted(set(ids) - set(back))
         assert len(back) >= 0.95 * CALLS, f"{len(back)} calls back within 2 s; not: {slow}"
+        srtp_back = sdes.flow(2.0, 1000)  # the same keys, now in b's worker
+        assert srtp_back is not None, "the SDES call's media on b"
         times = sorted(back.values())
         print(  # the figures of docs/operations.md
             f"takeover: {len(back)}/{CALLS} calls both ways again, first {times[0]:.3f} s, "
-            f"median {times[len(times) // 2]:.3f} s, last {times[-1]:.3f} s"
+            f"median {times[len(times) // 2]:.3f} s, last {times[-1]:.3f} s; "
+            f"the SDES call {srtp_back:.3f} s after them"
         )
         status = _ha(b)
-        assert status["own_calls"] == CALLS and status["takeovers"] == CALLS, status
+        assert status["own_calls"] == CALLS + 1 and status["takeovers"] == CALLS + 1, status
         with b.client() as ng:
             for call_id in ids:
                 ok(ng.call("query", call_id=call_id))
@@ -318,7 +389,7 @@ def test_the_standby_takes_the_calls_over_with_their_media(net: Net, tmp_path: P
 
         # the old active comes back: it takes nothing back, it holds b's calls as foreign
         again.start()
-        _until(lambda: _ha(again)["foreign_calls"] == CALLS, 5.0, "a holding b's calls")
+        _until(lambda: _ha(again)["foreign_calls"] == CALLS + 1, 5.0, "a holding b's calls")
         assert _ha(again)["own_calls"] == 0
         elements = table_elements(net.ns("a"))
         assert elements is not None and all(v == [] for v in elements.values()), elements
@@ -330,13 +401,13 @@ def test_the_standby_takes_the_calls_over_with_their_media(net: Net, tmp_path: P
         _until(lambda: _ha(b)["redis_errors"] > 0, 5.0, "b counting Redis errors")
         server.start()
         db2 = server.client(2)
-        _until(lambda: db2.scard(INDEX_KEY) == CALLS, 8.0, "b's calls written again")
+        _until(lambda: db2.scard(INDEX_KEY) == CALLS + 1, 8.0, "b's calls written again")
         values = db2.mget([call_key(c) for c in ids])
         assert all(v is not None and json.loads(v)["call"]["call_id"] for v in values)
-        _until(lambda: _ha(again)["foreign_calls"] == CALLS, 8.0, "a following b again")
+        _until(lambda: _ha(again)["foreign_calls"] == CALLS + 1, 8.0, "a following b again")
 
         with b.client() as ng:
-            for call_id in ids:
+            for call_id in [*ids, sdes.call_id]:
                 ok(ng.call("delete", call_id=call_id))
         _until(lambda: _ha(again)["foreign_calls"] == 0, 5.0, "a dropping the ended calls")
         _until(lambda: db2.scard(INDEX_KEY) == 0, 5.0, "the calls' keys deleted")
