@@ -12,11 +12,12 @@ way round; both bind what is not local yet (``net.ipv4.ip_nonlocal_bind = 1``) a
 kernel path on. 50 calls get media both ways on ``a``; ``b`` holds them as foreign calls
 (``query`` answers). Then ``a`` is killed with SIGKILL and the address moved to ``b``, the
 peers' neighbour caches flushed (what keepalived's gratuitous ARP does): at least 95 % of
-the calls must have media both ways again within 2 s. ``a`` restarted does not take them
-back (it holds them as foreign), Redis killed and started again (empty) costs no call and
-gets every call written again, and deleting the calls on ``b`` leaves no port, nft element
-or conntrack entry on either host. Ports: media 43000-43299, peers 43400-43599, ng 43900,
-Redis 43979.
+the calls must have media both ways again within 2 s, an SDES-SRTP call (in the workers)
+too. ``a`` restarted does not take them back (it holds them as foreign), Redis killed and
+started again (empty) costs no call and gets every call written again; ``relayctl standby``
+on ``b`` and the address moved home give the calls back to ``a``, and deleting them there
+leaves no port, nft element or conntrack entry on either host. Ports: media 43000-43299,
+peers 43400-43603, ng 43900, Redis 43979.
 """
 
 from __future__ import annotations
@@ -406,11 +407,26 @@ def test_the_standby_takes_the_calls_over_with_their_media(net: Net, tmp_path: P
         assert all(v is not None and json.loads(v)["call"]["call_id"] for v in values)
         _until(lambda: _ha(again)["foreign_calls"] == CALLS + 1, 8.0, "a following b again")
 
-        with b.client() as ng:
+        # a planned switch back: b steps down, the address goes home, a takes the calls
+        released = AdminClient(str(b.admin_socket)).request("standby")
+        assert released["released"] == CALLS + 1, released
+        _ip("-n", net.ns("b"), "addr", "del", f"{VIP}/24", "dev", "eth0")
+        _ip("-n", net.ns("a"), "addr", "add", f"{VIP}/24", "dev", "eth0")
+        for role in ("caller", "callee"):
+            _ip("-n", net.ns(role), "neigh", "flush", "dev", "eth0")
+        home = _flow(calls, TAKEOVER_LIMIT, 4000)
+        assert len(home) >= 0.95 * CALLS, f"{len(home)} calls back on a within 2 s"
+        assert sdes.flow(2.0, 2000) is not None, "the SDES call's media back on a"
+        assert _ha(again)["own_calls"] == CALLS + 1 and _ha(b)["own_calls"] == 0
+        db1 = server.client(1)
+        _until(lambda: db1.scard(INDEX_KEY) == CALLS + 1, 5.0, "a's calls in a's database")
+
+        with again.client() as ng:
             for call_id in [*ids, sdes.call_id]:
                 ok(ng.call("delete", call_id=call_id))
-        _until(lambda: _ha(again)["foreign_calls"] == 0, 5.0, "a dropping the ended calls")
-        _until(lambda: db2.scard(INDEX_KEY) == 0, 5.0, "the calls' keys deleted")
+        _until(lambda: _ha(b)["foreign_calls"] == 0, 5.0, "b dropping the ended calls")
+        _until(lambda: db1.scard(INDEX_KEY) == 0, 5.0, "the calls' keys deleted")
+        assert db2.scard(INDEX_KEY) == 0
         for role in ("a", "b"):
             ns = net.ns(role)
             _until(lambda ns=ns: not _media_sockets(ns), 5.0, f"{role}'s media ports closed")
