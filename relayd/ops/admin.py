@@ -132,7 +132,9 @@ def _list(state: RelayState, args: list[str], now: float) -> dict[str, Any]:
     what = args[0] if args else ""
     calls = state.commands.calls
     if what == "numsessions":
-        return {"own": len(calls), "foreign": 0, "total": len(calls)}
+        ha = state.ha_status()  # a standby's foreign calls (relayd/ha/)
+        foreign = ha["foreign_calls"] if ha is not None else 0
+        return {"own": len(calls), "foreign": foreign, "total": len(calls) + foreign}
     if what == "sessions":
         return {"sessions": [_call_summary(c, now) for c in calls.values()]}
     if what == "totals":

@@ -281,3 +281,5 @@ def test_active_standby_and_ha_go_to_the_replica_or_say_there_is_none() -> None:
     }
     assert handle(state, {"command": "ha"}, T0)["foreign_calls"] == 2
     assert state.switched == ["active", "standby"]
+    numbers = handle(state, {"command": "list", "args": ["numsessions"]}, T0)
+    assert (numbers["own"], numbers["foreign"], numbers["total"]) == (0, 2, 2)
