@@ -180,13 +180,12 @@ class RedisReplica:
             self.watcher.start()
 
     def close(self) -> None:
+        """relayd stops: what is marked is written (for up to 2 s); the foreign calls' sockets
+        close with the process."""
         self.flush()
         if self.watcher is not None:
             self.watcher.close()
         self.writer.close()
-        for call in self.foreign.values():
-            self.host.release(call)
-        self.foreign.clear()
 
     # -- own calls ---------------------------------------------------------------------------
 
