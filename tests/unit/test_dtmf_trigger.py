@@ -293,3 +293,15 @@ def test_a_trigger_is_planned_journalled_and_unblocked() -> None:
     assert _specs(call)["a"].codecs == ""
     _ask(cmds, "block DTMF", **keys)  # the whole call: both parties watched
     assert all(parse(s.codecs).trigger is not None for s in _specs(call).values())  # type: ignore[union-attr]
+
+
+def test_events_become_audio_in_the_g722_the_party_sends() -> None:
+    packets, _ = _encoded_stream(G722, 1)
+    blocker = DtmfBlocker(QUIET, (G722, EVENT))
+    assert blocker.filter(packets[0]) == packets[0]
+    made = [blocker.filter(p) for p in _digit(5, 2000, 8000)]
+    first = made[0]
+    assert first is not None and made[2:] == [None, None]
+    packet = rtp.parse(first)
+    assert (packet.pt, packet.seq, packet.ts, len(packet.payload)) == (9, 2000, 8000, 160)
+    assert made[1] is not None and len(rtp.parse(made[1]).payload) == 160  # 160 ticks more: 20 ms
