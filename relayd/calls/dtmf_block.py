@@ -46,6 +46,7 @@ from typing import Any
 from relayd.calls.dtmf_play import code_of
 from relayd.calls.media_control import party_of
 from relayd.calls.model import Call
+from relayd.calls.values import integer
 from relayd.log import get_logger
 from relayd.ng.message import NgError, Request
 from relayd.transcode.plan import SECURITY_MODES, DtmfSecurity, DtmfTrigger
@@ -145,8 +146,9 @@ def trigger_of(values: dict[str, Any]) -> DtmfTrigger | None:
     start = _digits(values.get("trigger"))
     if not start:
         return None
-    end_ms = _integer(_first(values, "trigger-end-time", "end-trigger-time")) or 0
-    end_digits = _integer(_first(values, "trigger-end-digits", "end-trigger-digits")) or 0
+    # 10.5 reads both as bencode_get_integer_str (relayd/calls/values.py)
+    end_ms = integer(_first(values, "trigger-end-time", "end-trigger-time"), 0)
+    end_digits = integer(_first(values, "trigger-end-digits", "end-trigger-digits"), 0)
     return DtmfTrigger(
         start=start,
         end=_digits(_first(values, "trigger-end", "end-trigger")),
