@@ -65,18 +65,6 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _integer(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    text = _text(value).strip()
-    try:
-        return int(text, 10)
-    except ValueError:
-        return None
-
-
 def _mode(value: Any) -> str:
     """The mode a ``DTMF-security`` value names, "" for none (unset, ``off``, unknown)."""
     if value is None:
@@ -107,11 +95,11 @@ def _security(mode: str, values: dict[str, Any]) -> DtmfSecurity | None:
     """The block of ``mode`` ("": none) with the request's tone parameters."""
     if not mode:
         return None
-    frequency = _integer(values.get("frequency"))
-    volume = _integer(values.get("volume"))
-    if volume is not None and -63 <= volume < 0:
+    frequency = integer(values.get("frequency"), 0)  # 0: unset, as any other not above 0
+    volume = integer(values.get("volume"), 0)
+    if -63 <= volume < 0:
         volume = -volume
-    if volume is None or not 0 < volume <= 63:
+    if not 0 < volume <= 63:
         volume = _DEFAULT_VOLUME
     digit = 0
     if mode == "DTMF":
@@ -127,7 +115,7 @@ def _security(mode: str, values: dict[str, Any]) -> DtmfSecurity | None:
     return DtmfSecurity(
         mode,
         digit,
-        frequency if frequency is not None and frequency > 0 else _DEFAULT_FREQUENCY,
+        frequency if frequency > 0 else _DEFAULT_FREQUENCY,
         volume,
     )
 
