@@ -37,6 +37,11 @@ daemons are always stopped at the end, also on Ctrl-C or failure (and, through
     .venv/bin/python bench/ng.py --json out.json --calls 1,5000
     .venv/bin/python bench/ng.py --concurrency 1,8 --calls 1,10000
     .venv/bin/python bench/ng.py --concurrency 8 --daemon-cpus 0,1 --relayd-args "--num-threads 2"
+    .venv/bin/python bench/ng.py --redis 127.0.0.1:6379 --calls 1,1000   # call state in Redis
+
+``--redis HOST:PORT`` has both daemons write their calls to that Redis server (relayd to
+database 1, rtpengine to database 2, rtpengine's ``--redis`` and relayd's alike), each
+database emptied before a daemon starts, so that no run restores the calls of the last.
 """
 
 from __future__ import annotations
@@ -212,6 +217,8 @@ def daemon_specs(args: argparse.Namespace) -> dict[str, DaemonSpec]:
     for key, value in relayd_options.items():
         relayd_argv += [f"--{key}", str(value)]
     relayd_argv += [*args.relayd_arg, *shlex.split(args.relayd_args)]
+    if args.redis:
+        relayd_argv += ["--redis", f"{args.redis}/{REDIS_DBS['relayd']}"]
     rtpengine_argv = [
         RTPENGINE_BIN,
         "--foreground",
@@ -224,6 +231,7 @@ def daemon_specs(args: argparse.Namespace) -> dict[str, DaemonSpec]:
         "--log-level=1",
         "--log-stderr",
         "--delete-delay=0",
+        *([f"--redis={args.redis}/{REDIS_DBS['rtpengine']}"] if args.redis else []),
     ]
     floor_ng = parse_address(args.floor_listen)
     floor_argv = [
@@ -239,6 +247,22 @@ def daemon_specs(args: argparse.Namespace) -> dict[str, DaemonSpec]:
         "rtpengine": DaemonSpec("rtpengine", rtpengine_ng, tuple(rtpengine_argv)),
         FLOOR: DaemonSpec(FLOOR, floor_ng, tuple(floor_argv)),
     }
+
+
+REDIS_DBS = {"relayd": 1, "rtpengine": 2}
+"""``--redis``: each daemon's database."""
+
+
+def empty_redis(address: str, db: int) -> None:
+    """FLUSHDB: a daemon starting with ``--redis`` restores the calls its database holds."""
+    import redis  # only with --redis
+
+    host, port = parse_address(address)
+    conn = redis.Redis(host, port, db=db, socket_timeout=5)
+    try:
+        conn.flushdb()
+    finally:
+        conn.close()
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -730,6 +754,8 @@ def run_one(
     nofile: int,
 ) -> Result:
     result = Result(calls=calls, daemon=spec.name, clients=clients)
+    if args.redis and spec.name in REDIS_DBS:
+        empty_redis(args.redis, REDIS_DBS[spec.name])
     suffix = "" if clients == 1 else f"-{clients}clients"
     profile = Path(args.profile) / f"{spec.name}-{calls}{suffix}.prof" if args.profile else None
     with running(spec, workdir, cpus=cpus, nofile=nofile, profile=profile) as proc:
@@ -1047,6 +1073,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="also run bench/ng_floor.py: the same system calls in Python, no ng work",
     )
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument(
+        "--redis",
+        metavar="HOST:PORT",
+        help="both daemons write their calls to this Redis (relayd db 1, rtpengine db 2)",
+    )
     parser.add_argument("--port-min", type=int, default=10000)
     parser.add_argument("--port-max", type=int, default=59999)
     parser.add_argument("--relayd-listen", default="127.0.0.1:22261", metavar="HOST:PORT")
@@ -1157,6 +1188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
     command = shlex.join([_relative(sys.executable), _relative(sys.argv[0]), *sys.argv[1:]])
     relayd_extra = [*args.relayd_arg, *shlex.split(args.relayd_args)]
+    if args.redis:
+        relayd_extra += ["--redis", f"{args.redis}/{REDIS_DBS['relayd']}"]
     machine = describe_machine(daemon_cpus, client_cpus, nofile, relayd_extra, concurrent)
     header = [f"$ {command}", "", *machine]
     print("\n".join(header), flush=True)

@@ -19,6 +19,7 @@ from typing import Any
 
 from relayd.calls.model import is_address
 from relayd.config_keys import KEYS, KeyInfo, Status
+from relayd.ha.settings import redis_settings
 from relayd.ipc import Learning, learning_mode
 from relayd.log import FORMATS
 from relayd.ops.hep import CaptureProtocol
@@ -500,6 +501,15 @@ def _check(config: Config, where: Callable[[str], str]) -> None:
         raise ConfigError(
             f"{where('silence-detect')}: invalid value for 'silence-detect': "
             f"{config.silence_detect:g} (a percentage, 0 to 100)"
+        )
+    try:
+        redis = redis_settings(config.values, {})
+    except ValueError as exc:
+        raise ConfigError(f"{where('redis')}: {exc}") from None
+    if redis is not None and config.shards > 1:
+        raise ConfigError(
+            f"{where('redis')}: 'redis' and 'shards' cannot be combined: "
+            "one process restores and holds the calls of a database"
         )
     for key in ("timeout", "silent-timeout", "offer-timeout", "final-timeout", "delete-delay"):
         if getattr(config, key.replace("-", "_")) < 0:

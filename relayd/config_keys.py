@@ -83,6 +83,13 @@ KEYS: dict[str, KeyInfo] = {
     "recording-file-mode": KeyInfo("str", _S),
     "recording-dir-mode": KeyInfo("str", _S),
     "recording-nflog-group": KeyInfo("int", _S),
+    # Redis high availability (relayd/ha/)
+    "redis": KeyInfo("str", _S),
+    "redis-write": KeyInfo("str", _S),
+    "subscribe-keyspace": KeyInfo("str", _S),
+    "redis-expires": KeyInfo("int", _S),
+    "redis-connect-timeout": KeyInfo("int", _S),
+    "redis-cmd-timeout": KeyInfo("int", _S),
 }
 for _key in [
     "log-level-core",
@@ -101,11 +108,8 @@ for _key in [
     "max-log-line-length",
     "thread-stack",
     "redis-num-threads",
-    "redis-expires",
     "redis-allowed-errors",
     "redis-disable-time",
-    "redis-cmd-timeout",
-    "redis-connect-timeout",
     "redis-delete-async-interval",
     "xmlrpc-format",
     "media-num-threads",
@@ -133,6 +137,12 @@ for _key in [
 KEYS["max-bandwidth"] = KeyInfo("int", _S)
 for _key in ["max-load", "max-cpu"]:
     KEYS[_key] = KeyInfo("float", _S)
+# the Redis keys relayd takes no value from (relayd/ha/: docs/configuration.md)
+_NO_PAUSE = "relayd never pauses Redis use: failed writes are retried and counted"
+KEYS["redis-num-threads"] = KeyInfo("int", _I, "restoring reads the calls pipelined, no threads")
+KEYS["redis-allowed-errors"] = KeyInfo("int", _I, _NO_PAUSE)
+KEYS["redis-disable-time"] = KeyInfo("int", _I, _NO_PAUSE)
+KEYS["redis-delete-async-interval"] = KeyInfo("int", _I, "deletes are always asynchronous")
 KEYS["silence-detect"] = KeyInfo("float", _S)
 KEYS["codecs"] = KeyInfo("bool", _S)
 for _key in [
@@ -151,17 +161,17 @@ for _key in [
     "poller-per-thread",
 ]:
     KEYS[_key] = KeyInfo("bool", _I)
+KEYS["redis-delete-async"] = KeyInfo("bool", _I, "deletes are always asynchronous")
+KEYS["no-redis-required"] = KeyInfo("bool", _I, "relayd always starts without Redis")
+KEYS["active-switchover"] = KeyInfo("bool", _I, "activity is not watched for a takeover")
 for _key in [
     "log-mark-prefix",
     "log-mark-suffix",
-    "subscribe-keyspace",
     "listen-tcp",
     "listen-udp",
     "listen-cli",
     "graphite",
     "graphite-prefix",
-    "redis",
-    "redis-write",
     "b2b-url",
     "log-facility-cdr",
     "iptables-chain",

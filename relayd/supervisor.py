@@ -28,6 +28,8 @@ from relayd.calls.signalling import Signalling
 from relayd.calls.timers import Limits
 from relayd.certificate import HASHES, Certificate
 from relayd.config import Config, ConfigError, load, reloaded
+from relayd.ha.replica import RedisReplica
+from relayd.ha.settings import redis_settings
 from relayd.ng.message import Request
 from relayd.ng.server import NgService, serve_tcp, serve_udp
 from relayd.ops.counters import Counters
@@ -39,7 +41,7 @@ from relayd.plane.forwarding import after_signalling
 from relayd.plane.handover import KernelHandover
 from relayd.plane.kernel import KernelPath
 from relayd.plane.media import MediaPlane
-from relayd.plane.offload import events_payload_type
+from relayd.plane.offload import events_payload_type, mark_kernelized
 from relayd.plane.playback import PlaybackControl
 from relayd.plane.sockets import SocketBinder
 from relayd.plane.sweep import ConntrackSweep
@@ -202,6 +204,18 @@ class Supervisor:
             ),
         )
         self.updates = WorkerUpdates(self.calls, self.media.sync)
+        # call state in Redis, and a peer's calls held for takeover (relayd/ha/)
+        redis = redis_settings(config.values, os.environ)
+        self.ha = (
+            RedisReplica(
+                redis,
+                self,
+                owner=host_port(config.listen_ng or config.listen_tcp_ng or ("", 0)),
+                addresses=local,
+            )
+            if redis is not None
+            else None
+        )
         self._stop = asyncio.Event()
         self._closers: list[Any] = []
 
@@ -282,9 +296,13 @@ class Supervisor:
     ) -> dict[str, Any]:
         if req.unknown:
             logger.warning("ng.unknown_keys", command=req.command, keys=req.unknown)
+        if self.ha is not None and (held := self.ha.intercept(req)) is not None:
+            return held  # a foreign call's query or delete
         if req.command in ("query", "delete") and known is not None:
             self.handover.refresh([known])  # the reply's counters as the kernel has them now
         reply = self.commands.handle(req, time.time())
+        if self.ha is not None and req.command == "list":
+            reply = self.ha.listed(req, reply)
         result = reply.get("result")
         call = self.calls.get(req.call_id) if req.call_id else None
         if call is not None and known is None:
@@ -316,8 +334,8 @@ class Supervisor:
             # let the branch's sockets go, the rest is planned anew
             self.handover.unoffload(call)
             self.updates.soon(call)
-        if self.journal is not None and call is not None:
-            self.journal.save(call)
+        if call is not None:
+            self._journal_save(call)
         if logger.enabled(logging.INFO):
             logger.info(
                 "ng.request" if result in ("ok", "pong") else "ng.failed",
@@ -349,6 +367,8 @@ class Supervisor:
             self.media.drop(call)
             if self.journal is not None:
                 self.journal.forget(call.call_id)
+            if self.ha is not None:
+                self.ha.forget(call.call_id)
             if logger.enabled(logging.INFO):
                 packets = sum(
                     s.stats.packets for p in call.parties() for m in p.medias for s in m.streams
@@ -393,6 +413,10 @@ class Supervisor:
             loop.add_signal_handler(signum, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload_signal)
         reaper = asyncio.ensure_future(self._reap())
+        if self.ha is not None:
+            self.ha.start(loop)
+            for call in restored:
+                self.ha.save(call)  # written again: Redis may have lost them meanwhile
         if self.ready_fd is not None:
             os.write(self.ready_fd, b"1")
             os.close(self.ready_fd)
@@ -408,6 +432,8 @@ class Supervisor:
         await self.media.stop()
         self.playback.close()
         self.sweep.close()
+        if self.ha is not None:
+            self.ha.close()
         if self.kernel is not None:
             self.kernel.close()  # kernel forwards stay: their media flows on until we return
         if self.journal is not None:
@@ -443,6 +469,8 @@ class Supervisor:
                 await self._reap_due()
                 if self.journal is not None:
                     self.journal.flush()
+                if self.ha is not None:
+                    self.ha.flush()
                 self.handover.settle(time.monotonic())
                 self.ops.pump()
                 if tick % _TICKS_PER_SECOND == 0:
@@ -476,11 +504,19 @@ class Supervisor:
     # -- restart ------------------------------------------------------------------------------
 
     def _restore(self) -> list[Call]:
-        """Take back the journal's calls: their ports, sockets and state."""
-        if self.journal is None:
-            return []
+        """Take back the journal's calls (with Redis: those of this instance's database, the
+        journal only when Redis cannot be read): their ports, sockets and state."""
+        saved = self.ha.restore() if self.ha is not None else None
+        if saved is None and self.journal is not None:
+            saved = self.journal.load()
+        elif saved is not None and self.journal is not None:
+            # Redis says which calls are ours: one a peer took over is not taken back
+            ours = {call.call_id for call in saved}
+            for call in self.journal.load():
+                if call.call_id not in ours:
+                    self.journal.forget(call.call_id)
         restored = []
-        for call in self.journal.load():
+        for call in saved or []:
             if self._claim(call):
                 self.calls[call.call_id] = call
                 self.commands.schedule(call)
@@ -491,10 +527,64 @@ class Supervisor:
                     call_id=call.call_id,
                     reason="its ports or addresses are no longer available",
                 )
-                self.journal.forget(call.call_id)
+                self._journal_forget(call.call_id)
         if restored:
             logger.info("state.restored", calls=len(restored))
         return restored
+
+    def _journal_forget(self, call_id: str) -> None:
+        if self.journal is not None:
+            self.journal.forget(call_id)
+        if self.ha is not None:
+            self.ha.forget(call_id)
+
+    # -- high availability (relayd/ha/replica.py's Host) ------------------------------------
+
+    def claim(self, call: Call) -> bool:
+        """A foreign call's ports reserved and bound (nothing forwarded)."""
+        return self._claim(call)
+
+    def release(self, call: Call) -> None:
+        """A foreign call's ports given back, with its peers' conntrack flows (those of a
+        previous life of this host, when it carried the call)."""
+        for media in call.all_medias():
+            for stream in media.streams:
+                self.sweep.unreported(stream)
+        self.signalling.release_call(call)
+
+    def own(self, call: Call) -> None:
+        """A foreign call taken over: registered and timed as an own call, its confirmed plain
+        streams into the kernel, the rest to its worker, at once."""
+        self.calls[call.call_id] = call
+        self.commands.schedule(call)
+        mark_kernelized(call, set())  # as the kernel here has it: nothing yet
+        self.handover.offload(call)
+        self.media.sync(call)
+        self._journal_save(call)
+
+    def disown(self, call: Call) -> None:
+        """An own call left to the peer (``relayctl standby``): its media stops here, its ports
+        are given back; it counts as no ended call."""
+        self.calls.pop(call.call_id, None)
+        self.commands.timers.forget(call)
+        self.updates.forget(call)
+        self.handover.forget(call)
+        self.media.drop(call)
+        self.signalling.release_call(call)
+        if self.journal is not None:
+            self.journal.forget(call.call_id)
+
+    def switch(self, mode: str) -> dict[str, Any]:
+        """``relayctl active`` / ``standby``."""
+        if self.ha is None:
+            return {"result": "error", "error": "no 'redis' configured: nothing to switch"}
+        if mode == "active":
+            taken = self.ha.activate()
+            return {"mode": "active", "taken_over": taken}
+        return {"mode": "standby", "released": self.ha.go_standby()}
+
+    def ha_status(self) -> dict[str, Any] | None:
+        return self.ha.status() if self.ha is not None else None
 
     def _claim(self, call: Call) -> bool:
         pairs = [(m.local.local, m.port) for m in call.all_medias() if m.port and m.local]
@@ -513,6 +603,8 @@ class Supervisor:
             call = self.calls.get(call_id)
             if call is not None:
                 self.handover.offload(call)
+                if self.ha is not None:
+                    self.ha.save(call)  # its endpoints, confirmed
 
     def _kernel_traffic(self, stream: Stream, packets: int, size: int) -> None:
         self.ops.traffic("kernel", stream, packets, size)
@@ -520,6 +612,8 @@ class Supervisor:
     def _journal_save(self, call: Call) -> None:
         if self.journal is not None:
             self.journal.save(call)
+        if self.ha is not None:
+            self.ha.save(call)
 
     def reload(self) -> dict[str, Any]:
         """``relayctl reload`` and SIGHUP: read the configuration again and apply what can

@@ -63,7 +63,7 @@ SHELLS = (
     "relayd.ng.client", "relayd.plane.media", "relayd.plane.workerpool", "relayd.plane.sockets",
     "relayd.plane.updates", "relayd.plane.kernel", "relayd.ops.operations", "relayd.ops.admin",
     "relayd.ops.httpd", "relayd.ops.homer", "relayd.ops.dtmflog", "relayd.recording.control",
-    "relayd.plane.playback",
+    "relayd.plane.playback", "relayd.ha.writer", "relayd.ha.watcher", "relayd.ha.replica",
 )  # fmt: skip
 SYSTEM = (
     "asyncio", "uvloop", "socket", "select", "selectors", "time", "datetime", "subprocess",
@@ -74,6 +74,7 @@ PURE = (
     "relayd.plane.forwarding", "relayd.plane.reports", "relayd.plane.offload",
     "relayd.ops.counters", "relayd.ops.hep", "relayd.ops.runtime", "relayd.config",
     "relayd.config_keys", "relayd.ipc", "relayd.rtcp", "relayd.transcode.plan",
+    "relayd.ha.settings",
 )  # fmt: skip
 SHARED_WITH_WORKER = (
     "relayd.ipc", "relayd.log", "relayd.rtcp", "relayd.certificate",

@@ -35,7 +35,9 @@ payload types with their ``formats``, so that its packets go through the engine.
 plan the workers get and the one the kernel path's policy asks about
 (relayd/plane/offload.py). So does DTMF blocking (ng ``block DTMF``,
 ``Monologue.dtmf_security``): the plan carries the mode (``security``), a direction with no
-codec work getting a passthrough plan with its formats.
+codec work getting a passthrough plan with its formats; and its triggers
+(``Monologue.dtmf_trigger``: ``trigger``), which alone are enough for such a plan (the
+party's digits must be watched).
 """
 
 from __future__ import annotations
@@ -198,8 +200,8 @@ def _secured(
     """``plan`` with the party's ``block DTMF`` (relayd/calls/dtmf_block.py): a direction with
     no codec work gets a passthrough plan, and its passthrough payload types their formats
     (the engine reads the sender's events and audio by them)."""
-    security = party.dtmf_security
-    if security is None or sender.rejected or receiver.rejected:
+    security, trigger = party.dtmf_security, party.dtmf_trigger
+    if (security is None and trigger is None) or sender.rejected or receiver.rejected:
         return plan
     if plan is None:
         common = _common_formats(sender, receiver)
@@ -210,7 +212,7 @@ def _secured(
         sent = {f.pt: f for f in map(to_format, _taken(sender))}
         formats = tuple(sent[pt] for pt in plan.passthrough if pt in sent)
         plan = dataclasses.replace(plan, formats=formats)
-    return dataclasses.replace(plan, security=security)
+    return dataclasses.replace(plan, security=security, trigger=trigger)
 
 
 def _common_formats(sender: Media, receiver: Media) -> tuple[Format, ...]:

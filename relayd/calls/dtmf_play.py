@@ -23,13 +23,13 @@ injection" (the ``all`` flag goes in ``flags``, not a key of its own).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from relayd import ipc
 from relayd.calls.media_control import party_of
 from relayd.calls.model import Call, Monologue
+from relayd.calls.values import integer
 from relayd.ng.message import NgError, Request
 
 __all__ = ["CODES", "DtmfOrder", "code_of", "injection", "order_of"]
@@ -38,7 +38,6 @@ CODES = "0123456789*#ABCD"
 """RFC 4733's events 0..15 as characters (rtpengine's dtmf_code_to_char)."""
 
 _UNSET = -1
-_STRTOLL = re.compile(r"[ \t\n\r\f\v]*([+-]?[0-9]+)")  # what strtoll reads, wholly
 _OUT_OF_RANGE = "Out of range 'code' specified"
 
 
@@ -52,25 +51,11 @@ class DtmfOrder:
     pause: int
 
 
-def _integer(value: Any, default: int) -> int:
-    """rtpengine's bencode_get_integer_str: an integer, or a string that is wholly one."""
-    if isinstance(value, bool):
-        return default
-    if isinstance(value, int):
-        return value
-    if isinstance(value, bytes):
-        value = value.decode("latin-1")
-    if not isinstance(value, str) or not value:
-        return default
-    match = _STRTOLL.fullmatch(value)
-    return int(match.group(1), 10) if match else default
-
-
 def _digit(value: Any) -> int:
     """The ``code``/``digit`` key's value as 10.5 stores it (an integer or a character)."""
     if value is None:
         return _UNSET
-    digit = _integer(value, _UNSET)
+    digit = integer(value, _UNSET)
     if isinstance(value, (str, bytes)) and len(value) == 1:
         digit = value[0] if isinstance(value, bytes) else ord(value)
     return digit
@@ -100,9 +85,9 @@ def order_of(keys: dict[str, Any]) -> DtmfOrder:
     for key, item in keys.items():
         if key in ("code", "digit"):
             value = item
-    duration = _clamped(_integer(keys.get("duration"), 0), 250)
-    pause = _clamped(_integer(keys.get("pause"), 0), 100)
-    volume = _integer(keys.get("volume"), 9999)
+    duration = _clamped(integer(keys.get("duration"), 0), 250)
+    pause = _clamped(integer(keys.get("pause"), 0), 100)
+    volume = integer(keys.get("volume"), 9999)
     if volume > 0:
         volume = -volume
     return DtmfOrder(code_of(value), duration, volume, pause)

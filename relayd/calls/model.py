@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Generic, Literal, TypeVar, overload
 
 from relayd.calls.webrtc import Crypto
 from relayd.ipc import Learning
-from relayd.transcode.plan import DtmfSecurity
+from relayd.transcode.plan import DtmfSecurity, DtmfTrigger
 
 __all__ = [
     "Call",
@@ -390,6 +390,10 @@ class Monologue:
     # call's block if there is one, else its own (relayd/calls/dtmf_block.py keeps it)
     dtmf_block: DtmfSecurity | None = None
     dtmf_security: DtmfSecurity | None = None
+    # block DTMF's triggers: its own (dtmf_block_trigger) and those in force (the call's
+    # where the call is blocked, else its own), as dtmf_block and dtmf_security
+    dtmf_block_trigger: DtmfTrigger | None = None
+    dtmf_trigger: DtmfTrigger | None = None
     playback: Playback | None = None  # ng ``play media`` to this party (None: never)
     sip_source: str = ""  # the SIP source address (received-from), if any
     last_sdp: bytes = b""  # digest of the SDP we last wrote for it, version aside (SDP-version)
@@ -466,6 +470,7 @@ class Call:
     recording: CallRecording | None = None  # metadata given, or recorded now or before
     control: MediaControl | None = None  # media blocked or silenced (None: neither, ever)
     dtmf_block: DtmfSecurity | None = None  # ng ``block DTMF`` of the whole call
+    dtmf_block_trigger: DtmfTrigger | None = None  # and its triggers
 
     def all_medias(self) -> list[Media]:
         """Every media of every party, including those of earlier forked dialogues."""

@@ -28,7 +28,12 @@ def sender_of(call: Call, tag: str, now: float) -> Monologue:
     mono = call.monologues.get(tag)
     if mono is None:
         # a whole-call block DTMF applies to parties that join later (calls/dtmf_block.py)
-        mono = Monologue(tag=tag, created=now, dtmf_security=call.dtmf_block)
+        mono = Monologue(
+            tag=tag,
+            created=now,
+            dtmf_security=call.dtmf_block,
+            dtmf_trigger=call.dtmf_block_trigger,
+        )
         call.monologues[tag] = mono
     return mono
 
@@ -43,7 +48,11 @@ def receiver_of_offer(call: Call, sender: Monologue, req: Request, now: float) -
     else:
         branch = req.via_branch
         receiver = call.branches.get(branch) or Monologue(
-            tag=req.to_tag, created=now, via_branch=branch, dtmf_security=call.dtmf_block
+            tag=req.to_tag,
+            created=now,
+            via_branch=branch,
+            dtmf_security=call.dtmf_block,
+            dtmf_trigger=call.dtmf_block_trigger,
         )
         call.branches.setdefault(branch, receiver)
         if req.to_tag:
@@ -69,7 +78,12 @@ def answerer_of(call: Call, offerer: Monologue, req: Request, now: float) -> Mon
                 (b for b in call.branches.values() if not b.tag),
                 next(iter(call.branches.values()), None),
             )
-            or Monologue(tag=tag, created=now, dtmf_security=call.dtmf_block)
+            or Monologue(
+                tag=tag,
+                created=now,
+                dtmf_security=call.dtmf_block,
+                dtmf_trigger=call.dtmf_block_trigger,
+            )
         )
         if answerer.tag and answerer.tag != tag:
             # early-media fork: another to-tag answers the same branch; same ports

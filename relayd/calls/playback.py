@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -41,6 +40,7 @@ from relayd.calls.codec_plans import to_format
 from relayd.calls.media_control import party_of
 from relayd.calls.model import Call, Codec, Media, Monologue, Playback
 from relayd.calls.transcoding import transcodable
+from relayd.calls.values import integer
 from relayd.ipc import socket_key
 from relayd.log import get_logger
 from relayd.ng.message import NgError, Request
@@ -67,7 +67,6 @@ FAILED = {
     "blob": "Failed to start media playback from blob",
     "db": "Failed to start media playback from database",
 }
-_STRTOLL = re.compile(r"[ \t\n\r\f\v]*([+-]?[0-9]+)")
 _DEFAULT_PTIME = 20
 
 
@@ -123,20 +122,6 @@ Probe = Callable[[MediaSource], int | None]
 """Opens a source: its duration in ms, None where it does not open or decode."""
 
 
-def _integer(value: Any, default: int) -> int:
-    """rtpengine's bencode_get_integer_str: an integer, or a string that is wholly one."""
-    if isinstance(value, bool):
-        return default
-    if isinstance(value, int):
-        return value
-    if isinstance(value, bytes):
-        value = value.decode("latin-1")
-    if not isinstance(value, str) or not value:
-        return default
-    match = _STRTOLL.fullmatch(value)
-    return int(match.group(1), 10) if match else default
-
-
 def _bytes(value: Any) -> bytes:
     """A value's bytes as sent: bencode strings arrive as UTF-8 text with the bytes that are
     not UTF-8 kept as surrogates (relayd/ng/bencode.py), which this undoes."""
@@ -164,7 +149,7 @@ def source_of(values: dict[str, Any]) -> MediaSource:
             raise NgError(FAILED["blob"]) from None
         if data:
             return MediaSource("blob", data=data)
-    db_id = _integer(values.get("db-id"), 0)
+    db_id = integer(values.get("db-id"), 0)
     if db_id > 0:
         return MediaSource("db", db_id=db_id)
     raise NgError(NO_MEDIA)
@@ -244,14 +229,14 @@ class Playbacks:
         """``play media`` (module rules): the reply, the orders queued."""
         parties = self.parties(call, req)
         source = source_of(req.values)
-        repeat = _integer(req.values.get("repeat-times"), 0)
+        repeat = integer(req.values.get("repeat-times"), 0)
         repeat = repeat if repeat > 0 else 1
         duration = None
         if self.probe is not None and source.kind != "db":
             duration = self.probe(source)
         if duration is None:
             raise NgError(FAILED[source.kind])
-        start_pos = max(_integer(req.values.get("start-pos"), 0), 0)
+        start_pos = max(integer(req.values.get("start-pos"), 0), 0)
         if start_pos >= duration:
             start_pos = 0  # past the end: the whole file
         for party in parties:

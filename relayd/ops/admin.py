@@ -133,7 +133,9 @@ def _list(state: RelayState, args: list[str], now: float) -> dict[str, Any]:
     what = args[0] if args else ""
     calls = state.commands.calls
     if what == "numsessions":
-        return {"own": len(calls), "foreign": 0, "total": len(calls)}
+        ha = state.ha_status()  # a standby's foreign calls (relayd/ha/)
+        foreign = ha["foreign_calls"] if ha is not None else 0
+        return {"own": len(calls), "foreign": foreign, "total": len(calls) + foreign}
     if what == "sessions":
         return {"sessions": [_call_summary(c, now) for c in calls.values()]}
     if what == "totals":
@@ -296,6 +298,15 @@ def handle(state: RelayState, request: Any, now: float) -> dict[str, Any]:
             except SettingError as exc:
                 raise AdminError(str(exc)) from None
             reply = state.set_running(field, value)
+        elif command in ("active", "standby"):
+            reply = state.switch(command)
+            if reply.get("result") == "error":
+                raise AdminError(reply["error"])
+        elif command == "ha":
+            status = state.ha_status()
+            if status is None:
+                raise AdminError("no 'redis' configured")
+            reply = status
         else:
             raise AdminError(f"unknown command {command!r}")
     except AdminError as exc:

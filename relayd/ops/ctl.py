@@ -7,6 +7,7 @@ configuration file, else /run/relayd/admin.sock)::
     relayctl terminate CALLID | all
     relayctl workers | kernel | config | reload
     relayctl set maxsessions|maxload|maxcpu|maxbw VALUE   (maxsessions 0: drain)
+    relayctl active | standby | ha        (Redis high availability: docs/operations.md)
 
 Over ng (``--ng``, else ``listen-ng`` from the configuration file, else
 127.0.0.1:2223), as Kamailio sees relayd::
@@ -34,7 +35,17 @@ __all__ = ["AdminClient", "Unreachable", "main"]
 
 DEFAULT_NG = ("127.0.0.1", 2223)
 CONFIG_FILES = ("/etc/relayd/rtpengine.conf", "/etc/rtpengine/rtpengine.conf")
-ADMIN_COMMANDS = ("terminate", "workers", "kernel", "config", "reload", "set")
+ADMIN_COMMANDS = (
+    "terminate",
+    "workers",
+    "kernel",
+    "config",
+    "reload",
+    "set",
+    "active",
+    "standby",
+    "ha",
+)
 LIST_WHAT = ("numsessions", "sessions", "totals", "callid")
 
 
@@ -146,6 +157,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     setting.add_argument("name", help="maxsessions, maxload, maxcpu or maxbw")
     setting.add_argument("value", help="maxsessions -1: no limit; the others 0: no limit")
+    sub.add_parser("active", help="take over every foreign (Redis standby) call")
+    sub.add_parser("standby", help="take over nothing automatically; own calls left to the peer")
+    sub.add_parser("ha", parents=[common], help="Redis state: mode, own/foreign calls, writes")
     return parser
 
 
@@ -267,6 +281,15 @@ def _print_admin(command: str, what: str | None, reply: dict[str, Any]) -> None:
             if isinstance(value, list):
                 value = ";".join(str(v) for v in value)
             print(f"{key} = {'' if value is None else value}")
+    elif command in ("active", "standby"):
+        if command == "active":
+            print(f"active: {reply['taken_over']} call(s) taken over")
+        else:
+            print(f"standby: {reply['released']} call(s) left to the peer")
+    elif command == "ha":
+        for key, value in reply.items():
+            if key != "result":
+                print(f"{key}: {value}")
     elif command == "reload":
         for key, (old, new) in reply["applied"].items():
             print(f"applied: {key} {old} -> {new}")

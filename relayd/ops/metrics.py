@@ -267,5 +267,41 @@ def _transcoding(state: RelayState) -> list[Family]:
     return [streams, frames, sent, errors, failures]
 
 
+def _redis(state: RelayState) -> list[Family]:
+    """Redis high availability (relayd/ha/): the writer's counters, the calls held."""
+    status = state.ha_status()
+    if status is None:
+        return []
+    return [
+        Family("relayd_redis_up", "gauge", "1 while the last write to Redis succeeded").add(
+            1 if status["redis_connected"] else 0
+        ),
+        Family("relayd_redis_writes_total", "counter", "Calls written to Redis").add(
+            status["redis_writes"]
+        ),
+        Family("relayd_redis_deletes_total", "counter", "Calls deleted from Redis").add(
+            status["redis_deletes"]
+        ),
+        Family("relayd_redis_errors_total", "counter", "Writes to Redis that failed (retried)").add(
+            status["redis_errors"]
+        ),
+        Family("relayd_redis_queued", "gauge", "Calls waiting to be written to Redis").add(
+            status["redis_queued"]
+        ),
+        Family("relayd_redis_watch_errors_total", "counter", "Lost keyspace subscriptions").add(
+            status["watch_errors"]
+        ),
+        Family("relayd_foreign_sessions", "gauge", "A peer's calls held (standby)").add(
+            status["foreign_calls"]
+        ),
+        Family("relayd_takeovers_total", "counter", "Foreign calls taken over").add(
+            status["takeovers"]
+        ),
+        Family("relayd_standby", "gauge", "1 while relayctl standby holds takeovers off").add(
+            1 if status["mode"] == "standby" else 0
+        ),
+    ]
+
+
 def collect(state: RelayState, now: float) -> list[Family]:
-    return _rtpengine(state, now) + _relayd(state)
+    return _rtpengine(state, now) + _relayd(state) + _redis(state)

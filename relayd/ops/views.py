@@ -52,6 +52,14 @@ class RelayState(Protocol):
         (relayd/ops/runtime.py); the reply names it with its value before and after."""
         ...
 
+    def switch(self, mode: str) -> dict[str, Any]:
+        """``relayctl active`` / ``standby`` (relayd/ha/replica.py)."""
+        ...
+
+    def ha_status(self) -> dict[str, Any] | None:
+        """Redis and the foreign calls (relayd/ha/replica.py), None without ``redis``."""
+        ...
+
     async def refresh_counters(self, call_id: str | None = None) -> None:
         """Fold what the kernel forwarded into the streams (one call, or all): kernel
         counters are read when someone looks, not on a clock."""

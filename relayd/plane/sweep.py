@@ -103,6 +103,13 @@ class ConntrackSweep:
                         self._flows.add(((peer.address, peer.port), (address, p)))
         self._schedule()
 
+    def unreported(self, stream: Stream) -> None:
+        """A stream no worker reported (a foreign call's, relayd/ha/: the flows of the host's
+        previous life): its peers' flows go with its port, released next."""
+        for peer in (stream.endpoint, stream.advertised_endpoint):
+            if peer is not None and stream.port:
+                self._flows.add(((peer.address, peer.port), (stream.local.local, stream.port)))
+
     def _schedule(self) -> None:
         if self._timer is not None or self._running is not None:
             return  # the pending batch, or the one after the running sweep, takes it

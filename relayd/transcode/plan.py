@@ -52,6 +52,11 @@ Added for DTMF and media playback (issue 16), optional, the text form unchanged:
   replaces the sender's DTMF, its events and its in-band tones;
   relayd/transcode/dtmfsecurity.py). A direction with nothing else to do gets a plan of
   ``passthrough`` payload types with their ``formats``. Text key ``s``.
+* ``trigger``: ng ``block DTMF``'s triggers for this direction (a :class:`DtmfTrigger`: the
+  digit sequences that switch blocking on and off, relayd/transcode/dtmftrigger.py); the
+  block in force until the trigger is sent is ``security`` (None: none). A direction with
+  nothing else to do gets a passthrough plan with its ``formats``, as for ``security``.
+  Text key ``tr``.
 
 The text form (:meth:`CodecPlan.to_text`, :func:`parse`) is compact JSON, what
 :class:`relayd.ipc.SocketSpec` carries in its ``codecs`` field.
@@ -68,6 +73,7 @@ __all__ = [
     "TRANSCODED",
     "CodecPlan",
     "DtmfSecurity",
+    "DtmfTrigger",
     "Format",
     "PlanError",
     "parse",
@@ -145,6 +151,44 @@ class DtmfSecurity:
 
 
 @dataclass(frozen=True, slots=True)
+class DtmfTrigger:
+    """ng ``block DTMF``'s triggers (rtpengine 10.5's ``trigger``, ``trigger-end``,
+    ``trigger-end-time``, ``trigger-end-digits``, ``DTMF-security-trigger``,
+    ``DTMF-security-trigger-end``): once the sender's digits end with ``start``, its DTMF is
+    blocked as ``on`` (None: not blocked) until its digits after that end with ``end``, or
+    ``end_digits`` digits have gone by, or ``end_ms`` ms of its stream; then as ``off``."""
+
+    start: str
+    end: str = ""
+    on: DtmfSecurity | None = None
+    off: DtmfSecurity | None = None
+    end_ms: int = 0
+    end_digits: int = 0
+
+    def to_list(self) -> list[Any]:
+        on = self.on.to_list() if self.on is not None else None
+        off = self.off.to_list() if self.off is not None else None
+        return [self.start, self.end, on, off, self.end_ms, self.end_digits]
+
+    @classmethod
+    def from_list(cls, value: Any) -> DtmfTrigger:
+        try:
+            start, end, on, off, end_ms, end_digits = value
+            if not (isinstance(start, str) and isinstance(end, str)):
+                raise TypeError(start)
+            return cls(
+                start,
+                end,
+                DtmfSecurity.from_list(on) if on is not None else None,
+                DtmfSecurity.from_list(off) if off is not None else None,
+                int(end_ms),
+                int(end_digits),
+            )
+        except (TypeError, ValueError) as exc:
+            raise PlanError(f"bad DTMF trigger {value!r}") from exc
+
+
+@dataclass(frozen=True, slots=True)
 class CodecPlan:
     """One direction's codec work: see the module's docstring."""
 
@@ -160,6 +204,7 @@ class CodecPlan:
     inject: bool = False  # DTMF may be injected (ng play DTMF)
     formats: tuple[Format, ...] = ()  # the passthrough payload types' formats, where needed
     security: DtmfSecurity | None = None  # DTMF blocked (ng block DTMF)
+    trigger: DtmfTrigger | None = None  # block DTMF's triggers
 
     def to_text(self) -> str:
         body: dict[str, Any] = {}
@@ -187,6 +232,8 @@ class CodecPlan:
             body["f"] = [f.to_list() for f in self.formats]
         if self.security is not None:
             body["s"] = self.security.to_list()
+        if self.trigger is not None:
+            body["tr"] = self.trigger.to_list()
         return json.dumps(body, separators=(",", ":"))
 
 
@@ -228,4 +275,5 @@ def parse(text: str) -> CodecPlan | None:
         inject=bool(body.get("i", 0)),
         formats=_formats(body.get("f", [])),
         security=DtmfSecurity.from_list(body["s"]) if "s" in body else None,
+        trigger=DtmfTrigger.from_list(body["tr"]) if "tr" in body else None,
     )

@@ -4,10 +4,11 @@ A PCMU call with telephone-event 101 between the caller and callee namespaces; t
 DTMF is blocked in each ``DTMF-security`` mode, then unblocked. What the callee gets is what
 the live rtpengine 10.5.3.5 sent for the same packets (2026-12-06, with ``delay-buffer`` set,
 the setting under which 10.5 applies its modes: docs/dtmf.md, "Blocking DTMF"), except where
-relayd's detector is quicker (in-band tones: replaced from the second packet of the tone,
-10.5 from the third) and where 10.5 renumbers (events turned into audio: relayd keeps the
-sender's numbers). ``SUITE_MEDIA_DAEMON=rtpengine`` runs the event scenarios that agree byte
-for byte (``drop``, ``zero``, ``DTMF``) against rtpengine.
+relayd's detector is quicker (in-band tones: replaced from the detector's first block that
+hits the digit, 13 ms into the tone, 10.5 from the tone's third packet) and where 10.5
+renumbers (events turned into audio: relayd keeps the sender's numbers).
+``SUITE_MEDIA_DAEMON=rtpengine`` runs the event scenarios that agree byte for byte (``drop``,
+``zero``, ``DTMF``) against rtpengine.
 
 On the kernel path (as root, ``--table 0``) a blocked party's media leaves nftables for the
 workers and comes back once unblocked (docs/dtmf.md: why not an nft rule).
@@ -107,21 +108,24 @@ TONE_STREAM = [
 
 
 def _tone_expected(mode: str) -> list[Packet]:
-    """From the packet in which the detector confirms the digit (the tone's second) to the one
-    in which it confirms its end (two after the tone), the payload replaced."""
+    """From the detector's first block that hits the digit (sample 30 of the tone's first
+    packet) to the packet in which it confirms its end (two after the tone), the payload
+    replaced."""
     if mode == "drop":
         return TONE_STREAM
     found = []
     for index, packet in enumerate(TONE_STREAM):
-        if 4 <= index <= 10:
-            ts = packet.ts
-            payload = {
-                "silence": SILENCE,
-                "tone": TONE_400,
-                "zero": _ulaw(tones.tone(0, 10, ts, 160, 8000)),
-                "DTMF": _ulaw(tones.tone(7, 10, ts, 160, 8000)),
-            }.get(mode, ANY)
-            packet = Packet(0, packet.seq, ts, payload)
+        if 3 <= index <= 10:
+            keep = 30 if index == 3 else 0
+            ts, count = packet.ts + keep, 160 - keep
+            made = {
+                "silence": SILENCE[keep:],
+                "tone": _ulaw(sine(400, 10, ts, count, 8000)),
+                "zero": _ulaw(tones.tone(0, 10, ts, count, 8000)),
+                "DTMF": _ulaw(tones.tone(7, 10, ts, count, 8000)),
+            }.get(mode)
+            payload = packet.payload[:keep] + made if made is not None else ANY
+            packet = Packet(0, packet.seq, packet.ts, payload)
         found.append(packet)
     return found
 

@@ -33,6 +33,8 @@ class State:
     counters: Counters = field(default_factory=Counters)
     reloads: int = 0
     refreshed: list[str | None] = field(default_factory=list)
+    switched: list[str] = field(default_factory=list)
+    ha: dict[str, Any] | None = None  # ha_status()
 
     def reload(self) -> dict[str, Any]:
         self.reloads += 1
@@ -46,6 +48,17 @@ class State:
         self.config, change = with_setting(self.config, field, value)
         self.commands.set_limits(limits_of(self.config))
         return {"set": {field.replace("_", "-"): change}}
+
+    def switch(self, mode: str) -> dict[str, Any]:
+        self.switched.append(mode)
+        if self.ha is None:
+            return {"result": "error", "error": "no 'redis' configured: nothing to switch"}
+        return (
+            {"mode": mode, "taken_over": 0} if mode == "active" else {"mode": mode, "released": 0}
+        )
+
+    def ha_status(self) -> dict[str, Any] | None:
+        return self.ha
 
 
 def _state(calls: int = 1) -> tuple[State, list[Teardown]]:
@@ -308,3 +321,20 @@ def test_set_load_limits_and_refusals() -> None:
             "result": "error",
             "error": error,
         }
+
+
+def test_active_standby_and_ha_go_to_the_replica_or_say_there_is_none() -> None:
+    state, _ = _state(0)
+    reply = handle(state, {"command": "active"}, T0)
+    assert reply == {"result": "error", "error": "no 'redis' configured: nothing to switch"}
+    assert handle(state, {"command": "ha"}, T0)["result"] == "error"
+    state.ha = {"mode": "active", "foreign_calls": 2}
+    assert handle(state, {"command": "standby"}, T0) == {
+        "result": "ok",
+        "mode": "standby",
+        "released": 0,
+    }
+    assert handle(state, {"command": "ha"}, T0)["foreign_calls"] == 2
+    assert state.switched == ["active", "standby"]
+    numbers = handle(state, {"command": "list", "args": ["numsessions"]}, T0)
+    assert (numbers["own"], numbers["foreign"], numbers["total"]) == (0, 2, 2)

@@ -182,3 +182,20 @@ def test_the_binder_tells_of_each_pair_it_gave_back() -> None:
     binder.release("127.0.0.1", port)
     binder.release("127.0.0.1", port)  # nothing held any more: nothing to tell
     assert released == [("127.0.0.1", port)]
+
+
+def test_an_unreported_streams_peers_go_with_its_port() -> None:
+    # a foreign call (relayd/ha/): no worker reported its streams, the host's previous life
+    # may have left its peers' flows
+    fake = FakeSweeper()
+    sweeper = ConntrackSweep({}, fake)
+
+    async def release() -> None:
+        sweeper.unreported(stream(30000, PeerEndpoint("10.99.1.2", 6000), None))
+        sweeper.unreported(stream(0, PeerEndpoint("10.99.1.2", 6002), None))  # no port: none
+        sweeper.released("10.99.1.1", 30000)
+        await asyncio.sleep(SWEEP_DELAY * 2)
+
+    asyncio.run(release())
+    assert fake.batches[0][1] == {(Endpoint("10.99.1.2", 6000), Endpoint("10.99.1.1", 30000))}
+    sweeper.close()
