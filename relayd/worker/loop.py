@@ -533,9 +533,11 @@ class Worker:
                     out = ms.out
                     if ms.out_rtcp is not None and is_rtcp(data):
                         out = ms.out_rtcp
-                        leg.last_rtcp, leg.rtcp_at = data, now
+                        leg.last_rtcp, leg.rtcp_at = data[:20], now
                     else:
-                        leg.last = data  # for the player's report block (worker/player.py)
+                        # for the player's report block (worker/player.py): an RTP header's
+                        # first bytes (its sequence number), or an RTCP socket's report
+                        leg.last = data[:20] if leg.rtcp else data[:4]
                         if leg.ssrc < 0 and not leg.rtcp and len(data) >= 12:
                             leg.ssrc = int.from_bytes(data[8:12], "big")
                     if out is None:

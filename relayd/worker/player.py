@@ -57,7 +57,7 @@ def received(rtp: Leg, rtcp: Leg | None, now: float) -> Received:
     RTCP socket, or from the RTP one under rtcp-mux, whichever came last."""
     last = rtp.last
     seq = 0
-    if len(last) >= 12 and not 200 <= last[1] <= 204:
+    if len(last) >= 4 and not 200 <= last[1] <= 204:
         seq = (last[2] << 8) | last[3]
     found: list[tuple[float, bytes | bytearray]] = [(rtp.rtcp_at, rtp.last_rtcp)]
     if rtcp is not None and rtcp is not rtp:

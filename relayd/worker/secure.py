@@ -305,7 +305,7 @@ class SecurePath:
             if rtcp and not rtcp_socket:
                 leg.last_rtcp, leg.rtcp_at = bytes(view[:20]), now
             else:
-                leg.last = bytes(view[:20])
+                leg.last = bytes(view[:20] if rtcp_socket else view[:4])
             if not rtcp and leg.ssrc < 0 and n >= 12:
                 leg.ssrc = int.from_bytes(view[8:12], "big")
             if out is None or (target := out.leg.endpoint) is None:

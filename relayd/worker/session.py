@@ -69,9 +69,10 @@ class Leg:
     errors: int = 0
     last_packet: float = 0.0
     ssrc: int = -1
-    # what the media player's report block reads (relayd/worker/player.py): the party's
-    # latest datagram here (RTP, or RTCP on an RTCP socket; at least its first 20 bytes),
-    # and under rtcp-mux its latest RTCP and when that came (CLOCK_MONOTONIC)
+    # what the media player's report block reads (relayd/worker/player.py): the first bytes
+    # of the party's latest datagram here (4 of RTP: its sequence number; 20 of RTCP on an
+    # RTCP socket: its SR's time), and under rtcp-mux its latest RTCP and when that came
+    # (CLOCK_MONOTONIC); copies, so that no whole datagram stays alive per socket
     last: Datagram = b""
     last_rtcp: Datagram = b""
     rtcp_at: float = 0.0
