@@ -44,10 +44,10 @@ import pytest
 
 from relayd.ng.client import NgTimeout
 from tests.interop.test_kamailio import Relay, _media_report
+from tests.interop.test_kamailio import pytestmark as KAMAILIO_HARNESS
 from tests.support.kamailio import (
     FAILURE_MARK,
     KamailioSettings,
-    kamailio_available,
     running_kamailio,
 )
 from tests.support.relayd import RelaydProcess
@@ -55,23 +55,14 @@ from tests.support.sipp import (
     SCENARIOS,
     TONE_PACKETS,
     SippResult,
-    capture_available,
     parse_sdp,
     running_capture,
     running_sipp,
-    sipp_available,
     uac_agent,
     uas_agent,
 )
 
-pytestmark = [
-    pytest.mark.interop,
-    pytest.mark.skipif(not kamailio_available(), reason="kamailio with rtpengine.so not installed"),
-    pytest.mark.skipif(not sipp_available(), reason="sipp (sip-tester) not installed"),
-    pytest.mark.skipif(
-        not capture_available(), reason="needs root and dumpcap (raw sockets, capture on lo)"
-    ),
-]
+pytestmark = KAMAILIO_HARNESS  # the interop mark and the Kamailio/sipp/capture skips
 
 ADDRESS = "127.0.0.1"
 NG_PORTS = (44011, 44012, 44013)
