@@ -267,38 +267,35 @@ def _transcoding(state: RelayState) -> list[Family]:
     return [streams, frames, sent, errors, failures]
 
 
+# Redis high availability's families: name, type, help, and the key of relayctl ha's status
+_REDIS = (
+    ("relayd_redis_writes_total", "counter", "Calls written to Redis", "redis_writes"),
+    ("relayd_redis_deletes_total", "counter", "Calls deleted from Redis", "redis_deletes"),
+    (
+        "relayd_redis_errors_total",
+        "counter",
+        "Writes to Redis that failed (retried)",
+        "redis_errors",
+    ),
+    ("relayd_redis_queued", "gauge", "Calls waiting to be written to Redis", "redis_queued"),
+    ("relayd_redis_watch_errors_total", "counter", "Lost keyspace subscriptions", "watch_errors"),
+    ("relayd_foreign_sessions", "gauge", "A peer's calls held (standby)", "foreign_calls"),
+    ("relayd_takeovers_total", "counter", "Foreign calls taken over", "takeovers"),
+)
+
+
 def _redis(state: RelayState) -> list[Family]:
     """Redis high availability (relayd/ha/): the writer's counters, the calls held."""
     status = state.ha_status()
     if status is None:
         return []
+    up = 1 if status["redis_connected"] else 0
+    standby = 1 if status["mode"] == "standby" else 0
     return [
-        Family("relayd_redis_up", "gauge", "1 while the last write to Redis succeeded").add(
-            1 if status["redis_connected"] else 0
-        ),
-        Family("relayd_redis_writes_total", "counter", "Calls written to Redis").add(
-            status["redis_writes"]
-        ),
-        Family("relayd_redis_deletes_total", "counter", "Calls deleted from Redis").add(
-            status["redis_deletes"]
-        ),
-        Family("relayd_redis_errors_total", "counter", "Writes to Redis that failed (retried)").add(
-            status["redis_errors"]
-        ),
-        Family("relayd_redis_queued", "gauge", "Calls waiting to be written to Redis").add(
-            status["redis_queued"]
-        ),
-        Family("relayd_redis_watch_errors_total", "counter", "Lost keyspace subscriptions").add(
-            status["watch_errors"]
-        ),
-        Family("relayd_foreign_sessions", "gauge", "A peer's calls held (standby)").add(
-            status["foreign_calls"]
-        ),
-        Family("relayd_takeovers_total", "counter", "Foreign calls taken over").add(
-            status["takeovers"]
-        ),
+        Family("relayd_redis_up", "gauge", "1 while the last write to Redis succeeded").add(up),
+        *(Family(name, kind, text).add(status[key]) for name, kind, text, key in _REDIS),
         Family("relayd_standby", "gauge", "1 while relayctl standby holds takeovers off").add(
-            1 if status["mode"] == "standby" else 0
+            standby
         ),
     ]
 

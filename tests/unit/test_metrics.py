@@ -163,3 +163,30 @@ def test_transcoding_figures() -> None:
     assert value(samples, "relayd_transcoding_frames_total", codecs="opus->PCMU") == 148
     assert value(samples, "relayd_transcoding_packets_total", codecs="opus->PCMU") == 140
     assert value(samples, "relayd_transcoding_errors_total", codecs="opus->PCMU") == 2
+
+
+def test_redis_figures() -> None:
+    """Redis high availability's families, from relayctl ha's status; none without Redis."""
+    state, _ = _state(1)
+    assert not any(f.name.startswith("relayd_redis") for f in collect(state, now=T0))
+    state.ha = {
+        "redis_connected": True,
+        "redis_writes": 12,
+        "redis_deletes": 3,
+        "redis_errors": 2,
+        "redis_queued": 1,
+        "watch_errors": 0,
+        "foreign_calls": 50,
+        "takeovers": 4,
+        "mode": "standby",
+    }
+    samples = parse(render(collect(state, now=T0)))
+    assert value(samples, "relayd_redis_up") == 1
+    assert value(samples, "relayd_redis_writes_total") == 12
+    assert value(samples, "relayd_redis_deletes_total") == 3
+    assert value(samples, "relayd_redis_errors_total") == 2
+    assert value(samples, "relayd_redis_queued") == 1
+    assert value(samples, "relayd_redis_watch_errors_total") == 0
+    assert value(samples, "relayd_foreign_sessions") == 50
+    assert value(samples, "relayd_takeovers_total") == 4
+    assert value(samples, "relayd_standby") == 1
