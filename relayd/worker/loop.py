@@ -490,6 +490,11 @@ class Worker:
             wake = min(next_report, timer_at, next_flush, play_at)
             events = poll(max(wake - monotonic(), 0.0))
             now = monotonic()
+            if len(events) > 1 and any(fd == link_fd for fd, _mask in events):
+                # relayd's messages first: a RecordStart or Forward sent before the reply to
+                # the request that made it applies to the packets that came after that reply
+                self._read_link()
+                events = [event for event in events if event[0] != link_fd]
             for fd, _mask in events:
                 if fd == link_fd:
                     self._read_link()
