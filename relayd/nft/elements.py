@@ -37,12 +37,12 @@ from relayd.nft.netlink import (
     NLM_F_REQUEST,
     NLMSG_DONE,
     NLMSG_ERROR,
+    TableReader,
     attr,
     attrs,
     error_of,
     message,
     messages,
-    netfilter_socket,
 )
 from relayd.nft.ruleset import Endpoint, ForwardKey
 
@@ -187,31 +187,17 @@ def parse_elements(data: bytes, start: int, end: int) -> list[tuple[bytes, Eleme
     return found
 
 
-class SetElements:
+class SetElements(TableReader):
     """A netlink socket reading one table's counter sets, kept open between reads."""
 
     def __init__(self, table: str) -> None:
-        self.table = table
-        self._sock: socket.socket | None = None
-        self._seq = 0
+        super().__init__(table, _TIMEOUT, _RCVBUF)
 
     def _socket(self) -> socket.socket:
-        if self._sock is None:
-            try:
-                self._sock = netfilter_socket(_TIMEOUT, _RCVBUF)
-            except OSError as exc:
-                raise NftError(f"cannot open nfnetlink: {exc}") from exc
-        return self._sock
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-
-    def _next_seq(self, count: int) -> int:
-        first = self._seq + 1
-        self._seq = (self._seq + count) % (1 << 31)
-        return first
+        try:
+            return super()._socket()
+        except OSError as exc:
+            raise NftError(f"cannot open nfnetlink: {exc}") from exc
 
     def get(self, name: str, keys: Iterable[bytes]) -> dict[bytes, ElementCount]:
         """The elements of set ``name`` with these encoded keys; absent keys are left out."""

@@ -24,6 +24,7 @@ __all__ = [
     "NLM_F_DUMP",
     "NLM_F_REQUEST",
     "SO_RCVBUFFORCE",
+    "TableReader",
     "attr",
     "attrs",
     "error_of",
@@ -115,3 +116,32 @@ def netfilter_socket(timeout: float, rcvbuf: int = 0, *, force: bool = False) ->
         sock.close()
         raise
     return sock
+
+
+class TableReader:
+    """A netfilter netlink socket asking about one nftables table, opened on first use and
+    kept open between reads (closed after an error: replies left unread would linger), and
+    the sequence numbers of its requests."""
+
+    def __init__(self, table: str, timeout: float, rcvbuf: int = 0) -> None:
+        self.table = table
+        self._timeout = timeout
+        self._rcvbuf = rcvbuf
+        self._sock: socket.socket | None = None
+        self._seq = 0
+
+    def _socket(self) -> socket.socket:
+        if self._sock is None:
+            self._sock = netfilter_socket(self._timeout, self._rcvbuf)
+        return self._sock
+
+    def _next_seq(self, count: int = 1) -> int:
+        """The first of ``count`` fresh sequence numbers (1 to 2**31, wrapping)."""
+        first = self._seq % (1 << 31) + 1
+        self._seq = (self._seq + count) % (1 << 31)
+        return first
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None

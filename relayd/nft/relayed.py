@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 import struct
 from typing import NamedTuple
 
@@ -27,12 +26,12 @@ from relayd.nft.libnft import NftError
 from relayd.nft.netlink import (
     NLM_F_REQUEST,
     NLMSG_ERROR,
+    TableReader,
     attr,
     attrs,
     error_of,
     message,
     messages,
-    netfilter_socket,
     nfgenmsg,
 )
 
@@ -85,29 +84,20 @@ def parse_object(data: bytes, start: int, end: int) -> ObjectCount | None:
     return None
 
 
-class RelayedCounters:
+class RelayedCounters(TableReader):
     """A netlink socket reading one table's counter objects, kept open between reads."""
 
     def __init__(self, table: str) -> None:
-        self.table = table
-        self._sock: socket.socket | None = None
-        self._seq = 0
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        super().__init__(table, _TIMEOUT)
 
     def get(self, name: str) -> ObjectCount | None:
         """Counter object ``name``; None if the table has none of that name."""
-        self._seq = self._seq % (1 << 31) + 1
-        seq = self._seq
+        seq = self._next_seq()
         try:
-            if self._sock is None:
-                self._sock = netfilter_socket(_TIMEOUT)
-            self._sock.sendall(get_object_request(seq, self.table, name))
+            sock = self._socket()
+            sock.sendall(get_object_request(seq, self.table, name))
             while True:
-                data = self._sock.recv(1 << 16)
+                data = sock.recv(1 << 16)
                 for kind, got, start, end in messages(data):
                     if got != seq:
                         continue
