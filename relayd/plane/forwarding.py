@@ -185,13 +185,19 @@ def _plain(media: Media) -> bool:
 def waits_for_answer(call: Call) -> bool:
     """An offer waits for its answer and has early media to forward: its plan is the
     one-way early one, with at least one plain-RTP section (or DTLS started)."""
-    first = next(_dialogues(call), None)
-    return first is not None and first[2] and bool(plan(call))
+    return _early_forwards(next(_dialogues(call), None))
 
 
-def _starts_dtls(call: Call) -> bool:
-    """An offer waiting for its answer starts DTLS towards the offerer in some section."""
-    first = next(_dialogues(call), None)
+def _early_forwards(first: tuple[Monologue, Monologue, bool] | None) -> bool:
+    """Whether the call whose first forwarded pair is ``first`` waits for its answer with
+    early media to forward: :func:`plan` would give at least one forward (asked without
+    planning one, once per offer)."""
+    return first is not None and first[2] and next(_sections(*first), None) is not None
+
+
+def _starts_dtls(first: tuple[Monologue, Monologue, bool] | None) -> bool:
+    """An offer waiting for its answer (``first``: the call's first forwarded pair) starts
+    DTLS towards the offerer in some section."""
     if first is None or not first[2]:
         return False
     x, y, _ = first
@@ -218,10 +224,11 @@ def after_signalling(call: Call, command: str, to_tag: str, *, early_pending: bo
     An offer that starts DTLS towards the offerer goes to the worker at once, as rtpengine
     sends its ClientHello while it handles the offer: the handshake's round trips are
     call set-up time, and the hello goes out even where the answer then settles on SDES."""
-    keep = to_tag if command == "answer" and early_pending else ""
-    at_once = command == "offer" and _starts_dtls(call)
-    early = command == "offer" and not at_once and waits_for_answer(call)
-    return Handover(early=early, keep=keep, at_once=at_once)
+    if command != "offer":
+        return Handover(early=False, keep=to_tag if command == "answer" and early_pending else "")
+    first = next(_dialogues(call), None)
+    at_once = _starts_dtls(first)
+    return Handover(early=not at_once and _early_forwards(first), keep="", at_once=at_once)
 
 
 def paired(call: Call) -> bool:
@@ -250,13 +257,7 @@ def plan(call: Call, silence_detect: float = 0.0, *, dtmf_events: bool = False) 
     telephone-event payload types its party sends (``SocketSpec.dtmf``)."""
     result: list[Forward] = []
     for x, y, early in _dialogues(call):
-        for index in range(min(len(x.medias), len(y.medias))):
-            mx, my = x.medias[index], y.medias[index]
-            if not (mx.port and my.port and mx.local and my.local):
-                continue
-            plain = _plain(mx) and _plain(my)
-            if early and not (plain or _early_dtls(mx, my)):
-                continue
+        for index, mx, my, plain in _sections(x, y, early):
             answerer = _EARLY_ANSWERER if plain else _EARLY_DTLS_ANSWERER
             x_over = answerer if early else {}
             y_over = _EARLY_OFFERER if early else {}
@@ -272,6 +273,20 @@ def plan(call: Call, silence_detect: float = 0.0, *, dtmf_events: bool = False) 
             ]
             result.append(Forward(media_key(call.call_id, index), tuple(sockets)))
     return result
+
+
+def _sections(x: Monologue, y: Monologue, early: bool) -> Iterator[tuple[int, Media, Media, bool]]:
+    """The media sections of a pair that get a forward: the index, the two parties' media
+    and whether both are plain RTP. Both need ports; an early pair only plain RTP, or DTLS
+    started towards the offerer."""
+    for index in range(min(len(x.medias), len(y.medias))):
+        mx, my = x.medias[index], y.medias[index]
+        if not (mx.port and my.port and mx.local and my.local):
+            continue
+        plain = _plain(mx) and _plain(my)
+        if early and not (plain or _early_dtls(mx, my)):
+            continue
+        yield index, mx, my, plain
 
 
 def telephone_events(media: Media) -> str:
