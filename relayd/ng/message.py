@@ -313,7 +313,7 @@ _PROTOCOLS = {
 }
 
 
-@dataclass
+@dataclass(slots=True)
 class Request:
     """The keys of one ng request that relayd uses, in domain words."""
 
@@ -385,7 +385,8 @@ def parse_request(raw: dict[str, Any]) -> Request:
     Refuses only a missing command and a call-id, from-tag, to-tag or sdp that is not a
     string; unknown keys and flags are kept in ``unknown`` for the log.
     """
-    keys = {normalise(k): v for k, v in raw.items()}
+    folded = _NORMALISED.get
+    keys = {folded(k) or normalise(k): v for k, v in raw.items()}
     if not isinstance(keys.get("command"), bytes | str):
         raise NgError('Dictionary contains no key "command"')
     for key, missing in _IDENTITY_KEYS.items():
@@ -409,6 +410,49 @@ def parse_request(raw: dict[str, Any]) -> Request:
     req.osrtp.update(normalise(w) for w in _list(req, "OSRTP", keys.get("osrtp")))
     if "direction" in keys:
         req.direction = _words(keys["direction"])
+    received = _words(keys.get("received-from"))
+    if len(received) == 2:
+        req.received_from = (received[0].upper(), received[1])
+    if "supports" in keys:
+        req.supports = {normalise(w) for w in _words(keys["supports"])}
+    if not keys.keys() <= _PLAIN_KEYS:
+        _other_keys(req, keys)
+    return req
+
+
+# The keys read above, and those relayd knows and ignores: a request with no other key
+# (an offer, answer or delete as Kamailio and OpenSIPS send them) is read in full there.
+_PLAIN_KEYS = frozenset(
+    [
+        *_IDENTITY_KEYS,
+        "command",
+        "via-branch",
+        "flags",
+        "rtpp-flags",
+        "replace",
+        "rtcp-mux",
+        "sdes",
+        "osrtp",
+        "direction",
+        "received-from",
+        "supports",
+        "sip-message-type",
+        "sip-code",
+        "output-destination",
+        "t.38",
+        "drop-traffic",
+        "xmlrpc-callback",
+        "template",
+        "interface",
+        "sdp-attr",
+        "sdp-media-remove",
+    ]
+)
+
+
+def _other_keys(req: Request, keys: dict[str, Any]) -> None:
+    """The rest of :func:`parse_request`: the less common keys, in the order they apply
+    (a key after a flag of the same name overrides it), and the unknown ones."""
     for key, attr in (("ice", "ice"), ("dtls", "dtls"), ("dtls-reverse", "dtls_reverse")):
         if key in keys:
             setattr(req, attr, normalise(_text(keys[key])))
@@ -424,9 +468,6 @@ def parse_request(raw: dict[str, Any]) -> Request:
         req.address_family = _text(keys["address-family"]).upper()
     if "media-address" in keys:
         req.media_address = _text(keys["media-address"])
-    received = _words(keys.get("received-from"))
-    if len(received) == 2:
-        req.received_from = (received[0].upper(), received[1])
     codec = keys.get("codec")
     if isinstance(codec, dict):
         for op, names in codec.items():
@@ -462,7 +503,6 @@ def parse_request(raw: dict[str, Any]) -> Request:
         req.flags.add("all")
     if "label" in keys:  # else keep a ``label=`` flag
         req.label = _text(keys["label"])
-    req.supports = {normalise(w) for w in _words(keys.get("supports"))}
     if "media-echo" in keys:
         echo = _MEDIA_ECHO.get(normalise(_text(keys["media-echo"])))
         if echo is None:
@@ -470,7 +510,6 @@ def parse_request(raw: dict[str, Any]) -> Request:
         req.media_echo = echo
     req.values = {k: v for k, v in keys.items() if k in VALUE_KEYS}
     req.unknown.extend(k for k in keys if k not in _KNOWN_KEYS)
-    return req
 
 
 def _apply_flag(req: Request, word: str) -> None:

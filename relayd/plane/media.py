@@ -112,7 +112,10 @@ class MediaPlane:
     # -- placement ------------------------------------------------------------------------
 
     def least_loaded(self) -> int:
-        return min(self.workers, key=lambda w: (self.medias_on(w), w.index)).index
+        workers = self.workers
+        if len(workers) == 1:  # one worker (num-threads 1, or one CPU): nothing to weigh
+            return workers[0].index
+        return min(workers, key=lambda w: (self.medias_on(w), w.index)).index
 
     def medias_on(self, worker: WorkerProcess) -> int:
         return len(self.placed.get(worker.index, ()))

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from relayd.ng import bencode
+from relayd.ng import bencode, message
 from relayd.ng.message import (
     FramingError,
     NgError,
@@ -376,3 +376,10 @@ def test_unknown_endpoint_learning_is_reported_and_ignored() -> None:
     req = parse_request({"command": "offer", "flags": ["endpoint-learning=never"]})
     assert req.endpoint_learning is None
     assert req.unknown == ["endpoint-learning=never"]
+
+
+def test_plain_keys_need_nothing_more() -> None:
+    """parse_request reads a request of only these keys without its second part: each is a
+    known key (never logged as unknown) and none is a command's value (``Request.values``)."""
+    assert message._PLAIN_KEYS <= message._KNOWN_KEYS
+    assert not message._PLAIN_KEYS & message.VALUE_KEYS
