@@ -10,6 +10,7 @@ round trip byte for byte.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 __all__ = ["BencodeError", "Value", "decode", "decode_prefix", "encode"]
 
@@ -33,18 +34,33 @@ def encode(value: object) -> bytes:
     """Encode ``value`` (int, str, bytes, list, tuple, dict with str keys).
 
     Built as text and encoded once at the end: cheaper than encoding each of the
-    hundreds of values of a query tree on its own. Length prefixes count bytes, so
-    a value that is not ASCII is measured in UTF-8 (``surrogateescape``: a body that
-    was not UTF-8 goes back out as the bytes it came as).
+    hundreds of values of a query tree on its own. Length prefixes count bytes; a reply is
+    nearly always ASCII, where bytes are characters, so strings are measured with ``len``
+    and the whole is checked once at the end. Text that is not ASCII is built again with
+    each string measured in UTF-8 (``surrogateescape``: a body that was not UTF-8 goes back
+    out as the bytes it came as).
     """
     out: list[str] = []
-    _encode(value, out)
+    _encode(value, out, len)
+    text = "".join(out)
+    if text.isascii():
+        return text.encode("ascii")
+    out.clear()
+    _encode(value, out, _size)
     return "".join(out).encode("utf-8", "surrogateescape")
 
 
 def _size(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogateescape"))
 
+
+Size = Callable[[str], int]
+
+# What formatting an integer would make, made once: a string's length prefix ("12:") and a
+# small integer ("i0e": the zero counters of a query tree). A lookup costs a quarter of
+# the formatting, and a delete's reply has a hundred of them.
+_PREFIXES = tuple(f"{n}:" for n in range(1024))
+_INTEGERS = tuple(f"i{n}e" for n in range(1024))
 
 # Dictionary keys repeat in every reply ("result", "sdp", "tags"…): each is written
 # once. Bounded, since some keys are per call (the tags of a query tree).
@@ -60,80 +76,95 @@ def _key(key: object) -> str:
     return encoded
 
 
-def _encode(value: object, out: list[str]) -> None:
+def _encode(value: object, out: list[str], size: Size) -> None:
     # Exact type checks first, and the values of a dict or list handled in its own loop:
     # replies are mostly str/int/dict/list, and a query tree has hundreds of them.
     kind = type(value)
     if kind is dict:
-        _encode_dict(value, out)  # type: ignore[arg-type]
+        _encode_dict(value, out, size)  # type: ignore[arg-type]
     elif kind is list or kind is tuple:
-        _encode_list(value, out)  # type: ignore[arg-type]
+        _encode_list(value, out, size)  # type: ignore[arg-type]
     elif kind is str:
-        out.append(f"{_size(value)}:{value}")  # type: ignore[arg-type]
+        length = size(value)  # type: ignore[arg-type]
+        out.append(_PREFIXES[length] if length < 1024 else f"{length}:")
+        out.append(value)  # type: ignore[arg-type]
     elif kind is int:
-        out.append(f"i{value}e")
+        out.append(_INTEGERS[value] if 0 <= value < 1024 else f"i{value}e")  # type: ignore[call-overload, operator]
     else:
-        _encode_other(value, out)
+        _encode_other(value, out, size)
 
 
-def _encode_dict(value: dict[object, object], out: list[str]) -> None:
+def _encode_dict(value: dict[object, object], out: list[str], size: Size) -> None:
     append = out.append
     append("d")
     for key, item in value.items():
         append(_KEYS.get(key) or _key(key))  # type: ignore[call-overload]
         kind = type(item)
         if kind is str:
-            # ASCII (nearly every value) measured without a call
-            size = len(item) if item.isascii() else _size(item)  # type: ignore[attr-defined, arg-type]
-            append(f"{size}:{item}")
+            length = size(item)  # type: ignore[arg-type]
+            append(_PREFIXES[length] if length < 1024 else f"{length}:")
+            append(item)  # type: ignore[arg-type]
         elif kind is int:
-            append(f"i{item}e")
+            append(_INTEGERS[item] if 0 <= item < 1024 else f"i{item}e")  # type: ignore[call-overload, operator]
         elif kind is dict:
-            _encode_dict(item, out)  # type: ignore[arg-type]
+            _encode_dict(item, out, size)  # type: ignore[arg-type]
         elif kind is list:
-            _encode_list(item, out)  # type: ignore[arg-type]
+            _encode_list(item, out, size)  # type: ignore[arg-type]
         else:
-            _encode(item, out)
+            _encode(item, out, size)
     append("e")
 
 
-def _encode_list(value: list[object] | tuple[object, ...], out: list[str]) -> None:
+def _encode_list(value: list[object] | tuple[object, ...], out: list[str], size: Size) -> None:
     append = out.append
     append("l")
     for item in value:
         kind = type(item)
         if kind is str:
-            # ASCII (nearly every value) measured without a call
-            size = len(item) if item.isascii() else _size(item)  # type: ignore[attr-defined, arg-type]
-            append(f"{size}:{item}")
-        elif kind is int:
-            append(f"i{item}e")
+            length = size(item)  # type: ignore[arg-type]
+            append(_PREFIXES[length] if length < 1024 else f"{length}:")
+            append(item)  # type: ignore[arg-type]
+        elif kind is dict:
+            _encode_dict(item, out, size)  # type: ignore[arg-type]
         else:
-            _encode(item, out)
+            _encode(item, out, size)
     append("e")
 
 
-def _encode_other(value: object, out: list[str]) -> None:
+def _encode_other(value: object, out: list[str], size: Size) -> None:
     """Subclasses and the rarer types, folded onto the exact ones."""
     if isinstance(value, int):  # bool and other int subclasses as plain numbers
         out.append(f"i{int(value)}e")
     elif isinstance(value, str):
-        _encode(str(value), out)
+        _encode(str(value), out, size)
     elif isinstance(value, bytes | bytearray):
         # back to these very bytes when the whole is encoded with surrogateescape
         out.append(f"{len(value)}:{bytes(value).decode('utf-8', 'surrogateescape')}")
     elif isinstance(value, list | tuple):
-        _encode(list(value), out)
+        _encode(list(value), out, size)
     elif isinstance(value, dict):
-        _encode(dict(value), out)
+        _encode(dict(value), out, size)
     elif isinstance(value, float):
-        _encode(int(value), out)
+        _encode(int(value), out, size)
     else:
         raise TypeError(f"cannot bencode {type(value).__name__}")
 
 
 def decode(data: bytes) -> Value:
-    """Decode exactly one bencode value that fills all of ``data``."""
+    """Decode exactly one bencode value that fills all of ``data``.
+
+    A request that is all ASCII (nearly every one) is decoded to text once and read by
+    :func:`_quick`; anything it does not take as it is, is read again by the careful
+    decoder, which finds what is wrong with it, if anything.
+    """
+    if data.isascii():
+        try:
+            value, end = _quick(data.decode("ascii"), 0, 0)
+        except (_NotQuick, ValueError, IndexError):
+            pass
+        else:
+            if end == len(data):
+                return value
     value, end = decode_prefix(data, 0)
     if end != len(data):
         raise BencodeError(f"trailing data at offset {end}")
@@ -208,6 +239,66 @@ def _decode(data: bytes, pos: int, depth: int) -> tuple[Value, int]:
             result[key], pos = _string(data, pos) or _decode(data, pos, depth + 1)
         return result, pos + 1
     raise BencodeError(f"unexpected byte {lead:#04x} at offset {pos}")
+
+
+class _NotQuick(Exception):
+    """Something :func:`_quick` leaves to the careful decoder."""
+
+
+_INT_TEXT = re.compile(r"0|-?[1-9][0-9]*")
+
+
+def _quick(text: str, pos: int, depth: int) -> tuple[Value, int]:
+    """One value of ASCII ``text`` at ``pos``, and the offset after it (bytes are characters
+    there): the common case of :func:`_decode` with one slice per string and no decoding of
+    its own. Raises :class:`_NotQuick`, ``ValueError`` or ``IndexError`` on anything that is
+    not canonical, complete bencode."""
+    if depth > _MAX_DEPTH:
+        raise _NotQuick
+    lead = text[pos]
+    if lead == "d":
+        result: dict[str, Value] = {}
+        pos += 1
+        while text[pos] != "e":
+            start, pos = _quick_length(text, pos)
+            key = text[start:pos]
+            if "0" <= text[pos] <= "9":
+                start, pos = _quick_length(text, pos)
+                result[key] = text[start:pos]
+            else:
+                result[key], pos = _quick(text, pos, depth + 1)
+        return result, pos + 1
+    if lead == "l":
+        items: list[Value] = []
+        pos += 1
+        while text[pos] != "e":
+            if "0" <= text[pos] <= "9":
+                start, pos = _quick_length(text, pos)
+                items.append(text[start:pos])
+            else:
+                item, pos = _quick(text, pos, depth + 1)
+                items.append(item)
+        return items, pos + 1
+    if "0" <= lead <= "9":
+        start, end = _quick_length(text, pos)
+        return text[start:end], end
+    if lead == "i":
+        end = text.index("e", pos)
+        digits = text[pos + 1 : end]
+        if not _INT_TEXT.fullmatch(digits):
+            raise _NotQuick
+        return int(digits), end + 1
+    raise _NotQuick
+
+
+def _quick_length(text: str, pos: int) -> tuple[int, int]:
+    """Where the string whose length prefix is at ``pos`` starts and ends (an end past the
+    text is found by the caller, which reads there next)."""
+    colon = text.index(":", pos, pos + 11)
+    digits = text[pos:colon]
+    if not digits.isdigit() or (digits[0] == "0" and colon > pos + 1):
+        raise _NotQuick
+    return colon + 1, colon + 1 + int(digits)
 
 
 def _string(data: bytes, pos: int) -> tuple[str, int] | None:

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from relayd.ng import bencode
 from relayd.ng.bencode import BencodeError
@@ -41,6 +43,12 @@ def _kamailio_offer() -> dict[str, Any]:
         ((1, "a"), b"li1e1:ae"),
         ({}, b"de"),
         ({"result": "pong"}, b"d6:result4:ponge"),
+        # the edges of the encoder's tables of length prefixes and small integers
+        ([1023, 1024, -1], b"li1023ei1024ei-1ee"),
+        ("x" * 1023, b"1023:" + b"x" * 1023),
+        ("x" * 1024, b"1024:" + b"x" * 1024),
+        # one string that is not ASCII: every length is counted in bytes again
+        ({"a": "ab", "b": "é", "c": ["é", 7]}, b"d1:a2:ab1:b2:\xc3\xa91:cl2:\xc3\xa9i7eee"),
         (
             {"flags": ["trust-address"], "codec": {"strip": ["PCMA"]}},
             b"d5:flagsl13:trust-addresse5:codecd5:stripl4:PCMAeee",
@@ -206,3 +214,30 @@ def test_every_byte_value_round_trips() -> None:
     decoded = bencode.decode(wire)
     assert isinstance(decoded, str)
     assert bencode.encode(decoded) == wire
+
+
+_VALUES = st.recursive(
+    st.integers(-(2**70), 2**70) | st.text(st.characters(max_codepoint=127), max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=12,
+)
+_ALPHABET = b"dlie0123456789:-ab"
+
+
+@given(
+    st.binary(max_size=40).map(lambda b: bytes(_ALPHABET[x % len(_ALPHABET)] for x in b))
+    | _VALUES.map(bencode.encode),
+    st.integers(0, 255),
+    st.integers(0, len(_ALPHABET) - 1),
+)
+def test_quick_decoder_agrees_with_the_careful_one(wire: bytes, at: int, byte: int) -> None:
+    """What the ASCII fast path takes as a whole message, the careful decoder reads alike
+    (well-formed values, and the same with one byte changed); what it leaves is the careful
+    one's alone."""
+    for data in (wire, wire[:at] + _ALPHABET[byte : byte + 1] + wire[at + 1 :]):
+        try:
+            quick, end = bencode._quick(data.decode("ascii"), 0, 0)
+        except (bencode._NotQuick, ValueError, IndexError):
+            continue
+        if end == len(data):  # else decode() does not take it either
+            assert bencode.decode_prefix(data, 0) == (quick, end)
