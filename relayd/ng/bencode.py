@@ -296,9 +296,17 @@ def _quick_length(text: str, pos: int) -> tuple[int, int]:
     text is found by the caller, which reads there next)."""
     colon = text.index(":", pos, pos + 11)
     digits = text[pos:colon]
-    if not digits.isdigit() or (digits[0] == "0" and colon > pos + 1):
-        raise _NotQuick
-    return colon + 1, colon + 1 + int(digits)
+    length = _LENGTHS.get(digits)
+    if length is None:  # a long string (an SDP body), or no canonical length at all
+        if not digits.isdigit() or digits[0] == "0":
+            raise _NotQuick
+        length = int(digits)
+    return colon + 1, colon + 1 + length
+
+
+# The canonical length prefixes of the short strings (nearly every one of a request), each
+# with its value: one lookup checks and converts the digits.
+_LENGTHS = {str(n): n for n in range(1024)}
 
 
 def _string(data: bytes, pos: int) -> tuple[str, int] | None:

@@ -241,3 +241,12 @@ def test_quick_decoder_agrees_with_the_careful_one(wire: bytes, at: int, byte: i
             continue
         if end == len(data):  # else decode() does not take it either
             assert bencode.decode_prefix(data, 0) == (quick, end)
+
+
+def test_long_strings_beside_the_quick_decoders_table() -> None:
+    """Lengths past the quick path's table (an SDP body) are read and checked alike."""
+    body = "v=0\r\n" + "a=x\r\n" * 300
+    wire = b"d3:sdp%d:%se" % (len(body), body.encode())
+    assert bencode.decode(wire) == {"sdp": body}
+    with pytest.raises(BencodeError, match=r"^bad string length at offset 6$"):
+        bencode.decode(b"d3:sdp0%d:%se" % (len(body), body.encode()))
