@@ -112,6 +112,8 @@ _NORMALISED_LIMIT = 2048
 
 
 def _text(value: Any) -> str:
+    if type(value) is str:  # nearly every value: no conversion
+        return value
     if isinstance(value, bytes):
         return value.decode("utf-8", "surrogateescape")
     return str(value)
@@ -404,10 +406,14 @@ def parse_request(raw: dict[str, Any]) -> Request:
     if "rtpp-flags" in keys:
         for word in _words(keys["rtpp-flags"]):
             _apply_flag(req, word)
-    req.replace.update(normalise(w) for w in _list(req, "replace", keys.get("replace")))
-    req.rtcp_mux.update(normalise(w) for w in _list(req, "rtcp-mux", keys.get("rtcp-mux")))
-    req.sdes.update(normalise(w) for w in _list(req, "SDES", keys.get("sdes")))
-    req.osrtp.update(normalise(w) for w in _list(req, "OSRTP", keys.get("osrtp")))
+    for key, name, words in (
+        ("replace", "replace", req.replace),
+        ("rtcp-mux", "rtcp-mux", req.rtcp_mux),
+        ("sdes", "SDES", req.sdes),
+        ("osrtp", "OSRTP", req.osrtp),
+    ):
+        if key in keys:
+            words.update(normalise(w) for w in _list(req, name, keys[key]))
     if "direction" in keys:
         req.direction = _words(keys["direction"])
     received = _words(keys.get("received-from"))
