@@ -21,6 +21,8 @@ def parse_sdp(body: str) -> SessionDescription:
 
     Raises :class:`SdpError` for a body rtpengine would refuse: no ``v=`` line
     first, a line that is not ``<letter>=``, a malformed ``m=``, ``c=`` or ``o=``.
+    One pass, ``a=`` lines (most of them) first and the current section's line list at
+    hand: this runs for every offer and answer.
     """
     eol = "\r\n" if "\r\n" in body else "\n"
     raw_lines = body.replace("\r\n", "\n").split("\n")
@@ -31,35 +33,40 @@ def parse_sdp(body: str) -> SessionDescription:
     media: list[MediaDescription] = []
     session = Session([], 0, None, None)
     sessions = [session]
+    section: Session | MediaDescription = session  # where the lines go now
+    add = session.lines.append
     for raw in raw_lines:
         raw = raw.rstrip("\r")
-        if len(raw) < 2 or raw[1] != "=" or not raw[0].isalpha():
+        kind = raw[:1]
+        if raw[1:2] != "=" or not kind.isalpha():
             raise SdpError(f"malformed line: {raw!r}")
-        line = Line(raw[0], raw[2:])
-        if line.kind == "v" and session.lines:
+        line = Line(kind, raw[2:])
+        if kind == "a":
+            add(line)
+        elif kind == "m":
+            section = _parse_media(line.value)
+            section.parsed_connection = None
+            media.append(section)
+            add = section.lines.append
+        elif kind == "c":
+            add(line)
+            if section.parsed_connection is None:
+                section.parsed_connection = Connection.parse(line.value)
+            else:
+                Connection.parse(line.value)  # a malformed later one fails all the same
+        elif kind == "o":
+            add(line)
+            parsed = Origin.parse(line.value)
+            if section is session and session.parsed_origin is None:
+                session.parsed_origin = parsed
+        elif kind == "v" and session.lines:
             # a further session in the same body (rtpengine takes them): its lines up to its
             # own first m=
-            session = Session([], len(media), None, None)
+            section = session = Session([line], len(media), None, None)
             sessions.append(session)
-        if line.kind == "m":
-            desc = _parse_media(line.value)
-            desc.parsed_connection = None
-            media.append(desc)
-        elif len(media) > session.first_media:
-            media[-1].lines.append(line)
+            add = session.lines.append
         else:
-            session.lines.append(line)
-        if line.kind == "c":
-            connection = Connection.parse(line.value)
-            if len(media) > session.first_media:
-                if media[-1].parsed_connection is None:
-                    media[-1].parsed_connection = connection
-            elif session.parsed_connection is None:
-                session.parsed_connection = connection
-        elif line.kind == "o":
-            parsed = Origin.parse(line.value)
-            if len(media) == session.first_media and session.parsed_origin is None:
-                session.parsed_origin = parsed
+            add(line)
     return SessionDescription(sessions, media, eol)
 
 
@@ -72,13 +79,7 @@ def _parse_media(value: str) -> MediaDescription:
     count = _number(count_text) if count_text else None
     if port is None or port > 65535 or (count_text and count is None):
         raise SdpError(f"bad media port: m={value}")
-    media = MediaDescription(
-        media=_shared(parts[0]),
-        port=port,
-        port_count=count,
-        protocol=_shared(parts[2]),
-        formats=parts[3:],
-    )
+    media = MediaDescription(_shared(parts[0]), port, count, _shared(parts[2]), parts[3:])
     media.keep_verbatim(value)
     return media
 
