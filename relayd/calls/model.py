@@ -482,7 +482,9 @@ class Call:
         return result
 
     def parties(self) -> list[Monologue]:
-        seen: dict[int, Monologue] = {}
-        for mono in [*self.monologues.values(), *self.branches.values()]:
-            seen.setdefault(id(mono), mono)
+        """Every party once (a party is under each of its tags and aliases, and under its
+        via-branch), in the order first seen: the tagged ones, then unanswered branches."""
+        seen = {id(mono): mono for mono in self.monologues.values()}
+        if self.branches:
+            seen.update({id(mono): mono for mono in self.branches.values()})
         return list(seen.values())

@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from relayd.calls.model import Media
+from relayd.calls.model import PLAIN, Media
 from relayd.calls.webrtc import (
     FINGERPRINT_HASHES,
     OSRTP_CAPABLE,
@@ -50,6 +50,7 @@ __all__ = ["answer", "learn", "offer"]
 # attributes whose first value counts, at media level, else at session level
 _INHERITED = frozenset({"fingerprint", "setup", "ice-ufrag", "ice-pwd"})
 _LEARNED = frozenset({*_INHERITED, "crypto", "candidate", "ice-options", "ice-lite", "mid"})
+_SESSION_LEARNED = frozenset({*_INHERITED, "ice-lite"})
 _DTLS_SETUPS = frozenset({"actpass", "active", "passive"})
 
 
@@ -102,24 +103,40 @@ def learn(
             lite = True
         elif attr not in first:
             first[attr] = value
+    fingerprint_value = first.get("fingerprint", "")
+    setup = first.get("setup", "")
+    ufrag = first.get("ice-ufrag", "")
+    pwd = first.get("ice-pwd", "")
+    if not (fingerprint_value and setup and ufrag and pwd and lite):
+        # a value missing (or empty) at media level is taken from the session level
+        above = _first_values(session, _SESSION_LEARNED)
+        fingerprint_value = fingerprint_value or above.get("fingerprint", "")
+        setup = setup or above.get("setup", "")
+        ufrag = ufrag or above.get("ice-ufrag", "")
+        pwd = pwd or above.get("ice-pwd", "")
+        lite = lite or "ice-lite" in above
+    if media.security is PLAIN and not (
+        crypto or candidates or options or lite or fingerprint_value or setup or ufrag or pwd
+    ):
+        # plain RTP, nearly every media: what this SDP says is what the shared empty
+        # MediaSecurity holds (no keys, no DTLS, no ICE), so nothing of it is written
+        media.mid = first.get("mid", "")
+        media.protocol_changed = desc.protocol != media.protocol_seen
+        media.protocol_seen = desc.protocol
+        return False
     if crypto and any(flag.startswith("no-") for flag in req.sdes):
         allowed = set(allowed_suites(req.sdes))
         media.crypto = tuple(c for c in crypto if c.suite in allowed)
     else:
         media.crypto = tuple(crypto)
-    inherited = {name: first.get(name, "") for name in _INHERITED}
-    if not all(inherited.values()):
-        # a value missing (or empty) at media level is taken from the session level
-        above = _first_values(session, _INHERITED)
-        inherited = {name: value or above.get(name, "") for name, value in inherited.items()}
-    media.peer_fingerprint = inherited["fingerprint"]
-    media.peer_setup = inherited["setup"]
+    media.peer_fingerprint = fingerprint_value
+    media.peer_setup = setup
     previous = media.peer_ice_ufrag
-    media.peer_ice_ufrag = inherited["ice-ufrag"]
-    media.peer_ice_pwd = inherited["ice-pwd"]
-    media.peer_ice = bool(media.peer_ice_ufrag or candidates)
+    media.peer_ice_ufrag = ufrag
+    media.peer_ice_pwd = pwd
+    media.peer_ice = bool(ufrag or candidates)
     media.peer_candidates = tuple(candidates)
-    media.peer_ice_lite = lite or any(ln.attr == "ice-lite" for ln in session)
+    media.peer_ice_lite = lite
     # RFC 8838 §5.2: an ICE agent with no candidate yet says 0.0.0.0 (or ::) port 9
     media.peer_trickle_address = (
         media.peer_ice and desc.port == 9 and conn is not None and conn.is_zero
@@ -128,9 +145,9 @@ def learn(
     if not media.rejected:
         media.ice, media.trickle = media.peer_ice, media.peer_trickle
     media.mid = first.get("mid", "")
-    fingerprint = bool(_fingerprint_hash(media.peer_fingerprint))
+    fingerprint = bool(_fingerprint_hash(fingerprint_value))
     if desc.port:
-        media.uses_dtls = fingerprint and media.peer_setup in _DTLS_SETUPS
+        media.uses_dtls = fingerprint and setup in _DTLS_SETUPS
         media.uses_sdes = media.uses_sdes or bool(crypto)
     media.osrtp = desc.protocol in OSRTP_CAPABLE and (fingerprint or bool(crypto))
     seen = desc.protocol + ("+osrtp" if media.osrtp else "")

@@ -38,7 +38,7 @@ ICE-lite agent for.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 
 from relayd.calls import ice
@@ -91,7 +91,7 @@ class RewriteOptions:
     family: str  # "IP4" or "IP6" of that address
     candidate_address: str = ""  # the ng ``media address``: every candidate of ours says it
     keep_ice: bool = False  # the sender's ICE attributes go through (ICE=optional)
-    replace: frozenset[str] = frozenset()
+    replace: Set[str] = frozenset()  # the ng replace options (read only)
     original_sendrecv: bool = False
     rtcp_attribute: str = "short"  # "short", "full" or "none"
     loop_marker: str = ""  # a=rtpengine:<marker> when loop-protect is asked for

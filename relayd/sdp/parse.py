@@ -25,7 +25,9 @@ def parse_sdp(body: str) -> SessionDescription:
     hand: this runs for every offer and answer.
     """
     eol = "\r\n" if "\r\n" in body else "\n"
-    raw_lines = body.replace("\r\n", "\n").split("\n")
+    text = body.replace("\r\n", "\n")
+    stray_cr = "\r" in text  # a line ending "\r" or "\r\r\n": the "\r" is no part of it
+    raw_lines = text.split("\n")
     while raw_lines and raw_lines[-1] == "":
         raw_lines.pop()
     if not raw_lines or not raw_lines[0].startswith("v="):
@@ -36,19 +38,22 @@ def parse_sdp(body: str) -> SessionDescription:
     section: Session | MediaDescription = session  # where the lines go now
     add = session.lines.append
     for raw in raw_lines:
-        raw = raw.rstrip("\r")
+        if stray_cr:
+            raw = raw.rstrip("\r")
         kind = raw[:1]
         if raw[1:2] != "=" or not kind.isalpha():
             raise SdpError(f"malformed line: {raw!r}")
-        line = Line(kind, raw[2:])
         if kind == "a":
-            add(line)
-        elif kind == "m":
-            section = _parse_media(line.value)
+            add(Line("a", raw[2:]))
+            continue
+        if kind == "m":
+            section = _parse_media(raw[2:])
             section.parsed_connection = None
             media.append(section)
             add = section.lines.append
-        elif kind == "c":
+            continue
+        line = Line(kind, raw[2:])
+        if kind == "c":
             add(line)
             if section.parsed_connection is None:
                 section.parsed_connection = Connection.parse(line.value)
