@@ -196,11 +196,14 @@ def _rewrite_session(
         elif kind == "s" and opts.session_name is not None:
             line = Line("s", opts.session_name)
         elif kind == "c" and replace_session_c:
-            original_c = line
             # as the first media section's address: the null address where that one is on
-            # hold (its own c= or this one zero), else ours
+            # hold (its own c= or this one zero), else ours; the session's first c= is
+            # parsed already
             first = descs[0].connection() if descs else None
+            if first is None:
+                first = session.connection() if original_c is None else None
             held = (first or Connection.parse(line.value)).is_zero and keep_zero
+            original_c = line
             line = _connection_line(held, opts)
         lines.append(line)
     return lines, original_c
@@ -210,8 +213,21 @@ def _connection_line(zero: bool, opts: RewriteOptions) -> Line:
     """``c=`` towards the receiver: our address, or for a zero (hold) address the null
     address of the outgoing family, unless ``replace: zero-address``."""
     if zero and "zero-address" not in opts.replace:
-        return Line("c", f"IN {opts.family} {'::' if opts.family == 'IP6' else '0.0.0.0'}")
-    return Line("c", f"IN {opts.family} {opts.address}")
+        return _NULL_CONNECTIONS[opts.family]
+    key = (opts.family, opts.address)
+    line = _CONNECTIONS.get(key)
+    if line is None:
+        line = Line("c", f"IN {opts.family} {opts.address}")
+        if len(_CONNECTIONS) < _CONNECTIONS_LIMIT:
+            _CONNECTIONS[key] = line
+    return line
+
+
+_NULL_CONNECTIONS = {"IP4": Line("c", "IN IP4 0.0.0.0"), "IP6": Line("c", "IN IP6 ::")}
+# our c= lines: a few addresses (the interfaces'; bounded, as an ng media-address may
+# name any)
+_CONNECTIONS: dict[tuple[str, str], Line] = {}
+_CONNECTIONS_LIMIT = 256
 
 
 def _pass_through(desc: MediaDescription, session_c: Line | None) -> MediaDescription:
@@ -269,6 +285,7 @@ _RTCP_MUX = Line("a", "rtcp-mux")
 _END_OF_CANDIDATES = Line("a", "end-of-candidates")
 _ICE_LITE = Line("a", "ice-lite")
 _ICE_TRICKLE = Line("a", "ice-options:trickle")
+_PTIME_LINES: dict[int, Line] = {}  # a=ptime: a few packet times (bounded: from SDPs)
 
 
 def _rewrite_media(
@@ -342,7 +359,12 @@ def _rewrite_media(
             lines.append(Line("a", f"setup:{security.setup}"))
             lines.append(Line("a", f"fingerprint:{fingerprint}"))
     if media.ptime:
-        lines.append(Line("a", f"ptime:{media.ptime}"))
+        ptime = _PTIME_LINES.get(media.ptime)
+        if ptime is None:
+            ptime = Line("a", f"ptime:{media.ptime}")
+            if len(_PTIME_LINES) < 64:
+                _PTIME_LINES[media.ptime] = ptime
+        lines.append(ptime)
     if security is not PLAIN or end_of_candidates:
         lines += _ice_lines(media, desc, opts, end_of_candidates)
     return out
