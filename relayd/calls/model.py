@@ -484,7 +484,12 @@ class Call:
     def parties(self) -> list[Monologue]:
         """Every party once (a party is under each of its tags and aliases, and under its
         via-branch), in the order first seen: the tagged ones, then unanswered branches."""
-        seen = {id(mono): mono for mono in self.monologues.values()}
-        if self.branches:
-            seen.update({id(mono): mono for mono in self.branches.values()})
-        return list(seen.values())
+        parties = list(self.monologues.values())
+        seen = set(map(id, parties))
+        if len(seen) != len(parties):  # an early-media fork: one party under two tags
+            parties = list({id(mono): mono for mono in parties}.values())
+        for mono in self.branches.values():
+            if id(mono) not in seen:
+                seen.add(id(mono))
+                parties.append(mono)
+        return parties

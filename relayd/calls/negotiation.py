@@ -187,8 +187,10 @@ def _relay(receiver: Media, sender: Media, req: Request) -> bool:
     """``ICE=force-relay`` with a sender that does ICE: nothing of its ICE, DTLS or SDES is
     ours to terminate (rtpengine's passthrough); the receiver gets the sender's SDP with our
     relay candidates added. Returns whether that is the case."""
-    receiver.ice_relay = req.ice == "force-relay" and sender.peer_ice
-    if not receiver.ice_relay:
+    relay = req.ice == "force-relay" and sender.peer_ice
+    if relay != receiver.ice_relay:  # (no write where it stays: plain media share theirs)
+        receiver.ice_relay = relay
+    if not relay:
         return False
     receiver.out_protocol, receiver.out_osrtp = sender.protocol, sender.osrtp
     receiver.crypto_out, receiver.setup, receiver.dtls_role = (), "", ""
@@ -205,10 +207,12 @@ def offer(target: Media, source: Media, req: Request, *, dtls_passive: bool = Fa
     (``source.dtls_role``, as rtpengine starts it): the answer confirms or replaces it."""
     if _relay(target, source, req):
         return
-    target.out_protocol, target.out_osrtp = _offer_protocol(target, source, req)
+    target.out_protocol, osrtp = _offer_protocol(target, source, req)
     previous = target.crypto_out
-    target.crypto_out = ()
-    target.setup = ""
+    if osrtp or target.security is not PLAIN:  # a plain media holds these defaults
+        target.out_osrtp = osrtp
+        target.crypto_out = ()
+        target.setup = ""
     if is_srtp(target.out_protocol) or target.out_osrtp:
         if not (target.uses_dtls or target.uses_sdes):
             target.uses_dtls = req.dtls != "off"
@@ -219,12 +223,14 @@ def offer(target: Media, source: Media, req: Request, *, dtls_passive: bool = Fa
         if target.uses_dtls:
             target.setup = "actpass"
             _choose_fingerprint(target, req)
-    else:
+    elif target.security is not PLAIN:
         target.uses_dtls = target.uses_sdes = False
     # DTLS-reverse=passive (or a role kept from before): passive towards an actpass offerer
-    source.prefer_passive = req.dtls_reverse == "passive" or (
+    prefer_passive = req.dtls_reverse == "passive" or (
         source.dtls_role == "passive" and req.dtls_reverse != "active"
     )
+    if prefer_passive != source.prefer_passive:
+        source.prefer_passive = prefer_passive
     if (
         source.uses_dtls
         and req.dtls != "off"
@@ -284,13 +290,18 @@ def answer(offerer: Media, answerer: Media, req: Request, *, dtls_passive: bool)
         return
     protocol, osrtp = _answer_protocol(offerer, answerer, req)
     # the answerer's transport is its own from now on (a re-offer keeps it)
-    answerer.out_protocol, answerer.out_osrtp = answerer.protocol, answerer.osrtp
-    offerer.out_protocol, offerer.out_osrtp = protocol, osrtp
+    answerer.out_protocol = answerer.protocol
+    offerer.out_protocol = protocol
     previous = offerer.crypto_out
-    offerer.crypto_out, offerer.setup, offerer.dtls_role = (), "", ""
-    offerer.srtp_in = offerer.srtp_out = None
-    answerer.srtp_in = answerer.srtp_out = None
-    answerer.dtls_role = ""
+    # (plain media, nearly all, hold the defaults these reset to: nothing to write)
+    if answerer.security is not PLAIN:
+        answerer.out_osrtp = answerer.osrtp
+        answerer.srtp_in = answerer.srtp_out = None
+        answerer.dtls_role = ""
+    if osrtp or offerer.security is not PLAIN:
+        offerer.out_osrtp = osrtp
+        offerer.crypto_out, offerer.setup, offerer.dtls_role = (), "", ""
+        offerer.srtp_in = offerer.srtp_out = None
     # the answerer's side: what it took of what we offered it
     secure = is_srtp(answerer.protocol) or answerer.osrtp
     taken = answerer.crypto[0] if answerer.crypto else None
@@ -306,7 +317,8 @@ def answer(offerer: Media, answerer: Media, req: Request, *, dtls_passive: bool)
             answerer.srtp_in, answerer.srtp_out = taken, offered
     # the offerer's side
     if not (is_srtp(protocol) or osrtp):
-        offerer.uses_dtls = offerer.uses_sdes = False
+        if offerer.security is not PLAIN:
+            offerer.uses_dtls = offerer.uses_sdes = False
     elif offerer.uses_dtls and not (offerer.uses_sdes and req.dtls == "off"):
         offerer.uses_sdes = False
         offerer.setup = _answer_setup(offerer, req, dtls_passive)

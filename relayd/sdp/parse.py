@@ -37,14 +37,26 @@ def parse_sdp(body: str) -> SessionDescription:
     sessions = [session]
     section: Session | MediaDescription = session  # where the lines go now
     add = session.lines.append
+    recurring = _RECURRING_LINES
     for raw in raw_lines:
         if stray_cr:
             raw = raw.rstrip("\r")
+        line = recurring.get(raw)
+        if line is not None:  # a=rtpmap:0 PCMU/8000, t=0 0, ...: made before, checked then
+            add(line)
+            continue
         kind = raw[:1]
         if raw[1:2] != "=" or not kind.isalpha():
             raise SdpError(f"malformed line: {raw!r}")
         if kind == "a":
-            add(Line("a", raw[2:]))
+            line = Line("a", raw[2:])
+            if line.attr in _RECURRING_ATTRIBUTES and len(recurring) < _RECURRING_LIMIT:
+                recurring[raw] = line
+            add(line)
+            continue
+        if kind == "t" and len(recurring) < _RECURRING_LIMIT:
+            line = recurring[raw] = Line("t", raw[2:])
+            add(line)
             continue
         if kind == "m":
             section = _parse_media(raw[2:])
@@ -88,6 +100,29 @@ def _parse_media(value: str) -> MediaDescription:
     media.keep_verbatim(value)
     return media
 
+
+# Lines that come again in every SDP of a deployment's phones (their codecs, packet time,
+# direction, timing) are made once and shared by every SDP that has them (lines are not
+# changed once made). Bounded, since lines come from the network: past the limit a new
+# line is made each time it comes. Not the lines with addresses, ports, keys or ICE
+# credentials: those differ from call to call.
+_RECURRING_ATTRIBUTES = frozenset(
+    {
+        "rtpmap",
+        "fmtp",
+        "rtcp-fb",
+        "ptime",
+        "maxptime",
+        "sendrecv",
+        "sendonly",
+        "recvonly",
+        "inactive",
+        "rtcp-mux",
+        "silenceSupp",
+    }
+)
+_RECURRING_LINES: dict[str, Line] = {}
+_RECURRING_LIMIT = 4096
 
 # media types and transports: a few distinct words every call keeps in its model
 _shared = Shared[str](256)
