@@ -441,8 +441,11 @@ def _codec_lines(media: Media) -> list[Line]:
         known = _CODEC_LINES.get(id(codec))
         if known is None or known[0] is not codec:
             known = (codec, _lines_of(codec))
-            if len(_CODEC_LINES) < _CODEC_LINES_LIMIT:
-                _CODEC_LINES[id(codec)] = known
+            if len(_CODEC_LINES) >= _CODEC_LINES_LIMIT:
+                # full: transcoding makes codec objects of its own per call, which are not
+                # seen again (and the table holds them): start over
+                _CODEC_LINES.clear()
+            _CODEC_LINES[id(codec)] = known
         lines += known[1]
     return lines
 

@@ -48,14 +48,12 @@ def parse_sdp(body: str) -> SessionDescription:
         kind = raw[:1]
         if raw[1:2] != "=" or not kind.isalpha():
             raise SdpError(f"malformed line: {raw!r}")
-        if kind == "a":
-            line = Line("a", raw[2:])
-            if line.attr in _RECURRING_ATTRIBUTES and len(recurring) < _RECURRING_LIMIT:
+        if kind == "a" or kind == "t":
+            line = Line(kind, raw[2:])
+            if kind == "t" or line.attr in _RECURRING_ATTRIBUTES:
+                if len(recurring) >= _RECURRING_LIMIT:
+                    recurring.clear()  # full of lines that did not come again: start over
                 recurring[raw] = line
-            add(line)
-            continue
-        if kind == "t" and len(recurring) < _RECURRING_LIMIT:
-            line = recurring[raw] = Line("t", raw[2:])
             add(line)
             continue
         if kind == "m":
@@ -103,9 +101,9 @@ def _parse_media(value: str) -> MediaDescription:
 
 # Lines that come again in every SDP of a deployment's phones (their codecs, packet time,
 # direction, timing) are made once and shared by every SDP that has them (lines are not
-# changed once made). Bounded, since lines come from the network: past the limit a new
-# line is made each time it comes. Not the lines with addresses, ports, keys or ICE
-# credentials: those differ from call to call.
+# changed once made). Bounded, since lines come from the network: a full table (of lines
+# that did not come again, such as an H.264 fmtp unique to a call) starts over. Not the
+# lines with addresses, ports, keys or ICE credentials: those differ from call to call.
 _RECURRING_ATTRIBUTES = frozenset(
     {
         "rtpmap",

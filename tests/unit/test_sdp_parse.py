@@ -166,7 +166,7 @@ def test_recurring_lines_are_shared_and_per_call_ones_are_not() -> None:
 
 
 def test_recurring_lines_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Lines come from the network: past the limit a new one is made each time it comes."""
+    """Lines come from the network: a full table starts over."""
     from relayd.sdp import parse
 
     monkeypatch.setattr(parse, "_RECURRING_LINES", {})
@@ -175,7 +175,7 @@ def test_recurring_lines_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         body = OFFER.replace("a=fmtp:101 0-16", f"a=fmtp:101 0-{n}")
         sdp = parse_sdp(body)
         assert write_sdp(sdp) == body
-    assert len(parse._RECURRING_LINES) == 3
+    assert 0 < len(parse._RECURRING_LINES) <= 3
 
 
 def test_lines_keep_their_text_and_compare_by_value() -> None:
