@@ -132,9 +132,7 @@ def _media(
     return tree
 
 
-def _endpoint(ep: Endpoint | None) -> dict[str, Any]:
-    if ep is None:
-        return {}
+def _endpoint(ep: Endpoint) -> dict[str, Any]:
     return {
         "family": "IPv6" if ":" in ep.address else "IPv4",
         "address": ep.address,
@@ -148,7 +146,8 @@ def _stream(
     """One stream's entry; ``suite`` is its media's SRTP suite towards the party ("": none).
     A :class:`Stream` holds its own counters (``stream.stats`` is the stream)."""
     flags = ["RTCP" if stream.rtcp else "RTP"]
-    if stream.endpoint is not None:
+    endpoint, advertised = stream.endpoint, stream.advertised_endpoint
+    if endpoint is not None:
         flags.append("filled")
     if stream.confirmed:
         flags.append("confirmed")
@@ -170,8 +169,8 @@ def _stream(
         "local port": stream.port,
         "local address": local.local,
         "family": "IPv6" if ":" in local.local else "IPv4",
-        "endpoint": _endpoint(stream.endpoint),
-        "advertised endpoint": _endpoint(stream.advertised_endpoint),
+        "endpoint": {} if endpoint is None else _endpoint(endpoint),
+        "advertised endpoint": {} if advertised is None else _endpoint(advertised),
         "last packet": int(stream.last_packet or call.created),
         "flags": flags,
         "stats": {"packets": packets, "bytes": bytes_, "errors": errors},
