@@ -132,7 +132,9 @@ def _media(
     return tree
 
 
-def _endpoint(ep: Endpoint) -> dict[str, Any]:
+def _endpoint(ep: Endpoint | None) -> dict[str, Any]:
+    if ep is None:
+        return {}
     return {
         "family": "IPv6" if ":" in ep.address else "IPv4",
         "address": ep.address,
@@ -146,8 +148,7 @@ def _stream(
     """One stream's entry; ``suite`` is its media's SRTP suite towards the party ("": none).
     A :class:`Stream` holds its own counters (``stream.stats`` is the stream)."""
     flags = ["RTCP" if stream.rtcp else "RTP"]
-    endpoint, advertised = stream.endpoint, stream.advertised_endpoint
-    if endpoint is not None:
+    if stream.endpoint is not None:
         flags.append("filled")
     if stream.confirmed:
         flags.append("confirmed")
@@ -169,8 +170,8 @@ def _stream(
         "local port": stream.port,
         "local address": local.local,
         "family": "IPv6" if ":" in local.local else "IPv4",
-        "endpoint": {} if endpoint is None else _endpoint(endpoint),
-        "advertised endpoint": {} if advertised is None else _endpoint(advertised),
+        "endpoint": _endpoint(stream.endpoint),
+        "advertised endpoint": _endpoint(stream.advertised_endpoint),
         "last packet": int(stream.last_packet or call.created),
         "flags": flags,
         "stats": {"packets": packets, "bytes": bytes_, "errors": errors},

@@ -76,8 +76,6 @@ def _remove(
 ) -> list[Codec]:
     """``codecs`` less those the options of ``kinds`` name (but ``except``), with those
     ``offer`` names put back, less the DTMF and CN codecs this leaves alone."""
-    if not ops:
-        return list(codecs)  # no codec options (nearly every offer and answer)
     removing = names_of(ops, *kinds)
     if not codecs or not removing:
         return list(codecs)

@@ -21,19 +21,14 @@ class Interfaces:
             self.by_name.setdefault(addr.interface, []).append(addr)
         self.default = addresses[0].interface
         self.all = list(addresses)
-        # select's answers (several per offer and answer), bounded: a name may come from ng
-        self._selected: dict[tuple[str, str], LocalAddress] = {}
 
     def select(self, name: str, family: str) -> LocalAddress:
         """The address of interface ``name`` (default if unknown) in ``family`` if it has one."""
-        selected = self._selected.get((name, family))
-        if selected is not None:
-            return selected
         candidates = self.by_name.get(name) or self.by_name[self.default]
-        selected = next((a for a in candidates if a.family == family), candidates[0])
-        if len(self._selected) < 256:
-            self._selected[name, family] = selected
-        return selected
+        for addr in candidates:
+            if addr.family == family:
+                return addr
+        return candidates[0]
 
     def has(self, name: str) -> bool:
         return name in self.by_name

@@ -482,14 +482,7 @@ class Call:
         return result
 
     def parties(self) -> list[Monologue]:
-        """Every party once (a party is under each of its tags and aliases, and under its
-        via-branch), in the order first seen: the tagged ones, then unanswered branches."""
-        parties = list(self.monologues.values())
-        seen = set(map(id, parties))
-        if len(seen) != len(parties):  # an early-media fork: one party under two tags
-            parties = list({id(mono): mono for mono in parties}.values())
-        for mono in self.branches.values():
-            if id(mono) not in seen:
-                seen.add(id(mono))
-                parties.append(mono)
-        return parties
+        seen: dict[int, Monologue] = {}
+        for mono in [*self.monologues.values(), *self.branches.values()]:
+            seen.setdefault(id(mono), mono)
+        return list(seen.values())
