@@ -113,7 +113,11 @@ def rewrite_sdp(
     """Return a rewritten copy of ``sdp``; ``medias`` are the receiving party's, by index."""
     # the session level follows the first media in use (a rejected or m=message section
     # first does not decide it)
-    lead = next((m for m in medias if m.port and not m.rejected), None)
+    lead: Media | None = None
+    for media in medias:
+        if media.port and not media.rejected:
+            lead = media
+            break
     # ICE=force-relay passthrough: the session's addresses and attributes stay the sender's
     relay = lead is not None and lead.ice_relay
     sessions: list[Session] = []
