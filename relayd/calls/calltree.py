@@ -145,8 +145,7 @@ def _endpoint(ep: Endpoint | None) -> dict[str, Any]:
 def _stream(
     party: Monologue, stream: Stream, suite: str, call: Call, totals: Totals
 ) -> dict[str, Any]:
-    """One stream's entry; ``suite`` is its media's SRTP suite towards the party ("": none).
-    A :class:`Stream` holds its own counters (``stream.stats`` is the stream)."""
+    """One stream's entry; ``suite`` is its media's SRTP suite towards the party ("": none)."""
     flags = ["RTCP" if stream.rtcp else "RTP"]
     if stream.endpoint is not None:
         flags.append("filled")
@@ -160,7 +159,8 @@ def _stream(
         flags.append("media handover")
     if stream.dtls == "connected":
         flags.append("DTLS fingerprint verified")
-    packets, bytes_, errors = stream.packets, stream.bytes, stream.errors
+    stats = stream.stats
+    packets, bytes_, errors = stats.packets, stats.bytes, stats.errors
     bucket = totals["RTCP" if stream.rtcp else "RTP"]
     bucket["packets"] += packets
     bucket["bytes"] += bytes_
@@ -172,7 +172,7 @@ def _stream(
         "family": "IPv6" if ":" in local.local else "IPv4",
         "endpoint": _endpoint(stream.endpoint),
         "advertised endpoint": _endpoint(stream.advertised_endpoint),
-        "last packet": int(stream.last_packet or call.created),
+        "last packet": int(stats.last_packet or call.created),
         "flags": flags,
         "stats": {"packets": packets, "bytes": bytes_, "errors": errors},
     }

@@ -94,11 +94,9 @@ def _media_deadline(call: Call, limits: Limits) -> tuple[float, Reason] | None:
     held = False
     for party in call.parties():
         for media in party.medias:
-            if not (media.send and media.recv) or media.zero_address:
-                held = True
+            held = held or not (media.send and media.recv) or media.zero_address
             for stream in media.streams:
-                if stream.last_packet > last:  # a Stream holds its own counters
-                    last = stream.last_packet
+                last = max(last, stream.stats.last_packet)
     if held:
         limit, reason = limits.silent_timeout, Reason.SILENT_TIMEOUT
     else:
@@ -120,7 +118,7 @@ class TimerHeap:
         """(Re)compute when the timers look at ``call`` next: after signalling, a restore
         or a change of limits."""
         found = deadlines(call, limits)
-        when = min(found)[0] if found else None
+        when = min(w for w, _ in found) if found else None
         if call.reap_at:
             self._stale += 1  # its earlier entry no longer counts
         call.reap_at = when if when is not None else 0.0
