@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from relayd.calls.codec_plans import media_codecs
-from relayd.calls.model import Call, Endpoint, Media, Monologue, Stream
+from relayd.calls.model import PLAIN, Call, Endpoint, Media, Monologue, Stream
 
 __all__ = ["call_tree"]
 
@@ -71,18 +71,21 @@ def _tag(call: Call, party: Monologue, totals: Totals) -> dict[str, Any]:
     if party.label:
         tree["label"] = party.label
     tree["created"] = int(party.created)
-    peer = _peer_tag(call, party)
-    if peer is not None:
-        link = [{"tag": peer, "type": "offer/answer"}]
+    peer_tag = _peer_tag(call, party)
+    if peer_tag is not None:
+        link = [{"tag": peer_tag, "type": "offer/answer"}]
         tree["subscriptions"] = link
         tree["subscribers"] = link
     if party.aliases:
         tree["tag-aliases"] = list(party.aliases)
-    tree["medias"] = [_media(party, m, call, totals) for m in party.medias]
+    peer = call.monologues.get(peer_tag or "")
+    tree["medias"] = [_media(party, m, peer, call, totals) for m in party.medias]
     return tree
 
 
-def _media(party: Monologue, media: Media, call: Call, totals: Totals) -> dict[str, Any]:
+def _media(
+    party: Monologue, media: Media, peer: Monologue | None, call: Call, totals: Totals
+) -> dict[str, Any]:
     flags = []
     if party.sent_sdp:
         flags.append("initialized")
@@ -92,31 +95,35 @@ def _media(party: Monologue, media: Media, call: Call, totals: Totals) -> dict[s
         flags.append("send")
     if media.recv:
         flags.append("recv")
-    if media.rtcp_mux and media.peer_rtcp_mux:
+    muxed = media.rtcp_mux and media.peer_rtcp_mux
+    if muxed:
         flags.append("rtcp-mux")
-    if media.dtls_role:
-        flags += ["DTLS-SRTP", f"DTLS role {media.dtls_role}"]
-    if media.srtp_in is not None or media.srtp_out is not None:
-        flags.append("SDES")
-    if media.ice_ufrag:
-        flags.append("ICE")
-        if media.peer_trickle:
-            flags.append("trickle ICE")
+    security = media.security
+    if security is not PLAIN:
+        if security.dtls_role:
+            flags += ["DTLS-SRTP", f"DTLS role {security.dtls_role}"]
+        if security.srtp_in is not None or security.srtp_out is not None:
+            flags.append("SDES")
+        if security.ice_ufrag:
+            flags.append("ICE")
+            if security.peer_trickle:
+                flags.append("trickle ICE")
     if party.answerer:
         flags.append("ICE controlling")
-    peer = call.monologues.get(_peer_tag(call, party) or "")
     codecs_in: list[str] = []
     codecs_out: list[str] = []
     if peer is not None and media.index < len(peer.medias):
         codecs_in, codecs_out = media_codecs(media, peer.medias[media.index])
     if codecs_in or codecs_out:
         flags.append("transcoding")  # as 10.5 marks a media it transcodes
-    streams = media.streams[:1] if media.rtcp_mux and media.peer_rtcp_mux else media.streams
+    streams = media.streams[:1] if muxed else media.streams
+    srtp_out = security.srtp_out
+    suite = srtp_out.suite if srtp_out is not None else ""
     tree: dict[str, Any] = {
         "index": media.index + 1,
         "type": media.type,
         "protocol": media.protocol,
-        "streams": [_stream(party, media, s, call, totals) for s in streams],
+        "streams": [_stream(party, s, suite, call, totals) for s in streams],
         "flags": flags,
     }
     if codecs_in or codecs_out:
@@ -129,15 +136,16 @@ def _endpoint(ep: Endpoint | None) -> dict[str, Any]:
     if ep is None:
         return {}
     return {
-        "family": "IPv6" if ep.family == "IP6" else "IPv4",
+        "family": "IPv6" if ":" in ep.address else "IPv4",
         "address": ep.address,
         "port": ep.port,
     }
 
 
 def _stream(
-    party: Monologue, media: Media, stream: Stream, call: Call, totals: Totals
+    party: Monologue, stream: Stream, suite: str, call: Call, totals: Totals
 ) -> dict[str, Any]:
+    """One stream's entry; ``suite`` is its media's SRTP suite towards the party ("": none)."""
     flags = ["RTCP" if stream.rtcp else "RTP"]
     if stream.endpoint is not None:
         flags.append("filled")
@@ -151,25 +159,23 @@ def _stream(
         flags.append("media handover")
     if stream.dtls == "connected":
         flags.append("DTLS fingerprint verified")
-    stats = {
-        "packets": stream.stats.packets,
-        "bytes": stream.stats.bytes,
-        "errors": stream.stats.errors,
-    }
+    stats = stream.stats
+    packets, bytes_, errors = stats.packets, stats.bytes, stats.errors
     bucket = totals["RTCP" if stream.rtcp else "RTP"]
-    for key, value in stats.items():
-        bucket[key] += value
+    bucket["packets"] += packets
+    bucket["bytes"] += bytes_
+    bucket["errors"] += errors
+    local = stream.local
     tree: dict[str, Any] = {
         "local port": stream.port,
-        "local address": stream.local.local,
-        "family": "IPv6" if stream.local.family == "IP6" else "IPv4",
+        "local address": local.local,
+        "family": "IPv6" if ":" in local.local else "IPv4",
         "endpoint": _endpoint(stream.endpoint),
         "advertised endpoint": _endpoint(stream.advertised_endpoint),
-        "last packet": int(stream.stats.last_packet or call.created),
+        "last packet": int(stats.last_packet or call.created),
         "flags": flags,
-        "stats": stats,
+        "stats": {"packets": packets, "bytes": bytes_, "errors": errors},
     }
-    suite = media.srtp_out.suite if media.srtp_out is not None else ""
     if suite:
         tree["crypto suite"] = suite
     # relayd's own keys: how the worker's DTLS and ICE stand (a failure shows here)

@@ -240,6 +240,8 @@ def _supplemental(takes: Sequence[Codec], name: str, rate: int) -> Format | None
 def media_codecs(media: Media, peer: Media) -> tuple[list[str], list[str]]:
     """For ``query``: the encodings ``media``'s party sends (in) and those sent to it (out)
     where the pair transcodes, as ``PT encoding`` (empty lists where it does not)."""
+    if media.codec_setup is None and peer.codec_setup is None:
+        return [], []  # no offer set transcoding up: no plan either way (nearly every call)
     if direction_plan(media, peer) is None and direction_plan(peer, media) is None:
         return [], []
     return (

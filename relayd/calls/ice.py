@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relayd.calls.model import Media
+from relayd.calls.model import PLAIN, Media
 from relayd.calls.webrtc import new_credentials
 from relayd.ng.message import Request
 
@@ -136,9 +136,10 @@ def settle(receiver: Media, sender: Media, req: Request, *, offer: bool, restart
         receiver.ice = False
     elif option in _SETS_ICE:
         receiver.ice = True
-    if req.has("ice-reject") or req.has("reject-ice"):
+    flags = req.flags
+    if "ice-reject" in flags or "reject-ice" in flags:
         sender.ice = False
-    if offer and req.has("trickle-ice"):
+    if offer and "trickle-ice" in flags:
         receiver.trickle = True
     if restart:
         sender.ice_ufrag = sender.ice_pwd = ""  # an ICE restart: new credentials of ours too
@@ -183,6 +184,8 @@ def _finish(receiver: Media, sender: Media) -> None:
     sender's too: checks may come before the answer), dropped when it ends."""
     sender.initialized = True
     for media in (receiver, sender):
+        if media.security is PLAIN:
+            continue  # plain RTP: no ICE, no credentials of ours (nothing to drop)
         if not takes_part(media):
             media.ice_ufrag = media.ice_pwd = ""
         elif not media.ice_ufrag:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from relayd.calls.model import Media
+from relayd.calls.model import PLAIN, Media
 from relayd.calls.webrtc import (
     FINGERPRINT_HASHES,
     OSRTP_CAPABLE,
@@ -50,6 +50,7 @@ __all__ = ["answer", "learn", "offer"]
 # attributes whose first value counts, at media level, else at session level
 _INHERITED = frozenset({"fingerprint", "setup", "ice-ufrag", "ice-pwd"})
 _LEARNED = frozenset({*_INHERITED, "crypto", "candidate", "ice-options", "ice-lite", "mid"})
+_SESSION_LEARNED = frozenset({*_INHERITED, "ice-lite"})
 _DTLS_SETUPS = frozenset({"actpass", "active", "passive"})
 
 
@@ -102,24 +103,40 @@ def learn(
             lite = True
         elif attr not in first:
             first[attr] = value
+    fingerprint_value = first.get("fingerprint", "")
+    setup = first.get("setup", "")
+    ufrag = first.get("ice-ufrag", "")
+    pwd = first.get("ice-pwd", "")
+    if not (fingerprint_value and setup and ufrag and pwd and lite):
+        # a value missing (or empty) at media level is taken from the session level
+        above = _first_values(session, _SESSION_LEARNED)
+        fingerprint_value = fingerprint_value or above.get("fingerprint", "")
+        setup = setup or above.get("setup", "")
+        ufrag = ufrag or above.get("ice-ufrag", "")
+        pwd = pwd or above.get("ice-pwd", "")
+        lite = lite or "ice-lite" in above
+    if media.security is PLAIN and not (
+        crypto or candidates or options or lite or fingerprint_value or setup or ufrag or pwd
+    ):
+        # plain RTP, nearly every media: what this SDP says is what the shared empty
+        # MediaSecurity holds (no keys, no DTLS, no ICE), so nothing of it is written
+        media.mid = first.get("mid", "")
+        media.protocol_changed = desc.protocol != media.protocol_seen
+        media.protocol_seen = desc.protocol
+        return False
     if crypto and any(flag.startswith("no-") for flag in req.sdes):
         allowed = set(allowed_suites(req.sdes))
         media.crypto = tuple(c for c in crypto if c.suite in allowed)
     else:
         media.crypto = tuple(crypto)
-    inherited = {name: first.get(name, "") for name in _INHERITED}
-    if not all(inherited.values()):
-        # a value missing (or empty) at media level is taken from the session level
-        above = _first_values(session, _INHERITED)
-        inherited = {name: value or above.get(name, "") for name, value in inherited.items()}
-    media.peer_fingerprint = inherited["fingerprint"]
-    media.peer_setup = inherited["setup"]
+    media.peer_fingerprint = fingerprint_value
+    media.peer_setup = setup
     previous = media.peer_ice_ufrag
-    media.peer_ice_ufrag = inherited["ice-ufrag"]
-    media.peer_ice_pwd = inherited["ice-pwd"]
-    media.peer_ice = bool(media.peer_ice_ufrag or candidates)
+    media.peer_ice_ufrag = ufrag
+    media.peer_ice_pwd = pwd
+    media.peer_ice = bool(ufrag or candidates)
     media.peer_candidates = tuple(candidates)
-    media.peer_ice_lite = lite or any(ln.attr == "ice-lite" for ln in session)
+    media.peer_ice_lite = lite
     # RFC 8838 §5.2: an ICE agent with no candidate yet says 0.0.0.0 (or ::) port 9
     media.peer_trickle_address = (
         media.peer_ice and desc.port == 9 and conn is not None and conn.is_zero
@@ -128,9 +145,9 @@ def learn(
     if not media.rejected:
         media.ice, media.trickle = media.peer_ice, media.peer_trickle
     media.mid = first.get("mid", "")
-    fingerprint = bool(_fingerprint_hash(media.peer_fingerprint))
+    fingerprint = bool(_fingerprint_hash(fingerprint_value))
     if desc.port:
-        media.uses_dtls = fingerprint and media.peer_setup in _DTLS_SETUPS
+        media.uses_dtls = fingerprint and setup in _DTLS_SETUPS
         media.uses_sdes = media.uses_sdes or bool(crypto)
     media.osrtp = desc.protocol in OSRTP_CAPABLE and (fingerprint or bool(crypto))
     seen = desc.protocol + ("+osrtp" if media.osrtp else "")
@@ -170,8 +187,10 @@ def _relay(receiver: Media, sender: Media, req: Request) -> bool:
     """``ICE=force-relay`` with a sender that does ICE: nothing of its ICE, DTLS or SDES is
     ours to terminate (rtpengine's passthrough); the receiver gets the sender's SDP with our
     relay candidates added. Returns whether that is the case."""
-    receiver.ice_relay = req.ice == "force-relay" and sender.peer_ice
-    if not receiver.ice_relay:
+    relay = req.ice == "force-relay" and sender.peer_ice
+    if relay != receiver.ice_relay:  # (no write where it stays: plain media share theirs)
+        receiver.ice_relay = relay
+    if not relay:
         return False
     receiver.out_protocol, receiver.out_osrtp = sender.protocol, sender.osrtp
     receiver.crypto_out, receiver.setup, receiver.dtls_role = (), "", ""
@@ -188,10 +207,12 @@ def offer(target: Media, source: Media, req: Request, *, dtls_passive: bool = Fa
     (``source.dtls_role``, as rtpengine starts it): the answer confirms or replaces it."""
     if _relay(target, source, req):
         return
-    target.out_protocol, target.out_osrtp = _offer_protocol(target, source, req)
+    target.out_protocol, osrtp = _offer_protocol(target, source, req)
     previous = target.crypto_out
-    target.crypto_out = ()
-    target.setup = ""
+    if osrtp or target.security is not PLAIN:  # a plain media holds these defaults
+        target.out_osrtp = osrtp
+        target.crypto_out = ()
+        target.setup = ""
     if is_srtp(target.out_protocol) or target.out_osrtp:
         if not (target.uses_dtls or target.uses_sdes):
             target.uses_dtls = req.dtls != "off"
@@ -202,12 +223,14 @@ def offer(target: Media, source: Media, req: Request, *, dtls_passive: bool = Fa
         if target.uses_dtls:
             target.setup = "actpass"
             _choose_fingerprint(target, req)
-    else:
+    elif target.security is not PLAIN:
         target.uses_dtls = target.uses_sdes = False
     # DTLS-reverse=passive (or a role kept from before): passive towards an actpass offerer
-    source.prefer_passive = req.dtls_reverse == "passive" or (
+    prefer_passive = req.dtls_reverse == "passive" or (
         source.dtls_role == "passive" and req.dtls_reverse != "active"
     )
+    if prefer_passive != source.prefer_passive:
+        source.prefer_passive = prefer_passive
     if (
         source.uses_dtls
         and req.dtls != "off"
@@ -267,13 +290,18 @@ def answer(offerer: Media, answerer: Media, req: Request, *, dtls_passive: bool)
         return
     protocol, osrtp = _answer_protocol(offerer, answerer, req)
     # the answerer's transport is its own from now on (a re-offer keeps it)
-    answerer.out_protocol, answerer.out_osrtp = answerer.protocol, answerer.osrtp
-    offerer.out_protocol, offerer.out_osrtp = protocol, osrtp
+    answerer.out_protocol = answerer.protocol
+    offerer.out_protocol = protocol
     previous = offerer.crypto_out
-    offerer.crypto_out, offerer.setup, offerer.dtls_role = (), "", ""
-    offerer.srtp_in = offerer.srtp_out = None
-    answerer.srtp_in = answerer.srtp_out = None
-    answerer.dtls_role = ""
+    # (plain media, nearly all, hold the defaults these reset to: nothing to write)
+    if answerer.security is not PLAIN:
+        answerer.out_osrtp = answerer.osrtp
+        answerer.srtp_in = answerer.srtp_out = None
+        answerer.dtls_role = ""
+    if osrtp or offerer.security is not PLAIN:
+        offerer.out_osrtp = osrtp
+        offerer.crypto_out, offerer.setup, offerer.dtls_role = (), "", ""
+        offerer.srtp_in = offerer.srtp_out = None
     # the answerer's side: what it took of what we offered it
     secure = is_srtp(answerer.protocol) or answerer.osrtp
     taken = answerer.crypto[0] if answerer.crypto else None
@@ -289,7 +317,8 @@ def answer(offerer: Media, answerer: Media, req: Request, *, dtls_passive: bool)
             answerer.srtp_in, answerer.srtp_out = taken, offered
     # the offerer's side
     if not (is_srtp(protocol) or osrtp):
-        offerer.uses_dtls = offerer.uses_sdes = False
+        if offerer.security is not PLAIN:
+            offerer.uses_dtls = offerer.uses_sdes = False
     elif offerer.uses_dtls and not (offerer.uses_sdes and req.dtls == "off"):
         offerer.uses_sdes = False
         offerer.setup = _answer_setup(offerer, req, dtls_passive)

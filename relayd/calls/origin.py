@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from dataclasses import replace
 from typing import Any
 
 from relayd.calls.model import Monologue
@@ -35,15 +34,20 @@ __all__ = ["origin_fields", "stamp_version"]
 def origin_fields(party: Monologue, sdp: SessionDescription, req: Request) -> dict[str, Any]:
     """The :class:`~relayd.calls.rewrite.RewriteOptions` of ``replace: username`` and
     ``session-name``: the o= user and s= of the party's first SDP, remembered here."""
-    origin = sdp.origin()
-    name = next((ln.value for ln in sdp.session if ln.kind == "s"), None)
-    if party.first_username is None and origin is not None:
-        party.first_username = origin.username
-        party.first_session_name = name
+    if party.first_username is None:
+        origin = sdp.origin()
+        if origin is not None:
+            party.first_username = origin.username
+            party.first_session_name = next(
+                (ln.value for ln in sdp.session if ln.kind == "s"), None
+            )
+    replace = req.replace
+    if not replace:
+        return {}
     fields: dict[str, Any] = {}
-    if "username" in req.replace:
+    if "username" in replace:
         fields["origin_user"] = party.first_username
-    if "session-name" in req.replace:
+    if "session-name" in replace:
         fields["session_name"] = party.first_session_name
     return fields
 
@@ -93,4 +97,4 @@ def _first_version(text: str) -> int:
 
 def _set(origins: list[tuple[list[Line], int, Origin]], version: str) -> None:
     for lines, at, origin in origins:
-        lines[at] = Line("o", str(replace(origin, version=version)))
+        lines[at] = Line("o", str(origin._replace(version=version)))

@@ -150,13 +150,14 @@ def apply_party_flags(party: Monologue, req: Request, *, received: bool = False)
     addresses and labels only to the sender."""
     if req.media_echo is not None:
         party.media_echo = _ECHO_ROLES[req.media_echo][received]
-    if req.has("asymmetric"):
+    flags = req.flags
+    if "asymmetric" in flags:
         party.asymmetric = True
-    elif req.has("symmetric"):
+    elif "symmetric" in flags:
         party.asymmetric = False
-    party.strict_source = party.strict_source or req.has("strict-source")
-    party.media_handover = party.media_handover or req.has("media-handover")
-    party.inject_dtmf = party.inject_dtmf or req.has("inject-dtmf")
+    party.strict_source = party.strict_source or "strict-source" in flags
+    party.media_handover = party.media_handover or "media-handover" in flags
+    party.inject_dtmf = party.inject_dtmf or "inject-dtmf" in flags
     if received:
         return
     if req.received_from:

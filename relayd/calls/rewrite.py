@@ -38,18 +38,18 @@ ICE-lite agent for.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 
 from relayd.calls import ice
-from relayd.calls.model import Media
+from relayd.calls.model import PLAIN, Codec, Media
 from relayd.sdp.model import (
     Connection,
     Line,
     MediaDescription,
-    Origin,
     Session,
     SessionDescription,
+    attribute_value,
 )
 
 __all__ = [
@@ -79,15 +79,19 @@ ICE_ATTRIBUTES = frozenset(
 )
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RewriteOptions:
-    """What the ng flags ask of this rewrite; per-media facts come from :class:`Media`."""
+    """What the ng flags ask of this rewrite; per-media facts come from :class:`Media`.
+
+    Not frozen, though never changed once made: a frozen dataclass's ``__init__`` sets
+    each of these twenty fields through ``object.__setattr__``, four times the cost of
+    plain assignments, for every offer and answer."""
 
     address: str  # our advertised address (or the ng ``media address``) for c=, o=, a=rtcp
     family: str  # "IP4" or "IP6" of that address
     candidate_address: str = ""  # the ng ``media address``: every candidate of ours says it
     keep_ice: bool = False  # the sender's ICE attributes go through (ICE=optional)
-    replace: frozenset[str] = frozenset()
+    replace: Set[str] = frozenset()  # the ng replace options (read only)
     original_sendrecv: bool = False
     rtcp_attribute: str = "short"  # "short", "full" or "none"
     loop_marker: str = ""  # a=rtpengine:<marker> when loop-protect is asked for
@@ -109,18 +113,25 @@ def rewrite_sdp(
     """Return a rewritten copy of ``sdp``; ``medias`` are the receiving party's, by index."""
     # the session level follows the first media in use (a rejected or m=message section
     # first does not decide it)
-    lead = next((m for m in medias if m.port and not m.rejected), None)
+    lead: Media | None = None
+    for media in medias:
+        if media.port and not media.rejected:
+            lead = media
+            break
     # ICE=force-relay passthrough: the session's addresses and attributes stay the sender's
     relay = lead is not None and lead.ice_relay
     sessions: list[Session] = []
     out_media: list[MediaDescription] = []
-    for session in sdp.sessions:
-        descs = sdp.media_of(session)
-        first = medias[session.first_media] if session.first_media < len(medias) else None
+    all_sessions, all_media = sdp.sessions, sdp.media
+    for at, session in enumerate(all_sessions):
+        first_media = session.first_media
+        end = all_sessions[at + 1].first_media if at + 1 < len(all_sessions) else len(all_media)
+        descs = all_media[first_media:end]
+        first = medias[first_media] if first_media < len(medias) else None
         keep_zero = first is None or first.keep_zero_address
         lines, original_c = _rewrite_session(session, descs, opts, relay, keep_zero)
-        sessions.append(Session(lines, session.first_media))
-        for i, desc in enumerate(descs, start=session.first_media):
+        sessions.append(Session(lines, first_media))
+        for i, desc in enumerate(descs, start=first_media):
             if desc.media == PASSTHROUGH_MEDIA:
                 out_media.append(_pass_through(desc, original_c))
             elif i < len(medias):
@@ -130,8 +141,23 @@ def rewrite_sdp(
     if opts.loop_marker:
         sessions[0].lines.append(Line("a", f"rtpengine:{opts.loop_marker}"))
     if lead is not None and lead.ice and lead.ice_lite_self:
-        sessions[0].lines.append(Line("a", "ice-lite"))  # RFC 8839 §5.3: session level
+        sessions[0].lines.append(_ICE_LITE)  # RFC 8839 §5.3: session level
     return SessionDescription(sessions, out_media, sdp.eol)
+
+
+# the session-level attributes we drop (not with ICE=force-relay passthrough), by
+# (original-sendrecv, the sender's ICE attributes kept); a=group:BUNDLE goes as well
+_SESSION_DROPPED = {
+    (sendrecv, keep_ice): frozenset(
+        {
+            *SECURITY_ATTRIBUTES,
+            *(() if sendrecv else DIRECTIONS),
+            *(() if keep_ice else ICE_ATTRIBUTES),
+        }
+    )
+    for sendrecv in (False, True)
+    for keep_ice in (False, True)
+}
 
 
 def _rewrite_session(
@@ -144,52 +170,45 @@ def _rewrite_session(
     """One session's own lines rewritten, and its original ``c=`` line where we replaced it
     (a passed-through section that relied on it gets it). ``keep_zero``: the receiver's
     first media keeps a zero (hold) address (``Media.keep_zero_address``)."""
-    lacks_connection = any(m.connection() is None for m in descs)
-    replace_session_c = ("session-connection" in opts.replace or lacks_connection) and not relay
+    replace = opts.replace
+    lacks_connection = False
+    for desc in descs:
+        if desc.connection() is None:
+            lacks_connection = True
+            break
+    replace_session_c = ("session-connection" in replace or lacks_connection) and not relay
+    dropped = frozenset() if relay else _SESSION_DROPPED[opts.original_sendrecv, opts.keep_ice]
     original_c: Line | None = None
     lines: list[Line] = []
     for line in session.lines:
-        if line.kind == "o":
-            o = Origin.parse(line.value)
-            family, address = (
-                (opts.family, opts.address)
-                if "origin" in opts.replace and not relay
-                else (o.family, o.address)
-            )
-            line = Line(
-                "o",
-                str(
-                    Origin(
-                        opts.origin_user if opts.origin_user is not None else o.username,
-                        o.session_id,
-                        o.version,
-                        o.network,
-                        family,
-                        address,
-                    )
-                ),
-            )
-        elif line.kind == "s" and opts.session_name is not None:
-            line = Line("s", opts.session_name)
-        elif line.kind == "c" and replace_session_c:
-            original_c = line
-            # as the first media section's address: the null address where that one is on
-            # hold (its own c= or this one zero), else ours
-            first = descs[0].connection() if descs else None
-            held = (first or Connection.parse(line.value)).is_zero and keep_zero
-            line = _connection_line(held, opts)
-        elif (
-            line.kind == "a"
-            and not relay
-            and (
-                (line.attr in DIRECTIONS and not opts.original_sendrecv)
-                or (line.attr in ICE_ATTRIBUTES and not opts.keep_ice)
-                or line.attr in SECURITY_ATTRIBUTES
+        kind = line.kind
+        if kind == "a":
+            attr = line.attr
+            if attr in dropped or (
                 # 10.5 does not do BUNDLE: each media section keeps its own ports
-                or line.value.startswith("group:BUNDLE")
-            )
-        ):
-            continue
+                attr == "group" and not relay and line.value.startswith("group:BUNDLE")
+            ):
+                continue
+        elif kind == "o":
+            # parsed (and checked) by the parser: six words
+            username, session_id, version, network, family, address = line.value.split()
+            if "origin" in replace and not relay:
+                family, address = opts.family, opts.address
+            if opts.origin_user is not None:
+                username = opts.origin_user
+            line = Line("o", f"{username} {session_id} {version} {network} {family} {address}")
+        elif kind == "s" and opts.session_name is not None:
+            line = Line("s", opts.session_name)
+        elif kind == "c" and replace_session_c:
+            # as the first media section's address: the null address where that one is on
+            # hold (its own c= or this one zero), else ours; the session's first c= is
+            # parsed already
+            first = descs[0].connection() if descs else None
+            if first is None:
+                first = session.connection() if original_c is None else None
+            held = (first or Connection.parse(line.value)).is_zero and keep_zero
+            original_c = line
+            line = _connection_line(held, opts)
         lines.append(line)
     return lines, original_c
 
@@ -198,8 +217,21 @@ def _connection_line(zero: bool, opts: RewriteOptions) -> Line:
     """``c=`` towards the receiver: our address, or for a zero (hold) address the null
     address of the outgoing family, unless ``replace: zero-address``."""
     if zero and "zero-address" not in opts.replace:
-        return Line("c", f"IN {opts.family} {'::' if opts.family == 'IP6' else '0.0.0.0'}")
-    return Line("c", f"IN {opts.family} {opts.address}")
+        return _NULL_CONNECTIONS[opts.family]
+    key = (opts.family, opts.address)
+    line = _CONNECTIONS.get(key)
+    if line is None:
+        line = Line("c", f"IN {opts.family} {opts.address}")
+        if len(_CONNECTIONS) < _CONNECTIONS_LIMIT:
+            _CONNECTIONS[key] = line
+    return line
+
+
+_NULL_CONNECTIONS = {"IP4": Line("c", "IN IP4 0.0.0.0"), "IP6": Line("c", "IN IP6 ::")}
+# our c= lines: a few addresses (the interfaces'; bounded, as an ng media-address may
+# name any)
+_CONNECTIONS: dict[tuple[str, str], Line] = {}
+_CONNECTIONS_LIMIT = 256
 
 
 def _pass_through(desc: MediaDescription, session_c: Line | None) -> MediaDescription:
@@ -213,24 +245,51 @@ def _pass_through(desc: MediaDescription, session_c: Line | None) -> MediaDescri
     return out
 
 
-def _managed(attr: str, media: Media, opts: RewriteOptions) -> bool:
-    if attr in ("rtpmap", "fmtp", "rtcp-fb"):
-        return bool(media.sent_codecs)
-    if attr in DIRECTIONS:
-        return not opts.original_sendrecv
-    if attr in ("rtcp", "rtcp-mux", "ptime", "mid"):
-        return attr != "ptime" or media.ptime > 0
-    if attr == "extmap":
-        return opts.strip_extmap
-    if attr == "end-of-candidates":
-        return True  # written again after our candidates, where it belongs
-    if attr in ICE_ATTRIBUTES:
-        return not (opts.keep_ice or (media.ice_passthrough and media.ice))
-    return attr == "rtpengine" or attr in SECURITY_ATTRIBUTES
+# the media-level attributes we manage: removed where they stand, written anew where
+# they apply (by :func:`_managed_attributes`); all others stay as they are
+_CODEC_ATTRIBUTES = frozenset({"rtpmap", "fmtp", "rtcp-fb"})
+_ALWAYS_MANAGED = frozenset(
+    {"rtcp", "rtcp-mux", "mid", "end-of-candidates", "rtpengine", *SECURITY_ATTRIBUTES}
+)
+_MANAGED: dict[tuple[bool, ...], frozenset[str]] = {}
+
+
+def _managed_attributes(media: Media, opts: RewriteOptions) -> frozenset[str]:
+    """The attributes of the sender's section that we remove towards ``media``'s party
+    (``end-of-candidates`` is written again after our candidates, where it belongs). One
+    of a few sets, by what decides them."""
+    key = (
+        bool(media.sent_codecs),
+        opts.original_sendrecv,
+        media.ptime > 0,
+        opts.strip_extmap,
+        opts.keep_ice or (media.ice_passthrough and media.ice),
+    )
+    managed = _MANAGED.get(key)
+    if managed is None:
+        codecs, sendrecv, ptime, extmap, keep_ice = key
+        managed = _MANAGED[key] = frozenset(
+            {
+                *_ALWAYS_MANAGED,
+                *(_CODEC_ATTRIBUTES if codecs else ()),
+                *(() if sendrecv else DIRECTIONS),
+                *(("ptime",) if ptime else ()),
+                *(("extmap",) if extmap else ()),
+                *(() if keep_ice else ICE_ATTRIBUTES - {"end-of-candidates"}),
+            }
+        )
+    return managed
 
 
 # what a rejected section keeps of the attributes we manage (rtpengine 10.5 leaves them)
 _KEPT_WHEN_REJECTED = frozenset({"fingerprint", "rtpengine"})
+# lines we write as they are, made once
+_DIRECTION_LINES = {direction: Line("a", direction) for direction in DIRECTIONS}
+_RTCP_MUX = Line("a", "rtcp-mux")
+_END_OF_CANDIDATES = Line("a", "end-of-candidates")
+_ICE_LITE = Line("a", "ice-lite")
+_ICE_TRICKLE = Line("a", "ice-options:trickle")
+_PTIME_LINES: dict[int, Line] = {}  # a=ptime: a few packet times (bounded: from SDPs)
 
 
 def _rewrite_media(
@@ -239,58 +298,79 @@ def _rewrite_media(
     if media.ice_relay and desc.port and not media.rejected:
         return _relay_media(desc, media, opts, index)
     protocol = media.out_protocol or desc.protocol
-    formats = (
-        [c.payload_type for c in media.sent_codecs] if media.sent_codecs else list(desc.formats)
-    )
+    sent_codecs = media.sent_codecs
+    formats = [c.payload_type for c in sent_codecs] if sent_codecs else list(desc.formats)
     rejected = desc.port == 0 or media.rejected
     out = MediaDescription(
         desc.media, 0 if rejected else media.port, desc.port_count, protocol, formats
     )
     if rejected:
         out.inherit_verbatim(desc)  # "m=application 0 * " keeps its spacing (rtpengine GH #1461)
+    managed = _managed_attributes(media, opts)
+    lines = out.lines
+    first_mid: str | None = None  # the sender's own a=mid
+    end_of_candidates = False  # the sender's section had a=end-of-candidates
     for line in desc.lines:
-        if line.kind == "c":
+        kind = line.kind
+        if kind == "a":
+            attr = line.attr
+            if attr in managed:
+                if attr == "mid":
+                    if first_mid is None:
+                        first_mid = attribute_value(line.value)
+                elif attr == "end-of-candidates":
+                    end_of_candidates = True
+                elif (attr == "rtcp-fb" and line.value.startswith("rtcp-fb:*")) or (
+                    rejected and attr in _KEPT_WHEN_REJECTED
+                ):
+                    lines.append(line)
+                continue
+        elif kind == "c":
             zero = line.value.split()[-1] in ("0.0.0.0", "::")
             line = _connection_line(zero and media.keep_zero_address, opts)
-        elif line.kind == "a" and _managed(line.attr, media, opts):
-            if (line.attr == "rtcp-fb" and line.value.startswith("rtcp-fb:*")) or (
-                rejected and line.attr in _KEPT_WHEN_REJECTED
-            ):
-                out.lines.append(line)
-            continue
-        out.lines.append(line)  # lines are not changed once parsed: shared, not copied
+        lines.append(line)  # lines are not changed once parsed: shared, not copied
     # an answer carries the offerer's own mid (or none), whatever the answerer wrote
-    mid = media.mid if opts.answer else (desc.attributes("mid") or [""])[0]
+    mid = media.mid if opts.answer else (first_mid or "")
     if not mid and opts.generate_mid:
         mid = str(index + 1)
     if mid:
-        out.lines.append(Line("a", f"mid:{mid}"))
+        lines.append(Line("a", f"mid:{mid}"))
     if rejected:
-        if desc.has_attribute("end-of-candidates"):
-            out.lines.append(Line("a", "end-of-candidates"))
+        if end_of_candidates:
+            lines.append(_END_OF_CANDIDATES)
         return out
     local = media.local
-    out.lines.extend(_codec_lines(media))
+    if sent_codecs:
+        lines += _codec_lines(media)
     if not opts.original_sendrecv:
-        out.lines.append(Line("a", media.direction))
-    if protocol.startswith(("RTP/", "UDP/TLS/RTP/")) and opts.rtcp_attribute != "none":
+        lines.append(_DIRECTION_LINES[media.direction])
+    if opts.rtcp_attribute != "none" and protocol.startswith(("RTP/", "UDP/TLS/RTP/")):
         rtcp_port = media.rtcp_port or media.port
         if opts.rtcp_attribute == "full" and local is not None:
-            out.lines.append(Line("a", f"rtcp:{rtcp_port} IN {opts.family} {opts.address}"))
+            lines.append(Line("a", f"rtcp:{rtcp_port} IN {opts.family} {opts.address}"))
         else:
-            out.lines.append(Line("a", f"rtcp:{rtcp_port}"))
+            lines.append(Line("a", f"rtcp:{rtcp_port}"))
     if media.rtcp_mux:
-        out.lines.append(Line("a", "rtcp-mux"))
-    out.lines.extend(
-        Line("a", c.value(pad=opts.sdes_pad, lifetime=opts.sdes_lifetime)) for c in media.crypto_out
-    )
-    if media.setup:
-        fingerprint = opts.fingerprints.get(media.fingerprint_hash) or opts.fingerprint
-        out.lines.append(Line("a", f"setup:{media.setup}"))
-        out.lines.append(Line("a", f"fingerprint:{fingerprint}"))
+        lines.append(_RTCP_MUX)
+    security = media.security
+    if security is not PLAIN:
+        lines += [
+            Line("a", c.value(pad=opts.sdes_pad, lifetime=opts.sdes_lifetime))
+            for c in security.crypto_out
+        ]
+        if security.setup:
+            fingerprint = opts.fingerprints.get(security.fingerprint_hash) or opts.fingerprint
+            lines.append(Line("a", f"setup:{security.setup}"))
+            lines.append(Line("a", f"fingerprint:{fingerprint}"))
     if media.ptime:
-        out.lines.append(Line("a", f"ptime:{media.ptime}"))
-    out.lines.extend(_ice_lines(media, desc, opts))
+        ptime = _PTIME_LINES.get(media.ptime)
+        if ptime is None:
+            ptime = Line("a", f"ptime:{media.ptime}")
+            if len(_PTIME_LINES) < 64:
+                _PTIME_LINES[media.ptime] = ptime
+        lines.append(ptime)
+    if security is not PLAIN or end_of_candidates:
+        lines += _ice_lines(media, desc, opts, end_of_candidates)
     return out
 
 
@@ -353,26 +433,49 @@ def _relay_media(
     return out
 
 
+# the lines of each codec object (codecs are shared: relayd/sdp/codecs.py), by its id;
+# each entry holds its codec, so that id is not another's while the entry is there
+_CODEC_LINES: dict[int, tuple[Codec, list[Line]]] = {}
+_CODEC_LINES_LIMIT = 4096
+
+
 def _codec_lines(media: Media) -> list[Line]:
     lines: list[Line] = []
     for codec in media.sent_codecs:
-        if codec.encoding:
-            lines.append(Line("a", f"rtpmap:{codec.payload_type} {codec.encoding}"))
-        if codec.fmtp:
-            lines.append(Line("a", f"fmtp:{codec.payload_type} {codec.fmtp}"))
-        lines.extend(Line("a", f"rtcp-fb:{codec.payload_type} {fb}") for fb in codec.rtcp_fb)
+        known = _CODEC_LINES.get(id(codec))
+        if known is None or known[0] is not codec:
+            known = (codec, _lines_of(codec))
+            if len(_CODEC_LINES) >= _CODEC_LINES_LIMIT:
+                # full: transcoding makes codec objects of its own per call, which are not
+                # seen again (and the table holds them): start over
+                _CODEC_LINES.clear()
+            _CODEC_LINES[id(codec)] = known
+        lines += known[1]
     return lines
 
 
-def _ice_lines(media: Media, desc: MediaDescription, opts: RewriteOptions) -> list[Line]:
+def _lines_of(codec: Codec) -> list[Line]:
+    lines: list[Line] = []
+    if codec.encoding:
+        lines.append(Line("a", f"rtpmap:{codec.payload_type} {codec.encoding}"))
+    if codec.fmtp:
+        lines.append(Line("a", f"fmtp:{codec.payload_type} {codec.fmtp}"))
+    lines.extend(Line("a", f"rtcp-fb:{codec.payload_type} {fb}") for fb in codec.rtcp_fb)
+    return lines
+
+
+def _ice_lines(
+    media: Media, desc: MediaDescription, opts: RewriteOptions, end_of_candidates: bool
+) -> list[Line]:
     """Our credentials and a host candidate per local address (RFC 8839 §5.1); in
-    passthrough only the candidates, below the sender's own (rules: :mod:`relayd.calls.ice`)."""
+    passthrough only the candidates, below the sender's own (rules: :mod:`relayd.calls.ice`).
+    ``end_of_candidates``: the sender's section had ``a=end-of-candidates``."""
     lines: list[Line] = []
     agent = ice.takes_part(media)
     if agent:
         lines += [Line("a", f"ice-ufrag:{media.ice_ufrag}"), Line("a", f"ice-pwd:{media.ice_pwd}")]
         if media.trickle:
-            lines.append(Line("a", "ice-options:trickle"))
+            lines.append(_ICE_TRICKLE)
     if media.ice and media.local is not None:
         type_pref, first = ice.HOST_TYPE_PREFERENCE, 0
         if media.ice_passthrough:
@@ -392,6 +495,6 @@ def _ice_lines(media: Media, desc: MediaDescription, opts: RewriteOptions) -> li
                         f"{address} {port + component - 1} typ host",
                     )
                 )
-    if (agent and media.trickle) or desc.has_attribute("end-of-candidates"):
-        lines.append(Line("a", "end-of-candidates"))
+    if (agent and media.trickle) or end_of_candidates:
+        lines.append(_END_OF_CANDIDATES)
     return lines

@@ -34,7 +34,15 @@ from relayd.calls.rewrite import DIRECTIONS, PASSTHROUGH_MEDIA, RewriteOptions, 
 from relayd.calls.webrtc import new_foundation
 from relayd.ng.message import NgError, Request
 from relayd.sdp.codecs import codecs_of
-from relayd.sdp.model import Connection, Line, MediaDescription, SdpError, SessionDescription
+from relayd.sdp.model import (
+    Connection,
+    Line,
+    MediaDescription,
+    SdpError,
+    Session,
+    SessionDescription,
+    attribute_value,
+)
 from relayd.sdp.parse import parse_sdp
 from relayd.sdp.write import write_sdp
 
@@ -43,6 +51,9 @@ __all__ = ["Signalling"]
 
 _LEGACY_DIRECTIONS = {"internal": "IP4", "external": "IP6"}
 _NO_MUX_POLICY: frozenset[str] = frozenset()
+_ZERO_ADDRESSES = frozenset({"0.0.0.0", "::"})
+# the attributes of a media section that Signalling._learn reads (the rest: negotiation)
+_LEARNED = frozenset({"ptime", "rtcp", "rtcp-mux", *DIRECTIONS})
 
 
 class Signalling:
@@ -144,21 +155,24 @@ class Signalling:
         sender.sent_sdp = True
         fields = origin_fields(sender, sdp, req)
         family = receiver.family or _known_family(receiver) or self._input_family(sdp)
+        flags = req.flags
+        latching = "port-latching" in flags
+        no_latching = "no-port-latching" in flags
         taken = Taken(self.ports)
+        session: Session | None = None
+        session_c: Connection | None = None
+        session_direction: str | None = None
         try:
             for index, desc in enumerate(sdp.media):
                 if desc.media == PASSTHROUGH_MEDIA:
                     self._pass_through(sender, receiver, index, desc)
                     continue
-                session = sdp.session_of(index)
+                of = sdp.session_of(index)
+                if of is not session:
+                    session = of
+                    session_c, session_direction = of.connection(), _direction(of.lines)
                 moved, restart = self._learn(
-                    sender,
-                    index,
-                    desc,
-                    session.lines,
-                    session.connection(),
-                    _direction(session.lines),
-                    req,
+                    sender, index, desc, of.lines, session_c, session_direction, req
                 )
                 target, source = self._receiving(receiver, index, desc), sender.medias[index]
                 ice.settle(target, source, req, offer=offer, restart=restart)
@@ -167,12 +181,7 @@ class Signalling:
                 # us give its peer new ports, those in the SDP we write (with ICE towards
                 # the receiver, latching is the default: the candidates say where the peer
                 # is, not the c= line)
-                renew = (
-                    moved
-                    and again
-                    and not req.has("port-latching")
-                    and not (target.ice and not req.has("no-port-latching"))
-                )
+                renew = moved and again and not latching and not (target.ice and not no_latching)
                 self._prepare(
                     call,
                     receiver,
@@ -202,9 +211,8 @@ class Signalling:
             raise
         call.last_signal = now
         local = self.interfaces.select(receiver.interface or self.interfaces.default, family)
-        mux = [self._mux_out(sender, receiver, i, req, offer) for i in range(len(sdp.media))]
-        for m, (printed, shared) in zip(receiver.medias, mux, strict=False):
-            m.rtcp_mux = printed
+        for i, m in enumerate(receiver.medias[: len(sdp.media)]):
+            m.rtcp_mux, shared = self._mux_out(sender, receiver, i, req, offer)
             if m.port:
                 m.rtcp_port = m.port if shared else m.port + 1
         address = req.media_address or local.advertised
@@ -213,22 +221,22 @@ class Signalling:
             family=family_of(address),
             candidate_address=req.media_address,
             keep_ice=ice.keeps_peer_attributes(req),
-            replace=frozenset(req.replace),
-            original_sendrecv=req.has("original-sendrecv"),
+            replace=req.replace,
+            original_sendrecv="original-sendrecv" in flags,
             rtcp_attribute="none"
-            if req.has("no-rtcp-attribute")
+            if "no-rtcp-attribute" in flags
             else "full"
-            if req.has("full-rtcp-attribute")
+            if "full-rtcp-attribute" in flags
             else "short",
             fingerprint=self.fingerprint,
             fingerprints=self.fingerprints,
-            sdes_pad="pad" in req.sdes or req.has("pad-crypto"),
+            sdes_pad="pad" in req.sdes or "pad-crypto" in flags,
             sdes_lifetime="lifetime" in req.sdes,
             foundations=self.foundations,
-            generate_mid=offer and req.has("generate-mid"),
-            strip_extmap=req.has("strip-extmap"),
+            generate_mid=offer and "generate-mid" in flags,
+            strip_extmap="strip-extmap" in flags,
             answer=not offer,
-            loop_marker=self.instance_id if req.has("loop-protect") else "",
+            loop_marker=self.instance_id if "loop-protect" in flags else "",
             **fields,
         )
         out = rewrite_sdp(sdp, receiver.medias, opts)
@@ -242,25 +250,18 @@ class Signalling:
             raise NgError("No SDP body in message")
         try:
             sdp = parse_sdp(req.sdp)
-            connections = [
-                c
-                for c in [
-                    *(session.connection() for session in sdp.sessions),
-                    *(m.connection() for m in sdp.media),
-                ]
-                if c
-            ]
         except SdpError:
             raise NgError("Failed to parse SDP") from None
-        if any(not is_address(c.address) for c in connections):
-            raise NgError("Failed to parse SDP")  # a host name where an address must be
+        sections: list[Session | MediaDescription] = [*sdp.sessions, *sdp.media]
+        for section in sections:
+            c = section.connection()
+            if c is not None and not is_address(c.address):
+                raise NgError("Failed to parse SDP")  # a host name where an address must be
         if not sdp.media:
             raise NgError("Error rewriting SDP")
-        if any(
-            m.port and m.connection() is None and sdp.session_of(i).connection() is None
-            for i, m in enumerate(sdp.media)
-        ):
-            raise NgError("Incomplete SDP specification")
+        for i, m in enumerate(sdp.media):
+            if m.port and m.connection() is None and sdp.session_of(i).connection() is None:
+                raise NgError("Incomplete SDP specification")
         return sdp
 
     def _looped(self, sdp: SessionDescription) -> bool:
@@ -271,9 +272,8 @@ class Signalling:
 
     @staticmethod
     def _input_family(sdp: SessionDescription) -> str:
-        media = [d for d in sdp.media if d.media != PASSTHROUGH_MEDIA]
-        for desc in media:
-            c = desc.connection()
+        for desc in sdp.media:
+            c = desc.connection() if desc.media != PASSTHROUGH_MEDIA else None
             if c is not None:
                 return c.family
         c = sdp.connection()
@@ -322,9 +322,27 @@ class Signalling:
         media.rejected = desc.port == 0
         media.passthrough = False
         media.codecs = codecs_of(desc)
-        ptime = desc.attributes("ptime")
-        media.ptime = int(ptime[0]) if ptime and ptime[0].isdigit() else 0
-        direction = _direction(desc.lines) or session_direction
+        # what this method reads of the section's own attributes: the first of each
+        ptime: str | None = None
+        rtcp: str | None = None
+        direction: str | None = None
+        rtcp_mux = False
+        for ln in desc.lines:
+            attr = ln.attr
+            if attr not in _LEARNED:
+                continue
+            if attr == "ptime":
+                if ptime is None:
+                    ptime = attribute_value(ln.value)
+            elif attr == "rtcp":
+                if rtcp is None:
+                    rtcp = attribute_value(ln.value)
+            elif attr == "rtcp-mux":
+                rtcp_mux = True
+            elif direction is None:
+                direction = attr
+        media.ptime = int(ptime) if ptime is not None and ptime.isdigit() else 0
+        direction = direction or session_direction
         conn = desc.connection() or session_c
         media.zero_address = conn is not None and conn.is_zero
         restart = negotiation.learn(media, desc, session, conn, req)
@@ -334,22 +352,22 @@ class Signalling:
         hold = media.zero_address and not media.trickle
         media.recv = direction in (None, "sendrecv", "recvonly") and not hold
         address = conn.address if conn else ""
+        flags = req.flags
         if (
-            (req.has("sip-source-address") or self.sip_source_default)
-            and not req.has("trust-address")
+            ("sip-source-address" in flags or self.sip_source_default)
+            and "trust-address" not in flags
             and req.received_from
         ):
             address = req.received_from[1]
-        rtcp_attr = desc.attributes("rtcp")
         rtcp_port = desc.port + 1
-        rtcp_words = rtcp_attr[0].split() if rtcp_attr else []
+        rtcp_words = rtcp.split() if rtcp else []
         if rtcp_words and rtcp_words[0].isdigit():
             rtcp_port = int(rtcp_words[0])
         # an a=rtcp naming the RTP port itself is rtcp-mux as well (rtpengine 10.5 answers
         # such an offer with a=rtcp-mux: the suite's "SRTP w/ DTMF injection"), but not the
         # placeholder of a trickle ICE agent with no candidate yet (port 9, zero address)
         placeholder = media.zero_address or desc.port == 9
-        media.peer_rtcp_mux = desc.has_attribute("rtcp-mux") or (
+        media.peer_rtcp_mux = rtcp_mux or (
             bool(desc.port) and rtcp_port == desc.port and not placeholder
         )
         previous = media.remote_rtp
@@ -366,9 +384,10 @@ class Signalling:
         if previous is None or current is None:
             return False, restart
         # going on hold with a zero address is no move
-        zero = {"0.0.0.0", "::"}
-        moved_address = previous.address != current.address and not (
-            {previous.address, current.address} & zero
+        moved_address = (
+            previous.address != current.address
+            and previous.address not in _ZERO_ADDRESSES
+            and current.address not in _ZERO_ADDRESSES
         )
         return previous.port != current.port or moved_address, restart
 

@@ -55,7 +55,7 @@ def codecs_of(desc: MediaDescription) -> tuple[Codec, ...]:
     """The payload types of an RTP media section, with their rtpmap/fmtp/rtcp-fb."""
     if not desc.protocol.startswith(("RTP/", "UDP/TLS/RTP/")):
         return ()
-    lines = tuple(ln.value for ln in desc.lines if ln.attr in _CODEC_ATTRIBUTES)
+    lines = tuple([ln.value for ln in desc.lines if ln.attr in _CODEC_ATTRIBUTES])
     key = (tuple(desc.formats), lines)
     known = _LISTS.get(key)
     if known is None:

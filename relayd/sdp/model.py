@@ -9,6 +9,7 @@ and ``a=`` names.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 __all__ = [
     "Connection",
@@ -33,37 +34,51 @@ class _Unknown:
 UNKNOWN = _Unknown()
 
 
-@dataclass(slots=True, init=False)
 class Line:
     """One ``<type>=<value>`` line, without its line ending.
 
     ``attr`` is the attribute name of an ``a=`` line (``rtpmap`` in
-    ``a=rtpmap:0 PCMU/8000``), "" otherwise; computed once, since the rewriter
-    asks for it many times per line.
+    ``a=rtpmap:0 PCMU/8000``), "" otherwise; ``text`` the whole line as written
+    (``a=rtpmap:0 PCMU/8000``). Both computed once: the rewriter asks for ``attr`` many
+    times per line, and every line of every SDP we send is written out as ``text``.
+    A plain class with slots and a hand-written ``__init__`` (every line of every SDP is
+    one): lines are never changed once made, so rewritten SDPs share them.
     """
+
+    __slots__ = ("attr", "kind", "text", "value")
 
     kind: str
     value: str
-    attr: str = field(compare=False, repr=False)
+    attr: str
+    text: str
 
     def __init__(self, kind: str, value: str) -> None:
-        # by hand: every line of every SDP is one, and a generated __init__ would call
-        # __post_init__ on top
         self.kind = kind
         self.value = value
         self.attr = value.partition(":")[0] if kind == "a" else ""
+        self.text = f"{kind}={value}"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Line):
+            return NotImplemented
+        return self.kind == other.kind and self.value == other.value
+
+    __hash__ = None  # type: ignore[assignment]  # compared by value, as a mutable dataclass
+
+    def __repr__(self) -> str:
+        return f"Line(kind={self.kind!r}, value={self.value!r})"
 
     def __str__(self) -> str:
-        return f"{self.kind}={self.value}"
+        return self.text
 
 
 def attribute_value(value: str) -> str:
     return value.partition(":")[2]
 
 
-@dataclass(frozen=True, slots=True)
-class Connection:
-    """``c=IN IP4 192.0.2.1`` (RFC 8866 §5.7)."""
+class Connection(NamedTuple):
+    """``c=IN IP4 192.0.2.1`` (RFC 8866 §5.7). A named tuple: made for every c= line of
+    every SDP, and a frozen dataclass costs three times as much to make."""
 
     network: str
     family: str  # "IP4" or "IP6"
@@ -85,9 +100,9 @@ class Connection:
         return f"{self.network} {self.family} {self.address}"
 
 
-@dataclass(frozen=True, slots=True)
-class Origin:
-    """``o=<username> <sess-id> <sess-version> IN IP4 <address>`` (RFC 8866 §5.2)."""
+class Origin(NamedTuple):
+    """``o=<username> <sess-id> <sess-version> IN IP4 <address>`` (RFC 8866 §5.2). A named
+    tuple, as :class:`Connection`."""
 
     username: str
     session_id: str
@@ -107,10 +122,10 @@ class Origin:
         parts = value.split()
         if len(parts) != 6:
             raise SdpError(f"bad origin line: o={value}")
-        return cls(*parts)
+        return cls._make(parts)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class MediaDescription:
     """An ``m=`` line and the lines that follow it up to the next ``m=``."""
 
@@ -119,16 +134,31 @@ class MediaDescription:
     port_count: int | None
     protocol: str
     formats: list[str]
-    lines: list[Line] = field(default_factory=list)
+    lines: list[Line]
     # the parsed ``m=`` text and the fields it gave, so an unchanged line is
     # written back byte for byte (spacing, leading zeros), as rtpengine keeps it
-    _verbatim: tuple[str, tuple[object, ...]] | None = field(
-        default=None, init=False, repr=False, compare=False
-    )
+    _verbatim: tuple[str, tuple[object, ...]] | None = field(repr=False, compare=False)
     # the first c= line, parsed: set by the parser (signalling asks for it many times)
-    parsed_connection: Connection | _Unknown | None = field(
-        default_factory=lambda: UNKNOWN, init=False, repr=False, compare=False
-    )
+    parsed_connection: Connection | _Unknown | None = field(repr=False, compare=False)
+
+    def __init__(
+        self,
+        media: str,
+        port: int,
+        port_count: int | None,
+        protocol: str,
+        formats: list[str],
+        lines: list[Line] | None = None,
+    ) -> None:
+        # by hand: two or more per SDP parsed and per SDP written
+        self.media = media
+        self.port = port
+        self.port_count = port_count
+        self.protocol = protocol
+        self.formats = formats
+        self.lines = [] if lines is None else lines
+        self._verbatim = None
+        self.parsed_connection = UNKNOWN
 
     def _fields(self) -> tuple[object, ...]:
         return (self.media, self.port, self.port_count, self.protocol, tuple(self.formats))
@@ -163,7 +193,7 @@ class MediaDescription:
         return None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Session:
     """The session-level lines of one session (RFC 8866 §5: ``v=`` up to the first ``m=``).
 
@@ -172,14 +202,22 @@ class Session:
     """
 
     lines: list[Line]
-    first_media: int = 0
+    first_media: int
     # the first c= and o= lines, parsed: set by the parser
-    parsed_connection: Connection | _Unknown | None = field(
-        default_factory=lambda: UNKNOWN, repr=False, compare=False
-    )
-    parsed_origin: Origin | _Unknown | None = field(
-        default_factory=lambda: UNKNOWN, repr=False, compare=False
-    )
+    parsed_connection: Connection | _Unknown | None = field(repr=False, compare=False)
+    parsed_origin: Origin | _Unknown | None = field(repr=False, compare=False)
+
+    def __init__(
+        self,
+        lines: list[Line],
+        first_media: int = 0,
+        parsed_connection: Connection | _Unknown | None = UNKNOWN,
+        parsed_origin: Origin | _Unknown | None = UNKNOWN,
+    ) -> None:
+        self.lines = lines
+        self.first_media = first_media
+        self.parsed_connection = parsed_connection
+        self.parsed_origin = parsed_origin
 
     def attributes(self, name: str) -> list[str]:
         return [attribute_value(ln.value) for ln in self.lines if ln.attr == name]
@@ -241,6 +279,9 @@ class SessionDescription:
 
     def media_of(self, session: Session) -> list[MediaDescription]:
         """The media sections of ``session``."""
-        later = self.sessions[[s is session for s in self.sessions].index(True) + 1 :]
-        end = later[0].first_media if later else len(self.media)
+        sessions = self.sessions
+        at = next((i for i, candidate in enumerate(sessions) if candidate is session), None)
+        if at is None:
+            raise ValueError("not a session of this description")
+        end = sessions[at + 1].first_media if at + 1 < len(sessions) else len(self.media)
         return self.media[session.first_media : end]

@@ -21,9 +21,13 @@ def parse_sdp(body: str) -> SessionDescription:
 
     Raises :class:`SdpError` for a body rtpengine would refuse: no ``v=`` line
     first, a line that is not ``<letter>=``, a malformed ``m=``, ``c=`` or ``o=``.
+    One pass, ``a=`` lines (most of them) first and the current section's line list at
+    hand: this runs for every offer and answer.
     """
     eol = "\r\n" if "\r\n" in body else "\n"
-    raw_lines = body.replace("\r\n", "\n").split("\n")
+    text = body.replace("\r\n", "\n")
+    stray_cr = "\r" in text  # a line ending "\r" or "\r\r\n": the "\r" is no part of it
+    raw_lines = text.split("\n")
     while raw_lines and raw_lines[-1] == "":
         raw_lines.pop()
     if not raw_lines or not raw_lines[0].startswith("v="):
@@ -31,35 +35,53 @@ def parse_sdp(body: str) -> SessionDescription:
     media: list[MediaDescription] = []
     session = Session([], 0, None, None)
     sessions = [session]
+    section: Session | MediaDescription = session  # where the lines go now
+    add = session.lines.append
+    recurring = _RECURRING_LINES
     for raw in raw_lines:
-        raw = raw.rstrip("\r")
-        if len(raw) < 2 or raw[1] != "=" or not raw[0].isalpha():
+        if stray_cr:
+            raw = raw.rstrip("\r")
+        line = recurring.get(raw)
+        if line is not None:  # a=rtpmap:0 PCMU/8000, t=0 0, ...: made before, checked then
+            add(line)
+            continue
+        kind = raw[:1]
+        if raw[1:2] != "=" or not kind.isalpha():
             raise SdpError(f"malformed line: {raw!r}")
-        line = Line(raw[0], raw[2:])
-        if line.kind == "v" and session.lines:
+        if kind == "a" or kind == "t":
+            line = Line(kind, raw[2:])
+            if kind == "t" or line.attr in _RECURRING_ATTRIBUTES:
+                if len(recurring) >= _RECURRING_LIMIT:
+                    recurring.clear()  # full of lines that did not come again: start over
+                recurring[raw] = line
+            add(line)
+            continue
+        if kind == "m":
+            section = _parse_media(raw[2:])
+            section.parsed_connection = None
+            media.append(section)
+            add = section.lines.append
+            continue
+        line = Line(kind, raw[2:])
+        if kind == "c":
+            add(line)
+            if section.parsed_connection is None:
+                section.parsed_connection = Connection.parse(line.value)
+            else:
+                Connection.parse(line.value)  # a malformed later one fails all the same
+        elif kind == "o":
+            add(line)
+            parsed = Origin.parse(line.value)
+            if section is session and session.parsed_origin is None:
+                session.parsed_origin = parsed
+        elif kind == "v" and session.lines:
             # a further session in the same body (rtpengine takes them): its lines up to its
             # own first m=
-            session = Session([], len(media), None, None)
+            section = session = Session([line], len(media), None, None)
             sessions.append(session)
-        if line.kind == "m":
-            desc = _parse_media(line.value)
-            desc.parsed_connection = None
-            media.append(desc)
-        elif len(media) > session.first_media:
-            media[-1].lines.append(line)
+            add = session.lines.append
         else:
-            session.lines.append(line)
-        if line.kind == "c":
-            connection = Connection.parse(line.value)
-            if len(media) > session.first_media:
-                if media[-1].parsed_connection is None:
-                    media[-1].parsed_connection = connection
-            elif session.parsed_connection is None:
-                session.parsed_connection = connection
-        elif line.kind == "o":
-            parsed = Origin.parse(line.value)
-            if len(media) == session.first_media and session.parsed_origin is None:
-                session.parsed_origin = parsed
+            add(line)
     return SessionDescription(sessions, media, eol)
 
 
@@ -72,16 +94,33 @@ def _parse_media(value: str) -> MediaDescription:
     count = _number(count_text) if count_text else None
     if port is None or port > 65535 or (count_text and count is None):
         raise SdpError(f"bad media port: m={value}")
-    media = MediaDescription(
-        media=_shared(parts[0]),
-        port=port,
-        port_count=count,
-        protocol=_shared(parts[2]),
-        formats=parts[3:],
-    )
+    media = MediaDescription(_shared(parts[0]), port, count, _shared(parts[2]), parts[3:])
     media.keep_verbatim(value)
     return media
 
+
+# Lines that come again in every SDP of a deployment's phones (their codecs, packet time,
+# direction, timing) are made once and shared by every SDP that has them (lines are not
+# changed once made). Bounded, since lines come from the network: a full table (of lines
+# that did not come again, such as an H.264 fmtp unique to a call) starts over. Not the
+# lines with addresses, ports, keys or ICE credentials: those differ from call to call.
+_RECURRING_ATTRIBUTES = frozenset(
+    {
+        "rtpmap",
+        "fmtp",
+        "rtcp-fb",
+        "ptime",
+        "maxptime",
+        "sendrecv",
+        "sendonly",
+        "recvonly",
+        "inactive",
+        "rtcp-mux",
+        "silenceSupp",
+    }
+)
+_RECURRING_LINES: dict[str, Line] = {}
+_RECURRING_LIMIT = 4096
 
 # media types and transports: a few distinct words every call keeps in its model
 _shared = Shared[str](256)

@@ -9,9 +9,13 @@ __all__ = ["write_sdp"]
 
 def write_sdp(sdp: SessionDescription) -> str:
     out: list[str] = []
-    for session in sdp.sessions:
-        out.extend(str(line) for line in session.lines)
-        for media in sdp.media_of(session):
-            out.append(f"m={media.m_value()}")
-            out.extend(str(line) for line in media.lines)
-    return sdp.eol.join(out) + sdp.eol
+    sessions = sdp.sessions
+    media = sdp.media
+    for at, session in enumerate(sessions):
+        out += [line.text for line in session.lines]
+        end = sessions[at + 1].first_media if at + 1 < len(sessions) else len(media)
+        for desc in media[session.first_media : end]:
+            out.append("m=" + desc.m_value())
+            out += [line.text for line in desc.lines]
+    eol = sdp.eol
+    return eol.join(out) + eol

@@ -153,3 +153,40 @@ def test_lenient_ports_are_accepted_and_kept() -> None:
     sdp = parse_sdp(body)
     assert [(m.port, m.port_count) for m in sdp.media] == [(6000, None), (6002, None)]
     assert write_sdp(sdp) == body
+
+
+def test_recurring_lines_are_shared_and_per_call_ones_are_not() -> None:
+    """The codec, packet time, direction and t= lines of one SDP are the same objects in the
+    next; o=, c= and m= (addresses, ports, session ids) are made anew."""
+    first, second = parse_sdp(OFFER), parse_sdp(OFFER)
+    assert all(a is b for a, b in zip(first.media[0].lines, second.media[0].lines, strict=True))
+    shared = [a is b for a, b in zip(first.session, second.session, strict=True)]
+    assert shared == [False, False, False, False, True]  # v= o= s= c= t=
+    assert first.media[1].lines[0] is not second.media[1].lines[0]  # its c=
+
+
+def test_recurring_lines_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lines come from the network: a full table starts over."""
+    from relayd.sdp import parse
+
+    monkeypatch.setattr(parse, "_RECURRING_LINES", {})
+    monkeypatch.setattr(parse, "_RECURRING_LIMIT", 3)
+    for n in range(10):
+        body = OFFER.replace("a=fmtp:101 0-16", f"a=fmtp:101 0-{n}")
+        sdp = parse_sdp(body)
+        assert write_sdp(sdp) == body
+    assert 0 < len(parse._RECURRING_LINES) <= 3
+
+
+def test_lines_keep_their_text_and_compare_by_value() -> None:
+    sdp = parse_sdp(OFFER)
+    line = sdp.media[0].lines[0]
+    assert (line.kind, line.value, line.attr, line.text) == (
+        "a",
+        "rtpmap:0 PCMU/8000",
+        "rtpmap",
+        "a=rtpmap:0 PCMU/8000",
+    )
+    assert str(line) == line.text
+    assert line == type(line)("a", "rtpmap:0 PCMU/8000")
+    assert line != type(line)("a", "rtpmap:0 PCMA/8000")

@@ -455,3 +455,30 @@ def test_a_fork_keeps_what_a_webrtc_offerer_said() -> None:
         assert "UDP/TLS/RTP/SAVPF" in answer
         assert "a=setup:active" in answer
         assert "a=ice-ufrag:" in answer and "a=candidate:" in answer
+
+
+def test_lines_made_once_by_the_rewrite_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Our c= and a=ptime lines are made once per address and packet time and shared, up to
+    a limit (an ng media-address and an SDP's ptime may be anything): past it each is made
+    anew, the SDP the same."""
+    from relayd.calls import rewrite
+
+    monkeypatch.setattr(rewrite, "_CONNECTIONS", {})
+    monkeypatch.setattr(rewrite, "_CONNECTIONS_LIMIT", 2)
+    monkeypatch.setattr(rewrite, "_PTIME_LINES", {})
+    cmds, _ = build()
+    for n in range(1, 80):
+        address = f"192.0.2.{n}"
+        lines = _ok(
+            cmds,
+            "offer",
+            call_id=f"c{n}",
+            from_tag="a",
+            sdp=sdp(extra=[f"a=ptime:{n}"]),
+            media_address=address,
+        )
+        assert f"c=IN IP4 {address}" in lines
+        assert f"a=ptime:{n}" in lines
+        cmds.handle(req("delete", call_id=f"c{n}", from_tag="a"), T0)
+    assert len(rewrite._CONNECTIONS) == 2
+    assert len(rewrite._PTIME_LINES) == 64
