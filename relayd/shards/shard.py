@@ -144,6 +144,9 @@ class ShardEnd:
 
     def _inbound_readable(self) -> None:
         assert self.inbound is not None
+        if self.udp is None:  # not on the ng address yet: dropped, as if it were down
+            mesh.discard(self.inbound)
+            return
         try:
             messages = mesh.receive(self.inbound, _BATCH)
         except Exception:

@@ -168,7 +168,11 @@ def test_a_shard_answers_its_calls_passes_the_others_on_and_asks_the_front_for_l
         assert len(service.handled) == 2
         # the owner's side: a passed-on datagram is handled and answered from its socket
         owner_end, owner_service = ShardEnd(1, 2, link_end, sockets.inbound[1]), _Service()
-        owner_end._service, owner_end.udp = owner_service, server  # type: ignore[assignment]
+        owner_end._service = owner_service  # type: ignore[assignment]
+        assert mesh.forward(sockets.outbound[1], source, theirs)
+        owner_end._inbound_readable()  # not on the ng address yet: dropped, not handled
+        assert owner_service.handled == []
+        owner_end.udp = server
         assert mesh.forward(sockets.outbound[1], source, theirs)
         owner_end._inbound_readable()
         assert owner_service.handled == [(theirs, source)]
