@@ -23,6 +23,7 @@ from typing import Any
 import psutil
 import pytest
 
+from relayd.ng.client import NgClient
 from relayd.shards.route import port_slice
 from tests.netns.conftest import NG_PORT, PORT_MAX, PORT_MIN, StartRelay, relay_starter
 from tests.support.netns import Topology, inside
@@ -237,6 +238,9 @@ def test_a_killed_shard_comes_back_with_its_calls(topo: Topology, start_relay: S
         while "state.restored" not in relay.log().split("shard.died", 1)[-1]:
             assert time.monotonic() < deadline, "the new shard did not restore its calls"
             time.sleep(0.1)
+        while udp_ng_sockets(now[victim]) != 1:  # what reaches it before then is dropped
+            assert time.monotonic() < deadline, "the new shard did not join the ng address"
+            time.sleep(0.05)
         for call_id in call_ids:
             reply = ng.call("query", **{"call-id": call_id})
             assert reply["result"] == "ok", (call_id, owner(call_id), reply)
@@ -251,7 +255,14 @@ def test_udp_ng_is_spread_over_the_shards_and_each_call_handled_by_its_owner(
     topo: Topology, start_wide: StartRelay
 ) -> None:
     relay = start_wide(
-        "--shards", "2", "--listen-http", f"127.0.0.1:{HTTP_PORT}", "--delete-delay", "0"
+        "--shards",
+        "2",
+        "--listen-http",
+        f"127.0.0.1:{HTTP_PORT}",
+        "--delete-delay",
+        "0",
+        "--listen-tcp-ng",
+        f"127.0.0.1:{NG_PORT + 1}",
     )
     front = psutil.Process(int((relay.workdir / "relayd.pid").read_text()))
     # every shard is in the ng address's group, the front is not (it would swallow a share)
@@ -310,6 +321,14 @@ def test_udp_ng_is_spread_over_the_shards_and_each_call_handled_by_its_owner(
         assert stats["controlstatistics"]["totaloffercount"] == len(call_ids)
         assert stats["controlstatistics"]["totalanswercount"] == len(call_ids)
         assert stats["controlstatistics"]["totalstatscount"] == 1
+        # TCP ng ends at the front, which asks the owner (or every shard)
+        with inside(topo.relay):
+            tcp = NgClient(("127.0.0.1", NG_PORT + 1), tcp=True)
+        with tcp:
+            for call_id in call_ids[:4]:
+                assert set(ok(tcp.call("query", **{"call-id": call_id}))["tags"]) == {"a", "b"}
+            assert sorted(ok(tcp.call("list", limit=1000))["calls"]) == sorted(call_ids)
+            assert tcp.call("ping")["result"] == "pong"
 
         # ping: answered by whichever shard received it, and the kernel gave both some
         # of the 16 sockets (all on one: 1 in 2^15)
