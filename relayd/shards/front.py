@@ -65,8 +65,8 @@ logger = log.get_logger("relayd.front")
 
 
 class Front:
-    """The front process: it starts the shards, routes ng to them, and merges what every
-    shard answers."""
+    """The front process: it starts the shards, passes them TCP ng, and merges what every
+    shard answers (``list`` and ``statistics`` from any transport, relayctl, /metrics)."""
 
     def __init__(self, config: Config, argv: list[str], ready_fd: int | None = None) -> None:
         self.config, self.ready_fd = config, ready_fd
