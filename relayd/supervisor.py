@@ -73,8 +73,8 @@ _MEDIA_COMMANDS |= {"block DTMF", "unblock DTMF"}  # a blocked party's DTMF: the
 
 
 class ShardLink(Protocol):
-    """Where a shard's requests come from (``shards`` > 1, relayd.shards.shard): the front,
-    over a link, instead of listeners of its own."""
+    """Where a shard's requests come from (``shards`` > 1, relayd.shards.shard): its share
+    of the ng UDP address, the other shards, and the front over a link."""
 
     index: int
     count: int
@@ -404,7 +404,7 @@ class Supervisor:
         observe = self.ops.ng_observed if self.ops.homer is not None else None
         service = NgService(self.dispatch, observe=observe)
         if self.shard is not None:
-            # a shard: the front owns the listeners, the admin socket and /metrics
+            # a shard: the front owns TCP ng, the admin socket and /metrics
             self._closers.append(self.shard.open(service, self))
         else:
             await self._listen(service)

@@ -1,24 +1,33 @@
-"""The front of a sharded relayd (``shards = N``): the listeners, and routing to the shards.
+"""The front of a sharded relayd (``shards = N``): starting the shards, TCP ng, the admin
+socket and /metrics.
 
 ::
 
-    Kamailio ──ng (UDP/TCP)──> front ──link──> shard 0 … N-1 (each a supervisor with
-       ^                        │ admin socket,             its workers, port slice,
-       └──── UDP replies ───────┼─ /metrics                journal; one nft table)
-             (from each shard, on its copy of the front's socket)
+    Kamailio ──ng (UDP)──> shard 0 … N-1 ──(another's call)──> its owner shard
+       ^  │                each a supervisor with its workers, port slice, journal;
+       │  │                each on the ng address (SO_REUSEPORT); each answers its
+       │  │                own calls' clients from its socket there
+       │  └──ng (TCP)──> front ──link──> the owner shard
+       └── relayctl, /metrics: the front, which asks the shards
 
-The front reads of each ng message only its command and call-id
-(:mod:`relayd.shards.route`) and passes it to the shard that owns the call, which
-handles it exactly as a single relayd would (reply cache, Homer, everything) and
-answers a UDP client itself. ``list`` and ``statistics`` go to every shard and the
-answers are merged (:mod:`relayd.shards.merge`), as are ``relayctl`` requests and
-``/metrics``. TCP replies come back through the front, which owns the connection.
+UDP ng does not pass through the front: every shard binds the ng address in one
+``SO_REUSEPORT`` group (the front is not in it: an unread member would swallow a
+share of the datagrams), the kernel spreads the proxy's sockets over the shards, and
+a shard passes a message for a call it does not own straight to the owner
+(:mod:`relayd.shards.route`, :mod:`relayd.shards.mesh`), which handles it exactly as
+a single relayd would (reply cache, Homer, everything) and answers the client from
+its own socket of the group. ``list`` and ``statistics`` without a call-id come to
+the front from the shard that received them; the front asks every shard and merges
+the answers (:mod:`relayd.shards.merge`), as for ``relayctl`` requests and
+``/metrics``, and gives the reply back to that shard to send. TCP streams end at the
+front, which passes each message to the owner and writes its reply.
 
 The shard processes themselves, their start, death and restart, and the links, are
-:mod:`relayd.shards.processes`. A shard that dies takes its calls back from its
-journal when it is started again; its kernel forwards never stopped. Requests for it
-meanwhile are dropped: the proxy retransmits. The front holds no call state, so it has
-nothing to lose either.
+:mod:`relayd.shards.processes`. A shard that dies leaves the group (the kernel
+spreads its clients over the others) and takes its calls back from its journal when
+it is started again; its kernel forwards never stopped. Requests for it meanwhile
+are dropped: the proxy retransmits. The front holds no call state, so it has nothing
+to lose either.
 """
 
 from __future__ import annotations
@@ -27,7 +36,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 from pathlib import Path
 from typing import Any, cast
 
@@ -47,7 +55,8 @@ from relayd.ops import admin, metrics
 from relayd.ops.httpd import Routes, serve_http
 from relayd.shards import link
 from relayd.shards.merge import merge_admin, merge_list, merge_metrics, merge_statistics
-from relayd.shards.processes import ShardPool
+from relayd.shards.mesh import reuseport_socket
+from relayd.shards.processes import Shard, ShardPool
 from relayd.shards.route import FAN_OUT, owner, route_of
 
 __all__ = ["Front"]
@@ -56,42 +65,43 @@ logger = log.get_logger("relayd.front")
 
 
 class Front:
-    """The front process: it starts the shards, routes ng to them, and merges what every
-    shard answers."""
+    """The front process: it starts the shards, passes them TCP ng, and merges what every
+    shard answers (``list`` and ``statistics`` from any transport, relayctl, /metrics)."""
 
     def __init__(self, config: Config, argv: list[str], ready_fd: int | None = None) -> None:
         self.config, self.ready_fd = config, ready_fd
         self.pool = ShardPool(config.shards, argv)
+        self.pool.on_request = self.fan_out
         self._stop = asyncio.Event()
         self._closers: list[Any] = []
+        self._tasks: set[asyncio.Future[Any]] = set()  # fan-outs under way
 
     # -- ng -----------------------------------------------------------------------------------
 
-    def route(self, data: bytes, source: tuple[Any, ...], local: tuple[Any, ...]) -> None:
-        """A UDP ng message: to its owner (which answers the client itself), or to every
-        shard when all of them must answer."""
+    def fan_out(self, shard: Shard, message: tuple[Any, ...]) -> None:
+        """A shard's request (``("fanout", 0, (client, datagram))``): a ``list`` or
+        ``statistics`` of every call, its merged reply given back to that shard to send."""
+        if message[0] != "fanout":
+            logger.warning("front.unknown_message", kind=message[0], shard=shard.index)
+            return
+        source, data = message[2]
         try:
             cookie, body = split_cookie(data)
         except FramingError:
-            logger.warning("ng.no_cookie", source=f"{source[0]}:{source[1]}", size=len(data))
-            return
-        found = route_of(body)
-        if found.command in FAN_OUT and not found.call_id:
-            task = asyncio.ensure_future(self._fan_out(cookie, body, data, source))
-            task.add_done_callback(lambda done: self._reply_udp(done, source))
-            return
-        self.pool.send(
-            self.pool[owner(found.call_id, len(self.pool))], ("ng", 0, source, local, data)
-        )
+            return  # routed by its command: it has a cookie
+        task = asyncio.ensure_future(self._fan_out(cookie, body, data, source))
+        self._tasks.add(task)
+        task.add_done_callback(lambda done: self._give_back(done, shard, source))
 
-    def _reply_udp(self, done: asyncio.Future[bytes | None], source: tuple[Any, ...]) -> None:
-        udp = self.pool.udp
-        if done.cancelled() or done.exception() is not None or udp is None:
+    def _give_back(
+        self, done: asyncio.Future[bytes | None], shard: Shard, source: tuple[Any, ...]
+    ) -> None:
+        self._tasks.discard(done)
+        if done.cancelled() or done.exception() is not None:
             return
         reply = done.result()
         if reply is not None:
-            with contextlib.suppress(OSError):
-                udp.sendto(reply, source)
+            self.pool.send(shard, ("send", 0, source, reply))
 
     async def _fan_out(
         self, cookie: str, body: bytes, data: bytes, source: tuple[Any, ...]
@@ -176,7 +186,8 @@ class Front:
             loop.add_signal_handler(signum, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.pool.signal_all, signal.SIGHUP)
         if cfg.listen_ng:
-            self.pool.udp = _udp_socket(*cfg.listen_ng)
+            # the shards bind it once they are up: fail now if none could
+            reuseport_socket(*cfg.listen_ng).close()
         self.pool.start()
         if not await self.pool.all_ready(self._stop):
             await self._shutdown()
@@ -191,7 +202,6 @@ class Front:
 
     async def _listen(self) -> None:
         cfg = self.config
-        loop = asyncio.get_running_loop()
         if cfg.admin_socket and cfg.admin_socket != "none":
             server = await admin.serve(Path(cfg.admin_socket), self.admin)
             if server is not None:
@@ -205,12 +215,7 @@ class Front:
         if cfg.listen_tcp_ng:
             self._closers.append(await serve_tcp(self, *cfg.listen_tcp_ng))
             logger.info("ng.listening", transport="tcp", address=host_port(cfg.listen_tcp_ng))
-        if self.pool.udp is not None and cfg.listen_ng:
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _FrontUdp(self), sock=self.pool.udp
-            )
-            self._closers.append(transport)
-            logger.info("ng.listening", transport="udp", address=host_port(cfg.listen_ng))
+        self.pool.serve()  # UDP last: each shard joins the ng address (and logs it)
 
     async def _shutdown(self) -> None:
         for closer in self._closers:
@@ -223,27 +228,6 @@ class Front:
 
     def stop(self) -> None:
         self._stop.set()
-
-
-class _FrontUdp(asyncio.DatagramProtocol):
-    def __init__(self, front: Front) -> None:
-        self.front = front
-        self.local: tuple[Any, ...] = ()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.local = transport.get_extra_info("sockname") or ()
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self.front.route(data, addr, self.local)
-
-
-def _udp_socket(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.setblocking(False)
-    return sock
 
 
 def _call_of(command: str, args: list[Any]) -> bytes | None:

@@ -4,15 +4,20 @@ pickled tuple per message (both ends are relayd's own processes).
 Front to shard:
 
 ``("ng", tag, source, local, data)``
-    an ng message as it came (cookie and body). Tag 0: the shard answers the client
-    itself, on its copy of the front's UDP socket; otherwise it sends the reply back.
+    an ng message from a TCP stream, as it came (cookie and body): the shard sends
+    the reply back.
 ``("call", tag, source, data)``
     a command every shard answers (``list``, ``statistics``): the reply dictionary
     comes back, for :mod:`relayd.shards.merge`.
 ``("admin", tag, request)``, ``("metrics", tag)``
     a ``relayctl`` request; the ``/metrics`` text.
+``("listen", 0)``
+    join the ng UDP address (the front serves: relayd.shards.mesh).
+``("send", 0, source, reply)``
+    a merged reply to a ``fanout``, for the shard to send to its client.
 
-Shard to front: ``("reply", tag, payload)``.
+Shard to front: ``("reply", tag, payload)``; ``("fanout", 0, (source, data))``, a
+UDP ``list`` or ``statistics`` the shard received, for the front to ask every shard.
 
 Sends never block the sender's loop: a link whose buffer is full (its shard far
 behind) refuses the message, which the caller counts as dropped; the proxy

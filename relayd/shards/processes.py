@@ -1,10 +1,13 @@
 """The shard processes of a sharded relayd, as the front sees them: their lives and their links.
 
 :class:`ShardPool` starts one ``python -m relayd.shards.shard`` per shard (with its end
-of a link, its readiness pipe, its CPUs and the front's UDP socket), knows when each is
-up, starts a dead one again (0.1 s after its death, doubling to 5 s while it keeps dying
-young, as the workers are: relayd.plane.workerpool), and carries the front's questions
-(:meth:`ShardPool.ask`) and one-way messages (:meth:`ShardPool.send`) over the links.
+of a link, its readiness pipe, its CPUs and the shards' sockets to each other:
+relayd.shards.mesh), knows when each is up, tells it to join the ng address
+(``listen``) once the front serves, starts a dead one again (0.1 s after its death,
+doubling to 5 s while it keeps dying young, as the workers are:
+relayd.plane.workerpool), and carries the front's questions (:meth:`ShardPool.ask`)
+and one-way messages (:meth:`ShardPool.send`) over the links. What a shard asks of the
+front (``fanout``: a ``list`` or ``statistics`` of every shard) goes to ``on_request``.
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from relayd import log
 from relayd.plane.workerpool import RESTART_STABLE, restart_delay
 from relayd.shards import link
+from relayd.shards.mesh import Mesh
 
 __all__ = ["Shard", "ShardPool", "shard_cpus"]
 
@@ -65,14 +70,16 @@ class Shard:
 
 
 class ShardPool:
-    """The shards: started with the daemon's own arguments after ``--``; ``udp`` is the
-    front's ng socket, which each shard answers UDP clients on."""
+    """The shards: started with the daemon's own arguments after ``--``. Once ``serving``
+    (the front's listeners are open) each shard that is up joins the ng address."""
 
     def __init__(self, count: int, argv: list[str]) -> None:
         self.argv = argv
         cpus = sorted(os.sched_getaffinity(0))
         self.shards = [Shard(i, shard_cpus(cpus, i, count)) for i in range(count)]
-        self.udp: socket.socket | None = None
+        self.mesh = Mesh(count)
+        self.serving = False
+        self.on_request: Callable[[Shard, tuple[Any, ...]], None] | None = None
         self._tags = itertools.count(1)
         self._answers: dict[int, asyncio.Future[Any]] = {}
         self._stopping = False
@@ -98,6 +105,14 @@ class ShardPool:
             await asyncio.sleep(0.05)
         return True
 
+    def serve(self) -> None:
+        """The front serves: every shard that is up joins the ng address (and every shard
+        from now on as soon as it is up)."""
+        self.serving = True
+        for shard in self.shards:
+            if shard.up:
+                self.send(shard, ("listen", 0))
+
     def signal_all(self, signum: int) -> None:
         for shard in self.shards:
             if shard.proc is not None and shard.proc.poll() is None:
@@ -120,7 +135,8 @@ class ShardPool:
     def _spawn(self, shard: Shard) -> None:
         front_end, shard_end = link.pair()
         ready_read, ready_write = os.pipe()
-        passed = [shard_end.fileno(), ready_write]
+        inbound, peers = self.mesh.descriptors(shard.index)
+        passed = [shard_end.fileno(), ready_write, inbound, *peers]
         args = [
             sys.executable,
             "-m",
@@ -135,11 +151,13 @@ class ShardPool:
             str(ready_write),
             "--cpus",
             ",".join(map(str, shard.cpus)),
+            "--inbound",
+            str(inbound),
+            "--peers",
+            ",".join(map(str, peers)),
+            "--",
+            *self.argv,
         ]
-        if self.udp is not None:
-            args += ["--udp", str(self.udp.fileno())]
-            passed.append(self.udp.fileno())
-        args += ["--", *self.argv]
         shard.proc = subprocess.Popen(args, pass_fds=passed, preexec_fn=_die_with_parent)
         shard.spawned_at = time.monotonic()
         shard_end.close()
@@ -160,6 +178,8 @@ class ShardPool:
         if ready:
             shard.up = True
             logger.info("shard.ready", shard=shard.index)
+            if self.serving:
+                self.send(shard, ("listen", 0))
 
     def _readable(self, shard: Shard) -> None:
         sock = shard.link
@@ -176,6 +196,8 @@ class ShardPool:
                 future = self._answers.pop(message[1], None)
                 if future is not None and not future.done():
                     future.set_result(message[2])
+            elif self.on_request is not None:
+                self.on_request(shard, message)
 
     def _died(self, shard: Shard) -> None:
         loop = asyncio.get_running_loop()

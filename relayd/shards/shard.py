@@ -1,13 +1,18 @@
-"""One shard: a supervisor that serves its share of the calls over its link to the front.
+"""One shard: a supervisor that serves its share of the calls.
 
 Started by the front (``python -m relayd.shards.shard``) with the daemon's own
 arguments after ``--``. It is a whole relayd supervisor (its slice of the port
 range, its own workers pinned to its cores, its own journal, the same nftables
-table for its forwards), without ng listeners, admin socket or HTTP of its own:
-those are the front's, which passes it the requests it owns
-(:mod:`relayd.shards.route`). It answers UDP clients itself, on its copy of the
-front's ng socket. If the front dies, the kernel sends the shard SIGTERM
-(``PR_SET_PDEATHSIG``); its kernel forwards and journal stay, for the next start.
+table for its forwards) with its own socket on the ng UDP address, one of the
+``SO_REUSEPORT`` group the kernel spreads the proxy's sockets over. Of the
+datagrams it receives (:mod:`relayd.shards.route`) it answers those of its own
+calls and those without a call-id, passes those of another shard's calls straight
+to that shard (:mod:`relayd.shards.mesh`), which answers the client from its own
+socket of the group, and has the front ask every shard for ``list`` and
+``statistics``. TCP ng, the admin socket and HTTP are the front's, which passes
+it the requests it owns over its link (:mod:`relayd.shards.link`). If the front
+dies, the kernel sends the shard SIGTERM (``PR_SET_PDEATHSIG``); its kernel
+forwards and journal stay, for the next start.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import uvloop
 
 from relayd import log
 from relayd.calls.interfaces import resolve
+from relayd.calls.model import host_port
 from relayd.certificate import load_or_create
 from relayd.config import ConfigError, load
 from relayd.daemon import GC_THRESHOLDS, start_logging, system_addresses
@@ -34,33 +40,141 @@ from relayd.ng.message import NgError, decode_body, parse_request, split_cookie
 from relayd.ng.server import NgService
 from relayd.ops import admin
 from relayd.ops.operations import metrics_page
+from relayd.shards import mesh
 from relayd.shards.link import Closed, receive, send
+from relayd.shards.route import FRONT, destination
 from relayd.supervisor import Supervisor
 
 __all__ = ["ShardEnd", "main"]
 
 logger = log.get_logger("relayd.shard")
 
+_BATCH = 64  # datagrams read from one socket before the loop runs anything else
+_DATAGRAM = 65536
+
 
 class ShardEnd:
-    """The shard's side of the link: requests in, replies out (UDP ones to the client)."""
+    """The shard's sockets: ng datagrams from clients and from the other shards in,
+    replies out to the clients; requests from the front in, answers out to it."""
 
-    def __init__(self, index: int, count: int, link: socket.socket, udp: socket.socket | None):
+    def __init__(
+        self,
+        index: int,
+        count: int,
+        link: socket.socket,
+        inbound: socket.socket | None = None,
+        peers: Sequence[socket.socket] = (),
+    ) -> None:
         self.index, self.count = index, count
-        self.link, self.udp = link, udp
+        self.link, self.inbound, self.peers = link, inbound, list(peers)
+        self.udp: socket.socket | None = None
+        self.local: tuple[Any, ...] = ()
+        self.refused = [0] * len(self.peers)  # datagrams each shard's socket refused
+        self.refusing: set[int] = set()  # the shards refusing now (logged once, at the start)
         self._service: NgService | None = None
         self._state: Supervisor | None = None
         self._tasks: set[asyncio.Future[None]] = set()  # answers waiting for a coroutine
 
     def open(self, service: NgService, state: Supervisor) -> ShardEnd:
-        """Serve the link on the running loop; the returned object closes it."""
+        """Serve the link and the inbound socket on the running loop (the ng address once
+        the front says so: ``listen``); the returned object closes them."""
         self._service, self._state = service, state
-        asyncio.get_running_loop().add_reader(self.link.fileno(), self._readable)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self.link.fileno(), self._readable)
+        if self.inbound is not None:
+            stale = mesh.discard(self.inbound)
+            if stale:
+                logger.info("shard.stale_dropped", shard=self.index, messages=stale)
+            loop.add_reader(self.inbound.fileno(), self._inbound_readable)
         return self
 
+    def listen(self) -> None:
+        """Join the ng address's ``SO_REUSEPORT`` group: from now on the kernel gives this
+        shard its share of the clients' datagrams."""
+        assert self._state is not None
+        address = self._state.config.listen_ng
+        if address is None or self.udp is not None:
+            return
+        self.udp = mesh.reuseport_socket(*address)
+        self.local = self.udp.getsockname()
+        asyncio.get_running_loop().add_reader(self.udp.fileno(), self._udp_readable)
+        logger.info("ng.listening", transport="udp", address=host_port(address))
+
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            asyncio.get_running_loop().remove_reader(self.link.fileno())
+        loop = asyncio.get_running_loop()
+        for sock in (self.link, self.inbound, self.udp):
+            if sock is not None:
+                with contextlib.suppress(Exception):
+                    loop.remove_reader(sock.fileno())
+        if self.udp is not None:
+            self.udp.close()  # out of the group: the kernel gives the others its share
+            self.udp = None
+
+    # -- ng over UDP ---------------------------------------------------------------------------
+
+    def _udp_readable(self) -> None:
+        udp = self.udp
+        if udp is None:
+            return
+        for _ in range(_BATCH):
+            try:
+                data, source = udp.recvfrom(_DATAGRAM)
+            except OSError:  # BlockingIOError: nothing (more) to read
+                return
+            try:
+                self._route(data, source)
+            except Exception:
+                logger.exception("shard.request_failed", kind="ng")
+
+    def _route(self, data: bytes, source: tuple[Any, ...]) -> None:
+        where = destination(data, self.index, self.count)
+        if where == self.index:
+            self._answer(data, source)
+        elif where == FRONT:
+            self._reply("fanout", 0, (source, data), "fanout")
+        elif mesh.forward(self.peers[where], source, data):
+            if where in self.refusing:
+                self.refusing.discard(where)
+                logger.info("shard.forwarding", to=where, refused=self.refused[where])
+        else:
+            self.refused[where] += 1
+            if where not in self.refusing:
+                self.refusing.add(where)
+                logger.warning("shard.forward_refused", to=where)
+
+    def _inbound_readable(self) -> None:
+        assert self.inbound is not None
+        if self.udp is None:  # not on the ng address yet: dropped, as if it were down
+            mesh.discard(self.inbound)
+            return
+        try:
+            messages = mesh.receive(self.inbound, _BATCH)
+        except Exception:
+            logger.exception("shard.request_failed", kind="forwarded")
+            return
+        for source, data in messages:
+            try:
+                self._answer(data, source)
+            except Exception:
+                logger.exception("shard.request_failed", kind="ng")
+
+    def _answer(self, data: bytes, source: tuple[Any, ...]) -> None:
+        """Handle a client's datagram as a single relayd would, and answer the client."""
+        assert self._service is not None
+        reply = self._service.handle(data, source, self.local)
+        if reply is not None:
+            self._send(reply, source)
+
+    def _send(self, reply: bytes | asyncio.Future[bytes], source: Any) -> None:
+        if not isinstance(reply, bytes):
+            reply.add_done_callback(
+                lambda done: None if done.cancelled() else self._send(done.result(), source)
+            )
+        elif self.udp is not None:
+            with contextlib.suppress(OSError):
+                self.udp.sendto(reply, source)
+
+    # -- the link to the front -----------------------------------------------------------------
 
     def _readable(self) -> None:
         try:
@@ -89,9 +203,16 @@ class ShardEnd:
             payload = service.handle(data, source, local)
             if payload is None:
                 return  # no cookie: nothing to answer
-            if tag == 0 and self.udp is not None:
-                self._answer_client(payload, source)
-                return
+        elif kind == "send":
+            self._send(message[3], message[2])  # a merged reply, for a client of ours
+            return
+        elif kind == "listen":
+            try:
+                self.listen()
+            except OSError as exc:  # the front found the address free: try again from scratch
+                logger.error("shard.failed", shard=self.index, error=str(exc))
+                state.stop()
+            return
         elif kind == "call":
             _, _, source, data = message
             payload = self._call(state, data, source)
@@ -107,17 +228,7 @@ class ShardEnd:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         else:
-            self._reply(kind, tag, payload)
-
-    def _answer_client(self, reply: bytes | asyncio.Future[bytes], source: Any) -> None:
-        if isinstance(reply, bytes):
-            assert self.udp is not None
-            with contextlib.suppress(OSError):
-                self.udp.sendto(reply, source)
-            return
-        reply.add_done_callback(
-            lambda done: None if done.cancelled() else self._answer_client(done.result(), source)
-        )
+            self._reply("reply", tag, payload, kind)
 
     async def _reply_later(self, kind: str, tag: int, pending: Awaitable[Any]) -> None:
         try:
@@ -126,15 +237,28 @@ class ShardEnd:
             logger.exception("shard.request_failed", kind=kind)
             return  # the front's wait times out; the proxy retransmits
         if kind == "metrics":
-            payload = payload[1]  # the text of (content type, text)
-        self._reply(kind, tag, payload)
+            payload = payload[1] + self.metrics()  # the text of (content type, text)
+        self._reply("reply", tag, payload, kind)
 
-    def _reply(self, kind: str, tag: int, payload: Any) -> None:
+    def _reply(self, kind: str, tag: int, payload: Any, about: str) -> None:
         try:
-            if not send(self.link, ("reply", tag, payload)):
-                logger.warning("shard.link_full", kind=kind)
+            if not send(self.link, (kind, tag, payload)):
+                logger.warning("shard.link_full", kind=about)
         except Closed:
             pass  # the front is gone: _readable stops the shard
+
+    def metrics(self) -> str:
+        """The shard's own family: datagrams another shard's socket refused (it was down)."""
+        lines = [
+            "# HELP relayd_shard_forward_refused_total ng datagrams for another shard's calls "
+            "that could not be passed to it (it was restarting, or far behind)",
+            "# TYPE relayd_shard_forward_refused_total counter",
+            *(
+                f'relayd_shard_forward_refused_total{{to="{i}"}} {n}'
+                for i, n in enumerate(self.refused)
+            ),
+        ]
+        return "\n".join(lines) + "\n"
 
     @staticmethod
     def _call(
@@ -158,7 +282,8 @@ def _arguments(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--shards", type=int, required=True)
     parser.add_argument("--link", type=int, required=True, help="descriptor of the link")
-    parser.add_argument("--udp", type=int, default=-1, help="descriptor of the ng UDP socket")
+    parser.add_argument("--inbound", type=int, default=-1, help="descriptor: from other shards")
+    parser.add_argument("--peers", default="", help="descriptors: to each shard, by index")
     parser.add_argument("--ready", type=int, default=-1, help="descriptor told when ready")
     parser.add_argument("--cpus", default="", help="CPUs this shard and its workers run on")
     args = list(argv)
@@ -188,10 +313,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 78
     link = socket.socket(fileno=own.link)
     link.setblocking(False)
-    udp = socket.socket(fileno=own.udp) if own.udp >= 0 else None
-    if udp is not None:
-        udp.setblocking(False)
-    end = ShardEnd(own.index, own.shards, link, udp)
+    inbound = socket.socket(fileno=own.inbound) if own.inbound >= 0 else None
+    peers = [socket.socket(fileno=int(fd)) for fd in own.peers.split(",") if fd]
+    for sock in (inbound, *peers):
+        if sock is not None:
+            sock.setblocking(False)
+    end = ShardEnd(own.index, own.shards, link, inbound, peers)
     try:
         supervisor = Supervisor(
             config,

@@ -1,9 +1,15 @@
-"""Sharding's pure parts: which shard owns a message (relayd/shards/route.py), the shards'
-slices of the port range, and one answer from every shard's (relayd/shards/merge.py).
-The processes themselves are tested in tests/netns/test_shards.py."""
+"""Sharding's parts that need no processes: which shard answers a message
+(relayd/shards/route.py) and what a shard does with a datagram it receives
+(relayd/shards/shard.py, on the sockets of relayd/shards/mesh.py), the shards' slices of
+the port range, and one answer from every shard's (relayd/shards/merge.py). The
+processes themselves are tested in tests/netns/test_shards.py."""
 
 from __future__ import annotations
 
+import pickle
+import random
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +17,12 @@ import pytest
 
 from relayd.config import ConfigError, load
 from relayd.ng import bencode
+from relayd.ng.message import normalise
+from relayd.shards import link, mesh
 from relayd.shards.merge import merge_admin, merge_list, merge_metrics, merge_statistics
 from relayd.shards.processes import shard_cpus
-from relayd.shards.route import Route, owner, port_slice, route_of
+from relayd.shards.route import FRONT, Route, destination, owner, port_slice, route_of
+from relayd.shards.shard import ShardEnd
 
 
 def body(**keys: Any) -> bytes:
@@ -31,9 +40,163 @@ def test_route_reads_command_and_call_id_in_any_order_and_spelling() -> None:
     assert route_of(body(command="list")) == Route("list", b"")
 
 
-@pytest.mark.parametrize("raw", [b"", b"garbage", b"d3:abc", b"{not json", b"li1ee", b"[1]"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"garbage",
+        b"d3:abc",
+        b"{not json",
+        b"li1ee",
+        b"[1]",
+        b"d7:call-id-3:abce",  # a negative length must not walk backwards
+        b"d7:call-id3:abc7:command",  # truncated
+        b"di1e3:abce",  # a key that is not a string
+        b"d7:commandl5:offer",
+        b"d7:command99999999999:x",
+    ],
+)
 def test_route_of_malformed_input_is_empty_and_never_raises(raw: bytes) -> None:
     assert route_of(raw) == Route("", b"")
+
+
+def _value(rng: random.Random, depth: int) -> Any:
+    kind = rng.choice("ssiild" if depth < 3 else "ssi")
+    if kind == "s":
+        return rng.choice(
+            ["", "offer", "call-id", "7:call-id3:bad", "e", "l", "d", "i1e", "x" * 40]
+        )
+    if kind == "i":
+        return rng.randint(-5, 500)
+    if kind == "l":
+        return [_value(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+    return {rng.choice(["call-id", "command", "sdp", "x"]): _value(rng, depth + 1)}
+
+
+def test_route_of_agrees_with_the_parser_on_well_formed_messages() -> None:
+    rng = random.Random(13)
+    for _ in range(500):
+        message = {
+            rng.choice(["sdp", "flags", "Call-ID", "call_id", "COMMAND", "replace", "command"]): (
+                _value(rng, 0)
+            )
+            for _ in range(rng.randint(0, 6))
+        }
+        keys = {normalise(k): v for k, v in message.items()}  # as parse_request reads them
+        command, call_id = keys.get("command"), keys.get("call-id")
+        expected = Route(
+            normalise(command) if isinstance(command, str) and command else "",
+            call_id.encode() if isinstance(call_id, str) else b"",
+        )
+        assert route_of(bencode.encode(message)) == expected, message
+
+
+def _owned_by(shard: int, shards: int = 2) -> str:
+    return next(f"c{n}" for n in range(100) if owner(f"c{n}".encode(), shards) == shard)
+
+
+def test_destination_of_a_datagram_received_by_a_shard() -> None:
+    mine, theirs = _owned_by(0), _owned_by(1)
+
+    def datagram(**keys: Any) -> bytes:
+        return b"cookie1 " + bencode.encode(keys)
+
+    assert destination(datagram(command="offer", **{"call-id": mine}), 0, 2) == 0
+    assert destination(datagram(command="delete", **{"call-id": theirs}), 0, 2) == 1
+    assert destination(datagram(command="query", **{"call-id": mine}), 1, 2) == 0
+    # every call: the front asks every shard; one call's list goes to its owner
+    assert destination(datagram(command="list"), 1, 2) == FRONT
+    assert destination(datagram(command="Statistics"), 0, 2) == FRONT
+    assert destination(datagram(command="list", **{"call-id": theirs}), 0, 2) == 1
+    # no call-id, or nothing readable: answered where it came in, as a single relayd would
+    assert destination(datagram(command="ping"), 1, 2) == 1
+    assert destination(datagram(command="no such command"), 0, 2) == 0
+    assert destination(b"cookie1 garbage", 1, 2) == 1
+    assert destination(b"no-cookie", 1, 2) == 1
+    assert (
+        destination(b'cookie1 {"command": "answer", "call-id": "%s"}' % theirs.encode(), 0, 2) == 1
+    )
+    assert destination(datagram(command="offer", **{"call-id": theirs}), 0, 1) == 0
+
+
+class _Service:
+    """What a shard's NgService does, as far as routing sees it: a reply for a request."""
+
+    def __init__(self) -> None:
+        self.handled: list[tuple[bytes, tuple[Any, ...]]] = []
+
+    def handle(self, data: bytes, source: tuple[Any, ...], local: tuple[Any, ...]) -> bytes:
+        self.handled.append((data, source))
+        return data.split(b" ", 1)[0] + b" d6:result4:ponge"
+
+
+@pytest.fixture
+def udp_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A shard's ng socket and a client's."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    client.bind(("127.0.0.1", 0))
+    client.settimeout(2)
+    yield server, client
+    server.close()
+    client.close()
+
+
+def test_a_shard_answers_its_calls_passes_the_others_on_and_asks_the_front_for_lists(
+    udp_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    server, client = udp_pair
+    sockets = mesh.Mesh(2)
+    front, link_end = link.pair()
+    shard, service = ShardEnd(0, 2, link_end, sockets.inbound[0], sockets.outbound), _Service()
+    shard._service, shard.udp = service, server  # type: ignore[assignment]
+    source = client.getsockname()
+    mine = b"c1 " + bencode.encode({"command": "query", "call-id": _owned_by(0)})
+    theirs = b"c2 " + bencode.encode({"command": "query", "call-id": _owned_by(1)})
+    listing = b"c3 " + bencode.encode({"command": "list"})
+    ping = b"c4 " + bencode.encode({"command": "ping"})
+    try:
+        shard._route(mine, source)
+        shard._route(ping, source)
+        assert service.handled == [(mine, source), (ping, source)]
+        assert client.recv(100).startswith(b"c1 ") and client.recv(100).startswith(b"c4 ")
+        shard._route(theirs, source)  # straight to its owner's socket, with the client
+        assert mesh.receive(sockets.inbound[1], 10) == [(source, theirs)]
+        shard._route(listing, source)  # the front asks every shard
+        assert link.receive(front) == [("fanout", 0, (source, listing))]
+        assert len(service.handled) == 2
+        # the owner's side: a passed-on datagram is handled and answered from its socket
+        owner_end, owner_service = ShardEnd(1, 2, link_end, sockets.inbound[1]), _Service()
+        owner_end._service = owner_service  # type: ignore[assignment]
+        assert mesh.forward(sockets.outbound[1], source, theirs)
+        owner_end._inbound_readable()  # not on the ng address yet: dropped, not handled
+        assert owner_service.handled == []
+        owner_end.udp = server
+        assert mesh.forward(sockets.outbound[1], source, theirs)
+        owner_end._inbound_readable()
+        assert owner_service.handled == [(theirs, source)]
+        assert client.recv(100).startswith(b"c2 ")
+    finally:
+        sockets.close()
+        front.close()
+        link_end.close()
+
+
+def test_a_shard_down_refuses_once_its_socket_is_full_and_drops_the_backlog_on_start() -> None:
+    sockets = mesh.Mesh(2)
+    try:
+        sent = 0
+        while mesh.forward(sockets.outbound[1], ("192.0.2.1", 5060), b"c1 d7:command4:pinge"):
+            sent += 1
+            assert sent < 1_000_000
+        assert sent > 100  # hundreds wait: a short stall loses nothing
+        assert mesh.discard(sockets.inbound[1]) == sent
+        assert mesh.receive(sockets.inbound[1], 10) == []
+        assert mesh.forward(sockets.outbound[1], ("192.0.2.1", 5060), b"again")
+        assert pickle.loads(sockets.inbound[1].recv(1000)) == (("192.0.2.1", 5060), b"again")
+    finally:
+        sockets.close()
 
 
 def test_owner_is_stable_and_spreads_calls() -> None:
