@@ -39,6 +39,7 @@ log = get_logger("relayd.plane.kernel")
 _RETRY_AFTER = 10.0
 _IPV4_UDP = 20 + 8
 _IPV6_UDP = 40 + 8
+_SETTLE_BATCH = 128  # forwards whose flows are deleted at a time (two each: one ctnetlink batch)
 
 
 def table_name(table: int) -> str:
@@ -365,18 +366,22 @@ class KernelPath:
         taken over; the entry that packet leaves (relay port → peer, unreplied) would
         make every later NATed packet of the stream clash and be dropped.
         """
-        due = [records for at, records in self._settling if now - at >= after]
+        due = [r for at, records in self._settling if now - at >= after for r in records]
         self._settling = [(at, r) for at, r in self._settling if now - at < after]
         if not due or not self.enabled:
             return
-        settled = [record.forward for records in due for record in records]
-        try:
-            self.forwarder.forget_flows(settled)
-        except NftError as exc:
-            self._disable(f"conntrack failed: {exc}")
-            return
+        # a slice at a time: a burst of offloads (500 calls reported in one second) would
+        # otherwise make a Forward, four Endpoints and two flows for each of its thousands
+        # of forwards at once, a peak the heap keeps (1 MB more RSS for 1,000 calls)
+        for start in range(0, len(due), _SETTLE_BATCH):
+            settled = [record.forward for record in due[start : start + _SETTLE_BATCH]]
+            try:
+                self.forwarder.forget_flows(settled)
+            except NftError as exc:
+                self._disable(f"conntrack failed: {exc}")
+                return
         # the hand-over is complete: from here on only packets make the forwards' entries
-        log.debug("kernel.settled", forwards=len(settled))
+        log.debug("kernel.settled", forwards=len(due))
 
     # -- counters -------------------------------------------------------------------------
 
