@@ -2,8 +2,12 @@
 """Memory per call: relayd's RSS (main process and each worker) per established call.
 
 For each number N of calls and each kind of call the benchmark starts a fresh
-relayd in a namespace of its own, sets up and deletes a few calls (warm-up:
-the first calls allocate the daemon's lasting structures), reads VmRSS of the
+relayd in a namespace of its own, sets up and deletes 50 calls (warm-up:
+the first calls allocate the daemon's lasting structures; they get the same
+media as the measured kind, and are kernelized for ``kernel``, so that the
+first forwarded packets' and the first nftables transactions' lasting
+allocations are not counted as the measured calls'; ``--cold-media``: the
+warm-up calls get no media, as before 6 Dec 2026), reads VmRSS of the
 main process and of every worker, sets up N plain-RTP calls over ng (offer +
 answer, G.711 + telephone-event, as bench/ng.py's requests) and reads VmRSS
 again; the difference over N is the memory per call. Kinds of call:
@@ -427,6 +431,13 @@ def measure(
                 warm.setup(WARM_CALLS)
             except BenchError as exc:
                 raise BenchError(f"{exc}; relayd's log:\n{log.read_text()[-3000:]}") from None
+            if kind != "signalled" and not args.cold_media:
+                # the warm-up calls' media too: what the first forwarded or kernelized
+                # packets allocate for good (buffers, the first nftables transaction's
+                # room in the heap) is the daemon's, not the measured calls'
+                confirm(warm)
+                if kind == "kernel":
+                    wait_kernelized(4 * WARM_CALLS)
             warm.delete(WARM_CALLS)
             time.sleep(1.0)
             pids = [pid, *children(pid)]
@@ -537,6 +548,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=1, help="call stack depth of the breakdown")
     parser.add_argument(
         "--mappings", action="store_true", help="RSS growth by mapping (heap, anonymous, files)"
+    )
+    parser.add_argument(
+        "--cold-media",
+        action="store_true",
+        help="warm-up calls without media (before 6 Dec 2026, 20:00 UTC: the first forwarded "
+        "and kernelized packets' lasting allocations counted as the measured calls')",
     )
     parser.add_argument("--log-level", type=int, default=4, help="relayd's log level")
     parser.add_argument("--json", type=Path, help="write the rows here")
