@@ -85,34 +85,34 @@ def test_forwards_adopted_when_the_kernel_path_comes_back_are_settled() -> None:
     assert len(forwarder.forgotten) == 1  # once
 
 
-def test_the_heap_is_given_back_once_a_burst_of_hand_overs_is_settled(
+def test_the_heap_is_given_back_once_a_burst_of_changes_is_over(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """libnftables' transactions leave free room between the heap's lasting blocks: after a
-    burst (256 forwards or more, nothing left to settle) it goes back to the system, at most
-    once a second."""
+    burst (128 forwards or more added or removed, nothing left to settle) it goes back to
+    the system, at most once a second."""
     released: list[float] = []
     monkeypatch.setattr(kernel, "release_heap", lambda: released.append(time.monotonic()))
     path, _ = kernel_path()
+    path.forwarder.remove = lambda keys: None  # type: ignore[method-assign]
     for n in range(63):  # 126 forwards: too few
         path.sync(f"c{n}", [_leg(n, 0), _leg(n, 1)])
     at = path._settling[-1][0]
     path.settle(at + 0.31)
     assert released == []
-    for n in range(63, 130):  # 134 more: 260 since the last release
-        path.sync(f"c{n}", [_leg(n, 0), _leg(n, 1)])
-    path.sync("late", [_leg(200, 0)])
+    path.sync("late", [_leg(200, 0), _leg(200, 1)])  # 128 now
     at = path._settling[-1][0]
     path.settle(at + 0.1)  # "late" is not settled yet: the burst goes on
     assert released == []
     path.settle(at + 0.31)
     assert len(released) == 1
-    for n in range(300, 430):
-        path.sync(f"c{n}", [_leg(n, 0), _leg(n, 1)])
-    path.settle(at + 0.5)  # another burst, within the second: not yet
+    for call_id in [*(f"c{n}" for n in range(63)), "late"]:  # removals count too
+        path.drop(call_id)
+    path.settle(at + 0.5)  # within the second: not yet
     assert len(released) == 1
-    path.sync("next", [_leg(500, 0)])
     path.settle(at + 1.4)
+    assert len(released) == 2
+    path.settle(at + 3.0)  # nothing changed since
     assert len(released) == 2
 
 
