@@ -2,8 +2,12 @@
 """Memory per call: relayd's RSS (main process and each worker) per established call.
 
 For each number N of calls and each kind of call the benchmark starts a fresh
-relayd in a namespace of its own, sets up and deletes a few calls (warm-up:
-the first calls allocate the daemon's lasting structures), reads VmRSS of the
+relayd in a namespace of its own, sets up and deletes 50 calls (warm-up:
+the first calls allocate the daemon's lasting structures; they get the same
+media as the measured kind, and are kernelized for ``kernel``, so that the
+first forwarded packets' and the first nftables transactions' lasting
+allocations are not counted as the measured calls'; ``--cold-media``: the
+warm-up calls get no media, as before 6 Dec 2026), reads VmRSS of the
 main process and of every worker, sets up N plain-RTP calls over ng (offer +
 answer, G.711 + telephone-event, as bench/ng.py's requests) and reads VmRSS
 again; the difference over N is the memory per call. Kinds of call:
@@ -27,6 +31,9 @@ the same userspace calls, side by side. With ``--tracemalloc`` a second relayd
 runs with tracemalloc on (a ``sitecustomize`` of the benchmark's own, which
 dumps a snapshot on a signal) and the allocations that grew with the calls are
 printed by file and line, per call, for the main process and the first worker.
+With ``--mappings`` the RSS growth of each process is broken down by mapping
+(``[heap]``: glibc's heap, where objects over 512 bytes and C libraries' memory live;
+``[anon]``: pymalloc's arenas; libraries), from ``/proc/PID/smaps``.
 
 Topology: namespaces ``mem-relay`` (relayd, 10.77.0.1) and ``mem-peer`` (the
 caller 10.77.0.10 and the callee 10.77.0.20), one veth between them; ng on
@@ -48,6 +55,7 @@ import argparse
 import fcntl
 import json
 import os
+import re
 import resource
 import signal
 import socket
@@ -87,6 +95,7 @@ KERNEL_WAIT = 120.0
 # Calls confirmed per worker report: a report of every socket of 4,500 calls at once is
 # over ipc.MAX_MESSAGE (1 MiB) and the main process drops it (worker.bad_message).
 CONFIRM_BATCH = 500  # seconds for every stream to reach nftables
+_MAPPING = re.compile(r"[0-9a-f]+-[0-9a-f]+ ")  # a mapping's first line in /proc/PID/smaps
 DUMP_SIGNAL = signal.SIGRTMIN + 7  # the sitecustomize's "write a snapshot" signal
 RTPENGINE_BIN = "/usr/bin/rtpengine"
 # one run per prefix at a time: the namespaces have fixed names
@@ -280,6 +289,27 @@ def rss(pid: int) -> int:
     raise BenchError(f"no VmRSS for {pid}")
 
 
+def mappings(pid: int) -> dict[str, int]:
+    """RSS by mapping: ``[heap]`` (glibc's main arena: blocks over 512 bytes, C libraries),
+    ``[anon]`` (pymalloc's 1 MiB arenas, mmapped blocks), each file (libraries)."""
+    found: dict[str, int] = {}
+    name = ""
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        fields = line.split()
+        if _MAPPING.match(line):
+            name = fields[5] if len(fields) > 5 else "[anon]"
+        elif fields[0] == "Rss:":
+            found[name] = found.get(name, 0) + int(fields[1]) * 1024
+    return found
+
+
+def mapping_growth(before: dict[str, int], after: dict[str, int], count: int) -> str:
+    """What each mapping's RSS gained, per call, largest first."""
+    grew = {n: (after.get(n, 0) - before.get(n, 0)) / count for n in {*before, *after}}
+    ranked = sorted(grew.items(), key=lambda item: -abs(item[1]))
+    return ", ".join(f"{name} {size:,.0f}" for name, size in ranked if abs(size) >= 1)
+
+
 class Calls:
     """Plain RTP calls over ng; each party's relay port (RTP; RTCP is the next one)."""
 
@@ -401,6 +431,13 @@ def measure(
                 warm.setup(WARM_CALLS)
             except BenchError as exc:
                 raise BenchError(f"{exc}; relayd's log:\n{log.read_text()[-3000:]}") from None
+            if kind != "signalled" and not args.cold_media:
+                # the warm-up calls' media too: what the first forwarded or kernelized
+                # packets allocate for good (buffers, the first nftables transaction's
+                # room in the heap) is the daemon's, not the measured calls'
+                confirm(warm)
+                if kind == "kernel":
+                    wait_kernelized(4 * WARM_CALLS)
             warm.delete(WARM_CALLS)
             time.sleep(1.0)
             pids = [pid, *children(pid)]
@@ -409,6 +446,7 @@ def measure(
                     os.kill(p, DUMP_SIGNAL)
                 time.sleep(1.0)
             before = [rss(p) for p in pids]
+            maps_before = [mappings(p) for p in pids] if args.mappings else []
             calls = Calls(ng, "call")
             calls.setup(count)
             row = Row(name, kind, count)
@@ -423,6 +461,10 @@ def measure(
                     )
             time.sleep(1.0)
             after = [rss(p) for p in pids]
+            roles = ("main process", "worker 0")
+            for p, was, role in zip(pids, maps_before, roles, strict=False):
+                grew = mapping_growth(was, mappings(p), count)
+                print(f"{role}, RSS growth by mapping, B per call: {grew}", flush=True)
             if dumps:
                 for p in pids:
                     os.kill(p, DUMP_SIGNAL)
@@ -504,6 +546,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracemalloc", action="store_true", help="breakdown by file:line")
     parser.add_argument("--top", type=int, default=25, help="lines of the breakdown")
     parser.add_argument("--frames", type=int, default=1, help="call stack depth of the breakdown")
+    parser.add_argument(
+        "--mappings", action="store_true", help="RSS growth by mapping (heap, anonymous, files)"
+    )
+    parser.add_argument(
+        "--cold-media",
+        action="store_true",
+        help="warm-up calls without media (before 6 Dec 2026, 20:00 UTC: the first forwarded "
+        "and kernelized packets' lasting allocations counted as the measured calls')",
+    )
     parser.add_argument("--log-level", type=int, default=4, help="relayd's log level")
     parser.add_argument("--json", type=Path, help="write the rows here")
     args = parser.parse_args(argv)

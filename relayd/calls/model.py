@@ -19,6 +19,7 @@ from relayd.ipc import Learning
 from relayd.transcode.plan import DtmfSecurity, DtmfTrigger
 
 __all__ = [
+    "UNSAVED",
     "Call",
     "CallRecording",
     "Codec",
@@ -90,6 +91,10 @@ class LocalAddress:
         return family_of(self.local)
 
 
+UNSAVED = {"unsaved": True}
+"""A field's metadata: the journal (relayd/calls/snapshot.py) leaves it out."""
+
+
 @dataclass(slots=True)
 class StreamStats:
     """A stream's counters, the worker's and the kernel's added up: what the party sent to its
@@ -117,6 +122,12 @@ class Stream(StreamStats):
     dtls: str = ""  # as the worker reports it: connecting, connected, closed, failed: <reason>
     ice: str = ""  # checking, nominated
     call_id: str = ""  # the call it belongs to (the media plane finds streams by socket)
+    # the worker's totals for the stream's own socket as last reported (relayd/plane/
+    # reports.py counts only what is new; three slots, not a tuple and a map entry per
+    # socket): the media plane's bookkeeping, not the call's, so never journaled
+    reported_packets: int = field(default=0, compare=False, repr=False, metadata=UNSAVED)
+    reported_bytes: int = field(default=0, compare=False, repr=False, metadata=UNSAVED)
+    reported_errors: int = field(default=0, compare=False, repr=False, metadata=UNSAVED)
 
     @property
     def stats(self) -> StreamStats:

@@ -4,7 +4,9 @@ Generic over the model's dataclasses: values are converted following their
 type annotations, so a new field needs no code here. A field marked
 ``metadata={"flatten": True}`` (a media's SRTP, DTLS and ICE state) is a
 dataclass whose fields are written among its holder's own, as they were before
-they moved into it: journals of either layout load the same. The only special case is
+they moved into it: journals of either layout load the same. A field marked
+``metadata={"unsaved": True}`` (:data:`relayd.calls.model.UNSAVED`) is left out, and
+takes its default when loaded. The only special case is
 the call itself, whose ``monologues`` and ``branches`` maps may name the same
 party several times (tag aliases, a branch answered under its tag): parties are
 stored once in a list and the maps hold indexes into it.
@@ -27,6 +29,8 @@ def _dump(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         data = {}
         for f in dataclasses.fields(value):
+            if f.metadata.get("unsaved"):  # bookkeeping that means nothing after a restart
+                continue
             if f.metadata.get("flatten"):  # its fields stand among the holder's own
                 data.update(_dump(getattr(value, f.name)))
             else:
@@ -84,7 +88,7 @@ def _load(kind: Any, value: Any) -> Any:
                 part = _load(hints[f.name], value)
                 default = f.default_factory() if callable(f.default_factory) else f.default
                 loaded[f.name] = default if part == default else part  # a shared default kept
-            elif f.name in value:
+            elif f.name in value and not f.metadata.get("unsaved"):
                 loaded[f.name] = _load(hints[f.name], value[f.name])
         return kind(**loaded)
     return value

@@ -43,7 +43,10 @@ class Reports:
 
     def __init__(self) -> None:
         self.streams: dict[str, Stream] = {}  # socket key -> the stream it carries
-        self.reported: dict[str, tuple[int, int, int]] = {}  # socket key -> worker counters
+        # the worker's last totals of a socket: a stream's own socket keeps them in the
+        # stream (Stream.reported_*: a tuple and a map entry less per socket), an ICE
+        # candidate socket on another address here, by its key
+        self.reported: dict[str, tuple[int, int, int]] = {}
         # stream's own socket key -> the socket whose confirmed endpoint the stream shows
         # (an ICE candidate on another local address, once the party nominated it)
         self.holders: dict[str, str] = {}
@@ -57,14 +60,22 @@ class Reports:
         known = self.streams.get(key)
         if known is not stream:
             self.streams[key] = stream
-        if known is None:
-            # the counters live under this copy of the key, not under the copy each
-            # report decodes (a dict keeps the key it was first given)
-            self.reported[key] = _NONE_YET
+            # a socket's totals go with it: a new one counts from zero, one that now
+            # counts into another stream keeps them
+            totals = self.reported.pop(key, None)
+            if totals is None:
+                totals = _NONE_YET if known is None else _totals(known)
+            if key == socket_key(stream.local.local, stream.port):
+                stream.reported_packets, stream.reported_bytes, stream.reported_errors = totals
+            else:
+                # under this copy of the key, not under the copy each report decodes (a
+                # dict keeps the key it was first given)
+                self.reported[key] = totals
         return known is None
 
     def forget(self, key: str) -> None:
-        """The socket left its worker: what it reported goes with it."""
+        """The socket left its worker: what it reported goes with it (a socket tracked again
+        counts from zero)."""
         self.streams.pop(key, None)
         self.reported.pop(key, None)
         self.holders.pop(key, None)
@@ -82,8 +93,15 @@ class Reports:
             stream = self.streams.get(entry.key)
             if stream is None:
                 continue
-            packets, size, errors = self.reported.get(entry.key, _NONE_YET)
-            self.reported[entry.key] = (entry.packets, entry.bytes, entry.errors)
+            own = socket_key(stream.local.local, stream.port)
+            last = self.reported.get(entry.key)
+            if last is None and entry.key == own:  # the totals kept in the stream
+                packets, size, errors = _totals(stream)
+                stream.reported_packets, stream.reported_bytes = entry.packets, entry.bytes
+                stream.reported_errors = entry.errors
+            else:
+                packets, size, errors = _NONE_YET if last is None else last
+                self.reported[entry.key] = (entry.packets, entry.bytes, entry.errors)
             if entry.packets < packets:  # a new worker counts from zero again
                 packets = size = errors = 0
             new_packets, new_bytes = entry.packets - packets, entry.bytes - size
@@ -98,7 +116,6 @@ class Reports:
                 self._fold_codec(entry)
             if entry.last_packet:
                 stream.stats.last_packet = max(stream.stats.last_packet, entry.last_packet + offset)
-            own = socket_key(stream.local.local, stream.port)
             # the stream's one DTLS session lives on its primary socket; any candidate
             # socket may be the nominated one
             if entry.dtls and entry.key == own:
@@ -160,6 +177,10 @@ class Reports:
             else:
                 active[codec] = active.get(codec, 0) + 1
         return active, failed
+
+
+def _totals(stream: Stream) -> tuple[int, int, int]:
+    return stream.reported_packets, stream.reported_bytes, stream.reported_errors
 
 
 def _same(endpoint: Endpoint | None, address: tuple[str, int]) -> bool:

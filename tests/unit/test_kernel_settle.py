@@ -10,9 +10,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
+import pytest
+
 from relayd.calls.model import Endpoint
 from relayd.nft import Counter, Forward, ForwardKey
 from relayd.nft.forward import ReconcileResult
+from relayd.plane import kernel
 from relayd.plane.kernel import KernelLeg, KernelPath
 
 CALLER, CALLEE = Endpoint("192.0.2.10", 6000), Endpoint("198.51.100.20", 7000)
@@ -80,3 +83,42 @@ def test_forwards_adopted_when_the_kernel_path_comes_back_are_settled() -> None:
     assert forwarder.forgotten == [{record.key for record in path.installed["c1"]}]
     path.settle(at + 1.0)
     assert len(forwarder.forgotten) == 1  # once
+
+
+def test_the_heap_is_given_back_once_a_burst_of_changes_is_over(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """libnftables' transactions leave free room between the heap's lasting blocks: after a
+    burst (128 forwards or more added or removed, nothing left to settle) it goes back to
+    the system, at most once a second."""
+    released: list[float] = []
+    monkeypatch.setattr(kernel, "release_heap", lambda: released.append(time.monotonic()))
+    path, _ = kernel_path()
+    path.forwarder.remove = lambda keys: None  # type: ignore[method-assign]
+    for n in range(63):  # 126 forwards: too few
+        path.sync(f"c{n}", [_leg(n, 0), _leg(n, 1)])
+    at = path._settling[-1][0]
+    path.settle(at + 0.31)
+    assert released == []
+    path.sync("late", [_leg(200, 0), _leg(200, 1)])  # 128 now
+    at = path._settling[-1][0]
+    path.settle(at + 0.1)  # "late" is not settled yet: the burst goes on
+    assert released == []
+    path.settle(at + 0.31)
+    assert len(released) == 1
+    for call_id in [*(f"c{n}" for n in range(63)), "late"]:  # removals count too
+        path.drop(call_id)
+    path.settle(at + 0.5)  # within the second: not yet
+    assert len(released) == 1
+    path.settle(at + 1.4)
+    assert len(released) == 2
+    path.settle(at + 3.0)  # nothing changed since
+    assert len(released) == 2
+
+
+def _leg(n: int, side: int) -> KernelLeg:
+    """A direction of call ``n``'s stream, relay ports of its own."""
+    a, b = Endpoint("203.0.113.1", 20000 + 4 * n), Endpoint("203.0.113.1", 20002 + 4 * n)
+    if side:
+        return KernelLeg(f"203.0.113.1 {b.port}", CALLEE, b, a, CALLER)
+    return KernelLeg(f"203.0.113.1 {a.port}", CALLER, a, b, CALLEE)

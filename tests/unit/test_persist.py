@@ -101,3 +101,18 @@ def test_a_journal_with_a_stream_s_counters_nested_under_stats_loads_them() -> N
     back = load_call(data)
     assert back == call
     assert back.monologues["a"].medias[0].streams[0].stats.packets == 7
+
+
+def test_the_workers_last_totals_kept_in_a_stream_are_not_journalled() -> None:
+    """Stream.reported_*: the media plane's bookkeeping (relayd/plane/reports.py), which
+    means nothing to a restarted relayd; the journal's contents stay as they were."""
+    cmds, _ = build()
+    assert cmds.handle(req("offer", from_tag="a", sdp=sdp()), 0.0)["result"] == "ok"
+    call = cmds.calls["c1"]
+    stream = call.monologues["a"].medias[0].streams[0]
+    stream.reported_packets, stream.reported_bytes, stream.reported_errors = 5, 800, 1
+    data = json.loads(json.dumps(dump_call(call)))
+    assert "reported_packets" not in json.dumps(data)
+    back = load_call(data)
+    assert back == call  # (the totals are not compared)
+    assert back.monologues["a"].medias[0].streams[0].reported_packets == 0

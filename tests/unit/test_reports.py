@@ -99,15 +99,20 @@ def test_learned_endpoint_and_a_change_of_confirmation_are_reported_once() -> No
 
 def test_a_learned_endpoint_is_held_once_per_stream_not_once_per_report() -> None:
     """Memory per call: the SDP's endpoint object is kept when the party sends from it, a
-    learned one is made once, and the counters are kept under the key the stream was tracked
-    with, not under each report's decoded copy of it."""
+    learned one is made once; the counters of the stream's own socket are kept in the
+    stream, and a candidate socket's under the key it was tracked with, not under each
+    report's decoded copy of it."""
     reports, s = Reports(), stream()
     sdp = s.endpoint = s.advertised_endpoint = Endpoint("203.0.113.5", 4000)
-    tracked = "".join(["192.0.2.1", " 30000"])  # a string of its own, as socket_key's
+    tracked = "".join(["198.51.100.1", " 30000"])  # a string of its own, as socket_key's
+    reports.track(OWN, s)
     reports.track(tracked, s)
 
     fold(reports, report(counters(OWN, 1, endpoint="203.0.113.5 4000")), None)
     assert s.endpoint is sdp
+    assert (s.reported_packets, s.reported_bytes) == (1, 160)
+    fold(reports, report(counters(ALIAS, 1)), None)
+    assert list(reports.reported) == [ALIAS]
     assert next(iter(reports.reported)) is tracked
 
     fold(reports, report(counters(OWN, 2, endpoint="203.0.113.9 5000")), None)
@@ -165,6 +170,25 @@ def test_a_socket_forgotten_and_tracked_again_counts_from_its_next_report() -> N
     packets, _ = fold(reports, report(counters(OWN, 45)), None)
     assert packets == 45  # not 45 - 40: the old total went with the socket
     assert s.stats.packets == 85
+
+
+def test_a_socket_that_counts_into_another_stream_keeps_its_totals() -> None:
+    """A plan that gives a socket another stream object (the same socket, or a candidate
+    socket becoming a stream's own) moves its worker totals along: nothing counted twice."""
+    reports, first, second = Reports(), stream(), stream()
+    reports.track(OWN, first)
+    fold(reports, report(counters(OWN, 10)), None)
+    reports.track(OWN, second)
+    packets, _ = fold(reports, report(counters(OWN, 12)), None)
+    assert (packets, first.stats.packets, second.stats.packets) == (2, 10, 2)
+
+    other = Stream(LocalAddress("b", "198.51.100.1", "198.51.100.1"), 30000, rtcp=False)
+    reports.track(ALIAS, first)  # a candidate socket of the first stream …
+    fold(reports, report(counters(ALIAS, 5)), None)
+    reports.track(ALIAS, other)  # … now the own socket of another
+    assert reports.reported == {}
+    packets, _ = fold(reports, report(counters(ALIAS, 7)), None)
+    assert (packets, other.stats.packets, other.reported_packets) == (2, 2, 7)
 
 
 def test_errors_never_count_backwards() -> None:
