@@ -493,7 +493,15 @@ class Call:
         return result
 
     def parties(self) -> list[Monologue]:
-        seen: dict[int, Monologue] = {}
-        for mono in [*self.monologues.values(), *self.branches.values()]:
-            seen.setdefault(id(mono), mono)
-        return list(seen.values())
+        """Every party once, in order: those by tag (a party's aliases name it again), then
+        the unanswered branches not named by a tag. Asked many times per message, for two
+        or three parties: a scan of the few found so far is cheaper than a set or a dict."""
+        result: list[Monologue] = []
+        for source in (self.monologues, self.branches):
+            for mono in source.values():
+                for have in result:
+                    if have is mono:
+                        break
+                else:
+                    result.append(mono)
+        return result

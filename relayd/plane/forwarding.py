@@ -135,7 +135,8 @@ def dialogue_pairs(call: Call) -> Iterator[tuple[Monologue, Monologue]]:
 def _early_pair(call: Call) -> tuple[Monologue, Monologue] | None:
     """With no dialogue yet, an offer that waits for its answer: the offerer, and the
     party it went to (the latest branch, if it went out on several)."""
-    for offerer in call.parties():
+    parties = call.parties()
+    for offerer in parties:
         if not (offerer.tag and offerer.sent_sdp):
             continue
         if offerer.in_dialogue_with is not None:
@@ -145,7 +146,7 @@ def _early_pair(call: Call) -> tuple[Monologue, Monologue] | None:
                 return offerer, peer
             continue
         answerer = None
-        for party in call.parties():
+        for party in parties:
             if party.offered_by == offerer.tag and party is not offerer and not party.sent_sdp:
                 answerer = party
         if answerer is not None:
@@ -390,32 +391,31 @@ def _specs(
     return specs
 
 
-def _media_lists(call: Call) -> list[list[Media]]:
-    """The media sections of every party, current and earlier forked dialogues."""
-    lists = []
-    for party in call.parties():
-        lists.append(party.medias)
-        lists.extend(party.other_dialogues.values())
-    return lists
-
-
 def section_count(call: Call) -> int:
-    """How many media sections the call's forwards can have (media keys 0 … n-1)."""
-    return max((len(medias) for medias in _media_lists(call)), default=0)
+    """How many media sections the call's forwards can have (media keys 0 … n-1): the most
+    of any party, current and earlier forked dialogues (asked twice per offer and answer,
+    so without building their lists)."""
+    count = 0
+    for party in call.parties():
+        count = max(count, len(party.medias))
+        for medias in party.other_dialogues.values():
+            count = max(count, len(medias))
+    return count
 
 
 def relay_socket_keys(call: Call, besides: Monologue | None = None) -> list[str]:
     """Every relay socket of the call, both components of each media and ICE candidate
     (our sockets towards ``besides`` left out)."""
-    keys = []
+    keys: list[str] = []
     for party in call.parties():
         if party is besides:
             continue
         for media in party.medias:
             if media.port and media.local is not None:
-                keys += [socket_key(media.local.local, media.port + i) for i in (0, 1)]
+                address, port = media.local.local, media.port
+                keys += (socket_key(address, port), socket_key(address, port + 1))
             for local, port in media.ice_ports:
-                keys += [socket_key(local.local, port + i) for i in (0, 1)]
+                keys += (socket_key(local.local, port), socket_key(local.local, port + 1))
     return keys
 
 

@@ -169,29 +169,31 @@ class MediaPlane:
         forward went out, so that its early media follows the answer's forward."""
         if not paired(call):
             return  # nothing to forward yet: no worker gets the sockets
-        placed = self.placed.get(call.worker, {})
-        read = {
-            key
-            for index in range(section_count(call))
-            for key in placed.get(media_key(call.call_id, index), ())
-            if key not in self.quiet
-        }
-        keys = [
-            key
-            for key in relay_socket_keys(call, besides=call.monologues.get(keep) if keep else None)
-            if key not in read
-        ]
-        here = [key for key in keys if self.binder.holder(key) is None]
+        placed = self.placed.get(call.worker)
+        read: set[str] = set()  # the sockets of the call's forwards that the worker reads
+        if placed:
+            for index in range(section_count(call)):
+                read.update(placed.get(media_key(call.call_id, index), ()))
+            read -= self.quiet
+        here: list[str] = []  # held here
+        there: list[str] = []  # held by the call's worker, unread
+        holder = self.binder.holder
+        for key in relay_socket_keys(call, besides=call.monologues.get(keep) if keep else None):
+            if key not in read:
+                worker = holder(key)
+                if worker is None:
+                    here.append(key)
+                elif worker == call.worker:
+                    there.append(key)
         dropped = self.binder.discard_queued(here) if here else 0
         if dropped:
             log.debug("media.dropped_early", sockets=here, packets=dropped)
         # those the worker holds (send-only, or idle): it drops their backlog, at once,
         # so what comes after this reply is kept as it would be here
-        there = tuple(key for key in keys if self.binder.holder(key) == call.worker)
         if there:
             # the worker may read this after the reply, and what arrives after the reply
             # is the party's answer media: only what the kernel stamped before now goes
-            self.pool.send(self.workers[call.worker], ipc.Discard(there, time.time()))
+            self.pool.send(self.workers[call.worker], ipc.Discard(tuple(there), time.time()))
 
     def sync(self, call: Call) -> None:
         """Send the call's worker its forwards as planned now, at once (batching is the caller's).
