@@ -119,16 +119,16 @@ class Copy(NamedTuple):
     indev: int = 0
 
     def _udp(self) -> int:
-        """Where the UDP header starts; -1 if the packet is not UDP (or too short)."""
+        """Where the UDP header starts; -1 if the packet is not UDP (or too short). The IP
+        version nibble decides, as in :func:`udp_copies` (the kernel's family agrees)."""
         packet = self.packet
-        if self.family == socket.AF_INET:
-            start = (packet[0] & 0x0F) * 4 if packet else 0
-            ok = len(packet) >= start + 8 >= 28 and packet[9] == socket.IPPROTO_UDP
+        version = packet[0] >> 4 if packet else 0
+        if version == 4:
+            start = (packet[0] & 0x0F) * 4
+            ok = start >= 20 and len(packet) >= start + 8 and packet[9] == socket.IPPROTO_UDP
             return start if ok else -1
         # IPv6: UDP right after the fixed header (no extension headers on RTP)
-        ok = (
-            self.family == socket.AF_INET6 and len(packet) >= 48 and packet[6] == socket.IPPROTO_UDP
-        )
+        ok = version == 6 and len(packet) >= 48 and packet[6] == socket.IPPROTO_UDP
         return 40 if ok else -1
 
     def wire_key(self) -> bytes | None:
@@ -140,7 +140,7 @@ class Copy(NamedTuple):
             return None
         packet = self.packet
         ports = packet[udp : udp + 4]
-        if self.family == socket.AF_INET:
+        if packet[0] >> 4 == 4:
             return packet[12:16] + ports[:2] + _PAD + packet[16:20] + ports[2:] + _PAD
         return packet[8:24] + ports[:2] + _PAD + packet[24:40] + ports[2:] + _PAD
 
@@ -279,7 +279,7 @@ def udp_copies(data: bytes) -> Iterator[tuple[bytes | None, int | None, bytes, i
                 version = packet[0] >> 4
                 if version == 4 and len(packet) >= 28 and packet[9] == _UDP:
                     udp = (packet[0] & 0x0F) * 4
-                    if len(packet) >= udp + 8:
+                    if udp >= 20 and len(packet) >= udp + 8:
                         ports = packet[udp : udp + 4]
                         key = packet[12:16] + ports[:2] + _PAD + packet[16:20] + ports[2:] + _PAD
                         yield key, time_us, packet[udp + 8 :], seq
