@@ -530,10 +530,15 @@ def _compact(value: Any) -> dict[str, Any]:
     return body
 
 
+# json.dumps with separators builds a JSONEncoder per call, a third of a small message's
+# encoding: one, made once, writes the same text
+_JSON = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def encode(message: Message) -> bytes:
     body = _compact(message)
     body["type"] = type(message).__name__
-    return json.dumps(body, separators=(",", ":")).encode()
+    return _JSON(body).encode()
 
 
 def encode_forward(forward: Forward, fd_index: Mapping[str, int]) -> bytes:
@@ -545,7 +550,7 @@ def encode_forward(forward: Forward, fd_index: Mapping[str, int]) -> bytes:
         if index is not None:
             spec["fd_index"] = index
     body["type"] = "Forward"
-    return json.dumps(body, separators=(",", ":")).encode()
+    return _JSON(body).encode()
 
 
 def decode(data: bytes) -> Message:

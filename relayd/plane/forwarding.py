@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 from relayd.calls.codec_plans import party_plan
 from relayd.calls.ice import parse_candidate
 from relayd.calls.media_control import silence_patterns
+from relayd.calls.model import PLAIN as PLAIN_SECURITY
 from relayd.calls.model import Call, Endpoint, Media, MediaControl, Monologue, Stream
 from relayd.calls.webrtc import Crypto
 from relayd.ipc import Forward, SocketSpec, socket_key
@@ -68,8 +69,15 @@ def _sdes(line: Crypto | None) -> str:
     return line.inline() if line is not None else ""
 
 
+_NO_SECURITY: dict[str, str | bool] = {}
+
+
 def _security(media: Media) -> dict[str, str | bool]:
-    """SRTP keys, DTLS role and ICE credentials of the party owning ``media``'s sockets."""
+    """SRTP keys, DTLS role and ICE credentials of the party owning ``media``'s sockets;
+    none for plain RTP (the shared empty security: every field at its SocketSpec default),
+    so that a plain forward's specs are built from half the keywords."""
+    if media.security is PLAIN_SECURITY:
+        return _NO_SECURITY
     return {
         "srtp_in": _sdes(media.srtp_in),
         "srtp_out": _sdes(media.srtp_out),
