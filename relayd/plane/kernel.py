@@ -184,8 +184,12 @@ class KernelPath:
         self.enabled = False
         self.reason = "not started"
         self.ipv6 = False
-        # by call-id: a tuple, not a dict by key (the lookups are per call, a few records)
+        # by call-id: a tuple, not a dict by key (the lookups are per call, a few records);
+        # its keys are the calls with a stream in the kernel (the hand-over's in_kernel)
         self.installed: dict[str, tuple[Installed, ...]] = {}
+        # the calls that had forwards when the kernel path last failed: the hand-over gives
+        # their streams back to the workers (and empties it)
+        self.dropped: list[str] = []
         # the same records by their relay port (the record's own int), a tuple for the rare
         # port that two records share: a dump's elements found by the port in their keys
         # (no key kept per record, see Installed)
@@ -229,6 +233,7 @@ class KernelPath:
             return False
         self.enabled = True
         self.reason = ""
+        self.dropped = []  # (the hand-over adopts every call now)
         log.info("kernel.enabled", table=self.name, ipv6=self.ipv6)
         return True
 
@@ -243,6 +248,7 @@ class KernelPath:
         self.enabled = False
         self.reason = reason
         self._failed_at = time.monotonic()
+        self.dropped.extend(self.installed)
         self.installed.clear()
         self._by_port.clear()
         self._copied_to.clear()
