@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Set as AbstractSet
 
 from relayd.calls.model import Call, Stream
 from relayd.plane.kernel import KernelPath, Traffic
@@ -69,8 +70,14 @@ class KernelHandover:
         # group and telephone-event payload type, None where it cannot)
         self.dtmf_events = dtmf_events
         self.events_group = events_group
-        self.in_kernel: set[str] = set()  # call-ids with a stream in the kernel
         self._refreshing: asyncio.Future[None] | None = None  # refresh_all under way
+
+    @property
+    def in_kernel(self) -> AbstractSet[str]:
+        """The call-ids with a stream in the kernel: the kernel path's own map of them
+        (exactly the calls whose sync or adopt installed something, until they are dropped
+        or nftables fails), not a set of its own."""
+        return frozenset() if self.kernel is None else self.kernel.installed.keys()
 
     @property
     def calls(self) -> Mapping[str, Call]:
@@ -113,7 +120,6 @@ class KernelHandover:
             for call in calls:  # the kernel copies what the restored calls need
                 if not self._mark(call, []):
                     self.kernel.record(call.call_id, None)
-        self.in_kernel = {call_id for call_id, sockets in adopted.items() if sockets}
         changed = []
         for call in calls:
             if mark_kernelized(call, adopted.get(call.call_id, set())):
@@ -137,10 +143,6 @@ class KernelHandover:
         in_kernel = kernel.sync(call.call_id, legs)
         if not marked:
             kernel.record(call.call_id, None)
-        if in_kernel:
-            self.in_kernel.add(call.call_id)
-        else:
-            self.in_kernel.discard(call.call_id)
         if mark_kernelized(call, in_kernel):
             self.media.sync(call)
             changed = True
@@ -162,7 +164,6 @@ class KernelHandover:
         self.refresh([call])
         if self.kernel is not None:
             self.kernel.drop(call.call_id)
-        self.in_kernel.discard(call.call_id)
 
     def refresh(self, calls: Iterable[Call], wall: float | None = None) -> None:
         """Fold what the kernel forwarded for these calls since their last read into their
@@ -239,10 +240,11 @@ class KernelHandover:
 
     def _after_change(self) -> None:
         """After an nftables failure every stream goes back to the workers."""
-        if self.kernel is None or self.kernel.enabled or not self.in_kernel:
+        kernel = self.kernel
+        if kernel is None or kernel.enabled or not kernel.dropped:
             return
-        for call_id in list(self.in_kernel):
+        dropped, kernel.dropped = kernel.dropped, []
+        for call_id in dropped:
             call = self.calls.get(call_id)
             if call is not None and mark_kernelized(call, set()):
                 self.media.sync(call)
-        self.in_kernel.clear()

@@ -82,16 +82,20 @@ def _ip_forwarding() -> tuple[bool, bool]:
     )
 
 
+WireKey = bytes  # a forward's key as the kernel holds it (Installed's ``bytes`` hides the type)
+
+
 @dataclass(slots=True, eq=False)
 class Installed:
     """One forward in the table, as relayd keeps it: ``source → relay`` becomes ``out →
-    dest``, its key as the kernel holds it (``wire``: what a dump returns), and its counter
-    element as last read (packets and IP bytes since it was added).
+    dest``, and its counter element as last read (packets and IP bytes since it was added).
 
     There is one per stream direction of every call in the kernel, so it holds the call
     model's own values and makes none: ``source`` and ``dest`` are the streams' endpoints,
     the relay sockets' addresses and ports are the streams' own strings and ints. The
-    nftables values (:attr:`forward`, :attr:`key`) and the socket key are made when asked.
+    nftables values (:attr:`forward`, :attr:`key`), the key as the kernel holds it
+    (:attr:`wire`) and the socket key are made when asked (a few records per call read,
+    or each record once per dump: 16 bytes kept for each would cost 0.2 KB a call).
     """
 
     source: ModelEndpoint
@@ -100,15 +104,19 @@ class Installed:
     out_address: str
     out_port: int
     dest: ModelEndpoint
-    wire: bytes
     packets: int = 0
     bytes: int = 0
 
     @classmethod
     def of(cls, leg: KernelLeg) -> Installed:
         source, relay, out = leg.source, leg.relay, leg.out
-        wire = wire_key(source.address, source.port, relay.address, relay.port)
-        return cls(source, relay.address, relay.port, out.address, out.port, leg.dest, wire)
+        return cls(source, relay.address, relay.port, out.address, out.port, leg.dest)
+
+    @property
+    def wire(self) -> WireKey:
+        """The forward's key as the kernel holds it (what a dump returns)."""
+        source = self.source
+        return wire_key(source.address, source.port, self.relay_address, self.relay_port)
 
     @property
     def socket(self) -> str:
@@ -131,7 +139,8 @@ class Installed:
     def same(self, other: Installed) -> bool:
         """Whether both forward the same way (what they counted aside)."""
         return (
-            self.wire == other.wire
+            self.relay_port == other.relay_port
+            and self.wire == other.wire
             and self.out_port == other.out_port
             and self.out_address == other.out_address
             and self.dest == other.dest
@@ -146,6 +155,10 @@ class Traffic(NamedTuple):
     packets: int
     bytes: int
     idle: float
+
+
+def _records(held: Installed | tuple[Installed, ...]) -> tuple[Installed, ...]:
+    return held if isinstance(held, tuple) else (held,)
 
 
 def _nft(ep: ModelEndpoint) -> Endpoint:
@@ -171,10 +184,16 @@ class KernelPath:
         self.enabled = False
         self.reason = "not started"
         self.ipv6 = False
-        # by call-id: a tuple, not a dict by key (the lookups are per call, a few records)
+        # by call-id: a tuple, not a dict by key (the lookups are per call, a few records);
+        # its keys are the calls with a stream in the kernel (the hand-over's in_kernel)
         self.installed: dict[str, tuple[Installed, ...]] = {}
-        # the same records by their keys as the kernel holds them (what a dump returns)
-        self._wire: dict[bytes, Installed] = {}
+        # the calls that had forwards when the kernel path last failed: the hand-over gives
+        # their streams back to the workers (and empties it)
+        self.dropped: list[str] = []
+        # the same records by their relay port (the record's own int), a tuple for the rare
+        # port that two records share: a dump's elements found by the port in their keys
+        # (no key kept per record, see Installed)
+        self._by_port: dict[int, Installed | tuple[Installed, ...]] = {}
         self._dumping = False  # a read_all is under way (it yields to the loop)
         self._fresh: set[Installed] = set()  # read by read() since that dump began
         self._failed_at = 0.0
@@ -214,6 +233,7 @@ class KernelPath:
             return False
         self.enabled = True
         self.reason = ""
+        self.dropped = []  # (the hand-over adopts every call now)
         log.info("kernel.enabled", table=self.name, ipv6=self.ipv6)
         return True
 
@@ -228,8 +248,9 @@ class KernelPath:
         self.enabled = False
         self.reason = reason
         self._failed_at = time.monotonic()
+        self.dropped.extend(self.installed)
         self.installed.clear()
-        self._wire.clear()
+        self._by_port.clear()
         self._copied_to.clear()
 
     def check(self) -> bool:
@@ -339,13 +360,40 @@ class KernelPath:
             self._disable(f"nft failed: {exc}")
 
     def _track(self, records: Iterable[Installed]) -> None:
+        by_port = self._by_port
         for record in records:
-            self._wire[record.wire] = record
+            port = record.relay_port
+            held = by_port.get(port)
+            if held is None:
+                by_port[port] = record
+                continue
+            # another record on this port: one with the same key gives way (the newer
+            # record stands for the kernel's element, as a dict by key would keep it)
+            wire = record.wire
+            others = tuple(r for r in _records(held) if r.wire != wire)
+            by_port[port] = (*others, record) if others else record
 
     def _untrack(self, records: Iterable[Installed]) -> None:
+        by_port = self._by_port
         for record in records:
-            if self._wire.get(record.wire) is record:
-                del self._wire[record.wire]
+            port = record.relay_port
+            held = by_port.get(port)
+            if held is record:
+                del by_port[port]
+            elif isinstance(held, tuple) and record in held:
+                others = tuple(r for r in held if r is not record)
+                by_port[port] = others if len(others) > 1 else others[0]
+
+    def _tracked(self, wire: bytes) -> Installed | None:
+        """The record of a dumped element's key, if relayd holds one."""
+        # the relay port: the key's last field (``dport`` and two bytes of padding)
+        held = self._by_port.get(int.from_bytes(wire[-4:-2], "big"))
+        if held is None:
+            return None
+        for record in _records(held):
+            if record.wire == wire:
+                return record
+        return None
 
     def adopt(self, calls: dict[str, list[KernelLeg]]) -> dict[str, set[str]]:
         """After a restart: keep the restored calls' forwards as they are (their media
@@ -373,7 +421,7 @@ class KernelPath:
             return {}
         self.installed = per_call
         self._changed += len(adopted)  # (a listing of the table, a transaction of them all)
-        self._wire.clear()
+        self._by_port.clear()
         for records in per_call.values():
             for record in records:
                 # counters already counted before the restart are not counted twice
@@ -452,14 +500,14 @@ class KernelPath:
         each counter set, folded a kernel buffer (a few hundred elements) at a time with
         the event loop free in between, so ng never waits for a large table. A forward
         that :meth:`read` took meanwhile is left to that read (its count is the newer)."""
-        if not self.enabled or not self._wire:
+        if not self.enabled or not self._by_port:
             return {}
         result: dict[str, Traffic] = {}
         self._dumping, self._fresh = True, set()
         try:
             for chunk in self.forwarder.count_chunks():
                 for wire, count in chunk:
-                    record = self._wire.get(wire)
+                    record = self._tracked(wire)
                     if record is not None and record not in self._fresh:
                         self._fold(record, count, result)
                 await asyncio.sleep(0)

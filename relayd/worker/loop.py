@@ -203,6 +203,9 @@ class Worker:
     def _forward(self, message: ipc.Forward, fds: list[int]) -> None:
         used: set[int] = set()
         hosts: dict[str, str] = {}  # a party's RTP and RTCP share one copy of its address
+        # and the call's sockets one float of the time learning confirms from (the same for
+        # every party of a call after a signalling event, a new object per decoded value)
+        times: dict[float, float] = {}
         keys = self.medias.setdefault(message.media, [])
         for spec in message.sockets:
             current = self.by_key.get(spec.key)
@@ -246,7 +249,8 @@ class Worker:
             ):
                 fresh = leg.rank == -1 and leg.packets == 0
                 # one copy of the mode's name for all legs, not one per decoded message
-                leg.reset(expect, _MODES.get(spec.learning, "delayed"), spec.learn_after)
+                after = times.setdefault(spec.learn_after, spec.learn_after)
+                leg.reset(expect, _MODES.get(spec.learning, "delayed"), after)
                 learned = parse_key(spec.learned) if fresh else None
                 if learned is not None:
                     leg.endpoint, leg.confirmed = learned, True

@@ -33,10 +33,12 @@ class FakeKernel:
     """The KernelPath methods the hand-over calls, with a table that does as it is told.
 
     ``sync`` installs the legs it is given, less those whose socket is in ``uninstallable``,
-    and returns their socket keys; with ``fail_next_sync`` nftables fails in it (``enabled``
-    goes False, nothing is in the table). ``accepts`` refuses the legs whose socket is in
-    ``refused``. ``adopt`` returns ``adopt_result`` if set, else per call the sockets of the
-    legs it accepts (as the real one does).
+    and returns their socket keys; with ``fail_next_sync`` nftables fails in it (:meth:`fail`:
+    ``enabled`` goes False, nothing is in the table, ``dropped`` names the calls that were).
+    ``installed`` holds the calls with something in the table, as the real one's keys.
+    ``accepts`` refuses the legs whose socket is in ``refused``. ``adopt`` returns
+    ``adopt_result`` if set, else per call the sockets of the legs it accepts (as the real
+    one does).
     """
 
     log: list[Event]
@@ -54,6 +56,21 @@ class FakeKernel:
     settled: list[float] = field(default_factory=list)
     recorded: dict[str, tuple[int, set[str]]] = field(default_factory=dict)
     events: dict[str, int] = field(default_factory=dict)  # call-id -> telephone-event copied
+    installed: dict[str, set[str]] = field(default_factory=dict)  # call-id -> its sockets
+    dropped: list[str] = field(default_factory=list)
+
+    def fail(self) -> None:
+        """nftables failed: as KernelPath._disable."""
+        self.enabled = False
+        self.dropped.extend(self.installed)
+        self.installed.clear()
+
+    def _hold(self, call_id: str, sockets: set[str]) -> set[str]:
+        if sockets:
+            self.installed[call_id] = sockets
+        else:
+            self.installed.pop(call_id, None)
+        return sockets
 
     def accepts(self, leg: KernelLeg) -> bool:
         return self.enabled and leg.socket not in self.refused
@@ -84,21 +101,28 @@ class FakeKernel:
         self.synced.append((call_id, given))
         if self.fail_next_sync:
             self.fail_next_sync = False
-            self.enabled = False
+            self.fail()
         if not self.enabled:
             return set()
-        return {leg.socket for leg in given} - self.uninstallable
+        return self._hold(call_id, {leg.socket for leg in given} - self.uninstallable)
 
     def drop(self, call_id: str) -> bool:
         self.log.append(("kernel.drop", call_id))
+        self.installed.pop(call_id, None)
         return True
 
     def adopt(self, calls: dict[str, list[KernelLeg]]) -> dict[str, set[str]]:
         self.log.append(("kernel.adopt", ""))
         self.adopted.append({cid: list(legs) for cid, legs in calls.items()})
-        if self.adopt_result is not None:
-            return self.adopt_result
-        return {cid: {leg.socket for leg in legs} - self.refused for cid, legs in calls.items()}
+        result = self.adopt_result
+        if result is None:
+            result = {
+                cid: {leg.socket for leg in legs} - self.refused for cid, legs in calls.items()
+            }
+        self.installed = {}
+        for cid, sockets in result.items():
+            self._hold(cid, sockets)
+        return result
 
     def retry_due(self) -> bool:
         return not self.enabled and self.due
@@ -106,12 +130,14 @@ class FakeKernel:
     def check(self) -> bool:
         self.log.append(("kernel.check", ""))
         if self.table_gone:
-            self.enabled = False
+            self.fail()
         return self.enabled
 
     def start(self) -> bool:
         self.log.append(("kernel.start", ""))
         self.enabled = self.starts
+        if self.enabled:
+            self.dropped = []
         return self.enabled
 
     def read(self, call_ids: Iterable[str]) -> dict[str, Traffic]:
@@ -390,7 +416,7 @@ def test_after_nftables_failed_elsewhere_the_next_tick_hands_every_call_back() -
     one, two = rig.offloaded("c1"), rig.offloaded("c2")
     rig.call("c3", confirmed=False)
     rig.log.clear()
-    rig.kernel.enabled = False  # e.g. reading the counters or deleting conntrack entries failed
+    rig.kernel.fail()  # e.g. reading the counters or deleting conntrack entries failed
     rig.handover.tick()
     assert sorted(rig.media.told) == [("c1", frozenset()), ("c2", frozenset())]
     assert sorted(e for e in rig.log if e[0] == "media.sync") == [
@@ -573,7 +599,6 @@ def test_adopt_without_a_working_kernel_path_puts_every_stream_in_userspace(kern
     marked, plain = rig.call("c1"), rig.call("c2")
     for stream in _streams(marked):
         stream.kernelized = True
-    rig.handover.in_kernel = {"c1"}
     assert rig.handover.adopt([marked, plain]) == [marked]
     assert rig.log == [("changed", "c1")]  # the table is not asked
     assert set(_marks(marked).values()) == {False}

@@ -148,3 +148,39 @@ def test_a_call_read_during_a_full_read_is_not_counted_twice() -> None:
     for socket, traffic in asyncio.run(both()).items():
         folded[socket] = folded.get(socket, 0) + traffic.packets
     assert folded == {**{one.socket: 5 for one in legs.values()}, last.socket: 8}
+
+
+def test_a_full_read_finds_each_forward_by_its_whole_key_when_relay_ports_are_shared() -> None:
+    """The records are found by the relay port in a dumped key; two sources towards one
+    socket (and the same port on another address) share a port, and an element relayd no
+    longer holds (another source, a removed forward) counts for no one."""
+    kernel, elements, legs = kernel_with(1)
+    kernel.ipv6 = True
+    one = legs["c0"]
+    second = KernelLeg(
+        one.socket, ModelEndpoint("198.51.100.9", 4100), one.relay, one.out, one.dest
+    )
+    v6 = KernelLeg(
+        f"2001:db8::1 {one.relay.port}",
+        ModelEndpoint("2001:db8::7", 4000),
+        ModelEndpoint("2001:db8::1", one.relay.port),
+        ModelEndpoint("2001:db8::1", 31000),
+        ModelEndpoint("2001:db8::8", 6000),
+    )
+    kernel.sync("c0", [one, second])
+    kernel.sync("c1", [v6])
+    stranger = ForwardKey(Endpoint("198.51.100.66", 4000), Endpoint("203.0.113.1", one.relay.port))
+    for n, (key, packets) in enumerate(
+        [(key_of(one), 1), (key_of(second), 2), (key_of(v6), 4), (stranger, 8)]
+    ):
+        elements.counts[key] = ElementCount(packets, packets * 200, DAY_MS - n)
+    result = asyncio.run(kernel.read_all())
+    assert {s: t.packets for s, t in result.items()} == {one.socket: 3, v6.socket: 4}
+    kernel.sync("c0", [second])  # the first source's forward leaves: the other stays found
+    elements.counts[key_of(second)] = ElementCount(7, 7 * 200, DAY_MS)
+    elements.counts[key_of(v6)] = ElementCount(5, 5 * 200, DAY_MS)
+    result = asyncio.run(kernel.read_all())
+    assert {s: t.packets for s, t in result.items()} == {one.socket: 5, v6.socket: 1}
+    kernel.drop("c0")
+    kernel.drop("c1")
+    assert asyncio.run(kernel.read_all()) == {}

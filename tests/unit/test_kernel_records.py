@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from relayd.calls.model import Endpoint as ModelEndpoint
 from relayd.ipc import socket_key
-from relayd.nft import Endpoint, Forward, ForwardKey
+from relayd.nft import Endpoint, Forward, ForwardKey, NftError
 from relayd.nft.elements import decode_key, encode_key
 from relayd.plane.kernel import Installed, KernelPath
 from relayd.plane.offload import KernelLeg
@@ -57,3 +57,23 @@ def test_a_forward_already_in_the_table_keeps_its_record_and_its_counts() -> Non
     assert path.sync("c1", [LEG]) == {LEG.socket}
     assert path.installed["c1"] == (record,) and record.packets == 9
     assert len(installed) == 1  # nothing installed again
+
+
+def test_a_failure_names_the_calls_that_had_forwards() -> None:
+    """``installed``'s keys are the calls in the kernel (the hand-over keeps no set of its
+    own); when nftables fails they move to ``dropped``, whose streams the hand-over gives
+    back to the workers."""
+    path = KernelPath(0, 0)
+    path.forwarder.install = lambda forwards: None  # type: ignore[method-assign]
+    path.enabled = True
+    path.sync("c1", [LEG])
+    other = KernelLeg(socket_key("203.0.113.1", 30004), CALLER, RELAY_B, RELAY_A, CALLEE)
+    path.sync("c2", [other])
+    assert list(path.installed) == ["c1", "c2"] and path.dropped == []
+
+    def fails(keys: object) -> None:
+        raise NftError("gone")
+
+    path.forwarder.remove = fails  # type: ignore[method-assign]
+    assert path.drop("c2")  # taken out of the map first, then nftables fails
+    assert not path.enabled and path.installed == {} and path.dropped == ["c1"]
