@@ -53,6 +53,28 @@ def ok(reply: dict[str, Any]) -> dict[str, Any]:
     return reply
 
 
+def set_up(
+    offerer: Any, answerer: Any, call_id: str, n: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Offer from ``offerer`` and answer from ``answerer`` (ng clients: the same socket or
+    two), the n-th call's ports; both replies, checked ``ok``."""
+    offer = ok(
+        offerer.call(
+            "offer",
+            **{"call-id": call_id, "from-tag": "a"},
+            sdp=SDP.format(ip="192.0.2.10", port=4000 + 2 * n),
+        )
+    )
+    answer = ok(
+        answerer.call(
+            "answer",
+            **{"call-id": call_id, "from-tag": "a", "to-tag": "b"},
+            sdp=SDP.format(ip="192.0.2.20", port=6000 + 2 * n),
+        )
+    )
+    return offer, answer
+
+
 def local_ports(ng: Any, call_id: str) -> list[int]:
     """Every stream's local port, as ``query`` lists them."""
     reply = ok(ng.call("query", **{"call-id": call_id}))
@@ -205,20 +227,7 @@ def test_a_killed_shard_comes_back_with_its_calls(topo: Topology, start_relay: S
     with relay.client() as ng:
         call_ids = [f"restart-{n}" for n in range(8)]
         for n, call_id in enumerate(call_ids):
-            ok(
-                ng.call(
-                    "offer",
-                    **{"call-id": call_id, "from-tag": "a"},
-                    sdp=SDP.format(ip="192.0.2.10", port=4000 + 2 * n),
-                )
-            )
-            answer = ok(
-                ng.call(
-                    "answer",
-                    **{"call-id": call_id, "from-tag": "a", "to-tag": "b"},
-                    sdp=SDP.format(ip="192.0.2.20", port=6000 + 2 * n),
-                )
-            )
+            _, answer = set_up(ng, ng, call_id, n)
             assert media_port(answer)
         victim = 1
         before_ports = {c: local_ports(ng, c) for c in call_ids}
@@ -281,20 +290,7 @@ def test_udp_ng_is_spread_over_the_shards_and_each_call_handled_by_its_owner(
                 call_id = f"spread-{pair}-{n}@example.net"
                 # offer from one socket, answer from the other: one of them likely reaches
                 # the shard that does not own the call, which passes it on
-                offer = ok(
-                    first.call(
-                        "offer",
-                        **{"call-id": call_id, "from-tag": "a"},
-                        sdp=SDP.format(ip="192.0.2.10", port=4000 + 2 * n),
-                    )
-                )
-                answer = ok(
-                    second.call(
-                        "answer",
-                        **{"call-id": call_id, "from-tag": "a", "to-tag": "b"},
-                        sdp=SDP.format(ip="192.0.2.20", port=6000 + 2 * n),
-                    )
-                )
+                offer, answer = set_up(first, second, call_id, n)
                 first_port, last_port = port_slice(PORT_MIN, PORT_MIN + 399, owner(call_id), 2)
                 assert first_port <= media_port(offer) <= last_port
                 assert first_port <= media_port(answer) <= last_port
