@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 
 from relayd.calls import ice
 from relayd.calls.model import PLAIN, Codec, Media
+from relayd.sdp.intern import Recurring
 from relayd.sdp.model import (
     Connection,
     Line,
@@ -221,17 +222,14 @@ def _connection_line(zero: bool, opts: RewriteOptions) -> Line:
     key = (opts.family, opts.address)
     line = _CONNECTIONS.get(key)
     if line is None:
-        line = Line("c", f"IN {opts.family} {opts.address}")
-        if len(_CONNECTIONS) < _CONNECTIONS_LIMIT:
-            _CONNECTIONS[key] = line
+        line = _CONNECTIONS.add(key, Line("c", f"IN {opts.family} {opts.address}"))
     return line
 
 
 _NULL_CONNECTIONS = {"IP4": Line("c", "IN IP4 0.0.0.0"), "IP6": Line("c", "IN IP6 ::")}
 # our c= lines: a few addresses (the interfaces'; bounded, as an ng media-address may
 # name any)
-_CONNECTIONS: dict[tuple[str, str], Line] = {}
-_CONNECTIONS_LIMIT = 256
+_CONNECTIONS: Recurring[tuple[str, str], Line] = Recurring(256)
 
 
 def _pass_through(desc: MediaDescription, session_c: Line | None) -> MediaDescription:
@@ -289,7 +287,12 @@ _RTCP_MUX = Line("a", "rtcp-mux")
 _END_OF_CANDIDATES = Line("a", "end-of-candidates")
 _ICE_LITE = Line("a", "ice-lite")
 _ICE_TRICKLE = Line("a", "ice-options:trickle")
-_PTIME_LINES: dict[int, Line] = {}  # a=ptime: a few packet times (bounded: from SDPs)
+_PTIME_LINES: Recurring[int, Line] = Recurring(64)  # a=ptime: a few packet times (from SDPs)
+
+
+def _ptime_line(ptime: int) -> Line:
+    line = _PTIME_LINES.get(ptime)
+    return line if line is not None else _PTIME_LINES.add(ptime, Line("a", f"ptime:{ptime}"))
 
 
 def _rewrite_media(
@@ -363,12 +366,7 @@ def _rewrite_media(
             lines.append(Line("a", f"setup:{security.setup}"))
             lines.append(Line("a", f"fingerprint:{fingerprint}"))
     if media.ptime:
-        ptime = _PTIME_LINES.get(media.ptime)
-        if ptime is None:
-            ptime = Line("a", f"ptime:{media.ptime}")
-            if len(_PTIME_LINES) < 64:
-                _PTIME_LINES[media.ptime] = ptime
-        lines.append(ptime)
+        lines.append(_ptime_line(media.ptime))
     if security is not PLAIN or end_of_candidates:
         lines += _ice_lines(media, desc, opts, end_of_candidates)
     return out
@@ -412,7 +410,7 @@ def _relay_media(
         out.lines.append(Line("a", f"rtcp:{media.port}"))
         out.lines.append(Line("a", "rtcp-mux"))
     if media.ptime:
-        out.lines.append(Line("a", f"ptime:{media.ptime}"))
+        out.lines.append(_ptime_line(media.ptime))
     type_pref, local = ice.passthrough_preferences(relays, "relay", ice.RELAY_TYPE_PREFERENCE)
     assert media.local is not None
     addresses = [(media.local, media.port), *media.ice_ports]
@@ -435,8 +433,7 @@ def _relay_media(
 
 # the lines of each codec object (codecs are shared: relayd/sdp/codecs.py), by its id;
 # each entry holds its codec, so that id is not another's while the entry is there
-_CODEC_LINES: dict[int, tuple[Codec, list[Line]]] = {}
-_CODEC_LINES_LIMIT = 4096
+_CODEC_LINES: Recurring[int, tuple[Codec, list[Line]]] = Recurring(4096)
 
 
 def _codec_lines(media: Media) -> list[Line]:
@@ -444,12 +441,9 @@ def _codec_lines(media: Media) -> list[Line]:
     for codec in media.sent_codecs:
         known = _CODEC_LINES.get(id(codec))
         if known is None or known[0] is not codec:
-            known = (codec, _lines_of(codec))
-            if len(_CODEC_LINES) >= _CODEC_LINES_LIMIT:
-                # full: transcoding makes codec objects of its own per call, which are not
-                # seen again (and the table holds them): start over
-                _CODEC_LINES.clear()
-            _CODEC_LINES[id(codec)] = known
+            # (transcoding makes codec objects of its own per call, not seen again: the
+            # table starts over when full)
+            known = _CODEC_LINES.add(id(codec), (codec, _lines_of(codec)))
         lines += known[1]
     return lines
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from relayd.sdp.intern import Shared
+from relayd.sdp.intern import Recurring, Shared
 from relayd.sdp.model import (
     Connection,
     Line,
@@ -37,11 +37,11 @@ def parse_sdp(body: str) -> SessionDescription:
     sessions = [session]
     section: Session | MediaDescription = session  # where the lines go now
     add = session.lines.append
-    recurring = _RECURRING_LINES
+    recurring = _RECURRING_LINES.get
     for raw in raw_lines:
         if stray_cr:
             raw = raw.rstrip("\r")
-        line = recurring.get(raw)
+        line = recurring(raw)
         if line is not None:  # a=rtpmap:0 PCMU/8000, t=0 0, ...: made before, checked then
             add(line)
             continue
@@ -51,9 +51,7 @@ def parse_sdp(body: str) -> SessionDescription:
         if kind == "a" or kind == "t":
             line = Line(kind, raw[2:])
             if kind == "t" or line.attr in _RECURRING_ATTRIBUTES:
-                if len(recurring) >= _RECURRING_LIMIT:
-                    recurring.clear()  # full of lines that did not come again: start over
-                recurring[raw] = line
+                _RECURRING_LINES.add(raw, line)
             add(line)
             continue
         if kind == "m":
@@ -119,8 +117,7 @@ _RECURRING_ATTRIBUTES = frozenset(
         "silenceSupp",
     }
 )
-_RECURRING_LINES: dict[str, Line] = {}
-_RECURRING_LIMIT = 4096
+_RECURRING_LINES: Recurring[str, Line] = Recurring(4096)
 
 # media types and transports: a few distinct words every call keeps in its model
 _shared = Shared[str](256)

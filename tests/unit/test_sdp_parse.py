@@ -168,9 +168,9 @@ def test_recurring_lines_are_shared_and_per_call_ones_are_not() -> None:
 def test_recurring_lines_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     """Lines come from the network: a full table starts over."""
     from relayd.sdp import parse
+    from relayd.sdp.intern import Recurring
 
-    monkeypatch.setattr(parse, "_RECURRING_LINES", {})
-    monkeypatch.setattr(parse, "_RECURRING_LIMIT", 3)
+    monkeypatch.setattr(parse, "_RECURRING_LINES", Recurring(3))
     for n in range(10):
         body = OFFER.replace("a=fmtp:101 0-16", f"a=fmtp:101 0-{n}")
         sdp = parse_sdp(body)
