@@ -90,17 +90,53 @@ class NgService:
         except FramingError:
             log.warning("ng.no_cookie", source=_peer(source), size=len(data))
             return None
+        earlier = self._earlier(cookie, source)
+        if earlier is not None:
+            return earlier
+        try:
+            raw, as_json = decode_body(body)
+        except Exception as exc:
+            return self._finish(cookie, self._failure(exc, source), body[:1] == b"{")
+        return self._answer(cookie, raw, as_json, data, source, local)
+
+    def handle_decoded(
+        self,
+        cookie: str,
+        raw: dict[str, Any],
+        as_json: bool,
+        data: bytes,
+        source: tuple[Any, ...],
+        local: tuple[Any, ...] = (),
+    ) -> bytes | asyncio.Future[bytes]:
+        """:meth:`handle` for a message whose cookie and dictionary were read already
+        (``split_cookie``, ``decode_body``: a shard reads them to route it), with the same
+        reply; ``data`` is the message as it came."""
+        earlier = self._earlier(cookie, source)
+        if earlier is not None:
+            return earlier
+        return self._answer(cookie, raw, as_json, data, source, local)
+
+    def _earlier(
+        self, cookie: str, source: tuple[Any, ...]
+    ) -> bytes | asyncio.Future[bytes] | None:
+        """A retransmission's reply: the first copy's, or a future for it while it runs."""
         cached = self.cache.get(cookie, self.clock())
         if cached is not None:
             log.debug("ng.retransmission", cookie=cookie, source=_peer(source))
             return cached
-        pending = self._inflight.get(cookie)
-        if pending is not None:
-            return pending
-        as_json = body[:1] == b"{"
+        return self._inflight.get(cookie)
+
+    def _answer(
+        self,
+        cookie: str,
+        raw: dict[str, Any],
+        as_json: bool,
+        data: bytes,
+        source: tuple[Any, ...],
+        local: tuple[Any, ...],
+    ) -> bytes | asyncio.Future[bytes]:
         req: Request | None = None
         try:
-            raw, as_json = decode_body(body)
             req = parse_request(raw)
             result = self.dispatch(req, source)
         except Exception as exc:

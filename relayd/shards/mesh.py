@@ -10,9 +10,10 @@ for the daemon's life: the shard reads the receiving end, every shard sends on t
 other end. The front keeps both ends open, so that a shard started again after a
 death gets the same socket, and nothing outside relayd's processes can reach them
 (no name in any namespace). A message carries the client's address with the
-datagram as it came; the owner handles it as if it had received it and answers the
-client itself, from its own socket of the ng address's ``SO_REUSEPORT`` group (the
-same address and port: the client sees no difference).
+datagram as it came, and the cookie and dictionary the sender decoded to route it (the
+owner does not read it again); the owner handles it as if it had received it and
+answers the client itself, from its own socket of the ng address's ``SO_REUSEPORT``
+group (the same address and port: the client sees no difference).
 
 Sends never block: while a shard is down (or far behind), messages for it pile up to
 its socket's limit and then are refused, and the sender drops them; the proxy
@@ -61,19 +62,20 @@ class Mesh:
             sock.close()
 
 
-def forward(sock: socket.socket, source: tuple[Any, ...], data: bytes) -> bool:
+def forward(sock: socket.socket, message: tuple[Any, ...]) -> bool:
     """Send a client's datagram to the shard behind ``sock``; False when it is refused
-    (that shard's socket is full: it is down or far behind)."""
+    (that shard's socket is full: it is down or far behind). ``message`` is the client's
+    address, the datagram and what the sender read of it (relayd.shards.shard)."""
     try:
-        sock.send(pickle.dumps((source, data), protocol=pickle.HIGHEST_PROTOCOL))
+        sock.send(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
     except (BlockingIOError, ConnectionError):
         return False
     return True
 
 
-def receive(sock: socket.socket, most: int) -> list[tuple[tuple[Any, ...], bytes]]:
-    """Up to ``most`` datagrams waiting on an inbound socket, each as (client, datagram)."""
-    messages: list[tuple[tuple[Any, ...], bytes]] = []
+def receive(sock: socket.socket, most: int) -> list[tuple[Any, ...]]:
+    """Up to ``most`` messages waiting on an inbound socket, each as :func:`forward` took it."""
+    messages: list[tuple[Any, ...]] = []
     while len(messages) < most:
         try:
             data = sock.recv(_DATAGRAM)

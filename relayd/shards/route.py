@@ -24,7 +24,17 @@ from typing import Any, NamedTuple
 
 from relayd.ng.message import normalise
 
-__all__ = ["FAN_OUT", "FRONT", "Route", "destination", "owner", "port_slice", "route_of"]
+__all__ = [
+    "FAN_OUT",
+    "FRONT",
+    "Route",
+    "destination",
+    "owner",
+    "port_slice",
+    "route_of",
+    "route_of_request",
+    "where",
+]
 
 FAN_OUT = frozenset({"list", "statistics"})
 """Commands every shard answers, their replies merged (relayd.shards.merge)."""
@@ -52,7 +62,12 @@ def destination(data: bytes, here: int, shards: int) -> int:
     cookie, space, body = data.partition(b" ")
     if not space or not cookie:
         return here  # no cookie: ignored where it came in (and logged there)
-    command, call_id = route_of(body)
+    return where(route_of(body), here, shards)
+
+
+def where(route: Route, here: int, shards: int) -> int:
+    """Where shard ``here`` sends a message routed as ``route``: see :func:`destination`."""
+    command, call_id = route
     if call_id:
         return owner(call_id, shards)
     return FRONT if command in FAN_OUT else here
@@ -69,23 +84,34 @@ def _text(value: Any) -> bytes | None:
 def route_of(body: bytes) -> Route:
     """The command and call-id of an ng message body (after the cookie). A body that is
     not a dictionary, or lacks them, routes with empty fields; nothing here raises."""
-    command = call_id = b""
     try:
         if body[:1] == b"{":
             doc = json.loads(body)
-            for key, value in doc.items() if isinstance(doc, dict) else ():
-                if len(key) == 7:  # "call-id" and "command", however spelled, have 7 letters
-                    name = normalise(key)
-                    if name == "call-id":
-                        call_id = _text(value) or b""
-                    elif name == "command":
-                        command = _text(value) or b""
-        else:
-            command, call_id = _bencoded(body)
+            return route_of_request(doc) if isinstance(doc, dict) else Route("", b"")
+        command, call_id = _bencoded(body)
     except (ValueError, IndexError, RecursionError, UnicodeDecodeError):
-        pass
+        return Route("", b"")
     text = normalise(command.decode("utf-8", "surrogateescape")) if command else ""
     return Route(text, call_id)
+
+
+def route_of_request(doc: dict[str, Any]) -> Route:
+    """The command and call-id of a decoded ng dictionary (JSON, or bencode as
+    :func:`relayd.ng.message.decode_body` reads it); the last of each spelling in the
+    dictionary's order wins, as in the parser."""
+    command = ""
+    call_id = b""
+    for key, value in doc.items():
+        if len(key) == 7:  # "call-id" and "command", however spelled, have 7 letters
+            name = _NAMES.get(key) or normalise(key)
+            if name == "call-id":
+                call_id = _text(value) or b""
+            elif name == "command":
+                command = value if type(value) is str else ""
+    return Route(normalise(command) if command else "", call_id)
+
+
+_NAMES = {"call-id": "call-id", "command": "command"}  # as Kamailio and OpenSIPS spell them
 
 
 def _bencoded(body: bytes) -> tuple[bytes, bytes]:

@@ -40,9 +40,8 @@ from relayd.ng.message import NgError, decode_body, parse_request, split_cookie
 from relayd.ng.server import NgService
 from relayd.ops import admin
 from relayd.ops.operations import metrics_page
-from relayd.shards import mesh
+from relayd.shards import mesh, route
 from relayd.shards.link import Closed, receive, send
-from relayd.shards.route import FRONT, destination
 from relayd.supervisor import Supervisor
 
 __all__ = ["ShardEnd", "main"]
@@ -127,12 +126,25 @@ class ShardEnd:
                 logger.exception("shard.request_failed", kind="ng")
 
     def _route(self, data: bytes, source: tuple[Any, ...]) -> None:
-        where = destination(data, self.index, self.count)
-        if where == self.index:
+        """Answer a client's datagram, or pass it on to its call's owner (or the front).
+
+        The message is read once: the dictionary decoded here for its call-id is the one
+        the owner answers, here or (pickled with the datagram) in the owner's shard. What
+        does not decode (no cookie, not a dictionary) is answered here, with the error a
+        single relayd would give.
+        """
+        try:
+            cookie, body = split_cookie(data)
+            raw, as_json = decode_body(body)
+        except Exception:
             self._answer(data, source)
-        elif where == FRONT:
+            return
+        where = route.where(route.route_of_request(raw), self.index, self.count)
+        if where == self.index:
+            self._answer_read(source, data, cookie, raw, as_json)
+        elif where == route.FRONT:
             self._reply("fanout", 0, (source, data), "fanout")
-        elif mesh.forward(self.peers[where], source, data):
+        elif mesh.forward(self.peers[where], (source, data, cookie, raw, as_json)):
             if where in self.refusing:
                 self.refusing.discard(where)
                 logger.info("shard.forwarding", to=where, refused=self.refused[where])
@@ -152,9 +164,9 @@ class ShardEnd:
         except Exception:
             logger.exception("shard.request_failed", kind="forwarded")
             return
-        for source, data in messages:
+        for source, data, cookie, raw, as_json in messages:
             try:
-                self._answer(data, source)
+                self._answer_read(source, data, cookie, raw, as_json)
             except Exception:
                 logger.exception("shard.request_failed", kind="ng")
 
@@ -164,6 +176,15 @@ class ShardEnd:
         reply = self._service.handle(data, source, self.local)
         if reply is not None:
             self._send(reply, source)
+
+    def _answer_read(
+        self, source: tuple[Any, ...], data: bytes, cookie: str, raw: dict[str, Any], as_json: bool
+    ) -> None:
+        """:meth:`_answer` for a datagram read by :meth:`_route` (here or in another shard)."""
+        assert self._service is not None
+        self._send(
+            self._service.handle_decoded(cookie, raw, as_json, data, source, self.local), source
+        )
 
     def _send(self, reply: bytes | asyncio.Future[bytes], source: Any) -> None:
         if not isinstance(reply, bytes):

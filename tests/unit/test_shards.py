@@ -21,7 +21,15 @@ from relayd.ng.message import normalise
 from relayd.shards import link, mesh
 from relayd.shards.merge import merge_admin, merge_list, merge_metrics, merge_statistics
 from relayd.shards.processes import shard_cpus
-from relayd.shards.route import FRONT, Route, destination, owner, port_slice, route_of
+from relayd.shards.route import (
+    FRONT,
+    Route,
+    destination,
+    owner,
+    port_slice,
+    route_of,
+    route_of_request,
+)
 from relayd.shards.shard import ShardEnd
 
 
@@ -89,6 +97,10 @@ def test_route_of_agrees_with_the_parser_on_well_formed_messages() -> None:
             call_id.encode() if isinstance(call_id, str) else b"",
         )
         assert route_of(bencode.encode(message)) == expected, message
+        # a shard routes the dictionary it decoded: the same route
+        decoded = bencode.decode(bencode.encode(message))
+        assert isinstance(decoded, dict)
+        assert route_of_request(decoded) == expected, message
 
 
 def _owned_by(shard: int, shards: int = 2) -> str:
@@ -129,6 +141,22 @@ class _Service:
         self.handled.append((data, source))
         return data.split(b" ", 1)[0] + b" d6:result4:ponge"
 
+    def handle_decoded(
+        self,
+        cookie: str,
+        raw: dict[str, Any],
+        as_json: bool,
+        data: bytes,
+        source: tuple[Any, ...],
+        local: tuple[Any, ...],
+    ) -> bytes:
+        assert (cookie, raw, as_json) == (data.split(b" ", 1)[0].decode(), _body(data), False)
+        return self.handle(data, source, local)
+
+
+def _body(data: bytes) -> Any:
+    return bencode.decode(data.split(b" ", 1)[1])
+
 
 @pytest.fixture
 def udp_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
@@ -162,18 +190,20 @@ def test_a_shard_answers_its_calls_passes_the_others_on_and_asks_the_front_for_l
         assert service.handled == [(mine, source), (ping, source)]
         assert client.recv(100).startswith(b"c1 ") and client.recv(100).startswith(b"c4 ")
         shard._route(theirs, source)  # straight to its owner's socket, with the client
-        assert mesh.receive(sockets.inbound[1], 10) == [(source, theirs)]
+        # with what the shard read of it: the owner does not decode it again
+        passed = (source, theirs, "c2", _body(theirs), False)
+        assert mesh.receive(sockets.inbound[1], 10) == [passed]
         shard._route(listing, source)  # the front asks every shard
         assert link.receive(front) == [("fanout", 0, (source, listing))]
         assert len(service.handled) == 2
         # the owner's side: a passed-on datagram is handled and answered from its socket
         owner_end, owner_service = ShardEnd(1, 2, link_end, sockets.inbound[1]), _Service()
         owner_end._service = owner_service  # type: ignore[assignment]
-        assert mesh.forward(sockets.outbound[1], source, theirs)
+        assert mesh.forward(sockets.outbound[1], passed)
         owner_end._inbound_readable()  # not on the ng address yet: dropped, not handled
         assert owner_service.handled == []
         owner_end.udp = server
-        assert mesh.forward(sockets.outbound[1], source, theirs)
+        assert mesh.forward(sockets.outbound[1], passed)
         owner_end._inbound_readable()
         assert owner_service.handled == [(theirs, source)]
         assert client.recv(100).startswith(b"c2 ")
@@ -187,13 +217,13 @@ def test_a_shard_down_refuses_once_its_socket_is_full_and_drops_the_backlog_on_s
     sockets = mesh.Mesh(2)
     try:
         sent = 0
-        while mesh.forward(sockets.outbound[1], ("192.0.2.1", 5060), b"c1 d7:command4:pinge"):
+        while mesh.forward(sockets.outbound[1], (("192.0.2.1", 5060), b"c1 d7:command4:pinge")):
             sent += 1
             assert sent < 1_000_000
         assert sent > 100  # hundreds wait: a short stall loses nothing
         assert mesh.discard(sockets.inbound[1]) == sent
         assert mesh.receive(sockets.inbound[1], 10) == []
-        assert mesh.forward(sockets.outbound[1], ("192.0.2.1", 5060), b"again")
+        assert mesh.forward(sockets.outbound[1], (("192.0.2.1", 5060), b"again"))
         assert pickle.loads(sockets.inbound[1].recv(1000)) == (("192.0.2.1", 5060), b"again")
     finally:
         sockets.close()
