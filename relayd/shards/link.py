@@ -12,12 +12,16 @@ Front to shard:
 ``("admin", tag, request)``, ``("metrics", tag)``
     a ``relayctl`` request; the ``/metrics`` text.
 ``("listen", 0)``
-    join the ng UDP address (the front serves: relayd.shards.mesh).
+    join the ng UDP address (the front serves: relayd.shards.mesh), and say so.
+``("steer", 0, table)``
+    attach the program for the ng address's group, ``table`` being each shard's index in
+    the group (relayd.shards.steer).
 ``("send", 0, source, reply)``
     a merged reply to a ``fanout``, for the shard to send to its client.
 
 Shard to front: ``("reply", tag, payload)``; ``("fanout", 0, (source, data))``, a
-UDP ``list`` or ``statistics`` the shard received, for the front to ask every shard.
+UDP ``list`` or ``statistics`` the shard received, for the front to ask every shard;
+``("listening", 0, joined)``, after ``listen``: whether it joined the ng address.
 
 Sends never block the sender's loop: a link whose buffer is full (its shard far
 behind) refuses the message, which the caller counts as dropped; the proxy

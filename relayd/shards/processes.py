@@ -3,7 +3,9 @@
 :class:`ShardPool` starts one ``python -m relayd.shards.shard`` per shard (with its end
 of a link, its readiness pipe, its CPUs and the shards' sockets to each other:
 relayd.shards.mesh), knows when each is up, tells it to join the ng address
-(``listen``) once the front serves, starts a dead one again (0.1 s after its death,
+(``listen``, one at a time, so that it knows the order of the ng address's group and
+gives it a program that steers each datagram to its call's shard: relayd.shards.steer)
+once the front serves, starts a dead one again (0.1 s after its death,
 doubling to 5 s while it keeps dying young, as the workers are:
 relayd.plane.workerpool), and carries the front's questions (:meth:`ShardPool.ask`)
 and one-way messages (:meth:`ShardPool.send`) over the links. What a shard asks of the
@@ -28,7 +30,7 @@ from typing import Any
 
 from relayd import log
 from relayd.plane.workerpool import RESTART_STABLE, restart_delay
-from relayd.shards import link
+from relayd.shards import link, steer
 from relayd.shards.mesh import Mesh
 
 __all__ = ["Shard", "ShardPool", "shard_cpus"]
@@ -79,6 +81,9 @@ class ShardPool:
         self.shards = [Shard(i, shard_cpus(cpus, i, count)) for i in range(count)]
         self.mesh = Mesh(count)
         self.serving = False
+        self.group = steer.Group(count)  # the order of the shards' ng sockets in the kernel
+        self._joining: int | None = None  # the shard told to join, until it says it has
+        self._to_join: list[int] = []  # the shards to tell next, in turn
         self.on_request: Callable[[Shard, tuple[Any, ...]], None] | None = None
         self._tags = itertools.count(1)
         self._answers: dict[int, asyncio.Future[Any]] = {}
@@ -111,7 +116,7 @@ class ShardPool:
         self.serving = True
         for shard in self.shards:
             if shard.up:
-                self.send(shard, ("listen", 0))
+                self._join(shard)
 
     def signal_all(self, signum: int) -> None:
         for shard in self.shards:
@@ -179,7 +184,39 @@ class ShardPool:
             shard.up = True
             logger.info("shard.ready", shard=shard.index)
             if self.serving:
-                self.send(shard, ("listen", 0))
+                self._join(shard)
+
+    # -- the ng address's group ---------------------------------------------------------------
+
+    def _join(self, shard: Shard) -> None:
+        """Have the shard join the ng address once no other is joining: one at a time, so
+        that the front knows the order of the group (steer.Group)."""
+        if shard.index not in self._to_join:
+            self._to_join.append(shard.index)
+        self._next_join()
+
+    def _next_join(self) -> None:
+        while self._joining is None and self._to_join:
+            shard = self.shards[self._to_join.pop(0)]
+            if shard.up and self.send(shard, ("listen", 0)):
+                self._joining = shard.index
+
+    def _listening(self, shard: Shard, joined: bool) -> None:
+        """The shard has joined the ng address (or has none to join)."""
+        if self._joining != shard.index:
+            return
+        self._joining = None
+        if joined:
+            self.group.joined(shard.index)
+            self._steer()
+        self._next_join()
+
+    def _steer(self) -> None:
+        """Give the group its program for the order it has now (any shard in it attaches it)."""
+        table = self.group.table()
+        for index in reversed(self.group.order):
+            if self.send(self.shards[index], ("steer", 0, table)):
+                return
 
     def _readable(self, shard: Shard) -> None:
         sock = shard.link
@@ -196,6 +233,8 @@ class ShardPool:
                 future = self._answers.pop(message[1], None)
                 if future is not None and not future.done():
                     future.set_result(message[2])
+            elif message[0] == "listening":
+                self._listening(shard, message[2])
             elif self.on_request is not None:
                 self.on_request(shard, message)
 
@@ -220,6 +259,14 @@ class ShardPool:
         shard.pending.clear()
         if self._stopping:
             return
+        # its socket left the group (the process is gone): the last one took its place
+        if shard.index in self._to_join:
+            self._to_join.remove(shard.index)
+        if self._joining == shard.index:
+            self._joining = None
+        if self.group.left(shard.index):
+            self._steer()
+        self._next_join()
         young = time.monotonic() - shard.spawned_at < RESTART_STABLE
         shard.quick_deaths = shard.quick_deaths + 1 if young else 0
         delay = restart_delay(shard.quick_deaths)

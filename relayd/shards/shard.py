@@ -40,7 +40,7 @@ from relayd.ng.message import NgError, decode_body, parse_request, split_cookie
 from relayd.ng.server import NgService
 from relayd.ops import admin
 from relayd.ops.operations import metrics_page
-from relayd.shards import mesh, route
+from relayd.shards import mesh, route, steer
 from relayd.shards.link import Closed, receive, send
 from relayd.supervisor import Supervisor
 
@@ -87,17 +87,29 @@ class ShardEnd:
             loop.add_reader(self.inbound.fileno(), self._inbound_readable)
         return self
 
-    def listen(self) -> None:
+    def listen(self) -> bool:
         """Join the ng address's ``SO_REUSEPORT`` group: from now on the kernel gives this
-        shard its share of the clients' datagrams."""
+        shard its share of the clients' datagrams. False when there is none to join (or
+        the shard has joined already)."""
         assert self._state is not None
         address = self._state.config.listen_ng
         if address is None or self.udp is not None:
-            return
+            return False
         self.udp = mesh.reuseport_socket(*address)
         self.local = self.udp.getsockname()
         asyncio.get_running_loop().add_reader(self.udp.fileno(), self._udp_readable)
         logger.info("ng.listening", transport="udp", address=host_port(address))
+        return True
+
+    def steer(self, table: list[int | None]) -> None:
+        """Give the ng address's group the program that sends each datagram to its call's
+        shard, ``table`` being each shard's index in the group (relayd.shards.steer)."""
+        if self.udp is None:
+            return
+        try:
+            steer.attach(self.udp, steer.program(table))
+        except (OSError, ValueError) as exc:  # no such option here: the hash spreads them
+            logger.warning("shard.steer_failed", shard=self.index, error=str(exc))
 
     def close(self) -> None:
         loop = asyncio.get_running_loop()
@@ -229,10 +241,15 @@ class ShardEnd:
             return
         elif kind == "listen":
             try:
-                self.listen()
+                joined = self.listen()
             except OSError as exc:  # the front found the address free: try again from scratch
                 logger.error("shard.failed", shard=self.index, error=str(exc))
                 state.stop()
+                return
+            self._reply("listening", 0, joined, kind)
+            return
+        elif kind == "steer":
+            self.steer(message[2])
             return
         elif kind == "call":
             _, _, source, data = message
