@@ -30,9 +30,9 @@ from collections.abc import Sequence
 
 __all__ = ["FALLBACK", "LONGEST", "WINDOW", "Group", "attach", "program"]
 
-WINDOW = 256
+WINDOW = 208
 """Bytes at the end of a datagram searched for the call-id key."""
-LONGEST = 56
+LONGEST = 48
 """The longest call-id the program hashes (each byte costs 48 instructions of 4096)."""
 FALLBACK = 0xFFFFFFFF
 """What the program returns when it finds no call-id: the kernel's hash chooses."""
@@ -44,7 +44,8 @@ _POLY = 0xEDB88320  # CRC-32 (zlib's), bit-reflected
 
 # classic BPF (linux/filter.h): instruction classes, sizes, modes, operations
 _LD, _LDX, _ST, _ALU, _JMP, _RET, _MISC = 0x00, 0x01, 0x02, 0x04, 0x05, 0x06, 0x07
-_W, _B = 0x00, 0x10
+_W, _H, _B = 0x00, 0x08, 0x10
+_SIZES = {4: _W, 2: _H, 1: _B}
 _IMM, _ABS, _IND, _MEM, _LEN = 0x00, 0x20, 0x40, 0x60, 0x80
 _ADD, _SUB, _MUL, _RSH, _MOD, _XOR = 0x00, 0x10, 0x20, 0x70, 0x90, 0xA0
 _JA, _JEQ, _JGT, _JGE, _JSET = 0x00, 0x10, 0x20, 0x30, 0x40
@@ -56,6 +57,19 @@ _TAX = 0x00
 _LIMIT, _AT, _SIZE, _START, _CRC = 0, 1, 2, 3, 4
 
 Instruction = tuple[int, int, int, int]  # code, jump if true, jump if false, constant
+
+# the key's bytes around an aligned word that holds its bytes from ``at`` on, by ``at``:
+# (offset from the word, how many, from which of the key's bytes)
+_AROUND = {
+    0: [(4, 4, 4), (8, 1, 8)],
+    1: [(-1, 1, 0), (4, 4, 5)],
+    2: [(-2, 2, 0), (4, 2, 6)],  # its last byte: read with the call-id's length
+    3: [(-3, 4, 0), (4, 2, 7)],
+}
+
+
+def _key(at: int, size: int) -> int:
+    return int.from_bytes(_KEY[at : at + size], "big")
 
 
 class _Assembler:
@@ -113,25 +127,35 @@ def program(table: Sequence[int | None]) -> list[Instruction]:
     op(_LDX | _IMM, 0)
     asm.label("window")
     op(_ST, _LIMIT)
-    # the key's bytes in one aligned word of the window, last word first: the key starts
-    # 0, 1, 2 or 3 bytes before that word
-    words = [int.from_bytes(_KEY[i : i + 4], "big") for i in range(4)]
-    for word in range(WINDOW - 4, -1, -4):
+    # the key has one aligned word of the window in its first four bytes, holding its
+    # bytes from the 1st, 2nd, 3rd or 4th on: each word, last first, against each of those,
+    # then the key's other bytes around it (a value after the key may hold some of its
+    # bytes: "call-12@host")
+    last = (WINDOW - len(_KEY)) // 4 * 4
+    for word in range(last, -1, -4):
+        following = f"w{word - 4}" if word else "fallback"
         asm.label(f"w{word}")
         op(_LD | _MEM, _LIMIT)
-        jump(_JMP | _JGT | _K, word + 3, false=f"w{word - 4}" if word else "fallback")
+        jump(_JMP | _JGT | _K, word + len(_KEY) - 1, false=following)  # all of it inside
         op(_LD | _W | _IND, word)
-        for shift in range(4):
-            last = shift == 3
-            after = (f"w{word - 4}" if word else "fallback") if last else None
-            jump(_JMP | _JEQ | _K, words[shift], true=f"w{word}s{shift}", false=after)
-        for shift in range(4):
-            asm.label(f"w{word}s{shift}")
-            if word - shift < 0:  # would start before the window: not the key
-                asm.ja(f"w{word - 4}" if word else "fallback")
-            else:
-                op(_LD | _IMM, word - shift)
-                asm.ja("found")
+        for at in range(4):
+            jump(
+                _JMP | _JEQ | _K,
+                _key(at, 4),
+                true=f"w{word}k{at}",
+                false=following if at == 3 else None,
+            )
+        for at in range(4):
+            asm.label(f"w{word}k{at}")
+            begins = word - at
+            if begins < 0:  # would start before the window
+                asm.ja(following)
+                continue
+            for offset, size, first in _AROUND[at]:
+                op(_LD | _SIZES[size] | _IND, word + offset)
+                jump(_JMP | _JEQ | _K, _key(first, size), false=following)
+            op(_LD | _IMM, begins)
+            asm.ja("found")
     asm.label("fallback")
     op(_RET | _K, FALLBACK)
 
@@ -146,9 +170,9 @@ def program(table: Sequence[int | None]) -> list[Instruction]:
     asm.require(_JMP | _JGE | _X, 0)
     op(_LDX | _MEM, _AT)
     op(_LD | _W | _IND, 0)
-    asm.require(_JMP | _JEQ | _K, words[0])
+    asm.require(_JMP | _JEQ | _K, _key(0, 4))
     op(_LD | _W | _IND, 4)
-    asm.require(_JMP | _JEQ | _K, int.from_bytes(_KEY[4:8], "big"))
+    asm.require(_JMP | _JEQ | _K, _key(4, 4))
     op(_LD | _B | _IND, 8)
     asm.require(_JMP | _JEQ | _K, _KEY[8])
     op(_LD | _B | _IND, len(_KEY) + 1)
