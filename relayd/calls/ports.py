@@ -58,6 +58,11 @@ class PortPool:
     def in_use(self) -> int:
         return len(self._used)
 
+    @property
+    def free(self) -> int:
+        """Pairs that can still be handed out (those cooling off included)."""
+        return len(self._free) + len(self._cooling)
+
     def allocate(self) -> int:
         """Reserve a pair; return its even (RTP) port."""
         if not self._free:
@@ -140,6 +145,10 @@ class PortAllocator:
             low, high = self.slices[key[1]]
             pool = self.pools[key] = PortPool(low, high)
         return pool
+
+    def has_free(self, address: str, worker: int = 0) -> bool:
+        """``address`` has a pair left to hand out in ``worker``'s slice."""
+        return self.pool(address, worker).free > 0
 
     def worker_of(self, port: int) -> int:
         for index, (low, high) in enumerate(self.slices):
