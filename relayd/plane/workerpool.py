@@ -202,9 +202,6 @@ class WorkerPool:
 
     def _spawn(self, worker: WorkerProcess) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        for sock in (parent, child):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _LINK_BUFFER)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _LINK_BUFFER)
         args = [
             sys.executable,
             "-m",
@@ -220,9 +217,17 @@ class WorkerPool:
             "--log-format",
             self.settings.log_format,
         ]
-        worker.proc = subprocess.Popen(args, pass_fds=[child.fileno()])
+        try:
+            for sock in (parent, child):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _LINK_BUFFER)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _LINK_BUFFER)
+            worker.proc = subprocess.Popen(args, pass_fds=[child.fileno()])
+        except OSError:  # (a fork's pipes need descriptors too)
+            parent.close()
+            raise
+        finally:
+            child.close()
         worker.spawned_at = time.monotonic()
-        child.close()
         worker.pid = worker.proc.pid
         worker.link = parent
         parent.settimeout(2.0)
@@ -297,7 +302,14 @@ class WorkerPool:
         self._restarts.pop(worker.index, None)
         if self._closing:
             return
-        self._spawn(worker)
+        try:
+            self._spawn(worker)
+        except OSError as exc:  # no descriptor for its link (relayd holds its sockets) ...
+            delay = restart_delay(worker.quick_deaths + 1)
+            log.error("worker.spawn_failed", worker=worker.index, error=str(exc), retry_in=delay)
+            loop = asyncio.get_running_loop()
+            self._restarts[worker.index] = loop.call_later(delay, self._restart, worker)
+            return
         self.owner.worker_ready(worker)
 
     def send(self, worker: WorkerProcess, message: ipc.Message) -> None:

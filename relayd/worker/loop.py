@@ -135,9 +135,13 @@ class Worker:
     def _read_link(self) -> None:
         while True:
             try:
-                data, fds, _flags, _addr = socket.recv_fds(self.link, _IPC_SIZE, _MAX_FDS)
+                data, fds, flags, _addr = socket.recv_fds(self.link, _IPC_SIZE, _MAX_FDS)
             except BlockingIOError:
                 return
+            if flags & socket.MSG_CTRUNC:
+                # the descriptor table is full: the kernel dropped what did not fit (relayd's
+                # budget per worker keeps this from happening; its sockets are lost here)
+                log.error("worker.descriptors_dropped", worker=self.index, received=len(fds))
             if not data:
                 log.info("worker.supervisor_gone", worker=self.index)
                 self.running = False
@@ -209,6 +213,9 @@ class Worker:
         keys = self.medias.setdefault(message.media, [])
         for spec in message.sockets:
             current = self.by_key.get(spec.key)
+            if spec.fd_index >= len(fds):  # dropped on the way in (the table was full)
+                log.error("worker.socket_missing", worker=self.index, key=spec.key)
+                continue
             if spec.fd_index >= 0:
                 used.add(spec.fd_index)
                 # family and type given: no getsockname/getsockopt to find them out; the
