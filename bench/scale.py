@@ -71,8 +71,6 @@ import os
 import resource
 import shlex
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -271,25 +269,28 @@ def _fds(pid: int) -> int:
         return 0
 
 
-def _addr_hex(address: str) -> str:
-    """An IPv4 address as /proc/net/udp writes it (a native-endian number)."""
-    return f"{struct.unpack('=I', socket.inet_aton(address))[0]:08X}"
-
-
 # every media address there can be (media_addresses for CALLS_MAX calls)
-_MEDIA_HEX = frozenset(_addr_hex(a) for a in media_addresses(CALLS_MAX))
+_MEDIA_ADDRESSES = frozenset(media_addresses(CALLS_MAX))
 
 
 def udp_bound(pid: int) -> tuple[int, int]:
-    """(UDP sockets, distinct ports) bound to the media addresses in ``pid``'s namespace."""
-    wanted, sockets, ports = _MEDIA_HEX, 0, set()
-    with open(f"/proc/{pid}/net/udp") as f:
-        next(f, None)
-        for line in f:
-            local = line.split()[1]  # ADDRESS:PORT, both in hex
-            if local.partition(":")[0] in wanted:
-                sockets += 1
-                ports.add(local)
+    """(UDP sockets, distinct ports) bound to the media addresses in ``pid``'s namespace.
+
+    Listed by ``ss`` (sock_diag over netlink): /proc/net/udp takes minutes with the
+    400,000 sockets of 100,000 calls, its reader walking the table again for each page."""
+    out = subprocess.run(
+        ["nsenter", f"--net=/proc/{pid}/ns/net", "ss", "-uanH"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    ).stdout
+    sockets, ports = 0, set()
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[3].rpartition(":")[0] in _MEDIA_ADDRESSES:
+            sockets += 1
+            ports.add(fields[3])
     return sockets, len(ports)
 
 
