@@ -607,7 +607,7 @@ class Supervisor:
             call.worker = worker
         return True
 
-    # -- kernel path ------------------------------------------------------------------------
+    # -- ports ------------------------------------------------------------------------------
 
     def _worker_full(self, worker: int) -> None:
         """A pair refused because ``worker`` holds as many sockets as its descriptor limit
@@ -621,6 +621,8 @@ class Supervisor:
                 sockets=self.signalling.ports.sockets[worker],
                 hint="raise LimitNOFILE (RLIMIT_NOFILE) or num-threads",
             )
+
+    # -- kernel path ------------------------------------------------------------------------
 
     def _stats_reported(self, stats: ipc.Stats, changed: set[str]) -> None:
         """A worker report confirmed (or lost) endpoints: those calls may change hands."""
