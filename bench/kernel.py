@@ -81,6 +81,7 @@ from medialab import (  # noqa: E402
     CALLEE_PORT,
     CALLER_ADDR,
     CALLER_PORT0,
+    CALLER_PORTS,
     MEDIA_ADDR,
     PREROLL_MS,
     RELAY_NS,
@@ -191,7 +192,9 @@ class KernelCalls(media.Calls):
         self.callee_side = []
         for i in range(self.count):
             call_id = f"rbm-{self.tag}-{self.generation}-{i}@{CALLER_ADDR}"
-            caller_port = CALLER_PORT0 + 2 * i
+            # past CALLER_PORTS calls (bench/scale.py's 100,000) the caller's ports repeat:
+            # each call still has relay ports of its own, so every flow stays distinct
+            caller_port = CALLER_PORT0 + 2 * (i % CALLER_PORTS)
             common = {"call-id": call_id, "from-tag": f"caller-{i}"}
             sdp = media._sdp("caller", CALLER_ADDR, caller_port, i)
             offer = self._ok({"command": "offer", "sdp": sdp, **common, **self.record})

@@ -38,6 +38,7 @@ __all__ = [
     "CALLER_INGRESS",
     "CALLER_NS",
     "CALLER_PORT0",
+    "CALLER_PORTS",
     "GENERATOR_SLACK",
     "MEDIA_ADDR",
     "NETNS_PREFIX",
@@ -78,6 +79,7 @@ RELAY_CALLER_SIDE, RELAY_CALLEE_SIDE = "10.77.1.1", "10.77.2.1"
 RELAY_INGRESS, CALLEE_INGRESS = "rbm-r1", "rbm-e0"  # veth ends that receive the media
 CALLER_INGRESS = "rbm-c0"  # the caller's end: what the relay sends the caller arrives there
 CALLER_PORT0 = 20000  # stream i sends from CALLER_PORT0 + 2i
+CALLER_PORTS = 20000  # ... modulo this many pairs, where more streams than fit (bench/scale.py)
 CALLEE_PORT = 40000  # every callee is one socket (or one nft rule): cheap per packet
 
 CLONE_NEWNET = 0x40000000

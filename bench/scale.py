@@ -51,24 +51,26 @@ The namespaces are bench/media.py's with another prefix (``rbs-``, or the
 environment's ``RELAYD_BENCH_NETNS``), so a run can share the machine with
 bench/media.py or bench/kernel.py (their CPU figures then disturb each other).
 The descriptor limit is raised as far as the kernel allows (``fs.nr_open``) and
-printed. With one media address the relay port range (10000-59999) holds at
-most 12,400 calls. Every loop is bounded in count and time; daemons,
-generators, namespaces, nft tables and conntrack entries are removed on every
-exit path, Ctrl-C and failures included.
+printed. One media address's port range (10000-59999) holds 12,400 calls; more
+(up to 120,000) get as many more addresses on the relay's loopback, given to
+both daemons as the round-robin interface pool ``pub`` (``pub:1/10.77.0.1``,
+``pub:2/10.77.0.2``, ...), and the caller's ports repeat every 20,000 calls.
+Every loop is bounded in count and time; daemons, generators, namespaces, nft
+tables and conntrack entries are removed on every exit path, Ctrl-C and
+failures included.
 """
 
 from __future__ import annotations
 
 import argparse
 import fcntl
+import ipaddress
 import json
 import math
 import os
 import resource
 import shlex
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -123,7 +125,9 @@ LABELS = {
     RTPENGINE: "rtpengine 10.5 (userspace: no kernel module here)",
 }
 PORT_MIN, PORT_MAX = 10000, 59999  # relay ports; one daemon at a time has them all
-CALLS_MAX = (PORT_MAX - PORT_MIN + 1) // media.PORTS_PER_STREAM - 100
+CALLS_PER_ADDRESS = (PORT_MAX - PORT_MIN + 1) // media.PORTS_PER_STREAM - 100
+CALLS_MAX = 120_000  # ten media addresses (see media_addresses)
+POOL = "pub"  # the round-robin interface pool of several media addresses
 CONFIRM_CHUNK = 500  # caller packets per generator run: a burst of thousands would
 # overflow the relay core's backlog (netdev_max_backlog, 1,000)
 PING_TIMEOUT = 1.0  # a ping unanswered this long counts as lost
@@ -138,21 +142,81 @@ TARGET_FDS_PER_PORT = 1.0
 # -- the daemons -------------------------------------------------------------------------------
 
 
-def daemon_argv(daemon: str, args: argparse.Namespace) -> list[str]:
+def media_addresses(calls: int, least: int = 1) -> list[str]:
+    """The relay's media addresses for ``calls``: MEDIA_ADDR, and as many more after it
+    (10.77.0.2, ...) as the port range of one address needs to hold them all (``least``
+    at least)."""
+    count = max(least, math.ceil(calls / CALLS_PER_ADDRESS))
+    first = ipaddress.IPv4Address(MEDIA_ADDR)
+    return [str(first + k) for k in range(count)]
+
+
+def interface_values(addresses: Sequence[str]) -> list[str]:
+    """``interface`` values: the one address as bench/media.py gives it, or several as the
+    round-robin pool ``pub`` (``pub:1/A;pub:2/B``: each party takes the next in turn with
+    free ports), as an operator spreads calls over addresses on either daemon."""
+    if len(addresses) == 1:
+        return list(addresses)
+    return [f"{POOL}:{k}/{address}" for k, address in enumerate(addresses, 1)]
+
+
+def daemon_argv(daemon: str, args: argparse.Namespace, addresses: Sequence[str]) -> list[str]:
     """bench/kernel.py's relayd (kernel path) or bench/media.py's rtpengine, with the whole
-    relay port range and timeouts that reap no idle call while it is measured."""
+    relay port range on each media address and timeouts that reap no idle call while it
+    is measured."""
     spec = media.DaemonSpec(daemon, args.workers, media.NG_PORT, PORT_MIN, PORT_MAX)
+    values = interface_values(addresses)
     if daemon == RELAYD:
         argv = kernel.kernel_argv(spec, max(args.log_level, 4), kernel.TOS_EF)
         argv[argv.index("--timeout") + 1] = str(args.timeout)
+        at = argv.index("--interface")
+        argv[at : at + 2] = [item for value in values for item in ("--interface", value)]
         return [*argv, "--silent-timeout", str(args.silent_timeout)]
-    argv = [a for a in media.daemon_argv(spec, args.log_level) if not a.startswith("--timeout=")]
-    return [*argv, f"--timeout={args.timeout}", f"--silent-timeout={args.silent_timeout}"]
+    argv = [
+        a
+        for a in media.daemon_argv(spec, args.log_level)
+        if not a.startswith(("--timeout=", "--interface="))
+    ]
+    return [
+        *argv,
+        *(f"--interface={value}" for value in values),
+        f"--timeout={args.timeout}",
+        f"--silent-timeout={args.silent_timeout}",
+    ]
+
+
+@contextmanager
+def media_addressing(addresses: Sequence[str]) -> Iterator[None]:
+    """The media addresses beyond MEDIA_ADDR (which the lab has) on the relay's loopback,
+    inside the block; the caller and the callee reach them through their default route."""
+    added: list[str] = []
+    try:
+        for address in addresses:
+            if address != MEDIA_ADDR:
+                subprocess.run(
+                    ["ip", "-n", RELAY_NS, "addr", "add", f"{address}/32", "dev", "lo"],
+                    check=True,
+                    capture_output=True,
+                )
+                added.append(address)
+        yield
+    finally:
+        for address in added:
+            subprocess.run(
+                ["ip", "-n", RELAY_NS, "addr", "del", f"{address}/32", "dev", "lo"],
+                check=False,
+                capture_output=True,
+            )
 
 
 @contextmanager
 def running(
-    daemon: str, args: argparse.Namespace, place: Placement, workdir: Path, nofile: int
+    daemon: str,
+    args: argparse.Namespace,
+    place: Placement,
+    workdir: Path,
+    nofile: int,
+    addresses: Sequence[str],
 ) -> Iterator[subprocess.Popen[str]]:
     """The daemon in the relay's namespace on the relay core, once it answers ping; relayd's
     nft table and the namespace's conntrack entries go with it."""
@@ -164,7 +228,7 @@ def running(
             stack.callback(kernel.forget_kernel_state, kernel.NFT_TABLE)
         with open(log_path, "a") as log:
             proc = spawn(
-                daemon_argv(daemon, args),
+                daemon_argv(daemon, args, addresses),
                 netns=RELAY_NS,
                 cpus=place.relay,
                 nofile=nofile,
@@ -186,7 +250,8 @@ def running(
 @dataclass(slots=True)
 class Holdings:
     """RSS (KiB) and open descriptors of the main process and of its workers together, and
-    the UDP sockets and distinct ports bound to the media address in the namespace."""
+    the UDP sockets and distinct ports (address and number) bound to the media addresses
+    in the namespace."""
 
     rss_main_kib: int = 0
     rss_workers_kib: int = 0
@@ -204,22 +269,28 @@ def _fds(pid: int) -> int:
         return 0
 
 
-def _media_addr_hex() -> str:
-    """MEDIA_ADDR as /proc/net/udp writes it (the address as a native-endian number)."""
-    return f"{struct.unpack('=I', socket.inet_aton(MEDIA_ADDR))[0]:08X}"
+# every media address there can be (media_addresses for CALLS_MAX calls)
+_MEDIA_ADDRESSES = frozenset(media_addresses(CALLS_MAX))
 
 
 def udp_bound(pid: int) -> tuple[int, int]:
-    """(UDP sockets, distinct ports) bound to the media address in ``pid``'s namespace."""
-    wanted, sockets, ports = _media_addr_hex(), 0, set()
-    with open(f"/proc/{pid}/net/udp") as f:
-        next(f, None)
-        for line in f:
-            local = line.split()[1]
-            addr, port = local.split(":")
-            if addr == wanted:
-                sockets += 1
-                ports.add(port)
+    """(UDP sockets, distinct ports) bound to the media addresses in ``pid``'s namespace.
+
+    Listed by ``ss`` (sock_diag over netlink): /proc/net/udp takes minutes with the
+    400,000 sockets of 100,000 calls, its reader walking the table again for each page."""
+    out = subprocess.run(
+        ["nsenter", f"--net=/proc/{pid}/ns/net", "ss", "-uanH"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    ).stdout
+    sockets, ports = 0, set()
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[3].rpartition(":")[0] in _MEDIA_ADDRESSES:
+            sockets += 1
+            ports.add(fields[3])
     return sockets, len(ports)
 
 
@@ -486,6 +557,7 @@ class ScaleRow:
     label: str = ""
     workers: int = 0
     nofile: int = 0
+    addresses: int = 1  # media addresses (more than one: the round-robin pool "pub")
     reached: int = 0  # calls set up (fewer than ``calls`` only when the set-up failed)
     setup_s: float = 0.0  # offer + answer of every call
     confirm_s: float = 0.0  # one packet per stream each way
@@ -556,7 +628,10 @@ def measure(
 ) -> None:
     row.label, row.nofile, row.load_start = LABELS[row.daemon], nofile, os.getloadavg()[0]
     with ExitStack() as stack:
-        proc = stack.enter_context(running(row.daemon, args, place, workdir, nofile))
+        addresses = media_addresses(row.calls, args.addresses)
+        row.addresses = len(addresses)
+        stack.enter_context(media_addressing(addresses))
+        proc = stack.enter_context(running(row.daemon, args, place, workdir, nofile, addresses))
         with in_netns(RELAY_NS):
             client = stack.enter_context(
                 NgClient((media.NG_HOST, media.NG_PORT), timeout=30.0, retries=1)
@@ -768,10 +843,12 @@ def cells(row: ScaleRow) -> dict[str, str]:
         "conntrack": f"{row.conntrack_entries:,} / "
         + (f"{row.conntrack_media:,}" if row.media.target_pps else "–"),
         "nofile": f"{row.nofile:,}",
+        "addresses": f"{row.addresses}" + (f" (pool {POOL!r})" if row.addresses > 1 else ""),
     }
 
 
 LINES = [  # key, label, target
+    ("addresses", "media addresses", ""),
     ("setup", "set-up: offer + answer of every call", ""),
     ("confirm", "one packet per stream each way", ""),
     ("kernelized", "calls kernelized (checked) / after the media window", ""),
@@ -927,6 +1004,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument("--workers", type=int, default=1, help="relayd workers / rtpengine threads")
     parser.add_argument(
+        "--addresses",
+        type=int,
+        default=1,
+        help="media addresses at least (default: as many as the calls need, 12,400 each)",
+    )
+    parser.add_argument(
         "--relayd-source", type=Path, default=REPO, metavar="DIR", help="relayd tree to run"
     )
     parser.add_argument("--relayd-rev", metavar="REV", help="run relayd as committed at REV")
@@ -936,7 +1019,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.calls = media._int_list(args.calls)
     if not args.calls or min(args.calls) < 1 or max(args.calls) > CALLS_MAX:
-        parser.error(f"--calls: 1 to {CALLS_MAX:,} (the relay port range of one media address)")
+        parser.error(f"--calls: 1 to {CALLS_MAX:,}")
     if min(args.window, args.ping_window, args.base_window) <= 0 or not (
         0.001 <= args.ping_interval <= 10
     ):
@@ -945,6 +1028,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error("--media-rate: at most 500,000 packets/s per direction in all")
     if args.sample < 2:
         parser.error("--sample: at least 2")
+    if not 1 <= args.addresses <= len(media_addresses(CALLS_MAX)):
+        parser.error(f"--addresses: 1 to {len(media_addresses(CALLS_MAX))}")
     args.daemons = [args.only] if args.only else [RELAYD, RTPENGINE]
     args.offload_timeout = args.offload_timeout or 30.0 + 0.005 * max(args.calls)
     if len(os.sched_getaffinity(0)) < 2:

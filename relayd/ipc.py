@@ -1,9 +1,13 @@
 """Supervisor ↔ worker messages: typed values and their wire codec (pure, no I/O).
 
-The transport is a Unix SOCK_SEQPACKET socket, so each message is one packet
-and needs no length prefix; sockets travel as SCM_RIGHTS file descriptors
-attached to the message that introduces them (``SocketSpec.fd_index``). The
-body is compact JSON: control traffic is a few messages per call, not per packet.
+The transport is a Unix SOCK_SEQPACKET socket, so a packet needs no length
+prefix; sockets travel as SCM_RIGHTS file descriptors attached to the packet of
+the message that introduces them (``SocketSpec.fd_index``: among that packet's
+descriptors). The body is compact JSON: control traffic is a few messages per
+call, not per packet. relayd may put several messages for a worker in one packet,
+a JSON array of them (:func:`join`, :func:`decode_all`), applied in order: what
+waits to be sent goes with the next message, one system call and one wake-up of
+the worker instead of one each.
 
 Rules:
 
@@ -70,8 +74,10 @@ __all__ = [
     "SocketStats",
     "Stats",
     "decode",
+    "decode_all",
     "encode",
     "encode_forward",
+    "join",
     "learning_mode",
     "parse_key",
     "socket_key",
@@ -553,6 +559,15 @@ def encode_forward(forward: Forward, fd_index: Mapping[str, int]) -> bytes:
     return _JSON(body).encode()
 
 
+def join(encoded: list[bytes]) -> bytes:
+    """Messages as :func:`encode` wrote them, in one packet (a JSON array, in order); a single
+    one as it is. Only the last may carry descriptors (its ``fd_index`` counts from the
+    packet's first): messages that wait to be sent carry none."""
+    if len(encoded) == 1:
+        return encoded[0]
+    return b"[" + b",".join(encoded) + b"]"
+
+
 def decode(data: bytes) -> Message:
     """A message as :func:`encode` wrote it; anything else is an :class:`IpcError` (too large,
     not a JSON object, an unknown type or field)."""
@@ -560,6 +575,27 @@ def decode(data: bytes) -> Message:
         raise IpcError("message too large")
     try:
         body = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise IpcError(f"bad ipc message: {exc}") from None
+    return _message(body)
+
+
+def decode_all(data: bytes) -> list[Message]:
+    """The messages of one packet, in order: one as :func:`encode` wrote it, or several as
+    :func:`join` put them together. An :class:`IpcError` (nothing applied) if any is bad."""
+    if len(data) > MAX_MESSAGE:
+        raise IpcError("message too large")
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise IpcError(f"bad ipc message: {exc}") from None
+    if isinstance(body, list):
+        return [_message(item) for item in body]
+    return [_message(body)]
+
+
+def _message(body: Any) -> Message:
+    try:
         if not isinstance(body, dict):
             raise TypeError("not a JSON object")
         cls = _TYPES[body.pop("type")]

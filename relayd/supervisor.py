@@ -43,7 +43,7 @@ from relayd.plane.kernel import KernelPath
 from relayd.plane.media import MediaPlane
 from relayd.plane.offload import events_payload_type, mark_kernelized
 from relayd.plane.playback import PlaybackControl
-from relayd.plane.sockets import SocketBinder
+from relayd.plane.sockets import SocketBinder, worker_budget
 from relayd.plane.sweep import ConntrackSweep
 from relayd.plane.updates import WorkerUpdates
 from relayd.plane.workerpool import WorkerSettings
@@ -58,6 +58,7 @@ from relayd.shards.route import port_slice
 __all__ = ["ShardLink", "Supervisor"]
 
 logger = log.get_logger("relayd")
+WARN_EVERY = 60.0  # seconds between two warnings of a worker's full descriptor budget
 
 _TICK = 0.25  # seconds between timer runs
 _TICKS_PER_SECOND = 4
@@ -145,7 +146,18 @@ class Supervisor:
         self.sweep = ConntrackSweep(self.media.reports.streams)
         self.recording = RecordingControl(spool, self.media, self.calls)
         self.playback = PlaybackControl(self.media, self.calls, self._to_workers, self._play_ended)
-        ports = PortAllocator(port_min, port_max, workers, binder)
+        # a worker holds one descriptor per port of its slice: as many as its limit allows
+        budget = worker_budget()
+        self._budget_warned: dict[int, float] = {}
+        ports = PortAllocator(
+            port_min, port_max, workers, binder, budget=budget, on_full=self._worker_full
+        )
+        logger.info(
+            "ports.budget",
+            workers=workers,
+            sockets_per_worker=budget,
+            calls=budget * workers // 4 if budget is not None else None,
+        )
         self.signalling = signalling_of(config, interfaces, ports, certificate)
         self.commands = Commands(
             self.signalling,
@@ -594,6 +606,21 @@ class Supervisor:
         if pairs:
             call.worker = worker
         return True
+
+    # -- ports ------------------------------------------------------------------------------
+
+    def _worker_full(self, worker: int) -> None:
+        """A pair refused because ``worker`` holds as many sockets as its descriptor limit
+        allows: said at most once a minute per worker (each refusal is "Ran out of ports")."""
+        now = time.monotonic()
+        if now - self._budget_warned.get(worker, -WARN_EVERY) >= WARN_EVERY:
+            self._budget_warned[worker] = now
+            logger.warning(
+                "ports.worker_full",
+                worker=worker,
+                sockets=self.signalling.ports.sockets[worker],
+                hint="raise LimitNOFILE (RLIMIT_NOFILE) or num-threads",
+            )
 
     # -- kernel path ------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ of ports" gives them all back; the call's end releases everything.
 from __future__ import annotations
 
 from relayd.calls.interfaces import Interfaces
-from relayd.calls.model import Call, Media, Monologue, Stream
+from relayd.calls.model import Call, LocalAddress, Media, Monologue, Stream
 from relayd.calls.ports import PortAllocator
 
 __all__ = ["MediaPorts", "Taken"]
@@ -59,7 +59,7 @@ class MediaPorts:
         """Our RTP/RTCP ports towards ``party`` for one media section, kept once given."""
         if media.rejected or media.passthrough:
             return
-        local = self.interfaces.select(party.interface or self.interfaces.default, family)
+        local = self.local_of(call, party, family)
         if media.port and media.local is not None and (renew or media.local.family != local.family):
             self.release(media)
         if not media.port:
@@ -87,6 +87,32 @@ class MediaPorts:
                     call_id=call.call_id,
                 ),
             ]
+
+    def local_of(
+        self, call: Call, party: Monologue, family: str, *, take_turn: bool = True
+    ) -> LocalAddress:
+        """The local address in ``family`` for ``party``'s media: on the interface its media
+        have where that is still what the party asks for (a party keeps the interface a
+        round-robin pool gave it for the rest of the call, as rtpengine's), else on the one
+        the interface it names, or its pool's turn, gives (see :meth:`Interfaces.choose`: an
+        interface of the pool with a free pair on each address in the call's worker slice)."""
+        interfaces, name = self.interfaces, party.interface
+        if interfaces.pool_of(name) is None:
+            return interfaces.select(name or interfaces.default, family)
+        for media in party.medias:
+            held = media.local
+            if held is not None and interfaces.member(name, held.interface):
+                kept = interfaces.select(held.interface, family)
+                if kept.family == family:
+                    return kept
+                break
+        worker = call.worker
+        return interfaces.choose(
+            name,
+            family,
+            lambda address: self.ports.has_free(address.local, worker),
+            take_turn=take_turn,
+        )
 
     def ensure_ice(self, call: Call, media: Media, taken: Taken) -> None:
         """With ICE towards a party (ours, or its own with our relay candidates), a candidate

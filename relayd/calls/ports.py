@@ -10,21 +10,33 @@ pair it hands out through a :class:`Binder` (relayd's binds real sockets). A
 pair whose bind fails because another program holds it stays out of use; one whose
 bind fails because our own socket there is still closing (a worker has not read
 the ``Close`` of the call that had it) goes back to cool off and is tried again.
+
+Each worker holds the sockets of its slice, one descriptor per port, so a worker can
+hold only as many as its descriptor limit allows: with a ``budget`` (sockets per
+worker), a pair that would take a worker past it is refused as "Ran out of ports",
+and so is one whose bind finds no descriptor left (:class:`DescriptorsExhausted`), the
+pair going back to the pool rather than out of use: a host that reaches its limit
+answers the calls beyond it and keeps every other one.
 """
 
 from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["Binder", "PortAllocator", "PortPool", "PortsExhausted"]
+__all__ = ["Binder", "DescriptorsExhausted", "PortAllocator", "PortPool", "PortsExhausted"]
 
 
 class PortsExhausted(RuntimeError):
     """No free pair is left; the ng reply is "Ran out of ports"."""
+
+
+class DescriptorsExhausted(PortsExhausted):
+    """A socket could not be made for want of descriptors (the process's or the system's
+    limit), not because another program holds the port: the pair stays in the pool."""
 
 
 @dataclass
@@ -58,6 +70,11 @@ class PortPool:
     def in_use(self) -> int:
         return len(self._used)
 
+    @property
+    def free(self) -> int:
+        """Pairs that can still be handed out (those cooling off included)."""
+        return len(self._free) + len(self._cooling)
+
     def allocate(self) -> int:
         """Reserve a pair; return its even (RTP) port."""
         if not self._free:
@@ -89,16 +106,22 @@ class PortPool:
         self._used.add(port)
         return True
 
-    def release(self, port: int) -> None:
-        if port in self._used:
-            self._used.remove(port)
-            self._cooling.append(port)
+    def release(self, port: int) -> bool:
+        """Give a pair back (it cools off); False if it was not handed out."""
+        if port not in self._used:
+            return False
+        self._used.remove(port)
+        self._cooling.append(port)
+        return True
 
 
 class Binder(Protocol):
     """Opens the sockets of a port pair (the shell binds real sockets)."""
 
-    def bind(self, address: str, port: int) -> bool: ...
+    def bind(self, address: str, port: int) -> bool:
+        """True when both are bound; False when the port is taken (another pair is tried);
+        raises :class:`DescriptorsExhausted` when no descriptor is left for them."""
+        ...
 
     def busy(self, address: str, port: int) -> bool:
         """A bind of the pair failed on a socket of our own that is still being closed."""
@@ -113,10 +136,20 @@ class PortAllocator:
     With a :class:`Binder`, a pair whose sockets cannot be bound (the port is
     taken by another program) is skipped and kept out of use; one that is still
     ``busy`` with our own closing socket is skipped and given back to cool off.
+    ``budget``: the most sockets (two per pair) one worker's slice may have handed out
+    at once, its descriptor limit less what the worker needs besides (None: no limit);
+    ``on_full(worker)`` hears of each pair refused for it.
     """
 
     def __init__(
-        self, port_min: int, port_max: int, workers: int = 1, binder: Binder | None = None
+        self,
+        port_min: int,
+        port_max: int,
+        workers: int = 1,
+        binder: Binder | None = None,
+        *,
+        budget: int | None = None,
+        on_full: Callable[[int], None] | None = None,
     ) -> None:
         self.port_min = port_min
         self.port_max = port_max
@@ -132,6 +165,9 @@ class PortAllocator:
             self.slices.append((start, start + 2 * count - 1))
             start += 2 * count
         self.pools: dict[tuple[str, int], PortPool] = {}
+        self.budget = budget
+        self.on_full = on_full
+        self.sockets = [0] * self.workers  # per worker slice: sockets handed out (2 a pair)
 
     def pool(self, address: str, worker: int = 0) -> PortPool:
         key = (address, worker % self.workers)
@@ -141,22 +177,44 @@ class PortAllocator:
             pool = self.pools[key] = PortPool(low, high)
         return pool
 
+    def has_free(self, address: str, worker: int = 0) -> bool:
+        """``address`` has a pair left to hand out in ``worker``'s slice."""
+        return self.pool(address, worker).free > 0
+
     def worker_of(self, port: int) -> int:
         for index, (low, high) in enumerate(self.slices):
             if low <= port <= high:
                 return index
         return 0
 
+    def _room(self, worker: int) -> int:
+        """``worker``'s slice; PortsExhausted if one more pair would take it past the budget."""
+        slot = worker % self.workers
+        if self.budget is not None and self.sockets[slot] + 2 > self.budget:
+            if self.on_full is not None:
+                self.on_full(slot)
+            raise PortsExhausted("descriptor budget")
+        return slot
+
     def allocate(self, address: str, worker: int = 0) -> int:
+        slot = self._room(worker)
         pool = self.pool(address, worker)
         binder = self.binder
         if binder is None:
-            return pool.allocate()
+            port = pool.allocate()
+            self.sockets[slot] += 2
+            return port
         closing: list[int] = []  # given back once this allocation is done, not retried in it
         try:
             while True:
                 port = pool.allocate()  # raises PortsExhausted
-                if binder.bind(address, port):
+                try:
+                    bound = binder.bind(address, port)
+                except DescriptorsExhausted:
+                    closing.append(port)  # no fault of the port's: back with the others
+                    raise
+                if bound:
+                    self.sockets[slot] += 2
                     return port
                 if binder.busy(address, port):
                     closing.append(port)
@@ -168,34 +226,52 @@ class PortAllocator:
     def allocate_like(self, address: str, port: int, worker: int = 0) -> int:
         """A pair on ``address`` with the same number as ``port`` (rtpengine binds one port
         number on every address of a logical interface), else any free pair."""
+        slot = self._room(worker)
         pool = self.pool(address, worker)
         if pool.take_free(port):
-            if self.binder is None or self.binder.bind(address, port):
+            try:
+                bound = self.binder is None or self.binder.bind(address, port)
+            except DescriptorsExhausted:
+                pool.release(port)
+                raise
+            if bound:
+                self.sockets[slot] += 2
                 return port
-            if self.binder.busy(address, port):
+            if self.binder is not None and self.binder.busy(address, port):
                 pool.release(port)
         return self.allocate(address, worker)
 
     def claim(self, pairs: Iterable[tuple[str, int]]) -> int | None:
         """Take these pairs back (a call restored from the journal): each reserved in its
-        pool and bound. All or nothing: None (and nothing kept) when one is taken or will
-        not bind; else the worker whose slice they are in."""
+        pool and bound. All or nothing: None (and nothing kept) when one is taken, will not
+        bind or would take its worker past the budget; else the worker whose slice they
+        are in."""
         claimed: list[tuple[str, int]] = []
         worker = 0
         for address, port in pairs:
             worker = self.worker_of(port)
             pool = self.pool(address, worker)
-            if not pool.reserve(port) or (
-                self.binder is not None and not self.binder.bind(address, port)
-            ):
+            reserved = ok = False
+            try:
+                self._room(worker)
+                reserved = ok = pool.reserve(port)  # False: another call has it
+                if ok and self.binder is not None:
+                    ok = self.binder.bind(address, port)
+            except PortsExhausted:  # the budget, or no descriptor for the bind
+                ok = False
+            if not ok:
+                if reserved:
+                    pool.release(port)
                 for done in claimed:
                     self.release(*done)
-                pool.release(port)
                 return None
+            self.sockets[worker] += 2
             claimed.append((address, port))
         return worker
 
     def release(self, address: str, port: int) -> None:
         if self.binder is not None:
             self.binder.release(address, port)
-        self.pool(address, self.worker_of(port)).release(port)
+        worker = self.worker_of(port)
+        if self.pool(address, worker).release(port):
+            self.sockets[worker] -= 2

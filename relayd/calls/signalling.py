@@ -210,7 +210,7 @@ class Signalling:
             taken.rollback()  # the ports this message took go back, whatever went wrong
             raise
         call.last_signal = now
-        local = self.interfaces.select(receiver.interface or self.interfaces.default, family)
+        local = self.media_ports.local_of(call, receiver, family, take_turn=False)
         for i, m in enumerate(receiver.medias[: len(sdp.media)]):
             m.rtcp_mux, shared = self._mux_out(sender, receiver, i, req, offer)
             if m.port:

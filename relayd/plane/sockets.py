@@ -22,15 +22,18 @@ exited yet) waits in ``unbound`` for :meth:`SocketBinder.rebind_pending`.
 
 from __future__ import annotations
 
+import errno
 import os
+import resource
 import select
 import socket
 from collections.abc import Callable, Iterable, Sequence
 
+from relayd.calls.ports import DescriptorsExhausted
 from relayd.ipc import parse_key, socket_key
 from relayd.log import get_logger
 
-__all__ = ["SocketBinder"]
+__all__ = ["WORKER_RESERVE", "SocketBinder", "worker_budget"]
 
 log = get_logger("relayd.plane.sockets")
 
@@ -39,6 +42,24 @@ log = get_logger("relayd.plane.sockets")
 _MEDIA_RCVBUF = 1 << 20
 _SO_TIMESTAMPNS = 35  # Linux (SO_TIMESTAMPNS_OLD): struct timespec of the arrival, in a cmsg
 _SO_RCVBUFFORCE = 33  # Linux: like SO_RCVBUF but above net.core.rmem_max (CAP_NET_ADMIN)
+# a socket that cannot be made for want of descriptors or memory, whatever its port
+_NO_ROOM = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+WORKER_RESERVE = 64
+"""Descriptors a worker keeps for what it opens besides media sockets (its link, epoll,
+the kernel's copies, logs; plus a 64th of its limit for recordings and playback files)."""
+
+
+def worker_budget(limit: int | None = None) -> int | None:
+    """The most media sockets one worker may hold: its descriptor limit (``RLIMIT_NOFILE``,
+    relayd's own by default: spawned workers inherit it, and the worker units set the same
+    ``LimitNOFILE`` as relayd's), less :data:`WORKER_RESERVE` and a 64th of the limit. None
+    where the limit is infinite. relayd, which binds each socket and holds a dead worker's
+    until its replacement takes them, has the same limit and needs the same room."""
+    if limit is None:
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if limit == resource.RLIM_INFINITY:
+        return None
+    return max(limit - WORKER_RESERVE - limit // 64, 2)
 
 
 class SocketBinder:
@@ -66,7 +87,8 @@ class SocketBinder:
 
         False (logged, nothing kept) if either cannot be bound: the allocator tries another
         pair, so "Ran out of ports" stays exact; :meth:`busy` says whether the clash was one
-        of our own sockets still closing.
+        of our own sockets still closing. Raises DescriptorsExhausted (logged as an error,
+        nothing kept) when the process has no descriptor left: no other pair would bind.
         """
         keys = [socket_key(address, p) for p in (port, port + 1)]
         opened: list[int] = []
@@ -76,6 +98,9 @@ class SocketBinder:
         except OSError as exc:
             for fd in opened:
                 os.close(fd)
+            if exc.errno in _NO_ROOM:
+                log.error("ports.no_descriptors", address=address, port=port, error=str(exc))
+                raise DescriptorsExhausted(str(exc)) from None
             log.warning("ports.bind_failed", address=address, port=port, error=str(exc))
             return False
         for key, fd in zip(keys, opened, strict=True):
@@ -145,7 +170,9 @@ class SocketBinder:
                 continue
             try:
                 fd = _open(*parsed)
-            except OSError:
+            except OSError as exc:
+                if exc.errno in _NO_ROOM:
+                    break  # no other would bind either: they wait for the next try
                 continue
             del self.unbound[key]
             self.sockets[key] = fd

@@ -5,7 +5,9 @@ Workers are spawned pinned to a core each (or, as systemd units, connect to
 they die; the owner (relayd/plane/media.py) binds the dead one's ports again at
 once and gives the new process its calls. Messages go over a SOCK_SEQPACKET link,
 descriptors with the message that introduces them; updates that may wait go out
-in batches of ``WORKER_BATCH_DELAY``, in order with everything sent meanwhile.
+in batches of ``WORKER_BATCH_DELAY``, in order with everything sent meanwhile: a
+worker's messages of a batch in one packet (relayd/ipc.py's ``join``), with the next
+message sent at once where it comes first.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ __all__ = [
 log = get_logger("relayd.plane.workerpool")
 
 _LINK_BUFFER = 4 << 20
+# the most bytes of messages joined in one packet (a worker reads up to ipc.MAX_MESSAGE):
+# a burst of deletes (a timer ending thousands of calls) goes out in several
+_PACKET_LIMIT = 1 << 18
 
 
 @dataclass
@@ -121,7 +126,7 @@ class WorkerPool:
         cpus = sorted(os.sched_getaffinity(0))
         self.workers = [WorkerProcess(i, cpus[i % len(cpus)]) for i in range(max(workers, 1))]
         self.worker_socket = ""
-        self._outbox: list[tuple[WorkerProcess, bytes]] = []  # see send_later
+        self._outbox: list[tuple[WorkerProcess, ipc.Message]] = []  # see send_later
         self._flush_timer: asyncio.TimerHandle | None = None
         self._listener: socket.socket | None = None
         self._closing = False
@@ -202,9 +207,6 @@ class WorkerPool:
 
     def _spawn(self, worker: WorkerProcess) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        for sock in (parent, child):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _LINK_BUFFER)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _LINK_BUFFER)
         args = [
             sys.executable,
             "-m",
@@ -220,9 +222,17 @@ class WorkerPool:
             "--log-format",
             self.settings.log_format,
         ]
-        worker.proc = subprocess.Popen(args, pass_fds=[child.fileno()])
+        try:
+            for sock in (parent, child):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _LINK_BUFFER)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _LINK_BUFFER)
+            worker.proc = subprocess.Popen(args, pass_fds=[child.fileno()])
+        except OSError:  # (a fork's pipes need descriptors too)
+            parent.close()
+            raise
+        finally:
+            child.close()
         worker.spawned_at = time.monotonic()
-        child.close()
         worker.pid = worker.proc.pid
         worker.link = parent
         parent.settimeout(2.0)
@@ -297,7 +307,14 @@ class WorkerPool:
         self._restarts.pop(worker.index, None)
         if self._closing:
             return
-        self._spawn(worker)
+        try:
+            self._spawn(worker)
+        except OSError as exc:  # no descriptor for its link (relayd holds its sockets) ...
+            delay = restart_delay(worker.quick_deaths + 1)
+            log.error("worker.spawn_failed", worker=worker.index, error=str(exc), retry_in=delay)
+            loop = asyncio.get_running_loop()
+            self._restarts[worker.index] = loop.call_later(delay, self._restart, worker)
+            return
         self.owner.worker_ready(worker)
 
     def send(self, worker: WorkerProcess, message: ipc.Message) -> None:
@@ -306,37 +323,72 @@ class WorkerPool:
     def send_later(self, worker: WorkerProcess, message: ipc.Message) -> None:
         """After the reply that is being worked out (a Drop of a deleted call), batched
         (``WORKER_BATCH_DELAY``): the worker that wakes for it does not hold the reply
-        up. Anything sent meanwhile goes after."""
+        up. Anything sent meanwhile goes after, in the same packet."""
         if self._flush_timer is None:
             loop = asyncio.get_running_loop()
             self._flush_timer = loop.call_later(updates.WORKER_BATCH_DELAY, self._flush)
-        self._outbox.append((worker, ipc.encode(message)))
+        self._outbox.append((worker, message))
 
     def _flush(self) -> None:
+        for worker, encoded in self._take_outbox():
+            self._send(worker, encoded)
+
+    def _take_outbox(self) -> list[tuple[WorkerProcess, list[bytes]]]:
+        """Empty the outbox: each worker's messages, encoded, in their order; a ``Close`` that
+        follows a ``Close`` (the pairs of one call given back) joins it."""
         if self._flush_timer is not None:  # sent early: with something sent after it
             self._flush_timer.cancel()
             self._flush_timer = None
         outbox, self._outbox = self._outbox, []
-        for worker, data in outbox:
-            self.transmit(worker, data)
+        by_worker: dict[int, tuple[WorkerProcess, list[ipc.Message]]] = {}
+        for worker, message in outbox:
+            messages = by_worker.setdefault(worker.index, (worker, []))[1]
+            last = messages[-1] if messages else None
+            if type(message) is ipc.Close and type(last) is ipc.Close:
+                messages[-1] = ipc.Close(last.keys + message.keys)
+            else:
+                messages.append(message)
+        return [
+            (worker, [ipc.encode(m) for m in messages]) for worker, messages in by_worker.values()
+        ]
 
     def transmit(self, worker: WorkerProcess, data: bytes, fds: Sequence[int] = ()) -> bool:
         """Send one encoded message now, ``fds`` attached (SCM_RIGHTS), after what waits in the
-        outbox: messages to a worker keep their order. True if it was sent: its descriptors
-        are the worker's now (in flight until it reads them).
+        outbox for the same worker, in the same packet: messages to a worker keep their order.
+        True if it was sent: its descriptors are the worker's now (in flight until it reads them).
 
         Without a link the message is lost (a new worker is given its calls again); a failed send
         is logged. A full link blocks for at most its 2 s timeout.
         """
+        waiting: list[bytes] = []
         if self._outbox:
-            self._flush()  # messages keep their order
+            for other, encoded in self._take_outbox():
+                if other.index == worker.index:
+                    waiting = encoded
+                else:
+                    self._send(other, encoded)
+        waiting.append(data)
+        return self._send(worker, waiting, fds)
+
+    def _send(self, worker: WorkerProcess, encoded: list[bytes], fds: Sequence[int] = ()) -> bool:
+        """Send encoded messages in order, as few packets as fit in ``_PACKET_LIMIT`` bytes
+        (ipc.join), ``fds`` with the last message."""
         if worker.link is None:
             return False
+        link = worker.link
         try:
+            chunk: list[bytes] = []
+            size = 0
+            for data in encoded:
+                if chunk and size + len(data) > _PACKET_LIMIT:
+                    link.send(ipc.join(chunk))
+                    chunk, size = [], 0
+                chunk.append(data)
+                size += len(data) + 1
             if fds:
-                socket.send_fds(worker.link, [data], list(fds))
+                socket.send_fds(link, [ipc.join(chunk)], list(fds))
             else:
-                worker.link.send(data)
+                link.send(ipc.join(chunk))
         except OSError as exc:
             log.error("worker.send_failed", worker=worker.index, error=str(exc))
             return False

@@ -135,9 +135,13 @@ class Worker:
     def _read_link(self) -> None:
         while True:
             try:
-                data, fds, _flags, _addr = socket.recv_fds(self.link, _IPC_SIZE, _MAX_FDS)
+                data, fds, flags, _addr = socket.recv_fds(self.link, _IPC_SIZE, _MAX_FDS)
             except BlockingIOError:
                 return
+            if flags & socket.MSG_CTRUNC:
+                # the descriptor table is full: the kernel dropped what did not fit (relayd's
+                # budget per worker keeps this from happening; its sockets are lost here)
+                log.error("worker.descriptors_dropped", worker=self.index, received=len(fds))
             if not data:
                 log.info("worker.supervisor_gone", worker=self.index)
                 self.running = False
@@ -145,15 +149,24 @@ class Worker:
                     os.close(fd)
                 return
             try:
-                self._apply(ipc.decode(data), fds)
+                messages = ipc.decode_all(data)
             except ipc.IpcError:
                 log.exception("worker.bad_message", worker=self.index)
                 for fd in fds:
                     os.close(fd)
+                continue
+            # the packet's descriptors, by their index among them: those its forwards took
+            used: set[int] = set()
+            for message in messages:
+                self._apply(message, fds, used)
+            for index, fd in enumerate(fds):
+                if index not in used:
+                    os.close(fd)
 
-    def _apply(self, message: ipc.Message, fds: list[int]) -> None:
+    def _apply(self, message: ipc.Message, fds: list[int], used: set[int]) -> None:
+        """One message of a packet; a forward adds the descriptors it keeps to ``used``."""
         if isinstance(message, ipc.Forward):
-            self._forward(message, fds)
+            self._forward(message, fds, used)
         elif isinstance(message, ipc.Drop):
             self._drop(message.media)
         elif isinstance(message, ipc.Close):
@@ -200,8 +213,7 @@ class Worker:
             self.epoll.register(fd, select.EPOLLIN)
             self.copies_fd = fd
 
-    def _forward(self, message: ipc.Forward, fds: list[int]) -> None:
-        used: set[int] = set()
+    def _forward(self, message: ipc.Forward, fds: list[int], used: set[int]) -> None:
         hosts: dict[str, str] = {}  # a party's RTP and RTCP share one copy of its address
         # and the call's sockets one float of the time learning confirms from (the same for
         # every party of a call after a signalling event, a new object per decoded value)
@@ -209,6 +221,9 @@ class Worker:
         keys = self.medias.setdefault(message.media, [])
         for spec in message.sockets:
             current = self.by_key.get(spec.key)
+            if spec.fd_index >= len(fds):  # dropped on the way in (the table was full)
+                log.error("worker.socket_missing", worker=self.index, key=spec.key)
+                continue
             if spec.fd_index >= 0:
                 used.add(spec.fd_index)
                 # family and type given: no getsockname/getsockopt to find them out; the
@@ -294,9 +309,6 @@ class Worker:
             self.recordings.reroute()
         if self.recordings.calls:
             self.recordings.forwarded(message.media, touched)
-        for index, fd in enumerate(fds):
-            if index not in used:
-                os.close(fd)
 
     def _add(self, spec: ipc.SocketSpec, sock: socket.socket) -> MediaSocket:
         if self.tos:

@@ -6,7 +6,9 @@ sets up calls over ng, confirms both ends of every stream, waits until ng
 ``query`` shows them kernelized, then measures windows with the calls idle and
 with a trickle of media. This runs it with 20 calls and one-second windows
 (about 20 s per daemon) so that a change to relayd's kernel path, its command
-line or its ng replies cannot silently break the benchmark.
+line or its ng replies cannot silently break the benchmark; with two media
+addresses (``--addresses 2``: the round-robin pool the 100,000-call run needs),
+so that calls spread over addresses are kernelized and relayed too.
 
     sudo .venv/bin/python -m pytest tests/interop/test_bench_scale_smoke.py -m interop
 """
@@ -48,6 +50,7 @@ def _namespaces() -> set[str]:
 def test_small_scale_run_kernelizes_and_measures(tmp_path: Path) -> None:
     report = tmp_path / "scale.json"
     argv = [sys.executable, str(BENCH), "--calls", str(CALLS), "--only", "relayd"]
+    argv += ["--addresses", "2"]
     argv += ["--window", "1", "--ping-window", "1", "--base-window", "1"]
     started = time.monotonic()
     done = subprocess.run(
@@ -60,6 +63,7 @@ def test_small_scale_run_kernelizes_and_measures(tmp_path: Path) -> None:
     assert f"### {CALLS:,} calls" in done.stdout, done.stdout
     [row] = json.loads(report.read_text())["rows"]
     assert row["daemon"] == "relayd" and row["error"] == "", row
+    assert row["addresses"] == 2 and "(pool 'pub')" in done.stdout, row
     # every call kernelized before and after the media window
     assert row["checked"] == CALLS and row["kernelized"] == CALLS, row
     assert row["kernelized_after"] == CALLS, row

@@ -86,6 +86,7 @@ def relay_starter(
     ng_port: int = NG_PORT,
     port_min: int = PORT_MIN,
     port_max: int = PORT_MAX,
+    nofile: int | None = None,
 ) -> Iterator[StartRelay]:
     """What the ``start_relay`` fixtures hand out: start relayd in the relay namespace with
     these ports (and the options given), every one stopped, its log attached, at the end."""
@@ -102,6 +103,7 @@ def relay_starter(
                 interface=relay_interfaces(topo),
                 extra=extra,
                 netns=topo.relay,
+                nofile=nofile,
             )
             started.append(daemon)
             daemon.start()

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from relayd.plane.sockets import worker_budget
 from tests.netns.calls import CALLER_SSRC, ok, set_up_call, worker_pids
 from tests.netns.conftest import StartRelay, relay_starter
 from tests.netns.test_kernel import KERNEL, both_kernelized, confirm_both, offloaded
@@ -212,3 +213,73 @@ def test_a_killed_workers_call_resumes_on_the_same_ports(
         stamp = datetime.fromisoformat(line.split()[0].replace("Z", "+00:00")).timestamp()
         print(f"ports bound again {(stamp - killed) * 1000:.1f} ms after the kill: {line}")
         assert "waiting=0" in line and "sockets=16" in line, line
+
+
+# -- the descriptor limit ------------------------------------------------------------------------
+
+NOFILE = 300  # relayd's (and so its worker's) RLIMIT_NOFILE in the test below
+
+
+def test_at_its_descriptor_limit_a_worker_refuses_calls_and_keeps_the_others(
+    topo: Topology, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """With a low RLIMIT_NOFILE, calls beyond what one worker may hold get "Ran out of ports"
+    (relayd/plane/sockets.py's worker_budget), said once in the log; the worker does not fall
+    over, every call it has keeps relaying, a deleted call's room is taken by a new one, and
+    a killed worker's replacement takes every socket back (relayd holds them meanwhile)."""
+    budget = worker_budget(NOFILE)
+    assert budget is not None
+    fits = budget // 4  # two parties, an RTP and an RTCP socket each
+    with relay_starter(
+        topo,
+        tmp_path,
+        request,
+        ng_port=NG_PORT,
+        port_min=PORT_MIN,
+        port_max=PORT_MAX,
+        nofile=NOFILE,
+    ) as start:
+        relay = start("--num-threads", "1", "--endpoint-learning", "immediate")
+        with (
+            relay.client() as ng,
+            Peer(topo.caller.ns, topo.caller.ip4, CALLER_PORT) as caller,
+            Peer(topo.callee.ns, topo.callee.ip4, CALLEE_PORT) as callee,
+        ):
+            legs = set_up_call(ng, topo, caller_port=CALLER_PORT, callee_port=CALLEE_PORT)
+            [worker] = worker_pids(relay)
+            refused = 0
+            for i in range(fits + 10):  # bounded: ten past the budget
+                try:
+                    set_up_call(
+                        ng, topo, call_id=f"fds-{i}", caller_port=44000 + 2 * i, callee_port=46000
+                    )
+                except AssertionError as exc:
+                    assert "Ran out of ports" in str(exc), exc
+                    refused += 1
+            assert refused == 11, refused  # the first call and fits - 1 of these went in
+            assert worker_pids(relay) == [worker]
+            assert_one_each(relay, 4 * fits)
+            log = relay.log()
+            assert log.count("ports.worker_full") == 1, log
+            assert "worker.died" not in log and "Traceback" not in log, log
+
+            def relays(seq: int) -> bool:
+                assert legs.to_caller is not None
+                caller.send(rtp_packet(seq, CALLER_SSRC, 1), legs.to_caller.rtp_to)
+                return any(p.seq == seq for p in callee.receive(1, timeout=2.0))
+
+            assert relays(1), "the first call stopped relaying at the limit"
+            for i in range(5):  # five calls go: five new ones fit again
+                ok(ng.call("delete", call_id=f"fds-{i}", delete_delay=0))
+            time.sleep(0.3)  # the worker closes their sockets
+            for i in range(5):
+                set_up_call(ng, topo, call_id=f"fds-new-{i}", caller_port=45000 + 2 * i)
+            os.kill(worker, signal.SIGKILL)
+            deadline = time.monotonic() + 10.0
+            while worker_pids(relay) in ([], [worker]):
+                assert time.monotonic() < deadline, "no replacement worker"
+                time.sleep(0.05)
+            assert_one_each(relay, 4 * fits)
+            assert relays(2), "the first call did not resume on the replacement worker"
+            log = relay.log()
+            assert "worker.spawn_failed" not in log and "Traceback" not in log, log

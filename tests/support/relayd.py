@@ -27,7 +27,8 @@ class RelaydProcess:
     and the ng clients made here talk to it from inside it as well. Its call journal is
     ``state_dir`` (by default ``workdir/state``: never a journal another run left); with
     ``state_dir=None`` no ``--state-dir`` is given, and ``env`` (e.g. ``RELAYD_STATE_DIR``)
-    must point the default somewhere of the test's own.
+    must point the default somewhere of the test's own. ``nofile``: its RLIMIT_NOFILE
+    (and so its workers').
     """
 
     def __init__(
@@ -44,6 +45,7 @@ class RelaydProcess:
         netns: str | None = None,
         state_dir: Path | None = STATE,
         env: Mapping[str, str] | None = None,
+        nofile: int | None = None,
     ) -> None:
         self.workdir = workdir
         self.env = dict(env or {})
@@ -72,6 +74,8 @@ class RelaydProcess:
             str(self.admin_socket),
             *extra,
         ]
+        if nofile is not None:  # its descriptor limit (util-linux's prlimit execs relayd)
+            args = ["prlimit", f"--nofile={nofile}", "--", *args]
         self.args = exec_args(netns, args) if netns else args
         self.log_path = workdir / "relayd.log"
         self.proc: subprocess.Popen[bytes] | None = None

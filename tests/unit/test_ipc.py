@@ -21,7 +21,9 @@ from relayd.ipc import (
     SocketStats,
     Stats,
     decode,
+    decode_all,
     encode,
+    join,
 )
 
 SPECS = (
@@ -171,3 +173,21 @@ def test_oversized_message_is_refused() -> None:
     with pytest.raises(IpcError, match="message too large"):
         decode(big)
     assert issubclass(IpcError, ValueError)
+
+
+def test_a_packet_carries_several_messages_in_order() -> None:
+    """relayd joins what waits for a worker into one packet; one message is sent as itself."""
+    messages: list[Message] = [Close(("192.0.2.1 30000", "192.0.2.1 30001")), Drop("c1 0")]
+    packet = join([encode(m) for m in messages])
+    assert decode_all(packet) == messages
+    assert join([encode(Drop("c1 0"))]) == encode(Drop("c1 0"))
+    assert decode_all(encode(Drop("c1 0"))) == [Drop("c1 0")]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b'[{"type":"Drop","media":"m"},{"type":"Nope"}]', b"[1]", b"[[]]", b'"Drop"'],
+)
+def test_a_packet_with_a_bad_message_is_refused_whole(data: bytes) -> None:
+    with pytest.raises(IpcError):
+        decode_all(data)

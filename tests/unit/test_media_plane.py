@@ -35,7 +35,7 @@ class Plane:
         got = []
         while True:
             try:
-                got.append(ipc.decode(self.worker_end.recv(1 << 20, socket.MSG_DONTWAIT)))
+                got.extend(ipc.decode_all(self.worker_end.recv(1 << 20, socket.MSG_DONTWAIT)))
             except BlockingIOError:
                 return got
 

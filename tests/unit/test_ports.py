@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from relayd.calls.ports import PortAllocator, PortPool, PortsExhausted
+from relayd.calls.ports import DescriptorsExhausted, PortAllocator, PortPool, PortsExhausted
 from tests.unit.calls import FakeBinder
 
 
@@ -172,6 +172,69 @@ def test_claim_takes_a_restored_calls_pairs_back_all_or_nothing() -> None:
     assert binder.released == [("203.0.113.1", 30700)]
     assert ports.pool("203.0.113.1", 1).reserve(30700) is True  # given back
     assert ports.pool("203.0.113.1", 1).reserve(30500) is True  # never kept
-    # a pair already taken (another restored call has it): refused the same way
+    # a pair already taken (another restored call has it): refused the same way, and the
+    # call that has it keeps it
     assert ports.claim([("203.0.113.1", 30600)]) is None
+    assert ports.pool("203.0.113.1", 1).reserve(30600) is False
     assert ports.claim([]) == 0  # a call with no media yet
+
+
+# -- one descriptor per port: a worker's budget ----------------------------------------------
+
+
+def test_a_worker_gets_no_more_pairs_than_its_descriptor_budget() -> None:
+    full: list[int] = []
+    ports = PortAllocator(30000, 30999, 2, budget=6, on_full=full.append)  # 3 pairs a worker
+    taken = [ports.allocate("203.0.113.1", 0) for _ in range(2)]
+    taken.append(ports.allocate_like("2001:db8::1", taken[0], 0))
+    with pytest.raises(PortsExhausted):
+        ports.allocate("203.0.113.1", 0)
+    with pytest.raises(PortsExhausted):
+        ports.allocate_like("2001:db8::1", taken[1], 0)
+    assert full == [0, 0] and ports.sockets == [6, 0]
+    assert ports.allocate("203.0.113.1", 1) >= 30500  # the other worker has its own budget
+    ports.release("2001:db8::1", taken[0])  # a pair given back makes room again
+    assert ports.sockets[0] == 4
+    ports.allocate("203.0.113.1", 0)
+    ports.release("2001:db8::1", taken[0])  # twice: nothing more given back
+    assert ports.sockets == [6, 2]
+
+
+def test_a_restored_call_past_the_budget_is_refused_whole() -> None:
+    ports = PortAllocator(30000, 30999, 1, budget=4)
+    assert ports.claim([("203.0.113.1", 30100), ("2001:db8::1", 30100)]) == 0
+    assert ports.claim([("203.0.113.1", 30200)]) is None
+    assert ports.sockets == [4]
+    assert ports.pool("203.0.113.1", 0).reserve(30200) is True  # not kept by the refusal
+
+
+class _NoDescriptors(FakeBinder):
+    """Binds until ``left`` pairs are bound, then has no descriptor for any socket."""
+
+    def __init__(self, left: int) -> None:
+        super().__init__()
+        self.left = left
+
+    def bind(self, address: str, port: int) -> bool:
+        if self.left == 0:
+            raise DescriptorsExhausted("[Errno 24] Too many open files")
+        self.left -= 1
+        return super().bind(address, port)
+
+
+def test_no_descriptor_left_refuses_at_once_and_keeps_every_pair_usable() -> None:
+    """A bind that fails for want of descriptors is no fault of the port: the pair goes back
+    (it does not stay out of use as one another program holds would), and no other pair is
+    tried: the offer gets "Ran out of ports" at once."""
+    binder = _NoDescriptors(left=1)
+    ports = PortAllocator(30000, 30009, 1, binder)  # five pairs
+    first = ports.allocate("203.0.113.1")
+    for _ in range(3):
+        with pytest.raises(PortsExhausted):
+            ports.allocate("203.0.113.1")
+        with pytest.raises(PortsExhausted):
+            ports.allocate_like("2001:db8::1", first)
+    pool = ports.pool("203.0.113.1")
+    assert (pool.in_use, pool.free) == (1, 4)  # the four others still there to hand out
+    binder.left = 4  # descriptors again (calls ended elsewhere)
+    assert len({ports.allocate("203.0.113.1") for _ in range(4)}) == 4

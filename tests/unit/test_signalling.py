@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from relayd.calls.commands import Commands
+from relayd.calls.interfaces import Interfaces
 from relayd.calls.model import Call, LocalAddress
 from relayd.calls.ports import PortAllocator
 from tests.unit.calls import (
@@ -20,6 +21,7 @@ from tests.unit.calls import (
     LOCAL4,
     LOCAL6,
     T0,
+    FakeBinder,
     build,
     interfaces,
     media_ports,
@@ -272,6 +274,62 @@ def test_direction_picks_named_interfaces_and_advertised_addresses() -> None:
     again = _ok(cmds, "offer", from_tag="a", to_tag="b", sdp=sdp())
     assert "c=IN IP4 192.0.2.1" in again
     assert len(binder.bound) == 2
+
+
+def _c(lines: list[str]) -> str:
+    (line,) = [ln for ln in lines if ln.startswith("c=")]
+    return line.rsplit(" ", 1)[1]
+
+
+def _round_robin(port_max: int = 30999) -> tuple[Commands, FakeBinder]:
+    return build(
+        port_max=port_max,
+        ifaces=Interfaces(
+            [
+                LocalAddress("pub:1", "10.0.0.1", "10.0.0.1"),
+                LocalAddress("pub:2", "10.0.0.2", "10.0.0.2"),
+                LocalAddress("pub:3", "10.0.0.3", "10.0.0.3"),
+            ]
+        ),
+    )
+
+
+def test_a_round_robin_pool_spreads_parties_and_each_keeps_its_interface() -> None:
+    cmds, binder = _round_robin()
+    seen = []
+    for call_id in ("c1", "c2"):
+        offer = cmds.handle(req("offer", call_id, from_tag="a", sdp=sdp()), T0)
+        answer = cmds.handle(
+            req("answer", call_id, from_tag="a", to_tag="b", sdp=sdp(B_ADDR, 6000)), T0
+        )
+        # the offer goes to the callee with its address, the answer to the caller with its
+        seen.append((_c(offer["sdp"].split("\r\n")), _c(answer["sdp"].split("\r\n"))))
+    # no direction and the first interface named pub:1: the pool "pub", the receiver of
+    # the offer first (as rtpengine), one turn per party
+    assert seen == [("10.0.0.1", "10.0.0.2"), ("10.0.0.3", "10.0.0.1")]
+    call = cmds.calls["c1"]
+    assert [m.local.interface for m in call.all_medias() if m.local] == ["pub:2", "pub:1"]
+    # a re-offer naming the pool keeps both parties where they are, ports and all
+    bound = len(binder.bound)
+    again = _ok(cmds, "offer", from_tag="a", to_tag="b", sdp=sdp(), direction=["pub", "pub"])
+    assert _c(again) == "10.0.0.1" and len(binder.bound) == bound
+
+
+def test_a_round_robin_pool_skips_an_interface_without_ports() -> None:
+    cmds, _ = _round_robin(port_max=30003)  # two pairs per address
+    full = _ok(cmds, "offer", call_id="c0", from_tag="a", sdp=sdp(), direction=["pub:1", "pub:1"])
+    assert _c(full) == "10.0.0.1"  # pub:1 named on both sides: both its pairs taken
+    got: list[object] = []
+    for call_id in ("c1", "c2", "c3"):
+        reply = cmds.handle(
+            req("offer", call_id, from_tag="a", sdp=sdp(), direction=["pub", "pub"]), T0
+        )
+        got.append(_c(reply["sdp"].split("\r\n")) if reply["result"] == "ok" else reply)
+    # pub:1's turn comes twice and is skipped both times (the callee's side goes to pub:2,
+    # the caller's to pub:3), then nothing is left anywhere (as rtpengine answers it)
+    assert got == ["10.0.0.2", "10.0.0.2", {"result": "error", "error-reason": "Ran out of ports"}]
+    caller = cmds.calls["c2"].monologues["a"].medias[0].local
+    assert caller is not None and caller.interface == "pub:3"
 
 
 def test_unknown_direction_names_fall_back_to_the_default_interface() -> None:

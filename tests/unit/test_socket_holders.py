@@ -188,6 +188,46 @@ def spec(port: int, fd_index: int = -1, out: int = 0) -> ipc.SocketSpec:
     )
 
 
+def test_a_worker_applies_a_packets_messages_in_order_and_closes_descriptors_left_over(
+    link: tuple[socket.socket, socket.socket],
+) -> None:
+    """A packet of several messages (relayd/plane/workerpool.py joins what waits): the closes
+    of one call, then the forward of another with its descriptors; one sent that no forward
+    names is closed, not leaked."""
+    binder = SocketBinder()
+    assert binder.bind(HOST, PORT) and binder.bind(HOST, PORT + 2)
+    keys = [socket_key(HOST, p) for p in (PORT, PORT + 1, PORT + 2, PORT + 3)]
+    worker_link, relay_link = link
+    worker = Worker(worker_link, 0)
+    try:
+        first = ipc.Forward("c1 0", (spec(PORT, 0), spec(PORT + 1, 1)))
+        socket.send_fds(relay_link, [ipc.encode(first)], [binder.fileno(k) for k in keys[:2]])
+        binder.handed_over(keys[:2], 0)
+        worker._read_link()
+        assert set(worker.by_key) == set(keys[:2])
+        packet = ipc.join(
+            [
+                ipc.encode(ipc.Close(tuple(keys[:2]))),
+                ipc.encode(ipc.Drop("c1 0")),
+                ipc.encode(ipc.Forward("c2 0", (spec(PORT + 2, 0),))),
+            ]
+        )
+        extra = binder.fileno(keys[3])  # sent, named by no forward
+        socket.send_fds(relay_link, [packet], [binder.fileno(keys[2]), extra])
+        binder.handed_over(keys[2:], 0)
+        worker._read_link()
+        assert set(worker.by_key) == {keys[2]} and worker.parked == {}
+        assert "c1 0" not in worker.medias
+        assert can_bind(PORT) and can_bind(PORT + 1)  # closed by the Close
+        assert can_bind(PORT + 3)  # the descriptor no forward took was closed
+        assert not can_bind(PORT + 2)
+    finally:
+        for ms in list(worker.by_key.values()):
+            worker._close(ms)
+        for sock in worker.parked.values():
+            sock.close()
+
+
 def test_a_worker_keeps_a_socket_left_out_of_its_forwards_until_close(
     link: tuple[socket.socket, socket.socket],
 ) -> None:
@@ -201,25 +241,25 @@ def test_a_worker_keeps_a_socket_left_out_of_its_forwards_until_close(
     worker = Worker(worker_link, 0)
     try:
         specs = tuple(spec(PORT + i, i) for i in range(4))
-        worker._apply(ipc.Forward("c1 0", specs), fds)
+        worker._apply(ipc.Forward("c1 0", specs), fds, set())
         assert set(worker.by_key) == set(keys)
         # the plan drops the second pair: the worker keeps it, idle
-        worker._apply(ipc.Forward("c1 0", (spec(PORT), spec(PORT + 1))), [])
+        worker._apply(ipc.Forward("c1 0", (spec(PORT), spec(PORT + 1))), [], set())
         assert set(worker.parked) == set(keys[2:]) and not can_bind(PORT + 2)
         # the section is dropped: all idle, none closed
-        worker._apply(ipc.Drop("c1 0"), [])
+        worker._apply(ipc.Drop("c1 0"), [], set())
         assert set(worker.parked) == set(keys) and worker.by_key == {}
         # named again, with no descriptor: the worker has it
-        worker._apply(ipc.Forward("c1 0", (spec(PORT), spec(PORT + 1))), [])
+        worker._apply(ipc.Forward("c1 0", (spec(PORT), spec(PORT + 1))), [], set())
         assert set(worker.by_key) == set(keys[:2])
         # what waits on an idle socket is dropped on relayd's word
         sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sender.sendto(b"old", (HOST, PORT + 2))
         sender.close()
-        worker._apply(ipc.Discard((keys[2],)), [])
+        worker._apply(ipc.Discard((keys[2],)), [], set())
         with pytest.raises(BlockingIOError):
             worker.parked[keys[2]].recv(16)
-        worker._apply(ipc.Close(tuple(keys)), [])
+        worker._apply(ipc.Close(tuple(keys)), [], set())
         assert worker.by_key == {} and worker.parked == {}
         assert all(can_bind(p) for p in (PORT, PORT + 1, PORT + 2, PORT + 3))
         del relay_link
@@ -249,7 +289,9 @@ class Plane:
                 data, fds, _f, _a = socket.recv_fds(self.worker_end, 1 << 20, 64)
             except BlockingIOError:
                 return got
-            got.append((ipc.decode(data), fds))
+            # a packet's descriptors come with its last message (relayd/plane/workerpool.py)
+            messages = ipc.decode_all(data)
+            got.extend((m, fds if m is messages[-1] else []) for m in messages)
 
 
 @pytest.fixture

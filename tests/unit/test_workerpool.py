@@ -48,7 +48,7 @@ def received(theirs: socket.socket) -> list[ipc.Message]:
     got = []
     while True:
         try:
-            got.append(ipc.decode(theirs.recv(1 << 16, socket.MSG_DONTWAIT)))
+            got.extend(ipc.decode_all(theirs.recv(1 << 16, socket.MSG_DONTWAIT)))
         except BlockingIOError:
             return got
 
@@ -153,3 +153,85 @@ def test_a_dead_workers_ports_are_taken_back_before_its_replacement_starts(
 
     asyncio.run(dies())
     assert events == ["lost", "ready"]
+
+
+def packets(theirs: socket.socket) -> list[list[ipc.Message]]:
+    """What the worker end received, packet by packet."""
+    got = []
+    while True:
+        try:
+            got.append(ipc.decode_all(theirs.recv(1 << 16, socket.MSG_DONTWAIT)))
+        except BlockingIOError:
+            return got
+
+
+def test_a_batch_is_one_packet_and_a_calls_closes_are_one(
+    pool: tuple[WorkerPool, socket.socket],
+) -> None:
+    """A deleted call's ports (one Close per pair) and its Drop wake the worker once."""
+    workers, theirs = pool
+    worker = workers.workers[0]
+
+    async def deleting() -> list[list[ipc.Message]]:
+        workers.send_later(worker, ipc.Close(("h 30000", "h 30001")))
+        workers.send_later(worker, ipc.Close(("h 30002", "h 30003")))
+        workers.send_later(worker, ipc.Drop("c1 0"))
+        workers.send_later(worker, ipc.Close(("h 30004", "h 30005")))
+        await asyncio.sleep(BATCH * 2)
+        return packets(theirs)
+
+    assert asyncio.run(deleting()) == [
+        [
+            ipc.Close(("h 30000", "h 30001", "h 30002", "h 30003")),
+            ipc.Drop("c1 0"),
+            ipc.Close(("h 30004", "h 30005")),
+        ]
+    ]
+
+
+def test_what_waits_goes_in_the_packet_of_a_message_sent_at_once_with_its_descriptors(
+    pool: tuple[WorkerPool, socket.socket],
+) -> None:
+    """The descriptors count from the packet's first: what waited carries none."""
+    workers, theirs = pool
+    worker = workers.workers[0]
+    theirs.setblocking(False)
+    held = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+
+        async def signalling() -> bool:
+            workers.send_later(worker, ipc.Drop("c1 0"))
+            forward = ipc.Forward("c2 0", (ipc.SocketSpec("h 30000", fd_index=0),))
+            return workers.transmit(worker, ipc.encode(forward), [held.fileno()])
+
+        assert asyncio.run(signalling())
+        data, fds, _flags, _addr = socket.recv_fds(theirs, 1 << 16, 4)
+        assert ipc.decode_all(data) == [
+            ipc.Drop("c1 0"),
+            ipc.Forward("c2 0", (ipc.SocketSpec("h 30000", fd_index=0),)),
+        ]
+        assert len(fds) == 1
+        for fd in fds:
+            socket.socket(fileno=fd).close()
+        with pytest.raises(BlockingIOError):
+            theirs.recv(1 << 16)
+    finally:
+        held.close()
+
+
+def test_a_burst_is_cut_into_packets_a_worker_reads_whole(
+    pool: tuple[WorkerPool, socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("relayd.plane.workerpool._PACKET_LIMIT", 100)
+    workers, theirs = pool
+    worker = workers.workers[0]
+    drops = [ipc.Drop(f"call-{n} 0") for n in range(10)]
+
+    async def deleting() -> list[list[ipc.Message]]:
+        for drop in drops:
+            workers.send_later(worker, drop)
+        await asyncio.sleep(BATCH * 2)
+        return packets(theirs)
+
+    got = asyncio.run(deleting())
+    assert len(got) > 1 and [m for packet in got for m in packet] == drops
