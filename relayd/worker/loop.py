@@ -35,7 +35,7 @@ from relayd.worker.transcoding import inject as inject_dtmf
 from relayd.worker.transcoding import link as link_codecs
 from relayd.worker.transcoding import outgoing
 
-__all__ = ["Worker"]
+__all__ = ["Worker", "report_phase"]
 
 _STATS_PER_MESSAGE = 50
 """Sockets per Stats message: a few hundred bytes each, well inside ipc.MAX_MESSAGE. Each
@@ -89,6 +89,12 @@ def _silenced(data: bytes, fills: dict[int, int]) -> bytes | bytearray:
 
 def _is_alias(ms: MediaSocket) -> bool:
     return ms.primary is not None
+
+
+def report_phase(index: int) -> float:
+    """Where in the report interval worker ``index`` reports, as a fraction: spread by the
+    golden ratio, so that any number of workers fall apart evenly without knowing how many."""
+    return (index * 0.6180339887498949) % 1.0
 
 
 class Worker:
@@ -491,7 +497,10 @@ class Worker:
         link_fd = self.link.fileno()
         by_fd = self.by_fd
         monotonic = time.monotonic
-        next_report = monotonic() + self.stats_interval
+        # workers started together would report together, every second, and relayd would
+        # read them all at once (with many workers on one core, ng waited behind them):
+        # each worker's reports keep a phase of their own in the interval
+        next_report = monotonic() + self.stats_interval * (1.0 + report_phase(self.index))
         forward = Verdict.FORWARD
         secure = self.secure
         drain_secure = secure.drain

@@ -4,10 +4,11 @@ start in the same second)."""
 
 from __future__ import annotations
 
+import itertools
 import socket
 
 from relayd import ipc
-from relayd.worker.loop import Worker
+from relayd.worker.loop import Worker, report_phase
 from relayd.worker.session import Leg
 from relayd.worker.sockets import MediaSocket
 
@@ -59,3 +60,14 @@ def test_a_report_with_nothing_changed_still_goes_out_with_the_cpu_time() -> Non
     finally:
         ours.close()
         theirs.close()
+
+
+def test_workers_report_at_phases_of_their_own() -> None:
+    """Workers started together must not all report in the same instant: relayd reads every
+    report, and with many workers on a core, ng waited behind the lot once a second."""
+    for count in (2, 4, 24, 64):
+        phases = sorted(report_phase(i) for i in range(count))
+        assert all(0.0 <= p < 1.0 for p in phases)
+        gaps = [b - a for a, b in itertools.pairwise(phases)]
+        gaps.append(1.0 + phases[0] - phases[-1])
+        assert min(gaps) > 0.3 / count, (count, min(gaps))  # never bunched: near 1/count
