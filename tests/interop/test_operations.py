@@ -378,6 +378,7 @@ _DAEMON_EVENTS = (
     "kernel.",
     "state.",  # where the call journal is, or why there is none
     "conntrack.",  # a sweep of released ports, batched over the calls that ended
+    "ports.budget",  # at start: the sockets each worker may hold
 )
 
 
