@@ -568,27 +568,26 @@ def join(encoded: list[bytes]) -> bytes:
     return b"[" + b",".join(encoded) + b"]"
 
 
-def decode(data: bytes) -> Message:
-    """A message as :func:`encode` wrote it; anything else is an :class:`IpcError` (too large,
-    not a JSON object, an unknown type or field)."""
+def _load(data: bytes) -> Any:
+    """A packet's JSON, or an :class:`IpcError` (too large, not JSON)."""
     if len(data) > MAX_MESSAGE:
         raise IpcError("message too large")
     try:
-        body = json.loads(data)
+        return json.loads(data)
     except (ValueError, RecursionError) as exc:
         raise IpcError(f"bad ipc message: {exc}") from None
-    return _message(body)
+
+
+def decode(data: bytes) -> Message:
+    """A message as :func:`encode` wrote it; anything else is an :class:`IpcError` (too large,
+    not a JSON object, an unknown type or field)."""
+    return _message(_load(data))
 
 
 def decode_all(data: bytes) -> list[Message]:
     """The messages of one packet, in order: one as :func:`encode` wrote it, or several as
     :func:`join` put them together. An :class:`IpcError` (nothing applied) if any is bad."""
-    if len(data) > MAX_MESSAGE:
-        raise IpcError("message too large")
-    try:
-        body = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise IpcError(f"bad ipc message: {exc}") from None
+    body = _load(data)
     if isinstance(body, list):
         return [_message(item) for item in body]
     return [_message(body)]
