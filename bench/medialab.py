@@ -57,6 +57,7 @@ __all__ = [
     "in_netns",
     "kernel_counting",
     "kernel_forwarding",
+    "media_addresses_added",
     "placement",
     "process_cpu",
     "process_tree",
@@ -179,6 +180,23 @@ def topology() -> Iterator[None]:
         yield
     finally:
         remove_topology()
+
+
+@contextmanager
+def media_addresses_added(addresses: Sequence[str]) -> Iterator[None]:
+    """The media addresses beyond MEDIA_ADDR (which :func:`topology` gives the relay) on the
+    relay's loopback, inside the block; the caller and the callee reach them through their
+    default route (bench/scale.py: more calls than one address has ports)."""
+    added: list[str] = []
+    try:
+        for address in addresses:
+            if address != MEDIA_ADDR:
+                _sh("ip", "addr", "add", f"{address}/32", "dev", "lo", netns=RELAY_NS)
+                added.append(address)
+        yield
+    finally:
+        for address in added:
+            _sh("ip", "addr", "del", f"{address}/32", "dev", "lo", netns=RELAY_NS, check=False)
 
 
 def steer_media(place: Placement, *, sink: bool) -> None:

@@ -106,6 +106,7 @@ from medialab import (  # noqa: E402
     compile_generator,
     in_netns,
     kernel_forwarding,
+    media_addresses_added,
     placement,
     process_cpu,
     process_tree,
@@ -183,30 +184,6 @@ def daemon_argv(daemon: str, args: argparse.Namespace, addresses: Sequence[str])
         f"--timeout={args.timeout}",
         f"--silent-timeout={args.silent_timeout}",
     ]
-
-
-@contextmanager
-def media_addressing(addresses: Sequence[str]) -> Iterator[None]:
-    """The media addresses beyond MEDIA_ADDR (which the lab has) on the relay's loopback,
-    inside the block; the caller and the callee reach them through their default route."""
-    added: list[str] = []
-    try:
-        for address in addresses:
-            if address != MEDIA_ADDR:
-                subprocess.run(
-                    ["ip", "-n", RELAY_NS, "addr", "add", f"{address}/32", "dev", "lo"],
-                    check=True,
-                    capture_output=True,
-                )
-                added.append(address)
-        yield
-    finally:
-        for address in added:
-            subprocess.run(
-                ["ip", "-n", RELAY_NS, "addr", "del", f"{address}/32", "dev", "lo"],
-                check=False,
-                capture_output=True,
-            )
 
 
 @contextmanager
@@ -630,7 +607,7 @@ def measure(
     with ExitStack() as stack:
         addresses = media_addresses(row.calls, args.addresses)
         row.addresses = len(addresses)
-        stack.enter_context(media_addressing(addresses))
+        stack.enter_context(media_addresses_added(addresses))
         proc = stack.enter_context(running(row.daemon, args, place, workdir, nofile, addresses))
         with in_netns(RELAY_NS):
             client = stack.enter_context(
