@@ -10,9 +10,9 @@ round trip byte for byte.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 
-__all__ = ["BencodeError", "Value", "decode", "decode_prefix", "encode"]
+__all__ = ["BencodeError", "Encoded", "Value", "decode", "decode_prefix", "encode", "string"]
 
 Value = int | str | bytes | list["Value"] | dict[str, "Value"]
 
@@ -52,6 +52,52 @@ def encode(value: object) -> bytes:
 
 def _size(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogateescape"))
+
+
+def string(text: str) -> str:
+    """``text`` as a bencode string, for an :class:`Encoded` value: its length in bytes (UTF-8,
+    ``surrogateescape``), a colon, and the text itself."""
+    if text.isascii():
+        return f"{len(text)}:{text}"
+    return f"{len(text.encode('utf-8', 'surrogateescape'))}:{text}"
+
+
+class Encoded(Mapping[str, Value]):
+    """A dictionary written as bencode already, which :func:`encode` copies as it is.
+
+    ``text`` is what :func:`encode` would write for the dictionary, before its last step
+    (length prefixes in bytes, the text not yet encoded to UTF-8; :func:`string` writes
+    each string so). A large reply part written straight as text costs a fraction of
+    building its dictionaries and walking them (the statistics tree of a ``delete``:
+    relayd/calls/calltree.py). Read as a mapping (a JSON reply, a test), it is decoded
+    once, on the first read.
+    """
+
+    __slots__ = ("_value", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._value: dict[str, Value] | None = None
+
+    def _decoded(self) -> dict[str, Value]:
+        if self._value is None:
+            value = decode(self.text.encode("utf-8", "surrogateescape"))
+            if not isinstance(value, dict):
+                raise TypeError("bencode.Encoded holds a dictionary")
+            self._value = value
+        return self._value
+
+    def __getitem__(self, key: str) -> Value:
+        return self._decoded()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._decoded())
+
+    def __len__(self) -> int:
+        return len(self._decoded())
+
+    def __repr__(self) -> str:
+        return f"Encoded({self._decoded()!r})"
 
 
 Size = Callable[[str], int]
@@ -133,7 +179,9 @@ def _encode_list(value: list[object] | tuple[object, ...], out: list[str], size:
 
 def _encode_other(value: object, out: list[str], size: Size) -> None:
     """Subclasses and the rarer types, folded onto the exact ones."""
-    if isinstance(value, int):  # bool and other int subclasses as plain numbers
+    if type(value) is Encoded:
+        out.append(value.text)  # its strings measured in bytes already, whichever pass this is
+    elif isinstance(value, int):  # bool and other int subclasses as plain numbers
         out.append(f"i{int(value)}e")
     elif isinstance(value, str):
         _encode(str(value), out, size)

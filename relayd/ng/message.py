@@ -90,8 +90,15 @@ def decode_body(body: bytes) -> tuple[dict[str, Any], bool]:
 
 
 def encode_reply(cookie: str, reply: dict[str, Any], as_json: bool) -> bytes:
-    body = json.dumps(reply).encode() if as_json else bencode.encode(reply)
+    body = json.dumps(reply, default=_json_value).encode() if as_json else bencode.encode(reply)
     return cookie.encode("utf-8", "surrogateescape") + b" " + body
+
+
+def _json_value(value: object) -> Any:
+    """A reply part written as bencode already (:class:`bencode.Encoded`), for a JSON reply."""
+    if isinstance(value, bencode.Encoded):
+        return dict(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 def normalise(word: str) -> str:
