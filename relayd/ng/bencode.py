@@ -300,19 +300,23 @@ def _quick(text: str, pos: int, depth: int) -> tuple[Value, int]:
     """One value of ASCII ``text`` at ``pos``, and the offset after it (bytes are characters
     there): the common case of :func:`_decode` with one slice per string and no decoding of
     its own. Raises :class:`_NotQuick`, ``ValueError`` or ``IndexError`` on anything that is
-    not canonical, complete bencode."""
+    not canonical, complete bencode. A string's length prefix is read where the string is,
+    without a call: most of a request is short strings."""
     if depth > _MAX_DEPTH:
         raise _NotQuick
     lead = text[pos]
+    index = text.index
     if lead == "d":
         result: dict[str, Value] = {}
         pos += 1
         while text[pos] != "e":
-            start, pos = _quick_length(text, pos)
-            key = text[start:pos]
+            colon = index(":", pos, pos + 11)
+            pos = colon + 1 + (_LENGTHS.get(text[pos:colon]) or _length(text[pos:colon]))
+            key = text[colon + 1 : pos]
             if "0" <= text[pos] <= "9":
-                start, pos = _quick_length(text, pos)
-                result[key] = text[start:pos]
+                colon = index(":", pos, pos + 11)
+                pos = colon + 1 + (_LENGTHS.get(text[pos:colon]) or _length(text[pos:colon]))
+                result[key] = text[colon + 1 : pos]
             else:
                 result[key], pos = _quick(text, pos, depth + 1)
         return result, pos + 1
@@ -321,17 +325,19 @@ def _quick(text: str, pos: int, depth: int) -> tuple[Value, int]:
         pos += 1
         while text[pos] != "e":
             if "0" <= text[pos] <= "9":
-                start, pos = _quick_length(text, pos)
-                items.append(text[start:pos])
+                colon = index(":", pos, pos + 11)
+                pos = colon + 1 + (_LENGTHS.get(text[pos:colon]) or _length(text[pos:colon]))
+                items.append(text[colon + 1 : pos])
             else:
                 item, pos = _quick(text, pos, depth + 1)
                 items.append(item)
         return items, pos + 1
     if "0" <= lead <= "9":
-        start, end = _quick_length(text, pos)
-        return text[start:end], end
+        colon = index(":", pos, pos + 11)
+        end = colon + 1 + (_LENGTHS.get(text[pos:colon]) or _length(text[pos:colon]))
+        return text[colon + 1 : end], end
     if lead == "i":
-        end = text.index("e", pos)
+        end = index("e", pos)
         digits = text[pos + 1 : end]
         if not _INT_TEXT.fullmatch(digits):
             raise _NotQuick
@@ -339,17 +345,14 @@ def _quick(text: str, pos: int, depth: int) -> tuple[Value, int]:
     raise _NotQuick
 
 
-def _quick_length(text: str, pos: int) -> tuple[int, int]:
-    """Where the string whose length prefix is at ``pos`` starts and ends (an end past the
-    text is found by the caller, which reads there next)."""
-    colon = text.index(":", pos, pos + 11)
-    digits = text[pos:colon]
-    length = _LENGTHS.get(digits)
-    if length is None:  # a long string (an SDP body), or no canonical length at all
-        if not digits.isdigit() or digits[0] == "0":
-            raise _NotQuick
-        length = int(digits)
-    return colon + 1, colon + 1 + length
+def _length(digits: str) -> int:
+    """A string's length past the table below (an SDP body's; or 0, which the table holds
+    too but reads as false); :class:`_NotQuick` where the prefix is not a canonical one."""
+    if digits == "0":
+        return 0
+    if not digits.isdigit() or digits[0] == "0":
+        raise _NotQuick
+    return int(digits)
 
 
 # The canonical length prefixes of the short strings (nearly every one of a request), each
