@@ -10,9 +10,9 @@ round trip byte for byte.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 
-__all__ = ["BencodeError", "Value", "decode", "decode_prefix", "encode"]
+__all__ = ["BencodeError", "Encoded", "Value", "decode", "decode_prefix", "encode", "string"]
 
 Value = int | str | bytes | list["Value"] | dict[str, "Value"]
 
@@ -52,6 +52,52 @@ def encode(value: object) -> bytes:
 
 def _size(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogateescape"))
+
+
+def string(text: str) -> str:
+    """``text`` as a bencode string, for an :class:`Encoded` value: its length in bytes (UTF-8,
+    ``surrogateescape``), a colon, and the text itself."""
+    if text.isascii():
+        return f"{len(text)}:{text}"
+    return f"{len(text.encode('utf-8', 'surrogateescape'))}:{text}"
+
+
+class Encoded(Mapping[str, Value]):
+    """A dictionary written as bencode already, which :func:`encode` copies as it is.
+
+    ``text`` is what :func:`encode` would write for the dictionary, before its last step
+    (length prefixes in bytes, the text not yet encoded to UTF-8; :func:`string` writes
+    each string so). A large reply part written straight as text costs a fraction of
+    building its dictionaries and walking them (the statistics tree of a ``delete``:
+    relayd/calls/calltree.py). Read as a mapping (a JSON reply, a test), it is decoded
+    once, on the first read.
+    """
+
+    __slots__ = ("_value", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._value: dict[str, Value] | None = None
+
+    def _decoded(self) -> dict[str, Value]:
+        if self._value is None:
+            value = decode(self.text.encode("utf-8", "surrogateescape"))
+            if not isinstance(value, dict):
+                raise TypeError("bencode.Encoded holds a dictionary")
+            self._value = value
+        return self._value
+
+    def __getitem__(self, key: str) -> Value:
+        return self._decoded()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._decoded())
+
+    def __len__(self) -> int:
+        return len(self._decoded())
+
+    def __repr__(self) -> str:
+        return f"Encoded({self._decoded()!r})"
 
 
 Size = Callable[[str], int]
@@ -133,7 +179,9 @@ def _encode_list(value: list[object] | tuple[object, ...], out: list[str], size:
 
 def _encode_other(value: object, out: list[str], size: Size) -> None:
     """Subclasses and the rarer types, folded onto the exact ones."""
-    if isinstance(value, int):  # bool and other int subclasses as plain numbers
+    if type(value) is Encoded:
+        out.append(value.text)  # its strings measured in bytes already, whichever pass this is
+    elif isinstance(value, int):  # bool and other int subclasses as plain numbers
         out.append(f"i{int(value)}e")
     elif isinstance(value, str):
         _encode(str(value), out, size)
@@ -252,19 +300,23 @@ def _quick(text: str, pos: int, depth: int) -> tuple[Value, int]:
     """One value of ASCII ``text`` at ``pos``, and the offset after it (bytes are characters
     there): the common case of :func:`_decode` with one slice per string and no decoding of
     its own. Raises :class:`_NotQuick`, ``ValueError`` or ``IndexError`` on anything that is
-    not canonical, complete bencode."""
+    not canonical, complete bencode. A string's length prefix is read where the string is,
+    without a call: most of a request is short strings."""
     if depth > _MAX_DEPTH:
         raise _NotQuick
     lead = text[pos]
+    index = text.index
     if lead == "d":
         result: dict[str, Value] = {}
         pos += 1
         while text[pos] != "e":
-            start, pos = _quick_length(text, pos)
-            key = text[start:pos]
+            colon = index(":", pos, pos + 11)
+            pos = colon + 1 + (_LENGTHS.get(text[pos:colon]) or _length(text[pos:colon]))
+            key = text[colon + 1 : pos]
             if "0" <= text[pos] <= "9":
-                start, pos = _quick_length(text, pos)
-                result[key] = text[start:pos]
+                colon = index(":", pos, pos + 11)
+                pos = colon + 1 + (_LENGTHS.get(text[pos:colon]) or _length(text[pos:colon]))
+                result[key] = text[colon + 1 : pos]
             else:
                 result[key], pos = _quick(text, pos, depth + 1)
         return result, pos + 1
@@ -273,17 +325,19 @@ def _quick(text: str, pos: int, depth: int) -> tuple[Value, int]:
         pos += 1
         while text[pos] != "e":
             if "0" <= text[pos] <= "9":
-                start, pos = _quick_length(text, pos)
-                items.append(text[start:pos])
+                colon = index(":", pos, pos + 11)
+                pos = colon + 1 + (_LENGTHS.get(text[pos:colon]) or _length(text[pos:colon]))
+                items.append(text[colon + 1 : pos])
             else:
                 item, pos = _quick(text, pos, depth + 1)
                 items.append(item)
         return items, pos + 1
     if "0" <= lead <= "9":
-        start, end = _quick_length(text, pos)
-        return text[start:end], end
+        colon = index(":", pos, pos + 11)
+        end = colon + 1 + (_LENGTHS.get(text[pos:colon]) or _length(text[pos:colon]))
+        return text[colon + 1 : end], end
     if lead == "i":
-        end = text.index("e", pos)
+        end = index("e", pos)
         digits = text[pos + 1 : end]
         if not _INT_TEXT.fullmatch(digits):
             raise _NotQuick
@@ -291,17 +345,14 @@ def _quick(text: str, pos: int, depth: int) -> tuple[Value, int]:
     raise _NotQuick
 
 
-def _quick_length(text: str, pos: int) -> tuple[int, int]:
-    """Where the string whose length prefix is at ``pos`` starts and ends (an end past the
-    text is found by the caller, which reads there next)."""
-    colon = text.index(":", pos, pos + 11)
-    digits = text[pos:colon]
-    length = _LENGTHS.get(digits)
-    if length is None:  # a long string (an SDP body), or no canonical length at all
-        if not digits.isdigit() or digits[0] == "0":
-            raise _NotQuick
-        length = int(digits)
-    return colon + 1, colon + 1 + length
+def _length(digits: str) -> int:
+    """A string's length past the table below (an SDP body's; or 0, which the table holds
+    too but reads as false); :class:`_NotQuick` where the prefix is not a canonical one."""
+    if digits == "0":
+        return 0
+    if not digits.isdigit() or digits[0] == "0":
+        raise _NotQuick
+    return int(digits)
 
 
 # The canonical length prefixes of the short strings (nearly every one of a request), each

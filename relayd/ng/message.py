@@ -90,8 +90,15 @@ def decode_body(body: bytes) -> tuple[dict[str, Any], bool]:
 
 
 def encode_reply(cookie: str, reply: dict[str, Any], as_json: bool) -> bytes:
-    body = json.dumps(reply).encode() if as_json else bencode.encode(reply)
+    body = json.dumps(reply, default=_json_value).encode() if as_json else bencode.encode(reply)
     return cookie.encode("utf-8", "surrogateescape") + b" " + body
+
+
+def _json_value(value: object) -> Any:
+    """A reply part written as bencode already (:class:`bencode.Encoded`), for a JSON reply."""
+    if isinstance(value, bencode.Encoded):
+        return dict(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 def normalise(word: str) -> str:
@@ -127,10 +134,15 @@ def _int(text: str) -> int | None:
     return int(text)
 
 
+# isinstance with a tuple, not a union (``list | tuple``), which is built anew at each call
+_SEQUENCES = (list, tuple)
+_STRINGS = (bytes, str)
+
+
 def _words(value: Any) -> list[str]:
     if value is None:
         return []
-    if isinstance(value, list | tuple):
+    if isinstance(value, _SEQUENCES):
         return [_text(v) for v in value]
     return [w for w in _text(value).split() if w]
 
@@ -141,7 +153,7 @@ def _list(req: Request, key: str, value: Any) -> list[str]:
     (``SDES: "off"``) is ignored, not split, so it is logged as unknown and changes nothing."""
     if value is None:
         return []
-    if isinstance(value, list | tuple):
+    if isinstance(value, _SEQUENCES):
         return [_text(v) for v in value]
     req.unknown.append(f"{key}={_text(value)}")
     return []
@@ -389,10 +401,10 @@ def parse_request(raw: dict[str, Any]) -> Request:
     """
     folded = _NORMALISED.get
     keys = {folded(k) or normalise(k): v for k, v in raw.items()}
-    if not isinstance(keys.get("command"), bytes | str):
+    if not isinstance(keys.get("command"), _STRINGS):
         raise NgError('Dictionary contains no key "command"')
     for key, missing in _IDENTITY_KEYS.items():
-        if key in keys and not isinstance(keys[key], bytes | str):
+        if key in keys and not isinstance(keys[key], _STRINGS):
             raise NgError(missing)
     req = Request(command=_text(keys["command"]))
     req.call_id = _text(keys.get("call-id", ""))
@@ -406,24 +418,29 @@ def parse_request(raw: dict[str, Any]) -> Request:
     if "rtpp-flags" in keys:
         for word in _words(keys["rtpp-flags"]):
             _apply_flag(req, word)
-    for key, name, words in (
-        ("replace", "replace", req.replace),
-        ("rtcp-mux", "rtcp-mux", req.rtcp_mux),
-        ("sdes", "SDES", req.sdes),
-        ("osrtp", "OSRTP", req.osrtp),
-    ):
+    for key, name, attr in _LIST_KEYS:
         if key in keys:
-            words.update(normalise(w) for w in _list(req, name, keys[key]))
+            words = [folded(w) or normalise(w) for w in _list(req, name, keys[key])]
+            getattr(req, attr).update(words)
     if "direction" in keys:
         req.direction = _words(keys["direction"])
     received = _words(keys.get("received-from"))
     if len(received) == 2:
         req.received_from = (received[0].upper(), received[1])
     if "supports" in keys:
-        req.supports = {normalise(w) for w in _words(keys["supports"])}
+        req.supports = {folded(w) or normalise(w) for w in _words(keys["supports"])}
     if not keys.keys() <= _PLAIN_KEYS:
         _other_keys(req, keys)
     return req
+
+
+# the list-valued keys whose items are words (normalised): key, name in the log, attribute
+_LIST_KEYS = (
+    ("replace", "replace", "replace"),
+    ("rtcp-mux", "rtcp-mux", "rtcp_mux"),
+    ("sdes", "SDES", "sdes"),
+    ("osrtp", "OSRTP", "osrtp"),
+)
 
 
 # The keys read above, and those relayd knows and ignores: a request with no other key

@@ -250,3 +250,16 @@ def test_long_strings_beside_the_quick_decoders_table() -> None:
     assert bencode.decode(wire) == {"sdp": body}
     with pytest.raises(BencodeError, match=r"^bad string length at offset 6$"):
         bencode.decode(b"d3:sdp0%d:%se" % (len(body), body.encode()))
+
+
+def test_an_encoded_dictionary_is_copied_as_it_is_and_reads_as_its_value() -> None:
+    """:class:`bencode.Encoded`: written as its text (in either pass of the encoder), read as
+    the dictionary the text holds."""
+    tag = "\u00e9\udce9"  # "é" in UTF-8, then a byte that is not UTF-8
+    part = bencode.Encoded(f"d{bencode.string(tag)}li1e{bencode.string('x')}ee")
+    assert bencode.string(tag) == f"3:{tag}"
+    assert bencode.encode({"a": part, "b": "c"}) == b"d1:ad3:\xc3\xa9\xe9li1e1:xee1:b1:ce"
+    wire = b"d1:ad3:\xc3\xa9\xe9li1e1:xee1:b3:\xc3\xa9\xe9e"
+    assert bencode.encode({"a": part, "b": tag}) == wire
+    assert dict(part) == {tag: [1, "x"]} and part == {tag: [1, "x"]}
+    assert list(part) == [tag] and len(part) == 1

@@ -5,12 +5,16 @@ Replies and error strings are rtpengine 10.5's, byte for byte (reference §1.2, 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from relayd.calls.commands import CALL_NOT_FOUND, Commands, Teardown
 from relayd.calls.model import Call
 from relayd.calls.ports import PortAllocator, PortsExhausted
 from relayd.calls.timers import Limits
+from relayd.ng import bencode
+from relayd.ng.message import encode_reply
 from tests.unit.calls import A_ADDR, B_ADDR, LOCAL4, T0, FakeBinder, build, req, sdp
 
 
@@ -532,6 +536,61 @@ def test_query_tree_of_an_answered_call_and_totals() -> None:
         "RTP": {"packets": 17, "bytes": 2924, "errors": 3},
         "RTCP": {"packets": 2, "bytes": 160, "errors": 0},
     }
+
+
+def test_query_tree_flags_labels_and_text_that_is_not_ascii() -> None:
+    """The tree's rarer keys and flags, and a tag that is not ASCII (a Latin-1 byte kept
+    as a surrogate): written with their lengths in bytes, read back as rtpengine's tree."""
+    cmds, _ = build()
+    tag = "b\u00e9\udce9"  # "bé" in UTF-8, then a byte that is not UTF-8
+    assert cmds.handle(req("offer", from_tag="a", sdp=sdp()), T0)["result"] == "ok"
+    reply = cmds.handle(req("answer", from_tag="a", to_tag=tag, sdp=sdp(B_ADDR)), T0)
+    assert reply["result"] == "ok"
+    call = cmds.calls["c1"]
+    offerer = call.monologues["a"]
+    offerer.label, offerer.asymmetric, offerer.strict_source = "caller", True, True
+    offerer.media_handover = True
+    media = offerer.medias[0]
+    media.dtls_role, media.ice_ufrag, media.peer_trickle = "active", "ufrag", True
+    rtp, rtcp = media.streams
+    rtp.confirmed, rtp.kernelized, rtp.dtls, rtp.ice = True, True, "connected", "completed"
+    rtcp.dtls = "failed: timeout"
+    tree = cmds.handle(req("query"), T0)
+    assert list(tree["tags"]) == ["a", tag]
+    entry = tree["tags"]["a"]
+    assert entry["label"] == "caller"
+    assert entry["subscriptions"] == [{"tag": tag, "type": "offer/answer"}]
+    assert entry["medias"][0]["flags"] == [
+        "initialized",
+        "asymmetric",
+        "send",
+        "recv",
+        "DTLS-SRTP",
+        "DTLS role active",
+        "ICE",
+        "trickle ICE",
+    ]
+    streams = entry["medias"][0]["streams"]
+    assert streams[0]["flags"] == [
+        "RTP",
+        "filled",
+        "confirmed",
+        "kernelized",
+        "strict source address",
+        "media handover",
+        "DTLS fingerprint verified",
+    ]
+    assert (streams[0]["DTLS"], streams[0]["ICE"]) == ("connected", "completed")
+    assert streams[1]["DTLS"] == "failed: timeout"
+    assert "ICE" not in streams[1]
+    answerer_flags = ["initialized", "send", "recv", "ICE controlling"]
+    assert tree["tags"][tag]["medias"][0]["flags"] == answerer_flags
+    wire = encode_reply("1", tree, False)
+    assert bencode.decode(wire[2:]) == {**tree, "tags": dict(tree["tags"])}
+    assert tag.encode("utf-8", "surrogateescape") in wire
+    assert json.loads(encode_reply("1", tree, True)[2:]) == json.loads(
+        json.dumps({**tree, "tags": dict(tree["tags"])})
+    )
 
 
 def test_statistics_counters() -> None:
