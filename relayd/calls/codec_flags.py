@@ -76,8 +76,10 @@ def _remove(
 ) -> list[Codec]:
     """``codecs`` less those the options of ``kinds`` name (but ``except``), with those
     ``offer`` names put back, less the DTMF and CN codecs this leaves alone."""
+    if not codecs or not ops:  # (nearly every offer and answer names no codec option)
+        return list(codecs)
     removing = names_of(ops, *kinds)
-    if not codecs or not removing:
+    if not removing:
         return list(codecs)
     removed = removed_by(codecs, ops, kinds)
     placed = Placed(c for c in codecs if c not in removed)

@@ -495,13 +495,18 @@ class Call:
     def parties(self) -> list[Monologue]:
         """Every party once, in order: those by tag (a party's aliases name it again), then
         the unanswered branches not named by a tag. Asked many times per message, for two
-        or three parties: a scan of the few found so far is cheaper than a set or a dict."""
+        or three parties: a scan of the few found so far is cheaper than a set or a dict,
+        and two at most (an offer's two parties: nearly every call) need no scan."""
+        everyone = [*self.monologues.values(), *self.branches.values()]
+        if len(everyone) < 3:
+            if len(everyone) == 2 and everyone[0] is everyone[1]:
+                del everyone[1]  # one party under two names
+            return everyone
         result: list[Monologue] = []
-        for source in (self.monologues, self.branches):
-            for mono in source.values():
-                for have in result:
-                    if have is mono:
-                        break
-                else:
-                    result.append(mono)
+        for mono in everyone:
+            for have in result:
+                if have is mono:
+                    break
+            else:
+                result.append(mono)
         return result

@@ -44,12 +44,13 @@ from relayd.calls.webrtc import (
 from relayd.ng.message import Request
 from relayd.sdp.model import Connection, Line, MediaDescription, attribute_value
 
-__all__ = ["answer", "learn", "offer"]
+__all__ = ["LEARNED", "answer", "learn", "offer"]
 
 
 # attributes whose first value counts, at media level, else at session level
 _INHERITED = frozenset({"fingerprint", "setup", "ice-ufrag", "ice-pwd"})
-_LEARNED = frozenset({*_INHERITED, "crypto", "candidate", "ice-options", "ice-lite", "mid"})
+LEARNED = frozenset({*_INHERITED, "crypto", "candidate", "ice-options", "ice-lite", "mid"})
+"""The media-level attributes :func:`learn` reads."""
 _SESSION_LEARNED = frozenset({*_INHERITED, "ice-lite"})
 _DTLS_SETUPS = frozenset({"actpass", "active", "passive"})
 
@@ -71,24 +72,24 @@ def _fingerprint_hash(fingerprint: str) -> str:
 def learn(
     media: Media,
     desc: MediaDescription,
+    lines: list[Line],
     session: list[Line],
     conn: Connection | None,
     req: Request,
 ) -> bool:
     """Record the party's own SRTP, DTLS and ICE attributes (media level over session).
 
+    ``lines`` are the section's lines with one of the :data:`LEARNED` attributes, in order
+    (the caller picks them out in its one pass over the section: this runs for every media
+    of every offer and answer, nearly all of them plain RTP with none of these attributes).
     ``conn`` is the media's connection (its own or the session's). Returns whether the
-    SDP restarts ICE: a ufrag other than the one before (RFC 8839
-    §4.4.1.1.1). One pass over the media's lines (this runs for every media of every
-    offer and answer, nearly all of them plain RTP with none of these attributes)."""
+    SDP restarts ICE: a ufrag other than the one before (RFC 8839 §4.4.1.1.1)."""
     first: dict[str, str] = {}
     crypto: list[Crypto] = []
     candidates: list[str] = []
     trickle = lite = options = False
-    for ln in desc.lines:
+    for ln in lines:
         attr = ln.attr
-        if attr not in _LEARNED:
-            continue
         value = attribute_value(ln.value)
         if attr == "crypto":
             parsed = parse_crypto(value)

@@ -38,9 +38,10 @@ def origin_fields(party: Monologue, sdp: SessionDescription, req: Request) -> di
         origin = sdp.origin()
         if origin is not None:
             party.first_username = origin.username
-            party.first_session_name = next(
-                (ln.value for ln in sdp.session if ln.kind == "s"), None
-            )
+            for ln in sdp.session:
+                if ln.kind == "s":
+                    party.first_session_name = ln.value
+                    break
     replace = req.replace
     if not replace:
         return {}

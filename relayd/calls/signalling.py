@@ -33,7 +33,7 @@ from relayd.calls.ports import PortAllocator, PortsExhausted
 from relayd.calls.rewrite import DIRECTIONS, PASSTHROUGH_MEDIA, RewriteOptions, rewrite_sdp
 from relayd.calls.webrtc import new_foundation
 from relayd.ng.message import NgError, Request
-from relayd.sdp.codecs import codecs_of
+from relayd.sdp.codecs import CODEC_ATTRIBUTES, codecs_of
 from relayd.sdp.model import (
     Connection,
     Line,
@@ -183,16 +183,7 @@ class Signalling:
                 # is, not the c= line)
                 renew = moved and again and not latching and not (target.ice and not no_latching)
                 self._prepare(
-                    call,
-                    receiver,
-                    sender,
-                    index,
-                    desc,
-                    family,
-                    req,
-                    taken,
-                    offer=offer,
-                    renew=renew,
+                    call, receiver, target, source, desc, family, req, taken, offer, renew
                 )
                 # the sender's own ports exist from its offer on, as rtpengine allocates them
                 own_family = sender.family or _known_family(sender) or family
@@ -252,16 +243,21 @@ class Signalling:
             sdp = parse_sdp(req.sdp)
         except SdpError:
             raise NgError("Failed to parse SDP") from None
-        sections: list[Session | MediaDescription] = [*sdp.sessions, *sdp.media]
-        for section in sections:
+        incomplete = False  # a media section with a port but no c=, its own or its session's
+        for section in sdp.sessions:
             c = section.connection()
             if c is not None and not is_address(c.address):
                 raise NgError("Failed to parse SDP")  # a host name where an address must be
+        for i, m in enumerate(sdp.media):
+            c = m.connection()
+            if c is None:
+                incomplete = incomplete or (m.port != 0 and sdp.session_of(i).connection() is None)
+            elif not is_address(c.address):
+                raise NgError("Failed to parse SDP")
         if not sdp.media:
             raise NgError("Error rewriting SDP")
-        for i, m in enumerate(sdp.media):
-            if m.port and m.connection() is None and sdp.session_of(i).connection() is None:
-                raise NgError("Incomplete SDP specification")
+        if incomplete:
+            raise NgError("Incomplete SDP specification")
         return sdp
 
     def _looped(self, sdp: SessionDescription) -> bool:
@@ -321,15 +317,22 @@ class Signalling:
         media.type, media.protocol = desc.media, desc.protocol
         media.rejected = desc.port == 0
         media.passthrough = False
-        media.codecs = codecs_of(desc)
-        # what this method reads of the section's own attributes: the first of each
+        # one pass over the section's lines: the codecs' lines, those negotiation reads
+        # (SRTP, DTLS, ICE), and the first of each of the attributes read here
+        codec_lines: list[str] = []
+        secured: list[Line] = []
         ptime: str | None = None
         rtcp: str | None = None
         direction: str | None = None
         rtcp_mux = False
         for ln in desc.lines:
             attr = ln.attr
+            if attr in CODEC_ATTRIBUTES:
+                codec_lines.append(ln.value)
+                continue
             if attr not in _LEARNED:
+                if attr in negotiation.LEARNED:
+                    secured.append(ln)
                 continue
             if attr == "ptime":
                 if ptime is None:
@@ -341,11 +344,12 @@ class Signalling:
                 rtcp_mux = True
             elif direction is None:
                 direction = attr
+        media.codecs = codecs_of(desc, tuple(codec_lines))
         media.ptime = int(ptime) if ptime is not None and ptime.isdigit() else 0
         direction = direction or session_direction
         conn = desc.connection() or session_c
         media.zero_address = conn is not None and conn.is_zero
-        restart = negotiation.learn(media, desc, session, conn, req)
+        restart = negotiation.learn(media, desc, secured, session, conn, req)
         media.send = direction in (None, "sendrecv", "sendonly")
         # a zero connection address is old-style hold (RFC 3264 §8.4): nothing to receive;
         # but not from a trickle ICE agent, which has no candidate yet (RFC 8838 §5.2)
@@ -404,19 +408,17 @@ class Signalling:
         self,
         call: Call,
         receiver: Monologue,
-        sender: Monologue,
-        index: int,
+        media: Media,
+        source: Media,
         desc: MediaDescription,
         family: str,
         req: Request,
         taken: Taken,
-        *,
         offer: bool,
-        renew: bool = False,
+        renew: bool,
     ) -> None:
-        """Give the receiving party ports for section ``index`` and its outgoing view."""
-        media = self._receiving(receiver, index, desc)
-        source = sender.medias[index]
+        """Give the receiving party ports for ``desc``'s section (its ``media``; the sender's
+        is ``source``) and its outgoing view."""
         renew = renew or media.type != desc.media
         media.type = desc.media
         media.rejected = desc.port == 0
@@ -532,7 +534,10 @@ class Signalling:
 
 
 def _direction(lines: list[Line]) -> str | None:
-    return next((ln.attr for ln in lines if ln.kind == "a" and ln.attr in DIRECTIONS), None)
+    for ln in lines:  # (a loop, not next() over a generator: once per offer and answer)
+        if ln.attr in DIRECTIONS:  # (only an a= line has an attribute name)
+            return ln.attr
+    return None
 
 
 def _known_family(party: Monologue) -> str:

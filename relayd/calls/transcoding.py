@@ -95,7 +95,7 @@ def requested(
 ) -> bool:
     """Whether an offer's options need the transcoder (see the module's docstring)."""
     return (
-        any(ops.get(op) for op in ("transcode", "accept", "consume"))
+        bool(ops and (ops.get("transcode") or ops.get("accept") or ops.get("consume")))
         or "always-transcode" in flags
         or ptime > 0
         or ptime_reverse > 0

@@ -8,7 +8,7 @@ from relayd.calls.model import Codec
 from relayd.sdp.intern import Shared
 from relayd.sdp.model import MediaDescription
 
-__all__ = ["STATIC_PAYLOAD_TYPES", "codecs_of"]
+__all__ = ["CODEC_ATTRIBUTES", "STATIC_PAYLOAD_TYPES", "codecs_of"]
 
 # RFC 3551 §6 static payload types; rtpengine prints an rtpmap for them even when absent.
 STATIC_PAYLOAD_TYPES: dict[str, str] = {
@@ -43,7 +43,8 @@ STATIC_PAYLOAD_TYPES: dict[str, str] = {
 # kept once and shared by all media that list it (bounded: fmtp lines can be unique).
 _shared = Shared[Codec](4096)
 
-_CODEC_ATTRIBUTES = frozenset({"rtpmap", "fmtp", "rtcp-fb"})
+CODEC_ATTRIBUTES = frozenset({"rtpmap", "fmtp", "rtcp-fb"})
+"""The attributes that describe payload types: :func:`codecs_of` reads their lines."""
 # A phone model sends the same payload list every time: the codecs of each distinct
 # (formats, rtpmap/fmtp/rtcp-fb lines) are worked out once. Bounded: lines come from
 # the network.
@@ -51,11 +52,13 @@ _LISTS: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple[Codec, ...]] = {}
 _LISTS_LIMIT = 4096
 
 
-def codecs_of(desc: MediaDescription) -> tuple[Codec, ...]:
-    """The payload types of an RTP media section, with their rtpmap/fmtp/rtcp-fb."""
+def codecs_of(desc: MediaDescription, lines: tuple[str, ...]) -> tuple[Codec, ...]:
+    """The payload types of an RTP media section, with their rtpmap/fmtp/rtcp-fb.
+
+    ``lines``: the values of the section's :data:`CODEC_ATTRIBUTES` lines, in order (the
+    caller picks them out in its own pass over the section's lines)."""
     if not desc.protocol.startswith(("RTP/", "UDP/TLS/RTP/")):
         return ()
-    lines = tuple([ln.value for ln in desc.lines if ln.attr in _CODEC_ATTRIBUTES])
     key = (tuple(desc.formats), lines)
     known = _LISTS.get(key)
     if known is None:

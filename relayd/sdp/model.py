@@ -185,8 +185,9 @@ class MediaDescription:
         return any(ln.attr == name for ln in self.lines)
 
     def connection(self) -> Connection | None:
-        if not isinstance(self.parsed_connection, _Unknown):
-            return self.parsed_connection
+        parsed = self.parsed_connection
+        if parsed is not UNKNOWN:
+            return parsed  # type: ignore[return-value]  # (UNKNOWN is the one _Unknown)
         for ln in self.lines:
             if ln.kind == "c":
                 return Connection.parse(ln.value)
@@ -223,16 +224,18 @@ class Session:
         return [attribute_value(ln.value) for ln in self.lines if ln.attr == name]
 
     def connection(self) -> Connection | None:
-        if not isinstance(self.parsed_connection, _Unknown):
-            return self.parsed_connection
+        parsed = self.parsed_connection
+        if parsed is not UNKNOWN:
+            return parsed  # type: ignore[return-value]  # (UNKNOWN is the one _Unknown)
         for ln in self.lines:
             if ln.kind == "c":
                 return Connection.parse(ln.value)
         return None
 
     def origin(self) -> Origin | None:
-        if not isinstance(self.parsed_origin, _Unknown):
-            return self.parsed_origin
+        parsed = self.parsed_origin
+        if parsed is not UNKNOWN:
+            return parsed  # type: ignore[return-value]
         for ln in self.lines:
             if ln.kind == "o":
                 return Origin.parse(ln.value)
@@ -270,6 +273,8 @@ class SessionDescription:
 
     def session_of(self, index: int) -> Session:
         """The session media section ``index`` belongs to."""
+        if len(self.sessions) == 1:  # nearly every body
+            return self.sessions[0]
         found = self.sessions[0]
         for session in self.sessions:
             if session.first_media > index:

@@ -26,8 +26,9 @@ def parse_sdp(body: str) -> SessionDescription:
     """
     eol = "\r\n" if "\r\n" in body else "\n"
     text = body.replace("\r\n", "\n")
-    stray_cr = "\r" in text  # a line ending "\r" or "\r\r\n": the "\r" is no part of it
     raw_lines = text.split("\n")
+    if "\r" in text:  # a line ending "\r" or "\r\r\n": the "\r" is no part of it
+        raw_lines = [raw.rstrip("\r") for raw in raw_lines]
     while raw_lines and raw_lines[-1] == "":
         raw_lines.pop()
     if not raw_lines or not raw_lines[0].startswith("v="):
@@ -39,8 +40,6 @@ def parse_sdp(body: str) -> SessionDescription:
     add = session.lines.append
     recurring = _RECURRING_LINES.get
     for raw in raw_lines:
-        if stray_cr:
-            raw = raw.rstrip("\r")
         line = recurring(raw)
         if line is not None:  # a=rtpmap:0 PCMU/8000, t=0 0, ...: made before, checked then
             add(line)
@@ -48,9 +47,9 @@ def parse_sdp(body: str) -> SessionDescription:
         kind = raw[:1]
         if raw[1:2] != "=" or not kind.isalpha():
             raise SdpError(f"malformed line: {raw!r}")
-        if kind == "a" or kind == "t":
+        if kind == "a" or kind in _RECURRING_KINDS:
             line = Line(kind, raw[2:])
-            if kind == "t" or line.attr in _RECURRING_ATTRIBUTES:
+            if kind != "a" or line.attr in _RECURRING_ATTRIBUTES:
                 _RECURRING_LINES.add(raw, line)
             add(line)
             continue
@@ -118,6 +117,9 @@ _RECURRING_ATTRIBUTES = frozenset(
     }
 )
 _RECURRING_LINES: Recurring[str, Line] = Recurring(4096)
+
+# the other kinds of line made once: timing, and the session name ("s=-" from most phones)
+_RECURRING_KINDS = frozenset({"t", "s"})
 
 # media types and transports: a few distinct words every call keeps in its model
 _shared = Shared[str](256)

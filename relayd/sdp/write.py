@@ -8,9 +8,16 @@ __all__ = ["write_sdp"]
 
 
 def write_sdp(sdp: SessionDescription) -> str:
-    out: list[str] = []
     sessions = sdp.sessions
     media = sdp.media
+    if len(sessions) == 1:  # nearly every body: its lines, then each section's
+        out = [line.text for line in sessions[0].lines]
+        for desc in media:
+            out.append("m=" + desc.m_value())
+            out += [line.text for line in desc.lines]
+        out.append("")  # the last line's end
+        return sdp.eol.join(out)
+    out = []
     for at, session in enumerate(sessions):
         out += [line.text for line in session.lines]
         end = sessions[at + 1].first_media if at + 1 < len(sessions) else len(media)

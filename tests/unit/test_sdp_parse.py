@@ -156,12 +156,12 @@ def test_lenient_ports_are_accepted_and_kept() -> None:
 
 
 def test_recurring_lines_are_shared_and_per_call_ones_are_not() -> None:
-    """The codec, packet time, direction and t= lines of one SDP are the same objects in the
+    """The codec, packet time, direction, s= and t= lines of one SDP are the same objects in the
     next; o=, c= and m= (addresses, ports, session ids) are made anew."""
     first, second = parse_sdp(OFFER), parse_sdp(OFFER)
     assert all(a is b for a, b in zip(first.media[0].lines, second.media[0].lines, strict=True))
     shared = [a is b for a, b in zip(first.session, second.session, strict=True)]
-    assert shared == [False, False, False, False, True]  # v= o= s= c= t=
+    assert shared == [False, False, True, False, True]  # v= o= s= c= t=
     assert first.media[1].lines[0] is not second.media[1].lines[0]  # its c=
 
 
