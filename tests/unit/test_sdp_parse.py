@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relayd.sdp.model import Connection, MediaDescription, Origin, SdpError
 from relayd.sdp.parse import parse_sdp
@@ -190,3 +192,27 @@ def test_lines_keep_their_text_and_compare_by_value() -> None:
     assert str(line) == line.text
     assert line == type(line)("a", "rtpmap:0 PCMU/8000")
     assert line != type(line)("a", "rtpmap:0 PCMA/8000")
+
+
+_PIECES = ["v=0", "o=- 1 2 IN IP4 192.0.2.1", "m=audio 9 RTP/AVP 0", "a=x", "t=0 0", "c=IN IP4 ::"]
+_BREAKS = ["\n", "\r\n", "\r", "\r\r\n", "\v", "\f", "\x1c", "\x85", "\u2028", ""]
+
+
+@settings(max_examples=500)
+@given(st.lists(st.sampled_from(_PIECES) | st.sampled_from(_BREAKS), min_size=1, max_size=12))
+def test_lines_end_at_each_lf_whatever_other_breaks_there_are(pieces: list[str]) -> None:
+    """The lines are those split at each LF, a CR before it dropped (as rtpengine reads
+    them): other line breaks (a lone CR, VT, U+2028, ...) are no breaks."""
+    body = "v=0\r\n" + "".join(pieces)
+    lines = [raw.rstrip("\r") for raw in body.replace("\r\n", "\n").split("\n")]
+    while lines and lines[-1] == "":
+        lines.pop()
+    eol = "\r\n" if "\r\n" in body else "\n"
+    try:
+        written = write_sdp(parse_sdp(body))
+    except SdpError:
+        assert any(line[1:2] != "=" or not line[:1].isalpha() for line in lines) or any(
+            line.startswith(("m=", "c=", "o=")) for line in lines
+        )
+        return
+    assert written == eol.join(lines) + eol
