@@ -183,7 +183,16 @@ class Signalling:
                 # is, not the c= line)
                 renew = moved and again and not latching and not (target.ice and not no_latching)
                 self._prepare(
-                    call, receiver, target, source, desc, family, req, taken, offer, renew
+                    call,
+                    receiver,
+                    target,
+                    source,
+                    desc,
+                    family,
+                    req,
+                    taken,
+                    offer=offer,
+                    renew=renew,
                 )
                 # the sender's own ports exist from its offer on, as rtpengine allocates them
                 own_family = sender.family or _known_family(sender) or family
@@ -414,6 +423,7 @@ class Signalling:
         family: str,
         req: Request,
         taken: Taken,
+        *,
         offer: bool,
         renew: bool,
     ) -> None:
