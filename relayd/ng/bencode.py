@@ -57,9 +57,7 @@ def _size(text: str) -> int:
 def string(text: str) -> str:
     """``text`` as a bencode string, for an :class:`Encoded` value: its length in bytes (UTF-8,
     ``surrogateescape``), a colon, and the text itself."""
-    if text.isascii():
-        return f"{len(text)}:{text}"
-    return f"{len(text.encode('utf-8', 'surrogateescape'))}:{text}"
+    return f"{_size(text)}:{text}"
 
 
 class Encoded(Mapping[str, Value]):
@@ -115,8 +113,7 @@ _KEYS_LIMIT = 512
 
 
 def _key(key: object) -> str:
-    text = key if type(key) is str else str(key)
-    encoded = f"{_size(text)}:{text}"
+    encoded = string(key if type(key) is str else str(key))
     if len(_KEYS) < _KEYS_LIMIT and type(key) is str:
         _KEYS[key] = encoded
     return encoded
