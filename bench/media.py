@@ -718,7 +718,8 @@ def describe_machine() -> str:
         version = "not installed"
     return (
         f"Machine: {os.cpu_count()} x {model}, Linux {platform.release()}, "
-        f"Python {platform.python_version()}, rtpengine {version}"
+        f"Python {platform.python_version()} ({os.path.realpath(sys.executable)}), "
+        f"rtpengine {version}"
     )
 
 

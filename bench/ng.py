@@ -1024,7 +1024,8 @@ def describe_machine(
     options = f" with {shlex.join(relayd_extra)}" if relayd_extra else ""
     return [
         f"Machine: {os.cpu_count()} x {cpu_model}, Linux {platform.release()}, "
-        f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.2f} at start",
+        f"Python {platform.python_version()} ({os.path.realpath(sys.executable)}), "
+        f"load average {os.getloadavg()[0]:.2f} at start",
         f"Daemons: relayd at {commit}{options}, rtpengine {rtpengine}; "
         f"{describe_pinning(daemon_cpus, client_cpus, concurrent)}; RLIMIT_NOFILE {nofile:,}",
     ]
