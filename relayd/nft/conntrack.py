@@ -272,8 +272,12 @@ class Ctnetlink:
         table, so callers batch), then a delete by tuple per match.
         """
         wanted: dict[int, set[tuple[bytes, int]]] = {}
+        packed: dict[str, bytes] = {}  # a batch's sockets share a few local addresses
         for ep in sockets:
-            wanted.setdefault(ep.version, set()).add((ip_address(ep.address).packed, ep.port))
+            raw = packed.get(ep.address)
+            if raw is None:
+                raw = packed[ep.address] = ip_address(ep.address).packed
+            wanted.setdefault(ep.version, set()).add((raw, ep.port))
         found: set[tuple[Endpoint, Endpoint]] = set()
         try:
             for version, keys in wanted.items():

@@ -171,6 +171,31 @@ def test_peers_of_another_family_or_without_a_port_are_left_out() -> None:
     assert fake.batches[0][1] == set()
 
 
+class IdleSweeper(FakeSweeper):
+    """A host whose conntrack holds nothing while ``empty`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.empty = True
+
+    def idle(self) -> bool:
+        return self.empty
+
+
+def test_a_host_without_conntrack_entries_is_not_swept() -> None:
+    # nothing tracked (userspace only, nf_conntrack not loaded): the batch ends before its
+    # endpoints are made, and so before the sweeper is asked; once entries exist it is
+    fake = IdleSweeper()
+    sweeper = ConntrackSweep({}, fake)
+    sweeper.released("10.99.1.1", 30000)
+    assert fake.batches == []
+    assert sweeper.swept == 0
+    fake.empty = False
+    sweeper.released("10.99.1.1", 30002)
+    assert fake.batches == [({Endpoint("10.99.1.1", 30002), Endpoint("10.99.1.1", 30003)}, set())]
+    assert sweeper.swept == 2
+
+
 def test_the_binder_tells_of_each_pair_it_gave_back() -> None:
     released: list[tuple[str, int]] = []
     binder = SocketBinder(on_release=lambda address, port: released.append((address, port)))
