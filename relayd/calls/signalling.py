@@ -339,9 +339,9 @@ class Signalling:
             if attr in CODEC_ATTRIBUTES:
                 codec_lines.append(ln.value)
                 continue
+            if attr in negotiation.LEARNED:
+                secured.append(ln)
             if attr not in _LEARNED:
-                if attr in negotiation.LEARNED:
-                    secured.append(ln)
                 continue
             if attr == "ptime":
                 if ptime is None:

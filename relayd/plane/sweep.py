@@ -66,8 +66,7 @@ class Sweeper:
         return not tracked()
 
     def __call__(self, sockets: set[Endpoint], flows: set[Flow]) -> int:
-        if self.idle():
-            return 0
+        """Sweep a batch (:class:`ConntrackSweep` asks :meth:`idle` first)."""
         deleted = self._ct.sweep(sockets)
         if flows:
             deleted += self._ct.delete_flows(flows)

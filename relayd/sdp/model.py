@@ -9,7 +9,7 @@ and ``a=`` names.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, final
 
 __all__ = [
     "Connection",
@@ -27,6 +27,7 @@ class SdpError(ValueError):
     """The body is not SDP we can work with; the ng reply is "Failed to parse SDP"."""
 
 
+@final
 class _Unknown:
     """Not worked out yet (a description built piece by piece, not parsed)."""
 
@@ -186,8 +187,8 @@ class MediaDescription:
 
     def connection(self) -> Connection | None:
         parsed = self.parsed_connection
-        if parsed is not UNKNOWN:
-            return parsed  # type: ignore[return-value]  # (UNKNOWN is the one _Unknown)
+        if type(parsed) is not _Unknown:  # (no isinstance: once per section and message)
+            return parsed
         for ln in self.lines:
             if ln.kind == "c":
                 return Connection.parse(ln.value)
@@ -225,8 +226,8 @@ class Session:
 
     def connection(self) -> Connection | None:
         parsed = self.parsed_connection
-        if parsed is not UNKNOWN:
-            return parsed  # type: ignore[return-value]  # (UNKNOWN is the one _Unknown)
+        if type(parsed) is not _Unknown:  # (no isinstance: once per section and message)
+            return parsed
         for ln in self.lines:
             if ln.kind == "c":
                 return Connection.parse(ln.value)
@@ -234,8 +235,8 @@ class Session:
 
     def origin(self) -> Origin | None:
         parsed = self.parsed_origin
-        if parsed is not UNKNOWN:
-            return parsed  # type: ignore[return-value]
+        if type(parsed) is not _Unknown:
+            return parsed
         for ln in self.lines:
             if ln.kind == "o":
                 return Origin.parse(ln.value)
