@@ -37,6 +37,7 @@ from relayd.ops.dtmflog import reports_dtmf
 from relayd.ops.loadmeter import LoadMeter, measures
 from relayd.ops.operations import Operations, copies_rtcp
 from relayd.ops.runtime import with_setting
+from relayd.plane.ephemeral import ephemeral_overlap
 from relayd.plane.forwarding import after_signalling
 from relayd.plane.handover import KernelHandover
 from relayd.plane.kernel import KernelPath
@@ -158,6 +159,16 @@ class Supervisor:
             sockets_per_worker=budget,
             calls=budget * workers // 4 if budget is not None else None,
         )
+        overlap = ephemeral_overlap(port_min, port_max)
+        if overlap is not None:
+            logger.warning(
+                "ports.ephemeral_overlap",
+                ports=overlap.ports,
+                ephemeral=f"{overlap.low}-{overlap.high}",
+                hint=f"net.ipv4.ip_local_reserved_ports = {port_min}-{port_max} keeps other "
+                "sockets' source ports out of the media range (restored and foreign calls "
+                "cannot move off a port they find taken)",
+            )
         self.signalling = signalling_of(config, interfaces, ports, certificate)
         self.commands = Commands(
             self.signalling,

@@ -48,6 +48,7 @@ log = get_logger("relayd.ha")
 FORMAT = 1
 """The version of the stored value: ``{"format": 1, "owner": …, "call": dump_call(…)}``."""
 _READ_BATCH = 256
+_RETRY_INTERVAL = 1.0  # seconds between tries of the foreign calls whose ports would not bind
 
 
 def encode(call: Call, owner: str) -> bytes:
@@ -104,7 +105,7 @@ class ReplicaStats:
     """For ``/metrics``."""
 
     takeovers: int = 0  # foreign calls made own
-    unclaimed: int = 0  # foreign calls whose ports could not be reserved
+    unclaimed: int = 0  # foreign calls whose ports could not be reserved (each counted once)
     unreadable: int = 0  # values that did not load
 
 
@@ -120,6 +121,7 @@ class RedisReplica:
         *,
         connect: Callable[[Any], redis.Redis] | None = None,
         local: Callable[[], set[str]] = local_addresses,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.host = host
@@ -131,6 +133,11 @@ class RedisReplica:
         self.watcher: KeyspaceWatcher | None = None
         self.foreign: dict[str, Call] = {}
         self.foreign_db: dict[str, int] = {}
+        # foreign calls whose ports would not bind here (a socket of this host had one as
+        # its source port): tried again every second until they do or the peer drops them
+        self.unclaimed: dict[str, tuple[Call, int]] = {}
+        self._retry_at = 0.0
+        self._clock = clock
         self.standby = False  # relayctl standby: no automatic takeover
         self.stats = ReplicaStats()
         self._dirty: set[str] = set()
@@ -213,6 +220,8 @@ class RedisReplica:
                 self.writer.put(call_id, encode(call, self.owner))
         self._dirty.clear()
         self._watch_addresses()
+        if self.unclaimed:
+            self._claim_again()
 
     # -- foreign calls -----------------------------------------------------------------------
 
@@ -223,11 +232,14 @@ class RedisReplica:
     def apply(self, event: PeerEvent) -> None:
         """A peer database's change: foreign calls added, updated or dropped."""
         if event.snapshot:
-            for call_id in [c for c, db in self.foreign_db.items() if db == event.db]:
+            held = [c for c, db in self.foreign_db.items() if db == event.db]
+            held += [c for c, (_, db) in self.unclaimed.items() if db == event.db]
+            for call_id in held:
                 if call_id not in event.calls:
                     self._drop_foreign(call_id)
         for call_id, value in event.calls.items():
             if call_id in self.host.calls:
+                self.unclaimed.pop(call_id, None)
                 continue  # ours (taken over, or never theirs): what the peer says is stale
             if value is None:
                 self._drop_foreign(call_id)
@@ -252,18 +264,37 @@ class RedisReplica:
                 self.host.release(old)
                 del self.foreign[call.call_id]
             if not self.host.claim(call):
-                self.stats.unclaimed += 1
-                log.warning(
-                    "ha.foreign_unclaimed",
-                    call_id=call.call_id,
-                    reason="a port is taken or cannot be bound (net.ipv4.ip_nonlocal_bind?)",
-                )
+                if call.call_id not in self.unclaimed:
+                    self.stats.unclaimed += 1
+                    log.warning(
+                        "ha.foreign_unclaimed",
+                        call_id=call.call_id,
+                        reason="a port is taken or cannot be bound (net.ipv4.ip_nonlocal_bind? "
+                        "net.ipv4.ip_local_reserved_ports?); tried again every second",
+                    )
+                self.unclaimed[call.call_id] = (call, db)
                 self.foreign_db.pop(call.call_id, None)
                 return
+        if self.unclaimed.pop(call.call_id, None) is not None:
+            log.info("ha.foreign_claimed", call_id=call.call_id)
         self.foreign[call.call_id] = call
         self.foreign_db[call.call_id] = db
 
+    def _claim_again(self) -> None:
+        """The unclaimed foreign calls tried again, once a second (from :meth:`flush`); one
+        whose address is ours already is taken over at once, as :meth:`apply` would."""
+        now = self._clock()
+        if now < self._retry_at:
+            return
+        self._retry_at = now + _RETRY_INTERVAL
+        tried = list(self.unclaimed.values())
+        for call, db in tried:
+            self._hold(call, db)
+        if self._local and not self.standby:
+            self._take_on(self._local, [call.call_id for call, _ in tried])
+
     def _drop_foreign(self, call_id: str) -> None:
+        self.unclaimed.pop(call_id, None)
         call = self.foreign.pop(call_id, None)
         self.foreign_db.pop(call_id, None)
         if call is not None:
@@ -368,5 +399,6 @@ class RedisReplica:
             "watch_errors": self.watcher.errors if self.watcher is not None else 0,
             "takeovers": self.stats.takeovers,
             "unclaimed": self.stats.unclaimed,
+            "unclaimed_calls": len(self.unclaimed),
             "unreadable": self.stats.unreadable,
         }

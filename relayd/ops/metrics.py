@@ -280,6 +280,12 @@ _REDIS = (
     ("relayd_redis_queued", "gauge", "Calls waiting to be written to Redis", "redis_queued"),
     ("relayd_redis_watch_errors_total", "counter", "Lost keyspace subscriptions", "watch_errors"),
     ("relayd_foreign_sessions", "gauge", "A peer's calls held (standby)", "foreign_calls"),
+    (
+        "relayd_foreign_unclaimed",
+        "gauge",
+        "A peer's calls whose ports would not bind here (tried again every second)",
+        "unclaimed_calls",
+    ),
     ("relayd_takeovers_total", "counter", "Foreign calls taken over", "takeovers"),
 )
 

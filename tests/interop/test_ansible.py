@@ -280,6 +280,7 @@ def test_role_converges_and_second_run_changes_nothing(tmp_path: Path) -> None:
         assert settings["net.ipv6.conf.all.forwarding"] == "1"  # ::1 is an interface address
         assert int(settings["net.netfilter.nf_conntrack_max"]) >= 262144
         assert settings["net.ipv4.conf.all.rp_filter"] == "2"
+        assert settings["net.ipv4.ip_local_reserved_ports"] == "30000-40999"  # the media range
 
         # the repository's units, paths moved to the prefix, enabled with their workers
         relayd_unit = (units / "relayd.service").read_text()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -261,7 +263,10 @@ def _call(call_id: str = "c1") -> Call:
 
 
 def _replica(
-    server: Server, host: Host, local: set[str] | None = None
+    server: Server,
+    host: Host,
+    local: set[str] | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> tuple[RedisReplica, set[str]]:
     addresses = set() if local is None else local
     settings = redis_settings({"redis": "h:1/1", "subscribe-keyspace": "2"}, {})
@@ -273,6 +278,7 @@ def _replica(
         addresses=[LOCAL4],
         connect=lambda target: Client(server, target),  # type: ignore[arg-type,return-value]
         local=lambda: set(addresses),
+        clock=clock,
     )
     replica.writer.start()
     return replica, addresses
@@ -369,6 +375,50 @@ def test_foreign_calls_are_held_answered_and_dropped() -> None:
         host.refuse.add("c1")  # its ports are taken here
         replica.apply(PeerEvent(2, {"c1": value}))
         assert replica.foreign == {} and replica.stats.unclaimed == 1
+    finally:
+        replica.writer.close()
+
+
+def test_a_foreign_call_whose_ports_are_taken_is_tried_again_every_second() -> None:
+    server, host = Server(), Host()
+    now = [100.0]
+    replica, local = _replica(server, host, clock=lambda: now[0])
+    try:
+        value = json.loads(encode(_call(), "peer"))
+        host.refuse.add("c1")  # a socket of this host has one of its ports as source port
+        replica.apply(PeerEvent(2, {"c1": value}))
+        assert replica.foreign == {} and set(replica.unclaimed) == {"c1"}
+        replica.flush()  # tried again at once: still taken
+        replica.apply(PeerEvent(2, {"c1": value}))  # the peer wrote it again
+        status = replica.status()
+        assert status["unclaimed"] == 1 and status["unclaimed_calls"] == 1  # counted once
+        host.refuse.clear()  # that socket is gone
+        now[0] += 0.5
+        replica.flush()
+        assert replica.foreign == {}  # not before a second has passed
+        now[0] += 0.5
+        replica.flush()
+        assert set(replica.foreign) == {"c1"} and replica.unclaimed == {}
+        assert "c1" in host.claimed and replica.status()["unclaimed_calls"] == 0
+        # unclaimed when the address arrives: taken over as soon as its ports bind
+        replica.apply(PeerEvent(2, {"c1": None}))
+        host.refuse.add("c2")
+        replica.apply(PeerEvent(2, {"c2": json.loads(encode(_call("c2"), "peer"))}))
+        local.add(LOCAL4)
+        replica.flush()
+        assert host.owned == [] and set(replica.unclaimed) == {"c2"}
+        host.refuse.clear()
+        now[0] += 1.0
+        replica.flush()
+        assert host.owned == ["c2"] and replica.unclaimed == {} and replica.foreign == {}
+        # the peer's snapshot or delete forgets an unclaimed call
+        host.refuse.update({"c3", "c4"})
+        for call_id in ("c3", "c4"):
+            replica.apply(PeerEvent(2, {call_id: json.loads(encode(_call(call_id), "peer"))}))
+        replica.apply(PeerEvent(2, {"c4": None}))
+        assert set(replica.unclaimed) == {"c3"}
+        replica.apply(PeerEvent(2, {}, snapshot=True))
+        assert replica.unclaimed == {}
     finally:
         replica.writer.close()
 

@@ -177,6 +177,7 @@ def test_redis_figures() -> None:
         "redis_queued": 1,
         "watch_errors": 0,
         "foreign_calls": 50,
+        "unclaimed_calls": 1,
         "takeovers": 4,
         "mode": "standby",
     }
@@ -188,5 +189,6 @@ def test_redis_figures() -> None:
     assert value(samples, "relayd_redis_queued") == 1
     assert value(samples, "relayd_redis_watch_errors_total") == 0
     assert value(samples, "relayd_foreign_sessions") == 50
+    assert value(samples, "relayd_foreign_unclaimed") == 1
     assert value(samples, "relayd_takeovers_total") == 4
     assert value(samples, "relayd_standby") == 1
