@@ -379,6 +379,7 @@ _DAEMON_EVENTS = (
     "state.",  # where the call journal is, or why there is none
     "conntrack.",  # a sweep of released ports, batched over the calls that ended
     "ports.budget",  # at start: the sockets each worker may hold
+    "ports.ephemeral_overlap",  # at start: the media range is not reserved
 )
 
 

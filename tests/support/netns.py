@@ -106,6 +106,10 @@ def _setup(topo: Topology, created: list[str]) -> None:
         "net.ipv6.conf.all.forwarding=1",
         "net.ipv4.conf.all.rp_filter=0",
         "net.ipv4.conf.default.rp_filter=0",
+        # every test's media ports (20000-59999 at most), as the Ansible role reserves the
+        # range: a test's own ng client here must not take one of them as its source port
+        # while a restarted relayd binds its calls' ports again
+        "net.ipv4.ip_local_reserved_ports=20000-59999",
     ]
     subprocess.run(
         exec_args(topo.relay, ["sysctl", "-q", "-w", *sysctls]),
