@@ -95,12 +95,30 @@ class Leg:
         return True
 
     def reset(self, expect: Address | None, learning: Learning, learn_after: float) -> None:
-        """A new signalling event: forget confirmation, restart learning."""
+        """A new signalling event: forget confirmation, restart learning.
+
+        Except where the endpoint is confirmed at exactly the SDP's new address under
+        ``immediate`` or ``heuristic`` learning: the next packet from there would confirm it
+        at once, and one came already (a callee's first packet often arrives before the
+        answer's configuration reaches the worker; a party that sent once and then waited
+        would stay unconfirmed, and its call out of the kernel)."""
+        keep = (
+            self.confirmed
+            and expect is not None
+            and self.endpoint == expect
+            and learning in ("immediate", "heuristic")
+            and not self.asymmetric
+        )
         self.expect = expect
         self.learning = learning
         self.learn_after = learn_after
-        self.confirmed = False
+        self.confirmed = keep
         self.rank = -1
+        if keep:
+            self.endpoint = expect  # the SDP's tuple itself, as _learn keeps it
+            # relayd forgot its copy with the signalling (plane/offload.py): told again
+            self.reported_confirmed = False
+            return
         if self.endpoint is None or learning == "off" or self.asymmetric:
             self.endpoint = expect
 

@@ -154,6 +154,31 @@ def test_reset_on_re_signalling_restarts_learning() -> None:
     assert leg.packets == 3  # counters survive re-signalling
 
 
+def test_a_source_confirmed_where_the_new_sdp_says_stays_confirmed() -> None:
+    """The callee's first packet before the answer's configuration: immediate and heuristic
+    learning would confirm the SDP's address at the next packet, so the one seen counts."""
+    modes: tuple[Learning, ...] = ("immediate", "heuristic")
+    for mode in modes:
+        leg = Leg("k")
+        leg.reset(None, mode, 0.0)  # the offer: the callee's address not known yet
+        leg.receive(("198.51.100.10", int("5000")), 160, 1.0)
+        assert leg.confirmed
+        assert leg.unreported() and not leg.unreported()  # reported once
+        leg.reset(SDP, mode, 5.0)  # the answer: the SDP says that address
+        assert (leg.endpoint, leg.confirmed) == (SDP, True) and leg.endpoint is SDP
+        assert leg.unreported()  # relayd forgot it with the signalling: reported again
+        leg.reset(("198.51.100.10", 5010), mode, 9.0)  # a re-INVITE moves it: learned anew
+        assert (leg.endpoint, leg.confirmed) == (SDP, False)
+    leg = _leg("delayed", learn_after=3.0)  # delayed: confirmed only after the new window
+    leg.receive(SDP, 160, 4.0)
+    leg.reset(SDP, "delayed", 20.0)
+    assert (leg.endpoint, leg.confirmed) == (SDP, False)
+    leg = _leg("immediate", learn_after=0.0)  # a source elsewhere is learned again
+    leg.receive(NAT, 160, 1.0)
+    leg.reset(SDP, "immediate", 2.0)
+    assert (leg.endpoint, leg.confirmed) == (NAT, False)
+
+
 def test_reset_to_off_goes_back_to_the_sdp_address() -> None:
     leg = _leg("immediate", learn_after=0.0)
     leg.receive(NAT, 160, 1.0)
