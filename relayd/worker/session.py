@@ -99,9 +99,8 @@ class Leg:
 
         Except where the endpoint is confirmed at exactly the SDP's new address under
         ``immediate`` or ``heuristic`` learning: the next packet from there would confirm it
-        at once, and one came already (a callee's first packet often arrives before the
-        answer's configuration reaches the worker; a party that sent once and then waited
-        would stay unconfirmed, and its call out of the kernel)."""
+        at once, and one came already (a party that stops sending across a re-INVITE, put
+        on hold, would otherwise stay unconfirmed, and its call out of the kernel)."""
         keep = (
             self.confirmed
             and expect is not None

@@ -199,11 +199,16 @@ def _ha(relay: RelaydProcess) -> dict[str, Any]:
     return AdminClient(str(relay.admin_socket)).request("ha")
 
 
-def _until(check: Any, timeout: float, what: str) -> None:
+def _until(check: Any, timeout: float, what: str, detail: Any = None) -> None:
+    """Wait for ``check()``; on a timeout ``detail()`` (if given) says what was found."""
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            try:
+                found = f": {detail()}" if detail is not None else ""
+            except Exception as exc:  # the diagnosis failed: the timeout is what counts
+                found = f" (no detail: {exc!r})"
+            raise AssertionError(f"timed out waiting for {what}{found}")
         time.sleep(0.05)
 
 
@@ -315,8 +320,37 @@ class SdesCall:
 
 
 def _confirmed_in_redis(conn: redis.Redis, call_ids: list[str]) -> bool:
+    return not _unconfirmed_in_redis(conn, call_ids)
+
+
+def _unconfirmed_in_redis(conn: redis.Redis, call_ids: list[str]) -> dict[str, int | None]:
+    """The calls whose value lacks two confirmed streams: how many it has (None: no value)."""
     values = conn.mget([call_key(c) for c in call_ids])
-    return all(v is not None and str(v).count('"confirmed":true') >= 2 for v in values)
+    counts = {
+        c: None if v is None else str(v).count('"confirmed":true')
+        for c, v in zip(call_ids, values, strict=True)
+    }
+    return {c: n for c, n in counts.items() if n is None or n < 2}
+
+
+def _streams(relay: RelaydProcess, call_ids: list[str]) -> dict[str, Any]:
+    """What relayd says of these calls' streams: each stream's flags, per tag."""
+    with relay.client() as ng:
+        return {
+            c: {
+                tag: [
+                    [
+                        f
+                        for f in s.get("flags", [])
+                        if f in ("RTP", "RTCP", "confirmed", "kernelized")
+                    ]
+                    for m in party.get("medias", [])
+                    for s in m.get("streams", [])
+                ]
+                for tag, party in ng.call("query", call_id=c).get("tags", {}).items()
+            }
+            for c in call_ids
+        }
 
 
 def _media_sockets(ns: str) -> list[str]:
@@ -354,7 +388,15 @@ def test_the_standby_takes_the_calls_over_with_their_media(net: Net, tmp_path: P
         assert len(flowing) == CALLS, f"media both ways on {len(flowing)} of {CALLS} calls on a"
         assert sdes.flow(3.0, 0) is not None, "the SDES call's media on a"
         db1 = server.client(1)
-        _until(lambda: _confirmed_in_redis(db1, ids), 5.0, "the confirmed endpoints in Redis")
+        _until(
+            lambda: _confirmed_in_redis(db1, ids),
+            5.0,
+            "the confirmed endpoints in Redis",
+            lambda: (
+                f"{_unconfirmed_in_redis(db1, ids)}; a: {_ha(a)}; "
+                f"{_streams(a, list(_unconfirmed_in_redis(db1, ids))[:3])}"
+            ),
+        )
         _until(lambda: _ha(b)["foreign_calls"] == CALLS + 1, 5.0, "b holding every call")
         with b.client() as ng:
             listed = ok(ng.call("list", limit=100))["calls"]
@@ -395,7 +437,12 @@ def test_the_standby_takes_the_calls_over_with_their_media(net: Net, tmp_path: P
 
         # the old active comes back: it takes nothing back, it holds b's calls as foreign
         again.start()
-        _until(lambda: _ha(again)["foreign_calls"] == CALLS + 1, 5.0, "a holding b's calls")
+        _until(
+            lambda: _ha(again)["foreign_calls"] == CALLS + 1,
+            5.0,
+            "a holding b's calls",
+            lambda: _ha(again),
+        )
         assert _ha(again)["own_calls"] == 0
         elements = table_elements(net.ns("a"))
         assert elements is not None and all(v == [] for v in elements.values()), elements

@@ -155,16 +155,17 @@ def test_reset_on_re_signalling_restarts_learning() -> None:
 
 
 def test_a_source_confirmed_where_the_new_sdp_says_stays_confirmed() -> None:
-    """The callee's first packet before the answer's configuration: immediate and heuristic
-    learning would confirm the SDP's address at the next packet, so the one seen counts."""
+    """A re-INVITE that leaves a confirmed party where it was (one put on hold, that stops
+    sending): immediate and heuristic learning would confirm the SDP's address at its next
+    packet, so the one seen counts."""
     modes: tuple[Learning, ...] = ("immediate", "heuristic")
     for mode in modes:
         leg = Leg("k")
-        leg.reset(None, mode, 0.0)  # the offer: the callee's address not known yet
-        leg.receive(("198.51.100.10", int("5000")), 160, 1.0)
+        leg.reset(SDP, mode, 0.0)
+        leg.receive(("198.51.100.10", int("5000")), 160, 1.0)  # a new tuple, as recvfrom's
         assert leg.confirmed
         assert leg.unreported() and not leg.unreported()  # reported once
-        leg.reset(SDP, mode, 5.0)  # the answer: the SDP says that address
+        leg.reset(SDP, mode, 5.0)  # the re-INVITE's answer: the same address, no packet since
         assert (leg.endpoint, leg.confirmed) == (SDP, True) and leg.endpoint is SDP
         assert leg.unreported()  # relayd forgot it with the signalling: reported again
         leg.reset(("198.51.100.10", 5010), mode, 9.0)  # a re-INVITE moves it: learned anew
