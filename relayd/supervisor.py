@@ -165,7 +165,8 @@ class Supervisor:
                 "ports.ephemeral_overlap",
                 ports=overlap.ports,
                 ephemeral=f"{overlap.low}-{overlap.high}",
-                hint=f"net.ipv4.ip_local_reserved_ports = {port_min}-{port_max} keeps other "
+                hint=f"net.ipv4.ip_local_reserved_ports = {config.port_min}-{config.port_max} "
+                "keeps other "
                 "sockets' source ports out of the media range (restored and foreign calls "
                 "cannot move off a port they find taken)",
             )

@@ -289,7 +289,10 @@ class RedisReplica:
         self._retry_at = now + _RETRY_INTERVAL
         tried = list(self.unclaimed.values())
         for call, db in tried:
-            self._hold(call, db)
+            if call.call_id in self.host.calls:  # an offer made it ours meanwhile
+                del self.unclaimed[call.call_id]
+            else:
+                self._hold(call, db)
         if self._local and not self.standby:
             self._take_on(self._local, [call.call_id for call, _ in tried])
 

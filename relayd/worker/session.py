@@ -100,7 +100,7 @@ class Leg:
         Except where the endpoint is confirmed at exactly the SDP's new address under
         ``immediate`` or ``heuristic`` learning: the next packet from there would confirm it
         at once, and one came already (a party that stops sending across a re-INVITE, put
-        on hold, would otherwise stay unconfirmed, and its call out of the kernel)."""
+        on hold, would otherwise wait unconfirmed for a packet that does not come)."""
         keep = (
             self.confirmed
             and expect is not None

@@ -419,6 +419,14 @@ def test_a_foreign_call_whose_ports_are_taken_is_tried_again_every_second() -> N
         assert set(replica.unclaimed) == {"c3"}
         replica.apply(PeerEvent(2, {}, snapshot=True))
         assert replica.unclaimed == {}
+        # an offer for an unclaimed call makes it ours here: the peer's copy is not held
+        host.refuse.add("c5")
+        replica.apply(PeerEvent(2, {"c5": json.loads(encode(_call("c5"), "peer"))}))
+        host.calls["c5"] = _call("c5")
+        host.refuse.clear()
+        now[0] += 1.0
+        replica.flush()
+        assert replica.unclaimed == {} and replica.foreign == {} and "c5" not in host.claimed
     finally:
         replica.writer.close()
 
