@@ -32,8 +32,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Protocol
 
 from relayd.calls.model import Stream
 from relayd.ipc import socket_key
@@ -41,7 +42,7 @@ from relayd.log import get_logger
 from relayd.nft.conntrack import ConntrackError, Ctnetlink, tracked
 from relayd.nft.ruleset import Endpoint
 
-__all__ = ["SWEEP_DELAY", "ConntrackSweep", "Sweeper"]
+__all__ = ["SWEEP_DELAY", "ConntrackSweep", "SweepBackend", "Sweeper"]
 
 log = get_logger("relayd.plane.sweep")
 
@@ -52,8 +53,23 @@ Flow = tuple[Endpoint, Endpoint]
 Place = tuple[str, int]  # an address and port as the call model holds them, not yet checked
 
 
+class SweepBackend(Protocol):
+    """The kernel side of a sweep, called in the sweep's thread (:class:`Sweeper`; a test
+    gives a fake)."""
+
+    def idle(self) -> bool:
+        """Nothing to sweep on this host now: the batch ends before its endpoints are made."""
+        ...
+
+    def __call__(self, sockets: set[Endpoint], flows: set[Flow]) -> int:
+        """Delete the entries towards ``sockets`` and of ``flows``; how many went."""
+        ...
+
+    def close(self) -> None: ...
+
+
 class Sweeper:
-    """What a sweep does in its thread (a test gives a fake): the kernel side."""
+    """What a sweep does in its thread: the kernel side (a :class:`SweepBackend`)."""
 
     def __init__(self) -> None:
         self._ct = Ctnetlink()
@@ -86,7 +102,7 @@ class ConntrackSweep:
     def __init__(
         self,
         streams: Mapping[str, Stream],
-        sweeper: Callable[[set[Endpoint], set[Flow]], int] | None = None,
+        sweeper: SweepBackend | None = None,
     ) -> None:
         self.streams = streams
         self._sweeper = sweeper if sweeper is not None else Sweeper()
@@ -144,8 +160,7 @@ class ConntrackSweep:
         self._running.add_done_callback(self._done)
 
     def _timed(self, places: set[Place], pairs: set[tuple[Place, Place]]) -> int:
-        idle = getattr(self._sweeper, "idle", None)
-        if idle is not None and idle():
+        if self._sweeper.idle():
             # a host without conntrack entries (userspace only, no nf_conntrack): the thread
             # would hold the GIL ~1 µs per socket for nothing, while ng replies wait for it
             return 0
@@ -203,9 +218,7 @@ class ConntrackSweep:
             self._executor = None
         if self._sockets:
             self._sweep_now()
-        close = getattr(self._sweeper, "close", None)
-        if close is not None:
-            close()
+        self._sweeper.close()
 
 
 def _endpoint(place: Place) -> Endpoint | None:

@@ -25,12 +25,21 @@ LOCAL = LocalAddress("caller", "10.99.1.1", "10.99.1.1")
 
 
 class FakeSweeper:
-    """Records each batch and the thread it ran in; fails while ``failure`` is set."""
+    """Records each batch and the thread it ran in; fails while ``failure`` is set; a host
+    whose conntrack holds nothing while ``empty`` is set."""
 
     def __init__(self) -> None:
         self.batches: list[tuple[set[Endpoint], set[Flow]]] = []
         self.threads: list[str] = []
         self.failure: Exception | None = None
+        self.empty = False
+        self.closed = False
+
+    def idle(self) -> bool:
+        return self.empty
+
+    def close(self) -> None:
+        self.closed = True
 
     def __call__(self, sockets: set[Endpoint], flows: set[Flow]) -> int:
         self.threads.append(threading.current_thread().name)
@@ -97,13 +106,14 @@ def test_ports_released_together_are_swept_in_one_batch_off_the_loop() -> None:
 
 def test_a_release_during_a_sweep_waits_for_the_next_batch() -> None:
     gate = threading.Event()
-    fake = FakeSweeper()
 
-    def slow(sockets: set[Endpoint], flows: set[Flow]) -> int:
-        gate.wait(5)
-        return fake(sockets, flows)
+    class Slow(FakeSweeper):
+        def __call__(self, sockets: set[Endpoint], flows: set[Flow]) -> int:
+            gate.wait(5)
+            return super().__call__(sockets, flows)
 
-    sweeper = ConntrackSweep({}, slow)
+    fake = Slow()
+    sweeper = ConntrackSweep({}, fake)
 
     async def release() -> None:
         sweeper.released("10.99.1.1", 30000)
@@ -159,6 +169,7 @@ def test_close_sweeps_what_is_still_queued() -> None:
 
     asyncio.run(release_and_stop())
     assert [len(sockets) for sockets, _ in fake.batches] == [2]
+    assert fake.closed  # the kernel side (its netlink socket) is let go after that batch
 
 
 def test_peers_of_another_family_or_without_a_port_are_left_out() -> None:
@@ -171,21 +182,11 @@ def test_peers_of_another_family_or_without_a_port_are_left_out() -> None:
     assert fake.batches[0][1] == set()
 
 
-class IdleSweeper(FakeSweeper):
-    """A host whose conntrack holds nothing while ``empty`` is set."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.empty = True
-
-    def idle(self) -> bool:
-        return self.empty
-
-
 def test_a_host_without_conntrack_entries_is_not_swept() -> None:
     # nothing tracked (userspace only, nf_conntrack not loaded): the batch ends before its
     # endpoints are made, and so before the sweeper is asked; once entries exist it is
-    fake = IdleSweeper()
+    fake = FakeSweeper()
+    fake.empty = True
     sweeper = ConntrackSweep({}, fake)
     sweeper.released("10.99.1.1", 30000)
     assert fake.batches == []
