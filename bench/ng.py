@@ -340,6 +340,7 @@ def running(
         )
     try:
         _wait_pong(spec, proc, log_path)
+        _wait_settled(spec, proc)
         yield proc
     except BenchError as exc:
         state = "running" if proc.poll() is None else f"exited with {proc.returncode}"
@@ -363,6 +364,33 @@ def _wait_pong(spec: DaemonSpec, proc: subprocess.Popen[bytes], log_path: Path) 
             except (TimeoutError, ConnectionRefusedError):
                 time.sleep(0.05)
     raise BenchError(f"{spec.name} did not answer ping:\n{_tail(log_path)}")
+
+
+SETTLE_STEP = 0.25
+"""Seconds between two reads of the daemon's CPU time while it starts."""
+SETTLE_CPU = 0.02
+"""A start-up is over when the daemon's processes use less than this share of a core over
+two steps in a row."""
+SETTLE_LIMIT = 30.0
+
+
+def _wait_settled(spec: DaemonSpec, proc: subprocess.Popen[bytes]) -> None:
+    """Wait until the daemon's process tree is idle, so that its start-up is not measured.
+
+    relayd answers ``ping`` before its media workers have finished starting: a worker
+    imports its modules for about a second after the supervisor's first pong, its RSS
+    growing by tens of MB meanwhile. Measured from the pong, that growth read as memory per
+    call and its CPU as CPU per cycle. rtpengine is idle at once."""
+    deadline = time.monotonic() + SETTLE_LIMIT
+    quiet = 0
+    last = sum(cpu_seconds(proc.pid))
+    while quiet < 2:
+        if time.monotonic() > deadline:
+            raise BenchError(f"{spec.name} still busy {SETTLE_LIMIT:.0f} s after its first pong")
+        time.sleep(SETTLE_STEP)
+        now = sum(cpu_seconds(proc.pid))
+        quiet = quiet + 1 if now - last < SETTLE_CPU * SETTLE_STEP else 0
+        last = now
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

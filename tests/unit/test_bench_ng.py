@@ -118,3 +118,31 @@ def test_every_row_of_the_table_has_as_many_cells_as_its_header(concurrent: bool
     header = "| clients | concurrent calls |" if concurrent else "| concurrent calls | daemon |"
     assert table[0].startswith(header)
     assert len({row.count("|") for row in table}) == 1, table
+
+
+def test_a_daemon_is_measured_only_once_its_start_up_work_is_over(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A daemon that still burns CPU after its pong (relayd's worker importing its modules)
+    is waited for; one idle from the start is not; one never idle is an error."""
+    import subprocess
+
+    spec = ng.DaemonSpec("busy", ("127.0.0.1", 1), ())
+    busy = "import time\nend = time.monotonic() + 0.8\nwhile time.monotonic() < end: pass\n"
+    with subprocess.Popen([sys.executable, "-c", busy + "time.sleep(30)"]) as proc:
+        try:
+            started = ng.time.monotonic()
+            ng._wait_settled(spec, proc)
+            assert ng.time.monotonic() - started >= 0.6
+            again = ng.time.monotonic()
+            ng._wait_settled(spec, proc)
+            assert ng.time.monotonic() - again < 2.0
+        finally:
+            proc.kill()
+    monkeypatch.setattr(ng, "SETTLE_LIMIT", 1.0)
+    with subprocess.Popen([sys.executable, "-c", busy.replace("0.8", "30")]) as proc:
+        try:
+            with pytest.raises(ng.BenchError, match="still busy"):
+                ng._wait_settled(spec, proc)
+        finally:
+            proc.kill()
