@@ -135,7 +135,7 @@ class RedisReplica:
         self.foreign_db: dict[str, int] = {}
         # foreign calls whose ports would not bind here (a socket of this host had one as
         # its source port): tried again every second until they do or the peer drops them
-        self.unclaimed: dict[str, tuple[Call, int]] = {}
+        self.unclaimed_calls: dict[str, tuple[Call, int]] = {}
         self._retry_at = 0.0
         self._clock = clock
         self.standby = False  # relayctl standby: no automatic takeover
@@ -220,7 +220,7 @@ class RedisReplica:
                 self.writer.put(call_id, encode(call, self.owner))
         self._dirty.clear()
         self._watch_addresses()
-        if self.unclaimed:
+        if self.unclaimed_calls:
             self._claim_again()
 
     # -- foreign calls -----------------------------------------------------------------------
@@ -233,13 +233,13 @@ class RedisReplica:
         """A peer database's change: foreign calls added, updated or dropped."""
         if event.snapshot:
             held = [c for c, db in self.foreign_db.items() if db == event.db]
-            held += [c for c, (_, db) in self.unclaimed.items() if db == event.db]
+            held += [c for c, (_, db) in self.unclaimed_calls.items() if db == event.db]
             for call_id in held:
                 if call_id not in event.calls:
                     self._drop_foreign(call_id)
         for call_id, value in event.calls.items():
             if call_id in self.host.calls:
-                self.unclaimed.pop(call_id, None)
+                self.unclaimed_calls.pop(call_id, None)
                 continue  # ours (taken over, or never theirs): what the peer says is stale
             if value is None:
                 self._drop_foreign(call_id)
@@ -264,7 +264,7 @@ class RedisReplica:
                 self.host.release(old)
                 del self.foreign[call.call_id]
             if not self.host.claim(call):
-                if call.call_id not in self.unclaimed:
+                if call.call_id not in self.unclaimed_calls:
                     self.stats.unclaimed += 1
                     log.warning(
                         "ha.foreign_unclaimed",
@@ -272,10 +272,10 @@ class RedisReplica:
                         reason="a port is taken or cannot be bound (net.ipv4.ip_nonlocal_bind? "
                         "net.ipv4.ip_local_reserved_ports?); tried again every second",
                     )
-                self.unclaimed[call.call_id] = (call, db)
+                self.unclaimed_calls[call.call_id] = (call, db)
                 self.foreign_db.pop(call.call_id, None)
                 return
-        if self.unclaimed.pop(call.call_id, None) is not None:
+        if self.unclaimed_calls.pop(call.call_id, None) is not None:
             log.info("ha.foreign_claimed", call_id=call.call_id)
         self.foreign[call.call_id] = call
         self.foreign_db[call.call_id] = db
@@ -287,17 +287,17 @@ class RedisReplica:
         if now < self._retry_at:
             return
         self._retry_at = now + _RETRY_INTERVAL
-        tried = list(self.unclaimed.values())
+        tried = list(self.unclaimed_calls.values())
         for call, db in tried:
             if call.call_id in self.host.calls:  # an offer made it ours meanwhile
-                del self.unclaimed[call.call_id]
+                del self.unclaimed_calls[call.call_id]
             else:
                 self._hold(call, db)
         if self._local and not self.standby:
             self._take_on(self._local, [call.call_id for call, _ in tried])
 
     def _drop_foreign(self, call_id: str) -> None:
-        self.unclaimed.pop(call_id, None)
+        self.unclaimed_calls.pop(call_id, None)
         call = self.foreign.pop(call_id, None)
         self.foreign_db.pop(call_id, None)
         if call is not None:
@@ -402,6 +402,6 @@ class RedisReplica:
             "watch_errors": self.watcher.errors if self.watcher is not None else 0,
             "takeovers": self.stats.takeovers,
             "unclaimed": self.stats.unclaimed,
-            "unclaimed_calls": len(self.unclaimed),
+            "unclaimed_calls": len(self.unclaimed_calls),
             "unreadable": self.stats.unreadable,
         }

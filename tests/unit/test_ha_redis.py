@@ -387,7 +387,7 @@ def test_a_foreign_call_whose_ports_are_taken_is_tried_again_every_second() -> N
         value = json.loads(encode(_call(), "peer"))
         host.refuse.add("c1")  # a socket of this host has one of its ports as source port
         replica.apply(PeerEvent(2, {"c1": value}))
-        assert replica.foreign == {} and set(replica.unclaimed) == {"c1"}
+        assert replica.foreign == {} and set(replica.unclaimed_calls) == {"c1"}
         replica.flush()  # tried again at once: still taken
         replica.apply(PeerEvent(2, {"c1": value}))  # the peer wrote it again
         status = replica.status()
@@ -398,7 +398,7 @@ def test_a_foreign_call_whose_ports_are_taken_is_tried_again_every_second() -> N
         assert replica.foreign == {}  # not before a second has passed
         now[0] += 0.5
         replica.flush()
-        assert set(replica.foreign) == {"c1"} and replica.unclaimed == {}
+        assert set(replica.foreign) == {"c1"} and replica.unclaimed_calls == {}
         assert "c1" in host.claimed and replica.status()["unclaimed_calls"] == 0
         # unclaimed when the address arrives: taken over as soon as its ports bind
         replica.apply(PeerEvent(2, {"c1": None}))
@@ -406,19 +406,19 @@ def test_a_foreign_call_whose_ports_are_taken_is_tried_again_every_second() -> N
         replica.apply(PeerEvent(2, {"c2": json.loads(encode(_call("c2"), "peer"))}))
         local.add(LOCAL4)
         replica.flush()
-        assert host.owned == [] and set(replica.unclaimed) == {"c2"}
+        assert host.owned == [] and set(replica.unclaimed_calls) == {"c2"}
         host.refuse.clear()
         now[0] += 1.0
         replica.flush()
-        assert host.owned == ["c2"] and replica.unclaimed == {} and replica.foreign == {}
+        assert host.owned == ["c2"] and replica.unclaimed_calls == {} and replica.foreign == {}
         # the peer's snapshot or delete forgets an unclaimed call
         host.refuse.update({"c3", "c4"})
         for call_id in ("c3", "c4"):
             replica.apply(PeerEvent(2, {call_id: json.loads(encode(_call(call_id), "peer"))}))
         replica.apply(PeerEvent(2, {"c4": None}))
-        assert set(replica.unclaimed) == {"c3"}
+        assert set(replica.unclaimed_calls) == {"c3"}
         replica.apply(PeerEvent(2, {}, snapshot=True))
-        assert replica.unclaimed == {}
+        assert replica.unclaimed_calls == {}
         # an offer for an unclaimed call makes it ours here: the peer's copy is not held
         host.refuse.add("c5")
         replica.apply(PeerEvent(2, {"c5": json.loads(encode(_call("c5"), "peer"))}))
@@ -426,7 +426,7 @@ def test_a_foreign_call_whose_ports_are_taken_is_tried_again_every_second() -> N
         host.refuse.clear()
         now[0] += 1.0
         replica.flush()
-        assert replica.unclaimed == {} and replica.foreign == {} and "c5" not in host.claimed
+        assert replica.unclaimed_calls == {} and replica.foreign == {} and "c5" not in host.claimed
     finally:
         replica.writer.close()
 
