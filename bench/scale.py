@@ -117,6 +117,7 @@ from medialab import (  # noqa: E402
 )
 
 from relayd.ng.client import NgClient, NgTimeout  # noqa: E402
+from relayd.plane.sockets import worker_budget  # noqa: E402
 
 __all__ = ["main"]
 
@@ -150,6 +151,13 @@ def media_addresses(calls: int, least: int = 1) -> list[str]:
     count = max(least, math.ceil(calls / CALLS_PER_ADDRESS))
     first = ipaddress.IPv4Address(MEDIA_ADDR)
     return [str(first + k) for k in range(count)]
+
+
+def workers_for(calls: int, nofile: int) -> int:
+    """The fewest relayd workers that hold ``calls``' ports, each socket held once by a
+    worker whose descriptor budget (relayd/plane/sockets.py) is taken from ``nofile``."""
+    budget = worker_budget(nofile) or calls * media.PORTS_PER_STREAM
+    return max(1, math.ceil(calls * media.PORTS_PER_STREAM / budget))
 
 
 def interface_values(addresses: Sequence[str]) -> list[str]:
@@ -979,7 +987,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         type=float,
         help="seconds to wait for the sampled calls to be kernelized (default 30 + 5 ms per call)",
     )
-    parser.add_argument("--workers", type=int, default=1, help="relayd workers / rtpengine threads")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="relayd workers / rtpengine threads (default: as few as hold the largest size's "
+        "ports at the descriptor limit, one descriptor per port)",
+    )
     parser.add_argument(
         "--addresses",
         type=int,
@@ -1054,6 +1067,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     place = placement(1, 1, cpus)
     assert place is not None  # parse_args: two CPUs at least
     nofile, why = raise_file_limit()
+    chosen = args.workers is None
+    if chosen:
+        args.workers = workers_for(max(args.calls), nofile)
     command = shlex.join(
         [media._relative(sys.executable), media._relative(sys.argv[0]), *sys.argv[1:]]
     )
@@ -1067,10 +1083,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"(RLIMIT_NOFILE) {nofile:,} for the daemons ({why}); load average "
         f"{os.getloadavg()[0]:.2f} at start.",
     ]
-    if max(args.calls) * media.PORTS_PER_STREAM + 1000 > nofile:
+    ports = max(args.calls) * media.PORTS_PER_STREAM
+    header.append(
+        f"relayd workers / rtpengine threads: {args.workers}"
+        + (
+            f" (the fewest that hold {ports:,} ports at {nofile:,} descriptors each; --workers)"
+            if chosen
+            else ""
+        )
+        + "."
+    )
+    if ports + 1000 > nofile:
         header.append(
-            f"Warning: {max(args.calls):,} calls hold {media.PORTS_PER_STREAM * max(args.calls):,} "
-            f"ports; a process that holds a descriptor for each runs out at {nofile:,}."
+            f"Warning: {max(args.calls):,} calls hold {ports:,} ports; a process that holds a "
+            f"descriptor for each (rtpengine) runs out at {nofile:,}."
         )
     print("\n".join(header), flush=True)
     lock_path = f"/run/lock/relayd-bench-{NETNS_PREFIX}.lock"
