@@ -47,6 +47,7 @@ from typing import Any, Literal, get_args
 
 __all__ = [
     "LEARNING",
+    "LEARNING_DELAY",
     "Close",
     "Configure",
     "Discard",
@@ -79,7 +80,9 @@ __all__ = [
     "encode_forward",
     "join",
     "learning_mode",
+    "learning_window",
     "parse_key",
+    "signalled_at",
     "socket_key",
 ]
 
@@ -87,6 +90,21 @@ __all__ = [
 # the rules): what the workers do with the first packets of a party.
 Learning = Literal["delayed", "immediate", "heuristic", "off"]
 LEARNING: tuple[Learning, ...] = get_args(Learning)
+
+
+LEARNING_DELAY = 3.0
+"""Seconds after a signalling event from which ``delayed`` and ``heuristic`` learning confirm
+an endpoint (rtpengine's three seconds)."""
+
+
+def learning_window(learning: Learning, signalled: float) -> float:
+    """A socket's ``learn_after`` for signalling at ``signalled`` (CLOCK_MONOTONIC)."""
+    return signalled + (LEARNING_DELAY if learning in ("delayed", "heuristic") else 0.0)
+
+
+def signalled_at(learning: Learning, learn_after: float) -> float:
+    """The inverse of :func:`learning_window`: when the signalling was."""
+    return learn_after - (LEARNING_DELAY if learning in ("delayed", "heuristic") else 0.0)
 
 
 def learning_mode(text: str) -> Learning | None:

@@ -156,7 +156,7 @@ class MediaPlane:
         """A signalling event: learning restarts for every party of the call (each once,
         aliases and unanswered branches included)."""
         mode = learning or self.learning
-        after = time.monotonic() + (3.0 if mode in ("delayed", "heuristic") else 0.0)
+        after = ipc.learning_window(mode, time.monotonic())
         for party in call.parties():
             party.learning, party.learn_after = mode, after
 

@@ -15,13 +15,20 @@ Endpoint learning follows rtpengine (ng ``endpoint-learning``):
 another source is dropped with ``strict`` (counted as an error), moves the
 endpoint with ``handover``, and otherwise is forwarded without moving it.
 A packet is forwarded only once the other party's endpoint is known.
+
+A worker hears of signalling after relayd has answered it (relayd/plane/updates.py),
+so a party that sends as soon as it reads the reply can reach its socket while the
+old configuration still holds: the answerer's side of an early forward, which learns
+nothing, or a confirmed leg, which a new source does not move. Such a packet is not
+lost for learning: the source that was not learned from is kept (``heard``), and when
+the new configuration comes, a packet that came after the signalling is judged by it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relayd.ipc import Learning
+from relayd.ipc import Learning, signalled_at
 
 __all__ = ["Leg", "Verdict"]
 
@@ -81,6 +88,10 @@ class Leg:
     reported_packets: int = 0
     reported_errors: int = 0
     reported_confirmed: bool = False
+    # the source of the latest packet that was not learned from (learning off, or another
+    # source than the confirmed one) and when it came: judged again by the next
+    # signalling's rules if it came after that signalling (reset)
+    heard: tuple[Address, float] | None = None
 
     def unreported(self) -> bool:
         """Counters or confirmation changed since the last report; now they count as reported."""
@@ -108,6 +119,7 @@ class Leg:
             and learning in ("immediate", "heuristic")
             and not self.asymmetric
         )
+        heard, self.heard = self.heard, None
         self.expect = expect
         self.learning = learning
         self.learn_after = learn_after
@@ -120,6 +132,15 @@ class Leg:
             return
         if self.endpoint is None or learning == "off" or self.asymmetric:
             self.endpoint = expect
+        if (
+            heard is not None
+            and learning != "off"
+            and not self.asymmetric
+            and heard[1] >= signalled_at(learning, learn_after)
+        ):
+            # it came after the signalling, before this configuration reached us: as if
+            # it had come after it
+            self._learn(*heard)
 
     def receive(self, source: Address, size: int, now: float) -> int:
         """Account one packet from ``source``; say whether to forward it."""
@@ -132,8 +153,13 @@ class Leg:
                 return Verdict.DROP
             if self.handover:
                 self.endpoint = source
-        elif not self.confirmed and not self.asymmetric and self.learning != "off":
-            self._learn(source, now)
+            else:
+                self.heard = (source, now)
+        elif not self.confirmed and not self.asymmetric:
+            if self.learning != "off":
+                self._learn(source, now)
+            else:
+                self.heard = (source, now)
         self.packets += 1
         self.bytes += size
         self.last_packet = now

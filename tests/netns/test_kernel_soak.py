@@ -237,6 +237,33 @@ def wait_offloaded(ns: str, directions: int) -> int:
         time.sleep(0.1)
 
 
+def not_offloaded(
+    topo: Topology,
+    pipe: Pipeline,
+    ids: list[str],
+    to_caller_of: list[tuple[str, int]],
+    to_callee_of: list[tuple[str, int]],
+) -> str:
+    """For a failed wait: the directions of the batch that have no forward (call, which
+    way, the relay port the packet went to) and what ``query`` says of the first few."""
+    keys = set(element_counters(topo.relay))
+    missing: list[tuple[str, str, int]] = []
+    for i, call_id in enumerate(ids):
+        if (topo.caller.ip4, CALLER_BASE + i, *to_caller_of[i]) not in keys:
+            missing.append((call_id, "caller", to_caller_of[i][1]))
+        if (topo.callee.ip4, CALLEE_BASE + i, *to_callee_of[i]) not in keys:
+            missing.append((call_id, "callee", to_callee_of[i][1]))
+    queried = {c: pipe.run([{"command": "query", "call-id": c}])[0] for c, _, _ in missing[:3]}
+    flags = {
+        c: {
+            tag: [s.get("flags") for m in party.get("medias", []) for s in m.get("streams", [])]
+            for tag, party in reply.get("tags", {}).items()
+        }
+        for c, reply in queried.items()
+    }
+    return f"missing {missing[:20]} ({len(missing)}); streams of the first: {flags}"
+
+
 def test_soak_calls_offloaded_and_deleted(
     topo: Topology, start_relay: StartRelay, sides: tuple[Side, Side]
 ) -> None:
@@ -299,7 +326,10 @@ def test_soak_calls_offloaded_and_deleted(
                 callees.sockets[i].sendto(rtp_packet(0, 0x2000 + i, 2), to_callee_of[i])
             t2 = time.monotonic()
             found = wait_offloaded(topo.relay, 2 * batch)
-            assert found == 2 * batch, f"batch at {done}: {found} of {2 * batch} offloaded"
+            assert found == 2 * batch, (
+                f"batch at {done}: {found} of {2 * batch} offloaded; "
+                + not_offloaded(topo, pipe, ids, to_caller_of, to_callee_of)
+            )
             t3 = time.monotonic()
             sample = pipe.run([{"command": "query", "call-id": ids[-1]}])[0]
             for tag in (CALLER_TAG, CALLEE_TAG):

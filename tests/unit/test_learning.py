@@ -180,6 +180,64 @@ def test_a_source_confirmed_where_the_new_sdp_says_stays_confirmed() -> None:
     assert (leg.endpoint, leg.confirmed) == (NAT, False)
 
 
+def test_a_packet_after_the_signalling_is_judged_by_the_configuration_it_brings() -> None:
+    """The worker hears of an answer after relayd has replied: a callee that sends as soon
+    as it has the 200 OK reaches its socket while the early forward still holds (learning
+    off: nothing learned). When the answer's configuration comes, that packet counts as if
+    it had come after it; one from before the signalling does not."""
+    for sent_at, confirmed in ((5.0, True), (4.0, False)):
+        leg = Leg("k")
+        leg.reset(None, "off", 0.0)  # the answerer's side of an early forward
+        assert leg.receive(NAT, 160, sent_at) == Verdict.FORWARD  # early media, forwarded
+        assert (leg.endpoint, leg.confirmed) == (None, False)
+        leg.reset(SDP, "immediate", 4.9)  # the answer, signalled at 4.9
+        assert (leg.endpoint, leg.confirmed) == ((NAT, True) if confirmed else (SDP, False))
+        assert leg.heard is None  # judged once
+    leg = Leg("k")  # delayed: the source becomes the endpoint, confirmed 3 s on as ever
+    leg.reset(None, "off", 0.0)
+    leg.receive(NAT, 160, 5.0)
+    leg.reset(SDP, "delayed", 4.9 + 3.0)
+    assert (leg.endpoint, leg.confirmed) == (NAT, False)
+    leg.receive(NAT, 160, 7.9)
+    assert leg.confirmed
+    leg = Leg("k")  # heuristic: the SDP's own address confirms at once
+    leg.reset(None, "off", 0.0)
+    leg.receive(SDP, 160, 5.0)
+    leg.reset(SDP, "heuristic", 4.9 + 3.0)
+    assert (leg.endpoint, leg.confirmed) == (SDP, True)
+
+
+def test_a_new_source_after_a_re_invite_is_learned_by_the_new_configuration() -> None:
+    """A confirmed party moves (a re-INVITE with its new address): its first packet from there
+    can beat the re-INVITE's configuration to the worker and is not learned under the old
+    one; the new one learns it. Not where the rules forbid it: strict source before, off or
+    asymmetric after."""
+    moved = ("198.51.100.20", 6000)
+    leg = _leg("immediate", learn_after=0.0)
+    leg.receive(NAT, 160, 1.0)
+    leg.receive(moved, 160, 5.0)  # after the re-INVITE (4.9), before its configuration
+    assert (leg.endpoint, leg.confirmed) == (NAT, True)
+    leg.reset(moved, "immediate", 4.9)
+    assert (leg.endpoint, leg.confirmed) == (moved, True)
+    leg = _leg("immediate", learn_after=0.0)  # a stray before the re-INVITE is not learned,
+    leg.receive(NAT, 160, 1.0)
+    leg.receive(OTHER, 160, 2.0)
+    leg.receive(NAT, 160, 5.0)  # even with the party's own packets after it
+    leg.reset(moved, "immediate", 4.9)
+    assert (leg.endpoint, leg.confirmed) == (NAT, False)
+    for after in ("off", "asymmetric"):
+        leg = _leg("immediate", learn_after=0.0, asymmetric=after == "asymmetric")
+        leg.receive(NAT, 160, 1.0)
+        leg.receive(moved, 160, 5.0)
+        leg.reset(moved, "off" if after == "off" else "immediate", 4.9)
+        assert leg.confirmed is False, after
+    leg = _leg("immediate", learn_after=0.0, strict=True)  # strict: dropped, not heard
+    leg.receive(NAT, 160, 1.0)
+    assert leg.receive(moved, 160, 5.0) == Verdict.DROP
+    leg.reset(moved, "immediate", 4.9)
+    assert (leg.endpoint, leg.confirmed) == (NAT, False)
+
+
 def test_reset_to_off_goes_back_to_the_sdp_address() -> None:
     leg = _leg("immediate", learn_after=0.0)
     leg.receive(NAT, 160, 1.0)
