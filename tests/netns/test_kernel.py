@@ -23,6 +23,7 @@ command failing), the kernel path unusable at start, IPv6.
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 import time
@@ -211,6 +212,32 @@ def test_offloaded_stream_bypasses_the_workers(
         # the hand-over, and the next packet creates them again through the maps)
         assert table_rules(topo.relay)
         assert table_elements(topo.relay)
+
+
+def test_one_packet_each_way_right_after_the_answer_reaches_the_kernel(
+    topo: Topology, start_relay: StartRelay, peers: tuple[Peer, Peer]
+) -> None:
+    """The worker hears of an answer after relayd has replied, with the next batch. A callee
+    whose one packet came in between was read under the early forward (learning off: not
+    learned from) and stayed unconfirmed, out of the kernel, until it sent again. relayd
+    is stopped right after the reply (SIGSTOP, within the batch's 2 ms but for a slow
+    client) so the packets surely reach the worker first; each side sends once."""
+    relay = start_relay(*KERNEL)
+    assert relay.proc is not None
+    caller, callee = peers
+    with relay.client() as ng:
+        legs = set_up_call(ng, topo, answer=False)
+        time.sleep(0.1)  # the offer's early forward (after 20 ms) is with the worker
+        legs = answer_call(ng, topo, legs)
+        assert legs.to_caller is not None
+        relay.proc.send_signal(signal.SIGSTOP)
+        try:
+            callee.send(rtp_packet(0, CALLEE_SSRC, 2), legs.to_callee.rtp_to)
+            caller.send(rtp_packet(0, CALLER_SSRC, 1), legs.to_caller.rtp_to)
+            assert len(caller.receive(1, timeout=1.0)) == 1  # the callee's, as early media
+        finally:
+            relay.proc.send_signal(signal.SIGCONT)
+        offloaded(ng, legs.call_id)
 
 
 def test_every_forwarded_packet_is_marked_ef(
