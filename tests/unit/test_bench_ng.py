@@ -5,27 +5,14 @@ each side gets, how --cycles is shared, the run plan, issue 13's verdicts and th
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "ng.py"
+from tests.support.scripts import load_script
 
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_ng", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-ng = _load()
+ng = load_script("bench/ng.py", "bench_ng")
 
 
 def test_daemon_cpus_default_to_the_first_and_clients_to_the_rest() -> None:

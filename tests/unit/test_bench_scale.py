@@ -3,40 +3,10 @@ test_bench_scale_smoke.py runs the script itself)."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
-from pathlib import Path
-from types import ModuleType
-
 from relayd.plane.sockets import worker_budget
+from tests.support.scripts import load_script
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "scale.py"
-
-
-def _load() -> ModuleType:
-    """The script as a module; the namespace prefix it sets for its lab (an environment
-    variable that bench/media.py's and kernel.py's smoke runs would inherit) is put back."""
-    before = os.environ.get("RELAYD_BENCH_NETNS")
-    try:
-        return _exec()
-    finally:
-        if before is None:
-            os.environ.pop("RELAYD_BENCH_NETNS", None)
-        else:
-            os.environ["RELAYD_BENCH_NETNS"] = before
-
-
-def _exec() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_scale", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-scale = _load()
+scale = load_script("bench/scale.py", "bench_scale")
 
 
 def test_the_default_workers_hold_every_port_of_the_largest_size_once() -> None:

@@ -21,32 +21,16 @@ entry is removed.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import pytest
 
 from relayd.certificate import Certificate, load_or_create
 from relayd.config import Config, load
 from tests.support import oracle, suite
+from tests.support.scripts import load_script
 from tests.support.suite import Scenario
 from tests.unit.test_oracle_corpus import InProcessRelayd
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "rtpengine_suite.py"
-
-
-def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("rtpengine_suite", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-HARNESS = _script()
+HARNESS = load_script("scripts/rtpengine_suite.py", "rtpengine_suite")
 PORTS = oracle.RELAYD_PORTS
 ARGV = [
     *HARNESS.SUITE_ARGS,
