@@ -166,9 +166,8 @@ class Supervisor:
                 ports=overlap.ports,
                 ephemeral=f"{overlap.low}-{overlap.high}",
                 hint=f"net.ipv4.ip_local_reserved_ports = {config.port_min}-{config.port_max} "
-                "keeps other "
-                "sockets' source ports out of the media range (restored and foreign calls "
-                "cannot move off a port they find taken)",
+                "keeps other sockets' source ports out of the media range (restored and "
+                "foreign calls cannot move off a port they find taken)",
             )
         self.signalling = signalling_of(config, interfaces, ports, certificate)
         self.commands = Commands(

@@ -124,11 +124,13 @@ class Leg:
         self.learning = learning
         self.learn_after = learn_after
         self.confirmed = keep
+        # relayd forgot its copy of the confirmation with the signalling that brought this
+        # configuration (plane/offload.py): a confirmation from here on is reported anew,
+        # whether kept, learned from ``heard`` or from the next packet
+        self.reported_confirmed = False
         self.rank = -1
         if keep:
             self.endpoint = expect  # the SDP's tuple itself, as _learn keeps it
-            # relayd forgot its copy with the signalling (plane/offload.py): told again
-            self.reported_confirmed = False
             return
         if self.endpoint is None or learning == "off" or self.asymmetric:
             self.endpoint = expect

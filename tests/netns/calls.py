@@ -180,6 +180,15 @@ def stream_of(reply: dict[str, Any], tag: str, rtcp: bool = False) -> dict[str, 
     return found
 
 
+def stream_flags(reply: dict[str, Any]) -> dict[str, list[list[str]]]:
+    """A ``query`` reply's stream flags, per tag, stream by stream over every media section
+    (for a failing test's message)."""
+    return {
+        tag: [s.get("flags", []) for m in party.get("medias", []) for s in m.get("streams", [])]
+        for tag, party in reply.get("tags", {}).items()
+    }
+
+
 def wait_for(
     ng: NgClient, call_id: str, check: Callable[[dict[str, Any]], bool], timeout: float = 8.0
 ) -> dict[str, Any]:

@@ -51,6 +51,7 @@ from tests.netns.calls import (
     ok,
     run_in,
     sdp,
+    stream_flags,
     table_elements,
 )
 from tests.netns.test_sdes import Srtp, crypto_lines, inline, savp_sdp
@@ -336,21 +337,7 @@ def _unconfirmed_in_redis(conn: redis.Redis, call_ids: list[str]) -> dict[str, i
 def _streams(relay: RelaydProcess, call_ids: list[str]) -> dict[str, Any]:
     """What relayd says of these calls' streams: each stream's flags, per tag."""
     with relay.client() as ng:
-        return {
-            c: {
-                tag: [
-                    [
-                        f
-                        for f in s.get("flags", [])
-                        if f in ("RTP", "RTCP", "confirmed", "kernelized")
-                    ]
-                    for m in party.get("medias", [])
-                    for s in m.get("streams", [])
-                ]
-                for tag, party in ng.call("query", call_id=c).get("tags", {}).items()
-            }
-            for c in call_ids
-        }
+        return {c: stream_flags(ng.call("query", call_id=c)) for c in call_ids}
 
 
 def _media_sockets(ns: str) -> list[str]:

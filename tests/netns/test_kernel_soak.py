@@ -42,6 +42,7 @@ from tests.netns.calls import (
     conntrack_entries,
     element_counters,
     sdp,
+    stream_flags,
     table_elements,
     udp_delivered,
 )
@@ -253,13 +254,9 @@ def not_offloaded(
             missing.append((call_id, "caller", to_caller_of[i][1]))
         if (topo.callee.ip4, CALLEE_BASE + i, *to_callee_of[i]) not in keys:
             missing.append((call_id, "callee", to_callee_of[i][1]))
-    queried = {c: pipe.run([{"command": "query", "call-id": c}])[0] for c, _, _ in missing[:3]}
     flags = {
-        c: {
-            tag: [s.get("flags") for m in party.get("medias", []) for s in m.get("streams", [])]
-            for tag, party in reply.get("tags", {}).items()
-        }
-        for c, reply in queried.items()
+        c: stream_flags(pipe.run([{"command": "query", "call-id": c}])[0])
+        for c, _, _ in missing[:3]
     }
     return f"missing {missing[:20]} ({len(missing)}); streams of the first: {flags}"
 

@@ -217,8 +217,12 @@ def test_a_new_source_after_a_re_invite_is_learned_by_the_new_configuration() ->
     leg.receive(NAT, 160, 1.0)
     leg.receive(moved, 160, 5.0)  # after the re-INVITE (4.9), before its configuration
     assert (leg.endpoint, leg.confirmed) == (NAT, True)
+    assert leg.unreported() and not leg.unreported()
     leg.reset(moved, "immediate", 4.9)
     assert (leg.endpoint, leg.confirmed) == (moved, True)
+    # relayd cleared its copy with the re-INVITE: the confirmation, though the leg was
+    # confirmed before and no packet came since, is reported again
+    assert leg.unreported()
     leg = _leg("immediate", learn_after=0.0)  # a stray before the re-INVITE is not learned,
     leg.receive(NAT, 160, 1.0)
     leg.receive(OTHER, 160, 2.0)
